@@ -1,0 +1,23 @@
+"""Names that identify the VMSandbox API and the marks the operator and agents leave on objects."""
+
+GROUP = "vmsandbox.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VMSandbox"
+PLURAL = "vmsandboxes"
+SINGULAR = "vmsandbox"
+SHORT_NAMES = ("vmsb",)
+CATEGORIES = ("all",)
+
+#: Label the operator sets with the chosen node; agents select on it (works on every cluster).
+NODE_LABEL = f"{GROUP}/node"
+#: Finalizers: the operator's, and the node agent's (removed once the VM is torn down).
+OPERATOR_FINALIZER = f"{GROUP}/operator"
+AGENT_FINALIZER = f"{GROUP}/node-agent"
+
+#: Node label an agent sets while it is alive and ready to take sandboxes.
+AGENT_READY_LABEL = f"{GROUP}/agent"
+#: Node annotation holding the agent's published capacity (JSON of NodeCapacity).
+CAPACITY_ANNOTATION = f"{GROUP}/capacity"
+#: Prefix of the per-node agent Lease (coordination.k8s.io) in the agent's namespace.
+AGENT_LEASE_PREFIX = "vmsandbox-agent-"

@@ -1,0 +1,113 @@
+"""Renders the CustomResourceDefinition from the models, so the API has one source of truth.
+
+pydantic emits JSON Schema with ``$ref``s, ``anyOf`` for optionals and titles; Kubernetes wants
+a structural schema: everything inline, one type per node, no nulls. This module converts one
+into the other and adds what only a CRD can say (printer columns, selectable fields).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from vmsandbox.api import constants as c
+from vmsandbox.api.spec import SPEC_VALIDATIONS, VMSandboxSpec
+from vmsandbox.api.status import VMSandboxStatus
+
+_DROP = {"title", "$defs"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise ValueError(f"cannot express a union of {len(branches)} types structurally: {node}")
+        merged = {**branches[0], **{k: v for k, v in node.items() if k != "anyOf"}}
+        return _structural(merged, defs)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or (key == "default" and value is None):
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        out[key] = (
+            value if key in ("default", "enum", "x-kubernetes-validations") else _structural(value, defs)
+        )
+    return out
+
+
+def model_schema(model: type[Any]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    return schema
+
+
+def render() -> dict[str, Any]:
+    spec = model_schema(VMSandboxSpec)
+    spec["x-kubernetes-validations"] = SPEC_VALIDATIONS
+    status = model_schema(VMSandboxStatus)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{c.PLURAL}.{c.GROUP}"},
+        "spec": {
+            "group": c.GROUP,
+            "names": {
+                "kind": c.KIND,
+                "listKind": f"{c.KIND}List",
+                "plural": c.PLURAL,
+                "singular": c.SINGULAR,
+                "shortNames": list(c.SHORT_NAMES),
+                "categories": list(c.CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": c.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
+                        {"name": "Hypervisor", "type": "string", "jsonPath": ".status.hypervisor"},
+                        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+                    ],
+                    # Clusters >= 1.31; older ones select on the vmsandbox.io/node label instead.
+                    "selectableFields": [{"jsonPath": ".status.nodeName"}, {"jsonPath": ".status.phase"}],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A container run in its own microVM.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated from vmsandbox.api by `python -m vmsandbox.api crd`; do not edit.\n"
+
+
+def render_yaml() -> str:
+    return HEADER + yaml.safe_dump(render(), sort_keys=False, width=100)

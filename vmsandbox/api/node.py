@@ -1,0 +1,18 @@
+"""What a node agent publishes about its node, so the operator can schedule onto it."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from vmsandbox.api.base import APIModel
+
+
+class NodeCapacity(APIModel):
+    """Stored as JSON in the Node annotation ``vmsandbox.io/capacity``."""
+
+    vcpus: int = Field(ge=0, description="vCPUs the agent offers to sandboxes (allocatable).")
+    memory_mib: int = Field(ge=0, alias="memoryMiB", description="MiB the agent offers to sandboxes.")
+    hypervisors: list[str] = Field(default_factory=list, description="Backends usable on this node.")
+    default_hypervisor: str | None = None
+    kvm: bool = False
+    agent_version: str | None = None

@@ -1,0 +1,70 @@
+"""A whole VMSandbox object as stored by the API server, and the one way to parse one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from vmsandbox.api.base import APIModel
+from vmsandbox.api.constants import API_VERSION, KIND
+from vmsandbox.api.spec import VMSandboxSpec
+from vmsandbox.api.status import VMSandboxStatus
+from vmsandbox.errors import VMSandboxError
+
+
+class ObjectMeta(APIModel):
+    name: str | None = None
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    finalizers: list[str] | None = None
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+
+
+class VMSandbox(APIModel):
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: VMSandboxSpec
+    status: VMSandboxStatus = Field(default_factory=VMSandboxStatus)
+
+    @property
+    def ref(self) -> str:
+        """``namespace/name``, the form every log line and message uses."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+class InvalidSandbox(VMSandboxError):
+    """A sandbox whose spec breaks a rule; each problem names its field path."""
+
+    step = "validation"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+
+    @property
+    def field(self) -> str:
+        return self.problems[0][0] if self.problems else ""
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_sandbox(obj: Mapping[str, Any]) -> VMSandbox:
+    """Validate a raw object; raises :class:`InvalidSandbox` naming every offending field."""
+    try:
+        return VMSandbox.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidSandbox([(_path(err["loc"]), err["msg"]) for err in exc.errors()]) from None

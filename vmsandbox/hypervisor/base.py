@@ -1,0 +1,146 @@
+"""The contract every hypervisor driver keeps, so the runtime never knows which one it drives.
+
+A driver boots one VM per pod sandbox, hands back a :class:`VMHandle` that is persisted as JSON
+in the VM's state directory (so a restarted node agent can adopt the VM instead of rebooting it),
+and opens stream connections to the guest agent inside the VM. How the stream is carried
+(hybrid vsock, virtio-serial, unix socket) is the driver's business.
+
+Drivers must be all-or-nothing: when :meth:`HypervisorDriver.boot` raises, no VMM process,
+socket or file it created may remain.
+"""
+
+from __future__ import annotations
+
+import abc
+import socket
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmsandbox.errors import VMSandboxError
+
+HypervisorName = Literal["cloud-hypervisor", "qemu", "process"]
+
+#: The guest agent listens on this port (vsock) / port name (virtio-serial) in every VM.
+GUEST_AGENT_PORT = 1024
+GUEST_AGENT_SERIAL_NAME = "io.vmsandbox.agent"
+
+#: Longest AF_UNIX path (sun_path is 108 bytes including the terminating NUL).
+UNIX_PATH_MAX = 107
+
+
+class HypervisorError(VMSandboxError):
+    """A VM could not be booted, reached or stopped."""
+
+    step = "hypervisor"
+
+
+class VMGone(HypervisorError):
+    """The VMM process died while the VM was supposed to be running."""
+
+
+class DiskSpec(BaseModel):
+    """A raw disk image attached to the VM as virtio-blk, found in the guest by its serial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    serial: str = Field(max_length=20, pattern=r"^[A-Za-z0-9_.-]+$")
+    readonly: bool = True
+
+
+class VMSpec(BaseModel):
+    """What the runtime asks of a driver for one pod sandbox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vm_id: str
+    vcpus: int = Field(default=1, ge=1, le=64)
+    memory_mib: int = Field(default=512, ge=128)
+    #: Per-VM directory owned by the driver: API sockets, vsock sockets, logs, handle.json.
+    state_dir: Path
+    #: Guest kernel, initramfs and read-only root image (None for the process backend).
+    kernel: Path | None = None
+    initramfs: Path | None = None
+    root_disk: Path | None = None
+    #: Extra disks attached at boot (the sandbox container's root filesystem disk).
+    disks: list[DiskSpec] = Field(default_factory=list)
+    kernel_args: list[str] = Field(default_factory=list)
+    #: Seconds to wait for the guest agent to accept a connection after boot.
+    agent_timeout: float = 45.0
+
+
+class BootTimings(BaseModel):
+    """Milliseconds spent in each stage of one boot; fed into the resource's bootTimings."""
+
+    vmm_start: float = 0.0
+    vm_boot: float = 0.0
+    agent_ready: float = 0.0
+
+
+class VMHandle(BaseModel):
+    """Everything needed to reach a running VM again, from any process (persisted as JSON)."""
+
+    vm_id: str
+    hypervisor: HypervisorName
+    state_dir: Path
+    vmm_pid: int
+    #: Driver-specific addresses (API socket, vsock socket, QMP socket, agent socket...).
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    timings: BootTimings = Field(default_factory=BootTimings)
+
+    def save(self) -> Path:
+        path = self.state_dir / "handle.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> VMHandle:
+        return cls.model_validate_json((state_dir / "handle.json").read_text())
+
+
+class HypervisorDriver(abc.ABC):
+    """One backend: Cloud Hypervisor, QEMU, or the VM-less process backend."""
+
+    name: ClassVar[HypervisorName]
+    #: True when the guest agent sees the host's filesystem (process backend): the runtime then
+    #: hands it the bundle's rootfs path; otherwise it builds an ext4 disk and attaches it.
+    shares_host_fs: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def boot(self, spec: VMSpec) -> VMHandle:
+        """Start the VMM, boot the guest and wait until the guest agent answers.
+
+        Raises :class:`HypervisorError` naming the stage on failure, after tearing down
+        everything it started.
+        """
+
+    @abc.abstractmethod
+    def connect(self, handle: VMHandle, timeout: float = 10.0) -> socket.socket:
+        """Open a new byte stream to the guest agent (each caller gets its own)."""
+
+    @abc.abstractmethod
+    def attach_disk(self, handle: VMHandle, disk: DiskSpec) -> None:
+        """Hot-plug a disk into a running VM (a pod container's root filesystem)."""
+
+    @abc.abstractmethod
+    def alive(self, handle: VMHandle) -> bool:
+        """Whether the VMM process of this VM is still running."""
+
+    @abc.abstractmethod
+    def stop(self, handle: VMHandle) -> None:
+        """Stop the VM and remove every socket and file it left; idempotent."""
+
+
+def check_socket_path(path: Path) -> Path:
+    """Refuse up front a socket path the kernel would truncate or reject."""
+    if len(str(path).encode()) > UNIX_PATH_MAX:
+        raise HypervisorError(
+            f"socket path {str(path)!r} is {len(str(path).encode())} bytes; AF_UNIX allows at most "
+            f"{UNIX_PATH_MAX}: use a shorter state directory",
+            step="socket path",
+        )
+    return path

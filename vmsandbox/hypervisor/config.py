@@ -1,0 +1,40 @@
+"""Settings shared by the hypervisor drivers, read once from the environment or a config file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "VMSANDBOX_"
+
+
+class HypervisorConfig(BaseModel):
+    """Where the VMMs and the guest artifacts are, and how to run them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cloud_hypervisor_binary: str = "cloud-hypervisor"
+    #: Extra flags for cloud-hypervisor, e.g. ["--seccomp", "false", "-v"].
+    cloud_hypervisor_args: list[str] = Field(default_factory=list)
+    qemu_binary: str = "qemu-system-x86_64"
+    #: "auto" boot-probes KVM once and falls back to TCG when it does not work.
+    qemu_accel: Literal["auto", "kvm", "tcg"] = "auto"
+    #: Directory holding vmlinuz, initramfs.img, rootfs.img and manifest.json.
+    guest_image_dir: Path = Path("/var/lib/vmsandbox/guest")
+    #: Low-level OCI runtime the guest agent uses: "auto" picks crun, else runc, by trying.
+    oci_runtime: Literal["auto", "crun", "runc"] = "auto"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> HypervisorConfig:
+        """Read ``VMSANDBOX_<FIELD>`` variables (lists are whitespace-separated)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            values[name] = raw.split() if field.annotation == list[str] else raw
+        return cls.model_validate(values)
