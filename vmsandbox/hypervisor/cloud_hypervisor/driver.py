@@ -1,0 +1,329 @@
+"""The production driver: one ``cloud-hypervisor`` process per VM, driven over its REST API.
+
+Boot follows the order the real VMM requires (and Kata Containers uses): launch with
+``--api-socket``, poll ``vmm.ping``, ``vm.create`` with a complete config, check ``Created``,
+``vm.boot``, check ``Running``, then reach the guest agent over hybrid vsock. Stop is
+``vmm.shutdown``, a bounded wait, then SIGKILL, and removes the sockets the VMM never removes.
+
+Every method works from a fresh driver given only the :class:`VMHandle` (the runtime CLI is a
+short-lived process); when this instance started the VMM it also knows the exit status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmsandbox.hypervisor.base import (
+    GUEST_AGENT_PORT,
+    BootTimings,
+    DiskSpec,
+    HypervisorDriver,
+    VMHandle,
+    VMSpec,
+)
+from vmsandbox.hypervisor.cloud_hypervisor import vmm_process
+from vmsandbox.hypervisor.cloud_hypervisor.client import CloudHypervisorClient
+from vmsandbox.hypervisor.cloud_hypervisor.errors import (
+    ApiUnreachable,
+    CloudHypervisorError,
+    UnexpectedVmState,
+    VmmDied,
+    VmmExited,
+    VmmNotReady,
+)
+from vmsandbox.hypervisor.cloud_hypervisor.layout import VmLayout
+from vmsandbox.hypervisor.cloud_hypervisor.responses import PciDeviceInfo, VmCounters, VmInfo, VmState
+from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
+    ConsoleConfig,
+    CpusConfig,
+    DiskConfig,
+    MemoryConfig,
+    PayloadConfig,
+    RngConfig,
+    SerialConfig,
+    VmConfig,
+    VsockConfig,
+)
+from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
+from vmsandbox.hypervisor.config import HypervisorConfig
+
+#: Guest context id of every VM: each VM has its own vsock socket, so they need not differ.
+GUEST_CID = 3
+ROOT_DISK_SERIAL = "vmsb-root"
+BASE_CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
+MIB = 1024 * 1024
+
+
+class Timeouts(BaseModel):
+    """Seconds; the defaults are Kata's budgets for Cloud Hypervisor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ready: float = Field(default=10.0, gt=0)
+    ready_interval: float = Field(default=0.01, gt=0)
+    call: float = Field(default=1.0, gt=0)
+    #: Per call for vm.create and vm.boot (boot returns once vCPUs run).
+    boot: float = Field(default=10.0, gt=0)
+    hotplug: float = Field(default=5.0, gt=0)
+    shutdown: float = Field(default=3.0, gt=0)
+    exit_wait: float = Field(default=3.0, gt=0)
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 3)
+
+
+class CloudHypervisorDriver(HypervisorDriver):
+    name = "cloud-hypervisor"
+    shares_host_fs = False
+
+    def __init__(self, config: HypervisorConfig | None = None, timeouts: Timeouts | None = None) -> None:
+        self.config = config or HypervisorConfig()
+        self.timeouts = timeouts or Timeouts()
+        #: VMMs this instance started, by PID: only a parent can learn an exit status.
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- the VmConfig -------------------------------------------------------------------------
+
+    def vm_config(self, spec: VMSpec, layout: VmLayout) -> VmConfig:
+        """The complete config sent with ``vm.create``; nothing is left to server defaults
+        that would surprise (console defaults to Tty, serial to Null)."""
+        if spec.kernel is None:
+            raise CloudHypervisorError("VMSpec.kernel is required for a Cloud Hypervisor VM", step="vm spec")
+        disks: list[DiskConfig] = []
+        if spec.root_disk is not None:
+            disks.append(self._disk(spec.root_disk, ROOT_DISK_SERIAL, readonly=True))
+        disks.extend(self._disk(d.path, d.serial, d.readonly) for d in spec.disks)
+        return VmConfig(
+            payload=PayloadConfig(
+                kernel=str(spec.kernel.absolute()),
+                initramfs=None if spec.initramfs is None else str(spec.initramfs.absolute()),
+                cmdline=" ".join([*BASE_CMDLINE, *spec.kernel_args]),
+            ),
+            cpus=CpusConfig(boot_vcpus=spec.vcpus, max_vcpus=spec.vcpus),
+            memory=MemoryConfig(size=spec.memory_mib * MIB),
+            disks=disks or None,
+            vsock=VsockConfig(cid=GUEST_CID, socket=str(layout.vsock_socket)),
+            serial=SerialConfig(mode="File", file=str(layout.serial_log)),
+            console=ConsoleConfig(mode="Off"),
+            rng=RngConfig(src="/dev/urandom"),
+        )
+
+    @staticmethod
+    def _disk(path: Path, serial: str, readonly: bool) -> DiskConfig:
+        # The serial doubles as the device id: unique per VM and never starting with "__".
+        return DiskConfig(
+            path=str(path.absolute()), readonly=readonly, serial=serial, id=serial, image_type="Raw"
+        )
+
+    # -- boot ---------------------------------------------------------------------------------
+
+    def boot(self, spec: VMSpec) -> VMHandle:
+        layout = VmLayout.under(spec.state_dir)
+        vm_config = self.vm_config(spec, layout)
+        created_dir = not layout.state_dir.exists()
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._clear_stale(layout)
+            started = time.monotonic()
+            child = vmm_process.launch(
+                self.config.cloud_hypervisor_binary,
+                self.config.cloud_hypervisor_args,
+                layout.api_socket,
+                layout.vmm_log,
+            )
+        except BaseException:
+            self._remove_files(layout, created_dir)
+            raise
+        self._children[child.pid] = child
+        handle = VMHandle(
+            vm_id=spec.vm_id,
+            hypervisor=self.name,
+            state_dir=layout.state_dir,
+            vmm_pid=child.pid,
+            endpoints=layout.endpoints(),
+        )
+        try:
+            handle.save()
+            with self._wait_ready(child, layout) as client:
+                timings = BootTimings(vmm_start=_ms(started))
+                started = time.monotonic()
+                client.create(vm_config, timeout=self.timeouts.boot)
+                self._expect_state(client, "vm.create", "Created")
+                client.boot(timeout=self.timeouts.boot)
+                self._expect_state(client, "vm.boot", "Running")
+                timings.vm_boot = _ms(started)
+            started = time.monotonic()
+            probe = self._connect(handle, layout, spec.agent_timeout)
+            probe.close()
+            timings.agent_ready = _ms(started)
+        except BaseException:
+            self._teardown(handle, layout)
+            self._remove_files(layout, created_dir)
+            raise
+        handle.timings = timings
+        handle.save()
+        return handle
+
+    def _clear_stale(self, layout: VmLayout) -> None:
+        """Remove what a previous, dead VM left; refuse if a live VMM still serves this VM."""
+        for path in (layout.api_socket, layout.vsock_socket):
+            if path.exists() and _accepts(path):
+                raise CloudHypervisorError(
+                    f"{path} is served by a running process; stop that VM first",
+                    step="cloud-hypervisor launch",
+                )
+        for path in layout.files():
+            path.unlink(missing_ok=True)
+
+    def _wait_ready(self, child: subprocess.Popen[bytes], layout: VmLayout) -> CloudHypervisorClient:
+        """Poll ``vmm.ping`` (Kata: every 10 ms, 1 s per call, 10 s in all) while the child lives."""
+        client = CloudHypervisorClient(layout.api_socket, timeout=self.timeouts.call)
+        deadline = time.monotonic() + self.timeouts.ready
+        last = "the API socket does not exist yet"
+        try:
+            while True:
+                if child.poll() is not None:
+                    raise VmmExited(
+                        "cloud-hypervisor vmm.ping", child.pid, child.returncode, self._log_tail(layout)
+                    )
+                if layout.api_socket.exists():
+                    remaining = deadline - time.monotonic()
+                    try:
+                        client.ping(timeout=max(min(self.timeouts.call, remaining), 0.01))
+                        return client
+                    except ApiUnreachable as exc:
+                        last = exc.detail
+                if time.monotonic() >= deadline:
+                    raise VmmNotReady(
+                        str(layout.api_socket), self.timeouts.ready, last, self._log_tail(layout)
+                    )
+                time.sleep(self.timeouts.ready_interval)
+        except BaseException:
+            client.close()
+            raise
+
+    @staticmethod
+    def _log_tail(layout: VmLayout) -> str:
+        return vmm_process.log_tail(layout.vmm_log)
+
+    @staticmethod
+    def _expect_state(client: CloudHypervisorClient, after: str, expected: VmState) -> None:
+        state = client.info().state
+        if state != expected:
+            raise UnexpectedVmState(after, expected, state)
+
+    # -- running VMs ---------------------------------------------------------------------------
+
+    def connect(self, handle: VMHandle, timeout: float = 10.0) -> socket.socket:
+        return self._connect(handle, VmLayout.of(handle), timeout)
+
+    def _connect(self, handle: VMHandle, layout: VmLayout, timeout: float) -> socket.socket:
+        return connect_until(
+            layout.vsock_socket, GUEST_AGENT_PORT, timeout, check_alive=lambda: self.check_alive(handle)
+        )
+
+    def alive(self, handle: VMHandle) -> bool:
+        child = self._children.get(handle.vmm_pid)
+        if child is not None:
+            return child.poll() is None
+        layout = VmLayout.of(handle)
+        return vmm_process.is_running(handle.vmm_pid) and vmm_process.owns_socket(
+            handle.vmm_pid, layout.api_socket
+        )
+
+    def check_alive(self, handle: VMHandle) -> None:
+        """Raise :class:`VmmDied` (with the exit status when known) if the VMM is gone."""
+        if not self.alive(handle):
+            child = self._children.get(handle.vmm_pid)
+            raise VmmDied(handle.vm_id, handle.vmm_pid, None if child is None else child.returncode)
+
+    def exit_status(self, handle: VMHandle) -> int | None:
+        """The VMM's exit status if it ended and this instance started it, else None."""
+        child = self._children.get(handle.vmm_pid)
+        return None if child is None else child.poll()
+
+    def _client(self, handle: VMHandle, timeout: float | None = None) -> CloudHypervisorClient:
+        self.check_alive(handle)
+        return CloudHypervisorClient(VmLayout.of(handle).api_socket, timeout=timeout or self.timeouts.call)
+
+    def attach_disk(self, handle: VMHandle, disk: DiskSpec) -> None:
+        self.hotplug_disk(handle, disk)
+
+    def hotplug_disk(self, handle: VMHandle, disk: DiskSpec) -> PciDeviceInfo | None:
+        """``vm.add-disk``; returns where the disk landed (None when cold-added before boot)."""
+        with self._client(handle, self.timeouts.hotplug) as client:
+            try:
+                return client.add_disk(self._disk(disk.path, disk.serial, disk.readonly))
+            except CloudHypervisorError:
+                self.check_alive(handle)
+                raise
+
+    def info(self, handle: VMHandle) -> VmInfo:
+        with self._client(handle) as client:
+            return client.info()
+
+    def pause(self, handle: VMHandle) -> None:
+        with self._client(handle) as client:
+            client.pause()
+
+    def resume(self, handle: VMHandle) -> None:
+        with self._client(handle) as client:
+            client.resume()
+
+    def counters(self, handle: VMHandle) -> VmCounters:
+        with self._client(handle) as client:
+            return client.counters()
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    def stop(self, handle: VMHandle) -> None:
+        layout = VmLayout.of(handle)
+        self._teardown(handle, layout)
+        self._remove_files(layout, remove_dir=True)
+
+    def _teardown(self, handle: VMHandle, layout: VmLayout) -> None:
+        """``vmm.shutdown`` -> wait -> SIGKILL; leaves the files to the caller."""
+        pid = handle.vmm_pid
+        child = self._children.pop(pid, None)
+        running = (
+            child.poll() is None
+            if child is not None
+            else vmm_process.is_running(pid) and vmm_process.owns_socket(pid, layout.api_socket)
+        )
+        if running:
+            if layout.api_socket.exists():
+                with (
+                    contextlib.suppress(CloudHypervisorError),
+                    CloudHypervisorClient(layout.api_socket, timeout=self.timeouts.shutdown) as client,
+                ):
+                    client.shutdown_vmm()
+            if not vmm_process.wait_gone(pid, self.timeouts.exit_wait, child):
+                vmm_process.kill(pid, child)
+
+    @staticmethod
+    def _remove_files(layout: VmLayout, remove_dir: bool) -> None:
+        for path in layout.files():
+            path.unlink(missing_ok=True)
+        if remove_dir:
+            with contextlib.suppress(OSError):
+                layout.state_dir.rmdir()
+
+
+def _accepts(path: Path) -> bool:
+    """Whether something is listening on the unix socket at ``path``."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
