@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for vmsandbox: Debian packages, a virtualenv with the
+# package and its test tools, the local control plane's API server binaries and the guest
+# image (both cached under ~/.cache/vmsandbox, so later runs take seconds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+DEBS=(
+  runc crun skopeo umoci e2fsprogs util-linux   # low-level runtimes, image tools, disks
+  qemu-system-x86 busybox-static cpio kmod mmdebstrap debian-archive-keyring  # guest image + QEMU
+  golang-github-opencontainers-specs-dev        # the OCI JSON schemas the tests validate against
+  docker-registry                               # a real OCI registry on loopback for pull tests
+  python3-venv ca-certificates unzip socat
+)
+missing=()
+for p in "${DEBS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The packaged registry starts itself as a system service; the tests run their own instances.
+systemctl disable --now docker-registry >/dev/null 2>&1 || true
+
+say "python environment (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+
+say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
+bash vmsandbox/devcluster/build-apiserver.sh >/dev/null
+
+if .venv/bin/python -c 'import vmsandbox.guest.image' 2>/dev/null; then
+  say "guest image (cached; first build a few minutes)"
+  .venv/bin/vmsandbox-guest-image build --out "${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}" >/dev/null
+fi
+say "setup done"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: set up, lint, type-check, then every test,
+# including the real API server, the real OCI runtimes and real QEMU guests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash hack/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+export VMSANDBOX_REQUIRE_KUBE=1 VMSANDBOX_REQUIRE_VM=1
+export VMSANDBOX_GUEST_IMAGE_DIR="${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}"
+echo "== ruff"; ruff check . && ruff format --check .
+echo "== mypy"; mypy
+echo "== pytest"; pytest "$@"
