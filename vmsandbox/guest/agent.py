@@ -1,0 +1,171 @@
+"""The guest agent's request loop: one thread per host connection, one reply per request.
+
+``attach`` turns its connection into a stream: output frames go out as the container writes,
+stdin and resize frames come in, and :class:`Exited` ends it once no more output can come.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import struct
+import termios
+import threading
+from functools import partial
+from pathlib import Path
+
+from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.containers import Container, ContainerError, ContainerTable
+from vmsandbox.guest.ociruntime import RuntimeChoice, RuntimeSelector
+from vmsandbox.guest.protocol import (
+    ATTACH_INPUT,
+    REQUEST,
+    Attach,
+    Attached,
+    ContainerList,
+    CreateContainer,
+    CreateSandbox,
+    DestroyContainer,
+    Exited,
+    Failure,
+    GetState,
+    ListContainers,
+    Ok,
+    Output,
+    Ping,
+    Pong,
+    ProtocolError,
+    Reply,
+    Request,
+    Resize,
+    SignalContainer,
+    StartContainer,
+    StdinClose,
+    StdinData,
+    WaitExit,
+    decode,
+    recv_frame_bytes,
+    send_frame,
+)
+from vmsandbox.guest.transport import Listener
+
+log = logging.getLogger("vmsandbox.guest")
+
+
+class Agent:
+    def __init__(self, state_dir: Path, oci_runtime: RuntimeChoice) -> None:
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.selector = RuntimeSelector(oci_runtime, state_dir)
+        self.table = ContainerTable(state_dir, self.selector)
+
+    def serve(self, listener: Listener) -> None:
+        while True:
+            try:
+                conn = listener.accept()
+            except OSError as exc:
+                log.info("listener closed: %s", exc)
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while True:
+                    body = recv_frame_bytes(conn)
+                    if body is None:
+                        return
+                    req: Request = decode(REQUEST, body)
+                    if isinstance(req, Attach):
+                        self._attach(conn, req)
+                        return
+                    send_frame(conn, self._reply(req))
+            except (OSError, ProtocolError) as exc:
+                log.info("connection ended: %s", exc)
+
+    def _reply(self, req: Request) -> Reply:
+        try:
+            return self.handle(req)
+        except VMSandboxError as exc:
+            return Failure(step=exc.step, detail=exc.detail)
+        except OSError as exc:
+            return Failure(step=f"guest {req.op}", detail=str(exc))
+
+    def handle(self, req: Request) -> Reply:
+        if isinstance(req, Ping):
+            return Pong(agent_pid=os.getpid(), oci_runtime=self.selector.describe())
+        if isinstance(req, CreateSandbox):
+            self.table.sandbox_id = req.sandbox_id
+            if req.hostname:
+                socket.sethostname(req.hostname)
+            return Ok()
+        if isinstance(req, CreateContainer):
+            return self.table.create(req).info()
+        if isinstance(req, StartContainer):
+            return self.table.start(req.container_id).info()
+        if isinstance(req, GetState):
+            return self.table.get(req.container_id).info()
+        if isinstance(req, SignalContainer):
+            self.table.signal(req.container_id, req.signal)
+            return Ok()
+        if isinstance(req, WaitExit):
+            code = self.table.get(req.container_id).wait_exit(req.timeout)
+            if code is None:
+                return Failure(step="wait", detail=f"container still running after {req.timeout}s")
+            return Exited(exit_code=code)
+        if isinstance(req, DestroyContainer):
+            self.table.destroy(req.container_id)
+            return Ok()
+        if isinstance(req, ListContainers):
+            return ContainerList(containers=[c.info() for c in self.table.all()])
+        raise ContainerError(f"request {req.op!r} is not valid here", step="request")
+
+    # -- attach -------------------------------------------------------------------------
+
+    def _attach(self, conn: socket.socket, req: Attach) -> None:
+        try:
+            container = self.table.get(req.container_id)
+        except ContainerError as exc:
+            send_frame(conn, Failure(step=exc.step, detail=exc.detail))
+            return
+        send_frame(conn, Attached())
+        threading.Thread(target=self._attach_input, args=(conn, container), daemon=True).start()
+        offset = req.offset
+        while True:
+            with container.cond:
+                container.cond.wait_for(partial(_more_or_done, container, offset), timeout=0.25)
+                chunks = container.output.since(offset)
+                done = not chunks and container.output_done()
+                code = container.exit_code
+            for start, stream, data in chunks:
+                send_frame(conn, Output.of(stream, data, start))
+                offset = start + len(data)
+            if done:
+                assert code is not None
+                send_frame(conn, Exited(exit_code=code))
+                return
+
+    def _attach_input(self, conn: socket.socket, container: Container) -> None:
+        try:
+            while True:
+                body = recv_frame_bytes(conn)
+                if body is None:
+                    return
+                frame = decode(ATTACH_INPUT, body)
+                if isinstance(frame, StdinData):
+                    fd = container.stdin_fd
+                    if fd is not None:
+                        os.write(fd, frame.raw())
+                elif isinstance(frame, StdinClose):
+                    self.table.close_stdin(container)
+                elif isinstance(frame, Resize) and container.pty_master is not None:
+                    winsize = struct.pack("HHHH", frame.rows, frame.cols, 0, 0)
+                    fcntl.ioctl(container.pty_master, termios.TIOCSWINSZ, winsize)
+        except (OSError, ProtocolError) as exc:
+            log.debug("attach input ended: %s", exc)
+
+
+def _more_or_done(container: Container, offset: int) -> bool:
+    return container.output.end > offset or container.output_done()

@@ -1,0 +1,89 @@
+"""The low-level OCI runtime (crun or runc) the agent drives, and the choice between them.
+
+``auto`` prefers crun (smaller, faster) and falls back to runc on the first create crun
+cannot do, logging crun's own words: Debian 12's crun 1.8.1 refuses hosts that mount cgroup v1
+beside a cgroup2 hierarchy with controllers ("cgroups in hybrid mode not supported"), which is
+what the process backend sees on such hosts; inside our own guest crun works.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Literal
+
+from vmsandbox.errors import VMSandboxError
+
+log = logging.getLogger("vmsandbox.guest")
+
+RuntimeChoice = Literal["auto", "crun", "runc"]
+
+
+class OciRuntimeError(VMSandboxError):
+    step = "oci runtime"
+
+
+class OciRuntime:
+    """One low-level runtime binary with its own state root."""
+
+    def __init__(self, name: str, state_root: Path) -> None:
+        binary = shutil.which(name)
+        if binary is None:
+            raise OciRuntimeError(f"{name} is not installed in the guest", step=f"{name}")
+        self.name = name
+        self.binary = binary
+        self.state_root = state_root / name
+        self.state_root.mkdir(parents=True, exist_ok=True)
+
+    def base(self) -> list[str]:
+        return [self.binary, "--root", str(self.state_root)]
+
+    def run(self, *args: str, step: str) -> None:
+        """Run a quick subcommand (start, delete, kill); raise with its stderr on failure."""
+        proc = subprocess.run(
+            [*self.base(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+            raise OciRuntimeError(f"{self.name} {args[0]}: {msg}", step=step)
+
+
+class RuntimeSelector:
+    """Hands out the runtime to use; under ``auto`` remembers a fallback to runc once made."""
+
+    def __init__(self, choice: RuntimeChoice, state_root: Path) -> None:
+        self.choice = choice
+        self.state_root = state_root
+        self._lock = threading.Lock()
+        self._fell_back = False
+
+    def current(self) -> OciRuntime:
+        with self._lock:
+            if self.choice == "runc" or self._fell_back:
+                return OciRuntime("runc", self.state_root)
+            if self.choice == "crun":
+                return OciRuntime("crun", self.state_root)
+            if shutil.which("crun") is None:
+                self._fall_back("crun is not installed")
+                return OciRuntime("runc", self.state_root)
+            return OciRuntime("crun", self.state_root)
+
+    def can_fall_back(self, used: OciRuntime) -> bool:
+        return self.choice == "auto" and used.name == "crun" and shutil.which("runc") is not None
+
+    def fall_back(self, reason: str) -> None:
+        with self._lock:
+            self._fall_back(reason)
+
+    def _fall_back(self, reason: str) -> None:
+        if not self._fell_back:
+            log.warning("oci runtime auto: using runc because crun failed: %s", reason)
+        self._fell_back = True
+
+    def describe(self) -> str:
+        if self.choice != "auto":
+            return self.choice
+        return "auto(runc)" if self._fell_back else "auto(crun)"

@@ -1,0 +1,107 @@
+"""Where the guest agent listens: one interface over unix sockets, vsock and virtio-serial.
+
+Every listener hands out plain stream sockets from ``accept()``, so the agent's request loop
+never knows which transport carried the connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Protocol
+
+from vmsandbox.errors import VMSandboxError
+
+VSOCK_DEVICE = Path("/dev/vsock")
+SERIAL_PORT = Path("/dev/virtio-ports/io.vmsandbox.agent")
+DEFAULT_VSOCK_PORT = 1024
+
+
+class TransportError(VMSandboxError):
+    step = "guest listen"
+
+
+class Listener(Protocol):
+    def accept(self) -> socket.socket: ...
+
+    def close(self) -> None: ...
+
+
+class SocketListener:
+    """A listening unix or vsock socket."""
+
+    def __init__(self, sock: socket.socket, cleanup: Path | None = None) -> None:
+        self._sock = sock
+        self._cleanup = cleanup
+
+    def accept(self) -> socket.socket:
+        conn, _ = self._sock.accept()
+        return conn
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._cleanup is not None:
+            self._cleanup.unlink(missing_ok=True)
+
+
+def listen_unix(path: Path) -> SocketListener:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path.unlink(missing_ok=True)
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot listen on unix:{path}: {exc}") from exc
+    return SocketListener(sock, cleanup=path)
+
+
+def listen_vsock(port: int) -> SocketListener:
+    family = getattr(socket, "AF_VSOCK", None)
+    if family is None:
+        raise TransportError("this Python has no AF_VSOCK support")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((socket.VMADDR_CID_ANY, port))
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"cannot listen on vsock:{port}: {exc}") from exc
+    return SocketListener(sock)
+
+
+def listen_serial(path: Path) -> Listener:
+    # Imported here: the multiplexer is only needed inside QEMU guests.
+    from vmsandbox.guest.mux import open_serial_listener
+
+    listener: Listener = open_serial_listener(path)
+    return listener
+
+
+def resolve_auto() -> str:
+    """The concrete spec ``auto`` stands for in this guest."""
+    if SERIAL_PORT.exists():
+        return f"serial:{SERIAL_PORT}"
+    if VSOCK_DEVICE.exists():
+        return f"vsock:{DEFAULT_VSOCK_PORT}"
+    raise TransportError(f"--listen auto: neither {SERIAL_PORT} nor {VSOCK_DEVICE} exists")
+
+
+def open_listener(spec: str) -> Listener:
+    """Open the listener named by ``unix:PATH``, ``vsock:PORT``, ``serial:PATH`` or ``auto``."""
+    if spec == "auto":
+        spec = resolve_auto()
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise TransportError(f"bad --listen {spec!r}; expected unix:PATH, vsock:PORT, serial:PATH or auto")
+    if scheme == "unix":
+        return listen_unix(Path(rest))
+    if scheme == "vsock":
+        if not rest.isdigit():
+            raise TransportError(f"bad vsock port {rest!r} in --listen {spec!r}")
+        return listen_vsock(int(rest))
+    if scheme == "serial":
+        return listen_serial(Path(rest))
+    raise TransportError(f"unknown transport {scheme!r} in --listen {spec!r}")
