@@ -1,0 +1,33 @@
+"""Failure injection for rollback tests: ``VMSANDBOX_RUNTIME_FAIL_AT=<step>`` fails that step.
+
+Read on every checkpoint, so one process can run many creates failing at different steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vmsandbox.runtime.errors import InjectedFault
+
+FAIL_AT_ENV = "VMSANDBOX_RUNTIME_FAIL_AT"
+
+#: Every checkpoint ``create`` passes, in order (the pod-container path skips "boot").
+CREATE_STEPS = (
+    "reserve",
+    "bundle",
+    "config",
+    "container-type",
+    "disk",
+    "boot",
+    "create-sandbox",
+    "create-container",
+    "console",
+    "relay",
+    "state",
+    "pid-file",
+)
+
+
+def checkpoint(step: str) -> None:
+    if os.environ.get(FAIL_AT_ENV) == step:
+        raise InjectedFault(f"failure injected by {FAIL_AT_ENV}={step}", step=step)

@@ -1,0 +1,469 @@
+"""The OCI lifecycle (create, start, state, kill, delete) of containers that live in microVMs.
+
+``create`` follows kata-runtime's order: validate the id and bundle, parse config.json, decide
+the pod role from CRI annotations, boot a VM for a pod sandbox (or join the sandbox's VM for a
+pod container), create the container through the guest agent, start the host relay whose pid
+stands for the container, and write the pid file last. Unlike kata, any failure after the id is
+reserved tears down everything create built (VM, relay, guest container, disk, state directory),
+as the runtime specification requires.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import logging
+import os
+import signal as signals
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vmsandbox.guest.protocol import (
+    BlockDevice,
+    ContainerInfo,
+    CreateContainer,
+    CreateSandbox,
+    DestroyContainer,
+    Exited,
+    GetState,
+    HostPath,
+    Ok,
+    SignalContainer,
+    StartContainer,
+    WaitExit,
+)
+from vmsandbox.hypervisor import driver_for
+from vmsandbox.hypervisor.base import DiskSpec, HypervisorDriver, HypervisorError, VMHandle, VMSpec
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.runtime import console
+from vmsandbox.runtime.client import AgentClient
+from vmsandbox.runtime.disk import disk_serial, make_disk
+from vmsandbox.runtime.errors import AgentError, NotFound, RuntimeError_, WrongState
+from vmsandbox.runtime.faults import checkpoint
+from vmsandbox.runtime.ids import validate_id
+from vmsandbox.runtime.pidfile import write_pid_file
+from vmsandbox.runtime.podtype import pod_role
+from vmsandbox.runtime.relay import RelayConfig, spawn_relay
+from vmsandbox.runtime.spec import load_spec, resolve_bundle
+from vmsandbox.runtime.state import ContainerState, Record, StateStore, Timings
+
+log = logging.getLogger("vmsandbox.runtime")
+
+DEFAULT_ROOT = Path("/run/vmsandbox")
+Stdio = tuple[int, int, int]
+
+
+def parse_signal(value: str | int) -> int:
+    """``TERM``, ``SIGTERM``, ``15`` or ``15`` as an int, as runc's ``kill`` accepts them."""
+    if isinstance(value, int) or value.isdigit():
+        number = int(value)
+        if 1 <= number <= 64:
+            return number
+    else:
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        member = getattr(signals.Signals, name, None) if name.isidentifier() else None
+        if member is not None:
+            return int(member)
+    raise RuntimeError_(f"unknown signal {value!r}", step="signal")
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 3)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+class Runtime:
+    """The library behind ``vmsandbox-runtime``; the node agent uses it directly."""
+
+    def __init__(
+        self, root: Path = DEFAULT_ROOT, hypervisor: str = "process", config: HypervisorConfig | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.hypervisor = hypervisor
+        self.config = config or HypervisorConfig.from_env()
+        self.store = StateStore(self.root)
+        self._drivers: dict[str, HypervisorDriver] = {}
+
+    def driver(self, name: str | None = None) -> HypervisorDriver:
+        name = name or self.hypervisor
+        if name not in self._drivers:
+            self._drivers[name] = driver_for(name, self.config)
+        return self._drivers[name]
+
+    def _client(self, record: Record) -> AgentClient:
+        if record.state.vm is None:
+            raise AgentError(f"container {record.state.id!r} has no VM", step="guest agent")
+        return AgentClient(self.driver(record.state.hypervisor), record.state.vm)
+
+    # ---- create ----------------------------------------------------------------------
+
+    def create(
+        self,
+        container_id: str,
+        bundle: Path | str | None,
+        *,
+        pid_file: Path | None = None,
+        console_socket: Path | None = None,
+        stdio: Stdio | None = None,
+        log_path: Path | None = None,
+        console_path: Path | None = None,
+    ) -> ContainerState:
+        validate_id(container_id)
+        record_dir = self.store.reserve(container_id)
+        undo = contextlib.ExitStack()
+        undo.callback(self.store.remove, container_id)
+        # Descriptors the relay inherits; the creating process closes its copies either way.
+        with contextlib.ExitStack() as fds:
+            try:
+                state = self._create(
+                    container_id,
+                    bundle,
+                    record_dir,
+                    undo,
+                    fds,
+                    pid_file,
+                    console_socket,
+                    stdio,
+                    log_path,
+                    console_path,
+                )
+            except BaseException as exc:
+                log.info("create %s failed (%s); rolling back", container_id, exc)
+                undo.close()
+                raise
+        undo.pop_all()
+        return state
+
+    def _create(
+        self,
+        container_id: str,
+        bundle: Path | str | None,
+        record_dir: Path,
+        undo: contextlib.ExitStack,
+        fds: contextlib.ExitStack,
+        pid_file: Path | None,
+        console_socket: Path | None,
+        stdio: Stdio | None,
+        log_path: Path | None,
+        console_path: Path | None,
+    ) -> ContainerState:
+        checkpoint("reserve")
+        bundle_path = resolve_bundle(bundle)
+        checkpoint("bundle")
+        loaded = load_spec(bundle_path)
+        checkpoint("config")
+        annotations = loaded.spec.annotations or {}
+        role = pod_role(container_id, annotations)
+        checkpoint("container-type")
+        terminal = loaded.spec.process.terminal
+        if terminal and console_socket is None and console_path is None:
+            raise console.ConsoleError("process.terminal is true: --console-socket is required")
+        if not terminal and console_socket is not None:
+            raise console.ConsoleError("--console-socket was given but process.terminal is false")
+
+        sandbox: Record | None = None
+        if role.kind == "container":
+            sandbox = self._sandbox_for(role.sandbox_id)
+        hypervisor = sandbox.state.hypervisor if sandbox else self.hypervisor
+        driver = self.driver(hypervisor)
+        log_file = Path(log_path) if log_path else record_dir / "container.log"
+        state = ContainerState(
+            id=container_id,
+            status="creating",
+            bundle=str(bundle_path),
+            annotations=annotations,
+            hypervisor=hypervisor,
+            log_path=str(log_file),
+        )
+        record = Record(state=state, kind=role.kind, sandbox_id=role.sandbox_id, owns_vm=sandbox is None)
+        self.store.save(record)
+
+        rootfs: HostPath | BlockDevice
+        disk: DiskSpec | None = None
+        if driver.shares_host_fs:
+            rootfs = HostPath(path=str(loaded.rootfs))
+        else:
+            image = make_disk(loaded.rootfs, record_dir / "rootfs.ext4")
+            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=False)
+            rootfs = BlockDevice(serial=disk.serial)
+            record.disk_image = str(image)
+        checkpoint("disk")
+
+        if sandbox is None:
+            handle = self._boot(driver, container_id, disk, undo)
+            state.timings = Timings(
+                vmmStart=handle.timings.vmm_start,
+                vmBoot=handle.timings.vm_boot,
+                agentReady=handle.timings.agent_ready,
+            )
+            checkpoint("boot")
+            client = AgentClient(driver, handle)
+            client.call(CreateSandbox(sandbox_id=container_id, hostname=loaded.spec.hostname), Ok)
+            checkpoint("create-sandbox")
+        else:
+            assert sandbox.state.vm is not None
+            handle = sandbox.state.vm
+            client = AgentClient(driver, handle)
+            if disk is not None:
+                driver.attach_disk(handle, disk)
+        state.vm = handle
+        self.store.save(record)
+
+        t0 = time.monotonic()
+        client.call(
+            CreateContainer(
+                container_id=container_id, spec=loaded.document, rootfs=rootfs, terminal=terminal
+            ),
+            ContainerInfo,
+        )
+        undo.callback(self._destroy_quietly, client, container_id)
+        state.timings.containerCreate = _ms(t0)
+        checkpoint("create-container")
+
+        if terminal:
+            relay_stdio = self._console(console_socket, console_path, fds)
+        else:
+            relay_stdio = stdio or self._null_stdio(fds)
+        checkpoint("console")
+
+        if not log_file.exists():
+            undo.callback(log_file.unlink, missing_ok=True)
+        log_file.touch()
+        relay_pid = spawn_relay(
+            driver,
+            RelayConfig(
+                container_id=container_id,
+                handle=handle,
+                stdio=relay_stdio,
+                terminal=terminal,
+                log_path=log_file,
+                relay_log=record_dir / "relay.log",
+            ),
+        )
+        undo.callback(_kill_relay, relay_pid)
+        checkpoint("relay")
+
+        state.status = "created"
+        state.pid = relay_pid
+        record.relay_pid = relay_pid
+        self.store.save(record)
+        checkpoint("state")
+
+        if pid_file is not None:
+            pid_path = Path(os.path.abspath(pid_file))
+            existed = pid_path.exists()
+            write_pid_file(pid_path, relay_pid)
+            if not existed:
+                undo.callback(pid_path.unlink, missing_ok=True)
+        checkpoint("pid-file")
+        return state
+
+    def _sandbox_for(self, sandbox_id: str) -> Record:
+        try:
+            sandbox = self.store.load(sandbox_id)
+        except NotFound as exc:
+            raise RuntimeError_(f"sandbox {sandbox_id!r} does not exist", step="sandbox") from exc
+        if sandbox.kind != "sandbox" or sandbox.state.vm is None:
+            raise RuntimeError_(f"{sandbox_id!r} is not a running pod sandbox", step="sandbox")
+        if not self.driver(sandbox.state.hypervisor).alive(sandbox.state.vm):
+            raise RuntimeError_(f"the VM of sandbox {sandbox_id!r} is not running", step="sandbox")
+        return sandbox
+
+    def _boot(
+        self, driver: HypervisorDriver, container_id: str, disk: DiskSpec | None, undo: contextlib.ExitStack
+    ) -> VMHandle:
+        vm_id = "vm-" + hashlib.sha256(container_id.encode()).hexdigest()[:16]
+        spec = VMSpec(vm_id=vm_id, state_dir=self.store.vm_dir(vm_id), disks=[disk] if disk else [])
+        if not driver.shares_host_fs:
+            images = self.config.guest_image_dir
+            spec.kernel = images / "vmlinuz"
+            spec.initramfs = images / "initramfs.img"
+            spec.root_disk = images / "rootfs.img"
+        undo.callback(_remove_empty, spec.state_dir.parent)
+        undo.callback(_remove_tree, spec.state_dir)
+        handle = driver.boot(spec)
+        undo.callback(driver.stop, handle)
+        return handle
+
+    @staticmethod
+    def _null_stdio(fds: contextlib.ExitStack) -> Stdio:
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fds.callback(os.close, fd)
+        return (fd, fd, fd)
+
+    @staticmethod
+    def _console(socket_path: Path | None, console_path: Path | None, fds: contextlib.ExitStack) -> Stdio:
+        if console_path is not None:
+            slave = console.open_console_path(console_path)
+        else:
+            assert socket_path is not None
+            master, slave = console.open_host_pty()
+            try:
+                console.send_master(socket_path, master, os.ttyname(slave))
+            except BaseException:
+                os.close(slave)
+                raise
+            finally:
+                os.close(master)
+        fds.callback(os.close, slave)
+        return (slave, slave, slave)
+
+    @staticmethod
+    def _destroy_quietly(client: AgentClient, container_id: str) -> None:
+        try:
+            client.call(DestroyContainer(container_id=container_id), Ok, timeout=30)
+        except RuntimeError_ as exc:
+            log.warning("rollback: destroying %s in the guest: %s", container_id, exc)
+
+    # ---- queries and lifecycle -------------------------------------------------------
+
+    def _guest_info(self, record: Record) -> ContainerInfo | None:
+        """The guest's view of the container, or None when its VM is gone."""
+        vm = record.state.vm
+        if vm is None or not self.driver(record.state.hypervisor).alive(vm):
+            return None
+        try:
+            return self._client(record).call(
+                GetState(container_id=record.state.id), ContainerInfo, timeout=10
+            )
+        except AgentError:
+            if not self.driver(record.state.hypervisor).alive(vm):
+                return None
+            raise
+
+    def _refresh(self, record: Record) -> ContainerState:
+        state = record.state.model_copy(deep=True)
+        if state.status == "creating":
+            return state
+        info = self._guest_info(record)
+        if info is None:
+            state.status = "stopped"
+        else:
+            state.status = info.status
+            state.exit_code = info.exit_code
+            state.started_at = _ts(info.started_at)
+            state.finished_at = _ts(info.finished_at)
+        if state.status == "stopped":
+            state.pid = 0
+        return state
+
+    def state(self, container_id: str) -> ContainerState:
+        validate_id(container_id)
+        return self._refresh(self.store.load(container_id))
+
+    def list(self) -> builtins.list[ContainerState]:
+        states = []
+        for container_id in self.store.ids():
+            try:
+                states.append(self.state(container_id))
+            except NotFound:
+                continue
+        return states
+
+    def start(self, container_id: str) -> ContainerState:
+        record = self.store.load(validate_id(container_id))
+        current = self._refresh(record)
+        if current.status != "created":
+            raise WrongState(f"container {container_id!r} is {current.status}, not created", step="start")
+        self._client(record).call(StartContainer(container_id=container_id), ContainerInfo)
+        return self._refresh(record)
+
+    def kill(self, container_id: str, signal: str | int = "TERM") -> None:
+        signum = parse_signal(signal)
+        record = self.store.load(validate_id(container_id))
+        current = self._refresh(record)
+        if current.status not in ("created", "running"):
+            raise WrongState(f"container {container_id!r} is {current.status}", step="kill")
+        self._client(record).call(SignalContainer(container_id=container_id, signal=signum), Ok)
+
+    def wait(self, container_id: str, timeout: float | None = None) -> int:
+        record = self.store.load(validate_id(container_id))
+        if self._guest_info(record) is None:
+            raise WrongState(f"the VM of container {container_id!r} is gone; its status is lost", step="wait")
+        reply = self._client(record).call(
+            WaitExit(container_id=container_id, timeout=timeout),
+            Exited,
+            timeout=None if timeout is None else timeout + 10,
+        )
+        return reply.exit_code
+
+    def delete(self, container_id: str, force: bool = False) -> None:
+        record = self.store.load(validate_id(container_id))
+        current = self._refresh(record)
+        if current.status != "stopped" and not force:
+            raise WrongState(
+                f"container {container_id!r} is {current.status}; stop it first or use --force", step="delete"
+            )
+        if record.kind == "sandbox":
+            members = [r for r in self._records() if r.kind == "container" and r.sandbox_id == container_id]
+            if members and not force:
+                names = ", ".join(r.state.id for r in members)
+                raise WrongState(f"sandbox {container_id!r} still has containers: {names}", step="delete")
+            for member in members:
+                self.delete(member.state.id, force=True)
+        self._teardown(record)
+
+    def _records(self) -> builtins.list[Record]:
+        out = []
+        for container_id in self.store.ids():
+            with contextlib.suppress(NotFound, ValueError):
+                out.append(self.store.load(container_id))
+        return out
+
+    def _teardown(self, record: Record) -> None:
+        vm = record.state.vm
+        driver = self.driver(record.state.hypervisor)
+        if vm is not None and driver.alive(vm):
+            self._destroy_quietly(self._client(record), record.state.id)
+        if record.relay_pid is not None:
+            _kill_relay(record.relay_pid, grace=2.0)
+        if record.owns_vm and vm is not None:
+            try:
+                driver.stop(vm)
+            except HypervisorError as exc:
+                raise RuntimeError_(str(exc), step="delete") from exc
+            _remove_empty(vm.state_dir.parent)
+        self.store.remove(record.state.id)
+
+
+def _relay_alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_relay(pid: int, grace: float = 0.0) -> None:
+    """Give a relay ``grace`` seconds to finish on its own, then kill and reap it."""
+    deadline = time.monotonic() + grace
+    while _relay_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if _relay_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signals.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _relay_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()

@@ -1,0 +1,110 @@
+"""What the runtime reports about a container, and what it keeps on disk under ``--root``.
+
+Layout: ``<root>/<id>/state.json`` (the :class:`Record`), ``<root>/<id>/container.log`` (output),
+``<root>/<id>/relay.log``, and each pod sandbox's VM under ``<root>/.vms/<vm id>/`` (ids cannot
+start with a dot, so the two never collide).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmsandbox.hypervisor.base import HypervisorName, VMHandle
+from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
+
+OCI_VERSION = "1.0.2"
+Status = Literal["creating", "created", "running", "stopped"]
+VMS_DIR = ".vms"
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage of create."""
+
+    vmmStart: float = 0.0
+    vmBoot: float = 0.0
+    agentReady: float = 0.0
+    containerCreate: float = 0.0
+
+
+class ContainerState(BaseModel):
+    """The OCI state (ociVersion, id, status, pid, bundle, annotations) plus VM details."""
+
+    ociVersion: str = OCI_VERSION
+    id: str
+    status: Status
+    #: The host relay process: it lives while the container runs and exits with its status.
+    pid: int = Field(default=0, ge=0)
+    bundle: str
+    annotations: dict[str, str] = Field(default_factory=dict)
+    hypervisor: HypervisorName
+    vm: VMHandle | None = None
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    log_path: str | None = None
+    timings: Timings = Field(default_factory=Timings)
+
+
+class Record(BaseModel):
+    """The persisted form: the state as of the last write plus what teardown needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: ContainerState
+    kind: Literal["sandbox", "container"]
+    sandbox_id: str
+    #: True for the pod sandbox: deleting it stops the VM.
+    owns_vm: bool = False
+    relay_pid: int | None = None
+    disk_image: str | None = None
+
+
+class StateStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, container_id: str) -> Path:
+        return self.root / container_id
+
+    def vm_dir(self, vm_id: str) -> Path:
+        return self.root / VMS_DIR / vm_id
+
+    def reserve(self, container_id: str) -> Path:
+        """Claim the id: ``mkdir`` is atomic, so of two concurrent creates exactly one wins."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RuntimeError_(f"cannot create state root {self.root}: {exc}", step="state root") from exc
+        path = self.dir(container_id)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError as exc:
+            raise IdInUse(f"container {container_id!r} already exists") from exc
+        return path
+
+    def save(self, record: Record) -> None:
+        path = self.dir(record.state.id) / "state.json"
+        tmp = path.with_name(f".state.json.{os.getpid()}")
+        tmp.write_text(record.model_dump_json(indent=1))
+        tmp.replace(path)
+
+    def load(self, container_id: str) -> Record:
+        path = self.dir(container_id) / "state.json"
+        try:
+            return Record.model_validate_json(path.read_text())
+        except FileNotFoundError as exc:
+            raise NotFound(f"container {container_id!r} does not exist") from exc
+
+    def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+    def remove(self, container_id: str) -> None:
+        shutil.rmtree(self.dir(container_id), ignore_errors=True)
