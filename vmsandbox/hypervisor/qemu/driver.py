@@ -1,0 +1,440 @@
+"""The QEMU driver: boots the guest image with ``qemu-system-x86_64`` and drives it over QMP.
+
+For hosts without usable KVM (TCG emulation) and for CI. Each VM is a QEMU process plus an
+agent mux proxy (:mod:`vmsandbox.hypervisor.qemu.mux`) in QEMU's process group. The guest agent
+is reached over a virtio-serial port, since these hosts have no ``vhost-vsock``; the proxy turns
+that one byte stream into one channel per connection on ``<state>/agent.sock``.
+
+Every method works from a fresh driver given only the persisted :class:`VMHandle`: the runtime
+CLI that booted a VM has long exited when another one stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel
+
+from vmsandbox.errors import VMSandboxError
+from vmsandbox.hypervisor.base import (
+    GUEST_AGENT_SERIAL_NAME,
+    BootTimings,
+    DiskSpec,
+    HypervisorDriver,
+    HypervisorError,
+    HypervisorName,
+    VMGone,
+    VMHandle,
+    VMSpec,
+    check_socket_path,
+)
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
+from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
+
+ROOT_SERIAL = "vmsb-root"
+#: Fixed part of the guest kernel command line; ``VMSpec.kernel_args`` follow it.
+BASE_CMDLINE = "console=ttyS0 panic=-1 quiet"
+#: Printed by the guest image's init as soon as the kernel has handed over to it.
+INIT_MARKER = b"vmsandbox-init: stage=init"
+READY_MARKER = b"vmsandbox-guest: ready"
+#: Empty PCIe root ports for hot-plugged disks (q35's root bus itself cannot hot-plug).
+HOTPLUG_PORTS = 8
+QMP_TIMEOUT = 10.0
+#: Seconds the guest gets to act on an ACPI power-button press before QEMU is told to quit.
+POWERDOWN_GRACE = 1.0
+QUIT_GRACE = 3.0
+
+
+class VMPaths(BaseModel):
+    """Where one VM's sockets and logs live inside its state directory."""
+
+    state_dir: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.state_dir / "qmp.sock"
+
+    @property
+    def agent(self) -> Path:
+        return self.state_dir / "agent.sock"
+
+    @property
+    def agent_serial(self) -> Path:
+        return self.state_dir / "agent-serial.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.state_dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.state_dir / "qemu.log"
+
+    @property
+    def mux_log(self) -> Path:
+        return self.state_dir / "mux.log"
+
+    def sockets(self) -> list[Path]:
+        return [self.qmp, self.agent, self.agent.with_name(self.agent.name + ".tmp"), self.agent_serial]
+
+
+def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[str]:
+    """The full QEMU command line for ``spec`` (also what the boot benchmark runs bare)."""
+    if spec.kernel is None or spec.initramfs is None or spec.root_disk is None:
+        raise HypervisorError("VMSpec.kernel, initramfs and root_disk are required", step="boot config")
+    cmdline = " ".join([BASE_CMDLINE, *spec.kernel_args])
+    argv = [binary, "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max"]
+    argv += ["-m", str(spec.memory_mib), "-smp", str(spec.vcpus), "-name", spec.vm_id]
+    argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initramfs), "-append", cmdline]
+    argv += ["-display", "none", "-nodefaults", "-no-user-config", "-no-reboot"]
+    argv += ["-serial", f"file:{paths.console}"]
+    argv += ["-qmp", f"unix:{paths.qmp},server=on,wait=off"]
+    argv += ["-device", "virtio-rng-pci"]
+    argv += ["-device", "virtio-serial-pci,id=vser"]
+    argv += ["-chardev", f"socket,id=agent,path={paths.agent_serial},server=on,wait=off"]
+    argv += ["-device", f"virtserialport,bus=vser.0,chardev=agent,name={GUEST_AGENT_SERIAL_NAME}"]
+    disks = [DiskSpec(path=spec.root_disk, serial=ROOT_SERIAL, readonly=True), *spec.disks]
+    for index, disk in enumerate(disks):
+        readonly = "on" if disk.readonly else "off"
+        argv += ["-blockdev", _blockdev(f"disk{index}", disk.path, readonly)]
+        argv += ["-device", f"virtio-blk-pci,drive=disk{index},serial={disk.serial},id=blk-{disk.serial}"]
+    for port in range(HOTPLUG_PORTS):
+        argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1},slot={port + 1}"]
+    return argv
+
+
+def _blockdev(node: str, path: Path, readonly: str) -> str:
+    file = str(path).replace(",", ",,")
+    return f"driver=raw,node-name={node},read-only={readonly},file.driver=file,file.filename={file}"
+
+
+def _proc_state(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a process, None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def _running(pid: int, started: str | None = None) -> bool:
+    """Alive (not a zombie) and, when known, the very process we started (not a reused pid)."""
+    state = _proc_state(pid)
+    if state is None or state[0] in ("Z", "X"):
+        return False
+    return started is None or state[1] == started
+
+
+def _tail(path: Path, lines: int = 12) -> str:
+    try:
+        text = path.read_bytes().decode(errors="replace")
+    except OSError:
+        return "(none)"
+    kept = [line.rstrip("\r") for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) if kept else "(empty)"
+
+
+class QemuDriver(HypervisorDriver):
+    """Boots the guest image under QEMU (KVM when a boot probe proves it works, else TCG)."""
+
+    name: ClassVar[HypervisorName] = "qemu"
+    shares_host_fs: ClassVar[bool] = False
+
+    def __init__(self, config: HypervisorConfig) -> None:
+        self.config = config
+        #: QEMU processes this instance started, so it can reap them (others are init's).
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- boot -----------------------------------------------------------------------------------
+
+    def boot(self, spec: VMSpec) -> VMHandle:
+        for field in ("kernel", "initramfs", "root_disk"):
+            value = getattr(spec, field)
+            if value is None:
+                raise HypervisorError(f"VMSpec.{field} is required by the qemu backend", step="boot config")
+            if not Path(value).is_file():
+                raise HypervisorError(f"VMSpec.{field}: {value} is not a file", step="boot config")
+        for disk in spec.disks:
+            if not disk.path.is_file():
+                raise HypervisorError(
+                    f"VMSpec.disks[{disk.serial}]: {disk.path} is not a file", step="boot config"
+                )
+        paths = VMPaths(state_dir=spec.state_dir)
+        for sock in paths.sockets():
+            check_socket_path(sock)
+        assert spec.kernel is not None
+        accel = choose_accel(self.config, spec.kernel)
+        argv = qemu_argv(self.config.qemu_binary, spec, accel, paths)
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*paths.sockets(), paths.console]:
+            stale.unlink(missing_ok=True)
+
+        t0 = time.monotonic()
+        handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
+        try:
+            qemu = self._start_qemu(argv, paths)
+            handle.vmm_pid = qemu.pid
+            handle.endpoints = {
+                "qmp": str(paths.qmp),
+                "agent": str(paths.agent),
+                "agent_serial": str(paths.agent_serial),
+                "serial_log": str(paths.console),
+                "accel": accel,
+                "vmm_started": (_proc_state(qemu.pid) or ("", ""))[1],
+            }
+            mux = self._start_mux(qemu, paths)
+            handle.endpoints["mux_pid"] = str(mux.pid)
+            handle.endpoints["mux_started"] = (_proc_state(mux.pid) or ("", ""))[1]
+            self._wait_qmp(qemu, paths)
+            t_vmm = time.monotonic()
+            t_init, t_ready = self._wait_agent(handle, qemu, mux, paths, spec.agent_timeout)
+            handle.timings = BootTimings(
+                vmm_start=(t_vmm - t0) * 1000,
+                vm_boot=(t_init - t_vmm) * 1000,
+                agent_ready=(t_ready - t_init) * 1000,
+            )
+            handle.save()
+        except BaseException:
+            # Nothing in the guest is worth a graceful shutdown yet.
+            self._teardown(handle, graceful=False)
+            raise
+        return handle
+
+    def _start_qemu(self, argv: list[str], paths: VMPaths) -> subprocess.Popen[bytes]:
+        with paths.qemu_log.open("wb") as log:
+            try:
+                # Its own process group (the mux proxy joins it), so stop() can kill both at once.
+                qemu = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0
+                )
+            except OSError as exc:
+                raise HypervisorError(f"cannot start {argv[0]}: {exc.strerror}", step="vmm start") from exc
+        self._children[qemu.pid] = qemu
+        return qemu
+
+    def _start_mux(self, qemu: subprocess.Popen[bytes], paths: VMPaths) -> subprocess.Popen[bytes]:
+        import vmsandbox
+
+        env = dict(os.environ)
+        package_root = str(Path(vmsandbox.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "vmsandbox.hypervisor.qemu.mux"]
+        cmd += ["--line", str(paths.agent_serial), "--listen", str(paths.agent)]
+        with paths.mux_log.open("wb") as log:
+            mux = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, process_group=qemu.pid
+            )
+        self._children[mux.pid] = mux
+        return mux
+
+    def _wait_qmp(self, qemu: subprocess.Popen[bytes], paths: VMPaths) -> None:
+        deadline = time.monotonic() + QMP_TIMEOUT
+        while True:
+            if qemu.poll() is not None:
+                raise HypervisorError(
+                    f"QEMU exited with status {qemu.returncode}: {_tail(paths.qemu_log)}", step="vmm start"
+                )
+            try:
+                with QMPClient.connect(paths.qmp, timeout=0.2) as qmp:
+                    status = qmp.execute("query-status")
+                if isinstance(status, dict) and status.get("status") == "running":
+                    return
+            except QMPError:
+                pass
+            if time.monotonic() >= deadline:
+                raise HypervisorError(
+                    f"QMP did not report a running VM within {QMP_TIMEOUT:g}s", step="vmm start"
+                )
+            time.sleep(0.01)
+
+    def _wait_agent(
+        self,
+        handle: VMHandle,
+        qemu: subprocess.Popen[bytes],
+        mux: subprocess.Popen[bytes],
+        paths: VMPaths,
+        timeout: float,
+    ) -> tuple[float, float]:
+        """Wait for the guest agent to answer a ping; returns when init started and when it answered."""
+        from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
+
+        deadline = time.monotonic() + timeout
+        t_init: float | None = None
+        last_error = "its socket never appeared"
+        while True:
+            if qemu.poll() is not None:
+                raise VMGone(
+                    f"the VM exited (status {qemu.returncode}) before the guest agent was ready; "
+                    f"console: {_tail(paths.console)}",
+                    step="agent ready",
+                )
+            if mux.poll() is not None:
+                raise HypervisorError(
+                    f"the agent serial mux exited with status {mux.returncode}: {_tail(paths.mux_log)}",
+                    step="agent ready",
+                )
+            if t_init is None:
+                with contextlib.suppress(OSError):
+                    if INIT_MARKER in paths.console.read_bytes():
+                        t_init = time.monotonic()
+            if paths.agent.exists():
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                        sock.settimeout(max(0.5, deadline - time.monotonic()))
+                        sock.connect(str(paths.agent))
+                        send_frame(sock, Ping())
+                        reply = recv_reply(sock)
+                    if isinstance(reply, Pong):
+                        now = time.monotonic()
+                        return (t_init or now), now
+                    last_error = f"it answered a ping with {reply.type}"
+                except (OSError, ValueError, VMSandboxError) as exc:
+                    last_error = f"ping failed: {exc}"
+            if time.monotonic() >= deadline:
+                raise HypervisorError(
+                    f"the guest agent did not answer within {timeout:g}s ({last_error}); "
+                    f"console: {_tail(paths.console)}",
+                    step="agent ready",
+                )
+            time.sleep(0.02)
+
+    # -- running VMs ----------------------------------------------------------------------------
+
+    def connect(self, handle: VMHandle, timeout: float = 10.0) -> socket.socket:
+        path = handle.endpoints.get("agent", str(VMPaths(state_dir=handle.state_dir).agent))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+                return sock
+            except OSError as exc:
+                sock.close()
+                if not self.alive(handle):
+                    raise VMGone(f"VM {handle.vm_id} is not running", step="connect") from exc
+                if time.monotonic() >= deadline:
+                    raise HypervisorError(
+                        f"cannot reach the guest agent at {path}: {exc}", step="connect"
+                    ) from exc
+                time.sleep(0.01)
+
+    def _qmp(self, handle: VMHandle, timeout: float = QMP_TIMEOUT) -> QMPClient:
+        if not self.alive(handle):
+            raise VMGone(f"VM {handle.vm_id} is not running", step="qmp")
+        return QMPClient.connect(Path(handle.endpoints["qmp"]), timeout=timeout)
+
+    def attach_disk(self, handle: VMHandle, disk: DiskSpec) -> None:
+        if not disk.path.is_file():
+            raise HypervisorError(f"disk {disk.serial}: {disk.path} is not a file", step="attach disk")
+        with self._qmp(handle) as qmp:
+            port = self._free_hotplug_port(qmp)
+            node = f"hp-{disk.serial}"
+            qmp.execute(
+                "blockdev-add",
+                {
+                    "driver": "raw",
+                    "node-name": node,
+                    "read-only": disk.readonly,
+                    "file": {"driver": "file", "filename": str(disk.path)},
+                },
+            )
+            try:
+                qmp.execute(
+                    "device_add",
+                    {
+                        "driver": "virtio-blk-pci",
+                        "drive": node,
+                        "serial": disk.serial,
+                        "id": f"blk-{disk.serial}",
+                        "bus": port,
+                    },
+                )
+            except QMPError:
+                with contextlib.suppress(QMPError):
+                    qmp.execute("blockdev-del", {"node-name": node})
+                raise
+
+    @staticmethod
+    def _free_hotplug_port(qmp: QMPClient) -> str:
+        """The first hot-plug root port with nothing behind it (asked of QEMU: no local state)."""
+        used = set()
+        for bus in qmp.execute("query-pci"):
+            for device in bus.get("devices", []):
+                bridge = device.get("pci_bridge")
+                if device.get("qdev_id", "").startswith("hp") and bridge and bridge.get("devices"):
+                    used.add(device["qdev_id"])
+        for port in range(HOTPLUG_PORTS):
+            if f"hp{port}" not in used:
+                return f"hp{port}"
+        raise HypervisorError(f"all {HOTPLUG_PORTS} hot-plug slots are in use", step="attach disk")
+
+    def alive(self, handle: VMHandle) -> bool:
+        child = self._children.get(handle.vmm_pid)
+        if child is not None:
+            return child.poll() is None
+        return handle.vmm_pid > 0 and _running(handle.vmm_pid, handle.endpoints.get("vmm_started") or None)
+
+    def stop(self, handle: VMHandle) -> None:
+        self._teardown(handle, graceful=True)
+
+    def _teardown(self, handle: VMHandle, *, graceful: bool) -> None:
+        if handle.vmm_pid > 0:
+            if graceful and self.alive(handle):
+                self._shut_down(handle)
+            self._kill_group(handle)
+        paths = VMPaths(state_dir=handle.state_dir)
+        for sock in paths.sockets():
+            sock.unlink(missing_ok=True)
+        shutil.rmtree(handle.state_dir, ignore_errors=True)
+
+    def _shut_down(self, handle: VMHandle) -> None:
+        """Power button first (a guest may flush), then QMP quit; SIGKILL follows regardless."""
+        try:
+            with self._qmp(handle, timeout=2.0) as qmp:
+                qmp.execute("system_powerdown")
+                if self._wait_gone(handle, POWERDOWN_GRACE):
+                    return
+                qmp.execute("quit")
+        except HypervisorError:
+            pass
+        self._wait_gone(handle, QUIT_GRACE)
+
+    def _wait_gone(self, handle: VMHandle, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.alive(handle):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _kill_group(self, handle: VMHandle) -> None:
+        members = [(handle.vmm_pid, handle.endpoints.get("vmm_started"))]
+        if "mux_pid" in handle.endpoints:
+            members.append((int(handle.endpoints["mux_pid"]), handle.endpoints.get("mux_started")))
+        ours = [pid for pid, started in members if pid in self._children or _running(pid, started or None)]
+        if ours:
+            # The group outlives its leader while the mux is in it; never signal a reused group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(handle.vmm_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        for pid, started in members:
+            child = self._children.pop(pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(max(0.1, deadline - time.monotonic()))
+                continue
+            while _running(pid, started or None) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _running(pid, started or None):
+                raise HypervisorError(f"process {pid} of VM {handle.vm_id} survived SIGKILL", step="stop")
