@@ -1,0 +1,376 @@
+"""``LocalCluster``: etcd + the real apiextensions-apiserver + the front, on loopback ports.
+
+Clients use plain http to the front with a bearer token (the token is the user name, since the
+front authenticates every token and allows every request). Everything the cluster starts runs
+in its own process group and dies with it: :meth:`LocalCluster.stop` (also on a failed start)
+ends the processes and removes the working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import requests
+import yaml
+
+from vmsandbox.devcluster.apipath import HEALTH_PATH
+from vmsandbox.devcluster.binaries import find_binaries
+from vmsandbox.devcluster.corekinds import BUILTIN_NAMESPACES, CORE_KINDS
+from vmsandbox.devcluster.errors import DevClusterError
+from vmsandbox.devcluster.kubeconfig import render_kubeconfig
+from vmsandbox.devcluster.processes import ManagedProcess, free_ports
+from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestRecord, read_request_log
+
+if TYPE_CHECKING:
+    import kubernetes.client
+
+#: Overrides the directory whose CRD YAML files are installed by default.
+CRD_DIR_ENV = "VMSANDBOX_CRD_DIR"
+#: Keep the working directory (logs, etcd data) after stop, for debugging.
+KEEP_ENV = "VMSANDBOX_DEVCLUSTER_KEEP"
+ADMIN_USER = "admin"
+_CRD_API = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+_DISABLED_ADMISSION = (
+    "NamespaceLifecycle",
+    "MutatingAdmissionWebhook",
+    "ValidatingAdmissionWebhook",
+    "ValidatingAdmissionPolicy",
+    "MutatingAdmissionPolicy",
+)
+
+
+def default_crd_dir() -> Path | None:
+    """``$VMSANDBOX_CRD_DIR``, else the repository's ``crds/`` when running from a checkout."""
+    if os.environ.get(CRD_DIR_ENV):
+        return Path(os.environ[CRD_DIR_ENV])
+    candidate = Path(__file__).resolve().parents[2] / "crds"
+    return candidate if candidate.is_dir() else None
+
+
+def load_crds(source: Path | Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """CRD manifests from a directory (its ``*.yaml``/``*.yml`` files) or from files; names the bad file."""
+    if isinstance(source, Path):
+        if not source.is_dir():
+            raise DevClusterError(f"{source} is not a directory", step="install CRDs")
+        files = sorted([*source.glob("*.yaml"), *source.glob("*.yml")])
+    else:
+        files = list(source)
+    manifests: list[tuple[Path, dict[str, Any]]] = []
+    for path in files:
+        try:
+            docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        except (OSError, yaml.YAMLError) as exc:
+            raise DevClusterError(f"cannot read {path}: {exc}", step="install CRDs") from exc
+        for doc in docs:
+            if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
+                raise DevClusterError(
+                    f"{path}: expected a CustomResourceDefinition, got {kind}", step="install CRDs"
+                )
+            manifests.append((path, doc))
+    return manifests
+
+
+class LocalCluster:
+    """A local control plane; use as a context manager, or call :meth:`start` and :meth:`stop`.
+
+    ``crd_dir`` defaults to :func:`default_crd_dir`; pass ``None`` to install none.
+    ``request_log`` (default ``$VMSANDBOX_DEVCLUSTER_REQUEST_LOG``, else a file in the working
+    directory) receives one JSON line per client request.
+    """
+
+    def __init__(
+        self,
+        crd_dir: Path | str | None = "default",
+        *,
+        bin_dir: Path | None = None,
+        build: bool = True,
+        request_log: Path | None = None,
+        workdir: Path | None = None,
+        startup_timeout: float = 90.0,
+    ) -> None:
+        self.crd_dir: Path | None = (
+            default_crd_dir() if crd_dir == "default" else (Path(crd_dir) if crd_dir else None)
+        )
+        self._bin_dir = bin_dir
+        self._build = build
+        self._request_log = request_log or (
+            Path(os.environ[REQUEST_LOG_ENV]) if os.environ.get(REQUEST_LOG_ENV) else None
+        )
+        self._workdir_arg = workdir
+        self.startup_timeout = startup_timeout
+        self.workdir: Path | None = None
+        self.processes: list[ManagedProcess] = []
+        self._owns_workdir = False
+        self._front_port = 0
+        self._http = requests.Session()
+        self._http.headers["Authorization"] = f"Bearer {ADMIN_USER}"
+
+    # -- public surface ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The front's base URL: what clients use."""
+        self._require_started()
+        return f"http://127.0.0.1:{self._front_port}"
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        self._require_started()
+        assert self.workdir is not None
+        return self.workdir / "kubeconfig"
+
+    @property
+    def request_log_path(self) -> Path:
+        self._require_started()
+        assert self.workdir is not None
+        return self._request_log or self.workdir / "requests.jsonl"
+
+    def requests_made(self, since: int = 0) -> list[RequestRecord]:
+        """Client requests recorded so far (from record number ``since``)."""
+        return read_request_log(self.request_log_path, since=since)
+
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig whose requests are made (and logged) as ``user``."""
+        assert self.workdir is not None
+        path = self.workdir / f"kubeconfig-{user.replace(':', '_').replace('/', '_')}"
+        path.write_text(render_kubeconfig(self.url, user))
+        path.chmod(0o600)
+        return path
+
+    def api_client(self, user: str = ADMIN_USER) -> kubernetes.client.ApiClient:
+        """A ``kubernetes`` client configured from this cluster's kubeconfig (for ``user``)."""
+        from kubernetes import config
+
+        path = self.kubeconfig_path if user == ADMIN_USER else self.kubeconfig_for(user)
+        return config.new_client_from_config(config_file=str(path))
+
+    def http(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A raw request to the front as the admin user (for tests and probes)."""
+        return self._http.request(method, self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def install_crds(self, source: Path | Iterable[Path], timeout: float = 30.0) -> list[str]:
+        """Creates (or replaces) each CRD, waits until it is Established and served; returns the names."""
+        names = []
+        for path, manifest in load_crds(source):
+            names.append(self._apply_crd(manifest, f"install CRD {path.name}"))
+        for name in names:
+            self._wait_crd_served(name, timeout)
+        return names
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Starts everything, or (on any failure) stops what was started and raises."""
+        if self.processes:
+            raise DevClusterError("already started", step="start")
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stops the apiserver, front and etcd (in that order) and removes the working directory."""
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes = []
+        self._http.close()
+        if self.workdir is not None and self._owns_workdir and not os.environ.get(KEEP_ENV):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- start-up steps ------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        bin_dir = self._bin_dir or find_binaries(build=self._build)
+        if self._workdir_arg is not None:
+            self.workdir = self._workdir_arg
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="vmsandbox-devcluster-"))
+            self._owns_workdir = True
+        work = self.workdir
+        (work / "logs").mkdir(exist_ok=True)
+        etcd_port, peer_port, api_port, self._front_port = free_ports(4)
+        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        upstream = f"https://127.0.0.1:{api_port}"
+
+        (work / "apiserver.kubeconfig").write_text(render_kubeconfig(self.url, "system:devcluster:apiserver"))
+        self.kubeconfig_path.write_text(render_kubeconfig(self.url, ADMIN_USER))
+        self.kubeconfig_path.chmod(0o600)
+
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(bin_dir / "etcd"),
+                "--name=devcluster",
+                f"--data-dir={work / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=devcluster=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        front = self._spawn(
+            "front",
+            [
+                sys.executable,
+                "-m",
+                "vmsandbox.devcluster.front",
+                f"--port={self._front_port}",
+                f"--upstream={upstream}",
+                f"--request-log={self.request_log_path}",
+            ],
+            env=_python_env(),
+        )
+        self._wait("etcd health", etcd, lambda: self._probe(f"{etcd_url}/health", auth=False))
+        kubeconfig = work / "apiserver.kubeconfig"
+        apiserver = self._spawn(
+            "apiserver",
+            [
+                str(bin_dir / "apiextensions-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--cert-dir={work / 'certs'}",
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--authentication-skip-lookup",
+                "--enable-priority-and-fairness=false",
+                f"--disable-admission-plugins={','.join(_DISABLED_ADMISSION)}",
+            ],
+        )
+        self._wait("front health", front, lambda: self._probe(self.url + HEALTH_PATH))
+        self._wait("apiserver /livez", apiserver, lambda: self._probe(self.url + "/livez"))
+        self._wait("apiserver serving CRDs", apiserver, lambda: self._probe(self.url + _CRD_API + "?limit=1"))
+        for kind in CORE_KINDS:
+            self._apply_crd(kind.crd(), f"install look-alike CRD {kind.crd_name}")
+        for kind in CORE_KINDS:
+            self._wait_crd_served(kind.crd_name, self.startup_timeout)
+        for namespace in BUILTIN_NAMESPACES:
+            self._create_namespace(namespace)
+        if self.crd_dir is not None:
+            self.install_crds(self.crd_dir)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
+        assert self.workdir is not None
+        proc = ManagedProcess(name, argv, self.workdir / "logs" / f"{name}.log", env=env)
+        self.processes.append(proc)
+        return proc
+
+    def _probe(self, url: str, auth: bool = True) -> bool:
+        try:
+            if auth:
+                return self._http.get(url, timeout=2).status_code == 200
+            return requests.get(url, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _wait(self, what: str, proc: ManagedProcess, check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if not proc.alive():
+                raise DevClusterError(
+                    f"{proc.name} exited with status {proc.returncode} before {what}:\n{proc.log_tail()}",
+                    step=f"start {proc.name}",
+                )
+            time.sleep(0.1)
+        raise DevClusterError(
+            f"{what} not reached within {self.startup_timeout:.0f}s; {proc.name} log:\n{proc.log_tail()}",
+            step=f"start {proc.name}",
+        )
+
+    def _apply_crd(self, manifest: dict[str, Any], step: str) -> str:
+        name = str(manifest.get("metadata", {}).get("name", ""))
+        resp = self.http("POST", _CRD_API, json=manifest)
+        if resp.status_code == 409:
+            current = self.http("GET", f"{_CRD_API}/{name}")
+            if current.ok:
+                manifest = json.loads(json.dumps(manifest))
+                manifest.setdefault("metadata", {})["resourceVersion"] = current.json()["metadata"][
+                    "resourceVersion"
+                ]
+                resp = self.http("PUT", f"{_CRD_API}/{name}", json=manifest)
+        if not resp.ok:
+            raise DevClusterError(
+                f"{name or '<unnamed>'}: HTTP {resp.status_code}: {_message(resp)}", step=step
+            )
+        return name
+
+    def _wait_crd_served(self, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "not found"
+        while time.monotonic() < deadline:
+            resp = self.http("GET", f"{_CRD_API}/{name}")
+            if resp.ok:
+                crd = resp.json()
+                conditions = {c["type"]: c for c in (crd.get("status") or {}).get("conditions") or []}
+                if conditions.get("Established", {}).get("status") == "True":
+                    spec = crd["spec"]
+                    version = next(v["name"] for v in spec["versions"] if v.get("served"))
+                    if self._probe(
+                        f"{self.url}/apis/{spec['group']}/{version}/{spec['names']['plural']}?limit=1"
+                    ):
+                        return
+                    last = "established but not yet served"
+                else:
+                    names = conditions.get("NamesAccepted", {})
+                    if names.get("status") == "False":
+                        # A name conflict with another CRD does not resolve itself.
+                        raise DevClusterError(f"{name}: {names.get('message', '')}", step="install CRDs")
+                    failing = [c for c in conditions.values() if c.get("status") == "False"]
+                    last = "; ".join(f"{c['type']}: {c.get('message', '')}" for c in failing) or "pending"
+            time.sleep(0.1)
+        raise DevClusterError(f"{name} not established within {timeout:.0f}s ({last})", step="install CRDs")
+
+    def _create_namespace(self, name: str) -> None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        resp = self.http("POST", "/api/v1/namespaces", json=body)
+        if resp.status_code not in (201, 409):
+            raise DevClusterError(
+                f"{name}: HTTP {resp.status_code}: {_message(resp)}", step="create namespaces"
+            )
+
+    def _require_started(self) -> None:
+        if self.workdir is None or not self._front_port:
+            raise DevClusterError("the cluster is not started", step="devcluster")
+
+
+def _python_env() -> dict[str, str]:
+    """The environment for a Python child that must import this very ``vmsandbox`` package."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+
+
+def _message(resp: requests.Response) -> str:
+    with contextlib.suppress(ValueError):
+        body = resp.json()
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    return resp.text[:500]

@@ -1,0 +1,205 @@
+"""The core Kubernetes kinds the front emulates, each backed by a look-alike CRD in the real server.
+
+The standalone CRD API server has no built-in kinds. Each kind here is stored as a custom
+resource of a private group (``<group>.devcluster.vmsandbox.io``) that the front hides from
+discovery, so Nodes, Leases, Events and Namespaces still get real resourceVersions, watches,
+selectors, conflicts and status-subresource rules from the real API machinery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PRIVATE_SUFFIX = "devcluster.vmsandbox.io"
+
+
+@dataclass(frozen=True)
+class CoreKind:
+    """One emulated kind: its public coordinates and the look-alike CRD that stores it."""
+
+    group: str  # "" for the legacy core group served under /api/v1
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+    status: bool = False
+    short_names: tuple[str, ...] = ()
+    #: Field paths (without the leading dot) that field selectors may use, as on a real cluster.
+    selectable: tuple[str, ...] = ()
+    #: Schema properties declared so that ``selectable`` fields have a scalar type.
+    properties: dict[str, Any] = field(default_factory=dict)
+    #: Plural of the look-alike CRD when it cannot be the public one: a CRD called
+    #: "namespaces" is unreachable, as the server reads /namespaces/<name> as a namespace.
+    stored_as: str = ""
+
+    @property
+    def private_plural(self) -> str:
+        return self.stored_as or self.plural
+
+    @property
+    def private_group(self) -> str:
+        return f"{self.group.removesuffix('.k8s.io') or 'core'}.{PRIVATE_SUFFIX}"
+
+    @property
+    def public_api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def private_api_version(self) -> str:
+        return f"{self.private_group}/{self.version}"
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.private_plural}.{self.private_group}"
+
+    def crd(self) -> dict[str, Any]:
+        """The look-alike CustomResourceDefinition manifest."""
+        schema: dict[str, Any] = {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": self.properties,
+        }
+        version: dict[str, Any] = {
+            "name": self.version,
+            "served": True,
+            "storage": True,
+            "schema": {"openAPIV3Schema": schema},
+        }
+        if self.status:
+            version["subresources"] = {"status": {}}
+        if self.selectable:
+            version["selectableFields"] = [{"jsonPath": f".{p}"} for p in self.selectable]
+        names: dict[str, Any] = {
+            "plural": self.private_plural,
+            "singular": self.private_plural.removesuffix("s") if self.stored_as else self.kind.lower(),
+            "kind": self.kind,
+            "listKind": f"{self.kind}List",
+        }
+        if self.short_names:
+            names["shortNames"] = list(self.short_names)
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": self.crd_name},
+            "spec": {
+                "group": self.private_group,
+                "scope": "Namespaced" if self.namespaced else "Cluster",
+                "names": names,
+                "versions": [version],
+            },
+        }
+
+
+def _obj(**props: Any) -> dict[str, Any]:
+    return {"type": "object", "x-kubernetes-preserve-unknown-fields": True, "properties": props}
+
+
+_S = {"type": "string"}
+
+CORE_KINDS: tuple[CoreKind, ...] = (
+    CoreKind(
+        group="",
+        version="v1",
+        plural="namespaces",
+        kind="Namespace",
+        namespaced=False,
+        status=True,
+        short_names=("ns",),
+        selectable=("status.phase",),
+        properties={"status": _obj(phase=_S)},
+        stored_as="corenamespaces",
+    ),
+    CoreKind(
+        group="",
+        version="v1",
+        plural="nodes",
+        kind="Node",
+        namespaced=False,
+        status=True,
+        short_names=("no",),
+        selectable=("spec.unschedulable", "spec.providerID"),
+        properties={"spec": _obj(unschedulable={"type": "boolean"}, providerID=_S)},
+    ),
+    CoreKind(
+        group="",
+        version="v1",
+        plural="events",
+        kind="Event",
+        namespaced=True,
+        short_names=("ev",),
+        selectable=(
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "type",
+        ),
+        properties={
+            "involvedObject": _obj(
+                kind=_S, namespace=_S, name=_S, uid=_S, apiVersion=_S, fieldPath=_S, resourceVersion=_S
+            ),
+            "reason": _S,
+            "type": _S,
+        },
+    ),
+    CoreKind(
+        group="events.k8s.io",
+        version="v1",
+        plural="events",
+        kind="Event",
+        namespaced=True,
+        short_names=("ev",),
+        selectable=(
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "regarding.apiVersion",
+            "reason",
+            "type",
+            "reportingController",
+        ),
+        properties={
+            "regarding": _obj(kind=_S, namespace=_S, name=_S, uid=_S, apiVersion=_S, fieldPath=_S),
+            "reason": _S,
+            "type": _S,
+            "reportingController": _S,
+        },
+    ),
+    # The apiserver's own informers list and watch Services (webhook service resolution).
+    CoreKind(
+        group="",
+        version="v1",
+        plural="services",
+        kind="Service",
+        namespaced=True,
+        status=True,
+        short_names=("svc",),
+    ),
+    CoreKind(
+        group="coordination.k8s.io",
+        version="v1",
+        plural="leases",
+        kind="Lease",
+        namespaced=True,
+        properties={"spec": _obj(holderIdentity=_S)},
+    ),
+)
+
+#: (public group, version, plural) -> kind.
+BY_PUBLIC: dict[tuple[str, str, str], CoreKind] = {(k.group, k.version, k.plural): k for k in CORE_KINDS}
+#: Public group names the front serves discovery for (the legacy core group is "").
+EMULATED_GROUPS: dict[str, tuple[CoreKind, ...]] = {
+    g: tuple(k for k in CORE_KINDS if k.group == g) for g in {k.group for k in CORE_KINDS}
+}
+PRIVATE_GROUPS: frozenset[str] = frozenset(k.private_group for k in CORE_KINDS)
+#: Namespaces every cluster has.
+BUILTIN_NAMESPACES: tuple[str, ...] = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def is_private_group(group: str) -> bool:
+    return group.endswith(f".{PRIVATE_SUFFIX}")

@@ -1,0 +1,423 @@
+"""The front server: what clients talk to, in front of the real apiextensions-apiserver.
+
+It serves what the standalone CRD server lacks and proxies everything else to it:
+
+- delegated authn/authz for the server itself: every TokenReview authenticates (the bearer
+  token *is* the user name) and every SubjectAccessReview is allowed, so no RBAC is enforced;
+- discovery: ``/api``, ``/api/v1``, the ``/apis`` group list, and the emulated groups;
+- the core kinds in :mod:`vmsandbox.devcluster.corekinds`, by rewriting paths and
+  ``apiVersion`` to and from their look-alike CRDs (requests, responses, list items, Table
+  rows, watch event streams, error messages); strategic merge patches are applied here
+  (read, merge, update with the read resourceVersion, retried on conflict) because CRD
+  storage only takes JSON/merge/apply patches; a created Namespace gets ``status.phase:
+  Active`` and a created Node keeps the status it was created with, as on a real server.
+
+Every client request is appended to an optional JSON-lines request log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+from yarl import URL
+
+from vmsandbox.devcluster.apipath import HEALTH_PATH, ApiPath, parse_api_path
+from vmsandbox.devcluster.corekinds import BY_PUBLIC, EMULATED_GROUPS, CoreKind
+from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
+from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestLogWriter, RequestRecord
+from vmsandbox.devcluster.strategic import StrategicPatchError, apply_strategic_merge
+from vmsandbox.devcluster.translate import to_private, to_public
+
+log = logging.getLogger("vmsandbox.devcluster.front")
+
+#: Identity the front uses for its own reads (discovery).
+FRONT_TOKEN = "system:devcluster:front"
+#: User agent prefix of the apiserver's own calls (delegated auth, informers): not logged.
+_INTERNAL_AGENT = "apiextensions-apiserver"
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "content-encoding",
+    }
+)
+_JSON_BODY_TYPES = frozenset({"application/json", "application/merge-patch+json"})
+_SMP = "application/strategic-merge-patch+json"
+_APPLY_YAML = "application/apply-patch+yaml"
+_ACCESS_REVIEWS = frozenset({"subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews"})
+_CONFLICT_RETRIES = 5
+
+
+def _status(code: int, reason: str, message: str) -> web.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
+    return web.json_response({**body, "code": code}, status=code)
+
+
+def _user(request: web.BaseRequest) -> str:
+    auth = request.headers.get("Authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else "system:anonymous"
+
+
+def _media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip().lower()
+
+
+class Front:
+    """The aiohttp application; ``upstream`` is the real server's https URL (certificate unchecked)."""
+
+    def __init__(self, upstream: str, request_log: Path | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self._log = RequestLogWriter(request_log) if request_log else None
+        self._session: aiohttp.ClientSession | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_startup.append(self._open)
+        app.on_cleanup.append(self._close)
+        return app
+
+    async def _open(self, _app: web.Application) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=False, limit=0),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+
+    async def _close(self, _app: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._log is not None:
+            self._log.close()
+
+    # -- entry point -------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        api = parse_api_path(request.path)
+        record = RequestRecord(
+            method=request.method,
+            path=request.path,
+            user=_user(request),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        if api is not None:
+            record = record.model_copy(
+                update={
+                    "verb": api.verb(request.method, request.query),
+                    "group": api.group,
+                    "version": api.version,
+                    "resource": api.resource,
+                    "subresource": api.subresource,
+                    "namespace": api.namespace,
+                    "name": api.name,
+                }
+            )
+        else:
+            record.verb = request.method.lower()
+        logged = False
+
+        def commit(status: int) -> None:
+            nonlocal logged
+            if logged or self._log is None or record.user_agent.startswith(_INTERNAL_AGENT):
+                return
+            logged = True
+            self._log.write(record.model_copy(update={"status": status}))
+
+        try:
+            response = await self._dispatch(request, api, commit)
+        except (aiohttp.ClientError, OSError) as exc:
+            response = _status(502, "ServiceUnavailable", f"devcluster front: upstream request failed: {exc}")
+        commit(response.status)
+        return response
+
+    async def _dispatch(
+        self, request: web.Request, api: ApiPath | None, commit: Callable[[int], None]
+    ) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
+        if path == HEALTH_PATH:
+            return web.json_response({"ok": True})
+        if request.method == "POST" and api is not None:
+            if api.group == "authentication.k8s.io" and api.resource == "tokenreviews":
+                return await self._token_review(request)
+            if api.group == "authorization.k8s.io" and api.resource in _ACCESS_REVIEWS:
+                return await self._access_review(request)
+        if request.method == "GET":
+            if path == "/api":
+                return web.json_response(api_versions(request.host))
+            if path == "/apis":
+                return await self._group_list()
+            segs = path.strip("/").split("/")
+            if len(segs) == 2 and segs[0] == "apis" and segs[1] in EMULATED_GROUPS:
+                kinds = EMULATED_GROUPS[segs[1]]
+                return web.json_response(api_group(segs[1], [k.version for k in kinds]))
+            if api is not None and api.is_discovery and api.group in EMULATED_GROUPS:
+                return await self._resource_list(api)
+        if api is not None and api.resource:
+            kind = BY_PUBLIC.get((api.group, api.version, api.resource))
+            if kind is not None:
+                return await self._core(request, api, kind, commit)
+            if api.group in EMULATED_GROUPS:
+                return _status(404, "NotFound", "the server could not find the requested resource")
+        return await self._proxy_raw(request, commit)
+
+    # -- delegated authentication and authorization --------------------------------------------
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        review = await request.json()
+        spec = review.get("spec", {})
+        token = spec.get("token", "")
+        review["status"] = {
+            "authenticated": bool(token),
+            "user": {"username": token, "groups": ["system:masters", "system:authenticated"]},
+            "audiences": spec.get("audiences") or [],
+        }
+        return web.json_response(review, status=201)
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        review = await request.json()
+        review["status"] = {"allowed": True, "reason": "the devcluster front allows every request"}
+        return web.json_response(review, status=201)
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    async def _get_json(self, path: str) -> tuple[int, Any]:
+        assert self._session is not None
+        headers = {"Authorization": f"Bearer {FRONT_TOKEN}", "Accept": "application/json"}
+        async with self._session.get(self.upstream + path, headers=headers) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, {"message": text}
+
+    async def _group_list(self) -> web.Response:
+        status, crds = await self._get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        if status != 200:
+            return web.json_response(crds, status=status)
+        return web.json_response(api_group_list(crds))
+
+    async def _resource_list(self, api: ApiPath) -> web.Response:
+        kinds = [k for k in EMULATED_GROUPS[api.group] if k.version == api.version]
+        if not kinds:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        status, private = await self._get_json(f"/apis/{kinds[0].private_group}/{api.version}")
+        if status != 200:
+            return web.json_response(private, status=status)
+        return web.json_response(public_resource_list(kinds, private))
+
+    # -- plain proxy ---------------------------------------------------------------------------
+
+    def _forward_headers(self, request: web.BaseRequest, content_type: str | None = None) -> dict[str, str]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers["Accept-Encoding"] = "identity"
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        return headers
+
+    async def _proxy_raw(self, request: web.Request, commit: Callable[[int], None]) -> web.StreamResponse:
+        assert self._session is not None
+        body = await request.read()
+        url = URL(self.upstream + request.raw_path, encoded=True)
+        async with self._session.request(
+            request.method, url, data=body or None, headers=self._forward_headers(request)
+        ) as up:
+            return await self._stream(request, up, commit, None)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        up: aiohttp.ClientResponse,
+        commit: Callable[[int], None],
+        transform: Callable[[bytes], bytes] | None,
+    ) -> web.StreamResponse:
+        """Relays ``up`` as it arrives; with ``transform``, line by line (watch event streams)."""
+        resp = web.StreamResponse(status=up.status, reason=up.reason)
+        for key, value in up.headers.items():
+            if key.lower() not in _HOP_BY_HOP:
+                resp.headers.add(key, value)
+        commit(up.status)
+        await resp.prepare(request)
+        buffer = b""
+        async for chunk in up.content.iter_any():
+            if transform is None:
+                await resp.write(chunk)
+                continue
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            out = b"".join(transform(line) + b"\n" for line in lines if line.strip())
+            if out:
+                await resp.write(out)
+        if transform is not None and buffer.strip():
+            await resp.write(transform(buffer) + b"\n")
+        await resp.write_eof()
+        return resp
+
+    # -- emulated core kinds -------------------------------------------------------------------
+
+    async def _core(
+        self, request: web.Request, api: ApiPath, kind: CoreKind, commit: Callable[[int], None]
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        private_path = _private(api, kind).render()
+        query = request.rel_url.raw_query_string
+        content_type = _media_type(request.headers.get("Content-Type", ""))
+        body: bytes | None = None
+        parsed: Any = None
+        if request.method in ("POST", "PUT", "PATCH"):
+            raw = await request.read()
+            if request.method == "PATCH" and content_type == _SMP:
+                return await self._strategic_patch(request, kind, private_path, raw)
+            parsed = _parse_body(raw, content_type)
+            body = raw if parsed is None else json.dumps(to_private(kind, parsed)).encode()
+        url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
+        headers = self._forward_headers(request)
+        verb = api.verb(request.method, request.query)
+        async with self._session.request(request.method, url, data=body, headers=headers) as up:
+            if verb == "watch" and up.status == 200:
+
+                def translate_line(line: bytes) -> bytes:
+                    return json.dumps(to_public(kind, json.loads(line))).encode()
+
+                return await self._stream(request, up, commit, translate_line)
+            status, payload, response_type = up.status, await up.read(), up.headers.get("Content-Type", "")
+        if verb == "create" and status in (200, 201) and "dryRun" not in request.query:
+            status, payload = await self._after_create(request, kind, api, parsed, status, payload)
+        return _json_or_raw(kind, status, payload, response_type)
+
+    async def _after_create(
+        self, request: web.Request, kind: CoreKind, api: ApiPath, sent: Any, status: int, payload: bytes
+    ) -> tuple[int, bytes]:
+        """Status a real server keeps or sets on create, which the CRD status subresource drops."""
+        if kind.plural == "namespaces" and not kind.group:
+            new_status: Any = {"phase": "Active"}
+        elif kind.status and isinstance(sent, dict) and sent.get("status"):
+            new_status = sent["status"]
+        else:
+            return status, payload
+        name = json.loads(payload).get("metadata", {}).get("name", api.name)
+        target = _private(api, kind).model_copy(update={"name": name, "subresource": "status"})
+        assert self._session is not None
+        async with self._session.patch(
+            self.upstream + target.render(),
+            data=json.dumps({"status": new_status}).encode(),
+            headers=self._forward_headers(request, "application/merge-patch+json"),
+        ) as up:
+            if up.status != 200:
+                log.warning("setting status after create of %s %s failed: %s", kind.kind, name, up.status)
+                return status, payload
+            return status, await up.read()
+
+    async def _strategic_patch(
+        self, request: web.Request, kind: CoreKind, private_path: str, raw: bytes
+    ) -> web.StreamResponse:
+        """GET, merge locally, PUT with the read resourceVersion; on conflict retried unless pinned."""
+        assert self._session is not None
+        try:
+            patch = json.loads(raw)
+        except ValueError as exc:
+            return _status(400, "BadRequest", f"invalid strategic merge patch: {exc}")
+        object_path = private_path.removesuffix("/status")
+        query = {k: v for k, v in request.query.items() if k != "force"}
+        pinned = isinstance(patch, dict) and bool((patch.get("metadata") or {}).get("resourceVersion"))
+        headers = self._forward_headers(request, "application/json")
+        for _ in range(_CONFLICT_RETRIES):
+            async with self._session.get(self.upstream + object_path, headers=headers) as up:
+                status, payload, ctype = up.status, await up.read(), up.headers.get("Content-Type", "")
+            if status != 200:
+                return _json_or_raw(kind, status, payload, ctype)
+            current = json.loads(payload)
+            try:
+                merged = apply_strategic_merge(current, patch)
+            except StrategicPatchError as exc:
+                return _status(422, "Invalid", str(exc))
+            merged["apiVersion"], merged["kind"] = kind.private_api_version, kind.kind
+            async with self._session.put(
+                self.upstream + private_path, params=query, data=json.dumps(merged).encode(), headers=headers
+            ) as up:
+                status, payload, ctype = up.status, await up.read(), up.headers.get("Content-Type", "")
+            if status != 409 or pinned:
+                break
+        return _json_or_raw(kind, status, payload, ctype)
+
+
+def _private(api: ApiPath, kind: CoreKind) -> ApiPath:
+    """Where the look-alike CRD serves ``api``."""
+    return api.model_copy(update={"group": kind.private_group, "resource": kind.private_plural})
+
+
+def _parse_body(raw: bytes, content_type: str) -> Any:
+    if not raw:
+        return None
+    try:
+        if content_type in _JSON_BODY_TYPES:
+            return json.loads(raw)
+        if content_type == _APPLY_YAML:
+            return yaml.safe_load(raw)
+    except (ValueError, yaml.YAMLError):
+        return None
+    return None
+
+
+def _json_or_raw(kind: CoreKind, status: int, payload: bytes, content_type: str) -> web.Response:
+    if "json" in content_type:
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            pass
+        else:
+            return web.json_response(to_public(kind, doc), status=status)
+    return web.Response(body=payload, status=status, headers={"Content-Type": content_type or "text/plain"})
+
+
+async def serve(host: str, port: int, front: Front, stop: asyncio.Event) -> None:
+    """Runs the front until ``stop`` is set; in-flight handlers are cancelled when clients go away."""
+    runner = web.AppRunner(front.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, shutdown_timeout=1.0).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vmsandbox.devcluster.front", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="the real apiextensions-apiserver's https URL")
+    parser.add_argument("--request-log", type=Path, default=os.environ.get(REQUEST_LOG_ENV) or None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s front %(levelname)s %(message)s")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.host, args.port, Front(args.upstream, args.request_log), stop)
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
