@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import traceback
 from pathlib import Path
 from typing import IO
 
 from standin.guest import GUEST_AGENT_PORT
+
 from vmsandbox.hypervisor.base import DiskSpec, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver
@@ -33,9 +36,9 @@ WATCHDOG = Path(__file__).with_name("watchdog.py")
 
 
 class AgentGuest:
-    def __init__(self, workdir: Path) -> None:
-        self._workdir = workdir
-        self._state_dir = workdir / "guest"
+    def __init__(self) -> None:
+        #: Created at start (under TMPDIR), removed at stop, or by the watchdog after a crash.
+        self._workdir: Path | None = None
         self._driver = ProcessDriver(HypervisorConfig.from_env())
         self._handle: VMHandle | None = None
         self._disks: dict[str, str] = {}
@@ -54,11 +57,12 @@ class AgentGuest:
                 self._driver.attach_disk(self._handle, DiskSpec(path=Path(path), serial=serial))
 
     def start(self) -> None:
-        self._start_watchdog()
+        self._workdir = Path(tempfile.mkdtemp(prefix="ch-standin-"))
+        self._start_watchdog(self._workdir)
         self._failed = self._stopped = False
         spec = VMSpec(
             vm_id=f"ch-standin-{os.getpid()}",
-            state_dir=self._state_dir,
+            state_dir=self._workdir / "guest",
             disks=[DiskSpec(path=Path(path), serial=serial) for serial, path in self._disks.items()],
             agent_timeout=30.0,
         )
@@ -84,11 +88,9 @@ class AgentGuest:
             pending = dict(self._disks)
         self.set_disks(pending, force=True)
 
-    def _start_watchdog(self) -> None:
-        if self._watchdog is not None:
-            return
+    def _start_watchdog(self, workdir: Path) -> None:
         self._watchdog = subprocess.Popen(
-            [sys.executable, str(WATCHDOG), str(self._workdir), str(self._state_dir)],
+            [sys.executable, str(WATCHDOG), str(workdir), str(workdir / "guest")],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,
@@ -141,6 +143,9 @@ class AgentGuest:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._watchdog.wait(timeout=10)
             self._watchdog = None
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
 
 def _signal(handle: VMHandle, signum: int) -> None:

@@ -10,11 +10,9 @@ import argparse
 import contextlib
 import fcntl
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -77,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     listener.listen(16)
 
-    workdir = Path(tempfile.mkdtemp(prefix="ch-standin-"))
     exit_requested = threading.Event()
     reason: list[str] = []
 
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         reason.append(why)
         exit_requested.set()
 
-    vmm = StandinVmm(knobs, spec, workdir, request_exit)
+    vmm = StandinVmm(knobs, spec, request_exit)
     server = ApiServer(listener, vmm, knobs, request_exit)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _f: request_exit(signal.Signals(s).name))
@@ -99,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         server.close()
         if api_path is not None:
             api_path.unlink(missing_ok=True)
-        shutil.rmtree(workdir, ignore_errors=True)
         if lock_file is not None:
             with contextlib.suppress(OSError):
                 lock_file.close()

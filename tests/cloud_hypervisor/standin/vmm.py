@@ -106,13 +106,10 @@ class BootedVm:
 
 
 class StandinVmm:
-    def __init__(
-        self, knobs: Knobs, spec_path: Path | None, workdir: Path, on_exit: Callable[[str], None]
-    ) -> None:
+    def __init__(self, knobs: Knobs, spec_path: Path | None, on_exit: Callable[[str], None]) -> None:
         self.knobs = knobs
         self._spec_path = spec_path
         self._spec: dict[str, Any] | None = None
-        self.workdir = workdir
         self.on_exit = on_exit
         self.config: dict[str, Any] | None = None
         self.vm: BootedVm | None = None
@@ -363,7 +360,7 @@ class StandinVmm:
             return EchoGuest()
         from standin.agent_guest import AgentGuest
 
-        return AgentGuest(self.workdir)
+        return AgentGuest()
 
     def _watch_guest(self, vm: BootedVm) -> None:
         """A guest that ends on its own has powered off: the real VMM then exits."""

@@ -1,0 +1,152 @@
+"""Fixtures for the Cloud Hypervisor driver tests: the stand-in on PATH, a short workspace,
+and a leak check after every test (no process, socket or directory may survive)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
+from vmsandbox.hypervisor.base import VMSpec
+from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver, Timeouts
+from vmsandbox.hypervisor.config import HypervisorConfig
+
+STANDIN_DIR = Path(__file__).resolve().parent / "standin"
+STANDIN_BINARY = STANDIN_DIR / "cloud-hypervisor"
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+def sockets_under(root: Path) -> list[Path]:
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    found.append(path)
+            except OSError:
+                continue
+    return found
+
+
+@dataclass
+class Workspace:
+    """One test's files; short paths so every socket fits in AF_UNIX."""
+
+    root: Path
+    kernel: Path
+    initramfs: Path
+    root_disk: Path
+    record: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "vm"
+
+    def disk(self, name: str, size: int = 65536) -> Path:
+        path = self.root / name
+        path.write_bytes(b"\0" * size)
+        return path
+
+    def spec(self, **overrides: Any) -> VMSpec:
+        values: dict[str, Any] = {
+            "vm_id": "vm1",
+            "state_dir": self.state_dir,
+            "kernel": self.kernel,
+            "initramfs": self.initramfs,
+            "root_disk": self.root_disk,
+            "agent_timeout": 30.0,
+        }
+        values.update(overrides)
+        return VMSpec(**values)
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the stand-in received, in order."""
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """What a finished VM must not leave behind."""
+        return {
+            "processes": [f"{pid}: {cmd}" for pid, cmd in processes_mentioning(str(self.root))],
+            "sockets": [str(p) for p in sockets_under(self.root)],
+            "standin workdirs": [str(p) for p in (self.root / "tmp").glob("ch-standin-*")],
+            "state dir": [str(self.state_dir)] if self.state_dir.exists() else [],
+        }
+
+    def assert_clean(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = {kind: items for kind, items in self.leftovers().items() if items}
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"leaked after the test: {left}")
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
+    root = Path(tempfile.mkdtemp(prefix="chs", dir="/tmp"))
+    (root / "tmp").mkdir()
+    ws = Workspace(
+        root=root,
+        kernel=fake_bzimage(root / "vmlinuz"),
+        initramfs=root / "initramfs.img",
+        root_disk=root / "rootfs.img",
+        record=root / "requests.jsonl",
+    )
+    ws.initramfs.write_bytes(b"\0" * 1024)
+    ws.root_disk.write_bytes(b"\0" * 65536)
+    monkeypatch.setenv("PATH", f"{STANDIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv("TMPDIR", str(root / "tmp"))
+    monkeypatch.setenv("CH_STANDIN_RECORD", str(ws.record))
+    for knob in ("CH_STANDIN_VERSION", "CH_STANDIN_FAULTS", "CH_STANDIN_GUEST"):
+        monkeypatch.delenv(knob, raising=False)
+    try:
+        yield ws
+    finally:
+        try:
+            ws.assert_clean()
+        finally:
+            for pid, _ in processes_mentioning(str(root)):
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, 9)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def driver() -> CloudHypervisorDriver:
+    return CloudHypervisorDriver(HypervisorConfig(cloud_hypervisor_binary="cloud-hypervisor"))
+
+
+def fast_driver(**timeouts: float) -> CloudHypervisorDriver:
+    """A driver with shortened deadlines, for fault tests that wait for one to pass."""
+    return CloudHypervisorDriver(HypervisorConfig(), Timeouts(**timeouts))
