@@ -231,7 +231,7 @@ class ContainerTable:
 
     def create(self, req: CreateContainer) -> Container:
         cid = req.container_id
-        if not _ID.match(cid) or len(cid) > 1024:
+        if not _ID.match(cid) or len(cid) > 255:
             raise ContainerError(f"invalid container id {cid!r}", step="create")
         with self._lock:
             if cid in self._containers or cid in self._creating:

@@ -7,7 +7,8 @@ import re
 from vmsandbox.runtime.errors import InvalidId
 
 ID_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-MAX_ID_LENGTH = 1024
+#: The id names a directory under the state root, so it is bounded by NAME_MAX.
+MAX_ID_LENGTH = 255
 
 
 def validate_id(container_id: str | None) -> str:

@@ -1,0 +1,177 @@
+"""Busybox bundles, OCI schema validation and leak checks for the runtime tests."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BUSYBOX = Path(os.environ.get("VMSANDBOX_TEST_BUSYBOX", "/bin/busybox"))
+SCHEMA_DIR = Path(
+    os.environ.get(
+        "VMSANDBOX_OCI_SCHEMA_DIR", "/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema"
+    )
+)
+APPLETS = ("sh", "true", "false", "sleep", "echo", "cat", "touch", "test", "ls", "tty", "kill", "id")
+CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+
+
+def base_config(args: list[str]) -> dict[str, Any]:
+    """A Linux config in the shape ``runc spec`` produces, running ``args``."""
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {k: list(CAPS) for k in ("bounding", "effective", "permitted", "ambient")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "hostname": "vmsb-test",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/sys",
+                "type": "sysfs",
+                "source": "sysfs",
+                "options": ["nosuid", "noexec", "ro"],
+            },
+        ],
+        "linux": {
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+            "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+
+
+def make_rootfs(dest: Path) -> Path:
+    """A minimal root filesystem: Debian's static busybox and its applets as symlinks."""
+    if not BUSYBOX.exists():
+        pytest.skip(f"{BUSYBOX} missing: install busybox-static")
+    (dest / "bin").mkdir(parents=True)
+    for name in ("tmp", "proc", "sys", "dev"):
+        (dest / name).mkdir()
+    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
+    for applet in APPLETS:
+        (dest / "bin" / applet).symlink_to("busybox")
+    return dest
+
+
+def write_bundle(path: Path, config: dict[str, Any], rootfs: Path | None = None) -> Path:
+    """A bundle directory: config.json plus a fresh ``rootfs`` dir, unless ``rootfs`` is shared."""
+    path.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(config)
+    if rootfs is None:
+        make_rootfs(path / "rootfs")
+    elif config["root"]["path"] == "rootfs":
+        config["root"]["path"] = str(rootfs)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def short_root() -> Path:
+    """A state root short enough for AF_UNIX socket paths under it."""
+    return Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+
+
+# ---- OCI JSON schemas ------------------------------------------------------------------
+
+
+class Schemas:
+    def __init__(self, directory: Path) -> None:
+        from jsonschema import Draft4Validator
+        from referencing import Registry, Resource
+        from referencing.jsonschema import DRAFT4
+
+        resources = []
+        for file in directory.glob("*.json"):
+            contents = json.loads(file.read_text())
+            resources.append((file.as_uri(), Resource.from_contents(contents, default_specification=DRAFT4)))
+        registry: Registry[Any] = Registry().with_resources(resources)
+        # A top-level $ref to each file's URI makes relative $refs resolve against that file.
+        self._validators = {
+            name: Draft4Validator({"$ref": (directory / name).as_uri()}, registry=registry)
+            for name in ("state-schema.json", "config-schema.json")
+        }
+
+    def errors(self, name: str, document: Any) -> list[str]:
+        return [e.message for e in self._validators[name].iter_errors(document)]
+
+
+def load_schemas() -> Schemas:
+    if not (SCHEMA_DIR / "state-schema.json").exists():
+        pytest.skip(f"OCI schemas not found in {SCHEMA_DIR}: install golang-github-opencontainers-specs-dev")
+    return Schemas(SCHEMA_DIR)
+
+
+# ---- leak checks -----------------------------------------------------------------------
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Live processes whose command line contains ``text`` (e.g. a state root)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(f"{entry.name}: {cmdline.strip()}")
+    return found
+
+
+def live_children() -> list[int]:
+    """Our own child processes that are still running (relays we forked and did not reap)."""
+    me = str(os.getpid())
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if stat[1] == me and stat[0] not in ("Z", "X"):
+            out.append(int(entry.name))
+    return out
+
+
+def leftovers(root: Path, keep: tuple[str, ...] = ()) -> list[str]:
+    """Everything under the state root except an empty ``.vms`` and the ids in ``keep``."""
+    if not root.exists():
+        return []
+    out = []
+    for p in root.rglob("*"):
+        rel = p.relative_to(root)
+        if rel.parts[0] in keep or (str(rel) == ".vms" and not any(p.iterdir())):
+            continue
+        if rel.parts[0] == ".vms" and keep:
+            continue
+        out.append(str(p))
+    return sorted(out)
