@@ -56,7 +56,7 @@ def state_json(state: ContainerState) -> dict[str, object]:
 
 
 def in_pod(pod: Pod, make_bundle: BundleFactory, args: list[str], **kwargs: object) -> tuple[str, Path]:
-    rt, sandbox = pod
+    _, sandbox = pod
     return f"m{next(_ids)}", make_bundle(args, annotations=cri_container(sandbox), **kwargs)
 
 
