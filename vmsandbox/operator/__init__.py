@@ -1,0 +1,1 @@
+"""The cluster operator: admits, schedules and looks after every VMSandbox (``vmsandbox-operator``)."""

@@ -1,0 +1,176 @@
+"""The operator's view of the cluster, fed by kopf's watch events and by fresh LISTs.
+
+Entries are only replaced by newer resourceVersions, so a LIST made when a replica becomes
+the leader and a watch event racing with it cannot move an object back in time. The
+operator also stores every object its own writes return, so its next decision does not
+wait for the watch to echo them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from vmsandbox.api import InvalidSandbox, VMSandbox, VMSandboxStatus
+from vmsandbox.api.constants import NODE_LABEL
+from vmsandbox.operator.admission import admit
+from vmsandbox.operator.config import OperatorConfig
+from vmsandbox.operator.nodes import NodeView, lease_node, node_view
+from vmsandbox.operator.scheduling import NOTHING, Demand, demand_of
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def sandbox_key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+@dataclass
+class SandboxEntry:
+    raw: dict[str, Any]
+    sandbox: VMSandbox | None
+    invalid: InvalidSandbox | None
+    first_seen: float  # monotonic
+
+    @property
+    def uid(self) -> str:
+        return str(self.raw["metadata"].get("uid", ""))
+
+    @property
+    def rv(self) -> int:
+        return _rv(self.raw)
+
+    @property
+    def node(self) -> str | None:
+        return (self.raw["metadata"].get("labels") or {}).get(NODE_LABEL) or None
+
+    @property
+    def status(self) -> VMSandboxStatus:
+        return self.sandbox.status if self.sandbox is not None else VMSandboxStatus()
+
+    @property
+    def finished(self) -> bool:
+        phase = self.status.phase
+        return phase is not None and phase.finished
+
+    @property
+    def demand(self) -> Demand:
+        return demand_of(self.sandbox) if self.sandbox is not None else NOTHING
+
+
+def parse_entry(raw: dict[str, Any], config: OperatorConfig, first_seen: float) -> SandboxEntry:
+    try:
+        sandbox = admit(raw, config)
+        invalid = None
+    except InvalidSandbox as exc:
+        sandbox, invalid = None, exc
+    if sandbox is not None:
+        try:
+            sandbox.status = VMSandboxStatus.model_validate(raw.get("status") or {})
+        except ValidationError:
+            sandbox.status = VMSandboxStatus()
+    return SandboxEntry(raw=raw, sandbox=sandbox, invalid=invalid, first_seen=first_seen)
+
+
+class ClusterCache:
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.sandboxes: dict[str, SandboxEntry] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.leases: dict[str, dict[str, Any]] = {}  # by node name
+        self._views: dict[str, NodeView] | None = None
+        self._gone_uids: set[str] = set()
+
+    # sandboxes
+    def upsert_sandbox(self, raw: dict[str, Any]) -> SandboxEntry | None:
+        """Store ``raw`` unless an equal or newer version is stored; returns the stored entry."""
+        key = sandbox_key(raw)
+        uid = str(raw["metadata"].get("uid", ""))
+        if uid in self._gone_uids:
+            return None
+        old = self.sandboxes.get(key)
+        if old is not None and old.uid == uid and old.rv >= _rv(raw):
+            return old
+        first_seen = old.first_seen if old is not None and old.uid == uid else time.monotonic()
+        entry = parse_entry(raw, self.config, first_seen)
+        self.sandboxes[key] = entry
+        return entry
+
+    def forget_sandbox(self, raw: Mapping[str, Any]) -> SandboxEntry | None:
+        key = sandbox_key(raw)
+        uid = str((raw.get("metadata") or {}).get("uid", ""))
+        if uid:
+            self._gone_uids.add(uid)
+        old = self.sandboxes.get(key)
+        if old is not None and (not uid or old.uid == uid):
+            return self.sandboxes.pop(key)
+        return None
+
+    def placements(self) -> Iterator[tuple[str, str | None, Demand, bool]]:
+        for entry in self.sandboxes.values():
+            if entry.sandbox is not None:
+                yield entry.uid, entry.node, entry.demand, entry.finished
+
+    # nodes and agent leases
+    def upsert_node(self, raw: dict[str, Any]) -> bool:
+        """Returns True when something scheduling depends on changed (not just a heartbeat)."""
+        name = str(raw["metadata"]["name"])
+        old = self.nodes.get(name)
+        if old is not None and _rv(old) >= _rv(raw):
+            return False
+        self.nodes[name] = raw
+        self._views = None
+        return old is None or _schedulable_bits(old) != _schedulable_bits(raw)
+
+    def forget_node(self, raw: Mapping[str, Any]) -> None:
+        self.nodes.pop(str((raw.get("metadata") or {}).get("name")), None)
+        self._views = None
+
+    def upsert_lease(self, raw: dict[str, Any]) -> str | None:
+        """Stores an agent Lease; returns its node name (None for Leases that are not agents')."""
+        meta = raw.get("metadata") or {}
+        node = lease_node(raw)
+        if node is None or meta.get("namespace") != self.config.namespace:
+            return None
+        old = self.leases.get(node)
+        if old is not None and _rv(old) >= _rv(raw):
+            return node
+        self.leases[node] = raw
+        self._views = None
+        return node
+
+    def forget_lease(self, raw: Mapping[str, Any]) -> None:
+        node = lease_node(raw)
+        if node is not None and (raw.get("metadata") or {}).get("namespace") == self.config.namespace:
+            self.leases.pop(node, None)
+            self._views = None
+
+    def node_views(self) -> dict[str, NodeView]:
+        if self._views is None:
+            self._views = {name: node_view(raw, self.leases.get(name)) for name, raw in self.nodes.items()}
+        return self._views
+
+    def lease_age(self, node: str, now: datetime) -> float | None:
+        view = self.node_views().get(node)
+        if view is None:
+            lease = self.leases.get(node)
+            if lease is None:
+                return None
+            view = node_view({"metadata": {"name": node}}, lease)
+        return view.lease_age(now)
+
+
+def _schedulable_bits(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta = node.get("metadata") or {}
+    return (meta.get("labels"), meta.get("annotations"), (node.get("spec") or {}).get("taints"))

@@ -1,0 +1,180 @@
+"""One active replica: leader election over a ``coordination.k8s.io/v1`` Lease.
+
+kopf's peering pauses every peer of equal priority, so it cannot pick one of two identical
+replicas. This follows client-go's leader election: the holder renews every retry period;
+a candidate takes the Lease over once it has seen the same record unchanged for a whole
+lease duration (measured on its own clock, so clock skew between replicas does not matter);
+every write is a compare-and-swap on resourceVersion. A leader that could not renew within
+the renew deadline stops acting before any other replica may take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from vmsandbox.operator.kube import ApiError, KubeClient, lease_path
+
+log = logging.getLogger("vmsandbox.operator.leader")
+
+
+def micro_time(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+        on_started: Callable[[], Awaitable[None]] | None = None,
+        on_stopped: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._client = client
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self._on_started = on_started
+        self._on_stopped = on_stopped
+        self._leading = False
+        self._renewed_at = 0.0  # monotonic time of our last successful acquire/renew
+        self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
+        self._observed_at = 0.0
+        self.changed = asyncio.Event()
+
+    @property
+    def leading(self) -> bool:
+        """True only while the last renewal is recent enough that no other replica can have taken over."""
+        return self._leading and time.monotonic() - self._renewed_at < self.renew_deadline
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    ok = await self._try_acquire_or_renew()
+                except ApiError as exc:
+                    log.warning("leader election: %s", exc)
+                    ok = False
+                if ok:
+                    self._renewed_at = time.monotonic()
+                    if not self._leading:
+                        self._leading = True
+                        log.info(
+                            "%s became the leader (lease %s/%s)", self.identity, self.namespace, self.name
+                        )
+                        self.changed.set()
+                        if self._on_started:
+                            await self._on_started()
+                elif self._leading:
+                    holder = self._observed[0] if self._observed else ""
+                    if holder and holder != self.identity:
+                        await self._step_down(f"lease taken by {holder}")
+                    elif not self.leading:
+                        await self._step_down("could not renew the lease in time")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.retry_period)
+        finally:
+            if self._leading:
+                await self._step_down("stopping")
+                await self._release()
+
+    async def _step_down(self, why: str) -> None:
+        self._leading = False
+        log.warning("%s stopped leading: %s", self.identity, why)
+        self.changed.set()
+        if self._on_stopped:
+            await self._on_stopped()
+
+    def _spec(self, lease: dict[str, Any] | None, now: str) -> dict[str, Any]:
+        old = (lease or {}).get("spec") or {}
+        transitions = int(old.get("leaseTransitions") or 0)
+        if old.get("holderIdentity") != self.identity:
+            transitions += 1 if old else 0
+            acquired = now
+        else:
+            acquired = old.get("acquireTime") or now
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": max(1, round(self.lease_duration)),
+            "acquireTime": acquired,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+
+    async def _try_acquire_or_renew(self) -> bool:
+        now = micro_time()
+        try:
+            lease = await self._client.get(lease_path(self.namespace, self.name))
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": self._spec(None, now),
+            }
+            try:
+                await self._client.create(lease_path(self.namespace), body)
+            except ApiError as exc2:
+                if exc2.conflict:
+                    return False
+                raise
+            return True
+        spec = lease.get("spec") or {}
+        holder = str(spec.get("holderIdentity") or "")
+        record = (holder, str(spec.get("renewTime") or ""))
+        if record != self._observed:
+            self._observed = record
+            self._observed_at = time.monotonic()
+        if holder and holder != self.identity:
+            duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+            if time.monotonic() - self._observed_at < duration:
+                return False
+        rv = lease["metadata"]["resourceVersion"]
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "replace" if "spec" in lease else "add", "path": "/spec", "value": self._spec(lease, now)},
+        ]
+        try:
+            await self._client.json_patch(lease_path(self.namespace, self.name), ops)
+        except ApiError as exc:
+            if exc.conflict:
+                return False
+            raise
+        self._observed = (self.identity, now)
+        self._observed_at = time.monotonic()
+        return True
+
+    async def _release(self) -> None:
+        """Hand the Lease back on a clean stop, so the other replica need not wait out the duration."""
+        try:
+            lease = await self._client.get(lease_path(self.namespace, self.name))
+            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            ops = [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": lease["metadata"]["resourceVersion"],
+                },
+                {"op": "replace", "path": "/spec/holderIdentity", "value": ""},
+                {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": 1},
+            ]
+            await self._client.json_patch(lease_path(self.namespace, self.name), ops)
+        except ApiError as exc:
+            log.debug("lease not released: %s", exc)

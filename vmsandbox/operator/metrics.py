@@ -1,0 +1,78 @@
+"""Prometheus metrics, each operator instance with its own registry (several may share a process in tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.scheduling_latency = Histogram(
+            "vmsandbox_operator_scheduling_latency_seconds",
+            "From the operator first seeing a pending sandbox to its placement being recorded.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sandboxes = Gauge("vmsandbox_operator_sandboxes", "Sandboxes by phase.", ["phase"], registry=r)
+        self.scheduled = Counter("vmsandbox_operator_scheduled", "Placements recorded.", registry=r)
+        self.unschedulable = Gauge(
+            "vmsandbox_operator_unschedulable_sandboxes", "Sandboxes no node currently fits.", registry=r
+        )
+        self.unschedulable_decisions = Counter(
+            "vmsandbox_operator_unschedulable_decisions",
+            "Scheduling attempts that found no node.",
+            registry=r,
+        )
+        self.reschedules = Counter(
+            "vmsandbox_operator_reschedules", "Sandboxes sent back to Pending after node loss.", registry=r
+        )
+        self.node_lost = Counter(
+            "vmsandbox_operator_node_lost", "Sandboxes failed with NodeLost.", registry=r
+        )
+        self.leader = Gauge(
+            "vmsandbox_operator_leader", "1 while this replica is the active leader.", registry=r
+        )
+        self.reconcile_errors = Counter(
+            "vmsandbox_operator_reconcile_errors",
+            "Reconciles that failed and were retried.",
+            ["kind"],
+            registry=r,
+        )
+        self.conflicts = Counter(
+            "vmsandbox_operator_write_conflicts",
+            "Writes that lost a compare-and-swap and were redone.",
+            registry=r,
+        )
+
+    def set_phases(self, counts: Mapping[str, int]) -> None:
+        self.sandboxes.clear()
+        for phase, n in counts.items():
+            self.sandboxes.labels(phase=phase).set(n)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve_metrics(
+    metrics: OperatorMetrics, host: str, port: int, refresh: Callable[[], None]
+) -> web.AppRunner:
+    """``GET /metrics`` on ``host:port``; ``refresh`` updates the gauges computed from the cache."""
+
+    async def handle(_: web.Request) -> web.Response:
+        refresh()
+        return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,483 @@
+"""The operator's reconcile loop: one sandbox at a time per key, acting only while leading.
+
+Level-triggered: each pass looks at the cached object and does the one next thing (record
+an invalid spec, schedule, finish recording a placement, handle node loss, TTL, deletion).
+Every write is a compare-and-swap (JSON patch ``test`` ops on exactly the fields the
+decision read), so a pass that raced with an agent, another replica or a stale cache fails
+cleanly and is redone on fresh data instead of overwriting anything.
+
+The scheduling decision is recorded in two writes, because the label is metadata and the
+rest is status: first finalizer + label ``vmsandbox.io/node`` (the decision of record: agents
+select on it, and it is set at most once, guarded by a test that it is absent), then the
+status (nodeName, phase Scheduled, condition, bootTimings.schedule). If the operator dies
+between the two, the next pass finds the label and completes the status; it never decides again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, Phase, VMSandboxStatus
+from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
+from vmsandbox.operator import lifecycle as lc
+from vmsandbox.operator.cache import ClusterCache, SandboxEntry, sandbox_key
+from vmsandbox.operator.config import OperatorConfig
+from vmsandbox.operator.events import EventRecorder
+from vmsandbox.operator.kube import ApiError, KubeClient, sandbox_path
+from vmsandbox.operator.metrics import OperatorMetrics
+from vmsandbox.operator.scheduling import Placement, ReservationLedger, decide, usage_by_node
+from vmsandbox.operator.workqueue import WorkQueue
+
+log = logging.getLogger("vmsandbox.operator")
+
+
+def pointer(*parts: str) -> str:
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _status_ops(raw: dict[str, Any], status: VMSandboxStatus) -> list[dict[str, Any]]:
+    """Replace the whole status if, and only if, nobody changed it since ``raw`` was read."""
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": raw["metadata"]["uid"]},
+        {"op": "test", "path": "/status", "value": raw.get("status")},
+        {"op": "add", "path": "/status", "value": status.to_wire()},
+    ]
+
+
+def _finalizer_ops(raw: dict[str, Any], keep: list[str]) -> list[dict[str, Any]]:
+    meta = raw["metadata"]
+    return [
+        {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
+        {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
+        {"op": "add", "path": "/metadata/finalizers", "value": keep},
+    ]
+
+
+def _phase_from_conditions(status: VMSandboxStatus) -> Phase:
+    """Where a sandbox whose agent came back most likely is, from what the agent last reported."""
+    for kind, phase in (
+        (ConditionType.CONTAINER_READY, Phase.RUNNING),
+        (ConditionType.VM_READY, Phase.CREATING),
+    ):
+        cond = status.condition(kind)
+        if cond is not None and cond.status is ConditionStatus.TRUE:
+            return phase
+    return Phase.SCHEDULED
+
+
+class Reconciler:
+    def __init__(
+        self,
+        config: OperatorConfig,
+        client: KubeClient,
+        cache: ClusterCache,
+        metrics: OperatorMetrics,
+        events: EventRecorder,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.cache = cache
+        self.metrics = metrics
+        self.events = events
+        self.leading = leading
+        self.queue = WorkQueue()
+        self.ledger = ReservationLedger()
+        self._unschedulable: dict[str, int] = {}  # key -> consecutive failed attempts
+        self._finished_seen: dict[str, float] = {}  # uid -> monotonic time first seen finished
+        self._silent_since: dict[str, float] = {}  # node -> monotonic time first seen without a Lease
+
+    # ---- feeding the queue
+    def sandbox_changed(self, raw: dict[str, Any]) -> None:
+        entry = self.cache.upsert_sandbox(raw)
+        if entry is None:
+            return
+        self._settle_reservation(entry)
+        if entry.finished:
+            self.retry_unschedulable()
+        self.queue.add(sandbox_key(raw))
+
+    def sandbox_gone(self, raw: dict[str, Any]) -> None:
+        entry = self.cache.forget_sandbox(raw)
+        if entry is not None:
+            self.ledger.release(entry.uid)
+            self._finished_seen.pop(entry.uid, None)
+            self._unschedulable.pop(sandbox_key(raw), None)
+            self.retry_unschedulable()
+
+    def retry_unschedulable(self) -> None:
+        """Capacity or node shape changed: every waiting sandbox gets another look now."""
+        for key in list(self._unschedulable):
+            self.queue.add(key)
+
+    def enqueue_all(self) -> None:
+        for key in list(self.cache.sandboxes):
+            self.queue.add(key)
+
+    def reset(self) -> None:
+        """Forget in-flight reservations (used when leadership changes hands)."""
+        self.ledger.clear()
+
+    def _settle_reservation(self, entry: SandboxEntry) -> None:
+        reservation = self.ledger.get(entry.uid)
+        if reservation is not None and entry.node == reservation.node:
+            self.ledger.release(entry.uid)
+
+    # ---- workers
+    async def worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                if self.leading():
+                    await self.reconcile(key)
+            except ApiError as exc:
+                self.metrics.reconcile_errors.labels(kind="api").inc()
+                log.warning("reconcile %s: %s", key, exc)
+                self.queue.add_after(key, 1.0)
+            except Exception:
+                self.metrics.reconcile_errors.labels(kind="bug").inc()
+                log.exception("reconcile %s failed", key)
+                self.queue.add_after(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    async def sweep(self) -> None:
+        """Node loss and TTLs depend on time passing, not on events: look at every sandbox periodically."""
+        now = datetime.now(UTC)
+        for key, entry in list(self.cache.sandboxes.items()):
+            if entry.sandbox is None:
+                continue
+            step = lc.next_step(
+                entry.sandbox,
+                silence=self._silence(entry.node, now),
+                finished_for=self._finished_for(entry, now),
+                config=self.config,
+            )
+            if step.action not in (lc.Action.NONE, lc.Action.WAIT_FOR_AGENT):
+                self.queue.add(key)
+
+    def phase_counts(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for entry in self.cache.sandboxes.values():
+            counts[entry.status.phase.value if entry.status.phase else "Pending"] += 1
+        return dict(counts)
+
+    def refresh_metrics(self) -> None:
+        self.metrics.set_phases(self.phase_counts())
+        self.metrics.unschedulable.set(len(self._unschedulable))
+
+    # ---- time-dependent inputs
+    def _silence(self, node: str | None, now: datetime) -> float | None:
+        if node is None:
+            return None
+        age = self.cache.lease_age(node, now)
+        if age is not None:
+            self._silent_since.pop(node, None)
+            return age
+        since = self._silent_since.setdefault(node, time.monotonic())
+        return time.monotonic() - since
+
+    def _finished_for(self, entry: SandboxEntry, now: datetime) -> float | None:
+        if not entry.finished:
+            self._finished_seen.pop(entry.uid, None)
+            return None
+        status = entry.status
+        stamps = [status.container.finished_at] if status.container and status.container.finished_at else []
+        if not stamps:
+            stamps = [c.last_transition_time for c in status.conditions or [] if c.last_transition_time]
+        if stamps:
+            return (now - max(s for s in stamps if s is not None)).total_seconds()
+        seen = self._finished_seen.setdefault(entry.uid, time.monotonic())
+        return time.monotonic() - seen
+
+    # ---- one pass
+    async def reconcile(self, key: str) -> None:
+        entry = self.cache.sandboxes.get(key)
+        if entry is None:
+            return
+        if entry.invalid is not None:
+            if entry.raw["metadata"].get("deletionTimestamp"):
+                await self._release(entry, force=False)
+            else:
+                await self._record_invalid(entry)
+            return
+        assert entry.sandbox is not None
+        now = datetime.now(UTC)
+        step = lc.next_step(
+            entry.sandbox,
+            silence=self._silence(entry.node, now),
+            finished_for=self._finished_for(entry, now),
+            config=self.config,
+        )
+        if step.recheck is not None:
+            self.queue.add_after(key, step.recheck)
+        action = step.action
+        if action is lc.Action.RELEASE:
+            await self._release(entry, force=False)
+        elif action is lc.Action.FORCE_RELEASE:
+            await self._release(entry, force=True, why=step.message)
+        elif action is lc.Action.WAIT_FOR_AGENT:
+            return
+        elif action is lc.Action.DELETE_EXPIRED:
+            await self._delete_expired(entry, step.message)
+        elif action is lc.Action.RESCHEDULE:
+            await self._reschedule(entry, step.message)
+        elif action is lc.Action.MARK_NODE_LOST:
+            await self._mark_node_lost(entry, step.message)
+        elif action is lc.Action.MARK_UNKNOWN:
+            await self._mark_unknown(entry, step.message)
+        elif action is lc.Action.RECOVER:
+            await self._recover(entry, step.message)
+        elif entry.finished or entry.raw["metadata"].get("deletionTimestamp"):
+            return
+        elif entry.node is not None:
+            await self._complete_placement(entry)
+        elif entry.uid in self.ledger:
+            return  # our own placement is in flight; its write will requeue the key
+        else:
+            await self._schedule(entry)
+
+    # ---- writes (each one a compare-and-swap; a lost one refreshes the cache and requeues)
+    async def _write(self, entry: SandboxEntry, ops: list[dict[str, Any]], sub: str | None = None) -> bool:
+        meta = entry.raw["metadata"]
+        path = sandbox_path(meta["namespace"], meta["name"], sub)
+        try:
+            obj = await self.client.json_patch(path, ops)
+        except ApiError as exc:
+            if exc.not_found:
+                self.sandbox_gone(entry.raw)
+                return False
+            if not exc.conflict:
+                raise
+            self.metrics.conflicts.inc()
+            await self._refresh(entry)
+            return False
+        self.sandbox_changed(obj)
+        return True
+
+    async def _refresh(self, entry: SandboxEntry) -> None:
+        meta = entry.raw["metadata"]
+        try:
+            obj = await self.client.get(sandbox_path(meta["namespace"], meta["name"]))
+        except ApiError as exc:
+            if exc.not_found:
+                self.sandbox_gone(entry.raw)
+                return
+            raise
+        self.sandbox_changed(obj)
+        self.queue.add(sandbox_key(obj))
+
+    async def _write_status(self, entry: SandboxEntry, status: VMSandboxStatus) -> bool:
+        return await self._write(entry, _status_ops(entry.raw, status), sub="status")
+
+    async def _record_invalid(self, entry: SandboxEntry) -> None:
+        assert entry.invalid is not None
+        raw_status = entry.raw.get("status") or {}
+        message = str(entry.invalid.detail)
+        if raw_status.get("reason") == lc.REASON_INVALID and raw_status.get("message") == message:
+            return
+        try:
+            status = VMSandboxStatus.model_validate(raw_status)
+        except ValueError:
+            status = VMSandboxStatus()
+        status.phase = Phase.FAILED
+        status.reason = lc.REASON_INVALID
+        status.message = message
+        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_INVALID, message)
+        if await self._write_status(entry, status):
+            self.events.record(entry.raw, "Warning", lc.REASON_INVALID, f"{entry.invalid.field}: {message}")
+
+    async def _schedule(self, entry: SandboxEntry) -> None:
+        assert entry.sandbox is not None
+        key = sandbox_key(entry.raw)
+        now = datetime.now(UTC)
+        decision = decide(
+            entry.sandbox,
+            self.cache.node_views().values(),
+            usage_by_node(self.cache.placements(), self.ledger),
+            now=now,
+            alive_window=self.config.agent_alive_seconds,
+            strategy=self.config.strategy,
+        )
+        if not isinstance(decision, Placement):
+            await self._record_unschedulable(entry, decision.message)
+            return
+        # Counted from here on, before any await: concurrent passes see this capacity as taken.
+        self.ledger.reserve(entry.uid, decision.node, entry.demand)
+        meta = entry.raw["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]}]
+        if meta.get("labels"):
+            ops += [
+                {"op": "test", "path": pointer("metadata", "labels", NODE_LABEL), "value": None},
+                {"op": "add", "path": pointer("metadata", "labels", NODE_LABEL), "value": decision.node},
+            ]
+        else:
+            ops += [
+                {"op": "test", "path": "/metadata/labels", "value": meta.get("labels")},
+                {"op": "add", "path": "/metadata/labels", "value": {NODE_LABEL: decision.node}},
+            ]
+        if OPERATOR_FINALIZER not in finalizers:
+            ops += [
+                {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
+                {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, OPERATOR_FINALIZER]},
+            ]
+        placed = False
+        try:
+            placed = await self._write(entry, ops)
+        finally:
+            if not placed:
+                self.ledger.release(entry.uid)
+        if not placed:
+            return
+        elapsed = time.monotonic() - entry.first_seen
+        self.metrics.scheduling_latency.observe(elapsed)
+        self.metrics.scheduled.inc()
+        self._unschedulable.pop(key, None)
+        self.events.record(
+            entry.raw,
+            "Normal",
+            lc.REASON_SCHEDULED,
+            f"placed on node {decision.node} ({decision.hypervisor})",
+        )
+        fresh = self.cache.sandboxes.get(key)
+        if fresh is not None:
+            await self._complete_placement(fresh, hypervisor=decision.hypervisor, elapsed=elapsed)
+
+    async def _complete_placement(
+        self, entry: SandboxEntry, *, hypervisor: str | None = None, elapsed: float | None = None
+    ) -> None:
+        """Write the status half of a placement; also finishes one a previous operator left half-done."""
+        node = entry.node
+        assert node is not None
+        status = entry.status.model_copy(deep=True)
+        phase = status.phase
+        if status.node_name == node and phase not in (None, Phase.PENDING):
+            return
+        if phase in (None, Phase.PENDING):
+            status.phase = Phase.SCHEDULED
+            status.reason = None
+            status.message = None
+        status.node_name = node
+        if hypervisor is not None and status.hypervisor is None:
+            status.hypervisor = hypervisor
+        status.set_condition(
+            ConditionType.SCHEDULED, ConditionStatus.TRUE, lc.REASON_SCHEDULED, f"node {node}"
+        )
+        if elapsed is not None:
+            timings = status.boot_timings or BootTimings()
+            timings.schedule = round(elapsed * 1000, 3)
+            status.boot_timings = timings
+        await self._write_status(entry, status)
+
+    async def _record_unschedulable(self, entry: SandboxEntry, message: str) -> None:
+        key = sandbox_key(entry.raw)
+        attempts = self._unschedulable.get(key, 0) + 1
+        self._unschedulable[key] = attempts
+        self.metrics.unschedulable_decisions.inc()
+        delay = min(
+            self.config.unschedulable_backoff_seconds * 2 ** (attempts - 1),
+            self.config.unschedulable_backoff_max_seconds,
+        )
+        self.queue.add_after(key, delay)
+        status = entry.status.model_copy(deep=True)
+        cond = status.condition(ConditionType.SCHEDULED)
+        if (
+            status.phase is Phase.PENDING
+            and status.reason == lc.REASON_UNSCHEDULABLE
+            and cond is not None
+            and cond.message == message
+        ):
+            return
+        status.phase = Phase.PENDING
+        status.reason = lc.REASON_UNSCHEDULABLE
+        status.message = message
+        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_UNSCHEDULABLE, message)
+        if await self._write_status(entry, status):
+            self.events.record(entry.raw, "Warning", "FailedScheduling", message)
+
+    async def _mark_unknown(self, entry: SandboxEntry, message: str) -> None:
+        status = entry.status.model_copy(deep=True)
+        status.phase = Phase.UNKNOWN
+        status.reason = lc.REASON_NODE_UNREACHABLE
+        status.message = message
+        if await self._write_status(entry, status):
+            self.events.record(entry.raw, "Warning", lc.REASON_NODE_UNREACHABLE, message)
+
+    async def _recover(self, entry: SandboxEntry, message: str) -> None:
+        status = entry.status.model_copy(deep=True)
+        status.phase = _phase_from_conditions(status)
+        status.reason = None
+        status.message = None
+        if await self._write_status(entry, status):
+            self.events.record(entry.raw, "Normal", "NodeRecovered", message)
+
+    async def _mark_node_lost(self, entry: SandboxEntry, message: str) -> None:
+        status = entry.status.model_copy(deep=True)
+        status.phase = Phase.FAILED
+        status.reason = lc.REASON_NODE_LOST
+        status.message = message
+        status.set_condition(ConditionType.READY, ConditionStatus.FALSE, lc.REASON_NODE_LOST, message)
+        if await self._write_status(entry, status):
+            self.metrics.node_lost.inc()
+            self.events.record(entry.raw, "Warning", lc.REASON_NODE_LOST, message)
+
+    async def _reschedule(self, entry: SandboxEntry, message: str) -> None:
+        """Back to Pending: drop the lost node's label and its agent's claim, then the status."""
+        meta = entry.raw["metadata"]
+        node = entry.node or entry.status.node_name
+        if entry.node is not None:
+            finalizers = [f for f in meta.get("finalizers") or [] if f != AGENT_FINALIZER]
+            ops = [
+                {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
+                {"op": "test", "path": pointer("metadata", "labels", NODE_LABEL), "value": entry.node},
+                {"op": "remove", "path": pointer("metadata", "labels", NODE_LABEL)},
+                {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
+                {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+            ]
+            if not await self._write(entry, ops):
+                return
+        fresh = self.cache.sandboxes.get(sandbox_key(entry.raw))
+        if fresh is None:
+            return
+        status = fresh.status.model_copy(deep=True)
+        status.phase = Phase.PENDING
+        status.reason = "Rescheduling"
+        status.message = message
+        status.node_name = None
+        status.vm = None
+        status.container = None
+        status.restart_count = (status.restart_count or 0) + 1
+        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, "Rescheduling", message)
+        for kind in (ConditionType.VM_READY, ConditionType.CONTAINER_READY, ConditionType.READY):
+            status.set_condition(kind, ConditionStatus.FALSE, lc.REASON_NODE_LOST, f"node {node} lost")
+        if await self._write_status(fresh, status):
+            self.metrics.reschedules.inc()
+            self.events.record(entry.raw, "Normal", "Rescheduled", f"leaving lost node {node}: {message}")
+
+    async def _delete_expired(self, entry: SandboxEntry, message: str) -> None:
+        meta = entry.raw["metadata"]
+        try:
+            await self.client.delete(
+                sandbox_path(meta["namespace"], meta["name"]), precondition_uid=meta["uid"]
+            )
+        except ApiError as exc:
+            if not (exc.not_found or exc.conflict):
+                raise
+            return
+        self.events.record(entry.raw, "Normal", "Expired", message)
+
+    async def _release(self, entry: SandboxEntry, *, force: bool, why: str = "") -> None:
+        meta = entry.raw["metadata"]
+        drop = {OPERATOR_FINALIZER, AGENT_FINALIZER} if force else {OPERATOR_FINALIZER}
+        current = list(meta.get("finalizers") or [])
+        keep = [f for f in current if f not in drop]
+        if keep == current:
+            return
+        if await self._write(entry, _finalizer_ops(entry.raw, keep)) and force:
+            self.events.record(entry.raw, "Warning", "ForceReleased", why)

@@ -1,0 +1,206 @@
+"""One operator instance: kopf watching, the reconcile workers, the leader Lease, metrics and Events.
+
+Every replica runs kopf (so its cache is warm and its liveness probe answers), but only the
+replica holding the leader Lease writes. On winning the Lease it re-lists sandboxes, nodes
+and agent Leases, forgets reservations of any previous term and looks at every sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from vmsandbox.operator.cache import ClusterCache
+from vmsandbox.operator.config import OperatorConfig
+from vmsandbox.operator.events import EventRecorder
+from vmsandbox.operator.handlers import build_registry
+from vmsandbox.operator.kube import ApiError, Connection, KubeClient, lease_path, node_path, sandbox_path
+from vmsandbox.operator.leader import LeaderElector
+from vmsandbox.operator.metrics import OperatorMetrics, serve_metrics
+from vmsandbox.operator.reconciler import Reconciler
+
+log = logging.getLogger("vmsandbox.operator")
+
+#: kopf's own finalizer and annotation prefix, distinct from the agent's; no handler needs them,
+#: they only keep kopf from ever touching ``vmsandbox.io/operator`` or the agent's marks.
+KOPF_FINALIZER = "operator.vmsandbox.io/kopf"
+KOPF_PREFIX = "operator.vmsandbox.io"
+
+
+class Operator:
+    def __init__(self, config: OperatorConfig, connection: Connection) -> None:
+        self.config = config
+        self.connection = connection
+        self.client = KubeClient(connection, user_agent=f"vmsandbox-operator/{config.identity}")
+        self.cache = ClusterCache(config)
+        self.metrics = OperatorMetrics()
+        self.events = EventRecorder(self.client, enabled=config.events, host=config.identity)
+        self.elector: LeaderElector | None = None
+        if config.leader_election:
+            self.elector = LeaderElector(
+                self.client,
+                namespace=config.namespace,
+                name=config.lease_name,
+                identity=config.identity,
+                lease_duration=config.lease_duration_seconds,
+                renew_deadline=config.renew_deadline_seconds,
+                retry_period=config.retry_period_seconds,
+                on_started=self._started_leading,
+                on_stopped=self._stopped_leading,
+            )
+        self.reconciler = Reconciler(config, self.client, self.cache, self.metrics, self.events, self.leading)
+        self.registry = build_registry(self)
+        self._term_ready = False  # the cache was re-listed in the current term
+
+    def leading(self) -> bool:
+        if not self._term_ready:
+            return False
+        return self.elector.leading if self.elector is not None else True
+
+    def lease_changed(self, raw: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        window = self.config.agent_alive_seconds
+        before = {n: v.agent_alive(now, window) for n, v in self.cache.node_views().items()}
+        node = self.cache.upsert_lease(raw) or ""
+        if not node:
+            return
+        view = self.cache.node_views().get(node)
+        if view is not None and view.agent_alive(now, window) and not before.get(node, False):
+            self.reconciler.retry_unschedulable()
+            for key, entry in self.cache.sandboxes.items():
+                if entry.node == node:
+                    self.reconciler.queue.add(key)
+
+    def settings(self) -> kopf.OperatorSettings:
+        settings = kopf.OperatorSettings()
+        settings.persistence.finalizer = KOPF_FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=KOPF_PREFIX, key="last-handled-configuration"
+        )
+        settings.posting.enabled = False  # Events are the reconciler's, posted by EventRecorder
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        if self.config.webhook:
+            settings.admission.server = kopf.WebhookServer(
+                addr=self.config.webhook_host,
+                port=self.config.webhook_port,
+                certfile=str(self.config.webhook_certfile) if self.config.webhook_certfile else None,
+                pkeyfile=str(self.config.webhook_keyfile) if self.config.webhook_keyfile else None,
+                insecure=self.config.webhook_certfile is None,
+            )
+            settings.admission.managed = None
+        return settings
+
+    async def _resync(self) -> None:
+        """A fresh LIST of everything the decisions depend on, merged by resourceVersion."""
+        nodes = await self.client.list_objects(node_path())
+        for item in nodes.get("items") or []:
+            item.setdefault("apiVersion", "v1")
+            self.cache.upsert_node(item)
+        leases = await self.client.list_objects(lease_path(self.config.namespace))
+        for item in leases.get("items") or []:
+            self.cache.upsert_lease(item)
+        sandboxes = await self.client.list_objects(sandbox_path())
+        for item in sandboxes.get("items") or []:
+            self.cache.upsert_sandbox(item)
+
+    async def _started_leading(self) -> None:
+        self._term_ready = False
+        self.reconciler.reset()
+        while True:
+            try:
+                await self._resync()
+                break
+            except ApiError as exc:
+                log.warning("re-list after winning the lease failed: %s", exc)
+                await asyncio.sleep(1.0)
+        self._term_ready = True
+        self.metrics.leader.set(1)
+        self.reconciler.enqueue_all()
+
+    async def _stopped_leading(self) -> None:
+        self._term_ready = False
+        self.metrics.leader.set(0)
+        self.reconciler.reset()
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_seconds)
+            if self.leading():
+                await self.reconciler.sweep()
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set; ``ready`` is set once kopf watches and this replica may lead."""
+        kopf_ready = asyncio.Event()
+        metrics_runner: web.AppRunner | None = None
+        if self.config.metrics_port is not None:
+            metrics_runner = await serve_metrics(
+                self.metrics,
+                self.config.metrics_host,
+                self.config.metrics_port,
+                self.reconciler.refresh_metrics,
+            )
+        self.events.start()
+        background: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.reconciler.worker(), name=f"worker-{i}")
+            for i in range(self.config.workers)
+        ]
+        background.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        kopf_task = asyncio.create_task(
+            kopf.operator(
+                registry=self.registry,
+                settings=self.settings(),
+                clusterwide=True,
+                standalone=True,
+                liveness_endpoint=self.config.liveness_endpoint,
+                stop_flag=stop,
+                ready_flag=kopf_ready,
+            ),
+            name="kopf",
+        )
+        elector_task: asyncio.Task[None] | None = None
+        try:
+            await _first(kopf_ready.wait(), kopf_task)
+            if self.elector is not None:
+                elector_task = asyncio.create_task(self.elector.run(stop), name="leader-election")
+            else:
+                await self._started_leading()
+            if ready is not None:
+                ready.set()
+            await _first(stop.wait(), kopf_task)
+        finally:
+            stop.set()
+            if elector_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, ApiError):
+                    await asyncio.wait_for(elector_task, 5.0)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(kopf_task, 10.0)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self.reconciler.queue.close()
+            await self.events.stop()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
+            await self.client.close()
+        if kopf_task.done() and not kopf_task.cancelled() and kopf_task.exception() is not None:
+            raise kopf_task.exception()  # type: ignore[misc]
+
+
+async def _first(waiter: Any, task: asyncio.Task[Any]) -> None:
+    """Wait for ``waiter`` unless ``task`` ends first (then its error propagates)."""
+    wait_task = asyncio.ensure_future(waiter)
+    try:
+        await asyncio.wait({wait_task, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not wait_task.done():
+            wait_task.cancel()
+    if task.done() and not wait_task.done():
+        task.result()

@@ -1,0 +1,58 @@
+"""A de-duplicating work queue: a key is queued at most once and never processed by two workers at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class WorkQueue:
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def add(self, key: str) -> None:
+        if key in self._pending:
+            return
+        if key in self._active:
+            self._dirty.add(key)
+            return
+        self._pending.add(key)
+        self._queue.put_nowait(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        """Queue ``key`` in ``delay`` seconds; an earlier timer for the same key wins."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + max(delay, 0.0)
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(due, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    async def get(self) -> str:
+        key = await self._queue.get()
+        self._pending.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: str) -> None:
+        self._active.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
