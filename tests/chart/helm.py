@@ -1,0 +1,117 @@
+"""The real ``helm`` binary (from ``hack/install-helm.sh``) and the chart rendered through it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "vmsandbox"
+VALUES_DIR = Path(__file__).resolve().parent / "values"
+#: Release name and namespace the tests install as; object names follow from them.
+RELEASE = "vmsandbox"
+NAMESPACE = "vmsandbox-system"
+REQUIRE_ENV = "VMSANDBOX_REQUIRE_TOOLS"
+TOOLS_ENV = "VMSANDBOX_TOOLS_DIR"
+
+
+def tools_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
+
+
+def missing(reason: str) -> None:
+    """Skip, or fail where the tools are promised (CI sets VMSANDBOX_REQUIRE_TOOLS=1)."""
+    if tools_required():
+        pytest.fail(f"{reason} ({REQUIRE_ENV} is set; run `bash hack/install-helm.sh`)")
+    pytest.skip(f"{reason}; run `bash hack/install-helm.sh`")
+
+
+def find_tool(name: str) -> Path | None:
+    tools = Path(os.environ.get(TOOLS_ENV) or Path.home() / ".cache" / "vmsandbox" / "tools")
+    candidate = tools / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which(name)
+    return Path(found) if found else None
+
+
+@dataclass(frozen=True)
+class Helm:
+    binary: Path
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "HELM_CACHE_HOME": "/tmp/vmsandbox-helm/cache"}
+        env.setdefault("HELM_CONFIG_HOME", "/tmp/vmsandbox-helm/config")
+        env.setdefault("HELM_DATA_HOME", "/tmp/vmsandbox-helm/data")
+        proc = subprocess.run(
+            [str(self.binary), *args], capture_output=True, text=True, timeout=120, env=env, check=False
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def template_args(
+        self,
+        values: Sequence[Path] = (),
+        sets: Iterable[str] = (),
+        *,
+        namespace: str = NAMESPACE,
+        release: str = RELEASE,
+        include_crds: bool = False,
+    ) -> list[str]:
+        args = ["template", release, str(CHART), "--namespace", namespace]
+        for path in values:
+            args += ["--values", str(path)]
+        for item in sets:
+            args += ["--set", item]
+        if include_crds:
+            args.append("--include-crds")
+        return args
+
+    def render(
+        self,
+        values: Sequence[Path] = (),
+        sets: Iterable[str] = (),
+        *,
+        namespace: str = NAMESPACE,
+        release: str = RELEASE,
+        include_crds: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Every object ``helm template`` renders, parsed."""
+        args = self.template_args(
+            values, sets, namespace=namespace, release=release, include_crds=include_crds
+        )
+        out = self.run(*args).stdout
+        return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def get_helm() -> Helm:
+    binary = find_tool("helm")
+    if binary is None:
+        missing("helm is not installed")
+    assert binary is not None
+    return Helm(binary)
+
+
+def value_files() -> list[Path]:
+    return sorted(VALUES_DIR.glob("*.yaml"))
+
+
+def by_kind(objects: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o.get("kind") == kind]
+
+
+def one(objects: Iterable[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
+    found = [o for o in by_kind(objects, kind) if o["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, (
+        f"expected one {kind} named *{name_suffix}, found {[o['metadata']['name'] for o in found]}"
+    )
+    return found[0]
