@@ -1,0 +1,131 @@
+#!/bin/busybox sh
+# /init of the vmsandbox guest initramfs (PID 1 until switch_root).
+#
+# Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
+# by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
+# filesystems in the new root and hands over to /usr/lib/vmsandbox/supervise there, which runs
+# the guest agent. Any failure powers the VM off after printing why, so the host sees an exit
+# instead of a hang.
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+ROOT_SERIAL=vmsb-root
+NEWROOT=/newroot
+OVERLAY=/overlay
+SUPERVISOR=/usr/lib/vmsandbox/supervise
+DISK_WAIT_TENTHS=100     # 10 s for the root disk to show up
+PORT_NAME_WAIT_TENTHS=20 # 2 s for virtio-serial port names to arrive from the host
+
+say() {
+    echo "vmsandbox-init: $*"
+}
+
+uptime_s() {
+    read -r up _ </proc/uptime
+    echo "$up"
+}
+
+die() {
+    say "FATAL: $*; powering off"
+    sync
+    poweroff -f
+    sleep 5 # poweroff -f does not return; never let PID 1 exit (that panics the kernel)
+    exit 1
+}
+
+mount_kernel_filesystems() {
+    mkdir -p /proc /sys /dev
+    mount -t proc -o nosuid,nodev,noexec proc /proc || die "cannot mount /proc"
+    mount -t sysfs -o nosuid,nodev,noexec sysfs /sys || die "cannot mount /sys"
+    mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev || die "cannot mount /dev"
+}
+
+load_modules() {
+    while read -r module; do
+        [ -n "$module" ] || continue
+        insmod "$module" || die "cannot load module $module"
+    done </etc/vmsandbox/modules
+}
+
+# Prints /dev/vdX whose virtio serial is $1; fails if none has it (yet).
+disk_by_serial() {
+    for block in /sys/block/vd*; do
+        [ -r "$block/serial" ] || continue
+        if [ "$(cat "$block/serial")" = "$1" ]; then
+            echo "/dev/${block##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+wait_for_root_disk() {
+    tries=0
+    until ROOT_DEV=$(disk_by_serial "$ROOT_SERIAL"); do
+        tries=$((tries + 1))
+        [ "$tries" -lt "$DISK_WAIT_TENTHS" ] || die "no virtio-blk disk with serial '$ROOT_SERIAL'"
+        sleep 0.1
+    done
+    # devtmpfs creates the node asynchronously after the disk is probed.
+    until [ -b "$ROOT_DEV" ]; do
+        tries=$((tries + 1))
+        [ "$tries" -lt "$DISK_WAIT_TENTHS" ] || die "$ROOT_DEV has no device node"
+        sleep 0.1
+    done
+}
+
+mount_root() {
+    mkdir -p "$OVERLAY" "$NEWROOT"
+    mount -t tmpfs -o mode=0755 overlay-tmpfs "$OVERLAY" || die "cannot mount the overlay tmpfs"
+    mkdir -p "$OVERLAY/lower" "$OVERLAY/upper" "$OVERLAY/work"
+    mount -t ext4 -o ro "$ROOT_DEV" "$OVERLAY/lower" || die "cannot mount $ROOT_DEV read-only"
+    mount -t overlay -o "lowerdir=$OVERLAY/lower,upperdir=$OVERLAY/upper,workdir=$OVERLAY/work" \
+        overlay "$NEWROOT" || die "cannot mount the root overlay"
+    [ -x "$NEWROOT$SUPERVISOR" ] || die "$ROOT_DEV has no $SUPERVISOR"
+}
+
+# udev is absent, so make the /dev/virtio-ports/<name> links it would make.
+link_virtio_ports() {
+    mkdir -p /dev/virtio-ports
+    tries=0
+    for port in /sys/class/virtio-ports/*; do
+        [ -e "$port/name" ] || continue
+        while [ -z "$(cat "$port/name")" ] && [ "$tries" -lt "$PORT_NAME_WAIT_TENTHS" ]; do
+            tries=$((tries + 1))
+            sleep 0.1
+        done
+        name=$(cat "$port/name")
+        [ -n "$name" ] && ln -sf "../${port##*/}" "/dev/virtio-ports/$name"
+    done
+}
+
+prepare_new_root() {
+    for fs in dev proc sys; do
+        mkdir -p "$NEWROOT/$fs"
+        mount --move "/$fs" "$NEWROOT/$fs" || die "cannot move /$fs into the new root"
+    done
+    mkdir -p "$NEWROOT/dev/pts" "$NEWROOT/dev/shm"
+    mount -t devpts -o nosuid,noexec,gid=5,mode=0620,ptmxmode=0666 devpts "$NEWROOT/dev/pts" ||
+        die "cannot mount /dev/pts"
+    mount -t tmpfs -o nosuid,nodev,mode=1777 shm "$NEWROOT/dev/shm" || die "cannot mount /dev/shm"
+    mount -t cgroup2 -o nosuid,nodev,noexec,nsdelegate cgroup2 "$NEWROOT/sys/fs/cgroup" ||
+        die "cannot mount /sys/fs/cgroup"
+    mount -t tmpfs -o nosuid,nodev,mode=0755 run "$NEWROOT/run" || die "cannot mount /run"
+    mount -t tmpfs -o nosuid,nodev,mode=1777 tmp "$NEWROOT/tmp" || die "cannot mount /tmp"
+    ln -sf /proc/self/fd "$NEWROOT/dev/fd"
+    ln -sf /proc/self/fd/0 "$NEWROOT/dev/stdin"
+    ln -sf /proc/self/fd/1 "$NEWROOT/dev/stdout"
+    ln -sf /proc/self/fd/2 "$NEWROOT/dev/stderr"
+}
+
+mount_kernel_filesystems
+say "stage=init uptime=$(uptime_s)"
+load_modules
+say "stage=modules uptime=$(uptime_s)"
+wait_for_root_disk
+mount_root
+link_virtio_ports
+say "stage=rootfs device=$ROOT_DEV uptime=$(uptime_s)"
+prepare_new_root
+exec switch_root "$NEWROOT" "$SUPERVISOR" || die "switch_root failed"

@@ -1,0 +1,56 @@
+"""The initramfs: busybox, the guest's kernel modules and ``init.sh`` as ``/init``."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from vmsandbox.guest.image import cpio
+from vmsandbox.guest.image.errors import GuestImageError
+from vmsandbox.guest.image.modules import ModulePlan
+
+#: The load list ``init.sh`` reads, one absolute module path per line.
+MODULE_LIST = "etc/vmsandbox/modules"
+
+
+def init_script() -> bytes:
+    return resources.files(__package__).joinpath("init.sh").read_bytes()
+
+
+def find_busybox(busybox_root: Path) -> Path:
+    for candidate in ("bin/busybox", "usr/bin/busybox"):
+        path = busybox_root / candidate
+        if path.is_file():
+            return path
+    raise GuestImageError(
+        f"the busybox-static package has no busybox binary under {busybox_root}", step="initramfs"
+    )
+
+
+def entries(busybox: Path, modules_dir: Path, release: str, plan: ModulePlan) -> list[cpio.Entry]:
+    """Archive members, parents before children."""
+    members = [
+        cpio.directory(name) for name in ("bin", "dev", "etc", "etc/vmsandbox", "newroot", "proc", "sys")
+    ]
+    # The kernel opens /dev/console before running /init; without the node init has no stdio.
+    members.append(cpio.char_device("dev/console", 5, 1))
+    members.append(cpio.regular("bin/busybox", busybox.read_bytes(), 0o755))
+    made = {"lib", "lib/modules", f"lib/modules/{release}"}
+    members.extend(cpio.directory(name) for name in sorted(made))
+    load_list = []
+    for relative in plan.load_order:
+        parts = f"lib/modules/{release}/{relative}".split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in made:
+                made.add(parent)
+                members.append(cpio.directory(parent))
+        members.append(cpio.regular("/".join(parts), (modules_dir / relative).read_bytes()))
+        load_list.append("/" + "/".join(parts))
+    members.append(cpio.regular(MODULE_LIST, "".join(f"{line}\n" for line in load_list).encode()))
+    members.append(cpio.regular("init", init_script(), 0o755))
+    return members
+
+
+def write(out: Path, busybox_root: Path, modules_dir: Path, release: str, plan: ModulePlan) -> None:
+    cpio.write_gzipped(out, entries(find_busybox(busybox_root), modules_dir, release, plan))

@@ -1,0 +1,114 @@
+"""Which kernel modules the initramfs carries, resolved from the kernel's own ``modules.dep``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from vmsandbox.guest.image.errors import GuestImageError
+
+#: What the guest cannot do without: PCI transport, root and container disks, the agent's
+#: channels (virtio-serial under QEMU, vsock under Cloud Hypervisor), entropy, the root overlay.
+GUEST_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "vsock",
+    "vmw_vsock_virtio_transport",
+    "virtio_rng",
+    "ext4",
+    "overlay",
+)
+
+_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+def module_name(path: str) -> str:
+    """kmod's canonical name: basename without suffix, dashes as underscores."""
+    base = path.rsplit("/", 1)[-1]
+    for suffix in _SUFFIXES:
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return base.replace("-", "_")
+
+
+class ModulePlan(BaseModel):
+    """The modules to load, dependencies first, and the requested ones the kernel has built in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Paths relative to ``/lib/modules/<release>/``, in load order.
+    load_order: list[str]
+    builtin: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        return [module_name(path) for path in self.load_order]
+
+
+def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
+    """Map module name -> (its path, paths it depends on) from ``modules.dep`` text."""
+    table: dict[str, tuple[str, list[str]]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        path, sep, deps = line.partition(":")
+        if not sep:
+            raise GuestImageError(f"modules.dep line {number} has no ':': {line!r}", step="kernel-modules")
+        table[module_name(path.strip())] = (path.strip(), deps.split())
+    return table
+
+
+def parse_modules_builtin(text: str) -> set[str]:
+    return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
+
+
+def resolve(requested: list[str] | tuple[str, ...], modules_dep: str, modules_builtin: str) -> ModulePlan:
+    """Order the requested modules and their dependencies so each loads after what it needs."""
+    table = parse_modules_dep(modules_dep)
+    builtin_names = parse_modules_builtin(modules_builtin)
+    by_path = {path: name for name, (path, _deps) in table.items()}
+    order: list[str] = []
+    done: set[str] = set()
+    visiting: set[str] = set()
+
+    def visit(name: str, wanted_by: str | None) -> None:
+        if name in done or (name in builtin_names and name not in table):
+            return
+        if name in visiting:
+            raise GuestImageError(f"modules.dep has a dependency cycle through {name}", step="kernel-modules")
+        if name not in table:
+            who = f" (needed by {wanted_by})" if wanted_by else ""
+            raise GuestImageError(
+                f"module {name!r}{who} is neither built into the kernel nor listed in modules.dep",
+                step="kernel-modules",
+            )
+        visiting.add(name)
+        path, deps = table[name]
+        for dep_path in deps:
+            visit(by_path.get(dep_path, module_name(dep_path)), name)
+        visiting.discard(name)
+        done.add(name)
+        order.append(path)
+
+    builtin: list[str] = []
+    for raw in requested:
+        name = module_name(raw)
+        if name in builtin_names and name not in table:
+            builtin.append(name)
+        else:
+            visit(name, None)
+    return ModulePlan(load_order=order, builtin=builtin)
+
+
+def read_plan(modules_dir: Path, requested: list[str] | tuple[str, ...]) -> ModulePlan:
+    """Resolve against ``/lib/modules/<release>`` of an extracted kernel (after ``depmod``)."""
+    try:
+        dep = (modules_dir / "modules.dep").read_text()
+        builtin_path = modules_dir / "modules.builtin"
+        builtin = builtin_path.read_text() if builtin_path.exists() else ""
+    except OSError as exc:
+        raise GuestImageError(f"cannot read {modules_dir}: {exc}", step="kernel-modules") from exc
+    return resolve(requested, dep, builtin)

@@ -1,0 +1,45 @@
+#!/bin/busybox sh
+# PID 1 of the vmsandbox guest after switch_root: runs the guest agent and powers the VM off
+# when it exits, so the agent's lifetime is the VM's lifetime and the host sees why it ended.
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 PYTHONUNBUFFERED=1
+
+STATE_DIR=/run/vmsandbox-guest
+
+say() {
+    echo "vmsandbox-init: $*"
+}
+
+uptime_s() {
+    read -r up _ </proc/uptime
+    echo "$up"
+}
+
+# Containers get cgroup controllers only if the root delegates them.
+enable_cgroup_controllers() {
+    controllers=""
+    for controller in $(cat /sys/fs/cgroup/cgroup.controllers); do
+        controllers="$controllers +$controller"
+    done
+    [ -z "$controllers" ] || echo "$controllers" >/sys/fs/cgroup/cgroup.subtree_control ||
+        say "warning: could not enable cgroup controllers:$controllers"
+}
+
+busybox hostname vmsandbox
+enable_cgroup_controllers
+mkdir -p "$STATE_DIR"
+say "stage=agent uptime=$(uptime_s)"
+python3 -m vmsandbox.guest serve --listen auto --state-dir "$STATE_DIR" &
+agent=$!
+wait "$agent"
+status=$?
+if [ "$status" -gt 128 ]; then
+    reason="killed by signal $((status - 128))"
+else
+    reason="exited with status $status"
+fi
+say "guest agent $reason; powering off"
+sync
+busybox poweroff -f
+sleep 5
