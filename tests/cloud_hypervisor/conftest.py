@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -53,6 +54,41 @@ def sockets_under(root: Path) -> list[Path]:
             except OSError:
                 continue
     return found
+
+
+def http(
+    api_socket: Path, method: str, endpoint: str, body: str | bytes | None = None, extra_headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP/1.1 exchange on a fresh connection: the bytes exactly as given, nothing added."""
+    payload = body.encode() if isinstance(body, str) else body
+    head = f"{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\n{extra_headers}"
+    if payload is not None:
+        head += f"Content-Length: {len(payload)}\r\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(api_socket))
+        sock.sendall((head + "\r\n").encode() + (payload or b""))
+        return read_response(sock)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body; the body is read by Content-Length only (none when absent)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"closed before a full response head: {data!r}")
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        rest += chunk
+    return int(lines[0].split(" ")[1]), headers, rest[:length]
 
 
 @dataclass
