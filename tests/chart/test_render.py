@@ -90,9 +90,8 @@ def test_operator_defaults(render: Render) -> None:
     assert "privileged" not in sc or sc["privileged"] is False
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     env = {e["name"]: e for e in container["env"]}
-    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["VMSANDBOX_OPERATOR_LEASE_NAME"]["value"] == "vmsandbox-operator-leader"
+    assert env["VMSANDBOX_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["VMSANDBOX_OPERATOR_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     pdb = one(objects, "PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
@@ -202,8 +201,10 @@ def test_generated_webhook_certificate_is_trusted_by_the_webhook_config(
     container = _container(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports[port["targetPort"]] == 9443
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["VMSANDBOX_OPERATOR_WEBHOOK_PATH"] == ref["path"]
+    from vmsandbox.operator.handlers import WEBHOOK_ID
+
+    # kopf serves each admission handler at /<handler id>.
+    assert ref["path"] == f"/{WEBHOOK_ID}"
 
     secret = one(objects, "Secret", "-webhook-tls")
     volumes = deployment["spec"]["template"]["spec"]["volumes"]

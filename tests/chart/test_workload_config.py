@@ -1,0 +1,187 @@
+"""The pods the chart renders start with a configuration the real programs accept.
+
+The ConfigMaps and environment are fed to the operator's and the agent's own loaders
+(``OperatorConfig.load``, ``node_agent.config.load_config``), so a renamed setting or a
+mount that does not match the agent's paths fails here, not on a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from tests.chart.helm import NAMESPACE, VALUES_DIR, by_kind, one, value_files
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.node_agent.config import AgentConfig, load_config
+from vmsandbox.operator.config import OperatorConfig
+
+Render = Callable[..., list[dict[str, Any]]]
+CASES: list[tuple[Path, ...]] = [(), *[(p,) for p in value_files()]]
+#: What the downward API would give a pod.
+POD = {
+    "metadata.namespace": NAMESPACE,
+    "metadata.name": "vmsandbox-pod-0",
+    "spec.nodeName": "kvm-node-1",
+    "status.podIP": "10.244.1.7",
+}
+
+
+def _ids(case: tuple[Path, ...]) -> str:
+    return case[0].stem if case else "defaults"
+
+
+def _environ(container: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:
+            env[item["name"]] = POD[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def _config_file(objects: list[dict[str, Any]], workload: dict[str, Any], tmp_path: Path) -> Path:
+    """The file the container's --config names, written from the ConfigMap mounted there."""
+    spec = workload["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    args = container["args"]
+    target = PurePosixPath(args[args.index("--config") + 1])
+    mount = next(m for m in container["volumeMounts"] if target.parent == PurePosixPath(m["mountPath"]))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    configmap = next(
+        c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == volume["configMap"]["name"]
+    )
+    path = tmp_path / target.name
+    path.write_text(configmap["data"][target.name])
+    return path
+
+
+def _ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def _host_mounts(workload: dict[str, Any]) -> dict[str, str]:
+    """mountPath -> host path, for the hostPath volumes of the (only) container."""
+    spec = workload["spec"]["template"]["spec"]
+    host = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    mounts = spec["containers"][0]["volumeMounts"]
+    return {m["mountPath"]: host[m["name"]] for m in mounts if m["name"] in host}
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_operator_accepts_its_rendered_configuration(
+    render: Render, case: tuple[Path, ...], tmp_path: Path
+) -> None:
+    objects = render(*case)
+    deployment = one(objects, "Deployment", "-operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    config = OperatorConfig.load(_config_file(objects, deployment, tmp_path), _environ(container))
+    ports = _ports(container)
+    assert config.namespace == NAMESPACE
+    assert config.identity == POD["metadata.name"], "two replicas must not share a Lease identity"
+    assert config.leader_election
+    role = one(objects, "Role", "-operator")
+    assert role["metadata"]["namespace"] == config.namespace
+    assert config.liveness_endpoint is not None
+    assert config.liveness_endpoint.endswith(f":{ports['health']}/healthz")
+    assert container["livenessProbe"]["httpGet"]["port"] == "health"
+    assert config.metrics_port == ports["metrics"]
+    webhook = bool(by_kind(objects, "ValidatingWebhookConfiguration"))
+    assert config.webhook is webhook
+    if webhook:
+        assert config.webhook_port == ports["webhook"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert config.webhook_certfile is not None and config.webhook_keyfile is not None
+        assert mounts[str(config.webhook_certfile.parent)] == "webhook-tls"
+        assert (config.webhook_certfile.name, config.webhook_keyfile.name) == ("tls.crt", "tls.key")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_agent_accepts_its_rendered_configuration(
+    render: Render, case: tuple[Path, ...], tmp_path: Path
+) -> None:
+    objects = render(*case)
+    daemonset = one(objects, "DaemonSet", "-agent")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    env = _environ(container)
+    config = load_config(_config_file(objects, daemonset, tmp_path), env)
+    assert config.node_name == POD["spec.nodeName"]
+    assert config.namespace == NAMESPACE
+    assert one(objects, "Role", "-agent")["metadata"]["namespace"] == config.namespace
+    assert config.port == _ports(container)["http"]
+    assert config.advertise_address == POD["status.podIP"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_agent_mounts_exactly_what_its_configuration_uses(
+    render: Render, case: tuple[Path, ...], tmp_path: Path
+) -> None:
+    objects = render(*case)
+    daemonset = one(objects, "DaemonSet", "-agent")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    env = _environ(container)
+    config = load_config(_config_file(objects, daemonset, tmp_path), env)
+    mounts = _host_mounts(daemonset)
+    expected = {str(config.state_dir), str(config.runtime_root)}
+    privileged = container["securityContext"].get("privileged", False)
+    if privileged:
+        expected.add("/dev/kvm")
+    assert set(mounts) == expected
+    # The agent's own defaults: the chart mounts where the agent looks without being told.
+    defaults = AgentConfig.model_fields
+    assert str(config.state_dir) == str(defaults["state_dir"].default)
+    assert str(config.runtime_root) == str(defaults["runtime_root"].default)
+    # The guest image ships in the container image: it must not be under a hostPath,
+    # which would hide it (HypervisorConfig's own default is under the state directory).
+    guest = config.guest_image_dir
+    assert guest is not None
+    assert HypervisorConfig.from_env(env).guest_image_dir == guest
+    for mount_path in mounts:
+        assert not guest.is_relative_to(mount_path), f"{guest} is hidden by the hostPath at {mount_path}"
+
+
+def test_agent_host_paths_follow_values(render: Render) -> None:
+    """Host directories move with values; the agent still sees its default paths."""
+    import yaml
+
+    from tests.chart.helm import get_helm
+
+    objects = get_helm().render(
+        sets=["agent.hostPaths.state=/srv/vmsandbox", "agent.hostPaths.run=/run/vmsb"]
+    )
+    mounts = _host_mounts(one(objects, "DaemonSet", "-agent"))
+    assert mounts["/var/lib/vmsandbox"] == "/srv/vmsandbox"
+    assert mounts["/run/vmsandbox"] == "/run/vmsb"
+    assert yaml.safe_load(one(objects, "ConfigMap", "-agent-config")["data"]["agent.yaml"]) == {}
+
+
+def test_agent_config_values_reach_the_agent(render: Render, tmp_path: Path) -> None:
+    objects = render(VALUES_DIR / "device-plugin.yaml")
+    daemonset = one(objects, "DaemonSet", "-agent")
+    env = _environ(daemonset["spec"]["template"]["spec"]["containers"][0])
+    config = load_config(_config_file(objects, daemonset, tmp_path), env)
+    assert config.allowed_hypervisors == ["cloud-hypervisor"]
+
+
+def test_agent_rejects_a_bad_config_value(helm_bad_config: tuple[Path, dict[str, str]]) -> None:
+    """A typo in agent.config passes the chart (it is free-form) but the agent names it at start-up."""
+    from vmsandbox.node_agent.config import ConfigError
+
+    path, env = helm_bad_config
+    with pytest.raises(ConfigError, match="defaultHypervisorr"):
+        load_config(path, env)
+
+
+@pytest.fixture
+def helm_bad_config(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    from tests.chart.helm import get_helm
+
+    objects = get_helm().render(sets=["agent.config.defaultHypervisorr=qemu"])
+    daemonset = one(objects, "DaemonSet", "-agent")
+    env = _environ(daemonset["spec"]["template"]["spec"]["containers"][0])
+    return _config_file(objects, daemonset, tmp_path), env
