@@ -147,7 +147,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def live_children() -> list[int]:
-    """Our own child processes that are still running (relays we forked and did not reap)."""
+    """Our own child processes, running or unreaped (relays we forked and did not clean up)."""
     me = str(os.getpid())
     out = []
     for entry in Path("/proc").iterdir():
@@ -157,7 +157,7 @@ def live_children() -> list[int]:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if stat[1] == me and stat[0] not in ("Z", "X"):
+        if stat[1] == me:
             out.append(int(entry.name))
     return out
 
