@@ -51,7 +51,7 @@ READY_MARKER = b"vmsandbox-guest: ready"
 HOTPLUG_PORTS = 8
 QMP_TIMEOUT = 10.0
 #: Seconds the guest gets to act on an ACPI power-button press before QEMU is told to quit.
-POWERDOWN_GRACE = 1.0
+POWERDOWN_GRACE = 0.5
 QUIT_GRACE = 3.0
 
 

@@ -122,12 +122,15 @@ def cache_key(binary: str, kernel: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def boot_probe(binary: str, kernel: Path, deadline: float = PROBE_DEADLINE) -> tuple[bool, str]:
-    """Boot ``kernel`` under KVM with the marker initramfs; (usable, why)."""
+def boot_probe(
+    binary: str, kernel: Path, deadline: float = PROBE_DEADLINE, accel: Accel = "kvm"
+) -> tuple[bool, str]:
+    """Boot ``kernel`` under ``accel`` with the marker initramfs; (reached init, why)."""
     with tempfile.TemporaryDirectory(prefix="vmsandbox-kvm-probe-") as tmp:
         initrd, console = Path(tmp) / "probe.cpio", Path(tmp) / "console.log"
         initrd.write_bytes(probe_initramfs())
-        argv = [binary, "-machine", "q35", "-accel", "kvm", "-cpu", "host", "-m", "128", "-smp", "1"]
+        cpu = "host" if accel == "kvm" else "max"
+        argv = [binary, "-machine", "q35", "-accel", accel, "-cpu", cpu, "-m", "128", "-smp", "1"]
         argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", "console=ttyS0 panic=-1 quiet"]
         argv += ["-display", "none", "-nodefaults", "-no-user-config", "-no-reboot"]
         argv += ["-serial", f"file:{console}"]
@@ -141,16 +144,17 @@ def boot_probe(binary: str, kernel: Path, deadline: float = PROBE_DEADLINE) -> t
         end = time.monotonic() + deadline
         try:
             while time.monotonic() < end:
-                if console.exists() and MARKER in console.read_bytes():
-                    return True, "the guest kernel reached init under KVM"
-                if proc.poll() is not None:
+                exited = proc.poll() is not None
+                if console.exists() and MARKER.strip() in console.read_bytes():
+                    return True, f"the guest kernel reached init under {accel}"
+                if exited:
                     stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
                     return (
                         False,
-                        f"QEMU exited with {proc.returncode} under KVM: {stderr[-300:] or 'no output'}",
+                        f"QEMU exited with {proc.returncode} under {accel}: {stderr[-300:] or 'no output'}",
                     )
                 time.sleep(0.02)
-            return False, f"the guest kernel did not reach init within {deadline:g}s under KVM"
+            return False, f"the guest kernel did not reach init within {deadline:g}s under {accel}"
         finally:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,76 @@
+"""Fixtures for real QEMU guests: the guest image, a short state root, and leak checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmsandbox.hypervisor.config import HypervisorConfig
+
+IMAGE_FILES = ("vmlinuz", "initramfs.img", "rootfs.img")
+#: CI sets this: a missing QEMU or guest image is then a failure, not a skip.
+REQUIRE_VM = os.environ.get("VMSANDBOX_REQUIRE_VM") == "1"
+
+
+def unavailable(reason: str) -> None:
+    if REQUIRE_VM:
+        pytest.fail(f"VMSANDBOX_REQUIRE_VM=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def qemu_binary() -> str:
+    binary = HypervisorConfig.from_env().qemu_binary
+    if shutil.which(binary) is None:
+        unavailable(f"{binary} is not installed (Debian: qemu-system-x86)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def guest_image(qemu_binary: str) -> Path:
+    """``$VMSANDBOX_GUEST_IMAGE_DIR`` when it holds an image, else one built into the cache."""
+    configured = os.environ.get("VMSANDBOX_GUEST_IMAGE_DIR")
+    if configured and all((Path(configured) / name).is_file() for name in IMAGE_FILES):
+        return Path(configured)
+    out = Path(configured) if configured else Path.home() / ".cache" / "vmsandbox" / "guest-image"
+    builder = shutil.which("vmsandbox-guest-image")
+    cmd = [builder] if builder else [sys.executable, "-m", "vmsandbox.guest.image.cli"]
+    done = subprocess.run([*cmd, "build", "--out", str(out)], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not all((out / name).is_file() for name in IMAGE_FILES):
+        unavailable(f"could not build the guest image into {out}: {done.stderr.strip()[-800:]}")
+    return out
+
+
+@pytest.fixture
+def state_root() -> Iterator[Path]:
+    """A short directory (AF_UNIX paths are limited to 107 bytes) removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (QEMU, the mux proxy...)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline.strip()}")
+    return found
+
+
+def sockets_under(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_socket()]

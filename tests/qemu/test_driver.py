@@ -1,0 +1,200 @@
+"""QemuDriver against real QEMU guests (TCG here): the guest image, and guests without an agent."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.qemu.conftest import processes_mentioning, sockets_under
+from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
+from vmsandbox.hypervisor.base import DiskSpec, HypervisorError, VMGone, VMHandle, VMSpec
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.qemu import QemuDriver
+from vmsandbox.hypervisor.qemu.probe import probe_initramfs
+from vmsandbox.hypervisor.qemu.qmp import QMPClient
+
+
+def config(qemu_binary: str) -> HypervisorConfig:
+    return HypervisorConfig(qemu_binary=qemu_binary)
+
+
+def image_spec(guest_image: Path, state_dir: Path, **extra: object) -> VMSpec:
+    return VMSpec(
+        vm_id=state_dir.name,
+        state_dir=state_dir,
+        kernel=guest_image / "vmlinuz",
+        initramfs=guest_image / "initramfs.img",
+        root_disk=guest_image / "rootfs.img",
+        memory_mib=512,
+        agent_timeout=120,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def ping(sock: socket.socket) -> Pong:
+    sock.settimeout(30)
+    send_frame(sock, Ping())
+    reply = recv_reply(sock)
+    assert isinstance(reply, Pong)
+    return reply
+
+
+def assert_torn_down(state_dir: Path) -> None:
+    assert processes_mentioning(str(state_dir)) == [], "QEMU or its mux proxy survived"
+    assert not state_dir.exists() or sockets_under(state_dir) == []
+    assert not state_dir.exists(), "the VM's state directory was left behind"
+
+
+def make_ext4(path: Path, content: Path) -> Path:
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "8M"], check=True)
+    return path
+
+
+@pytest.mark.vm
+def test_guest_image_boots_serves_many_connections_hotplugs_and_stops(
+    guest_image: Path, qemu_binary: str, state_root: Path
+) -> None:
+    content = state_root / "content"
+    content.mkdir()
+    (content / "hello").write_text("hi\n")
+    extra = make_ext4(state_root / "extra.img", content)
+    booted = make_ext4(state_root / "boot.img", content)
+    spec = image_spec(guest_image, state_root / "vm1", disks=[DiskSpec(path=booted, serial="vmsb-boot")])
+    handle = QemuDriver(config(qemu_binary)).boot(spec)
+    try:
+        assert handle.timings.vmm_start > 0 and handle.timings.vm_boot > 0 and handle.timings.agent_ready > 0
+        # A short-lived CLI only has the persisted handle: every call below uses a fresh driver.
+        saved = VMHandle.load(spec.state_dir)
+        assert saved == handle
+        assert QemuDriver(config(qemu_binary)).alive(saved)
+
+        pongs: list[int] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            try:
+                with QemuDriver(config(qemu_binary)).connect(saved) as sock:
+                    pongs.append(ping(sock).agent_pid)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == [] and len(pongs) == 8 and len(set(pongs)) == 1
+
+        QemuDriver(config(qemu_binary)).attach_disk(saved, DiskSpec(path=extra, serial="vmsb-extra"))
+        with QMPClient.connect(Path(saved.endpoints["qmp"])) as qmp:
+            block = {entry["device"] or entry.get("qdev", ""): entry for entry in qmp.execute("query-block")}
+            qdevs = {entry.get("qdev", "") for entry in qmp.execute("query-block")}
+        assert any("blk-vmsb-extra" in name for name in qdevs), block
+        assert any("blk-vmsb-boot" in name for name in qdevs)
+        assert any("blk-vmsb-root" in name for name in qdevs)
+        with pytest.raises(HypervisorError, match="extra"):
+            # The same serial twice is refused by QEMU (duplicate id), and reported.
+            QemuDriver(config(qemu_binary)).attach_disk(saved, DiskSpec(path=extra, serial="vmsb-extra"))
+    finally:
+        started = time.monotonic()
+        QemuDriver(config(qemu_binary)).stop(handle)
+        stop_seconds = time.monotonic() - started
+    assert stop_seconds < 10
+    assert_torn_down(spec.state_dir)
+    assert not QemuDriver(config(qemu_binary)).alive(handle)
+    with pytest.raises(VMGone):
+        QemuDriver(config(qemu_binary)).connect(handle, timeout=1)
+    # stop is idempotent.
+    QemuDriver(config(qemu_binary)).stop(handle)
+
+
+@pytest.mark.vm
+def test_absent_guest_agent_fails_within_the_deadline_and_tears_down(
+    guest_image: Path, qemu_binary: str, state_root: Path
+) -> None:
+    initramfs = state_root / "no-agent.img"
+    initramfs.write_bytes(
+        probe_initramfs(b"vmsandbox-init: stage=init (this guest has no agent)\n", power_off=False)
+    )
+    spec = image_spec(guest_image, state_root / "vm2")
+    spec.initramfs = initramfs
+    spec.agent_timeout = 6
+    started = time.monotonic()
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(config(qemu_binary)).boot(spec)
+    elapsed = time.monotonic() - started
+    assert info.value.step == "agent ready"
+    assert "did not answer within 6s" in str(info.value)
+    assert elapsed < 6 + 15, "QMP start plus the agent deadline, plus teardown"
+    assert_torn_down(spec.state_dir)
+
+
+@pytest.mark.vm
+def test_guest_powering_off_before_the_agent_is_reported_with_its_console(
+    guest_image: Path, qemu_binary: str, state_root: Path
+) -> None:
+    """What a crashing agent looks like from the host: the guest's init powers the VM off."""
+    initramfs = state_root / "crash.img"
+    initramfs.write_bytes(
+        probe_initramfs(b"vmsandbox-init: guest agent exited with status 1; powering off\n")
+    )
+    spec = image_spec(guest_image, state_root / "vm3")
+    spec.initramfs = initramfs
+    started = time.monotonic()
+    with pytest.raises(VMGone) as info:
+        QemuDriver(config(qemu_binary)).boot(spec)
+    assert time.monotonic() - started < 90
+    message = str(info.value)
+    assert "exited" in message and "before the guest agent was ready" in message
+    assert "guest agent exited with status 1" in message, "the console tail names the cause"
+    assert_torn_down(spec.state_dir)
+
+
+def test_missing_artifacts_are_named_and_nothing_is_started(tmp_path: Path) -> None:
+    driver = QemuDriver(HypervisorConfig(qemu_binary="/nonexistent/qemu"))
+    spec = VMSpec(vm_id="x", state_dir=tmp_path / "vm")
+    with pytest.raises(HypervisorError, match=r"VMSpec\.kernel is required"):
+        driver.boot(spec)
+    (tmp_path / "k").write_bytes(b"k")
+    spec = VMSpec(
+        vm_id="x",
+        state_dir=tmp_path / "vm",
+        kernel=tmp_path / "k",
+        initramfs=tmp_path / "nope",
+        root_disk=tmp_path / "k",
+    )
+    with pytest.raises(HypervisorError, match=r"VMSpec\.initramfs: .*nope is not a file"):
+        driver.boot(spec)
+    assert not (tmp_path / "vm").exists()
+
+
+def test_a_socket_path_too_long_is_refused_up_front(tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(b"k")
+    deep = tmp_path / ("d" * 100)
+    spec = VMSpec(
+        vm_id="x", state_dir=deep, kernel=tmp_path / "k", initramfs=tmp_path / "k", root_disk=tmp_path / "k"
+    )
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(HypervisorConfig(qemu_accel="tcg")).boot(spec)
+    assert info.value.step == "socket path"
+    assert not deep.exists()
+
+
+def test_qemu_that_cannot_start_is_reported_and_cleaned_up(tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(b"k")
+    spec = VMSpec(
+        vm_id="x",
+        state_dir=tmp_path / "vm",
+        kernel=tmp_path / "k",
+        initramfs=tmp_path / "k",
+        root_disk=tmp_path / "k",
+    )
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", qemu_binary="/nonexistent/qemu")).boot(spec)
+    assert info.value.step == "vmm start"
+    assert not (tmp_path / "vm").exists()
