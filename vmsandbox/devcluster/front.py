@@ -232,6 +232,10 @@ class Front:
         headers["Accept-Encoding"] = "identity"
         if content_type is not None:
             headers["Content-Type"] = content_type
+        elif not any(k.lower() == "content-type" for k in headers):
+            # The server reads a body without a type as JSON; say so, or the client library
+            # would label the forwarded bytes application/octet-stream.
+            headers["Content-Type"] = "application/json"
         return headers
 
     async def _proxy_raw(self, request: web.Request, commit: Callable[[int], None]) -> web.StreamResponse:
@@ -280,7 +284,7 @@ class Front:
         assert self._session is not None
         private_path = _private(api, kind).render()
         query = request.rel_url.raw_query_string
-        content_type = _media_type(request.headers.get("Content-Type", ""))
+        content_type = _media_type(request.headers.get("Content-Type", "")) or "application/json"
         body: bytes | None = None
         parsed: Any = None
         if request.method in ("POST", "PUT", "PATCH"):
