@@ -1,0 +1,191 @@
+"""A real build from Debian packages: artifacts, their content, caching and failures."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata, resources
+from pathlib import Path
+
+import pytest
+
+from tests.guest_image.conftest import CleanBuild
+from vmsandbox.guest.image.build import BuildOptions, build
+from vmsandbox.guest.image.errors import GuestImageError
+from vmsandbox.guest.image.fsutil import mounts_under
+from vmsandbox.guest.image.manifest import ARTIFACT_NAMES, Manifest
+
+pytestmark = [pytest.mark.guest_image, pytest.mark.timeout(1800)]
+
+MiB = 1024 * 1024
+
+
+def _cache_listing(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir() if p.name != ".lock")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _debugfs(image: Path, command: str) -> str:
+    done = subprocess.run(["debugfs", "-R", command, str(image)], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_clean_build_publishes_artifacts_matching_the_manifest(clean_build: CleanBuild) -> None:
+    result, out = clean_build.result, clean_build.out
+    assert not result.cached
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ARTIFACT_NAMES:
+        path = out / name
+        assert path.is_file(), f"{name} missing"
+        assert manifest["artifacts"][name] == {"size": path.stat().st_size, "sha256": _sha256(path)}
+    sizes = {name: (out / name).stat().st_size for name in ARTIFACT_NAMES}
+    assert 4 * MiB < sizes["vmlinuz"] < 64 * MiB
+    assert 256 * 1024 < sizes["initramfs.img"] < 16 * MiB
+    assert sizes["rootfs.img"] <= 150 * MiB, f"rootfs.img is {sizes['rootfs.img'] / MiB:.1f} MiB"
+
+    assert re.fullmatch(r"linux-image-.*-cloud-amd64", manifest["kernel"]["name"])
+    assert manifest["busybox"]["name"] == "busybox-static"
+    installed = {p["name"]: p["version"] for p in manifest["rootfs_packages"]}
+    assert {"python3", "python3.11", "crun", "runc", "busybox-static", "libc6"} <= set(installed)
+    wheels = {p["name"]: p["version"] for p in manifest["python_packages"]}
+    assert wheels["pydantic"] == metadata.version("pydantic")
+    assert wheels["pydantic_core"] == metadata.version("pydantic-core")
+    assert manifest["builtin_modules"] == ["ext4"]
+    assert manifest["initramfs_modules"].index("virtio") < manifest["initramfs_modules"].index("virtio_pci")
+    assert _cache_listing(clean_build.cache) == [f"image-{result.manifest.cache_key}"]
+
+
+def test_initramfs_holds_init_busybox_console_and_the_listed_modules(clean_build: CleanBuild) -> None:
+    data = gzip.decompress((clean_build.out / "initramfs.img").read_bytes())
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=data, capture_output=True, check=True)
+    members = set(listing.stdout.decode().split())
+    assert {"init", "bin/busybox", "dev/console", "etc/vmsandbox/modules", "newroot"} <= members
+
+    workdir = Path(clean_build.out.parent / "initramfs-x")
+    workdir.mkdir()
+    subprocess.run(
+        ["cpio", "-i", "--quiet", "init", "etc/vmsandbox/modules"], input=data, cwd=workdir, check=True
+    )
+    assert (workdir / "init").read_bytes() == resources.files("vmsandbox.guest.image").joinpath(
+        "init.sh"
+    ).read_bytes()
+    load_list = (workdir / "etc/vmsandbox/modules").read_text().split()
+    release = clean_build.result.manifest.kernel_release
+    assert [Path(p).name.removesuffix(".ko").replace("-", "_") for p in load_list] == (
+        clean_build.result.manifest.initramfs_modules
+    )
+    for path in load_list:
+        assert path.startswith(f"/lib/modules/{release}/")
+        assert path.lstrip("/") in members, f"{path} is listed but not in the archive"
+
+
+def test_rootfs_is_a_trimmed_ext4_with_python_crun_runc_and_the_agent(clean_build: CleanBuild) -> None:
+    image = clean_build.out / "rootfs.img"
+    header = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Filesystem volume name:\s+vmsb-root", header)
+    assert "extent" in header
+
+    site = "/usr/local/lib/python3.11/dist-packages"
+    for path in ("/usr/bin/python3.11", "/usr/bin/crun", "/usr/sbin/runc", "/usr/bin/busybox"):
+        assert "Type: regular" in _debugfs(image, f"stat {path}"), f"{path} missing"
+    supervisor = _debugfs(image, "stat /usr/lib/vmsandbox/supervise")
+    assert re.search(r"Mode:\s+0755", supervisor)
+    agent = _debugfs(image, f"ls {site}/vmsandbox/guest")
+    assert "__main__.py" in agent
+    assert "image" not in agent.split(), "the image builder itself was copied into the guest"
+    assert "errors.py" in _debugfs(image, f"ls {site}/vmsandbox")
+    assert "pydantic_core" in _debugfs(image, f"ls {site}")
+    assert "pycache" in _debugfs(image, f"ls {site}/pydantic"), "wheels were not byte-compiled"
+    for trimmed in ("/usr/share/man", "/var/lib/apt/lists"):
+        entries = [e for e in _debugfs(image, f"ls {trimmed}").split() if e not in (".", "..")]
+        assert entries == [], f"{trimmed} was not trimmed: {entries[:5]}"
+
+
+def test_unchanged_inputs_reuse_the_cache(clean_build: CleanBuild) -> None:
+    out = clean_build.out
+    before = {name: (out / name).stat().st_ino for name in (*ARTIFACT_NAMES, "manifest.json")}
+    again = build(BuildOptions(out=out, cache_dir=clean_build.cache))
+    assert again.cached
+    assert again.manifest == clean_build.result.manifest
+    assert {name: (out / name).stat().st_ino for name in before} == before, "published files were rewritten"
+    assert _cache_listing(clean_build.cache) == [f"image-{again.manifest.cache_key}"]
+
+    # A second output directory gets the same files without a rebuild.
+    other = out.parent / "other-out"
+    third = build(BuildOptions(out=other, cache_dir=clean_build.cache))
+    assert third.cached
+    Manifest.load(other).verify(other)
+
+
+def _assert_untouched(clean_build: CleanBuild) -> None:
+    key = clean_build.result.manifest.cache_key
+    assert _cache_listing(clean_build.cache) == [f"image-{key}"], "a failed build left something in the cache"
+    assert mounts_under(clean_build.cache) == []
+    published = Manifest.load(clean_build.out)
+    assert published.cache_key == key
+    published.verify(clean_build.out)
+
+
+def test_changed_input_rebuilds_and_a_failing_step_leaves_nothing(clean_build: CleanBuild) -> None:
+    options = BuildOptions(
+        out=clean_build.out,
+        cache_dir=clean_build.cache,
+        modules=[*clean_build.result.manifest.initramfs_modules, "no_such_module"],
+    )
+    with pytest.raises(GuestImageError) as info:
+        build(options)
+    # Reaching module resolution proves the changed key was not served from the cache.
+    assert info.value.step == "kernel-modules"
+    assert "'no_such_module'" in str(info.value)
+    _assert_untouched(clean_build)
+
+
+def test_mmdebstrap_failure_names_the_step_and_leaves_nothing(
+    clean_build: CleanBuild, tmp_path: Path
+) -> None:
+    sources = tmp_path / "sources.list.d"
+    sources.mkdir()
+    # A closed port on loopback: apt inside mmdebstrap fails fast, nothing leaves the machine.
+    (sources / "dead.sources").write_text(
+        "Types: deb\nURIs: http://127.0.0.1:9/debian\nSuites: bookworm\nComponents: main\n"
+    )
+    with pytest.raises(GuestImageError) as info:
+        build(BuildOptions(out=clean_build.out, cache_dir=clean_build.cache, sources_dir=sources))
+    assert str(info.value).startswith("step 'mmdebstrap' failed: mmdebstrap exited with status")
+    _assert_untouched(clean_build)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vmsandbox.guest.image.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        timeout=600,
+    )
+
+
+def test_cli_reports_cached_builds_verifies_and_names_failed_steps(clean_build: CleanBuild) -> None:
+    key = clean_build.result.manifest.cache_key
+    done = _cli("build", "--out", str(clean_build.out), "--cache", str(clean_build.cache))
+    assert done.returncode == 0, done.stderr
+    assert f"cached {key}" in done.stdout
+    assert "rootfs.img" in done.stdout
+
+    assert _cli("verify", str(clean_build.out)).returncode == 0
+
+    failed = _cli(
+        "build", "--out", str(clean_build.out), "--cache", str(clean_build.cache), "--module", "nope_x"
+    )
+    assert failed.returncode == 1
+    assert "vmsandbox-guest-image: step 'kernel-modules' failed:" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    _assert_untouched(clean_build)
