@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +42,11 @@ class EventRecorder:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta.get('name', 'sandbox')}.", "namespace": namespace},
+            # An explicit name, as client-go's recorder makes: name + "." + a unique suffix.
+            "metadata": {
+                "name": f"{meta.get('name', 'sandbox')}.{uuid.uuid4().hex[:16]}",
+                "namespace": namespace,
+            },
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
