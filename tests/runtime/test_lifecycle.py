@@ -15,7 +15,10 @@ import pytest
 
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container
 from tests.runtime.support import Schemas
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.process import ProcessDriver
 from vmsandbox.runtime import ContainerState, Runtime
+from vmsandbox.runtime.disk import disk_serial
 from vmsandbox.runtime.errors import IdInUse, NotFound, WrongState
 
 _ids = itertools.count()
@@ -309,3 +312,32 @@ def test_console_socket_gets_pty_master(pod: Pod, make_bundle: BundleFactory, tm
     assert b"/dev/pts/" in output  # the guest side allocated a real terminal for the process
     assert relay_status(state.pid) == 0
     rt.delete(cid)
+
+
+class _DiskOnlyDriver(ProcessDriver):
+    """The process backend told not to share the host fs: the runtime must ship disks instead."""
+
+    shares_host_fs = False
+
+
+def test_disk_path_for_vm_backends(rt: Runtime, make_bundle: BundleFactory, tmp_path: Path) -> None:
+    """What Cloud Hypervisor/QEMU get: an ext4 disk at boot, another hot-plugged, found by serial."""
+    rt._drivers["process"] = _DiskOnlyDriver(HypervisorConfig())
+    out = tmp_path / "out"
+    sandbox = rt.create("dsb", make_bundle(["sleep", "100"], writable=True))
+    record = rt.store.load("dsb")
+    assert record.disk_image is not None and Path(record.disk_image).stat().st_size > 0
+    with out.open("wb") as o:
+        member = rt.create(
+            "dm",
+            make_bundle(["sh", "-c", "ls /bin/busybox"], writable=True, annotations=cri_container("dsb")),
+            stdio=(0, o.fileno(), o.fileno()),
+        )
+    assert sandbox.vm is not None
+    disks = json.loads((sandbox.vm.state_dir / "disks.json").read_text())
+    assert sorted(disks) == sorted([disk_serial("dsb"), disk_serial("dm")])
+    rt.start("dm")
+    assert relay_status(member.pid) == 0
+    assert out.read_bytes() == b"/bin/busybox\n"
+    rt.delete("dsb", force=True)
+    assert_no_leaks(rt.root)
