@@ -1,0 +1,84 @@
+"""Operators as real processes (``python -m vmsandbox.operator``), killable with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.operator.harness import free_port
+from vmsandbox.devcluster.cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class OperatorProcess:
+    def __init__(
+        self, kube: LocalCluster, namespace: str, identity: str, log_dir: Path, **settings: object
+    ) -> None:
+        self.identity = identity
+        self.metrics_port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "VMSANDBOX_OPERATOR_NAMESPACE": namespace,
+            "VMSANDBOX_OPERATOR_IDENTITY": identity,
+            "VMSANDBOX_OPERATOR_METRICS_HOST": "127.0.0.1",
+            "VMSANDBOX_OPERATOR_METRICS_PORT": str(self.metrics_port),
+            "VMSANDBOX_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+        }
+        for key, value in settings.items():
+            env[f"VMSANDBOX_OPERATOR_{key.upper()}"] = str(value)
+        self.log_path = log_dir / f"operator-{identity}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(kube.kubeconfig_path)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no lease release, no cleanup, requests cut mid-flight."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def label_writes(kube: LocalCluster, namespace: str, since: int = 0) -> Counter[tuple[str, str]]:
+    """Successful writes to sandboxes' main endpoint per (sandbox, operator identity), from the request log.
+
+    With no deletions or node loss in a test, the operator writes a sandbox's main endpoint only
+    to record its placement (label + finalizer), so this counts placements.
+    """
+    counts: Counter[tuple[str, str]] = Counter()
+    for rec in kube.requests_made(since):
+        if (
+            rec.resource == "vmsandboxes"
+            and rec.namespace == namespace
+            and rec.subresource == ""
+            and rec.method == "PATCH"
+            and 200 <= rec.status < 300
+            and rec.user_agent.startswith("vmsandbox-operator/")
+        ):
+            counts[(rec.name, rec.user_agent.split("/", 1)[1])] += 1
+    return counts
