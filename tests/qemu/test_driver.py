@@ -23,7 +23,7 @@ def config(qemu_binary: str) -> HypervisorConfig:
     return HypervisorConfig(qemu_binary=qemu_binary)
 
 
-def image_spec(guest_image: Path, state_dir: Path, **extra: object) -> VMSpec:
+def image_spec(guest_image: Path, state_dir: Path, disks: list[DiskSpec] | None = None) -> VMSpec:
     return VMSpec(
         vm_id=state_dir.name,
         state_dir=state_dir,
@@ -32,7 +32,7 @@ def image_spec(guest_image: Path, state_dir: Path, **extra: object) -> VMSpec:
         root_disk=guest_image / "rootfs.img",
         memory_mib=512,
         agent_timeout=120,
-        **extra,  # type: ignore[arg-type]
+        disks=disks or [],
     )
 
 

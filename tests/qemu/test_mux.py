@@ -38,7 +38,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
 
 
 def recv_all(sock: socket.socket) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = sock.recv(65536)
         if not data:
@@ -221,7 +221,12 @@ def test_a_stalled_channel_does_not_block_the_others(make_pair: Callable[..., Pa
     pair = make_pair(stall_first)
     stalled = pair.connect()
     stalled.sendall(b"stall")
-    writer = threading.Thread(target=lambda: (stalled.sendall(os.urandom(4 * WINDOW)), stalled.shutdown(1)))
+
+    def flood() -> None:
+        stalled.sendall(os.urandom(4 * WINDOW))
+        stalled.shutdown(socket.SHUT_WR)
+
+    writer = threading.Thread(target=flood)
     writer.start()
     time.sleep(0.3)
     for _ in range(5):

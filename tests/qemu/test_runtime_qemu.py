@@ -1,0 +1,203 @@
+"""``vmsandbox-runtime --hypervisor qemu``: busybox containers inside real QEMU guests (TCG here).
+
+Every step goes through the CLI, as containerd's shim would call it: each invocation is a new
+process that only has the state on disk, so this also proves the driver works from a handle.
+VM boots are few on purpose: one pod VM serves most cases, one single-container sandbox, and
+one guest that powers off before its agent is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.qemu.conftest import processes_mentioning, sockets_under
+from tests.runtime.support import base_config, make_rootfs, write_bundle
+from vmsandbox.hypervisor.qemu.probe import probe_initramfs
+
+pytestmark = pytest.mark.vm
+
+SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
+#: A TCG guest is slow; containers still finish in seconds once it is up.
+STOP_TIMEOUT = 90.0
+
+
+def member_of(sandbox_id: str) -> dict[str, str]:
+    return {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": sandbox_id}
+
+
+class Cli:
+    """Runs ``vmsandbox-runtime --hypervisor qemu --root ROOT ...`` as separate processes."""
+
+    def __init__(self, root: Path, image_dir: Path, logs: Path) -> None:
+        self.root = root
+        self.logs = logs
+        self.env = dict(os.environ, VMSANDBOX_GUEST_IMAGE_DIR=str(image_dir))
+        script = shutil.which("vmsandbox-runtime")
+        self.argv = [script] if script else [sys.executable, "-m", "vmsandbox.runtime"]
+        self.argv += ["--hypervisor", "qemu", "--root", str(root)]
+        self._n = 0
+
+    def run(self, *args: str, check: bool = True, timeout: float = 300) -> tuple[int, str, str]:
+        """Files, not pipes, for output: a created container's relay keeps them open."""
+        self._n += 1
+        out, err = self.logs / f"{self._n}.out", self.logs / f"{self._n}.err"
+        with out.open("wb") as o, err.open("wb") as e:
+            code = subprocess.run(
+                [*self.argv, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=o,
+                stderr=e,
+                env=self.env,
+                timeout=timeout,
+            ).returncode
+        result = (code, out.read_text(), err.read_text())
+        if check:
+            assert code == 0, f"{' '.join(args)} failed: {result[2]}"
+        return result
+
+    def create(self, cid: str, bundle: Path) -> Path:
+        """Returns the file the container's stdout goes to."""
+        self.run("create", "--bundle", str(bundle), cid)
+        return self.logs / f"{self._n}.out"
+
+    def state(self, cid: str) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(self.run("state", cid)[1])
+        return doc
+
+    def wait_stopped(self, cid: str) -> dict[str, Any]:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while True:
+            state = self.state(cid)
+            if state["status"] == "stopped":
+                return state
+            assert time.monotonic() < deadline, f"{cid} still {state['status']}"
+            time.sleep(0.2)
+
+
+def bundle(path: Path, rootfs: Path, args: list[str], annotations: dict[str, str] | None = None) -> Path:
+    config = base_config(args)
+    if annotations:
+        config["annotations"] = annotations
+    return write_bundle(path, config, rootfs=rootfs)
+
+
+def assert_nothing_left(root: Path) -> None:
+    assert processes_mentioning(str(root)) == [], "a QEMU, mux proxy or relay process survived"
+    assert sockets_under(root) == [], "sockets left under the runtime root"
+
+
+@pytest.fixture
+def env(guest_image: Path, tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
+    root = Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rootfs = make_rootfs(tmp_path / "rootfs")
+    cli = Cli(root, guest_image, logs)
+    try:
+        yield cli, rootfs
+    finally:
+        for line in cli.run("list", "--quiet", check=False)[1].split():
+            cli.run("delete", "--force", line, check=False)
+        leftover = processes_mentioning(str(root))
+        for line in leftover:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split(":")[0]), 9)
+        shutil.rmtree(root, ignore_errors=True)
+        assert leftover == [], "processes survived delete --force"
+
+
+def test_pod_lifecycle_in_one_qemu_guest(env: tuple[Cli, Path], tmp_path: Path) -> None:
+    """A pod sandbox VM; members with output, exit 0 and 3, a kill; delete leaves nothing."""
+    cli, rootfs = env
+    cli.create("pod", bundle(tmp_path / "pod", rootfs, ["sleep", "3600"], SANDBOX))
+    sandbox = cli.state("pod")
+    assert sandbox["status"] == "created" and sandbox["hypervisor"] == "qemu"
+    timings = sandbox["timings"]
+    assert timings["vmmStart"] > 0 and timings["vmBoot"] > 0 and timings["agentReady"] > 0
+    vmm_pid = sandbox["vm"]["vmm_pid"]
+    assert any(
+        line.startswith(f"{vmm_pid}:") and "qemu-system" in line for line in processes_mentioning("qemu")
+    )
+    cli.run("start", "pod")
+    assert cli.state("pod")["status"] == "running"
+
+    # Two more containers in the same VM, each on its own hot-plugged disk.
+    out = cli.create(
+        "hello",
+        bundle(tmp_path / "hello", rootfs, ["sh", "-c", "echo hello from the guest"], member_of("pod")),
+    )
+    three = cli.create("three", bundle(tmp_path / "three", rootfs, ["sh", "-c", "exit 3"], member_of("pod")))
+    for cid in ("hello", "three"):
+        state = cli.state(cid)
+        assert state["status"] == "created"
+        assert state["vm"]["vmm_pid"] == vmm_pid, "a pod container joins the sandbox's VM"
+        assert state["timings"]["vmBoot"] == 0
+    cli.run("start", "hello")
+    cli.run("start", "three")
+    assert cli.wait_stopped("hello")["exit_code"] == 0
+    assert cli.wait_stopped("three")["exit_code"] == 3
+    assert out.read_text() == "hello from the guest\n"
+    assert three.read_text() == ""
+
+    cli.create("sleeper", bundle(tmp_path / "sleeper", rootfs, ["sleep", "1000"], member_of("pod")))
+    cli.run("start", "sleeper")
+    assert cli.state("sleeper")["status"] == "running"
+    cli.run("kill", "sleeper", "KILL")
+    assert cli.wait_stopped("sleeper")["exit_code"] == 137
+
+    for cid in ("hello", "three", "sleeper"):
+        cli.run("delete", cid)
+    cli.run("kill", "pod", "KILL")
+    assert cli.wait_stopped("pod")["exit_code"] == 137
+    cli.run("delete", "pod")
+    assert cli.run("list", "--quiet")[1].split() == []
+    assert_nothing_left(cli.root)
+
+
+def test_single_container_sandbox_exit_code_and_delete(env: tuple[Cli, Path], tmp_path: Path) -> None:
+    cli, rootfs = env
+    out = cli.create("solo", bundle(tmp_path / "solo", rootfs, ["sh", "-c", "echo solo; exit 3"]))
+    assert cli.state("solo")["status"] == "created"
+    cli.run("start", "solo")
+    stopped = cli.wait_stopped("solo")
+    assert stopped["exit_code"] == 3
+    assert out.read_text() == "solo\n"
+    cli.run("delete", "solo")
+    assert_nothing_left(cli.root)
+
+
+def test_guest_without_a_working_agent_fails_create_clearly(
+    guest_image: Path, tmp_path: Path, env: tuple[Cli, Path]
+) -> None:
+    """The image's kernel and root disk with an init that powers off, as a dying agent makes it."""
+    cli, rootfs = env
+    broken = tmp_path / "broken-image"
+    broken.mkdir()
+    for name in ("vmlinuz", "rootfs.img"):
+        (broken / name).symlink_to(guest_image / name)
+    (broken / "initramfs.img").write_bytes(
+        probe_initramfs(b"vmsandbox-init: guest agent exited with status 1; powering off\n")
+    )
+    cli.env["VMSANDBOX_GUEST_IMAGE_DIR"] = str(broken)
+    started = time.monotonic()
+    code, _, err = cli.run(
+        "create", "--bundle", str(bundle(tmp_path / "b", rootfs, ["true"])), "doomed", check=False
+    )
+    assert code != 0
+    assert time.monotonic() - started < 120
+    assert "before the guest agent was ready" in err
+    assert "guest agent exited with status 1" in err
+    assert cli.run("list", "--quiet")[1].split() == []
+    assert_nothing_left(cli.root)
