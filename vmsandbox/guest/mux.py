@@ -390,7 +390,6 @@ class SerialListener:
         self.session = MuxSession(self._line, on_open=self._queue_channel)
         self._reader = threading.Thread(target=self._read_loop, name="mux-line", daemon=True)
         self._reader.start()
-        self.session.send(HELLO, CONTROL_CHANNEL)
 
     def _queue_channel(self, sock: socket.socket) -> bool:
         if self._closed.is_set() or self._pending.qsize() >= self.BACKLOG:
@@ -399,6 +398,9 @@ class SerialListener:
         return True
 
     def _read_loop(self) -> None:
+        # Sent from this thread: a virtio port blocks writers until the host side connects,
+        # and opening the listener must not wait for that.
+        self.session.send(HELLO, CONTROL_CHANNEL)
         connected = True
         while not self._closed.is_set():
             data = self._line.read()
