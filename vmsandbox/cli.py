@@ -1,0 +1,529 @@
+"""``vmsandbox``: run a whole cluster on this machine (``dev``) and use it (``apply``, ``get``, ``logs``).
+
+``vmsandbox dev`` is what a newcomer runs first: the local control plane (a real CRD API
+server), the operator and one node agent for this machine, with the best VM backend this
+machine can run. The other commands are a small kubectl for VMSandboxes, so the README's
+walkthrough needs nothing but this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+import yaml
+
+from vmsandbox.api.constants import API_VERSION, GROUP, KIND, NODE_LABEL, PLURAL, VERSION
+from vmsandbox.errors import VMSandboxError
+from vmsandbox.operator.kube import Connection
+from vmsandbox.operator.nodes import AGENT_ENDPOINT_ANNOTATION
+
+FIELD_MANAGER = "vmsandbox-cli"
+AGENT_NAMESPACE = "vmsandbox-system"
+
+
+class CLIError(VMSandboxError):
+    step = "vmsandbox"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmsandbox"
+
+
+def dev_kubeconfig_link() -> Path:
+    """Where a running ``vmsandbox dev`` leaves its kubeconfig, so the other commands find it."""
+    return _cache_dir() / "dev" / "kubeconfig"
+
+
+def resolve_kubeconfig(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        return explicit
+    if os.environ.get("KUBECONFIG"):
+        return Path(os.environ["KUBECONFIG"].split(os.pathsep)[0])
+    link = dev_kubeconfig_link()
+    if link.exists():
+        return link
+    default = Path.home() / ".kube" / "config"
+    return default if default.exists() else None
+
+
+# ---- a small synchronous client --------------------------------------------------------------
+
+
+class Api:
+    def __init__(self, kubeconfig: Path | None) -> None:
+        conn = Connection.load(resolve_kubeconfig(kubeconfig))
+        self.server = conn.server
+        self.session = requests.Session()
+        self.session.headers.update(conn.headers())
+        self.session.headers["User-Agent"] = "vmsandbox-cli"
+        if conn.server.startswith("https"):
+            self.session.verify = False if conn.insecure else (conn.ca_file or True)
+            if conn.cert_file:
+                self.session.cert = (conn.cert_file, conn.key_file) if conn.key_file else conn.cert_file
+
+    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        try:
+            return self.session.request(method, self.server + path, timeout=kw.pop("timeout", 30), **kw)
+        except requests.RequestException as exc:
+            raise CLIError(f"cannot reach the API server at {self.server}: {exc}", step="connect") from None
+
+    def json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        resp = self.request(method, path, **kw)
+        if resp.status_code >= 300:
+            try:
+                message = resp.json().get("message", resp.text)
+            except ValueError:
+                message = resp.text
+            raise CLIError(f"{method} {path}: {resp.status_code} {message}", step="api")
+        result: dict[str, Any] = resp.json()
+        return result
+
+
+def sandboxes_path(namespace: str | None, name: str | None = None) -> str:
+    path = f"/apis/{GROUP}/{VERSION}"
+    if namespace is not None:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{PLURAL}"
+    return path + (f"/{quote(name)}" if name else "")
+
+
+# ---- apply / get / logs / delete -------------------------------------------------------------
+
+
+def load_manifests(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict) or doc.get("kind") != KIND or doc.get("apiVersion") != API_VERSION:
+            raise CLIError(
+                f"{path} document {i + 1}: expected apiVersion {API_VERSION}, kind {KIND}", step="apply"
+            )
+        if not (doc.get("metadata") or {}).get("name"):
+            raise CLIError(f"{path} document {i + 1}: metadata.name is required", step="apply")
+    return docs
+
+
+def cmd_apply(api: Api, args: argparse.Namespace) -> int:
+    for doc in load_manifests(args.filename):
+        meta = doc["metadata"]
+        namespace = meta.get("namespace") or args.namespace
+        meta["namespace"] = namespace
+        resp = api.request(
+            "PATCH",
+            sandboxes_path(namespace, meta["name"]),
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+            data=json.dumps(doc),
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
+        if resp.status_code >= 300:
+            message = resp.json().get("message", resp.text) if resp.text.startswith("{") else resp.text
+            raise CLIError(f"{meta['name']}: {message}", step="apply")
+        verb = "created" if resp.status_code == 201 else "configured"
+        print(f"{PLURAL[:-2]}.{GROUP}/{meta['name']} {verb}")
+    return 0
+
+
+def _age(created: str | None, now: datetime) -> str:
+    if not created:
+        return "<unknown>"
+    seconds = int((now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+COLUMNS = ("NAMESPACE", "NAME", "PHASE", "NODE", "HYPERVISOR", "RESTARTS", "AGE", "REASON")
+
+
+def row(item: dict[str, Any], now: datetime) -> dict[str, str]:
+    meta, status = item["metadata"], item.get("status") or {}
+    return {
+        "NAMESPACE": meta.get("namespace", ""),
+        "NAME": meta["name"],
+        "PHASE": status.get("phase") or "Pending",
+        "NODE": status.get("nodeName") or (meta.get("labels") or {}).get(NODE_LABEL) or "<none>",
+        "HYPERVISOR": status.get("hypervisor") or "<none>",
+        "RESTARTS": str(status.get("restartCount") or 0),
+        "AGE": _age(meta.get("creationTimestamp"), now),
+        "REASON": status.get("reason") or "",
+    }
+
+
+def table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
+    lines = ["   ".join(c.ljust(widths[c]) for c in columns).rstrip()]
+    lines += ["   ".join(r[c].ljust(widths[c]) for c in columns).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _items(api: Api, args: argparse.Namespace) -> list[dict[str, Any]]:
+    namespace = None if args.all_namespaces else args.namespace
+    if args.name:
+        return [api.json("GET", sandboxes_path(namespace, args.name))]
+    items: list[dict[str, Any]] = api.json("GET", sandboxes_path(namespace)).get("items") or []
+    return sorted(items, key=lambda i: (i["metadata"].get("namespace", ""), i["metadata"]["name"]))
+
+
+def cmd_get(api: Api, args: argparse.Namespace) -> int:
+    columns = [c for c in COLUMNS if c != "NAMESPACE" or args.all_namespaces]
+    if args.output in ("yaml", "json"):
+        items = _items(api, args)
+        doc: Any = items[0] if args.name else {"apiVersion": "v1", "kind": "List", "items": items}
+        print(
+            json.dumps(doc, indent=2) if args.output == "json" else yaml.safe_dump(doc, sort_keys=False),
+            end="",
+        )
+        return 0
+    seen: dict[str, tuple[str, ...]] = {}
+    first = True
+    while True:
+        now = datetime.now(UTC)
+        rows = [row(i, now) for i in _items(api, args)]
+        if first:
+            if not rows:
+                print("No resources found." if not args.watch else table([], columns))
+            else:
+                print(table(rows, columns))
+            first = False
+        else:
+            changed = [r for r in rows if seen.get(r["NAMESPACE"] + "/" + r["NAME"]) != _key(r)]
+            for r in changed:
+                print(table([r], columns).splitlines()[1])
+        seen = {r["NAMESPACE"] + "/" + r["NAME"]: _key(r) for r in rows}
+        if not args.watch:
+            return 0
+        sys.stdout.flush()
+        time.sleep(1.0)
+
+
+def _key(r: dict[str, str]) -> tuple[str, ...]:
+    return (r["PHASE"], r["NODE"], r["RESTARTS"], r["REASON"])
+
+
+def cmd_logs(api: Api, args: argparse.Namespace) -> int:
+    item = api.json("GET", sandboxes_path(args.namespace, args.name))
+    node = (item.get("status") or {}).get("nodeName") or (item["metadata"].get("labels") or {}).get(
+        NODE_LABEL
+    )
+    if not node:
+        raise CLIError(f"{args.namespace}/{args.name} is not scheduled to a node yet", step="logs")
+    node_obj = api.json("GET", f"/api/v1/nodes/{quote(node)}")
+    endpoint = (node_obj["metadata"].get("annotations") or {}).get(AGENT_ENDPOINT_ANNOTATION)
+    if not endpoint:
+        raise CLIError(f"node {node} publishes no {AGENT_ENDPOINT_ANNOTATION} annotation", step="logs")
+    url = f"{endpoint.rstrip('/')}/logs/{quote(args.namespace)}/{quote(args.name)}"
+    try:
+        resp = requests.get(url, timeout=30)
+    except requests.RequestException as exc:
+        raise CLIError(f"the agent of node {node} at {endpoint} did not answer: {exc}", step="logs") from None
+    if resp.status_code != 200:
+        raise CLIError(f"{url}: {resp.status_code} {resp.text.strip()}", step="logs")
+    sys.stdout.buffer.write(resp.content)
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_delete(api: Api, args: argparse.Namespace) -> int:
+    for name in args.names:
+        resp = api.request("DELETE", sandboxes_path(args.namespace, name))
+        if resp.status_code == 404:
+            raise CLIError(f"{args.namespace}/{name} not found", step="delete")
+        if resp.status_code >= 300:
+            raise CLIError(f"{name}: {resp.status_code} {resp.text}", step="delete")
+        print(f"{PLURAL[:-2]}.{GROUP}/{name} deleted")
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        for name in args.names:
+            while api.request("GET", sandboxes_path(args.namespace, name)).status_code != 404:
+                if time.monotonic() > deadline:
+                    raise CLIError(
+                        f"{args.namespace}/{name} still exists after {args.timeout}s", step="delete"
+                    )
+                time.sleep(0.2)
+    return 0
+
+
+# ---- dev ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    why: str
+
+
+def default_guest_image_dir() -> Path:
+    env = os.environ.get("VMSANDBOX_GUEST_IMAGE_DIR")
+    return Path(env) if env else _cache_dir() / "guest-image"
+
+
+def kvm_usable(path: Path = Path("/dev/kvm")) -> bool:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def choose_backend(
+    *, cloud_hypervisor: str | None, qemu: str | None, kvm: bool, guest_image: Path | None
+) -> Backend:
+    """The most isolating backend this machine can run, and the reason for the choice."""
+    image_note = (
+        f"a guest image in {guest_image}"
+        if guest_image
+        else "no guest image (run `vmsandbox-guest-image build`)"
+    )
+    if cloud_hypervisor and kvm and guest_image:
+        return Backend("cloud-hypervisor", f"{cloud_hypervisor} and /dev/kvm are usable, {image_note}")
+    if qemu and guest_image:
+        missing = "no cloud-hypervisor binary" if not cloud_hypervisor else "/dev/kvm is not usable"
+        accel = "KVM" if kvm else "TCG (slow: no usable /dev/kvm)"
+        return Backend("qemu", f"{missing}; {qemu} found with {image_note}, accelerated by {accel}")
+    reasons = []
+    if not cloud_hypervisor and not qemu:
+        reasons.append("neither cloud-hypervisor nor qemu-system-x86_64 is installed")
+    elif not guest_image:
+        reasons.append(image_note)
+    else:
+        reasons.append("/dev/kvm is not usable and qemu is missing")
+    return Backend(
+        "process",
+        "; ".join(reasons)
+        + ": sandboxes run as namespaced processes WITHOUT VM isolation (development only)",
+    )
+
+
+def detect_backend() -> Backend:
+    image = default_guest_image_dir()
+    return choose_backend(
+        cloud_hypervisor=shutil.which("cloud-hypervisor"),
+        qemu=shutil.which("qemu-system-x86_64"),
+        kvm=kvm_usable(),
+        guest_image=image if (image / "manifest.json").is_file() else None,
+    )
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DevStack:
+    """The processes ``vmsandbox dev`` starts, stopped in reverse order whatever happens."""
+
+    def __init__(self, workdir: Path, kubeconfig: Path, backend: Backend, node_name: str) -> None:
+        self.workdir = workdir
+        self.kubeconfig = kubeconfig
+        self.backend = backend
+        self.node_name = node_name
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.agent_port = _free_port()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append((name, proc))
+
+    def start(self) -> None:
+        allowed = ",".join(sorted({"cloud-hypervisor", "qemu", self.backend.name}))
+        env = _python_env()
+        op_env = {
+            **env,
+            "VMSANDBOX_OPERATOR_NAMESPACE": AGENT_NAMESPACE,
+            "VMSANDBOX_OPERATOR_ALLOWED_HYPERVISORS": allowed,
+            "VMSANDBOX_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{_free_port()}/healthz",
+            "VMSANDBOX_OPERATOR_METRICS_HOST": "127.0.0.1",
+            "VMSANDBOX_OPERATOR_METRICS_PORT": str(_free_port()),
+        }
+        self._spawn(
+            "operator",
+            [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(self.kubeconfig)],
+            op_env,
+        )
+        agent_dir = self.workdir / "agent"
+        agent_env = {
+            **env,
+            "NODE_NAME": self.node_name,
+            "POD_NAMESPACE": AGENT_NAMESPACE,
+            "VMSANDBOX_AGENT_KUBECONFIG": str(self.kubeconfig),
+            "VMSANDBOX_AGENT_STATE_DIR": str(agent_dir / "state"),
+            "VMSANDBOX_AGENT_RUNTIME_ROOT": str(agent_dir / "run"),
+            "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": self.backend.name,
+            "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": self.backend.name,
+            "VMSANDBOX_AGENT_LISTEN_ADDRESS": "127.0.0.1",
+            "VMSANDBOX_AGENT_ADVERTISE_ADDRESS": "127.0.0.1",
+            "VMSANDBOX_AGENT_PORT": str(self.agent_port),
+            "VMSANDBOX_AGENT_RESERVE_VCPUS": "0",
+            "VMSANDBOX_AGENT_RESERVE_MEMORY_MIB": "256",
+        }
+        if self.backend.name != "process":
+            agent_env["VMSANDBOX_AGENT_GUEST_IMAGE_DIR"] = str(default_guest_image_dir())
+        self._spawn("agent", [sys.executable, "-m", "vmsandbox.node_agent"], agent_env)
+
+    def dead(self) -> list[str]:
+        return [f"{name} (exit {p.returncode})" for name, p in self.procs if p.poll() is not None]
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):  # the agent first: it tears its VMs down
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30 if name == "agent" else 15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.procs = []
+
+
+def _node_ready(api: Api, node: str) -> bool:
+    resp = api.request("GET", f"/api/v1/nodes/{quote(node)}")
+    if resp.status_code != 200:
+        return False
+    return (resp.json()["metadata"].get("labels") or {}).get("vmsandbox.io/agent") == "ready"
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from vmsandbox.devcluster.cluster import LocalCluster
+
+    backend = (
+        Backend(args.hypervisor, "chosen with --hypervisor")
+        if args.hypervisor != "auto"
+        else detect_backend()
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"vmsandbox dev: VM backend: {backend.name} ({backend.why})", flush=True)
+    print(
+        "vmsandbox dev: starting the local control plane (first run builds the API server, ~6 min)",
+        flush=True,
+    )
+    link = dev_kubeconfig_link()
+    with LocalCluster(workdir=args.workdir) as cluster:
+        assert cluster.workdir is not None
+        stack = DevStack(cluster.workdir, cluster.kubeconfig_path, backend, args.node_name)
+        try:
+            stack.start()
+            link.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cluster.kubeconfig_path, link)
+            api = Api(cluster.kubeconfig_path)
+            deadline = time.monotonic() + 120
+            while not _node_ready(api, args.node_name):
+                if stack.dead() or stop.is_set() or time.monotonic() > deadline:
+                    what = ", ".join(stack.dead()) or "the agent did not publish its node in time"
+                    print(
+                        f"vmsandbox dev: start-up failed: {what}; logs in {cluster.workdir}", file=sys.stderr
+                    )
+                    return 1
+                time.sleep(0.5)
+            print(
+                f"vmsandbox dev: ready. node {args.node_name}, agent on 127.0.0.1:{stack.agent_port}",
+                flush=True,
+            )
+            print(f"export KUBECONFIG={cluster.kubeconfig_path}", flush=True)
+            print(f"# logs: {cluster.workdir}/{{operator,agent}}.log and {cluster.workdir}/logs/", flush=True)
+            print(
+                "# try: vmsandbox apply -f samples/hello.yaml && vmsandbox get -w  (Ctrl-C stops all)",
+                flush=True,
+            )
+            while not stop.wait(1.0):
+                dead = stack.dead()
+                if dead:
+                    print(
+                        f"vmsandbox dev: {', '.join(dead)} stopped; logs in {cluster.workdir}",
+                        file=sys.stderr,
+                    )
+                    return 1
+        finally:
+            print("vmsandbox dev: stopping", flush=True)
+            stack.stop()
+            link.unlink(missing_ok=True)
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmsandbox", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--kubeconfig", type=Path, help="default: $KUBECONFIG, a running `vmsandbox dev`, ~/.kube/config"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run a control plane, the operator and a node agent here until Ctrl-C")
+    dev.add_argument("--hypervisor", choices=["auto", "cloud-hypervisor", "qemu", "process"], default="auto")
+    dev.add_argument("--node-name", default="dev-node")
+    dev.add_argument("--workdir", type=Path, help="keep state and logs here (default: a temporary directory)")
+
+    def namespaced(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-n", "--namespace", default="default")
+
+    apply = sub.add_parser("apply", help="create or update sandboxes from a YAML file ('-' for stdin)")
+    apply.add_argument("-f", "--filename", required=True)
+    namespaced(apply)
+
+    get = sub.add_parser("get", help="list sandboxes as a table")
+    get.add_argument("name", nargs="?")
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    get.add_argument("-w", "--watch", action="store_true", help="keep printing changes")
+    get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    namespaced(get)
+
+    logs = sub.add_parser("logs", help="print a sandbox's container output (from its node's agent)")
+    logs.add_argument("name")
+    namespaced(logs)
+
+    delete = sub.add_parser("delete", help="delete sandboxes")
+    delete.add_argument("names", nargs="+")
+    delete.add_argument("--wait", action="store_true", help="until they are gone")
+    delete.add_argument("--timeout", type=float, default=120.0)
+    namespaced(delete)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "dev":
+            return cmd_dev(args)
+        api = Api(args.kubeconfig)
+        handlers = {"apply": cmd_apply, "get": cmd_get, "logs": cmd_logs, "delete": cmd_delete}
+        return handlers[args.command](api, args)
+    except VMSandboxError as exc:
+        print(f"vmsandbox: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"vmsandbox: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
