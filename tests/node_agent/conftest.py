@@ -1,0 +1,184 @@
+"""Fixtures: the busybox image and loopback registry (per session), and per test a Node, a short
+workspace and a ``vmsandbox-agent`` subprocess, with a leak check when the test ends."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.node_agent.support import (
+    STANDIN_DIR,
+    AgentProcess,
+    Cluster,
+    Registry,
+    build_busybox_layout,
+    containers_left,
+    fake_guest_image,
+    force_cleanup,
+    free_port,
+    processes_mentioning,
+    unique,
+    wait_for,
+)
+from vmsandbox.devcluster import LocalCluster
+
+TOOLS = ("skopeo", "umoci", "unshare", "debugfs", "mkfs.ext4")
+
+
+@pytest.fixture(scope="session")
+def node_agent_tools() -> None:
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if not Path("/usr/bin/docker-registry").exists():
+        missing.append("docker-registry")
+    if not Path("/bin/busybox").exists():
+        missing.append("busybox-static")
+    if missing:
+        pytest.skip(f"node agent tests need {', '.join(missing)} (Debian packages)")
+    if os.geteuid() != 0:
+        pytest.skip("node agent tests run containers with the process backend, which needs root")
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="nat", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def busybox_layout(node_agent_tools: None, session_dir: Path) -> Path:
+    return build_busybox_layout(session_dir / "busybox")
+
+
+@pytest.fixture(scope="session")
+def registry(busybox_layout: Path, session_dir: Path) -> Iterator[Registry]:
+    root = session_dir / "registry"
+    root.mkdir()
+    reg = Registry(root=root, port=free_port())
+    reg.start()
+    try:
+        reg.push(busybox_layout, "latest", "test/busybox:latest")
+        reg.push(busybox_layout, "nocmd", "test/busybox:nocmd")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def guest_image_dir(session_dir: Path) -> Path:
+    return fake_guest_image(session_dir / "guest")
+
+
+@pytest.fixture
+def cluster(kube: LocalCluster, kube_namespace: str) -> Iterator[Cluster]:
+    with kube.api_client() as api_client:
+        yield Cluster(api_client=api_client, namespace=kube_namespace)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short: VM sockets live under the runtime root and AF_UNIX paths are limited to 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="na", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def agent_env(
+    *, node: str, namespace: str, kube: LocalCluster, workdir: Path, registry: Registry, guest_image_dir: Path
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VMSANDBOX_AGENT_", "CH_STANDIN_"))}
+    (workdir / "tmp").mkdir(exist_ok=True)
+    env.update(
+        {
+            "NODE_NAME": node,
+            "POD_NAMESPACE": namespace,
+            "PATH": f"{STANDIN_DIR}{os.pathsep}{env.get('PATH', '')}",
+            "TMPDIR": str(workdir / "tmp"),
+            "VMSANDBOX_AGENT_KUBECONFIG": str(kube.kubeconfig_path),
+            "VMSANDBOX_AGENT_STATE_DIR": str(workdir / "state"),
+            "VMSANDBOX_AGENT_RUNTIME_ROOT": str(workdir / "run"),
+            "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": "process,cloud-hypervisor",
+            "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": "process",
+            "VMSANDBOX_AGENT_GUEST_IMAGE_DIR": str(guest_image_dir),
+            "VMSANDBOX_AGENT_INSECURE_REGISTRIES": registry.host,
+            "VMSANDBOX_AGENT_LISTEN_ADDRESS": "127.0.0.1",
+            "VMSANDBOX_AGENT_PORT": "0",
+            "VMSANDBOX_AGENT_LEASE_RENEW_SECONDS": "2",
+            "VMSANDBOX_AGENT_ORPHAN_GRACE_SECONDS": "2",
+            "VMSANDBOX_AGENT_RESTART_BACKOFF_SECONDS": "1",
+            "VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS": "0.5",
+            "VMSANDBOX_AGENT_LOG_LEVEL": "DEBUG",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p
+            ),
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def make_agent(
+    kube: LocalCluster,
+    cluster: Cluster,
+    workdir: Path,
+    registry: Registry,
+    guest_image_dir: Path,
+) -> Iterator[type[AgentProcess] | object]:
+    """``make_agent(start=True, **env)``: a Node and an agent for it; torn down and leak-checked after."""
+    agents: list[AgentProcess] = []
+
+    def make(start: bool = True, node: str | None = None, **extra_env: str) -> AgentProcess:
+        node = node or unique("node")
+        cluster.create_node(node)
+        directory = workdir / f"a{len(agents)}"
+        directory.mkdir()
+        env = agent_env(
+            node=node,
+            namespace=cluster.namespace,
+            kube=kube,
+            workdir=directory,
+            registry=registry,
+            guest_image_dir=guest_image_dir,
+        )
+        env.update(extra_env)
+        agent = AgentProcess(node=node, workdir=directory, env=env, cluster=cluster)
+        agents.append(agent)
+        if start:
+            agent.start()
+        return agent
+
+    yield make
+    failures = []
+    for agent in agents:
+        if not agent.alive() and agent.starts:
+            agent.start(wait_ready=False)
+        # Delete every sandbox this test made, so the agent tears down what it runs.
+        for item in cluster.custom.list_namespaced_custom_object(
+            "vmsandbox.io", "v1alpha1", cluster.namespace, "vmsandboxes"
+        )["items"]:
+            cluster.delete(item["metadata"]["name"])
+    for agent in agents:
+        try:
+            wait_for(
+                f"agent on {agent.node} to tear everything down",
+                lambda a=agent: not containers_left(a.runtime_root),  # type: ignore[misc]
+                timeout=30,
+            )
+        except AssertionError as exc:
+            failures.append(f"{exc}: {containers_left(agent.runtime_root)}\n{agent.logs()[-4000:]}")
+        agent.stop()
+        force_cleanup(agent.runtime_root)
+    leaked = processes_mentioning(str(workdir))
+    for pid, _cmd in leaked:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    if leaked:
+        failures.append(f"processes leaked: {leaked}")
+    if failures:
+        pytest.fail("\n".join(failures))

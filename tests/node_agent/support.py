@@ -1,0 +1,429 @@
+"""Helpers for the node agent tests: a test-built busybox image, a loopback registry, the agent as
+a real subprocess, and the operator's half of the contract (scheduling) played by the test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
+from vmsandbox.api.constants import AGENT_FINALIZER, API_VERSION, GROUP, KIND, NODE_LABEL, PLURAL, VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+STANDIN_DIR = REPO / "tests" / "cloud_hypervisor" / "standin"
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "true", "false", "echo", "sleep", "cat", "env", "ls", "id", "pwd")
+ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and pid_alive(int(entry.name)):
+            found.append((int(entry.name), cmdline.strip()))
+    return found
+
+
+# ---- the image ---------------------------------------------------------------------------
+
+
+def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def build_busybox_layout(layout: Path) -> Path:
+    """An OCI layout with ``busybox:latest`` (Cmd ["sh"]) and ``busybox:nocmd`` (nothing to run)."""
+    work = layout.parent / "bb-build"
+    run(["umoci", "init", "--layout", str(layout)])
+    run(["umoci", "new", "--image", f"{layout}:base"])
+    run(["umoci", "unpack", "--image", f"{layout}:base", str(work)])
+    rootfs = work / "rootfs"
+    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+    (rootfs / "etc").mkdir(exist_ok=True)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    for applet in APPLETS:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    run(["umoci", "repack", "--image", f"{layout}:nocmd", str(work)])
+    run(
+        [
+            "umoci",
+            "config",
+            "--image",
+            f"{layout}:nocmd",
+            "--config.env",
+            "PATH=/bin",
+            "--config.workingdir",
+            "/",
+        ]
+    )
+    run(["umoci", "config", "--image", f"{layout}:nocmd", "--tag", "latest", "--config.cmd", "sh"])
+    shutil.rmtree(work)
+    return layout
+
+
+@dataclass
+class Registry:
+    """Debian's ``docker-registry`` on a loopback port (plain HTTP)."""
+
+    root: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {self.root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n"
+        )
+        log = (self.root / "registry.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/docker-registry", "serve", str(config)], stdout=log, stderr=log, start_new_session=True
+        )
+        wait_for("the registry to answer", self._answers, timeout=20)
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"registry exited: {(self.root / 'registry.log').read_text()[-2000:]}")
+        try:
+            return requests.get(f"http://{self.host}/v2/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def push(self, layout: Path, tag: str, repo_tag: str) -> str:
+        run(
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                f"oci:{layout}:{tag}",
+                f"docker://{self.host}/{repo_tag}",
+            ]
+        )
+        return f"{self.host}/{repo_tag}"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def fake_guest_image(directory: Path) -> Path:
+    """What the Cloud Hypervisor stand-in checks: a kernel with a bzImage header, an initramfs and a root disk."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fake_bzimage(directory / "vmlinuz")
+    (directory / "initramfs.img").write_bytes(b"\0" * 1024)
+    (directory / "rootfs.img").write_bytes(b"\0" * 65536)
+    return directory
+
+
+# ---- the cluster side --------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """The test's hands on the API server: nodes, sandboxes, and the operator's scheduling step."""
+
+    api_client: client.ApiClient
+    namespace: str
+    custom: client.CustomObjectsApi = field(init=False)
+    core: client.CoreV1Api = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.core = client.CoreV1Api(self.api_client)
+
+    def create_node(self, name: str) -> None:
+        body = client.V1Node.from_dict({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+        assert body is not None
+        self.core.create_node(body)
+
+    def node(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.api_client.sanitize_for_serialization(self.core.read_node(name))
+        return result
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        try:
+            lease = client.CoordinationV1Api(self.api_client).read_namespaced_lease(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.api_client.sanitize_for_serialization(lease)
+        return result
+
+    def create_sandbox(self, name: str, spec: dict[str, Any], *, node: str | None = None) -> dict[str, Any]:
+        """Create, and when ``node`` is given schedule it there as the operator would."""
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": spec}
+        obj: Any = self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+        if node is not None:
+            obj = self.schedule(name, node)
+        return dict(obj)
+
+    def schedule(self, name: str, node: str, schedule_ms: float = 1.5) -> dict[str, Any]:
+        """The operator's step: label first, then nodeName, phase Scheduled and the condition via /status."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            {"metadata": {"labels": {NODE_LABEL: node}}},
+            _content_type="application/merge-patch+json",
+        )
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status = {
+            "phase": "Scheduled",
+            "nodeName": node,
+            "conditions": [
+                {"type": "Scheduled", "status": "True", "reason": "Scheduled", "lastTransitionTime": now}
+            ],
+            "bootTimings": {"schedule": schedule_ms},
+        }
+        obj: Any = self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+        return dict(obj)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            obj: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(obj)
+
+    def status(self, name: str) -> dict[str, Any]:
+        obj = self.get(name)
+        assert obj is not None, f"sandbox {name} does not exist"
+        return dict(obj.get("status") or {})
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 60.0) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            status = self.status(name)
+            return status if status.get("phase") in phases else None
+
+        try:
+            return wait_for(f"{name} to reach {'/'.join(phases)}", check, timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; status now {json.dumps(self.status(name))}") from None
+
+    def delete(self, name: str) -> None:
+        with contextlib.suppress(ApiException):
+            self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def wait_gone(self, name: str, timeout: float = 30.0) -> None:
+        wait_for(f"{name} to be deleted", lambda: self.get(name) is None, timeout=timeout)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items = self.core.list_namespaced_event(self.namespace).items
+        found = [self.api_client.sanitize_for_serialization(e) for e in items]
+        return [e for e in found if e.get("involvedObject", {}).get("name") == name]
+
+    def remove_agent_finalizer(self, name: str) -> None:
+        obj = self.get(name)
+        assert obj is not None
+        finalizers = [f for f in obj["metadata"].get("finalizers") or [] if f != AGENT_FINALIZER]
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            self.namespace,
+            PLURAL,
+            name,
+            [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": obj["metadata"]["resourceVersion"],
+                },
+                {"op": "replace", "path": "/metadata/finalizers", "value": finalizers},
+            ],
+            _content_type="application/json-patch+json",
+        )
+
+
+# ---- the agent as a process --------------------------------------------------------------
+
+
+def agent_command() -> list[str]:
+    installed = shutil.which("vmsandbox-agent")
+    return [installed] if installed else [sys.executable, "-m", "vmsandbox.node_agent"]
+
+
+@dataclass
+class AgentProcess:
+    """``vmsandbox-agent`` run as a subprocess with ``NODE_NAME`` and options from the environment."""
+
+    node: str
+    workdir: Path
+    env: dict[str, str]
+    cluster: Cluster
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
+
+    @property
+    def runtime_root(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"agent-{self.starts}.log"
+
+    def start(self, wait_ready: bool = True) -> None:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            agent_command(), env=self.env, stdout=log, stderr=log, cwd=self.workdir, start_new_session=False
+        )
+        if wait_ready:
+            wait_for(f"agent on {self.node} to be ready", self._ready, timeout=30)
+
+    def endpoint(self) -> str | None:
+        annotations = self.cluster.node(self.node)["metadata"].get("annotations") or {}
+        return annotations.get(ENDPOINT_ANNOTATION)
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}: {self.logs()[-3000:]}")
+        endpoint = self.endpoint()
+        if not endpoint:
+            return False
+        try:
+            return requests.get(endpoint + "/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def get(self, path: str) -> requests.Response:
+        endpoint = self.endpoint()
+        assert endpoint
+        return requests.get(endpoint + path, timeout=5)
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("agent-*.log")))
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+        return lines
+
+    def kill(self) -> None:
+        """SIGKILL, like an OOM kill or a node hiccup: nothing gets to clean up."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def containers_left(runtime_root: Path) -> list[str]:
+    if not runtime_root.is_dir():
+        return []
+    return sorted(p.name for p in runtime_root.iterdir() if not p.name.startswith("."))
+
+
+def force_cleanup(runtime_root: Path) -> None:
+    """Last resort after a failed test: delete whatever the runtime still holds."""
+    from vmsandbox.runtime import Runtime
+
+    runtime = Runtime(runtime_root)
+    for cid in containers_left(runtime_root):
+        with contextlib.suppress(Exception):
+            runtime.delete(cid, force=True)
+
+
+def iter_vmm_pids(statuses: Iterator[dict[str, Any]]) -> list[int]:
+    return [int(s["vm"]["vmmPID"]) for s in statuses if s.get("vm", {}).get("vmmPID")]

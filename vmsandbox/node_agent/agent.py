@@ -1,0 +1,174 @@
+"""Puts the agent together: config, clients, image store, runtimes, supervisor, watch, heartbeat, HTTP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+from pathlib import Path
+from types import FrameType
+
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.node_agent.capacity import node_capacity
+from vmsandbox.node_agent.config import AgentConfig, ConfigError
+from vmsandbox.node_agent.events import EventRecorder
+from vmsandbox.node_agent.heartbeat import Heartbeat
+from vmsandbox.node_agent.httpserver import AgentHTTPServer
+from vmsandbox.node_agent.images import ImageStore
+from vmsandbox.node_agent.kube import Kube, make_api_client
+from vmsandbox.node_agent.metrics import AgentMetrics
+from vmsandbox.node_agent.records import RecordStore
+from vmsandbox.node_agent.runtimes import Runtimes
+from vmsandbox.node_agent.statuswriter import SandboxWriter
+from vmsandbox.node_agent.supervisor import Supervisor
+from vmsandbox.node_agent.watch import SandboxWatch
+from vmsandbox.node_agent.worker import AgentContext
+
+log = logging.getLogger("vmsandbox.node_agent")
+
+REQUIRED_TOOLS = ("skopeo", "umoci", "cp")
+
+
+def hypervisor_config(config: AgentConfig) -> HypervisorConfig:
+    """The drivers' settings from ``VMSANDBOX_*``, with the agent's guest image dir when it sets one."""
+    hv = HypervisorConfig.from_env()
+    if config.guest_image_dir is not None:
+        hv = hv.model_copy(update={"guest_image_dir": config.guest_image_dir})
+    return hv
+
+
+def advertise_address(config: AgentConfig) -> str:
+    if config.advertise_address:
+        return config.advertise_address
+    if os.environ.get("POD_IP"):
+        return os.environ["POD_IP"]
+    if config.listen_address not in ("0.0.0.0", "::", ""):
+        return config.listen_address
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def _prepare_dir(path: Path, option: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{option}: cannot create {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}: {path} is not writable")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise ConfigError(f"required tools not found on PATH: {', '.join(missing)}")
+        _prepare_dir(config.state_dir, "stateDir")
+        _prepare_dir(config.runtime_root, "runtimeRoot")
+        self.hv_config = hypervisor_config(config)
+        self.capacity = node_capacity(config, self.hv_config)
+        if config.default_hypervisor not in self.capacity.hypervisors:
+            raise ConfigError(
+                f"defaultHypervisor: {config.default_hypervisor!r} is not usable on this node "
+                f"(usable: {', '.join(self.capacity.hypervisors) or 'none'})"
+            )
+        self.metrics = AgentMetrics()
+        self.kube = Kube(make_api_client(config.kubeconfig))
+        self.records = RecordStore(config.state_dir / "sandboxes")
+        self.supervisor: Supervisor | None = None
+        self.images = ImageStore(
+            config.state_dir / "images",
+            limit_bytes=config.image_cache_limit_mib * 1024 * 1024,
+            insecure=config.registry_insecure,
+            in_use=lambda: self.supervisor.in_use_digests() if self.supervisor else set(),
+        )
+        self.runtimes = Runtimes(config.runtime_root, self.hv_config, list(config.allowed_hypervisors))
+        self.events = EventRecorder(self.kube, config.node_name)
+        ctx = AgentContext(
+            config=config,
+            writer=SandboxWriter(self.kube, self.metrics),
+            events=self.events,
+            images=self.images,
+            runtimes=self.runtimes,
+            records=self.records,
+            metrics=self.metrics,
+            start_slots=threading.BoundedSemaphore(config.max_concurrent_starts),
+            usable_hypervisors=self.capacity.hypervisors,
+        )
+        self.supervisor = Supervisor(ctx)
+        self.metrics.track_phases(self.supervisor.phase_counts)
+        self.watch = SandboxWatch(
+            self.kube,
+            self.supervisor,
+            self.metrics,
+            node=config.node_name,
+            timeout_seconds=config.watch_timeout_seconds,
+        )
+        self.http = AgentHTTPServer(
+            config.listen_address,
+            config.port,
+            healthy=self._healthy,
+            ready=self._ready,
+            registry=self.metrics.registry,
+            log_file=self._log_file,
+        )
+        self.heartbeat = Heartbeat(
+            self.kube,
+            node=config.node_name,
+            namespace=config.namespace,
+            capacity=self.capacity,
+            endpoint=f"http://{advertise_address(config)}:{self.http.port}",
+            duration_seconds=config.lease_duration_seconds,
+            renew_seconds=config.lease_renew_seconds,
+        )
+        self._stop = threading.Event()
+
+    def _healthy(self) -> tuple[bool, str]:
+        dead = [t.name for t in (self.watch.thread, self.heartbeat.thread) if not t.is_alive()]
+        return (not dead, f"threads not running: {', '.join(dead)}" if dead else "ok")
+
+    def _ready(self) -> tuple[bool, str]:
+        if not self.watch.synced.is_set():
+            return False, "sandboxes not listed yet"
+        if not self.heartbeat.fresh():
+            return False, "lease not renewed"
+        return True, "ok"
+
+    def _log_file(self, namespace: str, name: str) -> Path | None:
+        assert self.supervisor is not None
+        worker = self.supervisor.worker_for(namespace, name)
+        if worker is not None:
+            return self.records.log_path(worker.uid)
+        for record in self.records.load_all():
+            if (record.namespace, record.name) == (namespace, name):
+                return self.records.log_path(record.uid)
+        return None
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; VMs keep running, to be adopted by the next agent."""
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("received signal %d; stopping (VMs keep running)", signum)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.http.start()
+        self.heartbeat.start()
+        self.watch.start()
+        log.info(
+            "agent started on node %s: HTTP port %d, hypervisors %s (default %s)",
+            self.config.node_name,
+            self.http.port,
+            ",".join(self.capacity.hypervisors),
+            self.config.default_hypervisor,
+        )
+        self._stop.wait()
+        self.heartbeat.stop()
+        self.events.flush()
+        self.http.stop()

@@ -1,0 +1,146 @@
+"""The agent's configuration: one YAML file and/or ``VMSANDBOX_AGENT_*`` variables, checked at start-up.
+
+Precedence, lowest first: defaults, the YAML file, the environment. ``NODE_NAME`` and
+``POD_NAMESPACE`` (the DaemonSet's downward API) fill ``nodeName`` and ``namespace`` unless
+set otherwise. List values in the environment are comma-separated.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from vmsandbox.api.base import APIModel
+from vmsandbox.errors import VMSandboxError
+from vmsandbox.hypervisor.base import HypervisorName
+
+ENV_PREFIX = "VMSANDBOX_AGENT_"
+HYPERVISOR_NAMES: tuple[str, ...] = get_args(HypervisorName)
+#: The process backend is never allowed by default: it is isolated by namespaces only.
+DEFAULT_ALLOWED: tuple[HypervisorName, ...] = ("cloud-hypervisor", "qemu")
+#: ``host`` or ``host:port``, as image references spell a registry.
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
+
+
+class ConfigError(VMSandboxError):
+    """The configuration cannot be used; names every offending option."""
+
+    step = "configuration"
+
+
+class AgentConfig(APIModel):
+    """Every option of ``vmsandbox-agent``; see the README for what each one is for."""
+
+    node_name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    namespace: str = Field(default="vmsandbox-system", min_length=1, max_length=63)
+    state_dir: Path = Path("/var/lib/vmsandbox")
+    runtime_root: Path = Path("/run/vmsandbox")
+    default_hypervisor: HypervisorName = "cloud-hypervisor"
+    allowed_hypervisors: list[HypervisorName] = Field(default_factory=lambda: list(DEFAULT_ALLOWED))
+    guest_image_dir: Path | None = None
+    reserve_vcpus: int = Field(default=1, ge=0)
+    reserve_memory_mib: int = Field(default=1024, ge=0, alias="reserveMemoryMiB")
+    image_cache_limit_mib: int = Field(default=10240, ge=64, alias="imageCacheLimitMiB")
+    insecure_registries: list[str] = Field(default_factory=list)
+    listen_address: str = "0.0.0.0"
+    port: int = Field(default=8081, ge=0, le=65535)
+    advertise_address: str | None = None
+    lease_duration_seconds: int = Field(default=40, ge=1)
+    lease_renew_seconds: float = Field(default=10.0, gt=0)
+    orphan_grace_seconds: float = Field(default=60.0, ge=0)
+    restart_backoff_seconds: float = Field(default=10.0, gt=0)
+    restart_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=5)
+    max_concurrent_starts: int = Field(default=8, ge=1)
+    watch_timeout_seconds: int = Field(default=300, ge=1)
+    kubeconfig: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    model_config = {**APIModel.model_config, "extra": "forbid"}
+
+    @field_validator("insecure_registries")
+    @classmethod
+    def _registries(cls, value: list[str]) -> list[str]:
+        bad = [r for r in value if not _REGISTRY.match(r)]
+        if bad:
+            raise ValueError(f"not a registry host[:port]: {', '.join(bad)}")
+        return value
+
+    @field_validator("state_dir", "runtime_root", "guest_image_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentConfig:
+        if not self.allowed_hypervisors:
+            raise ValueError("allowedHypervisors must name at least one hypervisor")
+        if self.default_hypervisor not in self.allowed_hypervisors:
+            raise ValueError(
+                f"defaultHypervisor {self.default_hypervisor!r} is not in allowedHypervisors "
+                f"{self.allowed_hypervisors}"
+            )
+        if self.restart_backoff_max_seconds < self.restart_backoff_seconds:
+            raise ValueError("restartBackoffMaxSeconds must be >= restartBackoffSeconds")
+        return self
+
+    def registry_insecure(self, registry: str) -> bool:
+        return registry in self.insecure_registries
+
+
+def _env_key(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "NODE_NAME" in environ:
+        values["nodeName"] = environ["NODE_NAME"]
+    if "POD_NAMESPACE" in environ:
+        values["namespace"] = environ["POD_NAMESPACE"]
+    for name, field in AgentConfig.model_fields.items():
+        raw = environ.get(_env_key(name))
+        if raw is None:
+            continue
+        alias = field.alias or name
+        is_list = getattr(field.annotation, "__origin__", None) is list
+        values[alias] = [item.strip() for item in raw.split(",") if item.strip()] if is_list else raw
+    return values
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(config)"
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read, merge and validate; raises :class:`ConfigError` naming each bad option."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of options")
+        values.update(loaded)
+    values.update(_from_env(env))
+    if "nodeName" not in values and "node_name" not in values:
+        raise ConfigError("nodeName: required (set NODE_NAME or nodeName in the config file)")
+    try:
+        return AgentConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = [
+            f"{_location(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
+        ]
+        raise ConfigError("; ".join(problems)) from None

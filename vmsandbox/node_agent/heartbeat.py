@@ -1,0 +1,117 @@
+"""The agent's registration: a Lease renewed every few seconds, and its Node's label and annotations.
+
+The operator schedules onto nodes labelled ``vmsandbox.io/agent=ready`` whose Lease is fresh,
+reading capacity from the ``vmsandbox.io/capacity`` annotation. The Node itself is the
+kubelet's; the agent only merges its own keys into it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from vmsandbox.api.constants import AGENT_LEASE_PREFIX, AGENT_READY_LABEL, CAPACITY_ANNOTATION, GROUP
+from vmsandbox.api.node import NodeCapacity
+from vmsandbox.node_agent.kube import Kube, status_code
+
+log = logging.getLogger("vmsandbox.node_agent.heartbeat")
+
+ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
+
+
+def _micro_time() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        kube: Kube,
+        *,
+        node: str,
+        namespace: str,
+        capacity: NodeCapacity,
+        endpoint: str,
+        duration_seconds: int,
+        renew_seconds: float,
+    ) -> None:
+        self.kube = kube
+        self.node = node
+        self.namespace = namespace
+        self.capacity = capacity
+        self.endpoint = endpoint
+        self.duration = duration_seconds
+        self.renew = renew_seconds
+        self.lease_name = AGENT_LEASE_PREFIX + node
+        self.last_renewed: float | None = None
+        self.node_registered = False
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def fresh(self) -> bool:
+        return self.last_renewed is not None and time.monotonic() - self.last_renewed < self.duration
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.renew_lease()
+                self.last_renewed = time.monotonic()
+            except Exception as exc:
+                log.warning("renewing lease %s/%s failed: %s", self.namespace, self.lease_name, exc)
+            try:
+                self.register_node()
+                self.node_registered = True
+            except Exception as exc:
+                log.warning("updating node %s failed: %s", self.node, exc)
+            self._stop.wait(self.renew)
+
+    def renew_lease(self) -> None:
+        now = _micro_time()
+        lease = self.kube.get_lease(self.namespace, self.lease_name)
+        spec: dict[str, Any] = {
+            "holderIdentity": self.node,
+            "leaseDurationSeconds": self.duration,
+            "renewTime": now,
+        }
+        if lease is None:
+            spec["acquireTime"] = now
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.lease_name, "namespace": self.namespace},
+                "spec": spec,
+            }
+            self.kube.create_lease(self.namespace, body)
+            log.info("created lease %s/%s", self.namespace, self.lease_name)
+            return
+        lease["spec"] = {**(lease.get("spec") or {}), **spec}
+        try:
+            self.kube.replace_lease(self.namespace, self.lease_name, lease)
+        except Exception as exc:
+            if status_code(exc) != 409:
+                raise
+            # Someone wrote in between; the next round reads again.
+
+    def register_node(self) -> None:
+        self.kube.patch_node(
+            self.node,
+            {
+                "metadata": {
+                    "labels": {AGENT_READY_LABEL: "ready"},
+                    "annotations": {
+                        CAPACITY_ANNOTATION: json.dumps(self.capacity.to_wire(), sort_keys=True),
+                        ENDPOINT_ANNOTATION: self.endpoint,
+                    },
+                }
+            },
+        )

@@ -1,0 +1,340 @@
+"""The node's image cache: pulls with skopeo into OCI layouts, unpacks with umoci, keyed by digest.
+
+Layout on disk under ``<stateDir>/images``:
+
+- ``layouts/<key>/``: one OCI image layout per registry reference, written by ``skopeo copy``
+  (one per reference so concurrent pulls of different images never share an ``index.json``);
+- ``rootfs/<digest hex>/``: the unpacked root filesystem of a manifest digest plus its image
+  config (``image.json``); sandboxes copy it, so one unpack serves every sandbox of the image;
+- ``refs.json``: reference -> digest, sizes and last use, for ``IfNotPresent`` and eviction.
+
+Pulls of the same reference are single-flight; a cache over its size limit evicts the least
+recently used images that no bundle is using.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vmsandbox.api.spec import PullPolicy
+from vmsandbox.node_agent.errors import ImageNotPresent, ImagePullFailed, InvalidImage
+from vmsandbox.node_agent.imageref import ImageRef, parse_image_ref
+
+log = logging.getLogger("vmsandbox.node_agent.images")
+
+PULL_TIMEOUT = 900.0
+UNPACK_TIMEOUT = 300.0
+_INDEX_MEDIA = "application/vnd.oci.image.index.v1+json"
+_REF_NAME = "org.opencontainers.image.ref.name"
+_SKOPEO_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+class ImageConfig(BaseModel):
+    """The parts of an OCI image config that decide how its container runs."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    entrypoint: list[str] | None = Field(default=None, alias="Entrypoint")
+    cmd: list[str] | None = Field(default=None, alias="Cmd")
+    env: list[str] | None = Field(default=None, alias="Env")
+    working_dir: str | None = Field(default=None, alias="WorkingDir")
+    user: str | None = Field(default=None, alias="User")
+
+
+class Image(BaseModel):
+    """An image ready to be copied into a bundle."""
+
+    reference: str
+    digest: str
+    rootfs: Path
+    config: ImageConfig
+    pulled_bytes: int = 0
+    pull_seconds: float = 0.0
+
+
+class CacheEntry(BaseModel):
+    digest: str
+    layout_key: str | None = None
+    size_bytes: int = 0
+    last_used: float = 0.0
+
+
+def tool_error(stderr: str) -> str:
+    """The human part of a Go tool's fatal log line (skopeo, umoci), else its last line."""
+    found = _SKOPEO_MSG.findall(stderr)
+    if found:
+        return found[-1].replace('\\"', '"')
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else "no error output"
+
+
+def dir_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidImage(f"{what} {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidImage(f"cannot read {what} {path}: {exc}") from None
+
+
+def _blob(layout: Path, digest: str) -> Path:
+    algo, _, hexpart = digest.partition(":")
+    return layout / "blobs" / algo / hexpart
+
+
+def resolve_manifest(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
+    """The manifest digest and manifest JSON tagged ``tag`` in an OCI layout (index -> amd64)."""
+    index = _read_json(layout / "index.json", "image index")
+    matches = [m for m in index.get("manifests", []) if m.get("annotations", {}).get(_REF_NAME) == tag]
+    if not matches:
+        tags = sorted({m.get("annotations", {}).get(_REF_NAME, "?") for m in index.get("manifests", [])})
+        raise ImagePullFailed(
+            f"tag {tag!r} not found in OCI layout {layout} (tags: {', '.join(tags) or 'none'})"
+        )
+    descriptor = matches[0]
+    if descriptor.get("mediaType") == _INDEX_MEDIA:
+        nested = _read_json(_blob(layout, descriptor["digest"]), "image index")
+        platforms = [
+            m
+            for m in nested.get("manifests", [])
+            if m.get("platform", {}).get("architecture") == "amd64"
+            and m.get("platform", {}).get("os") == "linux"
+        ]
+        if not platforms:
+            raise InvalidImage(f"{layout}:{tag} has no linux/amd64 manifest")
+        descriptor = platforms[0]
+    digest = str(descriptor["digest"])
+    return digest, _read_json(_blob(layout, digest), "image manifest")
+
+
+def read_image_config(layout: Path, manifest: dict[str, Any]) -> ImageConfig:
+    config_digest = manifest.get("config", {}).get("digest")
+    if not config_digest:
+        raise InvalidImage(f"manifest in {layout} has no config descriptor")
+    document = _read_json(_blob(layout, config_digest), "image config")
+    return ImageConfig.model_validate(document.get("config") or {})
+
+
+class ImageStore:
+    """Thread-safe: the workers of many sandboxes ask for images at once."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        limit_bytes: int,
+        insecure: Callable[[str], bool],
+        in_use: Callable[[], set[str]] = set,
+    ) -> None:
+        self.root = root
+        self.limit_bytes = limit_bytes
+        self._insecure = insecure
+        self._in_use = in_use
+        self._lock = threading.Lock()
+        self._flights: dict[str, threading.Lock] = {}
+        (root / "layouts").mkdir(parents=True, exist_ok=True)
+        (root / "rootfs").mkdir(parents=True, exist_ok=True)
+        self._refs: dict[str, CacheEntry] = self._load_refs()
+
+    # ---- public ------------------------------------------------------------------------
+
+    def ensure(self, reference: str, policy: PullPolicy) -> Image:
+        """The image for ``reference``, pulled and unpacked as ``policy`` says."""
+        ref = parse_image_ref(reference)
+        with self._flight(ref.canonical):
+            image = self._ensure(ref, policy)
+        self._evict()
+        return image
+
+    def cached_digests(self) -> set[str]:
+        with self._lock:
+            return {entry.digest for entry in self._refs.values()}
+
+    def total_bytes(self) -> int:
+        with self._lock:
+            return sum(self._entry_sizes().values())
+
+    # ---- pulling -----------------------------------------------------------------------
+
+    def _ensure(self, ref: ImageRef, policy: PullPolicy) -> Image:
+        if ref.is_layout:
+            return self._from_node_layout(ref)
+        cached = self._cached(ref)
+        if cached is not None and policy is not PullPolicy.ALWAYS:
+            return cached
+        if policy is PullPolicy.NEVER:
+            raise ImageNotPresent(
+                f"image {ref.original!r} is not in the node's image cache and imagePullPolicy is Never"
+            )
+        key = hashlib.sha256(ref.canonical.encode()).hexdigest()[:24]
+        layout = self.root / "layouts" / key
+        before = dir_size(layout) if layout.exists() else 0
+        t0 = time.monotonic()
+        self._skopeo_copy(ref, layout)
+        seconds = time.monotonic() - t0
+        pulled = max(0, dir_size(layout) - before)
+        digest, manifest = resolve_manifest(layout, "image")
+        config = read_image_config(layout, manifest)
+        rootfs = self._unpack(layout, "image", digest, config)
+        self._remember(ref.canonical, CacheEntry(digest=digest, layout_key=key, last_used=time.time()))
+        log.info("pulled %s (%s, %d bytes in %.2fs)", ref.original, digest, pulled, seconds)
+        return Image(
+            reference=ref.original,
+            digest=digest,
+            rootfs=rootfs,
+            config=config,
+            pulled_bytes=pulled,
+            pull_seconds=seconds,
+        )
+
+    def _cached(self, ref: ImageRef) -> Image | None:
+        with self._lock:
+            entry = self._refs.get(ref.canonical)
+        digest = ref.digest or (entry.digest if entry else None)
+        if digest is None:
+            return None
+        unpacked = self._unpacked_dir(digest)
+        if not (unpacked / "rootfs").is_dir() or not (unpacked / "image.json").is_file():
+            return None
+        config = ImageConfig.model_validate_json((unpacked / "image.json").read_text())
+        if entry is not None:
+            self._remember(ref.canonical, entry.model_copy(update={"last_used": time.time()}))
+        return Image(reference=ref.original, digest=digest, rootfs=unpacked / "rootfs", config=config)
+
+    def _from_node_layout(self, ref: ImageRef) -> Image:
+        layout = ref.layout
+        assert layout is not None
+        if not layout.is_dir():
+            raise ImagePullFailed(f"OCI layout {layout} does not exist on this node")
+        digest, manifest = resolve_manifest(layout, ref.tag)
+        config = read_image_config(layout, manifest)
+        rootfs = self._unpack(layout, ref.tag, digest, config)
+        self._remember(ref.canonical, CacheEntry(digest=digest, last_used=time.time()))
+        return Image(reference=ref.original, digest=digest, rootfs=rootfs, config=config)
+
+    def _skopeo_copy(self, ref: ImageRef, layout: Path) -> None:
+        assert ref.registry is not None
+        cmd = ["skopeo", "copy", "--quiet"]
+        if self._insecure(ref.registry):
+            cmd.append("--src-tls-verify=false")
+        cmd += [ref.skopeo_source, f"oci:{layout}:image"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PULL_TIMEOUT, check=False)
+        except FileNotFoundError:
+            raise ImagePullFailed("skopeo is not installed on this node") from None
+        except subprocess.TimeoutExpired:
+            raise ImagePullFailed(f"pulling {ref.original} took longer than {PULL_TIMEOUT:.0f}s") from None
+        if proc.returncode != 0:
+            raise ImagePullFailed(f"pulling {ref.original}: {tool_error(proc.stderr)}")
+
+    # ---- unpacking ---------------------------------------------------------------------
+
+    def _unpacked_dir(self, digest: str) -> Path:
+        return self.root / "rootfs" / digest.partition(":")[2]
+
+    def _unpack(self, layout: Path, tag: str, digest: str, config: ImageConfig) -> Path:
+        target = self._unpacked_dir(digest)
+        if (target / "rootfs").is_dir() and (target / "image.json").is_file():
+            return target / "rootfs"
+        staging = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            cmd = ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", str(staging / "rootfs")]
+            try:
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=UNPACK_TIMEOUT, check=False
+                )
+            except FileNotFoundError:
+                raise InvalidImage("umoci is not installed on this node", step="image unpack") from None
+            if proc.returncode != 0:
+                raise InvalidImage(f"unpacking {digest}: {tool_error(proc.stderr)}", step="image unpack")
+            (staging / "image.json").write_text(config.model_dump_json(by_alias=True))
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target / "rootfs"
+
+    # ---- bookkeeping -------------------------------------------------------------------
+
+    def _flight(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._flights.setdefault(key, threading.Lock())
+
+    def _load_refs(self) -> dict[str, CacheEntry]:
+        path = self.root / "refs.json"
+        try:
+            raw = json.loads(path.read_text())
+            return {k: CacheEntry.model_validate(v) for k, v in raw.items()}
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, canonical: str, entry: CacheEntry) -> None:
+        with self._lock:
+            self._refs[canonical] = entry
+            self._save_refs()
+
+    def _save_refs(self) -> None:
+        path = self.root / "refs.json"
+        tmp = path.with_name(f".refs.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({k: v.model_dump() for k, v in self._refs.items()}))
+        tmp.replace(path)
+
+    def _entry_sizes(self) -> dict[str, int]:
+        """Bytes per cached reference (layout + unpacked rootfs), computed once and remembered."""
+        sizes: dict[str, int] = {}
+        for canonical, entry in self._refs.items():
+            if entry.size_bytes == 0:
+                size = dir_size(self._unpacked_dir(entry.digest))
+                if entry.layout_key:
+                    size += dir_size(self.root / "layouts" / entry.layout_key)
+                entry.size_bytes = size
+            sizes[canonical] = entry.size_bytes
+        return sizes
+
+    def _evict(self) -> None:
+        """Drop least recently used images no bundle uses until the cache fits its limit."""
+        with self._lock:
+            sizes = self._entry_sizes()
+            total = sum(sizes.values())
+            if total <= self.limit_bytes:
+                return
+            busy = self._in_use()
+            for canonical, entry in sorted(self._refs.items(), key=lambda kv: kv[1].last_used):
+                if total <= self.limit_bytes:
+                    break
+                if entry.digest in busy:
+                    continue
+                shared = any(e.digest == entry.digest for k, e in self._refs.items() if k != canonical)
+                if not shared:
+                    shutil.rmtree(self._unpacked_dir(entry.digest), ignore_errors=True)
+                if entry.layout_key:
+                    shutil.rmtree(self.root / "layouts" / entry.layout_key, ignore_errors=True)
+                del self._refs[canonical]
+                total -= sizes[canonical]
+                log.info("evicted %s (%s) from the image cache", canonical, entry.digest)
+            self._save_refs()

@@ -1,0 +1,87 @@
+"""What the agent remembers about each sandbox on disk, so a restarted agent can adopt its VMs.
+
+``<stateDir>/sandboxes/<uid>/`` holds ``record.json``, the OCI bundle and the container's log.
+The record is written before the VM is created and removed only after teardown, so a crash at
+any point leaves enough behind to find and clean up what was started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+RECORD = "record.json"
+
+
+def container_id_for(uid: str) -> str:
+    """Short (AF_UNIX paths are derived from it) and unique per sandbox object."""
+    return "vmsb-" + uid.replace("-", "")[:16]
+
+
+class SandboxRecord(BaseModel):
+    uid: str
+    namespace: str
+    name: str
+    container_id: str
+    hypervisor: str | None = None
+    image_digest: str | None = None
+    #: The agent put its finalizer on the object; if it disappears, someone else removed it.
+    finalizer_added: bool = False
+    #: A container exists in the runtime for this sandbox (created, maybe exited).
+    container_created: bool = False
+    #: The sandbox is no longer the agent's business (finalizer taken away, torn down).
+    abandoned: bool = False
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class RecordStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True)
+
+    def dir_for(self, uid: str) -> Path:
+        return self.root / uid
+
+    def bundle_dir(self, uid: str) -> Path:
+        return self.dir_for(uid) / "bundle"
+
+    def log_path(self, uid: str) -> Path:
+        return self.dir_for(uid) / "container.log"
+
+    def save(self, record: SandboxRecord) -> None:
+        directory = self.dir_for(record.uid)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{RECORD}.{threading.get_ident()}"
+        tmp.write_text(record.model_dump_json(indent=1))
+        tmp.replace(directory / RECORD)
+
+    def load(self, uid: str) -> SandboxRecord | None:
+        try:
+            return SandboxRecord.model_validate_json((self.dir_for(uid) / RECORD).read_text())
+        except (OSError, ValidationError):
+            return None
+
+    def load_all(self) -> list[SandboxRecord]:
+        found = []
+        for child in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            record = self.load(child.name)
+            if record is not None:
+                found.append(record)
+        return found
+
+    def remove(self, uid: str) -> None:
+        """Free the sandbox's disk: bundle, root filesystem copy, logs and the record."""
+        shutil.rmtree(self.dir_for(uid), ignore_errors=True)
+
+    def unknown_dirs(self) -> list[Path]:
+        """Directories without a readable record: left by a crash before the record was written."""
+        return [child for child in self.root.iterdir() if child.is_dir() and self.load(child.name) is None]

@@ -1,0 +1,66 @@
+"""The runtime library as the agent uses it: one state root, one :class:`Runtime` per backend."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.runtime import ContainerState, Runtime, RuntimeError_
+from vmsandbox.runtime.errors import NotFound
+
+log = logging.getLogger("vmsandbox.node_agent.runtimes")
+
+
+def pid_alive(pid: int) -> bool:
+    """Running and not a zombie (a dead child the runtime has not reaped yet counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+class Runtimes:
+    """Containers of every backend share the root: state records name their own hypervisor."""
+
+    def __init__(self, root: Path, config: HypervisorConfig, hypervisors: list[str]) -> None:
+        self.root = root
+        self.config = config
+        self._by_name = {name: Runtime(root, name, config) for name in hypervisors}
+        self.any = next(iter(self._by_name.values()))
+
+    def for_hypervisor(self, name: str) -> Runtime:
+        return self._by_name[name]
+
+    def state(self, container_id: str) -> ContainerState | None:
+        try:
+            return self.any.state(container_id)
+        except NotFound:
+            return None
+
+    def ids(self) -> list[str]:
+        return self.any.store.ids()
+
+    def vm_alive(self, state: ContainerState) -> bool:
+        if state.vm is None:
+            return False
+        return self.any.driver(state.hypervisor).alive(state.vm)
+
+    def destroy(self, container_id: str) -> bool:
+        """Stop the container and its VM and free the runtime's state; True when there was one."""
+        if not (self.root / container_id).exists():
+            return False
+        with contextlib.suppress(RuntimeError_):
+            self.any.kill(container_id, "KILL")
+        try:
+            self.any.delete(container_id, force=True)
+        except NotFound:
+            return False
+        except RuntimeError_ as exc:
+            log.warning("deleting container %s: %s; removing its state by hand", container_id, exc)
+            self.any.store.remove(container_id)
+        return True

@@ -1,0 +1,575 @@
+"""One reconcile worker per sandbox: from Scheduled to a running VM, then watching it until the end.
+
+The worker is a thread that sleeps on an event: the watch wakes it with each new version of
+the object, and it wakes itself every ``pollIntervalSeconds`` while a container runs to notice
+exits and dead VMMs. Each pass looks at the latest object and the local facts (record, runtime
+state) and takes the next step; every step is safe to repeat after an agent restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL
+from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
+from vmsandbox.api.spec import RestartPolicy
+from vmsandbox.api.status import (
+    BootTimings,
+    ConditionStatus,
+    ConditionType,
+    ContainerStatus,
+    Phase,
+    VMSandboxStatus,
+    VMStatus,
+    now,
+)
+from vmsandbox.errors import VMSandboxError
+from vmsandbox.hypervisor.base import HypervisorError
+from vmsandbox.node_agent.bundle import build_bundle
+from vmsandbox.node_agent.config import AgentConfig
+from vmsandbox.node_agent.errors import HypervisorNotAllowed, ImagePullFailed, InvalidSpec, SandboxFailure
+from vmsandbox.node_agent.events import EventRecorder
+from vmsandbox.node_agent.images import ImageStore
+from vmsandbox.node_agent.logs import SandboxLog
+from vmsandbox.node_agent.metrics import AgentMetrics
+from vmsandbox.node_agent.policy import backoff_delay, should_restart
+from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
+from vmsandbox.node_agent.runtimes import Runtimes, pid_alive
+from vmsandbox.node_agent.statuswriter import SandboxWriter
+from vmsandbox.runtime import ContainerState
+
+logger = logging.getLogger("vmsandbox.node_agent.worker")
+
+#: A run longer than this resets the back-off, as the kubelet does after 10 minutes.
+BACKOFF_RESET_SECONDS = 600.0
+#: How long an idle worker sleeps when nothing can change without a new object version.
+IDLE = 3600.0
+#: Failures that retrying cannot fix: the spec or the image must change.
+PERMANENT = ("InvalidSpec", "InvalidImage", "HypervisorNotAllowed", "ErrImageNeverPull")
+
+
+@dataclass
+class AgentContext:
+    """What every worker shares."""
+
+    config: AgentConfig
+    writer: SandboxWriter
+    events: EventRecorder
+    images: ImageStore
+    runtimes: Runtimes
+    records: RecordStore
+    metrics: AgentMetrics
+    start_slots: threading.BoundedSemaphore
+    usable_hypervisors: list[str]
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class SandboxWorker:
+    def __init__(self, ctx: AgentContext, obj: dict[str, Any], on_exit: Any) -> None:
+        meta = obj["metadata"]
+        self.ctx = ctx
+        self.uid: str = meta["uid"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.log = SandboxLog(logger, self.namespace, self.name)
+        self._obj: dict[str, Any] | None = obj
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._on_exit = on_exit
+        self.record: SandboxRecord | None = ctx.records.load(self.uid)
+        self.container: ContainerState | None = None
+        self._restart_at: float | None = None
+        self._consecutive = 0
+        self._run_started: float | None = None
+        self._adopt_checked = False
+        self.phase: str | None = (obj.get("status") or {}).get("phase")
+        self.thread = threading.Thread(target=self._run, name=f"sb-{self.name}"[:15], daemon=True)
+
+    # ---- driven by the watch -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def update(self, obj: dict[str, Any] | None) -> None:
+        """A new version of the object, or None when it is gone (or no longer on this node)."""
+        with self._lock:
+            self._obj = obj
+        self._wake.set()
+
+    def latest(self) -> dict[str, Any] | None:
+        with self._lock:
+            return self._obj
+
+    @property
+    def cid(self) -> str:
+        return self.record.container_id if self.record else container_id_for(self.uid)
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        delay: float | None = 0.0
+        while delay is not None:
+            if delay > 0:
+                self._wake.wait(delay)
+            self._wake.clear()
+            try:
+                delay = self._reconcile()
+            except Exception:
+                self.log.exception("reconcile failed; retrying in 5s")
+                delay = 5.0
+        self._on_exit(self)
+
+    def _ours(self, obj: dict[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        labels = obj["metadata"].get("labels") or {}
+        return bool(
+            labels.get(NODE_LABEL) == self.ctx.config.node_name and obj["metadata"].get("uid") == self.uid
+        )
+
+    def _reconcile(self) -> float | None:
+        obj = self.latest()
+        if not self._ours(obj):
+            self._teardown("the sandbox is gone or no longer scheduled to this node")
+            self.ctx.records.remove(self.uid)
+            return None
+        assert obj is not None
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp"):
+            self._teardown("the sandbox is being deleted")
+            self.ctx.records.remove(self.uid)
+            if self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=False) is not None:
+                self.log.info("torn down; finalizer removed")
+            return None
+        if AGENT_FINALIZER not in (meta.get("finalizers") or []):
+            if self.record is not None and self.record.finalizer_added:
+                self._abandon(obj)
+                return None
+            obj = self._add_finalizer(obj)
+            if obj is None:
+                return 0.0
+        try:
+            sandbox = parse_sandbox(obj)
+        except InvalidSandbox as exc:
+            self._fail(obj, InvalidSpec(str(exc.detail)), retry=False)
+            return IDLE
+        self.phase = sandbox.status.phase.value if sandbox.status.phase else None
+        if not self._adopt_checked:
+            self._adopt_checked = True
+            adopted = self._adopt(obj, sandbox)
+            if adopted is not None:
+                return adopted
+        if self.container is not None:
+            return self._monitor(obj, sandbox)
+        if sandbox.status.phase is not None and sandbox.status.phase.finished and self._restart_at is None:
+            return IDLE
+        if self._restart_at is not None and time.monotonic() < self._restart_at:
+            return self._restart_at - time.monotonic()
+        self._restart_at = None
+        return self._launch(obj, sandbox)
+
+    # ---- finalizer ---------------------------------------------------------------------
+
+    def _ensure_record(self, hypervisor: str | None = None) -> SandboxRecord:
+        if self.record is None:
+            self.record = SandboxRecord(
+                uid=self.uid,
+                namespace=self.namespace,
+                name=self.name,
+                container_id=container_id_for(self.uid),
+            )
+        if hypervisor is not None:
+            self.record.hypervisor = hypervisor
+        return self.record
+
+    def _save_record(self) -> None:
+        if self.record is not None:
+            self.ctx.records.save(self.record)
+
+    def _add_finalizer(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        record = self._ensure_record()
+        record.finalizer_added = True
+        self._save_record()
+        updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True)
+        if updated is not None:
+            with self._lock:
+                if self._obj is obj:
+                    self._obj = updated
+        return updated
+
+    def _abandon(self, obj: dict[str, Any]) -> None:
+        """Someone else removed our finalizer: the agent no longer owns this sandbox's VM."""
+        self.log.warning("finalizer %s was removed by someone else; tearing the VM down", AGENT_FINALIZER)
+        self._teardown("the agent's finalizer was removed")
+        self.ctx.records.remove(self.uid)
+        record = self._ensure_record()
+        record.abandoned = True
+        self._save_record()
+        self.ctx.events.record(
+            obj,
+            "FinalizerRemoved",
+            f"{AGENT_FINALIZER} removed by another client; VM torn down",
+            warning=True,
+        )
+
+    # ---- adoption ----------------------------------------------------------------------
+
+    def _adopt(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
+        """After an agent restart: take over a VM that is still running instead of booting another."""
+        if self.record is None or not self.record.container_created:
+            return None
+        state = self.ctx.runtimes.state(self.cid)
+        if state is None:
+            self.record.container_created = False
+            self._save_record()
+            if sandbox.status.phase in (Phase.RUNNING, Phase.CREATING):
+                return self._on_exit_observed(obj, sandbox, None, "its VM vanished while the agent was down")
+            return None
+        self.container = state
+        self._run_started = time.monotonic()
+        if state.status == "running" and self.ctx.runtimes.vm_alive(state):
+            self.ctx.metrics.adopted.inc()
+            vmm = state.vm.vmm_pid if state.vm else None
+            self.log.info("adopted running VM (VMM pid %s)", vmm)
+            self.ctx.events.record(obj, "Adopted", f"adopted running VM {state.vm.vm_id if state.vm else ''}")
+            return self.ctx.config.poll_interval_seconds
+        return self._monitor(obj, sandbox)
+
+    # ---- launching ---------------------------------------------------------------------
+
+    def _deleting(self) -> bool:
+        obj = self.latest()
+        return not self._ours(obj) or bool(obj and obj["metadata"].get("deletionTimestamp"))
+
+    def _write(self, obj: dict[str, Any], mutate: Any) -> dict[str, Any]:
+        written = self.ctx.writer.update_status(obj, mutate, uid=self.uid)
+        if written is not None:
+            self.phase = (written.get("status") or {}).get("phase")
+            return written
+        return obj
+
+    def _launch(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
+        cfg = self.ctx.config
+        hypervisor = sandbox.spec.hypervisor.value if sandbox.spec.hypervisor else cfg.default_hypervisor
+        t_pickup = time.monotonic()
+        generation = obj["metadata"].get("generation")
+
+        def creating(status: VMSandboxStatus) -> None:
+            status.phase = Phase.CREATING
+            status.reason = None
+            status.message = None
+            status.hypervisor = hypervisor
+            status.node_name = status.node_name or cfg.node_name
+            status.start_time = status.start_time or now()
+            status.observed_generation = generation
+            status.restart_count = status.restart_count or 0
+            status.set_condition(
+                ConditionType.VM_READY, ConditionStatus.FALSE, "Creating", generation=generation
+            )
+            status.set_condition(
+                ConditionType.CONTAINER_READY, ConditionStatus.FALSE, "Creating", generation=generation
+            )
+            status.set_condition(
+                ConditionType.READY, ConditionStatus.FALSE, "Creating", generation=generation
+            )
+
+        obj = self._write(obj, creating)
+        try:
+            if hypervisor not in cfg.allowed_hypervisors:
+                raise HypervisorNotAllowed(
+                    f"hypervisor {hypervisor!r} is not allowed on node {cfg.node_name} "
+                    f"(allowed: {', '.join(cfg.allowed_hypervisors)})"
+                )
+            if hypervisor not in self.ctx.usable_hypervisors:
+                raise HypervisorNotAllowed(
+                    f"hypervisor {hypervisor!r} is not installed on node {cfg.node_name}"
+                )
+            record = self._ensure_record(hypervisor)
+            self._save_record()
+            self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
+            t0 = time.monotonic()
+            image = self.ctx.images.ensure(sandbox.spec.image, sandbox.spec.image_pull_policy)
+            image_s = time.monotonic() - t0
+            if image.pulled_bytes:
+                self.ctx.metrics.pull_bytes.inc(image.pulled_bytes)
+                self.ctx.metrics.pull_seconds.observe(image.pull_seconds)
+            self.ctx.metrics.boot_stage.labels("image").observe(image_s)
+            self.ctx.events.record(obj, "Pulled", f"image {sandbox.spec.image} ready ({image.digest})")
+            record.image_digest = image.digest
+            bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
+            if self._deleting():
+                return 0.0
+            record.container_created = True
+            self._save_record()
+            runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
+            with self.ctx.start_slots:
+                if self._deleting():
+                    record.container_created = False
+                    self._save_record()
+                    return 0.0
+                try:
+                    state = runtime.create(self.cid, bundle, log_path=self.ctx.records.log_path(self.uid))
+                except VMSandboxError:
+                    record.container_created = False
+                    self._save_record()
+                    raise
+            self.container = state
+            timings = state.timings
+            for stage, value in (
+                ("vmmStart", timings.vmmStart),
+                ("vmBoot", timings.vmBoot),
+                ("agentReady", timings.agentReady),
+                ("containerCreate", timings.containerCreate),
+            ):
+                self.ctx.metrics.boot_stage.labels(stage).observe(value / 1000)
+            vm_status = VMStatus(
+                id=state.vm.vm_id if state.vm else None, vmm_pid=state.vm.vmm_pid if state.vm else None
+            )
+
+            def booted(status: VMSandboxStatus) -> None:
+                status.vm = vm_status
+                status.set_condition(
+                    ConditionType.VM_READY, ConditionStatus.TRUE, "Booted", generation=generation
+                )
+                status.boot_timings = BootTimings(
+                    schedule=status.boot_timings.schedule if status.boot_timings else None,
+                    image=_ms(image_s),
+                    vmm_start=timings.vmmStart,
+                    vm_boot=timings.vmBoot,
+                    agent_ready=timings.agentReady,
+                    container_create=timings.containerCreate,
+                )
+
+            obj = self._write(obj, booted)
+            self.ctx.events.record(
+                obj, "VMBooted", f"{hypervisor} VM {vm_status.id} booted (VMM pid {vm_status.vmm_pid})"
+            )
+            if self._deleting():
+                return 0.0
+            state = runtime.start(self.cid)
+            self.container = state
+            self._run_started = time.monotonic()
+            total_s = time.monotonic() - t_pickup
+            self.ctx.metrics.boot_stage.labels("total").observe(total_s)
+
+            def running(status: VMSandboxStatus) -> None:
+                status.phase = Phase.RUNNING
+                status.container = ContainerStatus(
+                    id=self.cid, pid=state.pid or None, started_at=state.started_at or now()
+                )
+                status.set_condition(
+                    ConditionType.CONTAINER_READY, ConditionStatus.TRUE, "Started", generation=generation
+                )
+                status.set_condition(
+                    ConditionType.READY, ConditionStatus.TRUE, "Running", generation=generation
+                )
+                if status.boot_timings is not None:
+                    status.boot_timings.total = round((status.boot_timings.schedule or 0) + _ms(total_s), 3)
+
+            obj = self._write(obj, running)
+            self.ctx.events.record(obj, "Started", f"container started in {_ms(total_s):.0f} ms")
+            self.log.info("running (VMM pid %s) after %.0f ms", vm_status.vmm_pid, _ms(total_s))
+            return self.ctx.config.poll_interval_seconds
+        except SandboxFailure as failure:
+            if isinstance(failure, ImagePullFailed):
+                self.log.warning("image pull failed: %s", failure)
+            self._fail(
+                obj, failure, retry=failure.reason not in PERMANENT, policy=sandbox.spec.restart_policy
+            )
+        except HypervisorError as exc:
+            self.ctx.metrics.vmm_failures.labels(hypervisor, "boot").inc()
+            self._fail(
+                obj,
+                SandboxFailure(exc.detail, step=exc.step, reason="VMBootFailed"),
+                policy=sandbox.spec.restart_policy,
+            )
+        except VMSandboxError as exc:
+            reason = "VMBootFailed" if "boot" in exc.step or "vmm" in exc.step else "ContainerCreateFailed"
+            if reason == "VMBootFailed":
+                self.ctx.metrics.vmm_failures.labels(hypervisor, "boot").inc()
+            self._fail(
+                obj,
+                SandboxFailure(exc.detail, step=exc.step, reason=reason),
+                policy=sandbox.spec.restart_policy,
+            )
+        return self._restart_at - time.monotonic() if self._restart_at else IDLE
+
+    def _fail(
+        self,
+        obj: dict[str, Any],
+        failure: SandboxFailure,
+        *,
+        retry: bool = True,
+        policy: RestartPolicy = RestartPolicy.NEVER,
+    ) -> None:
+        """Report a failure to get the container running; retry with back-off when the policy says so."""
+        self._teardown(f"{failure.reason}: {failure}")
+        generation = obj["metadata"].get("generation")
+        again = retry and policy is not RestartPolicy.NEVER
+        delay = 0.0
+        if again:
+            self._consecutive += 1
+            delay = backoff_delay(
+                self._consecutive,
+                self.ctx.config.restart_backoff_seconds,
+                self.ctx.config.restart_backoff_max_seconds,
+            )
+            self._restart_at = time.monotonic() + delay
+        message = str(failure) + (f" (retrying in {delay:.0f}s)" if again else "")
+
+        def failed(status: VMSandboxStatus) -> None:
+            status.phase = Phase.CREATING if again else Phase.FAILED
+            status.reason = failure.reason
+            status.message = message
+            status.observed_generation = generation
+            status.set_condition(
+                ConditionType.READY, ConditionStatus.FALSE, failure.reason, message, generation
+            )
+            status.set_condition(
+                ConditionType.CONTAINER_READY, ConditionStatus.FALSE, failure.reason, generation=generation
+            )
+            if status.vm is None:
+                status.set_condition(
+                    ConditionType.VM_READY, ConditionStatus.FALSE, failure.reason, generation=generation
+                )
+
+        self._write(obj, failed)
+        self.log.warning("failed: %s", message)
+        self.ctx.events.record(obj, failure.reason, message, warning=True)
+
+    # ---- watching a running container --------------------------------------------------
+
+    def _monitor(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
+        state = self.container
+        assert state is not None
+        poll = self.ctx.config.poll_interval_seconds
+        deadline = sandbox.spec.active_deadline_seconds
+        start_time = sandbox.status.start_time
+        if deadline is not None and start_time is not None:
+            left = (start_time - datetime.now(UTC)).total_seconds() + deadline
+            if left <= 0:
+                self._deadline(obj, sandbox)
+                return IDLE
+            poll = min(poll, left)
+        vmm_pid = state.vm.vmm_pid if state.vm else 0
+        if pid_alive(state.pid) and pid_alive(vmm_pid):
+            return poll
+        # The relay or the VMM ended: ask the runtime what happened.
+        fresh = self.ctx.runtimes.state(self.cid)
+        if fresh is not None and fresh.status in ("running", "created") and self.ctx.runtimes.vm_alive(fresh):
+            self.container = fresh
+            return poll
+        if fresh is None or (not self.ctx.runtimes.vm_alive(fresh) and fresh.exit_code is None):
+            self.ctx.metrics.vmm_failures.labels(state.hypervisor, "died").inc()
+            return self._on_exit_observed(obj, sandbox, None, f"the VM's VMM (pid {vmm_pid}) died")
+        return self._on_exit_observed(obj, sandbox, fresh.exit_code, None)
+
+    def _deadline(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
+        self._teardown("activeDeadlineSeconds exceeded")
+        self._restart_at = None
+        message = (
+            f"the sandbox ran longer than activeDeadlineSeconds ({sandbox.spec.active_deadline_seconds}s)"
+        )
+
+        def expired(status: VMSandboxStatus) -> None:
+            status.phase = Phase.FAILED
+            status.reason = "DeadlineExceeded"
+            status.message = message
+            if status.container is not None:
+                status.container.finished_at = now()
+            for kind in (ConditionType.READY, ConditionType.CONTAINER_READY, ConditionType.VM_READY):
+                status.set_condition(kind, ConditionStatus.FALSE, "DeadlineExceeded", message)
+
+        self._write(obj, expired)
+        self.log.warning("%s", message)
+        self.ctx.events.record(obj, "DeadlineExceeded", message, warning=True)
+
+    def _on_exit_observed(
+        self, obj: dict[str, Any], sandbox: VMSandbox, exit_code: int | None, vm_lost: str | None
+    ) -> float | None:
+        """The container exited (``exit_code``) or its VM vanished (``vm_lost`` says how)."""
+        finished = self.container.finished_at if self.container else None
+        ran = time.monotonic() - self._run_started if self._run_started else 0.0
+        self._teardown("the container ended", keep_bundle=False)
+        failed = vm_lost is not None or exit_code != 0
+        policy = sandbox.spec.restart_policy
+        restart = should_restart(policy, failed)
+        if ran > BACKOFF_RESET_SECONDS:
+            self._consecutive = 0
+        if vm_lost is not None:
+            reason, message = "VMLost", f"{vm_lost}; the container's exit status is unknown"
+        elif exit_code == 0:
+            reason, message = "Completed", "the container exited with code 0"
+        else:
+            reason, message = "Error", f"the container exited with code {exit_code}"
+        delay = 0.0
+        if restart:
+            self._consecutive += 1
+            delay = backoff_delay(
+                self._consecutive,
+                self.ctx.config.restart_backoff_seconds,
+                self.ctx.config.restart_backoff_max_seconds,
+            )
+            self._restart_at = time.monotonic() + delay
+            self.ctx.metrics.restarts.inc()
+        cid = self.cid
+
+        def ended(status: VMSandboxStatus) -> None:
+            status.container = ContainerStatus(
+                id=cid,
+                exit_code=exit_code,
+                started_at=status.container.started_at if status.container else None,
+                finished_at=finished or now(),
+            )
+            status.vm = None
+            status.set_condition(ConditionType.VM_READY, ConditionStatus.FALSE, "VMStopped")
+            if restart:
+                status.restart_count = (status.restart_count or 0) + 1
+                status.reason = "CrashLoopBackOff" if failed else "Restarting"
+                status.message = f"{message}; restart {status.restart_count} in {delay:g}s ({policy.value})"
+                status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, status.reason)
+                status.set_condition(
+                    ConditionType.READY, ConditionStatus.FALSE, status.reason, status.message
+                )
+            else:
+                status.phase = Phase.FAILED if failed else Phase.SUCCEEDED
+                status.reason = reason
+                status.message = message
+                status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, reason)
+                status.set_condition(ConditionType.READY, ConditionStatus.FALSE, reason, message)
+
+        self._write(obj, ended)
+        self.ctx.events.record(
+            obj,
+            "BackOff" if restart else reason,
+            message + (f"; restarting in {delay:g}s" if restart else ""),
+            warning=failed,
+        )
+        self.log.info("%s%s", message, f"; restarting in {delay:g}s" if restart else "")
+        return delay if restart else IDLE
+
+    # ---- teardown ----------------------------------------------------------------------
+
+    def _teardown(self, why: str, *, keep_bundle: bool = False) -> None:
+        """Stop the container and VM and free the bundle; the log stays until the sandbox is deleted."""
+        had = self.ctx.runtimes.destroy(self.cid)
+        self.container = None
+        if had:
+            self.log.info("VM torn down (%s)", why)
+        if self.record is not None and self.record.container_created:
+            self.record.container_created = False
+            with contextlib.suppress(OSError):
+                self._save_record()
+        if not keep_bundle:
+            import shutil
+
+            shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
