@@ -1,0 +1,169 @@
+"""The generated CRD against a real Kubernetes API server (vmsandbox.devcluster).
+
+Each rule the model enforces is also enforced by the server (HTTP 422 naming the field), and
+what only the server can do — defaulting, immutability by CEL, the status subresource, printer
+columns — is checked end to end.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.api.cases import INVALID, sandbox
+from vmsandbox.api import GROUP, PLURAL, VERSION
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture(scope="module")
+def api(kube: Any) -> Iterator[client.CustomObjectsApi]:
+    with kube.api_client() as api_client:
+        yield client.CustomObjectsApi(api_client)
+
+
+def _create(api: client.CustomObjectsApi, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, obj)
+    return result
+
+
+def _error(exc: ApiException) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(exc.body)
+    return body
+
+
+def test_valid_sandbox_is_created_and_defaulted(api: client.CustomObjectsApi, kube_namespace: str) -> None:
+    created = _create(api, kube_namespace, sandbox("defaults"))
+    spec = created["spec"]
+    assert spec["imagePullPolicy"] == "IfNotPresent"
+    assert spec["restartPolicy"] == "Never"
+    assert spec["resources"] == {"vcpus": 1, "memoryMiB": 512}
+    assert "hypervisor" not in spec
+    assert created["metadata"]["generation"] == 1
+
+
+def test_unknown_fields_are_pruned(api: client.CustomObjectsApi, kube_namespace: str) -> None:
+    obj = sandbox("pruned", color="blue")
+    created = _create(api, kube_namespace, obj)
+    assert "color" not in created["spec"]
+
+
+@pytest.mark.parametrize(("case", "obj", "field"), INVALID, ids=[c[0] for c in INVALID])
+def test_server_rejects_with_the_field_named(
+    api: client.CustomObjectsApi, kube_namespace: str, case: str, obj: dict[str, Any], field: str
+) -> None:
+    obj = copy.deepcopy(obj)
+    obj["metadata"]["name"] = f"bad-{case}"
+    with pytest.raises(ApiException) as err:
+        _create(api, kube_namespace, obj)
+    assert err.value.status == 422, err.value.body
+    causes = [c.get("field", "") for c in _error(err.value)["details"]["causes"]]
+    assert any(c.startswith(field) for c in causes), (field, causes)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"image": "registry.local:5000/tools/busybox:1.37"}, "image"),
+        ({"resources": {"vcpus": 2, "memoryMiB": 512}}, "resources"),
+    ],
+)
+def test_immutable_fields_refuse_updates(
+    api: client.CustomObjectsApi, kube_namespace: str, change: dict[str, Any], field: str
+) -> None:
+    name = f"immutable-{field}"
+    _create(api, kube_namespace, sandbox(name))
+    with pytest.raises(ApiException) as err:
+        api.patch_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, name, {"spec": change})
+    assert err.value.status == 422
+    assert f"{field} is immutable" in err.value.body
+
+
+def test_hypervisor_is_immutable_once_set(api: client.CustomObjectsApi, kube_namespace: str) -> None:
+    _create(api, kube_namespace, sandbox("hv"))
+    patched = api.patch_namespaced_custom_object(
+        GROUP, VERSION, kube_namespace, PLURAL, "hv", {"spec": {"hypervisor": "qemu"}}
+    )
+    assert patched["spec"]["hypervisor"] == "qemu", "setting it the first time is allowed"
+    for change in ({"hypervisor": "process"}, {"hypervisor": None}):
+        with pytest.raises(ApiException) as err:
+            api.patch_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, "hv", {"spec": change})
+        assert err.value.status == 422
+        assert "hypervisor is immutable" in err.value.body
+    mutable = api.patch_namespaced_custom_object(
+        GROUP, VERSION, kube_namespace, PLURAL, "hv", {"spec": {"ttlSecondsAfterFinished": 5}}
+    )
+    assert mutable["spec"]["ttlSecondsAfterFinished"] == 5
+    assert mutable["metadata"]["generation"] == 3
+
+
+def test_status_is_written_through_the_subresource_only(
+    api: client.CustomObjectsApi, kube_namespace: str
+) -> None:
+    _create(api, kube_namespace, sandbox("st"))
+    main = api.patch_namespaced_custom_object(
+        GROUP, VERSION, kube_namespace, PLURAL, "st", {"status": {"phase": "Running"}}
+    )
+    assert "phase" not in main.get("status", {}), "the main endpoint must ignore status"
+    status = api.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        kube_namespace,
+        PLURAL,
+        "st",
+        {"spec": {"restartPolicy": "Always"}, "status": {"phase": "Scheduled", "nodeName": "n1"}},
+    )
+    assert status["status"] == {"phase": "Scheduled", "nodeName": "n1"}
+    assert status["spec"]["restartPolicy"] == "Never", "the status endpoint must ignore spec"
+    assert status["metadata"]["generation"] == 1
+    with pytest.raises(ApiException) as err:
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, kube_namespace, PLURAL, "st", {"status": {"phase": "Exploded"}}
+        )
+    assert err.value.status == 422
+    assert "status.phase" in err.value.body
+
+
+def test_printer_columns_in_a_table_request(
+    kube: Any, kube_namespace: str, api: client.CustomObjectsApi
+) -> None:
+    _create(api, kube_namespace, sandbox("tbl"))
+    api.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        kube_namespace,
+        PLURAL,
+        "tbl",
+        {"status": {"phase": "Running", "nodeName": "n1", "hypervisor": "qemu", "restartCount": 2}},
+    )
+    resp = kube.http(
+        "GET",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{kube_namespace}/{PLURAL}",
+        headers={"Accept": "application/json;as=Table;g=meta.k8s.io;v=v1"},
+    )
+    assert resp.status_code == 200, resp.text
+    table = resp.json()
+    assert table["kind"] == "Table"
+    names = [c["name"] for c in table["columnDefinitions"]]
+    assert names == ["Name", "Phase", "Node", "Hypervisor", "Restarts", "Age", "Reason"]
+    assert [c["priority"] for c in table["columnDefinitions"]][-1] == 1
+    row = next(r for r in table["rows"] if r["cells"][0] == "tbl")
+    assert row["cells"][1:5] == ["Running", "n1", "qemu", 2]
+
+
+def test_selectable_fields_filter_on_the_server(api: client.CustomObjectsApi, kube_namespace: str) -> None:
+    for name, node in (("sel-a", "node-a"), ("sel-b", "node-b")):
+        _create(api, kube_namespace, sandbox(name))
+        api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, kube_namespace, PLURAL, name, {"status": {"nodeName": node, "phase": "Scheduled"}}
+        )
+    listed = api.list_namespaced_custom_object(
+        GROUP, VERSION, kube_namespace, PLURAL, field_selector="status.nodeName=node-b"
+    )
+    assert [i["metadata"]["name"] for i in listed["items"]] == ["sel-b"]
