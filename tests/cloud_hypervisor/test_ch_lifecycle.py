@@ -131,6 +131,31 @@ def test_fresh_driver_adopts_vm_from_handle(workspace: Workspace, driver: CloudH
     workspace.assert_clean()
 
 
+def test_forked_copy_of_the_driver_sees_the_vm_alive(
+    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fork (the runtime's relay) inherits the driver but is not the VMM's parent: it must not
+    mistake "not my child" for "exited" and must still reach the guest."""
+    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
+    handle = driver.boot(workspace.spec())
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                if driver.alive(handle) and driver.exit_status(handle) is None:
+                    with driver.connect(handle, timeout=5) as sock:
+                        sock.sendall(b"x")
+                        code = 0 if sock.recv(1) == b"x" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert driver.alive(handle)
+    finally:
+        driver.stop(handle)
+
+
 def test_connect_leaves_payload_bytes_for_the_caller(
     workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,6 +12,7 @@ short-lived process); when this instance started the VMM it also knows the exit 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -86,8 +87,9 @@ class CloudHypervisorDriver(HypervisorDriver):
     def __init__(self, config: HypervisorConfig | None = None, timeouts: Timeouts | None = None) -> None:
         self.config = config or HypervisorConfig()
         self.timeouts = timeouts or Timeouts()
-        #: VMMs this instance started, by PID: only a parent can learn an exit status.
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        #: VMMs this instance started, by PID, with the PID of the process that started them:
+        #: only that parent can wait for them (a forked copy of this driver must not try).
+        self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
 
     # -- the VmConfig -------------------------------------------------------------------------
 
@@ -141,7 +143,7 @@ class CloudHypervisorDriver(HypervisorDriver):
         except BaseException:
             self._remove_files(layout, created_dir)
             raise
-        self._children[child.pid] = child
+        self._children[child.pid] = (os.getpid(), child)
         handle = VMHandle(
             vm_id=spec.vm_id,
             hypervisor=self.name,
@@ -230,7 +232,7 @@ class CloudHypervisorDriver(HypervisorDriver):
         )
 
     def alive(self, handle: VMHandle) -> bool:
-        child = self._children.get(handle.vmm_pid)
+        child = self._child(handle.vmm_pid)
         if child is not None:
             return child.poll() is None
         layout = VmLayout.of(handle)
@@ -241,13 +243,18 @@ class CloudHypervisorDriver(HypervisorDriver):
     def check_alive(self, handle: VMHandle) -> None:
         """Raise :class:`VmmDied` (with the exit status when known) if the VMM is gone."""
         if not self.alive(handle):
-            child = self._children.get(handle.vmm_pid)
+            child = self._child(handle.vmm_pid)
             raise VmmDied(handle.vm_id, handle.vmm_pid, None if child is None else child.returncode)
 
     def exit_status(self, handle: VMHandle) -> int | None:
         """The VMM's exit status if it ended and this instance started it, else None."""
-        child = self._children.get(handle.vmm_pid)
+        child = self._child(handle.vmm_pid)
         return None if child is None else child.poll()
+
+    def _child(self, pid: int) -> subprocess.Popen[bytes] | None:
+        """The Popen of a VMM this very process started, else None."""
+        owner, child = self._children.get(pid, (0, None))
+        return child if owner == os.getpid() else None
 
     def _client(self, handle: VMHandle, timeout: float | None = None) -> CloudHypervisorClient:
         self.check_alive(handle)
@@ -291,7 +298,8 @@ class CloudHypervisorDriver(HypervisorDriver):
     def _teardown(self, handle: VMHandle, layout: VmLayout) -> None:
         """``vmm.shutdown`` -> wait -> SIGKILL; leaves the files to the caller."""
         pid = handle.vmm_pid
-        child = self._children.pop(pid, None)
+        child = self._child(pid)
+        self._children.pop(pid, None)
         running = (
             child.poll() is None
             if child is not None
