@@ -107,6 +107,13 @@ def test_to_private_rewrites_only_the_kind_it_maps() -> None:
     assert to_private(NODE, node)["apiVersion"] == "core.devcluster.vmsandbox.io/v1"
     delete_options = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
     assert to_private(NODE, delete_options) == delete_options
+    # Built-in endpoints take apiVersion/kind from the URL; CRD endpoints need them in the body.
+    bare = {"metadata": {"name": "n"}}
+    assert to_private(NODE, bare) == bare
+    filled = to_private(NODE, bare, whole_object=True)
+    assert (filled["apiVersion"], filled["kind"]) == (NODE.private_api_version, "Node")
+    other = {"apiVersion": "v1", "kind": "Pod"}
+    assert to_private(NODE, other, whole_object=True) == other
     assert to_private(NODE, [{"op": "add", "path": "/x", "value": 1}]) == [
         {"op": "add", "path": "/x", "value": 1}
     ]

@@ -292,7 +292,10 @@ class Front:
             if request.method == "PATCH" and content_type == _SMP:
                 return await self._strategic_patch(request, kind, private_path, raw)
             parsed = _parse_body(raw, content_type)
-            body = raw if parsed is None else json.dumps(to_private(kind, parsed)).encode()
+            whole = request.method in ("POST", "PUT")
+            body = (
+                raw if parsed is None else json.dumps(to_private(kind, parsed, whole_object=whole)).encode()
+            )
         url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
         headers = self._forward_headers(request)
         verb = api.verb(request.method, request.query)

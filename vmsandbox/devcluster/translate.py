@@ -8,8 +8,19 @@ from typing import Any
 from vmsandbox.devcluster.corekinds import CoreKind
 
 
-def to_private(kind: CoreKind, body: Any) -> Any:
-    """A client's object of ``kind`` as the look-alike CRD expects it (only its apiVersion differs)."""
+def to_private(kind: CoreKind, body: Any, *, whole_object: bool = False) -> Any:
+    """A client's object of ``kind`` as the look-alike CRD expects it (only its apiVersion differs).
+
+    With ``whole_object`` (create/replace bodies), a missing apiVersion and kind are filled in:
+    built-in endpoints take them from the URL, CRD endpoints insist on them.
+    """
+    if (
+        whole_object
+        and isinstance(body, dict)
+        and body.get("kind", kind.kind) == kind.kind
+        and body.get("apiVersion", kind.public_api_version) == kind.public_api_version
+    ):
+        return {**body, "apiVersion": kind.private_api_version, "kind": kind.kind}
     if (
         isinstance(body, dict)
         and body.get("apiVersion") == kind.public_api_version
