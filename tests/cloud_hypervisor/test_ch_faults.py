@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cloud_hypervisor.conftest import Workspace, fast_driver
-from vmsandbox.hypervisor.base import HypervisorError, VMGone
+from vmsandbox.hypervisor.base import HypervisorError, VMGone, VMHandle
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver, Timeouts
 from vmsandbox.hypervisor.cloud_hypervisor.errors import (
     AgentUnreachable,
@@ -198,7 +198,11 @@ def test_refuses_to_replace_a_live_vmm(
     try:
         with pytest.raises(HypervisorError, match="served by a running process"):
             CloudHypervisorDriver().boot(workspace.spec(vm_id="vm2"))
-        assert driver.alive(handle)
+        assert driver.alive(handle)  # and untouched: its files are all still there
+        assert VMHandle.load(workspace.state_dir) == handle
+        assert driver.info(handle).state == "Running"
+        with driver.connect(handle, timeout=5):
+            pass
     finally:
         driver.stop(handle)
     workspace.assert_clean()

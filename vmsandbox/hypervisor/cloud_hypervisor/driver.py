@@ -12,6 +12,7 @@ short-lived process); when this instance started the VMM it also knows the exit 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -53,6 +54,8 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
 )
 from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
+
+log = logging.getLogger(__name__)
 
 #: Guest context id of every VM: each VM has its own vsock socket, so they need not differ.
 GUEST_CID = 3
@@ -131,8 +134,8 @@ class CloudHypervisorDriver(HypervisorDriver):
         vm_config = self.vm_config(spec, layout)
         created_dir = not layout.state_dir.exists()
         layout.state_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale(layout)  # refuses before touching anything when a live VMM owns the dir
         try:
-            self._clear_stale(layout)
             started = time.monotonic()
             child = vmm_process.launch(
                 self.config.cloud_hypervisor_binary,
@@ -165,12 +168,21 @@ class CloudHypervisorDriver(HypervisorDriver):
             probe = self._connect(handle, layout, spec.agent_timeout)
             probe.close()
             timings.agent_ready = _ms(started)
-        except BaseException:
+        except BaseException as exc:
+            log.warning("VM %s: boot failed (%s); tearing down VMM %d", spec.vm_id, exc, child.pid)
             self._teardown(handle, layout)
             self._remove_files(layout, created_dir)
             raise
         handle.timings = timings
         handle.save()
+        log.info(
+            "VM %s: VMM %d up in %.0f ms, guest booted in %.0f ms, agent reachable after %.0f ms",
+            spec.vm_id,
+            child.pid,
+            timings.vmm_start,
+            timings.vm_boot,
+            timings.agent_ready,
+        )
         return handle
 
     def _clear_stale(self, layout: VmLayout) -> None:
@@ -313,6 +325,7 @@ class CloudHypervisorDriver(HypervisorDriver):
                 ):
                     client.shutdown_vmm()
             if not vmm_process.wait_gone(pid, self.timeouts.exit_wait, child):
+                log.warning("VM %s: VMM %d still running after vmm.shutdown; SIGKILL", handle.vm_id, pid)
                 vmm_process.kill(pid, child)
 
     @staticmethod
