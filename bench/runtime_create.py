@@ -6,6 +6,8 @@ Three series, interleaved run by run so that machine load affects them alike:
   a child subreaper, so the orphaned container init comes back to it);
 * ``sandbox``: ``Runtime.create`` of a pod sandbox (boots the agent: the process backend's "VM")
   + ``start`` + waiting for the relay pid, the way a runc caller waits;
+* ``sandbox, pool``: a pod sandbox again, with the process backend's warm pool
+  (``VMSANDBOX_PROCESS_POOL=2``): boot adopts an idle agent and refills the pool in the background;
 * ``pod container``: the same for a container joining an already running sandbox, which is the
   per-container cost once the VM is up.
 
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vmsandbox.hypervisor.process import POOL_ENV, ProcessDriver
 from vmsandbox.runtime import Runtime
 
 BUSYBOX = Path("/bin/busybox")
@@ -117,23 +120,29 @@ def main() -> None:
                 "io.kubernetes.cri.sandbox-id": "bench-sandbox",
             },
         )
-        series: dict[str, list[float]] = {"runc": [], "sandbox": [], "pod container": []}
+        pooled = Runtime(root=work / "pooled", hypervisor="process")
+        os.environ[POOL_ENV] = "2"
+        pooled.driver()  # the driver reads the pool size once, when it is made
+        del os.environ[POOL_ENV]
         runs: dict[str, Callable[[int], float]] = {
             "runc": lambda i: run_runc(runc_state, plain, f"r{i}"),
             "sandbox": lambda i: run_ours(rt, plain, f"s{i}"),
+            "sandbox, pool": lambda i: run_ours(pooled, plain, f"w{i}"),
             "pod container": lambda i: run_ours(rt, member, f"p{i}"),
         }
+        series: dict[str, list[float]] = {name: [] for name in runs}
         for fn in runs.values():  # warm-up, not recorded
             fn(-1)
         for i in range(args.runs):
             for name, fn in runs.items():
                 series[name].append(fn(i))
         rt.delete("bench-sandbox", force=True)
+        ProcessDriver.drain_pool(work / "pooled" / ".vms")
 
         load = os.getloadavg()[0]
         print(f"create + start + wait of busybox `true`, {args.runs} runs each, load average {load:.1f}")
         base, base_p95 = summary("runc", series["runc"])
-        for name in ("sandbox", "pod container"):
+        for name in ("sandbox", "sandbox, pool", "pod container"):
             median, p95 = summary(name, series[name])
             print(
                 f"{'':<15} overhead vs runc: median +{median - base:.1f} ms, p95 +{p95 - base_p95:.1f} ms, "

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,38 @@ def test_explicit_runc(tmp_path: Path) -> None:
     finally:
         driver.stop(handle)
         root.rmdir()
+
+
+def test_warm_pool_adopts_an_idle_agent(tmp_path: Path) -> None:
+    root = short_root()
+    vms = root / ".vms"
+    driver = ProcessDriver(HypervisorConfig(), pool_size=1)
+    handles: list[VMHandle] = []
+    try:
+        handles.append(driver.boot(VMSpec(vm_id="vm-a", state_dir=vms / "vm-a")))
+        assert handles[0].timings.vm_boot > 0  # nothing to adopt yet: a cold boot, then a refill
+        pooled = [p.name for p in (vms / ".pool").iterdir()]
+        assert len(pooled) == 1
+        deadline = time.monotonic() + 30
+        while not (vms / ".pool" / pooled[0] / "agent.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # an agent is adopted only once it listens
+        handles.append(driver.boot(VMSpec(vm_id="vm-b", state_dir=vms / "vm-b")))
+        second = handles[1]
+        assert second.timings.vm_boot == 0 and second.vmm_pid != handles[0].vmm_pid
+        assert not (vms / ".pool" / pooled[0]).exists()  # renamed into vm-b
+        # The adopted agent works from its new directory: a container runs, output comes back.
+        rootfs = make_rootfs(tmp_path / "r")
+        spec = base_config(["echo", "adopted"])
+        req = CreateContainer(container_id="a1", spec=spec, rootfs=HostPath(path=str(rootfs)))
+        assert isinstance(call(driver, second, req), ContainerInfo)
+        assert run_to_exit(driver, second, "a1") == (b"adopted\n", 0)
+        assert (vms / "vm-b" / "guest" / "containers" / "a1" / "bundle" / "config.json").exists()
+        call(driver, second, DestroyContainer(container_id="a1"))
+    finally:
+        for handle in handles:
+            driver.stop(handle)
+        ProcessDriver.drain_pool(vms)
+    assert processes_mentioning(str(root)) == []
+    assert list(vms.iterdir()) == []
+    vms.rmdir()
+    root.rmdir()

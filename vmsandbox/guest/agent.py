@@ -56,10 +56,13 @@ log = logging.getLogger("vmsandbox.guest")
 
 class Agent:
     def __init__(self, state_dir: Path, oci_runtime: RuntimeChoice) -> None:
-        self.state_dir = state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.selector = RuntimeSelector(oci_runtime, state_dir)
-        self.table = ContainerTable(state_dir, self.selector)
+        # Everything below is addressed relative to the state directory, our working directory,
+        # so an idle agent's directory can be renamed (the process backend's warm pool).
+        os.chdir(state_dir)
+        self.state_dir = Path(".")
+        self.selector = RuntimeSelector(oci_runtime, self.state_dir)
+        self.table = ContainerTable(self.state_dir, self.selector)
 
     def serve(self, listener: Listener) -> None:
         while True:

@@ -263,7 +263,7 @@ class ContainerTable:
         guest = copy.deepcopy(spec)
         assert container.rootfs is not None
         root = guest.setdefault("root", {})
-        root["path"] = str(container.rootfs.path)
+        root["path"] = os.path.abspath(container.rootfs.path)
         process = guest.get("process")
         if isinstance(process, dict):
             process["terminal"] = container.terminal

@@ -9,6 +9,12 @@ untrusted workloads.
 What is emulated: "boot" is starting the agent process; ``vm_boot`` is the time until its socket
 exists. Disks in ``VMSpec.disks`` and hot-plugged ones are recorded in a JSON map named by
 ``VMSANDBOX_GUEST_DISKS`` so that the agent's block-device path works without a VM.
+
+Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: most of a
+boot is the interpreter importing the agent, so ``boot`` can instead adopt an idle agent started
+earlier, by renaming its directory into place (the agent addresses everything relative to its
+working directory, so it does not notice), and start a replacement in the background. Idle
+agents outlive the calls that started them; :meth:`ProcessDriver.drain_pool` stops them.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +48,11 @@ ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no V
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
 UNSHARE += ["--propagation", "private", "--mount-proc"]
 DISKS_FILE = "disks.json"
+PID_FILE = "vmm.pid"
+POOL_DIR = ".pool"
+POOL_ENV = "VMSANDBOX_PROCESS_POOL"
+#: Agents this process started, kept so that their Popen objects are not collected while running.
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _agent_pythonpath() -> str:
@@ -86,17 +99,27 @@ class ProcessDriver(HypervisorDriver):
     name: ClassVar[HypervisorName] = "process"
     shares_host_fs: ClassVar[bool] = True
 
-    def __init__(self, config: HypervisorConfig) -> None:
+    def __init__(self, config: HypervisorConfig, pool_size: int | None = None) -> None:
         self.config = config
+        self.pool_size = int(os.environ.get(POOL_ENV) or 0) if pool_size is None else pool_size
 
     def boot(self, spec: VMSpec) -> VMHandle:
-        spec.state_dir.mkdir(parents=True, exist_ok=True)
-        sock_path = check_socket_path(spec.state_dir / "agent.sock")
-        disks = spec.state_dir / DISKS_FILE
-        disks.write_text(json.dumps({d.serial: str(d.path) for d in spec.disks}))
+        check_socket_path(spec.state_dir / "agent.sock")
+        handle = self._adopt(spec) if self.pool_size else None
+        if handle is None:
+            handle = self._cold_boot(spec)
+        if self.pool_size:
+            self._refill(pool_dir(spec.state_dir.parent))
+        return handle
+
+    def _spawn(self, state_dir: Path) -> tuple[subprocess.Popen[bytes], float]:
+        """Start an agent whose "VM" directory is ``state_dir``; returns it and the spawn time."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        sock_path = check_socket_path(state_dir / "agent.sock")
         env = dict(os.environ)
         env["PYTHONPATH"] = _agent_pythonpath()
-        env["VMSANDBOX_GUEST_DISKS"] = str(disks)
+        # Relative to the agent's working directory (its state dir), so it survives a rename.
+        env["VMSANDBOX_GUEST_DISKS"] = f"../{DISKS_FILE}"
         cmd = [
             *UNSHARE,
             sys.executable,
@@ -107,32 +130,45 @@ class ProcessDriver(HypervisorDriver):
             "--listen",
             f"unix:{sock_path}",
             "--state-dir",
-            str(spec.state_dir / "guest"),
+            str(state_dir / "guest"),
             "--oci-runtime",
             self.config.oci_runtime,
         ]
         t0 = time.monotonic()
-        with (spec.state_dir / "agent.log").open("ab") as log:
+        with (state_dir / "agent.log").open("ab") as log:
             try:
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
                 )
             except OSError as exc:
                 raise HypervisorError(f"cannot start the guest agent: {exc}", step="vmm start") from exc
-        handle = VMHandle(
+        _SPAWNED[proc.pid] = proc
+        (state_dir / PID_FILE).write_text(str(proc.pid))
+        return proc, (time.monotonic() - t0) * 1000
+
+    def _handle(self, spec: VMSpec, pid: int) -> VMHandle:
+        disks = spec.state_dir / DISKS_FILE
+        tmp = disks.with_suffix(".tmp")
+        tmp.write_text(json.dumps({d.serial: str(d.path) for d in spec.disks}))
+        tmp.replace(disks)
+        return VMHandle(
             vm_id=spec.vm_id,
             hypervisor=self.name,
             state_dir=spec.state_dir,
-            vmm_pid=proc.pid,
-            endpoints={"agent": str(sock_path), "disks": str(disks)},
+            vmm_pid=pid,
+            endpoints={"agent": str(spec.state_dir / "agent.sock"), "disks": str(disks)},
         )
+
+    def _cold_boot(self, spec: VMSpec) -> VMHandle:
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+        (spec.state_dir / DISKS_FILE).write_text("{}")
+        proc, spawn_ms = self._spawn(spec.state_dir)
+        handle = self._handle(spec, proc.pid)
         t1 = time.monotonic()
         try:
-            t2 = self._wait_ready(handle, proc, spec.agent_timeout)
+            t2 = self._wait_ready(handle, spec.agent_timeout)
             handle.timings = BootTimings(
-                vmm_start=(t1 - t0) * 1000,
-                vm_boot=(t2 - t1) * 1000,
-                agent_ready=(time.monotonic() - t2) * 1000,
+                vmm_start=spawn_ms, vm_boot=(t2 - t1) * 1000, agent_ready=(time.monotonic() - t2) * 1000
             )
             handle.save()
         except BaseException:
@@ -140,18 +176,67 @@ class ProcessDriver(HypervisorDriver):
             raise
         return handle
 
-    def _wait_ready(self, handle: VMHandle, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    def _adopt(self, spec: VMSpec) -> VMHandle | None:
+        """Take an idle pooled agent by renaming its directory to ``spec.state_dir`` (atomic)."""
+        pool = pool_dir(spec.state_dir.parent)
+        entries = sorted(pool.iterdir()) if pool.is_dir() else []
+        for entry in entries:
+            # Only an agent that already bound its socket has finished using its old path.
+            if not (entry / PID_FILE).exists() or not (entry / "agent.sock").exists():
+                continue
+            try:
+                entry.rename(spec.state_dir)
+            except OSError:
+                continue  # another boot took it first
+            handle = self._handle(spec, int((spec.state_dir / PID_FILE).read_text()))
+            t0 = time.monotonic()
+            try:
+                self._wait_ready(handle, spec.agent_timeout)
+            except HypervisorError:
+                self.stop(handle)
+                continue
+            handle.timings = BootTimings(agent_ready=(time.monotonic() - t0) * 1000)
+            handle.save()
+            return handle
+        return None
+
+    def _refill(self, pool: Path) -> None:
+        """Start agents in the background until the pool holds ``pool_size`` of them."""
+        pool.mkdir(parents=True, exist_ok=True)
+        missing = self.pool_size - sum(1 for _ in pool.iterdir())
+        for _ in range(max(0, missing)):
+            entry = pool / f"p{secrets.token_hex(6)}"
+            entry.mkdir()
+            (entry / DISKS_FILE).write_text("{}")
+            self._spawn(entry)
+
+    @classmethod
+    def drain_pool(cls, vms_dir: Path) -> None:
+        """Stop every idle pooled agent under ``vms_dir`` and remove the pool."""
+        pool = pool_dir(vms_dir)
+        if not pool.is_dir():
+            return
+        for entry in pool.iterdir():
+            try:
+                pid = int((entry / PID_FILE).read_text())
+            except (OSError, ValueError):
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            _kill_group(pid)
+            shutil.rmtree(entry, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            pool.rmdir()
+
+    def _wait_ready(self, handle: VMHandle, timeout: float) -> float:
         """Wait for the socket, then for a ping answer; returns when the socket appeared."""
         deadline = time.monotonic() + timeout
         sock_path = Path(handle.endpoints["agent"])
         appeared: float | None = None
         last_error = "no socket yet"
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise HypervisorError(
-                    f"guest agent exited with status {proc.returncode}: {self._log_tail(handle)}",
-                    step="agent ready",
-                )
+            if not _alive(handle.vmm_pid):
+                _reap(handle.vmm_pid)
+                raise HypervisorError(f"guest agent exited: {self._log_tail(handle)}", step="agent ready")
             if sock_path.exists():
                 appeared = appeared or time.monotonic()
                 try:
@@ -205,21 +290,24 @@ class ProcessDriver(HypervisorDriver):
         return _alive(handle.vmm_pid)
 
     def stop(self, handle: VMHandle) -> None:
-        pid = handle.vmm_pid
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.005)
-        _reap(pid)
-        if _alive(pid):
-            raise HypervisorError(f"guest agent process {pid} survived SIGKILL", step="stop")
+        _kill_group(handle.vmm_pid)
         Path(handle.endpoints.get("agent", handle.state_dir / "agent.sock")).unlink(missing_ok=True)
-        _remove_tree(handle.state_dir)
+        shutil.rmtree(handle.state_dir, ignore_errors=True)
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
+def pool_dir(vms_dir: Path) -> Path:
+    return vms_dir / POOL_DIR
 
-    shutil.rmtree(path, ignore_errors=True)
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL unshare's process group (the agent, and with it its PID namespace) and reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.005)
+    _reap(pid)
+    _SPAWNED.pop(pid, None)
+    if _alive(pid):
+        raise HypervisorError(f"guest agent process {pid} survived SIGKILL", step="stop")
