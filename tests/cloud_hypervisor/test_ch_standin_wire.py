@@ -210,3 +210,47 @@ def test_sigterm_removes_the_api_socket(standin: Standin) -> None:
     assert standin.proc.wait(10) == 0
     assert not standin.api.exists()
     assert os.path.exists(f"{standin.api}.lock")  # v53's lock file is left for the caller
+
+
+def test_client_calls_and_error_mapping(standin: Standin) -> None:
+    """Every client call against the stand-in, including the ones the driver only uses rarely."""
+    from vmsandbox.hypervisor.cloud_hypervisor.client import CloudHypervisorClient, error_messages
+    from vmsandbox.hypervisor.cloud_hypervisor.errors import ApiError
+    from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
+        ConsoleConfig,
+        DiskConfig,
+        PayloadConfig,
+        VmConfig,
+        VsockConfig,
+    )
+
+    assert error_messages(b'["Error from API","VM is not created"]') == [
+        "Error from API",
+        "VM is not created",
+    ]
+    assert error_messages(b"VM is not created") == ["VM is not created"]  # v46 and older: plain text
+    assert error_messages(b"") == []
+
+    with CloudHypervisorClient(standin.api) as client:
+        assert client.ping().pid == standin.proc.pid
+        with pytest.raises(ApiError) as not_created:
+            client.info()
+        assert not_created.value.status == 404 and not_created.value.messages[-1] == "VM is not created"
+        client.create(
+            VmConfig(
+                payload=PayloadConfig(kernel=str(standin.ws.kernel)),
+                vsock=VsockConfig(cid=3, socket=str(standin.vsock)),
+                console=ConsoleConfig(mode="Off"),
+            )
+        )
+        assert client.add_disk(DiskConfig(path=str(standin.ws.disk("cold.img")))) is None  # cold-add: 204
+        client.boot()
+        hot = client.add_disk(DiskConfig(path=str(standin.ws.disk("hot.img")), id="hot"))
+        assert hot is not None and hot.id == "hot"
+        assert set(client.counters()) >= {"hot"}
+        client.shutdown()
+        assert client.info().state == "Created"
+        client.delete()
+        client.delete()  # always 204
+        client.shutdown_vmm()  # 200 with an empty body
+    assert standin.proc.wait(10) == 0
