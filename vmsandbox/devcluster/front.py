@@ -32,6 +32,7 @@ import yaml
 from aiohttp import web
 from yarl import URL
 
+from vmsandbox.devcluster import openapi
 from vmsandbox.devcluster.apipath import HEALTH_PATH, ApiPath, parse_api_path
 from vmsandbox.devcluster.corekinds import BY_PUBLIC, EMULATED_GROUPS, CoreKind
 from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
@@ -62,8 +63,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _JSON_BODY_TYPES = frozenset({"application/json", "application/merge-patch+json"})
+_YAML_BODY_TYPES = frozenset({"application/yaml", "application/apply-patch+yaml"})
 _SMP = "application/strategic-merge-patch+json"
-_APPLY_YAML = "application/apply-patch+yaml"
 _ACCESS_REVIEWS = frozenset({"subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews"})
 _CONFLICT_RETRIES = 5
 
@@ -172,6 +173,12 @@ class Front:
                 return web.json_response(api_group(segs[1], [k.version for k in kinds]))
             if api is not None and api.is_discovery and api.group in EMULATED_GROUPS:
                 return await self._resource_list(api)
+            if path == "/openapi/v3":
+                return await self._openapi_root()
+            if path.startswith("/openapi/v3/") and not path.startswith(
+                "/openapi/v3/apis/apiextensions.k8s.io"
+            ):
+                return await self._openapi_group_version(segs[2:])
         if api is not None and api.resource:
             kind = BY_PUBLIC.get((api.group, api.version, api.resource))
             if kind is not None:
@@ -224,6 +231,30 @@ class Front:
         if status != 200:
             return web.json_response(private, status=status)
         return web.json_response(public_resource_list(kinds, private))
+
+    async def _openapi_root(self) -> web.Response:
+        status, upstream_root = await self._get_json("/openapi/v3")
+        if status != 200:
+            return web.json_response(upstream_root, status=status)
+        status, crds = await self._get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        if status != 200:
+            return web.json_response(crds, status=status)
+        return web.json_response(openapi.root_document(upstream_root, openapi.served_kinds(crds)))
+
+    async def _openapi_group_version(self, segs: list[str]) -> web.Response:
+        if len(segs) == 2 and segs[0] == "api":
+            group, version = "", segs[1]
+        elif len(segs) == 3 and segs[0] == "apis":
+            group, version = segs[1], segs[2]
+        else:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        status, crds = await self._get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        if status != 200:
+            return web.json_response(crds, status=status)
+        doc = openapi.group_version_document(group, version, openapi.served_kinds(crds))
+        if doc is None:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        return web.json_response(doc)
 
     # -- plain proxy ---------------------------------------------------------------------------
 
@@ -288,6 +319,13 @@ class Front:
         body: bytes | None = None
         parsed: Any = None
         if request.method in ("POST", "PUT", "PATCH"):
+            if "protobuf" in content_type:
+                # The look-alike CRDs only speak JSON (a protobuf body makes the server panic).
+                return _status(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the devcluster front accepts JSON or YAML bodies for {kind.plural}, not {content_type}",
+                )
             raw = await request.read()
             if request.method == "PATCH" and content_type == _SMP:
                 return await self._strategic_patch(request, kind, private_path, raw)
@@ -378,7 +416,7 @@ def _parse_body(raw: bytes, content_type: str) -> Any:
     try:
         if content_type in _JSON_BODY_TYPES:
             return json.loads(raw)
-        if content_type == _APPLY_YAML:
+        if content_type in _YAML_BODY_TYPES:
             return yaml.safe_load(raw)
     except (ValueError, yaml.YAMLError):
         return None
