@@ -34,9 +34,13 @@ def missing(reason: str) -> None:
     pytest.skip(f"{reason}; run `bash hack/install-helm.sh`")
 
 
+def tools_dir() -> Path:
+    """Where hack/install-helm.sh puts helm and kubectl."""
+    return Path(os.environ.get(TOOLS_ENV) or Path.home() / ".cache" / "vmsandbox" / "tools")
+
+
 def find_tool(name: str) -> Path | None:
-    tools = Path(os.environ.get(TOOLS_ENV) or Path.home() / ".cache" / "vmsandbox" / "tools")
-    candidate = tools / name
+    candidate = tools_dir() / name
     if candidate.is_file() and os.access(candidate, os.X_OK):
         return candidate
     found = shutil.which(name)
