@@ -14,6 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.cloud_hypervisor.conftest import STANDIN_BINARY, Workspace, http, read_response
+from vmsandbox.hypervisor.cloud_hypervisor.client import CloudHypervisorClient, error_messages
+from vmsandbox.hypervisor.cloud_hypervisor.errors import ApiError
+from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
+    ConsoleConfig,
+    DiskConfig,
+    PayloadConfig,
+    VmConfig,
+    VsockConfig,
+)
 
 
 class Standin:
@@ -214,16 +223,6 @@ def test_sigterm_removes_the_api_socket(standin: Standin) -> None:
 
 def test_client_calls_and_error_mapping(standin: Standin) -> None:
     """Every client call against the stand-in, including the ones the driver only uses rarely."""
-    from vmsandbox.hypervisor.cloud_hypervisor.client import CloudHypervisorClient, error_messages
-    from vmsandbox.hypervisor.cloud_hypervisor.errors import ApiError
-    from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
-        ConsoleConfig,
-        DiskConfig,
-        PayloadConfig,
-        VmConfig,
-        VsockConfig,
-    )
-
     assert error_messages(b'["Error from API","VM is not created"]') == [
         "Error from API",
         "VM is not created",
