@@ -174,7 +174,7 @@ class Registry:
 
 
 def fake_guest_image(directory: Path) -> Path:
-    """What the Cloud Hypervisor stand-in checks: a kernel with a bzImage header, an initramfs and a root disk."""
+    """What the Cloud Hypervisor stand-in checks: a bzImage-headed kernel, an initramfs, a root disk."""
     directory.mkdir(parents=True, exist_ok=True)
     fake_bzimage(directory / "vmlinuz")
     (directory / "initramfs.img").write_bytes(b"\0" * 1024)

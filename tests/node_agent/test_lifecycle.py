@@ -63,7 +63,9 @@ def test_exit_code_three_fails(make_agent: MakeAgent, cluster: Cluster, registry
     agent = make_agent()
     name = unique("three")
     cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "args": ["-c", "exit 3"]}, node=agent.node
+        name,
+        {"image": f"{registry.host}/test/busybox:latest", "command": ["sh", "-c", "exit 3"]},
+        node=agent.node,
     )
     status = cluster.wait_phase(name, "Failed", "Succeeded", timeout=60)
     assert status["phase"] == "Failed"
