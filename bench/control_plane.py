@@ -1,0 +1,382 @@
+"""Control-plane benchmark: 500 sandboxes created at once, scheduled by the operator onto 10 agents.
+
+Runs everything on this machine against the real CRD API server (``vmsandbox.devcluster``):
+
+* 10 simulated node agents: each a Node (capacity annotation, ``agent=ready``) and a Lease
+  renewed every 10 s, plus a **no-op VM backend**: a watcher that, for each sandbox placed on
+  its node, writes ``phase: Running`` in one /status write, as an agent whose VM and container
+  start in zero time would. So create-to-Running is the control plane's share of start-up.
+* the operator as a separate process (``python -m vmsandbox.operator``), so its RSS and CPU
+  are its own; Events on;
+* first, in the same run, the baseline: a plain client making the same number of create +
+  status writes with the same concurrency, i.e. the API server's own write rate here.
+
+Prints create-to-Scheduled and create-to-Running p50/p95/p99, throughput, the operator's
+writes per sandbox (from the server's request log), the throughput as a fraction of
+``raw write rate / writes per sandbox``, and the operator's peak RSS and CPU time.
+
+    python bench/control_plane.py [--sandboxes 500] [--agents 10] [--concurrency 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vmsandbox.api import NodeCapacity  # noqa: E402
+from vmsandbox.api.constants import AGENT_LEASE_PREFIX, CAPACITY_ANNOTATION, NODE_LABEL  # noqa: E402
+from vmsandbox.devcluster.cluster import LocalCluster  # noqa: E402
+
+AGENT_NS = "vmsandbox-system"
+SANDBOXES = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxes"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+def micro_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def sandbox(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "vmsandbox.io/v1alpha1",
+        "kind": "VMSandbox",
+        "metadata": {"name": name},
+        "spec": {"image": "docker.io/library/busybox:1.36", "resources": {"vcpus": 1, "memoryMiB": 128}},
+    }
+
+
+class Client:
+    """One requests session per thread (requests sessions are not thread-safe)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+
+    def s(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["Authorization"] = "Bearer admin"
+            session.headers["User-Agent"] = "bench"
+            self._local.session = session
+        return session
+
+    def call(self, method: str, path: str, **kw: Any) -> requests.Response:
+        return self.s().request(method, self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+
+def baseline(client: Client, ns: str, count: int, concurrency: int) -> float:
+    """Writes/s of a plain client: ``count`` creates, then ``count`` status writes."""
+
+    def create(i: int) -> None:
+        resp = client.call("POST", SANDBOXES.format(ns=ns), json=sandbox(f"raw-{i:04d}"))
+        assert resp.status_code == 201, resp.text
+
+    def status(i: int) -> None:
+        path = SANDBOXES.format(ns=ns) + f"/raw-{i:04d}/status"
+        resp = client.call(
+            "PATCH", path, json={"status": {"phase": "Scheduled", "nodeName": "x"}}, headers=MERGE
+        )
+        assert resp.status_code == 200, resp.text
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(create, range(count)))
+        list(pool.map(status, range(count)))
+    return 2 * count / (time.perf_counter() - start)
+
+
+class Agents:
+    """Nodes + renewed Leases, and the no-op VM backend that marks placed sandboxes Running."""
+
+    def __init__(self, client: Client, count: int, per_node_vcpus: int) -> None:
+        self.client = client
+        self.names = [f"bench-node-{i:02d}" for i in range(count)]
+        self._stop = threading.Event()
+        cap = NodeCapacity(
+            vcpus=per_node_vcpus,
+            memory_mib=per_node_vcpus * 1024,
+            hypervisors=["cloud-hypervisor"],
+            default_hypervisor="cloud-hypervisor",
+            agent_version="bench-noop",
+        )
+        for name in self.names:
+            node = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {"vmsandbox.io/agent": "ready"},
+                    "annotations": {CAPACITY_ANNOTATION: json.dumps(cap.to_wire())},
+                },
+            }
+            assert client.call("POST", "/api/v1/nodes", json=node).status_code == 201
+            lease = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": AGENT_LEASE_PREFIX + name, "namespace": AGENT_NS},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro_now()},
+            }
+            path = f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases"
+            assert client.call("POST", path, json=lease).status_code == 201
+        self._renewer = threading.Thread(target=self._renew, daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(10):
+            for name in self.names:
+                path = f"/apis/coordination.k8s.io/v1/namespaces/{AGENT_NS}/leases/{AGENT_LEASE_PREFIX}{name}"
+                self.client.call("PATCH", path, json={"spec": {"renewTime": micro_now()}}, headers=MERGE)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Observer:
+    """Watches the namespace; records when each sandbox is first seen Scheduled and Running.
+
+    Doubles as the no-op VM backend: a sandbox seen Scheduled gets ``phase: Running`` written
+    (by a small pool, as 10 agents would do in parallel).
+    """
+
+    def __init__(self, client: Client, ns: str, concurrency: int) -> None:
+        self.client = client
+        self.ns = ns
+        self.scheduled: dict[str, float] = {}
+        self.running: dict[str, float] = {}
+        self._pool = ThreadPoolExecutor(concurrency)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _mark_running(self, name: str, node: str) -> None:
+        path = SANDBOXES.format(ns=self.ns) + f"/{name}/status"
+        body = {"status": {"phase": "Running", "nodeName": node}}
+        self.client.call("PATCH", path, json=body, headers=MERGE)
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name")
+        phase = (obj.get("status") or {}).get("phase")
+        now = time.perf_counter()
+        if phase == "Scheduled" and name not in self.scheduled:
+            self.scheduled[name] = now
+            node = obj["metadata"]["labels"][NODE_LABEL]
+            self._pool.submit(self._mark_running, name, node)
+        elif phase == "Running" and name not in self.running:
+            self.running[name] = now
+            self.scheduled.setdefault(name, now)
+
+    def _watch(self) -> None:
+        """List, then watch from the list's resourceVersion; on any break, list again."""
+        while not self._stop.is_set():
+            try:
+                listing = self.client.call("GET", SANDBOXES.format(ns=self.ns)).json()
+                for item in listing.get("items") or []:
+                    self._see(item)
+                params = {"watch": "true", "resourceVersion": listing["metadata"]["resourceVersion"]}
+                path = SANDBOXES.format(ns=self.ns)
+                with self.client.call("GET", path, params=params, stream=True, timeout=(10, None)) as resp:
+                    for line in resp.iter_lines():
+                        if self._stop.is_set():
+                            return
+                        if line:
+                            event = json.loads(line)
+                            if event.get("type") in ("ADDED", "MODIFIED"):
+                                self._see(event.get("object") or {})
+            except (requests.RequestException, ValueError, KeyError):
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=False)
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(peak RSS MiB, CPU seconds) of a live process, from /proc."""
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            rss = int(line.split()[1]) / 1024
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return rss, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sandboxes", type=int, default=500)
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=16, help="client threads creating sandboxes")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    n = args.sandboxes
+
+    with LocalCluster() as kube:
+        client = Client(kube.url)
+        for ns in ("bench-raw", "bench"):
+            kube.http(
+                "POST",
+                "/api/v1/namespaces",
+                json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            )
+        print(
+            f"baseline: plain client, {n} creates + {n} status writes, {args.concurrency} threads ...",
+            flush=True,
+        )
+        raw_rate = baseline(client, "bench-raw", n, args.concurrency)
+        print(f"  raw API server write rate: {raw_rate:.0f} writes/s", flush=True)
+        for i in range(n):  # gone before the operator starts, so it only sees the measured sandboxes
+            client.call("DELETE", SANDBOXES.format(ns="bench-raw") + f"/raw-{i:04d}")
+
+        per_node = -(-n // args.agents) + 4  # room for every sandbox, spread across all agents
+        agents = Agents(client, args.agents, per_node)
+        metrics_port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "VMSANDBOX_OPERATOR_NAMESPACE": AGENT_NS,
+            "VMSANDBOX_OPERATOR_IDENTITY": "bench-operator",
+            "VMSANDBOX_OPERATOR_METRICS_HOST": "127.0.0.1",
+            "VMSANDBOX_OPERATOR_METRICS_PORT": str(metrics_port),
+            "VMSANDBOX_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+        }
+        log = (kube.workdir or Path("/tmp")) / "bench-operator.log"
+        with log.open("wb") as log_file:
+            op = subprocess.Popen(
+                [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(kube.kubeconfig_path)],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+                    if "vmsandbox_operator_leader 1.0" in text:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline or op.poll() is not None:
+                    print(log.read_text()[-3000:])
+                    raise SystemExit("operator did not become leader")
+                time.sleep(0.2)
+            time.sleep(1.0)  # let the initial watch settle
+            rss0, cpu0 = proc_stats(op.pid)
+            since = len(kube.requests_made())
+            observer = Observer(client, "bench", args.concurrency)
+            time.sleep(0.5)
+            created: dict[str, float] = {}
+
+            def create(i: int) -> None:
+                name = f"sb-{i:04d}"
+                created[name] = time.perf_counter()
+                resp = client.call("POST", SANDBOXES.format(ns="bench"), json=sandbox(name))
+                assert resp.status_code == 201, resp.text
+
+            print(
+                f"operator run: {n} sandboxes created at once by {args.concurrency} threads ...", flush=True
+            )
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                list(pool.map(create, range(n)))
+            create_done = time.perf_counter() - t0
+            deadline = time.monotonic() + 300
+            while len(observer.running) < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            rss1, cpu1 = proc_stats(op.pid)
+            observer.stop()
+            agents.stop()
+            records = kube.requests_made(since)
+        finally:
+            op.send_signal(signal.SIGTERM)
+            try:
+                op.wait(20)
+            except subprocess.TimeoutExpired:
+                op.kill()
+
+    sched = [observer.scheduled[k] - created[k] for k in created if k in observer.scheduled]
+    run = [observer.running[k] - created[k] for k in created if k in observer.running]
+    last = max(observer.scheduled.values())
+    throughput = len(sched) / (last - t0)
+    op_writes = [
+        r
+        for r in records
+        if r.user_agent.startswith("vmsandbox-operator/")
+        and r.method in ("POST", "PATCH", "PUT", "DELETE")
+        and r.resource in ("vmsandboxes", "events")
+    ]
+    writes_per_sandbox = len(op_writes) / n
+    # Everything the server wrote for these sandboxes in the window: the creates, the operator's
+    # writes and Events, and the no-op agents' Running writes (Lease renewals left out).
+    all_writes = [
+        r
+        for r in records
+        if r.method in ("POST", "PATCH", "PUT", "DELETE") and r.resource in ("vmsandboxes", "events")
+    ]
+    total_per_sandbox = len(all_writes) / n
+    breakdown = Counter(f"{r.method} {r.resource}/{r.subresource or '-'} {r.status}" for r in op_writes)
+    ceiling = raw_rate / writes_per_sandbox
+    results = {
+        "sandboxes": n,
+        "agents": args.agents,
+        "vm_backend": "no-op (simulated agents write Running immediately)",
+        "scheduled": len(sched),
+        "running": len(run),
+        "create_seconds": round(create_done, 3),
+        "create_to_scheduled_ms": {
+            q: round(pct(sched, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
+        },
+        "create_to_running_ms": {
+            q: round(pct(run, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
+        },
+        "throughput_per_s": round(throughput, 1),
+        "raw_write_rate_per_s": round(raw_rate, 1),
+        "operator_writes_per_sandbox": round(writes_per_sandbox, 2),
+        "throughput_vs_raw_ceiling": round(throughput / ceiling, 3),
+        "all_writes_per_sandbox": round(total_per_sandbox, 2),
+        "throughput_vs_raw_ceiling_all_writes": round(throughput / (raw_rate / total_per_sandbox), 3),
+        "operator_peak_rss_mib": round(rss1, 1),
+        "operator_rss_before_mib": round(rss0, 1),
+        "operator_cpu_seconds": round(cpu1 - cpu0, 2),
+        "operator_writes": dict(breakdown.most_common()),
+    }
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0 if len(sched) == n else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
