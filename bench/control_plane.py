@@ -186,9 +186,11 @@ class Observer:
         self.client.call("PATCH", path, json=body, headers=MERGE)
 
     def _see(self, obj: dict[str, Any]) -> None:
-        name = (obj.get("metadata") or {}).get("name")
+        name = str((obj.get("metadata") or {}).get("name") or "")
         phase = (obj.get("status") or {}).get("phase")
         now = time.perf_counter()
+        if not name:
+            return
         if phase == "Scheduled" and name not in self.scheduled:
             self.scheduled[name] = now
             node = obj["metadata"]["labels"][NODE_LABEL]
