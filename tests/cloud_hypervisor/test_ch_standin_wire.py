@@ -1,5 +1,6 @@
-"""The stand-in reproduces the real server's wire behaviour that the driver relies on
-(research notes sections 1-5): if these drift, the driver tests stop meaning anything."""
+"""The stand-in reproduces the real server's wire behaviour that the driver relies on (Cloud
+Hypervisor's ``vmm/src/api/http`` over micro_http, and its hybrid-vsock muxer): if these drift,
+the driver tests stop meaning anything."""
 
 from __future__ import annotations
 
