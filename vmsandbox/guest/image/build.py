@@ -52,6 +52,8 @@ class BuildOptions(BaseModel):
     package_root: Path = Path(vmsandbox.__file__).parent
     #: The root image size the build warns above.
     rootfs_budget_mib: int = 150
+    #: Longest any one command (mmdebstrap, pip) may take before the step fails.
+    step_timeout: float = Field(default=1800, gt=0)
     force: bool = False
 
 
@@ -175,14 +177,16 @@ def _build_artifacts(
     tree = scratch / "rootfs"
     with step("mmdebstrap"):
         sources = machine_sources(options.sources_dir)
-        rootfs.bootstrap(tree, inputs.suite, sources, options.variant, tuple(options.rootfs_packages))
+        rootfs.bootstrap(
+            tree, inputs.suite, sources, options.variant, tuple(options.rootfs_packages), options.step_timeout
+        )
     with step("trim"):
         rootfs.trim(tree)
     with step("rootfs-packages"):
         packages = apt.installed_packages("rootfs-packages", tree)
     with step("python-wheels"):
         version = rootfs.python_version(packages)
-        wheels = rootfs.install_wheels(tree, version, options.python_requirements)
+        wheels = rootfs.install_wheels(tree, version, options.python_requirements, options.step_timeout)
     with step("guest-agent"):
         rootfs.install_agent(tree, version, options.package_root)
     with step("precompile"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from vmsandbox.guest.image.build import BuildOptions, build
 from vmsandbox.guest.image.cache import DEFAULT_CACHE
@@ -40,8 +42,14 @@ def _mib(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the build removes its scratch directory."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -61,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except GuestImageError as exc:
         print(f"vmsandbox-guest-image: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("vmsandbox-guest-image: interrupted; nothing was published", file=sys.stderr)
+        return 130
     how = "cached" if result.cached else "built"
     print(f"{result.out}: {how} {result.manifest.cache_key} in {result.seconds:.1f}s")
     for name, artifact in result.manifest.artifacts.items():

@@ -80,7 +80,10 @@ def write_newc(out: BinaryIO, entries: list[Entry]) -> None:
 
 
 def write_gzipped(path: Path, entries: list[Entry]) -> None:
-    with path.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as out:
+    with (
+        path.open("wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as out,
+    ):
         write_newc(out, entries)  # type: ignore[arg-type]
 
 

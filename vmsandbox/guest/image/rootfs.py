@@ -46,6 +46,8 @@ _TRIM = (
     "var/log",
     "usr/share/doc-base",
     "usr/share/common-licenses",
+    # glibc's iconv converters (8 MB): nothing in the guest converts charsets through iconv.
+    "usr/lib/x86_64-linux-gnu/gconv",
 )
 #: The parts of the vmsandbox package the guest imports (it imports nothing else of vmsandbox).
 _AGENT_FILES = ("__init__.py", "errors.py")
@@ -54,7 +56,7 @@ _NOT_FOR_GUEST = ("image", "__pycache__")
 
 
 def bootstrap(
-    tree: Path, suite: str, sources: list[AptSource], variant: str, packages: tuple[str, ...]
+    tree: Path, suite: str, sources: list[AptSource], variant: str, packages: tuple[str, ...], timeout: float
 ) -> None:
     argv: list[str | Path] = [
         "mmdebstrap",
@@ -70,7 +72,7 @@ def bootstrap(
     argv += [suite, tree]
     for source in sources:
         argv += source.one_line()
-    run("mmdebstrap", argv, timeout=3600)
+    run("mmdebstrap", argv, timeout=timeout)
 
 
 def trim(tree: Path) -> None:
@@ -97,7 +99,7 @@ def site_packages(tree: Path, version: str) -> Path:
     return tree / f"usr/local/lib/python{version}/dist-packages"
 
 
-def install_wheels(tree: Path, version: str, requirements: list[str]) -> list[PackageVersion]:
+def install_wheels(tree: Path, version: str, requirements: list[str], timeout: float) -> list[PackageVersion]:
     """Install binary wheels for the guest's interpreter (not the host's) from PyPI."""
     target = site_packages(tree, version)
     target.mkdir(parents=True, exist_ok=True)
@@ -120,7 +122,7 @@ def install_wheels(tree: Path, version: str, requirements: list[str]) -> list[Pa
             f"--target={target}",
             *requirements,
         ],
-        timeout=900,
+        timeout=timeout,
     )
     shutil.rmtree(target / "bin", ignore_errors=True)
     installed = []

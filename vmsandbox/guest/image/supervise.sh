@@ -1,11 +1,14 @@
 #!/bin/busybox sh
 # PID 1 of the vmsandbox guest after switch_root: runs the guest agent and powers the VM off
 # when it exits, so the agent's lifetime is the VM's lifetime and the host sees why it ended.
+# The agent listens on "auto" (the named virtio-serial port, else vsock) unless the kernel
+# command line says otherwise with vmsandbox.listen=SPEC (same syntax as --listen).
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 PYTHONUNBUFFERED=1
 
 STATE_DIR=/run/vmsandbox-guest
+LISTEN=auto
 
 say() {
     echo "vmsandbox-init: $*"
@@ -26,11 +29,20 @@ enable_cgroup_controllers() {
         say "warning: could not enable cgroup controllers:$controllers"
 }
 
+read_cmdline() {
+    for arg in $(cat /proc/cmdline); do
+        case "$arg" in
+        vmsandbox.listen=*) LISTEN="${arg#vmsandbox.listen=}" ;;
+        esac
+    done
+}
+
+read_cmdline
 busybox hostname vmsandbox
 enable_cgroup_controllers
 mkdir -p "$STATE_DIR"
 say "stage=agent uptime=$(uptime_s)"
-python3 -m vmsandbox.guest serve --listen auto --state-dir "$STATE_DIR" &
+python3 -m vmsandbox.guest serve --listen "$LISTEN" --state-dir "$STATE_DIR" &
 agent=$!
 wait "$agent"
 status=$?
