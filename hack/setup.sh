@@ -27,8 +27,11 @@ systemctl disable --now docker-registry >/dev/null 2>&1 || true
 
 say "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test]'
+piplog=$(mktemp)
+if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } >"$piplog" 2>&1; then
+  tail -n 30 "$piplog" >&2; rm -f "$piplog"; exit 1
+fi
+rm -f "$piplog"
 
 say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
 bash vmsandbox/devcluster/build-apiserver.sh >/dev/null
