@@ -72,7 +72,7 @@ def test_exception_in_the_with_block_still_stops_everything(bin_dir: Path) -> No
     _assert_nothing_left(cluster, pids)
 
 
-def test_missing_crd_dir_fails_start_and_cleans_up(bin_dir: Path, tmp_path: Path) -> None:
+def test_missing_crd_dir_fails_before_anything_starts(bin_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir"
     cluster = LocalCluster(crd_dir=missing, bin_dir=bin_dir)
     with pytest.raises(DevClusterError) as err:
@@ -80,7 +80,7 @@ def test_missing_crd_dir_fails_start_and_cleans_up(bin_dir: Path, tmp_path: Path
     assert err.value.step == "install CRDs"
     assert str(missing) in str(err.value)
     assert cluster.processes == []
-    _assert_nothing_left(cluster, [])
+    assert cluster.workdir is None, "nothing was started or created"
 
 
 def test_invalid_crd_is_rejected_naming_file_and_field(bin_dir: Path, tmp_path: Path) -> None:
@@ -240,3 +240,28 @@ def test_kubectl_works_with_the_kubeconfig(kube: LocalCluster) -> None:
     # Typed generator commands send protobuf, which the look-alike CRDs cannot read: a clear 415.
     refused = kubectl("create", "namespace", "kubectl-made", ok=False)
     assert "not application/vnd.kubernetes.protobuf" in refused.stderr
+
+
+def test_port_taken_between_pick_and_bind_is_retried(bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from vmsandbox.devcluster import cluster as cluster_module
+
+    real_free_ports = cluster_module.free_ports
+    picks: list[list[int]] = []
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+
+        def first_pick_is_taken(count: int) -> list[int]:
+            ports = real_free_ports(count)
+            if not picks:
+                ports[0] = taken  # etcd's client port
+            picks.append(ports)
+            return ports
+
+        monkeypatch.setattr(cluster_module, "free_ports", first_pick_is_taken)
+        with LocalCluster(crd_dir=None, bin_dir=bin_dir) as cluster:
+            assert cluster.http("GET", "/api/v1/namespaces/default").status_code == 200
+    assert len(picks) == 2

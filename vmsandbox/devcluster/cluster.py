@@ -39,6 +39,9 @@ CRD_DIR_ENV = "VMSANDBOX_CRD_DIR"
 #: Keep the working directory (logs, etcd data) after stop, for debugging.
 KEEP_ENV = "VMSANDBOX_DEVCLUSTER_KEEP"
 ADMIN_USER = "admin"
+#: User agent of the cluster's own requests (setup, probes, ``http()``), to tell them apart in the log.
+USER_AGENT = "vmsandbox-devcluster"
+_START_ATTEMPTS = 3
 _CRD_API = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 _DISABLED_ADMISSION = (
     "NamespaceLifecycle",
@@ -115,6 +118,7 @@ class LocalCluster:
         self._front_port = 0
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {ADMIN_USER}"
+        self._http.headers["User-Agent"] = USER_AGENT
 
     # -- public surface ------------------------------------------------------------------------
 
@@ -161,9 +165,10 @@ class LocalCluster:
 
     def install_crds(self, source: Path | Iterable[Path], timeout: float = 30.0) -> list[str]:
         """Creates (or replaces) each CRD, waits until it is Established and served; returns the names."""
-        names = []
-        for path, manifest in load_crds(source):
-            names.append(self._apply_crd(manifest, f"install CRD {path.name}"))
+        return self._install(load_crds(source), timeout)
+
+    def _install(self, crds: list[tuple[Path, dict[str, Any]]], timeout: float = 30.0) -> list[str]:
+        names = [self._apply_crd(manifest, f"install CRD {path.name}") for path, manifest in crds]
         for name in names:
             self._wait_crd_served(name, timeout)
         return names
@@ -183,24 +188,38 @@ class LocalCluster:
         """Starts everything, or (on any failure) stops what was started and raises."""
         if self.processes:
             raise DevClusterError("already started", step="start")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                self._start()
+                return
+            except DevClusterError:
+                # Ports are picked free but bound later: another process may take one meanwhile.
+                clash = any("address already in use" in p.log_tail(50) for p in self.processes)
+                self._teardown()
+                if not clash or attempt == _START_ATTEMPTS:
+                    self._http.close()
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     def stop(self) -> None:
         """Stops the apiserver, front and etcd (in that order) and removes the working directory."""
+        self._teardown()
+        self._http.close()
+
+    def _teardown(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
         self.processes = []
-        self._http.close()
         if self.workdir is not None and self._owns_workdir and not os.environ.get(KEEP_ENV):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- start-up steps ------------------------------------------------------------------------
 
     def _start(self) -> None:
+        # Bad CRD files fail here, before anything starts.
+        crds = load_crds(self.crd_dir) if self.crd_dir is not None else []
         bin_dir = self._bin_dir or find_binaries(build=self._build)
         if self._workdir_arg is not None:
             self.workdir = self._workdir_arg
@@ -272,8 +291,7 @@ class LocalCluster:
             self._wait_crd_served(kind.crd_name, self.startup_timeout)
         for namespace in BUILTIN_NAMESPACES:
             self._create_namespace(namespace)
-        if self.crd_dir is not None:
-            self.install_crds(self.crd_dir)
+        self._install(crds)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         assert self.workdir is not None
