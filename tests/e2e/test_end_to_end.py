@@ -1,0 +1,241 @@
+"""The whole path with real processes: operator + node agents + runtime, against the real CRD API server.
+
+Nothing here schedules by hand: sandboxes are created unscheduled, the operator process places
+them, the agent processes run them (process backend, or the Cloud Hypervisor stand-in).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.processes import OperatorProcess
+from tests.node_agent.support import AgentProcess, Cluster, Registry, containers_left, unique, wait_for
+from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
+from vmsandbox.cli import main as cli
+from vmsandbox.devcluster.cluster import LocalCluster
+
+pytestmark = pytest.mark.kube
+
+MakeAgent = Callable[..., AgentProcess]
+SETTINGS = {
+    "allowed_hypervisors": "process,cloud-hypervisor",
+    "agent_alive_seconds": 6,
+    "node_lost_grace_seconds": 9,
+    "lease_duration_seconds": 4,
+    "renew_deadline_seconds": 3,
+    "retry_period_seconds": 0.5,
+    "sweep_seconds": 0.5,
+    "unschedulable_backoff_seconds": 0.5,
+    "unschedulable_backoff_max_seconds": 2,
+}
+
+
+@pytest.fixture
+def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **SETTINGS)
+    yield op
+    code = op.stop()
+    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+
+
+class PhaseRecorder:
+    """Every phase a sandbox passes through, from a watch (polling could miss short phases)."""
+
+    def __init__(self, kube: LocalCluster, namespace: str) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.phases: dict[str, list[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        path = f"/apis/vmsandbox.io/v1alpha1/namespaces/{self.namespace}/vmsandboxes"
+        while not self._stop.is_set():
+            try:
+                rv = self.kube.http("GET", path).json()["metadata"]["resourceVersion"]
+                resp = self.kube.http(
+                    "GET",
+                    path,
+                    params={"watch": "true", "resourceVersion": rv},
+                    stream=True,
+                    timeout=(5, None),
+                )
+                for line in resp.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if line:
+                        obj = json.loads(line).get("object") or {}
+                        phase = (obj.get("status") or {}).get("phase")
+                        seen = self.phases.setdefault(obj["metadata"]["name"], [])
+                        if phase and (not seen or seen[-1] != phase):
+                            seen.append(phase)
+            except (requests.RequestException, ValueError, KeyError):
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.mark.parametrize("hypervisor", ["process", "cloud-hypervisor"])
+def test_apply_runs_to_succeeded_logs_then_delete_leaves_nothing(
+    kube: LocalCluster,
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    registry: Registry,
+    operator: OperatorProcess,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    hypervisor: str,
+) -> None:
+    agent = make_agent()
+    recorder = PhaseRecorder(kube, cluster.namespace)
+    name = unique("e2e")
+    manifest = tmp_path / "sandbox.yaml"
+    manifest.write_text(
+        json.dumps(
+            {
+                "apiVersion": "vmsandbox.io/v1alpha1",
+                "kind": "VMSandbox",
+                "metadata": {"name": name},
+                "spec": {
+                    "image": f"{registry.host}/test/busybox:latest",
+                    "command": ["sh", "-c", "echo hello from the sandbox; exit 3"],
+                    "hypervisor": hypervisor,
+                    "resources": {"vcpus": 1, "memoryMiB": 256},
+                },
+            }
+        )
+    )
+    cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
+    try:
+        assert cli([*cfg, "apply", "-f", str(manifest), "-n", cluster.namespace]) == 0
+        status = cluster.wait_phase(name, "Succeeded", "Failed", timeout=90)
+        wait_for(
+            "watch caught up", lambda: (recorder.phases.get(name) or [""])[-1] == status["phase"], timeout=5
+        )
+    finally:
+        recorder.stop()
+    assert status["phase"] == "Failed" and status["container"]["exitCode"] == 3  # the container's own code
+    assert recorder.phases[name][:1] == ["Scheduled"] or recorder.phases[name][:2] == ["Pending", "Scheduled"]
+    order = [p for p in recorder.phases[name] if p != "Pending"]
+    assert order == ["Scheduled", "Creating", "Running", "Failed"], recorder.phases[name]
+    assert status["nodeName"] == agent.node and status["hypervisor"] == hypervisor
+    assert status["bootTimings"]["schedule"] >= 0 and status["bootTimings"]["total"] > 0
+    obj = cluster.get(name)
+    assert obj is not None
+    assert obj["metadata"]["labels"][NODE_LABEL] == agent.node
+    assert set(obj["metadata"]["finalizers"]) == {OPERATOR_FINALIZER, AGENT_FINALIZER}
+
+    capsys.readouterr()
+    assert cli([*cfg, "logs", name, "-n", cluster.namespace]) == 0
+    assert capsys.readouterr().out == "hello from the sandbox\n"
+    assert cli([*cfg, "get", "-n", cluster.namespace]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(name))
+    assert row.split()[1:4] == ["Failed", agent.node, hypervisor]
+
+    assert cli([*cfg, "delete", name, "-n", cluster.namespace, "--wait", "--timeout", "30"]) == 0
+    assert cluster.get(name) is None  # both finalizers were released
+    assert containers_left(agent.runtime_root) == []  # no VM, no container
+    assert not list((agent.state_dir / "sandboxes").glob(f"*{name}*"))  # no state directory
+    reasons = [e["reason"] for e in cluster.events(name)]
+    assert "Scheduled" in reasons and "Started" in reasons
+
+
+def _label_node(cluster: Cluster, node: str, labels: dict[str, str], taints: list[dict[str, str]]) -> None:
+    body: dict[str, Any] = {"metadata": {"labels": labels}, "spec": {"taints": taints}}
+    cluster.api_client.call_api(
+        f"/api/v1/nodes/{node}",
+        "PATCH",
+        body=body,
+        header_params={"Content-Type": "application/merge-patch+json"},
+        response_type="object",
+        auth_settings=["BearerToken"],
+    )
+
+
+def test_three_agents_selector_taints_capacity(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, operator: OperatorProcess
+) -> None:
+    # Capacities differ by what each agent keeps back for the host.
+    small = make_agent(VMSANDBOX_AGENT_RESERVE_VCPUS="0", VMSANDBOX_AGENT_RESERVE_MEMORY_MIB="0")
+    ssd = make_agent(VMSANDBOX_AGENT_RESERVE_VCPUS="0", VMSANDBOX_AGENT_RESERVE_MEMORY_MIB="0")
+    gpu = make_agent(VMSANDBOX_AGENT_RESERVE_VCPUS="0", VMSANDBOX_AGENT_RESERVE_MEMORY_MIB="0")
+    _label_node(cluster, ssd.node, {"disk": "ssd"}, [])
+    _label_node(cluster, gpu.node, {}, [{"key": "gpu", "value": "true", "effect": "NoSchedule"}])
+    _label_node(cluster, small.node, {"size": "small"}, [])
+    image = f"{registry.host}/test/busybox:latest"
+    hold = {"image": image, "command": ["sleep", "300"], "hypervisor": "process"}
+
+    cluster.create_sandbox("on-ssd", {**hold, "nodeSelector": {"disk": "ssd"}})
+    toleration = [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    cluster.create_sandbox(
+        "on-gpu", {**hold, "tolerations": toleration, "nodeSelector": {"kubernetes.io/hostname": gpu.node}}
+    )
+    assert cluster.wait_phase("on-ssd", "Running")["nodeName"] == ssd.node
+    assert cluster.wait_phase("on-gpu", "Running")["nodeName"] == gpu.node
+
+    # Fill the ssd node's vCPUs, then one more: unschedulable with a reason per node.
+    vcpus = json.loads(cluster.node(ssd.node)["metadata"]["annotations"]["vmsandbox.io/capacity"])["vcpus"]
+    if vcpus > 1:
+        cluster.create_sandbox(
+            "fill", {**hold, "nodeSelector": {"disk": "ssd"}, "resources": {"vcpus": vcpus - 1}}
+        )
+        cluster.wait_phase("fill", "Running")
+    cluster.create_sandbox("waits", {**hold, "nodeSelector": {"disk": "ssd"}})
+    pending = wait_for(
+        "Unschedulable", lambda: (s := cluster.status("waits")).get("reason") == "Unschedulable" and s
+    )
+    assert pending["phase"] == "Pending"
+    assert pending["message"] == (
+        "0/3 nodes available: 1 node: insufficient vcpus; 1 node: node selector mismatch; "
+        "1 node: node selector mismatch, taint gpu=true"
+    )
+    # The untolerated taint alone keeps a plain sandbox off the gpu node; it goes to small.
+    cluster.create_sandbox("plain", {**hold, "nodeSelector": {"size": "small"}})
+    assert cluster.wait_phase("plain", "Running")["nodeName"] == small.node
+
+    cluster.delete("on-ssd")  # capacity freed: the waiting one is placed there
+    assert cluster.wait_phase("waits", "Running", timeout=60)["nodeName"] == ssd.node
+
+
+def test_node_loss_reschedules_and_the_returning_agent_tears_down(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, operator: OperatorProcess
+) -> None:
+    first = make_agent()
+    _label_node(cluster, first.node, {"pool": "first"}, [])
+    image = f"{registry.host}/test/busybox:latest"
+    names = [f"lost-{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        policy = "Never" if i == 0 else "OnFailure"
+        spec = {"image": image, "command": ["sleep", "300"], "hypervisor": "process", "restartPolicy": policy}
+        cluster.create_sandbox(name, spec)
+    for name in names:
+        assert cluster.wait_phase(name, "Running", timeout=60)["nodeName"] == first.node
+    assert len(containers_left(first.runtime_root)) == 5
+    second = make_agent()
+
+    first.kill()  # SIGKILL: its VMs keep running, its Lease stops being renewed
+    wait_for("Unknown", lambda: cluster.status(names[0]).get("phase") == "Unknown", timeout=20)
+    lost = cluster.wait_phase(names[0], "Failed", timeout=20)
+    assert lost["reason"] == "NodeLost"
+    for name in names[1:]:
+        status = cluster.wait_phase(name, "Running", timeout=60)
+        assert status["nodeName"] == second.node and status["restartCount"] >= 1
+    never = cluster.get(names[0])
+    assert never is not None and never["metadata"]["labels"][NODE_LABEL] == first.node
+
+    first.start()  # the agent comes back and finds VMs for sandboxes that are no longer its own
+    wait_for(
+        "stale VMs torn down",
+        lambda: len(containers_left(first.runtime_root)) <= 1,  # only the Never one may stay
+        timeout=60,
+    )
+    assert len(containers_left(second.runtime_root)) == 4
