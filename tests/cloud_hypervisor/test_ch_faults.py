@@ -123,6 +123,20 @@ def test_guest_agent_never_accepts(workspace: Workspace, monkeypatch: pytest.Mon
     workspace.assert_clean()
 
 
+def test_vmm_crashes_during_boot(
+    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VMM that dies mid-call is reported by its exit status and log, not as a reset socket."""
+    monkeypatch.setenv("CH_STANDIN_FAULTS", "crash-on-boot")
+    with pytest.raises(VmmExited) as raised:
+        driver.boot(workspace.spec())
+    assert raised.value.returncode == -signal.SIGSYS
+    message = str(raised.value)
+    assert message.startswith("cloud-hypervisor vm.boot: VMM process") and "killed by SIGSYS" in message
+    assert "crash-on-boot" in message  # from the VMM's log
+    workspace.assert_clean()
+
+
 def test_vmm_killed_while_running(workspace: Workspace, driver: CloudHypervisorDriver) -> None:
     handle = driver.boot(workspace.spec())
     os.kill(handle.vmm_pid, signal.SIGKILL)

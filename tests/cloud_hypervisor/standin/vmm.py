@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -268,6 +269,9 @@ class StandinVmm:
 
     def _api_vm_boot(self) -> Reply:
         action = "The VM could not boot"
+        if "crash-on-boot" in self.knobs.faults:
+            log("injected fault crash-on-boot: dying of SIGSYS like a seccomp violation")
+            os.kill(os.getpid(), signal.SIGSYS)
         config = self._require_config(action)
         if self.vm is not None:
             raise ApiFailure(500, ["Error from API", action, "VM is already created"])

@@ -159,10 +159,20 @@ class CloudHypervisorDriver(HypervisorDriver):
             with self._wait_ready(child, layout) as client:
                 timings = BootTimings(vmm_start=_ms(started))
                 started = time.monotonic()
-                client.create(vm_config, timeout=self.timeouts.boot)
-                self._expect_state(client, "vm.create", "Created")
-                client.boot(timeout=self.timeouts.boot)
-                self._expect_state(client, "vm.boot", "Running")
+                try:
+                    client.create(vm_config, timeout=self.timeouts.boot)
+                    self._expect_state(client, "vm.create", "Created")
+                    client.boot(timeout=self.timeouts.boot)
+                    self._expect_state(client, "vm.boot", "Running")
+                except ApiUnreachable as exc:
+                    if vmm_process.wait_gone(child.pid, 0.5, child):  # it crashed mid-call
+                        raise VmmExited(
+                            f"cloud-hypervisor {exc.endpoint}",
+                            child.pid,
+                            child.returncode,
+                            self._log_tail(layout),
+                        ) from exc
+                    raise
                 timings.vm_boot = _ms(started)
             started = time.monotonic()
             probe = self._connect(handle, layout, spec.agent_timeout)
