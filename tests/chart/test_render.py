@@ -242,3 +242,14 @@ def test_notes_tell_how_to_check_the_install(helm: Helm) -> None:
     assert "kubectl get vmsb -A" in notes
     assert "vmsandbox.io/agent" in notes
     assert "kubectl label node <node> vmsandbox.io/kvm=true" in notes
+
+
+def test_schema_validation_catches_a_misplaced_field(render: Render) -> None:
+    """The validation above can fail: a field one level too deep is an error, not ignored."""
+    import copy
+
+    deployment = copy.deepcopy(one(render(), "Deployment", "-operator"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readOnlyRootFilesystem"] = container["securityContext"].pop("readOnlyRootFilesystem")
+    with pytest.raises(pytest.fail.Exception, match="readOnlyRootFilesystem"):
+        validate(deployment, VERSIONS[-1])
