@@ -288,3 +288,36 @@ def test_server_side_apply_on_a_core_kind(kube: LocalCluster, node_name: str) ->
     node = resp.json()
     assert node["apiVersion"] == "v1"
     assert [(m["manager"], m["apiVersion"]) for m in node["metadata"]["managedFields"]] == [("tester", "v1")]
+
+
+def test_discovery_serves_what_kopf_and_kubectl_need(kube: LocalCluster) -> None:
+    assert kube.http("GET", "/api").json()["versions"] == ["v1"]
+    core = {r["name"]: r for r in kube.http("GET", "/api/v1").json()["resources"]}
+    assert {"namespaces", "nodes", "nodes/status", "events", "namespaces/status"} <= set(core)
+    assert {"list", "watch", "get", "create"} <= set(core["namespaces"]["verbs"])
+    assert core["nodes"]["namespaced"] is False and core["events"]["namespaced"] is True
+    assert core["namespaces"]["singularName"] == "namespace"
+    groups = {g["name"]: g for g in kube.http("GET", "/apis").json()["groups"]}
+    assert {"apiextensions.k8s.io", "coordination.k8s.io", "events.k8s.io"} <= set(groups)
+    assert not [g for g in groups if "devcluster" in g]
+    group = kube.http("GET", "/apis/coordination.k8s.io").json()
+    assert (group["kind"], group["preferredVersion"]["groupVersion"]) == (
+        "APIGroup",
+        "coordination.k8s.io/v1",
+    )
+    leases = kube.http("GET", "/apis/coordination.k8s.io/v1").json()
+    assert [r["name"] for r in leases["resources"]] == ["leases"]
+    assert leases["groupVersion"] == "coordination.k8s.io/v1"
+    crds = kube.http("GET", "/apis/apiextensions.k8s.io/v1").json()
+    assert "customresourcedefinitions" in {r["name"] for r in crds["resources"]}
+    openapi_root = kube.http("GET", "/openapi/v3").json()["paths"]
+    assert {"api/v1", "apis/coordination.k8s.io/v1", "apis/events.k8s.io/v1"} <= set(openapi_root)
+    assert not [p for p in openapi_root if "devcluster" in p]
+
+
+def test_objects_in_a_missing_namespace_are_accepted(core: client.CoreV1Api) -> None:
+    """No namespace lifecycle (README): the real server runs without the NamespaceLifecycle plugin."""
+    event = {"metadata": {"name": "orphan"}, "involvedObject": {"kind": "Node", "name": "n"}, "reason": "R"}
+    created = core.create_namespaced_event("no-such-namespace", event)
+    assert (created.api_version, created.kind) == ("v1", "Event")
+    core.delete_namespaced_event("orphan", "no-such-namespace")

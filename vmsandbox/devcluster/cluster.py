@@ -116,6 +116,7 @@ class LocalCluster:
         self.processes: list[ManagedProcess] = []
         self._owns_workdir = False
         self._front_port = 0
+        self._api_port = 0
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {ADMIN_USER}"
         self._http.headers["User-Agent"] = USER_AGENT
@@ -127,6 +128,12 @@ class LocalCluster:
         """The front's base URL: what clients use."""
         self._require_started()
         return f"http://127.0.0.1:{self._front_port}"
+
+    @property
+    def apiserver_url(self) -> str:
+        """The real server's own https URL (self-signed; authenticates through the front)."""
+        self._require_started()
+        return f"https://127.0.0.1:{self._api_port}"
 
     @property
     def kubeconfig_path(self) -> Path:
@@ -229,7 +236,8 @@ class LocalCluster:
             self._owns_workdir = True
         work = self.workdir
         (work / "logs").mkdir(exist_ok=True)
-        etcd_port, peer_port, api_port, self._front_port = free_ports(4)
+        etcd_port, peer_port, self._api_port, self._front_port = free_ports(4)
+        api_port = self._api_port
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         upstream = f"https://127.0.0.1:{api_port}"
 
@@ -291,6 +299,8 @@ class LocalCluster:
             self._wait_crd_served(kind.crd_name, self.startup_timeout)
         for namespace in BUILTIN_NAMESPACES:
             self._create_namespace(namespace)
+        # Ready once its informers (Services, via the look-alike CRD) have synced.
+        self._wait("apiserver /readyz", apiserver, lambda: self._probe(self.url + "/readyz"))
         self._install(crds)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
