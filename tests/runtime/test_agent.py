@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime.support import base_config, make_rootfs, processes_mentioning, short_root
+from vmsandbox.guest.ociruntime import hybrid_cgroups
 from vmsandbox.guest.protocol import (
     MAX_FRAME,
     REQUEST,
@@ -224,7 +225,9 @@ def test_oci_runtime_auto_falls_back_with_a_logged_reason(
     assert isinstance(pong, Pong)
     log = (vm.state_dir / "agent.log").read_text()
     if pong.oci_runtime == "auto(runc)":
-        assert "using runc because crun failed: crun create:" in log
+        reason = hybrid_cgroups()
+        expected = reason if reason is not None else "crun create:"
+        assert f"using runc instead of crun: {expected}" in log
     else:
         assert pong.oci_runtime == "auto(crun)"
     assert run_to_exit(driver, vm, "o1")[1] == 0
@@ -276,3 +279,21 @@ def test_warm_pool_adopts_an_idle_agent(tmp_path: Path) -> None:
     assert list(vms.iterdir()) == []
     vms.rmdir()
     root.rmdir()
+
+
+def test_explicit_crun_reports_its_own_refusal(tmp_path: Path) -> None:
+    """On a hybrid-cgroup host crun's own words reach the caller, naming the runtime."""
+    if hybrid_cgroups() is None:
+        pytest.skip("this host's cgroups are not hybrid: crun is expected to work")
+    root = short_root()
+    driver = ProcessDriver(HypervisorConfig(oci_runtime="crun"))
+    handle = driver.boot(VMSpec(vm_id="vm-crun", state_dir=root / "vm"))
+    try:
+        rootfs = make_rootfs(tmp_path / "r")
+        req = CreateContainer(container_id="c", spec=base_config(["true"]), rootfs=HostPath(path=str(rootfs)))
+        failure = call(driver, handle, req)
+        assert isinstance(failure, Failure) and failure.step == "create"
+        assert failure.detail.startswith("crun create:") and "hybrid" in failure.detail
+    finally:
+        driver.stop(handle)
+        root.rmdir()

@@ -26,6 +26,32 @@ class OciRuntimeError(VMSandboxError):
     step = "oci runtime"
 
 
+def hybrid_cgroups() -> str | None:
+    """Why crun 1.8 would refuse this machine, or None: cgroup v1 beside a cgroup2 with controllers.
+
+    Checking up front saves every new agent a doomed crun attempt; the fallback on an actual
+    crun failure stays in place for anything this misses.
+    """
+    try:
+        mounts = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    except OSError:
+        return None
+    v1 = any(m[m.index("-") + 1] == "cgroup" for m in mounts if "-" in m)
+    for m in mounts:
+        if "-" not in m or m[m.index("-") + 1] != "cgroup2" or not v1:
+            continue
+        try:
+            controllers = (Path(m[4]) / "cgroup.controllers").read_text().split()
+        except OSError:
+            continue
+        if controllers:
+            return (
+                f"cgroup v1 is mounted beside a cgroup2 hierarchy at {m[4]} with controllers "
+                f"{' '.join(controllers)}; crun refuses such hybrid hosts"
+            )
+    return None
+
+
 class OciRuntime:
     """One low-level runtime binary with its own state root."""
 
@@ -59,6 +85,7 @@ class RuntimeSelector:
         self.state_root = state_root
         self._lock = threading.Lock()
         self._fell_back = False
+        self._probed = False
 
     def current(self) -> OciRuntime:
         with self._lock:
@@ -69,6 +96,12 @@ class RuntimeSelector:
             if shutil.which("crun") is None:
                 self._fall_back("crun is not installed")
                 return OciRuntime("runc", self.state_root)
+            if not self._probed:
+                self._probed = True
+                reason = hybrid_cgroups()
+                if reason is not None and shutil.which("runc") is not None:
+                    self._fall_back(reason)
+                    return OciRuntime("runc", self.state_root)
             return OciRuntime("crun", self.state_root)
 
     def can_fall_back(self, used: OciRuntime) -> bool:
@@ -80,7 +113,7 @@ class RuntimeSelector:
 
     def _fall_back(self, reason: str) -> None:
         if not self._fell_back:
-            log.warning("oci runtime auto: using runc because crun failed: %s", reason)
+            log.warning("oci runtime auto: using runc instead of crun: %s", reason)
         self._fell_back = True
 
     def describe(self) -> str:
