@@ -7,6 +7,11 @@
 set -euo pipefail
 
 cache="${VMSANDBOX_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmsandbox/kube}"
+if [ -x "$cache/current/apiextensions-apiserver" ] && [ -x "$cache/current/etcd" ]; then
+  echo "$cache/current"
+  exit 0
+fi
+
 mirror="${VMSANDBOX_DEBIAN_MIRROR:-}"
 if [ -z "$mirror" ]; then
   # Reuse the mirror the machine's own apt sources point at, so no host is hard-coded here.
@@ -17,11 +22,6 @@ fi
 
 step() { echo "build-apiserver: $*" >&2; }
 fail() { echo "build-apiserver: step '$1' failed: $2" >&2; exit 1; }
-
-if [ -x "$cache/current/apiextensions-apiserver" ] && [ -x "$cache/current/etcd" ]; then
-  echo "$cache/current"
-  exit 0
-fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmsandbox-kube-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -57,7 +57,7 @@ goroot=$(ls -d "$work"/root/usr/lib/go-1.* | head -n1)
 step "compiling k8s.io/apiextensions-apiserver with $($goroot/bin/go version) (4-6 min on 2 cores)"
 mkdir -p "$work/out" "$work/gocache"
 (cd "$work" && GOROOT="$goroot" GOPATH="$work/root/usr/share/gocode" GO111MODULE=off CGO_ENABLED=0 \
-  GOTOOLCHAIN=local GOFLAGS=-mod=mod GOCACHE="$work/gocache" GOFLAGS= \
+  GOTOOLCHAIN=local GOCACHE="$work/gocache" GOFLAGS= \
   "$goroot/bin/go" build -o "$work/out/apiextensions-apiserver" k8s.io/apiextensions-apiserver \
   >"$work/build.log" 2>&1) || fail "compile" "$(tail -n5 "$work/build.log")"
 cp "$work/root/usr/bin/etcd" "$work/out/etcd" || fail "etcd" "etcd-server did not ship usr/bin/etcd"

@@ -1,4 +1,5 @@
-"""pytest fixtures: ``kube`` (one LocalCluster per session) and ``kube_namespace`` (a fresh namespace).
+"""pytest fixtures ``kube`` (one LocalCluster per session) and ``kube_namespace`` (a fresh namespace),
+and a hook that builds missing binaries after collection, before the first test.
 
 ``kube`` skips its tests only when the binaries cannot be built and ``VMSANDBOX_REQUIRE_KUBE``
 is unset; with it set (as CI sets it) the same situation is an error.
@@ -6,10 +7,12 @@ is unset; with it set (as CI sets it) the same situation is an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,11 +27,48 @@ def kube_required() -> bool:
     return os.environ.get(REQUIRE_ENV, "").lower() not in ("", "0", "false", "no")
 
 
+class _Binaries:
+    """The outcome of finding (or building) the binaries, decided once per session."""
+
+    outcome: Path | KubeBinariesUnavailable | None = None
+
+    @classmethod
+    def get(cls) -> Path:
+        if cls.outcome is None:
+            try:
+                cls.outcome = find_binaries(build=True)
+            except KubeBinariesUnavailable as exc:
+                cls.outcome = exc
+        if isinstance(cls.outcome, KubeBinariesUnavailable):
+            raise cls.outcome
+        return cls.outcome
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Builds missing binaries before the first test, so the build is not charged to a test's timeout."""
+    if not any("kube" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    if not _binaries_cached():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("vmsandbox.devcluster: building the Kubernetes API server (once, ~6 minutes)")
+    with contextlib.suppress(KubeBinariesUnavailable):
+        _Binaries.get()
+
+
+def _binaries_cached() -> bool:
+    try:
+        find_binaries(build=False)
+    except KubeBinariesUnavailable:
+        return False
+    return True
+
+
 @pytest.fixture(scope="session")
 def kube() -> Iterator[LocalCluster]:
     """The session's local control plane, with the repository's CRDs installed."""
     try:
-        bin_dir = find_binaries(build=True)
+        bin_dir = _Binaries.get()
     except KubeBinariesUnavailable as exc:
         if kube_required():
             pytest.fail(f"{REQUIRE_ENV} is set but the Kubernetes API server is unavailable: {exc}")
