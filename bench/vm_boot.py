@@ -127,16 +127,20 @@ def runtime_boot(
     """create + start through the CLI; seconds, plus the runtime's own per-stage timings."""
     cid = f"bench{n}"
     base = [*cli, "--hypervisor", "qemu", "--root", str(root)]
-    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "env": env}
+    # A file, not a pipe, for stderr: the container's relay inherits it and outlives create.
+    errors = root.parent / f"runtime{n}.err"
     started = time.monotonic()
     for step in (["create", "--bundle", str(bundle), cid], ["start", cid]):
-        done = subprocess.run([*base, *step], stderr=subprocess.PIPE, check=False, **quiet)  # type: ignore[call-overload]
-        if done.returncode != 0:
-            raise SystemExit(f"vmsandbox-runtime {step[0]} failed: {done.stderr.decode()[-800:]}")
+        with errors.open("wb") as err:
+            code = subprocess.run(
+                [*base, *step], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
+            ).returncode
+        if code != 0:
+            raise SystemExit(f"vmsandbox-runtime {step[0]} failed: {errors.read_text()[-800:]}")
     elapsed = time.monotonic() - started
     state = subprocess.run([*base, "state", cid], capture_output=True, env=env, check=True)
     timings: dict[str, float] = json.loads(state.stdout).get("timings", {})
-    subprocess.run([*base, "delete", "--force", cid], check=True, **quiet)  # type: ignore[call-overload]
+    subprocess.run([*base, "delete", "--force", cid], stdin=subprocess.DEVNULL, env=env, check=True)
     return elapsed, timings
 
 
