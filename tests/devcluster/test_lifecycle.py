@@ -265,3 +265,59 @@ def test_port_taken_between_pick_and_bind_is_retried(bin_dir: Path, monkeypatch:
         with LocalCluster(crd_dir=None, bin_dir=bin_dir) as cluster:
             assert cluster.http("GET", "/api/v1/namespaces/default").status_code == 200
     assert len(picks) == 2
+
+
+def _start_runner(bin_dir: Path) -> tuple[subprocess.Popen[str], Path]:
+    """``python -m vmsandbox.devcluster`` in the background; returns it and its kubeconfig."""
+    env = {**os.environ, BIN_DIR_ENV: str(bin_dir)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "vmsandbox.devcluster", "--crds", str(Path(__file__).with_name("crds"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert runner.stdout is not None
+    first = runner.stdout.readline()
+    assert first.startswith("export KUBECONFIG="), first + (runner.stderr.read() if runner.stderr else "")
+    return runner, Path(first.strip().split("=", 1)[1])
+
+
+def test_runner_serves_until_interrupted_then_cleans_up(bin_dir: Path) -> None:
+    import signal
+
+    from kubernetes import client, config
+
+    runner, kubeconfig = _start_runner(bin_dir)
+    try:
+        with config.new_client_from_config(config_file=str(kubeconfig)) as api_client:
+            widgets = client.CustomObjectsApi(api_client).list_cluster_custom_object(
+                "example.com", "v1", "widgets"
+            )
+        assert widgets["items"] == []
+        assert len(_processes_mentioning(str(kubeconfig.parent))) >= 3
+    finally:
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(60) == 0
+    assert _processes_mentioning(str(kubeconfig.parent)) == []
+    assert not kubeconfig.parent.exists()
+
+
+def test_children_die_with_a_killed_parent(bin_dir: Path) -> None:
+    """Even a SIGKILLed test run (a CI timeout) leaves no etcd, apiserver or front behind."""
+    import signal
+    import time
+
+    runner, kubeconfig = _start_runner(bin_dir)
+    workdir = kubeconfig.parent
+    try:
+        assert len(_processes_mentioning(str(workdir))) >= 3
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+        deadline = time.monotonic() + 10
+        while _processes_mentioning(str(workdir)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_mentioning(str(workdir)) == []
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
