@@ -321,3 +321,11 @@ def test_objects_in_a_missing_namespace_are_accepted(core: client.CoreV1Api) -> 
     created = core.create_namespaced_event("no-such-namespace", event)
     assert (created.api_version, created.kind) == ("v1", "Event")
     core.delete_namespaced_event("orphan", "no-such-namespace")
+
+
+def test_yaml_responses_for_core_kinds_are_translated(kube: LocalCluster) -> None:
+    resp = kube.http("GET", "/api/v1/namespaces/default", headers={"Accept": "application/yaml"})
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("application/yaml")
+    assert "apiVersion: v1\n" in resp.text
+    assert "devcluster" not in resp.text

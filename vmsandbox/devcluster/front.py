@@ -293,18 +293,22 @@ class Front:
         commit(up.status)
         await resp.prepare(request)
         buffer = b""
-        async for chunk in up.content.iter_any():
-            if transform is None:
-                await resp.write(chunk)
-                continue
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            out = b"".join(transform(line) + b"\n" for line in lines if line.strip())
-            if out:
-                await resp.write(out)
-        if transform is not None and buffer.strip():
-            await resp.write(transform(buffer) + b"\n")
-        await resp.write_eof()
+        try:
+            async for chunk in up.content.iter_any():
+                if transform is None:
+                    await resp.write(chunk)
+                    continue
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                out = b"".join(transform(line) + b"\n" for line in lines if line.strip())
+                if out:
+                    await resp.write(out)
+            if transform is not None and buffer.strip():
+                await resp.write(transform(buffer) + b"\n")
+            await resp.write_eof()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # Headers are sent: end the stream early (clients re-watch), as a dropped connection would.
+            log.info("stream for %s ended early: %s", request.path, exc)
         return resp
 
     # -- emulated core kinds -------------------------------------------------------------------
@@ -431,6 +435,14 @@ def _json_or_raw(kind: CoreKind, status: int, payload: bytes, content_type: str)
             pass
         else:
             return web.json_response(to_public(kind, doc), status=status)
+    if "yaml" in content_type:
+        try:
+            doc = yaml.safe_load(payload)
+        except yaml.YAMLError:
+            pass
+        else:
+            text = yaml.safe_dump(to_public(kind, doc), sort_keys=False)
+            return web.Response(text=text, status=status, content_type="application/yaml")
     return web.Response(body=payload, status=status, headers={"Content-Type": content_type or "text/plain"})
 
 
