@@ -26,7 +26,7 @@ from typing import Any, Literal
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.disks import PreparedRootfs, prepare_rootfs
 from vmsandbox.guest.ociruntime import OciRuntime, RuntimeSelector
-from vmsandbox.guest.protocol import ContainerInfo, ContainerStatus, CreateContainer
+from vmsandbox.guest.protocol import WRONG_STATUS, ContainerInfo, ContainerStatus, CreateContainer
 
 log = logging.getLogger("vmsandbox.guest")
 
@@ -349,7 +349,7 @@ class ContainerTable:
         with container.cond:
             if container.status != "created":
                 raise ContainerError(
-                    f"container {container_id!r} is {container.status}, not created", step="start"
+                    f"container {container_id!r} is {container.status}, not created", step=WRONG_STATUS
                 )
             assert container.runtime is not None
             container.runtime.run("start", container_id, step="start")
@@ -361,7 +361,7 @@ class ContainerTable:
         container = self.get(container_id)
         with container.cond:
             if container.exit_code is not None or container.guest_pid is None:
-                raise ContainerError(f"container {container_id!r} is not running", step="signal")
+                raise ContainerError(f"container {container_id!r} is {container.status}", step=WRONG_STATUS)
             os.kill(container.guest_pid, signum)
 
     def destroy(self, container_id: str) -> None:

@@ -24,6 +24,8 @@ MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
 ContainerStatus = Literal["created", "running", "stopped"]
+#: :class:`Failure` step of refusals caused by the container's status (start twice, signal a dead one).
+WRONG_STATUS = "status"
 
 
 class ProtocolError(VMSandboxError):

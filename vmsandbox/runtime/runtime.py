@@ -17,10 +17,12 @@ import logging
 import os
 import signal as signals
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from vmsandbox.guest.protocol import (
+    WRONG_STATUS,
     BlockDevice,
     ContainerInfo,
     CreateContainer,
@@ -344,11 +346,16 @@ class Runtime:
         info = self._guest_info(record)
         if info is None:
             state.status = "stopped"
-        else:
-            state.status = info.status
-            state.exit_code = info.exit_code
-            state.started_at = _ts(info.started_at)
-            state.finished_at = _ts(info.finished_at)
+            state.pid = 0
+            return state
+        return self._with_info(state, info)
+
+    @staticmethod
+    def _with_info(state: ContainerState, info: ContainerInfo) -> ContainerState:
+        state.status = info.status
+        state.exit_code = info.exit_code
+        state.started_at = _ts(info.started_at)
+        state.finished_at = _ts(info.finished_at)
         if state.status == "stopped":
             state.pid = 0
         return state
@@ -368,19 +375,22 @@ class Runtime:
 
     def start(self, container_id: str) -> ContainerState:
         record = self.store.load(validate_id(container_id))
-        current = self._refresh(record)
-        if current.status != "created":
-            raise WrongState(f"container {container_id!r} is {current.status}, not created", step="start")
-        self._client(record).call(StartContainer(container_id=container_id), ContainerInfo)
-        return self._refresh(record)
+        if record.state.status == "creating":
+            raise WrongState(f"container {container_id!r} is creating, not created", step="start")
+        # One round trip: the agent refuses anything but a created container, atomically.
+        with _wrong_status("start"):
+            info = self._client(record).call(StartContainer(container_id=container_id), ContainerInfo)
+        return self._with_info(record.state.model_copy(deep=True), info)
 
     def kill(self, container_id: str, signal: str | int = "TERM") -> None:
         signum = parse_signal(signal)
         record = self.store.load(validate_id(container_id))
-        current = self._refresh(record)
-        if current.status not in ("created", "running"):
-            raise WrongState(f"container {container_id!r} is {current.status}", step="kill")
-        self._client(record).call(SignalContainer(container_id=container_id, signal=signum), Ok)
+        if record.state.status == "creating":
+            raise WrongState(f"container {container_id!r} is creating", step="kill")
+        if self._guest_info(record) is None:
+            raise WrongState(f"container {container_id!r} is stopped (its VM is gone)", step="kill")
+        with _wrong_status("kill"):
+            self._client(record).call(SignalContainer(container_id=container_id, signal=signum), Ok)
 
     def wait(self, container_id: str, timeout: float | None = None) -> int:
         record = self.store.load(validate_id(container_id))
@@ -430,6 +440,17 @@ class Runtime:
                 raise RuntimeError_(str(exc), step="delete") from exc
             _remove_empty(vm.state_dir.parent)
         self.store.remove(record.state.id)
+
+
+@contextlib.contextmanager
+def _wrong_status(step: str) -> Iterator[None]:
+    """Turn the agent's status refusals into :class:`WrongState` errors for ``step``."""
+    try:
+        yield
+    except AgentError as exc:
+        if exc.step == f"guest {WRONG_STATUS}":
+            raise WrongState(exc.detail, step=step) from exc
+        raise
 
 
 def _relay_alive(pid: int) -> bool:
