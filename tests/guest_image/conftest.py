@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import vmsandbox
 from vmsandbox.guest.image.build import BuildOptions, BuildResult, build
 
 
@@ -17,6 +18,27 @@ class CleanBuild:
     result: BuildResult
     cache: Path
     out: Path
+    #: A frozen copy of the guest agent's sources: they are part of the cache key, and a
+    #: working tree edited while the tests run must not look like a changed input.
+    package_root: Path
+
+    def options(self, **changes: object) -> BuildOptions:
+        values: dict[str, object] = {
+            "out": self.out,
+            "cache_dir": self.cache,
+            "package_root": self.package_root,
+        }
+        return BuildOptions.model_validate({**values, **changes})
+
+
+def _snapshot_agent_sources(dest: Path) -> Path:
+    source = Path(vmsandbox.__file__).parent
+    root = dest / "vmsandbox"
+    root.mkdir(parents=True)
+    for name in ("__init__.py", "errors.py"):
+        shutil.copy2(source / name, root / name)
+    shutil.copytree(source / "guest", root / "guest", ignore=shutil.ignore_patterns("__pycache__", "image"))
+    return root
 
 
 def _missing_prerequisite() -> str | None:
@@ -34,5 +56,8 @@ def clean_build(tmp_path_factory: pytest.TempPathFactory) -> CleanBuild:
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("guest-image")
-    options = BuildOptions(out=root / "out", cache_dir=root / "cache")
-    return CleanBuild(result=build(options), cache=root / "cache", out=root / "out")
+    package_root = _snapshot_agent_sources(root / "src")
+    options = BuildOptions(out=root / "out", cache_dir=root / "cache", package_root=package_root)
+    return CleanBuild(
+        result=build(options), cache=root / "cache", out=root / "out", package_root=package_root
+    )

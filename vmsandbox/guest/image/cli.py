@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--force", action="store_true", help="rebuild even if the cache has this image")
     make.add_argument("--kernel-package", default="linux-image-cloud-amd64", help="kernel metapackage")
     make.add_argument(
+        "--package-root",
+        type=Path,
+        help="vmsandbox package source tree to copy the guest agent from (default: the installed one)",
+    )
+    make.add_argument(
         "--module",
         action="append",
         dest="modules",
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.modules:
             options.modules = args.modules
+        if args.package_root:
+            options.package_root = args.package_root
         result = build(options)
     except GuestImageError as exc:
         print(f"vmsandbox-guest-image: {exc}", file=sys.stderr)

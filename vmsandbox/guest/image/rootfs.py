@@ -62,6 +62,9 @@ def bootstrap(
         "mmdebstrap",
         f"--variant={variant}",
         "--format=directory",
+        # No /proc, /sys or /dev mounts inside the tree: nothing can be left mounted, and the
+        # build also works where mounting is not allowed (container image builds).
+        "--skip=chroot/mount",
         "--include=" + ",".join(packages),
         '--aptopt=Acquire::Languages "none"',
     ]
