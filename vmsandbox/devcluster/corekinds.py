@@ -32,6 +32,8 @@ class CoreKind:
     #: Plural of the look-alike CRD when it cannot be the public one: a CRD called
     #: "namespaces" is unreachable, as the server reads /namespaces/<name> as a namespace.
     stored_as: str = ""
+    #: Table columns as kubectl shows them: (name, type, JSON path); Age is appended.
+    columns: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def private_plural(self) -> str:
@@ -68,6 +70,11 @@ class CoreKind:
         }
         if self.status:
             version["subresources"] = {"status": {}}
+        if self.columns:
+            version["additionalPrinterColumns"] = [
+                {"name": name, "type": kind, "jsonPath": path}
+                for name, kind, path in (*self.columns, ("Age", "date", ".metadata.creationTimestamp"))
+            ]
         if self.selectable:
             version["selectableFields"] = [{"jsonPath": f".{p}"} for p in self.selectable]
         names: dict[str, Any] = {
@@ -109,6 +116,7 @@ CORE_KINDS: tuple[CoreKind, ...] = (
         selectable=("status.phase",),
         properties={"status": _obj(phase=_S)},
         stored_as="corenamespaces",
+        columns=(("Status", "string", ".status.phase"),),
     ),
     CoreKind(
         group="",
@@ -137,6 +145,12 @@ CORE_KINDS: tuple[CoreKind, ...] = (
             "involvedObject.fieldPath",
             "reason",
             "type",
+        ),
+        columns=(
+            ("Type", "string", ".type"),
+            ("Reason", "string", ".reason"),
+            ("Object", "string", ".involvedObject.name"),
+            ("Message", "string", ".message"),
         ),
         properties={
             "involvedObject": _obj(
@@ -187,6 +201,7 @@ CORE_KINDS: tuple[CoreKind, ...] = (
         kind="Lease",
         namespaced=True,
         properties={"spec": _obj(holderIdentity=_S)},
+        columns=(("Holder", "string", ".spec.holderIdentity"),),
     ),
 )
 

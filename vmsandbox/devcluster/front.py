@@ -36,6 +36,7 @@ from vmsandbox.devcluster import openapi
 from vmsandbox.devcluster.apipath import HEALTH_PATH, ApiPath, parse_api_path
 from vmsandbox.devcluster.corekinds import BY_PUBLIC, EMULATED_GROUPS, CoreKind
 from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
+from vmsandbox.devcluster.protobuf import ProtobufError, decode_namespace
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestLogWriter, RequestRecord
 from vmsandbox.devcluster.strategic import StrategicPatchError, apply_strategic_merge
 from vmsandbox.devcluster.translate import to_private, to_public
@@ -322,15 +323,20 @@ class Front:
         content_type = _media_type(request.headers.get("Content-Type", "")) or "application/json"
         body: bytes | None = None
         parsed: Any = None
+        forward_type: str | None = None
         if request.method in ("POST", "PUT", "PATCH"):
-            if "protobuf" in content_type:
-                # The look-alike CRDs only speak JSON (a protobuf body makes the server panic).
-                return _status(
-                    415,
-                    "UnsupportedMediaType",
-                    f"the devcluster front accepts JSON or YAML bodies for {kind.plural}, not {content_type}",
-                )
             raw = await request.read()
+            if "protobuf" in content_type:
+                # The look-alike CRDs only read JSON (a protobuf body makes the server panic).
+                try:
+                    if kind.plural != "namespaces" or kind.group or request.method == "PATCH":
+                        raise ProtobufError(
+                            f"the devcluster front accepts JSON or YAML bodies for {kind.plural}"
+                        )
+                    raw = json.dumps(decode_namespace(raw)).encode()
+                except ProtobufError as exc:
+                    return _status(415, "UnsupportedMediaType", f"{exc}, not {content_type}")
+                content_type = forward_type = "application/json"
             if request.method == "PATCH" and content_type == _SMP:
                 return await self._strategic_patch(request, kind, private_path, raw)
             parsed = _parse_body(raw, content_type)
@@ -339,7 +345,7 @@ class Front:
                 raw if parsed is None else json.dumps(to_private(kind, parsed, whole_object=whole)).encode()
             )
         url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
-        headers = self._forward_headers(request)
+        headers = self._forward_headers(request, forward_type)
         verb = api.verb(request.method, request.query)
         async with self._session.request(request.method, url, data=body, headers=headers) as up:
             if verb == "watch" and up.status == 200:
