@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from vmsandbox.guest.protocol import (
     WRONG_STATUS,
     BlockDevice,
@@ -55,6 +57,20 @@ log = logging.getLogger("vmsandbox.runtime")
 
 DEFAULT_ROOT = Path("/run/vmsandbox")
 Stdio = tuple[int, int, int]
+
+
+class CreateOptions(BaseModel):
+    """How the caller wants to see the container: pid file, console, stdio, output log."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pid_file: Path | None = None
+    console_socket: Path | None = None
+    #: An existing pty slave to use as the terminal (``--console``), instead of a socket.
+    console_path: Path | None = None
+    #: stdin, stdout, stderr for the relay; None means /dev/null (output still goes to the log).
+    stdio: Stdio | None = None
+    log_path: Path | None = None
 
 
 def parse_signal(value: str | int) -> int:
@@ -117,24 +133,20 @@ class Runtime:
         console_path: Path | None = None,
     ) -> ContainerState:
         validate_id(container_id)
+        options = CreateOptions(
+            pid_file=pid_file,
+            console_socket=console_socket,
+            console_path=console_path,
+            stdio=stdio,
+            log_path=log_path,
+        )
         record_dir = self.store.reserve(container_id)
         undo = contextlib.ExitStack()
         undo.callback(self.store.remove, container_id)
         # Descriptors the relay inherits; the creating process closes its copies either way.
         with contextlib.ExitStack() as fds:
             try:
-                state = self._create(
-                    container_id,
-                    bundle,
-                    record_dir,
-                    undo,
-                    fds,
-                    pid_file,
-                    console_socket,
-                    stdio,
-                    log_path,
-                    console_path,
-                )
+                state = self._create(container_id, bundle, record_dir, options, undo, fds)
             except BaseException as exc:
                 log.info("create %s failed (%s); rolling back", container_id, exc)
                 undo.close()
@@ -147,14 +159,11 @@ class Runtime:
         container_id: str,
         bundle: Path | str | None,
         record_dir: Path,
+        options: CreateOptions,
         undo: contextlib.ExitStack,
         fds: contextlib.ExitStack,
-        pid_file: Path | None,
-        console_socket: Path | None,
-        stdio: Stdio | None,
-        log_path: Path | None,
-        console_path: Path | None,
     ) -> ContainerState:
+        """The create steps; everything they build is registered on ``undo``."""
         checkpoint("reserve")
         bundle_path = resolve_bundle(bundle)
         checkpoint("bundle")
@@ -164,9 +173,9 @@ class Runtime:
         role = pod_role(container_id, annotations)
         checkpoint("container-type")
         terminal = loaded.spec.process.terminal
-        if terminal and console_socket is None and console_path is None:
+        if terminal and options.console_socket is None and options.console_path is None:
             raise console.ConsoleError("process.terminal is true: --console-socket is required")
-        if not terminal and console_socket is not None:
+        if not terminal and options.console_socket is not None:
             raise console.ConsoleError("--console-socket was given but process.terminal is false")
 
         sandbox: Record | None = None
@@ -174,7 +183,7 @@ class Runtime:
             sandbox = self._sandbox_for(role.sandbox_id)
         hypervisor = sandbox.state.hypervisor if sandbox else self.hypervisor
         driver = self.driver(hypervisor)
-        log_file = Path(log_path) if log_path else record_dir / "container.log"
+        log_file = options.log_path or record_dir / "container.log"
         state = ContainerState(
             id=container_id,
             status="creating",
@@ -229,9 +238,9 @@ class Runtime:
         checkpoint("create-container")
 
         if terminal:
-            relay_stdio = self._console(console_socket, console_path, fds)
+            relay_stdio = self._console(options.console_socket, options.console_path, fds)
         else:
-            relay_stdio = stdio or self._null_stdio(fds)
+            relay_stdio = options.stdio or self._null_stdio(fds)
         checkpoint("console")
 
         if not log_file.exists():
@@ -257,8 +266,8 @@ class Runtime:
         self.store.save(record)
         checkpoint("state")
 
-        if pid_file is not None:
-            pid_path = Path(os.path.abspath(pid_file))
+        if options.pid_file is not None:
+            pid_path = Path(os.path.abspath(options.pid_file))
             existed = pid_path.exists()
             write_pid_file(pid_path, relay_pid)
             if not existed:
