@@ -6,8 +6,10 @@ relay per container stands in for it (kata-shim's model): it attaches to the gue
 output to its own stdout/stderr and to the container log, copies its stdin in, forwards the
 signals it receives, and exits with the container's status (128 + signal when one killed it).
 
-The relay is forked from the creating process without exec so that it is ready in milliseconds;
-callers that create from several threads at once should be aware of ``fork`` semantics.
+The relay is forked from the creating process without exec so that it is ready in milliseconds
+(an exec'd interpreter would spend hundreds of them importing). Because the creator may have other
+threads, the child avoids their locks: it never logs through :mod:`logging`, makes its own
+driver, and only uses sockets, pipes and plain file writes.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from vmsandbox.guest.protocol import (
     recv_reply,
     send_frame,
 )
+from vmsandbox.hypervisor import driver_for
 from vmsandbox.hypervisor.base import HypervisorDriver, VMHandle
+from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime.errors import AgentError
 
 #: Signals a caller may send the relay's pid; each is passed on to the container.
@@ -70,9 +74,10 @@ class RelayConfig(BaseModel):
     terminal: bool
     log_path: Path
     relay_log: Path
+    hypervisor_config: HypervisorConfig
 
 
-def spawn_relay(driver: HypervisorDriver, config: RelayConfig, timeout: float = 15.0) -> int:
+def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
     """Fork the relay; return its pid once it is attached to the container's output."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
@@ -80,7 +85,7 @@ def spawn_relay(driver: HypervisorDriver, config: RelayConfig, timeout: float = 
         code = LOST_AGENT_STATUS
         try:
             os.close(ready_r)
-            code = _child(driver, config, ready_w)
+            code = _child(config, ready_w)
         except BaseException:
             _log(config.relay_log, traceback.format_exc())
         finally:
@@ -126,7 +131,7 @@ def _log(path: Path, text: str) -> None:
 # ---- the child ---------------------------------------------------------------------------
 
 
-def _child(driver: HypervisorDriver, config: RelayConfig, ready_w: int) -> int:
+def _child(config: RelayConfig, ready_w: int) -> int:
     os.setsid()
     # Give the relay exactly the caller's stdio, then drop every other inherited descriptor.
     copies = [os.dup(fd) for fd in config.stdio]
@@ -148,6 +153,8 @@ def _child(driver: HypervisorDriver, config: RelayConfig, ready_w: int) -> int:
     for signum in (*FORWARDED, signal.SIGWINCH):
         signal.signal(signum, lambda *_: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # A driver of its own: the creator's may track child processes that are not the relay's.
+    driver = driver_for(config.handle.hypervisor, config.hypervisor_config)
     return Relay(driver, config, wakeup_r).run(ready_w)
 
 

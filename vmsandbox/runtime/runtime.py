@@ -247,7 +247,6 @@ class Runtime:
             undo.callback(log_file.unlink, missing_ok=True)
         log_file.touch()
         relay_pid = spawn_relay(
-            driver,
             RelayConfig(
                 container_id=container_id,
                 handle=handle,
@@ -255,6 +254,7 @@ class Runtime:
                 terminal=terminal,
                 log_path=log_file,
                 relay_log=record_dir / "relay.log",
+                hypervisor_config=self.config,
             ),
         )
         undo.callback(_kill_relay, relay_pid)
