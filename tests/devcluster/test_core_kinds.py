@@ -329,3 +329,17 @@ def test_yaml_responses_for_core_kinds_are_translated(kube: LocalCluster) -> Non
     assert resp.headers["Content-Type"].startswith("application/yaml")
     assert "apiVersion: v1\n" in resp.text
     assert "devcluster" not in resp.text
+
+
+def test_delete_preconditions_are_enforced(core: client.CoreV1Api, node_name: str) -> None:
+    created = core.create_node(_node(node_name))
+    core.patch_node(node_name, {"metadata": {"labels": {"v": "2"}}}, _content_type=MERGE)
+    stale = {"preconditions": {"resourceVersion": created.metadata.resource_version}}
+    with pytest.raises(ApiException) as err:
+        core.delete_node(node_name, body=stale)
+    assert err.value.status == 409
+    current = core.read_node(node_name).metadata.resource_version
+    core.delete_node(node_name, body={"preconditions": {"resourceVersion": current}})
+    with pytest.raises(ApiException) as err:
+        core.read_node(node_name)
+    assert err.value.status == 404

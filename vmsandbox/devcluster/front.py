@@ -344,6 +344,8 @@ class Front:
             body = (
                 raw if parsed is None else json.dumps(to_private(kind, parsed, whole_object=whole)).encode()
             )
+        elif request.method == "DELETE":
+            body = await request.read() or None  # DeleteOptions: preconditions, propagation
         url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
         headers = self._forward_headers(request, forward_type)
         verb = api.verb(request.method, request.query)
