@@ -42,7 +42,7 @@ from vmsandbox.guest.protocol import (
 from vmsandbox.guest.transport import TransportError, open_listener
 from vmsandbox.hypervisor.base import DiskSpec, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.process import ProcessDriver
+from vmsandbox.hypervisor.process import ProcessDriver, cgroup_mounts
 from vmsandbox.runtime.disk import make_disk
 
 # ---- framing and transports ------------------------------------------------------------
@@ -120,6 +120,8 @@ def vm(driver: ProcessDriver, tmp_path: Path) -> Iterator[VMHandle]:
     yield handle
     driver.stop(handle)
     assert not driver.alive(handle)
+    parent = handle.endpoints["cgroup_parent"].lstrip("/")
+    assert [m for m in cgroup_mounts() if (m / parent).exists()] == []
     assert not spec.state_dir.exists()
     assert processes_mentioning(str(root)) == []
     root.rmdir()

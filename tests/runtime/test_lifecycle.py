@@ -16,7 +16,7 @@ import pytest
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container
 from tests.runtime.support import Schemas
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.process import ProcessDriver
+from vmsandbox.hypervisor.process import ProcessDriver, cgroup_mounts
 from vmsandbox.runtime import ContainerState, Runtime
 from vmsandbox.runtime.disk import disk_serial
 from vmsandbox.runtime.errors import IdInUse, NotFound, WrongState
@@ -341,3 +341,21 @@ def test_disk_path_for_vm_backends(rt: Runtime, make_bundle: BundleFactory, tmp_
     assert out.read_bytes() == b"/bin/busybox\n"
     rt.delete("dsb", force=True)
     assert_no_leaks(rt.root)
+
+
+def test_vm_dying_under_a_running_container(rt: Runtime, make_bundle: BundleFactory) -> None:
+    """The VM (here: the agent's process group) vanishes: the relay ends, state says stopped."""
+    state = rt.create("doomed", make_bundle(["sleep", "100"]))
+    rt.start("doomed")
+    assert state.vm is not None
+    os.killpg(state.vm.vmm_pid, signal.SIGKILL)
+    assert relay_status(state.pid) == 255  # the relay lost the agent before any exit status
+    gone = wait_for_status(rt, "doomed", "stopped")
+    assert gone.exit_code is None and gone.pid == 0
+    with pytest.raises(WrongState):
+        rt.kill("doomed")
+    rt.delete("doomed")
+    assert_no_leaks(rt.root)
+    # runc never deleted the container, yet its cgroups went with the "VM".
+    parent = state.vm.endpoints["cgroup_parent"].lstrip("/")
+    assert [m for m in cgroup_mounts() if (m / parent).exists()] == []

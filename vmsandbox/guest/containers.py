@@ -33,6 +33,8 @@ log = logging.getLogger("vmsandbox.guest")
 _ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 #: Output kept in memory per container for late attachers; older bytes are dropped first.
 KEEP_OUTPUT = 8 * 1024 * 1024
+#: Set when the agent shares the host's cgroup hierarchies (the process backend).
+CGROUP_PARENT_ENV = "VMSANDBOX_GUEST_CGROUP_PARENT"
 #: After the init exits, how long to wait for stray writers to close stdout/stderr.
 EOF_GRACE = 1.0
 
@@ -267,6 +269,14 @@ class ContainerTable:
         process = guest.get("process")
         if isinstance(process, dict):
             process["terminal"] = container.terminal
+        parent = os.environ.get(CGROUP_PARENT_ENV)
+        linux = guest.setdefault("linux", {})
+        if parent and isinstance(linux, dict):
+            # A guest sharing the host's cgroups keeps its containers under one parent, so that
+            # whoever stops it can remove what crun/runc never got to delete.
+            own = linux.get("cgroupsPath")
+            name = own.strip("/") if isinstance(own, str) and own and ":" not in own else container.id
+            linux["cgroupsPath"] = f"{parent.rstrip('/')}/{name}"
         return guest
 
     def _run_create(self, container: Container, bundle: Path) -> None:

@@ -48,6 +48,9 @@ ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no V
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
 UNSHARE += ["--propagation", "private", "--mount-proc"]
 DISKS_FILE = "disks.json"
+CGROUP_FILE = "cgroup.parent"
+#: Each agent's containers live in cgroups under ``/vmsandbox/<random>`` in every hierarchy.
+CGROUP_ROOT = "/vmsandbox"
 PID_FILE = "vmm.pid"
 POOL_DIR = ".pool"
 POOL_ENV = "VMSANDBOX_PROCESS_POOL"
@@ -120,6 +123,9 @@ class ProcessDriver(HypervisorDriver):
         env["PYTHONPATH"] = _agent_pythonpath()
         # Relative to the agent's working directory (its state dir), so it survives a rename.
         env["VMSANDBOX_GUEST_DISKS"] = f"../{DISKS_FILE}"
+        cgroup_parent = f"{CGROUP_ROOT}/{secrets.token_hex(8)}"
+        env["VMSANDBOX_GUEST_CGROUP_PARENT"] = cgroup_parent
+        (state_dir / CGROUP_FILE).write_text(cgroup_parent)
         cmd = [
             *UNSHARE,
             sys.executable,
@@ -156,7 +162,11 @@ class ProcessDriver(HypervisorDriver):
             hypervisor=self.name,
             state_dir=spec.state_dir,
             vmm_pid=pid,
-            endpoints={"agent": str(spec.state_dir / "agent.sock"), "disks": str(disks)},
+            endpoints={
+                "agent": str(spec.state_dir / "agent.sock"),
+                "disks": str(disks),
+                "cgroup_parent": (spec.state_dir / CGROUP_FILE).read_text(),
+            },
         )
 
     def _cold_boot(self, spec: VMSpec) -> VMHandle:
@@ -223,6 +233,8 @@ class ProcessDriver(HypervisorDriver):
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
             _kill_group(pid)
+            with contextlib.suppress(OSError):
+                remove_cgroups((entry / CGROUP_FILE).read_text())
             shutil.rmtree(entry, ignore_errors=True)
         with contextlib.suppress(OSError):
             pool.rmdir()
@@ -291,8 +303,48 @@ class ProcessDriver(HypervisorDriver):
 
     def stop(self, handle: VMHandle) -> None:
         _kill_group(handle.vmm_pid)
+        if "cgroup_parent" in handle.endpoints:
+            remove_cgroups(handle.endpoints["cgroup_parent"])
         Path(handle.endpoints.get("agent", handle.state_dir / "agent.sock")).unlink(missing_ok=True)
         shutil.rmtree(handle.state_dir, ignore_errors=True)
+
+
+def cgroup_mounts() -> list[Path]:
+    """Mount points of every cgroup (v1) and cgroup2 hierarchy on this host."""
+    mounts = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if "-" in fields and fields[fields.index("-") + 1] in ("cgroup", "cgroup2"):
+                mounts.append(Path(fields[4]))
+    return mounts
+
+
+def remove_cgroups(parent: str, timeout: float = 5.0) -> None:
+    """Remove the cgroups under ``parent`` in every hierarchy, deepest first.
+
+    The agent's containers are dead by now, but the kernel may take a moment to empty their
+    cgroups, so ``rmdir`` is retried for a while (EBUSY) before giving up.
+    """
+    deadline = time.monotonic() + timeout
+    for mount in cgroup_mounts():
+        top = mount / parent.lstrip("/")
+        if not top.is_dir():
+            continue
+        dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for directory in [*dirs, top]:
+            while True:
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if time.monotonic() >= deadline:
+                        raise HypervisorError(
+                            f"cannot remove cgroup {directory}: {exc}", step="stop"
+                        ) from exc
+                    time.sleep(0.01)
 
 
 def pool_dir(vms_dir: Path) -> Path:
