@@ -174,6 +174,11 @@ def make_agent(
             failures.append(f"{exc}: {containers_left(agent.runtime_root)}\n{agent.logs()[-4000:]}")
         agent.stop()
         force_cleanup(agent.runtime_root)
+    # A killed stand-in VMM's guest is stopped by the stand-in's watchdog shortly after.
+    with contextlib.suppress(AssertionError):
+        wait_for(
+            "processes under the workdir to exit", lambda: not processes_mentioning(str(workdir)), timeout=20
+        )
     leaked = processes_mentioning(str(workdir))
     for pid, _cmd in leaked:
         with contextlib.suppress(OSError):

@@ -352,7 +352,10 @@ class AgentProcess:
             agent_command(), env=self.env, stdout=log, stderr=log, cwd=self.workdir, start_new_session=False
         )
         if wait_ready:
-            wait_for(f"agent on {self.node} to be ready", self._ready, timeout=30)
+            try:
+                wait_for(f"agent on {self.node} to be ready", self._ready, timeout=90)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\nagent log:\n{self.logs()[-3000:]}") from None
 
     def endpoint(self) -> str | None:
         annotations = self.cluster.node(self.node)["metadata"].get("annotations") or {}

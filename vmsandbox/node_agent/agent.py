@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
@@ -98,6 +99,7 @@ class Agent:
             records=self.records,
             metrics=self.metrics,
             start_slots=threading.BoundedSemaphore(config.max_concurrent_starts),
+            writes=ThreadPoolExecutor(max_workers=8, thread_name_prefix="status"),
             usable_hypervisors=self.capacity.hypervisors,
         )
         self.supervisor = Supervisor(ctx)

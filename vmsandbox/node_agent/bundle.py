@@ -13,11 +13,18 @@ from vmsandbox.node_agent.images import Image
 from vmsandbox.node_agent.ociconfig import build_config
 
 
-def build_bundle(bundle: Path, sandbox: VMSandbox, image: Image) -> Path:
-    """Fresh every time (a restarted container starts from the image again, as in Kubernetes)."""
+def build_bundle(bundle: Path, sandbox: VMSandbox, image: Image, *, link_rootfs: bool = False) -> Path:
+    """Fresh every time (a restarted container starts from the image again, as in Kubernetes).
+
+    ``link_rootfs``: the backend only reads the root filesystem to build the VM's disk from it
+    (every backend but ``process``), so the bundle points at the cached copy instead of copying.
+    """
     shutil.rmtree(bundle, ignore_errors=True)
     bundle.mkdir(parents=True)
     rootfs = bundle / "rootfs"
+    if link_rootfs:
+        rootfs.symlink_to(image.rootfs, target_is_directory=True)
+        return _finish(bundle, sandbox, image)
     proc = subprocess.run(
         ["cp", "-a", "--reflink=auto", str(image.rootfs), str(rootfs)],
         capture_output=True,
@@ -27,6 +34,11 @@ def build_bundle(bundle: Path, sandbox: VMSandbox, image: Image) -> Path:
     if proc.returncode != 0:
         shutil.rmtree(bundle, ignore_errors=True)
         raise BundleFailed(f"copying the image root filesystem: {proc.stderr.strip()}", step="bundle rootfs")
+    return _finish(bundle, sandbox, image)
+
+
+def _finish(bundle: Path, sandbox: VMSandbox, image: Image) -> Path:
+    rootfs = bundle / "rootfs"
     try:
         config = build_config(sandbox, image.config, rootfs)
     except BaseException:

@@ -38,6 +38,13 @@ class AgentMetrics:
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
+        self.step = Histogram(
+            "vmsandbox_agent_step_seconds",
+            "Duration of the agent's own steps: status writes, bundle, runtime calls, start-slot waits.",
+            ["step"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
         self.pull_bytes = Counter(
             "vmsandbox_agent_image_pull_bytes", "Bytes pulled from registries.", registry=r
         )

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +68,8 @@ class AgentContext:
     records: RecordStore
     metrics: AgentMetrics
     start_slots: threading.BoundedSemaphore
+    #: Runs status writes that need not hold up the boot (they stay in order per sandbox).
+    writes: ThreadPoolExecutor
     usable_hypervisors: list[str]
 
 
@@ -91,6 +95,7 @@ class SandboxWorker:
         self._consecutive = 0
         self._run_started: float | None = None
         self._adopt_checked = False
+        self._queued: Future[dict[str, Any] | None] | None = None
         self.phase: str | None = (obj.get("status") or {}).get("phase")
         self.thread = threading.Thread(target=self._run, name=f"sb-{self.name}"[:15], daemon=True)
 
@@ -145,6 +150,7 @@ class SandboxWorker:
         assert obj is not None
         meta = obj["metadata"]
         if meta.get("deletionTimestamp"):
+            obj = self._settle() or obj
             self._teardown("the sandbox is being deleted")
             self.ctx.records.remove(self.uid)
             if self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=False) is not None:
@@ -152,8 +158,13 @@ class SandboxWorker:
             return None
         if AGENT_FINALIZER not in (meta.get("finalizers") or []):
             if self.record is not None and self.record.finalizer_added:
-                self._abandon(obj)
-                return None
+                # A watch event older than our own patch also lacks it: only a fresh read decides.
+                fresh = self.ctx.writer.kube.get_sandbox(self.namespace, self.name)
+                if fresh is None or AGENT_FINALIZER not in (fresh["metadata"].get("finalizers") or []):
+                    self._abandon(fresh or obj)
+                    return None
+                self.update(fresh)
+                return 0.0
             obj = self._add_finalizer(obj)
             if obj is None:
                 return 0.0
@@ -199,7 +210,8 @@ class SandboxWorker:
         record = self._ensure_record()
         record.finalizer_added = True
         self._save_record()
-        updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True)
+        with self._step("finalizer"):
+            updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True)
         if updated is not None:
             with self._lock:
                 if self._obj is obj:
@@ -250,8 +262,45 @@ class SandboxWorker:
         obj = self.latest()
         return not self._ours(obj) or bool(obj and obj["metadata"].get("deletionTimestamp"))
 
-    def _write(self, obj: dict[str, Any], mutate: Any) -> dict[str, Any]:
-        written = self.ctx.writer.update_status(obj, mutate, uid=self.uid)
+    @contextlib.contextmanager
+    def _step(self, step: str) -> Iterator[None]:
+        """Time one of the agent's own steps (``vmsandbox_agent_step_seconds``)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.ctx.metrics.step.labels(step).observe(time.monotonic() - t0)
+
+    def _write_later(self, mutate: Any) -> None:
+        """Queue a status write behind the ones already queued; the worker goes on meanwhile."""
+        previous = self._queued
+
+        def run() -> dict[str, Any] | None:
+            base = self._result_of(previous)
+            obj = base or self.latest()
+            return None if obj is None else self._write(obj, mutate, settle=False)
+
+        self._queued = self.ctx.writes.submit(run)
+
+    def _result_of(self, queued: Future[dict[str, Any] | None] | None) -> dict[str, Any] | None:
+        if queued is None:
+            return None
+        try:
+            return queued.result()
+        except Exception as exc:
+            self.log.warning("status write failed: %s", exc)
+            return None
+
+    def _settle(self) -> dict[str, Any] | None:
+        """Wait for queued writes; returns the object the last one wrote."""
+        queued, self._queued = self._queued, None
+        return self._result_of(queued)
+
+    def _write(self, obj: dict[str, Any], mutate: Any, *, settle: bool = True) -> dict[str, Any]:
+        if settle:
+            obj = self._settle() or obj
+        with self._step("statusWrite"):
+            written = self.ctx.writer.update_status(obj, mutate, uid=self.uid)
         if written is not None:
             self.phase = (written.get("status") or {}).get("phase")
             return written
@@ -282,7 +331,7 @@ class SandboxWorker:
                 ConditionType.READY, ConditionStatus.FALSE, "Creating", generation=generation
             )
 
-        obj = self._write(obj, creating)
+        self._write_later(creating)
         try:
             if hypervisor not in cfg.allowed_hypervisors:
                 raise HypervisorNotAllowed(
@@ -305,19 +354,28 @@ class SandboxWorker:
             self.ctx.metrics.boot_stage.labels("image").observe(image_s)
             self.ctx.events.record(obj, "Pulled", f"image {sandbox.spec.image} ready ({image.digest})")
             record.image_digest = image.digest
-            bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
+            runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
+            with self._step("bundle"):
+                bundle = build_bundle(
+                    self.ctx.records.bundle_dir(self.uid),
+                    sandbox,
+                    image,
+                    link_rootfs=not runtime.driver().shares_host_fs,
+                )
             if self._deleting():
                 return 0.0
             record.container_created = True
             self._save_record()
-            runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
+            t_slot = time.monotonic()
             with self.ctx.start_slots:
+                self.ctx.metrics.step.labels("startSlotWait").observe(time.monotonic() - t_slot)
                 if self._deleting():
                     record.container_created = False
                     self._save_record()
                     return 0.0
                 try:
-                    state = runtime.create(self.cid, bundle, log_path=self.ctx.records.log_path(self.uid))
+                    with self._step("runtimeCreate"):
+                        state = runtime.create(self.cid, bundle, log_path=self.ctx.records.log_path(self.uid))
                 except VMSandboxError:
                     record.container_created = False
                     self._save_record()
@@ -349,13 +407,14 @@ class SandboxWorker:
                     container_create=timings.containerCreate,
                 )
 
-            obj = self._write(obj, booted)
+            self._write_later(booted)
             self.ctx.events.record(
                 obj, "VMBooted", f"{hypervisor} VM {vm_status.id} booted (VMM pid {vm_status.vmm_pid})"
             )
             if self._deleting():
                 return 0.0
-            state = runtime.start(self.cid)
+            with self._step("runtimeStart"):
+                state = runtime.start(self.cid)
             self.container = state
             self._run_started = time.monotonic()
             total_s = time.monotonic() - t_pickup
@@ -561,6 +620,7 @@ class SandboxWorker:
 
     def _teardown(self, why: str, *, keep_bundle: bool = False) -> None:
         """Stop the container and VM and free the bundle; the log stays until the sandbox is deleted."""
+        self._settle()
         had = self.ctx.runtimes.destroy(self.cid)
         self.container = None
         if had:
