@@ -353,6 +353,26 @@ class DevStack:
         log.close()
         self.procs.append((name, proc))
 
+    def register_node(self, api: Api) -> None:
+        """Create this machine's Node, as the kubelet would on a real cluster; the agent annotates it."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.node_name, "labels": {"kubernetes.io/hostname": self.node_name}},
+        }
+        resp = api.request("POST", "/api/v1/nodes", json=body)
+        if resp.status_code not in (201, 409):
+            raise CLIError(f"creating node {self.node_name}: {resp.status_code} {resp.text}", step="dev")
+
+    def tail(self, lines: int = 15) -> str:
+        out = []
+        for name, _ in self.procs:
+            path = self.workdir / f"{name}.log"
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+        return "\n".join(out)
+
     def start(self) -> None:
         allowed = ",".join(sorted({"cloud-hypervisor", "qemu", self.backend.name}))
         env = _python_env()
@@ -432,10 +452,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
         assert cluster.workdir is not None
         stack = DevStack(cluster.workdir, cluster.kubeconfig_path, backend, args.node_name)
         try:
+            api = Api(cluster.kubeconfig_path)
+            stack.register_node(api)
             stack.start()
             link.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cluster.kubeconfig_path, link)
-            api = Api(cluster.kubeconfig_path)
             deadline = time.monotonic() + 120
             while not _node_ready(api, args.node_name):
                 if stack.dead() or stop.is_set() or time.monotonic() > deadline:
