@@ -105,12 +105,19 @@ def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / algo / hexpart
 
 
+def _ref_name(descriptor: dict[str, Any]) -> str | None:
+    return (descriptor.get("annotations") or {}).get(_REF_NAME)
+
+
 def resolve_manifest(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
     """The manifest digest and manifest JSON tagged ``tag`` in an OCI layout (index -> amd64)."""
     index = _read_json(layout / "index.json", "image index")
-    matches = [m for m in index.get("manifests", []) if m.get("annotations", {}).get(_REF_NAME) == tag]
+    if not isinstance(index, dict):
+        raise InvalidImage(f"{layout}/index.json is not a JSON object")
+    manifests = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
+    matches = [m for m in manifests if _ref_name(m) == tag]
     if not matches:
-        tags = sorted({m.get("annotations", {}).get(_REF_NAME, "?") for m in index.get("manifests", [])})
+        tags = sorted({_ref_name(m) or "?" for m in manifests})
         raise ImagePullFailed(
             f"tag {tag!r} not found in OCI layout {layout} (tags: {', '.join(tags) or 'none'})"
         )
@@ -119,7 +126,7 @@ def resolve_manifest(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
         nested = _read_json(_blob(layout, descriptor["digest"]), "image index")
         platforms = [
             m
-            for m in nested.get("manifests", [])
+            for m in nested.get("manifests") or []
             if m.get("platform", {}).get("architecture") == "amd64"
             and m.get("platform", {}).get("os") == "linux"
         ]
@@ -166,7 +173,7 @@ class ImageStore:
         ref = parse_image_ref(reference)
         with self._flight(ref.canonical):
             image = self._ensure(ref, policy)
-        self._evict()
+        self._evict(keep=image.digest)
         return image
 
     def cached_digests(self) -> set[str]:
@@ -316,14 +323,14 @@ class ImageStore:
             sizes[canonical] = entry.size_bytes
         return sizes
 
-    def _evict(self) -> None:
-        """Drop least recently used images no bundle uses until the cache fits its limit."""
+    def _evict(self, keep: str) -> None:
+        """Drop least recently used images no bundle uses (nor ``keep``) until the cache fits."""
         with self._lock:
             sizes = self._entry_sizes()
             total = sum(sizes.values())
             if total <= self.limit_bytes:
                 return
-            busy = self._in_use()
+            busy = self._in_use() | {keep}
             for canonical, entry in sorted(self._refs.items(), key=lambda kv: kv[1].last_used):
                 if total <= self.limit_bytes:
                     break
