@@ -34,12 +34,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl
-# The builder bootstraps the guest root with mmdebstrap from this stage's Debian mirror (apt
-# sources) and checks the result against its manifest. It runs as root in the build
-# container, which has no mount privilege; if a builder host refuses that, build this stage
-# with `RUN --security=insecure` and `docker buildx build --allow security.insecure`.
-RUN vmsandbox-guest-image build --out /opt/vmsandbox/guest \
- && vmsandbox-guest-image verify /opt/vmsandbox/guest
+# The builder reads package versions from apt's lists and bootstraps the guest root with
+# mmdebstrap from this stage's Debian mirror, without mounting anything, then checks the
+# result against its manifest; the lists are refreshed and dropped within the same layer.
+RUN apt-get update \
+ && vmsandbox-guest-image build --out /opt/vmsandbox/guest \
+ && vmsandbox-guest-image verify /opt/vmsandbox/guest \
+ && rm -rf /var/lib/apt/lists/* /root/.cache/vmsandbox
 
 # ---- cloud-hypervisor: the official static release binary, pinned by version and sha256 --
 FROM debian:bookworm-slim AS cloud-hypervisor
