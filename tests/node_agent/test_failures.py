@@ -150,6 +150,19 @@ def test_on_failure_does_not_restart_a_successful_exit(
     assert status["container"]["exitCode"] == 0
 
 
+def test_always_restarts_even_a_successful_exit(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry
+) -> None:
+    agent = make_agent()
+    name = unique("always")
+    spec = {"image": f"{registry.host}/test/busybox:latest", "command": ["true"], "restartPolicy": "Always"}
+    cluster.create_sandbox(name, spec, node=agent.node)
+    wait_for("two restarts", lambda: (cluster.status(name).get("restartCount") or 0) >= 2, timeout=60)
+    status = cluster.status(name)
+    assert status["phase"] not in ("Succeeded", "Failed")
+    assert status["container"]["exitCode"] == 0
+
+
 def test_active_deadline_stops_the_sandbox(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:

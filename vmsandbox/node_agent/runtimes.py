@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import signal
 from pathlib import Path
 
+from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import ContainerState, Runtime, RuntimeError_
 from vmsandbox.runtime.errors import NotFound
@@ -60,7 +63,27 @@ class Runtimes:
             self.any.delete(container_id, force=True)
         except NotFound:
             return False
-        except RuntimeError_ as exc:
-            log.warning("deleting container %s: %s; removing its state by hand", container_id, exc)
-            self.any.store.remove(container_id)
+        except (RuntimeError_, HypervisorError) as exc:
+            log.warning(
+                "deleting container %s: %s; stopping its VM and removing its state by hand", container_id, exc
+            )
+            self._force_remove(container_id)
         return True
+
+    def _force_remove(self, container_id: str) -> None:
+        """When the runtime cannot delete: stop the VM through its driver, kill the relay, drop the state."""
+        try:
+            record = self.any.store.load(container_id)
+        except (RuntimeError_, ValueError):
+            self.any.store.remove(container_id)
+            return
+        if record.relay_pid and pid_alive(record.relay_pid):
+            with contextlib.suppress(OSError):
+                os.kill(record.relay_pid, signal.SIGKILL)
+        vm = record.state.vm
+        if vm is not None and record.owns_vm:
+            try:
+                self.any.driver(record.state.hypervisor).stop(vm)
+            except HypervisorError as exc:
+                log.error("could not stop VM %s of %s: %s", vm.vm_id, container_id, exc)
+        self.any.store.remove(container_id)
