@@ -68,6 +68,7 @@ _YAML_BODY_TYPES = frozenset({"application/yaml", "application/apply-patch+yaml"
 _SMP = "application/strategic-merge-patch+json"
 _ACCESS_REVIEWS = frozenset({"subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews"})
 _CONFLICT_RETRIES = 5
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -206,12 +207,27 @@ class Front:
         review["status"] = {"allowed": True, "reason": "the devcluster front allows every request"}
         return web.json_response(review, status=201)
 
+    # -- upstream ------------------------------------------------------------------------------
+
+    async def _upstream(self, method: str, url: str | URL, **kwargs: Any) -> aiohttp.ClientResponse:
+        """One request to the real server; an idempotent one is resent once if a pooled
+        connection turns out to have been closed by the server before it answered."""
+        assert self._session is not None
+        attempts = 2 if method in _IDEMPOTENT else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._session.request(method, url, **kwargs)
+            except aiohttp.ServerDisconnectedError:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
     # -- discovery -----------------------------------------------------------------------------
 
     async def _get_json(self, path: str) -> tuple[int, Any]:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {FRONT_TOKEN}", "Accept": "application/json"}
-        async with self._session.get(self.upstream + path, headers=headers) as resp:
+        async with await self._upstream("GET", self.upstream + path, headers=headers) as resp:
             text = await resp.text()
             try:
                 return resp.status, json.loads(text)
@@ -274,7 +290,7 @@ class Front:
         assert self._session is not None
         body = await request.read()
         url = URL(self.upstream + request.raw_path, encoded=True)
-        async with self._session.request(
+        async with await self._upstream(
             request.method, url, data=body or None, headers=self._forward_headers(request)
         ) as up:
             return await self._stream(request, up, commit, None)
@@ -349,7 +365,7 @@ class Front:
         url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
         headers = self._forward_headers(request, forward_type)
         verb = api.verb(request.method, request.query)
-        async with self._session.request(request.method, url, data=body, headers=headers) as up:
+        async with await self._upstream(request.method, url, data=body, headers=headers) as up:
             if verb == "watch" and up.status == 200:
 
                 def translate_line(line: bytes) -> bytes:
@@ -374,7 +390,8 @@ class Front:
         name = json.loads(payload).get("metadata", {}).get("name", api.name)
         target = _private(api, kind).model_copy(update={"name": name, "subresource": "status"})
         assert self._session is not None
-        async with self._session.patch(
+        async with await self._upstream(
+            "PATCH",
             self.upstream + target.render(),
             data=json.dumps({"status": new_status}).encode(),
             headers=self._forward_headers(request, "application/merge-patch+json"),
@@ -398,7 +415,7 @@ class Front:
         pinned = isinstance(patch, dict) and bool((patch.get("metadata") or {}).get("resourceVersion"))
         headers = self._forward_headers(request, "application/json")
         for _ in range(_CONFLICT_RETRIES):
-            async with self._session.get(self.upstream + object_path, headers=headers) as up:
+            async with await self._upstream("GET", self.upstream + object_path, headers=headers) as up:
                 status, payload, ctype = up.status, await up.read(), up.headers.get("Content-Type", "")
             if status != 200:
                 return _json_or_raw(kind, status, payload, ctype)
@@ -408,8 +425,12 @@ class Front:
             except StrategicPatchError as exc:
                 return _status(422, "Invalid", str(exc))
             merged["apiVersion"], merged["kind"] = kind.private_api_version, kind.kind
-            async with self._session.put(
-                self.upstream + private_path, params=query, data=json.dumps(merged).encode(), headers=headers
+            async with await self._upstream(
+                "PUT",
+                self.upstream + private_path,
+                params=query,
+                data=json.dumps(merged).encode(),
+                headers=headers,
             ) as up:
                 status, payload, ctype = up.status, await up.read(), up.headers.get("Content-Type", "")
             if status != 409 or pinned:
