@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from vmsandbox.api.constants import AGENT_FINALIZER
 from vmsandbox.node_agent.records import container_id_for
 from vmsandbox.node_agent.worker import AgentContext, SandboxWorker
 
@@ -39,7 +40,9 @@ class Supervisor:
                 return
             worker = self._workers.get(uid)
             if worker is None:
-                if obj["metadata"].get("deletionTimestamp") and not self._has_local_state(uid, obj):
+                meta = obj["metadata"]
+                ours = AGENT_FINALIZER in (meta.get("finalizers") or [])
+                if meta.get("deletionTimestamp") and not ours and not self._has_local_state(uid, obj):
                     return
                 worker = SandboxWorker(self.ctx, obj, self._worker_done)
                 self._workers[uid] = worker
