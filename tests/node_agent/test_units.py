@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 
+from tests.runtime.support import load_schemas
 from vmsandbox.api import parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
 from vmsandbox.node_agent.config import ConfigError, load_config
@@ -19,12 +17,6 @@ from vmsandbox.node_agent.images import ImageConfig, tool_error
 from vmsandbox.node_agent.ociconfig import build_config, process_args, process_env
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.watch import Gone, apply_event
-
-SCHEMA_DIR = Path(
-    os.environ.get(
-        "VMSANDBOX_OCI_SCHEMA_DIR", "/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema"
-    )
-)
 
 # ---- configuration -----------------------------------------------------------------------
 
@@ -189,7 +181,6 @@ def test_user_resolution(tmp_path: Path) -> None:
         user("ghost")
 
 
-@pytest.mark.skipif(not SCHEMA_DIR.is_dir(), reason=f"OCI runtime-spec schemas not at {SCHEMA_DIR}")
 def test_config_json_is_valid_against_the_oci_schema(tmp_path: Path) -> None:
     sandbox = _sandbox(
         command=["sleep", "1"],
@@ -199,10 +190,7 @@ def test_config_json_is_valid_against_the_oci_schema(tmp_path: Path) -> None:
         resources={"vcpus": 2, "memoryMiB": 256},
     )
     config = build_config(sandbox, IMAGE, tmp_path)
-    schema_path = SCHEMA_DIR / "config-schema.json"
-    schema = json.loads(schema_path.read_text())
-    resolver = jsonschema.RefResolver(base_uri=schema_path.as_uri(), referrer=schema)
-    jsonschema.validate(config, schema, resolver=resolver)
+    assert load_schemas().errors("config-schema.json", config) == []
     assert config["process"]["cwd"] == "/tmp"
     assert config["annotations"]["io.kubernetes.cri.container-type"] == "sandbox"
     assert config["annotations"]["io.vmsandbox.vm.vcpus"] == "2"
