@@ -79,13 +79,18 @@ class SandboxWriter:
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         uid = obj["metadata"].get("uid")
         current: dict[str, Any] | None = obj
+        fresh = False
         for _attempt in range(MAX_ATTEMPTS):
             if current is None or current["metadata"].get("uid") != uid:
                 return None
             meta = current["metadata"]
             finalizers: list[str] = list(meta.get("finalizers") or [])
             if (finalizer in finalizers) == present:
-                return current
+                if present or fresh:
+                    return current
+                # A removal must not be skipped on the word of a stale copy.
+                current, fresh = self._fresh(namespace, name), True
+                continue
             ops: list[dict[str, Any]] = [
                 {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
             ]
@@ -104,5 +109,5 @@ class SandboxWriter:
                     return None
                 if exc.status not in (409, 422):
                     raise WriteFailed(f"{namespace}/{name}: finalizer patch: HTTP {exc.status}") from exc
-                current = self._fresh(namespace, name)
+                current, fresh = self._fresh(namespace, name), True
         raise WriteFailed(f"{namespace}/{name}: finalizer still conflicting after {MAX_ATTEMPTS} attempts")
