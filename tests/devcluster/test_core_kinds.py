@@ -343,3 +343,18 @@ def test_delete_preconditions_are_enforced(core: client.CoreV1Api, node_name: st
     with pytest.raises(ApiException) as err:
         core.read_node(node_name)
     assert err.value.status == 404
+
+
+def test_deleting_a_namespace_deletes_its_objects(kube: LocalCluster, core: client.CoreV1Api) -> None:
+    name = f"doomed-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name}})
+    with kube.api_client() as api_client:
+        leases = client.CoordinationV1Api(api_client)
+        leases.create_namespaced_lease(name, {"metadata": {"name": "l1"}})
+        leases.create_namespaced_lease("default", {"metadata": {"name": f"keep-{name}"}})
+        core.create_namespaced_event(name, {"metadata": {"name": "e1"}, "involvedObject": {"name": "x"}})
+        core.delete_namespace(name)
+        assert leases.list_namespaced_lease(name).items == []
+        assert core.list_namespaced_event(name).items == []
+        leases.read_namespaced_lease(f"keep-{name}", "default")  # other namespaces are untouched
+        leases.delete_namespaced_lease(f"keep-{name}", "default")

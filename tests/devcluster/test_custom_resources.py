@@ -141,3 +141,23 @@ def test_selectable_field_watch_and_table(
     ).json()
     assert [c["name"] for c in table["columnDefinitions"]] == ["Name", "Color", "Phase"]
     assert sorted(row["cells"][:2] for row in table["rows"]) == [["b", "blue"], ["g", "green"], ["r", "red"]]
+
+
+def test_namespace_deletion_deletes_custom_resources(
+    kube: LocalCluster, widgets: client.CustomObjectsApi
+) -> None:
+    namespace = "widgets-doomed"
+    assert kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}}).status_code == 201
+    widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _widget("free", color="red"))
+    held = _widget("held", color="blue")
+    held["metadata"]["finalizers"] = ["example.com/hold"]
+    widgets.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, held)
+    assert kube.http("DELETE", f"/api/v1/namespaces/{namespace}").status_code == 200
+    left = widgets.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    assert [(w["metadata"]["name"], bool(w["metadata"].get("deletionTimestamp"))) for w in left] == [
+        ("held", True)
+    ]
+    widgets.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "held", {"metadata": {"finalizers": None}}
+    )
+    assert widgets.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"] == []

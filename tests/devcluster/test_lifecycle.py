@@ -13,6 +13,7 @@ import pytest
 
 from vmsandbox.devcluster import DevClusterError, KubeBinariesUnavailable, LocalCluster
 from vmsandbox.devcluster.binaries import BIN_DIR_ENV, CACHE_ENV, find_binaries
+from vmsandbox.devcluster.pytest_plugin import kube_required
 
 pytestmark = pytest.mark.kube
 
@@ -22,7 +23,7 @@ def bin_dir() -> Path:
     try:
         return find_binaries(build=True)
     except KubeBinariesUnavailable as exc:
-        if os.environ.get("VMSANDBOX_REQUIRE_KUBE"):
+        if kube_required():
             raise
         pytest.skip(f"real Kubernetes API server unavailable: {exc}")
 

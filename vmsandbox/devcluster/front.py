@@ -10,7 +10,8 @@ It serves what the standalone CRD server lacks and proxies everything else to it
   rows, watch event streams, error messages); strategic merge patches are applied here
   (read, merge, update with the read resourceVersion, retried on conflict) because CRD
   storage only takes JSON/merge/apply patches; a created Namespace gets ``status.phase:
-  Active`` and a created Node keeps the status it was created with, as on a real server.
+  Active`` and a created Node keeps the status it was created with, as on a real server;
+  deleting a Namespace first deletes the objects in it.
 
 Every client request is appended to an optional JSON-lines request log.
 """
@@ -26,6 +27,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import yaml
@@ -365,6 +367,13 @@ class Front:
         url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
         headers = self._forward_headers(request, forward_type)
         verb = api.verb(request.method, request.query)
+        if (
+            verb == "delete"
+            and kind.plural == "namespaces"
+            and not kind.group
+            and "dryRun" not in request.query
+        ):
+            await self._empty_namespace(request, api.name)
         async with await self._upstream(request.method, url, data=body, headers=headers) as up:
             if verb == "watch" and up.status == 200:
 
@@ -400,6 +409,26 @@ class Front:
                 log.warning("setting status after create of %s %s failed: %s", kind.kind, name, up.status)
                 return status, payload
             return status, await up.read()
+
+    async def _empty_namespace(self, request: web.Request, namespace: str) -> None:
+        """What the namespace controller does: delete every namespaced object in it (the front then
+        deletes the namespace at once, where a real one waits in Terminating for finalizers)."""
+        status, crds = await self._get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+        if status != 200:
+            log.warning("cannot list CRDs to empty namespace %s: %s", namespace, status)
+            return
+        headers = self._forward_headers(request)
+        headers.pop("Content-Type", None)
+        for crd in crds.get("items", []):
+            spec = crd.get("spec", {})
+            served = [v["name"] for v in spec.get("versions", []) if v.get("served")]
+            if spec.get("scope") != "Namespaced" or not served:
+                continue
+            where = f"namespaces/{quote(namespace, safe='')}/{spec['names']['plural']}"
+            path = f"/apis/{spec['group']}/{served[0]}/{where}"
+            async with await self._upstream("DELETE", self.upstream + path, headers=headers) as up:
+                if up.status >= 300 and up.status != 404:
+                    log.warning("emptying namespace %s: %s %s", namespace, path, up.status)
 
     async def _strategic_patch(
         self, request: web.Request, kind: CoreKind, private_path: str, raw: bytes

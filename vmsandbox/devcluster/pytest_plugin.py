@@ -79,7 +79,7 @@ def kube() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def kube_namespace(kube: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace made for this test (deleted afterwards; its objects stay, as there is no GC)."""
+    """A namespace made for this test, deleted afterwards with the objects in it."""
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
     name = f"{base}-{uuid.uuid4().hex[:6]}"
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
