@@ -217,3 +217,13 @@ def purge(kube: LocalCluster, namespace: str, names: Iterable[str] | None = None
             headers={"Content-Type": "application/merge-patch+json"},
         )
         kube.http("DELETE", path)
+
+
+def without_stale_nodes(message: str) -> str:
+    """An unschedulable message minus its count and the nodes other tests left behind (agent not ready).
+
+    Node objects are cluster-scoped and outlive the tests that made them; their agents are gone.
+    """
+    detail = message.split(": ", 1)[1] if message.startswith("0/") else message
+    groups = [g for g in detail.split("; ") if not g.endswith(": agent not ready")]
+    return "; ".join(groups)

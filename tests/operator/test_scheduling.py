@@ -18,11 +18,9 @@ from vmsandbox.operator.scheduling import (
     usage_by_node,
 )
 
-NOW = datetime.now(UTC)
-
 
 def place(sb, nodes, usage=None, strategy=Strategy.SPREAD):  # type: ignore[no-untyped-def]
-    return decide(sb, nodes, usage or {}, now=NOW, alive_window=40.0, strategy=strategy)
+    return decide(sb, nodes, usage or {}, now=datetime.now(UTC), alive_window=40.0, strategy=strategy)
 
 
 def test_dead_agent_and_missing_capacity_are_filtered() -> None:
