@@ -171,6 +171,7 @@ class Agent:
             self.config.default_hypervisor,
         )
         self._stop.wait()
+        self.watch.stop()
         self.heartbeat.stop()
         self.events.flush()
         self.http.stop()

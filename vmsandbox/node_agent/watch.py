@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from vmsandbox.api.constants import NODE_LABEL
@@ -58,9 +57,14 @@ class SandboxWatch:
         self.synced = threading.Event()
         self.thread = threading.Thread(target=self._run, name="watch", daemon=True)
         self._first_list = True
+        self._stop = threading.Event()
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self) -> None:
+        """Ends the loop once the current watch request returns (within its timeout)."""
+        self._stop.set()
 
     def _list(self) -> str:
         items, rv = self.kube.list_sandboxes(self.selector)
@@ -75,11 +79,13 @@ class SandboxWatch:
     def _run(self) -> None:
         backoff = 0.5
         rv: str | None = None
-        while True:
+        while not self._stop.is_set():
             try:
                 if rv is None:
                     rv = self._list()
                 for event in self.kube.watch_sandboxes(self.selector, rv, self.timeout_seconds):
+                    if self._stop.is_set():
+                        return
                     rv = apply_event(event, self.supervisor) or rv
                     backoff = 0.5
                 self.metrics.watch_restarts.labels("closed").inc()
@@ -94,5 +100,5 @@ class SandboxWatch:
                     continue
                 self.metrics.watch_restarts.labels("error").inc()
                 log.warning("watch failed: %s; retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
+                self._stop.wait(backoff)
                 backoff = min(MAX_ERROR_BACKOFF, backoff * 2)
