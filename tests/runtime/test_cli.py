@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.runtime.conftest import BundleFactory, assert_no_leaks
-from tests.runtime.support import Schemas, short_root
+from tests.runtime.support import Schemas, processes_mentioning, short_root
 from vmsandbox.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,3 +146,16 @@ def test_errors_name_the_step_and_reach_the_json_log(root: Path, tmp_path: Path)
     assert cli(root, "start").returncode != 0  # T1
     assert cli(root, "kill").returncode != 0  # K1
     assert cli(root, "delete").returncode != 0  # D1
+
+
+def test_warm_pool_from_the_cli_is_drained(
+    root: Path, make_bundle: BundleFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VMSANDBOX_PROCESS_POOL", "1")
+    assert cli(root, "create", "-b", str(make_bundle(["true"])), "c4", out=tmp_path / "o").returncode == 0
+    assert cli(root, "delete", "--force", "c4").returncode == 0
+    assert len(list((root / ".vms" / ".pool").iterdir())) == 1  # an idle agent outlives the calls
+    assert processes_mentioning(str(root / ".vms" / ".pool")) != []
+    assert cli(root, "drain-pool").returncode == 0
+    assert processes_mentioning(str(root)) == []
+    assert not (root / ".vms" / ".pool").exists()

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor import HYPERVISORS
-from vmsandbox.hypervisor.process import ISOLATION_NOTE
+from vmsandbox.hypervisor.process import ISOLATION_NOTE, ProcessDriver
 from vmsandbox.runtime.runtime import DEFAULT_ROOT, Runtime
-from vmsandbox.runtime.state import ContainerState
+from vmsandbox.runtime.state import VMS_DIR, ContainerState
 
 PROG = "vmsandbox-runtime"
 DESCRIPTION = f"""\
@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="remove a stopped container (--force: any)")
     delete.add_argument("--force", "-f", action="store_true")
     delete.add_argument("id")
+    sub.add_parser(
+        "drain-pool", help="stop the process backend's idle pooled agents (VMSANDBOX_PROCESS_POOL)"
+    )
     lst = sub.add_parser("list", help="list containers")
     lst.add_argument("--format", "-f", choices=["table", "json"], default="table")
     lst.add_argument("--quiet", "-q", action="store_true")
@@ -143,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         rt.kill(args.id, args.signal)
     elif args.command == "delete":
         rt.delete(args.id, force=args.force)
+    elif args.command == "drain-pool":
+        ProcessDriver.drain_pool(rt.store.root / VMS_DIR)
     elif args.command == "list":
         _print_list(rt.list(), args.format, args.quiet)
     return 0
