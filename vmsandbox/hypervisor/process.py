@@ -8,7 +8,10 @@ untrusted workloads.
 
 What is emulated: "boot" is starting the agent process; ``vm_boot`` is the time until its socket
 exists. Disks in ``VMSpec.disks`` and hot-plugged ones are recorded in a JSON map named by
-``VMSANDBOX_GUEST_DISKS`` so that the agent's block-device path works without a VM.
+``VMSANDBOX_GUEST_DISKS`` so that the agent's block-device path works without a VM. The host's
+cgroup hierarchies are shared too: the agent puts its containers under ``/vmsandbox/<random>``
+(``VMSANDBOX_GUEST_CGROUP_PARENT``) and :meth:`ProcessDriver.stop` removes that subtree, which a
+real VM's cgroups would take with them.
 
 Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: most of a
 boot is the interpreter importing the agent, so ``boot`` can instead adopt an idle agent started
