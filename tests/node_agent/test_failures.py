@@ -282,3 +282,25 @@ def test_bad_configuration_is_refused_at_start_up(make_agent: MakeAgent, tmp_pat
     assert proc.returncode == 2
     assert "stateDir: must be an absolute path" in proc.stderr.replace("Value error, ", "")
     assert "unknownOption" in proc.stderr
+
+
+def test_vm_that_fails_to_boot_reports_vm_boot_failed(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry
+) -> None:
+    agent = make_agent(CH_STANDIN_FAULTS="refuse-create")
+    name = unique("noboot")
+    spec = {
+        "image": f"{registry.host}/test/busybox:latest",
+        "command": ["true"],
+        "hypervisor": "cloud-hypervisor",
+    }
+    cluster.create_sandbox(name, spec, node=agent.node)
+    status = cluster.wait_phase(name, "Failed", timeout=60)
+    assert status["reason"] == "VMBootFailed", status
+    assert status["message"], status
+    vm_ready = next(c for c in status["conditions"] if c["type"] == "VMReady")
+    assert vm_ready["status"] == "False" and vm_ready["reason"] == "VMBootFailed"
+    metrics = agent.get("/metrics").text
+    assert 'vmsandbox_agent_vmm_failures_total{hypervisor="cloud-hypervisor",kind="boot"} 1.0' in metrics
+    vms = agent.runtime_root / ".vms"
+    assert not vms.exists() or not any(vms.iterdir()), "a failed boot leaves no VM state behind"
