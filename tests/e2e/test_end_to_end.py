@@ -140,7 +140,7 @@ def test_apply_runs_to_succeeded_logs_then_delete_leaves_nothing(
     assert capsys.readouterr().out == "hello from the sandbox\n"
     assert cli([*cfg, "get", "-n", cluster.namespace]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(name))
-    assert row.split()[1:4] == ["Failed", agent.node, hypervisor]
+    assert row.split()[1:4] == ["Failed", agent.node, hypervisor], writers(kube, name)
 
     assert cli([*cfg, "delete", name, "-n", cluster.namespace, "--wait", "--timeout", "30"]) == 0
     assert cluster.get(name) is None  # both finalizers were released
@@ -148,6 +148,15 @@ def test_apply_runs_to_succeeded_logs_then_delete_leaves_nothing(
     assert not list((agent.state_dir / "sandboxes").glob(f"*{name}*"))  # no state directory
     reasons = [e["reason"] for e in cluster.events(name)]
     assert "Scheduled" in reasons and "Started" in reasons
+
+
+def writers(kube: LocalCluster, name: str) -> str:
+    """Who wrote the sandbox, in order (for failure messages: a phase going backwards names its writer)."""
+    return "\n".join(
+        f"{rec.time:.3f} {rec.method} {rec.subresource or '-'} {rec.user_agent} {rec.status}"
+        for rec in kube.requests_made()
+        if rec.name == name and rec.method in ("PATCH", "PUT", "POST")
+    )
 
 
 def _label_node(kube: LocalCluster, node: str, labels: dict[str, str], taints: list[dict[str, str]]) -> None:
