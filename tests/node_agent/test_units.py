@@ -249,3 +249,41 @@ def test_410_gone_asks_for_a_new_list() -> None:
     }
     with pytest.raises(Gone, match="too old"):
         apply_event(event, _Recorder())  # type: ignore[arg-type]
+
+
+# ---- structured logs ---------------------------------------------------------------------
+
+
+def test_every_line_from_a_sandboxs_thread_names_it() -> None:
+    import json
+    import logging
+    import threading
+
+    from vmsandbox.node_agent.logs import JsonFormatter, SandboxLog, bind_sandbox
+
+    formatter = JsonFormatter("node-1")
+    lines: list[dict[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(formatter.format(record)))
+
+    logger = logging.getLogger("test.node_agent.logs")
+    logger.addHandler(Capture())
+    logger.propagate = False
+
+    def worker() -> None:
+        bind_sandbox("ns1", "sb1")
+        logging.getLogger("test.node_agent.logs").warning("from a library in the worker thread")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    SandboxLog(logger, "ns2", "sb2").warning("through the adapter")
+    logger.warning("agent-wide")
+    assert [(line.get("namespace"), line.get("name")) for line in lines] == [
+        ("ns1", "sb1"),
+        ("ns2", "sb2"),
+        (None, None),
+    ]
+    assert all(line["node"] == "node-1" and line["level"] == "warning" for line in lines)

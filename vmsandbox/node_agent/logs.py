@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,14 @@ from typing import Any
 #: ``name`` is taken on a LogRecord (the logger's name), so the sandbox's travels as ``sandbox_name``.
 _RENAMED = {"sandbox_name": "name"}
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+_current = threading.local()
+
+
+def bind_sandbox(namespace: str, name: str) -> None:
+    """Name the sandbox this thread works for: every line it logs (runtime, images...) carries it."""
+    _current.sandbox = (namespace, name)
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,6 +36,9 @@ class JsonFormatter(logging.Formatter):
             "node": self.node,
             "msg": record.getMessage(),
         }
+        bound = getattr(_current, "sandbox", None)
+        if bound is not None and "namespace" not in record.__dict__:
+            entry["namespace"], entry["name"] = bound
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[_RENAMED.get(key, key)] = value

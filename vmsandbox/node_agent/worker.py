@@ -38,7 +38,7 @@ from vmsandbox.node_agent.config import AgentConfig
 from vmsandbox.node_agent.errors import HypervisorNotAllowed, ImagePullFailed, InvalidSpec, SandboxFailure
 from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.images import ImageStore
-from vmsandbox.node_agent.logs import SandboxLog
+from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
@@ -121,6 +121,7 @@ class SandboxWorker:
     # ---- the loop ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        bind_sandbox(self.namespace, self.name)
         delay: float | None = 0.0
         while delay is not None:
             if delay > 0:
