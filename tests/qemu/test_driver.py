@@ -234,3 +234,19 @@ def test_a_kernel_that_never_reaches_init_fails_the_boot_deadline(
     assert info.value.step == "vm boot"
     assert "did not reach init" in str(info.value) and "within 2s under tcg" in str(info.value)
     assert_torn_down(spec.state_dir)
+
+
+@pytest.mark.vm
+def test_real_agent_crashing_at_start_is_reported_and_torn_down(
+    guest_image: Path, qemu_binary: str, state_root: Path
+) -> None:
+    """The image's own agent, told to listen on a spec it rejects: it exits, init powers off."""
+    spec = image_spec(guest_image, state_root / "vm5")
+    spec.kernel_args = ["vmsandbox.listen=bogus:nowhere"]
+    with pytest.raises(VMGone) as info:
+        QemuDriver(config(qemu_binary)).boot(spec)
+    message = str(info.value)
+    assert info.value.step == "agent ready"
+    assert "before the guest agent was ready" in message
+    assert "guest agent exited with status" in message, "the console tail names the cause"
+    assert_torn_down(spec.state_dir)
