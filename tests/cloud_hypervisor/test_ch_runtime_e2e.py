@@ -42,7 +42,11 @@ def test_busybox_lifecycle_through_cloud_hypervisor(workspace: Workspace, guest_
             pytest.skip(f"{tool} is not installed")
     root = workspace.root / "rt"
     config = base_config(["sh", "-c", "echo hello-from-the-vm; exit 3"])
-    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
+    config["annotations"] = {
+        "io.kubernetes.cri.container-type": "sandbox",
+        "io.vmsandbox.vm.vcpus": "2",
+        "io.vmsandbox.vm.memory-mib": "384",
+    }
     bundle = write_bundle(workspace.root / "bundle", config)
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ)
@@ -73,7 +77,10 @@ def test_busybox_lifecycle_through_cloud_hypervisor(workspace: Workspace, guest_
     assert Path(vm["endpoints"]["api_socket"]).exists() and Path(vm["endpoints"]["vsock_socket"]).exists()
     assert all(created["timings"][key] > 0 for key in ("vmmStart", "vmBoot", "agentReady", "containerCreate"))
     create_bodies = [r for r in workspace.requests() if r["path"] == "/api/v1/vm.create"]
-    disks = json.loads(create_bodies[0]["body"])["disks"]
+    vm_config = json.loads(create_bodies[0]["body"])
+    assert vm_config["cpus"]["boot_vcpus"] == 2, "the VM is sized from the sandbox's annotations"
+    assert vm_config["memory"]["size"] == 384 * 1024 * 1024
+    disks = vm_config["disks"]
     assert [d["serial"] for d in disks][:1] == ["vmsb-root"] and len(disks) == 2  # guest root + container
 
     run("start", "ctr")

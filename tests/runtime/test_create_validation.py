@@ -150,6 +150,18 @@ def test_unknown_container_type(rt: Runtime, make_bundle: BundleFactory, annotat
     assert err.step.startswith("config.json: annotations.io.kubernetes.")
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("io.vmsandbox.vm.vcpus", "0"), ("io.vmsandbox.vm.vcpus", "65"), ("io.vmsandbox.vm.memory-mib", "lots")],
+)
+def test_vm_size_annotation_out_of_bounds(
+    rt: Runtime, make_bundle: BundleFactory, key: str, value: str
+) -> None:
+    err = _refused(rt, "c", make_bundle(["true"], annotations={key: value}))
+    assert err.step == f"config.json: annotations.{key}"
+    assert repr(value) in str(err)
+
+
 def test_pod_container_needs_sandbox_id(rt: Runtime, make_bundle: BundleFactory) -> None:
     err = _refused(
         rt, "c", make_bundle(["true"], annotations={"io.kubernetes.cri.container-type": "container"})

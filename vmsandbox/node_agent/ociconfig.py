@@ -17,6 +17,7 @@ from typing import Any
 from vmsandbox.api.resource import VMSandbox
 from vmsandbox.node_agent.errors import InvalidImage
 from vmsandbox.node_agent.images import ImageConfig
+from vmsandbox.runtime.vmsize import ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -24,8 +25,6 @@ DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 ANNOTATION_NAMESPACE = "io.vmsandbox.sandbox.namespace"
 ANNOTATION_NAME = "io.vmsandbox.sandbox.name"
 ANNOTATION_UID = "io.vmsandbox.sandbox.uid"
-ANNOTATION_VCPUS = "io.vmsandbox.vm.vcpus"
-ANNOTATION_MEMORY = "io.vmsandbox.vm.memory-mib"
 
 _CAPABILITIES = [
     "CAP_CHOWN",
@@ -167,7 +166,7 @@ def build_config(sandbox: VMSandbox, image: ImageConfig, rootfs: Path) -> dict[s
             ANNOTATION_NAME: sandbox.metadata.name or "",
             ANNOTATION_UID: sandbox.metadata.uid or "",
             ANNOTATION_VCPUS: str(spec.resources.vcpus),
-            ANNOTATION_MEMORY: str(spec.resources.memory_mib),
+            ANNOTATION_MEMORY_MIB: str(spec.resources.memory_mib),
         }
     )
     caps = list(_CAPABILITIES)

@@ -52,6 +52,7 @@ from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import RelayConfig, spawn_relay
 from vmsandbox.runtime.spec import load_spec, resolve_bundle
 from vmsandbox.runtime.state import ContainerState, Record, StateStore, Timings
+from vmsandbox.runtime.vmsize import VMSize, vm_size
 
 log = logging.getLogger("vmsandbox.runtime")
 
@@ -171,6 +172,7 @@ class Runtime:
         checkpoint("config")
         annotations = loaded.spec.annotations or {}
         role = pod_role(container_id, annotations)
+        size = vm_size(annotations) if role.kind == "sandbox" else None
         checkpoint("container-type")
         terminal = loaded.spec.process.terminal
         if terminal and options.console_socket is None and options.console_path is None:
@@ -207,7 +209,8 @@ class Runtime:
         checkpoint("disk")
 
         if sandbox is None:
-            handle = self._boot(driver, container_id, disk, undo)
+            assert size is not None
+            handle = self._boot(driver, container_id, size, disk, undo)
             state.timings = Timings(
                 vmmStart=handle.timings.vmm_start,
                 vmBoot=handle.timings.vm_boot,
@@ -287,10 +290,21 @@ class Runtime:
         return sandbox
 
     def _boot(
-        self, driver: HypervisorDriver, container_id: str, disk: DiskSpec | None, undo: contextlib.ExitStack
+        self,
+        driver: HypervisorDriver,
+        container_id: str,
+        size: VMSize,
+        disk: DiskSpec | None,
+        undo: contextlib.ExitStack,
     ) -> VMHandle:
         vm_id = "vm-" + hashlib.sha256(container_id.encode()).hexdigest()[:16]
-        spec = VMSpec(vm_id=vm_id, state_dir=self.store.vm_dir(vm_id), disks=[disk] if disk else [])
+        spec = VMSpec(
+            vm_id=vm_id,
+            state_dir=self.store.vm_dir(vm_id),
+            vcpus=size.vcpus,
+            memory_mib=size.memory_mib,
+            disks=[disk] if disk else [],
+        )
         if not driver.shares_host_fs:
             images = self.config.guest_image_dir
             spec.kernel = images / "vmlinuz"
