@@ -431,6 +431,10 @@ def _node_ready(api: Api, node: str) -> bool:
     return (resp.json()["metadata"].get("labels") or {}).get("vmsandbox.io/agent") == "ready"
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from vmsandbox.devcluster.cluster import LocalCluster
 
@@ -440,8 +444,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         else detect_backend()
     )
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, _interrupt)  # during start-up, SIGTERM unwinds like Ctrl-C
     print(f"vmsandbox dev: VM backend: {backend.name} ({backend.why})", flush=True)
     print(
         "vmsandbox dev: starting the local control plane (first run builds the API server, ~6 min)",
@@ -450,6 +453,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     link = dev_kubeconfig_link()
     with LocalCluster(workdir=args.workdir) as cluster:
         assert cluster.workdir is not None
+        # From here on Ctrl-C stops everything in order; before, it interrupts the start-up itself.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         stack = DevStack(cluster.workdir, cluster.kubeconfig_path, backend, args.node_name)
         try:
             api = Api(cluster.kubeconfig_path)

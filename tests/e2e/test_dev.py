@@ -15,6 +15,7 @@ import pytest
 from tests.e2e.processes import REPO
 from tests.node_agent.support import Registry, processes_mentioning, wait_for
 from vmsandbox.cli import main as cli
+from vmsandbox.devcluster.binaries import CACHE_ENV, cache_dir
 from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
@@ -28,7 +29,8 @@ def test_dev_runs_a_sandbox_and_stops_everything_on_ctrl_c(
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # dev's kubeconfig link lands here, not in ~/.cache
+        CACHE_ENV: str(cache_dir()),  # ... while the API server binaries are still the cached ones
         "VMSANDBOX_AGENT_INSECURE_REGISTRIES": registry.host,
     }
     env.pop("KUBECONFIG", None)
