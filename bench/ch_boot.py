@@ -16,7 +16,7 @@ What it does not measure: a real VMM or guest kernel (the stand-in is Python; a 
 ``cloud-hypervisor`` answers ``vmm.ping`` within milliseconds of exec and boots a minimal guest
 in ~100-300 ms). Numbers are medians and p95 in ms.
 
-    python tests/cloud_hypervisor/bench_ch_boot.py [--runs 10] [--json out.json]
+    python bench/ch_boot.py [--runs 10] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage  # noqa: E402
@@ -94,7 +93,8 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="chb", dir="/tmp"))
-    os.environ["PATH"] = f"{HERE / 'standin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    standin = REPO / "tests" / "cloud_hypervisor" / "standin"
+    os.environ["PATH"] = f"{standin}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["TMPDIR"] = str(work)
     os.environ.pop("CH_STANDIN_RECORD", None)
     kernel = fake_bzimage(work / "vmlinuz")
