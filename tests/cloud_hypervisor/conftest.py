@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,41 +18,13 @@ from typing import Any
 import pytest
 
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
+from tests.leaks import pids_mentioning, processes_mentioning, sockets_under
 from vmsandbox.hypervisor.base import VMSpec
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver, Timeouts
 from vmsandbox.hypervisor.config import HypervisorConfig
 
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN_BINARY = STANDIN_DIR / "cloud-hypervisor"
-
-
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live (non-zombie) processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text in cmdline and state not in ("Z", "X"):
-            found.append((int(entry.name), cmdline.strip()))
-    return found
-
-
-def sockets_under(root: Path) -> list[Path]:
-    found = []
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            path = Path(dirpath) / name
-            try:
-                if stat.S_ISSOCK(path.lstat().st_mode):
-                    found.append(path)
-            except OSError:
-                continue
-    return found
 
 
 def http(
@@ -131,7 +102,7 @@ class Workspace:
     def leftovers(self) -> dict[str, list[str]]:
         """What a finished VM must not leave behind."""
         return {
-            "processes": [f"{pid}: {cmd}" for pid, cmd in processes_mentioning(str(self.root))],
+            "processes": processes_mentioning(str(self.root)),
             "sockets": [str(p) for p in sockets_under(self.root)],
             "standin workdirs": [str(p) for p in (self.root / "tmp").glob("ch-standin-*")],
             "state dir": [str(self.state_dir)] if self.state_dir.exists() else [],
@@ -172,7 +143,7 @@ def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
         try:
             ws.assert_clean()
         finally:
-            for pid, _ in processes_mentioning(str(root)):
+            for pid in pids_mentioning(str(root)):
                 with contextlib.suppress(OSError):
                     os.killpg(pid, 9)
             shutil.rmtree(root, ignore_errors=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.leaks import processes_mentioning
 from vmsandbox.devcluster import DevClusterError, KubeBinariesUnavailable, LocalCluster
 from vmsandbox.devcluster.binaries import BIN_DIR_ENV, CACHE_ENV, find_binaries
 from vmsandbox.devcluster.pytest_plugin import kube_required
@@ -28,27 +29,12 @@ def bin_dir() -> Path:
         pytest.skip(f"real Kubernetes API server unavailable: {exc}")
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (a cluster's working directory)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
-
-
 def _assert_nothing_left(cluster: LocalCluster, pids: list[int]) -> None:
     assert cluster.workdir is not None
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert _processes_mentioning(str(cluster.workdir)) == []
+    assert processes_mentioning(str(cluster.workdir)) == []
     assert not cluster.workdir.exists()
 
 
@@ -58,7 +44,7 @@ def test_stop_ends_every_process_and_removes_the_workdir(bin_dir: Path) -> None:
         pids = [p.pid for p in cluster.processes]
         assert len(pids) == 3
         assert cluster.workdir is not None
-        assert len(_processes_mentioning(str(cluster.workdir))) >= 3
+        assert len(processes_mentioning(str(cluster.workdir))) >= 3
         assert cluster.http("GET", "/api/v1/namespaces/kube-system").json()["status"]["phase"] == "Active"
     _assert_nothing_left(cluster, pids)
 
@@ -298,11 +284,11 @@ def test_runner_serves_until_interrupted_then_cleans_up(bin_dir: Path) -> None:
                 "example.com", "v1", "widgets"
             )
         assert widgets["items"] == []
-        assert len(_processes_mentioning(str(kubeconfig.parent))) >= 3
+        assert len(processes_mentioning(str(kubeconfig.parent))) >= 3
     finally:
         runner.send_signal(signal.SIGINT)
         assert runner.wait(60) == 0
-    assert _processes_mentioning(str(kubeconfig.parent)) == []
+    assert processes_mentioning(str(kubeconfig.parent)) == []
     assert not kubeconfig.parent.exists()
 
 
@@ -314,12 +300,12 @@ def test_children_die_with_a_killed_parent(bin_dir: Path) -> None:
     runner, kubeconfig = _start_runner(bin_dir)
     workdir = kubeconfig.parent
     try:
-        assert len(_processes_mentioning(str(workdir))) >= 3
+        assert len(processes_mentioning(str(workdir))) >= 3
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
         deadline = time.monotonic() + 10
-        while _processes_mentioning(str(workdir)) and time.monotonic() < deadline:
+        while processes_mentioning(str(workdir)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _processes_mentioning(str(workdir)) == []
+        assert processes_mentioning(str(workdir)) == []
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.processes import REPO
-from tests.node_agent.support import Registry, processes_mentioning, wait_for
+from tests.leaks import processes_mentioning
+from tests.node_agent.support import Registry, wait_for
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.binaries import CACHE_ENV, cache_dir
 from vmsandbox.devcluster.cluster import LocalCluster

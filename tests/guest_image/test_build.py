@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest_image.conftest import CleanBuild
+from tests.leaks import processes_mentioning
 from vmsandbox.guest.image.build import build
 from vmsandbox.guest.image.errors import GuestImageError
 from vmsandbox.guest.image.fsutil import mounts_under
@@ -133,18 +134,6 @@ def test_unchanged_inputs_reuse_the_cache(clean_build: CleanBuild) -> None:
     Manifest.load(other).verify(other)
 
 
-def _processes_mentioning(path: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
-
-
 def _assert_untouched(clean_build: CleanBuild) -> None:
     key = clean_build.result.manifest.cache_key
     assert _cache_listing(clean_build.cache) == [f"image-{key}"], "a failed build left something in the cache"
@@ -182,7 +171,7 @@ def test_mmdebstrap_failure_names_the_step_and_leaves_nothing(
         r"step 'mmdebstrap' failed: mmdebstrap (exited with status|did not finish)", str(info.value)
     )
     _assert_untouched(clean_build)
-    assert not _processes_mentioning(clean_build.cache), "mmdebstrap left processes behind"
+    assert not processes_mentioning(str(clean_build.cache)), "mmdebstrap left processes behind"
 
 
 def _env() -> dict[str, str]:

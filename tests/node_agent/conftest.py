@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.leaks import pids_mentioning, processes_mentioning
 from tests.node_agent.support import (
     STANDIN_DIR,
     AgentProcess,
@@ -22,7 +23,6 @@ from tests.node_agent.support import (
     fake_guest_image,
     force_cleanup,
     free_port,
-    processes_mentioning,
     unique,
     wait_for,
 )
@@ -180,7 +180,7 @@ def make_agent(
             "processes under the workdir to exit", lambda: not processes_mentioning(str(workdir)), timeout=20
         )
     leaked = processes_mentioning(str(workdir))
-    for pid, _cmd in leaked:
+    for pid in pids_mentioning(str(workdir)):
         with contextlib.suppress(OSError):
             os.kill(pid, 9)
     if leaked:

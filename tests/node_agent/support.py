@@ -60,20 +60,6 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and pid_alive(int(entry.name)):
-            found.append((int(entry.name), cmdline.strip()))
-    return found
-
-
 # ---- the image ---------------------------------------------------------------------------
 
 

@@ -54,23 +54,3 @@ def state_root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention ``text`` (QEMU, the mux proxy...)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry.name}: {cmdline.strip()}")
-    return found
-
-
-def sockets_under(root: Path) -> list[Path]:
-    return [path for path in root.rglob("*") if path.is_socket()]

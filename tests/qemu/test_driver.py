@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.qemu.conftest import processes_mentioning, sockets_under
+from tests.leaks import processes_mentioning, sockets_under
 from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
 from vmsandbox.hypervisor.base import DiskSpec, HypervisorError, VMGone, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.qemu.conftest import processes_mentioning, sockets_under
+from tests.leaks import processes_mentioning, sockets_under
 from tests.runtime.support import base_config, make_rootfs, write_bundle
 from vmsandbox.hypervisor.qemu.probe import probe_initramfs
 

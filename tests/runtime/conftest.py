@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from tests.leaks import processes_mentioning
 from tests.runtime.support import (
     Schemas,
     base_config,
     leftovers,
     load_schemas,
     make_rootfs,
-    processes_mentioning,
     short_root,
     write_bundle,
 )

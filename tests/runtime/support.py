@@ -130,22 +130,6 @@ def load_schemas() -> Schemas:
 # ---- leak checks -----------------------------------------------------------------------
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Live processes whose command line contains ``text`` (e.g. a state root)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if text in cmdline and state not in ("Z", "X"):
-            found.append(f"{entry.name}: {cmdline.strip()}")
-    return found
-
-
 def live_children() -> list[int]:
     """Our own child processes, running or unreaped (relays we forked and did not clean up)."""
     me = str(os.getpid())

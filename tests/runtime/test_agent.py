@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.support import base_config, make_rootfs, processes_mentioning, short_root
+from tests.leaks import processes_mentioning
+from tests.runtime.support import base_config, make_rootfs, short_root
 from vmsandbox.guest.ociruntime import hybrid_cgroups
 from vmsandbox.guest.protocol import (
     MAX_FRAME,

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.leaks import processes_mentioning
 from tests.runtime.conftest import BundleFactory, assert_no_leaks
-from tests.runtime.support import Schemas, processes_mentioning, short_root
+from tests.runtime.support import Schemas, short_root
 from vmsandbox.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[2]

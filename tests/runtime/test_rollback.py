@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.leaks import processes_mentioning
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container
-from tests.runtime.support import live_children, processes_mentioning
+from tests.runtime.support import live_children
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import ContainerList, ListContainers
 from vmsandbox.runtime import Runtime

@@ -1,0 +1,41 @@
+"""What a test looks for after a fault: processes and sockets that should be gone."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """``"<pid>: <command line>"`` of every live process (zombies excluded) that mentions ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(f"{entry.name}: {cmdline.strip()}")
+    return found
+
+
+def pids_mentioning(text: str) -> list[int]:
+    return [int(line.split(":", 1)[0]) for line in processes_mentioning(text)]
+
+
+def sockets_under(root: Path) -> list[Path]:
+    """Unix sockets left anywhere below ``root``."""
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    found.append(path)
+            except OSError:
+                continue
+    return found
