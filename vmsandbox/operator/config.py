@@ -61,7 +61,7 @@ class OperatorConfig(BaseModel):
     lease_duration_seconds: float = Field(default=15.0, gt=0)
     renew_deadline_seconds: float = Field(default=10.0, gt=0)
     retry_period_seconds: float = Field(default=2.0, gt=0)
-    workers: int = Field(default=16, ge=1, le=256, description="Sandboxes reconciled concurrently.")
+    workers: int = Field(default=64, ge=1, le=256, description="Sandboxes reconciled concurrently.")
     sweep_seconds: float = Field(default=1.0, gt=0, description="How often node loss and TTLs are checked.")
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     metrics_port: int | None = Field(default=9090, ge=0, le=65535)
