@@ -27,10 +27,17 @@ from urllib.parse import quote
 import requests
 import yaml
 
-from vmsandbox.api.constants import API_VERSION, GROUP, KIND, NODE_LABEL, PLURAL, VERSION
+from vmsandbox.api.constants import (
+    AGENT_ENDPOINT_ANNOTATION,
+    API_VERSION,
+    GROUP,
+    KIND,
+    NODE_LABEL,
+    PLURAL,
+    VERSION,
+)
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.operator.kube import Connection
-from vmsandbox.operator.nodes import AGENT_ENDPOINT_ANNOTATION
 
 FIELD_MANAGER = "vmsandbox-cli"
 AGENT_NAMESPACE = "vmsandbox-system"
@@ -295,7 +302,11 @@ def choose_backend(
         return Backend("cloud-hypervisor", f"{cloud_hypervisor} and /dev/kvm are usable, {image_note}")
     if qemu and guest_image:
         missing = "no cloud-hypervisor binary" if not cloud_hypervisor else "/dev/kvm is not usable"
-        accel = "KVM" if kvm else "TCG (slow: no usable /dev/kvm)"
+        accel = (
+            "KVM if a boot probe shows it works (an openable /dev/kvm can still hang a guest), else TCG"
+            if kvm
+            else "TCG (slow: no usable /dev/kvm)"
+        )
         return Backend("qemu", f"{missing}; {qemu} found with {image_note}, accelerated by {accel}")
     reasons = []
     if not cloud_hypervisor and not qemu:
@@ -479,7 +490,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print(f"export KUBECONFIG={cluster.kubeconfig_path}", flush=True)
             print(f"# logs: {cluster.workdir}/{{operator,agent}}.log and {cluster.workdir}/logs/", flush=True)
             print(
-                "# try: vmsandbox apply -f samples/hello.yaml && vmsandbox get -w  (Ctrl-C stops all)",
+                "# try: vmsandbox apply -f samples/hello-local.yaml && vmsandbox get -w  (Ctrl-C stops all)",
                 flush=True,
             )
             while not stop.wait(1.0):

@@ -23,13 +23,21 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
-from vmsandbox.api.constants import AGENT_FINALIZER, API_VERSION, GROUP, KIND, NODE_LABEL, PLURAL, VERSION
+from vmsandbox.api.constants import (
+    AGENT_ENDPOINT_ANNOTATION,
+    AGENT_FINALIZER,
+    API_VERSION,
+    GROUP,
+    KIND,
+    NODE_LABEL,
+    PLURAL,
+    VERSION,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_DIR = REPO / "tests" / "cloud_hypervisor" / "standin"
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "true", "false", "echo", "sleep", "cat", "env", "ls", "id", "pwd")
-ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
 
 T = TypeVar("T")
 
@@ -345,7 +353,7 @@ class AgentProcess:
 
     def endpoint(self) -> str | None:
         annotations = self.cluster.node(self.node)["metadata"].get("annotations") or {}
-        return annotations.get(ENDPOINT_ANNOTATION)
+        return annotations.get(AGENT_ENDPOINT_ANNOTATION)
 
     def _ready(self) -> bool:
         assert self.proc is not None

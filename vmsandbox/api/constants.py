@@ -19,5 +19,7 @@ AGENT_FINALIZER = f"{GROUP}/node-agent"
 AGENT_READY_LABEL = f"{GROUP}/agent"
 #: Node annotation holding the agent's published capacity (JSON of NodeCapacity).
 CAPACITY_ANNOTATION = f"{GROUP}/capacity"
+#: Node annotation holding the URL of the agent's HTTP server (logs, metrics, health).
+AGENT_ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
 #: Prefix of the per-node agent Lease (coordination.k8s.io) in the agent's namespace.
 AGENT_LEASE_PREFIX = "vmsandbox-agent-"

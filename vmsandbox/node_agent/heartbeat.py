@@ -14,13 +14,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from vmsandbox.api.constants import AGENT_LEASE_PREFIX, AGENT_READY_LABEL, CAPACITY_ANNOTATION, GROUP
+from vmsandbox.api.constants import (
+    AGENT_ENDPOINT_ANNOTATION,
+    AGENT_LEASE_PREFIX,
+    AGENT_READY_LABEL,
+    CAPACITY_ANNOTATION,
+)
 from vmsandbox.api.node import NodeCapacity
 from vmsandbox.node_agent.kube import Kube, status_code
 
 log = logging.getLogger("vmsandbox.node_agent.heartbeat")
-
-ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
 
 
 def _micro_time() -> str:
@@ -110,7 +113,7 @@ class Heartbeat:
                     "labels": {AGENT_READY_LABEL: "ready"},
                     "annotations": {
                         CAPACITY_ANNOTATION: json.dumps(self.capacity.to_wire(), sort_keys=True),
-                        ENDPOINT_ANNOTATION: self.endpoint,
+                        AGENT_ENDPOINT_ANNOTATION: self.endpoint,
                     },
                 }
             },

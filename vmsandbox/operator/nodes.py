@@ -11,10 +11,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from vmsandbox.api import NodeCapacity
-from vmsandbox.api.constants import AGENT_LEASE_PREFIX, AGENT_READY_LABEL, CAPACITY_ANNOTATION
+from vmsandbox.api.constants import (
+    AGENT_ENDPOINT_ANNOTATION,
+    AGENT_LEASE_PREFIX,
+    AGENT_READY_LABEL,
+    CAPACITY_ANNOTATION,
+)
 
 #: Node annotation with the agent's HTTP base URL (logs, health).
-AGENT_ENDPOINT_ANNOTATION = "vmsandbox.io/agent-endpoint"
 #: Taint effects that keep sandboxes off a node (PreferNoSchedule only steers).
 HARD_EFFECTS = ("NoSchedule", "NoExecute")
 
