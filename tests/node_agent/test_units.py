@@ -287,3 +287,19 @@ def test_every_line_from_a_sandboxs_thread_names_it() -> None:
         (None, None),
     ]
     assert all(line["node"] == "node-1" and line["level"] == "warning" for line in lines)
+
+
+def _version(uid: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"uid": uid, "resourceVersion": rv}}
+
+
+def test_a_watch_event_older_than_the_agents_own_write_is_not_acted_on() -> None:
+    """The Failed -> Creating regression: a reconcile must not see the version its write replaced."""
+    from vmsandbox.node_agent.worker import _older
+
+    written = _version("u1", "120")
+    assert _older(_version("u1", "99"), written), "an event from before the write is stale"
+    assert not _older(_version("u1", "121"), written), "a later change by anyone is news"
+    assert not _older(_version("u2", "5"), written), "a recreated sandbox (new uid) is news"
+    assert not _older(_version("u1", "opaque"), written), "unparseable versions are never dropped"
+    assert not _older(written, None)

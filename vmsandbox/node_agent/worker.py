@@ -107,8 +107,16 @@ class SandboxWorker:
     def update(self, obj: dict[str, Any] | None) -> None:
         """A new version of the object, or None when it is gone (or no longer on this node)."""
         with self._lock:
+            if obj is not None and _older(obj, self._obj):
+                return  # a watch event from before our own write: what we wrote is newer
             self._obj = obj
         self._wake.set()
+
+    def _wrote(self, written: dict[str, Any]) -> None:
+        """Remember our own write, so a reconcile never acts on the version it replaced."""
+        with self._lock:
+            if not _older(written, self._obj):
+                self._obj = written
 
     def latest(self) -> dict[str, Any] | None:
         with self._lock:
@@ -214,9 +222,7 @@ class SandboxWorker:
         with self._step("finalizer"):
             updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True)
         if updated is not None:
-            with self._lock:
-                if self._obj is obj:
-                    self._obj = updated
+            self._wrote(updated)
         return updated
 
     def _abandon(self, obj: dict[str, Any]) -> None:
@@ -303,6 +309,7 @@ class SandboxWorker:
         with self._step("statusWrite"):
             written = self.ctx.writer.update_status(obj, mutate, uid=self.uid)
         if written is not None:
+            self._wrote(written)
             self.phase = (written.get("status") or {}).get("phase")
             return written
         return obj
@@ -634,3 +641,16 @@ class SandboxWorker:
             import shutil
 
             shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
+
+
+def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    """Whether ``obj`` is an earlier version of the same object than ``than``.
+
+    The watch delivers events in resourceVersion order but may deliver ones older than a write
+    the worker has already seen answered. resourceVersions are etcd revisions, so they compare
+    as integers; anything that does not parse as one is taken as new.
+    """
+    if than is None or obj["metadata"].get("uid") != than["metadata"].get("uid"):
+        return False
+    mine, other = obj["metadata"].get("resourceVersion", ""), than["metadata"].get("resourceVersion", "")
+    return mine.isdigit() and other.isdigit() and int(mine) < int(other)
