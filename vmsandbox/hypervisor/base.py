@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import abc
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -144,3 +146,21 @@ def check_socket_path(path: Path) -> Path:
             step="socket path",
         )
     return path
+
+
+def connect_unix(path: str, vm_id: str, alive: Callable[[], bool], timeout: float) -> socket.socket:
+    """Connect to a unix socket a VM serves, retrying until ``timeout`` while the VM lives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if not alive():
+                raise VMGone(f"VM {vm_id} is not running", step="connect") from exc
+            if time.monotonic() >= deadline:
+                detail = f"cannot reach the guest agent at {path}: {exc}"
+                raise HypervisorError(detail, step="connect") from exc
+            time.sleep(0.01)

@@ -44,6 +44,7 @@ from vmsandbox.hypervisor.base import (
     VMHandle,
     VMSpec,
     check_socket_path,
+    connect_unix,
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
 
@@ -276,22 +277,7 @@ class ProcessDriver(HypervisorDriver):
         return text[-800:].strip() or "empty agent log"
 
     def connect(self, handle: VMHandle, timeout: float = 10.0) -> socket.socket:
-        path = handle.endpoints["agent"]
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(path)
-                return sock
-            except OSError as exc:
-                sock.close()
-                if not _alive(handle.vmm_pid):
-                    raise HypervisorError(f"VM {handle.vm_id} is not running", step="connect") from exc
-                if time.monotonic() >= deadline:
-                    raise HypervisorError(
-                        f"cannot reach the guest agent at {path}: {exc}", step="connect"
-                    ) from exc
-                time.sleep(0.01)
+        return connect_unix(handle.endpoints["agent"], handle.vm_id, lambda: _alive(handle.vmm_pid), timeout)
 
     def attach_disk(self, handle: VMHandle, disk: DiskSpec) -> None:
         table = Path(handle.endpoints["disks"])

@@ -36,6 +36,7 @@ from vmsandbox.hypervisor.base import (
     VMHandle,
     VMSpec,
     check_socket_path,
+    connect_unix,
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
@@ -331,21 +332,7 @@ class QemuDriver(HypervisorDriver):
 
     def connect(self, handle: VMHandle, timeout: float = 10.0) -> socket.socket:
         path = handle.endpoints.get("agent", str(VMPaths(state_dir=handle.state_dir).agent))
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(path)
-                return sock
-            except OSError as exc:
-                sock.close()
-                if not self.alive(handle):
-                    raise VMGone(f"VM {handle.vm_id} is not running", step="connect") from exc
-                if time.monotonic() >= deadline:
-                    raise HypervisorError(
-                        f"cannot reach the guest agent at {path}: {exc}", step="connect"
-                    ) from exc
-                time.sleep(0.01)
+        return connect_unix(path, handle.vm_id, lambda: self.alive(handle), timeout)
 
     def _qmp(self, handle: VMHandle, timeout: float = QMP_TIMEOUT) -> QMPClient:
         if not self.alive(handle):
