@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -148,10 +149,17 @@ class Front:
             logged = True
             self._log.write(record.model_copy(update={"status": status}))
 
+        # Shielded: a client that goes away mid-request (a SIGKILLed operator) must not cancel
+        # the upstream exchange, or a write the server applied would be missing from the log.
+        task = asyncio.ensure_future(self._dispatch(request, api, commit))
         try:
-            response = await self._dispatch(request, api, commit)
+            response = await asyncio.shield(task)
         except (aiohttp.ClientError, OSError) as exc:
             response = _status(502, "ServiceUnavailable", f"devcluster front: upstream request failed: {exc}")
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                commit((await task).status)
+            raise
         commit(response.status)
         return response
 
