@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from vmsandbox.api.crd import render, render_yaml
+from vmsandbox.api import Resources
+from vmsandbox.api.crd import facts, render, render_yaml
 from vmsandbox.api.image_ref import IMAGE_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +79,73 @@ def test_crd_declares_what_kubectl_users_see() -> None:
 
 def test_image_pattern_has_no_lookaround_for_re2() -> None:
     assert not re.search(r"\(\?[=!<]", IMAGE_PATTERN)
+
+
+def _undescribed(node: dict[str, Any], path: str) -> list[str]:
+    """Paths of properties (at any depth, through items and maps) that carry no description."""
+    missing: list[str] = []
+    for name, prop in node.get("properties", {}).items():
+        where = f"{path}.{name}"
+        if not str(prop.get("description", "")).strip():
+            missing.append(where)
+        missing += _undescribed(prop, where)
+    if isinstance(node.get("items"), dict):
+        missing += _undescribed(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        missing += _undescribed(node["additionalProperties"], f"{path}{{}}")
+    return missing
+
+
+def test_every_property_of_the_committed_crd_has_a_description() -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "vmsandboxes.yaml").read_text())
+    for version in crd["spec"]["versions"]:
+        schema = version["schema"]["openAPIV3Schema"]
+        assert schema.get("description"), f"{version['name']}: the kind itself has no description"
+        assert _undescribed(schema, "") == [], f"{version['name']}: properties without a description"
+
+
+def test_the_description_walk_finds_a_missing_description() -> None:
+    schema = {
+        "properties": {
+            "a": {"type": "string", "description": "ok"},
+            "b": {"type": "array", "description": "ok", "items": {"properties": {"c": {"type": "string"}}}},
+            "d": {"type": "object", "properties": {"e": {"type": "integer", "description": " "}}},
+        }
+    }
+    assert _undescribed(schema, "") == [".b[].c", ".d", ".d.e"]
+
+
+def test_descriptions_state_the_default_and_bounds_the_schema_enforces() -> None:
+    spec = render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    memory = spec["properties"]["resources"]["properties"]["memoryMiB"]
+    field = Resources.model_fields["memory_mib"]
+    assert memory["description"].startswith(str(field.description))
+    assert memory["description"].endswith(
+        f"Default: {memory['default']}. Range: {memory['minimum']} to {memory['maximum']}."
+    )
+    assert facts({"type": "string", "default": ""}) == ['Default: "" (empty).']
+    assert facts({"type": "integer", "minimum": 0}) == ["Range: at least 0."]
+    assert facts({"type": "string", "maxLength": 63}) == ["Length: at most 63 characters."]
+    assert facts({"type": "array", "minItems": 1, "maxItems": 8}) == ["Items: 1 to 8."]
+    assert facts({"type": "object", "default": {}}) == [], "an object default is its fields' defaults"
+
+
+def _immutable_paths(node: dict[str, Any], path: str) -> list[str]:
+    found = []
+    for name, prop in node.get("properties", {}).items():
+        rules = [r["rule"] for r in prop.get("x-kubernetes-validations", [])]
+        if "self == oldSelf" in rules:
+            found.append(f"{path}.{name}")
+        found += _immutable_paths(prop, f"{path}.{name}")
+    return found
+
+
+def test_immutable_fields_say_so() -> None:
+    spec = render()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    immutable = _immutable_paths(spec, "spec")
+    assert immutable == ["spec.image", "spec.resources"]
+    for path in immutable:
+        assert "Immutable." in spec["properties"][path.split(".")[1]]["description"], path
+    spec_rules = " ".join(r["rule"] for r in spec["x-kubernetes-validations"])
+    assert "oldSelf.hypervisor" in spec_rules
+    assert "immutable once set" in spec["properties"]["hypervisor"]["description"]

@@ -3,6 +3,10 @@
 pydantic emits JSON Schema with ``$ref``s, ``anyOf`` for optionals and titles; Kubernetes wants
 a structural schema: everything inline, one type per node, no nulls. This module converts one
 into the other and adds what only a CRD can say (printer columns, selectable fields).
+
+Every description ends with the field's default and bounds, written from the same constraints
+the schema enforces, so ``kubectl explain`` (which prints neither) states them and they never
+drift from what the server checks.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 import yaml
 
 from vmsandbox.api import constants as c
+from vmsandbox.api.resource import VMSandbox
 from vmsandbox.api.spec import SPEC_VALIDATIONS, VMSandboxSpec
 from vmsandbox.api.status import VMSandboxStatus
 
@@ -45,16 +50,78 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _literal(value: Any) -> str:
+    if value == "":
+        return '"" (empty)'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _span(what: str, low: Any, high: Any, unit: str = "") -> str | None:
+    if low is not None and high is not None:
+        return f"{what}: {low} to {high}{unit}."
+    if low is not None:
+        return f"{what}: at least {low}{unit}."
+    if high is not None:
+        return f"{what}: at most {high}{unit}."
+    return None
+
+
+def facts(node: dict[str, Any]) -> list[str]:
+    """Sentences stating a schema node's default and bounds."""
+    out: list[str] = []
+    default = node.get("default")
+    if default is not None and not isinstance(default, (dict, list)):
+        out.append(f"Default: {_literal(default)}.")
+    spans = (
+        _span("Range", node.get("minimum"), node.get("maximum")),
+        _span("Length", node.get("minLength"), node.get("maxLength"), " characters"),
+        _span("Items", node.get("minItems"), node.get("maxItems")),
+    )
+    return out + [span for span in spans if span]
+
+
+def _document(node: dict[str, Any]) -> None:
+    """Append :func:`facts` to the description of every property below ``node``, in place."""
+    for prop in node.get("properties", {}).values():
+        if prop.get("description"):
+            prop["description"] = " ".join([prop["description"], *facts(prop)])
+        _document(prop)
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            _document(node[key])
+
+
 def model_schema(model: type[Any]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    _document(schema)
     return schema
 
 
-def render() -> dict[str, Any]:
+def _root_schema() -> dict[str, Any]:
+    """The object's schema: the standard fields, then spec and status, described by :class:`VMSandbox`."""
+    raw = VMSandbox.model_json_schema(by_alias=True, mode="validation")
+    docs = {name: prop["description"] for name, prop in raw["properties"].items()}
     spec = model_schema(VMSandboxSpec)
     spec["x-kubernetes-validations"] = SPEC_VALIDATIONS
     status = model_schema(VMSandboxStatus)
+    return {
+        "type": "object",
+        "description": raw["description"],
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": docs["apiVersion"]},
+            "kind": {"type": "string", "description": docs["kind"]},
+            "metadata": {"type": "object", "description": docs["metadata"]},
+            "spec": {**spec, "description": docs["spec"]},
+            "status": {**status, "description": docs["status"]},
+        },
+    }
+
+
+def render() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -86,20 +153,7 @@ def render() -> dict[str, Any]:
                     ],
                     # Clusters >= 1.31; older ones select on the vmsandbox.io/node label instead.
                     "selectableFields": [{"jsonPath": ".status.nodeName"}, {"jsonPath": ".status.phase"}],
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A container run in its own microVM.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
+                    "schema": {"openAPIV3Schema": _root_schema()},
                 }
             ],
         },

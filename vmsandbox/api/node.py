@@ -13,6 +13,8 @@ class NodeCapacity(APIModel):
     vcpus: int = Field(ge=0, description="vCPUs the agent offers to sandboxes (allocatable).")
     memory_mib: int = Field(ge=0, alias="memoryMiB", description="MiB the agent offers to sandboxes.")
     hypervisors: list[str] = Field(default_factory=list, description="Backends usable on this node.")
-    default_hypervisor: str | None = None
-    kvm: bool = False
-    agent_version: str | None = None
+    default_hypervisor: str | None = Field(
+        default=None, description="Backend for sandboxes that name none; scheduling checks it is offered."
+    )
+    kvm: bool = Field(default=False, description="Whether /dev/kvm opened read-write on this node.")
+    agent_version: str | None = Field(default=None, description="Version of the node agent's package.")

@@ -29,11 +29,21 @@ class ObjectMeta(APIModel):
 
 
 class VMSandbox(APIModel):
-    api_version: str = API_VERSION
-    kind: str = KIND
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
-    spec: VMSandboxSpec
-    status: VMSandboxStatus = Field(default_factory=VMSandboxStatus)
+    """A container run in its own microVM, placed on a node by the operator and run by that node's agent."""
+
+    api_version: str = Field(default=API_VERSION, description=f"Always {API_VERSION}.")
+    kind: str = Field(default=KIND, description=f"Always {KIND}.")
+    metadata: ObjectMeta = Field(
+        default_factory=ObjectMeta,
+        description="Standard Kubernetes object metadata. The operator adds the label vmsandbox.io/node "
+        "and its finalizers; the node agent adds its own finalizer.",
+    )
+    spec: VMSandboxSpec = Field(description="What to run and where; written by the sandbox's author.")
+    status: VMSandboxStatus = Field(
+        default_factory=VMSandboxStatus,
+        description="What the operator and the node agents observed. They write it through the status "
+        "subresource; status sent with the object itself is ignored.",
+    )
 
     @property
     def ref(self) -> str:

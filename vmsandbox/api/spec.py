@@ -45,8 +45,13 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", 
 
 
 class EnvVar(APIModel):
-    name: EnvName
-    value: str = ""
+    """One environment variable of the container."""
+
+    name: EnvName = Field(
+        description="Variable name: a C identifier (letters, digits and underscores, not starting with "
+        "a digit)."
+    )
+    value: str = Field(default="", description="Value, used verbatim (no $(VAR) expansion).")
 
 
 class Resources(APIModel):
@@ -54,18 +59,36 @@ class Resources(APIModel):
 
     vcpus: int = Field(default=1, ge=1, le=64, description="Virtual CPUs of the sandbox's VM.")
     memory_mib: int = Field(
-        default=512, ge=128, le=262144, alias="memoryMiB", description="Memory of the sandbox's VM in MiB."
+        default=512,
+        ge=128,
+        le=262144,
+        alias="memoryMiB",
+        description="Memory of the sandbox's VM, in MiB (mebibytes).",
     )
 
 
 class Toleration(APIModel):
     """The Kubernetes toleration shape; matched against node taints when scheduling."""
 
-    key: Annotated[str, StringConstraints(max_length=316)] | None = None
-    operator: TolerationOperator = TolerationOperator.EQUAL
-    value: Annotated[str, StringConstraints(max_length=63)] | None = None
-    effect: TaintEffect | None = None
-    toleration_seconds: int | None = None
+    key: Annotated[str, StringConstraints(max_length=316)] | None = Field(
+        default=None,
+        description="Taint key to match, a label key; empty with operator Exists matches every taint.",
+    )
+    operator: TolerationOperator = Field(
+        default=TolerationOperator.EQUAL,
+        description="Exists matches any value of the key; Equal matches only the given value.",
+    )
+    value: Annotated[str, StringConstraints(max_length=63)] | None = Field(
+        default=None, description="Taint value to match with operator Equal; must be empty with Exists."
+    )
+    effect: TaintEffect | None = Field(
+        default=None, description="Taint effect to match; empty matches every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        description="Accepted with effect NoExecute only, as for Pods; it has no effect, because a taint "
+        "added later never evicts a running sandbox.",
+    )
 
     def tolerates(self, key: str, value: str | None, effect: str) -> bool:
         if self.effect is not None and self.effect.value != effect:
@@ -81,38 +104,92 @@ IMMUTABLE = "is immutable: a changed sandbox is a new sandbox; delete and recrea
 
 
 class VMSandboxSpec(APIModel):
+    """What to run in the sandbox's microVM, how big the VM is, and where it may run."""
+
     image: Annotated[str, StringConstraints(pattern=IMAGE_PATTERN, min_length=1, max_length=4096)] = Field(
-        description="OCI image reference ([registry/]repo[:tag][@sha256:digest]) or oci:<path>[:tag] "
-        "for an image layout already on the node.",
+        description="The container image: [registry/]repo[:tag][@sha256:digest] (docker.io and tag "
+        "latest when left out), or oci:<absolute path>[:tag] for an OCI image layout already on the node. "
+        "Immutable.",
         json_schema_extra={
             "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"image {IMMUTABLE}"}]
         },
     )
-    image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
-    command: list[str] | None = Field(default=None, description="Overrides the image's entrypoint.")
-    args: list[str] | None = Field(default=None, description="Overrides the image's cmd.")
-    env: list[EnvVar] | None = None
+    image_pull_policy: PullPolicy = Field(
+        default=PullPolicy.IF_NOT_PRESENT,
+        description="When the node agent pulls the image: IfNotPresent uses the node's cached copy if "
+        "there is one, Always pulls at every start (restarts included), Never uses only the cache and "
+        "fails with ErrImageNeverPull without it. Ignored for oci: layouts, which are read in place.",
+    )
+    command: list[str] | None = Field(
+        default=None,
+        description="Replaces the image's Entrypoint; when set, the image's Cmd is dropped too, so only "
+        "args follow it. Absent: the image's Entrypoint.",
+    )
+    args: list[str] | None = Field(
+        default=None,
+        description="Replaces the image's Cmd, the arguments after the entrypoint or command. "
+        "Absent: the image's Cmd.",
+    )
+    env: list[EnvVar] | None = Field(
+        default=None,
+        description="Environment variables of the container, overriding the image's by name. PATH and "
+        "HOSTNAME (the sandbox's name) are set when neither the image nor the spec sets them.",
+    )
     working_dir: Annotated[str, StringConstraints(pattern=r"^/")] | None = Field(
-        default=None, description="Absolute path in the container; overrides the image's."
+        default=None,
+        description="Absolute path the container's process starts in. Absent: the image's WorkingDir, "
+        "else /.",
     )
     resources: Resources = Field(
         default_factory=Resources,
+        description="Size of the sandbox's VM; the container gets all of it, and the scheduler counts it "
+        "against the node's published capacity. Immutable.",
         json_schema_extra={
             "default": {},
             "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"resources {IMMUTABLE}"}],
         },
     )
     hypervisor: Hypervisor | None = Field(
-        default=None, description="Backend for this sandbox's VM; the node's default when absent."
+        default=None,
+        description="Backend that runs the VM: cloud-hypervisor, qemu, or process (a plain process with "
+        "no VM isolation, for development). Absent: the chosen node's default, recorded in "
+        "status.hypervisor. The operator rejects a backend it does not allow; immutable once set.",
     )
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = None
-    restart_policy: RestartPolicy = RestartPolicy.NEVER
-    active_deadline_seconds: int | None = Field(default=None, ge=0)
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    node_selector: dict[str, str] | None = Field(
+        default=None,
+        description="Labels the sandbox's node must carry, each with exactly this value, as for Pods. "
+        "Keys and values must be valid label syntax.",
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None,
+        description="Node taints the sandbox tolerates, as for Pods. A node with an untolerated NoSchedule "
+        "or NoExecute taint is never chosen; PreferNoSchedule taints are ignored.",
+    )
+    restart_policy: RestartPolicy = Field(
+        default=RestartPolicy.NEVER,
+        description="What follows the container's exit: Never leaves the sandbox finished, OnFailure "
+        "restarts it after a non-zero exit or a lost VM, Always after every exit. Restarts back off from "
+        "10 s, doubling to 5 min (node agent settings); OnFailure and Always also reschedule a sandbox "
+        "whose node was lost.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the sandbox may run, counted from status.startTime across restarts; past it "
+        "the node agent stops the VM and the sandbox fails with reason DeadlineExceeded, without restart. "
+        "Absent: no limit.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds after the sandbox finished (Succeeded or Failed) before the operator deletes "
+        "it. Absent: kept until deleted. May be changed at any time.",
+    )
     annotations: dict[str, str] | None = Field(
         default=None,
-        description="Copied into the container's OCI config.json (e.g. container-type annotations).",
+        description="Copied into the container's OCI config.json annotations (e.g. container-type "
+        "annotations). The keys the node agent sets itself (io.vmsandbox.sandbox.namespace, .name, .uid, "
+        "io.vmsandbox.vm.vcpus, .memory-mib) replace any set here.",
     )
 
 

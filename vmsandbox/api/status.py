@@ -50,55 +50,159 @@ def now() -> datetime:
 
 
 class Condition(APIModel):
-    type: ConditionType
-    status: ConditionStatus
-    reason: Reason | None = None
-    message: Annotated[str, StringConstraints(max_length=32768)] | None = None
-    last_transition_time: datetime | None = None
-    observed_generation: int | None = Field(default=None, ge=0)
+    """One observation of the sandbox, in the Kubernetes condition shape."""
+
+    type: ConditionType = Field(
+        description="What is observed: Scheduled (a node was chosen), VMReady (the VM booted), "
+        "ContainerReady (the container started), Ready (the sandbox is running)."
+    )
+    status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
+    reason: Reason | None = Field(
+        default=None,
+        description="Why the condition last changed, as one CamelCase word (e.g. Creating, Booted, "
+        "Started, NodeLost).",
+    )
+    message: Annotated[str, StringConstraints(max_length=32768)] | None = Field(
+        default=None, description="Human-readable detail of the reason."
+    )
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed (RFC 3339, whole seconds)."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation of the sandbox the condition was set for."
+    )
 
 
 class VMStatus(APIModel):
-    id: str | None = None
-    vmm_pid: int | None = Field(default=None, alias="vmmPID")
+    """The sandbox's running VM on its node."""
+
+    id: str | None = Field(default=None, description="Identifier of the VM on its node.")
+    vmm_pid: int | None = Field(
+        default=None,
+        alias="vmmPID",
+        description="Process ID on the node of the VM's monitor: the cloud-hypervisor or qemu process, "
+        "or the guest agent's process for the process backend.",
+    )
 
 
 class ContainerStatus(APIModel):
-    id: str | None = None
-    pid: int | None = None
-    exit_code: int | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    """The sandbox's container, from its latest start to its exit."""
+
+    id: str | None = Field(default=None, description="Container ID in vmsandbox-runtime on the node.")
+    pid: int | None = Field(
+        default=None,
+        description="Process ID on the node of the runtime's relay for the container, which lives as "
+        "long as the container runs.",
+    )
+    exit_code: int | None = Field(
+        default=None,
+        description="The container's exit code; absent while it runs and when it did not exit by itself "
+        "(VM lost, deadline exceeded).",
+    )
+    started_at: datetime | None = Field(default=None, description="When the container started (RFC 3339).")
+    finished_at: datetime | None = Field(
+        default=None,
+        description="When the container exited or was stopped (RFC 3339); ttlSecondsAfterFinished counts "
+        "from here.",
+    )
 
 
 class BootTimings(APIModel):
-    """Milliseconds per stage, from scheduling to the container's creation."""
+    """Milliseconds per stage of the latest start, from scheduling to the container's creation."""
 
-    schedule: float | None = Field(default=None, ge=0)
-    image: float | None = Field(default=None, ge=0)
-    vmm_start: float | None = Field(default=None, ge=0)
-    vm_boot: float | None = Field(default=None, ge=0)
-    agent_ready: float | None = Field(default=None, ge=0)
-    container_create: float | None = Field(default=None, ge=0)
-    total: float | None = Field(default=None, ge=0)
+    schedule: float | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds from the operator first seeing the sandbox to its placement being "
+        "recorded.",
+    )
+    image: float | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds the node agent spent pulling and unpacking the image (little when cached).",
+    )
+    vmm_start: float | None = Field(
+        default=None, ge=0, description="Milliseconds from starting the VM's monitor until its API answered."
+    )
+    vm_boot: float | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds from the monitor's API answering until the guest had booted.",
+    )
+    agent_ready: float | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds from the guest's boot until its agent accepted a connection.",
+    )
+    container_create: float | None = Field(
+        default=None, ge=0, description="Milliseconds the guest agent spent creating the container."
+    )
+    total: float | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds of schedule plus those from the node agent taking up the sandbox to "
+        "the container's start; bundle building and status writes fall between the stages above.",
+    )
 
 
 class VMSandboxStatus(APIModel):
-    phase: Phase | None = None
-    reason: Reason | None = None
-    message: str | None = None
+    """What the operator and the node agent observed, written through the status subresource."""
+
+    phase: Phase | None = Field(
+        default=None,
+        description="Where the sandbox is in its life: Pending (not on a node yet), Scheduled (a node was "
+        "chosen), Creating (image, VM and container being made, or a retry waiting), Running, Succeeded "
+        "or Failed (finished; see reason), Unknown (its node's agent stopped renewing its Lease). "
+        "Terminating is reserved and not written.",
+    )
+    reason: Reason | None = Field(
+        default=None,
+        description="Why the sandbox is in its phase, as one CamelCase word (e.g. Unschedulable, Invalid, "
+        "ImagePullFailed, CrashLoopBackOff, DeadlineExceeded, NodeLost, Completed, Error).",
+    )
+    message: str | None = Field(
+        default=None, description="Human-readable detail of the reason, naming the field or step at fault."
+    )
     conditions: list[Condition] | None = Field(
         default=None,
+        description="The latest observation of each condition type, at most one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    node_name: str | None = None
-    hypervisor: str | None = None
-    vm: VMStatus | None = None
-    container: ContainerStatus | None = None
-    restart_count: int | None = Field(default=None, ge=0)
-    start_time: datetime | None = None
-    observed_generation: int | None = Field(default=None, ge=0)
-    boot_timings: BootTimings | None = None
+    node_name: str | None = Field(
+        default=None,
+        description="Node the operator placed the sandbox on; the label vmsandbox.io/node carries it too.",
+    )
+    hypervisor: str | None = Field(
+        default=None,
+        description="Backend running the VM: spec.hypervisor, or the node's default when the spec has none.",
+    )
+    vm: VMStatus | None = Field(
+        default=None,
+        description="The VM last booted for the sandbox; cleared when its container exits or the sandbox "
+        "is rescheduled.",
+    )
+    container: ContainerStatus | None = Field(
+        default=None, description="The sandbox's container, from its latest start to its exit."
+    )
+    restart_count: int | None = Field(
+        default=None,
+        ge=0,
+        description="Times the container was restarted on its node or the sandbox was rescheduled after "
+        "its node was lost.",
+    )
+    start_time: datetime | None = Field(
+        default=None,
+        description="When the node agent first began creating the sandbox (RFC 3339); "
+        "activeDeadlineSeconds counts from here.",
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The metadata.generation of the sandbox the node agent last acted on."
+    )
+    boot_timings: BootTimings | None = Field(
+        default=None,
+        description="Milliseconds per stage of the latest start, from scheduling to the container's "
+        "creation.",
+    )
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions or [] if c.type == kind), None)
