@@ -101,9 +101,13 @@ def model_schema(model: type[Any]) -> dict[str, Any]:
 
 
 def _root_schema() -> dict[str, Any]:
-    """The object's schema: the standard fields, then spec and status, described by :class:`VMSandbox`."""
+    """The object's schema: spec and status described by :class:`VMSandbox`.
+
+    A CRD may say nothing about ``metadata`` but its type, and API servers publish their own
+    descriptions of ``apiVersion``, ``kind`` and ``metadata`` for every kind.
+    """
     raw = VMSandbox.model_json_schema(by_alias=True, mode="validation")
-    docs = {name: prop["description"] for name, prop in raw["properties"].items()}
+    docs = {name: raw["properties"][name]["description"] for name in ("spec", "status")}
     spec = model_schema(VMSandboxSpec)
     spec["x-kubernetes-validations"] = SPEC_VALIDATIONS
     status = model_schema(VMSandboxStatus)
@@ -112,9 +116,9 @@ def _root_schema() -> dict[str, Any]:
         "description": raw["description"],
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": docs["apiVersion"]},
-            "kind": {"type": "string", "description": docs["kind"]},
-            "metadata": {"type": "object", "description": docs["metadata"]},
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
             "spec": {**spec, "description": docs["spec"]},
             "status": {**status, "description": docs["status"]},
         },

@@ -31,13 +31,10 @@ class ObjectMeta(APIModel):
 class VMSandbox(APIModel):
     """A container run in its own microVM, placed on a node by the operator and run by that node's agent."""
 
-    api_version: str = Field(default=API_VERSION, description=f"Always {API_VERSION}.")
-    kind: str = Field(default=KIND, description=f"Always {KIND}.")
-    metadata: ObjectMeta = Field(
-        default_factory=ObjectMeta,
-        description="Standard Kubernetes object metadata. The operator adds the label vmsandbox.io/node "
-        "and its finalizers; the node agent adds its own finalizer.",
-    )
+    # apiVersion, kind and metadata are described by the API server itself (TypeMeta, ObjectMeta).
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: VMSandboxSpec = Field(description="What to run and where; written by the sandbox's author.")
     status: VMSandboxStatus = Field(
         default_factory=VMSandboxStatus,

@@ -5,7 +5,9 @@ kubectl reads the v3 root to learn, per kind, whether the server validates field
 (the ``fieldValidation`` parameter of the PATCH operation tagged with the kind); without an
 entry it falls back to v2 and refuses every manifest. The front therefore publishes a v3
 document per group/version with each kind's operations and schema: validation itself stays
-the real server's.
+the real server's. ``kubectl explain`` reads the same documents; as kube-apiserver does for
+every custom resource, each schema's ``apiVersion``, ``kind`` and ``metadata`` carry the
+standard descriptions (a CRD may not describe ``metadata`` itself).
 """
 
 from __future__ import annotations
@@ -18,6 +20,21 @@ from pydantic import BaseModel
 from vmsandbox.devcluster.corekinds import CORE_KINDS, is_private_group
 
 _QUERY_PARAMS = ("fieldValidation", "fieldManager", "dryRun")
+
+#: What kube-apiserver says of the fields every object has, whatever its CRD says.
+TYPE_META = {
+    "apiVersion": {
+        "type": "string",
+        "description": "The versioned schema of this object, as group/version; the server may convert "
+        "between the versions it serves.",
+    },
+    "kind": {"type": "string", "description": "The REST resource this object represents, in CamelCase."},
+    "metadata": {
+        "type": "object",
+        "description": "Standard object metadata: name, namespace, labels, annotations, finalizers, and "
+        "what the server sets (uid, resourceVersion, generation, timestamps).",
+    },
+}
 
 
 class KindDoc(BaseModel, frozen=True):
@@ -90,7 +107,10 @@ def group_version_document(group: str, version: str, kinds: Iterable[KindDoc]) -
     for kind in selected:
         gvk = {"group": group, "version": version, "kind": kind.kind}
         ref = {"$ref": f"#/components/schemas/{_schema_name(kind)}"}
-        schemas[_schema_name(kind)] = {**kind.schema_, "x-kubernetes-group-version-kind": [gvk]}
+        schemas[_schema_name(kind)] = {
+            **with_type_meta(kind.schema_),
+            "x-kubernetes-group-version-kind": [gvk],
+        }
         collection = (
             f"{prefix}/namespaces/{{namespace}}/{kind.plural}"
             if kind.namespaced
@@ -108,6 +128,13 @@ def group_version_document(group: str, version: str, kinds: Iterable[KindDoc]) -
         "paths": paths,
         "components": {"schemas": schemas},
     }
+
+
+def with_type_meta(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with the standard apiVersion, kind and metadata properties (only where it is an object)."""
+    if "properties" not in schema:
+        return schema
+    return {**schema, "properties": {**schema["properties"], **TYPE_META}}
 
 
 def _schema_name(kind: KindDoc) -> str:
