@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from vmsandbox.api import Resources
@@ -100,12 +101,14 @@ def _undescribed(node: dict[str, Any], path: str) -> list[str]:
     return missing
 
 
-def test_every_property_of_the_committed_crd_has_a_description() -> None:
-    crd = yaml.safe_load((ROOT / "crds" / "vmsandboxes.yaml").read_text())
+@pytest.mark.parametrize("path", sorted((ROOT / "crds").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_property_of_every_committed_crd_has_a_description(path: Path) -> None:
+    crd = yaml.safe_load(path.read_text())
     for version in crd["spec"]["versions"]:
         schema = version["schema"]["openAPIV3Schema"]
-        assert schema.get("description"), f"{version['name']}: the kind itself has no description"
-        assert _undescribed(schema, "") == [], f"{version['name']}: properties without a description"
+        where = f"{crd['spec']['names']['kind']} {version['name']}"
+        assert schema.get("description"), f"{where}: the kind itself has no description"
+        assert _undescribed(schema, "") == [], f"{where}: properties without a description"
 
 
 def test_the_description_walk_finds_a_missing_description() -> None:

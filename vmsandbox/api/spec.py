@@ -168,9 +168,9 @@ class VMSandboxSpec(APIModel):
     restart_policy: RestartPolicy = Field(
         default=RestartPolicy.NEVER,
         description="What follows the container's exit: Never leaves the sandbox finished, OnFailure "
-        "restarts it after a non-zero exit or a lost VM, Always after every exit. Restarts back off from "
-        "10 s, doubling to 5 min (node agent settings); OnFailure and Always also reschedule a sandbox "
-        "whose node was lost.",
+        "restarts it after a non-zero exit or a lost VM, Always after every exit; both also retry a failed "
+        "start and reschedule a sandbox whose node was lost. Restarts back off from 10 s, doubling to "
+        "5 min (node agent settings).",
     )
     active_deadline_seconds: int | None = Field(
         default=None,
