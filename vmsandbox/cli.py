@@ -347,22 +347,68 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class Component:
+    """One supervised process of ``vmsandbox dev``, restarted with back-off as a controller would."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    restart_at: float | None = None
+
+    #: Back-off doubles from the first to the cap; a run longer than ``STABLE`` resets it.
+    FIRST_BACKOFF = 1.0
+    MAX_BACKOFF = 30.0
+    STABLE = 60.0
+
+    def backoff(self, ran_for: float) -> float:
+        if ran_for >= self.STABLE:
+            self.restarts = 0
+        return min(self.FIRST_BACKOFF * 2**self.restarts, self.MAX_BACKOFF)
+
+
 class DevStack:
-    """The processes ``vmsandbox dev`` starts, stopped in reverse order whatever happens."""
+    """The processes ``vmsandbox dev`` starts and supervises, stopped in reverse order whatever happens.
+
+    Like a Deployment (the operator) and a DaemonSet (the agent), a component that exits is
+    started again with the same configuration after a doubling back-off; only ``stop`` ends them.
+    The agent stays this process's direct child, so its VMs are adopted by the restarted agent.
+    """
 
     def __init__(self, workdir: Path, kubeconfig: Path, backend: Backend, node_name: str) -> None:
         self.workdir = workdir
         self.kubeconfig = kubeconfig
         self.backend = backend
         self.node_name = node_name
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.components: list[Component] = []
         self.agent_port = _free_port()
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.procs.append((name, proc))
+        component = Component(name, argv, env)
+        self.components.append(component)
+        self._launch(component)
+
+    def _launch(self, component: Component) -> None:
+        with (self.workdir / f"{component.name}.log").open("ab") as log:
+            component.proc = subprocess.Popen(
+                component.argv,
+                env=component.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        component.started_at = time.monotonic()
+        component.restart_at = None
+
+    def pid(self, name: str) -> int | None:
+        """The running pid of component ``name``, if it runs."""
+        for component in self.components:
+            if component.name == name and component.proc and component.proc.poll() is None:
+                return component.proc.pid
+        return None
 
     def register_node(self, api: Api) -> None:
         """Create this machine's Node, as the kubelet would on a real cluster; the agent annotates it."""
@@ -377,8 +423,8 @@ class DevStack:
 
     def tail(self, lines: int = 15) -> str:
         out = []
-        for name, _ in self.procs:
-            path = self.workdir / f"{name}.log"
+        for component in self.components:
+            path = self.workdir / f"{component.name}.log"
             if path.exists():
                 text = path.read_text(errors="replace").splitlines()[-lines:]
                 out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
@@ -421,18 +467,46 @@ class DevStack:
         self._spawn("agent", [sys.executable, "-m", "vmsandbox.node_agent"], agent_env)
 
     def dead(self) -> list[str]:
-        return [f"{name} (exit {p.returncode})" for name, p in self.procs if p.poll() is not None]
+        return [
+            f"{c.name} (exit {c.proc.returncode})"
+            for c in self.components
+            if c.proc is not None and c.proc.poll() is not None
+        ]
+
+    def supervise(self, now: float | None = None) -> list[str]:
+        """Restart what exited once its back-off has passed; returns the lines to print."""
+        now = time.monotonic() if now is None else now
+        said = []
+        for c in self.components:
+            if c.proc is None or c.proc.poll() is None:
+                continue
+            if c.restart_at is None:
+                delay = c.backoff(now - c.started_at)
+                c.restart_at = now + delay
+                said.append(
+                    f"vmsandbox dev: {c.name} exited with status {c.proc.returncode}; "
+                    f"starting it again in {delay:g}s (restart {c.restarts + 1}); "
+                    f"log: {self.workdir / (c.name + '.log')}"
+                )
+            elif now >= c.restart_at:
+                c.restarts += 1
+                self._launch(c)
+                said.append(f"vmsandbox dev: {c.name} started again (pid {c.proc.pid})")
+        return said
 
     def stop(self) -> None:
-        for name, proc in reversed(self.procs):  # the agent first: it tears its VMs down
+        for c in reversed(self.components):  # the agent first: it tears its VMs down
+            proc = c.proc
+            if proc is None:
+                continue
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(30 if name == "agent" else 15)
+                proc.wait(30 if c.name == "agent" else 15)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        self.procs = []
+        self.components = []
 
 
 def _node_ready(api: Api, node: str) -> bool:
@@ -484,7 +558,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                     return 1
                 time.sleep(0.5)
             print(
-                f"vmsandbox dev: ready. node {args.node_name}, agent on 127.0.0.1:{stack.agent_port}",
+                f"vmsandbox dev: ready. node {args.node_name}, agent on 127.0.0.1:{stack.agent_port}"
+                f" (operator pid {stack.pid('operator')}, agent pid {stack.pid('agent')})",
                 flush=True,
             )
             print(f"export KUBECONFIG={cluster.kubeconfig_path}", flush=True)
@@ -493,14 +568,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "# try: vmsandbox apply -f samples/hello-local.yaml && vmsandbox get -w  (Ctrl-C stops all)",
                 flush=True,
             )
-            while not stop.wait(1.0):
-                dead = stack.dead()
-                if dead:
-                    print(
-                        f"vmsandbox dev: {', '.join(dead)} stopped; logs in {cluster.workdir}",
-                        file=sys.stderr,
-                    )
-                    return 1
+            while not stop.wait(0.5):
+                for line in stack.supervise():
+                    print(line, file=sys.stderr, flush=True)
         finally:
             print("vmsandbox dev: stopping", flush=True)
             stack.stop()

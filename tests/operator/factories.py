@@ -80,4 +80,5 @@ def lease_obj(node: str, namespace: str = "vmsandbox-system", *, age: float = 0.
 
 
 def view(name: str, *, lease_age: float | None = 0.0, **kw: Any) -> NodeView:
-    return node_view(node_obj(name, **kw), None if lease_age is None else lease_obj(name, age=lease_age))
+    renewed = None if lease_age is None else datetime.now(UTC) - timedelta(seconds=lease_age)
+    return node_view(node_obj(name, **kw), renewed)

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,7 @@ class FakeAgents:
         self.period = period
         self.alive: set[str] = set()
         self.nodes: set[str] = set()
+        self.skew: dict[str, float] = {}  # node -> seconds its clock is ahead (negative: behind)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, daemon=True)
         self._thread.start()
@@ -119,7 +121,7 @@ class FakeAgents:
     def add(self, name: str, **node_kw: Any) -> None:
         resp = self.kube.http("POST", "/api/v1/nodes", json=node_obj(name, **node_kw))
         assert resp.status_code == 201, resp.text
-        lease = lease_obj(name, self.namespace)
+        lease = lease_obj(name, self.namespace, age=-self.skew.get(name, 0.0))
         resp = self.kube.http(
             "POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", json=lease
         )
@@ -136,7 +138,8 @@ class FakeAgents:
 
     def renew(self, name: str) -> None:
         path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases/{AGENT_LEASE_PREFIX}{name}"
-        body = {"spec": {"renewTime": micro_now()}}
+        renewed = datetime.now(UTC) + timedelta(seconds=self.skew.get(name, 0.0))
+        body = {"spec": {"renewTime": micro(renewed)}}
         self.kube.http("PATCH", path, json=body, headers={"Content-Type": "application/merge-patch+json"})
 
     def _renew_loop(self) -> None:
@@ -152,8 +155,6 @@ class FakeAgents:
 
 
 def micro_now() -> str:
-    from datetime import UTC, datetime
-
     return micro(datetime.now(UTC))
 
 

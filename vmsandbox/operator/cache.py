@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,7 +20,7 @@ from vmsandbox.api import InvalidSandbox, VMSandbox, VMSandboxStatus
 from vmsandbox.api.constants import NODE_LABEL
 from vmsandbox.operator.admission import admit
 from vmsandbox.operator.config import OperatorConfig
-from vmsandbox.operator.nodes import NodeView, lease_node, node_view
+from vmsandbox.operator.nodes import NodeView, lease_marker, lease_node, node_view
 from vmsandbox.operator.scheduling import NOTHING, Demand, demand_of
 
 
@@ -89,6 +89,8 @@ class ClusterCache:
         self.sandboxes: dict[str, SandboxEntry] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
         self.leases: dict[str, dict[str, Any]] = {}  # by node name
+        #: node -> (lease marker, when this operator saw that marker first), on the operator's clock
+        self.lease_seen: dict[str, tuple[str, datetime]] = {}
         self._views: dict[str, NodeView] | None = None
         self._gone_uids: set[str] = set()
 
@@ -147,28 +149,56 @@ class ClusterCache:
         if old is not None and _rv(old) >= _rv(raw):
             return node
         self.leases[node] = raw
+        marker = lease_marker(raw)
+        seen = self.lease_seen.get(node)
+        if seen is None or seen[0] != marker:
+            self.lease_seen[node] = (marker, datetime.now(UTC))
         self._views = None
         return node
+
+    def restart_lease_clocks(self) -> None:
+        """Count every agent's silence from now, as a new leader does (a gap in what this
+        replica saw, e.g. while it was not leading or the API server was away, is no silence
+        of the agents)."""
+        now = datetime.now(UTC)
+        self.lease_seen = {node: (marker, now) for node, (marker, _) in self.lease_seen.items()}
+        self._views = None
 
     def forget_lease(self, raw: Mapping[str, Any]) -> None:
         node = lease_node(raw)
         if node is not None and (raw.get("metadata") or {}).get("namespace") == self.config.namespace:
             self.leases.pop(node, None)
+            self.lease_seen.pop(node, None)
             self._views = None
+
+    def renewed(self, node: str) -> datetime | None:
+        seen = self.lease_seen.get(node)
+        return seen[1] if seen is not None else None
 
     def node_views(self) -> dict[str, NodeView]:
         if self._views is None:
-            self._views = {name: node_view(raw, self.leases.get(name)) for name, raw in self.nodes.items()}
+            self._views = {name: node_view(raw, self.renewed(name)) for name, raw in self.nodes.items()}
         return self._views
 
     def lease_age(self, node: str, now: datetime) -> float | None:
-        view = self.node_views().get(node)
-        if view is None:
-            lease = self.leases.get(node)
-            if lease is None:
-                return None
-            view = node_view({"metadata": {"name": node}}, lease)
-        return view.lease_age(now)
+        renewed = self.renewed(node)
+        return None if renewed is None else (now - renewed).total_seconds()
+
+    def unreachable_nodes(self, now: datetime, silent: float, window: float) -> tuple[set[str], set[str]]:
+        """(nodes whose agent is silent past ``silent`` seconds, nodes considered) for the brake.
+
+        Considered are the nodes with an agent Lease heard from within ``window``: a node lost
+        long ago was dealt with then and says nothing about what is failing now.
+        """
+        considered, unreachable = set(), set()
+        for name in self.nodes:
+            age = self.lease_age(name, now)
+            if age is None or age > window:
+                continue
+            considered.add(name)
+            if age > silent:
+                unreachable.add(name)
+        return unreachable, considered
 
 
 def _schedulable_bits(node: Mapping[str, Any]) -> tuple[Any, ...]:

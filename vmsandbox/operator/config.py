@@ -52,6 +52,16 @@ class OperatorConfig(BaseModel):
         gt=0,
         description="After this long without a Lease renewal a node's sandboxes fail with NodeLost.",
     )
+    eviction_brake_share: float = Field(
+        default=0.55,
+        gt=0,
+        le=1,
+        description=(
+            "When more than this share of the nodes heard from lately look lost at once, no sandbox "
+            "is marked NodeLost or rescheduled (the API server or the operator is the likelier "
+            "fault); 1 turns the brake off."
+        ),
+    )
     unschedulable_backoff_seconds: float = Field(
         default=1.0, gt=0, description="First retry of an unschedulable sandbox; doubles up to the maximum."
     )

@@ -51,12 +51,14 @@ def next_step(
     silence: float | None,
     finished_for: float | None,
     config: OperatorConfig,
+    evictions_paused: str | None = None,
 ) -> Step:
     """The one thing to do next.
 
-    ``silence``: seconds since the agent of the sandbox's node last renewed its Lease (None
-    when the sandbox is on no node). ``finished_for``: seconds since it finished (None when it
-    has not).
+    ``silence``: seconds since the operator last saw the agent of the sandbox's node renew its
+    Lease (None when the sandbox is on no node). ``finished_for``: seconds since it finished
+    (None when it has not). ``evictions_paused``: why no node may be declared lost now (the
+    brake), or None.
     """
     node = node_of(sandbox)
     grace = config.node_lost_grace_seconds
@@ -96,6 +98,11 @@ def next_step(
 
     if node is None or silence is None:
         return Step(Action.NONE)
+    if silence > grace and evictions_paused:
+        message = f"the agent of node {node} has not renewed its Lease for {silence:.0f}s; {evictions_paused}"
+        if phase is Phase.UNKNOWN:
+            return Step(Action.NONE, recheck=grace)
+        return Step(Action.MARK_UNKNOWN, message, recheck=grace)
     if silence > grace:
         return Step(
             Action.MARK_NODE_LOST,

@@ -37,6 +37,16 @@ class OperatorMetrics:
         self.node_lost = Counter(
             "vmsandbox_operator_node_lost", "Sandboxes failed with NodeLost.", registry=r
         )
+        self.evictions_paused = Gauge(
+            "vmsandbox_operator_evictions_paused",
+            "1 while too many nodes look lost at once for any sandbox to be declared NodeLost.",
+            registry=r,
+        )
+        self.unreachable_nodes = Gauge(
+            "vmsandbox_operator_unreachable_nodes",
+            "Nodes whose agent has been silent longer than agentAliveSeconds.",
+            registry=r,
+        )
         self.leader = Gauge(
             "vmsandbox_operator_leader", "1 while this replica is the active leader.", registry=r
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,7 +35,12 @@ class Taint:
 
 @dataclass(frozen=True)
 class NodeView:
-    """A node as seen through its Node object and its agent's Lease; ``renewed`` is when the Lease was."""
+    """A node as seen through its Node object and its agent's Lease.
+
+    ``renewed`` is when this operator last saw the Lease change, on its own clock, as leader
+    election judges a Lease: the agent's ``renewTime`` is never compared with the operator's
+    clock, so clock skew between nodes cannot make a live agent look lost.
+    """
 
     name: str
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -46,23 +51,12 @@ class NodeView:
     endpoint: str | None = None
 
     def lease_age(self, now: datetime) -> float | None:
-        """Seconds since the agent last renewed its Lease; None when it never did."""
+        """Seconds since the operator last saw the agent renew its Lease; None when it never did."""
         return None if self.renewed is None else (now - self.renewed).total_seconds()
 
     def agent_alive(self, now: datetime, window: float) -> bool:
         age = self.lease_age(now)
         return age is not None and age <= window and self.labels.get(AGENT_READY_LABEL) == "ready"
-
-
-def parse_time(value: Any) -> datetime | None:
-    """RFC 3339 (with or without fractions), as Kubernetes writes Time and MicroTime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def lease_node(lease: Mapping[str, Any]) -> str | None:
@@ -71,14 +65,14 @@ def lease_node(lease: Mapping[str, Any]) -> str | None:
     return name.removeprefix(AGENT_LEASE_PREFIX) if name.startswith(AGENT_LEASE_PREFIX) else None
 
 
-def lease_renewed(lease: Mapping[str, Any] | None) -> datetime | None:
-    if not lease:
-        return None
+def lease_marker(lease: Mapping[str, Any]) -> str:
+    """What changes each time an agent renews or re-acquires its Lease (compared, never read as a time)."""
     spec = lease.get("spec") or {}
-    return parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+    return "|".join(str(spec.get(k) or "") for k in ("holderIdentity", "acquireTime", "renewTime"))
 
 
-def node_view(node: Mapping[str, Any], lease: Mapping[str, Any] | None) -> NodeView:
+def node_view(node: Mapping[str, Any], renewed: datetime | None) -> NodeView:
+    """``renewed``: when the operator last saw the node's agent Lease change (None: no Lease)."""
     meta = node.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     taints = tuple(
@@ -102,6 +96,6 @@ def node_view(node: Mapping[str, Any], lease: Mapping[str, Any] | None) -> NodeV
         taints=taints,
         capacity=capacity,
         capacity_error=error,
-        renewed=lease_renewed(lease),
+        renewed=renewed,
         endpoint=annotations.get(AGENT_ENDPOINT_ANNOTATION),
     )

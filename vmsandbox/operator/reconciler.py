@@ -91,6 +91,7 @@ class Reconciler:
         self._unschedulable: dict[str, int] = {}  # key -> consecutive failed attempts
         self._finished_seen: dict[str, float] = {}  # uid -> monotonic time first seen finished
         self._silent_since: dict[str, float] = {}  # node -> monotonic time first seen without a Lease
+        self._brake: str | None = None  # why evictions are paused, while they are
 
     # ---- feeding the queue
     def sandbox_changed(self, raw: dict[str, Any]) -> None:
@@ -157,6 +158,7 @@ class Reconciler:
                 silence=self._silence(entry.node, now),
                 finished_for=self._finished_for(entry, now),
                 config=self.config,
+                evictions_paused=self._evictions_paused(now, entry),
             )
             if step.action not in (lc.Action.NONE, lc.Action.WAIT_FOR_AGENT):
                 self.queue.add(key)
@@ -172,6 +174,38 @@ class Reconciler:
         self.metrics.unschedulable.set(len(self._unschedulable))
 
     # ---- time-dependent inputs
+    def _evictions_paused(self, now: datetime, entry: SandboxEntry) -> str | None:
+        """The brake: why no node may be declared lost now, or None.
+
+        As Kubernetes' node lifecycle controller stops evicting when most of a zone is not
+        ready, more than ``evictionBrakeShare`` of the nodes going silent together (each past
+        ``agentAliveSeconds``, so nodes that fail a second apart count as one event) is taken
+        for a fault of the API server or of this operator, not of the nodes. Engaging and
+        releasing it is said once each, in an Event (on the sandbox that met it first), a log
+        line and a metric.
+        """
+        lost, considered = self.cache.unreachable_nodes(
+            now, self.config.agent_alive_seconds, 2 * self.config.node_lost_grace_seconds
+        )
+        self.metrics.unreachable_nodes.set(len(lost))
+        share = self.config.eviction_brake_share
+        engaged = bool(lost) and share < 1 and len(lost) > share * len(considered)
+        message = (
+            f"evictions paused: {len(lost)} of {len(considered)} nodes look lost at once (more than "
+            f"{share:.0%}); the API server or the operator is the likelier fault"
+            if engaged
+            else None
+        )
+        if (message is None) != (self._brake is None):
+            self.metrics.evictions_paused.set(1 if message else 0)
+            if message:
+                log.warning("%s: %s", message, ", ".join(sorted(lost)))
+                self.events.record(entry.raw, "Warning", "EvictionsPaused", message)
+            else:
+                log.info("evictions resumed: %d of %d nodes lost", len(lost), len(considered))
+        self._brake = message
+        return message
+
     def _silence(self, node: str | None, now: datetime) -> float | None:
         if node is None:
             return None
@@ -213,6 +247,7 @@ class Reconciler:
             silence=self._silence(entry.node, now),
             finished_for=self._finished_for(entry, now),
             config=self.config,
+            evictions_paused=self._evictions_paused(now, entry),
         )
         if step.recheck is not None:
             self.queue.add_after(key, step.recheck)

@@ -114,6 +114,7 @@ class Operator:
     async def _started_leading(self) -> None:
         self._term_ready = False
         self.reconciler.reset()
+        self.cache.restart_lease_clocks()  # what this replica missed while not leading is no silence
         while True:
             try:
                 await self._resync()
