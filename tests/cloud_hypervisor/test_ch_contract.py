@@ -52,6 +52,9 @@ def _drive_everything(ws: Workspace, driver: CloudHypervisorDriver) -> None:
     )
     try:
         driver.attach_disk(handle, DiskSpec(path=ws.disk("p.img"), serial="ctr-p", readonly=False))
+        driver.detach_disk(handle, "ctr-p")
+        driver.detach_disk(handle, "ctr-p")  # idempotent: the second one sends nothing
+        assert all(d.get("id") != "ctr-p" for d in driver.info(handle).config.get("disks") or [])
         driver.pause(handle)
         driver.resume(handle)
         driver.counters(handle)
@@ -80,7 +83,9 @@ def test_every_body_the_driver_sends_conforms(
         "/vmm.shutdown",
         "/vm.pause",
         "/vm.resume",
+        "/vm.remove-device",
     } <= sent_paths
+    assert sum(r["path"].endswith("/vm.remove-device") for r in requests) == 1
 
     validated = []
     for request in requests:
@@ -98,6 +103,7 @@ def test_every_body_the_driver_sends_conforms(
         validated.append((path, schema))
     assert ("/vm.create", "VmConfig") in validated
     assert ("/vm.add-disk", "DiskConfig") in validated
+    assert ("/vm.remove-device", "VmRemoveDevice") in validated
 
 
 def test_validator_rejects_what_the_real_server_would(spec: dict[str, Any]) -> None:

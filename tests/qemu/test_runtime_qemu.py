@@ -25,6 +25,7 @@ import pytest
 from tests.leaks import processes_mentioning, sockets_under
 from tests.runtime.support import base_config, make_rootfs, write_bundle
 from vmsandbox.hypervisor.qemu.probe import probe_initramfs
+from vmsandbox.hypervisor.qemu.qmp import QMPClient
 
 pytestmark = pytest.mark.vm
 
@@ -163,6 +164,31 @@ def test_pod_lifecycle_in_one_qemu_guest(env: tuple[Cli, Path], tmp_path: Path) 
     assert cli.wait_stopped("pod")["exit_code"] == 137
     cli.run("delete", "pod")
     assert cli.run("list", "--quiet")[1].split() == []
+    assert_nothing_left(cli.root)
+
+
+def test_twenty_pod_containers_one_after_another_in_one_qemu_guest(
+    env: tuple[Cli, Path], tmp_path: Path
+) -> None:
+    """More containers than hot-plug ports: each delete unplugs its disk and frees the slot."""
+    cli, rootfs = env
+    cli.create("pod20", bundle(tmp_path / "pod20", rootfs, ["sleep", "3600"], SANDBOX))
+    cli.run("start", "pod20")
+    for i in range(20):
+        cid = f"m{i}"
+        out = cli.create(
+            cid, bundle(tmp_path / cid, rootfs, ["sh", "-c", f"echo member {i}"], member_of("pod20"))
+        )
+        cli.run("start", cid)
+        assert cli.wait_stopped(cid)["exit_code"] == 0
+        assert out.read_text() == f"member {i}\n"
+        cli.run("delete", cid)
+    with QMPClient.connect(Path(cli.state("pod20")["vm"]["endpoints"]["qmp"])) as qmp:
+        blocks = [n.get("node-name") for n in qmp.execute("query-named-block-nodes")]
+    assert not [n for n in blocks if str(n).startswith("hp-")], f"hot-plugged disks left attached: {blocks}"
+    cli.run("kill", "pod20", "KILL")
+    cli.wait_stopped("pod20")
+    cli.run("delete", "pod20")
     assert_nothing_left(cli.root)
 
 

@@ -36,10 +36,14 @@ def test_missing_id(rt: Runtime, make_bundle: BundleFactory) -> None:
     "bad", ["../x", "a/b", "-lead", ".hidden", "a b", "semi;colon", "ünï", "x" * 256], ids=lambda s: s[:12]
 )
 def test_bad_id_characters(rt: Runtime, make_bundle: BundleFactory, bad: str) -> None:
+    outside = rt.root.parent / "x"
+    existed = outside.exists()  # the root lives in a shared /tmp: judge by change, not existence
+    before = sorted(p.name for p in outside.iterdir()) if outside.is_dir() else None
     err = _refused(rt, bad, make_bundle(["true"]))
     assert isinstance(err, InvalidId)
     assert str(err).startswith("container id:")
-    assert not (rt.root.parent / "x").exists()
+    assert outside.exists() == existed
+    assert (sorted(p.name for p in outside.iterdir()) if outside.is_dir() else None) == before
 
 
 def test_id_reserved_atomically(rt: Runtime, make_bundle: BundleFactory) -> None:

@@ -129,6 +129,14 @@ class HypervisorDriver(abc.ABC):
         """Hot-plug a disk into a running VM (a pod container's root filesystem)."""
 
     @abc.abstractmethod
+    def detach_disk(self, handle: VMHandle, serial: str) -> None:
+        """Unplug a disk :meth:`attach_disk` hot-plugged, so its slot serves the next container.
+
+        Idempotent: a disk that is not attached (any more) is no error. The guest must have
+        released it (the container is gone) before this is called.
+        """
+
+    @abc.abstractmethod
     def alive(self, handle: VMHandle) -> bool:
         """Whether the VMM process of this VM is still running."""
 

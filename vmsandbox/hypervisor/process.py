@@ -280,9 +280,23 @@ class ProcessDriver(HypervisorDriver):
         return connect_unix(handle.endpoints["agent"], handle.vm_id, lambda: _alive(handle.vmm_pid), timeout)
 
     def attach_disk(self, handle: VMHandle, disk: DiskSpec) -> None:
-        table = Path(handle.endpoints["disks"])
-        mapping = json.loads(table.read_text()) if table.exists() else {}
+        mapping = self._disk_table(handle)
         mapping[disk.serial] = str(disk.path)
+        self._save_disk_table(handle, mapping)
+
+    def detach_disk(self, handle: VMHandle, serial: str) -> None:
+        mapping = self._disk_table(handle)
+        if mapping.pop(serial, None) is not None:
+            self._save_disk_table(handle, mapping)
+
+    @staticmethod
+    def _disk_table(handle: VMHandle) -> dict[str, str]:
+        table = Path(handle.endpoints["disks"])
+        return dict(json.loads(table.read_text())) if table.exists() else {}
+
+    @staticmethod
+    def _save_disk_table(handle: VMHandle, mapping: dict[str, str]) -> None:
+        table = Path(handle.endpoints["disks"])
         tmp = table.with_suffix(".tmp")
         tmp.write_text(json.dumps(mapping))
         tmp.replace(table)

@@ -226,6 +226,7 @@ class Runtime:
             client = AgentClient(driver, handle)
             if disk is not None:
                 driver.attach_disk(handle, disk)
+                undo.callback(self._detach_quietly, driver, handle, disk.serial)
         state.vm = handle
         self.store.save(record)
 
@@ -338,6 +339,12 @@ class Runtime:
                 os.close(master)
         fds.callback(os.close, slave)
         return (slave, slave, slave)
+
+    @staticmethod
+    def _detach_quietly(driver: HypervisorDriver, handle: VMHandle, serial: str) -> None:
+        """Rollback: unplug a disk attached for a create that failed later (best effort)."""
+        with contextlib.suppress(HypervisorError):
+            driver.detach_disk(handle, serial)
 
     @staticmethod
     def _destroy_quietly(client: AgentClient, container_id: str) -> None:
@@ -454,6 +461,11 @@ class Runtime:
         driver = self.driver(record.state.hypervisor)
         if vm is not None and driver.alive(vm):
             self._destroy_quietly(self._client(record), record.state.id)
+            if not record.owns_vm and record.disk_image:
+                try:  # free the hot-plug slot for the sandbox's next container
+                    driver.detach_disk(vm, disk_serial(record.state.id))
+                except HypervisorError as exc:
+                    raise RuntimeError_(str(exc), step="delete") from exc
         if record.relay_pid is not None:
             _kill_relay(record.relay_pid, grace=2.0)
         if record.owns_vm and vm is not None:

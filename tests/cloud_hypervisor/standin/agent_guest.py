@@ -51,10 +51,13 @@ class AgentGuest:
 
     def set_disks(self, disks: dict[str, str], force: bool = False) -> None:
         added = {s: p for s, p in disks.items() if force or self._disks.get(s) != p}
+        removed = set(self._disks) - set(disks)
         self._disks = dict(disks)
         if self._handle is not None:
             for serial, path in added.items():
                 self._driver.attach_disk(self._handle, DiskSpec(path=Path(path), serial=serial))
+            for serial in removed:
+                self._driver.detach_disk(self._handle, serial)
 
     def start(self) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="ch-standin-"))

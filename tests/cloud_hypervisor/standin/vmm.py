@@ -479,6 +479,23 @@ class StandinVmm:
         self.vm.guest.set_disks(self._guest_disks())
         return json_reply({"id": added["id"], "bdf": bdf})
 
+    def _api_vm_remove_device(self, body: dict[str, Any]) -> Reply:
+        """Created: dropped from the config. Booted: hot-unplugged (the real VMM ejects through
+        ACPI; here the guest simply stops seeing the disk). An unknown id: 500, as released
+        versions answer (their spec says 404)."""
+        action = "The device could not be removed from the VM"
+        config = self._require_config(action)
+        device_id = body.get("id")
+        disks = config.get("disks") or []
+        kept = [d for d in disks if d.get("id") != device_id]
+        if len(kept) == len(disks):
+            raise ApiFailure(500, ["Error from API", action, f"No device with id {device_id} to remove"])
+        config["disks"] = kept
+        self._bdfs.pop(str(device_id), None)
+        if self.vm is not None:
+            self.vm.guest.set_disks(self._guest_disks())
+        return Reply(204)
+
     # -- process exit ----------------------------------------------------------------------
 
     def shutdown_all(self) -> None:

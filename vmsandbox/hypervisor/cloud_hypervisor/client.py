@@ -29,7 +29,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.responses import (
     VmInfo,
     VmmPingResponse,
 )
-from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import ApiBody, DiskConfig, VmConfig
+from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import ApiBody, DiskConfig, VmConfig, VmRemoveDevice
 
 API_ROOT = "/api/v1"
 #: Kata's per-call budget; enough for every call except boot and hot-plug on a loaded host.
@@ -144,6 +144,10 @@ class CloudHypervisorClient:
         if response.status_code == 204 or not response.content:
             return None
         return self._parse("vm.add-disk", response, PciDeviceInfo)
+
+    def remove_device(self, device_id: str, timeout: float | None = None) -> None:
+        """Hot-unplug (booted) or drop from the config (created); 204 either way."""
+        self._call("PUT", "vm.remove-device", VmRemoveDevice(id=device_id), timeout=timeout)
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -50,6 +50,10 @@ class MemoryConfig(ApiBody):
     shared: bool | None = None
 
 
+class VmRemoveDevice(ApiBody):
+    id: str
+
+
 class DiskConfig(ApiBody):
     path: str
     readonly: bool | None = None

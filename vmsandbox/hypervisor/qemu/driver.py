@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -50,6 +50,8 @@ INIT_MARKER = b"vmsandbox-init: stage=init"
 READY_MARKER = b"vmsandbox-guest: ready"
 #: Empty PCIe root ports for hot-plugged disks (q35's root bus itself cannot hot-plug).
 HOTPLUG_PORTS = 8
+#: How long the guest may take to eject a hot-plugged disk after ``device_del``.
+DETACH_TIMEOUT = 30.0
 QMP_TIMEOUT = 10.0
 #: Seconds for the guest kernel to hand over to init; TCG on a busy host is slow.
 KERNEL_BOOT_TIMEOUT = {"kvm": 30.0, "tcg": 180.0}
@@ -114,6 +116,21 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
     for port in range(HOTPLUG_PORTS):
         argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1},slot={port + 1}"]
     return argv
+
+
+def _has_device(qmp: QMPClient, qdev_id: str) -> bool:
+    """Whether a device with this id sits anywhere on the PCI tree (behind root ports too)."""
+
+    def walk(devices: list[dict[str, Any]]) -> bool:
+        for device in devices:
+            if device.get("qdev_id") == qdev_id:
+                return True
+            bridge = device.get("pci_bridge") or {}
+            if walk(bridge.get("devices") or []):
+                return True
+        return False
+
+    return any(walk(bus.get("devices") or []) for bus in qmp.execute("query-pci"))
 
 
 def _blockdev(node: str, path: Path, readonly: str) -> str:
@@ -369,6 +386,30 @@ class QemuDriver(HypervisorDriver):
                 with contextlib.suppress(QMPError):
                     qmp.execute("blockdev-del", {"node-name": node})
                 raise
+
+    def detach_disk(self, handle: VMHandle, serial: str) -> None:
+        """``device_del``, wait until the guest has ejected it, then ``blockdev-del``.
+
+        ``device_del`` only asks the guest (ACPI eject on q35's root ports); the device and its
+        port stay taken until the guest answers, so the slot is free only once the device is
+        gone from ``query-pci``.
+        """
+        device, node = f"blk-{serial}", f"hp-{serial}"
+        with self._qmp(handle) as qmp:
+            if _has_device(qmp, device):
+                with contextlib.suppress(QMPError):  # already being removed: wait for it below
+                    qmp.execute("device_del", {"id": device})
+                deadline = time.monotonic() + DETACH_TIMEOUT
+                while _has_device(qmp, device):
+                    if time.monotonic() >= deadline:
+                        raise HypervisorError(
+                            f"disk {serial}: the guest did not release it within {DETACH_TIMEOUT:.0f}s",
+                            step="detach disk",
+                        )
+                    time.sleep(0.05)
+            nodes = {n.get("node-name") for n in qmp.execute("query-named-block-nodes")}
+            if node in nodes:
+                qmp.execute("blockdev-del", {"node-name": node})
 
     @staticmethod
     def _free_hotplug_port(qmp: QMPClient) -> str:
