@@ -165,3 +165,31 @@ def test_lease_and_node_registration(make_agent: MakeAgent, cluster: Cluster) ->
     assert agent.get("/healthz").status_code == 200
     assert agent.get("/readyz").text.strip() == "ok"
     assert agent.get("/logs/nope/missing").status_code == 404
+
+
+def test_agent_killed_mid_create_leaves_no_vm_once_restarted(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry
+) -> None:
+    """The agent dies between the VMM's start and the record of it (as a container restart
+    would kill it): the restarted agent sweeps the stray VMM, then runs the sandbox once."""
+    from tests.leaks import pids_mentioning
+    from vmsandbox.runtime.faults import KILL_AT_ENV
+
+    agent = make_agent(**{KILL_AT_ENV: "create-sandbox"})
+    name = unique("midcreate")
+    cluster.create_sandbox(name, _sleeper(registry, hypervisor="process"), node=agent.node)
+    assert agent.proc is not None
+    wait_for(
+        "the agent killed mid-create", lambda: agent.proc is not None and agent.proc.poll() is not None, 60
+    )
+    vms = agent.runtime_root / ".vms"
+    stray = pids_mentioning(str(vms))
+    assert stray, "the VMM of the interrupted create outlived the agent"
+    del agent.env[KILL_AT_ENV]
+    agent.start()
+    status = cluster.wait_phase(name, "Running", timeout=90)
+    assert not any(pid_alive(pid) for pid in stray), "the stray VMM was stopped"
+    assert "rolled back a create whose creator died" in agent.logs()
+    assert containers_left(agent.runtime_root) == [status["container"]["id"]]
+    live = [d.name for d in vms.iterdir() if not d.name.startswith(".")]
+    assert len(live) == 1, f"one VM directory for the one sandbox: {live}"

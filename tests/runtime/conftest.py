@@ -61,6 +61,20 @@ def assert_no_leaks(root: Path, keep: tuple[str, ...] = ()) -> None:
 
 
 @pytest.fixture
+def root() -> Iterator[Path]:
+    """A short state root for runtime CLI tests; what they leave is deleted and leak-checked."""
+    path = short_root()
+    yield path
+    try:
+        rt = Runtime(root=path)
+        for state in rt.list():
+            rt.delete(state.id, force=True)
+        assert_no_leaks(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def rt() -> Iterator[Runtime]:
     _require_tools()
     root = short_root()

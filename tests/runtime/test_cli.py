@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from tests.leaks import processes_mentioning
-from tests.runtime.conftest import BundleFactory, assert_no_leaks
-from tests.runtime.support import Schemas, short_root
-from vmsandbox.runtime import Runtime
+from tests.runtime.conftest import BundleFactory
+from tests.runtime.support import Schemas
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,21 +44,6 @@ def state_of(root: Path, cid: str) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
     return doc
-
-
-@pytest.fixture
-def root() -> Any:
-    path = short_root()
-    yield path
-    try:
-        rt = Runtime(root=path)
-        for state in rt.list():
-            rt.delete(state.id, force=True)
-        assert_no_leaks(path)
-    finally:
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def test_help_states_the_isolation_caveat() -> None:

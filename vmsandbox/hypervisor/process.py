@@ -178,6 +178,7 @@ class ProcessDriver(HypervisorDriver):
         (spec.state_dir / DISKS_FILE).write_text("{}")
         proc, spawn_ms = self._spawn(spec.state_dir)
         handle = self._handle(spec, proc.pid)
+        handle.save()  # before the wait: a killed creator's agent can then be found and stopped
         t1 = time.monotonic()
         try:
             t2 = self._wait_ready(handle, spec.agent_timeout)

@@ -28,6 +28,9 @@ from vmsandbox.node_agent.supervisor import Supervisor
 from vmsandbox.node_agent.watch import SandboxWatch
 from vmsandbox.node_agent.worker import AgentContext
 
+#: How often interrupted creates are looked for after start-up.
+SWEEP_SECONDS = 300.0
+
 log = logging.getLogger("vmsandbox.node_agent")
 
 REQUIRED_TOOLS = ("skopeo", "umoci", "cp")
@@ -151,6 +154,12 @@ class Agent:
                 return self.records.log_path(record.uid)
         return None
 
+    def _sweep_periodically(self) -> None:
+        """Creates of this agent are never swept (their creator lives); this catches those of
+        runtime CLI calls killed on this node while the agent ran."""
+        while not self._stop.wait(SWEEP_SECONDS):
+            self.runtimes.sweep()
+
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; VMs keep running, to be adopted by the next agent."""
 
@@ -160,6 +169,8 @@ class Agent:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        self.runtimes.sweep()  # before any worker: what a killed predecessor left mid-create
+        threading.Thread(target=self._sweep_periodically, name="sweep", daemon=True).start()
         self.http.start()
         self.heartbeat.start()
         self.watch.start()

@@ -33,6 +33,10 @@ class SandboxRecord(BaseModel):
     finalizer_added: bool = False
     #: A container exists in the runtime for this sandbox (created, maybe exited).
     container_created: bool = False
+    #: The container was (about to be) started: from here on it may have run, so a vanished
+    #: one is reported, not created again (restartPolicy Never runs a sandbox at most once).
+    #: None in records written before this field existed: taken as started.
+    container_started: bool | None = None
     #: The sandbox is no longer the agent's business (finalizer taken away, torn down).
     abandoned: bool = False
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

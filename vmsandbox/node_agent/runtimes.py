@@ -48,6 +48,14 @@ class Runtimes:
     def ids(self) -> list[str]:
         return self.any.store.ids()
 
+    def sweep(self) -> None:
+        """Clean up after creates whose creator died (a previous agent killed mid-create)."""
+        try:
+            for line in self.any.sweep():
+                log.warning("sweep: %s", line)
+        except (OSError, RuntimeError_, HypervisorError) as exc:
+            log.error("sweeping interrupted creates failed: %s", exc)
+
     def vm_alive(self, state: ContainerState) -> bool:
         if state.vm is None:
             return False

@@ -248,8 +248,12 @@ class SandboxWorker:
             return None
         state = self.ctx.runtimes.state(self.cid)
         if state is None:
-            self.record.container_created = False
+            started = self.record.container_started
+            self.record.container_created = self.record.container_started = False
             self._save_record()
+            if started is False:  # the previous agent died mid-create; its debris was swept
+                self.log.info("the create was interrupted by an agent restart; creating it again")
+                return None
             if sandbox.status.phase in (Phase.RUNNING, Phase.CREATING):
                 return self._on_exit_observed(obj, sandbox, None, "its VM vanished while the agent was down")
             return None
@@ -372,7 +376,7 @@ class SandboxWorker:
                 )
             if self._deleting():
                 return 0.0
-            record.container_created = True
+            record.container_created, record.container_started = True, False
             self._save_record()
             t_slot = time.monotonic()
             with self.ctx.start_slots:
@@ -421,6 +425,8 @@ class SandboxWorker:
             )
             if self._deleting():
                 return 0.0
+            record.container_started = True
+            self._save_record()
             with self._step("runtimeStart"):
                 state = runtime.start(self.cid)
             self.container = state
@@ -634,7 +640,7 @@ class SandboxWorker:
         if had:
             self.log.info("VM torn down (%s)", why)
         if self.record is not None and self.record.container_created:
-            self.record.container_created = False
+            self.record.container_created = self.record.container_started = False
             with contextlib.suppress(OSError):
                 self._save_record()
         if not keep_bundle:

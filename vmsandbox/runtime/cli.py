@@ -86,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "drain-pool", help="stop the process backend's idle pooled agents (VMSANDBOX_PROCESS_POOL)"
     )
+    sub.add_parser("sweep", help="roll back creates whose creator died; stop VMs no container owns")
     lst = sub.add_parser("list", help="list containers")
     lst.add_argument("--format", "-f", choices=["table", "json"], default="table")
     lst.add_argument("--quiet", "-q", action="store_true")
@@ -148,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
         rt.delete(args.id, force=args.force)
     elif args.command == "drain-pool":
         ProcessDriver.drain_pool(rt.store.root / VMS_DIR)
+    elif args.command == "sweep":
+        for line in rt.sweep():
+            print(line)
     elif args.command == "list":
         _print_list(rt.list(), args.format, args.quiet)
     return 0

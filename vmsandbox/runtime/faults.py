@@ -1,4 +1,6 @@
-"""Failure injection for rollback tests: ``VMSANDBOX_RUNTIME_FAIL_AT=<step>`` fails that step.
+"""Failure injection for rollback tests: ``VMSANDBOX_RUNTIME_FAIL_AT=<step>`` fails that step,
+``VMSANDBOX_RUNTIME_KILL_AT=<step>`` SIGKILLs the creating process there (as an OOM kill or a
+node agent's container restart would), leaving its work for :meth:`Runtime.sweep`.
 
 Read on every checkpoint, so one process can run many creates failing at different steps.
 """
@@ -6,10 +8,12 @@ Read on every checkpoint, so one process can run many creates failing at differe
 from __future__ import annotations
 
 import os
+import signal
 
 from vmsandbox.runtime.errors import InjectedFault
 
 FAIL_AT_ENV = "VMSANDBOX_RUNTIME_FAIL_AT"
+KILL_AT_ENV = "VMSANDBOX_RUNTIME_KILL_AT"
 
 #: Every checkpoint ``create`` passes, in order (the pod-container path skips "boot").
 CREATE_STEPS = (
@@ -29,5 +33,7 @@ CREATE_STEPS = (
 
 
 def checkpoint(step: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(FAIL_AT_ENV) == step:
         raise InjectedFault(f"failure injected by {FAIL_AT_ENV}={step}", step=step)

@@ -41,6 +41,7 @@ from vmsandbox.guest.protocol import (
 from vmsandbox.hypervisor import driver_for
 from vmsandbox.hypervisor.base import DiskSpec, HypervisorDriver, HypervisorError, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.procs import kill_mentioning
 from vmsandbox.runtime import console
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.disk import disk_serial, make_disk
@@ -298,7 +299,7 @@ class Runtime:
         disk: DiskSpec | None,
         undo: contextlib.ExitStack,
     ) -> VMHandle:
-        vm_id = "vm-" + hashlib.sha256(container_id.encode()).hexdigest()[:16]
+        vm_id = vm_id_for(container_id)
         spec = VMSpec(
             vm_id=vm_id,
             state_dir=self.store.vm_dir(vm_id),
@@ -456,13 +457,65 @@ class Runtime:
                 out.append(self.store.load(container_id))
         return out
 
+    # ---- interrupted creates ------------------------------------------------------------
+
+    def sweep(self) -> builtins.list[str]:
+        """Finish what killed creators left: roll back their containers, stop unowned VMs.
+
+        A create whose creator process died (SIGKILL, OOM, a restarted node agent's container)
+        never ran its rollback. Its id directory still names the dead creator, and its VM's
+        directory (recorded before the VMM started) still holds the handle. Returns what was
+        cleaned, one line each.
+        """
+        done: builtins.list[str] = []
+        for container_id in self.store.ids():
+            if self.store.creating_elsewhere(container_id):
+                continue
+            try:
+                record = self.store.load(container_id)
+            except NotFound:  # killed before its first record: nothing was started yet
+                self.store.remove(container_id)
+                done.append(f"{container_id}: removed an id reserved by a dead create")
+                continue
+            if record.state.status == "creating":
+                self._teardown(record)
+                done.append(f"{container_id}: rolled back a create whose creator died")
+        owned = {str(self.store.vm_dir(vm_id_for(cid))) for cid in self.store.ids()}
+        for vm_dir in self.store.vm_dirs():
+            if str(vm_dir) not in owned:
+                self._stop_vm_dir(vm_dir, hypervisor=None)
+                done.append(f"{vm_dir.name}: stopped a VM no container owns")
+        return done
+
+    def _recorded_vm(self, record: Record) -> VMHandle | None:
+        """The record's VM; for a create killed before recording it, the sandbox's VM (a pod
+        container) or the handle its driver saved when the VMM started (a sandbox)."""
+        if record.state.vm is not None:
+            return record.state.vm
+        if not record.owns_vm:
+            with contextlib.suppress(NotFound, ValueError):
+                return self.store.load(record.sandbox_id).state.vm
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return VMHandle.load(self.store.vm_dir(vm_id_for(record.state.id)))
+        return None
+
+    def _stop_vm_dir(self, vm_dir: Path, hypervisor: str | None) -> None:
+        """Stop whatever runs for ``vm_dir`` (through its saved handle when there is one)."""
+        with contextlib.suppress(OSError, ValueError, HypervisorError):
+            handle = VMHandle.load(vm_dir)
+            self.driver(hypervisor or handle.hypervisor).stop(handle)
+        kill_mentioning(str(vm_dir))  # a VMM killed before its handle was saved
+        _remove_tree(vm_dir)
+        _remove_empty(vm_dir.parent)
+
     def _teardown(self, record: Record) -> None:
-        vm = record.state.vm
+        vm = self._recorded_vm(record)
         driver = self.driver(record.state.hypervisor)
         if vm is not None and driver.alive(vm):
-            self._destroy_quietly(self._client(record), record.state.id)
-            if not record.owns_vm and record.disk_image:
-                try:  # free the hot-plug slot for the sandbox's next container
+            self._destroy_quietly(AgentClient(driver, vm), record.state.id)
+            if not record.owns_vm:
+                try:  # free the hot-plug slot for the sandbox's next container (idempotent)
                     driver.detach_disk(vm, disk_serial(record.state.id))
                 except HypervisorError as exc:
                     raise RuntimeError_(str(exc), step="delete") from exc
@@ -474,7 +527,14 @@ class Runtime:
             except HypervisorError as exc:
                 raise RuntimeError_(str(exc), step="delete") from exc
             _remove_empty(vm.state_dir.parent)
+        elif record.owns_vm and record.state.status == "creating":
+            self._stop_vm_dir(self.store.vm_dir(vm_id_for(record.state.id)), record.state.hypervisor)
         self.store.remove(record.state.id)
+
+
+def vm_id_for(container_id: str) -> str:
+    """The id (and directory name) of the VM a pod sandbox boots: fixed before the VMM starts."""
+    return "vm-" + hashlib.sha256(container_id.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager

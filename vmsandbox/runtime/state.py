@@ -16,11 +16,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsandbox.hypervisor.base import HypervisorName, VMHandle
+from vmsandbox.hypervisor.procs import identity, identity_running
 from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
 
 OCI_VERSION = "1.0.2"
 Status = Literal["creating", "created", "running", "stopped"]
 VMS_DIR = ".vms"
+#: ``"<pid> <start time>"`` of the process that reserved the id; a dead one means an interrupted create.
+CREATOR_FILE = "creator"
 
 
 class Timings(BaseModel):
@@ -86,7 +89,21 @@ class StateStore:
             path.mkdir(mode=0o700)
         except FileExistsError as exc:
             raise IdInUse(f"container {container_id!r} already exists") from exc
+        (path / CREATOR_FILE).write_text(identity())
         return path
+
+    def creating_elsewhere(self, container_id: str) -> bool:
+        """Whether a live process is still creating this container (its creator file names it)."""
+        try:
+            return identity_running((self.dir(container_id) / CREATOR_FILE).read_text())
+        except OSError:
+            return False
+
+    def vm_dirs(self) -> list[Path]:
+        vms = self.root / VMS_DIR
+        if not vms.is_dir():
+            return []
+        return sorted(p for p in vms.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def save(self, record: Record) -> None:
         path = self.dir(record.state.id) / "state.json"

@@ -216,6 +216,7 @@ class QemuDriver(HypervisorDriver):
             mux = self._start_mux(qemu, paths)
             handle.endpoints["mux_pid"] = str(mux.pid)
             handle.endpoints["mux_started"] = (_proc_state(mux.pid) or ("", ""))[1]
+            handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             self._wait_qmp(qemu, paths)
             t_vmm = time.monotonic()
             t_init, t_ready = self._wait_agent(handle, qemu, mux, paths, spec.agent_timeout)

@@ -1,0 +1,68 @@
+"""Processes named by pid and start time, so that a stored pid is never mistaken for a reused one.
+
+A pid written to disk (a VM handle, a runtime record) may name another process once the
+original has exited and the kernel has handed the number out again. The start time in
+``/proc/<pid>/stat`` (clock ticks since boot) tells the two apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+
+def proc_state(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time) of a process, None when there is none."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def start_time(pid: int) -> str | None:
+    state = proc_state(pid)
+    return state[1] if state else None
+
+
+def running(pid: int, started: str | None = None) -> bool:
+    """Alive (not a zombie) and, when ``started`` is known, the very process that was recorded."""
+    state = proc_state(pid)
+    if state is None or state[0] in ("Z", "X"):
+        return False
+    return not started or state[1] == started
+
+
+def identity(pid: int | None = None) -> str:
+    """``"<pid> <start time>"`` of a process (default: this one), as written to disk."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid} {start_time(pid) or ''}".strip()
+
+
+def identity_running(text: str) -> bool:
+    """Whether the process an :func:`identity` string names still runs."""
+    pid, _, started = text.strip().partition(" ")
+    return pid.isdigit() and running(int(pid), started or None)
+
+
+def kill_mentioning(text: str) -> list[int]:
+    """SIGKILL every process whose command line contains ``text`` (a state path only VMs use)."""
+    killed = []
+    needle = text.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and running(int(entry.name)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
