@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints
 
 from vmsandbox.api.base import APIModel
 from vmsandbox.api.image_ref import IMAGE_PATTERN
+from vmsandbox.api.network import SandboxNetwork
 
 
 class PullPolicy(StrEnum):
@@ -114,6 +115,9 @@ class VMSandboxSpec(APIModel):
         default=None,
         description="Copied into the container's OCI config.json (e.g. container-type annotations).",
     )
+    network: SandboxNetwork | None = Field(
+        default=None, description="The sandbox's network: mode and egress rules."
+    )
 
 
 #: Rules on the spec as a whole: "immutable once set" needs both old and new objects.
@@ -121,5 +125,10 @@ SPEC_VALIDATIONS = [
     {
         "rule": "!has(oldSelf.hypervisor) || (has(self.hypervisor) && self.hypervisor == oldSelf.hypervisor)",
         "message": f"hypervisor {IMMUTABLE}",
-    }
+    },
+    {
+        "rule": "has(self.network) == has(oldSelf.network)"
+        " && (!has(self.network) || self.network == oldSelf.network)",
+        "message": f"network {IMMUTABLE}",
+    },
 ]

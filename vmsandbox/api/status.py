@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from vmsandbox.api.base import APIModel
+from vmsandbox.api.network import NetworkStatus
 
 
 class Phase(StrEnum):
@@ -80,6 +81,7 @@ class BootTimings(APIModel):
     vm_boot: float | None = Field(default=None, ge=0)
     agent_ready: float | None = Field(default=None, ge=0)
     container_create: float | None = Field(default=None, ge=0)
+    network: float | None = Field(default=None, ge=0, description="Setting up the sandbox's network.")
     total: float | None = Field(default=None, ge=0)
 
 
@@ -99,6 +101,7 @@ class VMSandboxStatus(APIModel):
     start_time: datetime | None = None
     observed_generation: int | None = Field(default=None, ge=0)
     boot_timings: BootTimings | None = None
+    network: NetworkStatus | None = Field(default=None, description="The sandbox's network as configured.")
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions or [] if c.type == kind), None)
