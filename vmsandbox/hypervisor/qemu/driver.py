@@ -111,9 +111,19 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
         readonly = "on" if disk.readonly else "off"
         argv += ["-blockdev", _blockdev(f"disk{index}", disk.path, readonly)]
         argv += ["-device", f"virtio-blk-pci,drive=disk{index},serial={disk.serial},id=blk-{disk.serial}"]
+    argv += _nic(spec)
     for port in range(HOTPLUG_PORTS):
         argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1},slot={port + 1}"]
     return argv
+
+
+def _nic(spec: VMSpec) -> list[str]:
+    """The sandbox's NIC: the node's prepared tap, opened by name, as virtio-net."""
+    net = spec.network
+    if net is None or net.tap is None:
+        return []
+    netdev = f"tap,id=net0,ifname={net.tap},script=no,downscript=no"
+    return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={net.mac},id=nic0"]
 
 
 def _blockdev(node: str, path: Path, readonly: str) -> str:
