@@ -16,3 +16,8 @@ class NodeCapacity(APIModel):
     default_hypervisor: str | None = None
     kvm: bool = False
     agent_version: str | None = None
+    sandbox_cidr: str | None = Field(
+        default=None,
+        alias="sandboxCIDR",
+        description="The node's sandbox subnet; absent: no sandbox network.",
+    )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.node_agent.network import links, policy
+from vmsandbox.node_agent.network.commands import Host
 from vmsandbox.node_agent.network.ipam import Ipam, Lease
 
 log = logging.getLogger("vmsandbox.node_agent.network")
@@ -35,6 +36,8 @@ class NetworkSettings:
     bridge: str = "vmsb0"
     table: str = "vmsandbox"
     resolvers: tuple[str, ...] = ()
+    #: Where the plumbing lives; None: the agent's own network namespace (the node's).
+    netns: Path | None = None
 
 
 @dataclass
@@ -60,6 +63,7 @@ class NodeNetwork:
             subnet=settings.subnet,
             resolvers=settings.resolvers,
         )
+        self.host = Host(settings.netns)
         self._lock = threading.Lock()
 
     @property
@@ -75,23 +79,28 @@ class NodeNetwork:
         bridge = self.settings.bridge
         key = owner_key(owner)
         if mode == "none":
-            netns = links.add_netns(bridge, key) if kind == "netns" else None
+            netns = links.add_netns(self.host, bridge, key) if kind == "netns" else None
             return NetworkAttachment(netns=netns)
         with self._lock:
             lease = self.ipam.acquire(
                 Lease(owner=owner, mode=mode, allow=list(allow), deny=list(deny), kind=kind)
             )
+            pending = policy.add(self.host, self.table, lease)
             try:
-                policy.add(self.table, lease)
-                if kind == "netns":
-                    netns = links.add_veth(
-                        bridge, key, lease.ip, self.prefix_length, self.ipam.gateway, lease.mac
-                    )
-                    return self._attachment(lease, netns=netns)
-                return self._attachment(lease, tap=links.add_tap(bridge, key))
+                try:
+                    if kind == "netns":
+                        netns = links.add_veth(
+                            self.host, bridge, key, lease.ip, self.prefix_length, self.ipam.gateway, lease.mac
+                        )
+                        attachment = self._attachment(lease, netns=netns)
+                    else:
+                        attachment = self._attachment(lease, tap=links.add_tap(self.host, bridge, key))
+                finally:
+                    pending.wait()
             except BaseException:
                 self._free(lease)
                 raise
+            return attachment
 
     def _attachment(
         self, lease: Lease, *, netns: Path | None = None, tap: str | None = None
@@ -115,12 +124,18 @@ class NodeNetwork:
             lease = self.ipam.find(owner)
             if lease is not None:
                 self._free(lease)
-            links.remove(self.settings.bridge, owner_key(owner))
+            else:  # mode none: a namespace, no lease
+                links.remove(self.host, self.settings.bridge, owner_key(owner), "netns")
 
     def _free(self, lease: Lease) -> None:
         others = [other for other in self.ipam.leases() if other.owner != lease.owner]
-        policy.remove(self.table, lease, others)
-        links.remove(self.settings.bridge, lease.key)
+        policy.remove(
+            self.host,
+            self.table,
+            lease,
+            others,
+            lambda: links.remove(self.host, self.settings.bridge, lease.key, lease.kind),
+        )
         self.ipam.release(lease)
 
     def reconcile(self, keep: Iterable[str]) -> None:
@@ -128,7 +143,7 @@ class NodeNetwork:
         keep_set = set(keep)
         bridge = self.settings.bridge
         with self._lock:
-            links.ensure_bridge(bridge, self.ipam.gateway, self.prefix_length)
+            links.ensure_bridge(self.host, bridge, self.ipam.gateway, self.prefix_length)
             self._drop_unreadable_leases()
             kept: list[Lease] = []
             for lease in self.ipam.leases():
@@ -136,21 +151,21 @@ class NodeNetwork:
                     kept.append(lease)
                 else:
                     log.info("freeing the network of %s (%s): no sandbox owns it", lease.owner, lease.ip)
-                    links.remove(bridge, lease.key)
+                    links.remove(self.host, bridge, lease.key)
                     self.ipam.release(lease)
-            policy.rebuild(self.table, kept)
+            policy.rebuild(self.host, self.table, kept)
             for lease in kept:
                 if lease.kind == "tap":
-                    links.add_tap(bridge, lease.key)
+                    links.add_tap(self.host, bridge, lease.key)
                 else:
-                    links.reattach(bridge, lease.key)
+                    links.reattach(self.host, bridge, lease.key)
             wanted = {owner_key(owner) for owner in keep_set}
-            for name in links.own_links():
+            for name in links.own_links(self.host):
                 if name[3:] not in wanted:
-                    links.remove(bridge, name[3:])
+                    links.remove(self.host, bridge, name[3:])
             for ns in links.own_netns(bridge):
                 if ns.removeprefix(f"{bridge}-") not in wanted:
-                    links.remove(bridge, ns.removeprefix(f"{bridge}-"))
+                    links.remove(self.host, bridge, ns.removeprefix(f"{bridge}-"))
 
     def _drop_unreadable_leases(self) -> None:
         readable = {lease.ip for lease in self.ipam.leases()}
@@ -161,12 +176,12 @@ class NodeNetwork:
     def shutdown(self) -> None:
         """Remove the table and the bridge: only when the node stops hosting sandboxes."""
         with self._lock:
-            policy.delete_table(self.settings.table)
-            links.remove_bridge(self.settings.bridge)
+            policy.delete_table(self.host, self.settings.table)
+            links.remove_bridge(self.host, self.settings.bridge)
 
     def counters(self) -> dict[str, SandboxCounters]:
         """Per owner: bytes and packets out and in, packets dropped by the policy."""
-        raw = policy.counters(self.settings.table)
+        raw = policy.counters(self.host, self.settings.table)
         out: dict[str, SandboxCounters] = {}
         for lease in self.ipam.leases():
             k = policy.name_of(lease)

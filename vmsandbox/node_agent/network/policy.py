@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from vmsandbox.node_agent.network.commands import run
+from vmsandbox.node_agent.network.commands import Host, Pending
 from vmsandbox.node_agent.network.errors import NetworkError
 from vmsandbox.node_agent.network.ipam import Lease
 
@@ -138,38 +138,46 @@ def _without(cfg: TableConfig, lease: Lease) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply(script: str) -> None:
+def apply(host: Host, script: str) -> None:
     """One atomic transaction."""
-    run(["nft", "-f", "-"], stdin=script, step="network policy")
+    host.run(["nft", "-f", "-"], stdin=script, step="network policy")
 
 
-def rebuild(cfg: TableConfig, leases: Iterable[Lease]) -> None:
+def rebuild(host: Host, cfg: TableConfig, leases: Iterable[Lease]) -> None:
     """Replace the whole table: the base chains plus every leased sandbox, in one transaction."""
     script = f"table inet {cfg.table}\ndelete table inet {cfg.table}\n" + _base(cfg)
     script += "".join(_sandbox(cfg, lease) for lease in leases)
-    apply(script)
+    apply(host, script)
 
 
-def add(cfg: TableConfig, lease: Lease) -> None:
-    apply(_sandbox(cfg, lease))
+def add(host: Host, cfg: TableConfig, lease: Lease) -> Pending:
+    """Started, not finished: the caller sets up the links meanwhile and then waits for it."""
+    return host.spawn(["nft", "-f", "-"], stdin=_sandbox(cfg, lease), step="network policy")
 
 
-def remove(cfg: TableConfig, lease: Lease, others: Iterable[Lease]) -> None:
-    """Drop one sandbox; when its objects are not all there, rebuild from the others instead."""
+def remove(
+    host: Host, cfg: TableConfig, lease: Lease, others: Iterable[Lease], meanwhile: Callable[[], None]
+) -> None:
+    """Drop one sandbox, running ``meanwhile`` while nft works; when the sandbox's objects are not
+    all there, rebuild the table from the others instead."""
+    pending = host.spawn(["nft", "-f", "-"], stdin=_without(cfg, lease), step="network policy")
     try:
-        apply(_without(cfg, lease))
-    except NetworkError:
-        rebuild(cfg, others)
+        meanwhile()
+    finally:
+        try:
+            pending.wait()
+        except NetworkError:
+            rebuild(host, cfg, others)
 
 
-def delete_table(table: str) -> None:
-    apply(f"table inet {table}\ndelete table inet {table}\n")
+def delete_table(host: Host, table: str) -> None:
+    apply(host, f"table inet {table}\ndelete table inet {table}\n")
 
 
-def counters(table: str) -> dict[str, tuple[int, int]]:
+def counters(host: Host, table: str) -> dict[str, tuple[int, int]]:
     """``{counter name: (packets, bytes)}`` of the table; empty when the table is missing."""
     try:
-        out = run(["nft", "-j", "list", "counters", "table", "inet", table], step="network metrics")
+        out = host.run(["nft", "-j", "list", "counters", "table", "inet", table], step="network metrics")
     except NetworkError:
         return {}
     found: dict[str, tuple[int, int]] = {}
