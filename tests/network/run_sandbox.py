@@ -1,6 +1,7 @@
-"""Run inside the node namespace: one process-backend sandbox with its network, the way the agent does it.
+"""Run inside the node namespace: one sandbox with its network, the way the agent does it.
 
-``run_sandbox.py STATE_DIR SUBNET BRIDGE RUNTIME_ROOT BUNDLE OWNER MODE [--allow CIDR]...``
+``run_sandbox.py STATE_DIR SUBNET BRIDGE RUNTIME_ROOT BUNDLE OWNER MODE [--allow CIDR]...
+[--hypervisor process|qemu]`` (the process backend gets a namespace, a VM a tap)
 prepares the network, creates and starts the container with it, waits for it to exit, deletes
 it, frees the network, and prints the container's output.
 """
@@ -21,6 +22,7 @@ def main() -> None:
         parser.add_argument(name)
     parser.add_argument("--allow", action="append", default=[])
     parser.add_argument("--resolver", action="append", default=[])
+    parser.add_argument("--hypervisor", default="process", choices=["process", "qemu"])
     args = parser.parse_args()
     node = NodeNetwork(
         NetworkSettings(
@@ -31,13 +33,14 @@ def main() -> None:
         )
     )
     node.reconcile([])
-    runtime = Runtime(root=Path(args.root), hypervisor="process")
+    runtime = Runtime(root=Path(args.root), hypervisor=args.hypervisor)
+    kind = "netns" if args.hypervisor == "process" else "tap"
     log = Path(args.root) / "out.log"
-    attachment = node.attach(args.owner, args.mode, args.allow, [], "netns")
+    attachment = node.attach(args.owner, args.mode, args.allow, [], kind)
     try:
         runtime.create(args.owner, Path(args.bundle), log_path=log, network=attachment)
         runtime.start(args.owner)
-        runtime.wait(args.owner, timeout=60)
+        runtime.wait(args.owner, timeout=300)
         runtime.delete(args.owner, force=True)
     finally:
         node.detach(args.owner)
