@@ -90,3 +90,26 @@ def test_a_half_written_lease_is_not_handed_out_and_is_freed(topo: Topology) -> 
     topo.net("reconcile", "after-crash")
     assert not (topo.state_dir / "leases" / "10.250.7.2").exists()
     assert topo.attach("next")["ip"] == "10.250.7.2"
+
+
+def test_an_exhausted_subnet_fails_clearly_and_leaks_nothing(topo: Topology) -> None:
+    small = [*topo.net_argv("reconcile")]
+    small[small.index(SUBNET)] = "10.250.7.0/29"  # gateway .1, sandboxes .2 to .6
+    sh(*small)
+    attach = [*topo.net_argv("attach", "x")]
+    attach[attach.index(SUBNET)] = "10.250.7.0/29"
+    for i in range(5):
+        sh(*[a if a != "x" else f"fits-{i}" for a in attach])
+    done = subprocess.run([a if a != "x" else "one-too-many" for a in attach], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "all 5 addresses of 10.250.7.0/29 are leased" in done.stderr
+    assert len(topo.sandbox_netns()) == 5
+
+
+def test_a_failed_policy_frees_the_lease_and_the_links(topo: Topology) -> None:
+    topo.net("reconcile")
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
+    done = subprocess.run(topo.net_argv("attach", "doomed"), capture_output=True, text=True)
+    assert done.returncode == 1 and "network policy" in done.stderr, done.stderr
+    assert topo.net("leases") == [] and topo.sandbox_netns() == []
+    assert [link for link in topo.node_links() if link.startswith("vsb")] == []

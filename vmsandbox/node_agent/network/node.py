@@ -19,12 +19,15 @@ from pathlib import Path
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.node_agent.network import links, policy
 from vmsandbox.node_agent.network.commands import Host
+from vmsandbox.node_agent.network.errors import NetworkError
 from vmsandbox.node_agent.network.ipam import Ipam, Lease
 
 log = logging.getLogger("vmsandbox.node_agent.network")
 
 #: How the sandbox's side is made: a veth in a namespace (process backend) or a tap (VMs).
 KINDS = ("netns", "tap")
+#: Anything else is refused: the table treats every mode but ``restricted`` as open.
+MODES = ("none", "restricted", "open")
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,8 @@ class NodeNetwork:
         self, owner: str, mode: str, allow: Iterable[str], deny: Iterable[str], kind: str
     ) -> NetworkAttachment:
         """Lease, link and policy for one sandbox (idempotent: a retry returns the same address)."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown attachment kind {kind!r}")
+        if kind not in KINDS or mode not in MODES:
+            raise NetworkError(f"unknown attachment kind {kind!r} or mode {mode!r}")
         bridge = self.settings.bridge
         key = owner_key(owner)
         if mode == "none":
