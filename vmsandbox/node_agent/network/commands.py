@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmsandbox.node_agent.network import libnft
 from vmsandbox.node_agent.network.errors import NetworkError
 
 
@@ -34,6 +35,19 @@ class Pending:
             detail = (err or out).strip() or f"exit status {self.proc.returncode}"
             raise NetworkError(f"{' '.join(self.argv[:6])}: {detail}", step=self.step)
         return out
+
+
+@dataclass
+class Done:
+    """A step that already ran (in-process); :meth:`wait` raises its error, as :class:`Pending` would."""
+
+    output: str = ""
+    error: NetworkError | None = None
+
+    def wait(self) -> str:
+        if self.error is not None:
+            raise self.error
+        return self.output
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,27 @@ class Host:
         except OSError as exc:
             raise NetworkError(f"{argv[0]}: {exc}", step=step) from exc
         return Pending(proc, argv, stdin, step)
+
+    def nft(self, script: str, *, step: str = "network policy", json_output: bool = False) -> str:
+        """One nftables transaction: in-process when this is the agent's own namespace."""
+        lib = libnft.shared() if self.netns is None else None
+        if lib is None:
+            if json_output:  # ``nft -j -f`` prints nothing for list commands: give it argv
+                return self.run(["nft", "-j", *script.split()], step=step)
+            return self.run(["nft", "-f", "-"], stdin=script, step=step)
+        status, out, err = lib.run(script, json_output=json_output)
+        if status != 0:
+            raise NetworkError(f"nft: {err.strip() or f'status {status}'}", step=step)
+        return out
+
+    def nft_start(self, script: str, *, step: str = "network policy") -> Pending | Done:
+        """:meth:`nft` that overlaps with other steps when it has to start a process."""
+        if self.netns is not None or libnft.shared() is None:
+            return self.spawn(["nft", "-f", "-"], stdin=script, step=step)
+        try:
+            return Done(self.nft(script, step=step))
+        except NetworkError as exc:
+            return Done(error=exc)
 
     def succeeds(self, argv: list[str]) -> bool:
         """Whether a probing command (does this link exist?) exits 0."""

@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from vmsandbox.node_agent.network.commands import Host, Pending
+from vmsandbox.node_agent.network.commands import Done, Host, Pending
 from vmsandbox.node_agent.network.errors import NetworkError
 from vmsandbox.node_agent.network.ipam import Lease
 
@@ -140,7 +140,7 @@ def _without(cfg: TableConfig, lease: Lease) -> str:
 
 def apply(host: Host, script: str) -> None:
     """One atomic transaction."""
-    host.run(["nft", "-f", "-"], stdin=script, step="network policy")
+    host.nft(script)
 
 
 def rebuild(host: Host, cfg: TableConfig, leases: Iterable[Lease]) -> None:
@@ -150,9 +150,9 @@ def rebuild(host: Host, cfg: TableConfig, leases: Iterable[Lease]) -> None:
     apply(host, script)
 
 
-def add(host: Host, cfg: TableConfig, lease: Lease) -> Pending:
-    """Started, not finished: the caller sets up the links meanwhile and then waits for it."""
-    return host.spawn(["nft", "-f", "-"], stdin=_sandbox(cfg, lease), step="network policy")
+def add(host: Host, cfg: TableConfig, lease: Lease) -> Pending | Done:
+    """Started, perhaps not finished: the caller sets up the links meanwhile and then waits for it."""
+    return host.nft_start(_sandbox(cfg, lease))
 
 
 def remove(
@@ -160,7 +160,7 @@ def remove(
 ) -> None:
     """Drop one sandbox, running ``meanwhile`` while nft works; when the sandbox's objects are not
     all there, rebuild the table from the others instead."""
-    pending = host.spawn(["nft", "-f", "-"], stdin=_without(cfg, lease), step="network policy")
+    pending = host.nft_start(_without(cfg, lease))
     try:
         meanwhile()
     finally:
@@ -177,7 +177,7 @@ def delete_table(host: Host, table: str) -> None:
 def counters(host: Host, table: str) -> dict[str, tuple[int, int]]:
     """``{counter name: (packets, bytes)}`` of the table; empty when the table is missing."""
     try:
-        out = host.run(["nft", "-j", "list", "counters", "table", "inet", table], step="network metrics")
+        out = host.nft(f"list counters table inet {table}", step="network metrics", json_output=True)
     except NetworkError:
         return {}
     found: dict[str, tuple[int, int]] = {}
