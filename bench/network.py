@@ -13,8 +13,10 @@ Reported:
   routing, the policy table, masquerade, the uplink veth) beside the plain path from the node
   namespace over the uplink veth alone, in the same run, alternating, 5 rounds of 2 s each,
   one connection, Python sender and receiver on both paths. Target: sandbox >= 70% of plain.
+* with ``--qemu GUEST_IMAGE_DIR``: one QEMU guest (TCG here) on a tap sends 32 MiB to the
+  world with busybox ``nc``; the receiver's rate is reported, without a target.
 
-    python bench/network.py [--rounds 5] [--json out.json]
+    python bench/network.py [--rounds 5] [--qemu DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -62,6 +64,16 @@ while time.monotonic() - t0 < seconds:
     sock.sendall(data)
 sock.shutdown(socket.SHUT_WR); total = int(sock.recv(64)); elapsed = time.monotonic() - t0
 print(total * 8 / elapsed / 1e9)
+"""
+
+QEMU_SINK = """
+import socket, sys, time
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 5002)); srv.listen(1); print("ready", flush=True)
+conn, _ = srv.accept(); total = 0; t0 = 0.0
+while chunk := conn.recv(1 << 20):
+    t0 = t0 or time.monotonic(); total += len(chunk)
+print(total, time.monotonic() - t0, flush=True)
 """
 
 SETUP = """
@@ -130,11 +142,44 @@ def throughput(topo: Topology, rounds: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def qemu_throughput(topo: Topology, image_dir: Path, tmp: Path) -> dict[str, Any]:
+    from tests.runtime.support import base_config, short_root, write_bundle
+
+    sink = subprocess.Popen(
+        ["ip", "netns", "exec", topo.world, sys.executable, "-c", QEMU_SINK, PUBLIC],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    topo.procs.append(sink)  # type: ignore[arg-type]
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    send = f"busybox dd if=/dev/zero bs=65536 count=512 2>/dev/null | busybox nc -w 5 {PUBLIC} 5002"
+    config = base_config(["/bin/sh", "-c", send])
+    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
+    bundle = write_bundle(tmp / "qemu-bundle", config, rootfs=None)
+    root = short_root()
+    try:
+        argv = [
+            "env",
+            f"VMSANDBOX_GUEST_IMAGE_DIR={image_dir}",
+            sys.executable,
+            str(REPO / "tests/network/run_sandbox.py"),
+        ]
+        argv += [str(topo.state_dir), SUBNET, topo.bridge, str(root), str(bundle), "bench-qemu", "restricted"]
+        argv += ["--hypervisor", "qemu"]
+        subprocess.run(topo.in_node(*argv), capture_output=True, text=True, check=True)
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+    total, seconds = sink.stdout.readline().split()
+    return {"bytes": int(total), "gbit_s": round(int(total) * 8 / float(seconds) / 1e9, 3), "target": None}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--qemu", type=Path, help="guest image directory: also measure a QEMU guest")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     require_network_tools()
@@ -150,6 +195,8 @@ def main() -> int:
                 "setup_target_median_ms": 20,
                 "tcp": throughput(topo, args.rounds, args.seconds),
             }
+            if args.qemu is not None:
+                result["qemu_tcg_guest_to_world"] = qemu_throughput(topo, args.qemu, Path(tmp))
         finally:
             teardown_topology(topo)
     text = json.dumps(result, indent=2)
