@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -113,3 +114,17 @@ def test_a_failed_policy_frees_the_lease_and_the_links(topo: Topology) -> None:
     assert done.returncode == 1 and "network policy" in done.stderr, done.stderr
     assert topo.net("leases") == [] and topo.sandbox_netns() == []
     assert [link for link in topo.node_links() if link.startswith("vsb")] == []
+
+
+def test_reconcile_keeps_a_running_vms_tap(topo: Topology) -> None:
+    topo.net("reconcile")
+    tap = topo.attach("vm", "--kind", "tap")["tap"]
+
+    def ifindex() -> int:
+        return int(json.loads(sh("ip", "-n", topo.node, "-j", "link", "show", "dev", tap))[0]["ifindex"])
+
+    before = ifindex()
+    topo.net("reconcile", "vm")  # an agent restart while the VM holds the tap
+    assert ifindex() == before, "the tap was replaced under the VM"
+    topo.net("reconcile")
+    assert tap not in topo.node_links()

@@ -128,15 +128,20 @@ def add_veth(host: Host, bridge: str, key: str, ip: str, prefix_length: int, gat
 
 
 def remove(host: Host, bridge: str, key: str, kind: str | None = None) -> None:
-    """Whatever links and namespace the sandbox has (``kind`` says which; None: look for both)."""
-    ns = netns_name(bridge, key)
-    if (NETNS_DIR / ns).exists():
-        host.run(["ip", "netns", "del", ns])  # takes the veth with it
-    names = {"netns": [], "tap": [tap_name(key)]}.get(kind or "", [veth_name(key), tap_name(key)])
+    """Whatever links and namespace the sandbox has (``kind`` says which; None: look for both).
+
+    The host end of a veth goes first: deleting it removes the pair at once, whereas a
+    namespace some process still holds would keep its end alive.
+    """
+    names = {"netns": [veth_name(key)], "tap": [tap_name(key)]}.get(
+        kind or "", [veth_name(key), tap_name(key)]
+    )
     for name in names:
-        # The veth of a deleted namespace goes asynchronously: gone by now is fine.
         if not host.succeeds(["ip", "link", "del", "dev", name]) and link_exists(host, name):
             host.run(["ip", "link", "del", "dev", name])
+    ns = netns_name(bridge, key)
+    if (NETNS_DIR / ns).exists():
+        host.run(["ip", "netns", "del", ns])
 
 
 def own_links(host: Host) -> list[str]:

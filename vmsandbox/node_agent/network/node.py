@@ -158,7 +158,8 @@ class NodeNetwork:
                     self.ipam.release(lease)
             policy.rebuild(self.host, self.table, kept)
             for lease in kept:
-                if lease.kind == "tap":
+                # A running VM holds its tap: re-create only a missing one, never replace it.
+                if lease.kind == "tap" and not links.link_exists(self.host, links.tap_name(lease.key)):
                     links.add_tap(self.host, bridge, lease.key)
                 else:
                     links.reattach(self.host, bridge, lease.key)
