@@ -14,6 +14,7 @@ DEBS=(
   docker-registry                               # a real OCI registry on loopback for pull tests
   python3-venv ca-certificates unzip socat
   shellcheck openssl                            # chart script lint, webhook certs
+  nftables iproute2                             # sandbox networking: the egress policy, bridge and links
 )
 missing=()
 for p in "${DEBS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done

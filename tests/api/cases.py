@@ -63,6 +63,17 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("deadline-negative", with_spec(activeDeadlineSeconds=-1), "spec.activeDeadlineSeconds"),
     ("ttl-negative", with_spec(ttlSecondsAfterFinished=-5), "spec.ttlSecondsAfterFinished"),
     ("annotation-value", with_spec(annotations={"io.kubernetes.cri.container-type": 1}), "spec.annotations"),
+    ("network-mode", with_spec(network={"mode": "bridged"}), "spec.network.mode"),
+    (
+        "network-allow-not-cidr",
+        with_spec(network={"egress": {"allow": ["example.com"]}}),
+        "spec.network.egress.allow[0]",
+    ),
+    (
+        "network-deny-too-many",
+        with_spec(network={"egress": {"deny": [f"198.18.{i}.0/24" for i in range(65)]}}),
+        "spec.network.egress.deny",
+    ),
 ]
 
 VALID_IMAGES = [

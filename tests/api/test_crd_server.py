@@ -72,6 +72,7 @@ def test_server_rejects_with_the_field_named(
     [
         ({"image": "registry.local:5000/tools/busybox:1.37"}, "image"),
         ({"resources": {"vcpus": 2, "memoryMiB": 512}}, "resources"),
+        ({"network": {"mode": "open"}}, "network"),
     ],
 )
 def test_immutable_fields_refuse_updates(

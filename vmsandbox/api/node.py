@@ -18,3 +18,8 @@ class NodeCapacity(APIModel):
     )
     kvm: bool = Field(default=False, description="Whether /dev/kvm opened read-write on this node.")
     agent_version: str | None = Field(default=None, description="Version of the node agent's package.")
+    sandbox_cidr: str | None = Field(
+        default=None,
+        alias="sandboxCIDR",
+        description="The node's sandbox subnet; absent: no sandbox network.",
+    )

@@ -9,6 +9,7 @@ from pydantic import Field, StringConstraints
 
 from vmsandbox.api.base import APIModel
 from vmsandbox.api.image_ref import IMAGE_PATTERN
+from vmsandbox.api.network import SandboxNetwork
 
 
 class PullPolicy(StrEnum):
@@ -191,6 +192,9 @@ class VMSandboxSpec(APIModel):
         "annotations). The keys the node agent sets itself (io.vmsandbox.sandbox.namespace, .name, .uid, "
         "io.vmsandbox.vm.vcpus, .memory-mib) replace any set here.",
     )
+    network: SandboxNetwork | None = Field(
+        default=None, description="The sandbox's network: mode and egress rules."
+    )
 
 
 #: Rules on the spec as a whole: "immutable once set" needs both old and new objects.
@@ -198,5 +202,10 @@ SPEC_VALIDATIONS = [
     {
         "rule": "!has(oldSelf.hypervisor) || (has(self.hypervisor) && self.hypervisor == oldSelf.hypervisor)",
         "message": f"hypervisor {IMMUTABLE}",
-    }
+    },
+    {
+        "rule": "has(self.network) == has(oldSelf.network)"
+        " && (!has(self.network) || self.network == oldSelf.network)",
+        "message": f"network {IMMUTABLE}",
+    },
 ]

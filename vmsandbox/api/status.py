@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from vmsandbox.api.base import APIModel
+from vmsandbox.api.network import NetworkStatus
 
 
 class Phase(StrEnum):
@@ -137,6 +138,12 @@ class BootTimings(APIModel):
     container_create: float | None = Field(
         default=None, ge=0, description="Milliseconds the guest agent spent creating the container."
     )
+    network: float | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds the node agent spent setting up the sandbox's network (address, links, "
+        "egress rules).",
+    )
     total: float | None = Field(
         default=None,
         ge=0,
@@ -202,6 +209,11 @@ class VMSandboxStatus(APIModel):
         default=None,
         description="Milliseconds per stage of the latest start, from scheduling to the container's "
         "creation.",
+    )
+    network: NetworkStatus | None = Field(
+        default=None,
+        description="The sandbox's network as the node agent set it up; absent when its node runs no "
+        "sandbox network.",
     )
 
     def condition(self, kind: ConditionType) -> Condition | None:

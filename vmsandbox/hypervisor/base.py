@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.hypervisor.network import NetworkAttachment
 
 HypervisorName = Literal["cloud-hypervisor", "qemu", "process"]
 
@@ -69,6 +70,8 @@ class VMSpec(BaseModel):
     #: Extra disks attached at boot (the sandbox container's root filesystem disk).
     disks: list[DiskSpec] = Field(default_factory=list)
     kernel_args: list[str] = Field(default_factory=list)
+    #: The NIC the node prepared (a tap, or a namespace for the process backend); None: no network.
+    network: NetworkAttachment | None = None
     #: Seconds to wait for the guest agent to accept a connection after boot.
     agent_timeout: float = 45.0
 

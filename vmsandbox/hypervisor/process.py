@@ -2,9 +2,10 @@
 
 The guest agent runs as an ordinary host process in new mount, PID, UTS and IPC namespaces
 (``unshare``), with its own state directory and a unix socket for the host. **It is isolated by
-namespaces only**: containers share the host kernel, the host network and the host filesystem
-(the agent is handed the bundle's rootfs directly, ``shares_host_fs``). Never use it for
-untrusted workloads.
+namespaces only**: containers share the host kernel and the host filesystem (the agent is
+handed the bundle's rootfs directly, ``shares_host_fs``), and the host network unless the caller
+gives a network namespace (``VMSpec.network.netns``; the node agent always does). Never use it
+for untrusted workloads.
 
 What is emulated: "boot" is starting the agent process; ``vm_boot`` is the time until its socket
 exists. Disks in ``VMSpec.disks`` and hot-plugged ones are recorded in a JSON map named by
@@ -112,15 +113,21 @@ class ProcessDriver(HypervisorDriver):
 
     def boot(self, spec: VMSpec) -> VMHandle:
         check_socket_path(spec.state_dir / "agent.sock")
-        handle = self._adopt(spec) if self.pool_size else None
+        # Pooled agents were started in the host's network namespace: a sandbox with a network
+        # of its own always starts a fresh agent inside it.
+        pooled = self.pool_size and spec.network is None
+        handle = self._adopt(spec) if pooled else None
         if handle is None:
             handle = self._cold_boot(spec)
         if self.pool_size:
             self._refill(pool_dir(spec.state_dir.parent))
         return handle
 
-    def _spawn(self, state_dir: Path) -> tuple[subprocess.Popen[bytes], float]:
-        """Start an agent whose "VM" directory is ``state_dir``; returns it and the spawn time."""
+    def _spawn(self, state_dir: Path, netns: Path | None = None) -> tuple[subprocess.Popen[bytes], float]:
+        """Start an agent whose "VM" directory is ``state_dir``; returns it and the spawn time.
+
+        With ``netns`` the agent (and so every container in it) lives in that network namespace.
+        """
         state_dir.mkdir(parents=True, exist_ok=True)
         sock_path = check_socket_path(state_dir / "agent.sock")
         env = dict(os.environ)
@@ -131,6 +138,7 @@ class ProcessDriver(HypervisorDriver):
         env["VMSANDBOX_GUEST_CGROUP_PARENT"] = cgroup_parent
         (state_dir / CGROUP_FILE).write_text(cgroup_parent)
         cmd = [
+            *(["nsenter", f"--net={netns}"] if netns is not None else []),
             *UNSHARE,
             sys.executable,
             "-S",
@@ -176,7 +184,7 @@ class ProcessDriver(HypervisorDriver):
     def _cold_boot(self, spec: VMSpec) -> VMHandle:
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         (spec.state_dir / DISKS_FILE).write_text("{}")
-        proc, spawn_ms = self._spawn(spec.state_dir)
+        proc, spawn_ms = self._spawn(spec.state_dir, spec.network.netns if spec.network else None)
         handle = self._handle(spec, proc.pid)
         handle.save()  # before the wait: a killed creator's agent can then be found and stopped
         t1 = time.monotonic()

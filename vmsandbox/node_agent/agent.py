@@ -21,6 +21,9 @@ from vmsandbox.node_agent.httpserver import AgentHTTPServer
 from vmsandbox.node_agent.images import ImageStore
 from vmsandbox.node_agent.kube import Kube, make_api_client
 from vmsandbox.node_agent.metrics import AgentMetrics
+from vmsandbox.node_agent.network import NetworkError
+from vmsandbox.node_agent.network.metrics import NetworkCollector
+from vmsandbox.node_agent.network.startup import start_network
 from vmsandbox.node_agent.records import RecordStore
 from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
@@ -93,6 +96,12 @@ class Agent:
         )
         self.runtimes = Runtimes(config.runtime_root, self.hv_config, list(config.allowed_hypervisors))
         self.events = EventRecorder(self.kube, config.node_name)
+        try:
+            network = start_network(config, (r.uid for r in self.records.load_all()))
+        except NetworkError as exc:
+            raise ConfigError(f"sandboxCIDR: cannot set up the sandbox network: {exc}") from None
+        if network is not None:
+            self.metrics.registry.register(NetworkCollector(network, self._sandbox_name))
         ctx = AgentContext(
             config=config,
             writer=SandboxWriter(self.kube, self.metrics),
@@ -104,6 +113,7 @@ class Agent:
             start_slots=threading.BoundedSemaphore(config.max_concurrent_starts),
             writes=ThreadPoolExecutor(max_workers=8, thread_name_prefix="status"),
             usable_hypervisors=self.capacity.hypervisors,
+            network=network,
         )
         self.supervisor = Supervisor(ctx)
         self.metrics.track_phases(self.supervisor.phase_counts)
@@ -143,6 +153,10 @@ class Agent:
         if not self.heartbeat.fresh():
             return False, "lease not renewed"
         return True, "ok"
+
+    def _sandbox_name(self, uid: str) -> tuple[str, str] | None:
+        record = self.records.load(uid)
+        return (record.namespace, record.name) if record is not None else None
 
     def _log_file(self, namespace: str, name: str) -> Path | None:
         assert self.supervisor is not None

@@ -49,4 +49,5 @@ def node_capacity(config: AgentConfig, hv: HypervisorConfig) -> NodeCapacity:
         default_hypervisor=config.default_hypervisor,
         kvm=kvm_usable(),
         agent_version=agent_version(),
+        sandbox_cidr=str(config.sandbox_cidr) if config.sandbox_cidr else None,
     )

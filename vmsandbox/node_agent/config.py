@@ -7,6 +7,7 @@ set otherwise. List values in the environment are comma-separated.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -59,6 +60,20 @@ class AgentConfig(APIModel):
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=5)
     max_concurrent_starts: int = Field(default=8, ge=1)
     watch_timeout_seconds: int = Field(default=300, ge=1)
+    sandbox_cidr: ipaddress.IPv4Network | None = Field(
+        default=None,
+        alias="sandboxCIDR",
+        description="The node's sandbox subnet (e.g. 10.250.3.0/24); unset: sandboxes get no network.",
+    )
+    sandbox_bridge: str = Field(default="vmsb0", pattern=r"^[a-z][a-z0-9]{0,9}$")
+    sandbox_dns: list[str] = Field(
+        default_factory=list,
+        alias="sandboxDNS",
+        description="Resolvers sandboxes may reach; empty: the node's own (non-loopback) resolvers.",
+    )
+    network_namespace: Path | None = Field(
+        default=None, description="Run the sandbox network's plumbing in this namespace (dev, tests)."
+    )
     kubeconfig: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -72,7 +87,19 @@ class AgentConfig(APIModel):
             raise ValueError(f"not a registry host[:port]: {', '.join(bad)}")
         return value
 
-    @field_validator("state_dir", "runtime_root", "guest_image_dir")
+    @field_validator("sandbox_cidr")
+    @classmethod
+    def _subnet_size(cls, value: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network | None:
+        if value is not None and not 16 <= value.prefixlen <= 29:
+            raise ValueError(f"{value}: the prefix length must be between 16 and 29")
+        return value
+
+    @field_validator("sandbox_dns")
+    @classmethod
+    def _resolvers(cls, value: list[str]) -> list[str]:
+        return [str(ipaddress.IPv4Address(v)) for v in value]
+
+    @field_validator("state_dir", "runtime_root", "guest_image_dir", "network_namespace")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():

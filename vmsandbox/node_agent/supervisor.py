@@ -156,6 +156,8 @@ class Supervisor:
             self.ctx.runtimes.destroy(cid)
             record = records.get(cid)
             if record is not None:
+                if self.ctx.network is not None:
+                    self.ctx.network.detach(record.uid)
                 self.ctx.records.remove(record.uid)
             self.ctx.metrics.orphans.inc()
             log.warning("tore down orphaned container %s: %s", cid, still[cid])

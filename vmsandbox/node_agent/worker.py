@@ -40,6 +40,8 @@ from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.images import ImageStore
 from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.metrics import AgentMetrics
+from vmsandbox.node_agent.network import NodeNetwork
+from vmsandbox.node_agent.network.attach import attach_sandbox
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
 from vmsandbox.node_agent.runtimes import Runtimes, pid_alive
@@ -71,6 +73,8 @@ class AgentContext:
     #: Runs status writes that need not hold up the boot (they stay in order per sandbox).
     writes: ThreadPoolExecutor
     usable_hypervisors: list[str]
+    #: The node's sandbox network; None when the agent has no ``sandboxCIDR``.
+    network: NodeNetwork | None = None
 
 
 def _ms(seconds: float) -> float:
@@ -376,6 +380,10 @@ class SandboxWorker:
                 )
             if self._deleting():
                 return 0.0
+            with self._step("network"):
+                attachment, network_status, network_s = attach_sandbox(
+                    self.ctx.network, self.uid, sandbox, hypervisor
+                )
             record.container_created, record.container_started = True, False
             self._save_record()
             t_slot = time.monotonic()
@@ -387,7 +395,9 @@ class SandboxWorker:
                     return 0.0
                 try:
                     with self._step("runtimeCreate"):
-                        state = runtime.create(self.cid, bundle, log_path=self.ctx.records.log_path(self.uid))
+                        state = runtime.create(
+                            self.cid, bundle, log_path=self.ctx.records.log_path(self.uid), network=attachment
+                        )
                 except VMSandboxError:
                     record.container_created = False
                     self._save_record()
@@ -407,6 +417,7 @@ class SandboxWorker:
 
             def booted(status: VMSandboxStatus) -> None:
                 status.vm = vm_status
+                status.network = network_status or status.network
                 status.set_condition(
                     ConditionType.VM_READY, ConditionStatus.TRUE, "Booted", generation=generation
                 )
@@ -417,6 +428,7 @@ class SandboxWorker:
                     vm_boot=timings.vmBoot,
                     agent_ready=timings.agentReady,
                     container_create=timings.containerCreate,
+                    network=_ms(network_s) if network_status else None,
                 )
 
             self._write_later(booted)
@@ -637,6 +649,8 @@ class SandboxWorker:
         self._settle()
         had = self.ctx.runtimes.destroy(self.cid)
         self.container = None
+        if self.ctx.network is not None:
+            self.ctx.network.detach(self.uid)
         if had:
             self.log.info("VM torn down (%s)", why)
         if self.record is not None and self.record.container_created:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vmsandbox.api import Hypervisor
+from vmsandbox.api import Hypervisor, NetworkMode
 from vmsandbox.errors import VMSandboxError
 
 ENV_PREFIX = "VMSANDBOX_OPERATOR_"
@@ -41,6 +41,11 @@ class OperatorConfig(BaseModel):
     allowed_hypervisors: list[Hypervisor] = Field(
         default_factory=lambda: [Hypervisor.CLOUD_HYPERVISOR, Hypervisor.QEMU],
         description="Hypervisors sandboxes may ask for; 'process' (no VM isolation) only when listed.",
+    )
+    default_network_mode: NetworkMode = Field(
+        default=NetworkMode.RESTRICTED,
+        description="Network mode of sandboxes whose spec names none; "
+        "recorded in status.network at placement.",
     )
     agent_alive_seconds: float = Field(
         default=40.0,

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, Phase, VMSandboxStatus
+from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, NetworkStatus, Phase, VMSandboxStatus
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
 from vmsandbox.operator import lifecycle as lc
 from vmsandbox.operator.cache import ClusterCache, SandboxEntry, sandbox_key
@@ -401,6 +401,9 @@ class Reconciler:
         status.node_name = node
         if hypervisor is not None and status.hypervisor is None:
             status.hypervisor = hypervisor
+        if status.network is None and entry.sandbox is not None:
+            asked = entry.sandbox.spec.network.mode if entry.sandbox.spec.network else None
+            status.network = NetworkStatus(mode=asked or self.config.default_network_mode)
         status.set_condition(
             ConditionType.SCHEDULED, ConditionStatus.TRUE, lc.REASON_SCHEDULED, f"node {node}"
         )

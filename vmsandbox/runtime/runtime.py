@@ -41,6 +41,7 @@ from vmsandbox.guest.protocol import (
 from vmsandbox.hypervisor import driver_for
 from vmsandbox.hypervisor.base import DiskSpec, HypervisorDriver, HypervisorError, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import kill_mentioning
 from vmsandbox.runtime import console
 from vmsandbox.runtime.client import AgentClient
@@ -73,6 +74,8 @@ class CreateOptions(BaseModel):
     #: stdin, stdout, stderr for the relay; None means /dev/null (output still goes to the log).
     stdio: Stdio | None = None
     log_path: Path | None = None
+    #: The pod sandbox's network interface, prepared by the caller (the node agent).
+    network: NetworkAttachment | None = None
 
 
 def parse_signal(value: str | int) -> int:
@@ -133,6 +136,7 @@ class Runtime:
         stdio: Stdio | None = None,
         log_path: Path | None = None,
         console_path: Path | None = None,
+        network: NetworkAttachment | None = None,
     ) -> ContainerState:
         validate_id(container_id)
         options = CreateOptions(
@@ -141,6 +145,7 @@ class Runtime:
             console_path=console_path,
             stdio=stdio,
             log_path=log_path,
+            network=network,
         )
         record_dir = self.store.reserve(container_id)
         undo = contextlib.ExitStack()
@@ -211,7 +216,7 @@ class Runtime:
 
         if sandbox is None:
             assert size is not None
-            handle = self._boot(driver, container_id, size, disk, undo)
+            handle = self._boot(driver, container_id, size, disk, undo, options.network)
             state.timings = Timings(
                 vmmStart=handle.timings.vmm_start,
                 vmBoot=handle.timings.vm_boot,
@@ -298,6 +303,7 @@ class Runtime:
         size: VMSize,
         disk: DiskSpec | None,
         undo: contextlib.ExitStack,
+        network: NetworkAttachment | None = None,
     ) -> VMHandle:
         vm_id = vm_id_for(container_id)
         spec = VMSpec(
@@ -306,6 +312,8 @@ class Runtime:
             vcpus=size.vcpus,
             memory_mib=size.memory_mib,
             disks=[disk] if disk else [],
+            network=network,
+            kernel_args=[network.kernel_arg()] if network is not None and network.ip else [],
         )
         if not driver.shares_host_fs:
             images = self.config.guest_image_dir

@@ -4,7 +4,8 @@
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
 # by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
 # filesystems in the new root and hands over to /usr/lib/vmsandbox/supervise there, which runs
-# the guest agent. Any failure powers the VM off after printing why, so the host sees an exit
+# the guest agent. With vmsandbox.net=IP/PREFIX,GATEWAY,DNS[+DNS] on the kernel command line it
+# configures eth0 (the node's tap), the default route and /etc/resolv.conf first. Any failure powers the VM off after printing why, so the host sees an exit
 # instead of a hang.
 
 /bin/busybox --install -s /bin
@@ -16,6 +17,8 @@ OVERLAY=/overlay
 SUPERVISOR=/usr/lib/vmsandbox/supervise
 DISK_WAIT_TENTHS=100     # 10 s for the root disk to show up
 PORT_NAME_WAIT_TENTHS=20 # 2 s for virtio-serial port names to arrive from the host
+NIC_WAIT_TENTHS=50       # 5 s for eth0 to appear after virtio_net is loaded
+NET_RESOLVERS=""
 
 say() {
     echo "vmsandbox-init: $*"
@@ -75,6 +78,41 @@ wait_for_root_disk() {
     done
 }
 
+# The sandbox's NIC, as the node agent prepared it; no vmsandbox.net means no network (mode none).
+configure_network() {
+    ip link set lo up || die "cannot bring up lo"
+    net=""
+    read -r cmdline </proc/cmdline
+    for arg in $cmdline; do
+        case "$arg" in vmsandbox.net=*) net=${arg#vmsandbox.net=} ;; esac
+    done
+    [ -n "$net" ] || return 0
+    address=${net%%,*}
+    rest=${net#*,}
+    gateway=${rest%%,*}
+    NET_RESOLVERS=${rest#*,}
+    tries=0
+    until [ -e /sys/class/net/eth0 ]; do
+        tries=$((tries + 1))
+        [ "$tries" -lt "$NIC_WAIT_TENTHS" ] || die "vmsandbox.net is set but the VM has no eth0"
+        sleep 0.1
+    done
+    # IPv4 only: the node gives sandboxes no IPv6 and drops every IPv6 packet from them.
+    [ -w /proc/sys/net/ipv6/conf/eth0/disable_ipv6 ] && echo 1 >/proc/sys/net/ipv6/conf/eth0/disable_ipv6
+    ip addr add "$address" dev eth0 || die "cannot set address $address on eth0"
+    ip link set eth0 up || die "cannot bring up eth0"
+    ip route add default via "$gateway" dev eth0 || die "cannot route via $gateway"
+}
+
+write_resolv_conf() {
+    [ -n "$NET_RESOLVERS" ] || return 0
+    mkdir -p "$NEWROOT/etc"
+    rm -f "$NEWROOT/etc/resolv.conf"
+    for resolver in $(echo "$NET_RESOLVERS" | tr '+' ' '); do
+        echo "nameserver $resolver"
+    done >"$NEWROOT/etc/resolv.conf"
+}
+
 mount_root() {
     mkdir -p "$OVERLAY" "$NEWROOT"
     mount -t tmpfs -o mode=0755 overlay-tmpfs "$OVERLAY" || die "cannot mount the overlay tmpfs"
@@ -123,9 +161,11 @@ mount_kernel_filesystems
 say "stage=init uptime=$(uptime_s)"
 load_modules
 say "stage=modules uptime=$(uptime_s)"
+configure_network
 wait_for_root_disk
 mount_root
 link_virtio_ports
+write_resolv_conf
 say "stage=rootfs device=$ROOT_DEV uptime=$(uptime_s)"
 prepare_new_root
 exec switch_root "$NEWROOT" "$SUPERVISOR" || die "switch_root failed"

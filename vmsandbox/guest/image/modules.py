@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict
 from vmsandbox.guest.image.errors import GuestImageError
 
 #: What the guest cannot do without: PCI transport, root and container disks, the agent's
-#: channels (virtio-serial under QEMU, vsock under Cloud Hypervisor), entropy, the root overlay.
+#: channels (virtio-serial under QEMU, vsock under Cloud Hypervisor), entropy, the root overlay,
+#: and the sandbox's NIC.
 GUEST_MODULES: tuple[str, ...] = (
     "virtio_pci",
     "virtio_blk",
@@ -19,6 +20,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_rng",
     "ext4",
     "overlay",
+    "virtio_net",
 )
 
 _SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")

@@ -46,6 +46,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
     CpusConfig,
     DiskConfig,
     MemoryConfig,
+    NetConfig,
     PayloadConfig,
     RngConfig,
     SerialConfig,
@@ -114,6 +115,9 @@ class CloudHypervisorDriver(HypervisorDriver):
             cpus=CpusConfig(boot_vcpus=spec.vcpus, max_vcpus=spec.vcpus),
             memory=MemoryConfig(size=spec.memory_mib * MIB),
             disks=disks or None,
+            net=[NetConfig(tap=spec.network.tap, mac=spec.network.mac, id="net0")]
+            if spec.network is not None and spec.network.tap is not None
+            else None,
             vsock=VsockConfig(cid=GUEST_CID, socket=str(layout.vsock_socket)),
             serial=SerialConfig(mode="File", file=str(layout.serial_log)),
             console=ConsoleConfig(mode="Off"),

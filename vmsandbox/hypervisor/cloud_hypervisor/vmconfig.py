@@ -85,6 +85,21 @@ class ConsoleConfig(ApiBody):
     socket: str | None = None
 
 
+class NetConfig(ApiBody):
+    """A virtio-net device on an existing tap.
+
+    ``ip`` and ``mask`` are the *host* side's address, which Cloud Hypervisor puts on the tap;
+    a tap that is a port of the node's bridge must have none, so they are never sent. The
+    guest's own address reaches it on the kernel command line.
+    """
+
+    tap: str
+    mac: str | None = None
+    id: str | None = None
+    num_queues: int | None = Field(default=None, ge=2)
+    queue_size: int | None = Field(default=None, ge=1)
+
+
 class RngConfig(ApiBody):
     src: str
 
@@ -94,6 +109,7 @@ class VmConfig(ApiBody):
     cpus: CpusConfig | None = None
     memory: MemoryConfig | None = None
     disks: list[DiskConfig] | None = None
+    net: list[NetConfig] | None = None
     vsock: VsockConfig | None = None
     serial: SerialConfig | None = None
     console: ConsoleConfig | None = None

@@ -113,6 +113,7 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
         readonly = "on" if disk.readonly else "off"
         argv += ["-blockdev", _blockdev(f"disk{index}", disk.path, readonly)]
         argv += ["-device", f"virtio-blk-pci,drive=disk{index},serial={disk.serial},id=blk-{disk.serial}"]
+    argv += _nic(spec)
     for port in range(HOTPLUG_PORTS):
         argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1},slot={port + 1}"]
     return argv
@@ -131,6 +132,15 @@ def _has_device(qmp: QMPClient, qdev_id: str) -> bool:
         return False
 
     return any(walk(bus.get("devices") or []) for bus in qmp.execute("query-pci"))
+
+
+def _nic(spec: VMSpec) -> list[str]:
+    """The sandbox's NIC: the node's prepared tap, opened by name, as virtio-net."""
+    net = spec.network
+    if net is None or net.tap is None:
+        return []
+    netdev = f"tap,id=net0,ifname={net.tap},script=no,downscript=no"
+    return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,mac={net.mac},id=nic0"]
 
 
 def _blockdev(node: str, path: Path, readonly: str) -> str:

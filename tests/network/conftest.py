@@ -1,0 +1,187 @@
+"""A node and a world of their own for every test: two network namespaces joined by a veth.
+
+The "node" namespace is where the agent's plumbing runs (bridge, nftables, NAT); the "world"
+namespace holds the servers: HTTP on a public-looking address (198.18.0.2, 198.18.0.3), on a
+private one (10.99.0.2), on the metadata address (169.254.169.254) and on an IPv6 ULA
+(fd00::2), plus a DNS server on 10.99.0.53. The node routes everything to the world and the
+world routes nothing anywhere: no packet leaves these namespaces, and nothing is configured
+in the machine's own namespace. The plumbing runs under ``nsenter --net`` only, so the
+namespaces it creates for sandboxes are visible to the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+REQUIRE_ENV = "VMSANDBOX_REQUIRE_TOOLS"
+SUBNET = "10.250.7.0/24"
+GATEWAY = "10.250.7.1"
+NODE_UPLINK = "203.0.113.1"
+WORLD_UPLINK = "203.0.113.2"
+PUBLIC = "198.18.0.2"
+PUBLIC_2 = "198.18.0.3"
+PRIVATE = "10.99.0.2"
+METADATA = "169.254.169.254"
+ULA = "fd00::2"
+DNS = "10.99.0.53"
+WORLD_ADDRESSES = (PUBLIC, PUBLIC_2, PRIVATE, METADATA, DNS)
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "nft", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (hack/setup.sh installs it)"
+    return None
+
+
+def require_network_tools() -> None:
+    reason = _missing()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
+    pytest.skip(reason)
+
+
+def sh(*argv: str, stdin: str | None = None) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, f"{' '.join(argv)}: {done.stderr}"
+    return done.stdout
+
+
+def _world_servers(world: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", world, sys.executable, str(HERE / "world.py"), DNS, *WORLD_ADDRESSES, ULA],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@dataclass
+class Topology:
+    node: str
+    world: str
+    bridge: str
+    state_dir: Path
+    procs: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @property
+    def node_ns(self) -> str:
+        return f"/run/netns/{self.node}"
+
+    def in_node(self, *argv: str) -> list[str]:
+        """A command line that runs ``argv`` in the node namespace (network only)."""
+        return ["nsenter", f"--net={self.node_ns}", *argv]
+
+    def net_argv(self, *args: str) -> list[str]:
+        return self.in_node(
+            sys.executable,
+            "-m",
+            "vmsandbox.node_agent.network",
+            "--state-dir",
+            str(self.state_dir),
+            "--subnet",
+            SUBNET,
+            "--bridge",
+            self.bridge,
+            "--resolver",
+            DNS,
+            *args,
+        )
+
+    def net(self, *args: str) -> Any:
+        """Run the node's network plumbing in a fresh process (as a restarted agent would)."""
+        return json.loads(sh(*self.net_argv(*args)))
+
+    def attach(self, owner: str, *extra: str) -> dict[str, Any]:
+        attachment: dict[str, Any] = self.net("attach", owner, *extra)
+        return attachment
+
+    def probe(self, netns: str, *targets: str) -> dict[str, str]:
+        """What a process in the sandbox namespace ``netns`` (a path) reaches."""
+        out = sh("nsenter", f"--net={netns}", sys.executable, str(HERE / "probe.py"), *targets)
+        result: dict[str, str] = json.loads(out)
+        return result
+
+    def sandbox_netns(self) -> list[str]:
+        return sorted(p.name for p in Path("/run/netns").iterdir() if p.name.startswith(f"{self.bridge}-"))
+
+    def node_links(self) -> list[str]:
+        links = json.loads(sh("ip", "-n", self.node, "-j", "link", "show"))
+        return sorted(link["ifname"] for link in links)
+
+    def node_ruleset(self) -> str:
+        return sh("ip", "netns", "exec", self.node, "nft", "list", "ruleset")
+
+
+def _setup(topo: Topology) -> None:
+    node, world = topo.node, topo.world
+    sh("ip", "netns", "add", node)
+    sh("ip", "netns", "add", world)
+    sh("ip", "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "wd0", "netns", world)
+    sh(
+        "ip",
+        "-n",
+        node,
+        "-batch",
+        "-",
+        stdin="\n".join(
+            [
+                "link set lo up",
+                "link set up0 up",
+                f"address add {NODE_UPLINK}/24 dev up0",
+                "address add fd00:1::1/64 dev up0 nodad",
+                f"route add default via {WORLD_UPLINK}",
+                "route add fd00::/64 via fd00:1::2",
+            ]
+        )
+        + "\n",
+    )
+    lines = ["link set lo up", "link set wd0 up", f"address add {WORLD_UPLINK}/24 dev wd0"]
+    lines += ["address add fd00:1::2/64 dev wd0 nodad", f"address add {ULA}/128 dev lo"]
+    lines += [f"address add {a}/32 dev lo" for a in WORLD_ADDRESSES]
+    sh("ip", "-n", world, "-batch", "-", stdin="\n".join(lines) + "\n")
+    topo.procs.append(_world_servers(world))
+
+
+def teardown_topology(topo: Topology) -> None:
+    for proc in topo.procs:
+        if proc.stdin:
+            proc.stdin.close()
+        proc.kill()
+        proc.wait()
+    for ns in topo.sandbox_netns():
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    for ns in (topo.node, topo.world):
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@pytest.fixture
+def topo(tmp_path: Path) -> Iterator[Topology]:
+    require_network_tools()
+    suffix = secrets.token_hex(3)
+    topology = Topology(
+        node=f"vtn-{suffix}", world=f"vtw-{suffix}", bridge=f"vb{suffix}", state_dir=tmp_path / "net"
+    )
+    try:
+        _setup(topology)
+        yield topology
+    finally:
+        teardown_topology(topology)

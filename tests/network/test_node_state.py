@@ -1,0 +1,130 @@
+"""Leases, links and the table across agent restarts, kills and deletes, in the node namespace."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from tests.network.conftest import PRIVATE, PUBLIC, SUBNET, Topology, sh
+
+OWNERS = [f"uid-{i:02d}" for i in range(50)]
+
+ATTACH_ALL = """
+import ipaddress, sys
+from pathlib import Path
+from vmsandbox.node_agent.network import NetworkSettings, NodeNetwork
+node = NodeNetwork(NetworkSettings(subnet=ipaddress.IPv4Network(sys.argv[2]), state_dir=Path(sys.argv[1]),
+                                   bridge=sys.argv[3]))
+for owner in sys.argv[4:]:
+    node.attach(owner, "restricted", [], [], "netns")
+"""
+
+
+def _leases(topo: Topology) -> dict[str, str]:
+    return {lease["owner"]: lease["ip"] for lease in topo.net("leases")}
+
+
+def _attach_all(topo: Topology) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-c", ATTACH_ALL, str(topo.state_dir), SUBNET, topo.bridge, *OWNERS]
+    return subprocess.Popen(topo.in_node(*argv), start_new_session=True)
+
+
+def test_fifty_sandboxes_distinct_across_a_kill_and_all_released(topo: Topology) -> None:
+    topo.net("reconcile")
+    first = _attach_all(topo)
+    deadline = time.monotonic() + 120
+    while len(list((topo.state_dir / "leases").iterdir())) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the agent dies in the middle of the starts
+    first.wait()
+    before = _leases(topo)
+    assert 20 <= len(before) < 50
+    topo.net("reconcile", *before)  # the restarted agent keeps what it still owns
+    second = _attach_all(topo)
+    assert second.wait(timeout=300) == 0
+    after = _leases(topo)
+    assert sorted(after) == OWNERS
+    assert len(set(after.values())) == 50, "no address handed out twice"
+    assert all(after[owner] == ip for owner, ip in before.items()), "a restart keeps existing leases"
+    assert all(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(SUBNET) for ip in after.values())
+    assert len(topo.sandbox_netns()) == 50
+    for owner in OWNERS:
+        topo.net("detach", owner)
+    assert _leases(topo) == {}
+    assert topo.sandbox_netns() == []
+    assert [link for link in topo.node_links() if link.startswith("vsb")] == []
+    assert not re.search(r"\bs[0-9a-f]{12}_", topo.node_ruleset()), "no sandbox object left in the table"
+    topo.net("shutdown")
+    assert topo.node_links() == ["lo", "up0"], "nothing of ours left in the node namespace"
+    assert topo.node_ruleset().strip() == ""
+
+
+def test_reconcile_after_a_kill_restores_and_frees(topo: Topology) -> None:
+    topo.net("reconcile")
+    kept = topo.attach("kept", "--allow", f"{PRIVATE}/32")
+    gone = topo.attach("gone")
+    # The agent is killed; meanwhile the table and the bridge are lost (a flush, a reboot of networking).
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
+    sh("ip", "-n", topo.node, "link", "del", topo.bridge)
+    assert topo.probe(kept["netns"], f"http:{PUBLIC}")[f"http:{PUBLIC}"] != PUBLIC
+    topo.net("reconcile", "kept")  # the restarted agent still owns "kept" only
+    assert _leases(topo) == {"kept": kept["ip"]}
+    assert topo.sandbox_netns() == [kept["netns"].rsplit("/", 1)[1]]
+    assert gone["netns"].rsplit("/", 1)[1] not in topo.sandbox_netns()
+    results = topo.probe(kept["netns"], f"http:{PUBLIC}", f"http:{PRIVATE}")
+    assert results == {f"http:{PUBLIC}": PUBLIC, f"http:{PRIVATE}": PRIVATE}, results
+    ruleset = topo.node_ruleset()
+    assert ruleset.count("jump s") == 3, "one sandbox's out, in and node chains in the maps"
+
+
+def test_a_half_written_lease_is_not_handed_out_and_is_freed(topo: Topology) -> None:
+    topo.net("reconcile")
+    (topo.state_dir / "leases" / "10.250.7.2").write_text("")  # killed between create and write
+    first = topo.attach("after-crash")
+    assert first["ip"] == "10.250.7.3"
+    topo.net("reconcile", "after-crash")
+    assert not (topo.state_dir / "leases" / "10.250.7.2").exists()
+    assert topo.attach("next")["ip"] == "10.250.7.2"
+
+
+def test_an_exhausted_subnet_fails_clearly_and_leaks_nothing(topo: Topology) -> None:
+    small = [*topo.net_argv("reconcile")]
+    small[small.index(SUBNET)] = "10.250.7.0/29"  # gateway .1, sandboxes .2 to .6
+    sh(*small)
+    attach = [*topo.net_argv("attach", "x")]
+    attach[attach.index(SUBNET)] = "10.250.7.0/29"
+    for i in range(5):
+        sh(*[a if a != "x" else f"fits-{i}" for a in attach])
+    done = subprocess.run([a if a != "x" else "one-too-many" for a in attach], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "all 5 addresses of 10.250.7.0/29 are leased" in done.stderr
+    assert len(topo.sandbox_netns()) == 5
+
+
+def test_a_failed_policy_frees_the_lease_and_the_links(topo: Topology) -> None:
+    topo.net("reconcile")
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
+    done = subprocess.run(topo.net_argv("attach", "doomed"), capture_output=True, text=True)
+    assert done.returncode == 1 and "network policy" in done.stderr, done.stderr
+    assert topo.net("leases") == [] and topo.sandbox_netns() == []
+    assert [link for link in topo.node_links() if link.startswith("vsb")] == []
+
+
+def test_reconcile_keeps_a_running_vms_tap(topo: Topology) -> None:
+    topo.net("reconcile")
+    tap = topo.attach("vm", "--kind", "tap")["tap"]
+
+    def ifindex() -> int:
+        return int(json.loads(sh("ip", "-n", topo.node, "-j", "link", "show", "dev", tap))[0]["ifindex"])
+
+    before = ifindex()
+    topo.net("reconcile", "vm")  # an agent restart while the VM holds the tap
+    assert ifindex() == before, "the tap was replaced under the VM"
+    topo.net("reconcile")
+    assert tap not in topo.node_links()

@@ -1,0 +1,48 @@
+"""A real QEMU guest (TCG) on the node's bridge: virtio-net on the tap, address from the kernel
+command line, and the same policy as every other sandbox. One boot, so it stays affordable."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.network.conftest import DNS, HERE, METADATA, PRIVATE, PUBLIC, SUBNET, Topology, sh
+from tests.qemu.conftest import guest_image, qemu_binary
+from tests.runtime.support import base_config, short_root, write_bundle
+
+pytestmark = pytest.mark.vm
+__all__ = ["guest_image", "qemu_binary"]  # fixtures, used by name
+
+GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
+
+
+def _probe(address: str) -> str:
+    fetch = f"{GET} | busybox nc -w 3 {address} 80 | busybox grep -q {address}"
+    return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
+
+
+def test_guest_nic_under_restricted_with_an_allow(topo: Topology, guest_image: Path, tmp_path: Path) -> None:
+    script = " ; ".join(
+        ["busybox ip -4 -o addr show dev eth0", *(_probe(a) for a in (PUBLIC, PRIVATE, METADATA))]
+    )
+    config = base_config(["/bin/sh", "-c", script])
+    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
+    bundle = write_bundle(tmp_path / "bundle", config, rootfs=None)
+    root = short_root()
+    try:
+        argv = [sys.executable, str(HERE / "run_sandbox.py"), str(topo.state_dir), SUBNET, topo.bridge]
+        argv += [str(root), str(bundle), "qemu-allow", "restricted", "--resolver", DNS]
+        argv += ["--allow", f"{PRIVATE}/32", "--hypervisor", "qemu"]
+        env_argv = ["env", f"VMSANDBOX_GUEST_IMAGE_DIR={guest_image}", *argv]
+        out = sh(*topo.in_node(*env_argv))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert "inet 10.250.7.2/24" in out, out
+    assert f"reached {PUBLIC}" in out and f"reached {PRIVATE}" in out, out
+    assert f"blocked {METADATA}" in out, out
+    assert topo.net("leases") == [], "the lease is freed after delete"
+    assert not [link for link in topo.node_links() if link.startswith("tsb")], "the tap is gone"

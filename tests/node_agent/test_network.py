@@ -1,0 +1,94 @@
+"""The agent sets up each sandbox's network before the VM, reports it, meters it and frees it.
+
+The agent itself talks to the local control plane from the machine's namespace; its sandbox
+network plumbing runs in a test-made "node" namespace (``networkNamespace``), linked to a
+test-made "world" (see tests/network/conftest.py). Nothing is configured outside them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+
+import pytest
+
+from tests.network.conftest import DNS, METADATA, PRIVATE, PUBLIC, PUBLIC_2, SUBNET, Topology, topo
+from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+
+pytestmark = pytest.mark.kube
+__all__ = ["topo"]  # the fixture, used by name
+
+MakeAgent = Callable[..., AgentProcess]
+GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
+
+
+def _probe(address: str) -> str:
+    fetch = f"{GET} | busybox nc -w 2 {address} 80 | busybox grep -q {address}"
+    return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
+
+
+SCRIPT = " ; ".join(
+    [*(_probe(a) for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA)), "echo probes done", "sleep 600"]
+)
+
+
+def _network_agent(make_agent: MakeAgent, topo: Topology) -> AgentProcess:
+    topo.net("reconcile")  # only to start the namespace's plumbing state from scratch: the agent re-does it
+    return make_agent(
+        VMSANDBOX_AGENT_SANDBOX_CIDR=SUBNET,
+        VMSANDBOX_AGENT_SANDBOX_BRIDGE=topo.bridge,
+        VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
+        VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
+    )
+
+
+def test_network_set_up_reported_metered_and_freed(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology
+) -> None:
+    agent = _network_agent(make_agent, topo)
+    name = unique("net")
+    spec = {
+        "image": f"{registry.host}/test/busybox:latest",
+        "command": ["sh", "-c", SCRIPT],
+        "hypervisor": "process",
+        "network": {"egress": {"allow": [f"{PRIVATE}/32"], "deny": [f"{PUBLIC_2}/32"]}},
+    }
+    cluster.create_sandbox(name, spec, node=agent.node)
+    status = cluster.wait_phase(name, "Running", timeout=60)
+    network = status["network"]
+    assert network["mode"] == "restricted"
+    assert ipaddress.IPv4Address(network["ip"]) in ipaddress.IPv4Network(SUBNET)
+    assert network["gateway"] == "10.250.7.1" and network["prefixLength"] == 24
+    assert re.fullmatch(r"02:76:73(:[0-9a-f]{2}){3}", network["mac"])
+    assert network["allow"] == [f"{PRIVATE}/32"] and network["deny"] == [f"{PUBLIC_2}/32"]
+    assert status["bootTimings"]["network"] >= 0
+
+    logs = wait_for(
+        "the probes' output",
+        lambda: (lambda t: t if "probes done" in t else None)(
+            agent.get(f"/logs/{cluster.namespace}/{name}").text
+        ),
+    )
+    assert f"reached {PUBLIC}" in logs and f"reached {PRIVATE}" in logs, logs
+    assert f"blocked {PUBLIC_2}" in logs and f"blocked {METADATA}" in logs, logs
+
+    metrics = agent.get("/metrics").text
+    drops = re.search(
+        rf'vmsandbox_agent_sandbox_network_policy_drops_total{{name="{name}",namespace="[^"]+"}} (\S+)',
+        metrics,
+    )
+    assert drops is not None and float(drops.group(1)) >= 2, metrics[-2000:]
+    assert re.search(rf'vmsandbox_agent_sandbox_network_bytes_total{{direction="rx",name="{name}"', metrics)
+
+    # Killed and restarted, the agent adopts the sandbox and keeps its address and plumbing.
+    agent.kill()
+    agent.start()
+    leases = agent.state_dir / "network" / "leases"
+    assert [p.name for p in leases.iterdir()] == [network["ip"]]
+    assert len(topo.sandbox_netns()) == 1
+
+    cluster.delete(name)
+    cluster.wait_gone(name, timeout=60)
+    assert list(leases.iterdir()) == [] and topo.sandbox_netns() == [], "freed after delete"
+    assert not re.search(r"\bs[0-9a-f]{12}_", topo.node_ruleset())

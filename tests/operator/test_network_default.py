@@ -1,0 +1,52 @@
+"""The operator records the network mode in force at placement: the spec's, else the cluster's default."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.operator.factories import sandbox_obj
+from tests.operator.harness import (
+    FakeAgents,
+    OperatorThread,
+    create_sandbox,
+    get_sandbox,
+    operator_config,
+    phase,
+    purge,
+    wait_for,
+)
+from vmsandbox.api import NetworkMode
+from vmsandbox.devcluster.cluster import LocalCluster
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture
+def agents(kube: LocalCluster, kube_namespace: str) -> Iterator[FakeAgents]:
+    fake = FakeAgents(kube, kube_namespace)
+    yield fake
+    fake.close()
+    purge(kube, kube_namespace)
+
+
+def test_mode_in_force_is_recorded_at_placement(
+    kube: LocalCluster, kube_namespace: str, agents: FakeAgents
+) -> None:
+    ns = kube_namespace
+    agents.add("net-n1", vcpus=4, memory=4096)
+    config = operator_config(ns, default_network_mode=NetworkMode.OPEN)
+    with OperatorThread(config, kube.kubeconfig_path) as op:
+        wait_for("leadership", op.leading)
+        create_sandbox(kube, ns, sandbox_obj("defaulted"))
+        create_sandbox(kube, ns, sandbox_obj("asked", network={"mode": "none"}))
+        for name, mode in (("defaulted", "open"), ("asked", "none")):
+            obj = wait_for(name, lambda n=name: _scheduled(kube, ns, n))  # type: ignore[misc]
+            assert obj["status"]["network"] == {"mode": mode}, name
+
+
+def _scheduled(kube: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
+    obj = get_sandbox(kube, ns, name)
+    return obj if phase(obj) == "Scheduled" else None

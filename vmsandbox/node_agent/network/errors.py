@@ -1,0 +1,14 @@
+"""The one error type of the network plumbing, reported on the sandbox as ``NetworkSetupFailed``."""
+
+from __future__ import annotations
+
+from vmsandbox.node_agent.errors import SandboxFailure
+
+
+class NetworkError(SandboxFailure):
+    step = "network"
+    reason = "NetworkSetupFailed"
+
+
+class AddressesExhausted(NetworkError):
+    """Every address of the node's sandbox subnet is leased."""

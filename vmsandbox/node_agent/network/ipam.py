@@ -1,0 +1,95 @@
+"""Addresses on the node's sandbox subnet, leased to sandboxes and kept on disk.
+
+A lease is a file named by the address, created with ``O_EXCL``: the file system decides who
+got an address, so no address is handed out twice, not even by two agents racing or by an
+agent restarted halfway through a start. The lease records everything the node needs to
+rebuild the sandbox's plumbing (mode, rules, link names), which is what reconciliation reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from vmsandbox.node_agent.network.errors import AddressesExhausted, NetworkError
+
+
+class Lease(BaseModel):
+    """One sandbox's address and the policy it runs under."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str
+    ip: str = ""
+    mode: str = "restricted"
+    allow: list[str] = []
+    deny: list[str] = []
+    #: ``netns`` (process backend: a namespace with a veth) or ``tap`` (a VM's NIC).
+    kind: str = "tap"
+
+    @property
+    def key(self) -> str:
+        """Short, stable name part for the sandbox's links, namespace, sets and chains."""
+        return hashlib.sha256(self.owner.encode()).hexdigest()[:12]
+
+    @property
+    def mac(self) -> str:
+        """Locally administered, derived from the address, so it is stable and unique on the subnet."""
+        octets = ipaddress.IPv4Address(self.ip).packed
+        return "02:76:73:" + ":".join(f"{b:02x}" for b in octets[1:])
+
+
+class Ipam:
+    """Leases under ``<dir>/<address>``; the first host address of the subnet is the gateway."""
+
+    def __init__(self, directory: Path, subnet: ipaddress.IPv4Network) -> None:
+        if subnet.num_addresses < 4:
+            raise NetworkError(f"sandbox subnet {subnet} is too small", step="network config")
+        self.dir = directory
+        self.subnet = subnet
+        hosts = subnet.hosts()
+        self.gateway = str(next(hosts))
+        self._pool = [str(h) for h in hosts]
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def leases(self) -> list[Lease]:
+        out = []
+        for path in sorted(self.dir.iterdir()):
+            if path.name.startswith("."):
+                continue
+            try:
+                out.append(Lease.model_validate_json(path.read_text()))
+            except (OSError, ValueError):
+                continue  # a lease whose writer died mid-write: its address stays taken until released
+        return out
+
+    def find(self, owner: str) -> Lease | None:
+        return next((lease for lease in self.leases() if lease.owner == owner), None)
+
+    def acquire(self, template: Lease) -> Lease:
+        """The owner's lease (an existing one is kept as it is), else the lowest free address."""
+        existing = self.find(template.owner)
+        if existing is not None:
+            return existing
+        for ip in self._pool:
+            path = self.dir / ip
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            lease = template.model_copy(update={"ip": ip})
+            with os.fdopen(fd, "w") as out:
+                out.write(lease.model_dump_json())
+                out.flush()
+                os.fsync(out.fileno())
+            return lease
+        raise AddressesExhausted(f"all {len(self._pool)} addresses of {self.subnet} are leased")
+
+    def release(self, lease: Lease) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.dir / lease.ip).unlink()

@@ -1,0 +1,46 @@
+"""The agent's sandbox network from its configuration, reconciled before any sandbox starts."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from pathlib import Path
+
+from vmsandbox.node_agent.config import AgentConfig
+from vmsandbox.node_agent.network.node import NetworkSettings, NodeNetwork
+
+
+def node_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The node's IPv4 resolvers a sandbox can reach (loopback ones, like a local stub, cannot be)."""
+    found = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            try:
+                address = ipaddress.ip_address(fields[1])
+            except ValueError:
+                continue
+            if address.version == 4 and not address.is_loopback:
+                found.append(str(address))
+    return found
+
+
+def start_network(config: AgentConfig, owners: Iterable[str]) -> NodeNetwork | None:
+    """None without ``sandboxCIDR``; otherwise the node's network holding exactly ``owners``' leases."""
+    if config.sandbox_cidr is None:
+        return None
+    network = NodeNetwork(
+        NetworkSettings(
+            subnet=config.sandbox_cidr,
+            state_dir=config.state_dir / "network",
+            bridge=config.sandbox_bridge,
+            resolvers=tuple(config.sandbox_dns or node_resolvers()),
+            netns=config.network_namespace,
+        )
+    )
+    network.reconcile(owners)
+    return network
