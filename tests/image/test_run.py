@@ -75,7 +75,7 @@ def _namespace(kube: LocalCluster, name: str) -> None:
     assert resp.status_code == 201, resp.text
 
 
-def _probe(run: ContainerRun, which: str) -> None:
+def _probe(containers: Containers, run: ContainerRun, which: str) -> None:
     """Call the container's rendered httpGet probe, as kubelet would, until it answers 2xx."""
     probe = run.spec[which]["httpGet"]
     port = probe["port"] if isinstance(probe["port"], int) else run.ports[probe["port"]]
@@ -84,17 +84,26 @@ def _probe(run: ContainerRun, which: str) -> None:
     def ok() -> bool:
         with contextlib.suppress(requests.RequestException):
             return requests.get(url, timeout=5).status_code < 400
+        assert containers.running(run.name), f"{run.name} exited:\n{containers.logs(run.name)}"
         return False
 
     wait_for(f"{run.name} {which} {url}", ok, timeout=120, interval=1)
 
 
-def _with_kubeconfig(run: ContainerRun, kubeconfig: Path, variable: str) -> None:
-    """The one thing a cluster gives a pod that this emulation cannot: its service account."""
-    run.flags += ["--volume", f"{kubeconfig}:/var/run/vmsandbox-test/kubeconfig:ro"]
+def _with_kubeconfig(run: ContainerRun, kubeconfig: Path, variable: str, directory: Path) -> None:
+    """The one thing a cluster gives a pod that this emulation cannot: its service account.
+
+    Readable by the pod's user, as kubelet makes the projected token.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / "kubeconfig"
+    copy.write_bytes(kubeconfig.read_bytes())
+    copy.chmod(0o644)
+    run.flags += ["--volume", f"{copy}:/var/run/vmsandbox-test/kubeconfig:ro"]
     run.flags += ["--env", f"{variable}=/var/run/vmsandbox-test/kubeconfig"]
 
 
+@pytest.mark.timeout(900)
 def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
     kube: LocalCluster,
     image: BuiltImage,
@@ -140,15 +149,15 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
         assert op.image == ag.image == pushed_image
         assert op.user is not None and op.user.split(":")[0] == "65532" and op.read_only_root
         assert "--privileged" in ag.flags and ag.read_only_root
-        _with_kubeconfig(op, kube.kubeconfig_path, "KUBECONFIG")
-        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG")
+        _with_kubeconfig(op, kube.kubeconfig_path, "KUBECONFIG", tmp_path / "operator-sa")
+        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", tmp_path / "agent-sa")
 
         containers.start(ag)
         containers.start(op)
         try:
-            _probe(ag, "readinessProbe")
-            _probe(op, "livenessProbe")
-            _probe(ag, "livenessProbe")
+            _probe(containers, ag, "readinessProbe")
+            _probe(containers, op, "livenessProbe")
+            _probe(containers, ag, "livenessProbe")
             _operator_is_non_root_and_read_only(op)
             pid_ns = _pid_namespace(ag.name)
             name = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
@@ -227,7 +236,8 @@ def _run_sandbox(
     assert status["phase"] == "Succeeded", status
     assert status["nodeName"] == node and status["hypervisor"] == "qemu"
     assert status["container"]["exitCode"] == 0
-    print(f"sandbox Succeeded after {time.monotonic() - started:.1f}s: {status.get('bootTimings')}")
+    with capsys.disabled():
+        print(f"\nsandbox Succeeded after {time.monotonic() - started:.1f}s: {status.get('bootTimings')}")
     capsys.readouterr()
     assert cli([*cfg, "logs", name, "-n", cluster.namespace]) == 0
     assert capsys.readouterr().out == "hello from the image\n"
