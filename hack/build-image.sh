@@ -199,6 +199,7 @@ if [ "$no_cache" = 0 ] && [ -s "$keyfile" ] && image_exists "$(cat "$keyfile")";
   engine_image tag "$(cat "$keyfile")" "$tag"
 else
   started=$(date +%s)
+  previous=$(image_field "$tag" id 2>/dev/null || true)
   iidfile="$context.iid"
   flags=(-f "$context/Dockerfile" -t "$tag" --iidfile "$iidfile" --label "io.vmsandbox.build-key=$key"
          "${build_args[@]}")
@@ -217,6 +218,11 @@ else
   esac
   id=$(cat "$iidfile"); rm -f "$iidfile"
   echo "${id#sha256:}" > "$keyfile"
+  # The image this tag named before is superseded: drop it unless something else still uses it
+  # (another tag or a container), so that rebuilds do not pile up. Its layers stay cached.
+  if [ -n "$previous" ] && [ "$previous" != "${id#sha256:}" ]; then
+    engine_image rm "$previous" >/dev/null 2>&1 || true
+  fi
   say "built in $(( $(date +%s) - started ))s"
 fi
 
