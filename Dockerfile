@@ -17,8 +17,9 @@
 # Stages: build (the package in a virtualenv) -> guest (kernel, initramfs, root image) and
 # cloud-hypervisor (pinned, checksum-verified) -> runtime (Debian tools + QEMU, no build tools).
 
-# Debian 12. Pin it by digest for a reproducible build (hack/build-image.sh passes the digest
-# it resolved, or the local base it made when no registry answers).
+# Debian 12. Pin it by digest for a reproducible build: hack/build-image.sh passes the digest the
+# registry reports, or, when no registry answers, imports a local mmdebstrap base under this name
+# (its image id is part of the build's cache key).
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 ARG CLOUD_HYPERVISOR_VERSION=v53.0
 # sha256 of the v53.0 release asset `cloud-hypervisor-static` (x86_64).
@@ -38,6 +39,7 @@ RUN apt-get update \
 COPY pyproject.toml README.md /src/
 COPY vmsandbox /src/vmsandbox
 ARG BUILD_CA_BUNDLE
+# Python dependencies resolve within pyproject.toml's ranges at build time (not locked).
 RUN --mount=type=bind,target=/context \
     if [ -n "${BUILD_CA_BUNDLE:-}" ]; then export PIP_CERT="/context/${BUILD_CA_BUNDLE}"; fi \
  && python3 -m venv /opt/vmsandbox/venv \
