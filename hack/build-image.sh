@@ -94,6 +94,8 @@ image_field() {
     buildah:digest) buildah inspect --type image --format '{{.FromImageDigest}}' "$1" ;;
     buildah:layers) buildah inspect --type image --format '{{len .OCIv1.RootFS.DiffIDs}}' "$1" ;;
     buildah:size) podman image inspect --format '{{.Size}}' "$1" 2>/dev/null || echo "?" ;;
+    buildah:base-label) buildah inspect --type image --format '{{index .OCIv1.Config.Labels "io.vmsandbox.base-tarball"}}' "$1" ;;
+    *:base-label) "$engine" image inspect --format '{{index .Config.Labels "io.vmsandbox.base-tarball"}}' "$1" ;;
     *:id) "$engine" image inspect --format '{{.Id}}' "$1" ;;
     *:digest) "$engine" image inspect --format '{{.Digest}}' "$1" 2>/dev/null || echo "none" ;;
     *:layers) "$engine" image inspect --format '{{len .RootFS.Layers}}' "$1" ;;
@@ -133,20 +135,20 @@ else
     SOURCE_DATE_EPOCH=1767225600 mmdebstrap --quiet "${mmdebstrap_args[@]}" "$tarball.tmp" - < "$sources"
     mv "$tarball.tmp" "$tarball"
   fi
-  idfile="$CACHE/base/$base_key.id"
-  if [ -s "$idfile" ] && image_exists "$(cat "$idfile")" \
-     && [ "$(image_field "$BASE_NAME" id 2>/dev/null)" = "$(cat "$idfile")" ]; then
-    :
-  else
+  # The import is keyed by the tarball's content, recorded in a label: `import` stamps a new
+  # creation time (so a new image id) each time, while the tarball itself is reproducible.
+  [ -s "$tarball.sha256" ] || sha256sum "$tarball" | cut -c1-64 > "$tarball.sha256"
+  tarball_sha=$(cat "$tarball.sha256")
+  if [ "$(image_field "$BASE_NAME" base-label 2>/dev/null)" != "$tarball_sha" ]; then
     say "base: importing $tarball as $BASE_NAME"
+    change=(--change 'CMD ["bash"]' --change "LABEL io.vmsandbox.base-tarball=$tarball_sha")
     case "$engine" in
-      docker) docker import --change 'CMD ["bash"]' "$tarball" "$BASE_NAME" >/dev/null ;;
-      *) podman import --change 'CMD ["bash"]' "$tarball" "$BASE_NAME" >/dev/null ;;
+      docker) docker import "${change[@]}" "$tarball" "$BASE_NAME" >/dev/null ;;
+      *) podman import "${change[@]}" "$tarball" "$BASE_NAME" >/dev/null ;;
     esac
-    image_field "$BASE_NAME" id > "$idfile"
   fi
   base_ref="$BASE_NAME"
-  base_key="local:$base_key:$(cat "$idfile")"
+  base_key="local:$tarball_sha"
 fi
 
 # ---- Cloud Hypervisor ----------------------------------------------------------------------
