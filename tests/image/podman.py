@@ -90,12 +90,18 @@ class BuiltImage:
 class Outcome:
     """The image build, attempted once per session (before the first test, outside its timeout)."""
 
-    value: BuiltImage | str | None = None
+    #: The image, the reason it cannot be built here (a skip), or the build's failure (never a skip).
+    value: BuiltImage | str | AssertionError | None = None
 
     @classmethod
     def get(cls) -> BuiltImage:
         if cls.value is None:
-            cls.value = _build()
+            try:
+                cls.value = _build()
+            except AssertionError as exc:
+                cls.value = exc
+        if isinstance(cls.value, AssertionError):
+            pytest.fail(str(cls.value))
         if isinstance(cls.value, str):
             unavailable(cls.value)
         assert isinstance(cls.value, BuiltImage)
