@@ -249,5 +249,5 @@ if [ -z "$target" ] && [ "$engine" != buildah ]; then
     echo "umoci:    $(umoci --version)"
     if [ -x /usr/local/bin/cloud-hypervisor ]; then echo "cloud-hypervisor: $(cloud-hypervisor --version)";
     else echo "cloud-hypervisor: absent"; fi
-    echo "guest:    $(python3 -c "import json; m = json.load(open(\"/opt/vmsandbox/guest/manifest.json\")); print(m.get(\"kernel\", m.get(\"cache_key\")))")"'
+    echo "guest:    $(python3 -c "import json; m = json.load(open(\"/opt/vmsandbox/guest/manifest.json\")); k = m[\"kernel\"]; print(k[\"name\"], k[\"version\"], \"key\", m[\"cache_key\"])")"'
 fi
