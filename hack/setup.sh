@@ -12,6 +12,7 @@ DEBS=(
   qemu-system-x86 busybox-static cpio kmod mmdebstrap debian-archive-keyring  # guest image + QEMU
   golang-github-opencontainers-specs-dev        # the OCI JSON schemas the tests validate against
   docker-registry                               # a real OCI registry on loopback for pull tests
+  podman buildah                                # build and run the container image (hack/build-image.sh)
   python3-venv ca-certificates unzip socat
   shellcheck openssl                            # chart script lint, webhook certs
   nftables iproute2                             # sandbox networking: the egress policy, bridge and links

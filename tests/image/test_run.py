@@ -1,0 +1,245 @@
+"""The image, run the way the chart runs it: operator and agent containers from ``podman run`` flags
+derived from ``helm template`` output, against the local control plane, a sandbox to Succeeded
+under QEMU (TCG) and its logs through the agent in the container.
+
+The image is the one pushed to a loopback registry and pulled back by digest; the chart is
+rendered with that reference, and the containers run exactly the image the manifests name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.chart.helm import one
+from tests.image.chart import render, run_values
+from tests.image.pod import ContainerRun, PodIdentity, config_maps, container_run
+from tests.image.podman import BuiltImage, inspect, podman
+from tests.leaks import processes_mentioning
+from tests.node_agent.support import Cluster, Registry, free_port, wait_for
+from vmsandbox.cli import main as cli
+from vmsandbox.devcluster.cluster import LocalCluster
+
+pytestmark = [pytest.mark.image, pytest.mark.kube, pytest.mark.vm]
+
+
+class Containers:
+    """Containers this test started; all stopped and removed at the end, whatever happened."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.names: list[str] = []
+
+    def start(self, run: ContainerRun) -> None:
+        self.names.append(run.name)
+        podman(*run.command())
+
+    def logs(self, name: str) -> str:
+        proc = podman("logs", name, check=False)
+        return (proc.stdout + proc.stderr)[-6000:]
+
+    def running(self, name: str) -> bool:
+        proc = podman("inspect", "--format", "{{.State.Running}}", name, check=False)
+        return proc.stdout.strip() == "true"
+
+    def stop_all(self) -> None:
+        for name in reversed(self.names):
+            podman("stop", "--time", "30", name, check=False, timeout=90)
+            podman("rm", "--force", name, check=False)
+        left = podman(
+            "ps", "--all", "--filter", f"name={self.prefix}", "--format", "{{.Names}}"
+        ).stdout.split()
+        assert left == [], f"containers left: {left}"
+
+
+@pytest.fixture
+def containers() -> Iterator[Containers]:
+    c = Containers(f"vmsb-{uuid.uuid4().hex[:6]}")
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def _namespace(kube: LocalCluster, name: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    resp = kube.http("POST", "/api/v1/namespaces", json=body)
+    assert resp.status_code == 201, resp.text
+
+
+def _probe(containers: Containers, run: ContainerRun, which: str) -> None:
+    """Call the container's rendered httpGet probe, as kubelet would, until it answers 2xx."""
+    probe = run.spec[which]["httpGet"]
+    port = probe["port"] if isinstance(probe["port"], int) else run.ports[probe["port"]]
+    url = f"http://127.0.0.1:{port}{probe['path']}"
+
+    def ok() -> bool:
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(url, timeout=5).status_code < 400
+        assert containers.running(run.name), f"{run.name} exited:\n{containers.logs(run.name)}"
+        return False
+
+    wait_for(f"{run.name} {which} {url}", ok, timeout=120, interval=1)
+
+
+def _with_kubeconfig(run: ContainerRun, kubeconfig: Path, variable: str, directory: Path) -> None:
+    """The one thing a cluster gives a pod that this emulation cannot: its service account.
+
+    Readable by the pod's user, as kubelet makes the projected token.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    copy = directory / "kubeconfig"
+    copy.write_bytes(kubeconfig.read_bytes())
+    copy.chmod(0o644)
+    run.flags += ["--volume", f"{copy}:/var/run/vmsandbox-test/kubeconfig:ro"]
+    run.flags += ["--env", f"{variable}=/var/run/vmsandbox-test/kubeconfig"]
+
+
+@pytest.mark.timeout(900)
+def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
+    kube: LocalCluster,
+    image: BuiltImage,
+    pushed_image: str,
+    image_registry: Registry,
+    containers: Containers,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    namespace, node = f"vmsandbox-system-{suffix}", f"imgnode-{suffix}"
+    _namespace(kube, namespace)
+    host_dir = tmp_path / "node"
+    ports = {"health": free_port(), "metrics": free_port(), "agent": free_port()}
+    objects = render(run_values(pushed_image, image_registry.host, host_dir, ports), tmp_path, namespace)
+    deployment, daemonset = one(objects, "Deployment"), one(objects, "DaemonSet")
+    maps = config_maps(objects)
+    image_user = str(inspect(pushed_image)["Config"].get("User") or "")
+    assert image_user.split(":")[0] == "65532"  # the image's own default is the operator's user
+
+    with kube.api_client() as api_client:
+        cluster = Cluster(api_client=api_client, namespace=namespace)
+        labels = daemonset["spec"]["template"]["spec"].get("nodeSelector") or {}
+        node_body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}
+        resp = kube.http("POST", "/api/v1/nodes", json=node_body)
+        assert resp.status_code == 201, resp.text
+
+        op = container_run(
+            deployment,
+            identity=PodIdentity(name=f"{containers.prefix}-operator", namespace=namespace, node=node),
+            workdir=tmp_path / "operator-pod",
+            config_maps=maps,
+            image_user=image_user,
+        )
+        ag = container_run(
+            daemonset,
+            identity=PodIdentity(name=f"{containers.prefix}-agent", namespace=namespace, node=node),
+            workdir=tmp_path / "agent-pod",
+            config_maps=maps,
+            image_user=image_user,
+        )
+        # What ran is what the manifests say: the pulled-back image, by digest.
+        assert op.image == ag.image == pushed_image
+        assert op.user is not None and op.user.split(":")[0] == "65532" and op.read_only_root
+        assert "--privileged" in ag.flags and ag.read_only_root
+        _with_kubeconfig(op, kube.kubeconfig_path, "KUBECONFIG", tmp_path / "operator-sa")
+        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", tmp_path / "agent-sa")
+
+        containers.start(ag)
+        containers.start(op)
+        try:
+            _probe(containers, ag, "readinessProbe")
+            _probe(containers, op, "livenessProbe")
+            _probe(containers, ag, "livenessProbe")
+            _operator_is_non_root_and_read_only(op)
+            pid_ns = _pid_namespace(ag.name)
+            name = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
+            wait_for("the agent to tear the VM down", lambda: not _qemu_in(pid_ns), timeout=60)
+            assert cluster.get(name) is None
+        except BaseException:
+            for n in containers.names:
+                print(f"---- {n}\n{containers.logs(n)}")
+            raise
+        finally:
+            kube.http("DELETE", f"/api/v1/nodes/{node}")
+            kube.http("DELETE", f"/api/v1/namespaces/{namespace}")
+    containers.stop_all()
+    assert _processes_in(pid_ns) == [], "processes outlived the agent container"
+    assert processes_mentioning(str(host_dir)) == []
+
+
+def _pid_namespace(container: str) -> str:
+    pid = podman("inspect", "--format", "{{.State.Pid}}", container).stdout.strip()
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+def _processes_in(pid_ns: str) -> list[str]:
+    """Command lines of the live host processes in that PID namespace."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(entry / "ns" / "pid") == pid_ns:
+                    found.append(
+                        (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    )
+    return [c for c in found if c]
+
+
+def _qemu_in(pid_ns: str) -> list[str]:
+    return [c for c in _processes_in(pid_ns) if "qemu-system" in c]
+
+
+def _operator_is_non_root_and_read_only(op: ContainerRun) -> None:
+    proc = podman("exec", op.name, "sh", "-c", "id -u; touch /probe-write 2>&1 || echo read-only")
+    lines = proc.stdout.split()
+    assert lines[0] == "65532", proc.stdout
+    assert "read-only" in proc.stdout, proc.stdout
+
+
+def _run_sandbox(
+    kube: LocalCluster,
+    cluster: Cluster,
+    registry: Registry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    node: str,
+) -> str:
+    name = f"img-{uuid.uuid4().hex[:6]}"
+    manifest = tmp_path / "sandbox.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "apiVersion": "vmsandbox.io/v1alpha1",
+                "kind": "VMSandbox",
+                "metadata": {"name": name},
+                "spec": {
+                    "image": f"{registry.host}/test/busybox:latest",
+                    "command": ["sh", "-c", "echo hello from the image"],
+                    "hypervisor": "qemu",
+                    "resources": {"vcpus": 1, "memoryMiB": 256},
+                },
+            }
+        )
+    )
+    cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
+    started = time.monotonic()
+    assert cli([*cfg, "apply", "-f", str(manifest), "-n", cluster.namespace]) == 0
+    status = cluster.wait_phase(name, "Succeeded", "Failed", timeout=420)
+    assert status["phase"] == "Succeeded", status
+    assert status["nodeName"] == node and status["hypervisor"] == "qemu"
+    assert status["container"]["exitCode"] == 0
+    with capsys.disabled():
+        print(f"\nsandbox Succeeded after {time.monotonic() - started:.1f}s: {status.get('bootTimings')}")
+    capsys.readouterr()
+    assert cli([*cfg, "logs", name, "-n", cluster.namespace]) == 0
+    assert capsys.readouterr().out == "hello from the image\n"
+    assert cli([*cfg, "delete", name, "-n", cluster.namespace, "--wait", "--timeout", "60"]) == 0
+    return name
