@@ -15,6 +15,7 @@ from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container
 from tests.runtime.support import live_children
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import ContainerList, ListContainers
+from vmsandbox.hypervisor.procs import running
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.errors import InjectedFault, RuntimeError_
@@ -23,12 +24,7 @@ from vmsandbox.runtime.faults import CREATE_STEPS, FAIL_AT_ENV
 Pod = tuple[Runtime, str]
 
 
-def _live(pid: int) -> bool:
-    """Running, as opposed to exited and waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+_live = running  # running, as opposed to exited and waiting to be reaped
 
 
 def _assert_rolled_back(rt: Runtime, cid: str, before: set[int], pid_file: Path | None = None) -> None:

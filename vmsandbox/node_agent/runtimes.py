@@ -10,21 +10,11 @@ from pathlib import Path
 
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.procs import running
 from vmsandbox.runtime import ContainerState, Runtime, RuntimeError_
 from vmsandbox.runtime.errors import NotFound
 
 log = logging.getLogger("vmsandbox.node_agent.runtimes")
-
-
-def pid_alive(pid: int) -> bool:
-    """Running and not a zombie (a dead child the runtime has not reaped yet counts as dead)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 class Runtimes:
@@ -85,7 +75,7 @@ class Runtimes:
         except (RuntimeError_, ValueError):
             self.any.store.remove(container_id)
             return
-        if record.relay_pid and pid_alive(record.relay_pid):
+        if record.relay_pid and running(record.relay_pid):
             with contextlib.suppress(OSError):
                 os.kill(record.relay_pid, signal.SIGKILL)
         vm = record.state.vm

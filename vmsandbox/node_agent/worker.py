@@ -33,6 +33,7 @@ from vmsandbox.api.status import (
 )
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
+from vmsandbox.hypervisor.procs import running
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
 from vmsandbox.node_agent.errors import HypervisorNotAllowed, ImagePullFailed, InvalidSpec, SandboxFailure
@@ -44,7 +45,7 @@ from vmsandbox.node_agent.network import NodeNetwork
 from vmsandbox.node_agent.network.attach import attach_sandbox
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
-from vmsandbox.node_agent.runtimes import Runtimes, pid_alive
+from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
 from vmsandbox.runtime import ContainerState
 
@@ -546,7 +547,7 @@ class SandboxWorker:
                 return IDLE
             poll = min(poll, left)
         vmm_pid = state.vm.vmm_pid if state.vm else 0
-        if pid_alive(state.pid) and pid_alive(vmm_pid):
+        if running(state.pid) and running(vmm_pid):
             return poll
         # The relay or the VMM ended: ask the runtime what happened.
         fresh = self.ctx.runtimes.state(self.cid)

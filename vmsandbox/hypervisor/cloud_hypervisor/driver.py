@@ -55,6 +55,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
 )
 from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.procs import running
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +263,7 @@ class CloudHypervisorDriver(HypervisorDriver):
         if child is not None:
             return child.poll() is None
         layout = VmLayout.of(handle)
-        return vmm_process.is_running(handle.vmm_pid) and vmm_process.owns_socket(
-            handle.vmm_pid, layout.api_socket
-        )
+        return running(handle.vmm_pid) and vmm_process.owns_socket(handle.vmm_pid, layout.api_socket)
 
     def check_alive(self, handle: VMHandle) -> None:
         """Raise :class:`VmmDied` (with the exit status when known) if the VMM is gone."""
@@ -341,12 +340,12 @@ class CloudHypervisorDriver(HypervisorDriver):
         pid = handle.vmm_pid
         child = self._child(pid)
         self._children.pop(pid, None)
-        running = (
+        alive = (
             child.poll() is None
             if child is not None
-            else vmm_process.is_running(pid) and vmm_process.owns_socket(pid, layout.api_socket)
+            else running(pid) and vmm_process.owns_socket(pid, layout.api_socket)
         )
-        if running:
+        if alive:
             if layout.api_socket.exists():
                 with (
                     contextlib.suppress(CloudHypervisorError),

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from vmsandbox.hypervisor.cloud_hypervisor.errors import VmmLaunchError
+from vmsandbox.hypervisor.procs import running
 
 
 def resolve_binary(binary: str) -> str:
@@ -52,24 +53,6 @@ def launch(binary: str, args: list[str], api_socket: Path, log_path: Path) -> su
             raise VmmLaunchError(binary, exc.strerror or str(exc)) from exc
 
 
-def _proc_state(pid: int) -> str | None:
-    """The one-letter state from /proc/<pid>/stat, or None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return None
-    # The command name is in parentheses and may itself contain spaces or parentheses.
-    return stat[stat.rindex(")") + 2 :].split(" ", 1)[0]
-
-
-def is_running(pid: int) -> bool:
-    """True while the process exists and is not a zombie awaiting its parent."""
-    state = _proc_state(pid)
-    return state is not None and state not in ("Z", "X")
-
-
 def owns_socket(pid: int, api_socket: Path) -> bool:
     """Whether ``pid`` is still the VMM started for ``api_socket`` (guards against PID reuse)."""
     try:
@@ -86,7 +69,7 @@ def wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = 
         if child is not None:
             if child.poll() is not None:
                 return True
-        elif not is_running(pid):
+        elif not running(pid):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -39,6 +39,7 @@ from vmsandbox.hypervisor.base import (
     connect_unix,
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.procs import running, start_time
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
 
@@ -148,24 +149,6 @@ def _blockdev(node: str, path: Path, readonly: str) -> str:
     return f"driver=raw,node-name={node},read-only={readonly},file.driver=file,file.filename={file}"
 
 
-def _proc_state(pid: int) -> tuple[str, str] | None:
-    """(state, start time) of a process, None when there is none."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], fields[19]
-
-
-def _running(pid: int, started: str | None = None) -> bool:
-    """Alive (not a zombie) and, when known, the very process we started (not a reused pid)."""
-    state = _proc_state(pid)
-    if state is None or state[0] in ("Z", "X"):
-        return False
-    return started is None or state[1] == started
-
-
 def _tail(path: Path, lines: int = 12) -> str:
     try:
         text = path.read_bytes().decode(errors="replace")
@@ -221,11 +204,11 @@ class QemuDriver(HypervisorDriver):
                 "agent_serial": str(paths.agent_serial),
                 "serial_log": str(paths.console),
                 "accel": accel,
-                "vmm_started": (_proc_state(qemu.pid) or ("", ""))[1],
+                "vmm_started": start_time(qemu.pid) or "",
             }
             mux = self._start_mux(qemu, paths)
             handle.endpoints["mux_pid"] = str(mux.pid)
-            handle.endpoints["mux_started"] = (_proc_state(mux.pid) or ("", ""))[1]
+            handle.endpoints["mux_started"] = start_time(mux.pid) or ""
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             self._wait_qmp(qemu, paths)
             t_vmm = time.monotonic()
@@ -440,7 +423,7 @@ class QemuDriver(HypervisorDriver):
         child = self._children.get(handle.vmm_pid)
         if child is not None:
             return child.poll() is None
-        return handle.vmm_pid > 0 and _running(handle.vmm_pid, handle.endpoints.get("vmm_started") or None)
+        return handle.vmm_pid > 0 and running(handle.vmm_pid, handle.endpoints.get("vmm_started") or None)
 
     def stop(self, handle: VMHandle) -> None:
         self._teardown(handle, graceful=True)
@@ -479,7 +462,7 @@ class QemuDriver(HypervisorDriver):
         members = [(handle.vmm_pid, handle.endpoints.get("vmm_started"))]
         if "mux_pid" in handle.endpoints:
             members.append((int(handle.endpoints["mux_pid"]), handle.endpoints.get("mux_started")))
-        ours = [pid for pid, started in members if pid in self._children or _running(pid, started or None)]
+        ours = [pid for pid, started in members if pid in self._children or running(pid, started or None)]
         if ours:
             # The group outlives its leader while the mux is in it; never signal a reused group.
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -491,7 +474,7 @@ class QemuDriver(HypervisorDriver):
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(max(0.1, deadline - time.monotonic()))
                 continue
-            while _running(pid, started or None) and time.monotonic() < deadline:
+            while running(pid, started or None) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if _running(pid, started or None):
+            if running(pid, started or None):
                 raise HypervisorError(f"process {pid} of VM {handle.vm_id} survived SIGKILL", step="stop")
