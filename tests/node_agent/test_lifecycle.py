@@ -41,6 +41,7 @@ def test_exit_zero_succeeds_with_boot_timings(
     assert timings["schedule"] == 1.5  # the operator's, kept through the agent's writes
     for stage in ("image", "vmmStart", "vmBoot", "agentReady", "containerCreate", "total"):
         assert timings[stage] >= 0, stage
+        assert round(timings[stage], 1) == timings[stage], (stage, timings[stage])
     assert timings["total"] >= timings["vmmStart"] + timings["vmBoot"] + timings["containerCreate"]
     assert _cond(status, "Scheduled")["status"] == "True"  # the operator's condition survives
     assert _cond(status, "Ready")["status"] == "False"

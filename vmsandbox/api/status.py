@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, field_serializer
 
 from vmsandbox.api.base import APIModel
 
@@ -71,16 +71,29 @@ class ContainerStatus(APIModel):
     finished_at: datetime | None = None
 
 
+def _one_decimal(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 1)
+
+
+#: Milliseconds, kept to one decimal: finer digits are clock noise and bloat every status write.
+Millis = Annotated[float, Field(ge=0), AfterValidator(_one_decimal)]
+
+
 class BootTimings(APIModel):
     """Milliseconds per stage, from scheduling to the container's creation."""
 
-    schedule: float | None = Field(default=None, ge=0)
-    image: float | None = Field(default=None, ge=0)
-    vmm_start: float | None = Field(default=None, ge=0)
-    vm_boot: float | None = Field(default=None, ge=0)
-    agent_ready: float | None = Field(default=None, ge=0)
-    container_create: float | None = Field(default=None, ge=0)
-    total: float | None = Field(default=None, ge=0)
+    schedule: Millis | None = None
+    image: Millis | None = None
+    vmm_start: Millis | None = None
+    vm_boot: Millis | None = None
+    agent_ready: Millis | None = None
+    container_create: Millis | None = None
+    total: Millis | None = None
+
+    @field_serializer("*")
+    def _rounded(self, ms: float | None) -> float | None:
+        """Rounded again on the way out, since writers may assign a field after validation."""
+        return _one_decimal(ms)
 
 
 class VMSandboxStatus(APIModel):
