@@ -87,6 +87,10 @@ class BootTimings(APIModel):
     vmm_start: Millis | None = None
     vm_boot: Millis | None = None
     agent_ready: Millis | None = None
+    #: agentReady and vmBoot seen from inside the guest (its uptime clock): the kernel's boot up
+    #: to /init, then /init up to the guest agent listening. Absent where the agent has no VM.
+    kernel_to_init: Millis | None = None
+    init_to_agent_ready: Millis | None = None
     container_create: Millis | None = None
     total: Millis | None = None
 

@@ -17,6 +17,7 @@ from vmsandbox.guest.transport import open_listener
 READY_LINE = "vmsandbox-guest: ready"
 PR_SET_CHILD_SUBREAPER = 36
 KMSG = Path("/dev/kmsg")
+UPTIME = Path("/proc/uptime")
 
 
 def _become_subreaper() -> None:
@@ -40,6 +41,14 @@ def _announce(listen: str) -> None:
             pass
 
 
+def _uptime() -> float | None:
+    """Seconds since the (guest) kernel started, the clock init's own timestamps use."""
+    try:
+        return float(UPTIME.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m vmsandbox.guest", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--state-dir", required=True, type=Path)
     serve.add_argument("--oci-runtime", choices=["auto", "crun", "runc"], default="auto")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument(
+        "--init-uptime",
+        type=float,
+        help="guest uptime (s) when init began; given, the agent reports it and its own in its pong",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s guest %(levelname)s %(message)s"
@@ -64,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         listener.close()
 
     signal.signal(signal.SIGTERM, _stop)
+    if args.init_uptime is not None:
+        agent.init_uptime = args.init_uptime
+        agent.ready_uptime = _uptime()
     _announce(args.listen)
     agent.serve(listener)
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.containers import Container, ContainerError, ContainerTable
-from vmsandbox.guest.ociruntime import RuntimeChoice, RuntimeSelector
+from vmsandbox.guest.ociruntime import RuntimeSelector
 from vmsandbox.guest.protocol import (
     ATTACH_INPUT,
     REQUEST,
@@ -51,6 +51,11 @@ from vmsandbox.guest.protocol import (
 )
 from vmsandbox.guest.transport import Listener
 
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmsandbox.guest.ociruntime import RuntimeChoice
+
 log = logging.getLogger("vmsandbox.guest")
 
 
@@ -63,6 +68,9 @@ class Agent:
         self.state_dir = Path(".")
         self.selector = RuntimeSelector(oci_runtime, self.state_dir)
         self.table = ContainerTable(self.state_dir, self.selector)
+        #: Guest uptimes (seconds) when init began and when this agent was listening; set in a VM.
+        self.init_uptime: float | None = None
+        self.ready_uptime: float | None = None
 
     def serve(self, listener: Listener) -> None:
         while True:
@@ -98,7 +106,12 @@ class Agent:
 
     def handle(self, req: Request) -> Reply:
         if isinstance(req, Ping):
-            return Pong(agent_pid=os.getpid(), oci_runtime=self.selector.describe())
+            return Pong(
+                agent_pid=os.getpid(),
+                oci_runtime=self.selector.describe(),
+                init_uptime=self.init_uptime,
+                ready_uptime=self.ready_uptime,
+            )
         if isinstance(req, CreateSandbox):
             self.table.sandbox_id = req.sandbox_id
             if req.hostname:

@@ -13,13 +13,17 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Literal
 
 from vmsandbox.errors import VMSandboxError
 
 log = logging.getLogger("vmsandbox.guest")
 
-RuntimeChoice = Literal["auto", "crun", "runc"]
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    RuntimeChoice = Literal["auto", "crun", "runc"]
 
 
 class OciRuntimeError(VMSandboxError):

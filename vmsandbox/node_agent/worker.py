@@ -412,6 +412,8 @@ class SandboxWorker:
                     vmm_start=timings.vmmStart,
                     vm_boot=timings.vmBoot,
                     agent_ready=timings.agentReady,
+                    kernel_to_init=timings.kernelToInit,
+                    init_to_agent_ready=timings.initToAgentReady,
                     container_create=timings.containerCreate,
                 )
 

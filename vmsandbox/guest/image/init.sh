@@ -4,7 +4,7 @@
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
 # by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
 # filesystems in the new root and hands over to /usr/lib/vmsandbox/supervise there, which runs
-# the guest agent. Any failure powers the VM off after printing why, so the host sees an exit
+# the guest agent (told the uptime at which this script began, so the agent can report it). Any failure powers the VM off after printing why, so the host sees an exit
 # instead of a hang.
 
 /bin/busybox --install -s /bin
@@ -120,7 +120,8 @@ prepare_new_root() {
 }
 
 mount_kernel_filesystems
-say "stage=init uptime=$(uptime_s)"
+INIT_UPTIME=$(uptime_s)
+say "stage=init uptime=$INIT_UPTIME"
 load_modules
 say "stage=modules uptime=$(uptime_s)"
 wait_for_root_disk
@@ -128,4 +129,4 @@ mount_root
 link_virtio_ports
 say "stage=rootfs device=$ROOT_DEV uptime=$(uptime_s)"
 prepare_new_root
-exec switch_root "$NEWROOT" "$SUPERVISOR" || die "switch_root failed"
+exec switch_root "$NEWROOT" "$SUPERVISOR" "$INIT_UPTIME" || die "switch_root failed"

@@ -3,9 +3,17 @@
 # when it exits, so the agent's lifetime is the VM's lifetime and the host sees why it ended.
 # The agent listens on "auto" (the named virtio-serial port, else vsock) unless the kernel
 # command line says otherwise with vmsandbox.listen=SPEC (same syntax as --listen).
+# Its one argument, from /init, is the guest uptime at which /init began.
+#
+# The interpreter starts isolated and without site packages (-I -S): the agent is standard
+# library only and lives, byte-compiled, in AGENT_PATH, the one directory added to sys.path.
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8 PYTHONUNBUFFERED=1
+export HOME=/root LANG=C.UTF-8
+
+INIT_UPTIME=${1:-}
+AGENT_PATH=/usr/lib/vmsandbox/python
+AGENT_MAIN="import sys; sys.path.insert(0, '$AGENT_PATH'); from vmsandbox.guest.__main__ import main; sys.exit(main())"
 
 STATE_DIR=/run/vmsandbox-guest
 LISTEN=auto
@@ -42,7 +50,8 @@ busybox hostname vmsandbox
 enable_cgroup_controllers
 mkdir -p "$STATE_DIR"
 say "stage=agent uptime=$(uptime_s)"
-python3 -m vmsandbox.guest serve --listen "$LISTEN" --state-dir "$STATE_DIR" &
+python3 -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" --state-dir "$STATE_DIR" \
+    ${INIT_UPTIME:+--init-uptime "$INIT_UPTIME"} &
 agent=$!
 wait "$agent"
 status=$?
