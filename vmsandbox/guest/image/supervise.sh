@@ -22,15 +22,16 @@ say() {
     echo "vmsandbox-init: $*"
 }
 
-uptime_s() {
-    read -r up _ </proc/uptime
-    echo "$up"
+# Shell builtins only on the way to the agent: under emulation every fork+exec is costly.
+stamp() {
+    read -r UPTIME _ </proc/uptime
 }
 
 # Containers get cgroup controllers only if the root delegates them.
 enable_cgroup_controllers() {
     controllers=""
-    for controller in $(cat /sys/fs/cgroup/cgroup.controllers); do
+    read -r available </sys/fs/cgroup/cgroup.controllers || true
+    for controller in $available; do
         controllers="$controllers +$controller"
     done
     [ -z "$controllers" ] || echo "$controllers" >/sys/fs/cgroup/cgroup.subtree_control ||
@@ -38,7 +39,8 @@ enable_cgroup_controllers() {
 }
 
 read_cmdline() {
-    for arg in $(cat /proc/cmdline); do
+    read -r cmdline </proc/cmdline
+    for arg in $cmdline; do
         case "$arg" in
         vmsandbox.listen=*) LISTEN="${arg#vmsandbox.listen=}" ;;
         esac
@@ -46,10 +48,10 @@ read_cmdline() {
 }
 
 read_cmdline
-busybox hostname vmsandbox
+echo vmsandbox >/proc/sys/kernel/hostname
 enable_cgroup_controllers
-mkdir -p "$STATE_DIR"
-say "stage=agent uptime=$(uptime_s)"
+stamp
+say "stage=agent uptime=$UPTIME"
 python3 -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" --state-dir "$STATE_DIR" \
     ${INIT_UPTIME:+--init-uptime "$INIT_UPTIME"} &
 agent=$!
