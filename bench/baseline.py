@@ -1,7 +1,8 @@
 """The code before a change measured beside the new, in the same benchmark run.
 
-``with baseline_tree("main") as old:`` checks the ref's current commit out, detached, as a git
-worktree in a temporary directory, and removes it afterwards. A benchmark then runs its own
+``with baseline_tree("main") as old:`` checks out, detached, as a git worktree in a temporary
+directory (removed afterwards), the commit the current branch forked from ``main`` at (their merge
+base: the code before this branch's work, even when main has moved on since). A benchmark then runs its own
 measuring part once per tree and round (:func:`measure`), alternating old and new so both see
 the same machine load. The measuring part calls :func:`use_tree` before importing vmsandbox, so
 it imports the tree it was given; it prints its result as JSON on its last stdout line.
@@ -45,19 +46,16 @@ def tree_env(tree: Path, base: dict[str, str] | None = None) -> dict[str, str]:
 
 @contextmanager
 def baseline_tree(ref: str) -> Iterator[Path]:
-    """A detached worktree of ``ref``'s current commit, removed on exit."""
+    """A detached worktree of the merge base of ``ref`` and HEAD, removed on exit."""
     commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--verify", f"{ref}^{{commit}}"],
-        capture_output=True,
-        text=True,
-        check=True,
+        ["git", "-C", str(REPO), "merge-base", ref, "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
     scratch = Path(tempfile.mkdtemp(prefix="bench-base-"))
     tree = scratch / "tree"
     subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), commit], check=True
     )
-    print(f"baseline: {ref} at {commit[:12]} in {tree}", file=sys.stderr, flush=True)
+    print(f"baseline: merge base of {ref} and HEAD, {commit[:12]}, in {tree}", file=sys.stderr, flush=True)
     try:
         yield tree
     finally:

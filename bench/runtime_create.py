@@ -150,7 +150,7 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--chunk", type=int, default=5, help="runs per tree before switching")
-    parser.add_argument("--against", default="main", help="the git ref measured as the old code")
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:

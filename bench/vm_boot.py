@@ -169,7 +169,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--against", default="main", help="the git ref measured as the old code")
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
     parser.add_argument("--image-dir", type=Path, default=None, help="default: $VMSANDBOX_GUEST_IMAGE_DIR")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
