@@ -18,7 +18,12 @@ Reported:
 * the agent's RSS at 0, 50 and 100 running sandboxes and the growth per sandbox;
 * the agent's CPU seconds (its own process; VMMs and relays are separate processes).
 
-    python bench/agent.py [--sandboxes 100] [--json out.json]
+The whole measurement runs twice, in separate processes one after the other: against the code
+before the current branch (the merge base with ``--against``, default ``main``, checked out as a
+temporary git worktree) and against the new code; the figures are printed old beside new.
+Target: the new agent overhead p50 <= 50 ms.
+
+    python bench/agent.py [--sandboxes 100] [--against main] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import baseline_tree, load, measure, use_tree
 
+TREE = use_tree()
 from kubernetes import client, watch  # noqa: E402
 
 from tests.node_agent.support import (  # noqa: E402
@@ -162,11 +168,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sandboxes", type=int, default=100)
     parser.add_argument("--baseline-runs", type=int, default=5)
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/agent.py runs containers with crun/runc and needs root", file=sys.stderr)
         return 2
+    if args.measure:
+        print(json.dumps(measure_tree(args)))
+        return 0
+    script = Path(__file__).resolve()
+    sizes = ["--sandboxes", str(args.sandboxes), "--baseline-runs", str(args.baseline_runs)]
+    results: dict[str, Any] = {}
+    with baseline_tree(args.against) as old:
+        for label, tree in (("old", old), ("new", TREE)):
+            results[label] = measure(script, tree, sizes)
+            print(f"{label}: {json.dumps(results[label])}", file=sys.stderr, flush=True)
+    print(f"node agent, {args.sandboxes} sandboxes at once; old = {args.against}; {load()}")
+    print(f"{'ms':<36} {'old':<28} new")
+    for phase in ("baseline", "burst"):
+        for key in ("latency_ms", "agent_overhead_ms"):
+            cells = [
+                "p50 {:8.1f}  p99 {:8.1f}".format(results[t][phase][key]["50"], results[t][phase][key]["99"])
+                for t in ("old", "new")
+            ]
+            print(f"{phase + ' ' + key:<36} {cells[0]:<28} {cells[1]}")
+    print("target: the new agent overhead p50 <= 50 ms (one at a time)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def measure_tree(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole measurement against the tree this process imports (``--measure``)."""
     work = Path(tempfile.mkdtemp(prefix="nab", dir="/tmp"))
     registry: Registry | None = None
     agent: AgentProcess | None = None
@@ -283,10 +318,7 @@ def main() -> int:
         if registry is not None:
             registry.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -11,7 +11,12 @@ Three series, interleaved run by run so that machine load affects them alike:
 * ``pod container``: the same for a container joining an already running sandbox, which is the
   per-container cost once the VM is up.
 
-Usage: ``python bench/runtime_create.py [--runs 50]``. Needs root, runc and busybox-static.
+Each series is measured for the commit before a change (``--against``, default ``main``, checked
+out as a temporary git worktree) and for the new code, in alternating chunks of runs, and printed
+old beside new. Target: the new ``sandbox`` overhead over runc, median <= 100 ms.
+
+Usage: ``python bench/runtime_create.py [--runs 50] [--chunk 5] [--against main]``. Needs root,
+runc and busybox-static.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vmsandbox.hypervisor.process import POOL_ENV, ProcessDriver
-from vmsandbox.runtime import Runtime
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import baseline_tree, describe, load, measure, use_tree
+
+TREE = use_tree()
+from vmsandbox.hypervisor.process import POOL_ENV, ProcessDriver  # noqa: E402
+from vmsandbox.runtime import Runtime  # noqa: E402
 
 BUSYBOX = Path("/bin/busybox")
 
@@ -87,20 +97,11 @@ def run_ours(rt: Runtime, bundle_dir: Path, cid: str) -> float:
     return elapsed
 
 
-def summary(name: str, samples: list[float]) -> tuple[float, float]:
-    ms = sorted(s * 1000 for s in samples)
-    median = statistics.median(ms)
-    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
-    print(f"{name:<15} median {median:8.1f} ms   p95 {p95:8.1f} ms   (n={len(ms)})")
-    return median, p95
+SERIES = ("runc", "sandbox", "sandbox, pool", "pod container")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", type=int, default=50)
-    args = parser.parse_args()
+def measure_chunk(runs: int) -> dict[str, list[float]]:
+    """``runs`` rounds of every series against the tree this process imports (``--measure``)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: runc's container inits come back to us
 
@@ -124,32 +125,64 @@ def main() -> None:
         os.environ[POOL_ENV] = "2"
         pooled.driver()  # the driver reads the pool size once, when it is made
         del os.environ[POOL_ENV]
-        runs: dict[str, Callable[[int], float]] = {
+        fns: dict[str, Callable[[int], float]] = {
             "runc": lambda i: run_runc(runc_state, plain, f"r{i}"),
             "sandbox": lambda i: run_ours(rt, plain, f"s{i}"),
             "sandbox, pool": lambda i: run_ours(pooled, plain, f"w{i}"),
             "pod container": lambda i: run_ours(rt, member, f"p{i}"),
         }
-        series: dict[str, list[float]] = {name: [] for name in runs}
-        for fn in runs.values():  # warm-up, not recorded
+        series: dict[str, list[float]] = {name: [] for name in fns}
+        for fn in fns.values():  # warm-up, not recorded
             fn(-1)
-        for i in range(args.runs):
-            for name, fn in runs.items():
-                series[name].append(fn(i))
+        for i in range(runs):
+            for name, fn in fns.items():
+                series[name].append(fn(i) * 1000)
         rt.delete("bench-sandbox", force=True)
         ProcessDriver.drain_pool(work / "pooled" / ".vms")
-
-        load = os.getloadavg()[0]
-        print(f"create + start + wait of busybox `true`, {args.runs} runs each, load average {load:.1f}")
-        base, base_p95 = summary("runc", series["runc"])
-        for name in ("sandbox", "sandbox, pool", "pod container"):
-            median, p95 = summary(name, series[name])
-            print(
-                f"{'':<15} overhead vs runc: median +{median - base:.1f} ms, p95 +{p95 - base_p95:.1f} ms, "
-                f"ratio {median / base:.2f}x"
-            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return series
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--chunk", type=int, default=5, help="runs per tree before switching")
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure_chunk(args.runs)))
+        return
+
+    script = Path(__file__).resolve()
+    results: dict[str, dict[str, list[float]]] = {t: {name: [] for name in SERIES} for t in ("old", "new")}
+    with baseline_tree(args.against) as old:
+        trees = {"old": old, "new": TREE}
+        done = 0
+        while done < args.runs:
+            chunk = min(args.chunk, args.runs - done)
+            for label in ("old", "new"):
+                series = measure(script, trees[label], ["--runs", str(chunk)])
+                for name in SERIES:
+                    results[label][name] += series[name]
+            done += chunk
+            print(f"{done}/{args.runs} runs", file=sys.stderr, flush=True)
+
+    print(f"create + start + wait of busybox `true`, {args.runs} runs each; old = {args.against}; {load()}")
+    print(f"{'ms':<28} {'old':<32} new")
+    for name in SERIES:
+        print(f"{name:<28} {describe(results['old'][name]):<32} {describe(results['new'][name])}")
+    for name in SERIES[1:]:
+        overhead = {
+            label: statistics.median(results[label][name]) - statistics.median(results[label]["runc"])
+            for label in results
+        }
+        old, new = f"median {overhead['old']:+8.1f}", f"median {overhead['new']:+8.1f}"
+        print(f"{name + ' overhead vs runc':<28} {old:<32} {new}")
+    print("target: the new sandbox overhead vs runc, median <= 100 ms")
 
 
 if __name__ == "__main__":

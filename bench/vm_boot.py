@@ -1,16 +1,20 @@
-"""Boot overhead of the QEMU backend over QEMU's own boot of the same guest.
+"""QEMU backend boot, the commit before a change (``--against``, default ``main``) beside the new code.
+
+For each tree, in alternating runs so both see the same host load:
 
 (a) bare QEMU: the driver's exact command line (same kernel, initramfs, root disk, devices and
-    VM size), no driver, no mux proxy, no runtime; timed from exec until the guest agent prints
-    ``vmsandbox-guest: ready`` on the serial console.
+    VM size) booting that tree's guest image, no driver, no mux proxy, no runtime; timed from
+    exec until the guest agent prints ``vmsandbox-guest: ready`` on the serial console.
 (b) ``vmsandbox-runtime --hypervisor qemu create`` + ``start`` of a busybox ``true`` bundle, as
-    separate CLI processes (as a shim calls them); timed from the first exec until ``start``
-    returns. Deleted, untimed, between runs.
+    separate CLI processes (as a shim calls them), then waiting for the container's relay pid
+    to exit; timed from the first exec until ``start`` returns, and until the exit ("total").
+    Deleted, untimed, between runs. Its bootTimings stages come from ``state``.
 
-Runs alternate a, b, a, b... so both see the same host load. Prints medians, p95 and the ratio
-of medians (b)/(a); the target is <= 1.15.
+Each tree uses its own guest image: the new one from ``--image-dir`` (default
+``$VMSANDBOX_GUEST_IMAGE_DIR``), the old one built by the old tree's builder (cached by inputs).
+Targets: the new agentReady <= 40% of its vmBoot; the new total <= 60% of the old.
 
-    python bench/vm_boot.py [--runs 10] [--image-dir DIR] [--json OUT]
+    python bench/vm_boot.py [--runs 10] [--against main] [--image-dir DIR] [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,11 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import baseline_tree, describe, load, measure, tree_env, use_tree
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+TREE = use_tree()
 from vmsandbox.hypervisor.base import VMSpec  # noqa: E402
 from vmsandbox.hypervisor.config import HypervisorConfig  # noqa: E402
 from vmsandbox.hypervisor.qemu.driver import READY_MARKER, VMPaths, qemu_argv  # noqa: E402
@@ -38,37 +41,7 @@ from vmsandbox.hypervisor.qemu.probe import choose_accel  # noqa: E402
 
 READY_TIMEOUT = 300.0
 BUSYBOX = Path(os.environ.get("VMSANDBOX_TEST_BUSYBOX", "/bin/busybox"))
-
-
-class Summary(BaseModel):
-    runs: int
-    median_s: float
-    p95_s: float
-    min_s: float
-    max_s: float
-
-
-class Report(BaseModel):
-    accel: str
-    bare_qemu: Summary
-    runtime_create_start: Summary
-    ratio_of_medians: float
-    #: The driver's share alone: (b)'s own vmmStart + vmBoot + agentReady against (a).
-    driver_boot_median_s: float
-    driver_boot_ratio: float
-    runtime_stage_medians_ms: dict[str, float]
-
-
-def summarize(samples: list[float]) -> Summary:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return Summary(
-        runs=len(samples),
-        median_s=statistics.median(samples),
-        p95_s=p95,
-        min_s=ordered[0],
-        max_s=ordered[-1],
-    )
+IMAGE_FILES = ("vmlinuz", "initramfs.img", "rootfs.img")
 
 
 def bare_boot(config: HypervisorConfig, image: Path, work: Path, n: int) -> float:
@@ -124,16 +97,27 @@ def make_bundle(work: Path) -> Path:
     return bundle
 
 
+def _wait_gone(pid: int) -> None:
+    """Until ``pid`` (the relay, not our child: its creator exited) has exited."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while Path(f"/proc/{pid}").exists():
+        stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}/stat").exists() else ""
+        if stat.rpartition(")")[2].split()[:1] == ["Z"] or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
 def runtime_boot(
     cli: list[str], root: Path, bundle: Path, env: dict[str, str], n: int
-) -> tuple[float, dict[str, float]]:
-    """create + start through the CLI; seconds, plus the runtime's own per-stage timings."""
+) -> tuple[float, float, dict[str, float]]:
+    """create + start through the CLI; seconds to start and to exit, plus the runtime's stages."""
     cid = f"bench{n}"
     base = [*cli, "--hypervisor", "qemu", "--root", str(root)]
     # A file, not a pipe, for stderr: the container's relay inherits it and outlives create.
     errors = root.parent / f"runtime{n}.err"
+    pid_file = root.parent / f"runtime{n}.pid"
     started = time.monotonic()
-    for step in (["create", "--bundle", str(bundle), cid], ["start", cid]):
+    for step in (["create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid], ["start", cid]):
         with errors.open("wb") as err:
             code = subprocess.run(
                 [*base, *step], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env
@@ -141,10 +125,43 @@ def runtime_boot(
         if code != 0:
             raise SystemExit(f"vmsandbox-runtime {step[0]} failed: {errors.read_text()[-800:]}")
     elapsed = time.monotonic() - started
+    _wait_gone(int(pid_file.read_text()))
+    total = time.monotonic() - started
     state = subprocess.run([*base, "state", cid], capture_output=True, env=env, check=True)
     timings: dict[str, float] = json.loads(state.stdout).get("timings", {})
     subprocess.run([*base, "delete", "--force", cid], stdin=subprocess.DEVNULL, env=env, check=True)
-    return elapsed, timings
+    return elapsed, total, timings
+
+
+def measure_once(image: Path) -> dict[str, object]:
+    """One (a) and one (b) run against the tree this process imports (``--measure``)."""
+    config = HypervisorConfig.from_env()
+    cli = [sys.executable, "-m", "vmsandbox.runtime"]
+    env = tree_env(TREE, dict(os.environ, VMSANDBOX_GUEST_IMAGE_DIR=str(image)))
+    work = Path(tempfile.mkdtemp(prefix="vb", dir="/tmp"))
+    try:
+        bundle = make_bundle(work)
+        bare = bare_boot(config, image, work, 0)
+        started, total, timings = runtime_boot(cli, work / "root", bundle, env, 0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"bare": bare, "start": started, "total": total, "timings": timings}
+
+
+def old_image(tree: Path, scratch: Path) -> Path:
+    """The old tree's guest image, built by its own builder (the build cache is keyed by inputs)."""
+    out = scratch / "old-image"
+    done = subprocess.run(
+        [sys.executable, "-m", "vmsandbox.guest.image.cli", "build", "--out", str(out)],
+        env=tree_env(tree),
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"building the old guest image failed: {done.stderr[-1500:]}")
+    return out
 
 
 def main() -> int:
@@ -152,74 +169,88 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
     parser.add_argument("--image-dir", type=Path, default=None, help="default: $VMSANDBOX_GUEST_IMAGE_DIR")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    config = HypervisorConfig.from_env()
-    image = args.image_dir or config.guest_image_dir
-    for name in ("vmlinuz", "initramfs.img", "rootfs.img"):
+    image = args.image_dir or HypervisorConfig.from_env().guest_image_dir
+    if args.measure:
+        print(json.dumps(measure_once(image)))
+        return 0
+    for name in IMAGE_FILES:
         if not (image / name).is_file():
             raise SystemExit(
                 f"{image / name} missing: build it with vmsandbox-guest-image build --out {image}"
             )
-    script = shutil.which("vmsandbox-runtime")
-    cli = [script] if script else [sys.executable, "-m", "vmsandbox.runtime"]
-    env = dict(os.environ, VMSANDBOX_GUEST_IMAGE_DIR=str(image))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    config = HypervisorConfig.from_env()
     accel = choose_accel(config, image / "vmlinuz")  # probe (or read the cached verdict) before timing
-
-    work = Path(tempfile.mkdtemp(prefix="vb", dir="/tmp"))
+    script = Path(__file__).resolve()
+    results: dict[str, list[dict[str, object]]] = {"old": [], "new": []}
+    scratch = Path(tempfile.mkdtemp(prefix="vbb", dir="/tmp"))
     try:
-        bundle = make_bundle(work)
-        root = work / "root"
-        bare: list[float] = []
-        runtime: list[float] = []
-        stages: list[dict[str, float]] = []
-        for n in range(args.runs):
-            bare.append(bare_boot(config, image, work, n))
-            elapsed, timings = runtime_boot(cli, root, bundle, env, n)
-            runtime.append(elapsed)
-            stages.append(timings)
-            print(
-                f"run {n + 1}/{args.runs}: bare {bare[-1]:.2f}s  runtime {elapsed:.2f}s  {timings}",
-                flush=True,
-            )
+        with baseline_tree(args.against) as old:
+            images = {"old": old_image(old, scratch), "new": image}
+            trees = {"old": old, "new": TREE}
+            for n in range(args.runs):
+                for label in ("old", "new"):
+                    run = measure(script, trees[label], ["--image-dir", str(images[label])])
+                    results[label].append(run)
+                    print(f"run {n + 1}/{args.runs} {label}: {run}", file=sys.stderr, flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-    keys = sorted({key for timing in stages for key in timing})
-    driver_boot = statistics.median(
-        sum(t.get(k, 0.0) for k in ("vmmStart", "vmBoot", "agentReady")) / 1000 for t in stages
-    )
-    report = Report(
-        accel=accel,
-        bare_qemu=summarize(bare),
-        runtime_create_start=summarize(runtime),
-        ratio_of_medians=statistics.median(runtime) / statistics.median(bare),
-        driver_boot_median_s=driver_boot,
-        driver_boot_ratio=driver_boot / statistics.median(bare),
-        runtime_stage_medians_ms={k: statistics.median(t.get(k, 0.0) for t in stages) for k in keys},
-    )
-    print(f"\naccel: {report.accel}, {args.runs} runs each")
-    for label, summary in (
-        ("(a) bare QEMU to agent ready", report.bare_qemu),
-        ("(b) runtime create+start", report.runtime_create_start),
-    ):
-        print(
-            f"{label:<32} median {summary.median_s:7.2f}s  p95 {summary.p95_s:7.2f}s  "
-            f"min {summary.min_s:7.2f}s  max {summary.max_s:7.2f}s"
-        )
-    verdict = "meets" if report.ratio_of_medians <= 1.15 else "misses"
-    print(f"ratio (b)/(a) of medians: {report.ratio_of_medians:.3f} ({verdict} the 1.15 target)")
-    print(
-        f"driver boot to agent ready inside (b): median {report.driver_boot_median_s:.2f}s, "
-        f"ratio to (a) {report.driver_boot_ratio:.3f}"
-    )
-    print(f"runtime stage medians (ms): {report.runtime_stage_medians_ms}")
+        shutil.rmtree(scratch, ignore_errors=True)
+    report = summarize(results)
+    print(f"\naccel: {accel}, {args.runs} runs each, old = {args.against}; {load()}")
+    print_report(report)
     if args.json:
-        args.json.write_text(report.model_dump_json(indent=2))
+        args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _series(runs: list[dict[str, object]], key: str) -> list[float]:
+    values: list[float] = []
+    for run in runs:
+        if key in ("bare", "start", "total"):
+            values.append(float(run[key]) * 1000)  # type: ignore[arg-type]
+        else:
+            timings = run["timings"]
+            assert isinstance(timings, dict)
+            if timings.get(key) is not None:
+                values.append(float(timings[key]))
+    return values
+
+
+SERIES = ("bare", "start", "total", "vmmStart", "vmBoot", "agentReady", "kernelToInit", "initToAgentReady")
+
+
+def summarize(results: dict[str, list[dict[str, object]]]) -> dict[str, dict[str, list[float]]]:
+    return {label: {key: _series(runs, key) for key in SERIES} for label, runs in results.items()}
+
+
+def print_report(report: dict[str, dict[str, list[float]]]) -> None:
+    labels = {
+        "bare": "(a) bare QEMU to agent ready",
+        "start": "(b) runtime create+start",
+        "total": "(b) create to container exit",
+        "vmmStart": "    vmmStart",
+        "vmBoot": "    vmBoot",
+        "agentReady": "    agentReady",
+        "kernelToInit": "    kernelToInit (guest clock)",
+        "initToAgentReady": "    initToAgentReady (guest clock)",
+    }
+    print(f"{'ms':<34} {'old':<32} new")
+    for key, label in labels.items():
+        old, new = report["old"][key], report["new"][key]
+        print(f"{label:<34} {describe(old) if old else '-':<32} {describe(new) if new else '-'}")
+    for label in ("old", "new"):
+        boot, ready = report[label]["vmBoot"], report[label]["agentReady"]
+        if boot and ready:
+            share = statistics.median(ready) / statistics.median(boot)
+            print(f"{label}: agentReady / vmBoot (medians) {share:.0%}  (target <= 40%)")
+    old_total, new_total = report["old"]["total"], report["new"]["total"]
+    ratio = statistics.median(new_total) / statistics.median(old_total)
+    print(f"new / old total create->exit (medians): {ratio:.0%}  (target <= 60%)")
 
 
 if __name__ == "__main__":

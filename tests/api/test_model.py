@@ -8,6 +8,7 @@ import pytest
 
 from tests.api.cases import INVALID, VALID_IMAGES, sandbox
 from vmsandbox.api import (
+    BootTimings,
     ConditionStatus,
     ConditionType,
     InvalidSandbox,
@@ -88,3 +89,12 @@ def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
 
 def test_finished_phases() -> None:
     assert {p for p in Phase if p.finished} == {Phase.SUCCEEDED, Phase.FAILED}
+
+
+def test_boot_timings_are_written_with_one_decimal() -> None:
+    timings = BootTimings(agent_ready=4494.2895170000265, vm_boot=2945.04)
+    timings.schedule = 21.456  # assigned after validation, as a writer may do
+    assert timings.agent_ready == 4494.3
+    assert timings.to_wire() == {"schedule": 21.5, "vmBoot": 2945.0, "agentReady": 4494.3}
+    with pytest.raises(ValueError, match="image"):
+        BootTimings(image=-1)

@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import sys
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -63,9 +63,7 @@ def test_clean_build_publishes_artifacts_matching_the_manifest(clean_build: Clea
     assert manifest["busybox"]["name"] == "busybox-static"
     installed = {p["name"]: p["version"] for p in manifest["rootfs_packages"]}
     assert {"python3", "python3.11", "crun", "runc", "busybox-static", "libc6"} <= set(installed)
-    wheels = {p["name"]: p["version"] for p in manifest["python_packages"]}
-    assert wheels["pydantic"] == metadata.version("pydantic")
-    assert wheels["pydantic_core"] == metadata.version("pydantic-core")
+    assert manifest["python_packages"] == [], "the guest agent is standard library only"
     assert manifest["builtin_modules"] == ["ext4"]
     assert manifest["initramfs_modules"].index("virtio") < manifest["initramfs_modules"].index("virtio_pci")
     assert _cache_listing(clean_build.cache) == [f"image-{result.manifest.cache_key}"]
@@ -103,17 +101,21 @@ def test_rootfs_is_a_trimmed_ext4_with_python_crun_runc_and_the_agent(clean_buil
     assert re.search(r"Filesystem volume name:\s+vmsb-root", header)
     assert "extent" in header
 
-    site = "/usr/local/lib/python3.11/dist-packages"
+    agent_path = "/usr/lib/vmsandbox/python"
     for path in ("/usr/bin/python3.11", "/usr/bin/crun", "/usr/sbin/runc", "/usr/bin/busybox"):
         assert "Type: regular" in _debugfs(image, f"stat {path}"), f"{path} missing"
     supervisor = _debugfs(image, "stat /usr/lib/vmsandbox/supervise")
     assert re.search(r"Mode:\s+0755", supervisor)
-    agent = _names(image, f"{site}/vmsandbox/guest")
+    agent = _names(image, f"{agent_path}/vmsandbox/guest")
     assert "__main__.py" in agent
     assert "image" not in agent, "the image builder itself was copied into the guest"
-    assert "errors.py" in _names(image, f"{site}/vmsandbox")
-    assert "pydantic_core" in _names(image, site)
-    assert "__pycache__" in _names(image, f"{site}/pydantic"), "wheels were not byte-compiled"
+    assert "errors.py" in _names(image, f"{agent_path}/vmsandbox")
+    compiled = _names(image, f"{agent_path}/vmsandbox/guest/__pycache__")
+    tag = f"cpython-{sys.version_info.major}{sys.version_info.minor}"
+    assert {f"{m}.{tag}.pyc" for m in ("__main__", "agent", "protocol", "wire", "mux")} <= set(compiled)
+    stdlib = _names(image, "/usr/lib/python3.11/__pycache__")
+    assert {f"{m}.{tag}.pyc" for m in ("subprocess", "argparse", "threading")} <= set(stdlib)
+    assert _names(image, "/usr/local/lib/python3.11/dist-packages") == [], "no wheels in the guest"
     for trimmed in ("/usr/share/man", "/var/lib/apt/lists", "/usr/lib/x86_64-linux-gnu/gconv"):
         assert _names(image, trimmed) == [], f"{trimmed} was not trimmed"
 

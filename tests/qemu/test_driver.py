@@ -69,6 +69,10 @@ def test_guest_image_boots_serves_many_connections_hotplugs_and_stops(
     handle = QemuDriver(config(qemu_binary)).boot(spec)
     try:
         assert handle.timings.vmm_start > 0 and handle.timings.vm_boot > 0 and handle.timings.agent_ready > 0
+        # The guest's own clock: the kernel took some time to reach /init, then the agent to listen.
+        kernel, agent = handle.timings.kernel_to_init, handle.timings.init_to_agent_ready
+        assert kernel is not None and agent is not None
+        assert kernel > 0 and 0 < agent < handle.timings.agent_ready + handle.timings.vm_boot
         # A short-lived CLI only has the persisted handle: every call below uses a fresh driver.
         saved = VMHandle.load(spec.state_dir)
         assert saved == handle

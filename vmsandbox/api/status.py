@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, field_serializer
 
 from vmsandbox.api.base import APIModel
 from vmsandbox.api.network import NetworkStatus
@@ -108,48 +108,73 @@ class ContainerStatus(APIModel):
     )
 
 
+def _one_decimal(ms: float | None) -> float | None:
+    return None if ms is None else round(ms, 1)
+
+
+#: Milliseconds, kept to one decimal: finer digits are clock noise and bloat every status write.
+Millis = Annotated[float, Field(ge=0), AfterValidator(_one_decimal)]
+
+
 class BootTimings(APIModel):
     """Milliseconds per stage of the latest start, from scheduling to the container's creation."""
 
-    schedule: float | None = Field(
+    schedule: Millis | None = Field(
         default=None,
         ge=0,
         description="Milliseconds from the operator first seeing the sandbox to its placement being "
         "recorded.",
     )
-    image: float | None = Field(
+    image: Millis | None = Field(
         default=None,
         ge=0,
         description="Milliseconds the node agent spent pulling and unpacking the image (little when cached).",
     )
-    vmm_start: float | None = Field(
+    vmm_start: Millis | None = Field(
         default=None, ge=0, description="Milliseconds from starting the VM's monitor until its API answered."
     )
-    vm_boot: float | None = Field(
+    vm_boot: Millis | None = Field(
         default=None,
         ge=0,
         description="Milliseconds from the monitor's API answering until the guest had booted.",
     )
-    agent_ready: float | None = Field(
+    agent_ready: Millis | None = Field(
         default=None,
         ge=0,
         description="Milliseconds from the guest's boot until its agent accepted a connection.",
     )
-    container_create: float | None = Field(
+    kernel_to_init: Millis | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds from the guest kernel's start to /init, on the guest's own clock "
+        "(uptime). Absent for the process backend, which boots no kernel.",
+    )
+    init_to_agent_ready: Millis | None = Field(
+        default=None,
+        ge=0,
+        description="Milliseconds from /init to the guest agent listening, on the guest's own clock. "
+        "Absent for the process backend.",
+    )
+    container_create: Millis | None = Field(
         default=None, ge=0, description="Milliseconds the guest agent spent creating the container."
     )
-    network: float | None = Field(
+    network: Millis | None = Field(
         default=None,
         ge=0,
         description="Milliseconds the node agent spent setting up the sandbox's network (address, links, "
         "egress rules).",
     )
-    total: float | None = Field(
+    total: Millis | None = Field(
         default=None,
         ge=0,
         description="Milliseconds of schedule plus those from the node agent taking up the sandbox to "
         "the container's start; bundle building and status writes fall between the stages above.",
     )
+
+    @field_serializer("*")
+    def _rounded(self, ms: float | None) -> float | None:
+        """Rounded again on the way out, since writers may assign a field after validation."""
+        return _one_decimal(ms)
 
 
 class VMSandboxStatus(APIModel):

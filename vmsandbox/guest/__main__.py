@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import logging
 import signal
@@ -14,9 +13,15 @@ from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.agent import Agent
 from vmsandbox.guest.transport import open_listener
 
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmsandbox.guest.ociruntime import RuntimeChoice
+
 READY_LINE = "vmsandbox-guest: ready"
 PR_SET_CHILD_SUBREAPER = 36
 KMSG = Path("/dev/kmsg")
+UPTIME = Path("/proc/uptime")
 
 
 def _become_subreaper() -> None:
@@ -40,17 +45,75 @@ def _announce(listen: str) -> None:
             pass
 
 
+def _uptime() -> float | None:
+    """Seconds since the (guest) kernel started, the clock init's own timestamps use."""
+    try:
+        return float(UPTIME.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+USAGE = """usage: python3 -m vmsandbox.guest serve --listen SPEC --state-dir DIR
+       [--oci-runtime auto|crun|runc] [--log-level LEVEL] [--init-uptime SECONDS]
+
+  --listen        unix:PATH | vsock:PORT | serial:PATH | auto
+  --state-dir     the agent's working directory (bundles, runtime state)
+  --oci-runtime   the low-level runtime (default: auto, crun falling back to runc)
+  --log-level     DEBUG, INFO (default), WARNING, ERROR
+  --init-uptime   guest uptime (s) when init began; given, the pong reports it and the agent's own"""
+OCI_RUNTIMES = ("auto", "crun", "runc")
+
+
+class UsageError(VMSandboxError):
+    step = "usage"
+
+
+class ServeArgs:
+    """The ``serve`` options (parsed by hand: argparse alone is a fifth of the start-up imports)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        if not argv or argv[0] != "serve":
+            raise UsageError("the only command is 'serve'")
+        values: dict[str, str] = {"--oci-runtime": "auto", "--log-level": "INFO"}
+        rest = argv[1:]
+        while rest:
+            option, eq, value = rest.pop(0).partition("=")
+            if option not in ("--listen", "--state-dir", "--oci-runtime", "--log-level", "--init-uptime"):
+                raise UsageError(f"unknown option {option!r}")
+            if not eq:
+                if not rest:
+                    raise UsageError(f"{option} needs a value")
+                value = rest.pop(0)
+            values[option] = value
+        for required in ("--listen", "--state-dir"):
+            if required not in values:
+                raise UsageError(f"{required} is required")
+        if values["--oci-runtime"] not in OCI_RUNTIMES:
+            raise UsageError(f"--oci-runtime must be one of {', '.join(OCI_RUNTIMES)}")
+        self.listen = values["--listen"]
+        self.state_dir = Path(values["--state-dir"])
+        self.oci_runtime: RuntimeChoice = values["--oci-runtime"]  # type: ignore[assignment]
+        self.log_level = values["--log-level"].upper()
+        self.init_uptime: float | None = None
+        if "--init-uptime" in values:
+            try:
+                self.init_uptime = float(values["--init-uptime"])
+            except ValueError:
+                raise UsageError(f"--init-uptime: not a number: {values['--init-uptime']!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m vmsandbox.guest", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="listen for the host runtime")
-    serve.add_argument("--listen", required=True, help="unix:PATH | vsock:PORT | serial:PATH | auto")
-    serve.add_argument("--state-dir", required=True, type=Path)
-    serve.add_argument("--oci-runtime", choices=["auto", "crun", "runc"], default="auto")
-    serve.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]) or argv[1:2] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    try:
+        args = ServeArgs(argv)
+    except UsageError as exc:
+        print(f"vmsandbox-guest: {exc}\n{USAGE}", file=sys.stderr)
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s guest %(levelname)s %(message)s"
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s guest %(levelname)s %(message)s"
     )
     _become_subreaper()
     try:
@@ -64,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         listener.close()
 
     signal.signal(signal.SIGTERM, _stop)
+    if args.init_uptime is not None:
+        agent.init_uptime = args.init_uptime
+        agent.ready_uptime = _uptime()
     _announce(args.listen)
+    agent.preload()
     agent.serve(listener)
     return 0
 

@@ -17,8 +17,7 @@ from functools import partial
 from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.guest.containers import Container, ContainerError, ContainerTable
-from vmsandbox.guest.ociruntime import RuntimeChoice, RuntimeSelector
+from vmsandbox.guest.ociruntime import RuntimeSelector
 from vmsandbox.guest.protocol import (
     ATTACH_INPUT,
     REQUEST,
@@ -51,6 +50,12 @@ from vmsandbox.guest.protocol import (
 )
 from vmsandbox.guest.transport import Listener
 
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmsandbox.guest.containers import Container, ContainerTable
+    from vmsandbox.guest.ociruntime import RuntimeChoice
+
 log = logging.getLogger("vmsandbox.guest")
 
 
@@ -62,7 +67,29 @@ class Agent:
         os.chdir(state_dir)
         self.state_dir = Path(".")
         self.selector = RuntimeSelector(oci_runtime, self.state_dir)
-        self.table = ContainerTable(self.state_dir, self.selector)
+        self._table: ContainerTable | None = None
+        self._table_lock = threading.Lock()
+        #: Guest uptimes (seconds) when init began and when this agent was listening; set in a VM.
+        self.init_uptime: float | None = None
+        self.ready_uptime: float | None = None
+
+    @property
+    def table(self) -> ContainerTable:
+        """The container machinery, imported on first use or by :meth:`preload`.
+
+        Its imports (subprocess, tempfile, shutil, json...) are most of the agent's own; loading
+        them after the agent listens keeps them off the boot's path to the first request.
+        """
+        with self._table_lock:
+            if self._table is None:
+                from vmsandbox.guest.containers import ContainerTable
+
+                self._table = ContainerTable(self.state_dir, self.selector)
+            return self._table
+
+    def preload(self) -> None:
+        """Load the container machinery in the background while the host prepares its requests."""
+        threading.Thread(target=lambda: self.table, name="preload", daemon=True).start()
 
     def serve(self, listener: Listener) -> None:
         while True:
@@ -98,7 +125,12 @@ class Agent:
 
     def handle(self, req: Request) -> Reply:
         if isinstance(req, Ping):
-            return Pong(agent_pid=os.getpid(), oci_runtime=self.selector.describe())
+            return Pong(
+                agent_pid=os.getpid(),
+                oci_runtime=self.selector.describe(),
+                init_uptime=self.init_uptime,
+                ready_uptime=self.ready_uptime,
+            )
         if isinstance(req, CreateSandbox):
             self.table.sandbox_id = req.sandbox_id
             if req.hostname:
@@ -123,14 +155,14 @@ class Agent:
             return Ok()
         if isinstance(req, ListContainers):
             return ContainerList(containers=[c.info() for c in self.table.all()])
-        raise ContainerError(f"request {req.op!r} is not valid here", step="request")
+        raise VMSandboxError(f"request {req.op!r} is not valid here", step="request")
 
     # -- attach -------------------------------------------------------------------------
 
     def _attach(self, conn: socket.socket, req: Attach) -> None:
         try:
             container = self.table.get(req.container_id)
-        except ContainerError as exc:
+        except VMSandboxError as exc:
             send_frame(conn, Failure(step=exc.step, detail=exc.detail))
             return
         send_frame(conn, Attached())

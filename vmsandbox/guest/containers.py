@@ -21,12 +21,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
 
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.disks import PreparedRootfs, prepare_rootfs
 from vmsandbox.guest.ociruntime import OciRuntime, RuntimeSelector
-from vmsandbox.guest.protocol import WRONG_STATUS, ContainerInfo, ContainerStatus, CreateContainer
+from vmsandbox.guest.protocol import WRONG_STATUS, ContainerInfo, CreateContainer
+
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    from vmsandbox.guest.protocol import ContainerStatus
 
 log = logging.getLogger("vmsandbox.guest")
 

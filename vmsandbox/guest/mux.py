@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.transport import Listener
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +373,7 @@ class MuxSession:
         self.drop_channels()
 
 
-class SerialListener:
+class SerialListener(Listener):
     """The guest agent's listener on a virtio-serial port; accepted channels are plain sockets.
 
     A background thread reads the port. When the host side is not connected, the port reads

@@ -9,17 +9,19 @@ what the process backend sees on such hosts; inside our own guest crun works.
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import threading
 from pathlib import Path
-from typing import Literal
 
 from vmsandbox.errors import VMSandboxError
 
 log = logging.getLogger("vmsandbox.guest")
 
-RuntimeChoice = Literal["auto", "crun", "runc"]
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    RuntimeChoice = Literal["auto", "crun", "runc"]
 
 
 class OciRuntimeError(VMSandboxError):
@@ -52,11 +54,18 @@ def hybrid_cgroups() -> str | None:
     return None
 
 
+def _which(name: str) -> str | None:
+    """``shutil.which``, imported when first needed: shutil is costly on the agent's start path."""
+    import shutil
+
+    return shutil.which(name)
+
+
 class OciRuntime:
     """One low-level runtime binary with its own state root."""
 
     def __init__(self, name: str, state_root: Path) -> None:
-        binary = shutil.which(name)
+        binary = _which(name)
         if binary is None:
             raise OciRuntimeError(f"{name} is not installed in the guest", step=f"{name}")
         self.name = name
@@ -69,6 +78,8 @@ class OciRuntime:
 
     def run(self, *args: str, step: str) -> None:
         """Run a quick subcommand (start, delete, kill); raise with its stderr on failure."""
+        import subprocess  # off the agent's start path, like every use of the container machinery
+
         proc = subprocess.run(
             [*self.base(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
         )
@@ -93,19 +104,19 @@ class RuntimeSelector:
                 return OciRuntime("runc", self.state_root)
             if self.choice == "crun":
                 return OciRuntime("crun", self.state_root)
-            if shutil.which("crun") is None:
+            if _which("crun") is None:
                 self._fall_back("crun is not installed")
                 return OciRuntime("runc", self.state_root)
             if not self._probed:
                 self._probed = True
                 reason = hybrid_cgroups()
-                if reason is not None and shutil.which("runc") is not None:
+                if reason is not None and _which("runc") is not None:
                     self._fall_back(reason)
                     return OciRuntime("runc", self.state_root)
             return OciRuntime("crun", self.state_root)
 
     def can_fall_back(self, used: OciRuntime) -> bool:
-        return self.choice == "auto" and used.name == "crun" and shutil.which("runc") is not None
+        return self.choice == "auto" and used.name == "crun" and _which("runc") is not None
 
     def fall_back(self, reason: str) -> None:
         with self._lock:

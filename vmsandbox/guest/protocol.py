@@ -1,125 +1,170 @@
-"""The wire protocol between the host runtime and the guest agent; both ends import these models.
+"""The wire protocol between the host runtime and the guest agent; both ends import these classes.
 
 One stream connection carries length-prefixed frames: a 4-byte big-endian length, then that many
 bytes of UTF-8 JSON. The host sends a :data:`Request`; the agent answers with one :data:`Reply`,
 except for :class:`Attach`, after which the agent streams :class:`Output` frames and ends with
 :class:`Exited`, while the host may send :class:`StdinData`, :class:`StdinClose` and
 :class:`Resize` on the same connection.
+
+The guest agent imports this module on its start path, so it is standard library only: each
+message lists its fields with a check (see :mod:`vmsandbox.guest.wire`), a message is checked
+whenever it is built, and a frame decodes only into a valid message. There is no second
+definition of these messages anywhere.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import struct
-from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from vmsandbox.guest.wire import (
+    BOOL,
+    NUMBER,
+    OBJECT,
+    STR,
+    Message,
+    ProtocolError,
+    Variants,
+    between,
+    list_of,
+    nested,
+    one_of,
+    optional,
+    required,
+)
 
-from vmsandbox.errors import VMSandboxError
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    ContainerStatus = Literal["created", "running", "stopped"]
 
 PROTOCOL_VERSION = 1
 #: Frames larger than this are refused: a config.json or an output chunk is far smaller.
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 
-ContainerStatus = Literal["created", "running", "stopped"]
+CONTAINER_STATUSES = ("created", "running", "stopped")
 #: :class:`Failure` step of refusals caused by the container's status (start twice, signal a dead one).
 WRONG_STATUS = "status"
-
-
-class ProtocolError(VMSandboxError):
-    """A frame could not be read, decoded or was not the expected kind."""
-
-    step = "guest protocol"
-
-
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_OPT_STR = optional(STR)
+_OPT_INT = optional(between(-(2**63), 2**63 - 1))
+_OPT_NUMBER = optional(NUMBER)
 
 
 # ---- root filesystem sources -------------------------------------------------------------
 
 
-class HostPath(_Msg):
+class HostPath(Message):
     """The rootfs is a directory the agent can see as-is (the agent shares the host's fs)."""
 
-    kind: Literal["host-path"] = "host-path"
+    kind: Literal["host-path"]
     path: str
+    TAG = ("kind", "host-path")
+    FIELDS = {"path": required(STR)}
 
 
-class BlockDevice(_Msg):
+class BlockDevice(Message):
     """The rootfs is an ext4 disk attached to the VM, found by its virtio-blk serial."""
 
-    kind: Literal["block-device"] = "block-device"
+    kind: Literal["block-device"]
     serial: str
+    TAG = ("kind", "block-device")
+    FIELDS = {"serial": required(STR)}
 
 
-RootfsSource = Annotated[HostPath | BlockDevice, Field(discriminator="kind")]
+RootfsSource = HostPath | BlockDevice
+ROOTFS = Variants("kind", HostPath, BlockDevice)
 
 
 # ---- requests ----------------------------------------------------------------------------
 
 
-class Ping(_Msg):
-    op: Literal["ping"] = "ping"
+class Ping(Message):
+    op: Literal["ping"]
+    TAG = ("op", "ping")
 
 
-class CreateSandbox(_Msg):
-    op: Literal["create_sandbox"] = "create_sandbox"
+class CreateSandbox(Message):
+    op: Literal["create_sandbox"]
     sandbox_id: str
-    hostname: str | None = None
+    hostname: str | None
+    TAG = ("op", "create_sandbox")
+    FIELDS = {"sandbox_id": required(STR), "hostname": _OPT_STR}
 
 
-class CreateContainer(_Msg):
-    op: Literal["create_container"] = "create_container"
+class CreateContainer(Message):
+    op: Literal["create_container"]
     container_id: str
     #: The bundle's config.json, as parsed JSON; the agent rewrites root.path for its own bundle.
     spec: dict[str, Any]
     rootfs: RootfsSource
-    terminal: bool = False
+    terminal: bool
+    TAG = ("op", "create_container")
+    FIELDS = {
+        "container_id": required(STR),
+        "spec": required(OBJECT),
+        "rootfs": required(nested(ROOTFS)),
+        "terminal": optional(BOOL, False),
+    }
 
 
-class StartContainer(_Msg):
-    op: Literal["start"] = "start"
+class StartContainer(Message):
+    op: Literal["start"]
     container_id: str
+    TAG = ("op", "start")
+    FIELDS = {"container_id": required(STR)}
 
 
-class GetState(_Msg):
-    op: Literal["state"] = "state"
+class GetState(Message):
+    op: Literal["state"]
     container_id: str
+    TAG = ("op", "state")
+    FIELDS = {"container_id": required(STR)}
 
 
-class SignalContainer(_Msg):
-    op: Literal["signal"] = "signal"
+class SignalContainer(Message):
+    op: Literal["signal"]
     container_id: str
-    signal: int = Field(ge=1, le=64)
+    signal: int
+    TAG = ("op", "signal")
+    FIELDS = {"container_id": required(STR), "signal": required(between(1, 64))}
 
 
-class WaitExit(_Msg):
-    op: Literal["wait"] = "wait"
+class WaitExit(Message):
+    op: Literal["wait"]
     container_id: str
-    timeout: float | None = None
+    timeout: float | None
+    TAG = ("op", "wait")
+    FIELDS = {"container_id": required(STR), "timeout": _OPT_NUMBER}
 
 
-class Attach(_Msg):
+class Attach(Message):
     """Stream the container's output from byte ``offset`` of its capture, then its exit."""
 
-    op: Literal["attach"] = "attach"
+    op: Literal["attach"]
     container_id: str
-    offset: int = 0
+    offset: int
+    TAG = ("op", "attach")
+    FIELDS = {"container_id": required(STR), "offset": optional(between(0, 2**63 - 1), 0, none=False)}
 
 
-class DestroyContainer(_Msg):
-    op: Literal["destroy"] = "destroy"
+class DestroyContainer(Message):
+    op: Literal["destroy"]
     container_id: str
+    TAG = ("op", "destroy")
+    FIELDS = {"container_id": required(STR)}
 
 
-class ListContainers(_Msg):
-    op: Literal["list"] = "list"
+class ListContainers(Message):
+    op: Literal["list"]
+    TAG = ("op", "list")
 
 
-Request = Annotated[
+Request = (
     Ping
     | CreateSandbox
     | CreateContainer
@@ -129,17 +174,18 @@ Request = Annotated[
     | WaitExit
     | Attach
     | DestroyContainer
-    | ListContainers,
-    Field(discriminator="op"),
-]
+    | ListContainers
+)
 
 
 # ---- stream frames sent by the host during attach ----------------------------------------
 
 
-class StdinData(_Msg):
-    op: Literal["stdin"] = "stdin"
+class StdinData(Message):
+    op: Literal["stdin"]
     data: str  # base64
+    TAG = ("op", "stdin")
+    FIELDS = {"data": required(STR)}
 
     @classmethod
     def of(cls, raw: bytes) -> StdinData:
@@ -149,58 +195,94 @@ class StdinData(_Msg):
         return base64.b64decode(self.data)
 
 
-class StdinClose(_Msg):
-    op: Literal["stdin_close"] = "stdin_close"
+class StdinClose(Message):
+    op: Literal["stdin_close"]
+    TAG = ("op", "stdin_close")
 
 
-class Resize(_Msg):
-    op: Literal["resize"] = "resize"
-    rows: int = Field(ge=0, le=65535)
-    cols: int = Field(ge=0, le=65535)
+class Resize(Message):
+    op: Literal["resize"]
+    rows: int
+    cols: int
+    TAG = ("op", "resize")
+    FIELDS = {"rows": required(between(0, 65535)), "cols": required(between(0, 65535))}
 
 
-AttachInput = Annotated[StdinData | StdinClose | Resize, Field(discriminator="op")]
+AttachInput = StdinData | StdinClose | Resize
 
 
 # ---- replies -----------------------------------------------------------------------------
 
 
-class Pong(_Msg):
-    type: Literal["pong"] = "pong"
-    version: int = PROTOCOL_VERSION
+class Pong(Message):
+    """The agent is serving; in a VM it also says when (guest uptime, seconds) init and it started."""
+
+    type: Literal["pong"]
+    version: int
     agent_pid: int
     oci_runtime: str
+    #: Guest uptime when /init began: the kernel's share of the boot.
+    init_uptime: float | None
+    #: Guest uptime when the agent was listening, ready for its first request.
+    ready_uptime: float | None
+    TAG = ("type", "pong")
+    FIELDS = {
+        "version": optional(between(0, 2**31), PROTOCOL_VERSION, none=False),
+        "agent_pid": required(between(0, 2**31)),
+        "oci_runtime": required(STR),
+        "init_uptime": _OPT_NUMBER,
+        "ready_uptime": _OPT_NUMBER,
+    }
 
 
-class Ok(_Msg):
-    type: Literal["ok"] = "ok"
+class Ok(Message):
+    type: Literal["ok"]
+    TAG = ("type", "ok")
 
 
-class ContainerInfo(_Msg):
-    type: Literal["container"] = "container"
+class ContainerInfo(Message):
+    type: Literal["container"]
     container_id: str
     status: ContainerStatus
     #: The container's init pid as the guest sees it (never a host pid).
-    guest_pid: int | None = None
-    exit_code: int | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
+    guest_pid: int | None
+    exit_code: int | None
+    started_at: float | None
+    finished_at: float | None
+    TAG = ("type", "container")
+    FIELDS = {
+        "container_id": required(STR),
+        "status": required(one_of(*CONTAINER_STATUSES)),
+        "guest_pid": _OPT_INT,
+        "exit_code": _OPT_INT,
+        "started_at": _OPT_NUMBER,
+        "finished_at": _OPT_NUMBER,
+    }
 
 
-class ContainerList(_Msg):
-    type: Literal["containers"] = "containers"
+class ContainerList(Message):
+    type: Literal["containers"]
     containers: list[ContainerInfo]
+    TAG = ("type", "containers")
+    FIELDS = {"containers": required(list_of(nested(Variants("type", ContainerInfo))))}
 
 
-class Attached(_Msg):
-    type: Literal["attached"] = "attached"
+class Attached(Message):
+    type: Literal["attached"]
+    TAG = ("type", "attached")
 
 
-class Output(_Msg):
-    type: Literal["output"] = "output"
+class Output(Message):
+    type: Literal["output"]
     stream: Literal["stdout", "stderr"]
     data: str  # base64
     offset: int
+    TAG = ("type", "output")
+    FIELDS = {
+        "stream": required(one_of("stdout", "stderr")),
+        "data": required(STR),
+        "offset": required(between(0, 2**63 - 1)),
+    }
 
     @classmethod
     def of(cls, stream: Literal["stdout", "stderr"], raw: bytes, offset: int) -> Output:
@@ -210,28 +292,41 @@ class Output(_Msg):
         return base64.b64decode(self.data)
 
 
-class Exited(_Msg):
-    type: Literal["exited"] = "exited"
+class Exited(Message):
+    type: Literal["exited"]
     #: The exit status, or 128 + signal number when a signal ended the process.
     exit_code: int
+    TAG = ("type", "exited")
+    FIELDS = {"exit_code": required(between(-(2**31), 2**31))}
 
 
-class Failure(_Msg):
+class Failure(Message):
     """The request failed; ``step`` and ``detail`` become a typed error on the host."""
 
-    type: Literal["error"] = "error"
+    type: Literal["error"]
     step: str
     detail: str
+    TAG = ("type", "error")
+    FIELDS = {"step": required(STR), "detail": required(STR)}
 
 
-Reply = Annotated[
-    Pong | Ok | ContainerInfo | ContainerList | Attached | Output | Exited | Failure,
-    Field(discriminator="type"),
-]
+Reply = Pong | Ok | ContainerInfo | ContainerList | Attached | Output | Exited | Failure
 
-REQUEST: TypeAdapter[Request] = TypeAdapter(Request)
-REPLY: TypeAdapter[Reply] = TypeAdapter(Reply)
-ATTACH_INPUT: TypeAdapter[AttachInput] = TypeAdapter(AttachInput)
+REQUEST = Variants(
+    "op",
+    Ping,
+    CreateSandbox,
+    CreateContainer,
+    StartContainer,
+    GetState,
+    SignalContainer,
+    WaitExit,
+    Attach,
+    DestroyContainer,
+    ListContainers,
+)
+REPLY = Variants("type", Pong, Ok, ContainerInfo, ContainerList, Attached, Output, Exited, Failure)
+ATTACH_INPUT = Variants("op", StdinData, StdinClose, Resize)
 
 
 # ---- framing -----------------------------------------------------------------------------
@@ -249,9 +344,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def send_frame(sock: socket.socket, message: BaseModel) -> None:
+def send_frame(sock: socket.socket, message: Message) -> None:
     """Write one frame holding ``message`` as JSON."""
-    body = message.model_dump_json().encode()
+    body = message.to_json().encode()
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
     sock.sendall(_HEADER.pack(len(body)) + body)
@@ -271,11 +366,11 @@ def recv_frame_bytes(sock: socket.socket) -> bytes | None:
     return body
 
 
-def decode(adapter: TypeAdapter[Any], body: bytes) -> Any:
-    """Parse a frame body with ``adapter``, turning any mismatch into a :class:`ProtocolError`."""
+def decode(variants: Variants, body: bytes) -> Any:
+    """Parse a frame body as one of ``variants``, turning any mismatch into a :class:`ProtocolError`."""
     try:
-        return adapter.validate_json(body)
-    except ValueError as exc:
+        return variants.parse(json.loads(body))
+    except (ValueError, ProtocolError) as exc:
         preview = body[:200].decode(errors="replace")
         raise ProtocolError(f"malformed frame {preview!r}: {exc}") from exc
 

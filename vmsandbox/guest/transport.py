@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Protocol
 
 from vmsandbox.errors import VMSandboxError
 
@@ -22,13 +21,17 @@ class TransportError(VMSandboxError):
     step = "guest listen"
 
 
-class Listener(Protocol):
-    def accept(self) -> socket.socket: ...
+class Listener:
+    """Hands out connected stream sockets (a plain base class: the agent's start path skips typing)."""
 
-    def close(self) -> None: ...
+    def accept(self) -> socket.socket:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
-class SocketListener:
+class SocketListener(Listener):
     """A listening unix or vsock socket."""
 
     def __init__(self, sock: socket.socket, cleanup: Path | None = None) -> None:

@@ -21,6 +21,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.protocol import Pong
 from vmsandbox.hypervisor.network import NetworkAttachment
 
 HypervisorName = Literal["cloud-hypervisor", "qemu", "process"]
@@ -82,6 +83,16 @@ class BootTimings(BaseModel):
     vmm_start: float = 0.0
     vm_boot: float = 0.0
     agent_ready: float = 0.0
+    #: From the guest's own clock, when its agent reports it: kernel start to /init, and /init
+    #: to the agent listening. The host-side stages above also hold console and polling delays.
+    kernel_to_init: float | None = None
+    init_to_agent_ready: float | None = None
+
+    def add_guest_clock(self, pong: Pong) -> None:
+        """Take the guest's own start timestamps from its agent's pong, when it sent them."""
+        if pong.init_uptime is not None and pong.ready_uptime is not None:
+            self.kernel_to_init = pong.init_uptime * 1000
+            self.init_to_agent_ready = max(0.0, pong.ready_uptime - pong.init_uptime) * 1000
 
 
 class VMHandle(BaseModel):

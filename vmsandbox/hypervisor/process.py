@@ -64,16 +64,14 @@ _SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _agent_pythonpath() -> str:
-    """This interpreter's import path, led by the directory holding this very package.
+    """The directory holding this very package: all the agent imports besides the standard library.
 
-    The agent runs with ``-S``: skipping ``site`` (and whatever ``.pth`` files it would run)
-    is a large share of its start-up time, and the explicit path makes up for it.
+    The agent runs with ``-S``: skipping ``site`` (and whatever ``.pth`` files it would run) is a
+    large share of its start-up time, and it needs nothing from site-packages.
     """
     import vmsandbox
 
-    package_root = str(Path(vmsandbox.__file__).resolve().parent.parent)
-    entries = [package_root, *(p for p in sys.path if p and os.path.isdir(p) and p != package_root)]
-    return os.pathsep.join(entries)
+    return str(Path(vmsandbox.__file__).resolve().parent.parent)
 
 
 def _alive(pid: int) -> bool:

@@ -428,11 +428,14 @@ class SandboxWorker:
                     vmm_start=timings.vmmStart,
                     vm_boot=timings.vmBoot,
                     agent_ready=timings.agentReady,
+                    kernel_to_init=timings.kernelToInit,
+                    init_to_agent_ready=timings.initToAgentReady,
                     container_create=timings.containerCreate,
                     network=_ms(network_s) if network_status else None,
                 )
 
-            self._write_later(booted)
+            # Written with Running below, not on its own: starting the container is one quick call,
+            # and one write fewer keeps the agent at three (finalizer, Creating, Running).
             self.ctx.events.record(
                 obj, "VMBooted", f"{hypervisor} VM {vm_status.id} booted (VMM pid {vm_status.vmm_pid})"
             )
@@ -448,6 +451,7 @@ class SandboxWorker:
             self.ctx.metrics.boot_stage.labels("total").observe(total_s)
 
             def running(status: VMSandboxStatus) -> None:
+                booted(status)
                 status.phase = Phase.RUNNING
                 status.container = ContainerStatus(
                     id=self.cid, pid=state.pid or None, started_at=state.started_at or now()

@@ -221,6 +221,8 @@ class Runtime:
                 vmmStart=handle.timings.vmm_start,
                 vmBoot=handle.timings.vm_boot,
                 agentReady=handle.timings.agent_ready,
+                kernelToInit=handle.timings.kernel_to_init,
+                initToAgentReady=handle.timings.init_to_agent_ready,
             )
             checkpoint("boot")
             client = AgentClient(driver, handle)

@@ -33,6 +33,8 @@ class Timings(BaseModel):
     vmBoot: float = 0.0
     agentReady: float = 0.0
     containerCreate: float = 0.0
+    kernelToInit: float | None = None
+    initToAgentReady: float | None = None
 
 
 class ContainerState(BaseModel):

@@ -1,6 +1,6 @@
 """Builds the guest artifacts a microVM boots: kernel, initramfs, root image and their manifest.
 
-Everything comes from Debian packages (plus the pydantic wheels the guest agent imports), is
+Everything comes from Debian packages (the guest agent needs only Python's standard library), is
 assembled without installing anything on the host or mounting anything, and is cached by the
 versions and sources that went into it. ``vmsandbox-guest-image build --out DIR`` is the entry point.
 """

@@ -8,7 +8,6 @@ import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -30,11 +29,6 @@ ROOT_LABEL = "vmsb-root"
 MiB = 1024 * 1024
 
 
-def _default_requirements() -> list[str]:
-    """The guest gets the pydantic the host runs, so both ends validate frames alike."""
-    return [f"{name}=={metadata.version(name)}" for name in ("pydantic", "pydantic-core")]
-
-
 class BuildOptions(BaseModel):
     """What to build and where; every field that shapes the artifacts is part of the cache key."""
 
@@ -46,7 +40,8 @@ class BuildOptions(BaseModel):
     modules: list[str] = Field(default_factory=lambda: list(GUEST_MODULES))
     rootfs_packages: list[str] = Field(default_factory=lambda: list(rootfs.ROOTFS_PACKAGES))
     variant: Literal["essential", "minbase"] = "essential"
-    python_requirements: list[str] = Field(default_factory=_default_requirements)
+    #: Wheels for the guest's interpreter; the agent itself needs none (it is standard library only).
+    python_requirements: list[str] = Field(default_factory=list)
     sources_dir: Path = SOURCES_DIR
     #: Source tree of the vmsandbox package copied into the guest.
     package_root: Path = Path(vmsandbox.__file__).parent
@@ -91,6 +86,7 @@ def resolve_inputs(options: BuildOptions) -> BuildInputs:
         modules=options.modules,
         builder_sha256=builder,
         agent_sha256=agent,
+        bytecode=rootfs.bytecode_tag(rootfs.python_version(tracked)),
     )
 
 
@@ -188,7 +184,7 @@ def _build_artifacts(
         version = rootfs.python_version(packages)
         wheels = rootfs.install_wheels(tree, version, options.python_requirements, options.step_timeout)
     with step("guest-agent"):
-        rootfs.install_agent(tree, version, options.package_root)
+        rootfs.install_agent(tree, options.package_root)
     with step("precompile"):
         rootfs.precompile(tree, version)
     with step("mkfs.ext4"):

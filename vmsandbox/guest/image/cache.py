@@ -45,6 +45,8 @@ class BuildInputs(BaseModel):
     modules: list[str]
     builder_sha256: str
     agent_sha256: str
+    #: The bytecode format compiled into the image ("none" when the builder could not).
+    bytecode: str = "none"
 
     def key(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

@@ -4,9 +4,10 @@
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
 # by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
 # filesystems in the new root and hands over to /usr/lib/vmsandbox/supervise there, which runs
-# the guest agent. With vmsandbox.net=IP/PREFIX,GATEWAY,DNS[+DNS] on the kernel command line it
-# configures eth0 (the node's tap), the default route and /etc/resolv.conf first. Any failure powers the VM off after printing why, so the host sees an exit
-# instead of a hang.
+# the guest agent (told the uptime at which this script began, so the agent can report it). With
+# vmsandbox.net=IP/PREFIX,GATEWAY,DNS[+DNS] on the kernel command line it configures eth0 (the
+# node's tap), the default route and /etc/resolv.conf first. Any failure powers the VM off after
+# printing why, so the host sees an exit instead of a hang.
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -24,9 +25,10 @@ say() {
     echo "vmsandbox-init: $*"
 }
 
-uptime_s() {
-    read -r up _ </proc/uptime
-    echo "$up"
+# Sets UPTIME from /proc/uptime. Shell builtins only, here and below where it matters: under
+# emulation every fork+exec of busybox costs tens of milliseconds on the way to the agent.
+stamp() {
+    read -r UPTIME _ </proc/uptime
 }
 
 die() {
@@ -55,7 +57,9 @@ load_modules() {
 disk_by_serial() {
     for block in /sys/block/vd*; do
         [ -r "$block/serial" ] || continue
-        if [ "$(cat "$block/serial")" = "$1" ]; then
+        serial=""
+        read -r serial <"$block/serial" || true
+        if [ "$serial" = "$1" ]; then
             echo "/dev/${block##*/}"
             return 0
         fi
@@ -129,18 +133,20 @@ link_virtio_ports() {
     tries=0
     for port in /sys/class/virtio-ports/*; do
         [ -e "$port/name" ] || continue
-        while [ -z "$(cat "$port/name")" ] && [ "$tries" -lt "$PORT_NAME_WAIT_TENTHS" ]; do
+        name=""
+        read -r name <"$port/name" || true
+        while [ -z "$name" ] && [ "$tries" -lt "$PORT_NAME_WAIT_TENTHS" ]; do
             tries=$((tries + 1))
             sleep 0.1
+            read -r name <"$port/name" || true
         done
-        name=$(cat "$port/name")
         [ -n "$name" ] && ln -sf "../${port##*/}" "/dev/virtio-ports/$name"
     done
 }
 
 prepare_new_root() {
+    mkdir -p "$NEWROOT/dev" "$NEWROOT/proc" "$NEWROOT/sys"
     for fs in dev proc sys; do
-        mkdir -p "$NEWROOT/$fs"
         mount --move "/$fs" "$NEWROOT/$fs" || die "cannot move /$fs into the new root"
     done
     mkdir -p "$NEWROOT/dev/pts" "$NEWROOT/dev/shm"
@@ -158,14 +164,18 @@ prepare_new_root() {
 }
 
 mount_kernel_filesystems
-say "stage=init uptime=$(uptime_s)"
+stamp
+INIT_UPTIME=$UPTIME
+say "stage=init uptime=$INIT_UPTIME"
 load_modules
-say "stage=modules uptime=$(uptime_s)"
+stamp
+say "stage=modules uptime=$UPTIME"
 configure_network
 wait_for_root_disk
 mount_root
 link_virtio_ports
 write_resolv_conf
-say "stage=rootfs device=$ROOT_DEV uptime=$(uptime_s)"
+stamp
+say "stage=rootfs device=$ROOT_DEV uptime=$UPTIME"
 prepare_new_root
-exec switch_root "$NEWROOT" "$SUPERVISOR" || die "switch_root failed"
+exec switch_root "$NEWROOT" "$SUPERVISOR" "$INIT_UPTIME" || die "switch_root failed"

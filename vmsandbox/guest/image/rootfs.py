@@ -7,6 +7,7 @@ so no loop device or mount on the host is involved. The guest mounts it read-onl
 from __future__ import annotations
 
 import compileall
+import importlib.util
 import os
 import py_compile
 import shutil
@@ -23,6 +24,9 @@ from vmsandbox.guest.image.steps import run
 #: Installed on top of the ``essential`` set; busybox gives PID 1 its shell and ``poweroff``.
 ROOTFS_PACKAGES: tuple[str, ...] = ("python3", "crun", "runc", "mount", "busybox-static")
 SUPERVISOR = "usr/lib/vmsandbox/supervise"
+#: Where the agent's package lives: on no site path, since the guest runs python3 -I -S and
+#: puts only this directory on sys.path (see supervise.sh).
+AGENT_PATH = "usr/lib/vmsandbox/python"
 
 _MERGED_USR_HOOK = Path("/usr/share/mmdebstrap/hooks/maybe-merged-usr")
 
@@ -103,7 +107,9 @@ def site_packages(tree: Path, version: str) -> Path:
 
 
 def install_wheels(tree: Path, version: str, requirements: list[str], timeout: float) -> list[PackageVersion]:
-    """Install binary wheels for the guest's interpreter (not the host's) from PyPI."""
+    """Install binary wheels for the guest's interpreter (not the host's) from PyPI, if any are asked for."""
+    if not requirements:
+        return []
     target = site_packages(tree, version)
     target.mkdir(parents=True, exist_ok=True)
     tag = version.replace(".", "")
@@ -135,9 +141,9 @@ def install_wheels(tree: Path, version: str, requirements: list[str], timeout: f
     return installed
 
 
-def install_agent(tree: Path, version: str, package_root: Path) -> None:
+def install_agent(tree: Path, package_root: Path) -> None:
     """Copy the guest agent's sources and the PID 1 supervisor into the tree."""
-    target = site_packages(tree, version) / "vmsandbox"
+    target = tree / AGENT_PATH / "vmsandbox"
     target.mkdir(parents=True, exist_ok=True)
     for name in _AGENT_FILES:
         shutil.copy2(package_root / name, target / name)
@@ -153,21 +159,36 @@ def install_agent(tree: Path, version: str, package_root: Path) -> None:
     supervisor.chmod(0o755)
 
 
-def precompile(tree: Path, version: str) -> None:
-    """Byte-compile what was added, so a read-only guest does not recompile on every boot.
-
-    Only done when the host interpreter is the guest's version (same bytecode format).
-    """
+def bytecode_tag(version: str) -> str:
+    """What :func:`precompile` will write for a guest running Python ``version``: part of the cache key."""
     if f"{sys.version_info.major}.{sys.version_info.minor}" != version:
+        return "none"
+    return f"cpython-{version}-{importlib.util.MAGIC_NUMBER.hex()}-unchecked-hash"
+
+
+def precompile(tree: Path, version: str) -> None:
+    """Byte-compile the agent, the standard library and any wheels into the read-only image.
+
+    Without it each boot would compile the agent's imports again, into the tmpfs overlay, on the
+    agent's start path. Unchecked-hash pycs are never compared with their source at import.
+    Only done when the host interpreter is the guest's version (same bytecode format); the cache
+    key records whether it was (:func:`bytecode_tag`).
+    """
+    if bytecode_tag(version) == "none":
         return
-    ok = compileall.compile_dir(
-        site_packages(tree, version),
-        quiet=1,
-        workers=0,
-        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
-    )
-    if not ok:
-        raise GuestImageError("byte-compiling the guest's Python packages failed", step="precompile")
+    directories = [tree / AGENT_PATH, tree / f"usr/lib/python{version}", site_packages(tree, version)]
+    for directory in directories:
+        if not directory.is_dir():
+            continue
+        ok = compileall.compile_dir(
+            directory,
+            quiet=1,
+            workers=0,
+            ddir=f"/{directory.relative_to(tree)}",
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+        if not ok:
+            raise GuestImageError(f"byte-compiling {directory.relative_to(tree)} failed", step="precompile")
 
 
 def tree_usage(tree: Path, block: int = 4096) -> tuple[int, int]:

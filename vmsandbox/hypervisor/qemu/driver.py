@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
 from vmsandbox.hypervisor.base import (
     GUEST_AGENT_SERIAL_NAME,
     BootTimings,
@@ -212,12 +213,13 @@ class QemuDriver(HypervisorDriver):
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             self._wait_qmp(qemu, paths)
             t_vmm = time.monotonic()
-            t_init, t_ready = self._wait_agent(handle, qemu, mux, paths, spec.agent_timeout)
+            t_init, t_ready, pong = self._wait_agent(handle, qemu, mux, paths, spec.agent_timeout)
             handle.timings = BootTimings(
                 vmm_start=(t_vmm - t0) * 1000,
                 vm_boot=(t_init - t_vmm) * 1000,
                 agent_ready=(t_ready - t_init) * 1000,
             )
+            handle.timings.add_guest_clock(pong)
             handle.save()
         except BaseException:
             # Nothing in the guest is worth a graceful shutdown yet.
@@ -279,15 +281,13 @@ class QemuDriver(HypervisorDriver):
         mux: subprocess.Popen[bytes],
         paths: VMPaths,
         timeout: float,
-    ) -> tuple[float, float]:
-        """Wait for the guest agent to answer a ping; returns when init started and when it answered.
+    ) -> tuple[float, float, Pong]:
+        """Wait for the guest agent to answer a ping: when init started, when it answered, its pong.
 
         ``timeout`` (``VMSpec.agent_timeout``) counts from the kernel handing over to init, as the
         spec says "after boot": under TCG on a loaded host the kernel alone can take tens of
         seconds, which says nothing about the agent. The kernel has its own deadline.
         """
-        from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
-
         accel = handle.endpoints.get("accel", "tcg")
         kernel_timeout = KERNEL_BOOT_TIMEOUT[accel]
         kernel_deadline = time.monotonic() + kernel_timeout
@@ -320,7 +320,7 @@ class QemuDriver(HypervisorDriver):
                         reply = recv_reply(sock)
                     if isinstance(reply, Pong):
                         now = time.monotonic()
-                        return (t_init or now), now
+                        return (t_init or now), now, reply
                     last_error = f"it answered a ping with {reply.type}"
                 except (OSError, ValueError, VMSandboxError) as exc:
                     last_error = f"ping failed: {exc}"
