@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import (
     GUEST_AGENT_SERIAL_NAME,
+    SERIAL_LOG_ENDPOINT,
     BootTimings,
     DiskSpec,
     HypervisorDriver,
@@ -100,7 +101,8 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
     argv += ["-m", str(spec.memory_mib), "-smp", str(spec.vcpus), "-name", spec.vm_id]
     argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initramfs), "-append", cmdline]
     argv += ["-display", "none", "-nodefaults", "-no-user-config", "-no-reboot"]
-    argv += ["-serial", f"file:{paths.console}"]
+    # Append mode, so the relay can rotate the console log by copy-and-truncate.
+    argv += ["-chardev", f"file,id=console,path={paths.console},append=on", "-serial", "chardev:console"]
     argv += ["-qmp", f"unix:{paths.qmp},server=on,wait=off"]
     argv += ["-device", "virtio-rng-pci"]
     argv += ["-device", "virtio-serial-pci,id=vser"]
@@ -192,7 +194,7 @@ class QemuDriver(HypervisorDriver):
                 "qmp": str(paths.qmp),
                 "agent": str(paths.agent),
                 "agent_serial": str(paths.agent_serial),
-                "serial_log": str(paths.console),
+                SERIAL_LOG_ENDPOINT: str(paths.console),
                 "accel": accel,
                 "vmm_started": (_proc_state(qemu.pid) or ("", ""))[1],
             }
