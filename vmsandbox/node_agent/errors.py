@@ -54,7 +54,7 @@ class InvalidSpec(SandboxFailure):
 class ImageNotAllowed(SandboxFailure):
     """An ``oci:`` layout outside the node's ``allowedLayoutDirs``; said the same whether it exists."""
 
-    step = "image source"
+    step = "spec.image"
     reason = reasons.IMAGE_NOT_ALLOWED
 
 
