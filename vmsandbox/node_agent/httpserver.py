@@ -85,6 +85,11 @@ class AgentHTTPServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 for chunked transfer: a follower gets each piece of output as it is written.
+            protocol_version = "HTTP/1.1"
+            #: Seconds a connection may sit idle (or a reader stall) before it is dropped.
+            timeout = 60
+
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s %s", self.address_string(), format % args)
 
@@ -138,20 +143,23 @@ class AgentHTTPServer:
                 self.send_response(HTTPStatus.OK)
                 self.send_header("Content-Type", "text/plain; charset=utf-8")
                 self.send_header("Cache-Control", "no-store")
-                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
                 try:
                     stream_log(
                         source.path,
-                        self._write,
+                        self._write_chunk,
                         tail_bytes=asked.tail_bytes,
                         follow=asked.follow,
                         running=source.running,
                     )
+                    self.wfile.write(b"0\r\n\r\n")
                 except OSError as exc:  # the reader went away
                     log.debug("log stream of %s/%s ended: %s", asked.namespace, asked.name, exc)
+                    self.close_connection = True
 
-            def _write(self, data: bytes) -> None:
-                self.wfile.write(data)
+            def _write_chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
 
         self.healthy = healthy

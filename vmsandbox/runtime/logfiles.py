@@ -55,10 +55,17 @@ class RotatingLog:
         self._size = os.fstat(self._file.fileno()).st_size
 
     def write(self, data: bytes) -> None:
-        if self._size and self._size + len(data) > self.limits.max_bytes:
-            self._rotate()
-        self._file.write(data)
-        self._size += len(data)
+        """Append ``data``, splitting it across files so that none exceeds ``max_bytes``."""
+        view = memoryview(data)
+        while view:
+            room = self.limits.max_bytes - self._size
+            if room <= 0:
+                self._rotate()
+                continue
+            part = view[:room]
+            self._file.write(part)
+            self._size += len(part)
+            view = view[len(part) :]
 
     def _rotate(self) -> None:
         self._file.close()
