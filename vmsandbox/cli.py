@@ -85,6 +85,8 @@ class Api:
                 self.session.cert = (conn.cert_file, conn.key_file) if conn.key_file else conn.cert_file
 
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        # Per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify setting.
+        kw.setdefault("verify", self.session.verify)
         try:
             return self.session.request(method, self.server + path, timeout=kw.pop("timeout", 30), **kw)
         except requests.RequestException as exc:
