@@ -20,7 +20,8 @@ from tests.node_agent.conftest import (
     workdir,
 )
 from tests.node_agent.support import Cluster, unique
-from tests.security.support import Tenant, grant
+from tests.security.support import Tenant
+from tests.security.tenant import grant_tenant
 from vmsandbox.devcluster.cluster import LocalCluster
 
 __all__ = [
@@ -42,7 +43,6 @@ OPERATOR_SETTINGS = {
     "unschedulable_backoff_seconds": 0.5,
     "unschedulable_backoff_max_seconds": 2,
 }
-TENANT_VERBS = ["create", "get", "list", "delete"]
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterato
 def tenant(kube: LocalCluster, cluster: Cluster) -> Iterator[Tenant]:
     """``tenant-<id>``: create/get/list/delete vmsandboxes in the test's namespace, nothing else."""
     user = unique("tenant")
-    grant(kube, cluster.namespace, user, [("vmsandbox.io", "vmsandboxes", TENANT_VERBS)])
+    grant_tenant(kube, cluster.namespace, user)
     with kube.api_client(user) as api_client:
         yield Tenant(
             user=user, kubeconfig=kube.kubeconfig_for(user), cluster=Cluster(api_client, cluster.namespace)

@@ -1,5 +1,5 @@
-"""Helpers for the tenant-boundary tests: RBAC for test users, images with hostile files, and what
-a sandbox left visible (status, events) to search for leaked host content."""
+"""Helpers for the tenant-boundary tests: Roles for test users (on :mod:`tests.security.tenant`),
+images with hostile files, and what a sandbox shows (status, events) to search for leaked content."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tests.node_agent.support import Cluster, run, unique
+from tests.security.tenant import RBAC, bind, create
 from vmsandbox.devcluster.cluster import LocalCluster
 
-RBAC = "/apis/rbac.authorization.k8s.io/v1"
 Rule = tuple[str, str, list[str]]
 
 
@@ -34,16 +33,8 @@ def grant(kube: LocalCluster, namespace: str, user: str, rules: list[Rule]) -> N
         "metadata": {"name": name, "namespace": namespace},
         "rules": [{"apiGroups": [g], "resources": [r], "verbs": v} for g, r, v in rules],
     }
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": name, "namespace": namespace},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }
-    for kind, body in (("roles", role), ("rolebindings", binding)):
-        resp = kube.http("POST", f"{RBAC}/namespaces/{namespace}/{kind}", json=body)
-        assert resp.status_code == 201, f"creating the {kind[:-1]} for {user}: {resp.status_code} {resp.text}"
+    create(kube, f"{RBAC}/namespaces/{namespace}/roles", role)
+    bind(kube, namespace, "Role", name, [{"kind": "User", "name": user}], name=name)
 
 
 def visible_text(cluster: Cluster, name: str) -> str:
@@ -74,8 +65,3 @@ def build_image(layout: Path, tag: str, change: Callable[[Path], None], user: st
         config += ["--config.user", user]
     run(config)
     return f"oci:{layout}:{tag}"
-
-
-def rbac_served(kube: LocalCluster) -> bool:
-    resp: Any = kube.http("GET", RBAC)
-    return bool(resp.status_code == 200)

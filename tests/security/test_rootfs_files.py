@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, unique
+from tests.node_agent.support import AgentProcess, Cluster, unique
 from tests.security.support import Tenant, build_image, visible_text
 from vmsandbox.node_agent.errors import ImageInvalid
 from vmsandbox.node_agent.images import ImageConfig
@@ -92,7 +92,12 @@ def _cases(host: Path) -> dict[str, tuple[Callable[[Path], None], str, str]]:
 
 @pytest.mark.kube
 def test_hostile_etc_files_fail_the_sandbox_and_leak_nothing(
-    operator: OperatorProcess, make_agent: MakeAgent, tenant: Tenant, workdir: Path, tmp_path: Path
+    operator: OperatorProcess,
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    tenant: Tenant,
+    workdir: Path,
+    tmp_path: Path,
 ) -> None:
     host = _host_files(tmp_path / "host")
     layouts = workdir / "samples"
@@ -117,7 +122,7 @@ def test_hostile_etc_files_fail_the_sandbox_and_leak_nothing(
         status = tenant.cluster.wait_phase(names[case], "Failed", "Succeeded", timeout=120)
         assert (status["phase"], status["reason"]) == ("Failed", "ImageInvalid"), (case, status)
         assert path in status["message"], (case, status["message"])
-        shown = visible_text(tenant.cluster, names[case])
+        shown = visible_text(cluster, names[case])
         assert MARKER not in shown and "4242" not in shown and "4343" not in shown, (case, shown)
         assert status.get("container") is None, (case, status)  # nothing was started
     assert agent.alive()
