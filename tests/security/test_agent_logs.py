@@ -17,6 +17,7 @@ from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.security.support import Tenant, grant
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.runtime.logfiles import LogLimits, RotatingLog, log_files, rotate_foreign
 
 MakeAgent = Callable[..., AgentProcess]
 LINES = 2000  # "line 0000 ...", 64 bytes each: 128000 bytes, more than one read chunk
@@ -183,3 +184,33 @@ def test_chart_admits_the_agent_port_only_from_listed_peers(tmp_path: Path) -> N
     assert listed["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [peer]}]
     values.write_text("agent:\n  networkPolicy:\n    enabled: false\n")
     assert by_kind(helm.render([values]), "NetworkPolicy") == []
+
+
+def test_a_log_the_relay_writes_never_passes_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "container.log"
+    limits = LogLimits(max_bytes=100, max_files=2)
+    log = RotatingLog(path, limits)
+    for i in range(30):
+        log.write(b"%02d" % i * 5)  # 10 bytes
+    log.write(b"x" * 250)  # longer than a whole file
+    log.close()
+    assert [p.name for p in log_files(path, limits)] == ["container.log.1", "container.log"]
+    assert path.with_name("container.log.1").read_bytes() == b"x" * 100
+    assert path.read_bytes() == b"x" * 50
+    assert not path.with_name("container.log.2").exists()
+
+
+def test_a_serial_log_the_vmm_holds_open_is_rotated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "serial.log"
+    limits = LogLimits(max_bytes=1000, max_files=2)
+    with path.open("ab", buffering=0) as vmm:  # the VMM's descriptor, opened in append mode
+        vmm.write(b"a" * 999)
+        assert not rotate_foreign(path, limits)
+        vmm.write(b"b" * 100)
+        assert rotate_foreign(path, limits)
+        vmm.write(b"after\n")
+        vmm.write(b"c" * 1500)
+        assert rotate_foreign(path, limits)
+    assert path.stat().st_size == 0
+    assert path.with_name("serial.log.1").read_bytes() == b"after\n" + b"c" * 1500
+    assert not path.with_name("serial.log.2").exists()
