@@ -63,6 +63,7 @@ def test_logs_need_a_token_of_a_user_allowed_to_read_them(
     assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
     assert agent.get("/logs/other/whatever", token=None).status_code == 401  # says nothing of what exists
     assert agent.get("/anything-else", token=None).status_code == 401
+    assert agent.get("/anything-else", token=tenant.user).status_code == 404
     for open_path in ("/healthz", "/readyz", "/metrics"):
         assert agent.get(open_path, token=None).status_code == 200
 

@@ -15,9 +15,8 @@ import pytest
 from tests.e2e.processes import OperatorProcess
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.security.support import Tenant
+from vmsandbox.node_agent.config import ConfigError, load_config
 from vmsandbox.node_agent.images import resolve_manifest
-
-pytestmark = pytest.mark.kube
 
 MakeAgent = Callable[..., AgentProcess]
 NOT_ALLOWED = "is not in a directory this node allows images from (agent option allowedLayoutDirs)"
@@ -28,6 +27,7 @@ def _unpacked(agent: AgentProcess) -> set[str]:
     return {p.name for p in rootfs.iterdir()} if rootfs.is_dir() else set()
 
 
+@pytest.mark.kube
 def test_only_layouts_in_allowed_directories_run(
     operator: OperatorProcess,
     make_agent: MakeAgent,
@@ -105,6 +105,7 @@ def _bad_config_digest(layout: Path, tag: str, digest: str) -> None:
     assert manifest_digest != f"sha256:{hexpart}"
 
 
+@pytest.mark.kube
 @pytest.mark.parametrize(
     ("where", "digest"),
     [
@@ -137,3 +138,22 @@ def test_digests_read_from_a_layout_are_checked_before_they_become_paths(
     assert (status["phase"], status["reason"]) == ("Failed", "ImageInvalid"), status
     assert f"{digest[:100]!r} is not a sha256 digest" in status["message"], status
     assert _unpacked(agent) == set()
+
+
+@pytest.mark.parametrize(
+    ("dirs", "words"),
+    [
+        ("/var/lib/vmsandbox/images", "the image cache is never a layout source"),
+        ("/var/lib/vmsandbox", "the image cache is never a layout source"),
+        ("samples", "must be absolute paths"),
+        ("/srv/layouts/../../var/lib/vmsandbox", "without '..'"),
+    ],
+)
+def test_the_agent_refuses_layout_directories_that_cover_its_state(dirs: str, words: str) -> None:
+    with pytest.raises(ConfigError, match="allowedLayoutDirs") as info:
+        load_config(environ={"NODE_NAME": "n", "VMSANDBOX_AGENT_ALLOWED_LAYOUT_DIRS": dirs})
+    assert words in str(info.value)
+
+
+def test_layout_directories_default_to_none() -> None:
+    assert load_config(environ={"NODE_NAME": "n"}).allowed_layout_dirs == []

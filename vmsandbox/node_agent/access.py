@@ -45,12 +45,16 @@ class LogAccess:
         self.authz = client.AuthorizationV1Api(api_client)
         self.timeout = timeout
 
-    def check(self, authorization: str | None, namespace: str, name: str) -> str:
-        """The caller's user name if they may read ``namespace/name``'s logs; else AccessDenied."""
+    def authenticate(self, authorization: str | None) -> dict[str, Any]:
+        """The user (TokenReview ``status.user``) the ``Authorization`` header names; else AccessDenied."""
         token = bearer_token(authorization)
         if token is None:
             raise AccessDenied(401, "a bearer token is required")
-        user = self._authenticate(token)
+        return self._authenticate(token)
+
+    def check(self, authorization: str | None, namespace: str, name: str) -> str:
+        """The caller's user name if they may read ``namespace/name``'s logs; else AccessDenied."""
+        user = self.authenticate(authorization)
         self._authorize(user, namespace, name)
         return str(user.get("username") or "")
 

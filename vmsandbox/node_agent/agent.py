@@ -124,7 +124,7 @@ class Agent:
             ready=self._ready,
             registry=self.metrics.registry,
             log_file=self._log_file,
-            authorize=LogAccess(self.kube.api_client).check,
+            access=LogAccess(self.kube.api_client),
         )
         self.heartbeat = Heartbeat(
             self.kube,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -37,8 +38,14 @@ class LogSource:
 
 
 LogLookup = Callable[[str, str], LogSource | None]
-#: (Authorization header, namespace, name) -> the user; raises AccessDenied.
-Authorize = Callable[[str | None, str, str], str]
+
+
+class Access(Protocol):
+    """Who the caller is, and whether they may read a sandbox's logs (raise AccessDenied)."""
+
+    def authenticate(self, authorization: str | None) -> dict[str, Any]: ...
+
+    def check(self, authorization: str | None, namespace: str, name: str) -> str: ...
 
 
 class BadRequest(ValueError):
@@ -80,7 +87,7 @@ class AgentHTTPServer:
         ready: Probe,
         registry: CollectorRegistry,
         log_file: LogLookup,
-        authorize: Authorize,
+        access: Access,
     ) -> None:
         outer = self
 
@@ -115,11 +122,13 @@ class AgentHTTPServer:
                     self._guarded_not_found()
 
             def _guarded_not_found(self) -> None:
-                """Unknown paths say nothing to a caller without a token either."""
-                if self.headers.get("Authorization") is None:
-                    self._send(HTTPStatus.UNAUTHORIZED, b"a bearer token is required\n")
-                else:
-                    self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+                """Unknown paths say nothing to a caller without a valid token either."""
+                try:
+                    outer.access.authenticate(self.headers.get("Authorization"))
+                except AccessDenied as exc:
+                    self._send(exc.status, f"{exc.detail}\n".encode())
+                    return
+                self._send(HTTPStatus.NOT_FOUND, b"not found\n")
 
             def _logs(self, path: str, query: str) -> None:
                 try:
@@ -128,7 +137,7 @@ class AgentHTTPServer:
                     self._send(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode())
                     return
                 try:
-                    user = outer.authorize(self.headers.get("Authorization"), asked.namespace, asked.name)
+                    user = outer.access.check(self.headers.get("Authorization"), asked.namespace, asked.name)
                 except AccessDenied as exc:
                     self._send(exc.status, f"{exc.detail}\n".encode())
                     return
@@ -166,7 +175,7 @@ class AgentHTTPServer:
         self.ready = ready
         self.registry = registry
         self.log_file = log_file
-        self.authorize = authorize
+        self.access = access
         self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
