@@ -20,7 +20,7 @@ from tests.node_agent.conftest import (
     workdir,
 )
 from tests.node_agent.support import Cluster, unique
-from tests.security.support import Tenant
+from tests.security.support import OPERATOR_SETTINGS, Tenant
 from tests.security.tenant import grant_tenant
 from vmsandbox.devcluster.cluster import LocalCluster
 
@@ -34,15 +34,6 @@ __all__ = [
     "session_dir",
     "workdir",
 ]
-
-OPERATOR_SETTINGS = {
-    "allowed_hypervisors": "process,cloud-hypervisor",
-    "agent_alive_seconds": 6,
-    "node_lost_grace_seconds": 30,
-    "sweep_seconds": 0.5,
-    "unschedulable_backoff_seconds": 0.5,
-    "unschedulable_backoff_max_seconds": 2,
-}
 
 
 @pytest.fixture

@@ -14,6 +14,15 @@ from tests.security.tenant import RBAC, bind, create
 from vmsandbox.devcluster.cluster import LocalCluster
 
 Rule = tuple[str, str, list[str]]
+#: The operator as the tests run it: quick to notice agents, quick to retry.
+OPERATOR_SETTINGS: dict[str, object] = {
+    "allowed_hypervisors": "process,cloud-hypervisor",
+    "agent_alive_seconds": 6,
+    "node_lost_grace_seconds": 30,
+    "sweep_seconds": 0.5,
+    "unschedulable_backoff_seconds": 0.5,
+    "unschedulable_backoff_max_seconds": 2,
+}
 
 
 @dataclass

@@ -5,18 +5,21 @@ and the runtime checks every id it turns into a path."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.processes import OperatorProcess
 from tests.node_agent.support import AgentProcess, Cluster, Registry, containers_left, unique
 from tests.operator.factories import sandbox_obj
-from tests.security.support import Tenant
+from tests.security.support import OPERATOR_SETTINGS, Tenant
 from vmsandbox.api import InvalidSandbox, parse_sandbox
 from vmsandbox.api.constants import RESERVED_ANNOTATION_PREFIXES
+from vmsandbox.api.crd import render
+from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.node_agent.images import ImageConfig
 from vmsandbox.node_agent.ociconfig import build_config
 from vmsandbox.operator.admission import admit
@@ -25,6 +28,7 @@ from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.errors import InvalidConfig, InvalidId
 
 MakeAgent = Callable[..., AgentProcess]
+REPO = Path(__file__).resolve().parents[2]
 JOIN_KEYS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id")
 
 
@@ -140,3 +144,60 @@ def test_every_id_the_runtime_turns_into_a_path_is_checked(tmp_path: Path, bad: 
             call(bad)
     with pytest.raises(InvalidId):
         runtime.store.dir(bad)
+
+
+@pytest.fixture
+def crd_without_the_rule(kube: LocalCluster, tmp_path: Path) -> Iterator[None]:
+    """An older CRD: the annotation rule missing, as on clusters installed before it existed."""
+    crd = render()
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec["properties"]["annotations"]["x-kubernetes-validations"]
+    path = tmp_path / "old-crd.yaml"
+    path.write_text(yaml.safe_dump(crd))
+    kube.install_crds([path])
+    try:
+        yield
+    finally:
+        kube.install_crds(REPO / "crds")
+
+
+@pytest.mark.kube
+def test_without_the_crd_rule_the_operator_refuses_and_the_agent_strips(
+    crd_without_the_rule: None,
+    kube: LocalCluster,
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    tenant: Tenant,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    image = f"{registry.host}/test/busybox:latest"
+    join = {JOIN_KEYS[0]: "container"}
+    # The operator's admission: Failed, reason Invalid, naming the key.
+    operator = OperatorProcess(kube, cluster.namespace, unique("op"), tmp_path, **OPERATOR_SETTINGS)
+    try:
+        refused = unique("refused")
+        tenant.cluster.create_sandbox(refused, {"image": image, "command": ["true"], "annotations": join})
+        status = tenant.cluster.wait_phase(refused, "Failed", timeout=60)
+    finally:
+        assert operator.stop() == 0, operator.log()[-3000:]
+    assert status["reason"] == "Invalid"
+    assert status["message"].startswith(f'spec.annotations["{JOIN_KEYS[0]}"]: '), status
+    assert "nodeName" not in status
+
+    # The agent's backstop, had the sandbox reached it anyway (scheduled here by hand): the
+    # reserved keys are dropped and the sandbox gets a VM of its own.
+    agent = make_agent()
+    victim = unique("victim")
+    cluster.create_sandbox(victim, {"image": image, "command": ["sleep", "300"]}, node=agent.node)
+    victim_id = cluster.wait_phase(victim, "Running", timeout=90)["container"]["id"]
+    attacker = unique("attacker")
+    spec = {"image": image, "command": ["sleep", "300"], "annotations": {**join, JOIN_KEYS[1]: victim_id}}
+    cluster.create_sandbox(attacker, spec, node=agent.node)
+    running = cluster.wait_phase(attacker, "Running", timeout=90)
+    states = {cid: Runtime(agent.runtime_root).state(cid) for cid in containers_left(agent.runtime_root)}
+    assert set(states) == {victim_id, running["container"]["id"]}
+    assert states[victim_id].vm is not None and states[running["container"]["id"]].vm is not None
+    assert states[victim_id].vm.vmm_pid != states[running["container"]["id"]].vm.vmm_pid  # two VMs
+    assert states[running["container"]["id"]].annotations[JOIN_KEYS[0]] == "sandbox"
+    assert JOIN_KEYS[1] not in states[running["container"]["id"]].annotations
