@@ -51,7 +51,7 @@ def visible_text(cluster: Cluster, name: str) -> str:
     return json.dumps(cluster.get(name)) + json.dumps(cluster.events(name))
 
 
-def build_image(layout: Path, tag: str, change: Callable[[Path], None], user: str | None = None) -> str:
+def build_image(layout: Path, tag: str, change: Callable[[Path], object], user: str | None = None) -> str:
     """Add ``tag`` to the OCI layout ``layout``: busybox whose root filesystem ``change`` edits."""
     if not (layout / "index.json").exists():
         run(["umoci", "init", "--layout", str(layout)])
