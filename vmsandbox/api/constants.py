@@ -23,3 +23,7 @@ CAPACITY_ANNOTATION = f"{GROUP}/capacity"
 AGENT_ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
 #: Prefix of the per-node agent Lease (coordination.k8s.io) in the agent's namespace.
 AGENT_LEASE_PREFIX = "vmsandbox-agent-"
+
+#: Namespace label an administrator sets to allow the process backend (no VM) in that namespace.
+PROCESS_BACKEND_LABEL = f"{GROUP}/process-backend"
+PROCESS_BACKEND_ALLOWED = "allowed"

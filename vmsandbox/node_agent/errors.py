@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.errors import VMSandboxError
 
 
@@ -42,7 +43,7 @@ class BundleFailed(SandboxFailure):
 
 class HypervisorNotAllowed(SandboxFailure):
     step = "hypervisor"
-    reason = "HypervisorNotAllowed"
+    reason = StatusReason.HYPERVISOR_NOT_ALLOWED
 
 
 class InvalidSpec(SandboxFailure):
