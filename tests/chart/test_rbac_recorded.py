@@ -23,8 +23,8 @@ import pytest
 
 from tests.chart.helm import REPO, Helm
 from tests.chart.live_rbac import chart_rbac
-from tests.node_agent.conftest import allow_process_backend
 from tests.chart.test_rbac import AGENT_SA, OPERATOR_SA, check_records
+from tests.node_agent.conftest import allow_process_backend
 from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
