@@ -16,6 +16,7 @@ import pytest
 from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
 from tests.node_agent.conftest import allow_process_backend
+from tests.operator import harness
 from tests.security.agent import running_agent
 from tests.security.tenant import SANDBOXES, grant_tenant, sandbox
 from vmsandbox.api.node import NodeCapacity
@@ -25,8 +26,6 @@ from vmsandbox.node_agent.admission import LocalAdmission, OutOfCapacity
 
 pytestmark = pytest.mark.kube
 
-harness = pytest.importorskip("tests.operator.harness", reason="the operator's test harness is absent")
-support = pytest.importorskip("tests.node_agent.support", reason="the node agent's test support is absent")
 
 LABEL_FIELD = 'metadata.labels["vmsandbox.io/node"]'
 
@@ -175,4 +174,5 @@ def test_agent_waits_for_the_operators_record_and_refuses_to_overcommit(
         assert not any((workdir / "run").glob("*/state.json")), "a VM was started"
         # The label-only sandbox was never started: no status from the agent beyond its finalizer.
         label_only = cluster.get("label-only")
+        assert label_only is not None
         assert (label_only.get("status") or {}).get("phase") in (None, "Pending"), label_only
