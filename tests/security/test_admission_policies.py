@@ -6,18 +6,24 @@ on its own Node (from its token's node binding), only its finalizer and the stat
 move them. The expressions run under PyPI ``cel-python`` with the ``request``, ``object``,
 ``oldObject`` and ``variables`` an API server passes. Not reproduced: the API server's CEL
 type-checking and cost limits, and its dyn-typed comparisons with null (the policies avoid
-``null`` so that both evaluators agree).
+``null`` so that both evaluators agree). The last test installs the rendered policies into the
+local control plane, whose front evaluates them on real requests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.chart.helm import NAMESPACE, missing, one
+from tests.chart.live_rbac import chart_rbac
+from tests.security.tenant import SANDBOXES, grant_tenant, sandbox
+from vmsandbox.devcluster.cluster import LocalCluster
 
 Render = Callable[..., list[dict[str, Any]]]
 OPERATOR = f"system:serviceaccount:{NAMESPACE}:vmsandbox-operator"
@@ -240,3 +246,74 @@ def test_agent_may_not_create_or_delete_and_others_are_not_its_concern(agents: A
     )
     assert agents.admit(TENANT, "UPDATE", _sandbox(node="kvm-2"), obj) == []
     assert agents.admit(OPERATOR, "UPDATE", _sandbox(node="kvm-2"), obj) == []
+
+
+# -- live: the chart's policies in the local control plane's front -------------------------------
+
+ADMISSION_API = "/apis/admissionregistration.k8s.io/v1"
+
+
+@contextlib.contextmanager
+def _installed(kube: LocalCluster, objects: list[dict[str, Any]]) -> Iterator[None]:
+    plurals = {
+        "ValidatingAdmissionPolicy": "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding": "validatingadmissionpolicybindings",
+    }
+    created: list[str] = []
+    try:
+        for obj in objects:
+            url = f"{ADMISSION_API}/{plurals[obj['kind']]}"
+            resp = kube.http("POST", url, json=obj)
+            assert resp.status_code == 201, resp.text
+            created.append(f"{url}/{obj['metadata']['name']}")
+        yield
+    finally:
+        for url in created:
+            kube.http("DELETE", url)
+
+
+@pytest.mark.kube
+def test_front_enforces_the_charts_policies(helm: Any, kube: LocalCluster, kube_namespace: str) -> None:
+    """A tenant's own label and an agent's relabel are refused by the real policies, live."""
+    release = kube_namespace
+    policies = [
+        o
+        for o in helm.render(namespace=release)
+        if o["kind"] in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+        and not o["metadata"]["name"].endswith("-node-restriction")
+    ]
+    assert len(policies) == 4
+    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
+    grant_tenant(kube, kube_namespace, tenant)
+    url = SANDBOXES.format(ns=kube_namespace)
+    operator = {"Authorization": f"Bearer system:serviceaccount:{release}:vmsandbox-operator"}
+    agent = {"Authorization": f"Bearer system:serviceaccount:{release}:vmsandbox-agent"}
+    merge = {"Content-Type": "application/merge-patch+json"}
+    with chart_rbac(kube, helm, release), _installed(kube, policies):
+        attack = sandbox("attack")
+        attack["metadata"]["labels"] = {LABEL: "kvm-2"}
+        resp = kube.http("POST", url, json=attack, headers={"Authorization": f"Bearer {tenant}"})
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["message"] == (
+            f'vmsandboxes.vmsandbox.io "attack" is forbidden: ValidatingAdmissionPolicy '
+            f"'vmsandbox-placement' with binding 'vmsandbox-placement' denied request: "
+            f'metadata.labels["{LABEL}"]: only the vmsandbox operator may set or change it '
+            "(placements are its decision)"
+        )
+        assert kube.http("GET", f"{url}/attack").status_code == 404
+        resp = kube.http("POST", url, json=sandbox("honest"), headers={"Authorization": f"Bearer {tenant}"})
+        assert resp.status_code == 201, resp.text
+        # The operator places it; an agent then tries to move it to another node.
+        placed = {"metadata": {"labels": {LABEL: "kvm-1"}}}
+        resp = kube.http("PATCH", f"{url}/honest", json=placed, headers={**operator, **merge})
+        assert resp.status_code == 200, resp.text
+        moved = {"metadata": {"labels": {LABEL: "kvm-2"}}}
+        resp = kube.http("PATCH", f"{url}/honest", json=moved, headers={**agent, **merge})
+        assert resp.status_code == 403, resp.text
+        assert (
+            "denied request" in resp.json()["message"]
+            and "ValidatingAdmissionPolicy" in resp.json()["message"]
+        )
+        assert kube.http("GET", f"{url}/honest").json()["metadata"]["labels"][LABEL] == "kvm-1"
+    # Without the policies (as in the rest of the tests), the same write goes through.
+    assert kube.http("PATCH", f"{url}/honest", json=moved, headers=merge).status_code == 200
