@@ -34,6 +34,8 @@ from vmsandbox.api.constants import (
     KIND,
     NODE_LABEL,
     PLURAL,
+    PROCESS_BACKEND_ALLOWED,
+    PROCESS_BACKEND_LABEL,
     VERSION,
 )
 from vmsandbox.devcluster.sample_image import SAMPLES_DIR
@@ -385,6 +387,13 @@ class DevStack:
         resp = api.request("POST", "/api/v1/nodes", json=body)
         if resp.status_code not in (201, 409):
             raise CLIError(f"creating node {self.node_name}: {resp.status_code} {resp.text}", step="dev")
+        if self.backend.name == "process":
+            # The process backend is allowed per namespace, by an admin: here, `default` only.
+            patch = {"metadata": {"labels": {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}}}
+            headers = {"Content-Type": "application/merge-patch+json"}
+            resp = api.request("PATCH", "/api/v1/namespaces/default", json=patch, headers=headers)
+            if resp.status_code != 200:
+                raise CLIError(f"labelling namespace default: {resp.status_code} {resp.text}", step="dev")
 
     def tail(self, lines: int = 15) -> str:
         out = []
@@ -427,6 +436,8 @@ class DevStack:
             "VMSANDBOX_AGENT_RESERVE_VCPUS": "0",
             "VMSANDBOX_AGENT_RESERVE_MEMORY_MIB": "256",
             "VMSANDBOX_AGENT_ALLOWED_LAYOUT_DIRS": str(SAMPLES_DIR),
+            # The backend was chosen for this machine, and here QEMU runs under TCG: say so.
+            "VMSANDBOX_AGENT_ALLOW_TCG": "true" if self.backend.name == "qemu" else "false",
         }
         if self.backend.name != "process":
             agent_env["VMSANDBOX_AGENT_GUEST_IMAGE_DIR"] = str(default_guest_image_dir())

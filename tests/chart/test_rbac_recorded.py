@@ -24,6 +24,7 @@ import pytest
 from tests.chart.helm import REPO, Helm
 from tests.chart.live_rbac import chart_rbac
 from tests.chart.test_rbac import AGENT_SA, OPERATOR_SA, check_records
+from tests.node_agent.conftest import allow_process_backend
 from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
@@ -43,6 +44,7 @@ def sandbox_namespace(kube: LocalCluster) -> Iterator[str]:
         json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
     )
     assert resp.status_code == 201, resp.text
+    allow_process_backend(kube, name)
     yield name
     kube.http("DELETE", f"/api/v1/namespaces/{name}")
 

@@ -1,5 +1,6 @@
 """Fixtures for the tenant-boundary tests: the node agent tests' image, registry and agents, a real
-operator, and a tenant: a user allowed only create/get/list/delete of vmsandboxes in one namespace."""
+operator, a tenant (a user allowed only create/get/list/delete of vmsandboxes in one namespace),
+and the chart fixtures (real helm, cached renders) for tests that evaluate the chart's objects."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chart.conftest import helm, render
 from tests.e2e.processes import OperatorProcess
 from tests.node_agent.conftest import (
     busybox_layout,
@@ -28,9 +30,11 @@ __all__ = [
     "busybox_layout",
     "cluster",
     "guest_image_dir",
+    "helm",
     "make_agent",
     "node_agent_tools",
     "registry",
+    "render",
     "session_dir",
     "workdir",
 ]

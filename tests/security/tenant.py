@@ -39,7 +39,7 @@ def bind(
     name: str | None = None,
 ) -> None:
     """A RoleBinding (``namespace`` set) or ClusterRoleBinding (``namespace`` empty)."""
-    binding = {
+    binding: dict[str, Any] = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding" if namespace else "ClusterRoleBinding",
         "metadata": {"name": name or f"{role}-binding"},

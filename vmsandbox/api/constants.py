@@ -39,3 +39,8 @@ RESERVED_ANNOTATION_PREFIXES = (
 
 def reserved_annotation(key: str) -> bool:
     return key.startswith(RESERVED_ANNOTATION_PREFIXES)
+
+
+#: Namespace label an administrator sets to allow the process backend (no VM) in that namespace.
+PROCESS_BACKEND_LABEL = f"{GROUP}/process-backend"
+PROCESS_BACKEND_ALLOWED = "allowed"

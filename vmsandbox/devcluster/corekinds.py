@@ -217,6 +217,21 @@ CORE_KINDS: tuple[CoreKind, ...] = (
         kind="ClusterRoleBinding",
         namespaced=False,
     ),
+    CoreKind(
+        group="admissionregistration.k8s.io",
+        version="v1",
+        plural="validatingadmissionpolicies",
+        kind="ValidatingAdmissionPolicy",
+        namespaced=False,
+        status=True,
+    ),
+    CoreKind(
+        group="admissionregistration.k8s.io",
+        version="v1",
+        plural="validatingadmissionpolicybindings",
+        kind="ValidatingAdmissionPolicyBinding",
+        namespaced=False,
+    ),
     CoreKind(group="rbac.authorization.k8s.io", version="v1", plural="roles", kind="Role", namespaced=True),
     CoreKind(
         group="rbac.authorization.k8s.io",
@@ -230,6 +245,10 @@ CORE_KINDS: tuple[CoreKind, ...] = (
 #: Public group of the RBAC kinds, which the front enforces (vmsandbox.devcluster.rbac).
 RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == RBAC_GROUP)
+
+#: Admission policies, which the front evaluates for custom resources (vmsandbox.devcluster.admission).
+ADMISSION_GROUP = "admissionregistration.k8s.io"
+ADMISSION_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == ADMISSION_GROUP)
 
 #: (public group, version, plural) -> kind.
 BY_PUBLIC: dict[tuple[str, str, str], CoreKind] = {(k.group, k.version, k.plural): k for k in CORE_KINDS}

@@ -7,6 +7,8 @@ It serves what the standalone CRD server lacks and proxies everything else to it
 - authorization: Kubernetes RBAC from the stored Role, ClusterRole, RoleBinding and
   ClusterRoleBinding objects, for every client request (403 with kube-apiserver's Status) and
   for every SubjectAccessReview it answers (the server's delegated ones and clients');
+- admission: the stored ValidatingAdmissionPolicies, for writes to custom resources
+  (:mod:`vmsandbox.devcluster.admission`);
 - discovery: ``/api``, ``/api/v1``, the ``/apis`` group list, and the emulated groups;
 - the core kinds in :mod:`vmsandbox.devcluster.corekinds`, by rewriting paths and
   ``apiVersion`` to and from their look-alike CRDs (requests, responses, list items, Table
@@ -40,8 +42,11 @@ from aiohttp import web
 from yarl import URL
 
 from vmsandbox.devcluster import openapi
+from vmsandbox.devcluster.admission import OPERATIONS, CompiledPolicy, compile_policies, evaluate
 from vmsandbox.devcluster.apipath import HEALTH_PATH, ApiPath, parse_api_path
 from vmsandbox.devcluster.corekinds import (
+    ADMISSION_GROUP,
+    ADMISSION_KINDS,
     BY_PRIVATE,
     BY_PUBLIC,
     EMULATED_GROUPS,
@@ -117,6 +122,9 @@ class Front:
         self._log = RequestLogWriter(request_log) if request_log else None
         self._session: aiohttp.ClientSession | None = None
         self.rbac: ObjectStore[Policy] = ObjectStore(RBAC_KINDS, self._get_json, Policy.from_objects)
+        self.admission: ObjectStore[list[CompiledPolicy]] = ObjectStore(
+            ADMISSION_KINDS, self._get_json, compile_policies
+        )
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -197,10 +205,67 @@ class Front:
         # front's reads of the policy) must never wait for the policy they are part of loading.
         if not user.superuser and not (await self.rbac.get()).allows(attrs):
             return web.json_response(forbidden_status(attrs), status=403)
+        # Not for the cluster's own components (system:masters): the server's delegated reviews
+        # must never wait for the policies the front is loading through the server.
+        if (
+            not user.superuser
+            and api is not None
+            and api.resource
+            and request.method in OPERATIONS
+            and (api.name or request.method == "POST")
+            and api.group not in EMULATED_GROUPS
+        ):
+            denial = await self._admit(request, api, user)
+            if denial is not None:
+                return denial
         response = await self._serve(request, api, commit)
-        if request.method not in ("GET", "HEAD") and api is not None and _changes_policy(api):
-            self.rbac.invalidate()
+        if request.method not in ("GET", "HEAD") and api is not None:
+            if _changes_policy(api):
+                self.rbac.invalidate()
+            if api.group in (ADMISSION_GROUP, "apiextensions.k8s.io"):
+                self.admission.invalidate()
         return response
+
+    async def _admit(self, request: web.Request, api: ApiPath, user: UserInfo) -> web.Response | None:
+        """The stored ValidatingAdmissionPolicies, for a write to one custom resource (not for the
+        emulated core kinds). The object a write would produce comes from a dry run of it."""
+        policies = await self.admission.get()
+        operation = OPERATIONS[request.method]
+        if not any(p.applies(api.group, api.resource, api.subresource, operation) for p in policies):
+            return None
+        old: Any = None
+        if operation != "CREATE":
+            old_status, old = await self._get_json(api.model_copy(update={"subresource": ""}).render())
+            old = old if old_status == 200 else None
+        new: Any = None
+        if operation != "DELETE":
+            query = request.rel_url.raw_query_string
+            url = URL(f"{self.upstream}{request.raw_path}{'&' if query else '?'}dryRun=All", encoded=True)
+            body = await request.read()
+            async with await self._upstream(
+                request.method, url, data=body or None, headers=self._forward_headers(request)
+            ) as up:
+                if up.status >= 300:
+                    return None  # the real request fails the same way, with the server's own answer
+                new = json.loads(await up.read())
+        review = {
+            "operation": operation,
+            "subResource": api.subresource,
+            "name": api.name or ((new or {}).get("metadata") or {}).get("name", ""),
+            "namespace": api.namespace,
+            "kind": {"group": api.group, "version": api.version, "kind": (new or old or {}).get("kind", "")},
+            "resource": {"group": api.group, "version": api.version, "resource": api.resource},
+            "userInfo": {"username": user.name, "groups": list(user.groups), "extra": {}},
+        }
+        denial = evaluate(policies, review, new, old)
+        if denial is None:
+            return None
+        qualified = f"{api.resource}.{api.group}" if api.group else api.resource
+        message = (
+            f'{qualified} "{review["name"]}" is forbidden: ValidatingAdmissionPolicy '
+            f"'{denial.policy}' with binding '{denial.binding}' denied request: {denial.message}"
+        )
+        return _status(denial.code, denial.reason, message)
 
     async def _serve(
         self, request: web.Request, api: ApiPath | None, commit: Callable[[int], None]

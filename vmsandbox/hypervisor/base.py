@@ -70,6 +70,9 @@ class VMSpec(BaseModel):
     root_disk: Path | None = None
     #: Extra disks attached at boot (the sandbox container's root filesystem disk).
     disks: list[DiskSpec] = Field(default_factory=list)
+    #: Where disks attached later (containers joining the VM) live: a VMM confined to the
+    #: files it was given (Cloud Hypervisor's Landlock) must still be able to open them.
+    hotplug_dirs: list[Path] = Field(default_factory=list)
     kernel_args: list[str] = Field(default_factory=list)
     #: Seconds to wait for the guest agent to accept a connection after boot.
     agent_timeout: float = 45.0

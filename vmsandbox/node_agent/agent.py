@@ -15,7 +15,8 @@ from types import FrameType
 from vmsandbox.api.status import Phase
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.node_agent.access import LogAccess
-from vmsandbox.node_agent.capacity import node_capacity
+from vmsandbox.node_agent.admission import LocalAdmission
+from vmsandbox.node_agent.capacity import hypervisor_refusals, node_capacity
 from vmsandbox.node_agent.config import AgentConfig, ConfigError
 from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.heartbeat import Heartbeat
@@ -75,11 +76,13 @@ class Agent:
         _prepare_dir(config.state_dir, "stateDir")
         _prepare_dir(config.runtime_root, "runtimeRoot")
         self.hv_config = hypervisor_config(config)
+        self.refusals = hypervisor_refusals(config, self.hv_config)
         self.capacity = node_capacity(config, self.hv_config)
         if config.default_hypervisor not in self.capacity.hypervisors:
+            why = self.refusals.get(config.default_hypervisor, "")
             raise ConfigError(
-                f"defaultHypervisor: {config.default_hypervisor!r} is not usable on this node "
-                f"(usable: {', '.join(self.capacity.hypervisors) or 'none'})"
+                f"defaultHypervisor: {config.default_hypervisor!r} is not usable on this node"
+                f"{f': {why}' if why else ''} (usable: {', '.join(self.capacity.hypervisors) or 'none'})"
             )
         self.metrics = AgentMetrics()
         self.kube = Kube(make_api_client(config.kubeconfig))
@@ -107,6 +110,8 @@ class Agent:
             start_slots=threading.BoundedSemaphore(config.max_concurrent_starts),
             writes=ThreadPoolExecutor(max_workers=8, thread_name_prefix="status"),
             usable_hypervisors=self.capacity.hypervisors,
+            hypervisor_refusals=self.refusals,
+            admission=LocalAdmission(self.capacity, config.node_name),
         )
         self.supervisor = Supervisor(ctx)
         self.metrics.track_phases(self.supervisor.phase_counts)

@@ -23,8 +23,9 @@ from vmsandbox.runtime.logfiles import LogLimits
 
 ENV_PREFIX = "VMSANDBOX_AGENT_"
 HYPERVISOR_NAMES: tuple[str, ...] = get_args(HypervisorName)
-#: The process backend is never allowed by default: it is isolated by namespaces only.
-DEFAULT_ALLOWED: tuple[HypervisorName, ...] = ("cloud-hypervisor", "qemu")
+#: Only Cloud Hypervisor by default: QEMU must be enabled on purpose (and under TCG emulation
+#: also with allowTCG), and the process backend is isolated by namespaces only.
+DEFAULT_ALLOWED: tuple[HypervisorName, ...] = ("cloud-hypervisor",)
 #: ``host`` or ``host:port``, as image references spell a registry.
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
 
@@ -45,8 +46,14 @@ class AgentConfig(APIModel):
     default_hypervisor: HypervisorName = "cloud-hypervisor"
     allowed_hypervisors: list[HypervisorName] = Field(default_factory=lambda: list(DEFAULT_ALLOWED))
     guest_image_dir: Path | None = None
+    #: QEMU without KVM runs under TCG emulation, which is not a security boundary.
+    allow_tcg: bool = Field(default=False, alias="allowTCG")
     reserve_vcpus: int = Field(default=1, ge=0)
     reserve_memory_mib: int = Field(default=1024, ge=0, alias="reserveMemoryMiB")
+    #: What the node offers to sandboxes, instead of its CPUs and memory minus the reserve
+    #: (e.g. to overcommit vCPUs on purpose). The agent never starts more than this.
+    capacity_vcpus: int | None = Field(default=None, ge=0)
+    capacity_memory_mib: int | None = Field(default=None, ge=0, alias="capacityMemoryMiB")
     image_cache_limit_mib: int = Field(default=10240, ge=64, alias="imageCacheLimitMiB")
     insecure_registries: list[str] = Field(default_factory=list)
     #: Directories whose OCI layouts sandboxes may name as ``oci:<path>``; none by default.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmsandbox.api import reasons
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.errors import VMSandboxError
 
 
@@ -43,7 +43,7 @@ class BundleFailed(SandboxFailure):
 
 class HypervisorNotAllowed(SandboxFailure):
     step = "hypervisor"
-    reason = "HypervisorNotAllowed"
+    reason = StatusReason.HYPERVISOR_NOT_ALLOWED
 
 
 class InvalidSpec(SandboxFailure):
@@ -55,10 +55,10 @@ class ImageNotAllowed(SandboxFailure):
     """An ``oci:`` layout outside the node's ``allowedLayoutDirs``; said the same whether it exists."""
 
     step = "spec.image"
-    reason = reasons.IMAGE_NOT_ALLOWED
+    reason = StatusReason.IMAGE_NOT_ALLOWED
 
 
 class ImageInvalid(InvalidImage):
     """The image breaks a rule the agent checks before trusting it (a path, a digest, a file)."""
 
-    reason = reasons.IMAGE_INVALID
+    reason = StatusReason.IMAGE_INVALID

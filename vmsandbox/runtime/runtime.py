@@ -311,6 +311,7 @@ class Runtime:
             vcpus=size.vcpus,
             memory_mib=size.memory_mib,
             disks=[disk] if disk else [],
+            hotplug_dirs=[self.store.root],
         )
         if not driver.shares_host_fs:
             images = self.config.guest_image_dir
