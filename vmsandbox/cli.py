@@ -34,8 +34,11 @@ from vmsandbox.api.constants import (
     KIND,
     NODE_LABEL,
     PLURAL,
+    PROCESS_BACKEND_ALLOWED,
+    PROCESS_BACKEND_LABEL,
     VERSION,
 )
+from vmsandbox.devcluster.sample_image import SAMPLES_DIR
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.operator.kube import Connection
 
@@ -84,6 +87,8 @@ class Api:
                 self.session.cert = (conn.cert_file, conn.key_file) if conn.key_file else conn.cert_file
 
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        # Per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify setting.
+        kw.setdefault("verify", self.session.verify)
         try:
             return self.session.request(method, self.server + path, timeout=kw.pop("timeout", 30), **kw)
         except requests.RequestException as exc:
@@ -235,14 +240,22 @@ def cmd_logs(api: Api, args: argparse.Namespace) -> int:
     if not endpoint:
         raise CLIError(f"node {node} publishes no {AGENT_ENDPOINT_ANNOTATION} annotation", step="logs")
     url = f"{endpoint.rstrip('/')}/logs/{quote(args.namespace)}/{quote(args.name)}"
+    params = {"follow": "true"} if args.follow else {}
+    if args.tail_bytes is not None:
+        params["tailBytes"] = str(args.tail_bytes)
+    # The agent asks the API server who this is: the same credentials as for the API server.
+    token = api.session.headers.get("Authorization")
+    auth = {"Authorization": str(token)} if token else {}
     try:
-        resp = requests.get(url, timeout=30)
+        timeout = (10, None if args.follow else 60)
+        with requests.get(url, params=params, headers=auth, timeout=timeout, stream=True) as resp:
+            if resp.status_code != 200:
+                raise CLIError(f"{url}: {resp.status_code} {resp.text.strip()}", step="logs")
+            for chunk in resp.iter_content(chunk_size=None):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
     except requests.RequestException as exc:
         raise CLIError(f"the agent of node {node} at {endpoint} did not answer: {exc}", step="logs") from None
-    if resp.status_code != 200:
-        raise CLIError(f"{url}: {resp.status_code} {resp.text.strip()}", step="logs")
-    sys.stdout.buffer.write(resp.content)
-    sys.stdout.flush()
     return 0
 
 
@@ -420,6 +433,13 @@ class DevStack:
         resp = api.request("POST", "/api/v1/nodes", json=body)
         if resp.status_code not in (201, 409):
             raise CLIError(f"creating node {self.node_name}: {resp.status_code} {resp.text}", step="dev")
+        if self.backend.name == "process":
+            # The process backend is allowed per namespace, by an admin: here, `default` only.
+            patch = {"metadata": {"labels": {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}}}
+            headers = {"Content-Type": "application/merge-patch+json"}
+            resp = api.request("PATCH", "/api/v1/namespaces/default", json=patch, headers=headers)
+            if resp.status_code != 200:
+                raise CLIError(f"labelling namespace default: {resp.status_code} {resp.text}", step="dev")
 
     def tail(self, lines: int = 15) -> str:
         out = []
@@ -461,6 +481,9 @@ class DevStack:
             "VMSANDBOX_AGENT_PORT": str(self.agent_port),
             "VMSANDBOX_AGENT_RESERVE_VCPUS": "0",
             "VMSANDBOX_AGENT_RESERVE_MEMORY_MIB": "256",
+            "VMSANDBOX_AGENT_ALLOWED_LAYOUT_DIRS": str(SAMPLES_DIR),
+            # The backend was chosen for this machine, and here QEMU runs under TCG: say so.
+            "VMSANDBOX_AGENT_ALLOW_TCG": "true" if self.backend.name == "qemu" else "false",
         }
         if self.backend.name != "process":
             agent_env["VMSANDBOX_AGENT_GUEST_IMAGE_DIR"] = str(default_guest_image_dir())
@@ -609,6 +632,8 @@ def parser() -> argparse.ArgumentParser:
 
     logs = sub.add_parser("logs", help="print a sandbox's container output (from its node's agent)")
     logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing while the sandbox runs")
+    logs.add_argument("--tail-bytes", type=int, help="only the last N bytes of the output")
     namespaced(logs)
 
     delete = sub.add_parser("delete", help="delete sandboxes")

@@ -90,7 +90,7 @@ class Policy:
 
 @pytest.fixture(scope="module")
 def policy(render: Render) -> Policy:
-    return Policy(one(render(), "ValidatingAdmissionPolicy"))
+    return Policy(one(render(), "ValidatingAdmissionPolicy", "-node-restriction"))
 
 
 def _changed(**edits: Any) -> dict[str, Any]:
@@ -107,8 +107,8 @@ def _changed(**edits: Any) -> dict[str, Any]:
 
 def test_policy_is_bound_and_denies(render: Render) -> None:
     objects = render()
-    policy = one(objects, "ValidatingAdmissionPolicy")
-    binding = one(objects, "ValidatingAdmissionPolicyBinding")
+    policy = one(objects, "ValidatingAdmissionPolicy", "-node-restriction")
+    binding = one(objects, "ValidatingAdmissionPolicyBinding", "-node-restriction")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert policy["spec"]["failurePolicy"] == "Fail"
@@ -120,8 +120,9 @@ def test_policy_is_bound_and_denies(render: Render) -> None:
 
 def test_policy_can_be_turned_off(helm: Any) -> None:
     objects = helm.render(sets=["agent.nodeRestriction.enabled=false"])
-    assert not by_kind(objects, "ValidatingAdmissionPolicy")
-    assert not by_kind(objects, "ValidatingAdmissionPolicyBinding")
+    # What stays is the placement policy, which is always installed.
+    for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
+        assert [o["metadata"]["name"] for o in by_kind(objects, kind)] == ["vmsandbox-placement"]
 
 
 def test_agent_publishes_on_its_own_node(policy: Policy) -> None:

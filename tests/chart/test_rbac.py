@@ -92,9 +92,12 @@ NEEDED = [
     ("agent", "vmsandbox.io", "vmsandboxes/status", "update", "sandboxes"),
     ("agent", "", "nodes", "patch", ""),
     ("agent", "", "events", "create", "sandboxes"),
+    ("agent", "", "namespaces", "get", ""),
     ("agent", "coordination.k8s.io", "leases", "get", NAMESPACE),
     ("agent", "coordination.k8s.io", "leases", "create", NAMESPACE),
     ("agent", "coordination.k8s.io", "leases", "update", NAMESPACE),
+    ("agent", "authentication.k8s.io", "tokenreviews", "create", ""),
+    ("agent", "authorization.k8s.io", "subjectaccessreviews", "create", ""),
 ]
 #: What neither may do, though a sloppier chart would allow it.
 REFUSED = [
@@ -106,6 +109,8 @@ REFUSED = [
     ("agent", "coordination.k8s.io", "leases", "update", "kube-node-lease"),
     ("agent", "coordination.k8s.io", "leases", "delete", NAMESPACE),
     ("agent", "", "pods", "list", ""),
+    ("agent", "", "namespaces", "list", ""),
+    ("agent", "", "namespaces", "patch", ""),
     ("operator", "", "nodes", "patch", ""),
     ("operator", "coordination.k8s.io", "leases", "update", "kube-system"),
     ("operator", "", "namespaces", "list", ""),

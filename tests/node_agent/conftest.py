@@ -26,6 +26,7 @@ from tests.node_agent.support import (
     unique,
     wait_for,
 )
+from vmsandbox.api.constants import PROCESS_BACKEND_ALLOWED, PROCESS_BACKEND_LABEL
 from vmsandbox.devcluster import LocalCluster
 
 TOOLS = ("skopeo", "umoci", "unshare", "debugfs", "mkfs.ext4")
@@ -75,8 +76,17 @@ def guest_image_dir(session_dir: Path) -> Path:
     return fake_guest_image(session_dir / "guest")
 
 
+def allow_process_backend(kube: LocalCluster, namespace: str) -> None:
+    patch = {"metadata": {"labels": {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}}}
+    headers = {"Content-Type": "application/merge-patch+json"}
+    resp = kube.http("PATCH", f"/api/v1/namespaces/{namespace}", json=patch, headers=headers)
+    assert resp.status_code == 200, resp.text
+
+
 @pytest.fixture
 def cluster(kube: LocalCluster, kube_namespace: str) -> Iterator[Cluster]:
+    """The test's namespace, where an admin has allowed the process backend (no VM)."""
+    allow_process_backend(kube, kube_namespace)
     with kube.api_client() as api_client:
         yield Cluster(api_client=api_client, namespace=kube_namespace)
 
@@ -114,6 +124,9 @@ def agent_env(
             "VMSANDBOX_AGENT_RESTART_BACKOFF_SECONDS": "1",
             "VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS": "0.5",
             "VMSANDBOX_AGENT_LOG_LEVEL": "DEBUG",
+            # The agent admits only what its capacity holds; the tests run more sandboxes than
+            # this machine has CPUs (the process backend's "VMs" are processes).
+            "VMSANDBOX_AGENT_CAPACITY_VCPUS": "64",
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")) if p
             ),

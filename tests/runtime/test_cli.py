@@ -23,9 +23,11 @@ def cli(
     root: Path, *args: str, log: Path | None = None, out: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        VMSANDBOX_ALLOW_PROCESS_BACKEND="1",
     )
-    glob = ["--root", str(root)]
+    glob = ["--root", str(root), "--hypervisor", "process"]
     if log is not None:
         glob += ["--log", str(log), "--log-format", "json"]
     cmd = [sys.executable, "-m", "vmsandbox.runtime", *glob, *args]

@@ -29,6 +29,8 @@ HypervisorName = Literal["cloud-hypervisor", "qemu", "process"]
 #: The guest agent listens on this port (vsock) / port name (virtio-serial) in every VM.
 GUEST_AGENT_PORT = 1024
 GUEST_AGENT_SERIAL_NAME = "io.vmsandbox.agent"
+#: ``VMHandle.endpoints`` key of the VM's serial console log, where the backend keeps one.
+SERIAL_LOG_ENDPOINT = "serial_log"
 
 #: Longest AF_UNIX path (sun_path is 108 bytes including the terminating NUL).
 UNIX_PATH_MAX = 107
@@ -70,6 +72,9 @@ class VMSpec(BaseModel):
     root_disk: Path | None = None
     #: Extra disks attached at boot (the sandbox container's root filesystem disk).
     disks: list[DiskSpec] = Field(default_factory=list)
+    #: Where disks attached later (containers joining the VM) live: a VMM confined to the
+    #: files it was given (Cloud Hypervisor's Landlock) must still be able to open them.
+    hotplug_dirs: list[Path] = Field(default_factory=list)
     kernel_args: list[str] = Field(default_factory=list)
     #: The NIC the node prepared (a tap, or a namespace for the process backend); None: no network.
     network: NetworkAttachment | None = None

@@ -17,7 +17,7 @@ class HypervisorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cloud_hypervisor_binary: str = "cloud-hypervisor"
-    #: Extra flags for cloud-hypervisor, e.g. ["--seccomp", "false", "-v"].
+    #: Extra flags for cloud-hypervisor, e.g. ["-v"] (its seccomp filter is always on).
     cloud_hypervisor_args: list[str] = Field(default_factory=list)
     qemu_binary: str = "qemu-system-x86_64"
     #: "auto" boot-probes KVM once and falls back to TCG when it does not work.

@@ -12,12 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
+from vmsandbox.api.status import Phase
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.node_agent.capacity import node_capacity
+from vmsandbox.node_agent.access import LogAccess
+from vmsandbox.node_agent.admission import LocalAdmission
+from vmsandbox.node_agent.capacity import hypervisor_refusals, node_capacity
 from vmsandbox.node_agent.config import AgentConfig, ConfigError
 from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.heartbeat import Heartbeat
-from vmsandbox.node_agent.httpserver import AgentHTTPServer
+from vmsandbox.node_agent.httpserver import AgentHTTPServer, LogSource
 from vmsandbox.node_agent.images import ImageStore
 from vmsandbox.node_agent.kube import Kube, make_api_client
 from vmsandbox.node_agent.metrics import AgentMetrics
@@ -37,6 +40,7 @@ SWEEP_SECONDS = 300.0
 log = logging.getLogger("vmsandbox.node_agent")
 
 REQUIRED_TOOLS = ("skopeo", "umoci", "cp")
+FINISHED_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
 def hypervisor_config(config: AgentConfig) -> HypervisorConfig:
@@ -78,11 +82,13 @@ class Agent:
         _prepare_dir(config.state_dir, "stateDir")
         _prepare_dir(config.runtime_root, "runtimeRoot")
         self.hv_config = hypervisor_config(config)
+        self.refusals = hypervisor_refusals(config, self.hv_config)
         self.capacity = node_capacity(config, self.hv_config)
         if config.default_hypervisor not in self.capacity.hypervisors:
+            why = self.refusals.get(config.default_hypervisor, "")
             raise ConfigError(
-                f"defaultHypervisor: {config.default_hypervisor!r} is not usable on this node "
-                f"(usable: {', '.join(self.capacity.hypervisors) or 'none'})"
+                f"defaultHypervisor: {config.default_hypervisor!r} is not usable on this node"
+                f"{f': {why}' if why else ''} (usable: {', '.join(self.capacity.hypervisors) or 'none'})"
             )
         self.metrics = AgentMetrics()
         self.kube = Kube(make_api_client(config.kubeconfig))
@@ -92,9 +98,12 @@ class Agent:
             config.state_dir / "images",
             limit_bytes=config.image_cache_limit_mib * 1024 * 1024,
             insecure=config.registry_insecure,
+            allowed_layout_dirs=config.allowed_layout_dirs,
             in_use=lambda: self.supervisor.in_use_digests() if self.supervisor else set(),
         )
-        self.runtimes = Runtimes(config.runtime_root, self.hv_config, list(config.allowed_hypervisors))
+        self.runtimes = Runtimes(
+            config.runtime_root, self.hv_config, list(config.allowed_hypervisors), config.log_limits()
+        )
         self.events = EventRecorder(self.kube, config.node_name)
         try:
             network = start_network(config, (r.uid for r in self.records.load_all()))
@@ -114,6 +123,8 @@ class Agent:
             writes=ThreadPoolExecutor(max_workers=8, thread_name_prefix="status"),
             usable_hypervisors=self.capacity.hypervisors,
             network=network,
+            hypervisor_refusals=self.refusals,
+            admission=LocalAdmission(self.capacity, config.node_name),
         )
         self.supervisor = Supervisor(ctx)
         self.metrics.track_phases(self.supervisor.phase_counts)
@@ -131,6 +142,7 @@ class Agent:
             ready=self._ready,
             registry=self.metrics.registry,
             log_file=self._log_file,
+            access=LogAccess(self.kube.api_client),
         )
         self.heartbeat = Heartbeat(
             self.kube,
@@ -158,14 +170,20 @@ class Agent:
         record = self.records.load(uid)
         return (record.namespace, record.name) if record is not None else None
 
-    def _log_file(self, namespace: str, name: str) -> Path | None:
-        assert self.supervisor is not None
-        worker = self.supervisor.worker_for(namespace, name)
+    def _log_file(self, namespace: str, name: str) -> LogSource | None:
+        supervisor = self.supervisor
+        assert supervisor is not None
+        worker = supervisor.worker_for(namespace, name)
         if worker is not None:
-            return self.records.log_path(worker.uid)
+
+            def running() -> bool:
+                current = supervisor.worker_for(namespace, name)
+                return current is not None and current.phase not in FINISHED_PHASES
+
+            return LogSource(self.records.log_path(worker.uid), running)
         for record in self.records.load_all():
             if (record.namespace, record.name) == (namespace, name):
-                return self.records.log_path(record.uid)
+                return LogSource(self.records.log_path(record.uid), lambda: False)
         return None
 
     def _sweep_periodically(self) -> None:

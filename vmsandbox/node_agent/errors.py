@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.errors import VMSandboxError
 
 
@@ -42,9 +43,22 @@ class BundleFailed(SandboxFailure):
 
 class HypervisorNotAllowed(SandboxFailure):
     step = "hypervisor"
-    reason = "HypervisorNotAllowed"
+    reason = StatusReason.HYPERVISOR_NOT_ALLOWED
 
 
 class InvalidSpec(SandboxFailure):
     step = "validation"
     reason = "InvalidSpec"
+
+
+class ImageNotAllowed(SandboxFailure):
+    """An ``oci:`` layout outside the node's ``allowedLayoutDirs``; said the same whether it exists."""
+
+    step = "spec.image"
+    reason = StatusReason.IMAGE_NOT_ALLOWED
+
+
+class ImageInvalid(InvalidImage):
+    """The image breaks a rule the agent checks before trusting it (a path, a digest, a file)."""
+
+    reason = StatusReason.IMAGE_INVALID

@@ -112,6 +112,16 @@ class Kube:
             raise
         return obj
 
+    def get_namespace(self, name: str) -> dict[str, Any] | None:
+        try:
+            namespace = self.core.read_namespace(name, _request_timeout=self.timeout)
+            obj = _dict(self.core.api_client.sanitize_for_serialization(namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
     def replace_status(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """PUT /status: the server rejects it with 409 when body's resourceVersion is stale."""
         return _dict(

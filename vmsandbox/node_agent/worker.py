@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL
+from vmsandbox.api.constants import (
+    AGENT_FINALIZER,
+    NODE_LABEL,
+    PROCESS_BACKEND_ALLOWED,
+    PROCESS_BACKEND_LABEL,
+)
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
 from vmsandbox.api.status import (
@@ -34,6 +40,7 @@ from vmsandbox.api.status import (
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
 from vmsandbox.node_agent.errors import HypervisorNotAllowed, ImagePullFailed, InvalidSpec, SandboxFailure
@@ -56,7 +63,14 @@ BACKOFF_RESET_SECONDS = 600.0
 #: How long an idle worker sleeps when nothing can change without a new object version.
 IDLE = 3600.0
 #: Failures that retrying cannot fix: the spec or the image must change.
-PERMANENT = ("InvalidSpec", "InvalidImage", "HypervisorNotAllowed", "ErrImageNeverPull")
+PERMANENT = (
+    "InvalidSpec",
+    "InvalidImage",
+    "HypervisorNotAllowed",
+    "ErrImageNeverPull",
+    StatusReason.IMAGE_NOT_ALLOWED,
+    StatusReason.IMAGE_INVALID,
+)
 
 
 @dataclass
@@ -74,6 +88,9 @@ class AgentContext:
     #: Runs status writes that need not hold up the boot (they stay in order per sandbox).
     writes: ThreadPoolExecutor
     usable_hypervisors: list[str]
+    admission: LocalAdmission
+    #: Why an allowed backend cannot run here (not installed, TCG without allowTCG).
+    hypervisor_refusals: dict[str, str]
     #: The node's sandbox network; None when the agent has no ``sandboxCIDR``.
     network: NodeNetwork | None = None
 
@@ -200,6 +217,10 @@ class SandboxWorker:
         if self._restart_at is not None and time.monotonic() < self._restart_at:
             return self._restart_at - time.monotonic()
         self._restart_at = None
+        if sandbox.status.node_name != self.ctx.config.node_name:
+            # Only the operator places sandboxes: a label alone (which a tenant may have set) is
+            # not a placement until the operator has recorded this node in status.nodeName.
+            return IDLE
         return self._launch(obj, sandbox)
 
     # ---- finalizer ---------------------------------------------------------------------
@@ -264,6 +285,8 @@ class SandboxWorker:
             return None
         self.container = state
         self._run_started = time.monotonic()
+        resources = sandbox.spec.resources
+        self.ctx.admission.hold(self.uid, resources.vcpus, resources.memory_mib)
         if state.status == "running" and self.ctx.runtimes.vm_alive(state):
             self.ctx.metrics.adopted.inc()
             vmm = state.vm.vmm_pid if state.vm else None
@@ -273,6 +296,17 @@ class SandboxWorker:
         return self._monitor(obj, sandbox)
 
     # ---- launching ---------------------------------------------------------------------
+
+    def _check_process_backend(self) -> None:
+        """The process backend runs containers without a VM: only where an admin allowed it per namespace."""
+        namespace = self.ctx.writer.kube.get_namespace(self.namespace)
+        labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
+        if labels.get(PROCESS_BACKEND_LABEL) != PROCESS_BACKEND_ALLOWED:
+            raise HypervisorNotAllowed(
+                f"hypervisor 'process' runs containers without a VM (namespaces only); namespace "
+                f"{self.namespace} does not allow it (an administrator labels the namespace "
+                f"{PROCESS_BACKEND_LABEL}={PROCESS_BACKEND_ALLOWED})"
+            )
 
     def _deleting(self) -> bool:
         obj = self.latest()
@@ -334,7 +368,6 @@ class SandboxWorker:
             status.reason = None
             status.message = None
             status.hypervisor = hypervisor
-            status.node_name = status.node_name or cfg.node_name
             status.start_time = status.start_time or now()
             status.observed_generation = generation
             status.restart_count = status.restart_count or 0
@@ -356,9 +389,14 @@ class SandboxWorker:
                     f"(allowed: {', '.join(cfg.allowed_hypervisors)})"
                 )
             if hypervisor not in self.ctx.usable_hypervisors:
+                why = self.ctx.hypervisor_refusals.get(hypervisor, "it is not installed")
                 raise HypervisorNotAllowed(
-                    f"hypervisor {hypervisor!r} is not installed on node {cfg.node_name}"
+                    f"hypervisor {hypervisor!r} cannot run on node {cfg.node_name}: {why}"
                 )
+            if hypervisor == "process":
+                self._check_process_backend()
+            resources = sandbox.spec.resources
+            self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
             self._save_record()
             self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
@@ -656,6 +694,7 @@ class SandboxWorker:
         self.container = None
         if self.ctx.network is not None:
             self.ctx.network.detach(self.uid)
+        self.ctx.admission.release(self.uid)
         if had:
             self.log.info("VM torn down (%s)", why)
         if self.record is not None and self.record.container_created:

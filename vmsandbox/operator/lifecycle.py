@@ -11,14 +11,15 @@ from enum import StrEnum
 
 from vmsandbox.api import Phase, RestartPolicy, VMSandbox
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.operator.config import OperatorConfig
 
-#: ``status.reason`` values the operator writes.
-REASON_NODE_UNREACHABLE = "NodeUnreachable"
-REASON_NODE_LOST = "NodeLost"
-REASON_INVALID = "Invalid"
-REASON_UNSCHEDULABLE = "Unschedulable"
-REASON_SCHEDULED = "Scheduled"
+#: ``status.reason`` values the operator writes (defined in vmsandbox.api.reasons).
+REASON_NODE_UNREACHABLE = StatusReason.NODE_UNREACHABLE
+REASON_NODE_LOST = StatusReason.NODE_LOST
+REASON_INVALID = StatusReason.INVALID
+REASON_UNSCHEDULABLE = StatusReason.UNSCHEDULABLE
+REASON_SCHEDULED = StatusReason.SCHEDULED
 
 
 class Action(StrEnum):

@@ -11,6 +11,12 @@ rest is status: first finalizer + label ``vmsandbox.io/node`` (the decision of r
 select on it, and it is set at most once, guarded by a test that it is absent), then the
 status (nodeName, phase Scheduled, condition, bootTimings.schedule). If the operator dies
 between the two, the next pass finds the label and completes the status; it never decides again.
+
+Only the operator decides placements. A label it did not write (a tenant may set it when
+creating the sandbox where no admission policy stops it) is completed only if the node could
+have been chosen: live agent, nodeSelector, taints, hypervisor and room. Otherwise, and when
+the label no longer matches the recorded ``status.nodeName``, the sandbox fails with reason
+Invalid naming the label.
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.events import EventRecorder
 from vmsandbox.operator.kube import ApiError, KubeClient, sandbox_path
 from vmsandbox.operator.metrics import OperatorMetrics
-from vmsandbox.operator.scheduling import Placement, ReservationLedger, decide, usage_by_node
+from vmsandbox.operator.scheduling import (
+    NOTHING,
+    Placement,
+    ReservationLedger,
+    decide,
+    usage_by_node,
+    why_not,
+)
 from vmsandbox.operator.workqueue import WorkQueue
 
 log = logging.getLogger("vmsandbox.operator")
@@ -92,6 +105,7 @@ class Reconciler:
         self._finished_seen: dict[str, float] = {}  # uid -> monotonic time first seen finished
         self._silent_since: dict[str, float] = {}  # node -> monotonic time first seen without a Lease
         self._brake: str | None = None  # why evictions are paused, while they are
+        self._placed: dict[str, str] = {}  # uid -> node this operator labelled it with
 
     # ---- feeding the queue
     def sandbox_changed(self, raw: dict[str, Any]) -> None:
@@ -108,6 +122,7 @@ class Reconciler:
         if entry is not None:
             self.ledger.release(entry.uid)
             self._finished_seen.pop(entry.uid, None)
+            self._placed.pop(entry.uid, None)
             self._unschedulable.pop(sandbox_key(raw), None)
             self.retry_unschedulable()
 
@@ -271,7 +286,11 @@ class Reconciler:
         elif entry.finished or entry.raw["metadata"].get("deletionTimestamp"):
             return
         elif entry.node is not None:
-            await self._complete_placement(entry)
+            problem = self._unrecorded_placement(entry, now)
+            if problem is None:
+                await self._complete_placement(entry)
+            else:
+                await self._refuse_placement(entry, problem)
         elif entry.uid in self.ledger:
             return  # our own placement is in flight; its write will requeue the key
         else:
@@ -370,6 +389,7 @@ class Reconciler:
                 self.ledger.release(entry.uid)
         if not placed:
             return
+        self._placed[entry.uid] = decision.node
         elapsed = time.monotonic() - entry.first_seen
         self.metrics.scheduling_latency.observe(elapsed)
         self.metrics.scheduled.inc()
@@ -412,6 +432,40 @@ class Reconciler:
             timings.schedule = round(elapsed * 1000, 3)
             status.boot_timings = timings
         await self._write_status(entry, status)
+
+    def _unrecorded_placement(self, entry: SandboxEntry, now: datetime) -> str | None:
+        """Why the sandbox's node label is not a placement to complete; None when it is one."""
+        assert entry.sandbox is not None and entry.node is not None
+        node, recorded = entry.node, entry.status.node_name
+        field = f'metadata.labels["{NODE_LABEL}"]'
+        if self._placed.get(entry.uid) == node or recorded == node:
+            return None
+        if recorded:
+            return f"{field}: {node!r} is not the node the operator placed the sandbox on ({recorded!r})"
+        view = self.cache.node_views().get(node)
+        if view is None:
+            reasons = ["no node with a vmsandbox agent has this name"]
+        else:
+            others = (p for p in self.cache.placements() if p[0] != entry.uid)
+            used = usage_by_node(others, self.ledger).get(node, NOTHING)
+            reasons, _ = why_not(view, entry.sandbox, used, now, self.config.agent_alive_seconds)
+        if not reasons:
+            return None  # a placement a previous operator decided and did not finish recording
+        return (
+            f"{field}: node {node!r} was not chosen by the operator and cannot take this sandbox "
+            f"({', '.join(reasons)})"
+        )
+
+    async def _refuse_placement(self, entry: SandboxEntry, message: str) -> None:
+        status = entry.status.model_copy(deep=True)
+        if status.phase is Phase.FAILED and status.reason == lc.REASON_INVALID and status.message == message:
+            return
+        status.phase = Phase.FAILED
+        status.reason = lc.REASON_INVALID
+        status.message = message
+        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_INVALID, message)
+        if await self._write_status(entry, status):
+            self.events.record(entry.raw, "Warning", lc.REASON_INVALID, message)
 
     async def _record_unschedulable(self, entry: SandboxEntry, message: str) -> None:
         key = sandbox_key(entry.raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from vmsandbox.runtime.runtime import DEFAULT_ROOT, Runtime
 from vmsandbox.runtime.state import VMS_DIR, ContainerState
 
 PROG = "vmsandbox-runtime"
+#: The environment opt-in the process backend needs besides ``--hypervisor process``.
+ALLOW_PROCESS_ENV = "VMSANDBOX_ALLOW_PROCESS_BACKEND"
 DESCRIPTION = f"""\
 OCI runtime that runs each pod sandbox in its own microVM (runc-compatible command line).
 
@@ -52,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hypervisor",
         choices=HYPERVISORS,
-        default="process",
-        help="backend for new pod sandboxes (default process: namespaces only, no VM)",
+        default="cloud-hypervisor",
+        help=(
+            "backend for new pod sandboxes (default cloud-hypervisor); process (namespaces only, "
+            f"no VM) also needs {ALLOW_PROCESS_ENV}=1"
+        ),
     )
     # Accepted for go-runc compatibility; they have no meaning for a VM runtime.
     p.add_argument("--systemd-cgroup", action="store_true", help=argparse.SUPPRESS)
@@ -128,9 +134,20 @@ def _print_list(states: list[ContainerState], fmt: str, quiet: bool) -> None:
             print(f"{s.id:<24} {s.pid:<8} {s.status:<10} {s.hypervisor:<17} {s.bundle}")
 
 
+def _check_backend(hypervisor: str) -> None:
+    """The process backend isolates by namespaces only: a flag alone must not select it."""
+    if hypervisor == "process" and os.environ.get(ALLOW_PROCESS_ENV, "") not in ("1", "true", "yes"):
+        raise VMSandboxError(
+            f"--hypervisor process runs containers without a VM (Linux namespaces only, not a "
+            f"security boundary); set {ALLOW_PROCESS_ENV}=1 as well to use it",
+            step="hypervisor",
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     rt = Runtime(root=args.root, hypervisor=args.hypervisor)
     if args.command == "create":
+        _check_backend(args.hypervisor)
         rt.create(
             args.id,
             args.bundle,

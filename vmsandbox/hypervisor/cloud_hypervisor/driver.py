@@ -26,6 +26,7 @@ from vmsandbox.hypervisor.base import (
     BootTimings,
     DiskSpec,
     HypervisorDriver,
+    HypervisorError,
     VMHandle,
     VMSpec,
 )
@@ -55,6 +56,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
 )
 from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.landlock import landlock_abi
 from vmsandbox.hypervisor.procs import running
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,21 @@ class Timeouts(BaseModel):
     hotplug: float = Field(default=5.0, gt=0)
     shutdown: float = Field(default=3.0, gt=0)
     exit_wait: float = Field(default=3.0, gt=0)
+
+
+def vmm_args(config: HypervisorConfig, spec: VMSpec) -> list[str]:
+    """The VMM's flags: the admin's, then its seccomp filter (always on) and, where the kernel
+    has Landlock, confinement to the files of its VM config plus the hotplug directories."""
+    extra = list(config.cloud_hypervisor_args)
+    if any(arg == "--seccomp" or arg.startswith("--seccomp=") for arg in extra):
+        what = "VMSANDBOX_CLOUD_HYPERVISOR_ARGS: --seccomp is set by the driver (always true)"
+        raise HypervisorError(what, step="vmm start")
+    args = [*extra, "--seccomp", "true"]
+    if landlock_abi() > 0 and "--landlock" not in extra:
+        args.append("--landlock")
+        if spec.hotplug_dirs:
+            args += ["--landlock-rules", *(f"path={d.absolute()},access=rw" for d in spec.hotplug_dirs)]
+    return args
 
 
 def _ms(since: float) -> float:
@@ -144,7 +161,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             started = time.monotonic()
             child = vmm_process.launch(
                 self.config.cloud_hypervisor_binary,
-                self.config.cloud_hypervisor_args,
+                vmm_args(self.config, spec),
                 layout.api_socket,
                 layout.vmm_log,
             )
