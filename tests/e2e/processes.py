@@ -17,7 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 class OperatorProcess:
     def __init__(
-        self, kube: LocalCluster, namespace: str, identity: str, log_dir: Path, **settings: object
+        self,
+        kube: LocalCluster,
+        namespace: str,
+        identity: str,
+        log_dir: Path,
+        kubeconfig: Path | None = None,
+        **settings: object,
     ) -> None:
         self.identity = identity
         self.metrics_port = free_port()
@@ -35,7 +41,13 @@ class OperatorProcess:
         self.log_path = log_dir / f"operator-{identity}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(kube.kubeconfig_path)],
+            [
+                sys.executable,
+                "-m",
+                "vmsandbox.operator",
+                "--kubeconfig",
+                str(kubeconfig or kube.kubeconfig_path),
+            ],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.chart.helm import Helm
+from tests.chart.live_rbac import chart_rbac
 from tests.e2e.processes import OperatorProcess
 from tests.node_agent.support import AgentProcess, Cluster, Registry, containers_left, unique, wait_for
 from tests.operator.harness import without_stale_nodes
@@ -39,8 +41,33 @@ SETTINGS = {
 
 
 @pytest.fixture
-def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **SETTINGS)
+def chart_identities(helm: Helm, kube: LocalCluster, kube_namespace: str) -> Iterator[tuple[Path, Path]]:
+    """Kubeconfigs of the chart's operator and agent service accounts (release namespace: the
+    test's), with the chart's RBAC installed: the front enforces it on every call they make."""
+    users = [f"system:serviceaccount:{kube_namespace}:vmsandbox-{who}" for who in ("operator", "agent")]
+    mark = len(kube.requests_made())
+    with chart_rbac(kube, helm, kube_namespace):
+        yield kube.kubeconfig_for(users[0]), kube.kubeconfig_for(users[1])
+    refused = [r for r in kube.requests_made(since=mark) if r.user in users and r.status == 403]
+    assert not refused, f"calls the chart's RBAC refused: {refused}"
+
+
+@pytest.fixture
+def make_agent(chart_identities: tuple[Path, Path], make_agent: MakeAgent) -> MakeAgent:
+    """The node agent tests' agents, as the chart's agent service account (set up after, and
+    stopped before, the chart's RBAC)."""
+
+    def make(start: bool = True, node: str | None = None, **env: str) -> AgentProcess:
+        return make_agent(start, node, VMSANDBOX_AGENT_KUBECONFIG=str(chart_identities[1]), **env)
+
+    return make
+
+
+@pytest.fixture
+def operator(
+    kube: LocalCluster, kube_namespace: str, tmp_path: Path, chart_identities: tuple[Path, Path]
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, chart_identities[0], **SETTINGS)
     yield op
     code = op.stop()
     assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
