@@ -121,52 +121,44 @@ class BootTimings(APIModel):
 
     schedule: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds from the operator first seeing the sandbox to its placement being "
         "recorded.",
     )
     image: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds the node agent spent pulling and unpacking the image (little when cached).",
     )
     vmm_start: Millis | None = Field(
-        default=None, ge=0, description="Milliseconds from starting the VM's monitor until its API answered."
+        default=None, description="Milliseconds from starting the VM's monitor until its API answered."
     )
     vm_boot: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds from the monitor's API answering until the guest had booted.",
     )
     agent_ready: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds from the guest's boot until its agent accepted a connection.",
     )
     kernel_to_init: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds from the guest kernel's start to /init, on the guest's own clock "
         "(uptime). Absent for the process backend, which boots no kernel.",
     )
     init_to_agent_ready: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds from /init to the guest agent listening, on the guest's own clock. "
         "Absent for the process backend.",
     )
     container_create: Millis | None = Field(
-        default=None, ge=0, description="Milliseconds the guest agent spent creating the container."
+        default=None, description="Milliseconds the guest agent spent creating the container."
     )
     network: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds the node agent spent setting up the sandbox's network (address, links, "
         "egress rules).",
     )
     total: Millis | None = Field(
         default=None,
-        ge=0,
         description="Milliseconds of schedule plus those from the node agent taking up the sandbox to "
         "the container's start; bundle building and status writes fall between the stages above.",
     )
