@@ -128,7 +128,7 @@ def test_tar_members_cannot_climb_out(sandbox: Sandbox, outside: Path) -> None:
         info = tarfile.TarInfo("../../escape.txt")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
-    with pytest.raises(AgentError, match="'..' is not allowed"):
+    with pytest.raises(AgentError, match=r"'\.\.' is not allowed"):
         write_path(sandbox.agent, sandbox.id, "/tmp/x", [archive.getvalue()], kind="tar")
     # A symlink member followed by a file through it: the file lands inside the root.
     archive = io.BytesIO()
