@@ -36,6 +36,7 @@ from vmsandbox.api.constants import (
     PLURAL,
     VERSION,
 )
+from vmsandbox.devcluster.sample_image import SAMPLES_DIR
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.operator.kube import Connection
 
@@ -84,6 +85,8 @@ class Api:
                 self.session.cert = (conn.cert_file, conn.key_file) if conn.key_file else conn.cert_file
 
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        # Per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify setting.
+        kw.setdefault("verify", self.session.verify)
         try:
             return self.session.request(method, self.server + path, timeout=kw.pop("timeout", 30), **kw)
         except requests.RequestException as exc:
@@ -235,14 +238,22 @@ def cmd_logs(api: Api, args: argparse.Namespace) -> int:
     if not endpoint:
         raise CLIError(f"node {node} publishes no {AGENT_ENDPOINT_ANNOTATION} annotation", step="logs")
     url = f"{endpoint.rstrip('/')}/logs/{quote(args.namespace)}/{quote(args.name)}"
+    params = {"follow": "true"} if args.follow else {}
+    if args.tail_bytes is not None:
+        params["tailBytes"] = str(args.tail_bytes)
+    # The agent asks the API server who this is: the same credentials as for the API server.
+    token = api.session.headers.get("Authorization")
+    auth = {"Authorization": str(token)} if token else {}
     try:
-        resp = requests.get(url, timeout=30)
+        timeout = (10, None if args.follow else 60)
+        with requests.get(url, params=params, headers=auth, timeout=timeout, stream=True) as resp:
+            if resp.status_code != 200:
+                raise CLIError(f"{url}: {resp.status_code} {resp.text.strip()}", step="logs")
+            for chunk in resp.iter_content(chunk_size=None):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
     except requests.RequestException as exc:
         raise CLIError(f"the agent of node {node} at {endpoint} did not answer: {exc}", step="logs") from None
-    if resp.status_code != 200:
-        raise CLIError(f"{url}: {resp.status_code} {resp.text.strip()}", step="logs")
-    sys.stdout.buffer.write(resp.content)
-    sys.stdout.flush()
     return 0
 
 
@@ -415,6 +426,7 @@ class DevStack:
             "VMSANDBOX_AGENT_PORT": str(self.agent_port),
             "VMSANDBOX_AGENT_RESERVE_VCPUS": "0",
             "VMSANDBOX_AGENT_RESERVE_MEMORY_MIB": "256",
+            "VMSANDBOX_AGENT_ALLOWED_LAYOUT_DIRS": str(SAMPLES_DIR),
         }
         if self.backend.name != "process":
             agent_env["VMSANDBOX_AGENT_GUEST_IMAGE_DIR"] = str(default_guest_image_dir())
@@ -539,6 +551,8 @@ def parser() -> argparse.ArgumentParser:
 
     logs = sub.add_parser("logs", help="print a sandbox's container output (from its node's agent)")
     logs.add_argument("name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing while the sandbox runs")
+    logs.add_argument("--tail-bytes", type=int, help="only the last N bytes of the output")
     namespaced(logs)
 
     delete = sub.add_parser("delete", help="delete sandboxes")

@@ -95,6 +95,8 @@ NEEDED = [
     ("agent", "coordination.k8s.io", "leases", "get", NAMESPACE),
     ("agent", "coordination.k8s.io", "leases", "create", NAMESPACE),
     ("agent", "coordination.k8s.io", "leases", "update", NAMESPACE),
+    ("agent", "authentication.k8s.io", "tokenreviews", "create", ""),
+    ("agent", "authorization.k8s.io", "subjectaccessreviews", "create", ""),
 ]
 #: What neither may do, though a sloppier chart would allow it.
 REFUSED = [

@@ -5,11 +5,13 @@ Node and a renewed Lease, as the contract asks of a real one); one sandbox goes 
 scheduling, completion and TTL deletion. The real agent runs as a process as its
 ServiceAccount user; one sandbox scheduled to it fails (pull policy Never, image not cached)
 and is deleted. The front records every request, including kopf's own (CRD scan, watches),
-and each must be granted by the rendered ClusterRole/Role.
+and each must be granted by the rendered ClusterRole/Role. The rendered RBAC objects are also
+installed, and the front enforces them: a call the chart does not grant fails live as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.chart.helm import REPO, Helm
+from tests.chart.live_rbac import chart_rbac
 from tests.chart.test_rbac import AGENT_SA, OPERATOR_SA, check_records
 from vmsandbox.devcluster.cluster import LocalCluster
 
@@ -54,7 +57,10 @@ def test_operator_scenario_calls_are_granted(
     try:
         agents.add("rbac-n1", vcpus=4, memory=4096)
         config = harness.operator_config(release_ns)
-        with harness.OperatorThread(config, kube.kubeconfig_for(user)) as op:
+        with (
+            chart_rbac(kube, helm, release_ns),
+            harness.OperatorThread(config, kube.kubeconfig_for(user)) as op,
+        ):
             harness.wait_for("leadership", op.leading)
             sandbox = factories.sandbox_obj("rbac-hello")
             sandbox["spec"]["ttlSecondsAfterFinished"] = 0
@@ -84,6 +90,7 @@ def test_operator_scenario_calls_are_granted(
     # The scenario really exercised the operator: watches, its placement and the TTL delete.
     assert ("vmsandboxes", "watch") in verbs and ("vmsandboxes", "delete") in verbs, sorted(verbs)
     assert check_records(helm, records) == len(records)
+    assert all(r.status != 403 for r in records), [r for r in records if r.status == 403]
 
 
 def test_agent_scenario_calls_are_granted(
@@ -116,7 +123,9 @@ def test_agent_scenario_calls_are_granted(
             }
         )
         agent = support.AgentProcess(node=node, workdir=workdir, env=env, cluster=cluster)
+        rbac = contextlib.ExitStack()
         try:
+            rbac.enter_context(chart_rbac(kube, helm, release_ns))
             agent.start()
             spec = {
                 "image": "127.0.0.1:9/absent/image:1",
@@ -135,6 +144,7 @@ def test_agent_scenario_calls_are_granted(
                 ) from None
         finally:
             agent.stop()
+            rbac.close()
             kube.http("DELETE", f"/api/v1/nodes/{node}")
             shutil.rmtree(workdir, ignore_errors=True)
     records = [r for r in kube.requests_made(since=start) if r.user == user]
@@ -149,3 +159,4 @@ def test_agent_scenario_calls_are_granted(
     ):
         assert needed in calls, (needed, sorted(calls))
     assert check_records(helm, records) == len(records)
+    assert all(r.status != 403 for r in records), [r for r in records if r.status == 403]

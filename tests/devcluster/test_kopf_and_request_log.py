@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,25 @@ def _poll(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.contextmanager
+def _cluster_admin(kube: LocalCluster, user: str) -> Iterator[None]:
+    """``user`` bound to cluster-admin for the duration (the front enforces RBAC)."""
+    name = f"test-admin-{uuid.uuid4().hex[:8]}"
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": user}],
+    }
+    url = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    assert kube.http("POST", url, json=binding).status_code == 201
+    try:
+        yield
+    finally:
+        kube.http("DELETE", f"{url}/{name}")
 
 
 def _run_operator(kube: LocalCluster, namespace: str, scenario: Callable[[], None]) -> None:
@@ -102,7 +123,8 @@ def test_kopf_operator_full_lifecycle(kube: LocalCluster, kube_namespace: str) -
             lambda: kube.http("GET", f"{url}/k1").status_code == 404,
         )
 
-    _run_operator(kube, kube_namespace, scenario)
+    with _cluster_admin(kube, "system:serviceaccount:test:widget-operator"):
+        _run_operator(kube, kube_namespace, scenario)
 
     calls = {
         (r.verb, r.group, r.resource, r.subresource)
@@ -122,7 +144,7 @@ def test_request_log_records_verb_resource_namespace_user_and_agent(
 ) -> None:
     user = "system:serviceaccount:vmsandbox-system:node-agent"
     mark = len(kube.requests_made())
-    with kube.api_client(user=user) as api_client:
+    with _cluster_admin(kube, user), kube.api_client(user=user) as api_client:
         api_client.user_agent = "vmsandbox-node-agent/test"
         core = client.CoreV1Api(api_client)
         leases = client.CoordinationV1Api(api_client)

@@ -33,6 +33,7 @@ from vmsandbox.api.constants import (
     PLURAL,
     VERSION,
 )
+from vmsandbox.devcluster.cluster import ADMIN_USER
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_DIR = REPO / "tests" / "cloud_hypervisor" / "standin"
@@ -367,10 +368,13 @@ class AgentProcess:
         except requests.RequestException:
             return False
 
-    def get(self, path: str) -> requests.Response:
+    def get(self, path: str, token: str | None = ADMIN_USER, **kwargs: Any) -> requests.Response:
+        """A request to the agent's HTTP port, as ``token``'s user (the local control plane's
+        tokens are user names), or without credentials when ``token`` is None."""
         endpoint = self.endpoint()
         assert endpoint
-        return requests.get(endpoint + path, timeout=5)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(endpoint + path, headers=headers, timeout=kwargs.pop("timeout", 5), **kwargs)
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("agent-*.log")))

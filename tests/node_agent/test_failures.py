@@ -73,7 +73,7 @@ def test_malformed_sandboxes_fail_with_a_reason_and_the_agent_keeps_working(
 ) -> None:
     agent = make_agent()
     cases = {
-        unique("nolayout"): ({"image": "oci:/nonexistent/layout:v1"}, "ImagePullFailed", "does not exist"),
+        unique("nolayout"): ({"image": "oci:/nonexistent/layout:v1"}, "ImageNotAllowed", "allowedLayoutDirs"),
         unique("nocmd"): (
             {"image": f"{registry.host}/test/busybox:nocmd"},
             "InvalidImage",

@@ -14,10 +14,19 @@ from vmsandbox.node_agent.images import ImageStore
 
 
 def _store(
-    root: Path, registry: Registry, *, limit: int = 1 << 30, in_use: set[str] | None = None
+    root: Path,
+    registry: Registry,
+    *,
+    limit: int = 1 << 30,
+    in_use: set[str] | None = None,
+    layout_dirs: tuple[Path, ...] = (),
 ) -> ImageStore:
     return ImageStore(
-        root, limit_bytes=limit, insecure=lambda host: host == registry.host, in_use=lambda: set(in_use or ())
+        root,
+        limit_bytes=limit,
+        insecure=lambda host: host == registry.host,
+        in_use=lambda: set(in_use or ()),
+        allowed_layout_dirs=layout_dirs,
     )
 
 
@@ -103,7 +112,7 @@ def test_eviction_keeps_images_in_use(tmp_path: Path, registry: Registry, busybo
 
 
 def test_oci_layout_on_the_node(tmp_path: Path, registry: Registry, busybox_layout: Path) -> None:
-    store = _store(tmp_path / "images", registry)
+    store = _store(tmp_path / "images", registry, layout_dirs=(busybox_layout.parent, tmp_path))
     image = store.ensure(f"oci:{busybox_layout}:latest", PullPolicy.NEVER)
     assert (image.rootfs / "bin" / "sh").is_symlink()
     with pytest.raises(ImagePullFailed) as info:

@@ -23,3 +23,19 @@ CAPACITY_ANNOTATION = f"{GROUP}/capacity"
 AGENT_ENDPOINT_ANNOTATION = f"{GROUP}/agent-endpoint"
 #: Prefix of the per-node agent Lease (coordination.k8s.io) in the agent's namespace.
 AGENT_LEASE_PREFIX = "vmsandbox-agent-"
+
+#: Annotation key prefixes owned by the runtimes below the agent: a tenant's ``spec.annotations``
+#: may not use them (they choose the pod role, the sandbox to join, runtime hooks...).
+RESERVED_ANNOTATION_PREFIXES = (
+    "io.kubernetes.",
+    "io.vmsandbox.",
+    "io.katacontainers.",
+    "io.containerd.",
+    "run.oci.",
+    "org.systemd.",
+    "nri.",
+)
+
+
+def reserved_annotation(key: str) -> bool:
+    return key.startswith(RESERVED_ANNOTATION_PREFIXES)

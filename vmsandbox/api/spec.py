@@ -5,9 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, JsonValue, StringConstraints
 
 from vmsandbox.api.base import APIModel
+from vmsandbox.api.constants import RESERVED_ANNOTATION_PREFIXES
 from vmsandbox.api.image_ref import IMAGE_PATTERN
 
 
@@ -77,6 +78,23 @@ class Toleration(APIModel):
         return self.operator is TolerationOperator.EXISTS or (self.value or "") == (value or "")
 
 
+def _reserved_cel(var: str) -> str:
+    return " || ".join(f"{var}.startsWith('{prefix}')" for prefix in RESERVED_ANNOTATION_PREFIXES)
+
+
+#: The CRD refuses reserved annotation keys already; admission and the agent check again.
+ANNOTATION_VALIDATIONS: list[JsonValue] = [
+    {
+        "rule": f"self.all(k, !({_reserved_cel('k')}))",
+        "message": "keys starting with " + ", ".join(RESERVED_ANNOTATION_PREFIXES) + " are reserved",
+        "messageExpression": "'spec.annotations[\"' + self.filter(k, "
+        + _reserved_cel("k")
+        + ")[0] + '\"]: the prefix is reserved for the runtime'",
+    }
+]
+MAX_ANNOTATIONS = 64
+
+
 IMMUTABLE = "is immutable: a changed sandbox is a new sandbox; delete and recreate it"
 
 
@@ -112,7 +130,9 @@ class VMSandboxSpec(APIModel):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     annotations: dict[str, str] | None = Field(
         default=None,
-        description="Copied into the container's OCI config.json (e.g. container-type annotations).",
+        max_length=MAX_ANNOTATIONS,
+        description="Copied into the container's OCI config.json; reserved prefixes are refused.",
+        json_schema_extra={"x-kubernetes-validations": ANNOTATION_VALIDATIONS},
     )
 
 

@@ -1,7 +1,7 @@
 """``LocalCluster``: etcd + the real apiextensions-apiserver + the front, on loopback ports.
 
-Clients use plain http to the front with a bearer token (the token is the user name, since the
-front authenticates every token and allows every request). Everything the cluster starts runs
+Clients use plain http to the front with a bearer token (the token is the user name); the front
+enforces RBAC, and start-up binds the admin user to ``cluster-admin``. Everything the cluster starts runs
 in its own process group and dies with it: :meth:`LocalCluster.stop` (also on a failed start)
 ends the processes and removes the working directory.
 """
@@ -29,7 +29,9 @@ from vmsandbox.devcluster.corekinds import BUILTIN_NAMESPACES, CORE_KINDS
 from vmsandbox.devcluster.errors import DevClusterError
 from vmsandbox.devcluster.kubeconfig import render_kubeconfig
 from vmsandbox.devcluster.processes import ManagedProcess, free_ports
+from vmsandbox.devcluster.rbac import ADMIN_USER, APISERVER_USER, SYSTEM_USER_PREFIX, bootstrap_objects
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestRecord, read_request_log
+from vmsandbox.devcluster.tls import make_certificate
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -38,7 +40,8 @@ if TYPE_CHECKING:
 CRD_DIR_ENV = "VMSANDBOX_CRD_DIR"
 #: Keep the working directory (logs, etcd data) after stop, for debugging.
 KEEP_ENV = "VMSANDBOX_DEVCLUSTER_KEEP"
-ADMIN_USER = "admin"
+#: The cluster's own identity for start-up (in system:masters, as no binding exists yet).
+SETUP_USER = f"{SYSTEM_USER_PREFIX}setup"
 #: User agent of the cluster's own requests (setup, probes, ``http()``), to tell them apart in the log.
 USER_AGENT = "vmsandbox-devcluster"
 _START_ATTEMPTS = 3
@@ -116,9 +119,11 @@ class LocalCluster:
         self.processes: list[ManagedProcess] = []
         self._owns_workdir = False
         self._front_port = 0
+        self._front_tls_port = 0
+        self._ca: Path | None = None
         self._api_port = 0
         self._http = requests.Session()
-        self._http.headers["Authorization"] = f"Bearer {ADMIN_USER}"
+        self._http.headers["Authorization"] = f"Bearer {SETUP_USER}"
         self._http.headers["User-Agent"] = USER_AGENT
 
     # -- public surface ------------------------------------------------------------------------
@@ -128,6 +133,12 @@ class LocalCluster:
         """The front's base URL: what clients use."""
         self._require_started()
         return f"http://127.0.0.1:{self._front_port}"
+
+    @property
+    def tls_url(self) -> str:
+        """The front over https (what kubeconfigs name: client-go sends tokens only over TLS)."""
+        self._require_started()
+        return f"https://127.0.0.1:{self._front_tls_port}"
 
     @property
     def apiserver_url(self) -> str:
@@ -155,7 +166,7 @@ class LocalCluster:
         """A kubeconfig whose requests are made (and logged) as ``user``."""
         assert self.workdir is not None
         path = self.workdir / f"kubeconfig-{user.replace(':', '_').replace('/', '_')}"
-        path.write_text(render_kubeconfig(self.url, user))
+        path.write_text(render_kubeconfig(self.tls_url, user, ca=self._ca))
         path.chmod(0o600)
         return path
 
@@ -225,6 +236,7 @@ class LocalCluster:
     # -- start-up steps ------------------------------------------------------------------------
 
     def _start(self) -> None:
+        self._http.headers["Authorization"] = f"Bearer {SETUP_USER}"
         # Bad CRD files fail here, before anything starts.
         crds = load_crds(self.crd_dir) if self.crd_dir is not None else []
         bin_dir = self._bin_dir or find_binaries(build=self._build)
@@ -236,13 +248,15 @@ class LocalCluster:
             self._owns_workdir = True
         work = self.workdir
         (work / "logs").mkdir(exist_ok=True)
-        etcd_port, peer_port, self._api_port, self._front_port = free_ports(4)
+        etcd_port, peer_port, self._api_port, self._front_port, self._front_tls_port = free_ports(5)
+        cert, key = make_certificate(work / "front-tls")
+        self._ca = cert
         api_port = self._api_port
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         upstream = f"https://127.0.0.1:{api_port}"
 
-        (work / "apiserver.kubeconfig").write_text(render_kubeconfig(self.url, "system:devcluster:apiserver"))
-        self.kubeconfig_path.write_text(render_kubeconfig(self.url, ADMIN_USER))
+        (work / "apiserver.kubeconfig").write_text(render_kubeconfig(self.tls_url, APISERVER_USER, ca=cert))
+        self.kubeconfig_path.write_text(render_kubeconfig(self.tls_url, ADMIN_USER, ca=cert))
         self.kubeconfig_path.chmod(0o600)
 
         etcd = self._spawn(
@@ -269,6 +283,9 @@ class LocalCluster:
                 f"--port={self._front_port}",
                 f"--upstream={upstream}",
                 f"--request-log={self.request_log_path}",
+                f"--tls-port={self._front_tls_port}",
+                f"--tls-cert={cert}",
+                f"--tls-key={key}",
             ],
             env=_python_env(),
         )
@@ -297,6 +314,9 @@ class LocalCluster:
             self._apply_crd(kind.crd(), f"install look-alike CRD {kind.crd_name}")
         for kind in CORE_KINDS:
             self._wait_crd_served(kind.crd_name, self.startup_timeout)
+        for obj in bootstrap_objects():
+            self._create(obj, "create default RBAC objects")
+        self._http.headers["Authorization"] = f"Bearer {ADMIN_USER}"
         for namespace in BUILTIN_NAMESPACES:
             self._create_namespace(namespace)
         # Ready once its informers (Services, via the look-alike CRD) have synced.
@@ -377,12 +397,18 @@ class LocalCluster:
         raise DevClusterError(f"{name} not established within {timeout:.0f}s ({last})", step="install CRDs")
 
     def _create_namespace(self, name: str) -> None:
-        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-        resp = self.http("POST", "/api/v1/namespaces", json=body)
+        self._create(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, "create namespaces"
+        )
+
+    def _create(self, obj: dict[str, Any], step: str) -> None:
+        """Creates a cluster-scoped object of an emulated kind (one that exists already is kept)."""
+        group_version, plural = obj["apiVersion"], f"{obj['kind'].lower()}s"
+        prefix = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        name = obj["metadata"]["name"]
+        resp = self.http("POST", f"{prefix}/{plural}", json=obj)
         if resp.status_code not in (201, 409):
-            raise DevClusterError(
-                f"{name}: HTTP {resp.status_code}: {_message(resp)}", step="create namespaces"
-            )
+            raise DevClusterError(f"{name}: HTTP {resp.status_code}: {_message(resp)}", step=step)
 
     def _require_started(self) -> None:
         if self.workdir is None or not self._front_port:

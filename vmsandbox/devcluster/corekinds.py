@@ -203,7 +203,33 @@ CORE_KINDS: tuple[CoreKind, ...] = (
         properties={"spec": _obj(holderIdentity=_S)},
         columns=(("Holder", "string", ".spec.holderIdentity"),),
     ),
+    CoreKind(
+        group="rbac.authorization.k8s.io",
+        version="v1",
+        plural="clusterroles",
+        kind="ClusterRole",
+        namespaced=False,
+    ),
+    CoreKind(
+        group="rbac.authorization.k8s.io",
+        version="v1",
+        plural="clusterrolebindings",
+        kind="ClusterRoleBinding",
+        namespaced=False,
+    ),
+    CoreKind(group="rbac.authorization.k8s.io", version="v1", plural="roles", kind="Role", namespaced=True),
+    CoreKind(
+        group="rbac.authorization.k8s.io",
+        version="v1",
+        plural="rolebindings",
+        kind="RoleBinding",
+        namespaced=True,
+    ),
 )
+
+#: Public group of the RBAC kinds, which the front enforces (vmsandbox.devcluster.rbac).
+RBAC_GROUP = "rbac.authorization.k8s.io"
+RBAC_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == RBAC_GROUP)
 
 #: (public group, version, plural) -> kind.
 BY_PUBLIC: dict[tuple[str, str, str], CoreKind] = {(k.group, k.version, k.plural): k for k in CORE_KINDS}
@@ -211,6 +237,8 @@ BY_PUBLIC: dict[tuple[str, str, str], CoreKind] = {(k.group, k.version, k.plural
 EMULATED_GROUPS: dict[str, tuple[CoreKind, ...]] = {
     g: tuple(k for k in CORE_KINDS if k.group == g) for g in {k.group for k in CORE_KINDS}
 }
+#: (private group, plural of the look-alike CRD) -> kind.
+BY_PRIVATE: dict[tuple[str, str], CoreKind] = {(k.private_group, k.private_plural): k for k in CORE_KINDS}
 PRIVATE_GROUPS: frozenset[str] = frozenset(k.private_group for k in CORE_KINDS)
 #: Namespaces every cluster has.
 BUILTIN_NAMESPACES: tuple[str, ...] = ("default", "kube-system", "kube-public", "kube-node-lease")

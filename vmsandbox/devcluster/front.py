@@ -2,8 +2,11 @@
 
 It serves what the standalone CRD server lacks and proxies everything else to it:
 
-- delegated authn/authz for the server itself: every TokenReview authenticates (the bearer
-  token *is* the user name) and every SubjectAccessReview is allowed, so no RBAC is enforced;
+- authentication: the bearer token *is* the user name (:mod:`vmsandbox.devcluster.rbac` gives
+  it its groups), for client requests and for the server's delegated TokenReviews;
+- authorization: Kubernetes RBAC from the stored Role, ClusterRole, RoleBinding and
+  ClusterRoleBinding objects, for every client request (403 with kube-apiserver's Status) and
+  for every SubjectAccessReview it answers (the server's delegated ones and clients');
 - discovery: ``/api``, ``/api/v1``, the ``/apis`` group list, and the emulated groups;
 - the core kinds in :mod:`vmsandbox.devcluster.corekinds`, by rewriting paths and
   ``apiVersion`` to and from their look-alike CRDs (requests, responses, list items, Table
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,16 +41,33 @@ from yarl import URL
 
 from vmsandbox.devcluster import openapi
 from vmsandbox.devcluster.apipath import HEALTH_PATH, ApiPath, parse_api_path
-from vmsandbox.devcluster.corekinds import BY_PUBLIC, EMULATED_GROUPS, CoreKind
+from vmsandbox.devcluster.corekinds import (
+    BY_PRIVATE,
+    BY_PUBLIC,
+    EMULATED_GROUPS,
+    RBAC_GROUP,
+    RBAC_KINDS,
+    CoreKind,
+)
 from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
+from vmsandbox.devcluster.objectstore import ObjectStore
 from vmsandbox.devcluster.protobuf import ProtobufError, decode_namespace
+from vmsandbox.devcluster.rbac import (
+    Attributes,
+    Policy,
+    UserInfo,
+    forbidden_status,
+    request_attributes,
+    user_from_header,
+    user_from_token,
+)
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestLogWriter, RequestRecord
 from vmsandbox.devcluster.strategic import StrategicPatchError, apply_strategic_merge
 from vmsandbox.devcluster.translate import to_private, to_public
 
 log = logging.getLogger("vmsandbox.devcluster.front")
 
-#: Identity the front uses for its own reads (discovery).
+#: Identity the front uses for its own calls (discovery, policy reads, the stored core kinds).
 FRONT_TOKEN = "system:devcluster:front"
 #: User agent prefix of the apiserver's own calls (delegated auth, informers): not logged.
 _INTERNAL_AGENT = "apiextensions-apiserver"
@@ -95,6 +116,7 @@ class Front:
         self.upstream = upstream.rstrip("/")
         self._log = RequestLogWriter(request_log) if request_log else None
         self._session: aiohttp.ClientSession | None = None
+        self.rbac: ObjectStore[Policy] = ObjectStore(RBAC_KINDS, self._get_json, Policy.from_objects)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -169,11 +191,26 @@ class Front:
         path = request.path.rstrip("/") or "/"
         if path == HEALTH_PATH:
             return web.json_response({"ok": True})
+        user = user_from_header(request.headers.get("Authorization", ""))
+        attrs = request_attributes(user, request.method, request.path, request.query, api)
+        # system:masters is decided without the policy: the server's own delegated reviews (and the
+        # front's reads of the policy) must never wait for the policy they are part of loading.
+        if not user.superuser and not (await self.rbac.get()).allows(attrs):
+            return web.json_response(forbidden_status(attrs), status=403)
+        response = await self._serve(request, api, commit)
+        if request.method not in ("GET", "HEAD") and api is not None and _changes_policy(api):
+            self.rbac.invalidate()
+        return response
+
+    async def _serve(
+        self, request: web.Request, api: ApiPath | None, commit: Callable[[int], None]
+    ) -> web.StreamResponse:
+        path = request.path.rstrip("/") or "/"
         if request.method == "POST" and api is not None:
             if api.group == "authentication.k8s.io" and api.resource == "tokenreviews":
                 return await self._token_review(request)
             if api.group == "authorization.k8s.io" and api.resource in _ACCESS_REVIEWS:
-                return await self._access_review(request)
+                return await self._access_review(request, api)
         if request.method == "GET":
             if path == "/api":
                 return web.json_response(api_versions(request.host))
@@ -203,18 +240,31 @@ class Front:
 
     async def _token_review(self, request: web.Request) -> web.Response:
         review = await request.json()
-        spec = review.get("spec", {})
-        token = spec.get("token", "")
+        spec = review.get("spec") or {}
+        token = str(spec.get("token") or "")
+        user = user_from_token(token)
         review["status"] = {
-            "authenticated": bool(token),
-            "user": {"username": token, "groups": ["system:masters", "system:authenticated"]},
+            "authenticated": bool(token.strip()),
+            "user": {"username": user.name, "groups": list(user.groups)} if token.strip() else {},
             "audiences": spec.get("audiences") or [],
         }
         return web.json_response(review, status=201)
 
-    async def _access_review(self, request: web.Request) -> web.Response:
+    async def _access_review(self, request: web.Request, api: ApiPath) -> web.Response:
+        """Subject, self-subject and local subject access reviews, answered by the stored RBAC policy."""
         review = await request.json()
-        review["status"] = {"allowed": True, "reason": "the devcluster front allows every request"}
+        spec = review.get("spec") or {}
+        if api.resource == "selfsubjectaccessreviews":
+            user = user_from_header(request.headers.get("Authorization", ""))
+        else:
+            user = UserInfo(str(spec.get("user") or ""), tuple(str(g) for g in spec.get("groups") or []))
+        attrs = _review_attributes(user, spec)
+        if api.resource == "localsubjectaccessreviews" and attrs.namespace != api.namespace:
+            return _status(
+                400, "BadRequest", "spec.resourceAttributes.namespace must match the namespace of the request"
+            )
+        allowed = attrs.user.superuser or (await self.rbac.get()).allows(attrs)
+        review["status"] = {"allowed": allowed, "reason": "" if allowed else "no RBAC rule allows it"}
         return web.json_response(review, status=201)
 
     # -- upstream ------------------------------------------------------------------------------
@@ -285,8 +335,15 @@ class Front:
 
     # -- plain proxy ---------------------------------------------------------------------------
 
-    def _forward_headers(self, request: web.BaseRequest, content_type: str | None = None) -> dict[str, str]:
+    def _forward_headers(
+        self, request: web.BaseRequest, content_type: str | None = None, *, as_front: bool = False
+    ) -> dict[str, str]:
+        """The client's headers for the server; ``as_front`` once the front has authorized the request
+        itself (the stored core kinds: the server would see only their private coordinates)."""
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        if as_front:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = f"Bearer {FRONT_TOKEN}"
         headers["Accept-Encoding"] = "identity"
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -373,7 +430,7 @@ class Front:
         elif request.method == "DELETE":
             body = await request.read() or None  # DeleteOptions: preconditions, propagation
         url = URL(self.upstream + private_path + (f"?{query}" if query else ""), encoded=True)
-        headers = self._forward_headers(request, forward_type)
+        headers = self._forward_headers(request, forward_type, as_front=True)
         verb = api.verb(request.method, request.query)
         if (
             verb == "delete"
@@ -411,7 +468,7 @@ class Front:
             "PATCH",
             self.upstream + target.render(),
             data=json.dumps({"status": new_status}).encode(),
-            headers=self._forward_headers(request, "application/merge-patch+json"),
+            headers=self._forward_headers(request, "application/merge-patch+json", as_front=True),
         ) as up:
             if up.status != 200:
                 log.warning("setting status after create of %s %s failed: %s", kind.kind, name, up.status)
@@ -425,7 +482,7 @@ class Front:
         if status != 200:
             log.warning("cannot list CRDs to empty namespace %s: %s", namespace, status)
             return
-        headers = self._forward_headers(request)
+        headers = self._forward_headers(request, as_front=True)
         headers.pop("Content-Type", None)
         for crd in crds.get("items", []):
             spec = crd.get("spec", {})
@@ -450,7 +507,7 @@ class Front:
         object_path = private_path.removesuffix("/status")
         query = {k: v for k, v in request.query.items() if k != "force"}
         pinned = isinstance(patch, dict) and bool((patch.get("metadata") or {}).get("resourceVersion"))
-        headers = self._forward_headers(request, "application/json")
+        headers = self._forward_headers(request, "application/json", as_front=True)
         for _ in range(_CONFLICT_RETRIES):
             async with await self._upstream("GET", self.upstream + object_path, headers=headers) as up:
                 status, payload, ctype = up.status, await up.read(), up.headers.get("Content-Type", "")
@@ -473,6 +530,39 @@ class Front:
             if status != 409 or pinned:
                 break
         return _json_or_raw(kind, status, payload, ctype)
+
+
+def _changes_policy(api: ApiPath) -> bool:
+    """Whether a write here can change what the RBAC store reads (its objects, their CRDs, a namespace)."""
+    if api.group in (RBAC_GROUP, "apiextensions.k8s.io"):
+        return True
+    return not api.group and api.resource == "namespaces"
+
+
+def _review_attributes(user: UserInfo, spec: dict[str, Any]) -> Attributes:
+    """What an access review asks, in public coordinates (the server asks about the private ones)."""
+    res = spec.get("resourceAttributes")
+    if isinstance(res, dict):
+        group, resource = str(res.get("group") or ""), str(res.get("resource") or "")
+        kind = BY_PRIVATE.get((group, resource))
+        if kind is not None:
+            group, resource = kind.group, kind.plural
+        return Attributes(
+            user=user,
+            verb=str(res.get("verb") or ""),
+            group=group,
+            resource=resource,
+            subresource=str(res.get("subresource") or ""),
+            namespace=str(res.get("namespace") or ""),
+            name=str(res.get("name") or ""),
+        )
+    nonres = spec.get("nonResourceAttributes") or {}
+    return Attributes(
+        user=user,
+        verb=str(nonres.get("verb") or ""),
+        resource_request=False,
+        path=str(nonres.get("path") or ""),
+    )
 
 
 def _private(api: ApiPath, kind: CoreKind) -> ApiPath:
@@ -512,12 +602,21 @@ def _json_or_raw(kind: CoreKind, status: int, payload: bytes, content_type: str)
     return web.Response(body=payload, status=status, headers={"Content-Type": content_type or "text/plain"})
 
 
-async def serve(host: str, port: int, front: Front, stop: asyncio.Event) -> None:
-    """Runs the front until ``stop`` is set; in-flight handlers are cancelled when clients go away."""
+async def serve(
+    host: str, port: int, front: Front, stop: asyncio.Event, tls: tuple[int, Path, Path] | None = None
+) -> None:
+    """Runs the front until ``stop`` is set; in-flight handlers are cancelled when clients go away.
+
+    ``tls`` (port, certificate, key) also serves the same application over https."""
     runner = web.AppRunner(front.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, shutdown_timeout=1.0).start()
+        if tls is not None:
+            tls_port, cert, key = tls
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            await web.TCPSite(runner, host, tls_port, ssl_context=context, shutdown_timeout=1.0).start()
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -529,7 +628,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the real apiextensions-apiserver's https URL")
     parser.add_argument("--request-log", type=Path, default=os.environ.get(REQUEST_LOG_ENV) or None)
+    parser.add_argument("--tls-port", type=int, help="also serve https here (needs --tls-cert, --tls-key)")
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
     args = parser.parse_args(argv)
+    tls = (args.tls_port, args.tls_cert, args.tls_key) if args.tls_port else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s front %(levelname)s %(message)s")
 
     async def run() -> None:
@@ -537,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.host, args.port, Front(args.upstream, args.request_log), stop)
+        await serve(args.host, args.port, Front(args.upstream, args.request_log), stop, tls)
 
     asyncio.run(run())
 

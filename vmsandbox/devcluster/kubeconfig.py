@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import yaml
 
 
-def render_kubeconfig(server: str, user: str, namespace: str = "default") -> str:
-    """A one-context kubeconfig; the front treats the token as the user name."""
+def render_kubeconfig(server: str, user: str, namespace: str = "default", ca: Path | None = None) -> str:
+    """A one-context kubeconfig; the front treats the token as the user name. An https ``server``
+    needs ``ca``, the front's certificate (client-go sends tokens only over TLS)."""
+    cluster: dict[str, Any] = {"server": server}
+    if ca is not None:
+        cluster["certificate-authority"] = str(ca)
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "devcluster", "cluster": {"server": server}}],
+        "clusters": [{"name": "devcluster", "cluster": cluster}],
         "users": [{"name": user, "user": {"token": user}}],
         "contexts": [
             {"name": "devcluster", "context": {"cluster": "devcluster", "user": user, "namespace": namespace}}

@@ -19,8 +19,10 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "echo", "cat", "sleep", "true", "false", "ls", "uname", "env", "id", "kill", "wc", "head")
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
+#: The directory ``vmsandbox dev`` lets sandboxes take ``oci:`` layouts from (allowedLayoutDirs).
+SAMPLES_DIR = Path("/var/lib/vmsandbox-samples")
 #: Where samples/hello-local.yaml expects the layout.
-SAMPLE_LAYOUT = Path("/var/lib/vmsandbox-samples/busybox")
+SAMPLE_LAYOUT = SAMPLES_DIR / "busybox"
 
 
 def _run(*cmd: str) -> None:

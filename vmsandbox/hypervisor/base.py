@@ -28,6 +28,8 @@ HypervisorName = Literal["cloud-hypervisor", "qemu", "process"]
 #: The guest agent listens on this port (vsock) / port name (virtio-serial) in every VM.
 GUEST_AGENT_PORT = 1024
 GUEST_AGENT_SERIAL_NAME = "io.vmsandbox.agent"
+#: ``VMHandle.endpoints`` key of the VM's serial console log, where the backend keeps one.
+SERIAL_LOG_ENDPOINT = "serial_log"
 
 #: Longest AF_UNIX path (sun_path is 108 bytes including the terminating NUL).
 UNIX_PATH_MAX = 107

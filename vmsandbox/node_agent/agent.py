@@ -12,12 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
+from vmsandbox.api.status import Phase
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.node_agent.access import LogAccess
 from vmsandbox.node_agent.capacity import node_capacity
 from vmsandbox.node_agent.config import AgentConfig, ConfigError
 from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.heartbeat import Heartbeat
-from vmsandbox.node_agent.httpserver import AgentHTTPServer
+from vmsandbox.node_agent.httpserver import AgentHTTPServer, LogSource
 from vmsandbox.node_agent.images import ImageStore
 from vmsandbox.node_agent.kube import Kube, make_api_client
 from vmsandbox.node_agent.metrics import AgentMetrics
@@ -31,6 +33,7 @@ from vmsandbox.node_agent.worker import AgentContext
 log = logging.getLogger("vmsandbox.node_agent")
 
 REQUIRED_TOOLS = ("skopeo", "umoci", "cp")
+FINISHED_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
 def hypervisor_config(config: AgentConfig) -> HypervisorConfig:
@@ -86,9 +89,12 @@ class Agent:
             config.state_dir / "images",
             limit_bytes=config.image_cache_limit_mib * 1024 * 1024,
             insecure=config.registry_insecure,
+            allowed_layout_dirs=config.allowed_layout_dirs,
             in_use=lambda: self.supervisor.in_use_digests() if self.supervisor else set(),
         )
-        self.runtimes = Runtimes(config.runtime_root, self.hv_config, list(config.allowed_hypervisors))
+        self.runtimes = Runtimes(
+            config.runtime_root, self.hv_config, list(config.allowed_hypervisors), config.log_limits()
+        )
         self.events = EventRecorder(self.kube, config.node_name)
         ctx = AgentContext(
             config=config,
@@ -118,6 +124,7 @@ class Agent:
             ready=self._ready,
             registry=self.metrics.registry,
             log_file=self._log_file,
+            authorize=LogAccess(self.kube.api_client).check,
         )
         self.heartbeat = Heartbeat(
             self.kube,
@@ -141,14 +148,20 @@ class Agent:
             return False, "lease not renewed"
         return True, "ok"
 
-    def _log_file(self, namespace: str, name: str) -> Path | None:
-        assert self.supervisor is not None
-        worker = self.supervisor.worker_for(namespace, name)
+    def _log_file(self, namespace: str, name: str) -> LogSource | None:
+        supervisor = self.supervisor
+        assert supervisor is not None
+        worker = supervisor.worker_for(namespace, name)
         if worker is not None:
-            return self.records.log_path(worker.uid)
+
+            def running() -> bool:
+                current = supervisor.worker_for(namespace, name)
+                return current is not None and current.phase not in FINISHED_PHASES
+
+            return LogSource(self.records.log_path(worker.uid), running)
         for record in self.records.load_all():
             if (record.namespace, record.name) == (namespace, name):
-                return self.records.log_path(record.uid)
+                return LogSource(self.records.log_path(record.uid), lambda: False)
         return None
 
     def run(self) -> None:

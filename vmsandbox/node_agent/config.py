@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from vmsandbox.api.base import APIModel
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorName
+from vmsandbox.runtime.logfiles import LogLimits
 
 ENV_PREFIX = "VMSANDBOX_AGENT_"
 HYPERVISOR_NAMES: tuple[str, ...] = get_args(HypervisorName)
@@ -48,6 +49,11 @@ class AgentConfig(APIModel):
     reserve_memory_mib: int = Field(default=1024, ge=0, alias="reserveMemoryMiB")
     image_cache_limit_mib: int = Field(default=10240, ge=64, alias="imageCacheLimitMiB")
     insecure_registries: list[str] = Field(default_factory=list)
+    #: Directories whose OCI layouts sandboxes may name as ``oci:<path>``; none by default.
+    allowed_layout_dirs: list[Path] = Field(default_factory=list)
+    #: Size at which a sandbox's container and serial logs are rotated, and how many files are kept.
+    log_max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    log_max_files: int = Field(default=2, ge=1, le=10)
     listen_address: str = "0.0.0.0"
     port: int = Field(default=8081, ge=0, le=65535)
     advertise_address: str | None = None
@@ -79,8 +85,22 @@ class AgentConfig(APIModel):
             raise ValueError("must be an absolute path")
         return value
 
+    @field_validator("allowed_layout_dirs")
+    @classmethod
+    def _layout_dirs(cls, value: list[Path]) -> list[Path]:
+        bad = [str(p) for p in value if not p.is_absolute() or ".." in p.parts]
+        if bad:
+            raise ValueError(f"must be absolute paths without '..': {', '.join(bad)}")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> AgentConfig:
+        inside = [str(p) for p in self.allowed_layout_dirs if p.is_relative_to(self.state_dir)]
+        if inside:
+            raise ValueError(
+                f"allowedLayoutDirs {', '.join(inside)} lie in stateDir {self.state_dir}: "
+                "the image cache is never a layout source"
+            )
         if not self.allowed_hypervisors:
             raise ValueError("allowedHypervisors must name at least one hypervisor")
         if self.default_hypervisor not in self.allowed_hypervisors:
@@ -91,6 +111,9 @@ class AgentConfig(APIModel):
         if self.restart_backoff_max_seconds < self.restart_backoff_seconds:
             raise ValueError("restartBackoffMaxSeconds must be >= restartBackoffSeconds")
         return self
+
+    def log_limits(self) -> LogLimits:
+        return LogLimits(max_bytes=self.log_max_bytes, max_files=self.log_max_files)
 
     def registry_insecure(self, registry: str) -> bool:
         return registry in self.insecure_registries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vmsandbox.api import reasons
 from vmsandbox.errors import VMSandboxError
 
 
@@ -48,3 +49,16 @@ class HypervisorNotAllowed(SandboxFailure):
 class InvalidSpec(SandboxFailure):
     step = "validation"
     reason = "InvalidSpec"
+
+
+class ImageNotAllowed(SandboxFailure):
+    """An ``oci:`` layout outside the node's ``allowedLayoutDirs``; said the same whether it exists."""
+
+    step = "spec.image"
+    reason = reasons.IMAGE_NOT_ALLOWED
+
+
+class ImageInvalid(InvalidImage):
+    """The image breaks a rule the agent checks before trusting it (a path, a digest, a file)."""
+
+    reason = reasons.IMAGE_INVALID

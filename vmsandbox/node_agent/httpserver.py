@@ -1,22 +1,73 @@
-"""The agent's one HTTP port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/logs/<namespace>/<name>``."""
+"""The agent's one HTTP port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/logs/<namespace>/<name>``.
+
+The probes and metrics are open (the kubelet and Prometheus call them); everything else needs a
+bearer token that the API server accepts for a user allowed ``get`` on ``vmsandboxes/log`` in
+the sandbox's namespace. Logs are streamed: ``?tailBytes=N`` sends only the last N bytes,
+``?follow=true`` keeps the response open while the sandbox runs.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from vmsandbox.node_agent.access import AccessDenied
+from vmsandbox.node_agent.logstream import stream_log
 
 log = logging.getLogger("vmsandbox.node_agent.http")
 
 #: (ok, explanation)
 Probe = Callable[[], tuple[bool, str]]
-LogLookup = Callable[[str, str], Path | None]
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """A sandbox's current container log, and whether more may still be written to it."""
+
+    path: Path
+    running: Callable[[], bool]
+
+
+LogLookup = Callable[[str, str], LogSource | None]
+#: (Authorization header, namespace, name) -> the user; raises AccessDenied.
+Authorize = Callable[[str | None, str, str], str]
+
+
+class BadRequest(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LogQuery:
+    namespace: str
+    name: str
+    tail_bytes: int | None
+    follow: bool
+
+
+def parse_log_query(path: str, query: str) -> LogQuery:
+    parts = [unquote(p) for p in path[len("/logs/") :].split("/")]
+    if len(parts) != 2 or not all(parts):
+        raise BadRequest("expected /logs/<namespace>/<name>")
+    params = parse_qs(query)
+    tail: int | None = None
+    if "tailBytes" in params:
+        raw = params["tailBytes"][-1]
+        if not raw.isdigit():
+            raise BadRequest("tailBytes: must be a non-negative integer")
+        tail = int(raw)
+    follow = params.get("follow", ["false"])[-1].lower()
+    if follow not in ("true", "false", "1", "0"):
+        raise BadRequest("follow: must be true or false")
+    return LogQuery(parts[0], parts[1], tail, follow in ("true", "1"))
 
 
 class AgentHTTPServer:
@@ -29,10 +80,16 @@ class AgentHTTPServer:
         ready: Probe,
         registry: CollectorRegistry,
         log_file: LogLookup,
+        authorize: Authorize,
     ) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # HTTP/1.1 for chunked transfer: a follower gets each piece of output as it is written.
+            protocol_version = "HTTP/1.1"
+            #: Seconds a connection may sit idle (or a reader stall) before it is dropped.
+            timeout = 60
+
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s %s", self.address_string(), format % args)
 
@@ -40,35 +97,76 @@ class AgentHTTPServer:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if code == HTTPStatus.UNAUTHORIZED:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="vmsandbox-agent"')
                 self.end_headers()
                 self.wfile.write(body)
 
             def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                if path in ("/healthz", "/readyz"):
-                    ok, why = (outer.healthy if path == "/healthz" else outer.ready)()
+                url = urlsplit(self.path)
+                if url.path in ("/healthz", "/readyz"):
+                    ok, why = (outer.healthy if url.path == "/healthz" else outer.ready)()
                     self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, (why + "\n").encode())
-                elif path == "/metrics":
+                elif url.path == "/metrics":
                     self._send(HTTPStatus.OK, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
-                elif path.startswith("/logs/"):
-                    parts = [unquote(p) for p in path[len("/logs/") :].split("/")]
-                    if len(parts) != 2 or not all(parts):
-                        self._send(HTTPStatus.BAD_REQUEST, b"expected /logs/<namespace>/<name>\n")
-                        return
-                    found = outer.log_file(parts[0], parts[1])
-                    if found is None or not found.is_file():
-                        self._send(
-                            HTTPStatus.NOT_FOUND, f"no container log for {parts[0]}/{parts[1]}\n".encode()
-                        )
-                        return
-                    self._send(HTTPStatus.OK, found.read_bytes())
+                elif url.path.startswith("/logs/"):
+                    self._logs(url.path, url.query)
+                else:
+                    self._guarded_not_found()
+
+            def _guarded_not_found(self) -> None:
+                """Unknown paths say nothing to a caller without a token either."""
+                if self.headers.get("Authorization") is None:
+                    self._send(HTTPStatus.UNAUTHORIZED, b"a bearer token is required\n")
                 else:
                     self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+
+            def _logs(self, path: str, query: str) -> None:
+                try:
+                    asked = parse_log_query(path, query)
+                except BadRequest as exc:
+                    self._send(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode())
+                    return
+                try:
+                    user = outer.authorize(self.headers.get("Authorization"), asked.namespace, asked.name)
+                except AccessDenied as exc:
+                    self._send(exc.status, f"{exc.detail}\n".encode())
+                    return
+                source = outer.log_file(asked.namespace, asked.name)
+                if source is None or not source.path.is_file():
+                    self._send(
+                        HTTPStatus.NOT_FOUND,
+                        f"no container log for {asked.namespace}/{asked.name}\n".encode(),
+                    )
+                    return
+                log.debug("user %s reads the log of %s/%s", user, asked.namespace, asked.name)
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    stream_log(
+                        source.path,
+                        self._write_chunk,
+                        tail_bytes=asked.tail_bytes,
+                        follow=asked.follow,
+                        running=source.running,
+                    )
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError as exc:  # the reader went away
+                    log.debug("log stream of %s/%s ended: %s", asked.namespace, asked.name, exc)
+                    self.close_connection = True
+
+            def _write_chunk(self, data: bytes) -> None:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
 
         self.healthy = healthy
         self.ready = ready
         self.registry = registry
         self.log_file = log_file
+        self.authorize = authorize
         self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])

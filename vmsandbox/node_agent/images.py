@@ -24,14 +24,20 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsandbox.api.spec import PullPolicy
-from vmsandbox.node_agent.errors import ImageNotPresent, ImagePullFailed, InvalidImage
+from vmsandbox.node_agent.errors import (
+    ImageInvalid,
+    ImageNotAllowed,
+    ImageNotPresent,
+    ImagePullFailed,
+    InvalidImage,
+)
 from vmsandbox.node_agent.imageref import ImageRef, parse_image_ref
 
 log = logging.getLogger("vmsandbox.node_agent.images")
@@ -41,6 +47,8 @@ UNPACK_TIMEOUT = 300.0
 _INDEX_MEDIA = "application/vnd.oci.image.index.v1+json"
 _REF_NAME = "org.opencontainers.image.ref.name"
 _SKOPEO_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+#: The only digests that may become a path: read from a layout, they are the image's word.
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class ImageConfig(BaseModel):
@@ -100,8 +108,15 @@ def _read_json(path: Path, what: str) -> Any:
         raise InvalidImage(f"cannot read {what} {path}: {exc}") from None
 
 
-def _blob(layout: Path, digest: str) -> Path:
-    algo, _, hexpart = digest.partition(":")
+def checked_digest(digest: object, where: str) -> str:
+    """``digest`` if it is ``sha256:<64 hex>``; anything else never reaches a path."""
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise ImageInvalid(f"{where}: {str(digest)[:100]!r} is not a sha256 digest", step="image digest")
+    return digest
+
+
+def _blob(layout: Path, digest: object, where: str) -> Path:
+    algo, _, hexpart = checked_digest(digest, where).partition(":")
     return layout / "blobs" / algo / hexpart
 
 
@@ -123,7 +138,7 @@ def resolve_manifest(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
         )
     descriptor = matches[0]
     if descriptor.get("mediaType") == _INDEX_MEDIA:
-        nested = _read_json(_blob(layout, descriptor["digest"]), "image index")
+        nested = _read_json(_blob(layout, descriptor.get("digest"), "index.json"), "image index")
         platforms = [
             m
             for m in nested.get("manifests") or []
@@ -133,15 +148,15 @@ def resolve_manifest(layout: Path, tag: str) -> tuple[str, dict[str, Any]]:
         if not platforms:
             raise InvalidImage(f"{layout}:{tag} has no linux/amd64 manifest")
         descriptor = platforms[0]
-    digest = str(descriptor["digest"])
-    return digest, _read_json(_blob(layout, digest), "image manifest")
+    digest = checked_digest(descriptor.get("digest"), "manifest descriptor")
+    return digest, _read_json(_blob(layout, digest, "manifest descriptor"), "image manifest")
 
 
 def read_image_config(layout: Path, manifest: dict[str, Any]) -> ImageConfig:
     config_digest = manifest.get("config", {}).get("digest")
     if not config_digest:
         raise InvalidImage(f"manifest in {layout} has no config descriptor")
-    document = _read_json(_blob(layout, config_digest), "image config")
+    document = _read_json(_blob(layout, config_digest, "manifest config descriptor"), "image config")
     return ImageConfig.model_validate(document.get("config") or {})
 
 
@@ -155,8 +170,10 @@ class ImageStore:
         limit_bytes: int,
         insecure: Callable[[str], bool],
         in_use: Callable[[], set[str]] = set,
+        allowed_layout_dirs: Sequence[Path] = (),
     ) -> None:
         self.root = root
+        self.allowed_layout_dirs = list(allowed_layout_dirs)
         self.limit_bytes = limit_bytes
         self._insecure = insecure
         self._in_use = in_use
@@ -231,9 +248,29 @@ class ImageStore:
             self._remember(ref.canonical, entry.model_copy(update={"last_used": time.time()}))
         return Image(reference=ref.original, digest=digest, rootfs=unpacked / "rootfs", config=config)
 
+    def allowed_layout(self, layout: Path) -> Path:
+        """The real path of ``layout`` if it lies in an allowed directory and not in the cache.
+
+        One refusal for every other case (``..``, a symlink out, a missing path), so the answer
+        says nothing about what exists on the node.
+        """
+        refusal = ImageNotAllowed(
+            f"OCI layout {layout} is not in a directory this node allows images from "
+            "(agent option allowedLayoutDirs)"
+        )
+        if not layout.is_absolute() or ".." in layout.parts:
+            raise refusal
+        real = Path(os.path.realpath(layout))
+        if real.is_relative_to(os.path.realpath(self.root)):
+            raise refusal
+        for allowed in self.allowed_layout_dirs:
+            if real.is_relative_to(os.path.realpath(allowed)):
+                return real
+        raise refusal
+
     def _from_node_layout(self, ref: ImageRef) -> Image:
-        layout = ref.layout
-        assert layout is not None
+        assert ref.layout is not None
+        layout = self.allowed_layout(ref.layout)
         if not layout.is_dir():
             raise ImagePullFailed(f"OCI layout {layout} does not exist on this node")
         digest, manifest = resolve_manifest(layout, ref.tag)
@@ -260,7 +297,7 @@ class ImageStore:
     # ---- unpacking ---------------------------------------------------------------------
 
     def _unpacked_dir(self, digest: str) -> Path:
-        return self.root / "rootfs" / digest.partition(":")[2]
+        return self.root / "rootfs" / checked_digest(digest, "image digest").partition(":")[2]
 
     def _unpack(self, layout: Path, tag: str, digest: str, config: ImageConfig) -> Path:
         target = self._unpacked_dir(digest)

@@ -3,8 +3,9 @@
 Merging follows Kubernetes: ``command`` replaces the image's Entrypoint and, when given, also
 drops the image's Cmd; ``args`` replaces Cmd; spec env entries override image env by name;
 ``workingDir`` overrides the image's; the image's ``User`` (numeric or a name resolved in the
-image's own /etc/passwd and /etc/group) becomes ``process.user``. The spec's ``annotations``
-are copied in, plus the agent's own ``io.vmsandbox.*`` keys naming the sandbox and VM size.
+image's own /etc/passwd and /etc/group, read inside the image's root) becomes ``process.user``.
+The spec's ``annotations`` are copied in except reserved keys, plus the agent's own: the pod
+role and ``io.vmsandbox.*`` keys naming the sandbox and VM size.
 
 The container shares the VM's network (no network namespace): the VM is the isolation boundary.
 """
@@ -14,9 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vmsandbox.api.constants import reserved_annotation
 from vmsandbox.api.resource import VMSandbox
-from vmsandbox.node_agent.errors import InvalidImage
+from vmsandbox.node_agent.errors import ImageInvalid, InvalidImage
 from vmsandbox.node_agent.images import ImageConfig
+from vmsandbox.node_agent.inroot import read_in_root
+from vmsandbox.runtime.podtype import TYPE_KEYS
 from vmsandbox.runtime.vmsize import ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS
 
 OCI_VERSION = "1.0.2"
@@ -25,6 +29,10 @@ DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 ANNOTATION_NAMESPACE = "io.vmsandbox.sandbox.namespace"
 ANNOTATION_NAME = "io.vmsandbox.sandbox.name"
 ANNOTATION_UID = "io.vmsandbox.sandbox.uid"
+#: The pod role the runtime reads first; the agent always sets it, to a pod sandbox.
+CONTAINER_TYPE = TYPE_KEYS[0]
+PASSWD = "/etc/passwd"
+GROUP = "/etc/group"
 
 _CAPABILITIES = [
     "CAP_CHOWN",
@@ -121,47 +129,50 @@ def process_env(sandbox: VMSandbox, image: ImageConfig) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def _lookup(table: Path, name: str, what: str, image_ref: str) -> int:
-    try:
-        lines = table.read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        fields = line.split(":")
+def _table(rootfs: Path, path: str) -> list[list[str]]:
+    """The colon-separated entries of an image's ``/etc/passwd`` or ``/etc/group`` (none if absent)."""
+    data = read_in_root(rootfs, path)
+    text = (data or b"").decode("utf-8", errors="replace")
+    return [line.split(":") for line in text.splitlines()]
+
+
+def _lookup(rootfs: Path, path: str, name: str, what: str, image_ref: str) -> int:
+    for fields in _table(rootfs, path):
         if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
             return int(fields[2])
-    raise InvalidImage(
-        f"image {image_ref!r}: {what} {name!r} is not in the image's /etc/{table.name}",
+    raise ImageInvalid(
+        f"image {image_ref!r}: {what} {name!r} is not in the image's {path}",
         step="image config User",
     )
 
 
 def process_user(image: ImageConfig, rootfs: Path, image_ref: str) -> dict[str, int]:
-    """``uid[:gid]`` with names looked up in the image, as container runtimes do."""
+    """``uid[:gid]`` with names looked up in the image (resolved inside its root filesystem).
+
+    A name the image does not define is an error: never a silent fallback to root.
+    """
     raw = (image.user or "").strip()
     if not raw:
         return {"uid": 0, "gid": 0}
     user, _, group = raw.partition(":")
-    passwd = rootfs / "etc" / "passwd"
-    uid = int(user) if user.isdigit() else _lookup(passwd, user, "user", image_ref)
+    uid = int(user) if user.isdigit() else _lookup(rootfs, PASSWD, user, "user", image_ref)
     if group:
-        gid = int(group) if group.isdigit() else _lookup(rootfs / "etc" / "group", group, "group", image_ref)
-    else:
-        gid = 0
-        for line in passwd.read_text().splitlines() if passwd.is_file() else []:
-            fields = line.split(":")
-            if len(fields) >= 4 and fields[2] == str(uid) and fields[3].isdigit():
-                gid = int(fields[3])
-                break
-    return {"uid": uid, "gid": gid}
+        gid = int(group) if group.isdigit() else _lookup(rootfs, GROUP, group, "group", image_ref)
+        return {"uid": uid, "gid": gid}
+    for fields in _table(rootfs, PASSWD):
+        if len(fields) >= 4 and fields[2] == str(uid) and fields[3].isdigit():
+            return {"uid": uid, "gid": int(fields[3])}
+    return {"uid": uid, "gid": 0}
 
 
-def build_config(sandbox: VMSandbox, image: ImageConfig, rootfs: Path) -> dict[str, Any]:
-    """The full OCI runtime config; ``rootfs`` (the bundle's ``rootfs`` directory) resolves image users."""
+def container_annotations(sandbox: VMSandbox) -> dict[str, str]:
+    """The spec's annotations without reserved keys (admission refuses them; this is the backstop),
+    plus the agent's own: the pod role (always a pod sandbox of its own VM) and the sandbox's names."""
     spec = sandbox.spec
-    annotations = dict(spec.annotations or {})
+    annotations = {k: v for k, v in (spec.annotations or {}).items() if not reserved_annotation(k)}
     annotations.update(
         {
+            CONTAINER_TYPE: "sandbox",
             ANNOTATION_NAMESPACE: sandbox.metadata.namespace or "",
             ANNOTATION_NAME: sandbox.metadata.name or "",
             ANNOTATION_UID: sandbox.metadata.uid or "",
@@ -169,6 +180,13 @@ def build_config(sandbox: VMSandbox, image: ImageConfig, rootfs: Path) -> dict[s
             ANNOTATION_MEMORY_MIB: str(spec.resources.memory_mib),
         }
     )
+    return annotations
+
+
+def build_config(sandbox: VMSandbox, image: ImageConfig, rootfs: Path) -> dict[str, Any]:
+    """The full OCI runtime config; ``rootfs`` (the bundle's ``rootfs`` directory) resolves image users."""
+    spec = sandbox.spec
+    annotations = container_annotations(sandbox)
     caps = list(_CAPABILITIES)
     return {
         "ociVersion": OCI_VERSION,

@@ -12,6 +12,7 @@ from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import ContainerState, Runtime, RuntimeError_
 from vmsandbox.runtime.errors import NotFound
+from vmsandbox.runtime.logfiles import LogLimits
 
 log = logging.getLogger("vmsandbox.node_agent.runtimes")
 
@@ -30,10 +31,16 @@ def pid_alive(pid: int) -> bool:
 class Runtimes:
     """Containers of every backend share the root: state records name their own hypervisor."""
 
-    def __init__(self, root: Path, config: HypervisorConfig, hypervisors: list[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        config: HypervisorConfig,
+        hypervisors: list[str],
+        log_limits: LogLimits | None = None,
+    ) -> None:
         self.root = root
         self.config = config
-        self._by_name = {name: Runtime(root, name, config) for name in hypervisors}
+        self._by_name = {name: Runtime(root, name, config, log_limits) for name in hypervisors}
         self.any = next(iter(self._by_name.values()))
 
     def for_hypervisor(self, name: str) -> Runtime:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from vmsandbox.api import reasons
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL
 from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
@@ -53,7 +54,14 @@ BACKOFF_RESET_SECONDS = 600.0
 #: How long an idle worker sleeps when nothing can change without a new object version.
 IDLE = 3600.0
 #: Failures that retrying cannot fix: the spec or the image must change.
-PERMANENT = ("InvalidSpec", "InvalidImage", "HypervisorNotAllowed", "ErrImageNeverPull")
+PERMANENT = (
+    "InvalidSpec",
+    "InvalidImage",
+    "HypervisorNotAllowed",
+    "ErrImageNeverPull",
+    reasons.IMAGE_NOT_ALLOWED,
+    reasons.IMAGE_INVALID,
+)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Admission: the checks beyond the CRD schema, shared by the reconciler and the validating webhook.
 
 The schema already checks shapes; these rules need the models or the operator's configuration:
-the image reference syntax, tolerations that make sense, label syntax in ``nodeSelector`` and
+the image reference syntax, tolerations that make sense, label syntax in ``nodeSelector``,
+annotation keys the runtimes reserve (the CRD refuses them too, where it has the rule) and
 whether the requested hypervisor is allowed on this cluster. Every problem names its field.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmsandbox.api import InvalidSandbox, VMSandbox, parse_sandbox
+from vmsandbox.api.constants import RESERVED_ANNOTATION_PREFIXES, reserved_annotation
 from vmsandbox.api.image_ref import is_image_reference
 from vmsandbox.api.spec import TaintEffect, TolerationOperator
 from vmsandbox.operator.config import OperatorConfig
@@ -43,6 +45,16 @@ def _problems(sandbox: VMSandbox, config: OperatorConfig) -> list[tuple[str, str
                 f"{spec.hypervisor.value!r} is not allowed on this cluster (allowed: {allowed})",
             )
         )
+    for key in spec.annotations or {}:
+        if reserved_annotation(key):
+            problems.append(
+                (
+                    f'spec.annotations["{key}"]',
+                    "the prefix is reserved for the runtime (reserved: "
+                    + ", ".join(RESERVED_ANNOTATION_PREFIXES)
+                    + ")",
+                )
+            )
     for key, value in (spec.node_selector or {}).items():
         problem = _label_key_problem(key)
         if problem:

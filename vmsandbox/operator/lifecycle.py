@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from vmsandbox.api import Phase, RestartPolicy, VMSandbox
+from vmsandbox.api import Phase, RestartPolicy, VMSandbox, reasons
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
 from vmsandbox.operator.config import OperatorConfig
 
 #: ``status.reason`` values the operator writes.
 REASON_NODE_UNREACHABLE = "NodeUnreachable"
 REASON_NODE_LOST = "NodeLost"
-REASON_INVALID = "Invalid"
+REASON_INVALID = reasons.INVALID
 REASON_UNSCHEDULABLE = "Unschedulable"
 REASON_SCHEDULED = "Scheduled"
 

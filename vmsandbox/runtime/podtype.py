@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from vmsandbox.runtime.errors import InvalidConfig
+from vmsandbox.runtime.errors import InvalidConfig, InvalidId
+from vmsandbox.runtime.ids import validate_id
 
 TYPE_KEYS = (
     "io.kubernetes.cri.container-type",
@@ -32,6 +33,14 @@ class PodRole(BaseModel):
     sandbox_id: str
 
 
+def _sandbox_id(key: str, value: str) -> str:
+    """The id becomes a path under the state root: it obeys the same rules as a container id."""
+    try:
+        return validate_id(value)
+    except InvalidId as exc:
+        raise InvalidConfig(exc.detail, step=f"config.json: annotations.{key}") from None
+
+
 def pod_role(container_id: str, annotations: dict[str, str]) -> PodRole:
     for key in TYPE_KEYS:
         if key not in annotations:
@@ -42,7 +51,7 @@ def pod_role(container_id: str, annotations: dict[str, str]) -> PodRole:
         if value in CONTAINER_VALUES:
             for id_key in SANDBOX_ID_KEYS:
                 if annotations.get(id_key):
-                    return PodRole(kind="container", sandbox_id=annotations[id_key])
+                    return PodRole(kind="container", sandbox_id=_sandbox_id(id_key, annotations[id_key]))
             raise InvalidConfig(
                 f"a pod container needs its sandbox id in one of {', '.join(SANDBOX_ID_KEYS)}",
                 step="config.json: annotations",

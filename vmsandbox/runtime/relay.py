@@ -46,9 +46,10 @@ from vmsandbox.guest.protocol import (
     send_frame,
 )
 from vmsandbox.hypervisor import driver_for
-from vmsandbox.hypervisor.base import HypervisorDriver, VMHandle
+from vmsandbox.hypervisor.base import SERIAL_LOG_ENDPOINT, HypervisorDriver, VMHandle
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime.errors import AgentError
+from vmsandbox.runtime.logfiles import LogLimits, RotatingLog, rotate_foreign
 
 #: Signals a caller may send the relay's pid; each is passed on to the container.
 FORWARDED = (
@@ -61,6 +62,8 @@ FORWARDED = (
     signal.SIGALRM,
 )
 READY = b"R"
+#: How often the relay looks at the size of the VM's serial log.
+SERIAL_CHECK_SECONDS = 2.0
 LOST_AGENT_STATUS = 255
 
 
@@ -75,6 +78,7 @@ class RelayConfig(BaseModel):
     log_path: Path
     relay_log: Path
     hypervisor_config: HypervisorConfig
+    log_limits: LogLimits = LogLimits()
 
 
 def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
@@ -163,8 +167,11 @@ class Relay:
         self.driver = driver
         self.config = config
         self.wakeup_r = wakeup_r
-        self.log = open(config.log_path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+        self.log = RotatingLog(config.log_path, config.log_limits)
         self.stdin_open = True
+        serial = config.handle.endpoints.get(SERIAL_LOG_ENDPOINT)
+        self.serial_log = Path(serial) if serial else None
+        self.serial_checked = time.monotonic()
 
     def run(self, ready_w: int) -> int:
         sock = self.driver.connect(self.config.handle)
@@ -183,7 +190,8 @@ class Relay:
         sel.register(self.wakeup_r, selectors.EVENT_READ, "signal")
         sel.register(0, selectors.EVENT_READ, "stdin")
         while True:
-            for key, _ in sel.select():
+            self._bound_serial_log()
+            for key, _ in sel.select(SERIAL_CHECK_SECONDS):
                 if key.data == "agent":
                     code = self._from_agent(sock)
                     if code is not None:
@@ -212,6 +220,16 @@ class Relay:
             return frame.exit_code & 0xFF
         _log(self.config.relay_log, f"unexpected frame {frame.type}")
         return None
+
+    def _bound_serial_log(self) -> None:
+        """The VMM writes the serial log; the relay, alive as long as the container, bounds it."""
+        if self.serial_log is None or time.monotonic() - self.serial_checked < SERIAL_CHECK_SECONDS:
+            return
+        self.serial_checked = time.monotonic()
+        try:
+            rotate_foreign(self.serial_log, self.config.log_limits)
+        except OSError as exc:
+            _log(self.config.relay_log, f"rotating {self.serial_log}: {exc}")
 
     def _stdin(self, sock: socket.socket) -> bool:
         try:

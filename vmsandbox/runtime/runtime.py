@@ -47,6 +47,7 @@ from vmsandbox.runtime.disk import disk_serial, make_disk
 from vmsandbox.runtime.errors import AgentError, NotFound, RuntimeError_, WrongState
 from vmsandbox.runtime.faults import checkpoint
 from vmsandbox.runtime.ids import validate_id
+from vmsandbox.runtime.logfiles import LogLimits
 from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import RelayConfig, spawn_relay
@@ -101,9 +102,14 @@ class Runtime:
     """The library behind ``vmsandbox-runtime``; the node agent uses it directly."""
 
     def __init__(
-        self, root: Path = DEFAULT_ROOT, hypervisor: str = "process", config: HypervisorConfig | None = None
+        self,
+        root: Path = DEFAULT_ROOT,
+        hypervisor: str = "process",
+        config: HypervisorConfig | None = None,
+        log_limits: LogLimits | None = None,
     ) -> None:
         self.root = Path(root)
+        self.log_limits = log_limits or LogLimits()
         self.hypervisor = hypervisor
         self.config = config or HypervisorConfig.from_env()
         self.store = StateStore(self.root)
@@ -260,6 +266,7 @@ class Runtime:
                 log_path=log_file,
                 relay_log=record_dir / "relay.log",
                 hypervisor_config=self.config,
+                log_limits=self.log_limits,
             ),
         )
         undo.callback(_kill_relay, relay_pid)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vmsandbox.hypervisor.base import HypervisorName, VMHandle
 from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
+from vmsandbox.runtime.ids import validate_id
 
 OCI_VERSION = "1.0.2"
 Status = Literal["creating", "created", "running", "stopped"]
@@ -72,7 +73,8 @@ class StateStore:
         self.root = root
 
     def dir(self, container_id: str) -> Path:
-        return self.root / container_id
+        """Every id becomes a path here, so every id is checked here, whoever supplied it."""
+        return self.root / validate_id(container_id)
 
     def vm_dir(self, vm_id: str) -> Path:
         return self.root / VMS_DIR / vm_id

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from vmsandbox.hypervisor.base import VMHandle, check_socket_path
+from vmsandbox.hypervisor.base import SERIAL_LOG_ENDPOINT, VMHandle, check_socket_path
 
 API_ENDPOINT = "api_socket"
 VSOCK_ENDPOINT = "vsock_socket"
@@ -47,7 +47,11 @@ class VmLayout(BaseModel):
         )
 
     def endpoints(self) -> dict[str, str]:
-        return {API_ENDPOINT: str(self.api_socket), VSOCK_ENDPOINT: str(self.vsock_socket)}
+        return {
+            API_ENDPOINT: str(self.api_socket),
+            VSOCK_ENDPOINT: str(self.vsock_socket),
+            SERIAL_LOG_ENDPOINT: str(self.serial_log),
+        }
 
     def sockets(self) -> list[Path]:
         """Every socket-like file the VMM may leave behind (v53 also keeps ``<api>.lock``)."""

@@ -28,6 +28,7 @@ from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
 from vmsandbox.hypervisor.base import (
     GUEST_AGENT_SERIAL_NAME,
+    SERIAL_LOG_ENDPOINT,
     BootTimings,
     DiskSpec,
     HypervisorDriver,
@@ -101,7 +102,8 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
     argv += ["-m", str(spec.memory_mib), "-smp", str(spec.vcpus), "-name", spec.vm_id]
     argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initramfs), "-append", cmdline]
     argv += ["-display", "none", "-nodefaults", "-no-user-config", "-no-reboot"]
-    argv += ["-serial", f"file:{paths.console}"]
+    # Append mode, so the relay can rotate the console log by copy-and-truncate.
+    argv += ["-chardev", f"file,id=console,path={paths.console},append=on", "-serial", "chardev:console"]
     argv += ["-qmp", f"unix:{paths.qmp},server=on,wait=off"]
     argv += ["-device", "virtio-rng-pci"]
     argv += ["-device", "virtio-serial-pci,id=vser"]
@@ -193,7 +195,7 @@ class QemuDriver(HypervisorDriver):
                 "qmp": str(paths.qmp),
                 "agent": str(paths.agent),
                 "agent_serial": str(paths.agent_serial),
-                "serial_log": str(paths.console),
+                SERIAL_LOG_ENDPOINT: str(paths.console),
                 "accel": accel,
                 "vmm_started": (_proc_state(qemu.pid) or ("", ""))[1],
             }

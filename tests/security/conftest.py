@@ -1,0 +1,64 @@
+"""Fixtures for the tenant-boundary tests: the node agent tests' image, registry and agents, a real
+operator, and a tenant: a user allowed only create/get/list/delete of vmsandboxes in one namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.processes import OperatorProcess
+from tests.node_agent.conftest import (
+    busybox_layout,
+    cluster,
+    guest_image_dir,
+    make_agent,
+    node_agent_tools,
+    registry,
+    session_dir,
+    workdir,
+)
+from tests.node_agent.support import Cluster, unique
+from tests.security.support import Tenant
+from tests.security.tenant import grant_tenant
+from vmsandbox.devcluster.cluster import LocalCluster
+
+__all__ = [
+    "busybox_layout",
+    "cluster",
+    "guest_image_dir",
+    "make_agent",
+    "node_agent_tools",
+    "registry",
+    "session_dir",
+    "workdir",
+]
+
+OPERATOR_SETTINGS = {
+    "allowed_hypervisors": "process,cloud-hypervisor",
+    "agent_alive_seconds": 6,
+    "node_lost_grace_seconds": 30,
+    "sweep_seconds": 0.5,
+    "unschedulable_backoff_seconds": 0.5,
+    "unschedulable_backoff_max_seconds": 2,
+}
+
+
+@pytest.fixture
+def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **OPERATOR_SETTINGS)
+    yield op
+    code = op.stop()
+    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+
+
+@pytest.fixture
+def tenant(kube: LocalCluster, cluster: Cluster) -> Iterator[Tenant]:
+    """``tenant-<id>``: create/get/list/delete vmsandboxes in the test's namespace, nothing else."""
+    user = unique("tenant")
+    grant_tenant(kube, cluster.namespace, user)
+    with kube.api_client(user) as api_client:
+        yield Tenant(
+            user=user, kubeconfig=kube.kubeconfig_for(user), cluster=Cluster(api_client, cluster.namespace)
+        )

@@ -1,0 +1,96 @@
+"""Who may read a sandbox's logs from the agent: the API server decides, as for ``kubectl logs``.
+
+The caller's bearer token is checked with a TokenReview; the user it names must be allowed
+``get`` on ``vmsandboxes/log`` in the sandbox's namespace (a SubjectAccessReview). The agent's
+own service account needs ``create`` on both reviews, nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from vmsandbox.api.constants import GROUP, PLURAL
+from vmsandbox.errors import VMSandboxError
+
+LOG_SUBRESOURCE = "log"
+
+
+class AccessDenied(VMSandboxError):
+    """``status`` is the HTTP answer: 401 (who are you?) or 403 (not allowed)."""
+
+    step = "authorization"
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class LogAccess:
+    """Checks callers against the API server (thread-safe: the HTTP server asks from many threads)."""
+
+    def __init__(self, api_client: client.ApiClient, timeout: float = 10.0) -> None:
+        self.api_client = api_client
+        self.authn = client.AuthenticationV1Api(api_client)
+        self.authz = client.AuthorizationV1Api(api_client)
+        self.timeout = timeout
+
+    def check(self, authorization: str | None, namespace: str, name: str) -> str:
+        """The caller's user name if they may read ``namespace/name``'s logs; else AccessDenied."""
+        token = bearer_token(authorization)
+        if token is None:
+            raise AccessDenied(401, "a bearer token is required")
+        user = self._authenticate(token)
+        self._authorize(user, namespace, name)
+        return str(user.get("username") or "")
+
+    def _authenticate(self, token: str) -> dict[str, Any]:
+        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
+        try:
+            review: Any = self.authn.create_token_review(body, _request_timeout=self.timeout)
+        except ApiException:
+            raise AccessDenied(503, "the API server could not review the token") from None
+        status = review.status
+        if status is None or not status.authenticated or status.user is None:
+            raise AccessDenied(401, "the token is not valid")
+        user: dict[str, Any] = self.api_client.sanitize_for_serialization(status.user)
+        return user
+
+    def _authorize(self, user: dict[str, Any], namespace: str, name: str) -> None:
+        username = str(user.get("username") or "")
+        body = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=username,
+                groups=user.get("groups"),
+                uid=user.get("uid"),
+                extra=user.get("extra"),
+                resource_attributes=client.V1ResourceAttributes(
+                    namespace=namespace,
+                    verb="get",
+                    group=GROUP,
+                    resource=PLURAL,
+                    subresource=LOG_SUBRESOURCE,
+                    name=name,
+                ),
+            )
+        )
+        try:
+            review: Any = self.authz.create_subject_access_review(body, _request_timeout=self.timeout)
+        except ApiException:
+            raise AccessDenied(503, "the API server could not review the access") from None
+        if review.status is None or not review.status.allowed:
+            raise AccessDenied(
+                403,
+                f'user "{username}" cannot get resource "{PLURAL}/{LOG_SUBRESOURCE}" in API group '
+                f'"{GROUP}" in the namespace "{namespace}"',
+            )
