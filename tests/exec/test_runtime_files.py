@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.exec.conftest import Sandbox
-from vmsandbox.runtime.errors import AgentError
+from vmsandbox.runtime.errors import BadPath
 from vmsandbox.runtime.streams import list_path, read_path, write_path
 
 MiB = 1024 * 1024
@@ -104,7 +104,7 @@ def test_dotdot_and_symlinks_stay_inside_the_root(sandbox: Sandbox, outside: Pat
         "/../../../../" + str(outside),
         "/tmp/dir/../secret",
     ):
-        with pytest.raises(AgentError, match="No such file"):
+        with pytest.raises(BadPath, match="No such file"):
             read_all(sandbox, path)
     # A symlink's absolute target is the container's: /tmp/abs -> <that path inside the root>.
     inside = rootfs / str(outside).lstrip("/")
@@ -128,7 +128,7 @@ def test_tar_members_cannot_climb_out(sandbox: Sandbox, outside: Path) -> None:
         info = tarfile.TarInfo("../../escape.txt")
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
-    with pytest.raises(AgentError, match=r"'\.\.' is not allowed"):
+    with pytest.raises(BadPath, match=r"'\.\.' is not allowed"):
         write_path(sandbox.agent, sandbox.id, "/tmp/x", [archive.getvalue()], kind="tar")
     # A symlink member followed by a file through it: the file lands inside the root.
     archive = io.BytesIO()
@@ -139,7 +139,7 @@ def test_tar_members_cannot_climb_out(sandbox: Sandbox, outside: Path) -> None:
         info = tarfile.TarInfo("hop/planted")
         info.size = 5
         tar.addfile(info, io.BytesIO(b"plant"))
-    with pytest.raises(AgentError, match="No such file"):  # the link's target does not exist inside
+    with pytest.raises(BadPath, match="No such file"):  # the link's target does not exist inside
         write_path(sandbox.agent, sandbox.id, "/tmp/t2", [archive.getvalue()], kind="tar")
     (sandbox.rootfs / str(outside.parent).lstrip("/")).mkdir(parents=True, exist_ok=True)
     write_path(sandbox.agent, sandbox.id, "/tmp/t3", [archive.getvalue()], kind="tar")
@@ -148,9 +148,9 @@ def test_tar_members_cannot_climb_out(sandbox: Sandbox, outside: Path) -> None:
 
 
 def test_missing_paths_and_devices_are_clear_errors(sandbox: Sandbox) -> None:
-    with pytest.raises(AgentError, match="/nope/file: No such file"):
+    with pytest.raises(BadPath, match="/nope/file: No such file"):
         read_all(sandbox, "/nope/file")
-    with pytest.raises(AgentError, match="not a regular file or directory"):
+    with pytest.raises(BadPath, match="path: /dev/null: not a regular file or directory"):
         read_all(sandbox, "/dev/null")
-    with pytest.raises(AgentError, match="is a directory"):
+    with pytest.raises(BadPath, match="is a directory"):
         write_path(sandbox.agent, sandbox.id, "/tmp", [b"x"])

@@ -263,7 +263,7 @@ def _read(table: ContainerTable, conn: socket.socket, req: ReadPath) -> None:
             else:
                 _send_file(fd, writer)
         except (OSError, tarfile.TarError) as exc:
-            writer.send_message(streams.STATUS, Failure(step="read", detail=f"{req.path}: {exc}"))
+            writer.send_message(streams.STATUS, _failure(req.path, exc))
             return
         writer.send_message(streams.STATUS, Ok())
     finally:
@@ -357,6 +357,7 @@ def _unpack(root_fd: int, dest: str, reader: _ChunkReader) -> None:
             if member.isdir():
                 _makedirs(root_fd, path)
                 continue
+            _makedirs(root_fd, path.rsplit("/", 1)[0])  # archives need not list every directory
             with resolve(root_fd, path, follow_last=False) as where:
                 if not where.name:
                     raise PathError(f"archive member {member.name!r} names the destination itself")
@@ -391,13 +392,20 @@ def _write(table: ContainerTable, conn: socket.socket, req: WritePath) -> None:
             if not isinstance(exc, ProtocolError):
                 with contextlib.suppress(OSError, ProtocolError):
                     reader.drain()  # the host sends everything before it reads the status
-            step = exc.step if isinstance(exc, VMSandboxError) else "write"
-            detail = exc.detail if isinstance(exc, VMSandboxError) else f"{req.path}: {exc}"
-            writer.send_message(streams.STATUS, Failure(step=step, detail=detail))
+            writer.send_message(streams.STATUS, _failure(req.path, exc))
             return
         writer.send_message(streams.STATUS, Ok())
     finally:
         os.close(root)
+
+
+def _failure(path: str, exc: BaseException) -> Failure:
+    """What went wrong with a tenant's path or archive: step ``path`` or ``tar``, never the agent's fault."""
+    if isinstance(exc, VMSandboxError):
+        return Failure(step=exc.step, detail=exc.detail)
+    if isinstance(exc, OSError):
+        return Failure(step="path", detail=f"{path}: {exc.strerror or exc}")
+    return Failure(step="tar", detail=f"{path}: {exc}")
 
 
 def serve_stream(table: ContainerTable, conn: socket.socket, req: ReadPath | WritePath) -> None:

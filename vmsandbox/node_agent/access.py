@@ -47,11 +47,17 @@ class LogAccess:
 
     def check(self, authorization: str | None, namespace: str, name: str) -> str:
         """The caller's user name if they may read ``namespace/name``'s logs; else AccessDenied."""
+        return self.check_subresource(authorization, namespace, name, "get", LOG_SUBRESOURCE)
+
+    def check_subresource(
+        self, authorization: str | None, namespace: str, name: str, verb: str, subresource: str
+    ) -> str:
+        """The caller's user name if they may ``verb`` the sandbox's ``subresource``; else AccessDenied."""
         token = bearer_token(authorization)
         if token is None:
             raise AccessDenied(401, "a bearer token is required")
         user = self._authenticate(token)
-        self._authorize(user, namespace, name)
+        self._authorize(user, namespace, name, verb, subresource)
         return str(user.get("username") or "")
 
     def _authenticate(self, token: str) -> dict[str, Any]:
@@ -66,7 +72,14 @@ class LogAccess:
         user: dict[str, Any] = self.api_client.sanitize_for_serialization(status.user)
         return user
 
-    def _authorize(self, user: dict[str, Any], namespace: str, name: str) -> None:
+    def _authorize(
+        self,
+        user: dict[str, Any],
+        namespace: str,
+        name: str,
+        verb: str = "get",
+        subresource: str = LOG_SUBRESOURCE,
+    ) -> None:
         username = str(user.get("username") or "")
         body = client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(
@@ -76,10 +89,10 @@ class LogAccess:
                 extra=user.get("extra"),
                 resource_attributes=client.V1ResourceAttributes(
                     namespace=namespace,
-                    verb="get",
+                    verb=verb,
                     group=GROUP,
                     resource=PLURAL,
-                    subresource=LOG_SUBRESOURCE,
+                    subresource=subresource,
                     name=name,
                 ),
             )
@@ -91,6 +104,6 @@ class LogAccess:
         if review.status is None or not review.status.allowed:
             raise AccessDenied(
                 403,
-                f'user "{username}" cannot get resource "{PLURAL}/{LOG_SUBRESOURCE}" in API group '
+                f'user "{username}" cannot {verb} resource "{PLURAL}/{subresource}" in API group '
                 f'"{GROUP}" in the namespace "{namespace}"',
             )

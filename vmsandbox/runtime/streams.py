@@ -16,6 +16,7 @@ from typing import Literal
 from vmsandbox.guest import streams
 from vmsandbox.guest.protocol import (
     REPLY,
+    WRONG_STATUS,
     Exec,
     Exited,
     Failure,
@@ -32,14 +33,17 @@ from vmsandbox.guest.protocol import (
     send_frame,
 )
 from vmsandbox.runtime.client import AgentClient
-from vmsandbox.runtime.errors import AgentError, RuntimeError_, WrongState
+from vmsandbox.runtime.errors import AgentError, BadPath, RuntimeError_, WrongState
 
 Output = tuple[Literal[1, 2], bytes]
 
 
 def _refusal(reply: Failure) -> RuntimeError_:
-    if reply.step == "status":
+    """The typed error for the agent's refusal: not running, a tenant's bad path, or the agent's own."""
+    if reply.step == WRONG_STATUS:
         return WrongState(reply.detail, step="exec")
+    if reply.step in ("path", "tar"):
+        return BadPath(reply.detail, step=reply.step)
     return AgentError(reply.detail, step=f"guest {reply.step}")
 
 
@@ -167,7 +171,7 @@ class ReadStream:
             elif channel == streams.STATUS:
                 status = _status(payload)
                 if isinstance(status, Failure):
-                    raise AgentError(status.detail, step=f"guest {status.step}")
+                    raise _refusal(status)
                 return
 
 
@@ -203,14 +207,18 @@ def write_path(
             raise AgentError("the guest agent ended the write without a status", step="guest agent")
         status = _status(chunk[1])
         if isinstance(status, Failure):
-            raise AgentError(status.detail, step=f"guest {status.step}")
+            raise _refusal(status)
 
 
 def list_path(client: AgentClient, container_id: str, path: str) -> list[PathEntry]:
-    try:
-        reply = client.call(ListPath(container_id=container_id, path=path), PathList)
-    except AgentError as exc:
-        if exc.step == "guest status":
-            raise WrongState(exc.detail, step="files") from exc
-        raise
+    with client.connect() as sock:
+        try:
+            send_frame(sock, ListPath(container_id=container_id, path=path))
+            reply = recv_reply(sock)
+        except (OSError, ProtocolError) as exc:
+            raise AgentError(f"list_path: {exc}", step="guest agent") from exc
+    if isinstance(reply, Failure):
+        raise _refusal(reply)
+    if not isinstance(reply, PathList):
+        raise AgentError(f"list_path: unexpected reply {reply.type!r}", step="guest agent")
     return reply.entries
