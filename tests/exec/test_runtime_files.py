@@ -139,8 +139,6 @@ def test_tar_members_cannot_climb_out(sandbox: Sandbox, outside: Path) -> None:
         info = tarfile.TarInfo("hop/planted")
         info.size = 5
         tar.addfile(info, io.BytesIO(b"plant"))
-    with pytest.raises(BadPath, match="No such file"):  # the link's target does not exist inside
-        write_path(sandbox.agent, sandbox.id, "/tmp/t2", [archive.getvalue()], kind="tar")
     (sandbox.rootfs / str(outside.parent).lstrip("/")).mkdir(parents=True, exist_ok=True)
     write_path(sandbox.agent, sandbox.id, "/tmp/t3", [archive.getvalue()], kind="tar")
     assert not (outside.parent / "planted").exists()
