@@ -5,16 +5,39 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.leaks import processes_mentioning
+from tests.node_agent.conftest import (
+    busybox_layout,
+    cluster,
+    guest_image_dir,
+    make_agent,
+    node_agent_tools,
+    registry,
+    session_dir,
+    workdir,
+)
+from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.client import AgentClient
+
+__all__ = [
+    "busybox_layout",
+    "cluster",
+    "guest_image_dir",
+    "make_agent",
+    "node_agent_tools",
+    "registry",
+    "session_dir",
+    "workdir",
+]
+MakeAgent = Callable[..., AgentProcess]
 
 #: Applets the exec tests use beyond the runtime tests' set.
 MORE_APPLETS = ("head", "dd", "stty", "wc", "mkdir", "ln", "rm", "printf", "seq", "md5sum", "trap", "pwd")
@@ -68,3 +91,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(line.split(":")[0]), 9)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def running(make_agent: MakeAgent, cluster: Cluster, registry: Registry) -> tuple[AgentProcess, str]:
+    agent = make_agent()
+    name = unique("exec")
+    cluster.create_sandbox(
+        name, {"image": f"{registry.host}/test/busybox:latest", "command": ["sleep", "3600"]}, node=agent.node
+    )
+    cluster.wait_phase(name, "Running", timeout=90)
+    return agent, name

@@ -14,30 +14,9 @@ import requests
 from kubernetes import client
 from kubernetes.stream.ws_client import WSClient, get_websocket_url
 
-from tests.node_agent.conftest import (
-    busybox_layout,
-    cluster,
-    guest_image_dir,
-    make_agent,
-    node_agent_tools,
-    registry,
-    session_dir,
-    workdir,
-)
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
-
-__all__ = [
-    "busybox_layout",
-    "cluster",
-    "guest_image_dir",
-    "make_agent",
-    "node_agent_tools",
-    "registry",
-    "session_dir",
-    "workdir",
-]
 
 MakeAgent = Callable[..., AgentProcess]
 
@@ -68,17 +47,6 @@ def run(
     code = ws.returncode
     ws.close()
     return out, err, code
-
-
-@pytest.fixture
-def running(make_agent: MakeAgent, cluster: Cluster, registry: Registry) -> tuple[AgentProcess, str]:
-    agent = make_agent()
-    name = unique("exec")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": ["sleep", "3600"]}, node=agent.node
-    )
-    cluster.wait_phase(name, "Running", timeout=90)
-    return agent, name
 
 
 @pytest.mark.kube
