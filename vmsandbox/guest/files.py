@@ -206,7 +206,7 @@ class _ChunkFile:
 
 def _send_file(fd: int, writer: streams.ChunkWriter) -> None:
     while True:
-        data = os.read(fd, streams.CHUNK)
+        data = os.read(fd, streams.FILE_CHUNK)
         if not data:
             return
         writer.send(streams.STDOUT, data)
@@ -252,7 +252,7 @@ def _read(table: ContainerTable, conn: socket.socket, req: ReadPath) -> None:
         raise _os_error(req.path, exc) from exc
     finally:
         os.close(root)
-    writer = streams.ChunkWriter(conn)
+    writer = streams.ChunkWriter(conn, streams.FILE_CHUNK)
     try:
         is_dir = stat.S_ISDIR(st.st_mode)
         send_frame(conn, Streaming(kind="dir" if is_dir else "file", size=None if is_dir else st.st_size))
@@ -294,6 +294,11 @@ class _ChunkReader:
         return b""
 
     def read(self, size: int = -1) -> bytes:
+        if not self.buffer and size >= 0 and not self.done:
+            piece = self._next()  # the common case: hand a whole chunk on without copying
+            if len(piece) <= size:
+                return piece
+            self.buffer = piece
         while not self.done and (size < 0 or len(self.buffer) < size):
             piece = self._next()
             if not piece:
@@ -318,7 +323,7 @@ def _write_file(dir_fd: int, name: str, source: _ChunkReader | tarfile.ExFileObj
     try:
         with os.fdopen(fd, "wb") as out:
             while True:
-                data = source.read(streams.CHUNK)
+                data = source.read(streams.FILE_CHUNK)
                 if not data:
                     break
                 out.write(data)

@@ -37,8 +37,10 @@ SIGNAL = 5
 #: Half-close: the payload's first byte names the channel that ends (stdin, for the host).
 CLOSE = 255
 
-#: Payload bytes per chunk written; a reader accepts up to :data:`MAX_CHUNK`.
+#: Payload bytes per chunk of exec output (small: a terminal wants each piece at once) and of
+#: file data (large: fewer round trips through the framing); a reader accepts up to MAX_CHUNK.
 CHUNK = 64 * 1024
+FILE_CHUNK = 512 * 1024
 MAX_CHUNK = 1024 * 1024
 _HEADER = struct.Struct(">IB")
 
@@ -46,15 +48,23 @@ _HEADER = struct.Struct(">IB")
 class ChunkWriter:
     """Sends chunks on one socket from several threads (stdout and stderr pumps) without interleaving."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, chunk: int = CHUNK) -> None:
         self.sock = sock
+        self.chunk = chunk
         self._lock = threading.Lock()
 
     def send(self, channel: int, payload: bytes = b"") -> None:
-        for start in range(0, max(len(payload), 1), CHUNK):
-            piece = payload[start : start + CHUNK]
+        if len(payload) <= self.chunk:
             with self._lock:
-                self.sock.sendall(_HEADER.pack(len(piece), channel) + piece)
+                self.sock.sendall(_HEADER.pack(len(payload), channel))
+                self.sock.sendall(payload)
+            return
+        view = memoryview(payload)
+        for start in range(0, len(payload), self.chunk):
+            piece = view[start : start + self.chunk]
+            with self._lock:
+                self.sock.sendall(_HEADER.pack(len(piece), channel))
+                self.sock.sendall(piece)
 
     def send_message(self, channel: int, message: Message) -> None:
         self.send(channel, message.to_json().encode())

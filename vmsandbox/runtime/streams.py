@@ -194,7 +194,7 @@ def write_path(
     sock, _ = _open(client, WritePath(container_id=container_id, path=path, kind=kind, mode=mode))
     with sock:
         sock.settimeout(None)
-        writer = streams.ChunkWriter(sock)
+        writer = streams.ChunkWriter(sock, streams.FILE_CHUNK)
         try:
             for piece in data:
                 if piece:
