@@ -274,6 +274,11 @@ def cmd_exec(api: Api, args: argparse.Namespace) -> int:
     return run_exec(agent, args.namespace, args.name, command, stdin=args.stdin, want_tty=args.tty)
 
 
+def cmd_attach(api: Api, args: argparse.Namespace) -> int:
+    agent = agent_of(api, args.namespace, args.name, "attach")
+    return run_exec(agent, args.namespace, args.name, [], stdin=args.stdin, want_tty=args.tty)
+
+
 def cmd_cp(api: Api, args: argparse.Namespace) -> int:
     return run_cp(lambda ns, name: agent_of(api, ns, name, "cp"), args.namespace, args.src, args.dst)
 
@@ -605,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             "logs": cmd_logs,
             "delete": cmd_delete,
             "exec": cmd_exec,
+            "attach": cmd_attach,
             "cp": cmd_cp,
             "ls": cmd_ls,
         }

@@ -180,6 +180,15 @@ def add_parsers(
     ex.add_argument("name")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     namespaced(ex)
+    at = sub.add_parser(
+        "attach", help="follow a running sandbox's main process (its output, and stdin with -i)"
+    )
+    at.add_argument("-i", "--stdin", action="store_true", help="pass this terminal's input")
+    at.add_argument(
+        "-t", "--tty", action="store_true", help="the main process has a terminal (raw mode here)"
+    )
+    at.add_argument("name")
+    namespaced(at)
     cp = sub.add_parser("cp", help="copy files or directories to or from a sandbox (NAME:/path on one side)")
     cp.add_argument("src")
     cp.add_argument("dst")

@@ -17,6 +17,7 @@ from kubernetes.stream.ws_client import WSClient, get_websocket_url
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
+from vmsandbox.sdk.remote import Agent, ExecSession
 
 MakeAgent = Callable[..., AgentProcess]
 
@@ -142,3 +143,31 @@ def test_files_through_the_agent(running: tuple[AgentProcess, str], cluster: Clu
     assert [(e["name"], e["kind"]) for e in listing["entries"]] == [("d", "dir"), ("data.bin", "file")]
     bad = requests.get(base, params={"path": "relative"}, headers=auth, timeout=60)
     assert bad.status_code == 400 and "absolute path" in bad.text
+
+
+@pytest.mark.kube
+def test_attach_follows_the_main_process_to_its_exit(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
+) -> None:
+    agent = make_agent()
+    name = unique("attach")
+    main = ["sh", "-c", "echo started; sleep 3; echo done >&2; exit 4"]
+    cluster.create_sandbox(
+        name, {"image": f"{registry.host}/test/busybox:latest", "command": main}, node=agent.node
+    )
+    cluster.wait_phase(name, "Running", timeout=90)
+    endpoint = agent.endpoint()
+    assert endpoint
+    remote = Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"})
+    out, err = b"", b""
+    with ExecSession(remote, cluster.namespace, name, [], stdin=False, tty=False) as session:
+        for channel, data in session.output():
+            if channel == 1:
+                out += data
+            else:
+                err += data
+        assert (out, err, session.exit_code) == (b"started\n", b"done\n", 4)
+    watcher = unique("watcher")
+    grant(kube, cluster.namespace, watcher, [("vmsandbox.io", "vmsandboxes/exec", ["create"])])
+    denied = agent.get(f"/attach/{cluster.namespace}/{name}", token=watcher)
+    assert denied.status_code == 403 and "vmsandboxes/attach" in denied.text

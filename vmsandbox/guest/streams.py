@@ -71,14 +71,17 @@ class ChunkWriter:
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        piece = sock.recv(n - len(buf))
-        if not piece:
-            if buf:
-                raise ProtocolError(f"connection closed inside a chunk ({len(buf)} of {n} bytes)")
+    """Exactly ``n`` bytes, received in place; None at a clean end of stream before the first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        count = sock.recv_into(view[got:])
+        if not count:
+            if got:
+                raise ProtocolError(f"connection closed inside a chunk ({got} of {n} bytes)")
             return None
-        buf += piece
+        got += count
     return bytes(buf)
 
 

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from vmsandbox.guest import streams
+from vmsandbox.guest.wire import ProtocolError
 from vmsandbox.node_agent.websocket import WebSocket, WebSocketError
 from vmsandbox.runtime.errors import RuntimeError_
-from vmsandbox.runtime.streams import ExecStream
+from vmsandbox.runtime.streams import AttachStream, ExecStream
+
+Stream = ExecStream | AttachStream
 
 log = logging.getLogger("vmsandbox.node_agent.exec")
 
@@ -92,7 +95,20 @@ def status_message(exit_code: int | None, error: str | None = None) -> bytes:
     return bytes([streams.STATUS]) + json.dumps(status).encode()
 
 
-def relay(ws: WebSocket, stream: ExecStream, query: ExecQuery) -> int | None:
+def parse_attach_query(query: str) -> ExecQuery:
+    """``/attach/...?stdin=..&stdout=..&stderr=..&tty=..``: as exec, without a command."""
+    params = parse_qs(query, keep_blank_values=True)
+    tty = _flag(params, "tty", False)
+    return ExecQuery(
+        command=[],
+        stdin=_flag(params, "stdin", False),
+        stdout=_flag(params, "stdout", True),
+        stderr=_flag(params, "stderr", True) and not tty,
+        tty=tty,
+    )
+
+
+def relay(ws: WebSocket, stream: Stream, query: ExecQuery) -> int | None:
     """Copy the client's input to the exec and its output back, then send the status; the exit code."""
     threading.Thread(target=_client_input, args=(ws, stream, query), daemon=True, name="exec-ws-in").start()
     error: str | None = None
@@ -113,7 +129,7 @@ def relay(ws: WebSocket, stream: ExecStream, query: ExecQuery) -> int | None:
     return stream.exit_code
 
 
-def _client_input(ws: WebSocket, stream: ExecStream, query: ExecQuery) -> None:
+def _client_input(ws: WebSocket, stream: Stream, query: ExecQuery) -> None:
     try:
         while True:
             message = ws.receive()
@@ -126,10 +142,10 @@ def _client_input(ws: WebSocket, stream: ExecStream, query: ExecQuery) -> None:
                 if payload:
                     stream.write_stdin(payload)
             elif channel == streams.RESIZE and query.tty:
-                stream.writer.send(streams.RESIZE, payload)
+                stream.resize(*streams.parse_resize(payload))
             elif channel == streams.CLOSE and payload[:1] == bytes([streams.STDIN]):
                 stream.close_stdin()
-    except (OSError, WebSocketError) as exc:
+    except (OSError, WebSocketError, ProtocolError) as exc:
         log.debug("exec client input ended: %s", exc)
     # The client is gone or closed: the process sees the end of its input.
     with contextlib.suppress(OSError):

@@ -1,7 +1,9 @@
-"""``/exec/<namespace>/<name>`` (WebSocket) and ``/files/<namespace>/<name>`` on the agent's HTTP port.
+"""``/exec/<namespace>/<name>``, ``/attach/<namespace>/<name>`` (WebSockets) and
+``/files/<namespace>/<name>`` on the agent's HTTP port.
 
-Both need a bearer token of a user allowed ``create`` on ``vmsandboxes/exec`` (resp.
-``vmsandboxes/files``) in the sandbox's namespace, checked with the API server as for ``/logs``.
+Each needs a bearer token of a user allowed ``create`` on ``vmsandboxes/exec`` (resp.
+``vmsandboxes/attach``, ``vmsandboxes/files``) in the sandbox's namespace, checked with the API
+server as for ``/logs``.
 Refusals come before the upgrade, as plain HTTP answers: 400 bad query, 401/403, 404 no such
 sandbox on this node, 409 the sandbox is not Running, 400 a path that does not resolve to a
 file or directory.
@@ -24,11 +26,19 @@ from typing import Literal
 from urllib.parse import parse_qs, unquote
 
 from vmsandbox.node_agent.access import AccessDenied
-from vmsandbox.node_agent.remotecommand import SUBPROTOCOLS, BadQuery, ExecQuery, parse_exec_query, relay
+from vmsandbox.node_agent.remotecommand import (
+    SUBPROTOCOLS,
+    BadQuery,
+    ExecQuery,
+    Stream,
+    parse_attach_query,
+    parse_exec_query,
+    relay,
+)
 from vmsandbox.node_agent.websocket import WebSocket, accept_key, choose_protocol
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.errors import BadPath, RuntimeError_, WrongState
-from vmsandbox.runtime.streams import list_path, read_path, start_exec, write_path
+from vmsandbox.runtime.streams import list_path, read_path, start_attach, start_exec, write_path
 
 log = logging.getLogger("vmsandbox.node_agent.streams")
 
@@ -55,7 +65,7 @@ class Target:
 
 #: (namespace, name) -> Target; raises SandboxUnavailable.
 TargetLookup = Callable[[str, str], Target]
-ROUTES = ("/exec/", "/files/")
+ROUTES = ("/exec/", "/attach/", "/files/")
 
 
 def _sandbox_of(path: str, prefix: str) -> tuple[str, str]:
@@ -91,13 +101,17 @@ class StreamRoutes:
             _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
 
     def _serve(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: str) -> None:
-        prefix = "/exec/" if path.startswith("/exec/") else "/files/"
+        prefix = next(route for route in ROUTES if path.startswith(route))
         namespace, name = _sandbox_of(path, prefix)
         subresource = prefix.strip("/")
-        if prefix == "/exec/" and method != "GET":
-            raise BadQuery("exec is a GET with a WebSocket upgrade")
+        if prefix != "/files/" and method != "GET":
+            raise BadQuery(f"{subresource} is a GET with a WebSocket upgrade")
         user = self.authorize(handler.headers.get("Authorization"), namespace, name, "create", subresource)
-        asked = parse_exec_query(query) if prefix == "/exec/" else None
+        asked = None
+        if prefix == "/exec/":
+            asked = parse_exec_query(query)
+        elif prefix == "/attach/":
+            asked = parse_attach_query(query)
         target = self.lookup(namespace, name)
         log.info("user %s: %s %s on %s/%s", user, method, subresource, namespace, name)
         if asked is not None:
@@ -113,13 +127,17 @@ class StreamRoutes:
         if handler.headers.get("Upgrade", "").lower() != "websocket" or not handler.headers.get(
             "Sec-WebSocket-Key"
         ):
-            raise BadQuery("exec needs a WebSocket upgrade (Upgrade: websocket)")
+            raise BadQuery("exec and attach need a WebSocket upgrade (Upgrade: websocket)")
         protocol = choose_protocol(handler.headers.get("Sec-WebSocket-Protocol"), SUBPROTOCOLS)
         if protocol is None:
             raise BadQuery(f"Sec-WebSocket-Protocol: one of {', '.join(SUBPROTOCOLS)} is required")
-        stream = start_exec(
-            target.agent, target.container_id, asked.command, stdin=asked.stdin, tty=asked.tty
-        )
+        stream: Stream
+        if asked.command:
+            stream = start_exec(
+                target.agent, target.container_id, asked.command, stdin=asked.stdin, tty=asked.tty
+            )
+        else:
+            stream = start_attach(target.agent, target.container_id)
         with stream:
             handler.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
             handler.send_header("Upgrade", "websocket")

@@ -17,15 +17,21 @@ from vmsandbox.guest import streams
 from vmsandbox.guest.protocol import (
     REPLY,
     WRONG_STATUS,
+    Attach,
+    Attached,
     Exec,
     Exited,
     Failure,
     ListPath,
     Ok,
+    Output,
     PathEntry,
     PathList,
     ProtocolError,
     ReadPath,
+    Resize,
+    StdinClose,
+    StdinData,
     Streaming,
     WritePath,
     decode,
@@ -35,7 +41,7 @@ from vmsandbox.guest.protocol import (
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.errors import AgentError, BadPath, RuntimeError_, WrongState
 
-Output = tuple[Literal[1, 2], bytes]
+Output_ = tuple[Literal[1, 2], bytes]
 
 
 def _refusal(reply: Failure) -> RuntimeError_:
@@ -96,7 +102,7 @@ class ExecStream:
     def signal(self, signum: int) -> None:
         self.writer.send(streams.SIGNAL, str(signum).encode())
 
-    def output(self) -> Iterator[Output]:
+    def output(self) -> Iterator[Output_]:
         """``(1, bytes)`` for stdout, ``(2, bytes)`` for stderr, in order; then sets :attr:`exit_code`."""
         while True:
             try:
@@ -222,3 +228,65 @@ def list_path(client: AgentClient, container_id: str, path: str) -> list[PathEnt
     if not isinstance(reply, PathList):
         raise AgentError(f"list_path: unexpected reply {reply.type!r}", step="guest agent")
     return reply.entries
+
+
+class AttachStream:
+    """The sandbox's main process: its retained and new output, its stdin, its terminal size.
+
+    It speaks the guest's JSON attach frames (the relay's own channel to the main process), so
+    output first replays what the guest still holds (up to 8 MiB), then follows.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.exit_code: int | None = None
+
+    def __enter__(self) -> AttachStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_stdin(self, data: bytes) -> None:
+        send_frame(self.sock, StdinData.of(data))
+
+    def close_stdin(self) -> None:
+        send_frame(self.sock, StdinClose())
+
+    def resize(self, rows: int, cols: int) -> None:
+        send_frame(self.sock, Resize(rows=rows, cols=cols))
+
+    def output(self) -> Iterator[Output_]:
+        while True:
+            try:
+                reply = recv_reply(self.sock)
+            except (OSError, ProtocolError) as exc:
+                raise AgentError(f"attach stream: {exc}", step="guest agent") from exc
+            if isinstance(reply, Output):
+                yield (1 if reply.stream == "stdout" else 2), reply.raw()
+            elif isinstance(reply, Exited):
+                self.exit_code = reply.exit_code
+                return
+            elif isinstance(reply, Failure):
+                raise _refusal(reply)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def start_attach(client: AgentClient, container_id: str) -> AttachStream:
+    sock = client.connect()
+    try:
+        send_frame(sock, Attach(container_id=container_id, offset=0))
+        reply = recv_reply(sock)
+    except (OSError, ProtocolError) as exc:
+        sock.close()
+        raise AgentError(f"attach: {exc}", step="guest agent") from exc
+    if isinstance(reply, Attached):
+        sock.settimeout(None)
+        return AttachStream(sock)
+    sock.close()
+    if isinstance(reply, Failure):
+        raise _refusal(reply)
+    raise AgentError(f"attach: unexpected reply {reply.type!r}", step="guest agent")

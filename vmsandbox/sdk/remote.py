@@ -56,7 +56,8 @@ def exit_code_of(status: dict[str, Any]) -> int:
 
 
 class ExecSession:
-    """One exec over a WebSocket: send stdin, resize; iterate ``(channel, bytes)`` output."""
+    """One exec (or, with no command, an attach) over a WebSocket: send stdin, resize; iterate
+    ``(channel, bytes)`` output."""
 
     def __init__(
         self, agent: Agent, namespace: str, name: str, command: list[str], *, stdin: bool, tty: bool
@@ -67,7 +68,9 @@ class ExecSession:
             ("stderr", str(not tty).lower()),
             ("tty", str(tty).lower()),
         ]
-        url = agent.url("exec", namespace, name).replace("http", "ws", 1) + "?" + urlencode(query)
+        # No command: attach to the sandbox's main process instead.
+        route = "exec" if command else "attach"
+        url = agent.url(route, namespace, name).replace("http", "ws", 1) + "?" + urlencode(query)
         header = [f"{k}: {v}" for k, v in agent.headers.items()]
         try:
             self.ws = websocket.create_connection(url, header=header, subprotocols=SUBPROTOCOLS, timeout=30)
