@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,31 @@ def test_exec_in_a_stopped_container_is_refused_clearly(sandbox: Sandbox, tmp_pa
             start_exec(rt.agent_for("exec-done"), "exec-done", ["true"])
     finally:
         rt.delete("exec-done", force=True)
+
+
+def _processes_running(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_terminal_session_whose_client_vanishes_is_hung_up(sandbox: Sandbox) -> None:
+    stream = start_exec(sandbox.agent, sandbox.id, ["sh"], stdin=True, tty=True)
+    output = stream.output()
+    stream.write_stdin(b"echo ready; sleep 1234; echo after\n")
+    _until(output, b"ready\r\n")
+    deadline = time.monotonic() + 10
+    while not _processes_running("sleep 1234"):
+        assert time.monotonic() < deadline, "sleep never started"
+        time.sleep(0.05)
+    stream.close()  # the client goes away without a word
+    deadline = time.monotonic() + 20
+    while _processes_running("sleep 1234"):
+        assert time.monotonic() < deadline, "the abandoned terminal session kept running"
+        time.sleep(0.1)

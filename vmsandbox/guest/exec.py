@@ -17,6 +17,7 @@ import fcntl
 import itertools
 import logging
 import os
+import signal
 import struct
 import subprocess
 import termios
@@ -228,9 +229,12 @@ class ExecSession:
                     self._signal(streams.parse_signal(payload))
         except (OSError, ProtocolError) as exc:
             log.debug("exec input ended: %s", exc)
-        # The host is gone or done sending: the process sees end of input (a pty, a hangup).
+        # The host is gone: the process sees the end of its input, or, on a terminal, a hangup
+        # (as when a terminal window closes), so an abandoned interactive shell does not linger.
         if self.pty_master is None:
             self._close_stdin()
+        else:
+            self._signal(signal.SIGHUP)
 
     def _signal(self, signum: int) -> None:
         if self.pid is not None:
