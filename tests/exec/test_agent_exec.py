@@ -77,8 +77,11 @@ def test_exec_needs_create_on_the_exec_subresource(
     assert denied.status_code == 403
     assert f'user "{reader}" cannot create resource "vmsandboxes/exec"' in denied.text
     exec_user = unique("execer")
+    assert agent.get(path, token=exec_user).status_code == 403
+    # Refusals are not cached: the grant takes effect at once.
     grant(kube, cluster.namespace, exec_user, [("vmsandbox.io", "vmsandboxes/exec", ["create"])])
     assert run_as(agent, cluster.namespace, name, exec_user) == 0
+    assert run_as(agent, cluster.namespace, name, exec_user) == 0  # the decision reused
     files = agent.get(f"/files/{cluster.namespace}/{name}?path=/bin&list=true", token=exec_user)
     assert files.status_code == 403 and "vmsandboxes/files" in files.text
 

@@ -7,6 +7,9 @@ own service account needs ``create`` on both reviews, nothing more.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from typing import Any
 
 from kubernetes import client
@@ -16,6 +19,10 @@ from vmsandbox.api.constants import GROUP, PLURAL
 from vmsandbox.errors import VMSandboxError
 
 LOG_SUBRESOURCE = "log"
+#: Seconds an allowed decision is reused for the same token and request, so that a burst of execs
+#: does not cost two API round trips each (the kubelet caches its webhook decisions likewise).
+#: Refusals are never cached: a grant takes effect at once, a revocation within this time.
+ALLOWED_TTL = 10.0
 
 
 class AccessDenied(VMSandboxError):
@@ -44,6 +51,8 @@ class LogAccess:
         self.authn = client.AuthenticationV1Api(api_client)
         self.authz = client.AuthorizationV1Api(api_client)
         self.timeout = timeout
+        self._allowed: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
 
     def check(self, authorization: str | None, namespace: str, name: str) -> str:
         """The caller's user name if they may read ``namespace/name``'s logs; else AccessDenied."""
@@ -56,9 +65,20 @@ class LogAccess:
         token = bearer_token(authorization)
         if token is None:
             raise AccessDenied(401, "a bearer token is required")
+        key = hashlib.sha256("\0".join((token, namespace, name, verb, subresource)).encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._allowed.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
         user = self._authenticate(token)
         self._authorize(user, namespace, name, verb, subresource)
-        return str(user.get("username") or "")
+        username = str(user.get("username") or "")
+        with self._lock:
+            if len(self._allowed) > 4096:
+                self._allowed = {k: v for k, v in self._allowed.items() if v[0] > now}
+            self._allowed[key] = (now + ALLOWED_TTL, username)
+        return username
 
     def _authenticate(self, token: str) -> dict[str, Any]:
         body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
