@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chart.helm import find_tool, missing
 from tests.node_agent.support import AgentProcess, Cluster
 from vmsandbox.devcluster.cluster import LocalCluster
 
@@ -143,3 +144,38 @@ def test_exec_it_is_a_real_terminal(
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+@pytest.mark.kube
+def test_kubectl_runs_the_plugin(
+    running: tuple[AgentProcess, str], cluster: Cluster, kube: LocalCluster
+) -> None:
+    """``kubectl vmsandbox exec``: the real kubectl finds ``kubectl-vmsandbox`` on PATH and runs it."""
+    kubectl = find_tool("kubectl")
+    if kubectl is None:
+        missing("kubectl is not installed")
+    assert kubectl is not None
+    _, name = running
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "KUBECONFIG": str(kube.kubeconfig_path),
+    }
+    done = subprocess.run(
+        [
+            str(kubectl),
+            "vmsandbox",
+            "exec",
+            "-n",
+            cluster.namespace,
+            name,
+            "--",
+            "sh",
+            "-c",
+            "echo via-kubectl; exit 3",
+        ],
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
+    assert (done.returncode, done.stdout) == (3, b"via-kubectl\n"), done.stderr
