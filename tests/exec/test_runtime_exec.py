@@ -186,3 +186,14 @@ def test_a_terminal_session_whose_client_vanishes_is_hung_up(sandbox: Sandbox) -
     while _processes_running("sleep 1234"):
         assert time.monotonic() < deadline, "the abandoned terminal session kept running"
         time.sleep(0.1)
+
+
+def test_last_words_before_exit_arrive_and_a_leftover_child_does_not_hold_the_status(
+    sandbox: Sandbox,
+) -> None:
+    # Quiet for longer than the idle allowance, then a last line just before exiting.
+    assert run(sandbox, ["sh", "-c", "sleep 1.5; echo last; exit 6"]) == (b"last\n", b"", 6)
+    # A background child keeps stdout open: the status still comes about a second after the exit.
+    started = time.monotonic()
+    assert run(sandbox, ["sh", "-c", "sleep 30 & echo hi"]) == (b"hi\n", b"", 0)
+    assert time.monotonic() - started < 15

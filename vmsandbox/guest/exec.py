@@ -99,8 +99,9 @@ class _Pump:
         finally:
             os.close(self.fd)
 
-    def idle_in_read(self) -> bool:
-        return self.reading and time.monotonic() - self.last_read > IDLE_AFTER_EXIT
+    def idle_since(self, exited_at: float) -> bool:
+        """Blocked in a read that brought nothing since the process exited, for IDLE_AFTER_EXIT."""
+        return self.reading and time.monotonic() - max(self.last_read, exited_at) > IDLE_AFTER_EXIT
 
 
 class ExecSession:
@@ -269,10 +270,15 @@ def _wait(pid: int) -> int:
 
 
 def _drain(pumps: list[_Pump]) -> None:
-    """Wait until every output stream ended, or sits idle because a leftover child holds it."""
+    """Wait until every output stream ended, or sits idle because a leftover child holds it.
+
+    Called once the process has exited: what it wrote last is still in the pipe, so a stream
+    counts as idle only when nothing came for a while after the exit.
+    """
+    exited_at = time.monotonic()
     while True:
         alive = [p for p in pumps if p.thread.is_alive()]
-        if not alive or all(p.idle_in_read() for p in alive):
+        if not alive or all(p.idle_since(exited_at) for p in alive):
             return
         for pump in alive:
             pump.thread.join(0.05)

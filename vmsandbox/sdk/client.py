@@ -276,14 +276,27 @@ class Sandbox:
             self._wait_gone(timeout)
 
     def _wait_gone(self, timeout: float) -> None:
-        stream = watch.Watch()
-        timer = threading.Timer(timeout, stream.stop)
-        timer.start()
-        try:
+        """Block until the object is gone (its finalizers done): a read, then watches from it."""
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                self.get()
-            except SandboxError:
+                obj: Any = self.client.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, self.name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                raise self.error("delete", exc) from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self.error("delete", f"still present after {timeout:.0f}s")
+            if self._deleted_after(dict(obj), left):
                 return
+
+    def _deleted_after(self, obj: dict[str, Any], left: float) -> bool:
+        """Watch from ``obj``'s resourceVersion: True once it is deleted, False if the watch ended."""
+        stream = watch.Watch()
+        try:
             for event in stream.stream(
                 self.client.custom.list_namespaced_custom_object,
                 GROUP,
@@ -291,14 +304,16 @@ class Sandbox:
                 self.namespace,
                 PLURAL,
                 field_selector=f"metadata.name={self.name}",
-                timeout_seconds=max(1, int(timeout)),
+                resource_version=obj["metadata"]["resourceVersion"],
+                timeout_seconds=max(1, int(left)),
             ):
                 if event["type"] == "DELETED":
-                    return
+                    return True
+        except (ApiException, urllib3.exceptions.HTTPError):
+            time.sleep(0.2)  # the watch broke or expired: read afresh
         finally:
-            timer.cancel()
             stream.stop()
-        raise self.error("delete", f"still present after {timeout:.0f}s")
+        return False
 
 
 def _feed(session: ExecSession, data: bytes) -> None:
