@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "hypervisor": {"guest"},
     "guest": set(),
     "devcluster": {"api"},
+    "sdk": {"api"},
 }
 
 

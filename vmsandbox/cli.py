@@ -27,6 +27,7 @@ from urllib.parse import quote
 import requests
 import yaml
 
+from vmsandbox import cli_exec
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
     API_VERSION,
@@ -38,9 +39,11 @@ from vmsandbox.api.constants import (
     PROCESS_BACKEND_LABEL,
     VERSION,
 )
+from vmsandbox.cli_exec import print_listing, remote_spec, run_cp, run_exec
 from vmsandbox.devcluster.sample_image import SAMPLES_DIR
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.operator.kube import Connection
+from vmsandbox.sdk.remote import Agent
 
 FIELD_MANAGER = "vmsandbox-cli"
 AGENT_NAMESPACE = "vmsandbox-system"
@@ -228,24 +231,30 @@ def _key(r: dict[str, str]) -> tuple[str, ...]:
     return (r["PHASE"], r["NODE"], r["RESTARTS"], r["REASON"])
 
 
-def cmd_logs(api: Api, args: argparse.Namespace) -> int:
-    item = api.json("GET", sandboxes_path(args.namespace, args.name))
+def agent_of(api: Api, namespace: str, name: str, step: str) -> Agent:
+    """The node agent running ``namespace/name``, with this client's credentials (the agent asks
+    the API server who they are)."""
+    item = api.json("GET", sandboxes_path(namespace, name))
     node = (item.get("status") or {}).get("nodeName") or (item["metadata"].get("labels") or {}).get(
         NODE_LABEL
     )
     if not node:
-        raise CLIError(f"{args.namespace}/{args.name} is not scheduled to a node yet", step="logs")
+        raise CLIError(f"{namespace}/{name} is not scheduled to a node yet", step=step)
     node_obj = api.json("GET", f"/api/v1/nodes/{quote(node)}")
     endpoint = (node_obj["metadata"].get("annotations") or {}).get(AGENT_ENDPOINT_ANNOTATION)
     if not endpoint:
-        raise CLIError(f"node {node} publishes no {AGENT_ENDPOINT_ANNOTATION} annotation", step="logs")
+        raise CLIError(f"node {node} publishes no {AGENT_ENDPOINT_ANNOTATION} annotation", step=step)
+    token = api.session.headers.get("Authorization")
+    return Agent(endpoint, {"Authorization": str(token)} if token else {})
+
+
+def cmd_logs(api: Api, args: argparse.Namespace) -> int:
+    agent = agent_of(api, args.namespace, args.name, "logs")
+    endpoint, auth = agent.endpoint, agent.headers
     url = f"{endpoint.rstrip('/')}/logs/{quote(args.namespace)}/{quote(args.name)}"
     params = {"follow": "true"} if args.follow else {}
     if args.tail_bytes is not None:
         params["tailBytes"] = str(args.tail_bytes)
-    # The agent asks the API server who this is: the same credentials as for the API server.
-    token = api.session.headers.get("Authorization")
-    auth = {"Authorization": str(token)} if token else {}
     try:
         timeout = (10, None if args.follow else 60)
         with requests.get(url, params=params, headers=auth, timeout=timeout, stream=True) as resp:
@@ -255,8 +264,32 @@ def cmd_logs(api: Api, args: argparse.Namespace) -> int:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
     except requests.RequestException as exc:
-        raise CLIError(f"the agent of node {node} at {endpoint} did not answer: {exc}", step="logs") from None
+        raise CLIError(f"the agent at {endpoint} did not answer: {exc}", step="logs") from None
     return 0
+
+
+def cmd_exec(api: Api, args: argparse.Namespace) -> int:
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise CLIError("give the command after --, e.g. vmsandbox exec NAME -- sh", step="exec")
+    agent = agent_of(api, args.namespace, args.name, "exec")
+    return run_exec(agent, args.namespace, args.name, command, stdin=args.stdin, want_tty=args.tty)
+
+
+def cmd_attach(api: Api, args: argparse.Namespace) -> int:
+    agent = agent_of(api, args.namespace, args.name, "attach")
+    return run_exec(agent, args.namespace, args.name, [], stdin=args.stdin, want_tty=args.tty)
+
+
+def cmd_cp(api: Api, args: argparse.Namespace) -> int:
+    return run_cp(lambda ns, name: agent_of(api, ns, name, "cp"), args.namespace, args.src, args.dst)
+
+
+def cmd_ls(api: Api, args: argparse.Namespace) -> int:
+    spec = remote_spec(args.target)
+    if spec is None:
+        raise CLIError(f"{args.target!r}: expected NAME:/path", step="ls")
+    return print_listing(agent_of(api, args.namespace, spec[0], "ls"), args.namespace, *spec)
 
 
 def cmd_delete(api: Api, args: argparse.Namespace) -> int:
@@ -636,6 +669,8 @@ def parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail-bytes", type=int, help="only the last N bytes of the output")
     namespaced(logs)
 
+    cli_exec.add_parsers(sub, namespaced)
+
     delete = sub.add_parser("delete", help="delete sandboxes")
     delete.add_argument("names", nargs="+")
     delete.add_argument("--wait", action="store_true", help="until they are gone")
@@ -650,7 +685,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dev":
             return cmd_dev(args)
         api = Api(args.kubeconfig)
-        handlers = {"apply": cmd_apply, "get": cmd_get, "logs": cmd_logs, "delete": cmd_delete}
+        handlers = {
+            "apply": cmd_apply,
+            "get": cmd_get,
+            "logs": cmd_logs,
+            "delete": cmd_delete,
+            "exec": cmd_exec,
+            "attach": cmd_attach,
+            "cp": cmd_cp,
+            "ls": cmd_ls,
+        }
         return handlers[args.command](api, args)
     except VMSandboxError as exc:
         print(f"vmsandbox: {exc}", file=sys.stderr)

@@ -27,15 +27,18 @@ from vmsandbox.guest.protocol import (
     CreateContainer,
     CreateSandbox,
     DestroyContainer,
+    Exec,
     Exited,
     Failure,
     GetState,
     ListContainers,
+    ListPath,
     Ok,
     Output,
     Ping,
     Pong,
     ProtocolError,
+    ReadPath,
     Reply,
     Request,
     Resize,
@@ -44,6 +47,7 @@ from vmsandbox.guest.protocol import (
     StdinClose,
     StdinData,
     WaitExit,
+    WritePath,
     decode,
     recv_frame_bytes,
     send_frame,
@@ -111,6 +115,9 @@ class Agent:
                     if isinstance(req, Attach):
                         self._attach(conn, req)
                         return
+                    if isinstance(req, Exec | ReadPath | WritePath):
+                        self._stream(conn, req)
+                        return
                     send_frame(conn, self._reply(req))
             except (OSError, ProtocolError) as exc:
                 log.info("connection ended: %s", exc)
@@ -155,7 +162,22 @@ class Agent:
             return Ok()
         if isinstance(req, ListContainers):
             return ContainerList(containers=[c.info() for c in self.table.all()])
+        if isinstance(req, ListPath):
+            from vmsandbox.guest.files import list_path
+
+            return list_path(self.table, req)
         raise VMSandboxError(f"request {req.op!r} is not valid here", step="request")
+
+    def _stream(self, conn: socket.socket, req: Exec | ReadPath | WritePath) -> None:
+        """Exec and file transfers, imported on first use: they are not on the start path."""
+        if isinstance(req, Exec):
+            from vmsandbox.guest.exec import ExecSession
+
+            ExecSession(self.table, conn, req).serve()
+        else:
+            from vmsandbox.guest.files import serve_stream
+
+            serve_stream(self.table, conn, req)
 
     # -- attach -------------------------------------------------------------------------
 

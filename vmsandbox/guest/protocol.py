@@ -164,6 +164,62 @@ class ListContainers(Message):
     TAG = ("op", "list")
 
 
+class Exec(Message):
+    """Run a new process in a running container; the connection then carries stream chunks."""
+
+    op: Literal["exec"]
+    container_id: str
+    command: list[str]
+    stdin: bool
+    tty: bool
+    rows: int | None
+    cols: int | None
+    TAG = ("op", "exec")
+    FIELDS = {
+        "container_id": required(STR),
+        "command": required(list_of(STR)),
+        "stdin": optional(BOOL, False, none=False),
+        "tty": optional(BOOL, False, none=False),
+        "rows": optional(between(0, 65535)),
+        "cols": optional(between(0, 65535)),
+    }
+
+
+class ReadPath(Message):
+    """Stream a file's bytes, or a directory as a tar stream, from inside the container's root."""
+
+    op: Literal["read_path"]
+    container_id: str
+    path: str
+    TAG = ("op", "read_path")
+    FIELDS = {"container_id": required(STR), "path": required(STR)}
+
+
+class WritePath(Message):
+    """Write a file (``kind`` file) or unpack a tar stream into a directory (``kind`` tar)."""
+
+    op: Literal["write_path"]
+    container_id: str
+    path: str
+    kind: Literal["file", "tar"]
+    mode: int | None
+    TAG = ("op", "write_path")
+    FIELDS = {
+        "container_id": required(STR),
+        "path": required(STR),
+        "kind": required(one_of("file", "tar")),
+        "mode": optional(between(0, 0o7777)),
+    }
+
+
+class ListPath(Message):
+    op: Literal["list_path"]
+    container_id: str
+    path: str
+    TAG = ("op", "list_path")
+    FIELDS = {"container_id": required(STR), "path": required(STR)}
+
+
 Request = (
     Ping
     | CreateSandbox
@@ -175,6 +231,10 @@ Request = (
     | Attach
     | DestroyContainer
     | ListContainers
+    | Exec
+    | ReadPath
+    | WritePath
+    | ListPath
 )
 
 
@@ -310,7 +370,60 @@ class Failure(Message):
     FIELDS = {"step": required(STR), "detail": required(STR)}
 
 
-Reply = Pong | Ok | ContainerInfo | ContainerList | Attached | Output | Exited | Failure
+class Streaming(Message):
+    """A stream request was accepted: from here on the connection carries chunks (guest/streams.py).
+
+    ``kind`` says what the chunks hold: an exec's output, a file's bytes, a directory's tar
+    stream, or (``write``) that the agent now takes the host's data.
+    """
+
+    type: Literal["streaming"]
+    kind: Literal["exec", "file", "dir", "write"]
+    size: int | None
+    TAG = ("type", "streaming")
+    FIELDS = {"kind": required(one_of("exec", "file", "dir", "write")), "size": _OPT_INT}
+
+
+class PathEntry(Message):
+    type: Literal["entry"]
+    name: str
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    mtime: float
+    #: A symlink's target, as stored (it is resolved inside the container's root when used).
+    target: str | None
+    TAG = ("type", "entry")
+    FIELDS = {
+        "name": required(STR),
+        "kind": required(one_of("file", "dir", "symlink", "other")),
+        "size": required(between(0, 2**63 - 1)),
+        "mode": required(between(0, 0o177777)),
+        "mtime": required(NUMBER),
+        "target": _OPT_STR,
+    }
+
+
+class PathList(Message):
+    type: Literal["entries"]
+    entries: list[PathEntry]
+    TAG = ("type", "entries")
+    FIELDS = {"entries": required(list_of(nested(Variants("type", PathEntry))))}
+
+
+Reply = (
+    Pong
+    | Ok
+    | ContainerInfo
+    | ContainerList
+    | Attached
+    | Output
+    | Exited
+    | Failure
+    | Streaming
+    | PathEntry
+    | PathList
+)
 
 REQUEST = Variants(
     "op",
@@ -324,8 +437,25 @@ REQUEST = Variants(
     Attach,
     DestroyContainer,
     ListContainers,
+    Exec,
+    ReadPath,
+    WritePath,
+    ListPath,
 )
-REPLY = Variants("type", Pong, Ok, ContainerInfo, ContainerList, Attached, Output, Exited, Failure)
+REPLY = Variants(
+    "type",
+    Pong,
+    Ok,
+    ContainerInfo,
+    ContainerList,
+    Attached,
+    Output,
+    Exited,
+    Failure,
+    Streaming,
+    PathEntry,
+    PathList,
+)
 ATTACH_INPUT = Variants("op", StdinData, StdinClose, Resize)
 
 

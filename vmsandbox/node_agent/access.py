@@ -7,6 +7,9 @@ own service account needs ``create`` on both reviews, nothing more.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from typing import Any
 
 from kubernetes import client
@@ -16,6 +19,10 @@ from vmsandbox.api.constants import GROUP, PLURAL
 from vmsandbox.errors import VMSandboxError
 
 LOG_SUBRESOURCE = "log"
+#: Seconds an allowed decision is reused for the same token and request, so that a burst of execs
+#: does not cost two API round trips each (the kubelet caches its webhook decisions likewise).
+#: Refusals are never cached: a grant takes effect at once, a revocation within this time.
+ALLOWED_TTL = 10.0
 
 
 class AccessDenied(VMSandboxError):
@@ -44,6 +51,8 @@ class LogAccess:
         self.authn = client.AuthenticationV1Api(api_client)
         self.authz = client.AuthorizationV1Api(api_client)
         self.timeout = timeout
+        self._allowed: dict[str, tuple[float, str]] = {}
+        self._lock = threading.Lock()
 
     def authenticate(self, authorization: str | None) -> dict[str, Any]:
         """The user (TokenReview ``status.user``) the ``Authorization`` header names; else AccessDenied."""
@@ -54,9 +63,29 @@ class LogAccess:
 
     def check(self, authorization: str | None, namespace: str, name: str) -> str:
         """The caller's user name if they may read ``namespace/name``'s logs; else AccessDenied."""
-        user = self.authenticate(authorization)
-        self._authorize(user, namespace, name)
-        return str(user.get("username") or "")
+        return self.check_subresource(authorization, namespace, name, "get", LOG_SUBRESOURCE)
+
+    def check_subresource(
+        self, authorization: str | None, namespace: str, name: str, verb: str, subresource: str
+    ) -> str:
+        """The caller's user name if they may ``verb`` the sandbox's ``subresource``; else AccessDenied."""
+        token = bearer_token(authorization)
+        if token is None:
+            raise AccessDenied(401, "a bearer token is required")
+        key = hashlib.sha256("\0".join((token, namespace, name, verb, subresource)).encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._allowed.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        user = self._authenticate(token)
+        self._authorize(user, namespace, name, verb, subresource)
+        username = str(user.get("username") or "")
+        with self._lock:
+            if len(self._allowed) > 4096:
+                self._allowed = {k: v for k, v in self._allowed.items() if v[0] > now}
+            self._allowed[key] = (now + ALLOWED_TTL, username)
+        return username
 
     def _authenticate(self, token: str) -> dict[str, Any]:
         body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
@@ -70,7 +99,14 @@ class LogAccess:
         user: dict[str, Any] = self.api_client.sanitize_for_serialization(status.user)
         return user
 
-    def _authorize(self, user: dict[str, Any], namespace: str, name: str) -> None:
+    def _authorize(
+        self,
+        user: dict[str, Any],
+        namespace: str,
+        name: str,
+        verb: str = "get",
+        subresource: str = LOG_SUBRESOURCE,
+    ) -> None:
         username = str(user.get("username") or "")
         body = client.V1SubjectAccessReview(
             spec=client.V1SubjectAccessReviewSpec(
@@ -80,10 +116,10 @@ class LogAccess:
                 extra=user.get("extra"),
                 resource_attributes=client.V1ResourceAttributes(
                     namespace=namespace,
-                    verb="get",
+                    verb=verb,
                     group=GROUP,
                     resource=PLURAL,
-                    subresource=LOG_SUBRESOURCE,
+                    subresource=subresource,
                     name=name,
                 ),
             )
@@ -95,6 +131,6 @@ class LogAccess:
         if review.status is None or not review.status.allowed:
             raise AccessDenied(
                 403,
-                f'user "{username}" cannot get resource "{PLURAL}/{LOG_SUBRESOURCE}" in API group '
+                f'user "{username}" cannot {verb} resource "{PLURAL}/{subresource}" in API group '
                 f'"{GROUP}" in the namespace "{namespace}"',
             )

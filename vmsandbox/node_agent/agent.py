@@ -30,6 +30,7 @@ from vmsandbox.node_agent.network.startup import start_network
 from vmsandbox.node_agent.records import RecordStore
 from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
+from vmsandbox.node_agent.streamroutes import SandboxUnavailable, StreamRoutes, Target
 from vmsandbox.node_agent.supervisor import Supervisor
 from vmsandbox.node_agent.watch import SandboxWatch
 from vmsandbox.node_agent.worker import AgentContext
@@ -135,6 +136,7 @@ class Agent:
             node=config.node_name,
             timeout_seconds=config.watch_timeout_seconds,
         )
+        access = LogAccess(self.kube.api_client)
         self.http = AgentHTTPServer(
             config.listen_address,
             config.port,
@@ -142,7 +144,8 @@ class Agent:
             ready=self._ready,
             registry=self.metrics.registry,
             log_file=self._log_file,
-            access=LogAccess(self.kube.api_client),
+            access=access,
+            streams=StreamRoutes(self._stream_target, access.check_subresource),
         )
         self.heartbeat = Heartbeat(
             self.kube,
@@ -191,6 +194,22 @@ class Agent:
         runtime CLI calls killed on this node while the agent ran."""
         while not self._stop.wait(SWEEP_SECONDS):
             self.runtimes.sweep()
+
+    def _stream_target(self, namespace: str, name: str) -> Target:
+        """The running workload of ``namespace/name`` on this node, for exec and file transfers."""
+        supervisor = self.supervisor
+        assert supervisor is not None
+        worker = supervisor.worker_for(namespace, name)
+        if worker is None or worker.record is None or worker.record.hypervisor is None:
+            raise SandboxUnavailable(
+                404, f"no sandbox {namespace}/{name} runs on node {self.config.node_name}"
+            )
+        if worker.phase != Phase.RUNNING.value:
+            raise SandboxUnavailable(
+                409, f"sandbox {namespace}/{name} is {worker.phase or 'Pending'}, not Running"
+            )
+        runtime = self.runtimes.for_hypervisor(worker.record.hypervisor)
+        return Target(runtime.agent_for(worker.cid), worker.cid)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; VMs keep running, to be adopted by the next agent."""

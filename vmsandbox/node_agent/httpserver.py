@@ -1,4 +1,5 @@
-"""The agent's one HTTP port: ``/healthz``, ``/readyz``, ``/metrics`` and ``/logs/<namespace>/<name>``.
+"""The agent's one HTTP port: ``/healthz``, ``/readyz``, ``/metrics``, ``/logs/<namespace>/<name>``,
+and ``/exec`` and ``/files`` (:mod:`vmsandbox.node_agent.streamroutes`).
 
 The probes and metrics are open (the kubelet and Prometheus call them); everything else needs a
 bearer token that the API server accepts for a user allowed ``get`` on ``vmsandboxes/log`` in
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from vmsandbox.node_agent.access import AccessDenied
 from vmsandbox.node_agent.logstream import stream_log
+from vmsandbox.node_agent.streamroutes import StreamRoutes
 
 log = logging.getLogger("vmsandbox.node_agent.http")
 
@@ -88,6 +90,7 @@ class AgentHTTPServer:
         registry: CollectorRegistry,
         log_file: LogLookup,
         access: Access,
+        streams: StreamRoutes | None = None,
     ) -> None:
         outer = self
 
@@ -118,7 +121,17 @@ class AgentHTTPServer:
                     self._send(HTTPStatus.OK, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif url.path.startswith("/logs/"):
                     self._logs(url.path, url.query)
+                elif outer.streams is not None and outer.streams.handles(url.path):
+                    outer.streams.serve(self, "GET", url.path, url.query)
                 else:
+                    self._guarded_not_found()
+
+            def do_PUT(self) -> None:
+                url = urlsplit(self.path)
+                if outer.streams is not None and outer.streams.handles(url.path):
+                    outer.streams.serve(self, "PUT", url.path, url.query)
+                else:
+                    self.close_connection = True
                     self._guarded_not_found()
 
             def _guarded_not_found(self) -> None:
@@ -176,6 +189,7 @@ class AgentHTTPServer:
         self.registry = registry
         self.log_file = log_file
         self.access = access
+        self.streams = streams
         self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])

@@ -45,3 +45,10 @@ class AgentError(RuntimeError_):
 
 class InjectedFault(RuntimeError_):
     """A failure forced at a named create step (``VMSANDBOX_RUNTIME_FAIL_AT``) to test rollback."""
+
+
+class BadPath(RuntimeError_):
+    """A path (or archive) for a file transfer inside a container was refused: missing, not a
+    file or directory, or leading nowhere; the user's to fix."""
+
+    step = "path"

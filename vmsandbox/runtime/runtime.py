@@ -452,6 +452,15 @@ class Runtime:
         )
         return reply.exit_code
 
+    # ---- exec and files (vmsandbox.runtime.streams) ----------------------------------
+
+    def agent_for(self, container_id: str) -> AgentClient:
+        """The guest agent of the VM a running container lives in, for exec and file transfers."""
+        record = self.store.load(validate_id(container_id))
+        if record.state.status == "creating":
+            raise WrongState(f"container {container_id!r} is creating, not running", step="exec")
+        return self._client(record)
+
     def delete(self, container_id: str, force: bool = False) -> None:
         record = self.store.load(validate_id(container_id))
         current = self._refresh(record)

@@ -1,0 +1,206 @@
+"""Exec and cp benchmark on the process backend: one Running sandbox, every path measured in one run.
+
+Paths, each ``true`` run N times (default 200) in the same container, timed from the call to the
+exit status in hand:
+
+* ``runc exec`` (the floor): the guest's own runc, run in the guest agent's namespaces
+  (``nsenter``), exactly what the guest agent runs for an exec;
+* ``guest``: the runtime library straight to the guest agent (``vmsandbox.runtime.streams``);
+* ``direct``: a WebSocket to the node agent's ``/exec`` (Kubernetes' remote-command protocol) with
+  a bearer token the agent reviews with the API server (TokenReview + SubjectAccessReview), as
+  ``vmsandbox exec`` and the SDK do.
+
+And ``cp``: a 100 MiB file written into the sandbox and read back through the node agent's
+``/files``, against a plain local copy of the same file (read + write + fsync-free) as the baseline.
+
+Everything is real: the local control plane, a loopback registry, the node agent as its own
+process, runc. Target: direct p50 <= runc exec p50 + 15 ms; cp >= 50% of the local copy rate.
+
+    python bench/exec.py [--runs 200] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.node_agent.support import (  # noqa: E402
+    AgentProcess,
+    Cluster,
+    Registry,
+    build_busybox_layout,
+    fake_guest_image,
+    free_port,
+)
+from vmsandbox.devcluster import LocalCluster  # noqa: E402
+from vmsandbox.devcluster.cluster import ADMIN_USER  # noqa: E402
+from vmsandbox.runtime import Runtime  # noqa: E402
+from vmsandbox.runtime.streams import start_exec  # noqa: E402
+from vmsandbox.sdk.remote import Agent, ExecSession, read_path, write_path  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "mean_ms": round(statistics.fmean(ordered), 2),
+    }
+
+
+def timed(runs: int, once: Callable[[], None]) -> list[float]:
+    once()  # warm-up
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        once()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def agent_pid(unshare_pid: int) -> int:
+    """The guest agent: the child of the process backend's ``unshare``."""
+    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    return int(children[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--cp-mib", type=int, default=100)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/exec.py runs containers with runc and needs root", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="nxb", dir="/tmp"))
+    registry: Registry | None = None
+    agent: AgentProcess | None = None
+    result: dict[str, Any] = {"runs": args.runs, "backend": "process"}
+    try:
+        with LocalCluster() as kube, kube.api_client() as api_client:
+            layout = build_busybox_layout(work / "busybox")
+            (work / "registry").mkdir()
+            registry = Registry(root=work / "registry", port=free_port())
+            registry.start()
+            image = registry.push(layout, "latest", "bench/busybox:latest")
+            namespace = "bench-exec"
+            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
+            cluster = Cluster(api_client=api_client, namespace=namespace)
+            node = "bench-node"
+            cluster.create_node(node)
+            from tests.node_agent.conftest import agent_env
+
+            (work / "agent").mkdir()
+            env = agent_env(
+                node=node,
+                namespace=namespace,
+                kube=kube,
+                workdir=work / "agent",
+                registry=registry,
+                guest_image_dir=fake_guest_image(work / "guest"),
+            )
+            env["VMSANDBOX_AGENT_LOG_LEVEL"] = "INFO"
+            agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
+            agent.start()
+            cluster.create_sandbox("box", {"image": image, "command": ["sleep", "3600"]}, node=node)
+            cluster.wait_phase("box", "Running", timeout=120)
+
+            runtime = Runtime(root=agent.runtime_root, hypervisor="process")
+            (cid,) = [i for i in runtime.store.ids() if not i.startswith(".")]
+            state = runtime.state(cid)
+            assert state.vm is not None
+            guest_pid = agent_pid(state.vm.vmm_pid)
+            runc_root = state.vm.state_dir / "guest" / "runc"
+            floor_cmd = ["nsenter", "-t", str(guest_pid), "-m", "-p", "runc", "--root", str(runc_root)]
+            floor_cmd += ["exec", cid, "true"]
+
+            def floor() -> None:
+                subprocess.run(floor_cmd, check=True, stdin=subprocess.DEVNULL)
+
+            def guest() -> None:
+                with start_exec(runtime.agent_for(cid), cid, ["true"]) as stream:
+                    for _ in stream.output():
+                        pass
+                    assert stream.exit_code == 0
+
+            endpoint = agent.endpoint()
+            assert endpoint
+            remote = Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"})
+
+            def direct() -> None:
+                with ExecSession(remote, namespace, "box", ["true"], stdin=False, tty=False) as session:
+                    for _ in session.output():
+                        pass
+                    assert session.exit_code == 0
+
+            for name, once in (("runc_exec", floor), ("guest", guest), ("direct", direct)):
+                result[name] = stats(timed(args.runs, once))
+                print(name, result[name], flush=True)
+            result["direct_minus_floor_p50_ms"] = round(
+                result["direct"]["p50_ms"] - result["runc_exec"]["p50_ms"], 2
+            )
+            result["target_direct_p50_ms"] = round(result["runc_exec"]["p50_ms"] + 15, 2)
+
+            payload = work / "payload.bin"
+            payload.write_bytes(os.urandom(args.cp_mib * MiB))
+            t0 = time.perf_counter()
+            shutil.copyfile(payload, work / "local-copy.bin")
+            local_s = time.perf_counter() - t0
+            (work / "local-copy.bin").unlink()
+
+            def pieces() -> Any:
+                with payload.open("rb") as file:
+                    while piece := file.read(MiB):
+                        yield piece
+
+            t0 = time.perf_counter()
+            write_path(remote, namespace, "box", "/payload.bin", pieces())
+            up_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            size = 0
+            with read_path(remote, namespace, "box", "/payload.bin") as (_, chunks):
+                for chunk in chunks:
+                    size += len(chunk)
+            down_s = time.perf_counter() - t0
+            assert size == args.cp_mib * MiB
+            rate = {
+                "local_copy_mib_s": round(args.cp_mib / local_s, 1),
+                "cp_in_mib_s": round(args.cp_mib / up_s, 1),
+                "cp_out_mib_s": round(args.cp_mib / down_s, 1),
+            }
+            rate["cp_in_vs_local"] = round(rate["cp_in_mib_s"] / rate["local_copy_mib_s"], 3)
+            rate["cp_out_vs_local"] = round(rate["cp_out_mib_s"] / rate["local_copy_mib_s"], 3)
+            result["cp"] = rate
+            print("cp", rate, flush=True)
+            cluster.delete("box")
+            cluster.wait_gone("box", timeout=60)
+    finally:
+        if agent is not None:
+            agent.stop()
+        if registry is not None:
+            registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Binary stream chunks: what an exec or file transfer connection carries after its JSON handshake.
+
+Output and file data would cost a third more as base64 inside JSON frames, so once the agent has
+answered an :class:`~vmsandbox.guest.protocol.Exec`, ``ReadPath`` or ``WritePath`` request, both
+ends switch to chunks: a 4-byte big-endian payload length, one channel byte, then the payload.
+The channel numbers are Kubernetes' remote-command channels, so the node agent relays chunks to
+a WebSocket without translating them; :data:`SIGNAL` is this protocol's own.
+
+Flow control is the stream's own: a writer blocks in ``sendall`` while the reader is behind (the
+virtio-serial multiplexer grants credit per channel the same way), and each end reads only as
+fast as it can deliver, so neither side buffers more than one chunk per stream.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+
+from vmsandbox.guest.wire import ProtocolError
+
+#: True only for type checkers; importing typing would cost the agent's start time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmsandbox.guest.wire import Message
+
+STDIN = 0
+STDOUT = 1
+STDERR = 2
+#: The end of the stream: a JSON reply message (exit status, Ok or Failure).
+STATUS = 3
+#: Terminal size as JSON ``{"Width": cols, "Height": rows}``, Kubernetes' resize message.
+RESIZE = 4
+#: A signal number (ASCII decimal) for the exec'd process.
+SIGNAL = 5
+#: Half-close: the payload's first byte names the channel that ends (stdin, for the host).
+CLOSE = 255
+
+#: Payload bytes per chunk of exec output (small: a terminal wants each piece at once) and of
+#: file data (large: fewer round trips through the framing); a reader accepts up to MAX_CHUNK.
+CHUNK = 64 * 1024
+FILE_CHUNK = 512 * 1024
+MAX_CHUNK = 1024 * 1024
+_HEADER = struct.Struct(">IB")
+
+
+class ChunkWriter:
+    """Sends chunks on one socket from several threads (stdout and stderr pumps) without interleaving."""
+
+    def __init__(self, sock: socket.socket, chunk: int = CHUNK) -> None:
+        self.sock = sock
+        self.chunk = chunk
+        self._lock = threading.Lock()
+
+    def send(self, channel: int, payload: bytes = b"") -> None:
+        if len(payload) <= self.chunk:
+            with self._lock:
+                self.sock.sendall(_HEADER.pack(len(payload), channel))
+                self.sock.sendall(payload)
+            return
+        view = memoryview(payload)
+        for start in range(0, len(payload), self.chunk):
+            piece = view[start : start + self.chunk]
+            with self._lock:
+                self.sock.sendall(_HEADER.pack(len(piece), channel))
+                self.sock.sendall(piece)
+
+    def send_message(self, channel: int, message: Message) -> None:
+        self.send(channel, message.to_json().encode())
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly ``n`` bytes, received in place; None at a clean end of stream before the first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        count = sock.recv_into(view[got:])
+        if not count:
+            if got:
+                raise ProtocolError(f"connection closed inside a chunk ({got} of {n} bytes)")
+            return None
+        got += count
+    return bytes(buf)
+
+
+def recv_chunk(sock: socket.socket) -> tuple[int, bytes] | None:
+    """The next ``(channel, payload)``, or None when the peer closed the connection cleanly."""
+    header = _recv_exact(sock, _HEADER.size)
+    if header is None:
+        return None
+    length, channel = _HEADER.unpack(header)
+    if length > MAX_CHUNK:
+        raise ProtocolError(f"peer announced a {length}-byte chunk; the limit is {MAX_CHUNK}")
+    payload = _recv_exact(sock, length) if length else b""
+    if payload is None:
+        raise ProtocolError("connection closed after a chunk header")
+    return channel, payload
+
+
+def parse_resize(payload: bytes) -> tuple[int, int]:
+    """``(rows, cols)`` from a resize chunk; raises :class:`ProtocolError` on anything else."""
+    try:
+        size = json.loads(payload)
+        cols, rows = size["Width"], size["Height"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"bad resize chunk {payload[:80]!r}") from exc
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535 for v in (rows, cols)):
+        raise ProtocolError(f"bad terminal size {payload[:80]!r}")
+    return rows, cols
+
+
+def parse_signal(payload: bytes) -> int:
+    try:
+        signum = int(payload.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"bad signal chunk {payload[:20]!r}") from exc
+    if not 1 <= signum <= 64:
+        raise ProtocolError(f"signal {signum} is out of range 1-64")
+    return signum

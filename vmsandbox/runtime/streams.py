@@ -1,0 +1,292 @@
+"""The host end of exec and file transfers: one guest agent connection per operation.
+
+Each operation sends its request as a JSON frame, reads the agent's :class:`Streaming` (or
+:class:`Failure`) reply, and then speaks chunks (:mod:`vmsandbox.guest.streams`). Everything
+here blocks; callers that serve many streams run each in its own thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+from vmsandbox.guest import streams
+from vmsandbox.guest.protocol import (
+    REPLY,
+    WRONG_STATUS,
+    Attach,
+    Attached,
+    Exec,
+    Exited,
+    Failure,
+    ListPath,
+    Ok,
+    Output,
+    PathEntry,
+    PathList,
+    ProtocolError,
+    ReadPath,
+    Resize,
+    StdinClose,
+    StdinData,
+    Streaming,
+    WritePath,
+    decode,
+    recv_reply,
+    send_frame,
+)
+from vmsandbox.runtime.client import AgentClient
+from vmsandbox.runtime.errors import AgentError, BadPath, RuntimeError_, WrongState
+
+Output_ = tuple[Literal[1, 2], bytes]
+
+
+def _refusal(reply: Failure) -> RuntimeError_:
+    """The typed error for the agent's refusal: not running, a tenant's bad path, or the agent's own."""
+    if reply.step == WRONG_STATUS:
+        return WrongState(reply.detail, step="exec")
+    if reply.step in ("path", "tar"):
+        return BadPath(reply.detail, step=reply.step)
+    return AgentError(reply.detail, step=f"guest {reply.step}")
+
+
+def _open(client: AgentClient, request: Exec | ReadPath | WritePath) -> tuple[socket.socket, Streaming]:
+    sock = client.connect()
+    try:
+        send_frame(sock, request)
+        reply = recv_reply(sock)
+    except (OSError, ProtocolError) as exc:
+        sock.close()
+        raise AgentError(f"{request.op}: {exc}", step="guest agent") from exc
+    if isinstance(reply, Streaming):
+        return sock, reply
+    sock.close()
+    if isinstance(reply, Failure):
+        raise _refusal(reply)
+    raise AgentError(f"{request.op}: unexpected reply {reply.type!r}", step="guest agent")
+
+
+def _status(payload: bytes) -> Exited | Ok | Failure:
+    message = decode(REPLY, payload)
+    if not isinstance(message, Exited | Ok | Failure):
+        raise ProtocolError(f"unexpected status {message.type!r}")
+    return message
+
+
+class ExecStream:
+    """A running exec: write stdin, resize, signal; iterate output until the exit code is known."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writer = streams.ChunkWriter(sock)
+        self.exit_code: int | None = None
+
+    def __enter__(self) -> ExecStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_stdin(self, data: bytes) -> None:
+        self.writer.send(streams.STDIN, data)
+
+    def close_stdin(self) -> None:
+        self.writer.send(streams.CLOSE, bytes([streams.STDIN]))
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.writer.send(streams.RESIZE, json.dumps({"Width": cols, "Height": rows}).encode())
+
+    def signal(self, signum: int) -> None:
+        self.writer.send(streams.SIGNAL, str(signum).encode())
+
+    def output(self) -> Iterator[Output_]:
+        """``(1, bytes)`` for stdout, ``(2, bytes)`` for stderr, in order; then sets :attr:`exit_code`."""
+        while True:
+            try:
+                chunk = streams.recv_chunk(self.sock)
+            except (OSError, ProtocolError) as exc:
+                raise AgentError(f"exec stream: {exc}", step="guest agent") from exc
+            if chunk is None:
+                raise AgentError(
+                    "the guest agent closed the exec stream before the exit status", step="guest agent"
+                )
+            channel, payload = chunk
+            if channel == streams.STDOUT:
+                yield 1, payload
+            elif channel == streams.STDERR:
+                yield 2, payload
+            elif channel == streams.STATUS:
+                status = _status(payload)
+                if isinstance(status, Failure):
+                    raise _refusal(status)
+                if not isinstance(status, Exited):
+                    raise AgentError(f"unexpected exec status {status.type!r}", step="guest agent")
+                self.exit_code = status.exit_code
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def start_exec(
+    client: AgentClient,
+    container_id: str,
+    command: list[str],
+    *,
+    stdin: bool = False,
+    tty: bool = False,
+    rows: int | None = None,
+    cols: int | None = None,
+) -> ExecStream:
+    """Start ``command`` in the running container; raises :class:`WrongState` when it is not running."""
+    request = Exec(container_id=container_id, command=command, stdin=stdin, tty=tty, rows=rows, cols=cols)
+    sock, _ = _open(client, request)
+    sock.settimeout(None)
+    return ExecStream(sock)
+
+
+class ReadStream:
+    """A file's bytes (``kind`` file) or a directory's tar stream (``kind`` dir)."""
+
+    def __init__(self, sock: socket.socket, reply: Streaming) -> None:
+        self.sock = sock
+        self.kind: Literal["file", "dir"] = "dir" if reply.kind == "dir" else "file"
+        self.size = reply.size
+
+    def __enter__(self) -> ReadStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = streams.recv_chunk(self.sock)
+            except (OSError, ProtocolError) as exc:
+                raise AgentError(f"read stream: {exc}", step="guest agent") from exc
+            if chunk is None:
+                raise AgentError("the guest agent closed the read stream early", step="guest agent")
+            channel, payload = chunk
+            if channel == streams.STDOUT:
+                yield payload
+            elif channel == streams.STATUS:
+                status = _status(payload)
+                if isinstance(status, Failure):
+                    raise _refusal(status)
+                return
+
+
+def read_path(client: AgentClient, container_id: str, path: str) -> ReadStream:
+    sock, reply = _open(client, ReadPath(container_id=container_id, path=path))
+    sock.settimeout(None)
+    return ReadStream(sock, reply)
+
+
+def write_path(
+    client: AgentClient,
+    container_id: str,
+    path: str,
+    data: Iterable[bytes],
+    *,
+    kind: Literal["file", "tar"] = "file",
+    mode: int | None = None,
+) -> None:
+    """Write ``data`` to ``path`` (a file), or unpack it as a tar stream into ``path`` (a directory)."""
+    sock, _ = _open(client, WritePath(container_id=container_id, path=path, kind=kind, mode=mode))
+    with sock:
+        sock.settimeout(None)
+        writer = streams.ChunkWriter(sock, streams.FILE_CHUNK)
+        try:
+            for piece in data:
+                if piece:
+                    writer.send(streams.STDIN, piece)
+            writer.send(streams.CLOSE, bytes([streams.STDIN]))
+            chunk = streams.recv_chunk(sock)
+        except (OSError, ProtocolError) as exc:
+            raise AgentError(f"write stream: {exc}", step="guest agent") from exc
+        if chunk is None or chunk[0] != streams.STATUS:
+            raise AgentError("the guest agent ended the write without a status", step="guest agent")
+        status = _status(chunk[1])
+        if isinstance(status, Failure):
+            raise _refusal(status)
+
+
+def list_path(client: AgentClient, container_id: str, path: str) -> list[PathEntry]:
+    with client.connect() as sock:
+        try:
+            send_frame(sock, ListPath(container_id=container_id, path=path))
+            reply = recv_reply(sock)
+        except (OSError, ProtocolError) as exc:
+            raise AgentError(f"list_path: {exc}", step="guest agent") from exc
+    if isinstance(reply, Failure):
+        raise _refusal(reply)
+    if not isinstance(reply, PathList):
+        raise AgentError(f"list_path: unexpected reply {reply.type!r}", step="guest agent")
+    return reply.entries
+
+
+class AttachStream:
+    """The sandbox's main process: its retained and new output, its stdin, its terminal size.
+
+    It speaks the guest's JSON attach frames (the relay's own channel to the main process), so
+    output first replays what the guest still holds (up to 8 MiB), then follows.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.exit_code: int | None = None
+
+    def __enter__(self) -> AttachStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write_stdin(self, data: bytes) -> None:
+        send_frame(self.sock, StdinData.of(data))
+
+    def close_stdin(self) -> None:
+        send_frame(self.sock, StdinClose())
+
+    def resize(self, rows: int, cols: int) -> None:
+        send_frame(self.sock, Resize(rows=rows, cols=cols))
+
+    def output(self) -> Iterator[Output_]:
+        while True:
+            try:
+                reply = recv_reply(self.sock)
+            except (OSError, ProtocolError) as exc:
+                raise AgentError(f"attach stream: {exc}", step="guest agent") from exc
+            if isinstance(reply, Output):
+                yield (1 if reply.stream == "stdout" else 2), reply.raw()
+            elif isinstance(reply, Exited):
+                self.exit_code = reply.exit_code
+                return
+            elif isinstance(reply, Failure):
+                raise _refusal(reply)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def start_attach(client: AgentClient, container_id: str) -> AttachStream:
+    sock = client.connect()
+    try:
+        send_frame(sock, Attach(container_id=container_id, offset=0))
+        reply = recv_reply(sock)
+    except (OSError, ProtocolError) as exc:
+        sock.close()
+        raise AgentError(f"attach: {exc}", step="guest agent") from exc
+    if isinstance(reply, Attached):
+        sock.settimeout(None)
+        return AttachStream(sock)
+    sock.close()
+    if isinstance(reply, Failure):
+        raise _refusal(reply)
+    raise AgentError(f"attach: unexpected reply {reply.type!r}", step="guest agent")

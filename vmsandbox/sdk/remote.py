@@ -1,0 +1,180 @@
+"""The client end of a node agent's ``/exec`` (WebSocket, Kubernetes' remote-command protocol) and
+``/files`` (HTTP) routes; the CLI and the SDK both speak through these.
+
+Callers pass the agent's endpoint and the ``Authorization`` header the API server accepts: the
+agent asks the API server who the caller is and whether they may ``create`` the subresource.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+import requests
+import websocket
+
+from vmsandbox.errors import VMSandboxError
+
+STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+SUBPROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+
+
+class RemoteError(VMSandboxError):
+    """The agent refused or failed an exec or file transfer; ``status`` is its HTTP answer, if any."""
+
+    step = "agent"
+
+    def __init__(self, detail: str, *, step: str | None = None, status: int | None = None) -> None:
+        super().__init__(detail, step=step)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Agent:
+    """A node agent's base URL and the caller's credentials for it."""
+
+    endpoint: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def url(self, route: str, namespace: str, name: str) -> str:
+        return f"{self.endpoint.rstrip('/')}/{route}/{quote(namespace, safe='')}/{quote(name, safe='')}"
+
+
+def exit_code_of(status: dict[str, Any]) -> int:
+    """The exit code a channel-3 ``metav1.Status`` reports; raises when it reports an error instead."""
+    if status.get("status") == "Success":
+        return 0
+    if status.get("reason") == "NonZeroExitCode":
+        for cause in (status.get("details") or {}).get("causes") or []:
+            if cause.get("reason") == "ExitCode":
+                return int(cause["message"])
+    raise RemoteError(str(status.get("message") or status), step="exec")
+
+
+class ExecSession:
+    """One exec (or, with no command, an attach) over a WebSocket: send stdin, resize; iterate
+    ``(channel, bytes)`` output."""
+
+    def __init__(
+        self, agent: Agent, namespace: str, name: str, command: list[str], *, stdin: bool, tty: bool
+    ) -> None:
+        query = [("command", c) for c in command] + [
+            ("stdin", str(stdin).lower()),
+            ("stdout", "true"),
+            ("stderr", str(not tty).lower()),
+            ("tty", str(tty).lower()),
+        ]
+        # No command: attach to the sandbox's main process instead.
+        route = "exec" if command else "attach"
+        url = agent.url(route, namespace, name).replace("http", "ws", 1) + "?" + urlencode(query)
+        header = [f"{k}: {v}" for k, v in agent.headers.items()]
+        try:
+            self.ws = websocket.create_connection(url, header=header, subprotocols=SUBPROTOCOLS, timeout=30)
+        except websocket.WebSocketBadStatusException as exc:
+            body = (exc.resp_body or b"").decode(errors="replace").strip()
+            raise RemoteError(body or str(exc), step="exec", status=exc.status_code) from None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise RemoteError(f"cannot reach the agent at {agent.endpoint}: {exc}", step="exec") from None
+        self.ws.settimeout(None)
+        self.protocol = self.ws.getsubprotocol()
+        self.exit_code: int | None = None
+
+    def __enter__(self) -> ExecSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send_stdin(self, data: bytes) -> None:
+        self.ws.send_binary(bytes([STDIN]) + data)
+
+    def close_stdin(self) -> None:
+        """End the command's input (the v5 close signal; v4 has none)."""
+        if self.protocol == SUBPROTOCOLS[0]:
+            self.ws.send_binary(bytes([CLOSE, STDIN]))
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.ws.send_binary(bytes([RESIZE]) + json.dumps({"Width": cols, "Height": rows}).encode())
+
+    def output(self) -> Iterator[tuple[int, bytes]]:
+        """stdout (1) and stderr (2) in order, until the status sets :attr:`exit_code`."""
+        while True:
+            try:
+                opcode, data = self.ws.recv_data()
+            except (OSError, websocket.WebSocketException) as exc:
+                raise RemoteError(f"the exec stream broke: {exc}", step="exec") from None
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                if self.exit_code is None:
+                    raise RemoteError("the agent closed the exec stream without an exit status", step="exec")
+                return
+            if not data:
+                continue
+            channel, payload = data[0], data[1:]
+            if channel in (STDOUT, STDERR) and payload:
+                yield channel, payload
+            elif channel == STATUS:
+                self.exit_code = exit_code_of(json.loads(payload))
+                return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            self.ws.close()
+
+
+def _check(resp: requests.Response, step: str) -> None:
+    if resp.status_code != 200:
+        raise RemoteError(resp.text.strip() or f"HTTP {resp.status_code}", step=step, status=resp.status_code)
+
+
+def _request(method: str, agent: Agent, namespace: str, name: str, **kw: Any) -> requests.Response:
+    try:
+        return requests.request(method, agent.url("files", namespace, name), headers=agent.headers, **kw)
+    except requests.RequestException as exc:
+        raise RemoteError(f"cannot reach the agent at {agent.endpoint}: {exc}", step="files") from None
+
+
+@contextlib.contextmanager
+def read_path(
+    agent: Agent, namespace: str, name: str, path: str
+) -> Iterator[tuple[Literal["file", "dir"], Iterator[bytes]]]:
+    """``(kind, chunks)``: a file's bytes, or a directory as a tar stream."""
+    resp = _request("GET", agent, namespace, name, params={"path": path}, stream=True, timeout=(10, None))
+    with resp:
+        _check(resp, "files")
+        kind: Literal["file", "dir"] = "dir" if resp.headers.get("X-Vmsandbox-Kind") == "dir" else "file"
+        yield kind, _chunks(resp)
+
+
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    try:
+        yield from resp.iter_content(chunk_size=None)
+    except (OSError, requests.RequestException) as exc:
+        raise RemoteError(f"the read ended early: {exc}", step="files") from None
+
+
+def write_path(
+    agent: Agent,
+    namespace: str,
+    name: str,
+    path: str,
+    data: Iterable[bytes] | bytes,
+    *,
+    kind: Literal["file", "tar"] = "file",
+    mode: int | None = None,
+) -> None:
+    params = {"path": path, "kind": kind}
+    if mode is not None:
+        params["mode"] = f"{mode:o}"
+    resp = _request("PUT", agent, namespace, name, params=params, data=data, timeout=(10, None))
+    _check(resp, "files")
+
+
+def list_path(agent: Agent, namespace: str, name: str, path: str) -> list[dict[str, Any]]:
+    resp = _request("GET", agent, namespace, name, params={"path": path, "list": "true"}, timeout=60)
+    _check(resp, "files")
+    entries: list[dict[str, Any]] = resp.json()["entries"]
+    return entries
