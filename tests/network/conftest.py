@@ -80,6 +80,8 @@ class Topology:
     world: str
     bridge: str
     state_dir: Path
+    #: bridge-nf-call-* in the node namespace; None: as the namespace inherited it.
+    bridge_nf: int | None = None
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
 
     @property
@@ -131,10 +133,29 @@ class Topology:
         return sh("ip", "netns", "exec", self.node, "nft", "list", "ruleset")
 
 
+BRIDGE_NF = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables")
+
+
+def set_bridge_nf(node: str, value: int) -> None:
+    """Whether bridged frames in ``node`` pass the IP hooks (br_netfilter; per namespace since 5.3).
+
+    A node running kube-proxy has 1, a plain host 0 or no such setting: the plumbing must work
+    with either, and the tests set it in their own node namespace, never in the machine's.
+    """
+    have = sh("ip", "netns", "exec", node, "sh", "-c", "ls /proc/sys/net/bridge 2>/dev/null || true").split()
+    if not all(name in have for name in BRIDGE_NF):
+        if value:  # without the module bridged frames never pass the IP hooks: that is the 0 case
+            pytest.skip("br_netfilter is not loaded on this machine (the tests never load modules)")
+        return
+    sh("ip", "netns", "exec", node, "sysctl", "-q", *(f"net.bridge.{name}={value}" for name in BRIDGE_NF))
+
+
 def _setup(topo: Topology) -> None:
     node, world = topo.node, topo.world
     sh("ip", "netns", "add", node)
     sh("ip", "netns", "add", world)
+    if topo.bridge_nf is not None:
+        set_bridge_nf(node, topo.bridge_nf)
     sh("ip", "-n", node, "link", "add", "up0", "type", "veth", "peer", "name", "wd0", "netns", world)
     sh(
         "ip",
@@ -173,12 +194,23 @@ def teardown_topology(topo: Topology) -> None:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+#: Parametrize ``topo`` (indirectly) with this to run a test with br_netfilter off and on.
+BRIDGE_NF_PARAMS = pytest.mark.parametrize(
+    "topo", [0, 1], indirect=True, ids=["bridge-nf-off", "bridge-nf-on"]
+)
+
+
 @pytest.fixture
-def topo(tmp_path: Path) -> Iterator[Topology]:
+def topo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Topology]:
+    """The node and world; ``request.param``, when parametrized, is the node's bridge-nf-call-*."""
     require_network_tools()
     suffix = secrets.token_hex(3)
     topology = Topology(
-        node=f"vtn-{suffix}", world=f"vtw-{suffix}", bridge=f"vb{suffix}", state_dir=tmp_path / "net"
+        node=f"vtn-{suffix}",
+        world=f"vtw-{suffix}",
+        bridge=f"vb{suffix}",
+        state_dir=tmp_path / "net",
+        bridge_nf=getattr(request, "param", None),
     )
     try:
         _setup(topology)

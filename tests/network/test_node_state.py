@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 
-from tests.network.conftest import PRIVATE, PUBLIC, SUBNET, Topology, sh
+from tests.network.conftest import BRIDGE_NF_PARAMS, GATEWAY, PRIVATE, PUBLIC, SUBNET, Topology, sh
+from vmsandbox.node_agent.network.ipam import mac_of
 
 OWNERS = [f"uid-{i:02d}" for i in range(50)]
 
@@ -65,13 +66,22 @@ def test_fifty_sandboxes_distinct_across_a_kill_and_all_released(topo: Topology)
     assert topo.node_ruleset().strip() == ""
 
 
+def _lose_table_and_bridge(topo: Topology) -> None:
+    """What a flush or a restart of the node's networking does while the agent is down."""
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
+    sh("ip", "-n", topo.node, "link", "del", topo.bridge)
+
+
+def _bridge_mac(topo: Topology) -> str:
+    return str(json.loads(sh("ip", "-n", topo.node, "-j", "link", "show", "dev", topo.bridge))[0]["address"])
+
+
+@BRIDGE_NF_PARAMS
 def test_reconcile_after_a_kill_restores_and_frees(topo: Topology) -> None:
     topo.net("reconcile")
     kept = topo.attach("kept", "--allow", f"{PRIVATE}/32")
     gone = topo.attach("gone")
-    # The agent is killed; meanwhile the table and the bridge are lost (a flush, a reboot of networking).
-    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
-    sh("ip", "-n", topo.node, "link", "del", topo.bridge)
+    _lose_table_and_bridge(topo)  # the agent is killed meanwhile
     assert topo.probe(kept["netns"], f"http:{PUBLIC}")[f"http:{PUBLIC}"] != PUBLIC
     topo.net("reconcile", "kept")  # the restarted agent still owns "kept" only
     assert _leases(topo) == {"kept": kept["ip"]}
@@ -81,6 +91,37 @@ def test_reconcile_after_a_kill_restores_and_frees(topo: Topology) -> None:
     assert results == {f"http:{PUBLIC}": PUBLIC, f"http:{PRIVATE}": PRIVATE}, results
     ruleset = topo.node_ruleset()
     assert ruleset.count("jump s") == 3, "one sandbox's out, in and node chains in the maps"
+
+
+@BRIDGE_NF_PARAMS
+def test_reconcile_answers_a_gateway_lookup_left_pending_by_the_outage(topo: Topology) -> None:
+    """A sandbox asked for the gateway's MAC while the bridge was gone, and its own next retry
+    is far off (a guest kernel's timing is its own): the re-created bridge's announcement must
+    answer it, or its next connection fails ("No route to host") or hangs."""
+    topo.net("reconcile")
+    kept = topo.attach("kept")
+    sandbox = kept["netns"].rsplit("/", 1)[1]
+    sh("ip", "netns", "exec", sandbox, "sysctl", "-q", "net.ipv4.neigh.eth0.retrans_time_ms=60000")
+    sh("ip", "netns", "exec", sandbox, "sysctl", "-q", "net.ipv4.neigh.eth0.mcast_solicit=1")
+    _lose_table_and_bridge(topo)
+    assert topo.probe(kept["netns"], f"http:{PUBLIC}")[f"http:{PUBLIC}"] != PUBLIC
+    assert "INCOMPLETE" in sh("ip", "-n", sandbox, "neigh", "show", GATEWAY), "the lookup is still pending"
+    topo.net("reconcile", "kept")
+    assert topo.probe(kept["netns"], f"http:{PUBLIC}") == {f"http:{PUBLIC}": PUBLIC}
+
+
+def test_the_gateway_mac_survives_ports_leaving_and_the_bridge_returning(topo: Topology) -> None:
+    """A bridge left to itself takes its lowest port's MAC: the gateway's would change under
+    every sandbox when that sandbox leaves or the bridge is re-created."""
+    topo.net("reconcile")
+    topo.attach("first")
+    topo.attach("second")
+    assert _bridge_mac(topo) == mac_of(GATEWAY)
+    topo.net("detach", "first")
+    assert _bridge_mac(topo) == mac_of(GATEWAY)
+    _lose_table_and_bridge(topo)
+    topo.net("reconcile", "second")
+    assert _bridge_mac(topo) == mac_of(GATEWAY)
 
 
 def test_a_half_written_lease_is_not_handed_out_and_is_freed(topo: Topology) -> None:

@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from tests.network.conftest import (
+    BRIDGE_NF_PARAMS,
     DNS,
     GATEWAY,
     HERE,
@@ -23,6 +24,9 @@ from tests.network.conftest import (
     ULA,
     Topology,
 )
+
+#: Every verdict with bridged frames passing the IP hooks (a kube-proxy node) and without.
+pytestmark = BRIDGE_NF_PARAMS
 
 ALL = [f"http:{a}" for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA, DNS, NODE_UPLINK, GATEWAY, ULA)]
 

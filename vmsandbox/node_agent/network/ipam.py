@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict
 from vmsandbox.node_agent.network.errors import AddressesExhausted, NetworkError
 
 
+def mac_of(ip: str) -> str:
+    """Locally administered, derived from the address, so it is stable and unique on the subnet."""
+    octets = ipaddress.IPv4Address(ip).packed
+    return "02:76:73:" + ":".join(f"{b:02x}" for b in octets[1:])
+
+
 class Lease(BaseModel):
     """One sandbox's address and the policy it runs under."""
 
@@ -39,9 +45,7 @@ class Lease(BaseModel):
 
     @property
     def mac(self) -> str:
-        """Locally administered, derived from the address, so it is stable and unique on the subnet."""
-        octets = ipaddress.IPv4Address(self.ip).packed
-        return "02:76:73:" + ":".join(f"{b:02x}" for b in octets[1:])
+        return mac_of(self.ip)
 
 
 class Ipam:

@@ -42,13 +42,22 @@ def link_exists(host: Host, name: str) -> bool:
     return host.succeeds(["ip", "link", "show", "dev", name])
 
 
-def ensure_bridge(host: Host, bridge: str, gateway: str, prefix_length: int) -> None:
-    """The bridge with the gateway address, up, and forwarding on (idempotent)."""
+def ensure_bridge(host: Host, bridge: str, gateway: str, prefix_length: int, mac: str) -> None:
+    """The bridge with the gateway address and MAC, up, and forwarding on (idempotent).
+
+    The MAC is set, not left to the kernel: a bridge otherwise takes its lowest port's MAC, so
+    the gateway's MAC would change under every sandbox when that port leaves or the bridge is
+    re-created, and the sandboxes would send to a MAC nobody has until their entries age out.
+    """
     lines = []
     if not link_exists(host, bridge):
         lines.append(f"link add name {bridge} type bridge")
         lines.append(f"link set dev {bridge} addrgenmode none")
-    lines += [f"address replace {gateway}/{prefix_length} dev {bridge}", f"link set dev {bridge} up"]
+    lines += [
+        f"link set dev {bridge} address {mac}",
+        f"address replace {gateway}/{prefix_length} dev {bridge}",
+        f"link set dev {bridge} up",
+    ]
     _ip_batch(host, lines)
     host.enable_forwarding()
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmsandbox.hypervisor.network import NetworkAttachment
-from vmsandbox.node_agent.network import links, policy
+from vmsandbox.node_agent.network import announce, links, policy
 from vmsandbox.node_agent.network.commands import Host
 from vmsandbox.node_agent.network.errors import NetworkError
-from vmsandbox.node_agent.network.ipam import Ipam, Lease
+from vmsandbox.node_agent.network.ipam import Ipam, Lease, mac_of
 
 log = logging.getLogger("vmsandbox.node_agent.network")
 
@@ -146,7 +146,8 @@ class NodeNetwork:
         keep_set = set(keep)
         bridge = self.settings.bridge
         with self._lock:
-            links.ensure_bridge(self.host, bridge, self.ipam.gateway, self.prefix_length)
+            gateway_mac = mac_of(self.ipam.gateway)
+            links.ensure_bridge(self.host, bridge, self.ipam.gateway, self.prefix_length, gateway_mac)
             self._drop_unreadable_leases()
             kept: list[Lease] = []
             for lease in self.ipam.leases():
@@ -170,6 +171,8 @@ class NodeNetwork:
             for ns in links.own_netns(bridge):
                 if ns.removeprefix(f"{bridge}-") not in wanted:
                     links.remove(self.host, bridge, ns.removeprefix(f"{bridge}-"))
+            # The ports are back on the bridge: tell the sandboxes who the gateway is now.
+            announce.announce(self.host, bridge, self.ipam.gateway, gateway_mac)
 
     def _drop_unreadable_leases(self) -> None:
         readable = {lease.ip for lease in self.ipam.leases()}
