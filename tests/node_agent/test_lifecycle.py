@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.security.tenant import bind
 from vmsandbox.api.constants import AGENT_FINALIZER
 from vmsandbox.devcluster import LocalCluster
 
@@ -116,7 +117,11 @@ def test_running_sandbox_reports_vm_and_container(
 
 
 def test_agent_writes_three_times_from_scheduled_to_running(
-    make_agent: MakeAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    registry: Registry,
+    kube: LocalCluster,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Finalizer, Creating, then Running with the VM's details: no write of its own for "booted".
 
@@ -124,6 +129,11 @@ def test_agent_writes_three_times_from_scheduled_to_running(
     operator's status write landed in between is retried, and is not a write.
     """
     user = "system:serviceaccount:vmsandbox-system:write-count-agent"
+    binding = unique("write-count-admin")  # its own user, so its requests can be told apart; any rights
+    bind(kube, "", "ClusterRole", "cluster-admin", [{"kind": "User", "name": user}], name=binding)
+    request.addfinalizer(
+        lambda: kube.http("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}")
+    )
     agent = make_agent(VMSANDBOX_AGENT_KUBECONFIG=str(kube.kubeconfig_for(user)))
     name = unique("writes")
     mark = len(kube.requests_made())

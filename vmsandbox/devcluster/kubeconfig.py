@@ -1,7 +1,8 @@
-"""Kubeconfig files for the local control plane (plain http to the front, bearer-token users)."""
+"""Kubeconfig files for the local control plane (the front over TLS, bearer-token users)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,11 @@ import yaml
 
 def render_kubeconfig(server: str, user: str, namespace: str = "default", ca: Path | None = None) -> str:
     """A one-context kubeconfig; the front treats the token as the user name. An https ``server``
-    needs ``ca``, the front's certificate (client-go sends tokens only over TLS)."""
+    needs ``ca``, the front's certificate (client-go sends tokens only over TLS). The certificate
+    is embedded, so the file works wherever it is mounted (a container, another machine)."""
     cluster: dict[str, Any] = {"server": server}
     if ca is not None:
-        cluster["certificate-authority"] = str(ca)
+        cluster["certificate-authority-data"] = base64.b64encode(ca.read_bytes()).decode()
     config = {
         "apiVersion": "v1",
         "kind": "Config",

@@ -2,7 +2,7 @@
 
 (clientcmd reads a kubeconfig's user only for an https server, so over plain http every
 client-go request would be anonymous.) The certificate is self-signed for 127.0.0.1 and
-localhost and is its own CA; kubeconfigs name it as ``certificate-authority``.
+localhost and is its own CA; kubeconfigs embed it as ``certificate-authority-data``.
 """
 
 from __future__ import annotations
