@@ -105,6 +105,7 @@ class Reconciler:
         self._finished_seen: dict[str, float] = {}  # uid -> monotonic time first seen finished
         self._silent_since: dict[str, float] = {}  # node -> monotonic time first seen without a Lease
         self._brake: str | None = None  # why evictions are paused, while they are
+        self._brake_told = False  # the Event for the current pause was recorded
         self._placed: dict[str, str] = {}  # uid -> node this operator labelled it with
 
     # ---- feeding the queue
@@ -196,8 +197,8 @@ class Reconciler:
         ready, more than ``evictionBrakeShare`` of the nodes going silent together (each past
         ``agentAliveSeconds``, so nodes that fail a second apart count as one event) is taken
         for a fault of the API server or of this operator, not of the nodes. Engaging and
-        releasing it is said once each, in an Event (on the sandbox that met it first), a log
-        line and a metric.
+        releasing it is said once each in a log line and a metric, and engaging in an Event on
+        the first sandbox of a silent node that meets it (its owner sees why it stays Unknown).
         """
         lost, considered = self.cache.unreachable_nodes(
             now, self.config.agent_alive_seconds, 2 * self.config.node_lost_grace_seconds
@@ -213,11 +214,14 @@ class Reconciler:
         )
         if (message is None) != (self._brake is None):
             self.metrics.evictions_paused.set(1 if message else 0)
+            self._brake_told = False
             if message:
                 log.warning("%s: %s", message, ", ".join(sorted(lost)))
-                self.events.record(entry.raw, "Warning", "EvictionsPaused", message)
             else:
                 log.info("evictions resumed: %d of %d nodes lost", len(lost), len(considered))
+        if message and not self._brake_told and entry.node in lost:
+            self.events.record(entry.raw, "Warning", "EvictionsPaused", message)
+            self._brake_told = True
         self._brake = message
         return message
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel
 
@@ -130,18 +130,10 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
 
 
 def _has_device(qmp: QMPClient, qdev_id: str) -> bool:
-    """Whether a device with this id sits anywhere on the PCI tree (behind root ports too)."""
-
-    def walk(devices: list[dict[str, Any]]) -> bool:
-        for device in devices:
-            if device.get("qdev_id") == qdev_id:
-                return True
-            bridge = device.get("pci_bridge") or {}
-            if walk(bridge.get("devices") or []):
-                return True
-        return False
-
-    return any(walk(bus.get("devices") or []) for bus in qmp.execute("query-pci"))
+    """Whether the device still exists. A device leaves the PCI bus first and is finalized (its
+    drive released) only after that, when it leaves ``/machine/peripheral``: this waits for that."""
+    children = qmp.execute("qom-list", {"path": "/machine/peripheral"})
+    return any(child.get("name") == qdev_id for child in children)
 
 
 def _nic(spec: VMSpec) -> list[str]:
@@ -392,9 +384,8 @@ class QemuDriver(HypervisorDriver):
     def detach_disk(self, handle: VMHandle, serial: str) -> None:
         """``device_del``, wait until the guest has ejected it, then ``blockdev-del``.
 
-        ``device_del`` only asks the guest (ACPI eject on q35's root ports); the device and its
-        port stay taken until the guest answers, so the slot is free only once the device is
-        gone from ``query-pci``.
+        ``device_del`` only asks the guest (ACPI eject on q35's root ports); the device, its port
+        and its drive stay taken until the guest has answered and QEMU has finalized the device.
         """
         device, node = f"blk-{serial}", f"hp-{serial}"
         with self._qmp(handle) as qmp:
