@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+from tests.leaks import processes_mentioning
 from tests.operator.harness import free_port
+from vmsandbox.devcluster.binaries import CACHE_ENV, cache_dir
 from vmsandbox.devcluster.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,3 +98,64 @@ def label_writes(kube: LocalCluster, namespace: str, since: int = 0) -> Counter[
         ):
             counts[(rec.name, rec.user_agent.split("/", 1)[1])] += 1
     return counts
+
+
+class DevProcess:
+    """``vmsandbox dev --hypervisor process`` as a newcomer starts it, with its output in a file.
+
+    The API server binaries are the cached ones; dev's kubeconfig link lands under ``tmp_path``
+    instead of ``~/.cache``.
+    """
+
+    def __init__(self, tmp_path: Path, registry_host: str, tag: str) -> None:
+        self.workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"{tag}{os.getpid()}"
+        self.out = tmp_path / "dev.out"
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            CACHE_ENV: str(cache_dir()),
+            "VMSANDBOX_AGENT_INSECURE_REGISTRIES": registry_host,
+        }
+        env.pop("KUBECONFIG", None)
+        argv = [sys.executable, "-m", "vmsandbox", "dev", "--hypervisor", "process"]
+        with self.out.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [*argv, "--workdir", str(self.workdir)],
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+    def text(self) -> str:
+        return self.out.read_text()
+
+    def wait_ready(self, timeout: float = 120) -> str:
+        """The kubeconfig path dev printed once ready; fails if dev exited instead."""
+        deadline = time.monotonic() + timeout
+        while "export KUBECONFIG=" not in self.text() and self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"dev not ready after {timeout}s:\n{self.text()[-3000:]}"
+            time.sleep(0.1)
+        assert self.proc.poll() is None, self.text()
+        return next(
+            line.split("=", 1)[1]
+            for line in self.text().splitlines()
+            if line.startswith("export KUBECONFIG=")
+        )
+
+    def interrupt(self) -> int:
+        """Ctrl-C; returns dev's exit status."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def leftovers(self) -> list[str]:
+        """Processes still mentioning dev's workdir (then the workdir is removed)."""
+        time.sleep(0.5)
+        found = processes_mentioning(str(self.workdir))
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return found

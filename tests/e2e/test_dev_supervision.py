@@ -5,21 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import REPO
-from tests.leaks import processes_mentioning
+from tests.e2e.processes import DevProcess
 from tests.node_agent.support import Registry, wait_for
 from vmsandbox.cli import Backend, Component, DevStack
 from vmsandbox.cli import main as cli
-from vmsandbox.devcluster.binaries import CACHE_ENV, cache_dir
 from vmsandbox.devcluster.cluster import LocalCluster
 
 
@@ -70,34 +65,13 @@ def test_dev_restarts_a_killed_operator_and_agent_and_leaves_sandboxes_running(
     kube: LocalCluster, registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     del kube  # only for the binaries: dev starts its own control plane
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"vmsbsup{os.getpid()}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        CACHE_ENV: str(cache_dir()),
-        "VMSANDBOX_AGENT_INSECURE_REGISTRIES": registry.host,
-    }
-    env.pop("KUBECONFIG", None)
-    out = tmp_path / "dev.out"
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vmsandbox", "dev", "--hypervisor", "process", "--workdir", str(workdir)],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    dev = DevProcess(tmp_path, registry.host, "vmsbsup")
+    out = dev.out
     try:
-        wait_for("dev ready", lambda: "export KUBECONFIG=" in out.read_text() or proc.poll() is not None, 120)
-        text = out.read_text()
-        assert proc.poll() is None, text
-        pids = re.search(r"operator pid (\d+), agent pid (\d+)", text)
-        assert pids, text
+        kubeconfig = dev.wait_ready()
+        pids = re.search(r"operator pid (\d+), agent pid (\d+)", dev.text())
+        assert pids, dev.text()
         operator_pid, agent_pid = int(pids[1]), int(pids[2])
-        kubeconfig = next(
-            line.split("=", 1)[1] for line in text.splitlines() if line.startswith("export KUBECONFIG=")
-        )
         cfg = ["--kubeconfig", kubeconfig]
         manifest = tmp_path / "long.yaml"
         manifest.write_text(
@@ -137,14 +111,7 @@ def test_dev_restarts_a_killed_operator_and_agent_and_leaves_sandboxes_running(
         assert isinstance(vm, dict) and Path(f"/proc/{vm['vmmPID']}").exists()
         assert cli([*cfg, "delete", "long", "--wait", "--timeout", "90"]) == 0
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        try:
-            code = proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    time.sleep(0.5)
-    leftovers = processes_mentioning(str(workdir))
-    shutil.rmtree(workdir, ignore_errors=True)
-    assert code == 0, out.read_text()[-3000:]
+        code = dev.interrupt()
+    leftovers = dev.leftovers()
+    assert code == 0, dev.text()[-3000:]
     assert leftovers == [], "dev left processes behind"
