@@ -105,8 +105,13 @@ RUN apt-get update \
  && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin vmsandbox
 # The virtualenv without pip and setuptools: nothing installs anything at run time.
+# A layer cache keys a RUN by its text, not by what it mounts from another stage, so the
+# sources' hash (hack/build-image.sh passes it) is part of the text: else a rebuild after a
+# source change reuses the first build's virtualenv.
+ARG SOURCE_SHA256=unknown
 RUN --mount=type=bind,from=build,source=/opt/vmsandbox/venv,target=/mnt/venv \
-    cp -a /mnt/venv /opt/vmsandbox-venv \
+    echo "vmsandbox sources ${SOURCE_SHA256}" \
+ && cp -a /mnt/venv /opt/vmsandbox-venv \
  && /opt/vmsandbox-venv/bin/python -c 'import vmsandbox' \
  && rm -rf /opt/vmsandbox-venv/bin/pip* /opt/vmsandbox-venv/lib/python3*/site-packages/pip \
       /opt/vmsandbox-venv/lib/python3*/site-packages/pip-* \

@@ -192,6 +192,7 @@ cp "$REPO/Dockerfile" "$REPO/.dockerignore" "$REPO/pyproject.toml" "$REPO/README
 (cd "$REPO" && find vmsandbox -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*_cache/*' -print0 \
   | cpio --quiet -0 -pdm "$context")
 context_sha=$(cd "$context" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+build_args+=(--build-arg "SOURCE_SHA256=$context_sha")
 key=$(printf '%s\n' "context $context_sha" "base $base_key" "target $target" "${build_args[@]}" \
   | sha256sum | cut -c1-32)
 keyfile="$CACHE/builds/$key"

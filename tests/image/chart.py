@@ -36,6 +36,7 @@ def run_values(ref: str, insecure_registry: str, host_dir: Path, ports: dict[str
             "config": {
                 "defaultHypervisor": "qemu",
                 "allowedHypervisors": ["qemu"],
+                "allowTCG": True,  # on purpose: this machine has no usable /dev/kvm
                 "insecureRegistries": [insecure_registry],
                 "listenAddress": "127.0.0.1",
                 "reserveMemoryMiB": 0,
