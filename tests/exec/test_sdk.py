@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.processes import OperatorProcess
+from tests.node_agent.conftest import allow_process_backend
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.devcluster.sample_image import SAMPLE_LAYOUT, SAMPLES_DIR, build_busybox_layout
@@ -58,6 +59,7 @@ def test_the_readme_example_runs_as_written(
     operator: OperatorProcess, make_agent: MakeAgent, kube: LocalCluster, sample_image: Path, tmp_path: Path
 ) -> None:
     agent = make_agent(VMSANDBOX_AGENT_ALLOWED_LAYOUT_DIRS=str(SAMPLES_DIR))
+    allow_process_backend(kube, "default")  # as `vmsandbox dev`, which the example presumes, does
     script = tmp_path / "example.py"
     script.write_text(readme_example())
     env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig_path), "PYTHONPATH": str(REPO)}
