@@ -473,8 +473,8 @@ class Runtime:
             if members and not force:
                 names = ", ".join(r.state.id for r in members)
                 raise WrongState(f"sandbox {container_id!r} still has containers: {names}", step="delete")
-            for member in members:
-                self.delete(member.state.id, force=True)
+            for member in members:  # the VM stops next: unplugging their disks first is moot
+                self._teardown(member, detach=False)
         self._teardown(record)
 
     def _records(self) -> builtins.list[Record]:
@@ -536,12 +536,12 @@ class Runtime:
         _remove_tree(vm_dir)
         _remove_empty(vm_dir.parent)
 
-    def _teardown(self, record: Record) -> None:
+    def _teardown(self, record: Record, *, detach: bool = True) -> None:
         vm = self._recorded_vm(record)
         driver = self.driver(record.state.hypervisor)
         if vm is not None and driver.alive(vm):
             self._destroy_quietly(AgentClient(driver, vm), record.state.id)
-            if not record.owns_vm:
+            if detach and not record.owns_vm:
                 try:  # free the hot-plug slot for the sandbox's next container (idempotent)
                     driver.detach_disk(vm, disk_serial(record.state.id))
                 except HypervisorError as exc:

@@ -400,9 +400,21 @@ class QemuDriver(HypervisorDriver):
                             step="detach disk",
                         )
                     time.sleep(0.05)
-            nodes = {n.get("node-name") for n in qmp.execute("query-named-block-nodes")}
-            if node in nodes:
+            self._delete_block_node(qmp, node, serial)
+
+    @staticmethod
+    def _delete_block_node(qmp: QMPClient, node: str, serial: str) -> None:
+        """``blockdev-del``, retried while the finalized device still holds the node (QEMU
+        releases a drive shortly after the device leaves the tree, without an event we wait on)."""
+        deadline = time.monotonic() + DETACH_TIMEOUT
+        while node in {n.get("node-name") for n in qmp.execute("query-named-block-nodes")}:
+            try:
                 qmp.execute("blockdev-del", {"node-name": node})
+                return
+            except QMPError as exc:
+                if time.monotonic() >= deadline:
+                    raise HypervisorError(f"disk {serial}: {exc}", step="detach disk") from exc
+                time.sleep(0.05)
 
     @staticmethod
     def _free_hotplug_port(qmp: QMPClient) -> str:
