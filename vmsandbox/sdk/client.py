@@ -163,28 +163,36 @@ class Sandbox:
             raise self.error("wait", f"is {phase}, not Running {status.get('message') or ''}".strip())
         return phase == "Running"
 
-    def _next_change(self, obj: dict[str, Any], left: float) -> dict[str, Any]:
-        """The sandbox after its next change (or as it is, when the watch ends first)."""
+    def _events(self, obj: dict[str, Any], left: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """This sandbox's watch events after ``obj``'s resourceVersion, until the watch ends (a
+        broken or expired watch, 410 included, just ends it: the caller reads afresh)."""
         stream = watch.Watch()
         try:
-            for event in stream.stream(
-                self.client.custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                self.namespace,
-                PLURAL,
-                field_selector=f"metadata.name={self.name}",
-                resource_version=obj["metadata"]["resourceVersion"],
-                timeout_seconds=max(1, int(left)),
-            ):
-                if event["type"] == "DELETED":
-                    raise self.error("wait", "was deleted while waiting for it to run")
-                if event["type"] in ("ADDED", "MODIFIED"):
-                    return dict(event["object"])
+            yield from (
+                (str(event["type"]), dict(event["object"]))
+                for event in stream.stream(
+                    self.client.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    field_selector=f"metadata.name={self.name}",
+                    resource_version=obj["metadata"]["resourceVersion"],
+                    timeout_seconds=max(1, int(left)),
+                )
+            )
         except (ApiException, urllib3.exceptions.HTTPError):
-            time.sleep(0.2)  # the watch broke or expired (410): read afresh
+            time.sleep(0.2)
         finally:
             stream.stop()
+
+    def _next_change(self, obj: dict[str, Any], left: float) -> dict[str, Any]:
+        """The sandbox after its next change (or as it is, when the watch ends first)."""
+        for kind, changed in self._events(obj, left):
+            if kind == "DELETED":
+                raise self.error("wait", "was deleted while waiting for it to run")
+            if kind in ("ADDED", "MODIFIED"):
+                return changed
         return self.get()
 
     def agent(self) -> Agent:
@@ -295,25 +303,7 @@ class Sandbox:
 
     def _deleted_after(self, obj: dict[str, Any], left: float) -> bool:
         """Watch from ``obj``'s resourceVersion: True once it is deleted, False if the watch ended."""
-        stream = watch.Watch()
-        try:
-            for event in stream.stream(
-                self.client.custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                self.namespace,
-                PLURAL,
-                field_selector=f"metadata.name={self.name}",
-                resource_version=obj["metadata"]["resourceVersion"],
-                timeout_seconds=max(1, int(left)),
-            ):
-                if event["type"] == "DELETED":
-                    return True
-        except (ApiException, urllib3.exceptions.HTTPError):
-            time.sleep(0.2)  # the watch broke or expired: read afresh
-        finally:
-            stream.stop()
-        return False
+        return any(kind == "DELETED" for kind, _ in self._events(obj, left))
 
 
 def _feed(session: ExecSession, data: bytes) -> None:
