@@ -15,22 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmsandbox.devcluster.rbac import DISCOVERY_URLS
 from vmsandbox.devcluster.requestlog import RequestRecord
 
-#: Non-resource URLs the default discovery ClusterRoles grant (get) to every authenticated user.
-DISCOVERY_URLS = (
-    "/api",
-    "/api/*",
-    "/apis",
-    "/apis/*",
-    "/healthz",
-    "/livez",
-    "/readyz",
-    "/openapi",
-    "/openapi/*",
-    "/version",
-    "/version/",
-)
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
 

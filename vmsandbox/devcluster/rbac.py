@@ -41,6 +41,22 @@ class UserInfo:
         return MASTERS_GROUP in self.groups
 
 
+#: Non-resource URLs the default discovery ClusterRoles grant (get) to every authenticated user.
+DISCOVERY_URLS = (
+    "/api",
+    "/api/*",
+    "/apis",
+    "/apis/*",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/openapi",
+    "/openapi/*",
+    "/version",
+    "/version/",
+)
+
+
 def user_from_token(token: str) -> UserInfo:
     """Who a bearer token stands for (the token is the user name), with Kubernetes' groups."""
     token = token.strip()
@@ -281,19 +297,6 @@ def bootstrap_objects() -> list[dict[str, Any]]:
 
     Stored objects are custom resources, whose names cannot hold ``:``: ``system:discovery``
     and its siblings are called ``system-discovery`` here."""
-    discovery_urls = [
-        "/api",
-        "/api/*",
-        "/apis",
-        "/apis/*",
-        "/healthz",
-        "/livez",
-        "/readyz",
-        "/openapi",
-        "/openapi/*",
-        "/version",
-        "/version/",
-    ]
     public_urls = ["/healthz", "/livez", "/readyz", "/version", "/version/"]
     return [
         _cluster_role(
@@ -303,7 +306,7 @@ def bootstrap_objects() -> list[dict[str, Any]]:
                 {"nonResourceURLs": ["*"], "verbs": ["*"]},
             ],
         ),
-        _cluster_role("system-discovery", [{"nonResourceURLs": discovery_urls, "verbs": ["get"]}]),
+        _cluster_role("system-discovery", [{"nonResourceURLs": list(DISCOVERY_URLS), "verbs": ["get"]}]),
         _cluster_role("system-public-info-viewer", [{"nonResourceURLs": public_urls, "verbs": ["get"]}]),
         _cluster_role(
             "system-basic-user",
