@@ -37,8 +37,11 @@ from vmsandbox.api.constants import (
     PLURAL,
     PROCESS_BACKEND_ALLOWED,
     PROCESS_BACKEND_LABEL,
+    SUBRESOURCE_GROUP,
+    SUBRESOURCE_VERSION,
     VERSION,
 )
+from vmsandbox.cli_aggregated import operator_settings, register, serving_certificate
 from vmsandbox.cli_exec import print_listing, remote_spec, run_cp, run_exec
 from vmsandbox.devcluster.sample_image import SAMPLES_DIR
 from vmsandbox.errors import VMSandboxError
@@ -47,6 +50,7 @@ from vmsandbox.sdk.remote import Agent
 
 FIELD_MANAGER = "vmsandbox-cli"
 AGENT_NAMESPACE = "vmsandbox-system"
+SUBRESOURCE_DISCOVERY = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
 
 
 class CLIError(VMSandboxError):
@@ -78,8 +82,10 @@ def resolve_kubeconfig(explicit: Path | None) -> Path | None:
 
 
 class Api:
-    def __init__(self, kubeconfig: Path | None) -> None:
+    def __init__(self, kubeconfig: Path | None, *, direct: bool = False) -> None:
         conn = Connection.load(resolve_kubeconfig(kubeconfig))
+        #: Go straight to node agents even where the API server serves subresources.vmsandbox.io.
+        self.direct = direct
         self.server = conn.server
         self.session = requests.Session()
         self.session.headers.update(conn.headers())
@@ -232,8 +238,15 @@ def _key(r: dict[str, str]) -> tuple[str, ...]:
 
 
 def agent_of(api: Api, namespace: str, name: str, step: str) -> Agent:
-    """The node agent running ``namespace/name``, with this client's credentials (the agent asks
-    the API server who they are)."""
+    """The way to ``namespace/name``: the API server's subresources.vmsandbox.io where it is
+    served (and not ``--direct``), else the node agent running it, with this client's credentials
+    (the agent asks the API server who they are)."""
+    if not api.direct and api.request("GET", SUBRESOURCE_DISCOVERY).status_code == 200:
+        token = api.session.headers.get("Authorization")
+        cert = api.session.cert if isinstance(api.session.cert, str | tuple) else None
+        verify = api.session.verify if isinstance(api.session.verify, str | bool) else True
+        headers = {"Authorization": str(token)} if token else {}
+        return Agent(api.server, headers, api_path=True, verify=verify, cert=cert)
     item = api.json("GET", sandboxes_path(namespace, name))
     node = (item.get("status") or {}).get("nodeName") or (item["metadata"].get("labels") or {}).get(
         NODE_LABEL
@@ -251,13 +264,21 @@ def agent_of(api: Api, namespace: str, name: str, step: str) -> Agent:
 def cmd_logs(api: Api, args: argparse.Namespace) -> int:
     agent = agent_of(api, args.namespace, args.name, "logs")
     endpoint, auth = agent.endpoint, agent.headers
-    url = f"{endpoint.rstrip('/')}/logs/{quote(args.namespace)}/{quote(args.name)}"
+    url = agent.url("logs", args.namespace, args.name)
     params = {"follow": "true"} if args.follow else {}
     if args.tail_bytes is not None:
         params["tailBytes"] = str(args.tail_bytes)
     try:
         timeout = (10, None if args.follow else 60)
-        with requests.get(url, params=params, headers=auth, timeout=timeout, stream=True) as resp:
+        with requests.get(
+            url,
+            params=params,
+            headers=auth,
+            timeout=timeout,
+            stream=True,
+            verify=agent.verify,
+            cert=agent.cert,
+        ) as resp:
             if resp.status_code != 200:
                 raise CLIError(f"{url}: {resp.status_code} {resp.text.strip()}", step="logs")
             for chunk in resp.iter_content(chunk_size=None):
@@ -431,6 +452,8 @@ class DevStack:
         self.node_name = node_name
         self.components: list[Component] = []
         self.agent_port = _free_port()
+        self.subresources_port = _free_port()
+        self._serving_files: tuple[Path, Path, Path] | None = None
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         component = Component(name, argv, env)
@@ -455,6 +478,16 @@ class DevStack:
             if component.name == name and component.proc and component.proc.poll() is None:
                 return component.proc.pid
         return None
+
+    def _serving(self) -> tuple[Path, Path, Path]:
+        """(CA, certificate, key) of the operator's aggregated server, made on first use."""
+        if self._serving_files is None:
+            self._serving_files = serving_certificate(self.workdir / "subresources", AGENT_NAMESPACE)
+        return self._serving_files
+
+    def register_api(self, api: Api) -> None:
+        """The APIService for subresources.vmsandbox.io, served by the operator (the API path)."""
+        register(api.request, AGENT_NAMESPACE, self.subresources_port, self._serving()[0])
 
     def register_node(self, api: Api) -> None:
         """Create this machine's Node, as the kubelet would on a real cluster; the agent annotates it."""
@@ -493,6 +526,7 @@ class DevStack:
             "VMSANDBOX_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{_free_port()}/healthz",
             "VMSANDBOX_OPERATOR_METRICS_HOST": "127.0.0.1",
             "VMSANDBOX_OPERATOR_METRICS_PORT": str(_free_port()),
+            **operator_settings(self.subresources_port, *self._serving()[1:]),
         }
         self._spawn(
             "operator",
@@ -601,6 +635,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         try:
             api = Api(cluster.kubeconfig_path)
             stack.register_node(api)
+            stack.register_api(api)
             stack.start()
             link.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cluster.kubeconfig_path, link)
@@ -641,6 +676,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmsandbox", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--kubeconfig", type=Path, help="default: $KUBECONFIG, a running `vmsandbox dev`, ~/.kube/config"
+    )
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="exec, attach, cp, ls, logs: go straight to the node agent, not through the API server",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -684,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "dev":
             return cmd_dev(args)
-        api = Api(args.kubeconfig)
+        api = Api(args.kubeconfig, direct=args.direct)
         handlers = {
             "apply": cmd_apply,
             "get": cmd_get,

@@ -44,3 +44,15 @@ def reserved_annotation(key: str) -> bool:
 #: Namespace label an administrator sets to allow the process backend (no VM) in that namespace.
 PROCESS_BACKEND_LABEL = f"{GROUP}/process-backend"
 PROCESS_BACKEND_ALLOWED = "allowed"
+
+#: The aggregated API group the operator serves (exec, attach, files, log, portforward of a sandbox).
+SUBRESOURCE_GROUP = f"subresources.{GROUP}"
+SUBRESOURCE_VERSION = "v1alpha1"
+#: Subresource -> (the node agent's route, the verb the agent authorizes on ``vmsandboxes/<sub>``).
+SUBRESOURCE_ROUTES: dict[str, tuple[str, str]] = {
+    "exec": ("exec", "create"),
+    "attach": ("attach", "create"),
+    "files": ("files", "create"),
+    "log": ("logs", "get"),
+    "portforward": ("portforward", "create"),
+}

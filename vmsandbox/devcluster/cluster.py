@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 import yaml
 
+from vmsandbox.devcluster.aggregator import FRONT_PROXY_CLIENT, authentication_configmap
 from vmsandbox.devcluster.apipath import HEALTH_PATH
 from vmsandbox.devcluster.binaries import find_binaries
 from vmsandbox.devcluster.corekinds import BUILTIN_NAMESPACES, CORE_KINDS
@@ -31,7 +32,7 @@ from vmsandbox.devcluster.kubeconfig import render_kubeconfig
 from vmsandbox.devcluster.processes import ManagedProcess, free_ports
 from vmsandbox.devcluster.rbac import ADMIN_USER, APISERVER_USER, SYSTEM_USER_PREFIX, bootstrap_objects
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestRecord, read_request_log
-from vmsandbox.devcluster.tls import make_certificate
+from vmsandbox.devcluster.tls import make_ca, make_certificate, sign_certificate
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -121,6 +122,7 @@ class LocalCluster:
         self._front_port = 0
         self._front_tls_port = 0
         self._ca: Path | None = None
+        self._requestheader_ca: tuple[Path, Path] | None = None
         self._api_port = 0
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {SETUP_USER}"
@@ -145,6 +147,13 @@ class LocalCluster:
         """The real server's own https URL (self-signed; authenticates through the front)."""
         self._require_started()
         return f"https://127.0.0.1:{self._api_port}"
+
+    @property
+    def requestheader_ca(self) -> tuple[Path, Path]:
+        """(certificate, key) of the CA that signs the front's front-proxy client certificate."""
+        self._require_started()
+        assert self._requestheader_ca is not None
+        return self._requestheader_ca
 
     @property
     def kubeconfig_path(self) -> Path:
@@ -251,6 +260,10 @@ class LocalCluster:
         etcd_port, peer_port, self._api_port, self._front_port, self._front_tls_port = free_ports(5)
         cert, key = make_certificate(work / "front-tls")
         self._ca = cert
+        self._requestheader_ca = make_ca(work / "front-proxy", "front-proxy")
+        proxy_cert, proxy_key = sign_certificate(
+            self._requestheader_ca, work / "front-proxy", FRONT_PROXY_CLIENT, client=True
+        )
         api_port = self._api_port
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         upstream = f"https://127.0.0.1:{api_port}"
@@ -286,6 +299,8 @@ class LocalCluster:
                 f"--tls-port={self._front_tls_port}",
                 f"--tls-cert={cert}",
                 f"--tls-key={key}",
+                f"--proxy-client-cert={proxy_cert}",
+                f"--proxy-client-key={proxy_key}",
             ],
             env=_python_env(),
         )
@@ -319,6 +334,7 @@ class LocalCluster:
         self._http.headers["Authorization"] = f"Bearer {ADMIN_USER}"
         for namespace in BUILTIN_NAMESPACES:
             self._create_namespace(namespace)
+        self._create(authentication_configmap(self._requestheader_ca[0]), "publish the requestheader CA")
         # Ready once its informers (Services, via the look-alike CRD) have synced.
         self._wait("apiserver /readyz", apiserver, lambda: self._probe(self.url + "/readyz"))
         self._install(crds)
@@ -402,9 +418,11 @@ class LocalCluster:
         )
 
     def _create(self, obj: dict[str, Any], step: str) -> None:
-        """Creates a cluster-scoped object of an emulated kind (one that exists already is kept)."""
+        """Creates an object of an emulated kind (one that exists already is kept)."""
         group_version, plural = obj["apiVersion"], f"{obj['kind'].lower()}s"
         prefix = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+        if obj["metadata"].get("namespace"):
+            prefix += f"/namespaces/{obj['metadata']['namespace']}"
         name = obj["metadata"]["name"]
         resp = self.http("POST", f"{prefix}/{plural}", json=obj)
         if resp.status_code not in (201, 409):

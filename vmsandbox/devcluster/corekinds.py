@@ -232,6 +232,19 @@ CORE_KINDS: tuple[CoreKind, ...] = (
         kind="ValidatingAdmissionPolicyBinding",
         namespaced=False,
     ),
+    # What the front's aggregator routes by (vmsandbox.devcluster.aggregator).
+    CoreKind(
+        group="apiregistration.k8s.io",
+        version="v1",
+        plural="apiservices",
+        kind="APIService",
+        namespaced=False,
+        status=True,
+    ),
+    # kube-system/extension-apiserver-authentication tells aggregated servers the requestheader CA.
+    CoreKind(
+        group="", version="v1", plural="configmaps", kind="ConfigMap", namespaced=True, short_names=("cm",)
+    ),
     CoreKind(group="rbac.authorization.k8s.io", version="v1", plural="roles", kind="Role", namespaced=True),
     CoreKind(
         group="rbac.authorization.k8s.io",
@@ -249,6 +262,12 @@ RBAC_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == RBA
 #: Admission policies, which the front evaluates for custom resources (vmsandbox.devcluster.admission).
 ADMISSION_GROUP = "admissionregistration.k8s.io"
 ADMISSION_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == ADMISSION_GROUP)
+
+#: APIServices and the Services they name: the aggregator's routing table.
+AGGREGATION_GROUP = "apiregistration.k8s.io"
+AGGREGATION_KINDS: tuple[CoreKind, ...] = tuple(
+    k for k in CORE_KINDS if k.group == AGGREGATION_GROUP or (not k.group and k.plural == "services")
+)
 
 #: (public group, version, plural) -> kind.
 BY_PUBLIC: dict[tuple[str, str, str], CoreKind] = {(k.group, k.version, k.plural): k for k in CORE_KINDS}

@@ -16,7 +16,10 @@ It serves what the standalone CRD server lacks and proxies everything else to it
   (read, merge, update with the read resourceVersion, retried on conflict) because CRD
   storage only takes JSON/merge/apply patches; a created Namespace gets ``status.phase:
   Active`` and a created Node keeps the status it was created with, as on a real server;
-  deleting a Namespace first deletes the objects in it.
+  deleting a Namespace first deletes the objects in it;
+- aggregation: requests for the group/version of a stored APIService go to its Service with the
+  user in ``X-Remote-User``/``X-Remote-Group`` and a front-proxy client certificate
+  (:mod:`vmsandbox.devcluster.aggregator`).
 
 Every client request is appended to an optional JSON-lines request log.
 """
@@ -32,6 +35,7 @@ import os
 import signal
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -43,16 +47,19 @@ from yarl import URL
 
 from vmsandbox.devcluster import openapi
 from vmsandbox.devcluster.admission import OPERATIONS, CompiledPolicy, compile_policies, evaluate
+from vmsandbox.devcluster.aggregator import Aggregator
 from vmsandbox.devcluster.apipath import HEALTH_PATH, ApiPath, parse_api_path
 from vmsandbox.devcluster.corekinds import (
     ADMISSION_GROUP,
     ADMISSION_KINDS,
+    AGGREGATION_KINDS,
     BY_PRIVATE,
     BY_PUBLIC,
     EMULATED_GROUPS,
     RBAC_GROUP,
     RBAC_KINDS,
     CoreKind,
+    is_private_group,
 )
 from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
 from vmsandbox.devcluster.objectstore import ObjectStore
@@ -97,6 +104,7 @@ _YAML_BODY_TYPES = frozenset({"application/yaml", "application/apply-patch+yaml"
 _SMP = "application/strategic-merge-patch+json"
 _ACCESS_REVIEWS = frozenset({"subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews"})
 _CONFLICT_RETRIES = 5
+_BUILTIN_GROUPS = frozenset({"authentication.k8s.io", "authorization.k8s.io", "apiextensions.k8s.io"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -117,7 +125,9 @@ def _media_type(value: str) -> str:
 class Front:
     """The aiohttp application; ``upstream`` is the real server's https URL (certificate unchecked)."""
 
-    def __init__(self, upstream: str, request_log: Path | None = None) -> None:
+    def __init__(
+        self, upstream: str, request_log: Path | None = None, front_proxy: tuple[Path, Path] | None = None
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self._log = RequestLogWriter(request_log) if request_log else None
         self._session: aiohttp.ClientSession | None = None
@@ -125,6 +135,7 @@ class Front:
         self.admission: ObjectStore[list[CompiledPolicy]] = ObjectStore(
             ADMISSION_KINDS, self._get_json, compile_policies
         )
+        self.aggregator = Aggregator(self._get_json, front_proxy)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -139,8 +150,10 @@ class Front:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
+        await self.aggregator.open()
 
     async def _close(self, _app: web.Application) -> None:
+        await self.aggregator.close()
         if self._session is not None:
             await self._session.close()
         if self._log is not None:
@@ -205,6 +218,9 @@ class Front:
         # front's reads of the policy) must never wait for the policy they are part of loading.
         if not user.superuser and not (await self.rbac.get()).allows(attrs):
             return web.json_response(forbidden_status(attrs), status=403)
+        aggregated = await self._aggregated(request, api, attrs)
+        if aggregated is not None:
+            return aggregated
         # Not for the cluster's own components (system:masters): the server's delegated reviews
         # must never wait for the policies the front is loading through the server.
         if (
@@ -224,7 +240,34 @@ class Front:
                 self.rbac.invalidate()
             if api.group in (ADMISSION_GROUP, "apiextensions.k8s.io"):
                 self.admission.invalidate()
+            if any(api.group == k.group and api.resource == k.plural for k in AGGREGATION_KINDS):
+                self.aggregator.store.invalidate()
         return response
+
+    async def _aggregated(
+        self, request: web.Request, api: ApiPath | None, attrs: Attributes
+    ) -> web.StreamResponse | None:
+        """The answer for a group an APIService names (authorized already), else None."""
+        segs = request.path.strip("/").split("/")
+        group = segs[1] if len(segs) >= 2 and segs[0] == "apis" else ""
+        # The built-in groups never wait for the routing table: the server's delegated reviews
+        # pass here while the table is being read through the server.
+        if not group or group in _BUILTIN_GROUPS or group in EMULATED_GROUPS or is_private_group(group):
+            return None
+        if len(segs) == 2 and request.method == "GET":
+            return await self.aggregator.group_document(group)
+        if api is None:
+            return None
+        backend = await self.aggregator.backend(api.group, api.version)
+        if backend is None:
+            return None
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if upgrade and attrs.verb == "get" and not attrs.user.superuser:
+            # As kube-apiserver does for pods/exec: a WebSocket GET must also be allowed to create.
+            creating = replace(attrs, verb="create")
+            if not (await self.rbac.get()).allows(creating):
+                return web.json_response(forbidden_status(creating), status=403)
+        return await self.aggregator.proxy(request, backend, attrs.user)
 
     async def _admit(self, request: web.Request, api: ApiPath, user: UserInfo) -> web.Response | None:
         """The stored ValidatingAdmissionPolicies, for a write to one custom resource (not for the
@@ -363,7 +406,9 @@ class Front:
         status, crds = await self._get_json("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
         if status != 200:
             return web.json_response(crds, status=status)
-        return web.json_response(api_group_list(crds))
+        listing = api_group_list(crds)
+        listing["groups"] += await self.aggregator.groups()
+        return web.json_response(listing)
 
     async def _resource_list(self, api: ApiPath) -> web.Response:
         kinds = [k for k in EMULATED_GROUPS[api.group] if k.version == api.version]
@@ -696,6 +741,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-port", type=int, help="also serve https here (needs --tls-cert, --tls-key)")
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--proxy-client-cert", type=Path, help="client certificate for aggregated servers")
+    parser.add_argument("--proxy-client-key", type=Path)
     args = parser.parse_args(argv)
     tls = (args.tls_port, args.tls_cert, args.tls_key) if args.tls_port else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s front %(levelname)s %(message)s")
@@ -705,7 +752,8 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.host, args.port, Front(args.upstream, args.request_log), stop, tls)
+        proxy = (args.proxy_client_cert, args.proxy_client_key) if args.proxy_client_cert else None
+        await serve(args.host, args.port, Front(args.upstream, args.request_log, proxy), stop, tls)
 
     asyncio.run(run())
 

@@ -87,6 +87,18 @@ class OperatorConfig(BaseModel):
     webhook_certfile: Path | None = None
     webhook_keyfile: Path | None = None
     events: bool = Field(default=True, description="Post a Kubernetes Event for each decision.")
+    subresources: bool = Field(
+        default=False, description="Serve the aggregated API subresources.vmsandbox.io (exec, files...)."
+    )
+    subresources_host: str = "0.0.0.0"
+    subresources_port: int = Field(default=8443, ge=0, le=65535)
+    subresources_certfile: Path | None = None
+    subresources_keyfile: Path | None = None
+    requestheader_ca_file: Path | None = Field(
+        default=None,
+        description="CA of the API server's front-proxy client certificate; "
+        "default: kube-system/extension-apiserver-authentication.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorConfig:
@@ -94,6 +106,8 @@ class OperatorConfig(BaseModel):
             raise ValueError("renewDeadlineSeconds must be shorter than leaseDurationSeconds")
         if self.node_lost_grace_seconds < self.agent_alive_seconds:
             raise ValueError("nodeLostGraceSeconds must not be shorter than agentAliveSeconds")
+        if self.subresources and not (self.subresources_certfile and self.subresources_keyfile):
+            raise ValueError("subresources needs subresourcesCertfile and subresourcesKeyfile")
         return self
 
     @classmethod

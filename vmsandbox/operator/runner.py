@@ -24,6 +24,7 @@ from vmsandbox.operator.kube import ApiError, Connection, KubeClient, lease_path
 from vmsandbox.operator.leader import LeaderElector
 from vmsandbox.operator.metrics import OperatorMetrics, serve_metrics
 from vmsandbox.operator.reconciler import Reconciler
+from vmsandbox.operator.subresources.server import start_subresources
 
 log = logging.getLogger("vmsandbox.operator")
 
@@ -148,6 +149,9 @@ class Operator:
                 self.config.metrics_port,
                 self.reconciler.refresh_metrics,
             )
+        subresources = (
+            await start_subresources(self.config, self.client) if self.config.subresources else None
+        )
         self.events.start()
         background: list[asyncio.Task[Any]] = [
             asyncio.create_task(self.reconciler.worker(), name=f"worker-{i}")
@@ -190,6 +194,8 @@ class Operator:
             await self.events.stop()
             if metrics_runner is not None:
                 await metrics_runner.cleanup()
+            if subresources is not None:
+                await subresources.cleanup()
             await self.client.close()
         if kopf_task.done() and not kopf_task.cancelled() and kopf_task.exception() is not None:
             raise kopf_task.exception()  # type: ignore[misc]

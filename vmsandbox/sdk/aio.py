@@ -15,8 +15,10 @@ from vmsandbox.sdk.client import Client, CommandResult, Sandbox
 
 
 class AsyncClient:
-    def __init__(self, namespace: str = "default", kubeconfig: str | None = None) -> None:
-        self.sync = Client(namespace, kubeconfig)
+    def __init__(
+        self, namespace: str = "default", kubeconfig: str | None = None, *, direct: bool = False
+    ) -> None:
+        self.sync = Client(namespace, kubeconfig, direct=direct)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -7,8 +7,10 @@
         result = box.run(["sh", "-c", "echo hi; exit 3"])   # result.stdout, .stderr, .exit_code
 
 Sandboxes are ``VMSandbox`` objects created through the API server with the caller's kubeconfig;
-commands and files go to the node agent running the sandbox, which asks the API server whether
-the caller may (``create`` on ``vmsandboxes/exec``, ``vmsandboxes/files``). Every failure is a
+commands and files go through the API server's aggregated group ``subresources.vmsandbox.io``
+when it is served (RBAC: ``create`` on ``vmsandboxes/exec``, ``vmsandboxes/files`` there), else,
+or with ``direct=True``, straight to the node agent running the sandbox, which asks the API server
+whether the caller may (the same subresources of ``vmsandbox.io``). Every failure is a
 :class:`SandboxError` naming the sandbox and the step.
 """
 
@@ -26,7 +28,16 @@ from kubernetes import config as kconfig
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from vmsandbox.api.constants import AGENT_ENDPOINT_ANNOTATION, API_VERSION, GROUP, KIND, PLURAL, VERSION
+from vmsandbox.api.constants import (
+    AGENT_ENDPOINT_ANNOTATION,
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    SUBRESOURCE_GROUP,
+    SUBRESOURCE_VERSION,
+    VERSION,
+)
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.sdk.remote import Agent, ExecSession, RemoteError, list_path, read_path, write_path
 
@@ -69,9 +80,13 @@ def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
 class Client:
     """Sandboxes in one namespace, with the credentials of a kubeconfig (or the pod's service account)."""
 
-    def __init__(self, namespace: str = "default", kubeconfig: str | None = None) -> None:
+    def __init__(
+        self, namespace: str = "default", kubeconfig: str | None = None, *, direct: bool = False
+    ) -> None:
         self.namespace = namespace
         self.api_client = _api_client(kubeconfig)
+        self.direct = direct
+        self._api_path: Agent | Literal[False] | None = None
         self.custom = k8s.CustomObjectsApi(self.api_client)
         self.core = k8s.CoreV1Api(self.api_client)
 
@@ -110,6 +125,31 @@ class Client:
         if wait:
             box.wait_running(timeout)
         return box
+
+    def api_path(self) -> Agent | None:
+        """The API server as the way in, if it serves subresources.vmsandbox.io (asked once)."""
+        if self._api_path is None:
+            cfg = self.api_client.configuration
+            agent = Agent(
+                cfg.host,
+                _auth_headers(self.api_client),
+                api_path=True,
+                verify=(cfg.ssl_ca_cert or True) if cfg.verify_ssl else False,
+                cert=(cfg.cert_file, cfg.key_file) if cfg.cert_file else None,
+            )
+            try:
+                resp = self.api_client.call_api(
+                    "GET",
+                    f"{cfg.host}/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}",
+                    header_params={"Accept": "application/json", **agent.headers},
+                    _request_timeout=10,
+                )
+                resp.read()
+            except (ApiException, urllib3.exceptions.HTTPError):
+                self._api_path = False
+            else:
+                self._api_path = agent if resp.status == 200 else False
+        return self._api_path or None
 
     def sandbox(self, name: str) -> Sandbox:
         """An existing sandbox (not checked until used)."""
@@ -197,6 +237,8 @@ class Sandbox:
 
     def agent(self) -> Agent:
         """The node agent running this sandbox, with the client's credentials."""
+        if self._agent is None and not self.client.direct:
+            self._agent = self.client.api_path()
         if self._agent is None:
             obj = self.get()
             node = (obj.get("status") or {}).get("nodeName")

@@ -3,12 +3,15 @@
 
 Callers pass the agent's endpoint and the ``Authorization`` header the API server accepts: the
 agent asks the API server who the caller is and whether they may ``create`` the subresource.
+With ``api_path`` the endpoint is the API server itself, and the same requests go to the
+aggregated group ``subresources.vmsandbox.io`` (the API server authorizes them with its RBAC).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +20,7 @@ from urllib.parse import quote, urlencode
 import requests
 import websocket
 
+from vmsandbox.api.constants import PLURAL, SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
 from vmsandbox.errors import VMSandboxError
 
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
@@ -35,13 +39,35 @@ class RemoteError(VMSandboxError):
 
 @dataclass(frozen=True)
 class Agent:
-    """A node agent's base URL and the caller's credentials for it."""
+    """A node agent's base URL (or, with ``api_path``, the API server's) and the caller's
+    credentials for it; ``verify`` and ``cert`` as ``requests`` takes them, for https."""
 
     endpoint: str
     headers: dict[str, str] = field(default_factory=dict)
+    api_path: bool = False
+    verify: str | bool = True
+    cert: str | tuple[str, str] | None = None
 
     def url(self, route: str, namespace: str, name: str) -> str:
-        return f"{self.endpoint.rstrip('/')}/{route}/{quote(namespace, safe='')}/{quote(name, safe='')}"
+        ns, nm = quote(namespace, safe=""), quote(name, safe="")
+        if self.api_path:
+            sub = "log" if route == "logs" else route
+            where = f"apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}/namespaces/{ns}/{PLURAL}/{nm}/{sub}"
+            return f"{self.endpoint.rstrip('/')}/{where}"
+        return f"{self.endpoint.rstrip('/')}/{route}/{ns}/{nm}"
+
+    def sslopt(self) -> dict[str, Any]:
+        """The same TLS settings for websocket-client."""
+        opts: dict[str, Any] = {}
+        if self.verify is False:
+            opts["cert_reqs"] = ssl.CERT_NONE
+        elif isinstance(self.verify, str):
+            opts["ca_certs"] = self.verify
+        if isinstance(self.cert, tuple):
+            opts["certfile"], opts["keyfile"] = self.cert
+        elif self.cert:
+            opts["certfile"] = self.cert
+        return opts
 
 
 def exit_code_of(status: dict[str, Any]) -> int:
@@ -73,7 +99,9 @@ class ExecSession:
         url = agent.url(route, namespace, name).replace("http", "ws", 1) + "?" + urlencode(query)
         header = [f"{k}: {v}" for k, v in agent.headers.items()]
         try:
-            self.ws = websocket.create_connection(url, header=header, subprotocols=SUBPROTOCOLS, timeout=30)
+            self.ws = websocket.create_connection(
+                url, header=header, subprotocols=SUBPROTOCOLS, timeout=30, sslopt=agent.sslopt()
+            )
         except websocket.WebSocketBadStatusException as exc:
             body = (exc.resp_body or b"").decode(errors="replace").strip()
             raise RemoteError(body or str(exc), step="exec", status=exc.status_code) from None
@@ -132,7 +160,10 @@ def _check(resp: requests.Response, step: str) -> None:
 
 def _request(method: str, agent: Agent, namespace: str, name: str, **kw: Any) -> requests.Response:
     try:
-        return requests.request(method, agent.url("files", namespace, name), headers=agent.headers, **kw)
+        url = agent.url("files", namespace, name)
+        return requests.request(
+            method, url, headers=agent.headers, verify=agent.verify, cert=agent.cert, **kw
+        )
     except requests.RequestException as exc:
         raise RemoteError(f"cannot reach the agent at {agent.endpoint}: {exc}", step="files") from None
 

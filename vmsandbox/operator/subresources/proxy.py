@@ -1,0 +1,107 @@
+"""Relaying one request to a node agent: plain HTTP streamed both ways, or a WebSocket
+(the remote-command subprotocol the agent picks is the one the client gets)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+#: Request headers passed on to the agent (the caller's credentials and identity are not).
+_FORWARDED = ("Content-Type", "Accept", "User-Agent")
+_RESPONSE_HEADERS = ("Content-Type", "X-Vmsandbox-Kind")
+
+
+class AgentProxy:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+        self._session: aiohttp.ClientSession | None = None
+
+    async def open(self) -> None:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _headers(self, request: web.Request) -> dict[str, str]:
+        kept = {h: request.headers[h] for h in _FORWARDED if h in request.headers}
+        return {**kept, **self.headers}
+
+    async def relay(self, request: web.Request, url: str) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request, url)
+        assert self._session is not None
+        body = request.content.iter_any() if request.body_exists else None
+        try:
+            up = await self._session.request(
+                request.method, URL(url, encoded=True), data=body, headers=self._headers(request)
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            return web.Response(status=502, text=f"the node agent did not answer: {exc}\n")
+        async with up:
+            resp = web.StreamResponse(status=up.status, reason=up.reason)
+            for name in _RESPONSE_HEADERS:
+                if name in up.headers:
+                    resp.headers[name] = up.headers[name]
+            await resp.prepare(request)
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                async for chunk in up.content.iter_any():
+                    await resp.write(chunk)
+                await resp.write_eof()
+            return resp
+
+    async def _websocket(self, request: web.Request, url: str) -> web.StreamResponse:
+        assert self._session is not None
+        offered = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+        ]
+        try:
+            up = await self._session.ws_connect(
+                URL(url.replace("http", "ws", 1), encoded=True),
+                protocols=offered,
+                headers=self.headers,
+                max_msg_size=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return web.Response(status=exc.status, text=f"the node agent refused: {exc.message}\n")
+        except (aiohttp.ClientError, OSError) as exc:
+            return web.Response(status=502, text=f"the node agent did not answer: {exc}\n")
+        async with up:
+            down = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), max_msg_size=0)
+            await down.prepare(request)
+            await _relay(down, up)
+            return down
+
+
+async def _relay(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+    async def pump(src: Any, dst: Any) -> None:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+        await dst.close(code=_wire_code(src.close_code))
+
+    tasks = [asyncio.ensure_future(pump(down, up)), asyncio.ensure_future(pump(up, down))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await up.close()
+        await down.close()
+
+
+def _wire_code(code: int | None) -> int:
+    """A close code that may be sent: 1005, 1006 and 1015 only describe a connection locally."""
+    return code if code and 1000 <= code < 5000 and code not in (1005, 1006, 1015) else 1000
