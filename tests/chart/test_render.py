@@ -80,7 +80,8 @@ def test_operator_defaults(render: Render) -> None:
         get = container[probe]["httpGet"]
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == get["port"])
         assert (port, get["path"]) == (8080, "/healthz")
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"health": 8080, "metrics": 9090}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090, "subresources": 8443}
     pod_sc, sc = spec["securityContext"], container["securityContext"]
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] != 0
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -226,7 +227,8 @@ def test_generated_webhook_certificate_is_trusted_by_the_webhook_config(
 
 def test_webhook_with_provided_secret(render: Render) -> None:
     objects = render(VALUES_DIR / "webhook-secret.yaml")
-    assert not by_kind(objects, "Secret"), "the admin's Secret must not be rendered over"
+    secrets = [o["metadata"]["name"] for o in by_kind(objects, "Secret")]
+    assert not [n for n in secrets if "webhook" in n], "the admin's Secret must not be rendered over"
     hook = one(objects, "ValidatingWebhookConfiguration")["webhooks"][0]
     assert hook["clientConfig"]["caBundle"] == "TUlJQ2FkbWluLXByb3ZpZGVkLWNh"
     assert hook["failurePolicy"] == "Ignore"

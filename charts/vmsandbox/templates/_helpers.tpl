@@ -84,3 +84,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "vmsandbox.webhook.serviceName" -}}
 {{- printf "%s-webhook" (include "vmsandbox.fullname" .) -}}
 {{- end -}}
+
+{{- define "vmsandbox.subresources.secretName" -}}
+{{- if eq .Values.subresources.tls.mode "secret" -}}
+{{- .Values.subresources.tls.secretName -}}
+{{- else -}}
+{{- printf "%s-subresources-tls" (include "vmsandbox.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "vmsandbox.subresources.serviceName" -}}
+{{- printf "%s-subresources" (include "vmsandbox.fullname" .) -}}
+{{- end -}}
