@@ -16,6 +16,7 @@ DEBS=(
   python3-venv ca-certificates unzip socat
   shellcheck openssl                            # chart script lint, webhook certs
   nftables iproute2                             # sandbox networking: the egress policy, bridge and links
+  tmux                                          # drives `vmsandbox exec -it` in a real terminal (tests)
 )
 missing=()
 for p in "${DEBS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done

@@ -19,7 +19,8 @@ import threading
 import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
+
+from websocket import WebSocketException
 
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.sdk.remote import Agent, ExecSession, list_path, read_path, write_path
@@ -55,19 +56,29 @@ def _raw_terminal(session: ExecSession) -> Iterator[None]:
     """Raw mode and window-size updates while a ``-t`` session runs; restored on the way out."""
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
+    done = threading.Event()
 
-    def resized(_signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(OSError):
-            session.resize(*_window())
+    def forward() -> None:
+        while not done.is_set():
+            if signal.sigtimedwait([signal.SIGWINCH], 0.2) is not None:
+                with contextlib.suppress(OSError, WebSocketException):
+                    session.resize(*_window())
 
-    previous = signal.signal(signal.SIGWINCH, resized)
+    # SIGWINCH is blocked here and in every thread started from here on, and taken by the
+    # forwarder alone: a handler would interrupt the main thread's read of the stream, which a
+    # TLS connection (the API path) does not survive.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGWINCH})
     tty.setraw(fd)
+    sender = threading.Thread(target=forward, daemon=True)
     try:
         session.resize(*_window())
+        sender.start()
         yield
     finally:
+        done.set()
+        sender.join(1.0)
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        signal.signal(signal.SIGWINCH, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGWINCH})
 
 
 def run_exec(
@@ -76,9 +87,9 @@ def run_exec(
     """Run ``command`` in the sandbox wired to this process's stdio; returns its exit code."""
     use_tty = want_tty and sys.stdin.isatty()
     with ExecSession(agent, namespace, name, command, stdin=stdin, tty=use_tty) as session:
-        if stdin:
-            threading.Thread(target=_pump_stdin, args=(session,), daemon=True).start()
         with _raw_terminal(session) if use_tty else contextlib.nullcontext():
+            if stdin:
+                threading.Thread(target=_pump_stdin, args=(session,), daemon=True).start()
             for channel, data in session.output():
                 out = sys.stdout.buffer if channel == 1 else sys.stderr.buffer
                 out.write(data)

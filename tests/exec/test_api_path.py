@@ -6,9 +6,11 @@ also called directly, as an attacker on the network would, to see it refuse."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -18,6 +20,7 @@ import requests
 from kubernetes.stream import stream
 from kubernetes.stream.ws_client import STDERR_CHANNEL, STDOUT_CHANNEL
 
+from tests.chart.helm import missing
 from tests.e2e.processes import OperatorProcess
 from tests.exec.test_cli import cli
 from tests.node_agent.support import AgentProcess, Cluster, Registry, free_port, unique, wait_for
@@ -307,3 +310,79 @@ def test_the_kubernetes_client_stream_works_against_the_api_path(
     assert live.returncode == 4
     live.close()
     assert _through_api(kube, since, "exec") == [101, 101]
+
+
+class Tmux:
+    """A tmux server of the test's own (its own socket), holding one session."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.base = ["tmux", "-S", str(socket_path)]
+
+    def __call__(self, *args: str) -> str:
+        done = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p", "-t", "s")
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> str:
+        def shown() -> str | None:
+            screen = self.screen()
+            return screen if text in screen else None
+
+        try:
+            return wait_for(f"{text!r} on the screen", shown, timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen:\n{self.screen()}") from None
+
+
+def test_an_interactive_shell_in_tmux_through_the_api_server(
+    api_path: ApiPath, running: tuple[AgentProcess, str], cluster: Cluster, kube: LocalCluster, tmp_path: Path
+) -> None:
+    """tmux plays the user's terminal: prompt, a command, a window resize seen by ``stty size``,
+    Ctrl-C interrupting the foreground command but not the shell, and the exit status."""
+    if shutil.which("tmux") is None:
+        missing("tmux is not installed (hack/setup.sh installs it)")
+    _, name = running
+    since = len(kube.requests_made())
+    tmux = Tmux(tmp_path / "tmux.sock")
+    status = tmp_path / "status"
+    command = " ".join(
+        [
+            *(
+                *_vmsandbox(),
+                "--kubeconfig",
+                str(kube.kubeconfig_path),
+                "exec",
+                "-it",
+                "-n",
+                cluster.namespace,
+            ),
+            *(name, "--", "sh", "-i", ";", "echo", "$?", ">", str(status)),
+        ]
+    )
+    tmux("new-session", "-d", "-s", "s", "-x", "100", "-y", "30", "sh", "-c", command)
+    tmux("set-option", "-t", "s", "remain-on-exit", "on")
+    try:
+        tmux.wait_for("/ #")  # capture-pane drops the trailing space
+        tmux("send-keys", "-t", "s", "echo $((6*7))", "Enter")
+        tmux.wait_for("42")
+        tmux("send-keys", "-t", "s", "stty size", "Enter")
+        tmux.wait_for("30 100")
+        tmux("resize-window", "-t", "s", "-x", "120", "-y", "40")
+        tmux("send-keys", "-t", "s", "clear; stty size", "Enter")
+        tmux.wait_for("40 120")
+        tmux("send-keys", "-t", "s", "clear; sleep 100", "Enter")
+        time.sleep(1.0)
+        tmux("send-keys", "-t", "s", "C-c")  # to the remote terminal: sleep dies, the shell lives
+        tmux("send-keys", "-t", "s", "echo after-$?", "Enter")
+        tmux.wait_for("after-130")
+        tmux("send-keys", "-t", "s", "exit 7", "Enter")
+        wait_for(
+            "the CLI to exit", lambda: (status.exists() and status.read_text().strip()) or None, timeout=30
+        )
+        assert status.read_text().strip() == "7"
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True, timeout=30)
+    assert _through_api(kube, since, "exec") == [101]
