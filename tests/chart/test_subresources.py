@@ -68,7 +68,7 @@ def test_tenant_role_lists_each_subresource_in_both_groups(render: Render) -> No
     for group in (SUBRESOURCE_GROUP, "vmsandbox.io"):
         for sub in SUBRESOURCE_ROUTES:
             resource = f"vmsandboxes/{sub}"
-            verbs = ("get",) if sub == "log" else ("get", "create")
+            verbs = {"log": ("get",), "files": ("get", "create", "update")}.get(sub, ("get", "create"))
             for verb in verbs:
                 assert any(r.allows(group, resource, verb, "box") for r in rules), (group, resource, verb)
             assert not any(r.allows(group, resource, "delete", "box") for r in rules)

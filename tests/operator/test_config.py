@@ -39,6 +39,7 @@ def test_env_list_as_commas() -> None:
         ({"VMSANDBOX_OPERATOR_ALLOWED_HYPERVISORS": "firecracker"}, "allowed_hypervisors"),
         ({"VMSANDBOX_OPERATOR_RENEW_DEADLINE_SECONDS": "20"}, "renewDeadlineSeconds"),
         ({"VMSANDBOX_OPERATOR_WORKERS": "0"}, "workers"),
+        ({"VMSANDBOX_OPERATOR_SUBRESOURCES": "true"}, "subresourcesCertfile"),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], needle: str) -> None:
