@@ -1,4 +1,4 @@
-"""Exec and cp benchmark on the process backend: one Running sandbox, every path measured in one run.
+"""Exec and cp benchmark: one Running sandbox (process backend; QEMU too), every path measured in one run.
 
 Paths, each ``true`` run N times (default 200) in the same container, timed from the call to the
 exit status in hand:
@@ -8,15 +8,23 @@ exit status in hand:
 * ``guest``: the runtime library straight to the guest agent (``vmsandbox.runtime.streams``);
 * ``direct``: a WebSocket to the node agent's ``/exec`` (Kubernetes' remote-command protocol) with
   a bearer token the agent reviews with the API server (TokenReview + SubjectAccessReview), as
-  ``vmsandbox exec`` and the SDK do.
+  ``vmsandbox exec --direct`` does;
+* ``api``: the same WebSocket through the API server (``subresources.vmsandbox.io``): the local
+  control plane's front authorizes it and relays it to the operator's aggregated server, which
+  relays it to the node agent with its own token, as ``vmsandbox exec`` and the SDK do.
 
 And ``cp``: a 100 MiB file written into the sandbox and read back through the node agent's
 ``/files``, against a plain local copy of the same file (read + write + fsync-free) as the baseline.
 
 Everything is real: the local control plane, a loopback registry, the node agent as its own
-process, runc. Target: direct p50 <= runc exec p50 + 15 ms; cp >= 50% of the local copy rate.
+process, the operator as its own process, runc. Targets: direct p50 <= runc exec p50 + 15 ms,
+api p50 <= runc exec p50 + 30 ms; cp >= 50% of the local copy rate.
 
-    python bench/exec.py [--runs 200] [--json out.json]
+With ``--qemu``, a second node's agent runs a sandbox in QEMU (TCG here) and ``guest``, ``direct``
+and ``api`` are measured for it too; there ``guest`` is the floor: the host reaches nothing lower
+than the guest agent, which runs ``runc exec`` inside the guest.
+
+    python bench/exec.py [--runs 200] [--qemu] [--json out.json]
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.e2e.processes import OperatorProcess  # noqa: E402
 from tests.node_agent.support import (  # noqa: E402
     AgentProcess,
     Cluster,
@@ -44,6 +53,13 @@ from tests.node_agent.support import (  # noqa: E402
     build_busybox_layout,
     fake_guest_image,
     free_port,
+)
+from vmsandbox.api.constants import PROCESS_BACKEND_ALLOWED, PROCESS_BACKEND_LABEL  # noqa: E402
+from vmsandbox.cli_aggregated import (  # noqa: E402
+    API_SERVICE_NAME,
+    operator_settings,
+    register,
+    serving_certificate,
 )
 from vmsandbox.devcluster import LocalCluster  # noqa: E402
 from vmsandbox.devcluster.cluster import ADMIN_USER  # noqa: E402
@@ -79,11 +95,127 @@ def agent_pid(unshare_pid: int) -> int:
     return int(children[0])
 
 
+def start_api_path(kube: LocalCluster, namespace: str, work: Path) -> OperatorProcess:
+    """An operator serving subresources.vmsandbox.io, registered as an APIService."""
+    ca, cert, key = serving_certificate(work / "serving", namespace)
+    port = free_port()
+    settings = {
+        k.removeprefix("VMSANDBOX_OPERATOR_").lower(): v
+        for k, v in operator_settings(port, cert, key).items()
+    }
+    (work / "operator").mkdir()
+    operator = OperatorProcess(
+        kube,
+        namespace,
+        "bench",
+        work / "operator",
+        leader_election="false",
+        **settings,  # type: ignore[arg-type]
+    )
+    register(kube.http, namespace, port, ca)
+    discovery = f"/apis/{API_SERVICE_NAME.split('.', 1)[1]}/{API_SERVICE_NAME.split('.', 1)[0]}"
+    deadline = time.monotonic() + 60
+    while kube.http("GET", discovery).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API path did not come up:\n{operator.log()[-2000:]}")
+        time.sleep(0.2)
+    return operator
+
+
+def remote_true(agent: Agent, namespace: str, name: str) -> Callable[[], None]:
+    """One exec of ``true`` over the remote-command WebSocket, to its exit status."""
+
+    def once() -> None:
+        with ExecSession(agent, namespace, name, ["true"], stdin=False, tty=False) as session:
+            for _ in session.output():
+                pass
+            assert session.exit_code == 0
+
+    return once
+
+
+def api_path_of(kube: LocalCluster) -> Agent:
+    assert kube.workdir is not None
+    return Agent(
+        kube.tls_url,
+        {"Authorization": f"Bearer {ADMIN_USER}"},
+        api_path=True,
+        verify=str(kube.workdir / "front-tls" / "front.crt"),
+    )
+
+
+def start_qemu_agent(kube: LocalCluster, cluster: Cluster, registry: Registry, work: Path) -> AgentProcess:
+    """A second node whose agent runs sandboxes in QEMU (TCG allowed: no KVM here)."""
+    from tests.node_agent.conftest import agent_env
+
+    node = "bench-qemu"
+    cluster.create_node(node)
+    (work / "qagent").mkdir()
+    image_dir = Path(
+        os.environ.get("VMSANDBOX_GUEST_IMAGE_DIR") or Path.home() / ".cache/vmsandbox/guest-image"
+    )
+    env = agent_env(
+        node=node,
+        namespace=cluster.namespace,
+        kube=kube,
+        workdir=work / "qagent",
+        registry=registry,
+        guest_image_dir=image_dir,
+    )
+    env.update(
+        {
+            "VMSANDBOX_AGENT_LOG_LEVEL": "INFO",
+            "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": "qemu",
+            "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": "qemu",
+            "VMSANDBOX_AGENT_ALLOW_TCG": "true",
+        }
+    )
+    agent = AgentProcess(node=node, workdir=work / "qagent", env=env, cluster=cluster)
+    agent.start()
+    return agent
+
+
+def qemu_series(
+    kube: LocalCluster, cluster: Cluster, agent: AgentProcess, image: str, runs: int
+) -> dict[str, Any]:
+    """guest (the host's runtime straight to the guest agent, which runs runc exec in the guest:
+    the lowest layer the host reaches), direct and api, for a sandbox in a QEMU guest."""
+    spec = {"image": image, "command": ["sleep", "3600"], "hypervisor": "qemu"}
+    cluster.create_sandbox("qbox", spec, node=agent.node)
+    cluster.wait_phase("qbox", "Running", timeout=900)
+    runtime = Runtime(root=agent.runtime_root, hypervisor="qemu")
+    (cid,) = [i for i in runtime.store.ids() if not i.startswith(".")]
+
+    def guest() -> None:
+        with start_exec(runtime.agent_for(cid), cid, ["true"]) as stream:
+            for _ in stream.output():
+                pass
+            assert stream.exit_code == 0
+
+    endpoint = agent.endpoint()
+    assert endpoint
+    direct = remote_true(
+        Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"}), cluster.namespace, "qbox"
+    )
+    api = remote_true(api_path_of(kube), cluster.namespace, "qbox")
+    out: dict[str, Any] = {"backend": "qemu (TCG)", "runs": runs}
+    for name, once in (("guest", guest), ("direct", direct), ("api", api)):
+        out[name] = stats(timed(runs, once))
+        print("qemu", name, out[name], flush=True)
+    out["direct_minus_guest_p50_ms"] = round(out["direct"]["p50_ms"] - out["guest"]["p50_ms"], 2)
+    out["api_minus_guest_p50_ms"] = round(out["api"]["p50_ms"] - out["guest"]["p50_ms"], 2)
+    cluster.delete("qbox")
+    cluster.wait_gone("qbox", timeout=120)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--cp-mib", type=int, default=100)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--qemu", action="store_true", help="also a QEMU (TCG here) sandbox's series")
+    parser.add_argument("--qemu-runs", type=int, help="runs per QEMU path (default: --runs; TCG is slow)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/exec.py runs containers with runc and needs root", file=sys.stderr)
@@ -91,6 +223,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="nxb", dir="/tmp"))
     registry: Registry | None = None
     agent: AgentProcess | None = None
+    operator: OperatorProcess | None = None
+    qemu_agent: AgentProcess | None = None
     result: dict[str, Any] = {"runs": args.runs, "backend": "process"}
     try:
         with LocalCluster() as kube, kube.api_client() as api_client:
@@ -100,7 +234,9 @@ def main() -> int:
             registry.start()
             image = registry.push(layout, "latest", "bench/busybox:latest")
             namespace = "bench-exec"
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
+            # The process backend is allowed per namespace, by an administrator's label.
+            labels = {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}
+            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace, "labels": labels}})
             cluster = Cluster(api_client=api_client, namespace=namespace)
             node = "bench-node"
             cluster.create_node(node)
@@ -118,6 +254,7 @@ def main() -> int:
             env["VMSANDBOX_AGENT_LOG_LEVEL"] = "INFO"
             agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
             agent.start()
+            operator = start_api_path(kube, namespace, work)
             cluster.create_sandbox("box", {"image": image, "command": ["sleep", "3600"]}, node=node)
             cluster.wait_phase("box", "Running", timeout=120)
 
@@ -143,19 +280,20 @@ def main() -> int:
             assert endpoint
             remote = Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"})
 
-            def direct() -> None:
-                with ExecSession(remote, namespace, "box", ["true"], stdin=False, tty=False) as session:
-                    for _ in session.output():
-                        pass
-                    assert session.exit_code == 0
-
-            for name, once in (("runc_exec", floor), ("guest", guest), ("direct", direct)):
+            direct = remote_true(remote, namespace, "box")
+            api = remote_true(api_path_of(kube), namespace, "box")
+            paths = (("runc_exec", floor), ("guest", guest), ("direct", direct), ("api", api))
+            for name, once in paths:
                 result[name] = stats(timed(args.runs, once))
                 print(name, result[name], flush=True)
             result["direct_minus_floor_p50_ms"] = round(
                 result["direct"]["p50_ms"] - result["runc_exec"]["p50_ms"], 2
             )
             result["target_direct_p50_ms"] = round(result["runc_exec"]["p50_ms"] + 15, 2)
+            result["api_minus_floor_p50_ms"] = round(
+                result["api"]["p50_ms"] - result["runc_exec"]["p50_ms"], 2
+            )
+            result["target_api_p50_ms"] = round(result["runc_exec"]["p50_ms"] + 30, 2)
 
             payload = work / "payload.bin"
             payload.write_bytes(os.urandom(args.cp_mib * MiB))
@@ -190,7 +328,14 @@ def main() -> int:
             print("cp", rate, flush=True)
             cluster.delete("box")
             cluster.wait_gone("box", timeout=60)
+            if args.qemu:
+                qemu_agent = start_qemu_agent(kube, cluster, registry, work)
+                result["qemu"] = qemu_series(kube, cluster, qemu_agent, image, args.qemu_runs or args.runs)
     finally:
+        if qemu_agent is not None:
+            qemu_agent.stop()
+        if operator is not None:
+            operator.stop()
         if agent is not None:
             agent.stop()
         if registry is not None:

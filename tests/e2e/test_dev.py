@@ -8,8 +8,10 @@ import pytest
 
 from tests.e2e.processes import REPO, DevProcess
 from tests.node_agent.support import Registry, wait_for
+from vmsandbox.api.constants import SUBRESOURCE_GROUP
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.devcluster.requestlog import read_request_log
 
 pytestmark = pytest.mark.kube
 
@@ -41,6 +43,9 @@ def test_dev_runs_a_sandbox_and_stops_everything_on_ctrl_c(
         capsys.readouterr()
         assert cli([*cfg, "logs", "hello"]) == 0
         assert capsys.readouterr().out.startswith("hello from ")
+        # Through the API server: dev's operator serves subresources.vmsandbox.io.
+        logged = read_request_log(dev.workdir / "requests.jsonl")
+        assert [r.status for r in logged if r.group == SUBRESOURCE_GROUP and r.subresource == "log"] == [200]
     finally:
         code = dev.interrupt()
     leftovers = dev.leftovers()

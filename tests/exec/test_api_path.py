@@ -6,6 +6,7 @@ also called directly, as an attacker on the network would, to see it refuse."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -80,13 +81,21 @@ def api_path(kube: LocalCluster, cluster: Cluster, tmp_path: Path) -> Iterator[A
     assert not _listening(port)
 
 
-def _through_api(kube: LocalCluster, since: int, sub: str) -> list[int]:
-    """Statuses of the API server's requests for ``vmsandboxes/<sub>`` of the aggregated group."""
-    return [
-        r.status
-        for r in kube.requests_made(since)
-        if r.group == SUBRESOURCE_GROUP and r.resource == "vmsandboxes" and r.subresource == sub
-    ]
+def _through_api(kube: LocalCluster, since: int, sub: str, count: int | None = None) -> list[int]:
+    """Statuses of the API server's requests for ``vmsandboxes/<sub>`` of the aggregated group
+    (waiting for ``count`` of them: a WebSocket is logged once its session has ended)."""
+
+    def statuses() -> list[int]:
+        return [
+            r.status
+            for r in kube.requests_made(since)
+            if r.group == SUBRESOURCE_GROUP and r.resource == "vmsandboxes" and r.subresource == sub
+        ]
+
+    if count is not None:
+        with contextlib.suppress(AssertionError):
+            wait_for(f"{count} {sub} requests logged", lambda: len(statuses()) >= count or None, timeout=10)
+    return statuses()
 
 
 def test_exec_files_and_logs_through_the_api_server(
@@ -103,7 +112,7 @@ def test_exec_files_and_logs_through_the_api_server(
     assert (done.returncode, done.stdout, done.stderr) == (3, b"out\n", b"err\n")
     fed = cli(kube, "exec", "-i", "-n", ns, name, "--", "cat", input=b"piped\n" * 1000)
     assert (fed.returncode, fed.stdout) == (0, b"piped\n" * 1000)
-    assert _through_api(kube, since, "exec") == [101, 101]
+    assert _through_api(kube, since, "exec", 2) == [101, 101]
 
     src = tmp_path / "tree"
     (src / "sub").mkdir(parents=True)
@@ -117,7 +126,7 @@ def test_exec_files_and_logs_through_the_api_server(
     assert (back / "blob").read_bytes() == blob and (back / "sub" / "a.txt").read_text() == "a\n"
     listing = cli(kube, "ls", "-n", ns, f"{name}:/copied")
     assert b" blob" in listing.stdout
-    assert _through_api(kube, since, "files") == [200, 200, 200]
+    assert _through_api(kube, since, "files", 3) == [200, 200, 200]
 
     direct = cli(kube, "--direct", "exec", "-n", ns, name, "--", "true")
     assert direct.returncode == 0 and len(_through_api(kube, since, "exec")) == 2
@@ -127,7 +136,7 @@ def test_exec_files_and_logs_through_the_api_server(
         assert box.agent().api_path
         result = box.run(["sh", "-c", "echo sdk; exit 1"])
         assert (result.stdout, result.exit_code) == (b"sdk\n", 1)
-    assert len(_through_api(kube, since, "exec")) == 3
+    assert len(_through_api(kube, since, "exec", 3)) == 3
 
 
 def test_attach_and_logs_through_the_api_server(
@@ -151,7 +160,7 @@ def test_attach_and_logs_through_the_api_server(
             seen += data
             if b"tick\ntick\n" in seen:
                 break
-    assert _through_api(kube, since, "attach") == [101]
+    assert _through_api(kube, since, "attach", 1) == [101]
 
     def logged() -> bytes | None:
         out = cli(kube, "logs", "-n", cluster.namespace, name, "--tail-bytes", "4096")
@@ -197,7 +206,7 @@ def test_a_user_without_create_exec_is_refused_on_both_paths(
     with pytest.raises(Exception, match="403") as refused:
         ExecSession(gate, ns, name, ["true"], stdin=False, tty=False)
     assert getattr(refused.value, "status", None) == 403
-    assert _through_api(kube, since, "exec") == [403, 403]
+    assert _through_api(kube, since, "exec", 2) == [403, 403]
     endpoint = agent.endpoint()
     assert endpoint is not None
     with pytest.raises(Exception, match="cannot create") as direct:
@@ -309,7 +318,7 @@ def test_the_kubernetes_client_stream_works_against_the_api_path(
     assert live.read_channel(STDOUT_CHANNEL) == "one\n" and live.read_channel(STDERR_CHANNEL) == "two\n"
     assert live.returncode == 4
     live.close()
-    assert _through_api(kube, since, "exec") == [101, 101]
+    assert _through_api(kube, since, "exec", 2) == [101, 101]
 
 
 class Tmux:
@@ -385,4 +394,4 @@ def test_an_interactive_shell_in_tmux_through_the_api_server(
         assert status.read_text().strip() == "7"
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True, timeout=30)
-    assert _through_api(kube, since, "exec") == [101]
+    assert _through_api(kube, since, "exec", 1) == [101]

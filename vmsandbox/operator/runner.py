@@ -150,7 +150,9 @@ class Operator:
                 self.reconciler.refresh_metrics,
             )
         subresources = (
-            await start_subresources(self.config, self.client) if self.config.subresources else None
+            await start_subresources(self.config, self.client, self.cache)
+            if self.config.subresources
+            else None
         )
         self.events.start()
         background: list[asyncio.Task[Any]] = [

@@ -26,6 +26,7 @@ from vmsandbox.api.constants import (
     SUBRESOURCE_ROUTES,
     SUBRESOURCE_VERSION,
 )
+from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.kube import ApiError, KubeClient, node_path, sandbox_path
 from vmsandbox.operator.subresources.proxy import AgentProxy
@@ -74,8 +75,16 @@ def api_group() -> dict[str, Any]:
 
 
 class SubresourceServer:
-    def __init__(self, client: KubeClient, trust: RequestHeaderTrust, agent_headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        trust: RequestHeaderTrust,
+        agent_headers: dict[str, str],
+        cache: ClusterCache | None = None,
+    ) -> None:
         self.client = client
+        #: The operator's watch-fed view of sandboxes and Nodes: no API round trip per request.
+        self.cache = cache
         self.trust = trust
         self.proxy = AgentProxy(agent_headers)
         self._endpoints: dict[str, tuple[float, str]] = {}
@@ -145,6 +154,14 @@ class SubresourceServer:
         return await self.proxy.relay(request, target + (f"?{query}" if query else ""))
 
     async def _agent_of(self, namespace: str, name: str) -> str:
+        if self.cache is not None:
+            entry = self.cache.sandboxes.get(f"{namespace}/{name}")
+            node_obj = self.cache.nodes.get(entry.node) if entry is not None and entry.node else None
+            endpoint = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(
+                AGENT_ENDPOINT_ANNOTATION
+            )
+            if endpoint:
+                return str(endpoint)
         try:
             sandbox = await self.client.get(sandbox_path(namespace, name))
         except ApiError as exc:
@@ -192,14 +209,16 @@ async def serve(
     return runner
 
 
-async def start_subresources(config: OperatorConfig, client: KubeClient) -> web.AppRunner:
+async def start_subresources(
+    config: OperatorConfig, client: KubeClient, cache: ClusterCache | None = None
+) -> web.AppRunner:
     """The server as the operator's settings describe it (requestheader CA from file or ConfigMap)."""
     assert config.subresources_certfile is not None and config.subresources_keyfile is not None
     if config.requestheader_ca_file is not None:
         trust = RequestHeaderTrust.from_file(config.requestheader_ca_file)
     else:
         trust = await RequestHeaderTrust.from_configmap(client)
-    server = SubresourceServer(client, trust, client.connection.headers())
+    server = SubresourceServer(client, trust, client.connection.headers(), cache)
     return await serve(
         server,
         config.subresources_host,
