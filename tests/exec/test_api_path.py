@@ -131,6 +131,16 @@ def test_exec_files_and_logs_through_the_api_server(
     direct = cli(kube, "--direct", "exec", "-n", ns, name, "--", "true")
     assert direct.returncode == 0 and len(_through_api(kube, since, "exec")) == 2
 
+    # portforward is relayed as is to the agent's /portforward route (404 where the agent has none).
+    forward = requests.get(
+        f"{kube.tls_url}{BASE}/namespaces/{ns}/vmsandboxes/{name}/portforward",
+        headers=_admin_headers(kube),
+        verify=str(_front_ca(kube)),
+        timeout=30,
+    )
+    assert forward.status_code in (400, 404, 426), forward.text
+    assert _through_api(kube, since, "portforward", 1) == [forward.status_code]
+
     with Client(namespace=ns, kubeconfig=str(kube.kubeconfig_path)) as client:
         box = client.sandbox(name)
         assert box.agent().api_path
