@@ -654,6 +654,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 flush=True,
             )
             print(f"export KUBECONFIG={cluster.kubeconfig_path}", flush=True)
+            print(
+                f"# exec, attach, cp, logs go through the API server ({SUBRESOURCE_GROUP}, served by the"
+                " operator); --direct goes straight to the agent",
+                flush=True,
+            )
             print(f"# logs: {cluster.workdir}/{{operator,agent}}.log and {cluster.workdir}/logs/", flush=True)
             print(
                 "# try: vmsandbox apply -f samples/hello-local.yaml && vmsandbox get -w  (Ctrl-C stops all)",
