@@ -165,7 +165,7 @@ def test_missing_node_is_reported_with_the_public_resource_name(core: client.Cor
 
 def test_unemulated_core_resources_are_not_found(kube: LocalCluster) -> None:
     assert kube.http("GET", "/api/v1/pods").status_code == 404
-    assert kube.http("GET", "/api/v1/namespaces/default/configmaps").status_code == 404
+    assert kube.http("GET", "/api/v1/namespaces/default/secrets").status_code == 404
 
 
 def test_lease_crud_conflict_and_selector(kube: LocalCluster, kube_namespace: str) -> None:
