@@ -134,6 +134,18 @@ def remote_true(agent: Agent, namespace: str, name: str) -> Callable[[], None]:
     return once
 
 
+def guest_true(runtime: Runtime, cid: str) -> Callable[[], None]:
+    """One exec of ``true`` from the host's runtime straight to the guest agent."""
+
+    def once() -> None:
+        with start_exec(runtime.agent_for(cid), cid, ["true"]) as stream:
+            for _ in stream.output():
+                pass
+            assert stream.exit_code == 0
+
+    return once
+
+
 def api_path_of(kube: LocalCluster) -> Agent:
     assert kube.workdir is not None
     return Agent(
@@ -186,12 +198,7 @@ def qemu_series(
     runtime = Runtime(root=agent.runtime_root, hypervisor="qemu")
     (cid,) = [i for i in runtime.store.ids() if not i.startswith(".")]
 
-    def guest() -> None:
-        with start_exec(runtime.agent_for(cid), cid, ["true"]) as stream:
-            for _ in stream.output():
-                pass
-            assert stream.exit_code == 0
-
+    guest = guest_true(runtime, cid)
     endpoint = agent.endpoint()
     assert endpoint
     direct = remote_true(
@@ -270,12 +277,7 @@ def main() -> int:
             def floor() -> None:
                 subprocess.run(floor_cmd, check=True, stdin=subprocess.DEVNULL)
 
-            def guest() -> None:
-                with start_exec(runtime.agent_for(cid), cid, ["true"]) as stream:
-                    for _ in stream.output():
-                        pass
-                    assert stream.exit_code == 0
-
+            guest = guest_true(runtime, cid)
             endpoint = agent.endpoint()
             assert endpoint
             remote = Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"})
