@@ -152,14 +152,13 @@ class Reconciler:
             try:
                 if self.leading():
                     await self.reconcile(key)
+                self.queue.forget(key)
             except ApiError as exc:
                 self.metrics.reconcile_errors.labels(kind="api").inc()
-                log.warning("reconcile %s: %s", key, exc)
-                self.queue.add_after(key, 1.0)
+                log.warning("reconcile %s: %s (retry in %.1fs)", key, exc, self.queue.retry(key))
             except Exception:
                 self.metrics.reconcile_errors.labels(kind="bug").inc()
-                log.exception("reconcile %s failed", key)
-                self.queue.add_after(key, 5.0)
+                log.exception("reconcile %s failed (retry in %.1fs)", key, self.queue.retry(key))
             finally:
                 self.queue.done(key)
 
