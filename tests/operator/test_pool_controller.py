@@ -9,7 +9,9 @@ what is tested here is everything the operator does with a pool: shares, sums, p
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,13 +30,17 @@ from tests.operator.harness import (
 )
 from vmsandbox.api.constants import NODE_LABEL, POOL_LABEL, POOLS_ANNOTATION
 from vmsandbox.api.pool import PoolReport, render_pool_reports
+from vmsandbox.devcluster import KubeBinariesUnavailable
+from vmsandbox.devcluster.binaries import find_binaries
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.devcluster.pytest_plugin import kube_required
 
 pytestmark = pytest.mark.kube
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
 POOLS = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxpools"
 SMALL = {"vcpus": 1, "memoryMiB": 256}
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -287,3 +293,30 @@ def test_a_missing_pool_or_another_shape_still_schedules(
     create_sandbox(kube, ns, sandbox_obj(name, **body))
     assert wait_for("placed", lambda: placed_on(kube, ns, name)) == f"shape-{name}"
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in metrics(operator)
+
+
+def test_a_cluster_without_the_pool_crd_still_schedules(tmp_path: Path) -> None:
+    """Helm never upgrades CRDs: an operator of this version on a cluster that has only the
+    VMSandbox CRD (from an older release) must lead and schedule, pools or not."""
+    try:
+        bin_dir = find_binaries(build=True)
+    except KubeBinariesUnavailable as exc:
+        if kube_required():
+            raise
+        pytest.skip(f"real Kubernetes API server unavailable: {exc}")
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    shutil.copy(REPO / "crds" / "vmsandboxes.yaml", crds)
+    with LocalCluster(crd_dir=crds, bin_dir=bin_dir) as kube:
+        ns = "old-release"
+        resp = kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": ns}})
+        assert resp.status_code == 201, resp.text
+        agents = FakeAgents(kube, ns)
+        try:
+            agents.add("old-a")
+            with OperatorThread(operator_config(ns), kube.kubeconfig_path) as op:
+                wait_for("leadership", op.leading)
+                create_sandbox(kube, ns, sandbox_obj("plain", pool="small"))
+                assert wait_for("placed", lambda: placed_on(kube, ns, "plain")) == "old-a"
+        finally:
+            agents.close()

@@ -113,7 +113,15 @@ class PoolController:
         self.changed()
 
     async def resync(self) -> None:
-        listed = await self.client.list_objects(pool_path())
+        try:
+            listed = await self.client.list_objects(pool_path())
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            # The VMSandboxPool CRD is not installed (Helm never upgrades CRDs): sandboxes
+            # are scheduled as before, and pools are picked up once it is applied.
+            log.warning("no VMSandboxPool API (apply crds/vmsandboxpools.yaml): %s", exc)
+            listed = {}
         seen = set()
         for item in listed.get("items") or []:
             pool = self.cache.upsert_pool(item)
