@@ -22,6 +22,7 @@ from tests.operator.harness import (
     FakeAgents,
     OperatorThread,
     create_sandbox,
+    events_for,
     get_sandbox,
     operator_config,
     phase,
@@ -263,16 +264,19 @@ def test_a_claim_goes_to_the_node_with_a_ready_member(
     wait_for("placed", lambda: placed_on(kube, ns, "claim-2"))
     text = metrics(operator)
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="warm"} 1.0' in text
+    said = {n: " ".join(e["message"] for e in events_for(kube, ns, n)) for n in ("claim-1", "claim-2")}
+    assert "placed on node warm-b (cloud-hypervisor); a pool member is ready there" in said["claim-1"]
+    assert "no pool member for it (pool warm has no ready member), it starts cold" in said["claim-2"]
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in text
 
 
 @pytest.mark.parametrize(
-    ("name", "spec"),
+    ("name", "spec", "why"),
     [
-        ("missing", {"pool": "no-such-pool"}),
-        ("bigger", {"pool": "shaped", "vcpus": 2}),
-        ("other-net", {"pool": "shaped", "network": {"mode": "open"}}),
-        ("other-hv", {"pool": "shaped", "hypervisor": "qemu"}),
+        ("missing", {"pool": "no-such-pool"}, "pool no-such-pool not found"),
+        ("bigger", {"pool": "shaped", "vcpus": 2}, "spec.resources (2 vCPUs, 256 MiB) differ"),
+        ("other-net", {"pool": "shaped", "network": {"mode": "open"}}, "network mode open differs"),
+        ("other-hv", {"pool": "shaped", "hypervisor": "qemu"}, "hypervisor qemu differs"),
     ],
 )
 def test_a_missing_pool_or_another_shape_still_schedules(
@@ -282,6 +286,7 @@ def test_a_missing_pool_or_another_shape_still_schedules(
     operator: OperatorThread,
     name: str,
     spec: dict[str, Any],
+    why: str,
 ) -> None:
     ns = kube_namespace
     agents.add(f"shape-{name}", hypervisors=("cloud-hypervisor", "qemu"))
@@ -293,6 +298,24 @@ def test_a_missing_pool_or_another_shape_still_schedules(
     create_sandbox(kube, ns, sandbox_obj(name, **body))
     assert wait_for("placed", lambda: placed_on(kube, ns, name)) == f"shape-{name}"
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in metrics(operator)
+    message = " ".join(e["message"] for e in events_for(kube, ns, name))
+    assert "it starts cold" in message and why in message, message
+
+
+def test_a_template_the_cluster_does_not_allow_gets_no_members(
+    kube: LocalCluster, kube_namespace: str, agents: FakeAgents, operator: OperatorThread
+) -> None:
+    """The template is a tenant's too: the operator's admission rules apply to it as to a sandbox."""
+    ns = kube_namespace
+    agents.add("deny-a", hypervisors=("cloud-hypervisor", "process"))
+    create_pool(kube, ns, "nova", replicas=2, template={"resources": SMALL, "hypervisor": "process"})
+    obj = wait_for(
+        "Invalid", lambda: (o := get_pool(kube, ns, "nova")) and "conditions" in o.get("status", {}) and o
+    )
+    cond = ready_condition(obj)
+    assert (cond["status"], cond["reason"]) == ("False", "Invalid")
+    assert cond["message"].startswith("spec.template.hypervisor: 'process' is not allowed on this cluster")
+    assert obj["status"]["replicas"] == 0 and desired(kube, ns, "nova") == {}
 
 
 def test_a_cluster_without_the_pool_crd_still_schedules(tmp_path: Path) -> None:

@@ -45,6 +45,15 @@ class ClaimDecision:
     start: Start
     why_cold: str | None = None
 
+    @property
+    def note(self) -> str:
+        """What the placement Event adds for a claim: why this node, or why a cold start."""
+        if self.start is Start.WARM:
+            return "; a pool member is ready there"
+        if self.start is Start.COLD:
+            return f"; no pool member for it ({self.why_cold}), it starts cold"
+        return ""
+
 
 def with_members(usage: Mapping[str, Demand], members: Mapping[str, Demand]) -> dict[str, Demand]:
     """Sandboxes' usage plus the capacity booted pool members hold, per node."""

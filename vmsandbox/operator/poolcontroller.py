@@ -18,9 +18,10 @@ from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from vmsandbox.api import VMSandbox
-from vmsandbox.api.constants import GROUP, POOL_PLURAL, VERSION
+from vmsandbox.api import InvalidSandbox, VMSandbox
+from vmsandbox.api.constants import API_VERSION, GROUP, KIND, POOL_PLURAL, VERSION
 from vmsandbox.api.pool import VMSandboxPool
+from vmsandbox.operator.admission import admit
 from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.claims import ClaimDecision, Start, place
 from vmsandbox.operator.config import OperatorConfig
@@ -39,6 +40,18 @@ def pool_path(namespace: str | None = None, name: str | None = None, sub: str | 
     if name is not None:
         path += f"/{quote(name)}"
     return path + (f"/{sub}" if sub else "")
+
+
+def template_problem(pool: VMSandboxPool, config: OperatorConfig) -> str | None:
+    """The operator's admission rules, applied to the template as to a sandbox's same fields
+    (allowed hypervisors, label and toleration syntax); None when members may run here."""
+    spec = {"image": "pool-member", **pool.spec.template.to_wire()}
+    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": pool.metadata.name}, "spec": spec}
+    try:
+        admit(raw, config)
+    except InvalidSandbox as exc:
+        return "; ".join(f"{path.replace('spec.', 'spec.template.', 1)}: {msg}" for path, msg in exc.problems)
+    return None
 
 
 class PoolMetrics:
@@ -132,10 +145,13 @@ class PoolController:
         self.changed()
 
     # ---- the plan scheduling and status share
+    def valid_pools(self) -> list[VMSandboxPool]:
+        return [p for p in self.cache.pools.values() if template_problem(p, self.config) is None]
+
     def plan(self, now: datetime | None = None) -> Plan:
         usage = usage_by_node(self.cache.placements(), self.ledger)
         return plan(
-            self.cache.pools.values(),
+            self.valid_pools(),
             self.cache.node_views().values(),
             usage,
             now=now or datetime.now(UTC),
@@ -160,7 +176,7 @@ class PoolController:
             sandbox,
             views,
             usage,
-            plan(self.cache.pools.values(), views, usage, now=now, alive_window=window),
+            plan(self.valid_pools(), views, usage, now=now, alive_window=window),
             self.cache.pools,
             reports_of(self.cache.nodes),
             self.placed(),
@@ -198,7 +214,7 @@ class PoolController:
         for ref, pool in list(self.cache.pools.items()):
             desired = current.shares.get(ref, {})
             ready = ready_by_node(pool, reports)
-            status = pool_status(pool, desired, ready)
+            status = pool_status(pool, desired, ready, template_problem(pool, self.config))
             values[(str(pool.metadata.namespace), str(pool.metadata.name))] = (
                 status.replicas or 0,
                 status.ready_replicas or 0,

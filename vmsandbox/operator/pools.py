@@ -189,9 +189,12 @@ def claim_credit(pool: VMSandboxPool, members: Mapping[str, Demand], node: str) 
 
 
 def pool_status(
-    pool: VMSandboxPool, desired: Mapping[str, int], ready: Mapping[str, int]
+    pool: VMSandboxPool, desired: Mapping[str, int], ready: Mapping[str, int], problem: str | None = None
 ) -> VMSandboxPoolStatus:
-    """The status the operator writes: per-node shares and reports, their sums, and Ready."""
+    """The status the operator writes: per-node shares and reports, their sums, and Ready.
+
+    ``problem``: why the template may not run on this cluster (the pool then gets no shares).
+    """
     old = pool.status
     names = sorted(set(desired) | set(ready))
     nodes = [PoolNodeStatus(name=n, desired=desired.get(n, 0), ready=ready.get(n, 0)) for n in names]
@@ -204,7 +207,15 @@ def pool_status(
         nodes=nodes,
         conditions=old.conditions,
     )
-    if placed < wanted:
+    if problem is not None:
+        status.set_condition(
+            PoolConditionType.READY,
+            ConditionStatus.FALSE,
+            StatusReason.INVALID,
+            problem,
+            pool.metadata.generation,
+        )
+    elif placed < wanted:
         status.set_condition(
             PoolConditionType.READY,
             ConditionStatus.FALSE,

@@ -409,7 +409,7 @@ class Reconciler:
             entry.raw,
             "Normal",
             lc.REASON_SCHEDULED,
-            f"placed on node {decision.node} ({decision.hypervisor})",
+            f"placed on node {decision.node} ({decision.hypervisor})" + (claim.note if claim else ""),
         )
         fresh = self.cache.sandboxes.get(key)
         if fresh is not None:
