@@ -213,6 +213,14 @@ def test_booted_members_hold_capacity_snapshot_members_do_not(
     assert resp.status_code == 200, resp.text
     wait_desired(kube, ns, "booted", {"cap-a": 1})
     assert wait_for("placed", lambda: placed_on(kube, ns, "plain")) == "cap-a"
+    # The node is full again (one sandbox, one member); deleting the pool frees the member's room.
+    create_sandbox(kube, ns, sandbox_obj("second", vcpus=1, memory=256))
+    wait_for(
+        "Unschedulable",
+        lambda: (get_sandbox(kube, ns, "second") or {}).get("status", {}).get("reason") == "Unschedulable",
+    )
+    assert kube.http("DELETE", POOLS.format(ns=ns) + "/booted").status_code == 200
+    assert wait_for("placed", lambda: placed_on(kube, ns, "second")) == "cap-a"
 
 
 def test_scale_down_lowers_desired_and_deleting_a_pool_drops_it(
