@@ -2,8 +2,9 @@
 
 Level-triggered like the reconciler: any pool, node or sandbox change marks the pools dirty,
 and one loop recomputes every pool's plan from the cache and writes the statuses that differ
-(only while leading). The same plan is what scheduling counts booted members with, so the
-desired counts the agents read and the capacity the scheduler leaves free never disagree.
+(only while leading). Scheduling counts booted members with the plan of the latest pass, the
+shares the agents were last told to keep, so the desired counts the agents read and the
+capacity the scheduler leaves free never disagree (and a decision does not pay for a plan).
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class PoolController:
         self.capacity_changed = capacity_changed
         self._dirty = asyncio.Event()
         self._members: Mapping[str, Demand] = {}
+        self._last: Plan | None = None  # the latest pass's plan, what the agents were told
 
     # ---- inputs
     def changed(self) -> None:
@@ -167,6 +169,12 @@ class PoolController:
                 out.append((entry.sandbox, reservation.node if reservation else entry.node))
         return out
 
+    def members(self, now: datetime | None = None) -> Mapping[str, Demand]:
+        """Capacity booted members hold per node, as of the latest pass (or now, before the first)."""
+        if self._last is None:
+            self._last = self.plan(now)
+        return self._last.members
+
     def decide(self, sandbox: VMSandbox, now: datetime) -> ClaimDecision:
         """Scheduling with pools: members counted, claims sent where a member is ready."""
         usage = usage_by_node(self.cache.placements(), self.ledger)
@@ -176,7 +184,7 @@ class PoolController:
             sandbox,
             views,
             usage,
-            plan(self.valid_pools(), views, usage, now=now, alive_window=window),
+            self.members(now),
             self.cache.pools,
             reports_of(self.cache.nodes),
             self.placed(),
@@ -205,7 +213,7 @@ class PoolController:
 
     async def sync(self) -> None:
         """One pass: plan, metrics, and a status write for each pool whose status differs."""
-        current = self.plan()
+        current = self._last = self.plan()
         if current.members != self._members:
             self._members = current.members
             self.capacity_changed()  # freed (or taken) room may fit a waiting sandbox now
