@@ -326,6 +326,33 @@ def test_a_template_the_cluster_does_not_allow_gets_no_members(
     assert obj["status"]["replicas"] == 0 and desired(kube, ns, "nova") == {}
 
 
+def test_only_the_leader_writes_pool_status_and_its_successor_carries_on(
+    kube: LocalCluster, kube_namespace: str, agents: FakeAgents
+) -> None:
+    ns = kube_namespace
+    agents.add("lead-a")
+    agents.add("lead-b")
+    first = OperatorThread(operator_config(ns, identity="pools-1"), kube.kubeconfig_path).start()
+    second: OperatorThread | None = None
+    try:
+        wait_for("first leads", first.leading)
+        second = OperatorThread(operator_config(ns, identity="pools-2"), kube.kubeconfig_path).start()
+        create_pool(kube, ns, "relay", replicas=2)
+        wait_desired(kube, ns, "relay", {"lead-a": 1, "lead-b": 1})
+        assert not second.leading()
+        first.stop()
+        wait_for("second leads", second.leading, timeout=30)
+        resp = kube.http(
+            "PATCH", POOLS.format(ns=ns) + "/relay/scale", json={"spec": {"replicas": 4}}, headers=MERGE
+        )
+        assert resp.status_code == 200, resp.text
+        wait_desired(kube, ns, "relay", {"lead-a": 2, "lead-b": 2})
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
 def test_a_cluster_without_the_pool_crd_still_schedules(tmp_path: Path) -> None:
     """Helm never upgrades CRDs: an operator of this version on a cluster that has only the
     VMSandbox CRD (from an older release) must lead and schedule, pools or not."""

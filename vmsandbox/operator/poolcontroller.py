@@ -128,6 +128,8 @@ class PoolController:
         self.changed()
 
     async def resync(self) -> None:
+        """A fresh LIST when this replica starts leading; the plan is redone from it."""
+        self._last = None
         try:
             listed = await self.client.list_objects(pool_path())
         except ApiError as exc:
