@@ -551,6 +551,20 @@ class Runtime:
             if not record.paused and driver.alive(record.state.vm):
                 driver.resume(record.state.vm)
 
+    def make_snapshot(self, name: str, size: VMSize | None = None) -> SnapshotManifest:
+        """Boot a bare VM (guest agent ready, no sandbox, no container), snapshot it into
+        ``<root>/snapshots/<name>`` and stop it: the template a snapshot pool restores from.
+
+        Nothing but the snapshot directory remains, and on failure not even that.
+        """
+        target = snapshot_dir(self.root, validate_id(name), step="snapshot")
+        size = size or VMSize()
+        driver = self.driver()
+        with contextlib.ExitStack() as undo:
+            handle = self._boot(driver, f"snapshot-{name}", size, None, undo)
+            return driver.snapshot(handle, target)
+        raise AssertionError("unreachable")  # pragma: no cover (ExitStack swallows nothing)
+
     # ---- exec and files (vmsandbox.runtime.streams) ----------------------------------
 
     def agent_for(self, container_id: str) -> AgentClient:
