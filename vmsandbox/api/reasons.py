@@ -25,3 +25,14 @@ class StatusReason(StrEnum):
     #: The image breaks a rule the agent checks before using it: a digest that is not one, a file
     #: it reads that is not a regular file inside the image or is too big, an undefined user.
     IMAGE_INVALID = "ImageInvalid"
+
+
+class PauseReason(StrEnum):
+    """Reasons of the ``Paused`` condition and its events, set by the node agent."""
+
+    #: spec.paused is true and the VM's vCPUs (or, process backend, processes) are stopped.
+    PAUSED = "Paused"
+    #: spec.paused went back to false and the VM runs again.
+    RESUMED = "Resumed"
+    #: The VM could not be paused or resumed; the message says why. Retried at the next poll.
+    PAUSE_FAILED = "PauseFailed"

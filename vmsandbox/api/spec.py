@@ -215,6 +215,14 @@ class VMSandboxSpec(APIModel):
     network: SandboxNetwork | None = Field(
         default=None, description="The sandbox's network: mode and egress rules."
     )
+    paused: bool = Field(
+        default=False,
+        description="Pause the running sandbox's VM (true) or let it run (false); may be changed at any "
+        "time. A paused VM keeps its memory, processes and network state but executes nothing: phase "
+        "Paused, condition Paused. Its container cannot exit, so restartPolicy has nothing to act on; "
+        "activeDeadlineSeconds keeps counting, and a paused sandbox past it is stopped and fails as "
+        "usual. A sandbox created paused boots and starts first, then pauses.",
+    )
 
 
 #: Rules on the spec as a whole: "immutable once set" needs both old and new objects.

@@ -484,6 +484,8 @@ class Runtime:
         record = self.store.load(validate_id(container_id))
         if record.state.status == "creating":
             raise WrongState(f"container {container_id!r} is creating", step="kill")
+        if self._pod_paused(record):
+            raise WrongState(f"the VM of container {container_id!r} is paused; resume it first", step="kill")
         if self._guest_info(record) is None:
             raise WrongState(f"container {container_id!r} is stopped (its VM is gone)", step="kill")
         with _wrong_status("kill"):
