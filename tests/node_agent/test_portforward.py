@@ -25,11 +25,12 @@ from kubernetes.stream.ws_client import portforward_call
 
 from tests.network.conftest import DNS, SUBNET, Topology, sh, topo
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.qemu.conftest import guest_image, qemu_binary
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
 
 pytestmark = pytest.mark.kube
-__all__ = ["topo"]  # the fixture, used by name
+__all__ = ["guest_image", "qemu_binary", "topo"]  # fixtures, used by name
 
 MakeAgent = Callable[..., AgentProcess]
 PAGE = "hello-from-the-sandbox"
@@ -288,3 +289,45 @@ def test_port_forward_ports_parse() -> None:
     ]
     with pytest.raises(PortSpecError, match="'70000'"):
         parse_pair("70000")
+
+
+@pytest.mark.vm
+def test_port_forward_and_resolvers_in_a_qemu_guest(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, guest_image: Path
+) -> None:
+    """One QEMU (TCG) guest: the tap on the bridge, the guest's address from the kernel command
+    line, the container's resolv.conf from the guest agent, port-forwarding to the guest."""
+    topo.net("reconcile")
+    agent = make_agent(
+        VMSANDBOX_AGENT_SANDBOX_CIDR=SUBNET,
+        VMSANDBOX_AGENT_SANDBOX_BRIDGE=topo.bridge,
+        VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
+        VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
+        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="process,qemu",
+        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
+    )
+    name = unique("pfq")
+    command = f"cat /etc/resolv.conf; hostname; echo report-done; {SERVERS}"
+    image = f"{registry.host}/test/busybox:latest"
+    spec = {"image": image, "command": ["sh", "-c", command], "hypervisor": "qemu"}
+    cluster.create_sandbox(name, spec, node=agent.node)
+    cluster.wait_phase(name, "Running", timeout=300)
+    ns = cluster.namespace
+
+    def report() -> str | None:
+        text = agent.get(f"/logs/{ns}/{name}").text
+        return text if "report-done" in text else None
+
+    assert wait_for("the guest's report", report, timeout=120).startswith(f"nameserver {DNS}\n{name}\n")
+
+    def fetch() -> bytes | None:
+        pf = _python_client_forward(agent, ns, name, 8080, ADMIN_USER)
+        sock = pf.socket(8080)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        answer = _recv_all(sock)  # type: ignore[arg-type]
+        sock.close()
+        return answer if PAGE.encode() in answer else None
+
+    assert wait_for("a page through port-forwarding", fetch, timeout=120, interval=1.0)
+    ip = cluster.status(name)["network"]["ip"]
+    wait_for("no connection into the guest", lambda: _established_to(topo, ip) == [] or None, timeout=30)
