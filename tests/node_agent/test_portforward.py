@@ -292,6 +292,7 @@ def test_port_forward_ports_parse() -> None:
 
 
 @pytest.mark.vm
+@pytest.mark.timeout(900)
 def test_port_forward_and_resolvers_in_a_qemu_guest(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, guest_image: Path
 ) -> None:
@@ -305,13 +306,15 @@ def test_port_forward_and_resolvers_in_a_qemu_guest(
         VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
         VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="process,qemu",
         VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
+        VMSANDBOX_AGENT_ALLOW_TCG="true",
     )
     name = unique("pfq")
     command = f"cat /etc/resolv.conf; hostname; echo report-done; {SERVERS}"
     image = f"{registry.host}/test/busybox:latest"
     spec = {"image": image, "command": ["sh", "-c", command], "hypervisor": "qemu"}
     cluster.create_sandbox(name, spec, node=agent.node)
-    cluster.wait_phase(name, "Running", timeout=300)
+    status = cluster.wait_phase(name, "Running", "Failed", timeout=480)
+    assert status["phase"] == "Running", f"{status}\nagent log:\n{agent.logs()[-4000:]}"
     ns = cluster.namespace
 
     def report() -> str | None:
@@ -320,14 +323,21 @@ def test_port_forward_and_resolvers_in_a_qemu_guest(
 
     assert wait_for("the guest's report", report, timeout=120).startswith(f"nameserver {DNS}\n{name}\n")
 
+    tried: list[object] = []
+
     def fetch() -> bytes | None:
         pf = _python_client_forward(agent, ns, name, 8080, ADMIN_USER)
         sock = pf.socket(8080)
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
         answer = _recv_all(sock)  # type: ignore[arg-type]
         sock.close()
+        tried[:] = [answer[:300], pf.error(8080)]
         return answer if PAGE.encode() in answer else None
 
-    assert wait_for("a page through port-forwarding", fetch, timeout=120, interval=1.0)
+    try:
+        wait_for("a page through port-forwarding", fetch, timeout=120, interval=1.0)
+    except AssertionError as exc:
+        links = sh("ip", "netns", "exec", topo.node, "bridge", "link")  # a tap without carrier?
+        raise AssertionError(f"{exc}: {tried}\n{links}") from None
     ip = cluster.status(name)["network"]["ip"]
     wait_for("no connection into the guest", lambda: _established_to(topo, ip) == [] or None, timeout=30)
