@@ -190,21 +190,25 @@ def test_port_forward_relays_both_ways_and_leaves_nothing(
     local = cli.local_port()
     conns = [socket.create_connection(("127.0.0.1", local), timeout=30) for _ in range(2)]
     payloads = [os.urandom(300_000), os.urandom(200_000)]
+    for conn, payload in zip(conns, payloads, strict=True):
+        conn.sendall(payload[:1000])  # each opens its own connection into the sandbox...
+    wait_for("two connections open at once", lambda: len(_established_to(topo, ip)) >= 2 or None, timeout=30)
     results: list[bytes] = [b"", b""]
 
     def exchange(i: int) -> None:
-        threading.Thread(
-            target=lambda: (conns[i].sendall(payloads[i]), conns[i].shutdown(socket.SHUT_WR)), daemon=True
-        ).start()
+        def send_rest() -> None:
+            conns[i].sendall(payloads[i][1000:])
+            conns[i].shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=send_rest, daemon=True).start()
         results[i] = _recv_all(conns[i])
 
     workers = [threading.Thread(target=exchange, args=(i,)) for i in range(2)]
     for w in workers:
         w.start()
-    wait_for("two connections open at once", lambda: len(_established_to(topo, ip)) >= 2 or None, timeout=30)
     for w in workers:
         w.join(60)
-    assert results == payloads
+    assert results == payloads  # ...and both carry their bytes both ways, side by side
     for c in conns:
         c.close()
 
