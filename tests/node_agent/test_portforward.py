@@ -295,7 +295,8 @@ def test_port_forward_ports_parse() -> None:
         parse_pair("70000")
     # kubectl finds the plugin by its name; it is the same command line.
     plugin = Path(sys.executable).parent / "kubectl-vmsandbox"
-    shown = subprocess.run([str(plugin), "port-forward", "--help"], capture_output=True, text=True, timeout=60)
+    argv = [str(plugin), "port-forward", "--help"]
+    shown = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "[LOCAL:]REMOTE" in shown.stdout, shown.stderr
 
 
