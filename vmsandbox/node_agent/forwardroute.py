@@ -25,6 +25,7 @@ from vmsandbox.node_agent.portforward import SUBPROTOCOLS, V4, BadPorts, Session
 from vmsandbox.node_agent.remotecommand import BadQuery
 from vmsandbox.node_agent.streamroutes import AuthorizeSubresource, SandboxUnavailable, _answer, _sandbox_of
 from vmsandbox.node_agent.websocket import WebSocket, accept_key, choose_protocol
+from vmsandbox.runtime.errors import RuntimeError_, WrongState
 
 log = logging.getLogger("vmsandbox.node_agent.portforward")
 
@@ -62,6 +63,10 @@ class PortForwardRoute:
             _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except (AccessDenied, SandboxUnavailable) as exc:
             _answer(handler, exc.status, exc.detail)
+        except WrongState as exc:
+            _answer(handler, HTTPStatus.CONFLICT, exc.detail)
+        except RuntimeError_ as exc:
+            _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
 
     def _serve(self, handler: BaseHTTPRequestHandler, path: str, query: str) -> None:
         namespace, name = _sandbox_of(path, PREFIX)
