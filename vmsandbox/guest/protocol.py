@@ -92,8 +92,18 @@ class CreateSandbox(Message):
     op: Literal["create_sandbox"]
     sandbox_id: str
     hostname: str | None
+    #: The resolvers for the containers' /etc/resolv.conf (none: a sandbox without a network);
+    #: None leaves each image's own file alone.
+    dns: list[str] | None
+    #: The sandbox's address, named with the hostname in the containers' /etc/hosts.
+    ip: str | None
     TAG = ("op", "create_sandbox")
-    FIELDS = {"sandbox_id": required(STR), "hostname": _OPT_STR}
+    FIELDS = {
+        "sandbox_id": required(STR),
+        "hostname": _OPT_STR,
+        "dns": optional(list_of(STR)),
+        "ip": _OPT_STR,
+    }
 
 
 class CreateContainer(Message):

@@ -247,7 +247,17 @@ class Runtime:
             )
             checkpoint("boot")
             client = AgentClient(driver, handle)
-            client.call(CreateSandbox(sandbox_id=container_id, hostname=loaded.spec.hostname), Ok)
+            net = options.network
+            client.call(
+                CreateSandbox(
+                    sandbox_id=container_id,
+                    hostname=loaded.spec.hostname,
+                    # A sandbox the node gave no address has no resolver to reach either.
+                    dns=None if net is None else (list(net.dns) if net.ip else []),
+                    ip=net.ip if net is not None else None,
+                ),
+                Ok,
+            )
             checkpoint("create-sandbox")
         else:
             assert sandbox.state.vm is not None

@@ -169,11 +169,13 @@ class CloudHypervisorDriver(HypervisorDriver):
         self._clear_stale(layout)  # refuses before touching anything when a live VMM owns the dir
         try:
             started = time.monotonic()
+            net = spec.network
             child = vmm_process.launch(
                 self.config.cloud_hypervisor_binary,
                 vmm_args(self.config, spec),
                 layout.api_socket,
                 layout.vmm_log,
+                netns=net.tap_netns if net is not None and net.tap is not None else None,
             )
         except BaseException:
             self._remove_files(layout, created_dir)

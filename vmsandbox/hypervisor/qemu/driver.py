@@ -154,6 +154,11 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
     argv += _nic(spec)
     for port in range(HOTPLUG_PORTS):
         argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1},slot={port + 1}"]
+    net = spec.network
+    if net is not None and net.tap is not None and net.tap_netns is not None:
+        # QEMU opens the tap by name in its own namespace: start it where the tap is (nsenter
+        # execs it, so the pid is QEMU's; its sockets are paths, which no namespace changes).
+        argv = ["nsenter", f"--net={net.tap_netns}", *argv]
     return argv
 
 
