@@ -68,12 +68,17 @@ class HostPath(Message):
 
 
 class BlockDevice(Message):
-    """The rootfs is an ext4 disk attached to the VM, found by its virtio-blk serial."""
+    """The rootfs is an ext4 disk attached to the VM, found by its virtio-blk serial.
+
+    ``overlay``: the disk is shared read-only (one per image); the agent mounts it read-only
+    and gives the container a private writable overlay on a tmpfs.
+    """
 
     kind: Literal["block-device"]
     serial: str
+    overlay: bool
     TAG = ("kind", "block-device")
-    FIELDS = {"serial": required(STR)}
+    FIELDS = {"serial": required(STR), "overlay": optional(BOOL, False, none=False)}
 
 
 RootfsSource = HostPath | BlockDevice

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from vmsandbox.node_agent.overlay import remove_bundle
+
 RECORD = "record.json"
 
 
@@ -83,7 +85,8 @@ class RecordStore:
         return found
 
     def remove(self, uid: str) -> None:
-        """Free the sandbox's disk: bundle, root filesystem copy, logs and the record."""
+        """Free the sandbox's disk: bundle (its overlay unmounted first), logs and the record."""
+        remove_bundle(self.bundle_dir(uid))
         shutil.rmtree(self.dir_for(uid), ignore_errors=True)
 
     def unknown_dirs(self) -> list[Path]:

@@ -50,6 +50,7 @@ from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network import NodeNetwork
 from vmsandbox.node_agent.network.attach import attach_sandbox
+from vmsandbox.node_agent.overlay import remove_bundle
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
 from vmsandbox.node_agent.runtimes import Runtimes
@@ -435,7 +436,11 @@ class SandboxWorker:
                 try:
                     with self._step("runtimeCreate"):
                         state = runtime.create(
-                            self.cid, bundle, log_path=self.ctx.records.log_path(self.uid), network=attachment
+                            self.cid,
+                            bundle,
+                            log_path=self.ctx.records.log_path(self.uid),
+                            network=attachment,
+                            image_digest=image.digest,
                         )
                 except VMSandboxError:
                     record.container_created = False
@@ -702,9 +707,7 @@ class SandboxWorker:
             with contextlib.suppress(OSError):
                 self._save_record()
         if not keep_bundle:
-            import shutil
-
-            shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
+            remove_bundle(self.ctx.records.bundle_dir(self.uid))
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:

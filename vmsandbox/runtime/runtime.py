@@ -45,7 +45,7 @@ from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import kill_mentioning
 from vmsandbox.runtime import console
 from vmsandbox.runtime.client import AgentClient
-from vmsandbox.runtime.disk import disk_serial, make_disk
+from vmsandbox.runtime.diskcache import DiskCache, disk_serial
 from vmsandbox.runtime.errors import AgentError, NotFound, RuntimeError_, WrongState
 from vmsandbox.runtime.faults import checkpoint
 from vmsandbox.runtime.ids import validate_id
@@ -77,6 +77,9 @@ class CreateOptions(BaseModel):
     log_path: Path | None = None
     #: The pod sandbox's network interface, prepared by the caller (the node agent).
     network: NetworkAttachment | None = None
+    #: The manifest digest of the image the bundle's rootfs was unpacked from, when the caller
+    #: knows it: the shared root disk is then keyed by it instead of by the tree's metadata.
+    image_digest: str | None = None
 
 
 def parse_signal(value: str | int) -> int:
@@ -117,6 +120,7 @@ class Runtime:
         self.hypervisor = hypervisor
         self.config = config or HypervisorConfig.from_env()
         self.store = StateStore(self.root)
+        self.disks = DiskCache(self.root / "disks", in_use=self._disks_in_use)
         self._drivers: dict[str, HypervisorDriver] = {}
 
     def driver(self, name: str | None = None) -> HypervisorDriver:
@@ -143,6 +147,7 @@ class Runtime:
         log_path: Path | None = None,
         console_path: Path | None = None,
         network: NetworkAttachment | None = None,
+        image_digest: str | None = None,
     ) -> ContainerState:
         validate_id(container_id)
         options = CreateOptions(
@@ -152,6 +157,7 @@ class Runtime:
             stdio=stdio,
             log_path=log_path,
             network=network,
+            image_digest=image_digest,
         )
         record_dir = self.store.reserve(container_id)
         undo = contextlib.ExitStack()
@@ -214,10 +220,11 @@ class Runtime:
         if driver.shares_host_fs:
             rootfs = HostPath(path=str(loaded.rootfs))
         else:
-            image = make_disk(loaded.rootfs, record_dir / "rootfs.ext4")
-            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=False)
-            rootfs = BlockDevice(serial=disk.serial)
+            image = self.disks.get(loaded.rootfs, options.image_digest)
+            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=True)
+            rootfs = BlockDevice(serial=disk.serial, overlay=True)
             record.disk_image = str(image)
+            self.store.save(record)
         checkpoint("disk")
 
         if sandbox is None:
@@ -476,6 +483,11 @@ class Runtime:
             for member in members:  # the VM stops next: unplugging their disks first is moot
                 self._teardown(member, detach=False)
         self._teardown(record)
+        self.disks.evict()
+
+    def _disks_in_use(self) -> set[str]:
+        """The shared disks that container records (running or being created) still name."""
+        return {r.disk_image for r in self._records() if r.disk_image is not None}
 
     def _records(self) -> builtins.list[Record]:
         out = []
