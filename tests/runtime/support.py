@@ -148,7 +148,7 @@ def live_children() -> list[int]:
 
 def _cached_disk(rel: Path) -> bool:
     """The shared disk cache outlives containers by design; a half-made disk there is a leak."""
-    if rel.parts[0] != "disks":
+    if rel.parts[0] != ".disks":
         return False
     return len(rel.parts) == 1 or (
         len(rel.parts) == 2

@@ -54,7 +54,7 @@ from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import RelayConfig, spawn_relay
 from vmsandbox.runtime.spec import load_spec, resolve_bundle
-from vmsandbox.runtime.state import ContainerState, Record, StateStore, Timings
+from vmsandbox.runtime.state import DISKS_DIR, ContainerState, Record, StateStore, Timings
 from vmsandbox.runtime.vmsize import VMSize, vm_size
 
 log = logging.getLogger("vmsandbox.runtime")
@@ -120,7 +120,7 @@ class Runtime:
         self.hypervisor = hypervisor
         self.config = config or HypervisorConfig.from_env()
         self.store = StateStore(self.root)
-        self.disks = DiskCache(self.root / "disks", in_use=self._disks_in_use)
+        self.disks = DiskCache(self.root / DISKS_DIR, in_use=self._disks_in_use)
         self._drivers: dict[str, HypervisorDriver] = {}
 
     def driver(self, name: str | None = None) -> HypervisorDriver:
