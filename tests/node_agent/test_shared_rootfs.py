@@ -1,13 +1,14 @@
-"""The process backend's bundles: the image's one unpacked tree under a per-sandbox overlay.
+"""The process backend on an image's one unpacked tree: each container writes to its own overlay.
 
-Real containers (runc through the process backend) write, delete and append in one sandbox;
-a sibling of the same image sees none of it, the cached tree is byte-for-byte unchanged, and
-removing a bundle leaves no mount and no directory behind.
+Real containers (runc through the process backend's agent) write, delete and append; a sibling
+of the same image, in another sandbox or in the same one, sees none of it; the cached tree is
+byte-for-byte unchanged; and deleting a container leaves no overlay mounted anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -20,14 +21,18 @@ from tests.leaks import processes_mentioning
 from tests.runtime.support import make_rootfs, short_root
 from tests.runtime.test_lifecycle import relay_status
 from vmsandbox.api import parse_sandbox
+from vmsandbox.guest.disks import RootfsError, prepare_rootfs
+from vmsandbox.guest.protocol import HostPath
 from vmsandbox.node_agent.bundle import build_bundle
-from vmsandbox.node_agent.errors import BundleFailed, InvalidImage
+from vmsandbox.node_agent.errors import InvalidImage
 from vmsandbox.node_agent.images import Image, ImageConfig
-from vmsandbox.node_agent.overlay import mount_overlay, remove_bundle
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.diskcache import tree_fingerprint
 
 DIGEST = "sha256:" + "12" * 32
+CRI_SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
+WRITE = "echo tenant > /etc/motd && rm /bin/cat && chmod 0700 /etc && echo new > /etc/new && cat /etc/motd"
+LOOK = "cat /etc/motd; ls /etc/new /bin/cat 2>&1; /bin/busybox true && echo busybox-intact"
 
 
 def _sandbox(name: str, script: str) -> Any:
@@ -39,14 +44,14 @@ def _sandbox(name: str, script: str) -> Any:
     )
 
 
-def _mounts_under(path: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as info:
-        return [line for line in info if f" {path}" in line]
+def _overlays(mountinfo: str, lower: Path) -> list[str]:
+    with open(mountinfo) as info:
+        return [line for line in info if " overlay " in line and str(lower) in line]
 
 
-def _digest_of_tree(root: Path) -> str:
+def _content(root: Path) -> str:
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+    for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name
@@ -72,85 +77,121 @@ def rt() -> Iterator[Runtime]:
     try:
         yield runtime
     finally:
-        for state in runtime.list():
+        for state in sorted(runtime.list(), key=lambda s: runtime.store.load(s.id).kind != "container"):
             runtime.delete(state.id, force=True)
         assert processes_mentioning(str(root)) == []
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(rt: Runtime, cid: str, bundle: Path, out: Path) -> bytes:
+def _bundle(where: Path, image: Image, script: str, annotations: dict[str, str] | None = None) -> Path:
+    bundle = build_bundle(where, _sandbox(where.parent.name, script), image)
+    if annotations:
+        config = json.loads((bundle / "config.json").read_text())
+        config["annotations"] = {**config.get("annotations", {}), **annotations}
+        (bundle / "config.json").write_text(json.dumps(config))
+    return bundle
+
+
+def _run(rt: Runtime, cid: str, bundle: Path, out: Path) -> str:
     with out.open("wb") as o:
         state = rt.create(cid, bundle, stdio=(0, o.fileno(), o.fileno()), image_digest=DIGEST)
         rt.start(cid)
         assert relay_status(state.pid) == 0
-    rt.delete(cid)
-    return out.read_bytes()
+    return out.read_text()
 
 
-def test_a_write_in_one_sandbox_is_not_seen_by_a_sibling_and_the_tree_is_unchanged(
+def test_sandboxes_of_one_image_keep_their_writes_apart_and_the_tree_unchanged(
     rt: Runtime, image: Image, tmp_path: Path
 ) -> None:
-    tree_before, bytes_before = tree_fingerprint(image.rootfs), _digest_of_tree(image.rootfs)
-    writer = tmp_path / "a" / "bundle"
-    reader = tmp_path / "b" / "bundle"
-    script = "echo tenant > /etc/motd && echo x >> /bin/busybox.note && rm /bin/cat && echo new > /etc/new"
-    build_bundle(writer, _sandbox("a", script + " && cat /etc/motd"), image)
-    build_bundle(reader, _sandbox("b", "cat /etc/motd; ls /etc/new /bin/cat 2>&1; true"), image)
-    assert os.path.ismount(writer / "rootfs") and os.path.ismount(reader / "rootfs")
+    fingerprint, content = tree_fingerprint(image.rootfs), _content(image.rootfs)
+    writer = _bundle(tmp_path / "a" / "bundle", image, WRITE)
+    reader = _bundle(tmp_path / "b" / "bundle", image, LOOK)
+    assert (writer / "rootfs").resolve() == image.rootfs  # shared, not copied
 
-    assert _run(rt, "wr", writer, tmp_path / "w.out") == b"tenant\n"
-    assert (writer / "upper" / "etc" / "motd").read_text() == "tenant\n"  # the write is the bundle's own
-    seen = _run(rt, "rd", reader, tmp_path / "r.out").decode()
-    assert seen.startswith("image\n") and "/etc/new: No such file" in seen and "/bin/cat\n" in seen
+    assert _run(rt, "wr", writer, tmp_path / "w.out") == "tenant\n"
+    seen = _run(rt, "rd", reader, tmp_path / "r.out")
+    assert seen.startswith("image\n") and "/etc/new: No such file" in seen, seen
+    assert "/bin/cat\n" in seen and "busybox-intact" in seen, seen
 
     assert (image.rootfs / "etc" / "motd").read_text() == "image\n"
-    assert (image.rootfs / "bin" / "cat").is_symlink() and not (image.rootfs / "etc" / "new").exists()
-    assert tree_fingerprint(image.rootfs) == tree_before and _digest_of_tree(image.rootfs) == bytes_before
-
-    for bundle in (writer, reader):
-        remove_bundle(bundle)
-        assert not bundle.exists()
-        assert _mounts_under(bundle) == []
-    assert _digest_of_tree(image.rootfs) == bytes_before
+    assert (image.rootfs / "etc").stat().st_mode & 0o777 == 0o755
+    assert tree_fingerprint(image.rootfs) == fingerprint and _content(image.rootfs) == content
+    for cid in ("wr", "rd"):
+        rt.delete(cid)
+    assert _overlays("/proc/self/mountinfo", image.rootfs) == []
+    assert _content(image.rootfs) == content
 
 
-def test_a_rebuilt_bundle_starts_from_the_image_again(image: Image, tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    build_bundle(bundle, _sandbox("a", "true"), image)
-    (bundle / "rootfs" / "etc" / "motd").write_text("changed\n")
-    build_bundle(bundle, _sandbox("a", "true"), image)  # a restart: the old overlay goes first
-    assert (bundle / "rootfs" / "etc" / "motd").read_text() == "image\n"
-    assert len(_mounts_under(bundle / "rootfs")) == 1
-    remove_bundle(bundle)
-    assert _mounts_under(bundle) == [] and not bundle.exists()
+def test_pod_members_of_one_agent_get_their_own_overlays_and_delete_unmounts_them(
+    rt: Runtime, image: Image, tmp_path: Path
+) -> None:
+    content = _content(image.rootfs)
+    rt.create(
+        "pod", _bundle(tmp_path / "pod" / "bundle", image, "sleep 100", CRI_SANDBOX), image_digest=DIGEST
+    )
+    rt.start("pod")
+    member = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "pod"}
+    vm = rt.store.load("pod").state.vm
+    assert vm is not None
+    agents = [int(line.split(":")[0]) for line in processes_mentioning(str(vm.state_dir))]
+    mountinfo = next(
+        f"/proc/{pid}/mountinfo" for pid in agents if _overlays(f"/proc/{pid}/mountinfo", image.rootfs)
+    )
+    assert len(_overlays(mountinfo, image.rootfs)) == 1  # the pod's own container
+    assert (
+        _run(rt, "m1", _bundle(tmp_path / "m1" / "bundle", image, WRITE, member), tmp_path / "1")
+        == "tenant\n"
+    )
+    assert len(_overlays(mountinfo, image.rootfs)) == 2
+    upper = [p for p in vm.state_dir.rglob("upper") if (p / "etc" / "motd").is_file()]
+    assert len(upper) == 1 and (upper[0] / "etc" / "motd").read_text() == "tenant\n"  # in the sandbox's dir
+    rt.delete("m1")
+    assert len(_overlays(mountinfo, image.rootfs)) == 1
+    seen = _run(rt, "m2", _bundle(tmp_path / "m2" / "bundle", image, LOOK, member), tmp_path / "2")
+    assert seen.startswith("image\n") and "/etc/new: No such file" in seen, seen
+    rt.delete("m2")
+    assert len(_overlays(mountinfo, image.rootfs)) == 1
+    assert _content(image.rootfs) == content
+
+
+def test_overlay_release_leaves_no_mount_and_odd_layer_paths_are_refused(
+    image: Image, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    prepared = prepare_rootfs(HostPath(path=str(image.rootfs), overlay=True), work)
+    (prepared.path / "etc" / "motd").write_text("mine\n")
     assert (image.rootfs / "etc" / "motd").read_text() == "image\n"
+    assert len(_overlays("/proc/self/mountinfo", image.rootfs)) == 1
+    prepared.release()
+    assert _overlays("/proc/self/mountinfo", image.rootfs) == []
+
+    odd = tmp_path / "a,upperdir=x"
+    shutil.copytree(image.rootfs, odd, symlinks=True)
+    (tmp_path / "w2").mkdir()
+    with pytest.raises(RootfsError, match="cannot be an overlay layer"):
+        prepare_rootfs(HostPath(path=str(odd), overlay=True), tmp_path / "w2")
+    assert _overlays("/proc/self/mountinfo", odd) == []
 
 
-def test_a_failed_config_unmounts_and_removes_the_bundle(image: Image, tmp_path: Path) -> None:
+def test_without_the_image_digest_the_bundle_rootfs_is_used_as_is(rt: Runtime, tmp_path: Path) -> None:
+    """A plain OCI bundle (a shim's private snapshot): the container writes to it, as with runc."""
+    own = make_rootfs(tmp_path / "own")
+    (own / "etc").mkdir()
+    image = Image(reference="x", digest=DIGEST, rootfs=own, config=ImageConfig())
+    bundle = _bundle(tmp_path / "p" / "bundle", image, "echo direct > /etc/direct")
+    with (tmp_path / "out").open("wb") as o:
+        state = rt.create("plain", bundle, stdio=(0, o.fileno(), o.fileno()))
+        rt.start("plain")
+        assert relay_status(state.pid) == 0
+    assert (own / "etc" / "direct").read_text() == "direct\n"
+
+
+def test_a_refused_config_leaves_no_bundle(image: Image, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     bad = parse_sandbox(
         {"metadata": {"name": "x", "namespace": "ns", "uid": "u-x"}, "spec": {"image": "busybox"}}
-    )  # no command and the image has none: build_config refuses
-    with pytest.raises(InvalidImage):
+    )
+    with pytest.raises(InvalidImage):  # no command, and the image has none
         build_bundle(bundle, bad, image)
-    assert _mounts_under(bundle) == [] and not bundle.exists()
-
-
-def test_layer_paths_the_option_string_could_misread_are_refused(tmp_path: Path) -> None:
-    lower = tmp_path / "a,upperdir=x"
-    lower.mkdir()
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    with pytest.raises(BundleFailed, match="cannot be an overlay layer"):
-        mount_overlay(lower, bundle)
-    assert _mounts_under(bundle) == []
-
-
-def test_removing_a_sandbox_record_unmounts_its_bundle(image: Image, tmp_path: Path) -> None:
-    from vmsandbox.node_agent.records import RecordStore
-
-    records = RecordStore(tmp_path / "records")
-    build_bundle(records.bundle_dir("u1"), _sandbox("a", "true"), image)
-    assert os.path.ismount(records.bundle_dir("u1") / "rootfs")
-    records.remove("u1")
-    assert _mounts_under(tmp_path / "records") == [] and not records.dir_for("u1").exists()
+    assert not bundle.exists()

@@ -100,21 +100,34 @@ class PreparedRootfs:
             _umount(self.mounts.pop(0))
 
 
-def _overlay(device: Path, workdir: Path, target: Path) -> PreparedRootfs:
-    """The shared disk read-only under a tmpfs upper layer private to this container."""
-    lower, scratch = workdir / "lower", workdir / "scratch"
-    lower.mkdir(exist_ok=True)
+def _layer(path: Path) -> str:
+    """A path the overlay's option string cannot misread."""
+    text = str(path)
+    if any(c in text for c in ",:\\\n"):
+        raise RootfsError(f"{text!r} cannot be an overlay layer")
+    return text
+
+
+def _overlay(lower: Path | None, device: Path | None, workdir: Path, target: Path) -> PreparedRootfs:
+    """A read-only lower layer (a directory, or the shared disk mounted read-only) under an
+    upper layer private to this container: a tmpfs in a VM, the container's own directory on
+    the host (whose disk it then uses, as a copy of the image did)."""
+    scratch = workdir / "scratch"
     scratch.mkdir(exist_ok=True)
     done = PreparedRootfs(target, mounts=[])
     try:
-        _mount(str(device), lower, "ext4", _MS_RDONLY)
-        done.mounts.insert(0, lower)
-        _mount("vmsb-scratch", scratch, "tmpfs", 0, "mode=0755")
-        done.mounts.insert(0, scratch)
+        if device is not None:
+            lower = workdir / "lower"
+            lower.mkdir(exist_ok=True)
+            _mount(str(device), lower, "ext4", _MS_RDONLY)
+            done.mounts.insert(0, lower)
+            _mount("vmsb-scratch", scratch, "tmpfs", 0, "mode=0755")
+            done.mounts.insert(0, scratch)
+        assert lower is not None
         (scratch / "upper").mkdir(mode=0o755)
         (scratch / "work").mkdir(mode=0o755)
-        options = f"lowerdir={lower},upperdir={scratch}/upper,workdir={scratch}/work"
-        _mount("vmsb-rootfs", target, "overlay", 0, options)
+        layers = f"lowerdir={_layer(lower)},upperdir={_layer(scratch / 'upper')}"
+        _mount("vmsb-rootfs", target, "overlay", 0, f"{layers},workdir={_layer(scratch / 'work')}")
         done.mounts.insert(0, target)
     except BaseException:
         done.release()
@@ -128,9 +141,12 @@ def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 
         path = Path(source.path)
         if not path.is_dir():
             raise RootfsError(f"host path {path} is not a directory")
-        return PreparedRootfs(path)
+        if not source.overlay:
+            return PreparedRootfs(path)
     target = workdir / "rootfs"
     target.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, HostPath):
+        return _overlay(Path(source.path), None, workdir, target)
     table = os.environ.get(DISKS_ENV)
     deadline = time.monotonic() + wait
     while True:
@@ -142,7 +158,7 @@ def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 
         else:
             device = _find_block_device(source.serial)
             if device is not None and source.overlay:
-                return _overlay(device, workdir, target)
+                return _overlay(None, device, workdir, target)
             if device is not None:
                 _run(["mount", "-t", "ext4", str(device), str(target)], f"mount {device}")
                 return PreparedRootfs(target, mounted=True)

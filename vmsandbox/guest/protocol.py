@@ -59,12 +59,17 @@ _OPT_NUMBER = optional(NUMBER)
 
 
 class HostPath(Message):
-    """The rootfs is a directory the agent can see as-is (the agent shares the host's fs)."""
+    """The rootfs is a directory the agent can see as-is (the agent shares the host's fs).
+
+    ``overlay``: the directory is an image's tree shared by other containers; the agent leaves
+    it untouched and gives the container a writable overlay of its own on top.
+    """
 
     kind: Literal["host-path"]
     path: str
+    overlay: bool
     TAG = ("kind", "host-path")
-    FIELDS = {"path": required(STR)}
+    FIELDS = {"path": required(STR), "overlay": optional(BOOL, False, none=False)}
 
 
 class BlockDevice(Message):

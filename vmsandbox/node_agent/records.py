@@ -14,8 +14,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from vmsandbox.node_agent.overlay import remove_bundle
-
 RECORD = "record.json"
 
 
@@ -85,8 +83,7 @@ class RecordStore:
         return found
 
     def remove(self, uid: str) -> None:
-        """Free the sandbox's disk: bundle (its overlay unmounted first), logs and the record."""
-        remove_bundle(self.bundle_dir(uid))
+        """Free the sandbox's disk: bundle, root filesystem copy, logs and the record."""
         shutil.rmtree(self.dir_for(uid), ignore_errors=True)
 
     def unknown_dirs(self) -> list[Path]:

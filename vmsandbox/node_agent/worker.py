@@ -50,7 +50,6 @@ from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network import NodeNetwork
 from vmsandbox.node_agent.network.attach import attach_sandbox
-from vmsandbox.node_agent.overlay import remove_bundle
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
 from vmsandbox.node_agent.runtimes import Runtimes
@@ -412,12 +411,7 @@ class SandboxWorker:
             record.image_digest = image.digest
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
-                bundle = build_bundle(
-                    self.ctx.records.bundle_dir(self.uid),
-                    sandbox,
-                    image,
-                    link_rootfs=not runtime.driver().shares_host_fs,
-                )
+                bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -707,7 +701,9 @@ class SandboxWorker:
             with contextlib.suppress(OSError):
                 self._save_record()
         if not keep_bundle:
-            remove_bundle(self.ctx.records.bundle_dir(self.uid))
+            import shutil
+
+            shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:

@@ -78,7 +78,9 @@ class CreateOptions(BaseModel):
     #: The pod sandbox's network interface, prepared by the caller (the node agent).
     network: NetworkAttachment | None = None
     #: The manifest digest of the image the bundle's rootfs was unpacked from, when the caller
-    #: knows it: the shared root disk is then keyed by it instead of by the tree's metadata.
+    #: knows it (the node agent). It keys the shared root disk instead of the tree's metadata,
+    #: and says the rootfs is the image's tree shared with other containers: on the process
+    #: backend the container then writes to an overlay over it, never to the tree itself.
     image_digest: str | None = None
 
 
@@ -218,7 +220,7 @@ class Runtime:
         rootfs: HostPath | BlockDevice
         disk: DiskSpec | None = None
         if driver.shares_host_fs:
-            rootfs = HostPath(path=str(loaded.rootfs))
+            rootfs = HostPath(path=str(loaded.rootfs), overlay=options.image_digest is not None)
         else:
             image = self.disks.get(loaded.rootfs, options.image_digest)
             disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=True)
