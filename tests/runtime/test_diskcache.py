@@ -127,6 +127,25 @@ def test_a_failed_mkfs_leaves_no_disk_and_the_next_try_makes_one(tree: Path, tmp
     assert cache.get(tree, DIGEST).is_file()
 
 
+def test_a_tree_changed_while_its_disk_is_made_is_not_cached_under_the_old_key(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = diskcache.make_disk
+
+    def racing(rootfs: Path, image: Path) -> Path:
+        made = real(rootfs, image)
+        (rootfs / "late").write_text("written during mkfs\n")
+        return made
+
+    monkeypatch.setattr(diskcache, "make_disk", racing)
+    cache = DiskCache(tmp_path / "disks", in_use=set)
+    with pytest.raises(RuntimeError_, match="changed while its disk was made"):
+        cache.get(tree)
+    assert [p for p in cache.root.iterdir() if not p.name.endswith(".lock")] == []
+    monkeypatch.setattr(diskcache, "make_disk", real)
+    assert cache.get(tree).is_file()  # the tree as it is now
+
+
 # ---- eviction --------------------------------------------------------------------------
 
 

@@ -117,11 +117,17 @@ class DiskCache:
         return self.root / f"{key}.v{DISK_FORMAT}.ext4"
 
     def get(self, rootfs: Path, image_digest: str | None = None) -> Path:
-        """The disk for ``rootfs``, made now unless an identical one exists."""
-        target = self.path(disk_key(rootfs, image_digest))
-        if target.is_file():
-            _touch(target)
-            return target
+        """The disk for ``rootfs``, made now unless an identical one exists.
+
+        A hit is checked and marked used under a shared lock, so eviction (which takes it
+        exclusively and spares recently used disks) never removes a disk being handed out.
+        """
+        key = disk_key(rootfs, image_digest)
+        target = self.path(key)
+        with self._locked(target, fcntl.LOCK_SH):
+            if target.is_file():
+                _touch(target)
+                return target
         with self._locked(target):
             if target.is_file():  # another maker finished while this one waited
                 _touch(target)
@@ -129,6 +135,8 @@ class DiskCache:
             staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
             try:
                 make_disk(rootfs, staging)
+                if image_digest is None and disk_key(rootfs, None) != key:
+                    raise RuntimeError_(f"{rootfs} changed while its disk was made", step="container disk")
                 os.chmod(staging, 0o444)
                 staging.rename(target)
             finally:
@@ -138,14 +146,15 @@ class DiskCache:
     def evict(self) -> list[Path]:
         """Remove the least recently used disks beyond ``keep`` that no container uses."""
         disks = sorted(self._disks(), key=_used_at, reverse=True)
+        if len(disks) <= self.keep:
+            return []
         busy = self.in_use()
         removed = []
-        recent = time.time() - RECENT_S
         for disk in disks[self.keep :]:
-            if str(disk) in busy or _used_at(disk) > recent:
+            if str(disk) in busy:
                 continue
             with self._locked(disk):
-                if str(disk) not in self.in_use():
+                if _used_at(disk) <= time.time() - RECENT_S and str(disk) not in self.in_use():
                     disk.unlink(missing_ok=True)
                     removed.append(disk)
         return removed
@@ -156,11 +165,11 @@ class DiskCache:
         return [p for p in self.root.iterdir() if _NAME.match(p.name)]
 
     @contextlib.contextmanager
-    def _locked(self, target: Path) -> Iterator[None]:
+    def _locked(self, target: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, mode)
             yield
         finally:
             os.close(fd)
