@@ -412,12 +412,7 @@ class SandboxWorker:
             record.image_digest = image.digest
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
-                bundle = build_bundle(
-                    self.ctx.records.bundle_dir(self.uid),
-                    sandbox,
-                    image,
-                    link_rootfs=not runtime.driver().shares_host_fs,
-                )
+                bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -436,7 +431,11 @@ class SandboxWorker:
                 try:
                     with self._step("runtimeCreate"):
                         state = runtime.create(
-                            self.cid, bundle, log_path=self.ctx.records.log_path(self.uid), network=attachment
+                            self.cid,
+                            bundle,
+                            log_path=self.ctx.records.log_path(self.uid),
+                            network=attachment,
+                            image_digest=image.digest,
                         )
                 except VMSandboxError:
                     record.container_created = False

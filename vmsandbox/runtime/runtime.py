@@ -52,7 +52,7 @@ from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import kill_mentioning
 from vmsandbox.runtime import console
 from vmsandbox.runtime.client import AgentClient
-from vmsandbox.runtime.disk import disk_serial, make_disk
+from vmsandbox.runtime.diskcache import DiskCache, disk_serial
 from vmsandbox.runtime.errors import AgentError, InvalidConfig, NotFound, RuntimeError_, WrongState
 from vmsandbox.runtime.faults import checkpoint
 from vmsandbox.runtime.ids import validate_id
@@ -62,7 +62,7 @@ from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import RelayConfig, spawn_relay
 from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM, snapshot_dir
 from vmsandbox.runtime.spec import load_spec, resolve_bundle
-from vmsandbox.runtime.state import ContainerState, Record, StateStore, Timings
+from vmsandbox.runtime.state import DISKS_DIR, ContainerState, Record, StateStore, Timings
 from vmsandbox.runtime.vmsize import VMSize, vm_size
 
 log = logging.getLogger("vmsandbox.runtime")
@@ -85,6 +85,11 @@ class CreateOptions(BaseModel):
     log_path: Path | None = None
     #: The pod sandbox's network interface, prepared by the caller (the node agent).
     network: NetworkAttachment | None = None
+    #: The manifest digest of the image the bundle's rootfs was unpacked from, when the caller
+    #: knows it (the node agent). It keys the shared root disk instead of the tree's metadata,
+    #: and says the rootfs is the image's tree shared with other containers: on the process
+    #: backend the container then writes to an overlay over it, never to the tree itself.
+    image_digest: str | None = None
 
 
 def parse_signal(value: str | int) -> int:
@@ -125,6 +130,7 @@ class Runtime:
         self.hypervisor = hypervisor
         self.config = config or HypervisorConfig.from_env()
         self.store = StateStore(self.root)
+        self.disks = DiskCache(self.root / DISKS_DIR, in_use=self._disks_in_use)
         self._drivers: dict[str, HypervisorDriver] = {}
 
     def driver(self, name: str | None = None) -> HypervisorDriver:
@@ -151,6 +157,7 @@ class Runtime:
         log_path: Path | None = None,
         console_path: Path | None = None,
         network: NetworkAttachment | None = None,
+        image_digest: str | None = None,
     ) -> ContainerState:
         validate_id(container_id)
         options = CreateOptions(
@@ -160,6 +167,7 @@ class Runtime:
             stdio=stdio,
             log_path=log_path,
             network=network,
+            image_digest=image_digest,
         )
         record_dir = self.store.reserve(container_id)
         undo = contextlib.ExitStack()
@@ -221,12 +229,13 @@ class Runtime:
         rootfs: HostPath | BlockDevice
         disk: DiskSpec | None = None
         if driver.shares_host_fs:
-            rootfs = HostPath(path=str(loaded.rootfs))
+            rootfs = HostPath(path=str(loaded.rootfs), overlay=options.image_digest is not None)
         else:
-            image = make_disk(loaded.rootfs, record_dir / "rootfs.ext4")
-            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=False)
-            rootfs = BlockDevice(serial=disk.serial)
+            image = self.disks.get(loaded.rootfs, options.image_digest)
+            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=True)
+            rootfs = BlockDevice(serial=disk.serial, overlay=True)
             record.disk_image = str(image)
+            self.store.save(record)
         checkpoint("disk")
 
         if sandbox is None:
@@ -606,6 +615,11 @@ class Runtime:
             for member in members:  # the VM stops next: unplugging their disks first is moot
                 self._teardown(member, detach=False)
         self._teardown(record)
+        self.disks.evict()
+
+    def _disks_in_use(self) -> set[str]:
+        """The shared disks that container records (running or being created) still name."""
+        return {r.disk_image for r in self._records() if r.disk_image is not None}
 
     def _records(self) -> builtins.list[Record]:
         out = []

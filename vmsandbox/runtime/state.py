@@ -23,6 +23,8 @@ from vmsandbox.runtime.ids import validate_id
 OCI_VERSION = "1.0.2"
 Status = Literal["creating", "created", "running", "paused", "stopped"]
 VMS_DIR = ".vms"
+#: The shared per-image root disks (dot-named like :data:`VMS_DIR`: no container id can clash).
+DISKS_DIR = ".disks"
 #: ``"<pid> <start time>"`` of the process that reserved the id; a dead one means an interrupted create.
 CREATOR_FILE = "creator"
 
