@@ -56,3 +56,13 @@ SUBRESOURCE_ROUTES: dict[str, tuple[str, str]] = {
     "log": ("logs", "get"),
     "portforward": ("portforward", "create"),
 }
+
+#: The VMSandboxPool kind: ready microVMs (or a snapshot) that sandboxes naming it claim.
+POOL_KIND = "VMSandboxPool"
+POOL_PLURAL = "vmsandboxpools"
+POOL_SINGULAR = "vmsandboxpool"
+POOL_SHORT_NAMES = ("vmsbp",)
+#: Node annotation an agent writes with its pools' ready members (JSON, see api/pool.py).
+POOLS_ANNOTATION = f"{GROUP}/pools"
+#: Label the operator sets on a sandbox claiming a pool; the pool's status.selector selects on it.
+POOL_LABEL = f"{GROUP}/pool"

@@ -40,6 +40,7 @@ from vmsandbox.api.status import (
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.node_agent import pausing
 from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
@@ -280,7 +281,7 @@ class SandboxWorker:
             if started is False:  # the previous agent died mid-create; its debris was swept
                 self.log.info("the create was interrupted by an agent restart; creating it again")
                 return None
-            if sandbox.status.phase in (Phase.RUNNING, Phase.CREATING):
+            if sandbox.status.phase in (Phase.RUNNING, Phase.PAUSED, Phase.CREATING):
                 return self._on_exit_observed(obj, sandbox, None, "its VM vanished while the agent was down")
             return None
         self.container = state
@@ -411,12 +412,7 @@ class SandboxWorker:
             record.image_digest = image.digest
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
-                bundle = build_bundle(
-                    self.ctx.records.bundle_dir(self.uid),
-                    sandbox,
-                    image,
-                    link_rootfs=not runtime.driver().shares_host_fs,
-                )
+                bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -435,7 +431,11 @@ class SandboxWorker:
                 try:
                     with self._step("runtimeCreate"):
                         state = runtime.create(
-                            self.cid, bundle, log_path=self.ctx.records.log_path(self.uid), network=attachment
+                            self.cid,
+                            bundle,
+                            log_path=self.ctx.records.log_path(self.uid),
+                            network=attachment,
+                            image_digest=image.digest,
                         )
                 except VMSandboxError:
                     record.container_created = False
@@ -590,6 +590,7 @@ class SandboxWorker:
             poll = min(poll, left)
         vmm_pid = state.vm.vmm_pid if state.vm else 0
         if running(state.pid) and running(vmm_pid):
+            self._sync_paused(obj, sandbox)
             return poll
         # The relay or the VMM ended: ask the runtime what happened.
         fresh = self.ctx.runtimes.state(self.cid)
@@ -600,6 +601,20 @@ class SandboxWorker:
             self.ctx.metrics.vmm_failures.labels(state.hypervisor, "died").inc()
             return self._on_exit_observed(obj, sandbox, None, f"the VM's VMM (pid {vmm_pid}) died")
         return self._on_exit_observed(obj, sandbox, fresh.exit_code, None)
+
+    def _sync_paused(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
+        """spec.paused -> the VM and the status (vmsandbox.node_agent.pausing)."""
+        if self.record is None or self.record.hypervisor is None:
+            return
+        runtime = self.ctx.runtimes.for_hypervisor(self.record.hypervisor)
+        pausing.sync(
+            runtime,
+            self.cid,
+            obj,
+            sandbox,
+            lambda o, mutate: self._write(o, mutate),
+            lambda o, reason, message, warning: self.ctx.events.record(o, reason, message, warning=warning),
+        )
 
     def _deadline(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
         self._teardown("activeDeadlineSeconds exceeded")
