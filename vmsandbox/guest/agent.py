@@ -142,6 +142,13 @@ class Agent:
             self.table.sandbox_id = req.sandbox_id
             if req.hostname:
                 socket.sethostname(req.hostname)
+            if req.entropy is not None or req.clock is not None:
+                from vmsandbox.guest.identity import add_entropy, set_clock
+
+                if req.entropy is not None:
+                    add_entropy(req.entropy)
+                if req.clock is not None:
+                    set_clock(req.clock)
             return Ok()
         if isinstance(req, CreateContainer):
             return self.table.create(req).info()

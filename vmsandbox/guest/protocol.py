@@ -89,11 +89,23 @@ class Ping(Message):
 
 
 class CreateSandbox(Message):
+    """Make the VM this sandbox's: its hostname and, for a VM booted ahead (a pool member), a
+    fresh identity, so no two claimed VMs share random state or a stale clock."""
+
     op: Literal["create_sandbox"]
     sandbox_id: str
     hostname: str | None
+    #: Base64 random bytes from the host, mixed into the guest's pool and credited (VMs only).
+    entropy: str | None
+    #: The host's wall clock (seconds since the epoch) to set in the guest (VMs only).
+    clock: float | None
     TAG = ("op", "create_sandbox")
-    FIELDS = {"sandbox_id": required(STR), "hostname": _OPT_STR}
+    FIELDS = {
+        "sandbox_id": required(STR),
+        "hostname": _OPT_STR,
+        "entropy": _OPT_STR,
+        "clock": _OPT_NUMBER,
+    }
 
 
 class CreateContainer(Message):

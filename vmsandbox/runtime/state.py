@@ -36,6 +36,8 @@ class Timings(BaseModel):
     containerCreate: float = 0.0
     kernelToInit: float | None = None
     initToAgentReady: float | None = None
+    #: A VM taken from a pool: taking it, hot-plugging the disk and giving it its identity.
+    claim: float | None = None
 
 
 class ContainerState(BaseModel):
@@ -63,7 +65,8 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: ContainerState
-    kind: Literal["sandbox", "container"]
+    #: ``member``: a VM booted ahead for a pool, with no container (vmsandbox.runtime.members).
+    kind: Literal["sandbox", "container", "member"]
     sandbox_id: str
     #: True for the pod sandbox: deleting it stops the VM.
     owns_vm: bool = False

@@ -1,0 +1,86 @@
+"""Pool members: VMs booted ahead of any sandbox, with the guest agent ready and no container.
+
+A member is a state record of kind ``member`` owning its VM. A sandbox's create takes one over
+when its config.json carries :data:`MEMBER_ANNOTATION` (reserved ``io.vmsandbox.`` prefix: only
+the node agent writes it): the new record takes the VM, the member's record goes, and the
+container's disk is hot-plugged as for a pod container. Before the container is created the VM
+gets its own identity: hostname, fresh entropy credited to the guest's pool, the host's clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import time
+
+from vmsandbox.guest.protocol import CreateSandbox, Ok
+from vmsandbox.hypervisor.base import HypervisorDriver, VMHandle
+from vmsandbox.runtime.client import AgentClient
+from vmsandbox.runtime.errors import RuntimeError_
+from vmsandbox.runtime.ids import validate_id
+from vmsandbox.runtime.state import ContainerState, Record, StateStore
+from vmsandbox.runtime.vmsize import VMSize
+
+#: Names the member whose VM a sandbox's create takes instead of booting one.
+MEMBER_ANNOTATION = "io.vmsandbox.pool-member"
+#: Bytes of host randomness pushed into each claimed guest.
+ENTROPY_BYTES = 64
+
+
+class MemberUnavailable(RuntimeError_):
+    """The named member does not exist, is not idle, or its VM has stopped."""
+
+    step = "pool member"
+
+
+def new_member_id() -> str:
+    return "vmsbp-" + secrets.token_hex(8)
+
+
+def member_record(member_id: str, hypervisor: str) -> Record:
+    state = ContainerState(
+        id=validate_id(member_id),
+        status="creating",
+        bundle="",
+        hypervisor=hypervisor,
+    )
+    return Record(state=state, kind="member", sandbox_id=member_id, owns_vm=True)
+
+
+def take_member(store: StateStore, driver: HypervisorDriver, member_id: str) -> Record:
+    """The idle member ``member_id``, checked; the caller records its VM, then drops the member."""
+    try:
+        member = store.load(validate_id(member_id))
+    except RuntimeError_ as exc:
+        raise MemberUnavailable(f"pool member {member_id!r}: {exc.detail}") from None
+    if member.kind != "member" or member.state.status != "created" or member.state.vm is None:
+        raise MemberUnavailable(f"{member_id!r} is not an idle pool member")
+    if member.state.hypervisor != driver.name:
+        running = member.state.hypervisor
+        raise MemberUnavailable(f"pool member {member_id!r} runs {running}, not {driver.name}")
+    if not driver.alive(member.state.vm):
+        raise MemberUnavailable(f"the VM of pool member {member_id!r} is not running")
+    return member
+
+
+def personalize(driver: HypervisorDriver, handle: VMHandle, sandbox_id: str, hostname: str | None) -> None:
+    """Give a taken VM its own identity before any container of the sandbox exists.
+
+    A VM's guest gets fresh entropy and the host's clock; the process backend shares the host's
+    kernel, whose pool and clock are not the guest agent's to touch.
+    """
+    shared = driver.shares_host_fs
+    entropy = None if shared else base64.b64encode(os.urandom(ENTROPY_BYTES)).decode()
+    clock = None if shared else time.time()
+    request = CreateSandbox(sandbox_id=sandbox_id, hostname=hostname, entropy=entropy, clock=clock)
+    AgentClient(driver, handle).call(request, Ok)
+
+
+def size_of(record: Record) -> VMSize | None:
+    """The size a member was booted with, from the annotations recorded at its boot."""
+    raw = record.state.annotations
+    with contextlib.suppress(KeyError, ValueError):
+        return VMSize(vcpus=int(raw["vcpus"]), memory_mib=int(raw["memoryMiB"]))
+    return None
