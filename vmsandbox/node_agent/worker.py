@@ -40,6 +40,7 @@ from vmsandbox.api.status import (
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.node_agent import warmstart
 from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
@@ -51,6 +52,7 @@ from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network import NodeNetwork
 from vmsandbox.node_agent.network.attach import attach_sandbox
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
+from vmsandbox.node_agent.poolkeeper import PoolKeeper
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
 from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
@@ -93,6 +95,8 @@ class AgentContext:
     hypervisor_refusals: dict[str, str]
     #: The node's sandbox network; None when the agent has no ``sandboxCIDR``.
     network: NodeNetwork | None = None
+    #: This node's pool members (vmsandbox.node_agent.poolkeeper).
+    pools: PoolKeeper | None = None
 
 
 def _ms(seconds: float) -> float:
@@ -396,8 +400,10 @@ class SandboxWorker:
             if hypervisor == "process":
                 self._check_process_backend()
             resources = sandbox.spec.resources
+            claim = warmstart.decide(self.ctx.pools, sandbox, hypervisor)
             self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
+            record.pool = f"{self.namespace}/{sandbox.spec.pool}" if claim and claim.member_id else None
             self._save_record()
             self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
             t0 = time.monotonic()
@@ -417,6 +423,8 @@ class SandboxWorker:
                     image,
                     link_rootfs=not runtime.driver().shares_host_fs,
                 )
+            if claim is not None and claim.member_id is not None:
+                warmstart.mark_bundle(bundle, claim.member_id)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -434,8 +442,14 @@ class SandboxWorker:
                     return 0.0
                 try:
                     with self._step("runtimeCreate"):
-                        state = runtime.create(
-                            self.cid, bundle, log_path=self.ctx.records.log_path(self.uid), network=attachment
+                        state, claim = warmstart.create(
+                            runtime,
+                            self.ctx.pools,
+                            claim,
+                            self.cid,
+                            bundle,
+                            log_path=self.ctx.records.log_path(self.uid),
+                            network=attachment,
                         )
                 except VMSandboxError:
                     record.container_created = False
@@ -471,6 +485,7 @@ class SandboxWorker:
                     container_create=timings.containerCreate,
                     network=_ms(network_s) if network_status else None,
                 )
+                warmstart.record_outcome(status, claim, timings.claim, generation)
 
             # Written with Running below, not on its own: starting the container is one quick call,
             # and one write fewer keeps the agent at three (finalizer, Creating, Running).

@@ -1,0 +1,317 @@
+"""Keeps this node's share of every VMSandboxPool ready, and hands members to claiming sandboxes.
+
+Each pass lists the pools (all namespaces), reads this node's ``status.nodes[].desired`` and
+boots members up to it in the background, deletes idle members of pools that are gone or
+scaled down, and publishes what is ready in the Node annotation ``vmsandbox.io/pools``. A
+member is a VM booted through the runtime with no container (vmsandbox.runtime.members); it
+holds its vCPUs and memory in local admission like any VM. Members survive an agent restart:
+their records are adopted while their VMs run, and dropped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vmsandbox.api.constants import GROUP
+from vmsandbox.api.resource import VMSandbox
+from vmsandbox.errors import VMSandboxError
+from vmsandbox.hypervisor.base import HypervisorError
+from vmsandbox.node_agent.admission import LocalAdmission, OutOfCapacity
+from vmsandbox.node_agent.kube import Kube
+from vmsandbox.node_agent.members import MemberRecord, MemberStore
+from vmsandbox.node_agent.poolmetrics import PoolMetrics
+from vmsandbox.node_agent.poolview import PoolView, mismatch, pool_view
+from vmsandbox.node_agent.runtimes import Runtimes
+from vmsandbox.runtime.members import new_member_id
+
+log = logging.getLogger("vmsandbox.node_agent.pools")
+
+POOLS_ANNOTATION = f"{GROUP}/pools"
+#: Members booting at once on this node: boots are CPU-bound and compete with cold starts.
+MAX_BOOTING = 2
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A pool's answer to a sandbox: a member to take, or why it starts cold."""
+
+    member_id: str | None
+    reason: str | None = None
+    message: str = ""
+
+
+class PoolKeeper:
+    def __init__(
+        self,
+        *,
+        kube: Kube,
+        runtimes: Runtimes,
+        admission: LocalAdmission,
+        store: MemberStore,
+        metrics: PoolMetrics,
+        node: str,
+        default_hypervisor: str,
+        usable_hypervisors: list[str],
+        has_network: bool,
+        sync_seconds: float,
+        reasons: Callable[[str], str] = lambda name: name,
+    ) -> None:
+        self.kube = kube
+        self.runtimes = runtimes
+        self.admission = admission
+        self.store = store
+        self.metrics = metrics
+        self.node = node
+        self.default_hypervisor = default_hypervisor
+        self.usable = usable_hypervisors
+        self.has_network = has_network
+        self.sync_seconds = sync_seconds
+        self._reason = reasons
+        self._lock = threading.Lock()
+        self._members: dict[str, MemberRecord] = {}
+        self._views: dict[str, PoolView] = {}
+        self._published: str | None = None
+        self._refused: dict[str, str] = {}
+        self._booting = threading.BoundedSemaphore(MAX_BOOTING)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="pools", daemon=True)
+        metrics.track(self.counts)
+
+    # ---- life ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.adopt()
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception as exc:
+                log.warning("pool sync failed: %s", exc)
+            self._wake.wait(self.sync_seconds)
+            self._wake.clear()
+
+    # ---- adoption ------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """After a restart: keep members whose VM still runs idle; drop the rest."""
+        for record in self.store.load_all():
+            state = self.runtimes.state(record.member_id)
+            if record.ready and state is not None and state.status == "created":
+                self.admission.hold(record.member_id, record.vcpus, record.memory_mib)
+                with self._lock:
+                    self._members[record.member_id] = record
+                vmm = state.vm.vmm_pid if state.vm else None
+                log.info("adopted pool member %s of %s (VMM pid %s)", record.member_id, record.pool, vmm)
+                continue
+            log.info("dropping pool member %s of %s: its VM is gone", record.member_id, record.pool)
+            self._destroy(record, "lost")
+
+    def member_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._members)
+
+    # ---- reconcile -----------------------------------------------------------------------
+
+    def sync(self) -> None:
+        views = {}
+        for obj in self.kube.list_pools():
+            view = pool_view(obj, self.node, self.default_hypervisor)
+            if view is not None:
+                views[view.key] = view
+        with self._lock:
+            self._views = views
+            members = list(self._members.values())
+        for record in members:
+            view = views.get(record.pool)
+            if (view is None or view.uid != record.pool_uid) and record.ready:
+                self._delete_idle(record, "its pool is gone")
+        for view in views.values():
+            self._reconcile(view)
+        self.publish()
+
+    def _refuse(self, view: PoolView) -> str | None:
+        """Why this node keeps no members of ``view`` (logged once per pool and reason)."""
+        shape = view.shape
+        why = None
+        if view.mode != "booted":
+            why = f"mode {view.mode} is not served by this agent"
+        elif shape.hypervisor not in self.usable:
+            why = f"hypervisor {shape.hypervisor} is not usable on node {self.node}"
+        elif self.has_network and (shape.hypervisor == "process" or shape.network_mode != "none"):
+            # A member boots before its sandbox exists; its NIC would carry another's address.
+            why = "members are kept only for network mode none on a node with a sandbox network"
+        if why is not None and self._refused.get(view.key) != why:
+            self._refused[view.key] = why
+            log.warning("pool %s: no members on node %s: %s", view.key, self.node, why)
+        return why
+
+    def _reconcile(self, view: PoolView) -> None:
+        if view.desired == 0 and not self._of(view):
+            return
+        refused = self._refuse(view) is not None
+        mine = self._of(view)
+        want = 0 if refused else view.desired
+        idle = [m for m in mine if m.ready]
+        extra = len(mine) - want
+        for record in sorted(idle, key=lambda m: m.created_at, reverse=True)[: max(0, extra)]:
+            self._delete_idle(record, "its pool was scaled down")
+        for _ in range(max(0, want - len(mine))):
+            if not self._booting.acquire(blocking=False):
+                return
+            record = MemberRecord(
+                member_id=new_member_id(),
+                pool=view.key,
+                pool_uid=view.uid,
+                hypervisor=view.shape.hypervisor,
+                vcpus=view.shape.vcpus,
+                memory_mib=view.shape.memory_mib,
+                network_mode=view.shape.network_mode,
+            )
+            try:
+                self.admission.admit(record.member_id, record.vcpus, record.memory_mib)
+            except OutOfCapacity as exc:
+                self._booting.release()
+                log.info("pool %s: not booting a member: %s", view.key, exc)
+                return
+            with self._lock:
+                self._members[record.member_id] = record
+            self.store.save(record)
+            threading.Thread(target=self._boot, args=(record,), name="pool-boot", daemon=True).start()
+
+    def _of(self, view: PoolView) -> list[MemberRecord]:
+        with self._lock:
+            return [m for m in self._members.values() if m.pool == view.key and m.pool_uid == view.uid]
+
+    def _boot(self, record: MemberRecord) -> None:
+        t0 = time.monotonic()
+        try:
+            runtime = self.runtimes.for_hypervisor(record.hypervisor)
+            runtime.boot_member(record.member_id, record.vcpus, record.memory_mib)
+        except (VMSandboxError, HypervisorError, OSError) as exc:
+            log.warning("pool %s: booting member %s failed: %s", record.pool, record.member_id, exc)
+            self.metrics.boot_failures.labels(*record.pool.split("/", 1)).inc()
+            self._forget(record)
+            self._booting.release()
+            self._stop.wait(5.0)  # a failing pool is retried by the next pass, not in a tight loop
+            return
+        self._booting.release()
+        record.ready = True
+        self.store.save(record)
+        seconds = time.monotonic() - t0
+        self.metrics.replenish.labels(*record.pool.split("/", 1)).observe(seconds)
+        log.info("pool %s: member %s ready in %.0f ms", record.pool, record.member_id, seconds * 1000)
+        self._wake.set()
+
+    def _delete_idle(self, record: MemberRecord, why: str) -> None:
+        with self._lock:
+            if self._members.get(record.member_id) is not record or not record.ready:
+                return
+            del self._members[record.member_id]
+        log.info("pool %s: deleting idle member %s: %s", record.pool, record.member_id, why)
+        self._destroy(record, "deleted")
+
+    def _destroy(self, record: MemberRecord, outcome: str) -> None:
+        self.runtimes.destroy(record.member_id)
+        self._forget(record)
+
+    def _forget(self, record: MemberRecord) -> None:
+        with self._lock:
+            if self._members.get(record.member_id) is record:
+                del self._members[record.member_id]
+        self.admission.release(record.member_id)
+        self.store.remove(record.member_id)
+
+    # ---- claims --------------------------------------------------------------------------
+
+    def claim(self, namespace: str, name: str, sandbox: VMSandbox, hypervisor: str) -> Claim:
+        """Take a ready member of pool ``namespace/name`` for ``sandbox``, or say why not."""
+        key = f"{namespace}/{name}"
+        try:
+            obj = self.kube.get_pool(namespace, name)
+        except Exception as exc:
+            return self._cold(key, "PoolNotFound", f"pool {name} could not be read: {exc}")
+        if obj is None:
+            return self._cold(key, "PoolNotFound", f"no VMSandboxPool {name} in namespace {namespace}")
+        view = pool_view(obj, self.node, self.default_hypervisor)
+        if view is None:
+            return self._cold(key, "PoolShapeMismatch", f"the template of pool {name} cannot be read")
+        why = mismatch(view, sandbox, hypervisor)
+        if why is not None:
+            return self._cold(key, "PoolShapeMismatch", f"the sandbox does not match pool {name}: {why}")
+        with self._lock:
+            ready = sorted(
+                (m for m in self._members.values() if m.pool == key and m.pool_uid == view.uid and m.ready),
+                key=lambda m: m.created_at,
+            )
+            if not ready:
+                member = None
+            else:
+                member = ready[0]
+                del self._members[member.member_id]
+        if member is None:
+            return self._cold(key, "PoolEmpty", f"pool {name} has no ready member on node {self.node}")
+        self.admission.release(member.member_id)
+        self.store.remove(member.member_id)
+        self.metrics.claims.labels(namespace, name, "warm", "ClaimedFromPool").inc()
+        try:  # the operator places claims by what is ready: tell it now; the next pass replaces it
+            self.publish()
+        except Exception as exc:
+            log.warning("publishing pools after a claim failed: %s", exc)
+        return Claim(member.member_id, "ClaimedFromPool", f"claimed member {member.member_id} of pool {name}")
+
+    def _cold(self, key: str, reason: str, message: str) -> Claim:
+        namespace, name = key.split("/", 1)
+        self.metrics.claims.labels(namespace, name, "cold", reason).inc()
+        return Claim(None, self._reason(reason), message)
+
+    def returned(self, member_id: str) -> None:
+        """A claim's create failed: its member is idle again if the runtime kept it, else gone."""
+        state = self.runtimes.state(member_id)
+        if state is None or state.status != "created":
+            return
+        log.info("pool member %s was not taken; deleting it", member_id)
+        self.runtimes.destroy(member_id)
+
+    # ---- publishing ----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """``namespace/pool`` -> (ready, booting) members on this node."""
+        out: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for member in self._members.values():
+                ready, booting = out.get(member.pool, (0, 0))
+                out[member.pool] = (ready + member.ready, booting + (not member.ready))
+        return out
+
+    def annotation(self) -> dict[str, Any]:
+        counts = self.counts()
+        with self._lock:
+            views = dict(self._views)
+        return {
+            key: {"uid": view.uid, "ready": counts.get(key, (0, 0))[0]}
+            for key, view in sorted(views.items())
+            if view.desired > 0 or key in counts
+        }
+
+    def publish(self) -> None:
+        value = json.dumps(self.annotation(), sort_keys=True, separators=(",", ":"))
+        if value == self._published:
+            return
+        self.kube.patch_node(self.node, {"metadata": {"annotations": {POOLS_ANNOTATION: value}}})
+        self._published = value
