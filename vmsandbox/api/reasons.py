@@ -25,3 +25,16 @@ class StatusReason(StrEnum):
     #: The image breaks a rule the agent checks before using it: a digest that is not one, a file
     #: it reads that is not a regular file inside the image or is too big, an undefined user.
     IMAGE_INVALID = "ImageInvalid"
+    #: WarmStart True: the sandbox was served by a ready member of its pool.
+    CLAIMED_FROM_POOL = "ClaimedFromPool"
+    #: WarmStart False, started cold: the pool had no ready member on the sandbox's node.
+    POOL_EMPTY = "PoolEmpty"
+    #: WarmStart False, started cold: spec.pool names no pool in the sandbox's namespace.
+    POOL_NOT_FOUND = "PoolNotFound"
+    #: WarmStart False, started cold: resources, hypervisor or network mode differ from the template.
+    POOL_SHAPE_MISMATCH = "PoolShapeMismatch"
+    #: A pool's Ready condition: every desired member is ready, some are still starting, or the
+    #: eligible nodes cannot hold all the replicas asked for.
+    MEMBERS_READY = "MembersReady"
+    MEMBERS_STARTING = "MembersStarting"
+    INSUFFICIENT_CAPACITY = "InsufficientCapacity"

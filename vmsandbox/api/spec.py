@@ -42,6 +42,11 @@ class TaintEffect(StrEnum):
     NO_EXECUTE = "NoExecute"
 
 
+#: A DNS-1123 label: the name of an object in the same namespace (a VMSandboxPool).
+DNS1123Label = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", min_length=1, max_length=63)
+]
+
 #: ``NAME=value`` for the container; a C identifier, as the OCI runtime tools require.
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
 
@@ -215,6 +220,13 @@ class VMSandboxSpec(APIModel):
     network: SandboxNetwork | None = Field(
         default=None, description="The sandbox's network: mode and egress rules."
     )
+    pool: DNS1123Label | None = Field(
+        default=None,
+        description="A VMSandboxPool in the same namespace to claim a ready VM from. Served warm when "
+        "the pool's template has the sandbox's resources, hypervisor and network mode and a member is "
+        "ready on its node; otherwise the sandbox starts cold, never waits, and its WarmStart condition "
+        "says why. Immutable.",
+    )
 
 
 #: Rules on the spec as a whole: "immutable once set" needs both old and new objects.
@@ -227,5 +239,9 @@ SPEC_VALIDATIONS = [
         "rule": "has(self.network) == has(oldSelf.network)"
         " && (!has(self.network) || self.network == oldSelf.network)",
         "message": f"network {IMMUTABLE}",
+    },
+    {
+        "rule": "has(self.pool) == has(oldSelf.pool) && (!has(self.pool) || self.pool == oldSelf.pool)",
+        "message": f"pool {IMMUTABLE}",
     },
 ]

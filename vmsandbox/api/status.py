@@ -32,6 +32,7 @@ class ConditionType(StrEnum):
     VM_READY = "VMReady"
     CONTAINER_READY = "ContainerReady"
     READY = "Ready"
+    WARM_START = "WarmStart"
 
 
 class ConditionStatus(StrEnum):
@@ -55,7 +56,8 @@ class Condition(APIModel):
 
     type: ConditionType = Field(
         description="What is observed: Scheduled (a node was chosen), VMReady (the VM booted), "
-        "ContainerReady (the container started), Ready (the sandbox is running)."
+        "ContainerReady (the container started), Ready (the sandbox is running), WarmStart (whether a "
+        "sandbox with spec.pool was served by a pool member or started cold, and why)."
     )
     status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
     reason: Reason | None = Field(
@@ -156,6 +158,16 @@ class BootTimings(APIModel):
         default=None,
         description="Milliseconds the node agent spent setting up the sandbox's network (address, links, "
         "egress rules).",
+    )
+    claim: Millis | None = Field(
+        default=None,
+        description="Milliseconds from the node agent taking up the sandbox to a pool member being handed "
+        "over to it (identity set, container disk attached). Absent for a cold start.",
+    )
+    restore: Millis | None = Field(
+        default=None,
+        description="Milliseconds spent restoring the member's VM from its pool's snapshot (snapshot "
+        "pools only); part of claim.",
     )
     total: Millis | None = Field(
         default=None,
