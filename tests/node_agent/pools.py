@@ -9,11 +9,10 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from tests.node_agent.support import AgentProcess, Cluster, wait_for
-from vmsandbox.api.constants import GROUP, VERSION
+from vmsandbox.api.constants import GROUP, POOL_PLURAL, POOLS_ANNOTATION, VERSION
 from vmsandbox.runtime.state import Record
 
-POOLS = "vmsandboxpools"
-POOLS_ANNOTATION = f"{GROUP}/pools"
+POOLS = POOL_PLURAL
 
 
 def create_pool(cluster: Cluster, name: str, template: dict[str, Any], replicas: int = 2) -> dict[str, Any]:

@@ -35,7 +35,6 @@ from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
 from vmsandbox.node_agent.streamroutes import SandboxUnavailable, StreamRoutes, Target
 from vmsandbox.node_agent.supervisor import Supervisor
-from vmsandbox.node_agent.warmstart import warm_start_reason
 from vmsandbox.node_agent.watch import SandboxWatch
 from vmsandbox.node_agent.worker import AgentContext
 
@@ -142,7 +141,6 @@ class Agent:
             usable_hypervisors=self.capacity.hypervisors,
             has_network=network is not None,
             sync_seconds=config.pool_sync_seconds,
-            reasons=warm_start_reason,
         )
         ctx.pools = self.pools
         self.supervisor = Supervisor(ctx)

@@ -14,10 +14,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from vmsandbox.api.constants import GROUP, PLURAL, VERSION
+from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 JsonPatch = list[dict[str, Any]]
-POOL_PLURAL = "vmsandboxpools"
 
 
 def make_api_client(kubeconfig: Path | None, pool_size: int = 32) -> client.ApiClient:

@@ -10,15 +10,14 @@ their records are adopted while their VMs run, and dropped otherwise.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from vmsandbox.api.constants import GROUP
+from vmsandbox.api.constants import POOLS_ANNOTATION
+from vmsandbox.api.pool import PoolReport, render_pool_reports
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.api.resource import VMSandbox
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
@@ -32,7 +31,6 @@ from vmsandbox.runtime.members import new_member_id
 
 log = logging.getLogger("vmsandbox.node_agent.pools")
 
-POOLS_ANNOTATION = f"{GROUP}/pools"
 #: Members booting at once on this node: boots are CPU-bound and compete with cold starts.
 MAX_BOOTING = 2
 
@@ -42,8 +40,8 @@ class Claim:
     """A pool's answer to a sandbox: a member to take, or why it starts cold."""
 
     member_id: str | None
-    reason: str | None = None
-    message: str = ""
+    reason: StatusReason
+    message: str
 
 
 class PoolKeeper:
@@ -60,7 +58,6 @@ class PoolKeeper:
         usable_hypervisors: list[str],
         has_network: bool,
         sync_seconds: float,
-        reasons: Callable[[str], str] = lambda name: name,
     ) -> None:
         self.kube = kube
         self.runtimes = runtimes
@@ -72,7 +69,6 @@ class PoolKeeper:
         self.usable = usable_hypervisors
         self.has_network = has_network
         self.sync_seconds = sync_seconds
-        self._reason = reasons
         self._lock = threading.Lock()
         self._members: dict[str, MemberRecord] = {}
         self._views: dict[str, PoolView] = {}
@@ -239,46 +235,59 @@ class PoolKeeper:
 
     # ---- claims --------------------------------------------------------------------------
 
-    def claim(self, namespace: str, name: str, sandbox: VMSandbox, hypervisor: str) -> Claim:
+    def claim(self, namespace: str, name: str, sandbox: VMSandbox) -> Claim:
         """Take a ready member of pool ``namespace/name`` for ``sandbox``, or say why not."""
         key = f"{namespace}/{name}"
-        try:
-            obj = self.kube.get_pool(namespace, name)
-        except Exception as exc:
-            return self._cold(key, "PoolNotFound", f"pool {name} could not be read: {exc}")
-        if obj is None:
-            return self._cold(key, "PoolNotFound", f"no VMSandboxPool {name} in namespace {namespace}")
-        view = pool_view(obj, self.node, self.default_hypervisor)
+        view, refusal = self._fitting(namespace, name, sandbox)
         if view is None:
-            return self._cold(key, "PoolShapeMismatch", f"the template of pool {name} cannot be read")
-        why = mismatch(view, sandbox, hypervisor)
-        if why is not None:
-            return self._cold(key, "PoolShapeMismatch", f"the sandbox does not match pool {name}: {why}")
-        with self._lock:
-            ready = sorted(
-                (m for m in self._members.values() if m.pool == key and m.pool_uid == view.uid and m.ready),
-                key=lambda m: m.created_at,
-            )
-            if not ready:
-                member = None
-            else:
-                member = ready[0]
-                del self._members[member.member_id]
+            assert refusal is not None
+            return self._cold(key, *refusal)
+        member = self._take(key, view.uid)
         if member is None:
-            return self._cold(key, "PoolEmpty", f"pool {name} has no ready member on node {self.node}")
+            empty = f"pool {name} has no ready member on node {self.node}"
+            return self._cold(key, StatusReason.POOL_EMPTY, empty)
         self.admission.release(member.member_id)
         self.store.remove(member.member_id)
-        self.metrics.claims.labels(namespace, name, "warm", "ClaimedFromPool").inc()
+        self.metrics.claims.labels(namespace, name, "warm", StatusReason.CLAIMED_FROM_POOL).inc()
         try:  # the operator places claims by what is ready: tell it now; the next pass replaces it
             self.publish()
         except Exception as exc:
             log.warning("publishing pools after a claim failed: %s", exc)
-        return Claim(member.member_id, "ClaimedFromPool", f"claimed member {member.member_id} of pool {name}")
+        message = f"claimed member {member.member_id} of pool {name}"
+        return Claim(member.member_id, StatusReason.CLAIMED_FROM_POOL, message)
 
-    def _cold(self, key: str, reason: str, message: str) -> Claim:
+    def _fitting(
+        self, namespace: str, name: str, sandbox: VMSandbox
+    ) -> tuple[PoolView | None, tuple[StatusReason, str] | None]:
+        """The pool, read fresh, when the sandbox fits it; else why it starts cold."""
+        try:
+            obj = self.kube.get_pool(namespace, name)
+        except Exception as exc:
+            return None, (StatusReason.POOL_NOT_FOUND, f"pool {name} could not be read: {exc}")
+        if obj is None:
+            return None, (StatusReason.POOL_NOT_FOUND, f"no VMSandboxPool {name} in namespace {namespace}")
+        view = pool_view(obj, self.node, self.default_hypervisor)
+        if view is None:
+            return None, (StatusReason.POOL_SHAPE_MISMATCH, f"the template of pool {name} cannot be read")
+        why = mismatch(view, sandbox, self.default_hypervisor)
+        if why is not None:
+            return None, (StatusReason.POOL_SHAPE_MISMATCH, f"the sandbox does not fit pool {name}: {why}")
+        return view, None
+
+    def _take(self, key: str, uid: str) -> MemberRecord | None:
+        """The oldest ready member of the pool, no longer the pool's."""
+        with self._lock:
+            ready = [m for m in self._members.values() if m.pool == key and m.pool_uid == uid and m.ready]
+            if not ready:
+                return None
+            member = min(ready, key=lambda m: m.created_at)
+            del self._members[member.member_id]
+            return member
+
+    def _cold(self, key: str, reason: StatusReason, message: str) -> Claim:
         namespace, name = key.split("/", 1)
         self.metrics.claims.labels(namespace, name, "cold", reason).inc()
-        return Claim(None, self._reason(reason), message)
+        return Claim(None, reason, message)
 
     def returned(self, member_id: str) -> None:
         """A claim's create failed: its member is idle again if the runtime kept it, else gone."""
@@ -299,18 +308,18 @@ class PoolKeeper:
                 out[member.pool] = (ready + member.ready, booting + (not member.ready))
         return out
 
-    def annotation(self) -> dict[str, Any]:
+    def reports(self) -> dict[str, PoolReport]:
         counts = self.counts()
         with self._lock:
             views = dict(self._views)
         return {
-            key: {"uid": view.uid, "ready": counts.get(key, (0, 0))[0]}
-            for key, view in sorted(views.items())
+            key: PoolReport(uid=view.uid, ready=counts.get(key, (0, 0))[0])
+            for key, view in views.items()
             if view.desired > 0 or key in counts
         }
 
     def publish(self) -> None:
-        value = json.dumps(self.annotation(), sort_keys=True, separators=(",", ":"))
+        value = render_pool_reports(self.reports())
         if value == self._published:
             return
         self.kube.patch_node(self.node, {"metadata": {"annotations": {POOLS_ANNOTATION: value}}})

@@ -1,7 +1,7 @@
 """A VMSandboxPool as this node's agent needs it: its members' shape and this node's share.
 
-Read from the object's JSON: the operator already validated the template, and the agent
-validates again what becomes a VM (sizes through the same models a sandbox's spec uses).
+Parsed with the API's own models (the agent validates again what becomes a VM); whether a
+sandbox fits a pool is the API's ``shape_mismatch``, the rule the operator schedules by.
 """
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from vmsandbox.api.network import NetworkMode, SandboxNetwork, effective_mode
+from vmsandbox.api.network import DEFAULT_MODE
+from vmsandbox.api.pool import InvalidPool, PoolTemplate, parse_pool, shape_mismatch
 from vmsandbox.api.resource import VMSandbox
-from vmsandbox.api.spec import Hypervisor, Resources
 
 
 @dataclass(frozen=True)
@@ -21,7 +19,7 @@ class Shape:
     vcpus: int
     memory_mib: int
     hypervisor: str
-    #: None: the template names none, so the cluster's default mode, whatever a sandbox recorded.
+    #: None: the template names none, so the cluster's default mode.
     network_mode: str | None
 
 
@@ -34,6 +32,7 @@ class PoolView:
     #: Members this node should keep ready (its entry in ``status.nodes``, else 0).
     desired: int
     shape: Shape
+    template: PoolTemplate
 
     @property
     def key(self) -> str:
@@ -41,50 +40,42 @@ class PoolView:
 
 
 def pool_view(obj: dict[str, Any], node: str, default_hypervisor: str) -> PoolView | None:
-    """The pool as seen from ``node``; None when its template cannot be read."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    template = spec.get("template") or {}
+    """The pool as seen from ``node``; None when it does not parse."""
     try:
-        resources = Resources.model_validate(template.get("resources") or {})
-        hypervisor = Hypervisor(template["hypervisor"]).value if template.get("hypervisor") else None
-        network = SandboxNetwork.model_validate(template["network"]) if template.get("network") else None
-    except (ValidationError, ValueError):
+        pool = parse_pool(obj)
+    except InvalidPool:
         return None
-    desired = 0
-    for entry in (obj.get("status") or {}).get("nodes") or []:
-        if isinstance(entry, dict) and entry.get("name") == node and isinstance(entry.get("desired"), int):
-            desired = max(0, min(64, entry["desired"]))
+    template = pool.spec.template
+    desired = next((n.desired for n in pool.status.nodes or [] if n.name == node), 0)
+    network = template.network
     shape = Shape(
-        vcpus=resources.vcpus,
-        memory_mib=resources.memory_mib,
-        hypervisor=hypervisor or default_hypervisor,
+        vcpus=template.resources.vcpus,
+        memory_mib=template.resources.memory_mib,
+        hypervisor=template.hypervisor.value if template.hypervisor else default_hypervisor,
         network_mode=network.mode.value if network is not None and network.mode is not None else None,
     )
     return PoolView(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        mode=str(spec.get("mode") or "booted"),
-        desired=desired,
+        namespace=pool.metadata.namespace or "",
+        name=pool.metadata.name or "",
+        uid=pool.metadata.uid or "",
+        mode=pool.spec.mode.value,
+        desired=min(desired, 64),
         shape=shape,
+        template=template,
     )
 
 
-def mismatch(pool: PoolView, sandbox: VMSandbox, hypervisor: str) -> str | None:
-    """Why ``sandbox`` (on ``hypervisor``) cannot take a member of ``pool``, or None when it can."""
-    shape = pool.shape
-    res = sandbox.spec.resources
-    diffs = []
-    if (res.vcpus, res.memory_mib) != (shape.vcpus, shape.memory_mib):
-        diffs.append(
-            f"resources {res.vcpus} vCPUs/{res.memory_mib} MiB, the pool's "
-            f"{shape.vcpus} vCPUs/{shape.memory_mib} MiB"
-        )
-    if hypervisor != shape.hypervisor:
-        diffs.append(f"hypervisor {hypervisor}, the pool's {shape.hypervisor}")
-    mode = effective_mode(sandbox.spec.network, sandbox.status.network)
-    wanted = NetworkMode(shape.network_mode) if shape.network_mode else None
-    if wanted is not None and mode != wanted:
-        diffs.append(f"network mode {mode.value}, the pool's {wanted.value}")
-    return "; ".join(diffs) or None
+def mismatch(pool: PoolView, sandbox: VMSandbox, node_hypervisor: str) -> str | None:
+    """Why ``sandbox`` cannot take a member of ``pool`` on this node, or None when it can.
+
+    Hypervisors fall back to the node's default; the cluster's default network mode is the one
+    the operator recorded for the sandbox at placement.
+    """
+    placed = sandbox.status.network.mode if sandbox.status.network is not None else None
+    return shape_mismatch(
+        sandbox.spec,
+        pool.template,
+        node_hypervisor=node_hypervisor,
+        default_mode=placed or DEFAULT_MODE,
+        placed_mode=placed,
+    )

@@ -22,20 +22,15 @@ from vmsandbox.runtime.members import MEMBER_ANNOTATION
 log = logging.getLogger("vmsandbox.node_agent.warmstart")
 
 
-def warm_start_reason(name: str) -> str:
-    """The API's reason for a claim outcome named ``name`` (one place: api/reasons.py)."""
-    return str(StatusReason(name))
-
-
-def decide(pools: PoolKeeper | None, sandbox: VMSandbox, hypervisor: str) -> Claim | None:
+def decide(pools: PoolKeeper | None, sandbox: VMSandbox) -> Claim | None:
     """None when the sandbox names no pool; else the member to take, or why it starts cold."""
     pool = sandbox.spec.pool
     if pool is None:
         return None
     namespace = sandbox.metadata.namespace or ""
     if pools is None:
-        return Claim(None, warm_start_reason("PoolEmpty"), "this node's agent keeps no pools")
-    return pools.claim(namespace, pool, sandbox, hypervisor)
+        return Claim(None, StatusReason.POOL_EMPTY, "this node's agent keeps no pools")
+    return pools.claim(namespace, pool, sandbox)
 
 
 def mark_bundle(bundle: Path, member_id: str | None) -> None:
@@ -59,7 +54,7 @@ def record_outcome(
     status.set_condition(
         ConditionType.WARM_START,
         ConditionStatus.TRUE if warm else ConditionStatus.FALSE,
-        claim.reason or "",
+        claim.reason,
         claim.message,
         generation,
     )
@@ -91,7 +86,7 @@ def create(
         mark_bundle(bundle, None)
         cold = Claim(
             None,
-            warm_start_reason("PoolEmpty"),
+            StatusReason.POOL_EMPTY,
             f"claimed member {claim.member_id} could not be used ({exc}); started cold",
         )
         return runtime.create(container_id, bundle, **options), cold

@@ -400,7 +400,7 @@ class SandboxWorker:
             if hypervisor == "process":
                 self._check_process_backend()
             resources = sandbox.spec.resources
-            claim = warmstart.decide(self.ctx.pools, sandbox, hypervisor)
+            claim = warmstart.decide(self.ctx.pools, sandbox)
             self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
             record.pool = f"{self.namespace}/{sandbox.spec.pool}" if claim and claim.member_id else None
