@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import kopf
 
 from vmsandbox.api import InvalidSandbox
-from vmsandbox.api.constants import GROUP, PLURAL, VERSION
+from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 from vmsandbox.operator.admission import admit
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             reconciler.sandbox_gone(raw)
         else:
             reconciler.sandbox_changed(raw)
+        op.pools.changed()
 
     @kopf.on.event("v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -57,6 +58,15 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             reconciler.retry_unschedulable()
         elif cache.upsert_node(raw):
             reconciler.retry_unschedulable()
+        op.pools.changed()
+
+    @kopf.on.event(GROUP, VERSION, POOL_PLURAL, registry=registry)
+    async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
+        raw = cast(dict[str, Any], event["object"])
+        if event.get("type") == "DELETED":
+            op.pools.pool_gone(raw)
+        else:
+            op.pools.pool_changed(raw)
 
     @kopf.on.event("coordination.k8s.io", "v1", "leases", registry=registry)
     async def lease_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -65,6 +75,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             cache.forget_lease(raw)
             return
         op.lease_changed(raw)
+        op.pools.changed()
 
     @kopf.on.probe(id="leader", registry=registry)
     def leader_probe(**_: Any) -> bool:
