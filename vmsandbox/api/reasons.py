@@ -38,3 +38,14 @@ class StatusReason(StrEnum):
     MEMBERS_READY = "MembersReady"
     MEMBERS_STARTING = "MembersStarting"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+
+
+class PauseReason(StrEnum):
+    """Reasons of the ``Paused`` condition and its events, set by the node agent."""
+
+    #: spec.paused is true and the VM's vCPUs (or, process backend, processes) are stopped.
+    PAUSED = "Paused"
+    #: spec.paused went back to false and the VM runs again.
+    RESUMED = "Resumed"
+    #: The VM could not be paused or resumed; the message says why. Retried at the next poll.
+    PAUSE_FAILED = "PauseFailed"

@@ -227,6 +227,14 @@ class VMSandboxSpec(APIModel):
         "ready on its node; otherwise the sandbox starts cold, never waits, and its WarmStart condition "
         "says why. Immutable.",
     )
+    paused: bool = Field(
+        default=False,
+        description="Pause the running sandbox's VM (true) or let it run (false); may be changed at any "
+        "time. A paused VM keeps its memory, processes and network state but executes nothing: phase "
+        "Paused, condition Paused. Its container cannot exit, so restartPolicy has nothing to act on; "
+        "activeDeadlineSeconds keeps counting, and a paused sandbox past it is stopped and fails as "
+        "usual. A sandbox created paused boots and starts first, then pauses.",
+    )
 
 
 #: Rules on the spec as a whole: "immutable once set" needs both old and new objects.

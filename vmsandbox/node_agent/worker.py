@@ -40,7 +40,7 @@ from vmsandbox.api.status import (
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
-from vmsandbox.node_agent import warmstart
+from vmsandbox.node_agent import pausing, warmstart
 from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
@@ -284,7 +284,7 @@ class SandboxWorker:
             if started is False:  # the previous agent died mid-create; its debris was swept
                 self.log.info("the create was interrupted by an agent restart; creating it again")
                 return None
-            if sandbox.status.phase in (Phase.RUNNING, Phase.CREATING):
+            if sandbox.status.phase in (Phase.RUNNING, Phase.PAUSED, Phase.CREATING):
                 return self._on_exit_observed(obj, sandbox, None, "its VM vanished while the agent was down")
             return None
         self.container = state
@@ -605,6 +605,7 @@ class SandboxWorker:
             poll = min(poll, left)
         vmm_pid = state.vm.vmm_pid if state.vm else 0
         if running(state.pid) and running(vmm_pid):
+            self._sync_paused(obj, sandbox)
             return poll
         # The relay or the VMM ended: ask the runtime what happened.
         fresh = self.ctx.runtimes.state(self.cid)
@@ -615,6 +616,20 @@ class SandboxWorker:
             self.ctx.metrics.vmm_failures.labels(state.hypervisor, "died").inc()
             return self._on_exit_observed(obj, sandbox, None, f"the VM's VMM (pid {vmm_pid}) died")
         return self._on_exit_observed(obj, sandbox, fresh.exit_code, None)
+
+    def _sync_paused(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
+        """spec.paused -> the VM and the status (vmsandbox.node_agent.pausing)."""
+        if self.record is None or self.record.hypervisor is None:
+            return
+        runtime = self.ctx.runtimes.for_hypervisor(self.record.hypervisor)
+        pausing.sync(
+            runtime,
+            self.cid,
+            obj,
+            sandbox,
+            lambda o, mutate: self._write(o, mutate),
+            lambda o, reason, message, warning: self.ctx.events.record(o, reason, message, warning=warning),
+        )
 
     def _deadline(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
         self._teardown("activeDeadlineSeconds exceeded")

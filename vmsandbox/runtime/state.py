@@ -21,7 +21,7 @@ from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
 from vmsandbox.runtime.ids import validate_id
 
 OCI_VERSION = "1.0.2"
-Status = Literal["creating", "created", "running", "stopped"]
+Status = Literal["creating", "created", "running", "paused", "stopped"]
 VMS_DIR = ".vms"
 #: ``"<pid> <start time>"`` of the process that reserved the id; a dead one means an interrupted create.
 CREATOR_FILE = "creator"
@@ -38,6 +38,8 @@ class Timings(BaseModel):
     initToAgentReady: float | None = None
     #: A VM taken from a pool: taking it, hot-plugging the disk and giving it its identity.
     claim: float | None = None
+    #: Set when the VM was restored from a snapshot: the restore itself (also in vmBoot).
+    restore: float | None = None
 
 
 class ContainerState(BaseModel):
@@ -72,6 +74,8 @@ class Record(BaseModel):
     owns_vm: bool = False
     relay_pid: int | None = None
     disk_image: str | None = None
+    #: Set by ``pause`` on the pod sandbox (its VM, so every container of the pod, is paused).
+    paused: bool = False
 
 
 class StateStore:
