@@ -15,12 +15,14 @@ from vmsandbox.runtime.state import Record
 POOLS = POOL_PLURAL
 
 
-def create_pool(cluster: Cluster, name: str, template: dict[str, Any], replicas: int = 2) -> dict[str, Any]:
+def create_pool(
+    cluster: Cluster, name: str, template: dict[str, Any], replicas: int = 2, mode: str = "booted"
+) -> dict[str, Any]:
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "VMSandboxPool",
         "metadata": {"name": name},
-        "spec": {"replicas": replicas, "template": template},
+        "spec": {"replicas": replicas, "mode": mode, "template": template},
     }
     obj: Any = cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.namespace, POOLS, body)
     return dict(obj)

@@ -12,12 +12,14 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.leaks import processes_mentioning
 from tests.node_agent.pools import (
     condition,
     create_pool,
     delete_pool,
     members,
     published,
+    ready_count,
     share,
     wait_ready,
 )
@@ -165,3 +167,39 @@ def test_restarted_agent_adopts_its_members(
     cluster.wait_gone(name)
     delete_pool(cluster, pool)
     wait_for("members deleted with their pool", lambda: not members(agent.runtime_root), timeout=30)
+
+
+SNAPSHOT_TEMPLATE = {"resources": {"vcpus": 1, "memoryMiB": 256}, "hypervisor": "cloud-hypervisor"}
+
+
+def test_snapshot_pool_restores_a_copy_per_claim_and_holds_no_vm(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry
+) -> None:
+    agent = make_agent(VMSANDBOX_AGENT_POOL_SYNC_SECONDS="0.5")
+    pool = unique("snap")
+    create_pool(cluster, pool, SNAPSHOT_TEMPLATE, 2, mode="snapshot")
+    share(cluster, pool, agent.node, 2)
+    wait_for(
+        "the pool's snapshot", lambda: ready_count(cluster, agent.node, cluster.namespace, pool) == 2, 90
+    )
+    snaps = sorted((agent.runtime_root / "snapshots").iterdir())
+    assert len(snaps) == 1 and (snaps[0] / "snapshot.json").is_file()
+    assert not members(agent.runtime_root), "a snapshot pool keeps no VM running"
+    assert processes_mentioning(str(snaps[0])) == [], "nothing runs for an idle snapshot pool"
+    spec = _claim(registry, pool, hypervisor="cloud-hypervisor")
+    names = [unique("restored") for _ in range(3)]
+    for name in names:
+        cluster.create_sandbox(name, spec, node=agent.node)
+    statuses = [cluster.wait_phase(name, "Running", timeout=90) for name in names]
+    for status in statuses:
+        warm = condition(status, "WarmStart")
+        assert (warm["status"], warm["reason"]) == ("True", "ClaimedFromPool"), status
+        assert "snapshot" in warm["message"] and status["bootTimings"]["restore"] > 0
+    assert len({s["vm"]["vmmPID"] for s in statuses}) == 3, "each claim restores its own copy"
+    for name in names:
+        cluster.delete(name)
+    for name in names:
+        cluster.wait_gone(name, timeout=60)
+    delete_pool(cluster, pool)
+    snapshots = agent.runtime_root / "snapshots"
+    wait_for("the snapshot deleted with its pool", lambda: not snapshots.exists(), timeout=30)

@@ -142,7 +142,9 @@ class Agent:
             self.table.sandbox_id = req.sandbox_id
             if req.hostname:
                 socket.sethostname(req.hostname)
-            if req.entropy is not None or req.clock is not None:
+            # Only the agent a VM's init started (it passes --init-uptime) owns its kernel; an
+            # agent on a host (the process backend, the stand-in) never touches the host's.
+            if self.init_uptime is not None and (req.entropy is not None or req.clock is not None):
                 from vmsandbox.guest.identity import add_entropy, set_clock
 
                 if req.entropy is not None:

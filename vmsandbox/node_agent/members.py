@@ -10,6 +10,7 @@ import contextlib
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -18,6 +19,9 @@ from vmsandbox.runtime.ids import validate_id
 
 class MemberRecord(BaseModel):
     member_id: str
+    #: booted: a VM kept running; snapshot: a snapshot of one under the runtime's snapshot root
+    #: (named ``member_id``), which every claim restores a copy of.
+    kind: Literal["booted", "snapshot"] = "booted"
     #: ``<namespace>/<pool>`` and the pool's uid: a pool deleted and made again is another pool.
     pool: str
     pool_uid: str

@@ -16,17 +16,19 @@ import time
 from dataclasses import dataclass
 
 from vmsandbox.api.constants import POOLS_ANNOTATION
-from vmsandbox.api.pool import PoolReport, render_pool_reports
+from vmsandbox.api.pool import MAX_REPLICAS, PoolMode, PoolReport, render_pool_reports
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.api.resource import VMSandbox
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
+from vmsandbox.node_agent import snapshots
 from vmsandbox.node_agent.admission import LocalAdmission, OutOfCapacity
 from vmsandbox.node_agent.kube import Kube
 from vmsandbox.node_agent.members import MemberRecord, MemberStore
 from vmsandbox.node_agent.poolmetrics import PoolMetrics
 from vmsandbox.node_agent.poolview import PoolView, mismatch, pool_view
 from vmsandbox.node_agent.runtimes import Runtimes
+from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.members import new_member_id
 
 log = logging.getLogger("vmsandbox.node_agent.pools")
@@ -42,6 +44,12 @@ class Claim:
     member_id: str | None
     reason: StatusReason
     message: str
+    #: A snapshot pool's snapshot the sandbox's VM is restored from.
+    snapshot: str | None = None
+
+    @property
+    def warm(self) -> bool:
+        return self.member_id is not None or self.snapshot is not None
 
 
 class PoolKeeper:
@@ -105,8 +113,12 @@ class PoolKeeper:
     # ---- adoption ------------------------------------------------------------------------
 
     def adopt(self) -> None:
-        """After a restart: keep members whose VM still runs idle; drop the rest."""
+        """After a restart: keep members whose VM still runs idle (or whose snapshot is
+        complete); drop the rest."""
         for record in self.store.load_all():
+            if record.kind == "snapshot":
+                self._adopt_snapshot(record)
+                continue
             state = self.runtimes.state(record.member_id)
             if record.ready and state is not None and state.status == "created":
                 self.admission.hold(record.member_id, record.vcpus, record.memory_mib)
@@ -117,6 +129,18 @@ class PoolKeeper:
                 continue
             log.info("dropping pool member %s of %s: its VM is gone", record.member_id, record.pool)
             self._destroy(record, "lost")
+
+    def _adopt_snapshot(self, record: MemberRecord) -> None:
+        if record.ready and snapshots.complete(self._runtime(record), record.member_id):
+            with self._lock:
+                self._members[record.member_id] = record
+            log.info("adopted pool snapshot %s of %s", record.member_id, record.pool)
+            return
+        log.info("dropping pool snapshot %s of %s: it is incomplete", record.member_id, record.pool)
+        self._destroy(record, "lost")
+
+    def _runtime(self, record: MemberRecord) -> Runtime:
+        return self.runtimes.for_hypervisor(record.hypervisor)
 
     def member_ids(self) -> set[str]:
         with self._lock:
@@ -145,13 +169,13 @@ class PoolKeeper:
         """Why this node keeps no members of ``view`` (logged once per pool and reason)."""
         shape = view.shape
         why = None
-        if view.mode != "booted":
-            why = f"mode {view.mode} is not served by this agent"
-        elif shape.hypervisor not in self.usable:
+        if shape.hypervisor not in self.usable:
             why = f"hypervisor {shape.hypervisor} is not usable on node {self.node}"
         elif self.has_network and (shape.hypervisor == "process" or shape.network_mode != "none"):
             # A member boots before its sandbox exists; its NIC would carry another's address.
             why = "members are kept only for network mode none on a node with a sandbox network"
+        elif view.mode == PoolMode.SNAPSHOT and shape.hypervisor == "process":
+            why = "the process backend has no snapshots"
         if why is not None and self._refused.get(view.key) != why:
             self._refused[view.key] = why
             log.warning("pool %s: no members on node %s: %s", view.key, self.node, why)
@@ -163,6 +187,8 @@ class PoolKeeper:
         refused = self._refuse(view) is not None
         mine = self._of(view)
         want = 0 if refused else view.desired
+        if view.mode == PoolMode.SNAPSHOT:  # one snapshot serves every claim on this node
+            want = min(want, 1)
         idle = [m for m in mine if m.ready]
         extra = len(mine) - want
         for record in sorted(idle, key=lambda m: m.created_at, reverse=True)[: max(0, extra)]:
@@ -170,8 +196,10 @@ class PoolKeeper:
         for _ in range(max(0, want - len(mine))):
             if not self._booting.acquire(blocking=False):
                 return
+            snapshot = view.mode == PoolMode.SNAPSHOT
             record = MemberRecord(
                 member_id=new_member_id(),
+                kind="snapshot" if snapshot else "booted",
                 pool=view.key,
                 pool_uid=view.uid,
                 hypervisor=view.shape.hypervisor,
@@ -179,7 +207,7 @@ class PoolKeeper:
                 memory_mib=view.shape.memory_mib,
                 network_mode=view.shape.network_mode,
             )
-            try:
+            try:  # a snapshot holds no VM once made: only its files, which capacity does not count
                 self.admission.admit(record.member_id, record.vcpus, record.memory_mib)
             except OutOfCapacity as exc:
                 self._booting.release()
@@ -197,8 +225,12 @@ class PoolKeeper:
     def _boot(self, record: MemberRecord) -> None:
         t0 = time.monotonic()
         try:
-            runtime = self.runtimes.for_hypervisor(record.hypervisor)
-            runtime.boot_member(record.member_id, record.vcpus, record.memory_mib)
+            runtime = self._runtime(record)
+            if record.kind == "snapshot":
+                snapshots.make(runtime, record.member_id, record.vcpus, record.memory_mib)
+                self.admission.release(record.member_id)
+            else:
+                runtime.boot_member(record.member_id, record.vcpus, record.memory_mib)
         except (VMSandboxError, HypervisorError, OSError) as exc:
             log.warning("pool %s: booting member %s failed: %s", record.pool, record.member_id, exc)
             self.metrics.boot_failures.labels(*record.pool.split("/", 1)).inc()
@@ -223,7 +255,10 @@ class PoolKeeper:
         self._destroy(record, "deleted")
 
     def _destroy(self, record: MemberRecord, outcome: str) -> None:
-        self.runtimes.destroy(record.member_id)
+        if record.kind == "snapshot":
+            snapshots.remove(self._runtime(record), record.member_id)
+        else:
+            self.runtimes.destroy(record.member_id)
         self._forget(record)
 
     def _forget(self, record: MemberRecord) -> None:
@@ -246,6 +281,10 @@ class PoolKeeper:
         if member is None:
             empty = f"pool {name} has no ready member on node {self.node}"
             return self._cold(key, StatusReason.POOL_EMPTY, empty)
+        if member.kind == "snapshot":
+            self.metrics.claims.labels(namespace, name, "warm", StatusReason.CLAIMED_FROM_POOL).inc()
+            message = f"restored from pool {name}'s snapshot {member.member_id}"
+            return Claim(None, StatusReason.CLAIMED_FROM_POOL, message, snapshot=member.member_id)
         self.admission.release(member.member_id)
         self.store.remove(member.member_id)
         self.metrics.claims.labels(namespace, name, "warm", StatusReason.CLAIMED_FROM_POOL).inc()
@@ -281,7 +320,8 @@ class PoolKeeper:
             if not ready:
                 return None
             member = min(ready, key=lambda m: m.created_at)
-            del self._members[member.member_id]
+            if member.kind == "booted":  # a snapshot stays: each claim restores a copy of it
+                del self._members[member.member_id]
             return member
 
     def _cold(self, key: str, reason: StatusReason, message: str) -> Claim:
@@ -309,14 +349,19 @@ class PoolKeeper:
         return out
 
     def reports(self) -> dict[str, PoolReport]:
+        """Ready members per pool; a ready snapshot serves every claim, so it reports the share."""
         counts = self.counts()
         with self._lock:
             views = dict(self._views)
-        return {
-            key: PoolReport(uid=view.uid, ready=counts.get(key, (0, 0))[0])
-            for key, view in views.items()
-            if view.desired > 0 or key in counts
-        }
+        reports = {}
+        for key, view in views.items():
+            if view.desired == 0 and key not in counts:
+                continue
+            ready = counts.get(key, (0, 0))[0]
+            if view.mode == PoolMode.SNAPSHOT and ready:
+                ready = view.desired
+            reports[key] = PoolReport(uid=view.uid, ready=min(ready, MAX_REPLICAS))
+        return reports
 
     def publish(self) -> None:
         value = render_pool_reports(self.reports())

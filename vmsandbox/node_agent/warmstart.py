@@ -18,6 +18,8 @@ from vmsandbox.errors import VMSandboxError
 from vmsandbox.node_agent.poolkeeper import Claim, PoolKeeper
 from vmsandbox.runtime import ContainerState, Runtime
 from vmsandbox.runtime.members import MEMBER_ANNOTATION
+from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM
+from vmsandbox.runtime.state import Timings
 
 log = logging.getLogger("vmsandbox.node_agent.warmstart")
 
@@ -33,33 +35,37 @@ def decide(pools: PoolKeeper | None, sandbox: VMSandbox) -> Claim | None:
     return pools.claim(namespace, pool, sandbox)
 
 
-def mark_bundle(bundle: Path, member_id: str | None) -> None:
-    """Name the member the runtime's create takes (or none, for a cold retry) in config.json."""
+def mark_bundle(bundle: Path, claim: Claim | None) -> None:
+    """Name in config.json the member the runtime's create takes, or the snapshot it restores
+    (neither for a cold start): reserved annotations, which only the agent writes."""
     path = bundle / "config.json"
     config: dict[str, Any] = json.loads(path.read_text())
     annotations = config.setdefault("annotations", {})
     annotations.pop(MEMBER_ANNOTATION, None)
-    if member_id is not None:
-        annotations[MEMBER_ANNOTATION] = member_id
+    annotations.pop(ANNOTATION_RESTORE_FROM, None)
+    if claim is not None and claim.member_id is not None:
+        annotations[MEMBER_ANNOTATION] = claim.member_id
+    if claim is not None and claim.snapshot is not None:
+        annotations[ANNOTATION_RESTORE_FROM] = claim.snapshot
     path.write_text(json.dumps(config, indent=1))
 
 
 def record_outcome(
-    status: VMSandboxStatus, claim: Claim | None, claim_ms: float | None, generation: int | None
+    status: VMSandboxStatus, claim: Claim | None, timings: Timings, generation: int | None
 ) -> None:
-    """WarmStart and bootTimings.claim, written with the sandbox's VMReady."""
+    """WarmStart, and bootTimings.claim (and .restore), written with the sandbox's VMReady."""
     if claim is None:
         return
-    warm = claim.member_id is not None
     status.set_condition(
         ConditionType.WARM_START,
-        ConditionStatus.TRUE if warm else ConditionStatus.FALSE,
+        ConditionStatus.TRUE if claim.warm else ConditionStatus.FALSE,
         claim.reason,
         claim.message,
         generation,
     )
-    if warm and status.boot_timings is not None:
-        status.boot_timings.claim = claim_ms
+    if claim.warm and status.boot_timings is not None:
+        status.boot_timings.claim = timings.claim if claim.member_id else timings.restore
+        status.boot_timings.restore = timings.restore
 
 
 def create(
@@ -75,18 +81,17 @@ def create(
     A warm create that fails (the member's VM died, the hot-plug failed) is not the sandbox's
     failure: the member is given up and the sandbox starts cold at once, saying so.
     """
-    if claim is None or claim.member_id is None:
+    if claim is None or not claim.warm:
         return runtime.create(container_id, bundle, **options), claim
     try:
         return runtime.create(container_id, bundle, **options), claim
     except VMSandboxError as exc:
-        log.warning("claiming pool member %s failed (%s); starting cold", claim.member_id, exc)
-        if pools is not None:
+        what = claim.member_id or f"snapshot {claim.snapshot}"
+        log.warning("claiming pool member %s failed (%s); starting cold", what, exc)
+        if pools is not None and claim.member_id is not None:
             pools.returned(claim.member_id)
         mark_bundle(bundle, None)
         cold = Claim(
-            None,
-            StatusReason.POOL_EMPTY,
-            f"claimed member {claim.member_id} could not be used ({exc}); started cold",
+            None, StatusReason.POOL_EMPTY, f"pool member {what} could not be used ({exc}); started cold"
         )
         return runtime.create(container_id, bundle, **options), cold

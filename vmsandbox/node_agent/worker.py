@@ -403,7 +403,7 @@ class SandboxWorker:
             claim = warmstart.decide(self.ctx.pools, sandbox)
             self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
-            record.pool = f"{self.namespace}/{sandbox.spec.pool}" if claim and claim.member_id else None
+            record.pool = f"{self.namespace}/{sandbox.spec.pool}" if claim and claim.warm else None
             self._save_record()
             self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
             t0 = time.monotonic()
@@ -423,8 +423,8 @@ class SandboxWorker:
                     image,
                     link_rootfs=not runtime.driver().shares_host_fs,
                 )
-            if claim is not None and claim.member_id is not None:
-                warmstart.mark_bundle(bundle, claim.member_id)
+            if claim is not None and claim.warm:
+                warmstart.mark_bundle(bundle, claim)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -485,7 +485,7 @@ class SandboxWorker:
                     container_create=timings.containerCreate,
                     network=_ms(network_s) if network_status else None,
                 )
-                warmstart.record_outcome(status, claim, timings.claim, generation)
+                warmstart.record_outcome(status, claim, timings, generation)
 
             # Written with Running below, not on its own: starting the container is one quick call,
             # and one write fewer keeps the agent at three (finalizer, Creating, Running).

@@ -256,7 +256,10 @@ class Runtime:
             )
             checkpoint("boot")
             client = AgentClient(driver, handle)
-            client.call(CreateSandbox(sandbox_id=container_id, hostname=loaded.spec.hostname), Ok)
+            if restore_source is None:
+                client.call(CreateSandbox(sandbox_id=container_id, hostname=loaded.spec.hostname), Ok)
+            else:  # every copy of a snapshot starts with the same random state and a stale clock
+                personalize(driver, handle, container_id, loaded.spec.hostname)
             checkpoint("create-sandbox")
         else:
             assert sandbox.state.vm is not None

@@ -19,6 +19,7 @@ from vmsandbox.hypervisor.base import HypervisorName, VMHandle
 from vmsandbox.hypervisor.procs import identity, identity_running
 from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
 from vmsandbox.runtime.ids import validate_id
+from vmsandbox.runtime.snapshots import SNAPSHOTS_DIR
 
 OCI_VERSION = "1.0.2"
 Status = Literal["creating", "created", "running", "paused", "stopped"]
@@ -132,7 +133,11 @@ class StateStore:
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir())
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if not p.name.startswith(".") and p.name != SNAPSHOTS_DIR and p.is_dir()
+        )
 
     def remove(self, container_id: str) -> None:
         shutil.rmtree(self.dir(container_id), ignore_errors=True)
