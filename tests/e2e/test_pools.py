@@ -28,7 +28,8 @@ RESOURCES = {"vcpus": 1, "memoryMiB": 256}
 
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **SETTINGS)
+    settings = {**SETTINGS, "allowed_hypervisors": "process,qemu"}
+    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **settings)
     yield op
     code = op.stop()
     assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
@@ -77,9 +78,24 @@ def _agent(make_agent: MakeAgent, hypervisor: str) -> AgentProcess:
     )
 
 
+@pytest.fixture
+def pools_deleted(make_agent: MakeAgent, cluster: Cluster) -> Iterator[None]:
+    """After the test, before its agents are checked for leaks: delete every pool it left."""
+    yield
+    for item in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, cluster.namespace, POOL_PLURAL)[
+        "items"
+    ]:
+        delete_pool(cluster, item["metadata"]["name"])
+
+
 @pytest.mark.parametrize("hypervisor", ["process", pytest.param("qemu", marks=pytest.mark.vm)])
 def test_pool_of_two_serves_two_warm_then_cold_and_refills(
-    operator: OperatorProcess, make_agent: MakeAgent, cluster: Cluster, registry: Registry, hypervisor: str
+    operator: OperatorProcess,
+    make_agent: MakeAgent,
+    pools_deleted: None,
+    cluster: Cluster,
+    registry: Registry,
+    hypervisor: str,
 ) -> None:
     slow = hypervisor == "qemu"
     agent = _agent(make_agent, hypervisor)
@@ -99,7 +115,8 @@ def test_pool_of_two_serves_two_warm_then_cold_and_refills(
     }
     names = [unique("claim") for _ in range(3)]
     uids = [cluster.create_sandbox(name, spec)["metadata"]["uid"] for name in names]
-    statuses = {n: cluster.wait_phase(n, "Running", timeout=240 if slow else 60) for n in names}
+    statuses = {n: cluster.wait_phase(n, "Running", "Failed", timeout=240 if slow else 60) for n in names}
+    assert all(s["phase"] == "Running" for s in statuses.values()), statuses
     warm = [n for n in names if condition(statuses[n], "WarmStart").get("status") == "True"]
     cold = [n for n in names if n not in warm]
     assert len(warm) == 2 and len(cold) == 1, {n: condition(s, "WarmStart") for n, s in statuses.items()}

@@ -35,6 +35,9 @@ log = logging.getLogger("vmsandbox.node_agent.pools")
 
 #: Members booting at once on this node: boots are CPU-bound and compete with cold starts.
 MAX_BOOTING = 2
+#: A member handed to a sandbox whose create never took it (the launch failed before) is
+#: deleted after this long.
+TAKE_GRACE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class PoolKeeper:
         self.sync_seconds = sync_seconds
         self._lock = threading.Lock()
         self._members: dict[str, MemberRecord] = {}
+        #: Members handed to a sandbox, by when: until the runtime's create took them.
+        self._taken: dict[str, float] = {}
         self._views: dict[str, PoolView] = {}
         self._published: str | None = None
         self._refused: dict[str, str] = {}
@@ -144,7 +149,7 @@ class PoolKeeper:
 
     def member_ids(self) -> set[str]:
         with self._lock:
-            return set(self._members)
+            return set(self._members) | set(self._taken)
 
     # ---- reconcile -----------------------------------------------------------------------
 
@@ -163,7 +168,23 @@ class PoolKeeper:
                 self._delete_idle(record, "its pool is gone")
         for view in views.values():
             self._reconcile(view)
+        self._collect_untaken()
         self.publish()
+
+    def _collect_untaken(self) -> None:
+        """Delete members handed out but never taken: their sandbox failed before its create."""
+        now = time.monotonic()
+        with self._lock:
+            taken = dict(self._taken)
+        for member_id, since in taken.items():
+            state = self.runtimes.state(member_id)
+            if state is not None and state.status == "created" and now - since < TAKE_GRACE_SECONDS:
+                continue
+            if state is not None:
+                log.info("deleting pool member %s: claimed but never taken", member_id)
+                self.runtimes.destroy(member_id)
+            with self._lock:
+                self._taken.pop(member_id, None)
 
     def _refuse(self, view: PoolView) -> str | None:
         """Why this node keeps no members of ``view`` (logged once per pool and reason)."""
@@ -287,6 +308,8 @@ class PoolKeeper:
             return Claim(None, StatusReason.CLAIMED_FROM_POOL, message, snapshot=member.member_id)
         self.admission.release(member.member_id)
         self.store.remove(member.member_id)
+        with self._lock:
+            self._taken[member.member_id] = time.monotonic()
         self.metrics.claims.labels(namespace, name, "warm", StatusReason.CLAIMED_FROM_POOL).inc()
         try:  # the operator places claims by what is ready: tell it now; the next pass replaces it
             self.publish()
