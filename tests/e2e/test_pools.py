@@ -116,7 +116,12 @@ def test_pool_of_two_serves_two_warm_then_cold_and_refills(
     names = [unique("claim") for _ in range(3)]
     uids = [cluster.create_sandbox(name, spec)["metadata"]["uid"] for name in names]
     statuses = {n: cluster.wait_phase(n, "Running", "Failed", timeout=240 if slow else 60) for n in names}
-    assert all(s["phase"] == "Running" for s in statuses.values()), statuses
+    failed = {
+        n: (s.get("reason"), (s.get("message") or "")[:400])
+        for n, s in statuses.items()
+        if s["phase"] != "Running"
+    }
+    assert not failed, failed
     warm = [n for n in names if condition(statuses[n], "WarmStart").get("status") == "True"]
     cold = [n for n in names if n not in warm]
     assert len(warm) == 2 and len(cold) == 1, {n: condition(s, "WarmStart") for n, s in statuses.items()}
