@@ -133,7 +133,7 @@ class PoolKeeper:
                 log.info("adopted pool member %s of %s (VMM pid %s)", record.member_id, record.pool, vmm)
                 continue
             log.info("dropping pool member %s of %s: its VM is gone", record.member_id, record.pool)
-            self._destroy(record, "lost")
+            self._destroy(record)
 
     def _adopt_snapshot(self, record: MemberRecord) -> None:
         if record.ready and snapshots.complete(self._runtime(record), record.member_id):
@@ -142,7 +142,7 @@ class PoolKeeper:
             log.info("adopted pool snapshot %s of %s", record.member_id, record.pool)
             return
         log.info("dropping pool snapshot %s of %s: it is incomplete", record.member_id, record.pool)
-        self._destroy(record, "lost")
+        self._destroy(record)
 
     def _runtime(self, record: MemberRecord) -> Runtime:
         return self.runtimes.for_hypervisor(record.hypervisor)
@@ -273,9 +273,9 @@ class PoolKeeper:
                 return
             del self._members[record.member_id]
         log.info("pool %s: deleting idle member %s: %s", record.pool, record.member_id, why)
-        self._destroy(record, "deleted")
+        self._destroy(record)
 
-    def _destroy(self, record: MemberRecord, outcome: str) -> None:
+    def _destroy(self, record: MemberRecord) -> None:
         if record.kind == "snapshot":
             snapshots.remove(self._runtime(record), record.member_id)
         else:

@@ -403,7 +403,6 @@ class SandboxWorker:
             claim = warmstart.decide(self.ctx.pools, sandbox)
             self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
-            record.pool = f"{self.namespace}/{sandbox.spec.pool}" if claim and claim.warm else None
             self._save_record()
             self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
             t0 = time.monotonic()
@@ -455,6 +454,9 @@ class SandboxWorker:
                     record.container_created = False
                     self._save_record()
                     raise
+            if claim is not None and claim.warm:
+                record.pool = f"{self.namespace}/{sandbox.spec.pool}"
+                self._save_record()
             self.container = state
             timings = state.timings
             for stage, value in (
