@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.api.cases import POOL_INVALID, pool, sandbox
 from vmsandbox.api import parse_sandbox
@@ -18,6 +20,8 @@ from vmsandbox.api.pool import (
     render_pool_reports,
     shape_mismatch,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_fill_an_empty_spec() -> None:
@@ -92,3 +96,14 @@ def test_placed_mode_stands_for_a_sandbox_without_one() -> None:
         placed_mode=NetworkMode.OPEN,
     )
     assert why is None
+
+
+def test_the_sample_pool_and_its_claim_parse() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "samples" / "pool.yaml").read_text()))
+    small = parse_pool(docs[0])
+    claim = parse_sandbox(docs[1])
+    assert claim.spec.pool == small.metadata.name
+    why = shape_mismatch(
+        claim.spec, small.spec.template, node_hypervisor="qemu", default_mode=NetworkMode.RESTRICTED
+    )
+    assert why is None, "the sample's claim must be servable by the sample's pool"

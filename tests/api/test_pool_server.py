@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.api.cases import POOL_INVALID, pool, sandbox
+from tests.chart.helm import find_tool, missing
 from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
@@ -188,3 +190,33 @@ def test_sandbox_pool_is_validated_and_immutable(api: client.CustomObjectsApi, k
         )
     assert err.value.status == 422
     assert "pool is immutable" in err.value.body
+
+
+def _kubectl(kube: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    kubectl = find_tool("kubectl")
+    if kubectl is None:
+        missing("kubectl is not installed")
+    return subprocess.run(
+        [str(kubectl), f"--kubeconfig={kube.kubeconfig_path}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_kubectl_scale_and_get_by_short_name(
+    kube: Any, api: client.CustomObjectsApi, kube_namespace: str
+) -> None:
+    _create(api, kube_namespace, pool("kc", replicas=1))
+    scaled = _kubectl(kube, "-n", kube_namespace, "scale", "vmsbp/kc", "--replicas=4")
+    assert scaled.returncode == 0, scaled.stderr
+    stored = api.get_namespaced_custom_object(GROUP, VERSION, kube_namespace, POOL_PLURAL, "kc")
+    assert stored["spec"]["replicas"] == 4
+    refused = _kubectl(kube, "-n", kube_namespace, "scale", "vmsbp/kc", "--replicas=99")
+    assert refused.returncode != 0 and "spec.replicas" in refused.stderr
+    table = _kubectl(kube, "-n", kube_namespace, "get", "vmsbp")
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "MODE", "REPLICAS", "READY", "AGE"]
+    assert row.split()[:3] == ["kc", "booted", "4"]

@@ -9,7 +9,9 @@ what is tested here is everything the operator does with a pool: shares, sums, p
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from tests.operator.harness import (
     FakeAgents,
     OperatorThread,
     create_sandbox,
+    events_for,
     get_sandbox,
     operator_config,
     phase,
@@ -28,13 +31,17 @@ from tests.operator.harness import (
 )
 from vmsandbox.api.constants import NODE_LABEL, POOL_LABEL, POOLS_ANNOTATION
 from vmsandbox.api.pool import PoolReport, render_pool_reports
+from vmsandbox.devcluster import KubeBinariesUnavailable
+from vmsandbox.devcluster.binaries import find_binaries
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.devcluster.pytest_plugin import kube_required
 
 pytestmark = pytest.mark.kube
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
 POOLS = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxpools"
 SMALL = {"vcpus": 1, "memoryMiB": 256}
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -206,6 +213,14 @@ def test_booted_members_hold_capacity_snapshot_members_do_not(
     assert resp.status_code == 200, resp.text
     wait_desired(kube, ns, "booted", {"cap-a": 1})
     assert wait_for("placed", lambda: placed_on(kube, ns, "plain")) == "cap-a"
+    # The node is full again (one sandbox, one member); deleting the pool frees the member's room.
+    create_sandbox(kube, ns, sandbox_obj("second", vcpus=1, memory=256))
+    wait_for(
+        "Unschedulable",
+        lambda: (get_sandbox(kube, ns, "second") or {}).get("status", {}).get("reason") == "Unschedulable",
+    )
+    assert kube.http("DELETE", POOLS.format(ns=ns) + "/booted").status_code == 200
+    assert wait_for("placed", lambda: placed_on(kube, ns, "second")) == "cap-a"
 
 
 def test_scale_down_lowers_desired_and_deleting_a_pool_drops_it(
@@ -257,16 +272,19 @@ def test_a_claim_goes_to_the_node_with_a_ready_member(
     wait_for("placed", lambda: placed_on(kube, ns, "claim-2"))
     text = metrics(operator)
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="warm"} 1.0' in text
+    said = {n: " ".join(e["message"] for e in events_for(kube, ns, n)) for n in ("claim-1", "claim-2")}
+    assert "placed on node warm-b (cloud-hypervisor); a pool member is ready there" in said["claim-1"]
+    assert "no pool member for it (pool warm has no ready member), it starts cold" in said["claim-2"]
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in text
 
 
 @pytest.mark.parametrize(
-    ("name", "spec"),
+    ("name", "spec", "why"),
     [
-        ("missing", {"pool": "no-such-pool"}),
-        ("bigger", {"pool": "shaped", "vcpus": 2}),
-        ("other-net", {"pool": "shaped", "network": {"mode": "open"}}),
-        ("other-hv", {"pool": "shaped", "hypervisor": "qemu"}),
+        ("missing", {"pool": "no-such-pool"}, "pool no-such-pool not found"),
+        ("bigger", {"pool": "shaped", "vcpus": 2}, "spec.resources (2 vCPUs, 256 MiB) differ"),
+        ("other-net", {"pool": "shaped", "network": {"mode": "open"}}, "network mode open differs"),
+        ("other-hv", {"pool": "shaped", "hypervisor": "qemu"}, "hypervisor qemu differs"),
     ],
 )
 def test_a_missing_pool_or_another_shape_still_schedules(
@@ -276,6 +294,7 @@ def test_a_missing_pool_or_another_shape_still_schedules(
     operator: OperatorThread,
     name: str,
     spec: dict[str, Any],
+    why: str,
 ) -> None:
     ns = kube_namespace
     agents.add(f"shape-{name}", hypervisors=("cloud-hypervisor", "qemu"))
@@ -287,3 +306,75 @@ def test_a_missing_pool_or_another_shape_still_schedules(
     create_sandbox(kube, ns, sandbox_obj(name, **body))
     assert wait_for("placed", lambda: placed_on(kube, ns, name)) == f"shape-{name}"
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in metrics(operator)
+    message = " ".join(e["message"] for e in events_for(kube, ns, name))
+    assert "it starts cold" in message and why in message, message
+
+
+def test_a_template_the_cluster_does_not_allow_gets_no_members(
+    kube: LocalCluster, kube_namespace: str, agents: FakeAgents, operator: OperatorThread
+) -> None:
+    """The template is a tenant's too: the operator's admission rules apply to it as to a sandbox."""
+    ns = kube_namespace
+    agents.add("deny-a", hypervisors=("cloud-hypervisor", "process"))
+    create_pool(kube, ns, "nova", replicas=2, template={"resources": SMALL, "hypervisor": "process"})
+    obj = wait_for(
+        "Invalid", lambda: (o := get_pool(kube, ns, "nova")) and "conditions" in o.get("status", {}) and o
+    )
+    cond = ready_condition(obj)
+    assert (cond["status"], cond["reason"]) == ("False", "Invalid")
+    assert cond["message"].startswith("spec.template.hypervisor: 'process' is not allowed on this cluster")
+    assert obj["status"]["replicas"] == 0 and desired(kube, ns, "nova") == {}
+
+
+def test_only_the_leader_writes_pool_status_and_its_successor_carries_on(
+    kube: LocalCluster, kube_namespace: str, agents: FakeAgents
+) -> None:
+    ns = kube_namespace
+    agents.add("lead-a")
+    agents.add("lead-b")
+    first = OperatorThread(operator_config(ns, identity="pools-1"), kube.kubeconfig_path).start()
+    second: OperatorThread | None = None
+    try:
+        wait_for("first leads", first.leading)
+        second = OperatorThread(operator_config(ns, identity="pools-2"), kube.kubeconfig_path).start()
+        create_pool(kube, ns, "relay", replicas=2)
+        wait_desired(kube, ns, "relay", {"lead-a": 1, "lead-b": 1})
+        assert not second.leading()
+        first.stop()
+        wait_for("second leads", second.leading, timeout=30)
+        resp = kube.http(
+            "PATCH", POOLS.format(ns=ns) + "/relay/scale", json={"spec": {"replicas": 4}}, headers=MERGE
+        )
+        assert resp.status_code == 200, resp.text
+        wait_desired(kube, ns, "relay", {"lead-a": 2, "lead-b": 2})
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_cluster_without_the_pool_crd_still_schedules(tmp_path: Path) -> None:
+    """Helm never upgrades CRDs: an operator of this version on a cluster that has only the
+    VMSandbox CRD (from an older release) must lead and schedule, pools or not."""
+    try:
+        bin_dir = find_binaries(build=True)
+    except KubeBinariesUnavailable as exc:
+        if kube_required():
+            raise
+        pytest.skip(f"real Kubernetes API server unavailable: {exc}")
+    crds = tmp_path / "crds"
+    crds.mkdir()
+    shutil.copy(REPO / "crds" / "vmsandboxes.yaml", crds)
+    with LocalCluster(crd_dir=crds, bin_dir=bin_dir) as kube:
+        ns = "old-release"
+        resp = kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": ns}})
+        assert resp.status_code == 201, resp.text
+        agents = FakeAgents(kube, ns)
+        try:
+            agents.add("old-a")
+            with OperatorThread(operator_config(ns), kube.kubeconfig_path) as op:
+                wait_for("leadership", op.leading)
+                create_sandbox(kube, ns, sandbox_obj("plain", pool="small"))
+                assert wait_for("placed", lambda: placed_on(kube, ns, "plain")) == "old-a"
+        finally:
+            agents.close()

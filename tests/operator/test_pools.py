@@ -147,7 +147,7 @@ def _place(sb: Any, pools: dict[str, VMSandboxPool], reports: Any, placed: Any =
         sb,
         nodes,
         usage,
-        current,
+        current.members,
         pools,
         reports,
         placed,

@@ -20,7 +20,6 @@ from vmsandbox.api.pool import VMSandboxPool, shape_mismatch
 from vmsandbox.operator.config import Strategy
 from vmsandbox.operator.nodes import NodeView
 from vmsandbox.operator.pools import (
-    Plan,
     Reports,
     claim_credit,
     claims_in_flight,
@@ -45,6 +44,15 @@ class ClaimDecision:
     start: Start
     why_cold: str | None = None
 
+    @property
+    def note(self) -> str:
+        """What the placement Event adds for a claim: why this node, or why a cold start."""
+        if self.start is Start.WARM:
+            return "; a pool member is ready there"
+        if self.start is Start.COLD:
+            return f"; no pool member for it ({self.why_cold}), it starts cold"
+        return ""
+
 
 def with_members(usage: Mapping[str, Demand], members: Mapping[str, Demand]) -> dict[str, Demand]:
     """Sandboxes' usage plus the capacity booted pool members hold, per node."""
@@ -67,7 +75,7 @@ def place(
     sandbox: VMSandbox,
     nodes: Iterable[NodeView],
     usage: Mapping[str, Demand],
-    plan: Plan,
+    members: Mapping[str, Demand],
     pools: Mapping[str, VMSandboxPool],
     reports: Reports,
     placed: Iterable[tuple[VMSandbox, str | None]],
@@ -77,9 +85,12 @@ def place(
     strategy: Strategy,
     default_mode: NetworkMode,
 ) -> ClaimDecision:
-    """The node for ``sandbox``; a claim prefers nodes with a ready member not yet spoken for."""
+    """The node for ``sandbox``; a claim prefers nodes with a ready member not yet spoken for.
+
+    ``members``: the capacity booted pool members hold per node (:attr:`Plan.members`).
+    """
     views = list(nodes)
-    total = with_members(usage, plan.members)
+    total = with_members(usage, members)
     ref = pool_ref(sandbox)
 
     def cold(start: Start, why: str | None = None) -> ClaimDecision:
@@ -99,7 +110,7 @@ def place(
         return cold(Start.COLD, mismatches[0] if mismatches else empty)
     credited = dict(total)
     for view in candidates:
-        less = claim_credit(pool, plan.members, view.name).get(view.name, NOTHING)
+        less = claim_credit(pool, members, view.name).get(view.name, NOTHING)
         credited[view.name] = usage.get(view.name, NOTHING) + less
     decision = decide(sandbox, candidates, credited, now=now, alive_window=alive_window, strategy=strategy)
     if isinstance(decision, Placement):

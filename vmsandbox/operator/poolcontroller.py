@@ -2,8 +2,9 @@
 
 Level-triggered like the reconciler: any pool, node or sandbox change marks the pools dirty,
 and one loop recomputes every pool's plan from the cache and writes the statuses that differ
-(only while leading). The same plan is what scheduling counts booted members with, so the
-desired counts the agents read and the capacity the scheduler leaves free never disagree.
+(only while leading). Scheduling counts booted members with the plan of the latest pass, the
+shares the agents were last told to keep, so the desired counts the agents read and the
+capacity the scheduler leaves free never disagree (and a decision does not pay for a plan).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from vmsandbox.api import VMSandbox
-from vmsandbox.api.constants import GROUP, POOL_PLURAL, VERSION
+from vmsandbox.api import InvalidSandbox, VMSandbox
+from vmsandbox.api.constants import API_VERSION, GROUP, KIND, POOL_PLURAL, VERSION
 from vmsandbox.api.pool import VMSandboxPool
+from vmsandbox.operator.admission import admit
 from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.claims import ClaimDecision, Start, place
 from vmsandbox.operator.config import OperatorConfig
@@ -39,6 +41,18 @@ def pool_path(namespace: str | None = None, name: str | None = None, sub: str | 
     if name is not None:
         path += f"/{quote(name)}"
     return path + (f"/{sub}" if sub else "")
+
+
+def template_problem(pool: VMSandboxPool, config: OperatorConfig) -> str | None:
+    """The operator's admission rules, applied to the template as to a sandbox's same fields
+    (allowed hypervisors, label and toleration syntax); None when members may run here."""
+    spec = {"image": "pool-member", **pool.spec.template.to_wire()}
+    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": pool.metadata.name}, "spec": spec}
+    try:
+        admit(raw, config)
+    except InvalidSandbox as exc:
+        return "; ".join(f"{path.replace('spec.', 'spec.template.', 1)}: {msg}" for path, msg in exc.problems)
+    return None
 
 
 class PoolMetrics:
@@ -99,6 +113,7 @@ class PoolController:
         self.capacity_changed = capacity_changed
         self._dirty = asyncio.Event()
         self._members: Mapping[str, Demand] = {}
+        self._last: Plan | None = None  # the latest pass's plan, what the agents were told
 
     # ---- inputs
     def changed(self) -> None:
@@ -113,7 +128,17 @@ class PoolController:
         self.changed()
 
     async def resync(self) -> None:
-        listed = await self.client.list_objects(pool_path())
+        """A fresh LIST when this replica starts leading; the plan is redone from it."""
+        self._last = None
+        try:
+            listed = await self.client.list_objects(pool_path())
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+            # The VMSandboxPool CRD is not installed (Helm never upgrades CRDs): sandboxes
+            # are scheduled as before, and pools are picked up once it is applied.
+            log.warning("no VMSandboxPool API (apply crds/vmsandboxpools.yaml): %s", exc)
+            listed = {}
         seen = set()
         for item in listed.get("items") or []:
             pool = self.cache.upsert_pool(item)
@@ -124,10 +149,13 @@ class PoolController:
         self.changed()
 
     # ---- the plan scheduling and status share
+    def valid_pools(self) -> list[VMSandboxPool]:
+        return [p for p in self.cache.pools.values() if template_problem(p, self.config) is None]
+
     def plan(self, now: datetime | None = None) -> Plan:
         usage = usage_by_node(self.cache.placements(), self.ledger)
         return plan(
-            self.cache.pools.values(),
+            self.valid_pools(),
             self.cache.node_views().values(),
             usage,
             now=now or datetime.now(UTC),
@@ -143,6 +171,12 @@ class PoolController:
                 out.append((entry.sandbox, reservation.node if reservation else entry.node))
         return out
 
+    def members(self, now: datetime | None = None) -> Mapping[str, Demand]:
+        """Capacity booted members hold per node, as of the latest pass (or now, before the first)."""
+        if self._last is None:
+            self._last = self.plan(now)
+        return self._last.members
+
     def decide(self, sandbox: VMSandbox, now: datetime) -> ClaimDecision:
         """Scheduling with pools: members counted, claims sent where a member is ready."""
         usage = usage_by_node(self.cache.placements(), self.ledger)
@@ -152,7 +186,7 @@ class PoolController:
             sandbox,
             views,
             usage,
-            plan(self.cache.pools.values(), views, usage, now=now, alive_window=window),
+            self.members(now),
             self.cache.pools,
             reports_of(self.cache.nodes),
             self.placed(),
@@ -181,7 +215,7 @@ class PoolController:
 
     async def sync(self) -> None:
         """One pass: plan, metrics, and a status write for each pool whose status differs."""
-        current = self.plan()
+        current = self._last = self.plan()
         if current.members != self._members:
             self._members = current.members
             self.capacity_changed()  # freed (or taken) room may fit a waiting sandbox now
@@ -190,7 +224,7 @@ class PoolController:
         for ref, pool in list(self.cache.pools.items()):
             desired = current.shares.get(ref, {})
             ready = ready_by_node(pool, reports)
-            status = pool_status(pool, desired, ready)
+            status = pool_status(pool, desired, ready, template_problem(pool, self.config))
             values[(str(pool.metadata.namespace), str(pool.metadata.name))] = (
                 status.replicas or 0,
                 status.ready_replicas or 0,

@@ -7,9 +7,12 @@ node holds is what its agent reports in the Node annotation ``vmsandbox.io/pools
 
 from __future__ import annotations
 
+import functools
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 from vmsandbox.api import VMSandbox, VMSandboxSpec
@@ -51,12 +54,27 @@ def member_demand(template: PoolTemplate) -> Demand:
     return Demand(template.resources.vcpus, template.resources.memory_mib)
 
 
-def _fits(
-    node: NodeView, member: VMSandbox, used: Demand, booted: bool, now: datetime, window: float
-) -> bool:
-    """Whether one more member fits: booted members need free room, snapshot ones a node big enough."""
-    reasons, hypervisor = why_not(node, member, used if booted else NOTHING, now, window)
-    return not reasons and hypervisor is not None
+def _room(
+    node: NodeView,
+    member: VMSandbox,
+    used: Demand,
+    need: Demand | None,
+    *,
+    now: datetime,
+    window: float,
+    most: int,
+) -> int:
+    """How many members ``node`` can take (at most ``most``): none where a member could never run
+    (agent, selector, taints, backend, size); booted ones (``need`` given) only as many as fit
+    beside ``used``."""
+    reasons, hypervisor = why_not(node, member, NOTHING, now, window)
+    if reasons or hypervisor is None or node.capacity is None:
+        return 0
+    if need is None:
+        return most
+    free_cpu = node.capacity.vcpus - used.vcpus
+    free_mem = node.capacity.memory_mib - used.memory_mib
+    return max(0, min(most, free_cpu // need.vcpus, free_mem // need.memory_mib))
 
 
 def shares(
@@ -73,20 +91,22 @@ def shares(
     guest memory, so any eligible node big enough for one member takes any share.
     """
     member = template_sandbox(pool)
-    need = member_demand(pool.spec.template)
-    booted = pool.spec.mode is PoolMode.BOOTED
-    views = sorted(nodes, key=lambda n: n.name)
-    used = {v.name: usage.get(v.name, NOTHING) for v in views}
+    need = member_demand(pool.spec.template) if pool.spec.mode is PoolMode.BOOTED else None
+    wanted = pool.spec.replicas
+    room = {
+        v.name: _room(v, member, usage.get(v.name, NOTHING), need, now=now, window=alive_window, most=wanted)
+        for v in nodes
+    }
+    heap = [(0, name) for name, n in room.items() if n > 0]
+    heapq.heapify(heap)
     out: dict[str, int] = {}
-    open_nodes = [v for v in views if _fits(v, member, used[v.name], booted, now, alive_window)]
-    for _ in range(pool.spec.replicas):
-        open_nodes = [v for v in open_nodes if _fits(v, member, used[v.name], booted, now, alive_window)]
-        if not open_nodes:
+    for _ in range(wanted):
+        if not heap:
             break
-        target = min(open_nodes, key=lambda v: (out.get(v.name, 0), v.name))
-        out[target.name] = out.get(target.name, 0) + 1
-        if booted:
-            used[target.name] = used[target.name] + need
+        count, name = heapq.heappop(heap)
+        out[name] = count + 1
+        if count + 1 < room[name]:
+            heapq.heappush(heap, (count + 1, name))
     return out
 
 
@@ -129,13 +149,19 @@ def plan(
     return Plan(shares=out, members=members)
 
 
-def reports_of(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, PoolReport]]:
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Mapping[str, PoolReport]:
+    """Parsed once per distinct annotation text: a decision reads every node's, and few change."""
+    return MappingProxyType(parse_pool_reports(text))
+
+
+def reports_of(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, PoolReport]]:
     """Each node's pool reports, from its ``vmsandbox.io/pools`` annotation."""
-    out: dict[str, dict[str, PoolReport]] = {}
+    out: dict[str, Mapping[str, PoolReport]] = {}
     for name, raw in nodes.items():
         text = ((raw.get("metadata") or {}).get("annotations") or {}).get(POOLS_ANNOTATION)
         if text:
-            out[name] = parse_pool_reports(text)
+            out[name] = _parsed(text)
     return out
 
 
@@ -189,9 +215,12 @@ def claim_credit(pool: VMSandboxPool, members: Mapping[str, Demand], node: str) 
 
 
 def pool_status(
-    pool: VMSandboxPool, desired: Mapping[str, int], ready: Mapping[str, int]
+    pool: VMSandboxPool, desired: Mapping[str, int], ready: Mapping[str, int], problem: str | None = None
 ) -> VMSandboxPoolStatus:
-    """The status the operator writes: per-node shares and reports, their sums, and Ready."""
+    """The status the operator writes: per-node shares and reports, their sums, and Ready.
+
+    ``problem``: why the template may not run on this cluster (the pool then gets no shares).
+    """
     old = pool.status
     names = sorted(set(desired) | set(ready))
     nodes = [PoolNodeStatus(name=n, desired=desired.get(n, 0), ready=ready.get(n, 0)) for n in names]
@@ -204,7 +233,15 @@ def pool_status(
         nodes=nodes,
         conditions=old.conditions,
     )
-    if placed < wanted:
+    if problem is not None:
+        status.set_condition(
+            PoolConditionType.READY,
+            ConditionStatus.FALSE,
+            StatusReason.INVALID,
+            problem,
+            pool.metadata.generation,
+        )
+    elif placed < wanted:
         status.set_condition(
             PoolConditionType.READY,
             ConditionStatus.FALSE,

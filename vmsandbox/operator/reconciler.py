@@ -409,7 +409,7 @@ class Reconciler:
             entry.raw,
             "Normal",
             lc.REASON_SCHEDULED,
-            f"placed on node {decision.node} ({decision.hypervisor})",
+            f"placed on node {decision.node} ({decision.hypervisor})" + (claim.note if claim else ""),
         )
         fresh = self.cache.sandboxes.get(key)
         if fresh is not None:
@@ -471,7 +471,7 @@ class Reconciler:
             others = (p for p in self.cache.placements() if p[0] != entry.uid)
             used = usage_by_node(others, self.ledger).get(node, NOTHING)
             if self.pools is not None:  # booted pool members hold room too
-                used = used + self.pools.plan(now).members.get(node, NOTHING)
+                used = used + self.pools.members(now).get(node, NOTHING)
             reasons, _ = why_not(view, entry.sandbox, used, now, self.config.agent_alive_seconds)
         if not reasons:
             return None  # a placement a previous operator decided and did not finish recording
