@@ -48,6 +48,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("memory-too-small", with_spec(resources={"memoryMiB": 64}), "spec.resources.memoryMiB"),
     ("memory-too-big", with_spec(resources={"memoryMiB": 262145}), "spec.resources.memoryMiB"),
     ("hypervisor", with_spec(hypervisor="xen"), "spec.hypervisor"),
+    ("paused-not-a-bool", with_spec(paused="yes"), "spec.paused"),
     ("node-selector-value", with_spec(nodeSelector={"zone": 3}), "spec.nodeSelector.zone"),
     (
         "toleration-operator",

@@ -103,3 +103,8 @@ def test_a_broken_snapshot_restores_nothing(workspace: Workspace, driver: CloudH
     with pytest.raises(HypervisorError, match="not a complete snapshot"):
         driver.restore(workspace.spec(), workspace.root / "nowhere")
     workspace.assert_clean()
+    manifest = SnapshotManifest.load(snap)
+    manifest.model_copy(update={"hypervisor": "qemu"}).save(snap)
+    with pytest.raises(HypervisorError, match="is a qemu snapshot, not a cloud-hypervisor one"):
+        driver.restore(workspace.spec(), snap)
+    workspace.assert_clean()

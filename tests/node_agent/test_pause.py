@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
 from vmsandbox.api.constants import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
@@ -81,5 +81,29 @@ def test_pause_and_resume_keep_the_counter(
     # Deleting a paused sandbox tears its VM down like any other.
     set_paused(cluster, name, True)
     cluster.wait_phase(name, "Paused", timeout=30)
+    cluster.delete(name)
+    cluster.wait_gone(name, timeout=60)
+
+
+def test_a_paused_sandbox_past_its_deadline_is_stopped_and_fails(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry
+) -> None:
+    agent = make_agent()
+    name = unique("pzd")
+    spec = {
+        "image": f"{registry.host}/test/busybox:latest",
+        "command": ["sleep", "600"],
+        "hypervisor": "process",
+        "activeDeadlineSeconds": 8,
+        "paused": True,
+        "restartPolicy": "Always",
+    }
+    cluster.create_sandbox(name, spec, node=agent.node)
+    status = cluster.wait_phase(name, "Paused", timeout=60)
+    vmm_pid = status["vm"]["vmmPID"]
+    status = cluster.wait_phase(name, "Failed", timeout=60)
+    assert status["reason"] == "DeadlineExceeded"
+    assert status.get("restartCount", 0) == 0, "a deadline is final, paused or not"
+    wait_for("the paused VM to be stopped", lambda: not pid_alive(vmm_pid), timeout=30)
     cluster.delete(name)
     cluster.wait_gone(name, timeout=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, JsonValue, StringConstraints
+from pydantic import Field, JsonValue, StrictBool, StringConstraints
 
 from vmsandbox.api.base import APIModel
 from vmsandbox.api.constants import RESERVED_ANNOTATION_PREFIXES
@@ -227,7 +227,7 @@ class VMSandboxSpec(APIModel):
         "ready on its node; otherwise the sandbox starts cold, never waits, and its WarmStart condition "
         "says why. Immutable.",
     )
-    paused: bool = Field(
+    paused: StrictBool = Field(
         default=False,
         description="Pause the running sandbox's VM (true) or let it run (false); may be changed at any "
         "time. A paused VM keeps its memory, processes and network state but executes nothing: phase "

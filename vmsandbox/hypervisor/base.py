@@ -243,16 +243,20 @@ class SnapshotManifest(BaseModel):
         return path
 
     @classmethod
-    def load(cls, directory: Path) -> SnapshotManifest:
+    def load(cls, directory: Path, hypervisor: HypervisorName | None = None) -> SnapshotManifest:
+        """The manifest in ``directory``; with ``hypervisor``, refused unless that backend wrote it."""
         path = directory / SNAPSHOT_MANIFEST
         try:
-            return cls.model_validate_json(path.read_text())
+            manifest = cls.model_validate_json(path.read_text())
         except FileNotFoundError as exc:
-            raise HypervisorError(
-                f"{directory} is not a complete snapshot (no {SNAPSHOT_MANIFEST})", step="restore"
-            ) from exc
+            what = f"{directory} is not a complete snapshot (no {SNAPSHOT_MANIFEST})"
+            raise HypervisorError(what, step="restore") from exc
         except ValueError as exc:
             raise HypervisorError(f"{path}: {exc}", step="restore") from exc
+        if hypervisor is not None and manifest.hypervisor != hypervisor:
+            what = f"{directory} is a {manifest.hypervisor} snapshot, not a {hypervisor} one"
+            raise HypervisorError(what, step="restore")
+        return manifest
 
 
 def check_socket_path(path: Path) -> Path:

@@ -28,7 +28,7 @@ from typing import IO
 
 from standin.guest import GUEST_AGENT_PORT
 
-from vmsandbox.hypervisor.base import DiskSpec, VMHandle, VMSpec
+from vmsandbox.hypervisor.base import DiskSpec, VMGone, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver
 
@@ -122,11 +122,13 @@ class AgentGuest:
     def pause(self) -> None:
         """Stop every process of the guest (the agent and its containers), as paused vCPUs would."""
         if self._handle is not None:
-            self._driver.pause(self._handle)
+            with contextlib.suppress(VMGone):  # a guest that died is no longer running anyway
+                self._driver.pause(self._handle)
 
     def resume(self) -> None:
         if self._handle is not None:
-            self._driver.resume(self._handle)
+            with contextlib.suppress(VMGone):
+                self._driver.resume(self._handle)
 
     def stop(self) -> None:
         with self._lock:

@@ -379,10 +379,7 @@ class CloudHypervisorDriver(HypervisorDriver):
 
     def restore(self, spec: VMSpec, directory: Path) -> VMHandle:
         directory = directory.absolute()
-        manifest = SnapshotManifest.load(directory)
-        if manifest.hypervisor != self.name:
-            what = f"{directory} is a {manifest.hypervisor} snapshot, not a {self.name} one"
-            raise CloudHypervisorError(what, step="restore")
+        manifest = SnapshotManifest.load(directory, self.name)
         layout = VmLayout.under(spec.state_dir)
         created_dir = not layout.state_dir.exists()
         layout.state_dir.mkdir(parents=True, exist_ok=True)

@@ -537,10 +537,7 @@ class QemuDriver(HypervisorDriver):
 
     def restore(self, spec: VMSpec, directory: Path) -> VMHandle:
         directory = directory.absolute()
-        manifest = SnapshotManifest.load(directory)
-        if manifest.hypervisor != self.name:
-            what = f"{directory} is a {manifest.hypervisor} snapshot, not a {self.name} one"
-            raise HypervisorError(what, step="restore")
+        manifest = SnapshotManifest.load(directory, self.name)
         paths = VMPaths(state_dir=spec.state_dir)
         for sock in paths.sockets():
             check_socket_path(sock)
