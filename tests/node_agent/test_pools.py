@@ -186,6 +186,10 @@ def test_snapshot_pool_restores_a_copy_per_claim_and_holds_no_vm(
     assert len(snaps) == 1 and (snaps[0] / "snapshot.json").is_file()
     assert not members(agent.runtime_root), "a snapshot pool keeps no VM running"
     assert processes_mentioning(str(snaps[0])) == [], "nothing runs for an idle snapshot pool"
+    agent.kill()
+    agent.start()  # a restarted agent keeps the node's snapshot
+    wait_for("snapshot adopted", lambda: "adopted pool snapshot" in agent.logs(), timeout=30)
+    assert sorted((agent.runtime_root / "snapshots").iterdir()) == snaps
     spec = _claim(registry, pool, hypervisor="cloud-hypervisor")
     names = [unique("restored") for _ in range(3)]
     for name in names:
