@@ -51,9 +51,17 @@ def mark_bundle(bundle: Path, claim: Claim | None) -> None:
 
 
 def record_outcome(
-    status: VMSandboxStatus, claim: Claim | None, timings: Timings, generation: int | None
+    status: VMSandboxStatus,
+    claim: Claim | None,
+    timings: Timings,
+    generation: int | None,
+    before_create_ms: float = 0.0,
 ) -> None:
-    """WarmStart, and bootTimings.claim (and .restore), written with the sandbox's VMReady."""
+    """WarmStart, and bootTimings.claim (and .restore), written with the sandbox's VMReady.
+
+    ``claim`` counts from the agent taking up the sandbox (``before_create_ms`` until the
+    runtime's create began) to the member handed over.
+    """
     if claim is None:
         return
     status.set_condition(
@@ -64,7 +72,8 @@ def record_outcome(
         generation,
     )
     if claim.warm and status.boot_timings is not None:
-        status.boot_timings.claim = timings.claim if claim.member_id else timings.restore
+        handed = timings.claim if claim.member_id else timings.restore
+        status.boot_timings.claim = round(before_create_ms + (handed or 0.0), 3)
         status.boot_timings.restore = timings.restore
 
 

@@ -439,6 +439,7 @@ class SandboxWorker:
                     record.container_created = False
                     self._save_record()
                     return 0.0
+                t_create = time.monotonic()
                 try:
                     with self._step("runtimeCreate"):
                         state, claim = warmstart.create(
@@ -487,7 +488,7 @@ class SandboxWorker:
                     container_create=timings.containerCreate,
                     network=_ms(network_s) if network_status else None,
                 )
-                warmstart.record_outcome(status, claim, timings, generation)
+                warmstart.record_outcome(status, claim, timings, generation, _ms(t_create - t_pickup))
 
             # Written with Running below, not on its own: starting the container is one quick call,
             # and one write fewer keeps the agent at three (finalizer, Creating, Running).

@@ -186,6 +186,7 @@ class Runtime:
         fds: contextlib.ExitStack,
     ) -> ContainerState:
         """The create steps; everything they build is registered on ``undo``."""
+        t_start = time.monotonic()
         checkpoint("reserve")
         bundle_path = resolve_bundle(bundle)
         checkpoint("bundle")
@@ -232,10 +233,9 @@ class Runtime:
 
         member_id = annotations.get(MEMBER_ANNOTATION) if sandbox is None else None
         if member_id is not None:
-            t_claim = time.monotonic()
             handle = self._take(driver, member_id, record, disk, undo)
             personalize(driver, handle, container_id, loaded.spec.hostname)
-            state.timings = Timings(claim=_ms(t_claim))
+            state.timings = Timings(claim=_ms(t_start))
             client = AgentClient(driver, handle)
             checkpoint("claim")
         elif sandbox is None:

@@ -37,7 +37,8 @@ class Timings(BaseModel):
     containerCreate: float = 0.0
     kernelToInit: float | None = None
     initToAgentReady: float | None = None
-    #: A VM taken from a pool: taking it, hot-plugging the disk and giving it its identity.
+    #: A VM taken from a pool: from create's start (config, the container's disk) to the VM
+    #: taken, the disk hot-plugged and the VM's identity given.
     claim: float | None = None
     #: Set when the VM was restored from a snapshot: the restore itself (also in vmBoot).
     restore: float | None = None
