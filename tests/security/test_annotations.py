@@ -202,3 +202,28 @@ def test_without_the_crd_rule_the_operator_refuses_and_the_agent_strips(
     assert None not in vmm_pids.values() and vmm_pids[victim_id] != vmm_pids[attacker_id]  # two VMs
     assert states[attacker_id].annotations[JOIN_KEYS[0]] == "sandbox"
     assert JOIN_KEYS[1] not in states[attacker_id].annotations
+
+
+def test_a_tenant_cannot_name_a_pool_member_or_a_snapshot(tmp_path: Path) -> None:
+    """The annotations that hand a sandbox a pool member's VM or a snapshot come from the agent's
+    claim alone: a tenant's copies are dropped, and a cold start's bundle names neither."""
+    from vmsandbox.api.reasons import StatusReason
+    from vmsandbox.node_agent.poolkeeper import Claim
+    from vmsandbox.node_agent.warmstart import mark_bundle
+    from vmsandbox.runtime.members import MEMBER_ANNOTATION
+    from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM
+
+    obj = sandbox_obj(
+        annotations={MEMBER_ANNOTATION: "vmsbp-0123456789abcdef", ANNOTATION_RESTORE_FROM: "/etc"}
+    )
+    config = build_config(parse_sandbox(obj), ImageConfig(cmd=["true"]), tmp_path)
+    assert MEMBER_ANNOTATION not in config["annotations"]
+    assert ANNOTATION_RESTORE_FROM not in config["annotations"]
+    config["annotations"][MEMBER_ANNOTATION] = "vmsbp-0123456789abcdef"  # as if it had slipped through
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    mark_bundle(tmp_path, Claim(None, StatusReason.POOL_EMPTY, "cold"))
+    written = json.loads((tmp_path / "config.json").read_text())["annotations"]
+    assert MEMBER_ANNOTATION not in written and ANNOTATION_RESTORE_FROM not in written
+    mark_bundle(tmp_path, Claim("vmsbp-fedcba9876543210", StatusReason.CLAIMED_FROM_POOL, "warm"))
+    written = json.loads((tmp_path / "config.json").read_text())["annotations"]
+    assert written[MEMBER_ANNOTATION] == "vmsbp-fedcba9876543210"

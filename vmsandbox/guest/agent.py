@@ -148,6 +148,15 @@ class Agent:
                 self.table.sandbox_files = write_sandbox_files(
                     self.table.state_dir / "sandbox-etc", req.hostname, req.dns, req.ip
                 )
+            # Only the agent a VM's init started (it passes --init-uptime) owns its kernel; an
+            # agent on a host (the process backend, the stand-in) never touches the host's.
+            if self.init_uptime is not None and (req.entropy is not None or req.clock is not None):
+                from vmsandbox.guest.identity import add_entropy, set_clock
+
+                if req.entropy is not None:
+                    add_entropy(req.entropy)
+                if req.clock is not None:
+                    set_clock(req.clock)
             return Ok()
         if isinstance(req, CreateContainer):
             return self.table.create(req).info()

@@ -99,6 +99,9 @@ class Ping(Message):
 
 
 class CreateSandbox(Message):
+    """Make the VM this sandbox's: its hostname and, for a VM booted ahead (a pool member), a
+    fresh identity, so no two claimed VMs share random state or a stale clock."""
+
     op: Literal["create_sandbox"]
     sandbox_id: str
     hostname: str | None
@@ -107,12 +110,18 @@ class CreateSandbox(Message):
     dns: list[str] | None
     #: The sandbox's address, named with the hostname in the containers' /etc/hosts.
     ip: str | None
+    #: Base64 random bytes from the host, mixed into the guest's pool and credited (VMs only).
+    entropy: str | None
+    #: The host's wall clock (seconds since the epoch) to set in the guest (VMs only).
+    clock: float | None
     TAG = ("op", "create_sandbox")
     FIELDS = {
         "sandbox_id": required(STR),
         "hostname": _OPT_STR,
         "dns": optional(list_of(STR)),
         "ip": _OPT_STR,
+        "entropy": _OPT_STR,
+        "clock": _OPT_NUMBER,
     }
 
 

@@ -24,10 +24,13 @@ from vmsandbox.node_agent.heartbeat import Heartbeat
 from vmsandbox.node_agent.httpserver import AgentHTTPServer, LogSource
 from vmsandbox.node_agent.images import ImageStore
 from vmsandbox.node_agent.kube import Kube, make_api_client
+from vmsandbox.node_agent.members import MemberStore
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network import NetworkError
 from vmsandbox.node_agent.network.metrics import NetworkCollector
 from vmsandbox.node_agent.network.startup import start_network
+from vmsandbox.node_agent.poolkeeper import PoolKeeper
+from vmsandbox.node_agent.poolmetrics import PoolMetrics
 from vmsandbox.node_agent.records import RecordStore
 from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
@@ -128,6 +131,19 @@ class Agent:
             hypervisor_refusals=self.refusals,
             admission=LocalAdmission(self.capacity, config.node_name),
         )
+        self.pools = PoolKeeper(
+            kube=self.kube,
+            runtimes=self.runtimes,
+            admission=ctx.admission,
+            store=MemberStore(config.state_dir / "pool-members"),
+            metrics=PoolMetrics(self.metrics.registry, self._claimed),
+            node=config.node_name,
+            default_hypervisor=config.default_hypervisor,
+            usable_hypervisors=self.capacity.hypervisors,
+            has_network=network is not None,
+            sync_seconds=config.pool_sync_seconds,
+        )
+        ctx.pools = self.pools
         self.supervisor = Supervisor(ctx)
         self.metrics.track_phases(self.supervisor.phase_counts)
         self.watch = SandboxWatch(
@@ -171,6 +187,16 @@ class Agent:
         if not self.heartbeat.fresh():
             return False, "lease not renewed"
         return True, "ok"
+
+    def _claimed(self) -> dict[str, int]:
+        """Sandboxes of this node running in a VM claimed from each pool."""
+        supervisor = self.supervisor
+        uids = supervisor.uids() if supervisor is not None else set()
+        counts: dict[str, int] = {}
+        for record in self.records.load_all():
+            if record.pool and record.uid in uids and record.container_created:
+                counts[record.pool] = counts.get(record.pool, 0) + 1
+        return counts
 
     def _sandbox_name(self, uid: str) -> tuple[str, str] | None:
         record = self.records.load(uid)
@@ -241,6 +267,7 @@ class Agent:
         signal.signal(signal.SIGINT, stop)
         self.runtimes.sweep()  # before any worker: what a killed predecessor left mid-create
         threading.Thread(target=self._sweep_periodically, name="sweep", daemon=True).start()
+        self.pools.start()  # after the sweep: members a killed predecessor was booting are gone
         self.http.start()
         self.heartbeat.start()
         self.watch.start()
@@ -253,6 +280,7 @@ class Agent:
         )
         self._stop.wait()
         self.watch.stop()
+        self.pools.stop()
         self.heartbeat.stop()
         self.events.flush()
         self.http.stop()

@@ -73,6 +73,8 @@ class AgentConfig(APIModel):
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=5)
     max_concurrent_starts: int = Field(default=8, ge=1)
     watch_timeout_seconds: int = Field(default=300, ge=1)
+    #: How often the pools are listed to keep this node's members (claims also wake it).
+    pool_sync_seconds: float = Field(default=2.0, gt=0, le=60)
     sandbox_cidr: ipaddress.IPv4Network | None = Field(
         default=None,
         alias="sandboxCIDR",

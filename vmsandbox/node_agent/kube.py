@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from vmsandbox.api.constants import GROUP, PLURAL, VERSION
+from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 JsonPatch = list[dict[str, Any]]
 
@@ -142,6 +142,27 @@ class Kube:
             _request_timeout=self.timeout,
         )
         return _dict(obj)
+
+    # ---- pools --------------------------------------------------------------------------
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        """Every VMSandboxPool in every namespace (each node keeps its share of each)."""
+        result = _dict(
+            self.custom.list_cluster_custom_object(GROUP, VERSION, POOL_PLURAL, _request_timeout=self.timeout)
+        )
+        return list(result.get("items", []))
+
+    def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _dict(
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, POOL_PLURAL, name, _request_timeout=self.timeout
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     # ---- events, leases, nodes -----------------------------------------------------------
 

@@ -39,6 +39,8 @@ class SandboxRecord(BaseModel):
     container_started: bool | None = None
     #: The sandbox is no longer the agent's business (finalizer taken away, torn down).
     abandoned: bool = False
+    #: ``<namespace>/<pool>`` when the sandbox's VM was claimed from a pool.
+    pool: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     @property

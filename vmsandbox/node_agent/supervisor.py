@@ -105,6 +105,10 @@ class Supervisor:
                 (w for w in self._workers.values() if (w.namespace, w.name) == (namespace, name)), None
             )
 
+    def uids(self) -> set[str]:
+        with self._lock:
+            return set(self._workers)
+
     def worker_count(self) -> int:
         with self._lock:
             return len(self._workers)
@@ -135,6 +139,8 @@ class Supervisor:
             if record.uid not in owned and not record.abandoned:
                 found[record.container_id] = f"sandbox {record.ref} (uid {record.uid}) no longer exists here"
         owned_ids = {container_id_for(uid) for uid in owned}
+        if self.ctx.pools is not None:
+            owned_ids |= self.ctx.pools.member_ids()
         for cid in self.ctx.runtimes.ids():
             if cid not in owned_ids and cid not in found:
                 found[cid] = "no sandbox record names this container"

@@ -40,7 +40,7 @@ from vmsandbox.api.status import (
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
-from vmsandbox.node_agent import pausing
+from vmsandbox.node_agent import pausing, warmstart
 from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
@@ -52,6 +52,7 @@ from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network import NodeNetwork
 from vmsandbox.node_agent.network.attach import attach_sandbox
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
+from vmsandbox.node_agent.poolkeeper import PoolKeeper
 from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
 from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
@@ -94,6 +95,8 @@ class AgentContext:
     hypervisor_refusals: dict[str, str]
     #: The node's sandbox network; None when the agent has no ``sandboxCIDR``.
     network: NodeNetwork | None = None
+    #: This node's pool members (vmsandbox.node_agent.poolkeeper).
+    pools: PoolKeeper | None = None
 
 
 def _ms(seconds: float) -> float:
@@ -397,6 +400,7 @@ class SandboxWorker:
             if hypervisor == "process":
                 self._check_process_backend()
             resources = sandbox.spec.resources
+            claim = warmstart.decide(self.ctx.pools, sandbox)
             self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
             self._save_record()
@@ -413,6 +417,8 @@ class SandboxWorker:
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
                 bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
+            if claim is not None and claim.warm:
+                warmstart.mark_bundle(bundle, claim)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -428,9 +434,13 @@ class SandboxWorker:
                     record.container_created = False
                     self._save_record()
                     return 0.0
+                t_create = time.monotonic()
                 try:
                     with self._step("runtimeCreate"):
-                        state = runtime.create(
+                        state, claim = warmstart.create(
+                            runtime,
+                            self.ctx.pools,
+                            claim,
                             self.cid,
                             bundle,
                             log_path=self.ctx.records.log_path(self.uid),
@@ -441,6 +451,9 @@ class SandboxWorker:
                     record.container_created = False
                     self._save_record()
                     raise
+            if claim is not None and claim.warm:
+                record.pool = f"{self.namespace}/{sandbox.spec.pool}"
+                self._save_record()
             self.container = state
             timings = state.timings
             for stage, value in (
@@ -471,6 +484,7 @@ class SandboxWorker:
                     container_create=timings.containerCreate,
                     network=_ms(network_s) if network_status else None,
                 )
+                warmstart.record_outcome(status, claim, timings, generation, _ms(t_create - t_pickup))
 
             # Written with Running below, not on its own: starting the container is one quick call,
             # and one write fewer keeps the agent at three (finalizer, Creating, Running).

@@ -28,7 +28,6 @@ from vmsandbox.guest.protocol import (
     BlockDevice,
     ContainerInfo,
     CreateContainer,
-    CreateSandbox,
     DestroyContainer,
     Exited,
     GetState,
@@ -57,6 +56,7 @@ from vmsandbox.runtime.errors import AgentError, InvalidConfig, NotFound, Runtim
 from vmsandbox.runtime.faults import checkpoint
 from vmsandbox.runtime.ids import validate_id
 from vmsandbox.runtime.logfiles import LogLimits
+from vmsandbox.runtime.members import MEMBER_ANNOTATION, member_record, personalize, take_member
 from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import RelayConfig, spawn_relay
@@ -193,6 +193,7 @@ class Runtime:
         fds: contextlib.ExitStack,
     ) -> ContainerState:
         """The create steps; everything they build is registered on ``undo``."""
+        t_start = time.monotonic()
         checkpoint("reserve")
         bundle_path = resolve_bundle(bundle)
         checkpoint("bundle")
@@ -238,7 +239,14 @@ class Runtime:
             self.store.save(record)
         checkpoint("disk")
 
-        if sandbox is None:
+        member_id = annotations.get(MEMBER_ANNOTATION) if sandbox is None else None
+        if member_id is not None:
+            handle = self._take(driver, member_id, record, disk, undo)
+            personalize(driver, handle, container_id, loaded.spec.hostname, options.network)
+            state.timings = Timings(claim=_ms(t_start))
+            client = AgentClient(driver, handle)
+            checkpoint("claim")
+        elif sandbox is None:
             assert size is not None
             if restore_source is None:
                 handle = self._boot(driver, container_id, size, disk, undo, options.network)
@@ -256,16 +264,14 @@ class Runtime:
             )
             checkpoint("boot")
             client = AgentClient(driver, handle)
-            net = options.network
-            client.call(
-                CreateSandbox(
-                    sandbox_id=container_id,
-                    hostname=loaded.spec.hostname,
-                    # A sandbox the node gave no address has no resolver to reach either.
-                    dns=None if net is None else (list(net.dns) if net.ip else []),
-                    ip=net.ip if net is not None else None,
-                ),
-                Ok,
+            # every copy of a snapshot starts with the same random state and a stale clock
+            personalize(
+                driver,
+                handle,
+                container_id,
+                loaded.spec.hostname,
+                options.network,
+                reseed=restore_source is not None,
             )
             checkpoint("create-sandbox")
         else:
@@ -327,6 +333,58 @@ class Runtime:
                 undo.callback(pid_path.unlink, missing_ok=True)
         checkpoint("pid-file")
         return state
+
+    def _take(
+        self,
+        driver: HypervisorDriver,
+        member_id: str,
+        record: Record,
+        disk: DiskSpec | None,
+        undo: contextlib.ExitStack,
+    ) -> VMHandle:
+        """Take pool member ``member_id``'s VM for ``record``: from here on the VM is the new
+        container's (recorded before the member's record goes), and a failed create stops it."""
+        member = take_member(self.store, driver, member_id)
+        handle = member.state.vm
+        assert handle is not None
+        record.state.vm = handle
+        self.store.save(record)
+        self.store.remove(member_id)
+        undo.callback(_remove_empty, handle.state_dir.parent)
+        undo.callback(driver.stop, handle)
+        if disk is not None:
+            driver.attach_disk(handle, disk)
+        return handle
+
+    def boot_member(self, member_id: str, vcpus: int, memory_mib: int) -> ContainerState:
+        """Boot a pool member: a VM of this size with its guest agent ready and no container.
+
+        All or nothing, as create is; the member is idle (status ``created``) once this returns.
+        """
+        self.store.reserve(member_id)
+        undo = contextlib.ExitStack()
+        undo.callback(self.store.remove, member_id)
+        try:
+            driver = self.driver()
+            record = member_record(member_id, self.hypervisor)
+            record.state.annotations = {"vcpus": str(vcpus), "memoryMiB": str(memory_mib)}
+            self.store.save(record)
+            handle = self._boot(driver, member_id, VMSize(vcpus=vcpus, memory_mib=memory_mib), None, undo)
+            record.state.vm = handle
+            record.state.status = "created"
+            record.state.timings = Timings(
+                vmmStart=handle.timings.vmm_start,
+                vmBoot=handle.timings.vm_boot,
+                agentReady=handle.timings.agent_ready,
+                kernelToInit=handle.timings.kernel_to_init,
+                initToAgentReady=handle.timings.init_to_agent_ready,
+            )
+            self.store.save(record)
+        except BaseException:
+            undo.close()
+            raise
+        undo.pop_all()
+        return record.state
 
     def _sandbox_for(self, sandbox_id: str) -> Record:
         try:
@@ -455,6 +513,11 @@ class Runtime:
     def _refresh(self, record: Record) -> ContainerState:
         state = record.state.model_copy(deep=True)
         if state.status == "creating":
+            return state
+        if record.kind == "member":  # no container: alive means idle
+            vm = state.vm
+            alive = vm is not None and self.driver(state.hypervisor).alive(vm)
+            state.status = "created" if alive else "stopped"
             return state
         if self._pod_paused(record):
             state.status = "paused"  # the guest agent cannot answer while its VM is paused
@@ -652,6 +715,7 @@ class Runtime:
                 self._teardown(record)
                 done.append(f"{container_id}: rolled back a create whose creator died")
         owned = {str(self.store.vm_dir(vm_id_for(cid))) for cid in self.store.ids()}
+        owned |= {str(r.state.vm.state_dir) for r in self._records() if r.state.vm is not None}
         for vm_dir in self.store.vm_dirs():
             if str(vm_dir) not in owned:
                 self._stop_vm_dir(vm_dir, hypervisor=None)
@@ -683,7 +747,7 @@ class Runtime:
     def _teardown(self, record: Record, *, detach: bool = True) -> None:
         vm = self._recorded_vm(record)
         driver = self.driver(record.state.hypervisor)
-        if vm is not None and driver.alive(vm):
+        if vm is not None and record.kind != "member" and driver.alive(vm):
             self._destroy_quietly(AgentClient(driver, vm), record.state.id)
             if detach and not record.owns_vm:
                 try:  # free the hot-plug slot for the sandbox's next container (idempotent)

@@ -19,6 +19,7 @@ from vmsandbox.hypervisor.base import HypervisorName, VMHandle
 from vmsandbox.hypervisor.procs import identity, identity_running
 from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
 from vmsandbox.runtime.ids import validate_id
+from vmsandbox.runtime.snapshots import SNAPSHOTS_DIR
 
 OCI_VERSION = "1.0.2"
 Status = Literal["creating", "created", "running", "paused", "stopped"]
@@ -38,6 +39,9 @@ class Timings(BaseModel):
     containerCreate: float = 0.0
     kernelToInit: float | None = None
     initToAgentReady: float | None = None
+    #: A VM taken from a pool: from create's start (config, the container's disk) to the VM
+    #: taken, the disk hot-plugged and the VM's identity given.
+    claim: float | None = None
     #: Set when the VM was restored from a snapshot: the restore itself (also in vmBoot).
     restore: float | None = None
 
@@ -67,7 +71,8 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state: ContainerState
-    kind: Literal["sandbox", "container"]
+    #: ``member``: a VM booted ahead for a pool, with no container (vmsandbox.runtime.members).
+    kind: Literal["sandbox", "container", "member"]
     sandbox_id: str
     #: True for the pod sandbox: deleting it stops the VM.
     owns_vm: bool = False
@@ -131,7 +136,11 @@ class StateStore:
     def ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if not p.name.startswith(".") and p.is_dir())
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if not p.name.startswith(".") and p.name != SNAPSHOTS_DIR and p.is_dir()
+        )
 
     def remove(self, container_id: str) -> None:
         shutil.rmtree(self.dir(container_id), ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Warm claims of real QEMU guests (TCG here): each claimed VM runs its container with its own
+hostname, boot id and random state, and its clock set from the host's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.node_agent.pools import condition, create_pool, delete_pool, members, share, wait_ready
+from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.qemu.conftest import guest_image, qemu_binary
+
+__all__ = ["guest_image", "qemu_binary"]
+pytestmark = [pytest.mark.kube, pytest.mark.vm]
+
+MakeAgent = Callable[..., AgentProcess]
+TEMPLATE = {"resources": {"vcpus": 1, "memoryMiB": 256}, "hypervisor": "qemu"}
+#: hostname, boot id, 64 random bytes and the guest's clock, one per line.
+PROBE = (
+    "hostname; cat /proc/sys/kernel/random/boot_id; "
+    "head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s; sleep 600"
+)
+
+
+def _qemu_agent(make_agent: MakeAgent, image: Path) -> AgentProcess:
+    return make_agent(
+        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="qemu,process",
+        VMSANDBOX_AGENT_DEFAULT_HYPERVISOR="qemu",
+        VMSANDBOX_AGENT_ALLOW_TCG="true",
+        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(image),
+        VMSANDBOX_AGENT_POOL_SYNC_SECONDS="30",
+    )
+
+
+def _output(agent: AgentProcess, uid: str) -> list[str]:
+    path = agent.state_dir / "sandboxes" / uid / "container.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_claimed_qemu_vms_run_with_their_own_identity(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, guest_image: Path
+) -> None:
+    agent = _qemu_agent(make_agent, guest_image)
+    pool = unique("qpool")
+    create_pool(cluster, pool, TEMPLATE, 2)
+    share(cluster, pool, agent.node, 2)
+    wait_ready(cluster, agent, pool, 2, timeout=300)
+    idle = members(agent.runtime_root)
+    spec = {
+        "image": f"{registry.host}/test/busybox:latest",
+        "command": ["sh", "-c", PROBE],
+        "hypervisor": "qemu",
+        "resources": {"vcpus": 1, "memoryMiB": 256},
+        "pool": pool,
+    }
+    names = [unique("qwarm"), unique("qwarm")]
+    uids = [cluster.create_sandbox(name, spec, node=agent.node)["metadata"]["uid"] for name in names]
+    statuses = [cluster.wait_phase(name, "Running", "Failed", timeout=180) for name in names]
+    for status in statuses:
+        assert status["phase"] == "Running", status
+        warm = condition(status, "WarmStart")
+        assert (warm["status"], warm["reason"]) == ("True", "ClaimedFromPool"), status
+        assert status["vm"]["vmmPID"] in idle.values()
+    outputs = [
+        wait_for(f"{name}'s probe output", lambda u=uid: (o := _output(agent, u)) and len(o) >= 4 and o, 120)  # type: ignore[misc]
+        for name, uid in zip(names, uids, strict=True)
+    ]
+    for name, out in zip(names, outputs, strict=True):
+        assert out[0] == name, f"hostname {out[0]!r}, not the sandbox's name"
+        assert abs(int(out[3]) - time.time()) < 120, "the guest clock was set from the host's"
+    assert outputs[0][1] != outputs[1][1], "siblings share a boot id"
+    assert len(outputs[0][2]) == 128 and outputs[0][2] != outputs[1][2], "siblings share random state"
+    vmms = [s["vm"]["vmmPID"] for s in statuses]
+    for name in names:
+        cluster.delete(name)
+    for name in names:
+        cluster.wait_gone(name, timeout=60)
+    for pid in vmms:
+        wait_for(f"VMM {pid} to stop", lambda p=pid: not pid_alive(p), timeout=30)  # type: ignore[misc]
+    delete_pool(cluster, pool)
+    wait_for("members deleted with their pool", lambda: not members(agent.runtime_root), timeout=60)

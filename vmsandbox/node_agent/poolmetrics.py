@@ -1,0 +1,67 @@
+"""Prometheus metrics of the pools on this node: members ready and booting, claims, replenish times."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+Counts = Callable[[], dict[str, tuple[int, int]]]
+
+
+class _MemberCollector(Collector):
+    def __init__(self, counts: Counts, claimed: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+        self._claimed = claimed
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        members = GaugeMetricFamily(
+            "vmsandbox_agent_pool_members",
+            "Pool members on this node: ready (idle, claimable) or booting.",
+            labels=["namespace", "pool", "state"],
+        )
+        for key, (ready, booting) in sorted(self._counts().items()):
+            namespace, pool = key.split("/", 1)
+            members.add_metric([namespace, pool, "ready"], ready)
+            members.add_metric([namespace, pool, "booting"], booting)
+        yield members
+        claimed = GaugeMetricFamily(
+            "vmsandbox_agent_pool_claimed",
+            "Sandboxes on this node running in a VM claimed from a pool.",
+            labels=["namespace", "pool"],
+        )
+        for key, count in sorted(self._claimed().items()):
+            namespace, pool = key.split("/", 1)
+            claimed.add_metric([namespace, pool], count)
+        yield claimed
+
+
+class PoolMetrics:
+    def __init__(self, registry: CollectorRegistry, claimed: Callable[[], dict[str, int]]) -> None:
+        self.registry = registry
+        self._claimed = claimed
+        self.claims = Counter(
+            "vmsandbox_agent_pool_claims",
+            "Sandboxes naming a pool, by outcome: warm (a member taken) or cold, with the reason.",
+            ["namespace", "pool", "outcome", "reason"],
+            registry=registry,
+        )
+        self.replenish = Histogram(
+            "vmsandbox_agent_pool_replenish_seconds",
+            "Seconds from starting a member's boot to its guest agent being ready.",
+            ["namespace", "pool"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.boot_failures = Counter(
+            "vmsandbox_agent_pool_member_boot_failures",
+            "Pool members whose boot failed.",
+            ["namespace", "pool"],
+            registry=registry,
+        )
+
+    def track(self, counts: Counts) -> None:
+        self.registry.register(_MemberCollector(counts, self._claimed))
