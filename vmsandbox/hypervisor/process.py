@@ -19,6 +19,10 @@ boot is the interpreter importing the agent, so ``boot`` can instead adopt an id
 earlier, by renaming its directory into place (the agent addresses everything relative to its
 working directory, so it does not notice), and start a replacement in the background. Idle
 agents outlive the calls that started them; :meth:`ProcessDriver.drain_pool` stops them.
+
+Like a VMM, the agent is started in a session of its own and in the sandbox's cgroup
+(``VMSpec.cgroup``), never as the caller's child (:mod:`vmsandbox.hypervisor.detached`); a
+pooled agent, started before its sandbox was known, is moved into that cgroup when taken.
 """
 
 from __future__ import annotations
@@ -28,15 +32,14 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import ClassVar
 
 from vmsandbox.hypervisor.base import (
+    CGROUP_ENDPOINT,
     BootTimings,
     DiskSpec,
     HypervisorDriver,
@@ -47,7 +50,9 @@ from vmsandbox.hypervisor.base import (
     check_socket_path,
     connect_unix,
 )
+from vmsandbox.hypervisor.cgroups import VMCgroup, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.detached import kill_session, spawn_detached
 
 ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no VM): not for untrusted code"
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
@@ -59,8 +64,6 @@ CGROUP_ROOT = "/vmsandbox"
 PID_FILE = "vmm.pid"
 POOL_DIR = ".pool"
 POOL_ENV = "VMSANDBOX_PROCESS_POOL"
-#: Agents this process started, kept so that their Popen objects are not collected while running.
-_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _agent_pythonpath() -> str:
@@ -121,8 +124,10 @@ class ProcessDriver(HypervisorDriver):
             self._refill(pool_dir(spec.state_dir.parent))
         return handle
 
-    def _spawn(self, state_dir: Path, netns: Path | None = None) -> tuple[subprocess.Popen[bytes], float]:
-        """Start an agent whose "VM" directory is ``state_dir``; returns it and the spawn time.
+    def _spawn(
+        self, state_dir: Path, netns: Path | None = None, cgroup: str | None = None
+    ) -> tuple[int, float]:
+        """Start an agent whose "VM" directory is ``state_dir``; returns its pid and the spawn time.
 
         With ``netns`` the agent (and so every container in it) lives in that network namespace.
         """
@@ -152,21 +157,16 @@ class ProcessDriver(HypervisorDriver):
         ]
         t0 = time.monotonic()
         with (state_dir / "agent.log").open("ab") as log:
-            try:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
-                )
-            except OSError as exc:
-                raise HypervisorError(f"cannot start the guest agent: {exc}", step="vmm start") from exc
-        _SPAWNED[proc.pid] = proc
+            proc = spawn_detached(cmd, log=log, cgroup_procs=procs_files(cgroup), env=env)
         (state_dir / PID_FILE).write_text(str(proc.pid))
-        return proc, (time.monotonic() - t0) * 1000
+        return proc.pid, (time.monotonic() - t0) * 1000
 
     def _handle(self, spec: VMSpec, pid: int) -> VMHandle:
         disks = spec.state_dir / DISKS_FILE
         tmp = disks.with_suffix(".tmp")
         tmp.write_text(json.dumps({d.serial: str(d.path) for d in spec.disks}))
         tmp.replace(disks)
+        cgroup = {CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}
         return VMHandle(
             vm_id=spec.vm_id,
             hypervisor=self.name,
@@ -176,14 +176,15 @@ class ProcessDriver(HypervisorDriver):
                 "agent": str(spec.state_dir / "agent.sock"),
                 "disks": str(disks),
                 "cgroup_parent": (spec.state_dir / CGROUP_FILE).read_text(),
+                **cgroup,
             },
         )
 
     def _cold_boot(self, spec: VMSpec) -> VMHandle:
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         (spec.state_dir / DISKS_FILE).write_text("{}")
-        proc, spawn_ms = self._spawn(spec.state_dir, spec.network.netns if spec.network else None)
-        handle = self._handle(spec, proc.pid)
+        pid, spawn_ms = self._spawn(spec.state_dir, spec.network.netns if spec.network else None, spec.cgroup)
+        handle = self._handle(spec, pid)
         handle.save()  # before the wait: a killed creator's agent can then be found and stopped
         t1 = time.monotonic()
         try:
@@ -212,6 +213,8 @@ class ProcessDriver(HypervisorDriver):
             handle = self._handle(spec, int((spec.state_dir / PID_FILE).read_text()))
             t0 = time.monotonic()
             try:
+                if spec.cgroup:
+                    _move_tree(handle.vmm_pid, VMCgroup(spec.cgroup))
                 self._wait_ready(handle, spec.agent_timeout)
             except HypervisorError:
                 self.stop(handle)
@@ -362,14 +365,23 @@ def pool_dir(vms_dir: Path) -> Path:
 
 
 def _kill_group(pid: int) -> None:
-    """SIGKILL unshare's process group (the agent, and with it its PID namespace) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    """SIGKILL unshare's session (its waiter, the agent, and with it its PID namespace)."""
+    kill_session(pid, None)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.005)
     _reap(pid)
-    _SPAWNED.pop(pid, None)
     if _alive(pid):
         raise HypervisorError(f"guest agent process {pid} survived SIGKILL", step="stop")
+
+
+def _move_tree(pid: int, cgroup: VMCgroup) -> None:
+    """Move a pooled agent and every process under it into the sandbox's cgroup."""
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        cgroup.join(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending.extend(int(child) for child in task.read_text().split())
