@@ -6,9 +6,11 @@ cgroup. A VMM that lives in a cgroup of its own (``<parent>/<container id>``, by
 (the VM's plus an overhead for the VMM itself) and CPU time (the VM's vCPUs).
 
 On cgroup v2 that is one directory; on v1 (and hybrid hosts) the same path in every mounted
-hierarchy, so that no hierarchy keeps the VMM in the agent's group. Only full mounts of a
-hierarchy (root ``/``) are used: a mount that shows a container's own subtree cannot hold a
-cgroup outside that container.
+hierarchy, so that no hierarchy keeps the VMM in the agent's group. Only mounts of a whole
+hierarchy are used (root ``/``, or ``/..``-only in a cgroup namespace below the host's): a
+mount that shows a container's own subtree cannot hold a cgroup outside that container. In a
+cgroup namespace of its own (a container on a v2 node), a process may move others only within
+that namespace, so the movers enter the host's (:func:`host_namespace`), which needs hostPID.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from vmsandbox.hypervisor.base import HypervisorError
 
 CFS_PERIOD_US = 100_000
+CLONE_NEWCGROUP = 0x02000000
 #: cgroup v2 controllers the VM cgroup needs enabled in every ancestor's subtree_control.
 V2_CONTROLLERS = ("memory", "cpu")
 
@@ -56,7 +59,8 @@ def hierarchies(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Hierarch
             fields = line.split()
             sep = fields.index("-")
             fstype, options = fields[sep + 1], fields[sep + 3].split(",")
-            if fstype not in ("cgroup", "cgroup2") or fields[3] != "/" or fields[2] in found:
+            whole = all(part in ("", "..") for part in fields[3].split("/"))
+            if fstype not in ("cgroup", "cgroup2") or not whole or fields[2] in found:
                 continue
             mount = Path(fields[4])
             if fstype == "cgroup2":
@@ -67,6 +71,33 @@ def hierarchies(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Hierarch
                 names = {o for o in options if (o not in known and "=" not in o) or o.startswith("name=")}
                 found[fields[2]] = Hierarchy(mount, 1, frozenset(names))
     return list(found.values())
+
+
+def host_namespace() -> Path | None:
+    """The host's cgroup namespace (pid 1's) when this process is in another one, else None."""
+    try:
+        if os.readlink("/proc/self/ns/cgroup") != os.readlink("/proc/1/ns/cgroup"):
+            return Path("/proc/1/ns/cgroup")
+    except OSError:
+        pass
+    return None
+
+
+def enter_host_namespace() -> None:
+    """setns(2) into the host's cgroup namespace, in a single-threaded (forked) child."""
+    target = host_namespace()
+    if target is None:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWCGROUP) != 0:
+            errno = ctypes.get_errno()
+            raise CgroupError(f"cannot enter the host's cgroup namespace: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> str:

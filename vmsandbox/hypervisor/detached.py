@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from vmsandbox.hypervisor.base import HypervisorError
+from vmsandbox.hypervisor.cgroups import host_namespace
 from vmsandbox.hypervisor.procs import running, start_time
 
 #: The waiter: $1 is the status file, the rest the program. It prints the program's pid, lets go
@@ -134,6 +135,9 @@ def spawn_detached(
     procs = [str(p) for p in cgroup_procs or []]
     status = str(status_file) if status_file is not None else "-"
     cmd = ["/bin/sh", "-c", SCRIPT, "sh", str(len(procs)), *procs, status, *argv]
+    namespace = host_namespace() if procs else None
+    if namespace is not None:  # only from there may it move itself out of the agent's cgroup
+        cmd = ["nsenter", f"--cgroup={namespace}", "--", *cmd]
     launch_env = dict(os.environ if env is None else env)
     launch_env["WAITER"] = WAITER
     if status_file is not None:

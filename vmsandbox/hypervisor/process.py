@@ -10,9 +10,10 @@ for untrusted workloads.
 What is emulated: "boot" is starting the agent process; ``vm_boot`` is the time until its socket
 exists. Disks in ``VMSpec.disks`` and hot-plugged ones are recorded in a JSON map named by
 ``VMSANDBOX_GUEST_DISKS`` so that the agent's block-device path works without a VM. The host's
-cgroup hierarchies are shared too: the agent puts its containers under ``/vmsandbox/<random>``
-(``VMSANDBOX_GUEST_CGROUP_PARENT``) and :meth:`ProcessDriver.stop` removes that subtree, which a
-real VM's cgroups would take with them.
+cgroup hierarchies are shared too: the agent puts its containers under
+``/<VMSpec.cgroup>/containers`` (so the sandbox's limits hold them), or ``/vmsandbox/<random>``
+for a pooled agent (``VMSANDBOX_GUEST_CGROUP_PARENT``), and :meth:`ProcessDriver.stop` removes
+that subtree, which a real VM's cgroups would take with them.
 
 Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: most of a
 boot is the interpreter importing the agent, so ``boot`` can instead adopt an idle agent started
@@ -137,7 +138,8 @@ class ProcessDriver(HypervisorDriver):
         env["PYTHONPATH"] = _agent_pythonpath()
         # Relative to the agent's working directory (its state dir), so it survives a rename.
         env["VMSANDBOX_GUEST_DISKS"] = f"../{DISKS_FILE}"
-        cgroup_parent = f"{CGROUP_ROOT}/{secrets.token_hex(8)}"
+        # Under the sandbox's own cgroup when it has one, so its limits hold the containers too.
+        cgroup_parent = f"/{cgroup}/containers" if cgroup else f"{CGROUP_ROOT}/{secrets.token_hex(8)}"
         env["VMSANDBOX_GUEST_CGROUP_PARENT"] = cgroup_parent
         (state_dir / CGROUP_FILE).write_text(cgroup_parent)
         cmd = [

@@ -52,7 +52,7 @@ from vmsandbox.guest.protocol import (
 )
 from vmsandbox.hypervisor import driver_for
 from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, HypervisorDriver, VMHandle
-from vmsandbox.hypervisor.cgroups import procs_files
+from vmsandbox.hypervisor.cgroups import enter_host_namespace, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime.errors import AgentError
 from vmsandbox.runtime.logfiles import LogLimits, RotatingLog, rotate_foreign
@@ -125,6 +125,8 @@ def _leave_creator(config: RelayConfig) -> None:
     """In the forked child: join the VM's cgroup, start a session, and fork the relay off (the
     child then exits), so the relay is no child of the creator and outlives its cgroup."""
     cgroup = config.handle.endpoints.get(CGROUP_ENDPOINT)
+    if cgroup:
+        enter_host_namespace()
     for procs in procs_files(cgroup):
         procs.write_text(str(os.getpid()))
     os.setsid()
