@@ -4,7 +4,6 @@ restarts the agent's container), and the next agent adopts them without rebootin
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.leaks import cgroups_left
 from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
 from vmsandbox.hypervisor.cgroups import CFS_PERIOD_US, Hierarchy, VMCgroup, hierarchies
 from vmsandbox.hypervisor.config import HypervisorConfig
@@ -37,15 +37,7 @@ def cgroup_parent() -> Iterator[str]:
     """A parent of the agent's VM cgroups for this test alone; nothing may be left under it."""
     parent = f"vmsandbox.slice/t{uuid.uuid4().hex[:10]}"
     yield parent
-    left = sorted(
-        {d.name for top in VMCgroup(parent).dirs() if top.is_dir() for d in top.iterdir() if d.is_dir()}
-    )
-    for name in left:  # cleaned up either way, so that a failure leaks nothing into later tests
-        with contextlib.suppress(OSError):
-            VMCgroup(f"{parent}/{name}").remove()
-    for top in VMCgroup(parent).dirs():
-        with contextlib.suppress(OSError):
-            top.rmdir()
+    left = cgroups_left(parent)
     assert not left, f"VM cgroups left behind under {parent}: {left}"
 
 

@@ -361,7 +361,7 @@ class Runtime:
         cgroup.create(Limits(memory_bytes=memory, vcpus=size.vcpus))
         return path
 
-    def _remove_cgroup(self, container_id: str, vm: VMHandle | None) -> None:
+    def remove_vm_cgroup(self, container_id: str, vm: VMHandle | None) -> None:
         """Kill whatever is left in the VM's cgroup and remove it (after the driver stopped the VM)."""
         path = (vm.endpoints.get(CGROUP_ENDPOINT) if vm else None) or self._cgroup_path(container_id)
         if path is None:
@@ -597,7 +597,7 @@ class Runtime:
         elif record.owns_vm and record.state.status == "creating":
             self._stop_vm_dir(self.store.vm_dir(vm_id_for(record.state.id)), record.state.hypervisor)
         if record.owns_vm:
-            self._remove_cgroup(record.state.id, vm)
+            self.remove_vm_cgroup(record.state.id, vm)
         self.store.remove(record.state.id)
 
 
