@@ -26,8 +26,11 @@ from tests.leaks import processes_mentioning
 from tests.node_agent.support import Cluster, Registry, free_port, pid_alive, wait_for
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.hypervisor.cgroups import VMCgroup
 
 pytestmark = [pytest.mark.image, pytest.mark.kube, pytest.mark.vm]
+#: The chart's default vmmCgroupParent.
+SLICE = "vmsandbox.slice"
 
 
 class Containers:
@@ -158,8 +161,8 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
             _probe(containers, op, "livenessProbe")
             _probe(containers, ag, "livenessProbe")
             _operator_is_non_root_and_read_only(op)
-            name = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
-            wait_for("the agent to tear the VM down", lambda: not _qemu_in(host_dir), timeout=60)
+            name, cid = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
+            wait_for("the agent to tear the VM down", lambda: not VMCgroup(f"{SLICE}/{cid}").exists(), 60)
             assert cluster.get(name) is None
         except BaseException:
             for n in containers.names:
@@ -173,9 +176,14 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
     assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"
 
 
-def _qemu_in(host_dir: Path) -> list[str]:
-    """Command lines of the QEMU processes whose VM state lives under ``host_dir``."""
-    return [c for c in processes_mentioning(str(host_dir)) if "qemu-system" in c]
+def _qemu_in(cid: str) -> list[str]:
+    """Command lines of the QEMU processes in the VM cgroup of container ``cid``: the agent shares
+    the node's PID namespace, and its state paths are the same in every agent container."""
+    found = []
+    for pid in VMCgroup(f"{SLICE}/{cid}").pids():
+        with contextlib.suppress(OSError):
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return [c for c in found if "qemu-system" in c]
 
 
 def _operator_is_non_root_and_read_only(op: ContainerRun) -> None:
@@ -192,7 +200,7 @@ def _run_sandbox(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     node: str,
-) -> str:
+) -> tuple[str, str]:
     name = f"img-{uuid.uuid4().hex[:6]}"
     manifest = tmp_path / "sandbox.json"
     manifest.write_text(
@@ -223,7 +231,7 @@ def _run_sandbox(
     assert cli([*cfg, "logs", name, "-n", cluster.namespace]) == 0
     assert capsys.readouterr().out == "hello from the image\n"
     assert cli([*cfg, "delete", name, "-n", cluster.namespace, "--wait", "--timeout", "60"]) == 0
-    return name
+    return name, status["container"]["id"]
 
 
 @pytest.mark.timeout(900)
@@ -270,7 +278,9 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
                 "resources": {"vcpus": 1, "memoryMiB": 256},
             }
             cluster.create_sandbox(name, spec, node=node)
-            vmm = cluster.wait_phase(name, "Running", timeout=420)["vm"]["vmmPID"]
+            running = cluster.wait_phase(name, "Running", timeout=420)
+            vmm, cid = running["vm"]["vmmPID"], running["container"]["id"]
+            assert vmm in VMCgroup(f"{SLICE}/{cid}").pids(), "QEMU runs in the VM's own cgroup"
             before = cluster.get(name) or {}
 
             podman("restart", "--time", "5", ag.name, timeout=180)
@@ -280,11 +290,12 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
             after = cluster.get(name) or {}
             assert after["status"] == before["status"], "status changed on adoption"
             assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-            assert pid_alive(vmm) and _qemu_in(host_dir)
+            assert pid_alive(vmm) and _qemu_in(cid)
 
             cluster.delete(name)
             cluster.wait_gone(name, timeout=120)
             wait_for("the VM to stop", lambda: not pid_alive(vmm), timeout=30)
+            assert not VMCgroup(f"{SLICE}/{cid}").exists(), "the VM's cgroup outlived it"
         except BaseException:
             for n in containers.names:
                 print(f"---- {n}\n{containers.logs(n)}")
