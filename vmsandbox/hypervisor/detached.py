@@ -26,15 +26,16 @@ from typing import IO
 
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.cgroups import host_namespace
-from vmsandbox.hypervisor.procs import running, start_time
+from vmsandbox.hypervisor.procs import identity, identity_running, running, start_time
 
-#: The waiter: $1 is the status file, the rest the program. It prints the program's pid, lets go
-#: of the launcher's pipe, waits, and writes the status as the shell reports it (128+N: signal N).
+#: The waiter: $1 is the status file, the rest the program. It prints its own pid and the
+#: program's, lets go of the launcher's pipe, waits, and writes the status as the shell reports it
+#: (128+N: signal N).
 WAITER = r"""
 unset WAITER
 status=$1; shift
 "$@" 1>&2 &
-echo $!
+echo "$$ $!"
 exec >/dev/null
 wait $!
 code=$?
@@ -63,10 +64,12 @@ class Detached:
     status for a signal), for callers written against it.
     """
 
-    def __init__(self, pid: int, started: str, status_file: Path | None) -> None:
+    def __init__(self, pid: int, started: str, status_file: Path | None, waiter: str = "") -> None:
         self.pid = pid
         self.started = started
         self.status_file = status_file
+        #: ``"<pid> <start time>"`` of the waiter, the leader of the program's session.
+        self.waiter = waiter
 
     def alive(self) -> bool:
         return running(self.pid, self.started or None)
@@ -109,14 +112,27 @@ def exit_status(status_file: Path | None) -> int | None:
     return -(value - 128) if value > 128 else value
 
 
-def kill_session(pid: int, started: str | None) -> None:
-    """SIGKILL the process group of ``pid`` (its waiter's session) when ``pid`` is that very process."""
-    if not running(pid, started or None):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
+def kill_session(pid: int, started: str | None, waiter: str | None = None) -> None:
+    """SIGKILL the program ``pid`` and its waiter (the leader of its process group), each only
+    when it is still the very process that was started."""
+    if running(pid, started or None):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    if waiter and identity_running(waiter):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(waiter.split()[0]), signal.SIGKILL)
+
+
+def waiter_gone(waiter: str | None, timeout: float = 5.0) -> bool:
+    """Wait until the waiter has exited (it does right after its program, or when killed)."""
+    deadline = time.monotonic() + timeout
+    while waiter and identity_running(waiter):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def spawn_detached(
@@ -155,9 +171,9 @@ def spawn_detached(
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SpawnError(f"cannot start {argv[0]}: {exc}") from exc
-    text = done.stdout.decode(errors="replace").strip()
-    if done.returncode != 0 or not text.isdigit():
+    text = done.stdout.decode(errors="replace").split()
+    if done.returncode != 0 or len(text) != 2 or not all(t.isdigit() for t in text):
         where = f" (joining {', '.join(procs)})" if done.returncode == 125 else ""
         raise SpawnError(f"cannot start {argv[0]}: the launcher exited with {done.returncode}{where}")
-    pid = int(text)
-    return Detached(pid, start_time(pid) or "", status_file)
+    waiter, pid = int(text[0]), int(text[1])
+    return Detached(pid, start_time(pid) or "", status_file, identity(waiter))

@@ -53,7 +53,7 @@ from vmsandbox.hypervisor.base import (
 )
 from vmsandbox.hypervisor.cgroups import VMCgroup, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.detached import kill_session, spawn_detached
+from vmsandbox.hypervisor.detached import kill_session, spawn_detached, waiter_gone
 
 ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no VM): not for untrusted code"
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
@@ -63,6 +63,8 @@ CGROUP_FILE = "cgroup.parent"
 #: Each agent's containers live in cgroups under ``/vmsandbox/<random>`` in every hierarchy.
 CGROUP_ROOT = "/vmsandbox"
 PID_FILE = "vmm.pid"
+#: ``"<pid> <start time>"`` of the agent's waiter (:mod:`vmsandbox.hypervisor.detached`).
+WAITER_FILE = "waiter"
 POOL_DIR = ".pool"
 POOL_ENV = "VMSANDBOX_PROCESS_POOL"
 
@@ -160,6 +162,7 @@ class ProcessDriver(HypervisorDriver):
         t0 = time.monotonic()
         with (state_dir / "agent.log").open("ab") as log:
             proc = spawn_detached(cmd, log=log, cgroup_procs=procs_files(cgroup), env=env)
+        (state_dir / WAITER_FILE).write_text(proc.waiter)
         (state_dir / PID_FILE).write_text(str(proc.pid))
         return proc.pid, (time.monotonic() - t0) * 1000
 
@@ -178,6 +181,7 @@ class ProcessDriver(HypervisorDriver):
                 "agent": str(spec.state_dir / "agent.sock"),
                 "disks": str(disks),
                 "cgroup_parent": (spec.state_dir / CGROUP_FILE).read_text(),
+                "waiter": _read(spec.state_dir / WAITER_FILE),
                 **cgroup,
             },
         )
@@ -248,7 +252,7 @@ class ProcessDriver(HypervisorDriver):
             except (OSError, ValueError):
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
-            _kill_group(pid)
+            _kill_group(pid, _read(entry / WAITER_FILE))
             with contextlib.suppress(OSError):
                 remove_cgroups((entry / CGROUP_FILE).read_text())
             shutil.rmtree(entry, ignore_errors=True)
@@ -317,7 +321,7 @@ class ProcessDriver(HypervisorDriver):
         return _alive(handle.vmm_pid)
 
     def stop(self, handle: VMHandle) -> None:
-        _kill_group(handle.vmm_pid)
+        _kill_group(handle.vmm_pid, handle.endpoints.get("waiter"))
         if "cgroup_parent" in handle.endpoints:
             remove_cgroups(handle.endpoints["cgroup_parent"])
         Path(handle.endpoints.get("agent", handle.state_dir / "agent.sock")).unlink(missing_ok=True)
@@ -366,15 +370,22 @@ def pool_dir(vms_dir: Path) -> Path:
     return vms_dir / POOL_DIR
 
 
-def _kill_group(pid: int) -> None:
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _kill_group(pid: int, waiter: str | None = None) -> None:
     """SIGKILL unshare's session (its waiter, the agent, and with it its PID namespace)."""
-    kill_session(pid, None)
+    kill_session(pid, None, waiter)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.005)
     _reap(pid)
-    if _alive(pid):
+    if _alive(pid) or not waiter_gone(waiter):
         raise HypervisorError(f"guest agent process {pid} survived SIGKILL", step="stop")
 
 

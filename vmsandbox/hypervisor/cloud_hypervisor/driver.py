@@ -56,7 +56,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
 )
 from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.detached import Detached, exit_status
+from vmsandbox.hypervisor.detached import Detached, exit_status, waiter_gone
 from vmsandbox.hypervisor.landlock import landlock_abi
 from vmsandbox.hypervisor.procs import running
 
@@ -176,7 +176,11 @@ class CloudHypervisorDriver(HypervisorDriver):
             hypervisor=self.name,
             state_dir=layout.state_dir,
             vmm_pid=child.pid,
-            endpoints={**layout.endpoints(), **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {})},
+            endpoints={
+                **layout.endpoints(),
+                **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}),
+                "vmm_waiter": child.waiter,
+            },
         )
         try:
             handle.save()
@@ -376,6 +380,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             if not vmm_process.wait_gone(pid, self.timeouts.exit_wait, child):
                 log.warning("VM %s: VMM %d still running after vmm.shutdown; SIGKILL", handle.vm_id, pid)
                 vmm_process.kill(pid, child)
+        waiter_gone(handle.endpoints.get("vmm_waiter"))  # it records the exit status, then ends
 
     @staticmethod
     def _remove_files(layout: VmLayout, remove_dir: bool) -> None:

@@ -42,7 +42,7 @@ from vmsandbox.hypervisor.base import (
 )
 from vmsandbox.hypervisor.cgroups import procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.detached import Detached, kill_session, spawn_detached
+from vmsandbox.hypervisor.detached import Detached, kill_session, spawn_detached, waiter_gone
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
@@ -206,12 +206,14 @@ class QemuDriver(HypervisorDriver):
                 SERIAL_LOG_ENDPOINT: str(paths.console),
                 "accel": accel,
                 "vmm_started": qemu.started,
+                "vmm_waiter": qemu.waiter,
             }
             if spec.cgroup:
                 handle.endpoints[CGROUP_ENDPOINT] = spec.cgroup
             mux = self._start_mux(paths, spec.cgroup)
             handle.endpoints["mux_pid"] = str(mux.pid)
             handle.endpoints["mux_started"] = mux.started
+            handle.endpoints["mux_waiter"] = mux.waiter
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             self._wait_qmp(qemu, paths)
             t_vmm = time.monotonic()
@@ -457,16 +459,20 @@ class QemuDriver(HypervisorDriver):
 
     @staticmethod
     def _kill_group(handle: VMHandle) -> None:
-        """SIGKILL QEMU and the mux, each in a session of its own with its waiter."""
-        members = [(handle.vmm_pid, handle.endpoints.get("vmm_started"))]
+        """SIGKILL QEMU and the mux, each in a session of its own with its waiter; wait for all."""
+        members = [("vmm", handle.vmm_pid)]
         if "mux_pid" in handle.endpoints:
-            members.append((int(handle.endpoints["mux_pid"]), handle.endpoints.get("mux_started")))
-        for pid, started in members:
-            if pid > 0:
-                kill_session(pid, started)  # checks the start time: never signals a reused pid
+            members.append(("mux", int(handle.endpoints["mux_pid"])))
+        for name, pid in members:
+            if pid > 0:  # start times are checked: a reused pid is never signalled
+                kill_session(
+                    pid, handle.endpoints.get(f"{name}_started"), handle.endpoints.get(f"{name}_waiter")
+                )
         deadline = time.monotonic() + 10
-        for pid, started in members:
+        for name, pid in members:
+            started = handle.endpoints.get(f"{name}_started")
             while running(pid, started or None) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if running(pid, started or None):
+            gone = waiter_gone(handle.endpoints.get(f"{name}_waiter"), max(0.0, deadline - time.monotonic()))
+            if running(pid, started or None) or not gone:
                 raise HypervisorError(f"process {pid} of VM {handle.vm_id} survived SIGKILL", step="stop")
