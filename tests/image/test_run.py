@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,10 +40,30 @@ class Containers:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.names: list[str] = []
+        #: Mount namespaces the containers ran in: their VMs keep them (hostPID, own cgroups).
+        self.mount_namespaces: set[str] = set()
 
     def start(self, run: ContainerRun) -> None:
         self.names.append(run.name)
         podman(*run.command())
+        self.note(run.name)
+
+    def note(self, name: str) -> None:
+        """Remember the container's current mount namespace (again after a restart)."""
+        pid = podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
+        with contextlib.suppress(OSError):
+            self.mount_namespaces.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+
+    def outliving(self) -> list[int]:
+        """Processes started from the containers that still run: a VM left behind keeps running
+        once its agent's container is gone."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if os.readlink(entry / "ns" / "mnt") in self.mount_namespaces:
+                        found.append(int(entry.name))
+        return found
 
     def logs(self, name: str) -> str:
         proc = podman("logs", name, check=False)
@@ -59,7 +80,9 @@ class Containers:
         left = podman(
             "ps", "--all", "--filter", f"name={self.prefix}", "--format", "{{.Names}}"
         ).stdout.split()
+        outliving = _kill_with_cgroups(self.outliving())
         assert left == [], f"containers left: {left}"
+        assert outliving == [], f"processes outlived their containers: {outliving}"
 
 
 @pytest.fixture
@@ -69,6 +92,24 @@ def containers() -> Iterator[Containers]:
         yield c
     finally:
         c.stop_all()
+
+
+def _kill_with_cgroups(pids: list[int]) -> list[str]:
+    """SIGKILL these processes with every VM cgroup they are in; returns their command lines."""
+    lines, cgroups = [], set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+                path = line.split(":", 2)[2].lstrip("/")
+                if path.startswith(f"{SLICE}/"):
+                    cgroups.add(path)
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    for path in cgroups:
+        with contextlib.suppress(OSError):
+            VMCgroup(path).remove()
+    return lines
 
 
 def _namespace(kube: LocalCluster, name: str) -> None:
@@ -284,6 +325,7 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
             before = cluster.get(name) or {}
 
             podman("restart", "--time", "5", ag.name, timeout=180)
+            containers.note(ag.name)
             assert pid_alive(vmm), "the VM died with the agent's container"
             _probe(containers, ag, "readinessProbe")
             wait_for("the adoption", lambda: "adopted running VM" in containers.logs(ag.name), timeout=90)
