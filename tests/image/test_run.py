@@ -40,8 +40,9 @@ class Containers:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.names: list[str] = []
-        #: Mount namespaces the containers ran in: their VMs keep them (hostPID, own cgroups).
-        self.mount_namespaces: set[str] = set()
+        #: Mount namespaces the containers ran in, held open so that no other namespace can take
+        #: their inode numbers: their VMs keep them (hostPID, cgroups of their own).
+        self.mount_namespaces: dict[int, int] = {}
 
     def start(self, run: ContainerRun) -> None:
         self.names.append(run.name)
@@ -52,16 +53,18 @@ class Containers:
         """Remember the container's current mount namespace (again after a restart)."""
         pid = podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
         with contextlib.suppress(OSError):
-            self.mount_namespaces.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+            fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+            self.mount_namespaces[os.fstat(fd).st_ino] = fd
 
     def outliving(self) -> list[int]:
-        """Processes started from the containers that still run: a VM left behind keeps running
-        once its agent's container is gone."""
+        """VM processes started from the containers that still run (in a VM cgroup, in one of the
+        containers' mount namespaces): a VM left behind runs on once its agent's container is gone."""
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
                 with contextlib.suppress(OSError):
-                    if os.readlink(entry / "ns" / "mnt") in self.mount_namespaces:
+                    in_vm_cgroup = f":/{SLICE}/" in (entry / "cgroup").read_text()
+                    if in_vm_cgroup and os.stat(entry / "ns" / "mnt").st_ino in self.mount_namespaces:
                         found.append(int(entry.name))
         return found
 
@@ -81,6 +84,9 @@ class Containers:
             "ps", "--all", "--filter", f"name={self.prefix}", "--format", "{{.Names}}"
         ).stdout.split()
         outliving = _kill_with_cgroups(self.outliving())
+        for fd in self.mount_namespaces.values():
+            os.close(fd)
+        self.mount_namespaces.clear()
         assert left == [], f"containers left: {left}"
         assert outliving == [], f"processes outlived their containers: {outliving}"
 
