@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -39,3 +40,19 @@ def sockets_under(root: Path) -> list[Path]:
             except OSError:
                 continue
     return found
+
+
+def cgroups_left(parent: str) -> list[str]:
+    """Names of the cgroups under ``parent`` (any hierarchy); each is removed (its processes
+    killed) and ``parent`` too, so that a failed test leaks nothing into the next."""
+    from vmsandbox.hypervisor.cgroups import VMCgroup
+
+    tops = [top for top in VMCgroup(parent).dirs() if top.is_dir()]
+    left = sorted({d.name for top in tops for d in top.iterdir() if d.is_dir()})
+    for name in left:
+        with contextlib.suppress(OSError):
+            VMCgroup(f"{parent}/{name}").remove()
+    for top in tops:
+        with contextlib.suppress(OSError):
+            top.rmdir()
+    return left

@@ -123,10 +123,14 @@ def test_agent_defaults(render: Render) -> None:
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8081}
     assert container["securityContext"]["privileged"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+    for flag in ("hostNetwork", "hostIPC"):
         assert not spec.get(flag), flag
-    # Guest memory lives in the agent's cgroup: no default memory limit that would OOM VMs.
-    assert "limits" not in container["resources"]
+    # VMMs outlive the agent's container: the node's PID namespace and its whole cgroup tree.
+    assert spec["hostPID"] is True
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["cgroup"]["hostPath"] == {"path": "/sys/fs/cgroup", "type": "Directory"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["cgroup"]["mountPath"] == "/sys/fs/cgroup" and not mounts["cgroup"].get("readOnly")
 
 
 def test_agent_placement_values(render: Render) -> None:

@@ -131,6 +131,8 @@ def test_agent_mounts_exactly_what_its_configuration_uses(
     privileged = container["securityContext"].get("privileged", False)
     if privileged:
         expected.add("/dev/kvm")
+    if config.vmm_cgroup_parent:  # each VM's cgroup is made in the node's tree
+        expected.add("/sys/fs/cgroup")
     assert set(mounts) == expected
     # The agent's own defaults: the chart mounts where the agent looks without being told.
     defaults = AgentConfig.model_fields

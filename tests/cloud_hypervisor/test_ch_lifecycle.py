@@ -179,7 +179,7 @@ def test_guest_poweroff_ends_the_vmm(workspace: Workspace, driver: CloudHypervis
     handle = driver.boot(workspace.spec())
     guest_handles = list((workspace.root / "tmp").glob("ch-standin-*/guest/handle.json"))
     guest = VMHandle.model_validate_json(guest_handles[0].read_text())
-    os.killpg(guest.vmm_pid, signal.SIGKILL)
+    os.killpg(os.getpgid(guest.vmm_pid), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while driver.alive(handle) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -24,11 +24,14 @@ from tests.image.chart import render, run_values
 from tests.image.pod import ContainerRun, PodIdentity, config_maps, container_run
 from tests.image.podman import BuiltImage, inspect, podman
 from tests.leaks import processes_mentioning
-from tests.node_agent.support import Cluster, Registry, free_port, wait_for
+from tests.node_agent.support import Cluster, Registry, free_port, pid_alive, wait_for
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.hypervisor.cgroups import VMCgroup
 
 pytestmark = [pytest.mark.image, pytest.mark.kube, pytest.mark.vm]
+#: The chart's default vmmCgroupParent.
+SLICE = "vmsandbox.slice"
 
 
 class Containers:
@@ -37,10 +40,33 @@ class Containers:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.names: list[str] = []
+        #: Mount namespaces the containers ran in, held open so that no other namespace can take
+        #: their inode numbers: their VMs keep them (hostPID, cgroups of their own).
+        self.mount_namespaces: dict[int, int] = {}
 
     def start(self, run: ContainerRun) -> None:
         self.names.append(run.name)
         podman(*run.command())
+        self.note(run.name)
+
+    def note(self, name: str) -> None:
+        """Remember the container's current mount namespace (again after a restart)."""
+        pid = podman("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
+        with contextlib.suppress(OSError):
+            fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+            self.mount_namespaces[os.fstat(fd).st_ino] = fd
+
+    def outliving(self) -> list[int]:
+        """VM processes started from the containers that still run (in a VM cgroup, in one of the
+        containers' mount namespaces): a VM left behind runs on once its agent's container is gone."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    in_vm_cgroup = f":/{SLICE}/" in (entry / "cgroup").read_text()
+                    if in_vm_cgroup and os.stat(entry / "ns" / "mnt").st_ino in self.mount_namespaces:
+                        found.append(int(entry.name))
+        return found
 
     def logs(self, name: str) -> str:
         proc = podman("logs", name, check=False)
@@ -57,7 +83,12 @@ class Containers:
         left = podman(
             "ps", "--all", "--filter", f"name={self.prefix}", "--format", "{{.Names}}"
         ).stdout.split()
+        outliving = _kill_with_cgroups(self.outliving())
+        for fd in self.mount_namespaces.values():
+            os.close(fd)
+        self.mount_namespaces.clear()
         assert left == [], f"containers left: {left}"
+        assert outliving == [], f"processes outlived their containers: {outliving}"
 
 
 @pytest.fixture
@@ -67,6 +98,24 @@ def containers() -> Iterator[Containers]:
         yield c
     finally:
         c.stop_all()
+
+
+def _kill_with_cgroups(pids: list[int]) -> list[str]:
+    """SIGKILL these processes with every VM cgroup they are in; returns their command lines."""
+    lines, cgroups = [], set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+                path = line.split(":", 2)[2].lstrip("/")
+                if path.startswith(f"{SLICE}/"):
+                    cgroups.add(path)
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    for path in cgroups:
+        with contextlib.suppress(OSError):
+            VMCgroup(path).remove()
+    return lines
 
 
 def _namespace(kube: LocalCluster, name: str) -> None:
@@ -159,9 +208,8 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
             _probe(containers, op, "livenessProbe")
             _probe(containers, ag, "livenessProbe")
             _operator_is_non_root_and_read_only(op)
-            pid_ns = _pid_namespace(ag.name)
-            name = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
-            wait_for("the agent to tear the VM down", lambda: not _qemu_in(pid_ns), timeout=60)
+            name, cid = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
+            wait_for("the agent to tear the VM down", lambda: not VMCgroup(f"{SLICE}/{cid}").exists(), 60)
             assert cluster.get(name) is None
         except BaseException:
             for n in containers.names:
@@ -171,30 +219,18 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
             kube.http("DELETE", f"/api/v1/nodes/{node}")
             kube.http("DELETE", f"/api/v1/namespaces/{namespace}")
     containers.stop_all()
-    assert _processes_in(pid_ns) == [], "processes outlived the agent container"
-    assert processes_mentioning(str(host_dir)) == []
+    # The agent shares the node's PID namespace (hostPID): its VMs are found by their state paths.
+    assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"
 
 
-def _pid_namespace(container: str) -> str:
-    pid = podman("inspect", "--format", "{{.State.Pid}}", container).stdout.strip()
-    return os.readlink(f"/proc/{pid}/ns/pid")
-
-
-def _processes_in(pid_ns: str) -> list[str]:
-    """Command lines of the live host processes in that PID namespace."""
+def _qemu_in(cid: str) -> list[str]:
+    """Command lines of the QEMU processes in the VM cgroup of container ``cid``: the agent shares
+    the node's PID namespace, and its state paths are the same in every agent container."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if os.readlink(entry / "ns" / "pid") == pid_ns:
-                    found.append(
-                        (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    )
-    return [c for c in found if c]
-
-
-def _qemu_in(pid_ns: str) -> list[str]:
-    return [c for c in _processes_in(pid_ns) if "qemu-system" in c]
+    for pid in VMCgroup(f"{SLICE}/{cid}").pids():
+        with contextlib.suppress(OSError):
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return [c for c in found if "qemu-system" in c]
 
 
 def _operator_is_non_root_and_read_only(op: ContainerRun) -> None:
@@ -211,7 +247,7 @@ def _run_sandbox(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     node: str,
-) -> str:
+) -> tuple[str, str]:
     name = f"img-{uuid.uuid4().hex[:6]}"
     manifest = tmp_path / "sandbox.json"
     manifest.write_text(
@@ -242,4 +278,78 @@ def _run_sandbox(
     assert cli([*cfg, "logs", name, "-n", cluster.namespace]) == 0
     assert capsys.readouterr().out == "hello from the image\n"
     assert cli([*cfg, "delete", name, "-n", cluster.namespace, "--wait", "--timeout", "60"]) == 0
-    return name
+    return name, status["container"]["id"]
+
+
+@pytest.mark.timeout(900)
+def test_a_sandbox_survives_podman_restart_of_the_agent(
+    kube: LocalCluster,
+    image: BuiltImage,
+    pushed_image: str,
+    image_registry: Registry,
+    containers: Containers,
+    tmp_path: Path,
+) -> None:
+    """``podman restart`` kills every process of the agent's container (its cgroup), as a container
+    runtime restarting the pod does: the VM, in a cgroup of its own, runs on and is adopted."""
+    suffix = uuid.uuid4().hex[:6]
+    namespace, node = f"vmsandbox-system-{suffix}", f"rsnode-{suffix}"
+    _namespace(kube, namespace)
+    host_dir = tmp_path / "node"
+    ports = {"health": free_port(), "metrics": free_port(), "agent": free_port()}
+    objects = render(run_values(pushed_image, image_registry.host, host_dir, ports), tmp_path, namespace)
+    daemonset = one(objects, "DaemonSet")
+    image_user = str(inspect(pushed_image)["Config"].get("User") or "")
+    with kube.api_client() as api_client:
+        cluster = Cluster(api_client=api_client, namespace=namespace)
+        labels = daemonset["spec"]["template"]["spec"].get("nodeSelector") or {}
+        node_body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}
+        assert kube.http("POST", "/api/v1/nodes", json=node_body).status_code == 201
+        ag = container_run(
+            daemonset,
+            identity=PodIdentity(name=f"{containers.prefix}-agent", namespace=namespace, node=node),
+            workdir=tmp_path / "agent-pod",
+            config_maps=config_maps(objects),
+            image_user=image_user,
+        )
+        assert "--privileged" in ag.flags and ag.flags[ag.flags.index("--pid") + 1] == "host"
+        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", tmp_path / "agent-sa")
+        containers.start(ag)
+        try:
+            _probe(containers, ag, "readinessProbe")
+            name = f"rs-{suffix}"
+            spec = {
+                "image": f"{image_registry.host}/test/busybox:latest",
+                "command": ["sh", "-c", "while true; do echo tick; sleep 1; done"],
+                "hypervisor": "qemu",
+                "resources": {"vcpus": 1, "memoryMiB": 256},
+            }
+            cluster.create_sandbox(name, spec, node=node)
+            running = cluster.wait_phase(name, "Running", timeout=420)
+            vmm, cid = running["vm"]["vmmPID"], running["container"]["id"]
+            assert vmm in VMCgroup(f"{SLICE}/{cid}").pids(), "QEMU runs in the VM's own cgroup"
+            before = cluster.get(name) or {}
+
+            podman("restart", "--time", "5", ag.name, timeout=180)
+            containers.note(ag.name)
+            assert pid_alive(vmm), "the VM died with the agent's container"
+            _probe(containers, ag, "readinessProbe")
+            wait_for("the adoption", lambda: "adopted running VM" in containers.logs(ag.name), timeout=90)
+            after = cluster.get(name) or {}
+            assert after["status"] == before["status"], "status changed on adoption"
+            assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+            assert pid_alive(vmm) and _qemu_in(cid)
+
+            cluster.delete(name)
+            cluster.wait_gone(name, timeout=120)
+            wait_for("the VM to stop", lambda: not pid_alive(vmm), timeout=30)
+            assert not VMCgroup(f"{SLICE}/{cid}").exists(), "the VM's cgroup outlived it"
+        except BaseException:
+            for n in containers.names:
+                print(f"---- {n}\n{containers.logs(n)}")
+            raise
+        finally:
+            kube.http("DELETE", f"/api/v1/nodes/{node}")
+            kube.http("DELETE", f"/api/v1/namespaces/{namespace}")
+    containers.stop_all()
+    assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"

@@ -324,6 +324,8 @@ class AgentProcess:
     cluster: Cluster
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    #: ``cgroup.procs`` files the agent joins before it runs (as a container's main process would).
+    cgroup_procs: list[Path] = field(default_factory=list)
 
     @property
     def state_dir(self) -> Path:
@@ -341,7 +343,12 @@ class AgentProcess:
         self.starts += 1
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            agent_command(), env=self.env, stdout=log, stderr=log, cwd=self.workdir, start_new_session=False
+            [*in_cgroup(self.cgroup_procs), *agent_command()],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=self.workdir,
+            start_new_session=False,
         )
         if wait_ready:
             try:
@@ -401,6 +408,16 @@ class AgentProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def in_cgroup(procs: list[Path]) -> list[str]:
+    """A command prefix that joins the cgroups whose ``cgroup.procs`` files are given, then execs."""
+    if not procs:
+        return []
+    script = (
+        'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+    )
+    return ["/bin/sh", "-c", script, "sh", str(len(procs)), *map(str, procs)]
 
 
 def unique(prefix: str) -> str:

@@ -348,7 +348,7 @@ def test_vm_dying_under_a_running_container(rt: Runtime, make_bundle: BundleFact
     state = rt.create("doomed", make_bundle(["sleep", "100"]))
     rt.start("doomed")
     assert state.vm is not None
-    os.killpg(state.vm.vmm_pid, signal.SIGKILL)
+    os.killpg(os.getpgid(state.vm.vmm_pid), signal.SIGKILL)
     assert relay_status(state.pid) == 255  # the relay lost the agent before any exit status
     gone = wait_for_status(rt, "doomed", "stopped")
     assert gone.exit_code is None and gone.pid == 0

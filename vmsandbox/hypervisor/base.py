@@ -31,6 +31,8 @@ GUEST_AGENT_PORT = 1024
 GUEST_AGENT_SERIAL_NAME = "io.vmsandbox.agent"
 #: ``VMHandle.endpoints`` key of the VM's serial console log, where the backend keeps one.
 SERIAL_LOG_ENDPOINT = "serial_log"
+#: ``VMHandle.endpoints`` key of the cgroup the VMM runs in (``VMSpec.cgroup``), when it has one.
+CGROUP_ENDPOINT = "cgroup"
 
 #: Longest AF_UNIX path (sun_path is 108 bytes including the terminating NUL).
 UNIX_PATH_MAX = 107
@@ -86,6 +88,9 @@ class VMSpec(BaseModel):
     network: NetworkAttachment | None = None
     #: Seconds to wait for the guest agent to accept a connection after boot.
     agent_timeout: float = 45.0
+    #: The cgroup (relative to every hierarchy's root, already made by the caller) the VMM's
+    #: processes start in; None: the caller's own.
+    cgroup: str | None = None
 
 
 class BootTimings(BaseModel):

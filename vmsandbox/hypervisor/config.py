@@ -26,6 +26,11 @@ class HypervisorConfig(BaseModel):
     guest_image_dir: Path = Path("/var/lib/vmsandbox/guest")
     #: Low-level OCI runtime the guest agent uses: "auto" picks crun, else runc, by trying.
     oci_runtime: Literal["auto", "crun", "runc"] = "auto"
+    #: Each VM's processes run in the cgroup ``<cgroup_parent>/<container id>`` (every hierarchy),
+    #: outside their starter's; empty: they stay in the starter's cgroup, unlimited.
+    cgroup_parent: str = Field(default="vmsandbox.slice", pattern=r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
+    #: Memory a VM's cgroup allows beyond the guest's own: the VMM, its relay and mux.
+    vmm_overhead_mib: int = Field(default=256, ge=0)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> HypervisorConfig:

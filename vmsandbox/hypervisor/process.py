@@ -10,15 +10,20 @@ for untrusted workloads.
 What is emulated: "boot" is starting the agent process; ``vm_boot`` is the time until its socket
 exists. Disks in ``VMSpec.disks`` and hot-plugged ones are recorded in a JSON map named by
 ``VMSANDBOX_GUEST_DISKS`` so that the agent's block-device path works without a VM. The host's
-cgroup hierarchies are shared too: the agent puts its containers under ``/vmsandbox/<random>``
-(``VMSANDBOX_GUEST_CGROUP_PARENT``) and :meth:`ProcessDriver.stop` removes that subtree, which a
-real VM's cgroups would take with them.
+cgroup hierarchies are shared too: the agent puts its containers under
+``/<VMSpec.cgroup>/containers`` (so the sandbox's limits hold them), or ``/vmsandbox/<random>``
+for a pooled agent (``VMSANDBOX_GUEST_CGROUP_PARENT``), and :meth:`ProcessDriver.stop` removes
+that subtree, which a real VM's cgroups would take with them.
 
 Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: most of a
 boot is the interpreter importing the agent, so ``boot`` can instead adopt an idle agent started
 earlier, by renaming its directory into place (the agent addresses everything relative to its
 working directory, so it does not notice), and start a replacement in the background. Idle
 agents outlive the calls that started them; :meth:`ProcessDriver.drain_pool` stops them.
+
+Like a VMM, the agent is started in a session of its own and in the sandbox's cgroup
+(``VMSpec.cgroup``), never as the caller's child (:mod:`vmsandbox.hypervisor.detached`); a
+pooled agent, started before its sandbox was known, is moved into that cgroup when taken.
 """
 
 from __future__ import annotations
@@ -28,15 +33,14 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import ClassVar
 
 from vmsandbox.hypervisor.base import (
+    CGROUP_ENDPOINT,
     BootTimings,
     DiskSpec,
     HypervisorDriver,
@@ -48,7 +52,9 @@ from vmsandbox.hypervisor.base import (
     check_socket_path,
     connect_unix,
 )
+from vmsandbox.hypervisor.cgroups import VMCgroup, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.detached import kill_session, spawn_detached, waiter_gone
 from vmsandbox.hypervisor.procs import continue_tree, stop_tree, tree_stopped
 
 ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no VM): not for untrusted code"
@@ -59,10 +65,10 @@ CGROUP_FILE = "cgroup.parent"
 #: Each agent's containers live in cgroups under ``/vmsandbox/<random>`` in every hierarchy.
 CGROUP_ROOT = "/vmsandbox"
 PID_FILE = "vmm.pid"
+#: ``"<pid> <start time>"`` of the agent's waiter (:mod:`vmsandbox.hypervisor.detached`).
+WAITER_FILE = "waiter"
 POOL_DIR = ".pool"
 POOL_ENV = "VMSANDBOX_PROCESS_POOL"
-#: Agents this process started, kept so that their Popen objects are not collected while running.
-_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _agent_pythonpath() -> str:
@@ -123,8 +129,10 @@ class ProcessDriver(HypervisorDriver):
             self._refill(pool_dir(spec.state_dir.parent))
         return handle
 
-    def _spawn(self, state_dir: Path, netns: Path | None = None) -> tuple[subprocess.Popen[bytes], float]:
-        """Start an agent whose "VM" directory is ``state_dir``; returns it and the spawn time.
+    def _spawn(
+        self, state_dir: Path, netns: Path | None = None, cgroup: str | None = None
+    ) -> tuple[int, float]:
+        """Start an agent whose "VM" directory is ``state_dir``; returns its pid and the spawn time.
 
         With ``netns`` the agent (and so every container in it) lives in that network namespace.
         """
@@ -134,7 +142,8 @@ class ProcessDriver(HypervisorDriver):
         env["PYTHONPATH"] = _agent_pythonpath()
         # Relative to the agent's working directory (its state dir), so it survives a rename.
         env["VMSANDBOX_GUEST_DISKS"] = f"../{DISKS_FILE}"
-        cgroup_parent = f"{CGROUP_ROOT}/{secrets.token_hex(8)}"
+        # Under the sandbox's own cgroup when it has one, so its limits hold the containers too.
+        cgroup_parent = f"/{cgroup}/containers" if cgroup else f"{CGROUP_ROOT}/{secrets.token_hex(8)}"
         env["VMSANDBOX_GUEST_CGROUP_PARENT"] = cgroup_parent
         (state_dir / CGROUP_FILE).write_text(cgroup_parent)
         cmd = [
@@ -154,21 +163,17 @@ class ProcessDriver(HypervisorDriver):
         ]
         t0 = time.monotonic()
         with (state_dir / "agent.log").open("ab") as log:
-            try:
-                proc = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True
-                )
-            except OSError as exc:
-                raise HypervisorError(f"cannot start the guest agent: {exc}", step="vmm start") from exc
-        _SPAWNED[proc.pid] = proc
+            proc = spawn_detached(cmd, log=log, cgroup_procs=procs_files(cgroup), env=env)
+        (state_dir / WAITER_FILE).write_text(proc.waiter)
         (state_dir / PID_FILE).write_text(str(proc.pid))
-        return proc, (time.monotonic() - t0) * 1000
+        return proc.pid, (time.monotonic() - t0) * 1000
 
     def _handle(self, spec: VMSpec, pid: int) -> VMHandle:
         disks = spec.state_dir / DISKS_FILE
         tmp = disks.with_suffix(".tmp")
         tmp.write_text(json.dumps({d.serial: str(d.path) for d in spec.disks}))
         tmp.replace(disks)
+        cgroup = {CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}
         return VMHandle(
             vm_id=spec.vm_id,
             hypervisor=self.name,
@@ -178,14 +183,16 @@ class ProcessDriver(HypervisorDriver):
                 "agent": str(spec.state_dir / "agent.sock"),
                 "disks": str(disks),
                 "cgroup_parent": (spec.state_dir / CGROUP_FILE).read_text(),
+                "waiter": _read(spec.state_dir / WAITER_FILE),
+                **cgroup,
             },
         )
 
     def _cold_boot(self, spec: VMSpec) -> VMHandle:
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         (spec.state_dir / DISKS_FILE).write_text("{}")
-        proc, spawn_ms = self._spawn(spec.state_dir, spec.network.netns if spec.network else None)
-        handle = self._handle(spec, proc.pid)
+        pid, spawn_ms = self._spawn(spec.state_dir, spec.network.netns if spec.network else None, spec.cgroup)
+        handle = self._handle(spec, pid)
         handle.save()  # before the wait: a killed creator's agent can then be found and stopped
         t1 = time.monotonic()
         try:
@@ -214,6 +221,8 @@ class ProcessDriver(HypervisorDriver):
             handle = self._handle(spec, int((spec.state_dir / PID_FILE).read_text()))
             t0 = time.monotonic()
             try:
+                if spec.cgroup:
+                    _move_tree(handle.vmm_pid, VMCgroup(spec.cgroup))
                 self._wait_ready(handle, spec.agent_timeout)
             except HypervisorError:
                 self.stop(handle)
@@ -245,7 +254,7 @@ class ProcessDriver(HypervisorDriver):
             except (OSError, ValueError):
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
-            _kill_group(pid)
+            _kill_group(pid, _read(entry / WAITER_FILE))
             with contextlib.suppress(OSError):
                 remove_cgroups((entry / CGROUP_FILE).read_text())
             shutil.rmtree(entry, ignore_errors=True)
@@ -335,7 +344,7 @@ class ProcessDriver(HypervisorDriver):
         return _alive(handle.vmm_pid) and tree_stopped(handle.vmm_pid)
 
     def stop(self, handle: VMHandle) -> None:
-        _kill_group(handle.vmm_pid)
+        _kill_group(handle.vmm_pid, handle.endpoints.get("waiter"))
         if "cgroup_parent" in handle.endpoints:
             remove_cgroups(handle.endpoints["cgroup_parent"])
         Path(handle.endpoints.get("agent", handle.state_dir / "agent.sock")).unlink(missing_ok=True)
@@ -384,15 +393,31 @@ def pool_dir(vms_dir: Path) -> Path:
     return vms_dir / POOL_DIR
 
 
-def _kill_group(pid: int) -> None:
-    """SIGKILL unshare's process group (the agent, and with it its PID namespace) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _kill_group(pid: int, waiter: str | None = None) -> None:
+    """SIGKILL unshare's session (its waiter, the agent, and with it its PID namespace)."""
+    kill_session(pid, None, waiter)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.005)
     _reap(pid)
-    _SPAWNED.pop(pid, None)
-    if _alive(pid):
+    if _alive(pid) or not waiter_gone(waiter):
         raise HypervisorError(f"guest agent process {pid} survived SIGKILL", step="stop")
+
+
+def _move_tree(pid: int, cgroup: VMCgroup) -> None:
+    """Move a pooled agent and every process under it into the sandbox's cgroup."""
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        cgroup.join(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending.extend(int(child) for child in task.read_text().split())

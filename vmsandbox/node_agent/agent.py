@@ -49,11 +49,13 @@ FINISHED_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
 def hypervisor_config(config: AgentConfig) -> HypervisorConfig:
-    """The drivers' settings from ``VMSANDBOX_*``, with the agent's guest image dir when it sets one."""
+    """The drivers' settings from ``VMSANDBOX_*``, with the agent's guest image dir when it sets one
+    and its VM cgroup settings."""
     hv = HypervisorConfig.from_env()
     if config.guest_image_dir is not None:
         hv = hv.model_copy(update={"guest_image_dir": config.guest_image_dir})
-    return hv
+    update = {"vmm_overhead_mib": config.vmm_overhead_mib, "cgroup_parent": config.vmm_cgroup_parent}
+    return hv.model_copy(update=update)
 
 
 def advertise_address(config: AgentConfig) -> str:

@@ -89,6 +89,18 @@ class AgentConfig(APIModel):
     network_namespace: Path | None = Field(
         default=None, description="Run the sandbox network's plumbing in this namespace (dev, tests)."
     )
+    vmm_overhead_mib: int = Field(
+        default=256,
+        ge=0,
+        alias="vmmOverheadMiB",
+        description="Memory each VM's cgroup allows beyond the guest's: the VMM, its relay and mux.",
+    )
+    vmm_cgroup_parent: str = Field(
+        default="vmsandbox.slice",
+        pattern=r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$",
+        description="Each VM runs in the cgroup <this>/<container id>, outside the agent's; empty: "
+        "in the agent's own (then a restart of the agent's container stops its VMs).",
+    )
     kubeconfig: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

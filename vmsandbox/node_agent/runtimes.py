@@ -91,4 +91,9 @@ class Runtimes:
                 self.any.driver(record.state.hypervisor).stop(vm)
             except HypervisorError as exc:
                 log.error("could not stop VM %s of %s: %s", vm.vm_id, container_id, exc)
+        if record.owns_vm:
+            try:
+                self.any.remove_vm_cgroup(container_id, vm)
+            except RuntimeError_ as exc:
+                log.error("could not remove the cgroup of %s: %s", container_id, exc)
         self.any.store.remove(container_id)

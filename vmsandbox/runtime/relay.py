@@ -10,6 +10,11 @@ The relay is forked from the creating process without exec so that it is ready i
 (an exec'd interpreter would spend hundreds of them importing). Because the creator may have other
 threads, the child avoids their locks: it never logs through :mod:`logging`, makes its own
 driver, and only uses sockets, pipes and plain file writes.
+
+Like the VMM, the relay must outlive its creator, even a node agent whose whole cgroup a container
+runtime killed: it joins the VM's cgroup, starts a session of its own and forks once more, so
+that it is no child of the creator. The container's exit code goes to a file as well as to its
+exit status, for whoever asks later.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from vmsandbox.guest.protocol import (
     send_frame,
 )
 from vmsandbox.hypervisor import driver_for
-from vmsandbox.hypervisor.base import SERIAL_LOG_ENDPOINT, HypervisorDriver, VMHandle
+from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, HypervisorDriver, VMHandle
+from vmsandbox.hypervisor.cgroups import enter_host_namespace, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime.errors import AgentError
 from vmsandbox.runtime.logfiles import LogLimits, RotatingLog, rotate_foreign
@@ -65,6 +71,8 @@ READY = b"R"
 #: How often the relay looks at the size of the VM's serial log.
 SERIAL_CHECK_SECONDS = 2.0
 LOST_AGENT_STATUS = 255
+#: In the container's state directory: its exit code, written by the relay when it ends.
+EXIT_FILE = "exit_code"
 
 
 class RelayConfig(BaseModel):
@@ -79,42 +87,78 @@ class RelayConfig(BaseModel):
     relay_log: Path
     hypervisor_config: HypervisorConfig
     log_limits: LogLimits = LogLimits()
+    #: Where the container's exit code is written when it ends.
+    exit_path: Path | None = None
 
 
 def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
-    """Fork the relay; return its pid once it is attached to the container's output."""
+    """Start the relay; return its pid once it is attached to the container's output."""
     ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
+    middle = os.fork()
+    if middle == 0:  # pragma: no cover - runs in the child
         code = LOST_AGENT_STATUS
         try:
             os.close(ready_r)
+            _leave_creator(config)
+            os.write(ready_w, b"P%d\n" % os.getpid())
             code = _child(config, ready_w)
         except BaseException:
             _log(config.relay_log, traceback.format_exc())
         finally:
             os._exit(code)
     os.close(ready_w)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(middle, 0)  # it exits as soon as the relay is forked
     try:
-        sel = selectors.DefaultSelector()
-        sel.register(ready_r, selectors.EVENT_READ)
-        ok = bool(sel.select(timeout)) and os.read(ready_r, 1) == READY
-        sel.close()
+        pid, ok = _read_ready(ready_r, timeout)
     finally:
         os.close(ready_r)
     if not ok:
-        _kill_and_reap(pid)
+        if pid:
+            _kill(pid)
         detail = _tail(config.relay_log) or "no diagnostics"
         raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
     return pid
 
 
-def _kill_and_reap(pid: int) -> None:
+def _leave_creator(config: RelayConfig) -> None:
+    """In the forked child: join the VM's cgroup, start a session, and fork the relay off (the
+    child then exits), so the relay is no child of the creator and outlives its cgroup."""
+    cgroup = config.handle.endpoints.get(CGROUP_ENDPOINT)
+    if cgroup:
+        enter_host_namespace()
+    for procs in procs_files(cgroup):
+        procs.write_text(str(os.getpid()))
+    os.setsid()
+    if os.fork() != 0:
+        os._exit(0)
+
+
+def _read_ready(ready_r: int, timeout: float) -> tuple[int, bool]:
+    """(the relay's pid or 0, whether it said it is attached) from ``P<pid>\\n`` then ``R``."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    sel = selectors.DefaultSelector()
+    sel.register(ready_r, selectors.EVENT_READ)
     try:
+        while READY not in data.partition(b"\n")[2]:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                break
+            chunk = os.read(ready_r, 64)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sel.close()
+    head, newline, rest = data.partition(b"\n")
+    pid = int(head[1:]) if newline and head[:1] == b"P" and head[1:].isdigit() else 0
+    return pid, bool(pid) and rest.startswith(READY)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
 def _tail(path: Path) -> str:
@@ -136,7 +180,6 @@ def _log(path: Path, text: str) -> None:
 
 
 def _child(config: RelayConfig, ready_w: int) -> int:
-    os.setsid()
     # Give the relay exactly the caller's stdio, then drop every other inherited descriptor.
     copies = [os.dup(fd) for fd in config.stdio]
     for target, fd in enumerate(copies):
@@ -217,7 +260,10 @@ class Relay:
             _write_all(2 if frame.stream == "stderr" else 1, data)
             return None
         if isinstance(frame, Exited):
-            return frame.exit_code & 0xFF
+            code = frame.exit_code & 0xFF
+            if self.config.exit_path is not None:
+                _write_exit(self.config.exit_path, code)
+            return code
         _log(self.config.relay_log, f"unexpected frame {frame.type}")
         return None
 
@@ -266,6 +312,24 @@ class Relay:
         except OSError:
             return
         send_frame(sock, Resize(rows=rows, cols=cols))
+
+
+def _write_exit(path: Path, code: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(f"{code}\n")
+        tmp.replace(path)
+    except OSError as exc:
+        _log(path.with_name("relay.log"), f"writing the exit code to {path}: {exc}")
+
+
+def read_exit(path: Path) -> int | None:
+    """The exit code a relay wrote, None when it wrote none."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _write_all(fd: int, data: bytes) -> None:

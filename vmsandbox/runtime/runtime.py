@@ -39,6 +39,7 @@ from vmsandbox.guest.protocol import (
 )
 from vmsandbox.hypervisor import driver_for
 from vmsandbox.hypervisor.base import (
+    CGROUP_ENDPOINT,
     DiskSpec,
     HypervisorDriver,
     HypervisorError,
@@ -46,6 +47,7 @@ from vmsandbox.hypervisor.base import (
     VMHandle,
     VMSpec,
 )
+from vmsandbox.hypervisor.cgroups import Limits, VMCgroup, remove_unowned
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import kill_mentioning
@@ -59,7 +61,7 @@ from vmsandbox.runtime.logfiles import LogLimits
 from vmsandbox.runtime.members import MEMBER_ANNOTATION, member_record, personalize, take_member
 from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
-from vmsandbox.runtime.relay import RelayConfig, spawn_relay
+from vmsandbox.runtime.relay import EXIT_FILE, RelayConfig, read_exit, spawn_relay
 from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM, snapshot_dir
 from vmsandbox.runtime.spec import load_spec, resolve_bundle
 from vmsandbox.runtime.state import DISKS_DIR, ContainerState, Record, StateStore, Timings
@@ -314,6 +316,7 @@ class Runtime:
                 relay_log=record_dir / "relay.log",
                 hypervisor_config=self.config,
                 log_limits=self.log_limits,
+                exit_path=record_dir / EXIT_FILE,
             ),
         )
         undo.callback(_kill_relay, relay_pid)
@@ -424,6 +427,7 @@ class Runtime:
             spec.root_disk = images / "rootfs.img"
         undo.callback(_remove_empty, spec.state_dir.parent)
         undo.callback(_remove_tree, spec.state_dir)
+        spec.cgroup = self._make_cgroup(container_id, size, undo)
         handle = driver.boot(spec)
         undo.callback(driver.stop, handle)
         return handle
@@ -454,9 +458,37 @@ class Runtime:
         )
         undo.callback(_remove_empty, spec.state_dir.parent)
         undo.callback(_remove_tree, spec.state_dir)
+        manifest = SnapshotManifest.load(source, driver.name)
+        size = VMSize(vcpus=manifest.vcpus, memory_mib=manifest.memory_mib)
+        spec.cgroup = self._make_cgroup(container_id, size, undo)
         handle = driver.restore(spec, source)
         undo.callback(driver.stop, handle)
         return handle
+
+    def _cgroup_path(self, container_id: str) -> str | None:
+        parent = self.config.cgroup_parent
+        return f"{parent}/{container_id}" if parent else None
+
+    def _make_cgroup(self, container_id: str, size: VMSize, undo: contextlib.ExitStack) -> str | None:
+        """The VM's own cgroup, limited to its memory (plus the VMM's overhead) and vCPUs."""
+        path = self._cgroup_path(container_id)
+        if path is None:
+            return None
+        cgroup = VMCgroup(path)
+        memory = (size.memory_mib + self.config.vmm_overhead_mib) * 1024 * 1024
+        undo.callback(cgroup.remove)
+        cgroup.create(Limits(memory_bytes=memory, vcpus=size.vcpus))
+        return path
+
+    def remove_vm_cgroup(self, container_id: str, vm: VMHandle | None) -> None:
+        """Kill whatever is left in the VM's cgroup and remove it (after the driver stopped the VM)."""
+        path = (vm.endpoints.get(CGROUP_ENDPOINT) if vm else None) or self._cgroup_path(container_id)
+        if path is None:
+            return
+        try:
+            VMCgroup(path).remove()
+        except HypervisorError as exc:
+            raise RuntimeError_(str(exc), step="delete") from exc
 
     @staticmethod
     def _null_stdio(fds: contextlib.ExitStack) -> Stdio:
@@ -524,8 +556,10 @@ class Runtime:
             return state
         info = self._guest_info(record)
         if info is None:
+            # The VM is gone; the relay may have seen the container end before it went.
             state.status = "stopped"
             state.pid = 0
+            state.exit_code = read_exit(self.store.dir(state.id) / EXIT_FILE)
             return state
         return self._with_info(state, info)
 
@@ -720,6 +754,9 @@ class Runtime:
             if str(vm_dir) not in owned:
                 self._stop_vm_dir(vm_dir, hypervisor=None)
                 done.append(f"{vm_dir.name}: stopped a VM no container owns")
+        if self.config.cgroup_parent:
+            for name in remove_unowned(self.config.cgroup_parent, set(self.store.ids())):
+                done.append(f"{name}: removed a VM cgroup no container owns")
         return done
 
     def _recorded_vm(self, record: Record) -> VMHandle | None:
@@ -764,6 +801,8 @@ class Runtime:
             _remove_empty(vm.state_dir.parent)
         elif record.owns_vm and record.state.status == "creating":
             self._stop_vm_dir(self.store.vm_dir(vm_id_for(record.state.id)), record.state.hypervisor)
+        if record.owns_vm:
+            self.remove_vm_cgroup(record.state.id, vm)
         self.store.remove(record.state.id)
 
 

@@ -155,6 +155,6 @@ class AgentGuest:
 
 
 def _signal(handle: VMHandle, signum: int) -> None:
-    """Signal the agent's whole process group (the backend starts it in its own session)."""
+    """Signal the agent's whole process group (the backend starts it in a session of its own)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(handle.vmm_pid, signum)
+        os.killpg(os.getpgid(handle.vmm_pid), signum)

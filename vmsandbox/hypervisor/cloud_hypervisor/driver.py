@@ -16,13 +16,13 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from vmsandbox.hypervisor.base import (
+    CGROUP_ENDPOINT,
     GUEST_AGENT_PORT,
     BootTimings,
     DiskSpec,
@@ -60,6 +60,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
 )
 from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.detached import Detached, exit_status, waiter_gone
 from vmsandbox.hypervisor.landlock import landlock_abi
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
@@ -121,7 +122,7 @@ class CloudHypervisorDriver(HypervisorDriver):
         self.timeouts = timeouts or Timeouts()
         #: VMMs this instance started, by PID, with the PID of the process that started them:
         #: only that parent can wait for them (a forked copy of this driver must not try).
-        self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
+        self._children: dict[int, tuple[int, Detached]] = {}
 
     # -- the VmConfig -------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class CloudHypervisorDriver(HypervisorDriver):
                 vmm_args(self.config, spec),
                 layout.api_socket,
                 layout.vmm_log,
+                spec.cgroup,
                 netns=net.tap_netns if net is not None and net.tap is not None else None,
             )
         except BaseException:
@@ -186,7 +188,11 @@ class CloudHypervisorDriver(HypervisorDriver):
             hypervisor=self.name,
             state_dir=layout.state_dir,
             vmm_pid=child.pid,
-            endpoints=layout.endpoints(),
+            endpoints={
+                **layout.endpoints(),
+                **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}),
+                "vmm_waiter": child.waiter,
+            },
         )
         try:
             handle.save()
@@ -240,7 +246,7 @@ class CloudHypervisorDriver(HypervisorDriver):
         for path in layout.files():
             path.unlink(missing_ok=True)
 
-    def _wait_ready(self, child: subprocess.Popen[bytes], layout: VmLayout) -> CloudHypervisorClient:
+    def _wait_ready(self, child: Detached, layout: VmLayout) -> CloudHypervisorClient:
         """Poll ``vmm.ping`` (Kata: every 10 ms, 1 s per call, 10 s in all) while the child lives."""
         client = CloudHypervisorClient(layout.api_socket, timeout=self.timeouts.call)
         deadline = time.monotonic() + self.timeouts.ready
@@ -301,11 +307,13 @@ class CloudHypervisorDriver(HypervisorDriver):
             raise VmmDied(handle.vm_id, handle.vmm_pid, None if child is None else child.returncode)
 
     def exit_status(self, handle: VMHandle) -> int | None:
-        """The VMM's exit status if it ended and this instance started it, else None."""
+        """The VMM's exit status once it ended (its waiter wrote it, whoever started it), else None."""
         child = self._child(handle.vmm_pid)
-        return None if child is None else child.poll()
+        if child is not None:
+            return child.poll()
+        return None if self.alive(handle) else exit_status(VmLayout.of(handle).vmm_status)
 
-    def _child(self, pid: int) -> subprocess.Popen[bytes] | None:
+    def _child(self, pid: int) -> Detached | None:
         """The Popen of a VMM this very process started, else None."""
         owner, child = self._children.get(pid, (0, None))
         return child if owner == os.getpid() else None
@@ -398,6 +406,8 @@ class CloudHypervisorDriver(HypervisorDriver):
                 vmm_args(self.config, restore_spec, read_only=[directory, source]),
                 layout.api_socket,
                 layout.vmm_log,
+                spec.cgroup,
+                netns=spec.network.tap_netns if spec.network is not None and spec.network.tap else None,
             )
         except BaseException:
             remove_dir(source)
@@ -412,7 +422,12 @@ class CloudHypervisorDriver(HypervisorDriver):
             hypervisor=self.name,
             state_dir=layout.state_dir,
             vmm_pid=child.pid,
-            endpoints={**layout.endpoints(), "restored_from": str(directory)},
+            endpoints={
+                **layout.endpoints(),
+                **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}),
+                "vmm_waiter": child.waiter,
+                "restored_from": str(directory),
+            },
         )
         try:
             handle.save()
@@ -468,6 +483,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             if not vmm_process.wait_gone(pid, self.timeouts.exit_wait, child):
                 log.warning("VM %s: VMM %d still running after vmm.shutdown; SIGKILL", handle.vm_id, pid)
                 vmm_process.kill(pid, child)
+        waiter_gone(handle.endpoints.get("vmm_waiter"))  # it records the exit status, then ends
 
     @staticmethod
     def _remove_files(layout: VmLayout, remove_dir: bool) -> None:

@@ -57,5 +57,10 @@ class VmLayout(BaseModel):
         """Every socket-like file the VMM may leave behind (v53 also keeps ``<api>.lock``)."""
         return [self.api_socket, Path(f"{self.api_socket}.lock"), self.vsock_socket]
 
+    @property
+    def vmm_status(self) -> Path:
+        """Where the VMM's waiter writes its exit status (:mod:`vmsandbox.hypervisor.detached`)."""
+        return self.vmm_log.with_name("cloud-hypervisor.status")
+
     def files(self) -> list[Path]:
-        return [*self.sockets(), self.vmm_log, self.serial_log, self.handle]
+        return [*self.sockets(), self.vmm_log, self.vmm_status, self.serial_log, self.handle]

@@ -1,7 +1,8 @@
 """Starting, watching and ending the ``cloud-hypervisor`` process.
 
-The VMM runs in its own session (so its process group is its own and a terminal's signals do
-not reach it) with stdout/stderr in a per-VM log file. Later calls may come from another,
+The VMM runs in a session of its own (so a terminal's signals do not reach it) and in the VM's
+cgroup, as no child of its starter (:mod:`vmsandbox.hypervisor.detached`), with stdout/stderr
+in a per-VM log file and its exit status in a file next to it. Later calls may come from another,
 short-lived process holding only the PID, so liveness is read from ``/proc`` and a PID is only
 signalled after checking that its command line still names this VM's API socket (PIDs are
 reused).
@@ -12,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
+from vmsandbox.hypervisor.cgroups import procs_files
 from vmsandbox.hypervisor.cloud_hypervisor.errors import VmmLaunchError
+from vmsandbox.hypervisor.detached import Detached, SpawnError, kill_session, spawn_detached
 from vmsandbox.hypervisor.procs import running
 
 
@@ -37,8 +39,13 @@ def resolve_binary(binary: str) -> str:
 
 
 def launch(
-    binary: str, args: list[str], api_socket: Path, log_path: Path, netns: Path | None = None
-) -> subprocess.Popen[bytes]:
+    binary: str,
+    args: list[str],
+    api_socket: Path,
+    log_path: Path,
+    cgroup: str | None = None,
+    netns: Path | None = None,
+) -> Detached:
     """``<binary> --api-socket path=<socket> <args>`` with its output appended to ``log_path``.
 
     ``netns``: the network namespace holding the VM's tap, when it is not this process's own;
@@ -48,16 +55,14 @@ def launch(
     enter = ["nsenter", f"--net={netns}"] if netns is not None else []
     with open(log_path, "ab") as log:
         try:
-            return subprocess.Popen(
+            return spawn_detached(
                 [*enter, executable, "--api-socket", f"path={api_socket}", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
+                log=log,
+                cgroup_procs=procs_files(cgroup),
+                status_file=log_path.with_name("cloud-hypervisor.status"),
             )
-        except OSError as exc:
-            raise VmmLaunchError(binary, exc.strerror or str(exc)) from exc
+        except SpawnError as exc:
+            raise VmmLaunchError(binary, exc.detail) from exc
 
 
 def owns_socket(pid: int, api_socket: Path) -> bool:
@@ -69,7 +74,7 @@ def owns_socket(pid: int, api_socket: Path) -> bool:
     return str(api_socket).encode() in cmdline
 
 
-def wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = None) -> bool:
+def wait_gone(pid: int, timeout: float, child: Detached | None = None) -> bool:
     """Wait until the process has ended (reaping it when it is our child)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -83,12 +88,9 @@ def wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = 
         time.sleep(0.01)
 
 
-def kill(pid: int, child: subprocess.Popen[bytes] | None = None) -> None:
-    """SIGKILL the VMM's whole process group, then reap it if it is our child."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def kill(pid: int, child: Detached | None = None) -> None:
+    """SIGKILL the VMM and its waiter, then wait until it is gone."""
+    kill_session(pid, child.started if child is not None else None)
     if child is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.wait(timeout=5)

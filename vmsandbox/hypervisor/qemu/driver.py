@@ -1,7 +1,8 @@
 """The QEMU driver: boots the guest image with ``qemu-system-x86_64`` and drives it over QMP.
 
 For hosts without usable KVM (TCG emulation) and for CI. Each VM is a QEMU process plus an
-agent mux proxy (:mod:`vmsandbox.hypervisor.qemu.mux`) in QEMU's process group. The guest agent
+agent mux proxy (:mod:`vmsandbox.hypervisor.qemu.mux`), each in a session of its own and both in
+the VM's cgroup (:mod:`vmsandbox.hypervisor.detached`): neither is a child of the caller. The guest agent
 is reached over a virtio-serial port, since these hosts have no ``vhost-vsock``; the proxy turns
 that one byte stream into one channel per connection on ``<state>/agent.sock``.
 
@@ -15,9 +16,7 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
 from vmsandbox.hypervisor.base import (
+    CGROUP_ENDPOINT,
     GUEST_AGENT_SERIAL_NAME,
     SERIAL_LOG_ENDPOINT,
     BootTimings,
@@ -42,8 +42,10 @@ from vmsandbox.hypervisor.base import (
     check_socket_path,
     connect_unix,
 )
+from vmsandbox.hypervisor.cgroups import procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.procs import running, start_time
+from vmsandbox.hypervisor.detached import Detached, kill_session, spawn_detached, waiter_gone
+from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.qemu import migration
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
@@ -212,8 +214,6 @@ class QemuDriver(HypervisorDriver):
 
     def __init__(self, config: HypervisorConfig) -> None:
         self.config = config
-        #: QEMU processes this instance started, so it can reap them (others are init's).
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- boot -----------------------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ class QemuDriver(HypervisorDriver):
         t0 = time.monotonic()
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
         try:
-            qemu = self._start_qemu(argv, paths)
+            qemu = self._start_qemu(argv, paths, spec.cgroup)
             handle.vmm_pid = qemu.pid
             handle.endpoints = {
                 "qmp": str(paths.qmp),
@@ -250,11 +250,15 @@ class QemuDriver(HypervisorDriver):
                 "agent_serial": str(paths.agent_serial),
                 SERIAL_LOG_ENDPOINT: str(paths.console),
                 "accel": accel,
-                "vmm_started": start_time(qemu.pid) or "",
+                "vmm_started": qemu.started,
+                "vmm_waiter": qemu.waiter,
             }
-            mux = self._start_mux(qemu, paths)
+            if spec.cgroup:
+                handle.endpoints[CGROUP_ENDPOINT] = spec.cgroup
+            mux = self._start_mux(paths, spec.cgroup)
             handle.endpoints["mux_pid"] = str(mux.pid)
-            handle.endpoints["mux_started"] = start_time(mux.pid) or ""
+            handle.endpoints["mux_started"] = mux.started
+            handle.endpoints["mux_waiter"] = mux.waiter
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             paths.spec.write_text(spec.model_dump_json())
             self._wait_qmp(qemu, paths)
@@ -273,19 +277,13 @@ class QemuDriver(HypervisorDriver):
             raise
         return handle
 
-    def _start_qemu(self, argv: list[str], paths: VMPaths) -> subprocess.Popen[bytes]:
+    @staticmethod
+    def _start_qemu(argv: list[str], paths: VMPaths, cgroup: str | None) -> Detached:
         with paths.qemu_log.open("wb") as log:
-            try:
-                # Its own process group (the mux proxy joins it), so stop() can kill both at once.
-                qemu = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0
-                )
-            except OSError as exc:
-                raise HypervisorError(f"cannot start {argv[0]}: {exc.strerror}", step="vmm start") from exc
-        self._children[qemu.pid] = qemu
-        return qemu
+            return spawn_detached(argv, log=log, cgroup_procs=procs_files(cgroup))
 
-    def _start_mux(self, qemu: subprocess.Popen[bytes], paths: VMPaths) -> subprocess.Popen[bytes]:
+    @staticmethod
+    def _start_mux(paths: VMPaths, cgroup: str | None) -> Detached:
         import vmsandbox
 
         env = dict(os.environ)
@@ -294,19 +292,13 @@ class QemuDriver(HypervisorDriver):
         cmd = [sys.executable, "-m", "vmsandbox.hypervisor.qemu.mux"]
         cmd += ["--line", str(paths.agent_serial), "--listen", str(paths.agent)]
         with paths.mux_log.open("wb") as log:
-            mux = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, process_group=qemu.pid
-            )
-        self._children[mux.pid] = mux
-        return mux
+            return spawn_detached(cmd, log=log, cgroup_procs=procs_files(cgroup), env=env)
 
-    def _wait_qmp(self, qemu: subprocess.Popen[bytes], paths: VMPaths) -> None:
+    def _wait_qmp(self, qemu: Detached, paths: VMPaths) -> None:
         deadline = time.monotonic() + QMP_TIMEOUT
         while True:
-            if qemu.poll() is not None:
-                raise HypervisorError(
-                    f"QEMU exited with status {qemu.returncode}: {_tail(paths.qemu_log)}", step="vmm start"
-                )
+            if not qemu.alive():
+                raise HypervisorError(f"QEMU exited: {_tail(paths.qemu_log)}", step="vmm start")
             try:
                 with QMPClient.connect(paths.qmp, timeout=0.2) as qmp:
                     status = qmp.execute("query-status")
@@ -323,8 +315,8 @@ class QemuDriver(HypervisorDriver):
     def _wait_agent(
         self,
         handle: VMHandle,
-        qemu: subprocess.Popen[bytes],
-        mux: subprocess.Popen[bytes],
+        qemu: Detached,
+        mux: Detached,
         paths: VMPaths,
         timeout: float,
     ) -> tuple[float, float, Pong]:
@@ -341,16 +333,15 @@ class QemuDriver(HypervisorDriver):
         t_init: float | None = None
         last_error = "its socket never appeared"
         while True:
-            if qemu.poll() is not None:
+            if not qemu.alive():
                 raise VMGone(
-                    f"the VM exited (status {qemu.returncode}) before the guest agent was ready; "
-                    f"console: {_tail(paths.console)}",
+                    f"the VM exited before the guest agent was ready; console: {_tail(paths.console)}; "
+                    f"QEMU: {_tail(paths.qemu_log)}",
                     step="agent ready",
                 )
-            if mux.poll() is not None:
+            if not mux.alive():
                 raise HypervisorError(
-                    f"the agent serial mux exited with status {mux.returncode}: {_tail(paths.mux_log)}",
-                    step="agent ready",
+                    f"the agent serial mux exited: {_tail(paths.mux_log)}", step="agent ready"
                 )
             if t_init is None:
                 with contextlib.suppress(OSError):
@@ -483,9 +474,6 @@ class QemuDriver(HypervisorDriver):
         raise HypervisorError(f"all {HOTPLUG_PORTS} hot-plug slots are in use", step="attach disk")
 
     def alive(self, handle: VMHandle) -> bool:
-        child = self._children.get(handle.vmm_pid)
-        if child is not None:
-            return child.poll() is None
         return handle.vmm_pid > 0 and running(handle.vmm_pid, handle.endpoints.get("vmm_started") or None)
 
     def stop(self, handle: VMHandle) -> None:
@@ -567,7 +555,7 @@ class QemuDriver(HypervisorDriver):
             accel: Accel = "kvm" if manifest.details.get("accel") == "kvm" else "tcg"
             argv = qemu_argv(self.config.qemu_binary, machine, accel, paths)
             argv += [*hotplug_argv(plugged, ports), "-incoming", "defer"]
-            qemu = self._start_qemu(argv, paths)
+            qemu = self._start_qemu(argv, paths, spec.cgroup)
             handle.vmm_pid = qemu.pid
             handle.endpoints = {
                 "qmp": str(paths.qmp),
@@ -575,12 +563,16 @@ class QemuDriver(HypervisorDriver):
                 "agent_serial": str(paths.agent_serial),
                 SERIAL_LOG_ENDPOINT: str(paths.console),
                 "accel": accel,
-                "vmm_started": start_time(qemu.pid) or "",
+                "vmm_started": qemu.started,
+                "vmm_waiter": qemu.waiter,
                 "restored_from": str(directory),
             }
-            mux = self._start_mux(qemu, paths)
+            if spec.cgroup:
+                handle.endpoints[CGROUP_ENDPOINT] = spec.cgroup
+            mux = self._start_mux(paths, spec.cgroup)
             handle.endpoints["mux_pid"] = str(mux.pid)
-            handle.endpoints["mux_started"] = start_time(mux.pid) or ""
+            handle.endpoints["mux_started"] = mux.started
+            handle.endpoints["mux_waiter"] = mux.waiter
             handle.save()
             paths.spec.write_text(machine.model_dump_json())
             _save_hotplug_table(
@@ -612,8 +604,8 @@ class QemuDriver(HypervisorDriver):
     def _wait_agent_socket(
         self,
         handle: VMHandle,
-        qemu: subprocess.Popen[bytes],
-        mux: subprocess.Popen[bytes],
+        qemu: Detached,
+        mux: Detached,
         paths: VMPaths,
         timeout: float,
     ) -> None:
@@ -677,23 +669,22 @@ class QemuDriver(HypervisorDriver):
             time.sleep(0.02)
         return True
 
-    def _kill_group(self, handle: VMHandle) -> None:
-        members = [(handle.vmm_pid, handle.endpoints.get("vmm_started"))]
+    @staticmethod
+    def _kill_group(handle: VMHandle) -> None:
+        """SIGKILL QEMU and the mux, each in a session of its own with its waiter; wait for all."""
+        members = [("vmm", handle.vmm_pid)]
         if "mux_pid" in handle.endpoints:
-            members.append((int(handle.endpoints["mux_pid"]), handle.endpoints.get("mux_started")))
-        ours = [pid for pid, started in members if pid in self._children or running(pid, started or None)]
-        if ours:
-            # The group outlives its leader while the mux is in it; never signal a reused group.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(handle.vmm_pid, signal.SIGKILL)
+            members.append(("mux", int(handle.endpoints["mux_pid"])))
+        for name, pid in members:
+            if pid > 0:  # start times are checked: a reused pid is never signalled
+                kill_session(
+                    pid, handle.endpoints.get(f"{name}_started"), handle.endpoints.get(f"{name}_waiter")
+                )
         deadline = time.monotonic() + 10
-        for pid, started in members:
-            child = self._children.pop(pid, None)
-            if child is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(max(0.1, deadline - time.monotonic()))
-                continue
+        for name, pid in members:
+            started = handle.endpoints.get(f"{name}_started")
             while running(pid, started or None) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            if running(pid, started or None):
+            gone = waiter_gone(handle.endpoints.get(f"{name}_waiter"), max(0.0, deadline - time.monotonic()))
+            if running(pid, started or None) or not gone:
                 raise HypervisorError(f"process {pid} of VM {handle.vm_id} survived SIGKILL", step="stop")
