@@ -55,6 +55,7 @@ from vmsandbox.devcluster.corekinds import (
     CoreKind,
 )
 from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
+from vmsandbox.devcluster.faults import FAULTS_PATH, Faults
 from vmsandbox.devcluster.objectstore import ObjectStore
 from vmsandbox.devcluster.protobuf import ProtobufError, decode_namespace
 from vmsandbox.devcluster.rbac import (
@@ -117,8 +118,10 @@ def _media_type(value: str) -> str:
 class Front:
     """The aiohttp application; ``upstream`` is the real server's https URL (certificate unchecked)."""
 
-    def __init__(self, upstream: str, request_log: Path | None = None) -> None:
+    def __init__(self, upstream: str, request_log: Path | None = None, faults: Faults | None = None) -> None:
         self.upstream = upstream.rstrip("/")
+        #: Test-only injected failures (``--fault-injection``); None: none can be injected.
+        self.faults = faults
         self._log = RequestLogWriter(request_log) if request_log else None
         self._session: aiohttp.ClientSession | None = None
         self.rbac: ObjectStore[Policy] = ObjectStore(RBAC_KINDS, self._get_json, Policy.from_objects)
@@ -205,6 +208,12 @@ class Front:
         # front's reads of the policy) must never wait for the policy they are part of loading.
         if not user.superuser and not (await self.rbac.get()).allows(attrs):
             return web.json_response(forbidden_status(attrs), status=403)
+        if self.faults is not None:  # only those RBAC allows to (cluster-admin: every URL)
+            if path == FAULTS_PATH:
+                return await self.faults.serve(request)
+            fault = self.faults.take(request.method, request.path, user.name)
+            if fault is not None:
+                return fault.response()
         # Not for the cluster's own components (system:masters): the server's delegated reviews
         # must never wait for the policies the front is loading through the server.
         if (
@@ -696,6 +705,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-port", type=int, help="also serve https here (needs --tls-cert, --tls-key)")
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
+    parser.add_argument(
+        "--fault-injection", action="store_true", help=f"serve {FAULTS_PATH} (tests only: fails requests)"
+    )
     args = parser.parse_args(argv)
     tls = (args.tls_port, args.tls_cert, args.tls_key) if args.tls_port else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s front %(levelname)s %(message)s")
@@ -705,7 +717,8 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.host, args.port, Front(args.upstream, args.request_log), stop, tls)
+        faults = Faults() if args.fault_injection else None
+        await serve(args.host, args.port, Front(args.upstream, args.request_log, faults), stop, tls)
 
     asyncio.run(run())
 
