@@ -661,6 +661,10 @@ class SandboxWorker:
             poll = min(poll, left)
         vmm_pid = state.vm.vmm_pid if state.vm else 0
         if running(state.pid) and running(vmm_pid):
+            if sandbox.status.phase is Phase.FAILED and sandbox.status.reason == StatusReason.NODE_LOST:
+                # Declared lost while cut off, yet it ran on (restartPolicy Never is not fenced).
+                self.log.info("the sandbox was declared lost but kept running; reporting it Running")
+                self._write(obj, _still_running)
             return poll
         # The relay or the VMM ended: ask the runtime what happened.
         fresh = self.ctx.runtimes.state(self.cid)
@@ -804,6 +808,15 @@ class SandboxWorker:
 
 def _unchanged(_status: VMSandboxStatus) -> None:
     """A write of nothing new: sends only the changes still pending."""
+
+
+def _still_running(status: VMSandboxStatus) -> None:
+    """Undo a NodeLost verdict on a sandbox whose container never stopped."""
+    if status.phase is Phase.FAILED and status.reason == StatusReason.NODE_LOST:
+        status.phase = Phase.RUNNING
+        status.reason = None
+        status.message = None
+        status.set_condition(ConditionType.READY, ConditionStatus.TRUE, "Running")
 
 
 def _ended(end: ContainerEnd, cid: str, policy: RestartPolicy, delay: float) -> Mutation:
