@@ -48,6 +48,7 @@ from vmsandbox.hypervisor.base import (
     connect_unix,
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.procs import running, signal_recorded, start_time
 
 ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no VM): not for untrusted code"
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
@@ -173,6 +174,7 @@ class ProcessDriver(HypervisorDriver):
             state_dir=spec.state_dir,
             vmm_pid=pid,
             endpoints={
+                "vmm_start": start_time(pid) or "",
                 "agent": str(spec.state_dir / "agent.sock"),
                 "disks": str(disks),
                 "cgroup_parent": (spec.state_dir / CGROUP_FILE).read_text(),
@@ -309,10 +311,10 @@ class ProcessDriver(HypervisorDriver):
         tmp.replace(table)
 
     def alive(self, handle: VMHandle) -> bool:
-        return _alive(handle.vmm_pid)
+        return running(handle.vmm_pid, handle.endpoints.get("vmm_start") or None)
 
     def stop(self, handle: VMHandle) -> None:
-        _kill_group(handle.vmm_pid)
+        _kill_group(handle.vmm_pid, handle.endpoints.get("vmm_start") or None)
         if "cgroup_parent" in handle.endpoints:
             remove_cgroups(handle.endpoints["cgroup_parent"])
         Path(handle.endpoints.get("agent", handle.state_dir / "agent.sock")).unlink(missing_ok=True)
@@ -361,10 +363,13 @@ def pool_dir(vms_dir: Path) -> Path:
     return vms_dir / POOL_DIR
 
 
-def _kill_group(pid: int) -> None:
-    """SIGKILL unshare's process group (the agent, and with it its PID namespace) and reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def _kill_group(pid: int, started: str | None = None) -> None:
+    """SIGKILL unshare's process group (the agent, and with it its PID namespace) and reap it;
+    nothing when ``pid`` no longer names the process started at ``started``."""
+    if not signal_recorded(pid, started, signal.SIGKILL, group=True):
+        _reap(pid)
+        _SPAWNED.pop(pid, None)
+        return
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         _reap(pid)

@@ -6,14 +6,16 @@ relay per container stands in for it (kata-shim's model): it attaches to the gue
 output to its own stdout/stderr and to the container log, copies its stdin in, forwards the
 signals it receives, and exits with the container's status (128 + signal when one killed it).
 
-The relay is forked from the creating process without exec so that it is ready in milliseconds
-(an exec'd interpreter would spend hundreds of them importing). Because the creator may have other
-threads, the child avoids their locks: it never logs through :mod:`logging`, makes its own
-driver, and only uses sockets, pipes and plain file writes.
+The relay is a fresh interpreter (``python -m vmsandbox.runtime.relay_main``), never a fork of its
+creator: the creator may be the multi-threaded agent, and a forked child could inherit a lock
+some other thread held at that instant. It reads its configuration from a pipe, reports through
+another that it is attached, then never logs through :mod:`logging`: only sockets, pipes and
+plain file writes.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -21,6 +23,7 @@ import selectors
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -82,19 +85,29 @@ class RelayConfig(BaseModel):
 
 
 def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
-    """Fork the relay; return its pid once it is attached to the container's output."""
+    """Start the relay (exec'd, in a session of its own); return its pid once it is attached."""
     ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = LOST_AGENT_STATUS
-        try:
-            os.close(ready_r)
-            code = _child(config, ready_w)
-        except BaseException:
-            _log(config.relay_log, traceback.format_exc())
-        finally:
-            os._exit(code)
-    os.close(ready_w)
+    config_r, config_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vmsandbox.runtime.relay_main",
+                f"--ready-fd={ready_w}",
+                f"--config-fd={config_r}",
+            ],
+            stdin=config.stdio[0],
+            stdout=config.stdio[1],
+            stderr=config.stdio[2],
+            pass_fds=(ready_w, config_r),
+            start_new_session=True,
+        )
+    finally:
+        os.close(ready_w)
+        os.close(config_r)
+    with os.fdopen(config_w, "w") as pipe:
+        pipe.write(config.model_dump_json())
     try:
         sel = selectors.DefaultSelector()
         sel.register(ready_r, selectors.EVENT_READ)
@@ -103,18 +116,11 @@ def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
     finally:
         os.close(ready_r)
     if not ok:
-        _kill_and_reap(pid)
+        proc.kill()  # not yet reaped, so the pid is still this relay's
+        proc.wait()
         detail = _tail(config.relay_log) or "no diagnostics"
         raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
-    return pid
-
-
-def _kill_and_reap(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+    return proc.pid
 
 
 def _tail(path: Path) -> str:
@@ -135,18 +141,24 @@ def _log(path: Path, text: str) -> None:
 # ---- the child ---------------------------------------------------------------------------
 
 
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - runs in the relay
+    """The relay process: stdio is the caller's; the configuration arrives on ``--config-fd``."""
+    parser = argparse.ArgumentParser(prog="python -m vmsandbox.runtime.relay_main")
+    parser.add_argument("--ready-fd", type=int, required=True)
+    parser.add_argument("--config-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    with os.fdopen(args.config_fd) as pipe:
+        config = RelayConfig.model_validate_json(pipe.read())
+    code = LOST_AGENT_STATUS
+    try:
+        code = _child(config, args.ready_fd)
+    except BaseException:
+        _log(config.relay_log, traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
 def _child(config: RelayConfig, ready_w: int) -> int:
-    os.setsid()
-    # Give the relay exactly the caller's stdio, then drop every other inherited descriptor.
-    copies = [os.dup(fd) for fd in config.stdio]
-    for target, fd in enumerate(copies):
-        os.dup2(fd, target)
-    keep = {0, 1, 2, ready_w}
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
     if config.terminal and os.isatty(0):
         with contextlib.suppress(OSError):
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
