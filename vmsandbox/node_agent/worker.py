@@ -476,8 +476,12 @@ class SandboxWorker:
                 self.ctx.metrics.pull_bytes.inc(image.pulled_bytes)
                 self.ctx.metrics.pull_seconds.observe(image.pull_seconds)
             self.ctx.metrics.boot_stage.labels("image").observe(image_s)
+            try:  # from here the record keeps the image from eviction
+                record.image_digest = image.digest
+                self._save_record()
+            finally:
+                self.ctx.images.release(image.digest)
             self.ctx.events.record(obj, "Pulled", f"image {sandbox.spec.image} ready ({image.digest})")
-            record.image_digest = image.digest
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
                 bundle = build_bundle(
