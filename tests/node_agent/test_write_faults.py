@@ -9,10 +9,13 @@ reported once the API server takes writes again.
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from tests.node_agent.resilience import MakeAgent, own_user_agent, record, runs, sandbox_path, teardowns
-from tests.node_agent.support import Cluster, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import Cluster, Registry, containers_left, pid_alive, unique, wait_for
 from vmsandbox.devcluster import LocalCluster
 
 pytestmark = pytest.mark.kube
@@ -121,3 +124,45 @@ def test_an_end_recorded_while_writes_fail_survives_an_agent_restart(
     assert status["container"]["exitCode"] == 7 and status["reason"] == "Error"
     assert runs(agent, uid) == 1, "a Never sandbox ran once"
     assert not [t for t in teardowns(agent, name) if "container ended" not in t and "finishing" not in t]
+
+
+@pytest.mark.parametrize("code", [500, 409])
+def test_a_running_container_outlasts_its_status_writes_failing(
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    registry: Registry,
+    kube: LocalCluster,
+    request: pytest.FixtureRequest,
+    code: int,
+) -> None:
+    """Every status write fails until well after the container started: the VM stays up and the
+    agent keeps the changes, which land (Creating and Running together) once writes pass."""
+    agent, user = own_user_agent(kube, make_agent, request)
+    name = unique(f"held{code}")
+    path = sandbox_path(cluster, name)
+    kube.inject_fault(method="PUT", path=f"{path}/status$", user=user, status=code, count=None)
+    obj = cluster.create_sandbox(
+        name,
+        {
+            "image": f"{registry.host}/test/busybox:latest",
+            "command": ["sh", "-c", "echo run-marker; exec sleep 600"],
+        },
+        node=agent.node,
+    )
+    uid = obj["metadata"]["uid"]
+    wait_for(
+        "the container to start", lambda: (record(agent, uid) or {}).get("container_started"), timeout=60
+    )
+    (cid,) = containers_left(agent.runtime_root)
+    state = json.loads((agent.runtime_root / cid / "state.json").read_text())["state"]
+    vmm = state["vm"]["vmm_pid"]
+    time.sleep(5)  # writes keep failing meanwhile
+    assert pid_alive(vmm) and cluster.status(name)["phase"] == "Scheduled"
+    assert teardowns(agent, name) == []
+    kube.clear_faults()
+    status = cluster.wait_phase(name, "Running", timeout=60)
+    assert status["vm"]["vmmPID"] == vmm and pid_alive(vmm), "the VM that started is the one reported"
+    assert status["hypervisor"] == "process" and status["startTime"], "the Creating change was kept too"
+    assert runs(agent, uid) == 1 and teardowns(agent, name) == []
+    failed = [r for r in kube.requests_made() if r.user == user and r.name == name and r.status == code]
+    assert len(failed) >= 3, "the writes were retried while they failed"
