@@ -762,7 +762,7 @@ class SandboxWorker:
         """A run that ended for good (per the local record): report it if the status does not yet;
         never start it again."""
         phase = sandbox.status.phase
-        if phase is None or not phase.finished:
+        if (phase is None or not phase.finished) and not self.has_pending():
             self.log.info("reporting the recorded end of the last run: %s", end.message)
             self._write(obj, _ended(end, self.cid, sandbox.spec.restart_policy, 0.0))
         return IDLE
