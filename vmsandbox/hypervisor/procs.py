@@ -64,8 +64,11 @@ def signal_recorded(pid: int, started: str | None, sig: int, *, group: bool = Fa
     except (OSError, AttributeError):  # no pidfds here: check, then signal by number
         fd = -1
     try:
-        if not running(pid, started):
+        state = proc_state(pid)
+        if state is None or (started and state[1] != started):
             return False
+        if state[0] in ("Z", "X") and not group:
+            return False  # a zombie holds its number (no reuse yet): its group may still live
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if group:
                 os.killpg(pid, sig)
