@@ -1,5 +1,5 @@
 """Stored pids are signalled only while they name the process that was recorded, and the relay
-is an exec'd interpreter of its own, never a fork of (possibly multi-threaded) creator."""
+is an exec'd interpreter of its own, never a fork of its (possibly multi-threaded) creator."""
 
 from __future__ import annotations
 
