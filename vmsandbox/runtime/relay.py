@@ -58,6 +58,7 @@ def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
         proc = subprocess.Popen(
             [
                 sys.executable,
+                "-S",  # no site: a large share of start-up; the relay imports only this package
                 "-m",
                 "vmsandbox.runtime.relay_main",
                 f"--ready-fd={ready_w}",
@@ -69,6 +70,7 @@ def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
             stderr=config.stdio[2],
             pass_fds=(ready_w, config_r, agent.fileno()),
             start_new_session=True,
+            env=_relay_env(),
         )
     finally:
         os.close(ready_w)
@@ -89,6 +91,16 @@ def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
         detail = _tail(config.relay_log) or "no diagnostics"
         raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
     return proc.pid
+
+
+def _relay_env() -> dict[str, str]:
+    """The caller's environment, with the directory holding this package first on the path."""
+    import vmsandbox
+
+    root = str(Path(vmsandbox.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def _child_config(config: RelayConfig) -> dict[str, object]:

@@ -141,6 +141,9 @@ class Relay:
     def _agent(self) -> socket.socket:
         """A new connection to the guest agent (for a signal): the driver is loaded on first use."""
         if self._connect is None:
+            import site
+
+            site.main()  # started with -S: the drivers need site-packages (pydantic)
             from vmsandbox.hypervisor import driver_for
             from vmsandbox.hypervisor.base import VMHandle
             from vmsandbox.hypervisor.config import HypervisorConfig
