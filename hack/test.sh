@@ -13,4 +13,4 @@ echo "== mypy"; mypy
 # (what CI runs) it is built here, in the log on its own; a selection of tests that includes
 # tests/image builds it before its first test instead.
 if [ $# -eq 0 ]; then echo "== image"; bash hack/build-image.sh; fi
-echo "== pytest"; pytest "$@"
+echo "== pytest"; pytest --durations=30 "$@"

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import requests
 import yaml
 
-from vmsandbox import cli_exec
+from vmsandbox import cli_exec, cli_portforward
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
     API_VERSION,
@@ -290,6 +290,17 @@ def cmd_ls(api: Api, args: argparse.Namespace) -> int:
     if spec is None:
         raise CLIError(f"{args.target!r}: expected NAME:/path", step="ls")
     return print_listing(agent_of(api, args.namespace, spec[0], "ls"), args.namespace, *spec)
+
+
+def cmd_port_forward(api: Api, args: argparse.Namespace) -> int:
+    pairs = [cli_portforward.parse_pair(spec) for spec in args.ports]
+    item = api.json("GET", sandboxes_path(args.namespace, args.name))
+    problem = cli_portforward.sandbox_network_problem(item)
+    if problem is not None:
+        raise CLIError(problem, step="port-forward")
+    agent = agent_of(api, args.namespace, args.name, "port-forward")
+    stop = threading.Event()
+    return cli_portforward.forward(agent, args.namespace, args.name, pairs, args.address, stop)
 
 
 def cmd_delete(api: Api, args: argparse.Namespace) -> int:
@@ -670,6 +681,7 @@ def parser() -> argparse.ArgumentParser:
     namespaced(logs)
 
     cli_exec.add_parsers(sub, namespaced)
+    cli_portforward.add_parser(sub, namespaced)
 
     delete = sub.add_parser("delete", help="delete sandboxes")
     delete.add_argument("names", nargs="+")
@@ -694,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             "attach": cmd_attach,
             "cp": cmd_cp,
             "ls": cmd_ls,
+            "port-forward": cmd_port_forward,
         }
         return handlers[args.command](api, args)
     except VMSandboxError as exc:

@@ -48,6 +48,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("memory-too-small", with_spec(resources={"memoryMiB": 64}), "spec.resources.memoryMiB"),
     ("memory-too-big", with_spec(resources={"memoryMiB": 262145}), "spec.resources.memoryMiB"),
     ("hypervisor", with_spec(hypervisor="xen"), "spec.hypervisor"),
+    ("paused-not-a-bool", with_spec(paused="yes"), "spec.paused"),
     ("node-selector-value", with_spec(nodeSelector={"zone": 3}), "spec.nodeSelector.zone"),
     (
         "toleration-operator",
@@ -74,6 +75,42 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         with_spec(network={"egress": {"deny": [f"198.18.{i}.0/24" for i in range(65)]}}),
         "spec.network.egress.deny",
     ),
+    ("pool-uppercase", with_spec(pool="Warm"), "spec.pool"),
+    ("pool-too-long", with_spec(pool="p" * 64), "spec.pool"),
+    ("pool-empty", with_spec(pool=""), "spec.pool"),
+    ("pool-not-a-string", with_spec(pool=3), "spec.pool"),
+]
+
+
+def pool(name: str = "pool", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "vmsandbox.io/v1alpha1",
+        "kind": "VMSandboxPool",
+        "metadata": {"name": name},
+        "spec": copy.deepcopy(spec),
+    }
+
+
+#: (id, pool object, field path the error must name)
+POOL_INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("replicas-negative", pool(replicas=-1), "spec.replicas"),
+    ("replicas-too-many", pool(replicas=65), "spec.replicas"),
+    ("replicas-not-int", pool(replicas="two"), "spec.replicas"),
+    ("mode", pool(mode="frozen"), "spec.mode"),
+    ("vcpus-zero", pool(template={"resources": {"vcpus": 0}}), "spec.template.resources.vcpus"),
+    (
+        "memory-too-big",
+        pool(template={"resources": {"memoryMiB": 262145}}),
+        "spec.template.resources.memoryMiB",
+    ),
+    ("hypervisor", pool(template={"hypervisor": "xen"}), "spec.template.hypervisor"),
+    ("node-selector-value", pool(template={"nodeSelector": {"zone": 3}}), "spec.template.nodeSelector.zone"),
+    (
+        "toleration-effect",
+        pool(template={"tolerations": [{"key": "gpu", "effect": "Never"}]}),
+        "spec.template.tolerations[0].effect",
+    ),
+    ("network-mode", pool(template={"network": {"mode": "bridged"}}), "spec.template.network.mode"),
 ]
 
 VALID_IMAGES = [

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from vmsandbox.api import Resources
-from vmsandbox.api.crd import facts, render, render_yaml
+from vmsandbox.api.crd import FILES, facts, render, render_yaml
 from vmsandbox.api.image_ref import IMAGE_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,3 +158,55 @@ def test_immutable_fields_say_so() -> None:
     spec_rules = " ".join(r["rule"] for r in spec["x-kubernetes-validations"])
     assert "oldSelf.hypervisor" in spec_rules
     assert "immutable once set" in spec["properties"]["hypervisor"]["description"]
+
+
+def test_committed_pool_crd_equals_rendered() -> None:
+    committed = (ROOT / "crds" / "vmsandboxpools.yaml").read_text()
+    printed = subprocess.run(
+        [sys.executable, "-m", "vmsandbox.api", "crd", "--kind", "VMSandboxPool"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    assert printed == render_yaml("VMSandboxPool")
+    assert committed == printed, "crds/vmsandboxpools.yaml is stale: `python -m vmsandbox.api crd --dir crds`"
+
+
+def test_crd_dir_writes_every_kind(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "vmsandbox.api", "crd", "--dir", str(tmp_path)], check=True, cwd=ROOT
+    )
+    written = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert written == {name: render_yaml(kind) for kind, name in FILES.items()}
+    assert sorted(written) == sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+
+
+def test_pool_crd_declares_scale_columns_and_immutability() -> None:
+    crd = yaml.safe_load((ROOT / "crds" / "vmsandboxpools.yaml").read_text())
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"], names["shortNames"]) == (
+        "VMSandboxPool",
+        "vmsandboxpools",
+        "vmsandboxpool",
+        ["vmsbp"],
+    )
+    assert crd["spec"]["scope"] == "Namespaced"
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Mode", "Replicas", "Ready", "Age"]
+    schema = version["schema"]["openAPIV3Schema"]
+    assert _walk(schema) == []
+    spec = schema["properties"]["spec"]
+    assert _immutable_paths(spec, "spec") == ["spec.mode", "spec.template"]
+    replicas = spec["properties"]["replicas"]
+    assert (replicas["default"], replicas["minimum"], replicas["maximum"]) == (1, 0, 64)
+    nodes = schema["properties"]["status"]["properties"]["nodes"]
+    assert nodes["x-kubernetes-list-map-keys"] == ["name"]

@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from vmsandbox.api.crd import render
-from vmsandbox.api.reference import BEGIN, END, MarkersMissing, current_block, render_reference, replace_block
+from vmsandbox.api.reference import (
+    BEGIN,
+    END,
+    POOL_BEGIN,
+    POOL_END,
+    MarkersMissing,
+    current_block,
+    render_reference,
+    replace_block,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +92,25 @@ def test_write_is_only_for_the_reference(tmp_path: Path) -> None:
     result = _run("crd", "--write", str(tmp_path / "x.md"))
     assert result.returncode == 2
     assert "--write applies to reference only" in result.stderr
+
+
+def test_readme_pool_reference_equals_rendered() -> None:
+    printed = _run("reference", "--kind", "VMSandboxPool")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == render_reference("VMSandboxPool")
+    assert "| `spec.template.resources.memoryMiB` |" in printed.stdout
+    assert "| `status.nodes[].desired` |" in printed.stdout
+    readme = (ROOT / "README.md").read_text()
+    assert current_block(readme, "VMSandboxPool") == printed.stdout, (
+        "README.md's VMSandboxPool reference is stale: "
+        "run `python -m vmsandbox.api reference --write README.md`"
+    )
+
+
+def test_write_fills_every_block_the_document_has(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"{BEGIN}\nold\n{END}\nmiddle\n{POOL_BEGIN}\nold\n{POOL_END}\n")
+    assert _run("reference", "--write", str(doc)).returncode == 0
+    assert doc.read_text() == (
+        f"{BEGIN}\n{render_reference()}{END}\nmiddle\n{POOL_BEGIN}\n{render_reference('VMSandboxPool')}{POOL_END}\n"
+    )

@@ -81,6 +81,10 @@ NEEDED = [
     ("operator", "vmsandbox.io", "vmsandboxes", "delete", "sandboxes"),
     ("operator", "vmsandbox.io", "vmsandboxes/status", "patch", "sandboxes"),
     ("operator", "", "nodes", "watch", ""),
+    ("operator", "vmsandbox.io", "vmsandboxpools", "watch", ""),
+    ("operator", "vmsandbox.io", "vmsandboxpools", "list", ""),
+    ("operator", "vmsandbox.io", "vmsandboxpools/status", "patch", "sandboxes"),
+    ("operator", "vmsandbox.io", "vmsandboxpools/status", "update", "sandboxes"),
     ("operator", "", "events", "create", "sandboxes"),
     ("operator", "coordination.k8s.io", "leases", "create", NAMESPACE),
     ("operator", "coordination.k8s.io", "leases", "patch", NAMESPACE),
@@ -91,6 +95,8 @@ NEEDED = [
     ("agent", "vmsandbox.io", "vmsandboxes", "patch", "sandboxes"),
     ("agent", "vmsandbox.io", "vmsandboxes/status", "update", "sandboxes"),
     ("agent", "", "nodes", "patch", ""),
+    ("agent", "vmsandbox.io", "vmsandboxpools", "list", ""),
+    ("agent", "vmsandbox.io", "vmsandboxpools", "get", "sandboxes"),
     ("agent", "", "events", "create", "sandboxes"),
     ("agent", "", "namespaces", "get", ""),
     ("agent", "coordination.k8s.io", "leases", "get", NAMESPACE),
@@ -116,6 +122,11 @@ REFUSED = [
     ("operator", "", "namespaces", "list", ""),
     ("operator", "vmsandbox.io", "vmsandboxes", "create", "sandboxes"),
     ("operator", "", "pods", "create", "sandboxes"),
+    ("operator", "vmsandbox.io", "vmsandboxpools", "update", "sandboxes"),
+    ("operator", "vmsandbox.io", "vmsandboxpools/scale", "update", "sandboxes"),
+    ("operator", "vmsandbox.io", "vmsandboxpools", "delete", "sandboxes"),
+    ("agent", "vmsandbox.io", "vmsandboxpools/status", "patch", "sandboxes"),
+    ("agent", "vmsandbox.io", "vmsandboxpools", "patch", "sandboxes"),
 ]
 
 

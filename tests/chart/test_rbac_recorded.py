@@ -73,6 +73,14 @@ def test_operator_scenario_calls_are_granted(
                 return harness.phase(obj) == "Scheduled"
 
             harness.wait_for("Scheduled", scheduled)
+            # A pool: the operator watches it and writes its status (each node's share).
+            pools = f"/apis/vmsandbox.io/v1alpha1/namespaces/{sandbox_namespace}/vmsandboxpools"
+            pool = {"apiVersion": "vmsandbox.io/v1alpha1", "kind": "VMSandboxPool", "metadata": {"name": "p"}}
+            assert kube.http("POST", pools, json={**pool, "spec": {"replicas": 1}}).status_code == 201
+            harness.wait_for(
+                "pool status",
+                lambda: (kube.http("GET", f"{pools}/p").json().get("status") or {}).get("replicas"),
+            )
             # The agent's part, done as the admin: the container ran and exited 0.
             path = harness.SANDBOXES.format(ns=sandbox_namespace) + "/rbac-hello/status"
             resp = kube.http(
@@ -91,6 +99,7 @@ def test_operator_scenario_calls_are_granted(
     verbs = {(r.resource, r.verb) for r in records}
     # The scenario really exercised the operator: watches, its placement and the TTL delete.
     assert ("vmsandboxes", "watch") in verbs and ("vmsandboxes", "delete") in verbs, sorted(verbs)
+    assert ("vmsandboxpools", "watch") in verbs and ("vmsandboxpools", "patch") in verbs, sorted(verbs)
     assert check_records(helm, records) == len(records)
     assert all(r.status != 403 for r in records), [r for r in records if r.status == 403]
 

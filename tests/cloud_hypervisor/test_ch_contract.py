@@ -59,8 +59,11 @@ def _drive_everything(ws: Workspace, driver: CloudHypervisorDriver) -> None:
         driver.resume(handle)
         driver.counters(handle)
         driver.info(handle)
+        driver.snapshot(handle, ws.root / "snap")
     finally:
         driver.stop(handle)
+    restored = driver.restore(ws.spec(vm_id="vm2"), ws.root / "snap")
+    driver.stop(restored)
 
 
 @pytest.mark.parametrize("version", ["v51.1", "v53.0"])
@@ -84,6 +87,8 @@ def test_every_body_the_driver_sends_conforms(
         "/vm.pause",
         "/vm.resume",
         "/vm.remove-device",
+        "/vm.snapshot",
+        "/vm.restore",
     } <= sent_paths
     assert sum(r["path"].endswith("/vm.remove-device") for r in requests) == 1
 
@@ -104,6 +109,14 @@ def test_every_body_the_driver_sends_conforms(
     assert ("/vm.create", "VmConfig") in validated
     assert ("/vm.add-disk", "DiskConfig") in validated
     assert ("/vm.remove-device", "VmRemoveDevice") in validated
+    assert ("/vm.snapshot", "VmSnapshotConfig") in validated
+    assert ("/vm.restore", "RestoreConfig") in validated
+    restore = json.loads(next(r["body"] for r in requests if r["path"].endswith("/vm.restore")))
+    if version == "v51.1":  # no on-demand restore, no resume flag: vm.resume follows
+        assert restore == {"source_url": restore["source_url"], "prefault": False}
+    else:
+        assert restore["memory_restore_mode"] == "OnDemand" and restore["resume"] is True
+        assert "prefault" not in restore
 
 
 def test_validator_rejects_what_the_real_server_would(spec: dict[str, Any]) -> None:

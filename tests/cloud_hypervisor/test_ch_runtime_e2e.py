@@ -17,7 +17,7 @@ import pytest
 
 from tests.cloud_hypervisor.conftest import Workspace
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
-from tests.runtime.support import base_config, write_bundle
+from tests.runtime.support import base_config, leftovers, write_bundle
 
 
 def runtime_command() -> list[str]:
@@ -82,6 +82,7 @@ def test_busybox_lifecycle_through_cloud_hypervisor(workspace: Workspace, guest_
     assert vm_config["memory"]["size"] == 384 * 1024 * 1024
     disks = vm_config["disks"]
     assert [d["serial"] for d in disks][:1] == ["vmsb-root"] and len(disks) == 2  # guest root + container
+    assert disks[1]["readonly"] is True  # the image's shared disk: the guest overlays it
 
     run("start", "ctr")
     deadline = time.monotonic() + 30
@@ -92,5 +93,5 @@ def test_busybox_lifecycle_through_cloud_hypervisor(workspace: Workspace, guest_
     assert Path(current["log_path"]).read_text() == "hello-from-the-vm\n"
 
     run("delete", "ctr")
-    assert not root.exists() or not any(root.iterdir())
+    assert leftovers(root) == []  # all but the image's shared disk, kept for the next container
     assert [r["path"] for r in workspace.requests()][-1] == "/api/v1/vmm.shutdown"

@@ -48,6 +48,8 @@ def operator_config(namespace: str, **overrides: Any) -> OperatorConfig:
         "liveness_endpoint": f"http://127.0.0.1:{free_port()}/healthz",
         "metrics_port": free_port(),
         "metrics_host": "127.0.0.1",
+        # As an admin who enabled QEMU on purpose: the default allows cloud-hypervisor only.
+        "allowed_hypervisors": ["cloud-hypervisor", "qemu"],
     }
     values.update(overrides)
     return OperatorConfig(**values)

@@ -21,9 +21,17 @@ def problem(obj: dict[str, Any], config: OperatorConfig = CONFIG) -> InvalidSand
 
 
 def test_valid_sandbox_is_admitted_and_status_never_matters() -> None:
-    obj = sandbox_obj(hypervisor="qemu")
+    obj = sandbox_obj(hypervisor="cloud-hypervisor")
     obj["status"] = {"phase": "NotAPhase"}
-    assert admit(obj, CONFIG).spec.hypervisor is Hypervisor.QEMU
+    assert admit(obj, CONFIG).spec.hypervisor is Hypervisor.CLOUD_HYPERVISOR
+
+
+def test_qemu_is_refused_unless_an_admin_lists_it() -> None:
+    exc = problem(sandbox_obj(hypervisor="qemu"))
+    assert exc.field == "spec.hypervisor"
+    assert "(allowed: cloud-hypervisor)" in str(exc)
+    allowed = OperatorConfig(allowed_hypervisors=[Hypervisor.CLOUD_HYPERVISOR, Hypervisor.QEMU])
+    assert admit(sandbox_obj(hypervisor="qemu"), allowed).spec.hypervisor is Hypervisor.QEMU
 
 
 @pytest.mark.parametrize("image", ["Busybox:latest", "busybox:", "registry:5000/UPPER", "oci:relative/path"])
@@ -35,7 +43,7 @@ def test_bad_image_reference_names_spec_image(image: str) -> None:
 def test_process_hypervisor_is_refused_unless_allowed() -> None:
     exc = problem(sandbox_obj(hypervisor="process"))
     assert exc.field == "spec.hypervisor"
-    assert "not allowed on this cluster" in str(exc) and "cloud-hypervisor, qemu" in str(exc)
+    assert "not allowed on this cluster" in str(exc) and "(allowed: cloud-hypervisor)" in str(exc)
     allowed = OperatorConfig(allowed_hypervisors=[Hypervisor.PROCESS])
     assert admit(sandbox_obj(hypervisor="process"), allowed).spec.hypervisor is Hypervisor.PROCESS
 

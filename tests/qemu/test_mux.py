@@ -343,3 +343,43 @@ def test_proxy_process_over_a_pty_and_exit_on_line_close(tmp_path: Path) -> None
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_new_host_end_after_a_restore_is_served_and_stale_channels_are_dropped(tmp_path: Path) -> None:
+    """A restored VM: the guest's listener, with a channel it still thinks open, meets a new host
+    proxy that knows nothing of the old channels and numbers its own from 1 again."""
+    host_end, guest_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = SerialListener(os.dup(guest_end.fileno()), name="restored-line")
+    guest = Guest(listener, echo)
+    old = MuxProxy(host_end, tmp_path / "old.sock")
+    old_thread = threading.Thread(target=old.run, daemon=True)
+    old_thread.start()
+    wait_for((tmp_path / "old.sock").exists, what="old.sock")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.connect(str(tmp_path / "old.sock"))
+    stale.sendall(b"before")
+    wait_for(lambda: len(listener.session.channels) == 1, what="the guest's channel")
+    # The old host side goes away without a word to the guest (its memory is the snapshot's).
+    old.stop()
+    old_thread.join(5)
+    stale.close()
+    new = MuxProxy(host_end, tmp_path / "new.sock")
+    new_thread = threading.Thread(target=new.run, daemon=True)
+    new_thread.start()
+    try:
+        wait_for((tmp_path / "new.sock").exists, what="the new proxy to see the guest answer")
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(20)
+                sock.connect(str(tmp_path / "new.sock"))
+                sock.sendall(b"after")
+                sock.shutdown(socket.SHUT_WR)
+                assert recv_all(sock) == b"after"
+        assert guest.accepted == 4
+        wait_for(lambda: len(listener.session.channels) == 0, what="stale channels to be dropped")
+    finally:
+        new.stop()
+        new_thread.join(5)
+        listener.close()
+        host_end.close()
+        guest_end.close()

@@ -9,6 +9,7 @@ one guest that powers off before its agent is up.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -87,8 +88,16 @@ class Cli:
             time.sleep(0.2)
 
 
-def bundle(path: Path, rootfs: Path, args: list[str], annotations: dict[str, str] | None = None) -> Path:
+def bundle(
+    path: Path,
+    rootfs: Path,
+    args: list[str],
+    annotations: dict[str, str] | None = None,
+    *,
+    writable: bool = False,
+) -> Path:
     config = base_config(args)
+    config["root"]["readonly"] = not writable
     if annotations:
         config["annotations"] = annotations
     return write_bundle(path, config, rootfs=rootfs)
@@ -189,6 +198,49 @@ def test_twenty_pod_containers_one_after_another_in_one_qemu_guest(
     cli.run("kill", "pod20", "KILL")
     cli.wait_stopped("pod20")
     cli.run("delete", "pod20")
+    assert_nothing_left(cli.root)
+
+
+def _disk_of(root: Path, cid: str) -> Path:
+    return Path(json.loads((root / cid / "state.json").read_text())["disk_image"])
+
+
+def test_one_shared_disk_per_image_across_vms_and_writes_stay_in_their_container(
+    env: tuple[Cli, Path], tmp_path: Path
+) -> None:
+    """Two VMs and two pod members on one read-only disk; each container writes to its own overlay."""
+    cli, rootfs = env
+    cli.create("spod", bundle(tmp_path / "spod", rootfs, ["sleep", "3600"], SANDBOX))
+    cli.run("start", "spod")
+    disk = _disk_of(cli.root, "spod")
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    script = "echo tenant > /bin/note && rm /bin/cat && chmod 0700 /bin && cat /bin/note"
+    writer = bundle(tmp_path / "w", rootfs, ["sh", "-c", script], member_of("spod"), writable=True)
+    out = cli.create("writer", writer)
+    cli.run("start", "writer")
+    assert cli.wait_stopped("writer")["exit_code"] == 0
+    assert out.read_text() == "tenant\n"
+    look = "ls /bin/note /bin/cat 2>&1; /bin/busybox true && echo busybox-intact"
+    seen = cli.create(
+        "reader", bundle(tmp_path / "r", rootfs, ["sh", "-c", look], member_of("spod"), writable=True)
+    )
+    other = cli.create("other", bundle(tmp_path / "o", rootfs, ["sh", "-c", look], writable=True))  # 2nd VM
+    cli.run("start", "reader")
+    cli.run("start", "other")
+    for cid, got in (("reader", seen), ("other", other)):
+        assert cli.wait_stopped(cid)["exit_code"] == 0
+        text = got.read_text()
+        assert "/bin/note: No such file" in text and "/bin/cat\n" in text and "busybox-intact" in text, text
+    assert {_disk_of(cli.root, c) for c in ("writer", "reader", "other")} == {disk}
+    assert disk.parent == cli.root / ".disks" and disk.stat().st_mode & 0o222 == 0
+    for cid in ("writer", "reader", "other"):
+        cli.run("delete", cid)
+    cli.run("kill", "spod", "KILL")
+    cli.wait_stopped("spod")
+    cli.run("delete", "spod")
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+    cached = [p.name for p in (cli.root / ".disks").iterdir() if not p.name.startswith(".")]
+    assert cached == [disk.name]
     assert_nothing_left(cli.root)
 
 

@@ -146,14 +146,25 @@ def live_children() -> list[int]:
     return out
 
 
+def _cached_disk(rel: Path) -> bool:
+    """The shared disk cache outlives containers by design; a half-made disk there is a leak."""
+    if rel.parts[0] != ".disks":
+        return False
+    return len(rel.parts) == 1 or (
+        len(rel.parts) == 2
+        and (rel.name.endswith(".ext4") or rel.name.endswith(".lock"))
+        and ".tmp" not in rel.name
+    )
+
+
 def leftovers(root: Path, keep: tuple[str, ...] = ()) -> list[str]:
-    """Everything under the state root except an empty ``.vms`` and the ids in ``keep``."""
+    """Everything under the state root except an empty ``.vms``, the disk cache and ``keep``'s ids."""
     if not root.exists():
         return []
     out = []
     for p in root.rglob("*"):
         rel = p.relative_to(root)
-        if rel.parts[0] in keep or (str(rel) == ".vms" and not any(p.iterdir())):
+        if rel.parts[0] in keep or (str(rel) == ".vms" and not any(p.iterdir())) or _cached_disk(rel):
             continue
         if rel.parts[0] == ".vms" and keep:
             continue

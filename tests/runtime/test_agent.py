@@ -44,7 +44,7 @@ from vmsandbox.guest.transport import TransportError, open_listener
 from vmsandbox.hypervisor.base import DiskSpec, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver, cgroup_mounts
-from vmsandbox.runtime.disk import make_disk
+from vmsandbox.runtime.diskcache import make_disk
 
 # ---- framing and transports ------------------------------------------------------------
 

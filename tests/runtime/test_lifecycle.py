@@ -18,7 +18,7 @@ from tests.runtime.support import Schemas
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver, cgroup_mounts
 from vmsandbox.runtime import ContainerState, Runtime
-from vmsandbox.runtime.disk import disk_serial
+from vmsandbox.runtime.diskcache import disk_serial
 from vmsandbox.runtime.errors import IdInUse, NotFound, WrongState
 
 _ids = itertools.count()

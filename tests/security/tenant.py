@@ -62,3 +62,15 @@ def sandbox(
         "metadata": {"name": name},
         "spec": {"image": image, **spec},
     }
+
+
+POOLS = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxpools"
+#: The README's example for whoever sizes pools (a person or an autoscaler): replicas, nothing else.
+POOL_SCALER_RULES = [
+    {"apiGroups": ["vmsandbox.io"], "resources": ["vmsandboxpools"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": ["vmsandbox.io"],
+        "resources": ["vmsandboxpools/scale"],
+        "verbs": ["get", "update", "patch"],
+    },
+]

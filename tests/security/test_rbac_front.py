@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from tests.security.tenant import RBAC, SANDBOXES, bind, create, grant_tenant, sandbox
+from tests.security.tenant import (
+    POOL_SCALER_RULES,
+    POOLS,
+    RBAC,
+    SANDBOXES,
+    bind,
+    create,
+    grant_tenant,
+    sandbox,
+)
 from vmsandbox.devcluster.apipath import parse_api_path
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.devcluster.rbac import (
@@ -371,3 +380,34 @@ def test_access_reviews_follow_the_same_rules(kube: LocalCluster, kube_namespace
     token = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tenant}}
     resp = kube.http("POST", "/apis/authentication.k8s.io/v1/tokenreviews", json=token)
     assert resp.json()["status"]["user"] == {"username": tenant, "groups": ["system:authenticated"]}
+
+
+def test_a_pool_scaler_may_change_replicas_and_nothing_else(kube: LocalCluster, kube_namespace: str) -> None:
+    """The README's pool-scaler role, enforced by the front on the scale subresource."""
+    user = _user("scaler")
+    auth = {"Authorization": f"Bearer {user}"}
+    merge = {**auth, "Content-Type": "application/merge-patch+json"}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pool-scaler"}}
+    create(kube, f"{RBAC}/namespaces/{kube_namespace}/roles", {**role, "rules": POOL_SCALER_RULES})
+    bind(kube, kube_namespace, "Role", "pool-scaler", [{"kind": "User", "name": user}], name="scaler")
+    url = POOLS.format(ns=kube_namespace)
+    pool = {
+        "apiVersion": "vmsandbox.io/v1alpha1",
+        "kind": "VMSandboxPool",
+        "metadata": {"name": "p"},
+        "spec": {},
+    }
+    assert kube.http("POST", url, json=pool, headers=auth).status_code == 403
+    create(kube, url, pool)
+    scaled = kube.http("PATCH", f"{url}/p/scale", json={"spec": {"replicas": 3}}, headers=merge)
+    assert scaled.status_code == 200, scaled.text
+    assert kube.http("GET", f"{url}/p").json()["spec"]["replicas"] == 3
+    refused = {
+        "spec": kube.http("PATCH", f"{url}/p", json={"spec": {"replicas": 5}}, headers=merge),
+        "status": kube.http("PATCH", f"{url}/p/status", json={"status": {"readyReplicas": 9}}, headers=merge),
+        "delete": kube.http("DELETE", f"{url}/p", headers=auth),
+        "sandboxes": kube.http("GET", SANDBOXES.format(ns=kube_namespace), headers=auth),
+    }
+    for what, resp in refused.items():
+        assert resp.status_code == 403, (what, resp.status_code, resp.text)
+    assert kube.http("GET", f"{url}/p").json()["spec"]["replicas"] == 3

@@ -44,3 +44,13 @@ def reserved_annotation(key: str) -> bool:
 #: Namespace label an administrator sets to allow the process backend (no VM) in that namespace.
 PROCESS_BACKEND_LABEL = f"{GROUP}/process-backend"
 PROCESS_BACKEND_ALLOWED = "allowed"
+
+#: The VMSandboxPool kind: ready microVMs (or a snapshot) that sandboxes naming it claim.
+POOL_KIND = "VMSandboxPool"
+POOL_PLURAL = "vmsandboxpools"
+POOL_SINGULAR = "vmsandboxpool"
+POOL_SHORT_NAMES = ("vmsbp",)
+#: Node annotation an agent writes with its pools' ready members (JSON, see api/pool.py).
+POOLS_ANNOTATION = f"{GROUP}/pools"
+#: Label the operator sets on a sandbox claiming a pool; the pool's status.selector selects on it.
+POOL_LABEL = f"{GROUP}/pool"

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from vmsandbox.api import constants as c
+from vmsandbox.api.pool import VMSandboxPool, VMSandboxPoolSpec, VMSandboxPoolStatus
 from vmsandbox.api.resource import VMSandbox
 from vmsandbox.api.spec import SPEC_VALIDATIONS, VMSandboxSpec
 from vmsandbox.api.status import VMSandboxStatus
@@ -100,17 +101,20 @@ def model_schema(model: type[Any]) -> dict[str, Any]:
     return schema
 
 
-def _root_schema() -> dict[str, Any]:
-    """The object's schema: spec and status described by :class:`VMSandbox`.
+def _root_schema(
+    model: type[Any], spec_model: type[Any], status_model: type[Any], spec_rules: list[Any] | None
+) -> dict[str, Any]:
+    """The object's schema: spec and status described by ``model``.
 
     A CRD may say nothing about ``metadata`` but its type, and API servers publish their own
     descriptions of ``apiVersion``, ``kind`` and ``metadata`` for every kind.
     """
-    raw = VMSandbox.model_json_schema(by_alias=True, mode="validation")
+    raw = model.model_json_schema(by_alias=True, mode="validation")
     docs = {name: raw["properties"][name]["description"] for name in ("spec", "status")}
-    spec = model_schema(VMSandboxSpec)
-    spec["x-kubernetes-validations"] = SPEC_VALIDATIONS
-    status = model_schema(VMSandboxStatus)
+    spec = model_schema(spec_model)
+    if spec_rules:
+        spec["x-kubernetes-validations"] = spec_rules
+    status = model_schema(status_model)
     return {
         "type": "object",
         "description": raw["description"],
@@ -125,47 +129,81 @@ def _root_schema() -> dict[str, Any]:
     }
 
 
-def render() -> dict[str, Any]:
+def _crd(
+    kind: str, plural: str, singular: str, short_names: tuple[str, ...], version: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{c.PLURAL}.{c.GROUP}"},
+        "metadata": {"name": f"{plural}.{c.GROUP}"},
         "spec": {
             "group": c.GROUP,
             "names": {
-                "kind": c.KIND,
-                "listKind": f"{c.KIND}List",
-                "plural": c.PLURAL,
-                "singular": c.SINGULAR,
-                "shortNames": list(c.SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": list(c.CATEGORIES),
             },
             "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": c.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
-                        {"name": "Hypervisor", "type": "string", "jsonPath": ".status.hypervisor"},
-                        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
-                    ],
-                    # Clusters >= 1.31; older ones select on the vmsandbox.io/node label instead.
-                    "selectableFields": [{"jsonPath": ".status.nodeName"}, {"jsonPath": ".status.phase"}],
-                    "schema": {"openAPIV3Schema": _root_schema()},
-                }
-            ],
+            "versions": [{"name": c.VERSION, "served": True, "storage": True, **version}],
         },
     }
+
+
+def render() -> dict[str, Any]:
+    """The VMSandbox CRD."""
+    version = {
+        "subresources": {"status": {}},
+        "additionalPrinterColumns": [
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Node", "type": "string", "jsonPath": ".status.nodeName"},
+            {"name": "Hypervisor", "type": "string", "jsonPath": ".status.hypervisor"},
+            {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+        ],
+        # Clusters >= 1.31; older ones select on the vmsandbox.io/node label instead.
+        "selectableFields": [{"jsonPath": ".status.nodeName"}, {"jsonPath": ".status.phase"}],
+        "schema": {
+            "openAPIV3Schema": _root_schema(VMSandbox, VMSandboxSpec, VMSandboxStatus, SPEC_VALIDATIONS)
+        },
+    }
+    return _crd(c.KIND, c.PLURAL, c.SINGULAR, c.SHORT_NAMES, version)
+
+
+def render_pool() -> dict[str, Any]:
+    """The VMSandboxPool CRD: a scale subresource, so ``kubectl scale`` and an HPA can size it."""
+    version = {
+        "subresources": {
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+        "additionalPrinterColumns": [
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+            {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+            {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        "schema": {
+            "openAPIV3Schema": _root_schema(VMSandboxPool, VMSandboxPoolSpec, VMSandboxPoolStatus, None)
+        },
+    }
+    return _crd(c.POOL_KIND, c.POOL_PLURAL, c.POOL_SINGULAR, c.POOL_SHORT_NAMES, version)
+
+
+#: Every CRD by kind, and the file it is committed as in crds/ and charts/vmsandbox/crds/.
+RENDERERS = {c.KIND: render, c.POOL_KIND: render_pool}
+FILES = {c.KIND: f"{c.PLURAL}.yaml", c.POOL_KIND: f"{c.POOL_PLURAL}.yaml"}
 
 
 HEADER = "# Generated from vmsandbox.api by `python -m vmsandbox.api crd`; do not edit.\n"
 
 
-def render_yaml() -> str:
-    return HEADER + yaml.safe_dump(render(), sort_keys=False, width=100)
+def render_yaml(kind: str = c.KIND) -> str:
+    return HEADER + yaml.safe_dump(RENDERERS[kind](), sort_keys=False, width=100)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, JsonValue, StringConstraints
+from pydantic import Field, JsonValue, StrictBool, StringConstraints
 
 from vmsandbox.api.base import APIModel
 from vmsandbox.api.constants import RESERVED_ANNOTATION_PREFIXES
@@ -41,6 +41,11 @@ class TaintEffect(StrEnum):
     PREFER_NO_SCHEDULE = "PreferNoSchedule"
     NO_EXECUTE = "NoExecute"
 
+
+#: A DNS-1123 label: the name of an object in the same namespace (a VMSandboxPool).
+DNS1123Label = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", min_length=1, max_length=63)
+]
 
 #: ``NAME=value`` for the container; a C identifier, as the OCI runtime tools require.
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=256)]
@@ -215,6 +220,21 @@ class VMSandboxSpec(APIModel):
     network: SandboxNetwork | None = Field(
         default=None, description="The sandbox's network: mode and egress rules."
     )
+    pool: DNS1123Label | None = Field(
+        default=None,
+        description="A VMSandboxPool in the same namespace to claim a ready VM from. Served warm when "
+        "the pool's template has the sandbox's resources, hypervisor and network mode and a member is "
+        "ready on its node; otherwise the sandbox starts cold, never waits, and its WarmStart condition "
+        "says why. Immutable.",
+    )
+    paused: StrictBool = Field(
+        default=False,
+        description="Pause the running sandbox's VM (true) or let it run (false); may be changed at any "
+        "time. A paused VM keeps its memory, processes and network state but executes nothing: phase "
+        "Paused, condition Paused. Its container cannot exit, so restartPolicy has nothing to act on; "
+        "activeDeadlineSeconds keeps counting, and a paused sandbox past it is stopped and fails as "
+        "usual. A sandbox created paused boots and starts first, then pauses.",
+    )
 
 
 #: Rules on the spec as a whole: "immutable once set" needs both old and new objects.
@@ -227,5 +247,9 @@ SPEC_VALIDATIONS = [
         "rule": "has(self.network) == has(oldSelf.network)"
         " && (!has(self.network) || self.network == oldSelf.network)",
         "message": f"network {IMMUTABLE}",
+    },
+    {
+        "rule": "has(self.pool) == has(oldSelf.pool) && (!has(self.pool) || self.pool == oldSelf.pool)",
+        "message": f"pool {IMMUTABLE}",
     },
 ]

@@ -17,6 +17,8 @@ class Phase(StrEnum):
     SCHEDULED = "Scheduled"
     CREATING = "Creating"
     RUNNING = "Running"
+    #: Running, with the VM paused because spec.paused is true.
+    PAUSED = "Paused"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     TERMINATING = "Terminating"
@@ -32,6 +34,8 @@ class ConditionType(StrEnum):
     VM_READY = "VMReady"
     CONTAINER_READY = "ContainerReady"
     READY = "Ready"
+    WARM_START = "WarmStart"
+    PAUSED = "Paused"
 
 
 class ConditionStatus(StrEnum):
@@ -55,7 +59,9 @@ class Condition(APIModel):
 
     type: ConditionType = Field(
         description="What is observed: Scheduled (a node was chosen), VMReady (the VM booted), "
-        "ContainerReady (the container started), Ready (the sandbox is running)."
+        "ContainerReady (the container started), Ready (the sandbox is running), WarmStart (whether a "
+        "sandbox with spec.pool was served by a pool member or started cold, and why), Paused (its VM "
+        "is paused, following spec.paused)."
     )
     status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
     reason: Reason | None = Field(
@@ -157,6 +163,16 @@ class BootTimings(APIModel):
         description="Milliseconds the node agent spent setting up the sandbox's network (address, links, "
         "egress rules).",
     )
+    claim: Millis | None = Field(
+        default=None,
+        description="Milliseconds from the node agent taking up the sandbox to a pool member being handed "
+        "over to it (identity set, container disk attached). Absent for a cold start.",
+    )
+    restore: Millis | None = Field(
+        default=None,
+        description="Milliseconds spent restoring the member's VM from its pool's snapshot (snapshot "
+        "pools only); part of claim.",
+    )
     total: Millis | None = Field(
         default=None,
         description="Milliseconds of schedule plus those from the node agent taking up the sandbox to "
@@ -175,7 +191,8 @@ class VMSandboxStatus(APIModel):
     phase: Phase | None = Field(
         default=None,
         description="Where the sandbox is in its life: Pending (not on a node yet), Scheduled (a node was "
-        "chosen), Creating (image, VM and container being made, or a retry waiting), Running, Succeeded "
+        "chosen), Creating (image, VM and container being made, or a retry waiting), Running, Paused "
+        "(running, with the VM paused by spec.paused), Succeeded "
         "or Failed (finished; see reason), Unknown (its node's agent stopped renewing its Lease). "
         "Terminating is reserved and not written.",
     )

@@ -142,6 +142,12 @@ class Agent:
             self.table.sandbox_id = req.sandbox_id
             if req.hostname:
                 socket.sethostname(req.hostname)
+            if req.hostname or req.dns is not None:
+                from vmsandbox.guest.etcfiles import write_sandbox_files
+
+                self.table.sandbox_files = write_sandbox_files(
+                    self.table.state_dir / "sandbox-etc", req.hostname, req.dns, req.ip
+                )
             return Ok()
         if isinstance(req, CreateContainer):
             return self.table.create(req).info()

@@ -223,6 +223,8 @@ class ContainerTable:
         self._containers: dict[str, Container] = {}
         self._creating: set[str] = set()
         self.sandbox_id: str | None = None
+        #: ``{destination: file}`` every container of the sandbox gets (resolv.conf, hostname, hosts).
+        self.sandbox_files: dict[str, str] = {}
 
     def get(self, container_id: str) -> Container:
         with self._lock:
@@ -253,6 +255,10 @@ class ContainerTable:
             bundle = workdir / "bundle"
             bundle.mkdir()
             spec = self._guest_spec(req.spec, container)
+            if self.sandbox_files:
+                from vmsandbox.guest.etcfiles import add_mounts
+
+                add_mounts(spec, self.sandbox_files)
             (bundle / "config.json").write_text(json.dumps(spec))
             self._run_create(container, bundle)
         except BaseException:

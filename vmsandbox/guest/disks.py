@@ -1,10 +1,14 @@
 """Turning a :mod:`protocol` rootfs source into a directory the OCI runtime can use.
 
 In a real VM a :class:`BlockDevice` is the virtio-blk disk whose ``/sys/block/vd*/serial``
-matches; it is mounted as ext4. When the agent runs as a host process standing in for a guest
-(the Cloud Hypervisor stand-in), ``VMSANDBOX_GUEST_DISKS`` names a JSON file mapping serial to
-image path, re-read on every lookup because the stand-in rewrites it on hot-plug; the image is
-then unpacked with ``debugfs rdump`` instead of being mounted, so no loop device is needed.
+matches; it is mounted as ext4. A shared disk (``overlay``) is one image's disk attached
+read-only to every VM that runs it: it is mounted read-only and the container writes to an
+overlay whose upper layer is a tmpfs of its own, so nothing it writes reaches the disk.
+
+When the agent runs as a host process standing in for a guest (the Cloud Hypervisor stand-in),
+``VMSANDBOX_GUEST_DISKS`` names a JSON file mapping serial to image path, re-read on every
+lookup because the stand-in rewrites it on hot-plug; the image is then unpacked with ``debugfs
+rdump`` into a private directory instead of being mounted, so no loop device is needed.
 """
 
 from __future__ import annotations
@@ -51,18 +55,84 @@ def _run(cmd: list[str], what: str) -> None:
         raise RootfsError(f"{what}: {(proc.stderr or proc.stdout).strip() or proc.returncode}")
 
 
+_MNT_DETACH = 2
+_MS_RDONLY = 1
+
+
+def _mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2) through libc: no helper process per mount (ctypes loads only when needed)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    rc = libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags, data.encode() or None)
+    if rc != 0:
+        errno = ctypes.get_errno()
+        raise RootfsError(f"mount -t {fstype} {source} {target}: {os.strerror(errno)}")
+
+
+def _umount(target: Path) -> None:
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).umount2(str(target).encode(), _MNT_DETACH)
+
+
 class PreparedRootfs:
     """A rootfs directory plus how to release it when the container is destroyed."""
 
-    def __init__(self, path: Path, mounted: bool = False, owned_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mounted: bool = False,
+        owned_dir: Path | None = None,
+        mounts: list[Path] | None = None,
+    ) -> None:
         self.path = path
-        self.mounted = mounted
         self.owned_dir = owned_dir
+        #: Mount points to detach on release, innermost first.
+        self.mounts: list[Path] = mounts if mounts is not None else ([path] if mounted else [])
+
+    @property
+    def mounted(self) -> bool:
+        return bool(self.mounts)
 
     def release(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.path)], capture_output=True, check=False)
-            self.mounted = False
+        while self.mounts:
+            _umount(self.mounts.pop(0))
+
+
+def _layer(path: Path) -> str:
+    """A path the overlay's option string cannot misread."""
+    text = str(path)
+    if any(c in text for c in ",:\\\n"):
+        raise RootfsError(f"{text!r} cannot be an overlay layer")
+    return text
+
+
+def _overlay(lower: Path | None, device: Path | None, workdir: Path, target: Path) -> PreparedRootfs:
+    """A read-only lower layer (a directory, or the shared disk mounted read-only) under an
+    upper layer private to this container: a tmpfs in a VM, the container's own directory on
+    the host (whose disk it then uses, as a copy of the image did)."""
+    scratch = workdir / "scratch"
+    scratch.mkdir(exist_ok=True)
+    done = PreparedRootfs(target, mounts=[])
+    try:
+        if device is not None:
+            lower = workdir / "lower"
+            lower.mkdir(exist_ok=True)
+            _mount(str(device), lower, "ext4", _MS_RDONLY)
+            done.mounts.insert(0, lower)
+            _mount("vmsb-scratch", scratch, "tmpfs", 0, "mode=0755")
+            done.mounts.insert(0, scratch)
+        assert lower is not None
+        (scratch / "upper").mkdir(mode=0o755)
+        (scratch / "work").mkdir(mode=0o755)
+        layers = f"lowerdir={_layer(lower)},upperdir={_layer(scratch / 'upper')}"
+        _mount("vmsb-rootfs", target, "overlay", 0, f"{layers},workdir={_layer(scratch / 'work')}")
+        done.mounts.insert(0, target)
+    except BaseException:
+        done.release()
+        raise
+    return done
 
 
 def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 10.0) -> PreparedRootfs:
@@ -71,9 +141,12 @@ def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 
         path = Path(source.path)
         if not path.is_dir():
             raise RootfsError(f"host path {path} is not a directory")
-        return PreparedRootfs(path)
+        if not source.overlay:
+            return PreparedRootfs(path)
     target = workdir / "rootfs"
     target.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, HostPath):
+        return _overlay(Path(source.path), None, workdir, target)
     table = os.environ.get(DISKS_ENV)
     deadline = time.monotonic() + wait
     while True:
@@ -84,6 +157,8 @@ def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 
                 return PreparedRootfs(target, owned_dir=target)
         else:
             device = _find_block_device(source.serial)
+            if device is not None and source.overlay:
+                return _overlay(None, device, workdir, target)
             if device is not None:
                 _run(["mount", "-t", "ext4", str(device), str(target)], f"mount {device}")
                 return PreparedRootfs(target, mounted=True)

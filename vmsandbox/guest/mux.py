@@ -220,7 +220,7 @@ class _Channel:
             self.got_eof |= got_eof
             done = self.sent_eof and self.got_eof
         if done:
-            self.session.forget(self.id)
+            self.session.forget(self.id, self)
 
     def abort(self, *, notify_peer: bool) -> None:
         """Tear the channel down at once (peer reset, local error, or the line went away)."""
@@ -229,7 +229,7 @@ class _Channel:
                 return
             self.closed = True
             self.cond.notify_all()
-        self.session.forget(self.id)
+        self.session.forget(self.id, self)
         if notify_peer:
             self.session.send(CLOSE, self.id)
         with contextlib.suppress(OSError):
@@ -295,9 +295,13 @@ class MuxSession:
         chan.start()
         return channel_id
 
-    def forget(self, channel_id: int) -> None:
+    def forget(self, channel_id: int, chan: _Channel | None = None) -> None:
+        """Drop a channel from the table; with ``chan``, only if the number is still that
+        channel's (a peer that lost its state, e.g. a new host after a VM restore, reuses
+        numbers, and the stale channel's teardown must not drop its successor)."""
         with self._lock:
-            self.channels.pop(channel_id, None)
+            if chan is None or self.channels.get(channel_id) is chan:
+                self.channels.pop(channel_id, None)
 
     # -- receiving ------------------------------------------------------------------------------
 

@@ -59,21 +59,31 @@ _OPT_NUMBER = optional(NUMBER)
 
 
 class HostPath(Message):
-    """The rootfs is a directory the agent can see as-is (the agent shares the host's fs)."""
+    """The rootfs is a directory the agent can see as-is (the agent shares the host's fs).
+
+    ``overlay``: the directory is an image's tree shared by other containers; the agent leaves
+    it untouched and gives the container a writable overlay of its own on top.
+    """
 
     kind: Literal["host-path"]
     path: str
+    overlay: bool
     TAG = ("kind", "host-path")
-    FIELDS = {"path": required(STR)}
+    FIELDS = {"path": required(STR), "overlay": optional(BOOL, False, none=False)}
 
 
 class BlockDevice(Message):
-    """The rootfs is an ext4 disk attached to the VM, found by its virtio-blk serial."""
+    """The rootfs is an ext4 disk attached to the VM, found by its virtio-blk serial.
+
+    ``overlay``: the disk is shared read-only (one per image); the agent mounts it read-only
+    and gives the container a private writable overlay on a tmpfs.
+    """
 
     kind: Literal["block-device"]
     serial: str
+    overlay: bool
     TAG = ("kind", "block-device")
-    FIELDS = {"serial": required(STR)}
+    FIELDS = {"serial": required(STR), "overlay": optional(BOOL, False, none=False)}
 
 
 RootfsSource = HostPath | BlockDevice
@@ -92,8 +102,18 @@ class CreateSandbox(Message):
     op: Literal["create_sandbox"]
     sandbox_id: str
     hostname: str | None
+    #: The resolvers for the containers' /etc/resolv.conf (none: a sandbox without a network);
+    #: None leaves each image's own file alone.
+    dns: list[str] | None
+    #: The sandbox's address, named with the hostname in the containers' /etc/hosts.
+    ip: str | None
     TAG = ("op", "create_sandbox")
-    FIELDS = {"sandbox_id": required(STR), "hostname": _OPT_STR}
+    FIELDS = {
+        "sandbox_id": required(STR),
+        "hostname": _OPT_STR,
+        "dns": optional(list_of(STR)),
+        "ip": _OPT_STR,
+    }
 
 
 class CreateContainer(Message):

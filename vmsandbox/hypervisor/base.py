@@ -46,6 +46,12 @@ class VMGone(HypervisorError):
     """The VMM process died while the VM was supposed to be running."""
 
 
+class SnapshotUnsupported(HypervisorError):
+    """This backend cannot snapshot or restore a VM (the process backend has no VM memory)."""
+
+    step = "snapshot"
+
+
 class DiskSpec(BaseModel):
     """A raw disk image attached to the VM as virtio-blk, found in the guest by its serial."""
 
@@ -162,6 +168,95 @@ class HypervisorDriver(abc.ABC):
     @abc.abstractmethod
     def stop(self, handle: VMHandle) -> None:
         """Stop the VM and remove every socket and file it left; idempotent."""
+
+    # -- pause, snapshot, restore ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def pause(self, handle: VMHandle) -> None:
+        """Stop the guest's vCPUs (or processes) without losing any state; idempotent.
+
+        A paused VM keeps its memory, disks and host sockets; its guest agent does not answer
+        until :meth:`resume`. Raises :class:`VMGone` when the VM is not running.
+        """
+
+    @abc.abstractmethod
+    def resume(self, handle: VMHandle) -> None:
+        """Let a paused VM run again from where it stopped; idempotent."""
+
+    @abc.abstractmethod
+    def paused(self, handle: VMHandle) -> bool:
+        """Whether the VM is paused (asked of the VMM, not of local state)."""
+
+    def snapshot(self, handle: VMHandle, directory: Path) -> SnapshotManifest:
+        """Pause the VM (it stays paused) and write its full state into ``directory``.
+
+        ``directory`` must not exist or be empty; it is created, and on failure removed again.
+        It holds the guest memory and device state plus ``snapshot.json``
+        (:class:`SnapshotManifest`): what :meth:`restore` needs. Read-only disks are referred to
+        by path (they must still exist at restore); writable disks are copied in. The source VM
+        stays paused: the caller resumes or stops it.
+        """
+        raise SnapshotUnsupported(f"the {self.name} backend cannot snapshot a VM")
+
+    def restore(self, spec: VMSpec, directory: Path) -> VMHandle:
+        """Start a new VM from a snapshot :meth:`snapshot` wrote, resumed, its agent reachable.
+
+        From ``spec`` only ``vm_id``, ``state_dir``, ``network``, ``hotplug_dirs`` and
+        ``agent_timeout`` count: size, kernel and disks come from the snapshot. The snapshot is
+        left untouched, so one snapshot restores into many VMs; each gets its own copy of the
+        writable disks. All-or-nothing like :meth:`boot`. ``handle.timings.vm_boot`` is the
+        restore itself and ``agent_ready`` the wait for the guest agent after it.
+        """
+        raise SnapshotUnsupported(f"the {self.name} backend cannot restore a VM from a snapshot")
+
+
+#: File in every snapshot directory describing it (:class:`SnapshotManifest`).
+SNAPSHOT_MANIFEST = "snapshot.json"
+
+
+class SnapshotManifest(BaseModel):
+    """What a snapshot directory holds besides the VMM's own files; written last, so a
+    directory without it is an incomplete snapshot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hypervisor: HypervisorName
+    #: The VM the snapshot was taken of.
+    source_vm_id: str
+    vcpus: int
+    memory_mib: int
+    kernel: Path | None = None
+    initramfs: Path | None = None
+    root_disk: Path | None = None
+    #: Every disk the VM had, hot-plugged ones included. A writable disk's ``path`` is a file
+    #: name inside the snapshot directory (copied at snapshot time); a read-only one's is absolute.
+    disks: list[DiskSpec] = Field(default_factory=list)
+    #: Driver details needed to rebuild the same machine (VMM version, accelerator, slots).
+    details: dict[str, str] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+
+    def save(self, directory: Path) -> Path:
+        path = directory / SNAPSHOT_MANIFEST
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, directory: Path, hypervisor: HypervisorName | None = None) -> SnapshotManifest:
+        """The manifest in ``directory``; with ``hypervisor``, refused unless that backend wrote it."""
+        path = directory / SNAPSHOT_MANIFEST
+        try:
+            manifest = cls.model_validate_json(path.read_text())
+        except FileNotFoundError as exc:
+            what = f"{directory} is not a complete snapshot (no {SNAPSHOT_MANIFEST})"
+            raise HypervisorError(what, step="restore") from exc
+        except ValueError as exc:
+            raise HypervisorError(f"{path}: {exc}", step="restore") from exc
+        if hypervisor is not None and manifest.hypervisor != hypervisor:
+            what = f"{directory} is a {manifest.hypervisor} snapshot, not a {hypervisor} one"
+            raise HypervisorError(what, step="restore")
+        return manifest
 
 
 def check_socket_path(path: Path) -> Path:

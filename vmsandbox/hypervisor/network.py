@@ -33,6 +33,9 @@ class NetworkAttachment(BaseModel):
     dns: list[str] = Field(default_factory=list)
     tap: str | None = Field(default=None, pattern=_IFNAME)
     netns: Path | None = None
+    #: The network namespace holding ``tap``, when it is not the VMM's own (the node agent's
+    #: ``networkNamespace``): the VMM must open the tap from there, or it makes a new one here.
+    tap_netns: Path | None = None
 
     @field_validator("ip", "gateway")
     @classmethod

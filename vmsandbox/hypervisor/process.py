@@ -42,13 +42,21 @@ from vmsandbox.hypervisor.base import (
     HypervisorDriver,
     HypervisorError,
     HypervisorName,
+    VMGone,
     VMHandle,
     VMSpec,
     check_socket_path,
     connect_unix,
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.procs import running, signal_recorded, start_time
+from vmsandbox.hypervisor.procs import (
+    continue_tree,
+    running,
+    signal_recorded,
+    start_time,
+    stop_tree,
+    tree_stopped,
+)
 
 ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no VM): not for untrusted code"
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
@@ -312,6 +320,27 @@ class ProcessDriver(HypervisorDriver):
 
     def alive(self, handle: VMHandle) -> bool:
         return running(handle.vmm_pid, handle.endpoints.get("vmm_start") or None)
+
+    def pause(self, handle: VMHandle) -> None:
+        """SIGSTOP the agent's whole process tree (unshare, the agent, every container process).
+
+        Chosen over the cgroup freezer because the tree is exactly the "VM": everything runs in
+        unshare's PID namespace, so it is the agent and its descendants, whereas the freezer
+        would hold the containers' cgroups only (the agent shares the caller's), needs a
+        writable freezer hierarchy, and differs between cgroup v1 and v2. The walk repeats
+        until no process of the tree is still running, so a process forked mid-walk is caught.
+        """
+        if not _alive(handle.vmm_pid):
+            raise VMGone(f"VM {handle.vm_id} is not running", step="pause")
+        stop_tree(handle.vmm_pid)
+
+    def resume(self, handle: VMHandle) -> None:
+        if not _alive(handle.vmm_pid):
+            raise VMGone(f"VM {handle.vm_id} is not running", step="resume")
+        continue_tree(handle.vmm_pid)
+
+    def paused(self, handle: VMHandle) -> bool:
+        return _alive(handle.vmm_pid) and tree_stopped(handle.vmm_pid)
 
     def stop(self, handle: VMHandle) -> None:
         _kill_group(handle.vmm_pid, handle.endpoints.get("vmm_start") or None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -98,3 +99,68 @@ def kill_mentioning(text: str) -> list[int]:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
     return killed
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, from every thread's ``children`` list."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, parents before children."""
+    tree, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        if current in tree or proc_state(current) is None:
+            continue
+        tree.append(current)
+        queue += children(current)
+    return tree
+
+
+def stop_tree(pid: int, rounds: int = 50) -> list[int]:
+    """SIGSTOP ``pid`` and every descendant, parents first, until a pass finds no process still
+    running (one forked during a pass is caught by the next). Returns the stopped pids."""
+    stopped: list[int] = []
+    for _ in range(rounds):
+        fresh = [p for p in process_tree(pid) if not _is_stopped(p)]
+        if not fresh:
+            return stopped
+        for member in fresh:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member, signal.SIGSTOP)
+            if member not in stopped:
+                stopped.append(member)
+        _wait_stopped(fresh)
+    return stopped
+
+
+def _is_stopped(pid: int) -> bool:
+    state = proc_state(pid)
+    return state is None or state[0] in ("T", "t", "Z", "X")
+
+
+def _wait_stopped(pids: list[int], timeout: float = 2.0) -> None:
+    """SIGSTOP is asynchronous: wait until the kernel shows each process stopped (or gone)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while not _is_stopped(pid) and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+
+def continue_tree(pid: int) -> None:
+    """SIGCONT ``pid`` and every descendant."""
+    for member in process_tree(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGCONT)
+
+
+def tree_stopped(pid: int) -> bool:
+    """Whether ``pid`` and all its descendants are stopped (zombies count as stopped)."""
+    tree = process_tree(pid)
+    return bool(tree) and all(_is_stopped(p) for p in tree)

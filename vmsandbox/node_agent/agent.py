@@ -20,6 +20,7 @@ from vmsandbox.node_agent.capacity import hypervisor_refusals, node_capacity
 from vmsandbox.node_agent.config import AgentConfig, ConfigError
 from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.fencing import Fence
+from vmsandbox.node_agent.forwardroute import ForwardTarget, PortForwardRoute
 from vmsandbox.node_agent.heartbeat import Heartbeat
 from vmsandbox.node_agent.httpserver import AgentHTTPServer, LogSource
 from vmsandbox.node_agent.images import ImageStore
@@ -150,6 +151,7 @@ class Agent:
             log_file=self._log_file,
             access=access,
             streams=StreamRoutes(self._stream_target, access.check_subresource),
+            portforward=PortForwardRoute(self._forward_target, access.check_subresource),
         )
         self.heartbeat = Heartbeat(
             self.kube,
@@ -161,6 +163,7 @@ class Agent:
             renew_seconds=config.lease_renew_seconds,
         )
         self._stop = threading.Event()
+        self.network = network
 
     def _healthy(self) -> tuple[bool, str]:
         dead = [t.name for t in (self.watch.thread, self.heartbeat.thread) if not t.is_alive()]
@@ -214,6 +217,22 @@ class Agent:
             )
         runtime = self.runtimes.for_hypervisor(worker.record.hypervisor)
         return Target(runtime.agent_for(worker.cid), worker.cid)
+
+    def _forward_target(self, namespace: str, name: str) -> ForwardTarget:
+        """The address of ``namespace/name``'s running sandbox, for port-forwarding: its lease, never
+        an address the caller names."""
+        self._stream_target(namespace, name)  # 404 / 409 as for exec
+        supervisor = self.supervisor
+        assert supervisor is not None
+        worker = supervisor.worker_for(namespace, name)
+        if self.network is None:
+            why = f"node {self.config.node_name} gives sandboxes no network (no sandboxCIDR)"
+            raise SandboxUnavailable(409, f"{why}: nothing to forward to")
+        lease = self.network.lease(worker.uid) if worker is not None else None
+        if lease is None or not lease.ip:
+            why = f"sandbox {namespace}/{name} has no network (spec.network.mode is none)"
+            raise SandboxUnavailable(409, f"{why}: nothing to forward to")
+        return ForwardTarget(lease.ip, self.network.settings.netns)
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; VMs keep running, to be adopted by the next agent."""

@@ -1,5 +1,6 @@
 """The agent's one HTTP port: ``/healthz``, ``/readyz``, ``/metrics``, ``/logs/<namespace>/<name>``,
-and ``/exec`` and ``/files`` (:mod:`vmsandbox.node_agent.streamroutes`).
+``/exec`` and ``/files`` (:mod:`vmsandbox.node_agent.streamroutes`) and ``/portforward``
+(:mod:`vmsandbox.node_agent.forwardroute`).
 
 The probes and metrics are open (the kubelet and Prometheus call them); everything else needs a
 bearer token that the API server accepts for a user allowed ``get`` on ``vmsandboxes/log`` in
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from vmsandbox.node_agent.access import AccessDenied
+from vmsandbox.node_agent.forwardroute import PortForwardRoute
 from vmsandbox.node_agent.logstream import stream_log
 from vmsandbox.node_agent.streamroutes import StreamRoutes
 
@@ -91,6 +93,7 @@ class AgentHTTPServer:
         log_file: LogLookup,
         access: Access,
         streams: StreamRoutes | None = None,
+        portforward: PortForwardRoute | None = None,
     ) -> None:
         outer = self
 
@@ -123,6 +126,8 @@ class AgentHTTPServer:
                     self._logs(url.path, url.query)
                 elif outer.streams is not None and outer.streams.handles(url.path):
                     outer.streams.serve(self, "GET", url.path, url.query)
+                elif outer.portforward is not None and outer.portforward.handles(url.path):
+                    outer.portforward.serve(self, url.path, url.query)
                 else:
                     self._guarded_not_found()
 
@@ -190,6 +195,7 @@ class AgentHTTPServer:
         self.log_file = log_file
         self.access = access
         self.streams = streams
+        self.portforward = portforward
         self.server = ThreadingHTTPServer((address, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])

@@ -40,6 +40,7 @@ from vmsandbox.api.status import (
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.node_agent import pausing
 from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.bundle import build_bundle
@@ -305,7 +306,7 @@ class SandboxWorker:
             if started is False:  # the previous agent died mid-create; its debris was swept
                 self.log.info("the create was interrupted by an agent restart; creating it again")
                 return None
-            if sandbox.status.phase in (Phase.RUNNING, Phase.CREATING):
+            if sandbox.status.phase in (Phase.RUNNING, Phase.PAUSED, Phase.CREATING):
                 return self._on_exit_observed(obj, sandbox, None, "its VM vanished while the agent was down")
             return None
         self.container = state
@@ -484,12 +485,7 @@ class SandboxWorker:
             self.ctx.events.record(obj, "Pulled", f"image {sandbox.spec.image} ready ({image.digest})")
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
-                bundle = build_bundle(
-                    self.ctx.records.bundle_dir(self.uid),
-                    sandbox,
-                    image,
-                    link_rootfs=not runtime.driver().shares_host_fs,
-                )
+                bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
             if self._deleting():
                 return 0.0
             with self._step("network"):
@@ -508,7 +504,11 @@ class SandboxWorker:
                 try:
                     with self._step("runtimeCreate"):
                         state = runtime.create(
-                            self.cid, bundle, log_path=self.ctx.records.log_path(self.uid), network=attachment
+                            self.cid,
+                            bundle,
+                            log_path=self.ctx.records.log_path(self.uid),
+                            network=attachment,
+                            image_digest=image.digest,
                         )
                 except VMSandboxError:
                     record.container_created = False
@@ -665,6 +665,7 @@ class SandboxWorker:
             poll = min(poll, left)
         vmm_pid = state.vm.vmm_pid if state.vm else 0
         if running(state.pid) and running(vmm_pid):
+            self._sync_paused(obj, sandbox)
             if sandbox.status.phase is Phase.FAILED and sandbox.status.reason == StatusReason.NODE_LOST:
                 # Declared lost while cut off, yet it ran on (restartPolicy Never is not fenced).
                 self.log.info("the sandbox was declared lost but kept running; reporting it Running")
@@ -679,6 +680,20 @@ class SandboxWorker:
             self.ctx.metrics.vmm_failures.labels(state.hypervisor, "died").inc()
             return self._on_exit_observed(obj, sandbox, None, f"the VM's VMM (pid {vmm_pid}) died")
         return self._on_exit_observed(obj, sandbox, fresh.exit_code, None)
+
+    def _sync_paused(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
+        """spec.paused -> the VM and the status (vmsandbox.node_agent.pausing)."""
+        if self.record is None or self.record.hypervisor is None:
+            return
+        runtime = self.ctx.runtimes.for_hypervisor(self.record.hypervisor)
+        pausing.sync(
+            runtime,
+            self.cid,
+            obj,
+            sandbox,
+            lambda o, mutate: self._write(o, mutate),
+            lambda o, reason, message, warning: self.ctx.events.record(o, reason, message, warning=warning),
+        )
 
     def _deadline(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
         message = (

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from vmsandbox.api import InvalidSandbox, VMSandbox, VMSandboxStatus
 from vmsandbox.api.constants import NODE_LABEL
+from vmsandbox.api.pool import InvalidPool, VMSandboxPool, parse_pool
 from vmsandbox.operator.admission import admit
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.nodes import NodeView, lease_marker, lease_node, node_view
@@ -93,6 +94,7 @@ class ClusterCache:
         self.lease_seen: dict[str, tuple[str, datetime]] = {}
         self._views: dict[str, NodeView] | None = None
         self._gone_uids: set[str] = set()
+        self.pools: dict[str, VMSandboxPool] = {}  # by namespace/name
 
     # sandboxes
     def upsert_sandbox(self, raw: dict[str, Any]) -> SandboxEntry | None:
@@ -123,6 +125,26 @@ class ClusterCache:
         for entry in self.sandboxes.values():
             if entry.sandbox is not None:
                 yield entry.uid, entry.node, entry.demand, entry.finished
+
+    # pools
+    def upsert_pool(self, raw: dict[str, Any]) -> VMSandboxPool | None:
+        """Store a pool unless an equal or newer version is stored; None when it does not parse."""
+        key = sandbox_key(raw)
+        old = self.pools.get(key)
+        if old is not None and old.metadata.uid == raw["metadata"].get("uid") and _pool_rv(old) >= _rv(raw):
+            return old
+        try:
+            pool = parse_pool(raw)
+        except InvalidPool:
+            self.pools.pop(key, None)
+            return None
+        self.pools[key] = pool
+        return pool
+
+    def forget_pool(self, raw: Mapping[str, Any]) -> None:
+        old = self.pools.get(sandbox_key(raw))
+        if old is not None and old.metadata.uid == (raw.get("metadata") or {}).get("uid"):
+            self.pools.pop(sandbox_key(raw))
 
     # nodes and agent leases
     def upsert_node(self, raw: dict[str, Any]) -> bool:
@@ -199,6 +221,10 @@ class ClusterCache:
             if age > silent:
                 unreachable.add(name)
         return unreachable, considered
+
+
+def _pool_rv(pool: VMSandboxPool) -> int:
+    return _rv({"metadata": {"resourceVersion": pool.metadata.resource_version}})
 
 
 def _schedulable_bits(node: Mapping[str, Any]) -> tuple[Any, ...]:

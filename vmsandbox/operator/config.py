@@ -39,8 +39,9 @@ class OperatorConfig(BaseModel):
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     strategy: Strategy = Strategy.SPREAD
     allowed_hypervisors: list[Hypervisor] = Field(
-        default_factory=lambda: [Hypervisor.CLOUD_HYPERVISOR, Hypervisor.QEMU],
-        description="Hypervisors sandboxes may ask for; 'process' (no VM isolation) only when listed.",
+        default_factory=lambda: [Hypervisor.CLOUD_HYPERVISOR],
+        description="Hypervisors sandboxes may ask for: cloud-hypervisor unless an admin lists more; "
+        "qemu and process (no VM isolation) only when listed.",
     )
     default_network_mode: NetworkMode = Field(
         default=NetworkMode.RESTRICTED,

@@ -1,6 +1,6 @@
 """The kopf side: a fresh registry per operator with watch handlers, the webhook and probes.
 
-Sandboxes, Nodes and agent Leases are watched with low-level ``on.event`` handlers that only
+Sandboxes, pools, Nodes and agent Leases are watched with low-level ``on.event`` handlers that only
 feed the cache and the work queue: the reconciler decides and writes. So kopf keeps no
 progress or diff-base annotations on sandboxes and adds no finalizer of its own; the
 operator's finalizer ``vmsandbox.io/operator`` is added with the placement and removed by the
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import kopf
 
 from vmsandbox.api import InvalidSandbox
-from vmsandbox.api.constants import GROUP, PLURAL, VERSION
+from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 from vmsandbox.operator.admission import admit
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             reconciler.sandbox_gone(raw)
         else:
             reconciler.sandbox_changed(raw)
+        op.pools.changed()
 
     @kopf.on.event("v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -55,8 +56,18 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         if event.get("type") == "DELETED":
             cache.forget_node(raw)
             reconciler.retry_unschedulable()
-        elif cache.upsert_node(raw):
+            op.pools.changed()
+        elif cache.upsert_node(raw):  # labels, taints, capacity or the agents' pool reports
             reconciler.retry_unschedulable()
+            op.pools.changed()
+
+    @kopf.on.event(GROUP, VERSION, POOL_PLURAL, registry=registry)
+    async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
+        raw = cast(dict[str, Any], event["object"])
+        if event.get("type") == "DELETED":
+            op.pools.pool_gone(raw)
+        else:
+            op.pools.pool_changed(raw)
 
     @kopf.on.event("coordination.k8s.io", "v1", "leases", registry=registry)
     async def lease_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -64,7 +75,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         if event.get("type") == "DELETED":
             cache.forget_lease(raw)
             return
-        op.lease_changed(raw)
+        op.lease_changed(raw)  # agents coming and going reach the pools at their next periodic pass
 
     @kopf.on.probe(id="leader", registry=registry)
     def leader_probe(**_: Any) -> bool:

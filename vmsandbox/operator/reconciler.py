@@ -29,17 +29,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, NetworkStatus, Phase, VMSandboxStatus
-from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
+from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER, POOL_LABEL
 from vmsandbox.operator import lifecycle as lc
 from vmsandbox.operator.cache import ClusterCache, SandboxEntry, sandbox_key
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.events import EventRecorder
 from vmsandbox.operator.kube import ApiError, KubeClient, sandbox_path
 from vmsandbox.operator.metrics import OperatorMetrics
+from vmsandbox.operator.poolcontroller import PoolController
 from vmsandbox.operator.scheduling import (
     NOTHING,
     Placement,
     ReservationLedger,
+    Unschedulable,
     decide,
     usage_by_node,
     why_not,
@@ -107,6 +109,7 @@ class Reconciler:
         self._brake: str | None = None  # why evictions are paused, while they are
         self._brake_told = False  # the Event for the current pause was recorded
         self._placed: dict[str, str] = {}  # uid -> node this operator labelled it with
+        self.pools: PoolController | None = None  # set by the runner; None: no pools considered
 
     # ---- feeding the queue
     def sandbox_changed(self, raw: dict[str, Any]) -> None:
@@ -152,14 +155,13 @@ class Reconciler:
             try:
                 if self.leading():
                     await self.reconcile(key)
+                self.queue.forget(key)
             except ApiError as exc:
                 self.metrics.reconcile_errors.labels(kind="api").inc()
-                log.warning("reconcile %s: %s", key, exc)
-                self.queue.add_after(key, 1.0)
+                log.warning("reconcile %s: %s (retry in %.1fs)", key, exc, self.queue.retry(key))
             except Exception:
                 self.metrics.reconcile_errors.labels(kind="bug").inc()
-                log.exception("reconcile %s failed", key)
-                self.queue.add_after(key, 5.0)
+                log.exception("reconcile %s failed (retry in %.1fs)", key, self.queue.retry(key))
             finally:
                 self.queue.done(key)
 
@@ -354,14 +356,8 @@ class Reconciler:
         assert entry.sandbox is not None
         key = sandbox_key(entry.raw)
         now = datetime.now(UTC)
-        decision = decide(
-            entry.sandbox,
-            self.cache.node_views().values(),
-            usage_by_node(self.cache.placements(), self.ledger),
-            now=now,
-            alive_window=self.config.agent_alive_seconds,
-            strategy=self.config.strategy,
-        )
+        claim = self.pools.decide(entry.sandbox, now) if self.pools is not None else None
+        decision = claim.decision if claim is not None else self._decide(entry, now)
         if not isinstance(decision, Placement):
             await self._record_unschedulable(entry, decision.message)
             return
@@ -380,6 +376,14 @@ class Reconciler:
                 {"op": "test", "path": "/metadata/labels", "value": meta.get("labels")},
                 {"op": "add", "path": "/metadata/labels", "value": {NODE_LABEL: decision.node}},
             ]
+        if entry.sandbox.spec.pool:  # what the pool's status.selector selects
+            ops.append(
+                {
+                    "op": "add",
+                    "path": pointer("metadata", "labels", POOL_LABEL),
+                    "value": entry.sandbox.spec.pool,
+                }
+            )
         if OPERATOR_FINALIZER not in finalizers:
             ops += [
                 {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
@@ -397,16 +401,29 @@ class Reconciler:
         elapsed = time.monotonic() - entry.first_seen
         self.metrics.scheduling_latency.observe(elapsed)
         self.metrics.scheduled.inc()
+        if claim is not None and self.pools is not None:
+            self.pools.metrics.claim(claim.start)
         self._unschedulable.pop(key, None)
         self.events.record(
             entry.raw,
             "Normal",
             lc.REASON_SCHEDULED,
-            f"placed on node {decision.node} ({decision.hypervisor})",
+            f"placed on node {decision.node} ({decision.hypervisor})" + (claim.note if claim else ""),
         )
         fresh = self.cache.sandboxes.get(key)
         if fresh is not None:
             await self._complete_placement(fresh, hypervisor=decision.hypervisor, elapsed=elapsed)
+
+    def _decide(self, entry: SandboxEntry, now: datetime) -> Placement | Unschedulable:
+        assert entry.sandbox is not None
+        return decide(
+            entry.sandbox,
+            self.cache.node_views().values(),
+            usage_by_node(self.cache.placements(), self.ledger),
+            now=now,
+            alive_window=self.config.agent_alive_seconds,
+            strategy=self.config.strategy,
+        )
 
     async def _complete_placement(
         self, entry: SandboxEntry, *, hypervisor: str | None = None, elapsed: float | None = None
@@ -452,6 +469,8 @@ class Reconciler:
         else:
             others = (p for p in self.cache.placements() if p[0] != entry.uid)
             used = usage_by_node(others, self.ledger).get(node, NOTHING)
+            if self.pools is not None:  # booted pool members hold room too
+                used = used + self.pools.members(now).get(node, NOTHING)
             reasons, _ = why_not(view, entry.sandbox, used, now, self.config.agent_alive_seconds)
         if not reasons:
             return None  # a placement a previous operator decided and did not finish recording

@@ -23,6 +23,7 @@ from vmsandbox.operator.handlers import build_registry
 from vmsandbox.operator.kube import ApiError, Connection, KubeClient, lease_path, node_path, sandbox_path
 from vmsandbox.operator.leader import LeaderElector
 from vmsandbox.operator.metrics import OperatorMetrics, serve_metrics
+from vmsandbox.operator.poolcontroller import PoolController, PoolMetrics
 from vmsandbox.operator.reconciler import Reconciler
 
 log = logging.getLogger("vmsandbox.operator")
@@ -55,6 +56,16 @@ class Operator:
                 on_stopped=self._stopped_leading,
             )
         self.reconciler = Reconciler(config, self.client, self.cache, self.metrics, self.events, self.leading)
+        self.pools = PoolController(
+            config,
+            self.client,
+            self.cache,
+            self.reconciler.ledger,
+            PoolMetrics(self.metrics.registry),
+            self.leading,
+            self.reconciler.retry_unschedulable,
+        )
+        self.reconciler.pools = self.pools
         self.registry = build_registry(self)
         self._term_ready = False  # the cache was re-listed in the current term
 
@@ -110,6 +121,7 @@ class Operator:
         sandboxes = await self.client.list_objects(sandbox_path())
         for item in sandboxes.get("items") or []:
             self.cache.upsert_sandbox(item)
+        await self.pools.resync()
 
     async def _started_leading(self) -> None:
         self._term_ready = False
@@ -154,6 +166,7 @@ class Operator:
             for i in range(self.config.workers)
         ]
         background.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        background.append(asyncio.create_task(self.pools.run(), name="pools"))
         kopf_task = asyncio.create_task(
             kopf.operator(
                 registry=self.registry,

@@ -6,7 +6,14 @@ import asyncio
 
 
 class WorkQueue:
-    def __init__(self) -> None:
+    """Keys that fail are retried after ``base * 2**failures`` seconds, capped at ``cap``, until
+    :meth:`forget` says one succeeded: a key that keeps failing backs off instead of spinning, and
+    one failing key never delays another."""
+
+    def __init__(self, base: float = 0.5, cap: float = 60.0) -> None:
+        self.base = base
+        self.cap = cap
+        self._failures: dict[str, int] = {}
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._active: set[str] = set()
@@ -33,6 +40,21 @@ class WorkQueue:
             timer.cancel()
         self._timers[key] = loop.call_at(due, self._fire, key)
 
+    def retry(self, key: str) -> float:
+        """Queue a key that failed after its back-off; returns the delay chosen."""
+        failures = self._failures.get(key, 0)
+        self._failures[key] = failures + 1
+        delay = min(self.base * 2**failures, self.cap)
+        self.add_after(key, delay)
+        return delay
+
+    def forget(self, key: str) -> None:
+        """The key succeeded: its next failure starts from the base delay again."""
+        self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)
+
     def _fire(self, key: str) -> None:
         self._timers.pop(key, None)
         self.add(key)
@@ -56,3 +78,4 @@ class WorkQueue:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._failures.clear()

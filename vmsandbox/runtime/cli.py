@@ -89,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="remove a stopped container (--force: any)")
     delete.add_argument("--force", "-f", action="store_true")
     delete.add_argument("id")
+    for name, what in (("pause", "pause a pod sandbox's VM"), ("resume", "resume a paused pod sandbox's VM")):
+        sub.add_parser(name, help=what).add_argument("id")
+    snap = sub.add_parser("snapshot", help="snapshot a pod sandbox's VM into DIR under <root>/snapshots")
+    snap.add_argument("id")
+    snap.add_argument("dir", type=Path, help="absolute, or relative to <root>/snapshots")
     sub.add_parser(
         "drain-pool", help="stop the process backend's idle pooled agents (VMSANDBOX_PROCESS_POOL)"
     )
@@ -164,6 +169,10 @@ def run(args: argparse.Namespace) -> int:
         rt.kill(args.id, args.signal)
     elif args.command == "delete":
         rt.delete(args.id, force=args.force)
+    elif args.command in ("pause", "resume"):
+        getattr(rt, args.command)(args.id)
+    elif args.command == "snapshot":
+        print(rt.snapshot(args.id, args.dir).model_dump_json(indent=2))
     elif args.command == "drain-pool":
         ProcessDriver.drain_pool(rt.store.root / VMS_DIR)
     elif args.command == "sweep":

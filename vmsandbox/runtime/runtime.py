@@ -39,22 +39,30 @@ from vmsandbox.guest.protocol import (
     WaitExit,
 )
 from vmsandbox.hypervisor import driver_for
-from vmsandbox.hypervisor.base import DiskSpec, HypervisorDriver, HypervisorError, VMHandle, VMSpec
+from vmsandbox.hypervisor.base import (
+    DiskSpec,
+    HypervisorDriver,
+    HypervisorError,
+    SnapshotManifest,
+    VMHandle,
+    VMSpec,
+)
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import kill_mentioning, running, signal_recorded, start_time
 from vmsandbox.runtime import console
 from vmsandbox.runtime.client import AgentClient
-from vmsandbox.runtime.disk import disk_serial, make_disk
-from vmsandbox.runtime.errors import AgentError, NotFound, RuntimeError_, WrongState
+from vmsandbox.runtime.diskcache import DiskCache, disk_serial
+from vmsandbox.runtime.errors import AgentError, InvalidConfig, NotFound, RuntimeError_, WrongState
 from vmsandbox.runtime.faults import checkpoint
 from vmsandbox.runtime.ids import validate_id
 from vmsandbox.runtime.logfiles import LogLimits
 from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import RelayConfig, spawn_relay
+from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM, snapshot_dir
 from vmsandbox.runtime.spec import load_spec, resolve_bundle
-from vmsandbox.runtime.state import ContainerState, Record, StateStore, Timings
+from vmsandbox.runtime.state import DISKS_DIR, ContainerState, Record, StateStore, Timings
 from vmsandbox.runtime.vmsize import VMSize, vm_size
 
 log = logging.getLogger("vmsandbox.runtime")
@@ -77,6 +85,11 @@ class CreateOptions(BaseModel):
     log_path: Path | None = None
     #: The pod sandbox's network interface, prepared by the caller (the node agent).
     network: NetworkAttachment | None = None
+    #: The manifest digest of the image the bundle's rootfs was unpacked from, when the caller
+    #: knows it (the node agent). It keys the shared root disk instead of the tree's metadata,
+    #: and says the rootfs is the image's tree shared with other containers: on the process
+    #: backend the container then writes to an overlay over it, never to the tree itself.
+    image_digest: str | None = None
 
 
 def parse_signal(value: str | int) -> int:
@@ -117,6 +130,7 @@ class Runtime:
         self.hypervisor = hypervisor
         self.config = config or HypervisorConfig.from_env()
         self.store = StateStore(self.root)
+        self.disks = DiskCache(self.root / DISKS_DIR, in_use=self._disks_in_use)
         self._drivers: dict[str, HypervisorDriver] = {}
 
     def driver(self, name: str | None = None) -> HypervisorDriver:
@@ -143,6 +157,7 @@ class Runtime:
         log_path: Path | None = None,
         console_path: Path | None = None,
         network: NetworkAttachment | None = None,
+        image_digest: str | None = None,
     ) -> ContainerState:
         validate_id(container_id)
         options = CreateOptions(
@@ -152,6 +167,7 @@ class Runtime:
             stdio=stdio,
             log_path=log_path,
             network=network,
+            image_digest=image_digest,
         )
         record_dir = self.store.reserve(container_id)
         undo = contextlib.ExitStack()
@@ -185,6 +201,7 @@ class Runtime:
         annotations = loaded.spec.annotations or {}
         role = pod_role(container_id, annotations)
         size = vm_size(annotations) if role.kind == "sandbox" else None
+        restore_source = self._restore_source(annotations) if role.kind == "sandbox" else None
         checkpoint("container-type")
         terminal = loaded.spec.process.terminal
         if terminal and options.console_socket is None and options.console_path is None:
@@ -212,27 +229,44 @@ class Runtime:
         rootfs: HostPath | BlockDevice
         disk: DiskSpec | None = None
         if driver.shares_host_fs:
-            rootfs = HostPath(path=str(loaded.rootfs))
+            rootfs = HostPath(path=str(loaded.rootfs), overlay=options.image_digest is not None)
         else:
-            image = make_disk(loaded.rootfs, record_dir / "rootfs.ext4")
-            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=False)
-            rootfs = BlockDevice(serial=disk.serial)
+            image = self.disks.get(loaded.rootfs, options.image_digest)
+            disk = DiskSpec(path=image, serial=disk_serial(container_id), readonly=True)
+            rootfs = BlockDevice(serial=disk.serial, overlay=True)
             record.disk_image = str(image)
+            self.store.save(record)
         checkpoint("disk")
 
         if sandbox is None:
             assert size is not None
-            handle = self._boot(driver, container_id, size, disk, undo, options.network)
+            if restore_source is None:
+                handle = self._boot(driver, container_id, size, disk, undo, options.network)
+            else:
+                handle = self._restore(driver, container_id, restore_source, undo, options.network)
+                if disk is not None:  # the snapshot has no container: its disk joins now
+                    driver.attach_disk(handle, disk)
             state.timings = Timings(
                 vmmStart=handle.timings.vmm_start,
                 vmBoot=handle.timings.vm_boot,
                 agentReady=handle.timings.agent_ready,
                 kernelToInit=handle.timings.kernel_to_init,
                 initToAgentReady=handle.timings.init_to_agent_ready,
+                restore=None if restore_source is None else handle.timings.vm_boot,
             )
             checkpoint("boot")
             client = AgentClient(driver, handle)
-            client.call(CreateSandbox(sandbox_id=container_id, hostname=loaded.spec.hostname), Ok)
+            net = options.network
+            client.call(
+                CreateSandbox(
+                    sandbox_id=container_id,
+                    hostname=loaded.spec.hostname,
+                    # A sandbox the node gave no address has no resolver to reach either.
+                    dns=None if net is None else (list(net.dns) if net.ip else []),
+                    ip=net.ip if net is not None else None,
+                ),
+                Ok,
+            )
             checkpoint("create-sandbox")
         else:
             assert sandbox.state.vm is not None
@@ -338,6 +372,36 @@ class Runtime:
         undo.callback(driver.stop, handle)
         return handle
 
+    def _restore_source(self, annotations: dict[str, str]) -> Path | None:
+        """The snapshot a sandbox is restored from, checked before anything is built."""
+        value = annotations.get(ANNOTATION_RESTORE_FROM)
+        if value is None:
+            return None
+        source = snapshot_dir(self.root, value, step=f"config.json: annotations.{ANNOTATION_RESTORE_FROM}")
+        if not source.is_dir():
+            what = f"snapshot {source} does not exist"
+            raise InvalidConfig(what, step=f"config.json: annotations.{ANNOTATION_RESTORE_FROM}")
+        return source
+
+    def _restore(
+        self,
+        driver: HypervisorDriver,
+        container_id: str,
+        source: Path,
+        undo: contextlib.ExitStack,
+        network: NetworkAttachment | None,
+    ) -> VMHandle:
+        """The pod sandbox's VM restored from ``source`` (size and kernel come with it)."""
+        vm_id = vm_id_for(container_id)
+        spec = VMSpec(
+            vm_id=vm_id, state_dir=self.store.vm_dir(vm_id), network=network, hotplug_dirs=[self.store.root]
+        )
+        undo.callback(_remove_empty, spec.state_dir.parent)
+        undo.callback(_remove_tree, spec.state_dir)
+        handle = driver.restore(spec, source)
+        undo.callback(driver.stop, handle)
+        return handle
+
     @staticmethod
     def _null_stdio(fds: contextlib.ExitStack) -> Stdio:
         fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -394,6 +458,9 @@ class Runtime:
         state = record.state.model_copy(deep=True)
         if state.status == "creating":
             return state
+        if self._pod_paused(record):
+            state.status = "paused"  # the guest agent cannot answer while its VM is paused
+            return state
         info = self._guest_info(record)
         if info is None:
             state.status = "stopped"
@@ -438,6 +505,8 @@ class Runtime:
         record = self.store.load(validate_id(container_id))
         if record.state.status == "creating":
             raise WrongState(f"container {container_id!r} is creating", step="kill")
+        if self._pod_paused(record):
+            raise WrongState(f"the VM of container {container_id!r} is paused; resume it first", step="kill")
         if self._guest_info(record) is None:
             raise WrongState(f"container {container_id!r} is stopped (its VM is gone)", step="kill")
         with _wrong_status("kill"):
@@ -454,6 +523,71 @@ class Runtime:
         )
         return reply.exit_code
 
+    # ---- pause, resume, snapshot ----------------------------------------------------
+
+    def _sandbox_record(self, container_id: str, step: str) -> Record:
+        record = self.store.load(validate_id(container_id))
+        if record.kind != "sandbox" or record.state.vm is None:
+            raise WrongState(f"{container_id!r} is not a pod sandbox: only a whole VM is {step}d", step=step)
+        if not self.driver(record.state.hypervisor).alive(record.state.vm):
+            raise WrongState(f"the VM of sandbox {container_id!r} is not running", step=step)
+        return record
+
+    def _pod_paused(self, record: Record) -> bool:
+        sandbox = record
+        if record.kind == "container":
+            try:
+                sandbox = self.store.load(record.sandbox_id)
+            except NotFound:
+                return False
+        return (
+            sandbox.paused
+            and sandbox.state.vm is not None
+            and self.driver(sandbox.state.hypervisor).alive(sandbox.state.vm)
+        )
+
+    def pause(self, container_id: str) -> None:
+        """Pause the pod sandbox's VM (every container in it); idempotent."""
+        record = self._sandbox_record(container_id, "pause")
+        assert record.state.vm is not None
+        self.driver(record.state.hypervisor).pause(record.state.vm)
+        record.paused = True
+        self.store.save(record)
+
+    def resume(self, container_id: str) -> None:
+        record = self._sandbox_record(container_id, "resume")
+        assert record.state.vm is not None
+        self.driver(record.state.hypervisor).resume(record.state.vm)
+        record.paused = False
+        self.store.save(record)
+
+    def snapshot(self, container_id: str, directory: Path | str) -> SnapshotManifest:
+        """Snapshot the pod sandbox's VM into ``directory`` (inside the snapshot root); the VM
+        is paused for it and resumed afterwards unless it was paused before."""
+        record = self._sandbox_record(container_id, "snapshot")
+        assert record.state.vm is not None
+        target = snapshot_dir(self.root, directory, step="snapshot")
+        driver = self.driver(record.state.hypervisor)
+        try:
+            return driver.snapshot(record.state.vm, target)
+        finally:
+            if not record.paused and driver.alive(record.state.vm):
+                driver.resume(record.state.vm)
+
+    def make_snapshot(self, name: str, size: VMSize | None = None) -> SnapshotManifest:
+        """Boot a bare VM (guest agent ready, no sandbox, no container), snapshot it into
+        ``<root>/snapshots/<name>`` and stop it: the template a snapshot pool restores from.
+
+        Nothing but the snapshot directory remains, and on failure not even that.
+        """
+        target = snapshot_dir(self.root, validate_id(name), step="snapshot")
+        size = size or VMSize()
+        driver = self.driver()
+        with contextlib.ExitStack() as undo:
+            handle = self._boot(driver, f"snapshot-{name}", size, None, undo)
+            return driver.snapshot(handle, target)
+        raise AssertionError("unreachable")  # pragma: no cover (ExitStack swallows nothing)
+
     # ---- exec and files (vmsandbox.runtime.streams) ----------------------------------
 
     def agent_for(self, container_id: str) -> AgentClient:
@@ -466,6 +600,11 @@ class Runtime:
     def delete(self, container_id: str, force: bool = False) -> None:
         record = self.store.load(validate_id(container_id))
         current = self._refresh(record)
+        if current.status == "paused" and force:
+            # The guest must run to destroy its containers; resuming first keeps delete one path.
+            sandbox = record if record.kind == "sandbox" else self.store.load(record.sandbox_id)
+            self.resume(sandbox.state.id)
+            current = self._refresh(record)
         if current.status != "stopped" and not force:
             raise WrongState(
                 f"container {container_id!r} is {current.status}; stop it first or use --force", step="delete"
@@ -478,6 +617,11 @@ class Runtime:
             for member in members:  # the VM stops next: unplugging their disks first is moot
                 self._teardown(member, detach=False)
         self._teardown(record)
+        self.disks.evict()
+
+    def _disks_in_use(self) -> set[str]:
+        """The shared disks that container records (running or being created) still name."""
+        return {r.disk_image for r in self._records() if r.disk_image is not None}
 
     def _records(self) -> builtins.list[Record]:
         out = []

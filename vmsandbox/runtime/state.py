@@ -21,8 +21,10 @@ from vmsandbox.runtime.errors import IdInUse, NotFound, RuntimeError_
 from vmsandbox.runtime.ids import validate_id
 
 OCI_VERSION = "1.0.2"
-Status = Literal["creating", "created", "running", "stopped"]
+Status = Literal["creating", "created", "running", "paused", "stopped"]
 VMS_DIR = ".vms"
+#: The shared per-image root disks (dot-named like :data:`VMS_DIR`: no container id can clash).
+DISKS_DIR = ".disks"
 #: ``"<pid> <start time>"`` of the process that reserved the id; a dead one means an interrupted create.
 CREATOR_FILE = "creator"
 
@@ -36,6 +38,8 @@ class Timings(BaseModel):
     containerCreate: float = 0.0
     kernelToInit: float | None = None
     initToAgentReady: float | None = None
+    #: Set when the VM was restored from a snapshot: the restore itself (also in vmBoot).
+    restore: float | None = None
 
 
 class ContainerState(BaseModel):
@@ -71,6 +75,8 @@ class Record(BaseModel):
     #: The relay's start time (``/proc/<pid>/stat``): a reused pid is never signalled.
     relay_start: str | None = None
     disk_image: str | None = None
+    #: Set by ``pause`` on the pod sandbox (its VM, so every container of the pod, is paused).
+    paused: bool = False
 
 
 class StateStore:

@@ -5,7 +5,7 @@
 go into the backend's disk table, which it names to the agent with ``VMSANDBOX_GUEST_DISKS``
 and which is rewritten on hot-plug. As with a real VM, ``vm.boot`` returns before the guest is
 up: the agent starts in the background and CONNECTs are refused until it listens. A guest that
-fails to start counts as powered off. A paused VM is a stopped (SIGSTOP) agent.
+fails to start counts as powered off. A paused VM is a stopped (SIGSTOP) process tree.
 
 A real guest dies with its VMM. So that a SIGKILLed stand-in does not leave its agent behind,
 a small watchdog process holds a pipe from the stand-in and stops the agent when it breaks.
@@ -28,7 +28,7 @@ from typing import IO
 
 from standin.guest import GUEST_AGENT_PORT
 
-from vmsandbox.hypervisor.base import DiskSpec, VMHandle, VMSpec
+from vmsandbox.hypervisor.base import DiskSpec, VMGone, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver
 
@@ -120,12 +120,15 @@ class AgentGuest:
         return handle is None or self._driver.alive(handle)  # still booting counts as alive
 
     def pause(self) -> None:
+        """Stop every process of the guest (the agent and its containers), as paused vCPUs would."""
         if self._handle is not None:
-            _signal(self._handle, signal.SIGSTOP)
+            with contextlib.suppress(VMGone):  # a guest that died is no longer running anyway
+                self._driver.pause(self._handle)
 
     def resume(self) -> None:
         if self._handle is not None:
-            _signal(self._handle, signal.SIGCONT)
+            with contextlib.suppress(VMGone):
+                self._driver.resume(self._handle)
 
     def stop(self) -> None:
         with self._lock:

@@ -276,6 +276,11 @@ class StandinVmm:
         if self.vm is not None:
             raise ApiFailure(500, ["Error from API", action, "VM is already created"])
         self._validate(config, action)
+        self._start_vm(config, action)
+        return Reply(204)
+
+    def _start_vm(self, config: dict[str, Any], action: str, state: str = "Running") -> None:
+        """Bind the vsock socket and start the guest (a boot, or a restore)."""
         vsock: HybridVsock | None = None
         guest = self._make_guest()
         try:
@@ -298,9 +303,10 @@ class StandinVmm:
             guest.stop()
             self._bdfs.clear()
             raise
-        self.vm = BootedVm(guest=guest, vsock=vsock)
+        self.vm = BootedVm(guest=guest, vsock=vsock, state=state)
+        if state == "Paused":
+            self._pause_guest(self.vm)
         threading.Thread(target=self._watch_guest, args=(self.vm,), daemon=True).start()
-        return Reply(204)
 
     def _validate(self, config: dict[str, Any], action: str) -> None:
         def fail(*words: str) -> None:
@@ -388,6 +394,60 @@ class StandinVmm:
         if vm.vsock is not None:
             vm.vsock.pause()
         vm.state = "Paused"
+        return Reply(204)
+
+    @staticmethod
+    def _pause_guest(vm: BootedVm) -> None:
+        vm.guest.pause()
+        if vm.vsock is not None:
+            vm.vsock.pause()
+
+    # -- snapshot and restore --------------------------------------------------------------
+    #
+    # The stand-in has no guest memory: a snapshot writes the config (as the real VMM does),
+    # a small device state and a sparse memory file of the VM's size; a restore starts a fresh
+    # guest agent from that config. State rules and status codes are the real VMM's.
+
+    def _api_vm_snapshot(self, body: dict[str, Any]) -> Reply:
+        action = "The VM could not be snapshotted"
+        config = self._require_config(action)
+        vm = self._require_booted(action)
+        if vm.state != "Paused":
+            raise ApiFailure(500, ["Error from API", action, "Snapshot error", "VM is not paused"])
+        target = _file_url(body.get("destination_url"), action)
+        if not target.is_dir():
+            raise ApiFailure(500, ["Error from API", action, f"Cannot create snapshot in {target}"])
+        (target / "config.json").write_text(json.dumps(config))
+        (target / "state.json").write_text(json.dumps({"standin": {"version": self.knobs.version}}))
+        with open(target / "memory-ranges", "wb") as memory:
+            memory.truncate((config.get("memory") or {}).get("size", DEFAULT_MEMORY))
+        return Reply(204)
+
+    def _api_vm_restore(self, body: dict[str, Any]) -> Reply:
+        action = "The VM could not be restored"
+        if self.config is not None:
+            raise ApiFailure(500, ["Error from API", action, "VM is already created"])
+        if self.knobs.major < 52:
+            unknown = sorted({"memory_restore_mode", "resume"} & set(body))
+            if unknown:
+                return error_reply(400, ["Failed to deserialize JSON", f"unknown field `{unknown[0]}`"])
+        if body.get("memory_restore_mode") == "OnDemand" and body.get("prefault"):
+            raise ApiFailure(500, ["Error from API", action, "prefault cannot be used with OnDemand"])
+        source = _file_url(body.get("source_url"), action)
+        try:
+            config = json.loads((source / "config.json").read_text())
+            json.loads((source / "state.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ApiFailure(500, ["Error from API", action, f"Cannot read snapshot: {exc}"]) from exc
+        if not (source / "memory-ranges").is_file():
+            raise ApiFailure(500, ["Error from API", action, "Cannot open memory-ranges"])
+        self._validate(config, action)
+        self.config = config
+        try:
+            self._start_vm(config, action, "Running" if body.get("resume") else "Paused")
+        except BaseException:
+            self.config = None
+            raise
         return Reply(204)
 
     def _api_vm_resume(self) -> Reply:
@@ -503,3 +563,10 @@ class StandinVmm:
         with self._lock:
             self._stopping = True
             self._delete()
+
+
+def _file_url(value: Any, action: str) -> Path:
+    """The directory of a ``file://`` URL; anything else is refused as the real VMM does."""
+    if not isinstance(value, str) or not value.startswith("file://"):
+        raise ApiFailure(500, ["Error from API", action, f"Invalid URL {value!r}: only file:// is supported"])
+    return Path(value[len("file://") :])

@@ -29,7 +29,14 @@ from vmsandbox.hypervisor.cloud_hypervisor.responses import (
     VmInfo,
     VmmPingResponse,
 )
-from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import ApiBody, DiskConfig, VmConfig, VmRemoveDevice
+from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
+    ApiBody,
+    DiskConfig,
+    RestoreConfig,
+    VmConfig,
+    VmRemoveDevice,
+    VmSnapshotConfig,
+)
 
 API_ROOT = "/api/v1"
 #: Kata's per-call budget; enough for every call except boot and hot-plug on a loaded host.
@@ -126,6 +133,14 @@ class CloudHypervisorClient:
 
     def resume(self) -> None:
         self._call("PUT", "vm.resume")
+
+    def snapshot(self, config: VmSnapshotConfig, timeout: float | None = None) -> None:
+        """Write the paused VM's state (204); the VM must be Paused."""
+        self._call("PUT", "vm.snapshot", config, timeout=timeout)
+
+    def restore(self, config: RestoreConfig, timeout: float | None = None) -> None:
+        """Restore a snapshot into this VMM, which must hold no VM yet (204)."""
+        self._call("PUT", "vm.restore", config, timeout=timeout)
 
     def shutdown(self) -> None:
         """Stop the guest; the config stays, so ``vm.info`` reports Created again."""

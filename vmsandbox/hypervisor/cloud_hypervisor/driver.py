@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -27,9 +28,11 @@ from vmsandbox.hypervisor.base import (
     DiskSpec,
     HypervisorDriver,
     HypervisorError,
+    SnapshotManifest,
     VMHandle,
     VMSpec,
 )
+from vmsandbox.hypervisor.cloud_hypervisor import snapshot as ch_snapshot
 from vmsandbox.hypervisor.cloud_hypervisor import vmm_process
 from vmsandbox.hypervisor.cloud_hypervisor.client import CloudHypervisorClient
 from vmsandbox.hypervisor.cloud_hypervisor.errors import (
@@ -52,12 +55,14 @@ from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
     RngConfig,
     SerialConfig,
     VmConfig,
+    VmSnapshotConfig,
     VsockConfig,
 )
 from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.landlock import landlock_abi
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +85,15 @@ class Timeouts(BaseModel):
     boot: float = Field(default=10.0, gt=0)
     hotplug: float = Field(default=5.0, gt=0)
     shutdown: float = Field(default=3.0, gt=0)
+    #: vm.snapshot writes all guest memory; vm.restore (copy mode) reads it all.
+    snapshot: float = Field(default=120.0, gt=0)
     exit_wait: float = Field(default=3.0, gt=0)
 
 
-def vmm_args(config: HypervisorConfig, spec: VMSpec) -> list[str]:
+def vmm_args(config: HypervisorConfig, spec: VMSpec, read_only: list[Path] | None = None) -> list[str]:
     """The VMM's flags: the admin's, then its seccomp filter (always on) and, where the kernel
-    has Landlock, confinement to the files of its VM config plus the hotplug directories."""
+    has Landlock, confinement to the files of its VM config plus the hotplug directories (and,
+    for a restore, read access to the snapshot)."""
     extra = list(config.cloud_hypervisor_args)
     if any(arg == "--seccomp" or arg.startswith("--seccomp=") for arg in extra):
         what = "VMSANDBOX_CLOUD_HYPERVISOR_ARGS: --seccomp is set by the driver (always true)"
@@ -93,8 +101,10 @@ def vmm_args(config: HypervisorConfig, spec: VMSpec) -> list[str]:
     args = [*extra, "--seccomp", "true"]
     if landlock_abi() > 0 and "--landlock" not in extra:
         args.append("--landlock")
-        if spec.hotplug_dirs:
-            args += ["--landlock-rules", *(f"path={d.absolute()},access=rw" for d in spec.hotplug_dirs)]
+        rules = [f"path={d.absolute()},access=rw" for d in spec.hotplug_dirs]
+        rules += [f"path={d.absolute()},access=r" for d in read_only or []]
+        if rules:
+            args += ["--landlock-rules", *rules]
     return args
 
 
@@ -159,11 +169,13 @@ class CloudHypervisorDriver(HypervisorDriver):
         self._clear_stale(layout)  # refuses before touching anything when a live VMM owns the dir
         try:
             started = time.monotonic()
+            net = spec.network
             child = vmm_process.launch(
                 self.config.cloud_hypervisor_binary,
                 vmm_args(self.config, spec),
                 layout.api_socket,
                 layout.vmm_log,
+                netns=net.tap_netns if net is not None and net.tap is not None else None,
             )
         except BaseException:
             self._remove_files(layout, created_dir)
@@ -334,12 +346,96 @@ class CloudHypervisorDriver(HypervisorDriver):
             return client.info()
 
     def pause(self, handle: VMHandle) -> None:
+        """``vm.pause`` unless already Paused (the VMM refuses Paused -> Paused with a 500)."""
         with self._client(handle) as client:
-            client.pause()
+            if client.info().state != "Paused":
+                client.pause()
+                self._expect_state(client, "vm.pause", "Paused")
 
     def resume(self, handle: VMHandle) -> None:
         with self._client(handle) as client:
-            client.resume()
+            if client.info().state != "Running":
+                client.resume()
+                self._expect_state(client, "vm.resume", "Running")
+
+    def paused(self, handle: VMHandle) -> bool:
+        return self.info(handle).state == "Paused"
+
+    # -- snapshot and restore -------------------------------------------------------------------
+
+    def snapshot(self, handle: VMHandle, directory: Path) -> SnapshotManifest:
+        target = new_snapshot_dir(directory)
+        try:
+            self.pause(handle)
+            with self._client(handle, self.timeouts.snapshot) as client:
+                version = client.ping().version
+                config = client.info().config
+                client.snapshot(VmSnapshotConfig(destination_url=f"file://{target}"))
+            kept = keep_disks(ch_snapshot.vm_disks(config, ROOT_DISK_SERIAL), target)
+            manifest = ch_snapshot.manifest_from_config(handle.vm_id, config, version, ROOT_DISK_SERIAL, kept)
+            manifest.save(target)
+        except BaseException:
+            remove_dir(target)
+            raise
+        return manifest
+
+    def restore(self, spec: VMSpec, directory: Path) -> VMHandle:
+        directory = directory.absolute()
+        manifest = SnapshotManifest.load(directory, self.name)
+        layout = VmLayout.under(spec.state_dir)
+        created_dir = not layout.state_dir.exists()
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale(layout)
+        source = layout.state_dir / ch_snapshot.RESTORE_DIR
+        started = time.monotonic()
+        try:
+            disks = disks_for_restore(manifest, directory, layout.state_dir)
+            ch_snapshot.prepare_source(directory, layout, spec, disks)
+            extra = [*spec.hotplug_dirs, *(d.path.parent for d in disks)]
+            restore_spec = spec.model_copy(update={"hotplug_dirs": extra})
+            child = vmm_process.launch(
+                self.config.cloud_hypervisor_binary,
+                vmm_args(self.config, restore_spec, read_only=[directory, source]),
+                layout.api_socket,
+                layout.vmm_log,
+            )
+        except BaseException:
+            remove_dir(source)
+            for disk in manifest.disks:
+                if not disk.readonly:
+                    (layout.state_dir / disk.path.name).unlink(missing_ok=True)
+            self._remove_files(layout, created_dir)
+            raise
+        self._children[child.pid] = (os.getpid(), child)
+        handle = VMHandle(
+            vm_id=spec.vm_id,
+            hypervisor=self.name,
+            state_dir=layout.state_dir,
+            vmm_pid=child.pid,
+            endpoints={**layout.endpoints(), "restored_from": str(directory)},
+        )
+        try:
+            handle.save()
+            with self._wait_ready(child, layout) as client:
+                timings = BootTimings(vmm_start=_ms(started))
+                started = time.monotonic()
+                config = ch_snapshot.restore_config(source, client.ping().version)
+                client.restore(config, timeout=self.timeouts.snapshot)
+                if config.resume is None:
+                    client.resume()
+                self._expect_state(client, "vm.restore", "Running")
+                timings.vm_boot = _ms(started)
+            started = time.monotonic()
+            self._connect(handle, layout, spec.agent_timeout).close()
+            timings.agent_ready = _ms(started)
+        except BaseException as exc:
+            log.warning("VM %s: restore failed (%s); tearing down VMM %d", spec.vm_id, exc, child.pid)
+            self._teardown(handle, layout)
+            self._remove_files(layout, created_dir)
+            raise
+        handle.timings = timings
+        handle.save()
+        return handle
 
     def counters(self, handle: VMHandle) -> VmCounters:
         with self._client(handle) as client:
@@ -377,9 +473,17 @@ class CloudHypervisorDriver(HypervisorDriver):
     def _remove_files(layout: VmLayout, remove_dir: bool) -> None:
         for path in layout.files():
             path.unlink(missing_ok=True)
+        _remove_restore_files(layout)
         if remove_dir:
             with contextlib.suppress(OSError):
                 layout.state_dir.rmdir()
+
+
+def _remove_restore_files(layout: VmLayout) -> None:
+    """What a restore added to the state directory: its source directory and disk copies."""
+    shutil.rmtree(layout.state_dir / ch_snapshot.RESTORE_DIR, ignore_errors=True)
+    for copy in layout.state_dir.glob("disk-*.img"):
+        copy.unlink(missing_ok=True)
 
 
 def _accepts(path: Path) -> bool:

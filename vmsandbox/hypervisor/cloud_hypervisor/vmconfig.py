@@ -54,6 +54,24 @@ class VmRemoveDevice(ApiBody):
     id: str
 
 
+class VmSnapshotConfig(ApiBody):
+    #: ``file://<directory>``: the VMM writes config.json, state.json and memory-ranges there.
+    destination_url: str
+
+
+#: ``OnDemand`` (userfaultfd, v52+) maps guest memory lazily instead of copying it all first.
+MemoryRestoreMode = Literal["Copy", "OnDemand"]
+
+
+class RestoreConfig(ApiBody):
+    source_url: str
+    prefault: bool | None = None
+    #: v52+ only; an older VMM ignores unknown fields, so it is never sent to one.
+    memory_restore_mode: MemoryRestoreMode | None = None
+    #: v52+ only: resume the restored VM at once (older ones need ``vm.resume``).
+    resume: bool | None = None
+
+
 class DiskConfig(ApiBody):
     path: str
     readonly: bool | None = None

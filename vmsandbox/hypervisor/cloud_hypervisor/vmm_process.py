@@ -36,13 +36,20 @@ def resolve_binary(binary: str) -> str:
     return found
 
 
-def launch(binary: str, args: list[str], api_socket: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """``<binary> --api-socket path=<socket> <args>`` with its output appended to ``log_path``."""
+def launch(
+    binary: str, args: list[str], api_socket: Path, log_path: Path, netns: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``<binary> --api-socket path=<socket> <args>`` with its output appended to ``log_path``.
+
+    ``netns``: the network namespace holding the VM's tap, when it is not this process's own;
+    the VMM opens the tap by name, so it runs there (``nsenter`` execs it: the pid is the VMM's).
+    """
     executable = resolve_binary(binary)
+    enter = ["nsenter", f"--net={netns}"] if netns is not None else []
     with open(log_path, "ab") as log:
         try:
             return subprocess.Popen(
-                [executable, "--api-socket", f"path={api_socket}", *args],
+                [*enter, executable, "--api-socket", f"path={api_socket}", *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ CLI that booted a VM has long exited when another one stops it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from vmsandbox.hypervisor.base import (
     HypervisorDriver,
     HypervisorError,
     HypervisorName,
+    SnapshotManifest,
     VMGone,
     VMHandle,
     VMSpec,
@@ -42,8 +44,10 @@ from vmsandbox.hypervisor.base import (
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.procs import running, start_time
+from vmsandbox.hypervisor.qemu import migration
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
+from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
 
 ROOT_SERIAL = "vmsb-root"
 #: Fixed part of the guest kernel command line; ``VMSpec.kernel_args`` follow it.
@@ -61,6 +65,8 @@ KERNEL_BOOT_TIMEOUT = {"kvm": 30.0, "tcg": 180.0}
 #: Seconds the guest gets to act on an ACPI power-button press before QEMU is told to quit.
 POWERDOWN_GRACE = 0.5
 QUIT_GRACE = 3.0
+#: Seconds to write or read a snapshot's memory image (TCG on a busy host is slow).
+SNAPSHOT_TIMEOUT = 300.0
 
 
 class VMPaths(BaseModel):
@@ -92,6 +98,16 @@ class VMPaths(BaseModel):
     def mux_log(self) -> Path:
         return self.state_dir / "mux.log"
 
+    @property
+    def spec(self) -> Path:
+        """The VMSpec the VM was booted from: a snapshot's manifest is built from it."""
+        return self.state_dir / "vmspec.json"
+
+    @property
+    def hotplugged(self) -> Path:
+        """Disks hot-plugged since boot, by serial, with their root port (a restore replugs them)."""
+        return self.state_dir / "hotplug.json"
+
     def sockets(self) -> list[Path]:
         return [self.qmp, self.agent, self.agent.with_name(self.agent.name + ".tmp"), self.agent_serial]
 
@@ -99,6 +115,18 @@ class VMPaths(BaseModel):
 #: QEMU's seccomp filter: no obsolete syscalls, no setuid/setgid, no fork/exec, no
 #: scheduling/affinity changes. A guest that escapes into QEMU gains none of those.
 SECCOMP_SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def hotplug_argv(disks: list[DiskSpec], ports: dict[str, str]) -> list[str]:
+    """Disks that were hot-plugged into the source VM, on the command line of a restored one:
+    the same device on the same root port, so the migrated device state finds them."""
+    argv: list[str] = []
+    for disk in disks:
+        node = f"hp-{disk.serial}"
+        argv += ["-blockdev", _blockdev(node, disk.path, "on" if disk.readonly else "off")]
+        device = f"virtio-blk-pci,drive={node},serial={disk.serial},id=blk-{disk.serial}"
+        argv += ["-device", f"{device},bus={ports[disk.serial]}"]
+    return argv
 
 
 def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[str]:
@@ -126,7 +154,24 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
     argv += _nic(spec)
     for port in range(HOTPLUG_PORTS):
         argv += ["-device", f"pcie-root-port,id=hp{port},chassis={port + 1},slot={port + 1}"]
+    net = spec.network
+    if net is not None and net.tap is not None and net.tap_netns is not None:
+        # QEMU opens the tap by name in its own namespace: start it where the tap is (nsenter
+        # execs it, so the pid is QEMU's; its sockets are paths, which no namespace changes).
+        argv = ["nsenter", f"--net={net.tap_netns}", *argv]
     return argv
+
+
+def _hotplug_table(handle: VMHandle) -> dict[str, dict[str, object]]:
+    path = VMPaths(state_dir=handle.state_dir).hotplugged
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def _save_hotplug_table(handle: VMHandle, table: dict[str, dict[str, object]]) -> None:
+    path = VMPaths(state_dir=handle.state_dir).hotplugged
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table))
+    tmp.replace(path)
 
 
 def _has_device(qmp: QMPClient, qdev_id: str) -> bool:
@@ -211,6 +256,7 @@ class QemuDriver(HypervisorDriver):
             handle.endpoints["mux_pid"] = str(mux.pid)
             handle.endpoints["mux_started"] = start_time(mux.pid) or ""
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
+            paths.spec.write_text(spec.model_dump_json())
             self._wait_qmp(qemu, paths)
             t_vmm = time.monotonic()
             t_init, t_ready, pong = self._wait_agent(handle, qemu, mux, paths, spec.agent_timeout)
@@ -380,6 +426,9 @@ class QemuDriver(HypervisorDriver):
                 with contextlib.suppress(QMPError):
                     qmp.execute("blockdev-del", {"node-name": node})
                 raise
+        table = _hotplug_table(handle)
+        table[disk.serial] = {"path": str(disk.path), "readonly": disk.readonly, "bus": port}
+        _save_hotplug_table(handle, table)
 
     def detach_disk(self, handle: VMHandle, serial: str) -> None:
         """``device_del``, wait until the guest has ejected it, then ``blockdev-del``.
@@ -401,6 +450,9 @@ class QemuDriver(HypervisorDriver):
                         )
                     time.sleep(0.05)
             self._delete_block_node(qmp, node, serial)
+        table = _hotplug_table(handle)
+        if table.pop(serial, None) is not None:
+            _save_hotplug_table(handle, table)
 
     @staticmethod
     def _delete_block_node(qmp: QMPClient, node: str, serial: str) -> None:
@@ -438,6 +490,162 @@ class QemuDriver(HypervisorDriver):
 
     def stop(self, handle: VMHandle) -> None:
         self._teardown(handle, graceful=True)
+
+    # -- pause, snapshot, restore ---------------------------------------------------------------
+
+    def pause(self, handle: VMHandle) -> None:
+        """QMP ``stop``: the vCPUs halt; QEMU, its sockets and the mux proxy keep running."""
+        with self._qmp(handle) as qmp:
+            qmp.execute("stop")
+
+    def resume(self, handle: VMHandle) -> None:
+        with self._qmp(handle) as qmp:
+            qmp.execute("cont")
+
+    def paused(self, handle: VMHandle) -> bool:
+        with self._qmp(handle) as qmp:
+            return not qmp.execute("query-status").get("running", False)
+
+    def snapshot(self, handle: VMHandle, directory: Path) -> SnapshotManifest:
+        target = new_snapshot_dir(directory)
+        paths = VMPaths(state_dir=handle.state_dir)
+        try:
+            spec = VMSpec.model_validate_json(paths.spec.read_text())
+            hotplugged = _hotplug_table(handle)
+            with self._qmp(handle, timeout=QMP_TIMEOUT) as qmp:
+                qmp.execute("stop")
+                mapped = migration.enable_mapped_ram(qmp)
+                migration.save(qmp, target / migration.MEMORY_FILE, SNAPSHOT_TIMEOUT)
+            plugged = [
+                DiskSpec(path=Path(str(v["path"])), serial=serial, readonly=bool(v["readonly"]))
+                for serial, v in hotplugged.items()
+            ]
+            details = {"accel": handle.endpoints.get("accel", "tcg"), "mapped_ram": str(mapped).lower()}
+            details |= {f"bus.{serial}": str(v["bus"]) for serial, v in hotplugged.items()}
+            details["boot_disks"] = ",".join(d.serial for d in spec.disks)
+            manifest = SnapshotManifest(
+                hypervisor=self.name,
+                source_vm_id=handle.vm_id,
+                vcpus=spec.vcpus,
+                memory_mib=spec.memory_mib,
+                kernel=spec.kernel,
+                initramfs=spec.initramfs,
+                root_disk=spec.root_disk,
+                disks=keep_disks([*spec.disks, *plugged], target),
+                details=details,
+            )
+            manifest.save(target)
+        except BaseException:
+            remove_dir(target)
+            raise
+        return manifest
+
+    def restore(self, spec: VMSpec, directory: Path) -> VMHandle:
+        directory = directory.absolute()
+        manifest = SnapshotManifest.load(directory, self.name)
+        paths = VMPaths(state_dir=spec.state_dir)
+        for sock in paths.sockets():
+            check_socket_path(sock)
+        spec.state_dir.mkdir(parents=True, exist_ok=True)
+        handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
+        t0 = time.monotonic()
+        try:
+            disks = disks_for_restore(manifest, directory, spec.state_dir)
+            boot_serials = manifest.details.get("boot_disks", "").split(",")
+            machine = spec.model_copy(
+                update={
+                    "vcpus": manifest.vcpus,
+                    "memory_mib": manifest.memory_mib,
+                    "kernel": manifest.kernel,
+                    "initramfs": manifest.initramfs,
+                    "root_disk": manifest.root_disk,
+                    "disks": [d for d in disks if d.serial in boot_serials],
+                }
+            )
+            plugged = [d for d in disks if d.serial not in boot_serials]
+            ports = {d.serial: manifest.details[f"bus.{d.serial}"] for d in plugged}
+            accel: Accel = "kvm" if manifest.details.get("accel") == "kvm" else "tcg"
+            argv = qemu_argv(self.config.qemu_binary, machine, accel, paths)
+            argv += [*hotplug_argv(plugged, ports), "-incoming", "defer"]
+            qemu = self._start_qemu(argv, paths)
+            handle.vmm_pid = qemu.pid
+            handle.endpoints = {
+                "qmp": str(paths.qmp),
+                "agent": str(paths.agent),
+                "agent_serial": str(paths.agent_serial),
+                SERIAL_LOG_ENDPOINT: str(paths.console),
+                "accel": accel,
+                "vmm_started": start_time(qemu.pid) or "",
+                "restored_from": str(directory),
+            }
+            mux = self._start_mux(qemu, paths)
+            handle.endpoints["mux_pid"] = str(mux.pid)
+            handle.endpoints["mux_started"] = start_time(mux.pid) or ""
+            handle.save()
+            paths.spec.write_text(machine.model_dump_json())
+            _save_hotplug_table(
+                handle,
+                {
+                    d.serial: {"path": str(d.path), "readonly": d.readonly, "bus": ports[d.serial]}
+                    for d in plugged
+                },
+            )
+            with QMPClient.connect(paths.qmp, timeout=QMP_TIMEOUT) as qmp:
+                t_vmm = time.monotonic()
+                if manifest.details.get("mapped_ram") == "true":
+                    migration.enable_mapped_ram(qmp)
+                migration.load(qmp, directory / migration.MEMORY_FILE)
+                migration.wait_loaded(qmp, SNAPSHOT_TIMEOUT)
+            t_loaded = time.monotonic()
+            self._wait_agent_socket(handle, qemu, mux, paths, spec.agent_timeout)
+            handle.timings = BootTimings(
+                vmm_start=(t_vmm - t0) * 1000,
+                vm_boot=(t_loaded - t_vmm) * 1000,
+                agent_ready=(time.monotonic() - t_loaded) * 1000,
+            )
+            handle.save()
+        except BaseException:
+            self._teardown(handle, graceful=False)
+            raise
+        return handle
+
+    def _wait_agent_socket(
+        self,
+        handle: VMHandle,
+        qemu: subprocess.Popen[bytes],
+        mux: subprocess.Popen[bytes],
+        paths: VMPaths,
+        timeout: float,
+    ) -> None:
+        """After a restore: the guest agent is already listening; wait for the new mux proxy to
+        reach it over the new line, then for one ping to go through."""
+        deadline = time.monotonic() + timeout
+        last_error = "the mux proxy never bound its socket"
+        while True:
+            for proc, what in ((qemu, "QEMU"), (mux, "the agent serial mux")):
+                if proc.poll() is not None:
+                    raise VMGone(
+                        f"{what} exited (status {proc.returncode}) after the restore; "
+                        f"log: {_tail(paths.qemu_log if proc is qemu else paths.mux_log)}",
+                        step="agent ready",
+                    )
+            if paths.agent.exists():
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                        sock.settimeout(max(0.5, deadline - time.monotonic()))
+                        sock.connect(str(paths.agent))
+                        send_frame(sock, Ping())
+                        if isinstance(recv_reply(sock), Pong):
+                            return
+                        last_error = "the agent did not answer a ping with a pong"
+                except (OSError, ValueError, VMSandboxError) as exc:
+                    last_error = f"ping failed: {exc}"
+            if time.monotonic() >= deadline:
+                raise HypervisorError(
+                    f"the restored guest agent did not answer within {timeout:g}s ({last_error})",
+                    step="agent ready",
+                )
+            time.sleep(0.02)
 
     def _teardown(self, handle: VMHandle, *, graceful: bool) -> None:
         if handle.vmm_pid > 0:

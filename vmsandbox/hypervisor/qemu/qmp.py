@@ -90,14 +90,21 @@ class QMPClient:
         except (ValueError, ValidationError) as exc:
             raise QMPError(f"unreadable QMP message {line[:200]!r}: {exc}") from exc
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run one command and return its ``return`` value; raises :class:`QMPError` on error."""
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, fd: int | None = None) -> Any:
+        """Run one command and return its ``return`` value; raises :class:`QMPError` on error.
+
+        ``fd`` travels with the command as SCM_RIGHTS (``getfd`` names it for later commands).
+        """
         request_id = next(self._ids)
         request: dict[str, Any] = {"execute": command, "id": request_id}
         if arguments:
             request["arguments"] = arguments
+        data = json.dumps(request).encode() + b"\n"
         try:
-            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            if fd is None:
+                self._sock.sendall(data)
+            else:
+                socket.send_fds(self._sock, [data], [fd])
         except OSError as exc:
             raise QMPError(f"sending {command} to {self._path}: {exc}") from exc
         while True:

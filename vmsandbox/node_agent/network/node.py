@@ -116,6 +116,7 @@ class NodeNetwork:
             dns=list(self.settings.resolvers),
             netns=netns,
             tap=tap,
+            tap_netns=self.settings.netns if tap is not None else None,
         )
 
     def lease(self, owner: str) -> Lease | None:

@@ -5,8 +5,9 @@ Layout (``inet`` family, so one table sees every packet of the node):
   the sandbox's own chain; traffic entering the bridge jumps by destination (``in4``) to a
   chain that lets replies in and nothing else, so sandboxes never reach each other; anything
   from the bridge that no map names (a spoofed source, every IPv6 packet) is dropped.
-- ``input``: traffic from sandboxes to the node itself jumps by source (``node4``); only DNS to
-  a configured resolver, and what ``allow`` names, gets through, in every mode.
+- ``input``: traffic from sandboxes to the node itself jumps by source (``node4``); only replies
+  to connections the node opened (port-forwarding), DNS to a configured resolver, and what
+  ``allow`` names, get through, in every mode.
 - ``postrouting``: masquerade for the sandbox subnet.
 - per sandbox: sets ``s<key>_allow`` and ``s<key>_deny``, counters ``s<key>_tx``, ``_rx``,
   ``_drop``, and chains ``s<key>_out``, ``_in``, ``_node``.
@@ -107,8 +108,10 @@ def _sandbox(cfg: TableConfig, lease: Lease) -> str:
     if lease.mode == "restricted":
         out += [f"ip daddr @{k}_allow accept", f"ip daddr @blocked4 {drop}"]
     out.append("accept")
-    node = [dns, f"ip daddr @{k}_deny {drop}", f"ip daddr @{k}_allow accept", drop]
-    inbound = [f'counter name "{k}_rx"', "ct state established,related accept", drop]
+    # Replies to connections the node opened (port-forwarding) come back; nothing new gets in.
+    replies = "ct state established,related accept"
+    node = [replies, dns, f"ip daddr @{k}_deny {drop}", f"ip daddr @{k}_allow accept", drop]
+    inbound = [f'counter name "{k}_rx"', replies, drop]
     lines = [
         f"add set {t} {k}_allow {{ type ipv4_addr; flags interval; auto-merge; }}",
         f"add set {t} {k}_deny {{ type ipv4_addr; flags interval; auto-merge; }}",
