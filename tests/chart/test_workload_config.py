@@ -170,6 +170,29 @@ def test_agent_config_values_reach_the_agent(render: Render, tmp_path: Path) -> 
     assert config.allowed_hypervisors == ["cloud-hypervisor"]
 
 
+def test_agents_fence_on_the_operators_node_loss_grace(render: Render) -> None:
+    """Agents stop their rescheduled sandboxes just before the operator declares their node
+    lost, so both must read one grace: the chart copies the operator's unless the agent's is set."""
+    import yaml
+
+    from tests.chart.helm import get_helm
+
+    def agent_grace(*sets: str) -> object:
+        objects = get_helm().render(sets=list(sets))
+        return yaml.safe_load(one(objects, "ConfigMap", "-agent-config")["data"]["agent.yaml"]).get(
+            "nodeLostGraceSeconds"
+        )
+
+    assert agent_grace("operator.config.nodeLostGraceSeconds=120") == 120
+    assert (
+        agent_grace("operator.config.nodeLostGraceSeconds=120", "agent.config.nodeLostGraceSeconds=90") == 90
+    )
+    assert agent_grace() is None  # both keep their default, 60 s
+    assert AgentConfig.model_fields["node_lost_grace_seconds"].default == (
+        OperatorConfig.model_fields["node_lost_grace_seconds"].default
+    )
+
+
 def test_agent_rejects_a_bad_config_value(helm_bad_config: tuple[Path, dict[str, str]]) -> None:
     """A typo in agent.config passes the chart (it is free-form) but the agent names it at start-up."""
     from vmsandbox.node_agent.config import ConfigError

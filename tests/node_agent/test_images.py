@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from tests.node_agent.support import Registry, run
 from vmsandbox.api.spec import PullPolicy
 from vmsandbox.node_agent.errors import ImageNotPresent, ImagePullFailed
-from vmsandbox.node_agent.images import ImageStore
+from vmsandbox.node_agent.images import Image, ImageStore
 
 
 def _store(
@@ -102,7 +103,9 @@ def test_eviction_keeps_images_in_use(tmp_path: Path, registry: Registry, busybo
     store = _store(tmp_path / "images", registry, limit=1, in_use=in_use)
     first = store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
     assert first.rootfs.is_dir(), "the image just asked for is never evicted"
+    store.release(first.digest)  # its sandbox is gone
     second = store.ensure(other, PullPolicy.IF_NOT_PRESENT)
+    store.release(second.digest)
     assert second.rootfs.is_dir()
     assert not first.rootfs.exists(), "over the limit, the least recently used unused image goes"
     assert store.cached_digests() == {second.digest}
@@ -122,3 +125,47 @@ def test_oci_layout_on_the_node(tmp_path: Path, registry: Registry, busybox_layo
     run(["umoci", "init", "--layout", str(broken)])
     with pytest.raises(ImagePullFailed, match="tags: none"):
         store.ensure(f"oci:{broken}:x", PullPolicy.IF_NOT_PRESENT)
+
+
+def test_two_tags_of_one_digest_unpack_once(
+    tmp_path: Path, registry: Registry, busybox_layout: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two references, so two pull flights at once; one digest, so one unpack that neither
+    replaces under the other."""
+    refs = [registry.push(busybox_layout, "latest", f"test/twin:{tag}") for tag in ("a", "b")]
+    store = _store(tmp_path / "images", registry)
+    barrier = threading.Barrier(len(refs))
+    images: list[Image] = []
+
+    def pull(ref: str) -> None:
+        barrier.wait()
+        images.append(store.ensure(ref, PullPolicy.IF_NOT_PRESENT))
+
+    caplog.set_level(logging.INFO, logger="vmsandbox.node_agent.images")
+    threads = [threading.Thread(target=pull, args=(ref,)) for ref in refs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(images) == 2 and images[0].digest == images[1].digest
+    assert images[0].rootfs == images[1].rootfs and (images[0].rootfs / "bin" / "busybox").is_file()
+    unpacks = [r for r in caplog.records if r.getMessage().startswith("unpacked ")]
+    assert len(unpacks) == 1, [r.getMessage() for r in unpacks]
+    assert not [p for p in (tmp_path / "images" / "rootfs").iterdir() if p.name.startswith(".")]
+
+
+def test_an_image_between_pull_and_launch_is_not_evicted(
+    tmp_path: Path, registry: Registry, busybox_layout: Path
+) -> None:
+    """No record names the first image yet (its sandbox is still being set up): another pull
+    over the limit must leave it alone until the caller releases it."""
+    other = registry.push(busybox_layout, "nocmd", "test/other:v2")
+    store = _store(tmp_path / "images", registry, limit=1)
+    first = store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+    second = store.ensure(other, PullPolicy.IF_NOT_PRESENT)
+    assert first.rootfs.is_dir() and second.rootfs.is_dir()
+    store.release(first.digest)
+    store.release(second.digest)
+    third = store.ensure(other, PullPolicy.IF_NOT_PRESENT)
+    assert not first.rootfs.exists(), "released and over the limit, it goes"
+    assert third.rootfs.is_dir()

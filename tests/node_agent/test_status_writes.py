@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.node_agent.support import Cluster, unique
 from vmsandbox.api.constants import AGENT_FINALIZER, OPERATOR_FINALIZER
 from vmsandbox.api.status import ConditionStatus, ConditionType, Phase, VMSandboxStatus
 from vmsandbox.devcluster import LocalCluster
+from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.kube import Kube
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.statuswriter import SandboxWriter
@@ -88,3 +91,49 @@ def test_finalizers_are_added_and_removed_without_losing_others(
     cluster.wait_gone(name)
     assert writer.update_status(stale, _running) is None
     assert writer.set_finalizer(stale, AGENT_FINALIZER, present=True) is None
+
+
+def test_a_write_the_server_keeps_refusing_is_deferred_not_failed(
+    cluster: Cluster, kube: LocalCluster
+) -> None:
+    """Past its patience (or when told to stop) a write gives up with WriteDeferred, so the caller
+    keeps the change; a 429's Retry-After is waited for; once the server takes writes, it lands."""
+    name = unique("deferred")
+    cluster.create_sandbox(name, {"image": "busybox"})
+    stale = cluster.schedule(name, "n1")
+    path = f"/apis/vmsandbox.io/v1alpha1/namespaces/{cluster.namespace}/vmsandboxes/{name}/status$"
+    metrics = AgentMetrics()
+    writer = SandboxWriter(Kube(kube.api_client()), metrics, patience=2.0)
+    kube.inject_fault(method="PUT", path=path, status=503, count=None)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(WriteDeferred):
+            writer.update_status(stale, _running)
+        assert 1.0 < time.monotonic() - t0 < 10
+        assert metrics.registry.get_sample_value("vmsandbox_agent_api_write_retries_total", {}) >= 3
+        with pytest.raises(WriteDeferred):
+            writer.update_status(stale, _running, abort=lambda: True)
+        assert cluster.status(name)["phase"] == "Scheduled"
+    finally:
+        kube.clear_faults()
+    kube.inject_fault(method="PUT", path=path, status=429, count=1, retryAfter=1)
+    t0 = time.monotonic()
+    assert writer.update_status(stale, _running) is not None
+    assert time.monotonic() - t0 >= 0.9, "Retry-After was honoured"
+    assert cluster.status(name)["phase"] == "Running"
+
+
+def test_retry_hints() -> None:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import MaxRetryError
+
+    def api(status: int, retry_after: str | None = None) -> ApiException:
+        exc = ApiException(status=status, reason="x")
+        exc.headers = {"Retry-After": retry_after} if retry_after else {}
+        return exc
+
+    assert retry_hint(api(500)) == 0.0 and retry_hint(api(503)) == 0.0
+    assert retry_hint(api(429, "7")) == 7.0
+    assert retry_hint(api(409)) is None and retry_hint(api(403)) is None and retry_hint(api(422)) is None
+    assert retry_hint(MaxRetryError(None, "/", "refused")) == 0.0  # type: ignore[arg-type]
+    assert retry_hint(ValueError("a bug")) is None

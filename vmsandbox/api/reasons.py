@@ -16,6 +16,9 @@ class StatusReason(StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     NODE_UNREACHABLE = "NodeUnreachable"
     NODE_LOST = "NodeLost"
+    #: The agent stopped the VM because it could not renew its Lease for the node-loss grace
+    #: (the operator runs the sandbox elsewhere); an Event reason.
+    FENCED = "Fenced"
     #: The node's agent would overcommit its published capacity by starting this sandbox.
     OUT_OF_CAPACITY = "OutOfCapacity"
     #: The sandbox asks for a backend the node (or its namespace) does not allow.

@@ -28,6 +28,7 @@ from vmsandbox.devcluster.apipath import HEALTH_PATH
 from vmsandbox.devcluster.binaries import find_binaries
 from vmsandbox.devcluster.corekinds import BUILTIN_NAMESPACES, CORE_KINDS
 from vmsandbox.devcluster.errors import DevClusterError
+from vmsandbox.devcluster.faults import FAULTS_PATH
 from vmsandbox.devcluster.kubeconfig import render_kubeconfig
 from vmsandbox.devcluster.processes import ManagedProcess, free_ports
 from vmsandbox.devcluster.rbac import ADMIN_USER, APISERVER_USER, SYSTEM_USER_PREFIX, bootstrap_objects
@@ -105,6 +106,7 @@ class LocalCluster:
         request_log: Path | None = None,
         workdir: Path | None = None,
         startup_timeout: float = 90.0,
+        fault_injection: bool = False,
     ) -> None:
         self.crd_dir: Path | None = (
             default_crd_dir() if crd_dir == "default" else (Path(crd_dir) if crd_dir else None)
@@ -116,6 +118,7 @@ class LocalCluster:
         )
         self._workdir_arg = workdir
         self.startup_timeout = startup_timeout
+        self.fault_injection = fault_injection
         self.workdir: Path | None = None
         self.processes: list[ManagedProcess] = []
         self._owns_workdir = False
@@ -124,6 +127,8 @@ class LocalCluster:
         self._ca: Path | None = None
         self._requestheader_ca: tuple[Path, Path] | None = None
         self._api_port = 0
+        self._front_argv: list[str] = []
+        self._front_index = 0
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"Bearer {SETUP_USER}"
         self._http.headers["User-Agent"] = USER_AGENT
@@ -189,6 +194,40 @@ class LocalCluster:
     def http(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """A raw request to the front as the admin user (for tests and probes)."""
         return self._http.request(method, self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    def inject_fault(self, **rule: Any) -> dict[str, Any]:
+        """Make matching requests fail at the front (see :mod:`vmsandbox.devcluster.faults`)."""
+        resp = self.http("POST", FAULTS_PATH, json=rule)
+        if resp.status_code != 201:
+            raise DevClusterError(f"{resp.status_code} {resp.text}", step="inject fault")
+        result: dict[str, Any] = resp.json()
+        return result
+
+    def faults(self) -> list[dict[str, Any]]:
+        rules: list[dict[str, Any]] = self.http("GET", FAULTS_PATH).json()["rules"]
+        return rules
+
+    def clear_faults(self) -> None:
+        self.http("DELETE", FAULTS_PATH)
+
+    def stop_front(self) -> None:
+        """Stop the front: every client sees connection refused, as in an API server outage."""
+        front = self._process("front")
+        front.stop()
+        self._front_index = self.processes.index(front)
+        self.processes.remove(front)
+
+    def start_front(self) -> None:
+        """Start the front again on its ports (after :meth:`stop_front`); returns once it answers."""
+        front = self._spawn("front", self._front_argv, env=_python_env())
+        self._wait("front health", front, lambda: self._probe(self.url + HEALTH_PATH))
+        self.processes.insert(self._front_index, self.processes.pop())  # stopped in the same order
+
+    def _process(self, name: str) -> ManagedProcess:
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise DevClusterError(f"no {name} process", step=name)
 
     def install_crds(self, source: Path | Iterable[Path], timeout: float = 30.0) -> list[str]:
         """Creates (or replaces) each CRD, waits until it is Established and served; returns the names."""
@@ -287,23 +326,21 @@ class LocalCluster:
                 "--log-level=warn",
             ],
         )
-        front = self._spawn(
-            "front",
-            [
-                sys.executable,
-                "-m",
-                "vmsandbox.devcluster.front",
-                f"--port={self._front_port}",
-                f"--upstream={upstream}",
-                f"--request-log={self.request_log_path}",
-                f"--tls-port={self._front_tls_port}",
-                f"--tls-cert={cert}",
-                f"--tls-key={key}",
-                f"--proxy-client-cert={proxy_cert}",
-                f"--proxy-client-key={proxy_key}",
-            ],
-            env=_python_env(),
-        )
+        self._front_argv = [
+            sys.executable,
+            "-m",
+            "vmsandbox.devcluster.front",
+            f"--port={self._front_port}",
+            f"--upstream={upstream}",
+            f"--request-log={self.request_log_path}",
+            f"--tls-port={self._front_tls_port}",
+            f"--tls-cert={cert}",
+            f"--tls-key={key}",
+            f"--proxy-client-cert={proxy_cert}",
+            f"--proxy-client-key={proxy_key}",
+            *(["--fault-injection"] if self.fault_injection else []),
+        ]
+        front = self._spawn("front", self._front_argv, env=_python_env())
         self._wait("etcd health", etcd, lambda: self._probe(f"{etcd_url}/health", auth=False))
         kubeconfig = work / "apiserver.kubeconfig"
         apiserver = self._spawn(

@@ -62,6 +62,7 @@ from vmsandbox.devcluster.corekinds import (
     is_private_group,
 )
 from vmsandbox.devcluster.discovery import api_group, api_group_list, api_versions, public_resource_list
+from vmsandbox.devcluster.faults import FAULTS_PATH, Faults
 from vmsandbox.devcluster.objectstore import ObjectStore
 from vmsandbox.devcluster.protobuf import ProtobufError, decode_namespace
 from vmsandbox.devcluster.rbac import (
@@ -126,9 +127,15 @@ class Front:
     """The aiohttp application; ``upstream`` is the real server's https URL (certificate unchecked)."""
 
     def __init__(
-        self, upstream: str, request_log: Path | None = None, front_proxy: tuple[Path, Path] | None = None
+        self,
+        upstream: str,
+        request_log: Path | None = None,
+        front_proxy: tuple[Path, Path] | None = None,
+        faults: Faults | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
+        #: Test-only injected failures (``--fault-injection``); None: none can be injected.
+        self.faults = faults
         self._log = RequestLogWriter(request_log) if request_log else None
         self._session: aiohttp.ClientSession | None = None
         self.rbac: ObjectStore[Policy] = ObjectStore(RBAC_KINDS, self._get_json, Policy.from_objects)
@@ -218,6 +225,12 @@ class Front:
         # front's reads of the policy) must never wait for the policy they are part of loading.
         if not user.superuser and not (await self.rbac.get()).allows(attrs):
             return web.json_response(forbidden_status(attrs), status=403)
+        if self.faults is not None:  # only those RBAC allows to (cluster-admin: every URL)
+            if path == FAULTS_PATH:
+                return await self.faults.serve(request)
+            fault = self.faults.take(request.method, request.path, user.name)
+            if fault is not None:
+                return fault.response()
         aggregated = await self._aggregated(request, api, attrs)
         if aggregated is not None:
             return aggregated
@@ -743,6 +756,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--proxy-client-cert", type=Path, help="client certificate for aggregated servers")
     parser.add_argument("--proxy-client-key", type=Path)
+    parser.add_argument(
+        "--fault-injection", action="store_true", help=f"serve {FAULTS_PATH} (tests only: fails requests)"
+    )
     args = parser.parse_args(argv)
     tls = (args.tls_port, args.tls_cert, args.tls_key) if args.tls_port else None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s front %(levelname)s %(message)s")
@@ -753,7 +769,9 @@ def main(argv: list[str] | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         proxy = (args.proxy_client_cert, args.proxy_client_key) if args.proxy_client_cert else None
-        await serve(args.host, args.port, Front(args.upstream, args.request_log, proxy), stop, tls)
+        faults = Faults() if args.fault_injection else None
+        front = Front(args.upstream, args.request_log, proxy, faults)
+        await serve(args.host, args.port, front, stop, tls)
 
     asyncio.run(run())
 

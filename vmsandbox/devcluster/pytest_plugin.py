@@ -73,7 +73,7 @@ def kube() -> Iterator[LocalCluster]:
         if kube_required():
             pytest.fail(f"{REQUIRE_ENV} is set but the Kubernetes API server is unavailable: {exc}")
         pytest.skip(f"real Kubernetes API server unavailable (set {REQUIRE_ENV}=1 to fail instead): {exc}")
-    with LocalCluster(bin_dir=bin_dir) as cluster:
+    with LocalCluster(bin_dir=bin_dir, fault_injection=True) as cluster:
         yield cluster
 
 

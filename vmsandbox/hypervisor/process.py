@@ -55,7 +55,13 @@ from vmsandbox.hypervisor.base import (
 from vmsandbox.hypervisor.cgroups import VMCgroup, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.detached import kill_session, spawn_detached, waiter_gone
-from vmsandbox.hypervisor.procs import continue_tree, stop_tree, tree_stopped
+from vmsandbox.hypervisor.procs import (
+    continue_tree,
+    running,
+    start_time,
+    stop_tree,
+    tree_stopped,
+)
 
 ISOLATION_NOTE = "the process backend is isolated by Linux namespaces only (no VM): not for untrusted code"
 UNSHARE = ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--uts", "--ipc"]
@@ -180,6 +186,7 @@ class ProcessDriver(HypervisorDriver):
             state_dir=spec.state_dir,
             vmm_pid=pid,
             endpoints={
+                "vmm_start": start_time(pid) or "",
                 "agent": str(spec.state_dir / "agent.sock"),
                 "disks": str(disks),
                 "cgroup_parent": (spec.state_dir / CGROUP_FILE).read_text(),
@@ -254,7 +261,7 @@ class ProcessDriver(HypervisorDriver):
             except (OSError, ValueError):
                 shutil.rmtree(entry, ignore_errors=True)
                 continue
-            _kill_group(pid, _read(entry / WAITER_FILE))
+            _kill_group(pid, None, _read(entry / WAITER_FILE))
             with contextlib.suppress(OSError):
                 remove_cgroups((entry / CGROUP_FILE).read_text())
             shutil.rmtree(entry, ignore_errors=True)
@@ -320,7 +327,7 @@ class ProcessDriver(HypervisorDriver):
         tmp.replace(table)
 
     def alive(self, handle: VMHandle) -> bool:
-        return _alive(handle.vmm_pid)
+        return running(handle.vmm_pid, handle.endpoints.get("vmm_start") or None)
 
     def pause(self, handle: VMHandle) -> None:
         """SIGSTOP the agent's whole process tree (unshare, the agent, every container process).
@@ -344,7 +351,7 @@ class ProcessDriver(HypervisorDriver):
         return _alive(handle.vmm_pid) and tree_stopped(handle.vmm_pid)
 
     def stop(self, handle: VMHandle) -> None:
-        _kill_group(handle.vmm_pid, handle.endpoints.get("waiter"))
+        _kill_group(handle.vmm_pid, handle.endpoints.get("vmm_start") or None, handle.endpoints.get("waiter"))
         if "cgroup_parent" in handle.endpoints:
             remove_cgroups(handle.endpoints["cgroup_parent"])
         Path(handle.endpoints.get("agent", handle.state_dir / "agent.sock")).unlink(missing_ok=True)
@@ -400,9 +407,10 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _kill_group(pid: int, waiter: str | None = None) -> None:
-    """SIGKILL unshare's session (its waiter, the agent, and with it its PID namespace)."""
-    kill_session(pid, None, waiter)
+def _kill_group(pid: int, started: str | None = None, waiter: str | None = None) -> None:
+    """SIGKILL unshare's session (its waiter, the agent, and with it its PID namespace), each only
+    while it is still the very process that was started (``started``, the waiter's identity)."""
+    kill_session(pid, started, waiter)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         _reap(pid)

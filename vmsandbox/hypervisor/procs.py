@@ -51,6 +51,38 @@ def identity_running(text: str) -> bool:
     return pid.isdigit() and running(int(pid), started or None)
 
 
+def signal_recorded(pid: int, started: str | None, sig: int, *, group: bool = False) -> bool:
+    """Send ``sig`` to ``pid`` (its process group with ``group``) only while it is the process
+    recorded with start time ``started``; False when that process is gone.
+
+    A pidfd pins the process while its start time is compared, so a signal cannot reach one
+    that took the number over in between (for a group, the check comes just before killpg).
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    except (OSError, AttributeError):  # no pidfds here: check, then signal by number
+        fd = -1
+    try:
+        state = proc_state(pid)
+        if state is None or (started and state[1] != started):
+            return False
+        if state[0] in ("Z", "X") and not group:
+            return False  # a zombie holds its number (no reuse yet): its group may still live
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(pid, sig)
+            elif fd >= 0:
+                signal.pidfd_send_signal(fd, sig)
+            else:
+                os.kill(pid, sig)
+        return True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
 def kill_mentioning(text: str) -> list[int]:
     """SIGKILL every process whose command line contains ``text`` (a state path only VMs use)."""
     killed = []

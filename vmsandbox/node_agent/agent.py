@@ -19,6 +19,7 @@ from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.capacity import hypervisor_refusals, node_capacity
 from vmsandbox.node_agent.config import AgentConfig, ConfigError
 from vmsandbox.node_agent.events import EventRecorder
+from vmsandbox.node_agent.fencing import Fence
 from vmsandbox.node_agent.forwardroute import ForwardTarget, PortForwardRoute
 from vmsandbox.node_agent.heartbeat import Heartbeat
 from vmsandbox.node_agent.httpserver import AgentHTTPServer, LogSource
@@ -132,6 +133,9 @@ class Agent:
             network=network,
             hypervisor_refusals=self.refusals,
             admission=LocalAdmission(self.capacity, config.node_name),
+            fence=Fence(
+                lambda: self.heartbeat.silence(), config.node_lost_grace_seconds, config.lease_renew_seconds
+            ),
         )
         self.pools = PoolKeeper(
             kube=self.kube,

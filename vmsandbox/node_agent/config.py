@@ -68,6 +68,13 @@ class AgentConfig(APIModel):
     lease_duration_seconds: int = Field(default=40, ge=1)
     lease_renew_seconds: float = Field(default=10.0, gt=0)
     orphan_grace_seconds: float = Field(default=60.0, ge=0)
+    node_lost_grace_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="The operator's nodeLostGraceSeconds: cut off from the API server this long "
+        "(less one lease renewal), the agent stops its OnFailure/Always sandboxes, which the "
+        "operator then runs elsewhere (fencing); 0 turns fencing off.",
+    )
     restart_backoff_seconds: float = Field(default=10.0, gt=0)
     restart_backoff_max_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=1.0, gt=0, le=5)

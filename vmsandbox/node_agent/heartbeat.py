@@ -50,7 +50,10 @@ class Heartbeat:
         self.duration = duration_seconds
         self.renew = renew_seconds
         self.lease_name = AGENT_LEASE_PREFIX + node
+        #: When the last successful renewal was *sent* (monotonic): the server and whoever
+        #: watches the Lease saw it at that moment or later, never earlier.
         self.last_renewed: float | None = None
+        self.started = time.monotonic()
         self.node_registered = False
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -64,11 +67,16 @@ class Heartbeat:
     def fresh(self) -> bool:
         return self.last_renewed is not None and time.monotonic() - self.last_renewed < self.duration
 
+    def silence(self) -> float:
+        """Seconds since a renewal last went through (since start-up when none has yet)."""
+        return time.monotonic() - (self.last_renewed if self.last_renewed is not None else self.started)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                sent = time.monotonic()
                 self.renew_lease()
-                self.last_renewed = time.monotonic()
+                self.last_renewed = sent
             except Exception as exc:
                 log.warning("renewing lease %s/%s failed: %s", self.namespace, self.lease_name, exc)
             try:

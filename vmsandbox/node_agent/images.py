@@ -8,8 +8,11 @@ Layout on disk under ``<stateDir>/images``:
   config (``image.json``); sandboxes copy it, so one unpack serves every sandbox of the image;
 - ``refs.json``: reference -> digest, sizes and last use, for ``IfNotPresent`` and eviction.
 
-Pulls of the same reference are single-flight; a cache over its size limit evicts the least
-recently used images that no bundle is using.
+Pulls of the same reference are single-flight, and so are unpacks of the same digest (two
+references to one image never unpack over each other). A cache over its size limit evicts the
+least recently used images that no sandbox uses: those whose record names the digest, and
+those handed out by :meth:`ImageStore.ensure` and not yet released (a sandbox between its pull
+and the record that remembers it).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -179,6 +183,8 @@ class ImageStore:
         self._in_use = in_use
         self._lock = threading.Lock()
         self._flights: dict[str, threading.Lock] = {}
+        #: Digests handed out by ensure() and not yet released: never evicted.
+        self._users: Counter[str] = Counter()
         (root / "layouts").mkdir(parents=True, exist_ok=True)
         (root / "rootfs").mkdir(parents=True, exist_ok=True)
         self._refs: dict[str, CacheEntry] = self._load_refs()
@@ -186,12 +192,25 @@ class ImageStore:
     # ---- public ------------------------------------------------------------------------
 
     def ensure(self, reference: str, policy: PullPolicy) -> Image:
-        """The image for ``reference``, pulled and unpacked as ``policy`` says."""
+        """The image for ``reference``, pulled and unpacked as ``policy`` says.
+
+        The digest counts as in use until :meth:`release`: the caller releases it once its own
+        record names the digest.
+        """
         ref = parse_image_ref(reference)
         with self._flight(ref.canonical):
             image = self._ensure(ref, policy)
+            with self._lock:
+                self._users[image.digest] += 1
         self._evict(keep=image.digest)
         return image
+
+    def release(self, digest: str) -> None:
+        """The caller of :meth:`ensure` no longer needs the cache to hold ``digest`` for it."""
+        with self._lock:
+            self._users[digest] -= 1
+            if self._users[digest] <= 0:
+                del self._users[digest]
 
     def cached_digests(self) -> set[str]:
         with self._lock:
@@ -301,8 +320,13 @@ class ImageStore:
 
     def _unpack(self, layout: Path, tag: str, digest: str, config: ImageConfig) -> Path:
         target = self._unpacked_dir(digest)
-        if (target / "rootfs").is_dir() and (target / "image.json").is_file():
-            return target / "rootfs"
+        with self._flight("digest:" + digest):  # one unpack per digest, whatever the reference
+            if (target / "rootfs").is_dir() and (target / "image.json").is_file():
+                return target / "rootfs"
+            self._unpack_into(layout, tag, digest, config, target)
+        return target / "rootfs"
+
+    def _unpack_into(self, layout: Path, tag: str, digest: str, config: ImageConfig, target: Path) -> None:
         staging = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -317,11 +341,11 @@ class ImageStore:
             if proc.returncode != 0:
                 raise InvalidImage(f"unpacking {digest}: {tool_error(proc.stderr)}", step="image unpack")
             (staging / "image.json").write_text(config.model_dump_json(by_alias=True))
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # an incomplete one (a crash mid-unpack)
             staging.rename(target)
+            log.info("unpacked %s", digest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return target / "rootfs"
 
     # ---- bookkeeping -------------------------------------------------------------------
 
@@ -367,7 +391,7 @@ class ImageStore:
             total = sum(sizes.values())
             if total <= self.limit_bytes:
                 return
-            busy = self._in_use() | {keep}
+            busy = self._in_use() | {keep} | set(self._users)
             for canonical, entry in sorted(self._refs.items(), key=lambda kv: kv[1].last_used):
                 if total <= self.limit_bytes:
                     break

@@ -68,6 +68,21 @@ class AgentMetrics:
             "Status writes retried after a resourceVersion conflict.",
             registry=r,
         )
+        self.write_retries = Counter(
+            "vmsandbox_agent_api_write_retries",
+            "API calls of status and finalizer writes repeated after a transient failure.",
+            registry=r,
+        )
+        self.writes_deferred = Counter(
+            "vmsandbox_agent_status_writes_deferred",
+            "Status changes kept to be sent later because the API server did not take them.",
+            registry=r,
+        )
+        self.fenced = Counter(
+            "vmsandbox_agent_fenced_sandboxes",
+            "VMs stopped because the agent could not renew its Lease for the node-loss grace.",
+            registry=r,
+        )
         self.restarts = Counter(
             "vmsandbox_agent_container_restarts", "Containers restarted by restartPolicy.", registry=r
         )

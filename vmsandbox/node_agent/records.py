@@ -22,6 +22,18 @@ def container_id_for(uid: str) -> str:
     return "vmsb-" + uid.replace("-", "")[:16]
 
 
+class ContainerEnd(BaseModel):
+    """How a run ended, written before teardown and before any status write: a lost write (or an
+    agent restart) can neither forget the exit code nor start a finished run again."""
+
+    exit_code: int | None = None
+    finished_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    reason: str
+    message: str
+    #: The restart policy asked for another run; False: the sandbox is finished for good.
+    restart: bool = False
+
+
 class SandboxRecord(BaseModel):
     uid: str
     namespace: str
@@ -37,6 +49,10 @@ class SandboxRecord(BaseModel):
     #: one is reported, not created again (restartPolicy Never runs a sandbox at most once).
     #: None in records written before this field existed: taken as started.
     container_started: bool | None = None
+    #: The last run's end, until the next run starts (kept for good when it does not restart).
+    finished: ContainerEnd | None = None
+    #: When the agent stopped the VM because it could not renew its Lease (fencing).
+    fenced_at: datetime | None = None
     #: The sandbox is no longer the agent's business (finalizer taken away, torn down).
     abandoned: bool = False
     #: ``<namespace>/<pool>`` when the sandbox's VM was claimed from a pool.

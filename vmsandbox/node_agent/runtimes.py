@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 from pathlib import Path
 
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.procs import running
+from vmsandbox.hypervisor.procs import signal_recorded
 from vmsandbox.runtime import ContainerState, Runtime, RuntimeError_
 from vmsandbox.runtime.errors import NotFound
 from vmsandbox.runtime.logfiles import LogLimits
@@ -82,9 +81,8 @@ class Runtimes:
         except (RuntimeError_, ValueError):
             self.any.store.remove(container_id)
             return
-        if record.relay_pid and running(record.relay_pid):
-            with contextlib.suppress(OSError):
-                os.kill(record.relay_pid, signal.SIGKILL)
+        if record.relay_pid:
+            signal_recorded(record.relay_pid, record.relay_start, signal.SIGKILL)
         vm = record.state.vm
         if vm is not None and record.owns_vm:
             try:

@@ -4,26 +4,39 @@ Every write carries the resourceVersion it was computed from. On a conflict the 
 again and the same change is applied to the fresh copy, so the operator's fields (nodeName,
 the Scheduled condition, bootTimings.schedule) survive the agent's writes and vice versa.
 A change that alters nothing is not sent at all.
+
+A write the API server cannot take now (5xx, 429, a timeout, no connection, conflicts in a
+row) is tried again with capped back-off (:mod:`vmsandbox.node_agent.apiretry`) until it
+lands, the caller's ``abort`` says stop or its ``patience`` runs out: then
+:class:`~vmsandbox.node_agent.apiretry.WriteDeferred` tells the caller to keep the change and
+send it later. No failed write is ever a verdict on the sandbox.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from vmsandbox.api.status import VMSandboxStatus
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.node_agent.apiretry import Backoff, WriteDeferred, call_with_retries
 from vmsandbox.node_agent.kube import Kube
 from vmsandbox.node_agent.metrics import AgentMetrics
 
 log = logging.getLogger("vmsandbox.node_agent.status")
 
-MAX_ATTEMPTS = 8
+#: Conflicts answered by an immediate re-read before the re-reads are spaced out by back-off.
+QUICK_CONFLICTS = 3
+#: How long one write keeps trying by default before the caller is told to try later.
+PATIENCE_SECONDS = 30.0
+T = TypeVar("T")
 Mutation = Callable[[VMSandboxStatus], None]
+Abort = Callable[[], bool]
 
 
 class WriteFailed(VMSandboxError):
@@ -39,21 +52,49 @@ def read_status(obj: dict[str, Any]) -> VMSandboxStatus:
 
 
 class SandboxWriter:
-    def __init__(self, kube: Kube, metrics: AgentMetrics) -> None:
+    def __init__(self, kube: Kube, metrics: AgentMetrics, patience: float | None = PATIENCE_SECONDS) -> None:
         self.kube = kube
         self.metrics = metrics
+        self.patience = patience
 
-    def _fresh(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.kube.get_sandbox(namespace, name)
+    def _retrying(self, what: str, call: Callable[[], T], deadline: float | None, abort: Abort | None) -> T:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return call_with_retries(what, call, patience=left, abort=abort, on_retry=self._count_retry)
+
+    def _count_retry(self, exc: BaseException) -> None:
+        log.info("API call failed (%s); retrying", exc.__class__.__name__)
+        self.metrics.write_retries.inc()
+
+    def _deadline(self) -> float | None:
+        return None if self.patience is None else time.monotonic() + self.patience
+
+    def _conflict_pause(
+        self, conflicts: int, backoff: Backoff, deadline: float | None, abort: Abort | None
+    ) -> None:
+        """After a few immediate re-reads, conflicts in a row are spaced out too."""
+        if conflicts <= QUICK_CONFLICTS:
+            return
+        wait = backoff.delay()
+        if (abort is not None and abort()) or (deadline is not None and time.monotonic() + wait > deadline):
+            raise WriteDeferred(f"still conflicting after {conflicts} attempts")
+        time.sleep(wait)
+
+    def _fresh(
+        self, namespace: str, name: str, deadline: float | None = None, abort: Abort | None = None
+    ) -> dict[str, Any] | None:
+        return self._retrying(
+            f"reading {namespace}/{name}", lambda: self.kube.get_sandbox(namespace, name), deadline, abort
+        )
 
     def update_status(
-        self, obj: dict[str, Any], mutate: Mutation, *, uid: str | None = None
+        self, obj: dict[str, Any], mutate: Mutation, *, uid: str | None = None, abort: Abort | None = None
     ) -> dict[str, Any] | None:
         """Apply ``mutate`` to the status of ``obj`` (re-read on conflict); None when the object is gone."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         uid = uid or obj["metadata"].get("uid")
         current: dict[str, Any] | None = obj
-        for _attempt in range(MAX_ATTEMPTS):
+        deadline, backoff, conflicts = self._deadline(), Backoff(), 0
+        while True:
             if current is None or current["metadata"].get("uid") != uid:
                 return None
             status = read_status(current)
@@ -64,23 +105,32 @@ class SandboxWriter:
                 return current
             body = {**current, "status": after}
             try:
-                return self.kube.replace_status(namespace, name, body)
+                return self._retrying(
+                    f"{namespace}/{name}: status",
+                    lambda body=body: self.kube.replace_status(namespace, name, body),  # type: ignore[misc]
+                    deadline,
+                    abort,
+                )
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 if exc.status != 409:
                     raise WriteFailed(f"{namespace}/{name}: HTTP {exc.status}: {exc.reason}") from exc
-                self.metrics.status_conflicts.inc()
-                current = self._fresh(namespace, name)
-        raise WriteFailed(f"{namespace}/{name}: still conflicting after {MAX_ATTEMPTS} attempts")
+            self.metrics.status_conflicts.inc()
+            conflicts += 1
+            self._conflict_pause(conflicts, backoff, deadline, abort)
+            current = self._fresh(namespace, name, deadline, abort)
 
-    def set_finalizer(self, obj: dict[str, Any], finalizer: str, present: bool) -> dict[str, Any] | None:
+    def set_finalizer(
+        self, obj: dict[str, Any], finalizer: str, present: bool, *, abort: Abort | None = None
+    ) -> dict[str, Any] | None:
         """Add or remove one finalizer, guarded by a resourceVersion test; None when the object is gone."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         uid = obj["metadata"].get("uid")
         current: dict[str, Any] | None = obj
         fresh = False
-        for _attempt in range(MAX_ATTEMPTS):
+        deadline, backoff, conflicts = self._deadline(), Backoff(), 0
+        while True:
             if current is None or current["metadata"].get("uid") != uid:
                 return None
             meta = current["metadata"]
@@ -89,7 +139,7 @@ class SandboxWriter:
                 if present or fresh:
                     return current
                 # A removal must not be skipped on the word of a stale copy.
-                current, fresh = self._fresh(namespace, name), True
+                current, fresh = self._fresh(namespace, name, deadline, abort), True
                 continue
             ops: list[dict[str, Any]] = [
                 {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
@@ -103,11 +153,17 @@ class SandboxWriter:
                 ops.append({"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer})
                 ops.append({"op": "remove", "path": f"/metadata/finalizers/{index}"})
             try:
-                return self.kube.patch_sandbox(namespace, name, ops)
+                return self._retrying(
+                    f"{namespace}/{name}: finalizer",
+                    lambda ops=ops: self.kube.patch_sandbox(namespace, name, ops),  # type: ignore[misc]
+                    deadline,
+                    abort,
+                )
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 if exc.status not in (409, 422):
                     raise WriteFailed(f"{namespace}/{name}: finalizer patch: HTTP {exc.status}") from exc
-                current, fresh = self._fresh(namespace, name), True
-        raise WriteFailed(f"{namespace}/{name}: finalizer still conflicting after {MAX_ATTEMPTS} attempts")
+            conflicts += 1
+            self._conflict_pause(conflicts, backoff, deadline, abort)
+            current, fresh = self._fresh(namespace, name, deadline, abort), True

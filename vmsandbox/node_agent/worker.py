@@ -42,10 +42,12 @@ from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.node_agent import pausing, warmstart
 from vmsandbox.node_agent.admission import LocalAdmission
+from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.bundle import build_bundle
 from vmsandbox.node_agent.config import AgentConfig
 from vmsandbox.node_agent.errors import HypervisorNotAllowed, ImagePullFailed, InvalidSpec, SandboxFailure
 from vmsandbox.node_agent.events import EventRecorder
+from vmsandbox.node_agent.fencing import Fence
 from vmsandbox.node_agent.images import ImageStore
 from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.metrics import AgentMetrics
@@ -53,9 +55,9 @@ from vmsandbox.node_agent.network import NodeNetwork
 from vmsandbox.node_agent.network.attach import attach_sandbox
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
 from vmsandbox.node_agent.poolkeeper import PoolKeeper
-from vmsandbox.node_agent.records import RecordStore, SandboxRecord, container_id_for
+from vmsandbox.node_agent.records import ContainerEnd, RecordStore, SandboxRecord, container_id_for
 from vmsandbox.node_agent.runtimes import Runtimes
-from vmsandbox.node_agent.statuswriter import SandboxWriter
+from vmsandbox.node_agent.statuswriter import Mutation, SandboxWriter, WriteFailed
 from vmsandbox.runtime import ContainerState
 
 logger = logging.getLogger("vmsandbox.node_agent.worker")
@@ -64,6 +66,8 @@ logger = logging.getLogger("vmsandbox.node_agent.worker")
 BACKOFF_RESET_SECONDS = 600.0
 #: How long an idle worker sleeps when nothing can change without a new object version.
 IDLE = 3600.0
+#: How soon a pass comes back to send status changes the API server did not take.
+PENDING_RETRY = 1.0
 #: Failures that retrying cannot fix: the spec or the image must change.
 PERMANENT = (
     "InvalidSpec",
@@ -97,6 +101,8 @@ class AgentContext:
     network: NodeNetwork | None = None
     #: This node's pool members (vmsandbox.node_agent.poolkeeper).
     pools: PoolKeeper | None = None
+    #: Says when the agent has been cut off from the API server for too long (never: None).
+    fence: Fence | None = None
 
 
 def _ms(seconds: float) -> float:
@@ -122,6 +128,8 @@ class SandboxWorker:
         self._run_started: float | None = None
         self._adopt_checked = False
         self._queued: Future[dict[str, Any] | None] | None = None
+        #: Status changes the API server has not taken yet, oldest first (sent with the next write).
+        self._pending: list[Mutation] = []
         self.phase: str | None = (obj.get("status") or {}).get("phase")
         self.thread = threading.Thread(target=self._run, name=f"sb-{self.name}"[:15], daemon=True)
 
@@ -163,9 +171,14 @@ class SandboxWorker:
             self._wake.clear()
             try:
                 delay = self._reconcile()
-            except Exception:
-                self.log.exception("reconcile failed; retrying in 5s")
+            except Exception as exc:
+                if retry_hint(exc) is None and not isinstance(exc, WriteDeferred):
+                    self.log.exception("reconcile failed; retrying in 5s")
+                else:
+                    self.log.warning("the API server did not answer (%s); retrying in 5s", exc)
                 delay = 5.0
+            if delay is not None and self.has_pending():
+                delay = min(delay, PENDING_RETRY)
         self._on_exit(self)
 
     def _ours(self, obj: dict[str, Any] | None) -> bool:
@@ -209,11 +222,19 @@ class SandboxWorker:
             self._fail(obj, InvalidSpec(str(exc.detail)), retry=False)
             return IDLE
         self.phase = sandbox.status.phase.value if sandbox.status.phase else None
+        if self.has_pending():
+            obj = self._write(obj, _unchanged)
         if not self._adopt_checked:
             self._adopt_checked = True
             adopted = self._adopt(obj, sandbox)
             if adopted is not None:
                 return adopted
+        fence = self.ctx.fence
+        if fence is not None and fence.due():
+            return self._cut_off(obj, sandbox, fence)
+        finished = self.record.finished if self.record is not None else None
+        if self.container is None and finished is not None and not finished.restart:
+            return self._report_end(obj, sandbox, finished)
         if self.container is not None:
             return self._monitor(obj, sandbox)
         if sandbox.status.phase is not None and sandbox.status.phase.finished and self._restart_at is None:
@@ -250,7 +271,7 @@ class SandboxWorker:
         record.finalizer_added = True
         self._save_record()
         with self._step("finalizer"):
-            updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True)
+            updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True, abort=self._abort)
         if updated is not None:
             self._wrote(updated)
         return updated
@@ -275,6 +296,10 @@ class SandboxWorker:
     def _adopt(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
         """After an agent restart: take over a VM that is still running instead of booting another."""
         if self.record is None or not self.record.container_created:
+            return None
+        if self.record.finished is not None:
+            # The run's end was recorded before a teardown that an agent restart cut short.
+            self._teardown("finishing the teardown of a run that ended")
             return None
         state = self.ctx.runtimes.state(self.cid)
         if state is None:
@@ -332,7 +357,10 @@ class SandboxWorker:
         def run() -> dict[str, Any] | None:
             base = self._result_of(previous)
             obj = base or self.latest()
-            return None if obj is None else self._write(obj, mutate, settle=False)
+            if obj is None:
+                return None
+            written = self._write(obj, mutate, settle=False)
+            return None if self.has_pending() else written
 
         self._queued = self.ctx.writes.submit(run)
 
@@ -350,15 +378,51 @@ class SandboxWorker:
         queued, self._queued = self._queued, None
         return self._result_of(queued)
 
-    def _write(self, obj: dict[str, Any], mutate: Any, *, settle: bool = True) -> dict[str, Any]:
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
+    def _abort(self) -> bool:
+        """Stop retrying a write: the worker must go on to fence its VM."""
+        fence = self.ctx.fence
+        return fence is not None and fence.due()
+
+    def _write(self, obj: dict[str, Any], mutate: Mutation, *, settle: bool = True) -> dict[str, Any]:
+        """Send ``mutate`` (after any changes still pending); a write the API server does not take
+        is kept and sent with the next one, and never changes what happens to the sandbox."""
         if settle:
             obj = self._settle() or obj
-        with self._step("statusWrite"):
-            written = self.ctx.writer.update_status(obj, mutate, uid=self.uid)
+        with self._lock:
+            mutations, self._pending = [*self._pending, mutate], []
+
+        def apply_all(status: VMSandboxStatus) -> None:
+            for each in mutations:
+                each(status)
+
+        try:
+            with self._step("statusWrite"):
+                written = self.ctx.writer.update_status(obj, apply_all, uid=self.uid, abort=self._abort)
+        except (WriteDeferred, WriteFailed) as exc:
+            return self._defer(obj, mutations, exc)
+        except Exception as exc:
+            if retry_hint(exc) is None:
+                raise
+            return self._defer(obj, mutations, exc)
         if written is not None:
             self._wrote(written)
             self.phase = (written.get("status") or {}).get("phase")
             return written
+        return obj
+
+    def _defer(self, obj: dict[str, Any], mutations: list[Mutation], exc: Exception) -> dict[str, Any]:
+        if isinstance(exc, WriteFailed):
+            # The server refused the change itself (not "not now"): sending it again cannot help.
+            self.log.error("status write refused; dropped: %s", exc)
+            return obj
+        with self._lock:
+            self._pending = mutations + self._pending
+        self.ctx.metrics.writes_deferred.inc()
+        self.log.warning("status write deferred until the API server answers: %s", exc)
         return obj
 
     def _launch(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
@@ -367,7 +431,11 @@ class SandboxWorker:
         t_pickup = time.monotonic()
         generation = obj["metadata"].get("generation")
 
+        refenced = self.record is not None and self.record.fenced_at is not None
+
         def creating(status: VMSandboxStatus) -> None:
+            if refenced and status.phase is not Phase.CREATING:
+                status.restart_count = (status.restart_count or 0) + 1
             status.phase = Phase.CREATING
             status.reason = None
             status.message = None
@@ -403,6 +471,7 @@ class SandboxWorker:
             claim = warmstart.decide(self.ctx.pools, sandbox)
             self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
             record = self._ensure_record(hypervisor)
+            record.finished = record.fenced_at = None
             self._save_record()
             self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
             t0 = time.monotonic()
@@ -412,8 +481,12 @@ class SandboxWorker:
                 self.ctx.metrics.pull_bytes.inc(image.pulled_bytes)
                 self.ctx.metrics.pull_seconds.observe(image.pull_seconds)
             self.ctx.metrics.boot_stage.labels("image").observe(image_s)
+            try:  # from here the record keeps the image from eviction
+                record.image_digest = image.digest
+                self._save_record()
+            finally:
+                self.ctx.images.release(image.digest)
             self.ctx.events.record(obj, "Pulled", f"image {sandbox.spec.image} ready ({image.digest})")
-            record.image_digest = image.digest
             runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
             with self._step("bundle"):
                 bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
@@ -554,9 +627,11 @@ class SandboxWorker:
         policy: RestartPolicy = RestartPolicy.NEVER,
     ) -> None:
         """Report a failure to get the container running; retry with back-off when the policy says so."""
-        self._teardown(f"{failure.reason}: {failure}")
         generation = obj["metadata"].get("generation")
         again = retry and policy is not RestartPolicy.NEVER
+        if not again:
+            self._record_end(ContainerEnd(reason=failure.reason, message=str(failure)))
+        self._teardown(f"{failure.reason}: {failure}")
         delay = 0.0
         if again:
             self._consecutive += 1
@@ -605,6 +680,10 @@ class SandboxWorker:
         vmm_pid = state.vm.vmm_pid if state.vm else 0
         if running(state.pid) and running(vmm_pid):
             self._sync_paused(obj, sandbox)
+            if sandbox.status.phase is Phase.FAILED and sandbox.status.reason == StatusReason.NODE_LOST:
+                # Declared lost while cut off, yet it ran on (restartPolicy Never is not fenced).
+                self.log.info("the sandbox was declared lost but kept running; reporting it Running")
+                self._write(obj, _still_running)
             return poll
         # The relay or the VMM ended: ask the runtime what happened.
         fresh = self.ctx.runtimes.state(self.cid)
@@ -631,11 +710,12 @@ class SandboxWorker:
         )
 
     def _deadline(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
-        self._teardown("activeDeadlineSeconds exceeded")
-        self._restart_at = None
         message = (
             f"the sandbox ran longer than activeDeadlineSeconds ({sandbox.spec.active_deadline_seconds}s)"
         )
+        self._record_end(ContainerEnd(reason="DeadlineExceeded", message=message))
+        self._teardown("activeDeadlineSeconds exceeded")
+        self._restart_at = None
 
         def expired(status: VMSandboxStatus) -> None:
             status.phase = Phase.FAILED
@@ -653,21 +733,35 @@ class SandboxWorker:
     def _on_exit_observed(
         self, obj: dict[str, Any], sandbox: VMSandbox, exit_code: int | None, vm_lost: str | None
     ) -> float | None:
-        """The container exited (``exit_code``) or its VM vanished (``vm_lost`` says how)."""
+        """The container exited (``exit_code``) or its VM vanished (``vm_lost`` says how).
+
+        The end is written to the local record first, then the VM is torn down, then the status
+        is written: a status write that fails (or an agent restart) in between can neither lose
+        the exit code nor let a sandbox that must not restart run again."""
         finished = self.container.finished_at if self.container else None
         ran = time.monotonic() - self._run_started if self._run_started else 0.0
-        self._teardown("the container ended", keep_bundle=False)
         failed = vm_lost is not None or exit_code != 0
         policy = sandbox.spec.restart_policy
         restart = should_restart(policy, failed)
-        if ran > BACKOFF_RESET_SECONDS:
-            self._consecutive = 0
         if vm_lost is not None:
             reason, message = "VMLost", f"{vm_lost}; the container's exit status is unknown"
         elif exit_code == 0:
             reason, message = "Completed", "the container exited with code 0"
         else:
             reason, message = "Error", f"the container exited with code {exit_code}"
+        end = ContainerEnd.model_validate(
+            {
+                "exit_code": exit_code,
+                "reason": reason,
+                "message": message,
+                "restart": restart,
+                "finished_at": finished or now(),
+            }
+        )
+        self._record_end(end)
+        self._teardown("the container ended", keep_bundle=False)
+        if ran > BACKOFF_RESET_SECONDS:
+            self._consecutive = 0
         delay = 0.0
         if restart:
             self._consecutive += 1
@@ -678,33 +772,7 @@ class SandboxWorker:
             )
             self._restart_at = time.monotonic() + delay
             self.ctx.metrics.restarts.inc()
-        cid = self.cid
-
-        def ended(status: VMSandboxStatus) -> None:
-            status.container = ContainerStatus(
-                id=cid,
-                exit_code=exit_code,
-                started_at=status.container.started_at if status.container else None,
-                finished_at=finished or now(),
-            )
-            status.vm = None
-            status.set_condition(ConditionType.VM_READY, ConditionStatus.FALSE, "VMStopped")
-            if restart:
-                status.restart_count = (status.restart_count or 0) + 1
-                status.reason = "CrashLoopBackOff" if failed else "Restarting"
-                status.message = f"{message}; restart {status.restart_count} in {delay:g}s ({policy.value})"
-                status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, status.reason)
-                status.set_condition(
-                    ConditionType.READY, ConditionStatus.FALSE, status.reason, status.message
-                )
-            else:
-                status.phase = Phase.FAILED if failed else Phase.SUCCEEDED
-                status.reason = reason
-                status.message = message
-                status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, reason)
-                status.set_condition(ConditionType.READY, ConditionStatus.FALSE, reason, message)
-
-        self._write(obj, ended)
+        self._write(obj, _ended(end, self.cid, policy, delay))
         self.ctx.events.record(
             obj,
             "BackOff" if restart else reason,
@@ -713,6 +781,41 @@ class SandboxWorker:
         )
         self.log.info("%s%s", message, f"; restarting in {delay:g}s" if restart else "")
         return delay if restart else IDLE
+
+    def _record_end(self, end: ContainerEnd) -> None:
+        record = self._ensure_record()
+        record.finished = end
+        self._save_record()
+
+    def _report_end(self, obj: dict[str, Any], sandbox: VMSandbox, end: ContainerEnd) -> float | None:
+        """A run that ended for good (per the local record): report it if the status does not yet;
+        never start it again."""
+        phase = sandbox.status.phase
+        if (phase is None or not phase.finished) and not self.has_pending():
+            self.log.info("reporting the recorded end of the last run: %s", end.message)
+            self._write(obj, _ended(end, self.cid, sandbox.spec.restart_policy, 0.0))
+        return IDLE
+
+    # ---- fencing -----------------------------------------------------------------------
+
+    def _cut_off(self, obj: dict[str, Any], sandbox: VMSandbox, fence: Fence) -> float | None:
+        """The agent cannot reach the API server: stop what the operator will run elsewhere, start
+        nothing, and keep watching what stays (its end is recorded and reported later)."""
+        poll = self.ctx.config.poll_interval_seconds
+        if not fence.applies_to(sandbox.spec.restart_policy):
+            return self._monitor(obj, sandbox) if self.container is not None else poll
+        if self.container is None and not (self.record is not None and self.record.container_created):
+            return poll
+        why = fence.describe()
+        record = self._ensure_record()
+        record.fenced_at = datetime.now(UTC)
+        self._save_record()
+        self._teardown(f"fenced: {why}")
+        self._restart_at = None
+        self.ctx.metrics.fenced.inc()
+        self.log.warning("VM stopped (fencing): %s", why)
+        self.ctx.events.record(obj, StatusReason.FENCED, f"VM stopped: {why}", warning=True)
+        return poll
 
     # ---- teardown ----------------------------------------------------------------------
 
@@ -734,6 +837,46 @@ class SandboxWorker:
             import shutil
 
             shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
+
+
+def _unchanged(_status: VMSandboxStatus) -> None:
+    """A write of nothing new: sends only the changes still pending."""
+
+
+def _still_running(status: VMSandboxStatus) -> None:
+    """Undo a NodeLost verdict on a sandbox whose container never stopped."""
+    if status.phase is Phase.FAILED and status.reason == StatusReason.NODE_LOST:
+        status.phase = Phase.RUNNING
+        status.reason = None
+        status.message = None
+        status.set_condition(ConditionType.READY, ConditionStatus.TRUE, "Running")
+
+
+def _ended(end: ContainerEnd, cid: str, policy: RestartPolicy, delay: float) -> Mutation:
+    """The status change for a run that ended as ``end`` says (restarting after ``delay``)."""
+    failed = end.reason != "Completed"
+
+    def ended(status: VMSandboxStatus) -> None:
+        started = status.container.started_at if status.container else None
+        status.container = ContainerStatus(
+            id=cid, exit_code=end.exit_code, started_at=started, finished_at=end.finished_at
+        )
+        status.vm = None
+        status.set_condition(ConditionType.VM_READY, ConditionStatus.FALSE, "VMStopped")
+        if end.restart:
+            status.restart_count = (status.restart_count or 0) + 1
+            status.reason = "CrashLoopBackOff" if failed else "Restarting"
+            status.message = f"{end.message}; restart {status.restart_count} in {delay:g}s ({policy.value})"
+            status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, status.reason)
+            status.set_condition(ConditionType.READY, ConditionStatus.FALSE, status.reason, status.message)
+        else:
+            status.phase = Phase.FAILED if failed else Phase.SUCCEEDED
+            status.reason = end.reason
+            status.message = end.message
+            status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, end.reason)
+            status.set_condition(ConditionType.READY, ConditionStatus.FALSE, end.reason, end.message)
+
+    return ended
 
 
 def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:

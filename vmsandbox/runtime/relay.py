@@ -6,73 +6,49 @@ relay per container stands in for it (kata-shim's model): it attaches to the gue
 output to its own stdout/stderr and to the container log, copies its stdin in, forwards the
 signals it receives, and exits with the container's status (128 + signal when one killed it).
 
-The relay is forked from the creating process without exec so that it is ready in milliseconds
-(an exec'd interpreter would spend hundreds of them importing). Because the creator may have other
-threads, the child avoids their locks: it never logs through :mod:`logging`, makes its own
-driver, and only uses sockets, pipes and plain file writes.
+The relay is a fresh interpreter (:mod:`vmsandbox.runtime.relay_main`), never a fork of its
+creator: the creator may be the multi-threaded agent, and a forked child could inherit a lock
+some other thread held at that instant. So that it starts in tens of milliseconds, the relay
+imports little: the creator connects to the guest agent and hands it the connected socket, the
+configuration arrives as JSON on a pipe, and a driver of its own is built only when a signal
+must be forwarded.
 
 Like the VMM, the relay must outlive its creator, even a node agent whose whole cgroup a container
-runtime killed: it joins the VM's cgroup, starts a session of its own and forks once more, so
-that it is no child of the creator. The container's exit code goes to a file as well as to its
-exit status, for whoever asks later.
+runtime killed: the fresh interpreter (single-threaded, so it may fork) joins the VM's cgroup,
+is in a session of its own and forks once more, so that the relay is no child of the creator.
+The container's exit code goes to a file as well as to its exit status, for whoever asks later.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import json
 import os
 import selectors
 import signal
-import socket
-import struct
+import subprocess
 import sys
-import termios
 import time
-import traceback
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from vmsandbox.guest.protocol import (
-    REPLY,
-    Attach,
-    Attached,
-    Exited,
-    Output,
-    ProtocolError,
-    Resize,
-    SignalContainer,
-    StdinClose,
-    StdinData,
-    decode,
-    recv_frame_bytes,
-    recv_reply,
-    send_frame,
-)
 from vmsandbox.hypervisor import driver_for
-from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, HypervisorDriver, VMHandle
-from vmsandbox.hypervisor.cgroups import enter_host_namespace, procs_files
+from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, VMHandle
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime.errors import AgentError
-from vmsandbox.runtime.logfiles import LogLimits, RotatingLog, rotate_foreign
+from vmsandbox.runtime.logfiles import LogLimits
+from vmsandbox.runtime.relay_main import EXIT_FILE, FORWARDED, LOST_AGENT_STATUS, READY, read_exit
 
-#: Signals a caller may send the relay's pid; each is passed on to the container.
-FORWARDED = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-)
-READY = b"R"
-#: How often the relay looks at the size of the VM's serial log.
-SERIAL_CHECK_SECONDS = 2.0
-LOST_AGENT_STATUS = 255
-#: In the container's state directory: its exit code, written by the relay when it ends.
-EXIT_FILE = "exit_code"
+__all__ = [
+    "EXIT_FILE",
+    "FORWARDED",
+    "LOST_AGENT_STATUS",
+    "READY",
+    "RelayConfig",
+    "read_exit",
+    "spawn_relay",
+]
 
 
 class RelayConfig(BaseModel):
@@ -92,46 +68,49 @@ class RelayConfig(BaseModel):
 
 
 def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
-    """Start the relay; return its pid once it is attached to the container's output."""
+    """Start the relay (exec'd, then forked off in a session of its own); return its pid once it
+    is attached to the container's output."""
+    agent = driver_for(config.handle.hypervisor, config.hypervisor_config).connect(config.handle)
     ready_r, ready_w = os.pipe()
-    middle = os.fork()
-    if middle == 0:  # pragma: no cover - runs in the child
-        code = LOST_AGENT_STATUS
-        try:
-            os.close(ready_r)
-            _leave_creator(config)
-            os.write(ready_w, b"P%d\n" % os.getpid())
-            code = _child(config, ready_w)
-        except BaseException:
-            _log(config.relay_log, traceback.format_exc())
-        finally:
-            os._exit(code)
-    os.close(ready_w)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(middle, 0)  # it exits as soon as the relay is forked
+    config_r, config_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-S",  # no site: a large share of start-up; the relay imports only this package
+                "-m",
+                "vmsandbox.runtime.relay_main",
+                f"--ready-fd={ready_w}",
+                f"--config-fd={config_r}",
+                f"--agent-fd={agent.fileno()}",
+            ],
+            stdin=config.stdio[0],
+            stdout=config.stdio[1],
+            stderr=config.stdio[2],
+            pass_fds=(ready_w, config_r, agent.fileno()),
+            start_new_session=True,
+            env=_relay_env(),
+        )
+    finally:
+        os.close(ready_w)
+        os.close(config_r)
+        agent.close()
+    with os.fdopen(config_w, "w") as pipe:
+        pipe.write(json.dumps(_child_config(config)))
     try:
         pid, ok = _read_ready(ready_r, timeout)
     finally:
         os.close(ready_r)
     if not ok:
         if pid:
-            _kill(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()  # not yet reaped, so the pid is still the launcher's
+    proc.wait()  # the launcher exits as soon as it has forked the relay off
+    if not ok:
         detail = _tail(config.relay_log) or "no diagnostics"
         raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
     return pid
-
-
-def _leave_creator(config: RelayConfig) -> None:
-    """In the forked child: join the VM's cgroup, start a session, and fork the relay off (the
-    child then exits), so the relay is no child of the creator and outlives its cgroup."""
-    cgroup = config.handle.endpoints.get(CGROUP_ENDPOINT)
-    if cgroup:
-        enter_host_namespace()
-    for procs in procs_files(cgroup):
-        procs.write_text(str(os.getpid()))
-    os.setsid()
-    if os.fork() != 0:
-        os._exit(0)
 
 
 def _read_ready(ready_r: int, timeout: float) -> tuple[int, bool]:
@@ -156,9 +135,31 @@ def _read_ready(ready_r: int, timeout: float) -> tuple[int, bool]:
     return pid, bool(pid) and rest.startswith(READY)
 
 
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+def _relay_env() -> dict[str, str]:
+    """The caller's environment, with the directory holding this package first on the path."""
+    import vmsandbox
+
+    root = str(Path(vmsandbox.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _child_config(config: RelayConfig) -> dict[str, object]:
+    serial = config.handle.endpoints.get(SERIAL_LOG_ENDPOINT)
+    return {
+        "container_id": config.container_id,
+        "terminal": config.terminal,
+        "log_path": str(config.log_path),
+        "relay_log": str(config.relay_log),
+        "max_bytes": config.log_limits.max_bytes,
+        "max_files": config.log_limits.max_files,
+        "serial_log": serial,
+        "exit_path": str(config.exit_path) if config.exit_path is not None else None,
+        "cgroup": config.handle.endpoints.get(CGROUP_ENDPOINT),
+        "handle": config.handle.model_dump(mode="json"),
+        "hypervisor_config": config.hypervisor_config.model_dump(mode="json"),
+    }
 
 
 def _tail(path: Path) -> str:
@@ -166,178 +167,3 @@ def _tail(path: Path) -> str:
         return path.read_text(errors="replace")[-600:].strip()
     except OSError:
         return ""
-
-
-def _log(path: Path, text: str) -> None:
-    try:
-        with path.open("a") as f:
-            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text.rstrip()}\n")
-    except OSError:
-        pass
-
-
-# ---- the child ---------------------------------------------------------------------------
-
-
-def _child(config: RelayConfig, ready_w: int) -> int:
-    # Give the relay exactly the caller's stdio, then drop every other inherited descriptor.
-    copies = [os.dup(fd) for fd in config.stdio]
-    for target, fd in enumerate(copies):
-        os.dup2(fd, target)
-    keep = {0, 1, 2, ready_w}
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    if config.terminal and os.isatty(0):
-        with contextlib.suppress(OSError):
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - never print into the caller's stdio
-    wakeup_r, wakeup_w = os.pipe()
-    os.set_blocking(wakeup_w, False)
-    signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
-    for signum in (*FORWARDED, signal.SIGWINCH):
-        signal.signal(signum, lambda *_: None)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    # A driver of its own: the creator's may track child processes that are not the relay's.
-    driver = driver_for(config.handle.hypervisor, config.hypervisor_config)
-    return Relay(driver, config, wakeup_r).run(ready_w)
-
-
-class Relay:
-    def __init__(self, driver: HypervisorDriver, config: RelayConfig, wakeup_r: int) -> None:
-        self.driver = driver
-        self.config = config
-        self.wakeup_r = wakeup_r
-        self.log = RotatingLog(config.log_path, config.log_limits)
-        self.stdin_open = True
-        serial = config.handle.endpoints.get(SERIAL_LOG_ENDPOINT)
-        self.serial_log = Path(serial) if serial else None
-        self.serial_checked = time.monotonic()
-
-    def run(self, ready_w: int) -> int:
-        sock = self.driver.connect(self.config.handle)
-        send_frame(sock, Attach(container_id=self.config.container_id))
-        reply = recv_reply(sock)
-        if not isinstance(reply, Attached):
-            _log(self.config.relay_log, f"attach refused: {reply}")
-            return LOST_AGENT_STATUS
-        os.write(ready_w, READY)
-        os.close(ready_w)
-        if self.config.terminal:
-            self._send_size(sock)
-        # poll, not epoll: the caller's stdin may be /dev/null or a regular file.
-        sel = selectors.PollSelector()
-        sel.register(sock, selectors.EVENT_READ, "agent")
-        sel.register(self.wakeup_r, selectors.EVENT_READ, "signal")
-        sel.register(0, selectors.EVENT_READ, "stdin")
-        while True:
-            self._bound_serial_log()
-            for key, _ in sel.select(SERIAL_CHECK_SECONDS):
-                if key.data == "agent":
-                    code = self._from_agent(sock)
-                    if code is not None:
-                        return code
-                elif key.data == "signal":
-                    self._signals(sock)
-                elif not self._stdin(sock):
-                    sel.unregister(0)
-
-    def _from_agent(self, sock: socket.socket) -> int | None:
-        try:
-            body = recv_frame_bytes(sock)
-        except (OSError, ProtocolError) as exc:
-            _log(self.config.relay_log, f"lost the guest agent: {exc}")
-            return LOST_AGENT_STATUS
-        if body is None:
-            _log(self.config.relay_log, "the guest agent closed the stream before the container exited")
-            return LOST_AGENT_STATUS
-        frame = decode(REPLY, body)
-        if isinstance(frame, Output):
-            data = frame.raw()
-            self.log.write(data)
-            _write_all(2 if frame.stream == "stderr" else 1, data)
-            return None
-        if isinstance(frame, Exited):
-            code = frame.exit_code & 0xFF
-            if self.config.exit_path is not None:
-                _write_exit(self.config.exit_path, code)
-            return code
-        _log(self.config.relay_log, f"unexpected frame {frame.type}")
-        return None
-
-    def _bound_serial_log(self) -> None:
-        """The VMM writes the serial log; the relay, alive as long as the container, bounds it."""
-        if self.serial_log is None or time.monotonic() - self.serial_checked < SERIAL_CHECK_SECONDS:
-            return
-        self.serial_checked = time.monotonic()
-        try:
-            rotate_foreign(self.serial_log, self.config.log_limits)
-        except OSError as exc:
-            _log(self.config.relay_log, f"rotating {self.serial_log}: {exc}")
-
-    def _stdin(self, sock: socket.socket) -> bool:
-        try:
-            data = os.read(0, 65536)
-        except OSError:
-            data = b""
-        if data:
-            send_frame(sock, StdinData.of(data))
-            return True
-        if not self.config.terminal:
-            send_frame(sock, StdinClose())
-        return False
-
-    def _signals(self, sock: socket.socket) -> None:
-        try:
-            received = os.read(self.wakeup_r, 512)
-        except BlockingIOError:
-            return
-        for signum in received:
-            if signum == signal.SIGWINCH:
-                if self.config.terminal:
-                    self._send_size(sock)
-                continue
-            try:
-                with self.driver.connect(self.config.handle) as conn:
-                    send_frame(conn, SignalContainer(container_id=self.config.container_id, signal=signum))
-                    recv_reply(conn)
-            except Exception as exc:
-                _log(self.config.relay_log, f"forwarding signal {signum}: {exc}")
-
-    def _send_size(self, sock: socket.socket) -> None:
-        try:
-            rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
-        except OSError:
-            return
-        send_frame(sock, Resize(rows=rows, cols=cols))
-
-
-def _write_exit(path: Path, code: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(f"{code}\n")
-        tmp.replace(path)
-    except OSError as exc:
-        _log(path.with_name("relay.log"), f"writing the exit code to {path}: {exc}")
-
-
-def read_exit(path: Path) -> int | None:
-    """The exit code a relay wrote, None when it wrote none."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write to the caller's stream; a caller that closed it only loses its copy, not the log."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except OSError:
-            return
-        view = view[n:]

@@ -50,7 +50,7 @@ from vmsandbox.hypervisor.base import (
 from vmsandbox.hypervisor.cgroups import Limits, VMCgroup, remove_unowned
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.network import NetworkAttachment
-from vmsandbox.hypervisor.procs import kill_mentioning
+from vmsandbox.hypervisor.procs import kill_mentioning, running, signal_recorded, start_time
 from vmsandbox.runtime import console
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.diskcache import DiskCache, disk_serial
@@ -319,12 +319,14 @@ class Runtime:
                 exit_path=record_dir / EXIT_FILE,
             ),
         )
-        undo.callback(_kill_relay, relay_pid)
+        relay_start = start_time(relay_pid)
+        undo.callback(_kill_relay, relay_pid, 0.0, relay_start)
         checkpoint("relay")
 
         state.status = "created"
         state.pid = relay_pid
         record.relay_pid = relay_pid
+        record.relay_start = relay_start
         self.store.save(record)
         checkpoint("state")
 
@@ -792,7 +794,7 @@ class Runtime:
                 except HypervisorError as exc:
                     raise RuntimeError_(str(exc), step="delete") from exc
         if record.relay_pid is not None:
-            _kill_relay(record.relay_pid, grace=2.0)
+            _kill_relay(record.relay_pid, grace=2.0, started=record.relay_start)
         if record.owns_vm and vm is not None:
             try:
                 driver.stop(vm)
@@ -822,29 +824,27 @@ def _wrong_status(step: str) -> Iterator[None]:
         raise
 
 
-def _relay_alive(pid: int) -> bool:
-    try:
+def _relay_alive(pid: int, started: str | None) -> bool:
+    """Running and (when its start time was recorded) the very relay that was started."""
+    if not running(pid, started):
+        return False
+    try:  # our own child (the creating process) is reaped, not left a zombie
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
             return False
     except ChildProcessError:
         pass
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return running(pid, started)
 
 
-def _kill_relay(pid: int, grace: float = 0.0) -> None:
+def _kill_relay(pid: int, grace: float = 0.0, started: str | None = None) -> None:
     """Give a relay ``grace`` seconds to finish on its own, then kill and reap it."""
     deadline = time.monotonic() + grace
-    while _relay_alive(pid) and time.monotonic() < deadline:
+    while _relay_alive(pid, started) and time.monotonic() < deadline:
         time.sleep(0.01)
-    if _relay_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signals.SIGKILL)
+    if _relay_alive(pid, started):
+        signal_recorded(pid, started, signals.SIGKILL)
         deadline = time.monotonic() + 5
-        while _relay_alive(pid) and time.monotonic() < deadline:
+        while _relay_alive(pid, started) and time.monotonic() < deadline:
             time.sleep(0.005)
 
 

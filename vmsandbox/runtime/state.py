@@ -77,6 +77,8 @@ class Record(BaseModel):
     #: True for the pod sandbox: deleting it stops the VM.
     owns_vm: bool = False
     relay_pid: int | None = None
+    #: The relay's start time (``/proc/<pid>/stat``): a reused pid is never signalled.
+    relay_start: str | None = None
     disk_image: str | None = None
     #: Set by ``pause`` on the pod sandbox (its VM, so every container of the pod, is paused).
     paused: bool = False
