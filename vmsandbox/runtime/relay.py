@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vmsandbox.hypervisor import driver_for
 from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, VMHandle
+from vmsandbox.hypervisor.cgroups import host_namespace, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime.errors import AgentError
 from vmsandbox.runtime.logfiles import LogLimits
@@ -147,6 +148,7 @@ def _relay_env() -> dict[str, str]:
 
 def _child_config(config: RelayConfig) -> dict[str, object]:
     serial = config.handle.endpoints.get(SERIAL_LOG_ENDPOINT)
+    cgroup = config.handle.endpoints.get(CGROUP_ENDPOINT)
     return {
         "container_id": config.container_id,
         "terminal": config.terminal,
@@ -156,7 +158,9 @@ def _child_config(config: RelayConfig) -> dict[str, object]:
         "max_files": config.log_limits.max_files,
         "serial_log": serial,
         "exit_path": str(config.exit_path) if config.exit_path is not None else None,
-        "cgroup": config.handle.endpoints.get(CGROUP_ENDPOINT),
+        # Worked out here: the relay starts without site-packages, so it cannot load the drivers.
+        "cgroup_procs": [str(path) for path in procs_files(cgroup)],
+        "cgroup_namespace": str(host_namespace() or "") if cgroup else "",
         "handle": config.handle.model_dump(mode="json"),
         "hypervisor_config": config.hypervisor_config.model_dump(mode="json"),
     }

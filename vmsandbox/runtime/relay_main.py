@@ -59,6 +59,7 @@ SERIAL_CHECK_SECONDS = 2.0
 LOST_AGENT_STATUS = 255
 #: In the container's state directory: its exit code, written by the relay when it ends.
 EXIT_FILE = "exit_code"
+CLONE_NEWCGROUP = 0x02000000
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,10 @@ class ChildConfig:
     serial_log: Path | None
     #: Where the container's exit code is written when it ends (None: nowhere).
     exit_path: Path | None
-    #: The VM's cgroup (relative to each hierarchy's root), which the relay joins.
-    cgroup: str | None
+    #: The ``cgroup.procs`` files of the VM's cgroup (one per hierarchy), which the relay joins.
+    cgroup_procs: list[Path]
+    #: The host's cgroup namespace to enter first, when the creator runs in another one.
+    cgroup_namespace: Path | None
     #: The VM's handle and the drivers' settings, as JSON: read only to forward a signal.
     handle: dict[str, Any]
     hypervisor_config: dict[str, Any]
@@ -91,7 +94,8 @@ class ChildConfig:
             max_files=int(doc["max_files"]),
             serial_log=Path(serial) if serial else None,
             exit_path=Path(doc["exit_path"]) if doc.get("exit_path") else None,
-            cgroup=str(doc["cgroup"]) if doc.get("cgroup") else None,
+            cgroup_procs=[Path(p) for p in doc.get("cgroup_procs") or []],
+            cgroup_namespace=Path(doc["cgroup_namespace"]) if doc.get("cgroup_namespace") else None,
             handle=dict(doc["handle"]),
             hypervisor_config=dict(doc["hypervisor_config"]),
         )
@@ -120,14 +124,26 @@ def _leave_creator(config: ChildConfig) -> None:
     """Join the VM's cgroup and fork the relay off (this launcher then exits), so the relay is
     no child of its creator and outlives the creator's cgroup. Safe here: this interpreter is
     fresh and has one thread. The launcher was started in a session of its own already."""
-    if config.cgroup:
-        from vmsandbox.hypervisor.cgroups import enter_host_namespace, procs_files
-
-        enter_host_namespace()
-        for procs in procs_files(config.cgroup):
-            procs.write_text(str(os.getpid()))
+    if config.cgroup_namespace is not None:
+        _enter_cgroup_namespace(config.cgroup_namespace)
+    for procs in config.cgroup_procs:
+        procs.write_text(str(os.getpid()))
     if os.fork() != 0:
         os._exit(0)
+
+
+def _enter_cgroup_namespace(path: Path) -> None:
+    """setns(2) into the cgroup namespace at ``path`` (the drivers' cgroup module does the same
+    for VMMs; it cannot be imported here, without site-packages)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWCGROUP) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot enter the cgroup namespace {path}")
+    finally:
+        os.close(fd)
 
 
 def _write_exit(path: Path, code: int) -> None:

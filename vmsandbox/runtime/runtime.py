@@ -460,8 +460,11 @@ class Runtime:
         )
         undo.callback(_remove_empty, spec.state_dir.parent)
         undo.callback(_remove_tree, spec.state_dir)
-        manifest = SnapshotManifest.load(source, driver.name)
-        size = VMSize(vcpus=manifest.vcpus, memory_mib=manifest.memory_mib)
+        try:  # the VM's cgroup is sized before its VMM starts; the driver judges the snapshot
+            manifest = SnapshotManifest.load(source, driver.name)
+            size = VMSize(vcpus=manifest.vcpus, memory_mib=manifest.memory_mib)
+        except HypervisorError:
+            size = VMSize()
         spec.cgroup = self._make_cgroup(container_id, size, undo)
         handle = driver.restore(spec, source)
         undo.callback(driver.stop, handle)
