@@ -170,30 +170,11 @@ class CloudHypervisorDriver(HypervisorDriver):
         self._clear_stale(layout)  # refuses before touching anything when a live VMM owns the dir
         try:
             started = time.monotonic()
-            net = spec.network
-            child = vmm_process.launch(
-                self.config.cloud_hypervisor_binary,
-                vmm_args(self.config, spec),
-                layout.api_socket,
-                layout.vmm_log,
-                spec.cgroup,
-                netns=net.tap_netns if net is not None and net.tap is not None else None,
-            )
+            child = self._launch(spec, layout, vmm_args(self.config, spec))
         except BaseException:
             self._remove_files(layout, created_dir)
             raise
-        self._children[child.pid] = (os.getpid(), child)
-        handle = VMHandle(
-            vm_id=spec.vm_id,
-            hypervisor=self.name,
-            state_dir=layout.state_dir,
-            vmm_pid=child.pid,
-            endpoints={
-                **layout.endpoints(),
-                **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}),
-                "vmm_waiter": child.waiter,
-            },
-        )
+        handle = self._handle(spec, layout, child)
         try:
             handle.save()
             with self._wait_ready(child, layout) as client:
@@ -234,6 +215,34 @@ class CloudHypervisorDriver(HypervisorDriver):
             timings.agent_ready,
         )
         return handle
+
+    def _launch(self, spec: VMSpec, layout: VmLayout, args: list[str]) -> Detached:
+        """Start the VMM detached in the VM's cgroup, in the tap's namespace when it has one."""
+        net = spec.network
+        return vmm_process.launch(
+            self.config.cloud_hypervisor_binary,
+            args,
+            layout.api_socket,
+            layout.vmm_log,
+            spec.cgroup,
+            netns=net.tap_netns if net is not None and net.tap is not None else None,
+        )
+
+    def _handle(self, spec: VMSpec, layout: VmLayout, child: Detached, **extra: str) -> VMHandle:
+        """The handle of a VMM this process just started (remembered as its child)."""
+        self._children[child.pid] = (os.getpid(), child)
+        return VMHandle(
+            vm_id=spec.vm_id,
+            hypervisor=self.name,
+            state_dir=layout.state_dir,
+            vmm_pid=child.pid,
+            endpoints={
+                **layout.endpoints(),
+                **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}),
+                "vmm_waiter": child.waiter,
+                **extra,
+            },
+        )
 
     def _clear_stale(self, layout: VmLayout) -> None:
         """Remove what a previous, dead VM left; refuse if a live VMM still serves this VM."""
@@ -401,13 +410,8 @@ class CloudHypervisorDriver(HypervisorDriver):
             ch_snapshot.prepare_source(directory, layout, spec, disks)
             extra = [*spec.hotplug_dirs, *(d.path.parent for d in disks)]
             restore_spec = spec.model_copy(update={"hotplug_dirs": extra})
-            child = vmm_process.launch(
-                self.config.cloud_hypervisor_binary,
-                vmm_args(self.config, restore_spec, read_only=[directory, source]),
-                layout.api_socket,
-                layout.vmm_log,
-                spec.cgroup,
-                netns=spec.network.tap_netns if spec.network is not None and spec.network.tap else None,
+            child = self._launch(
+                spec, layout, vmm_args(self.config, restore_spec, read_only=[directory, source])
             )
         except BaseException:
             remove_dir(source)
@@ -416,19 +420,7 @@ class CloudHypervisorDriver(HypervisorDriver):
                     (layout.state_dir / disk.path.name).unlink(missing_ok=True)
             self._remove_files(layout, created_dir)
             raise
-        self._children[child.pid] = (os.getpid(), child)
-        handle = VMHandle(
-            vm_id=spec.vm_id,
-            hypervisor=self.name,
-            state_dir=layout.state_dir,
-            vmm_pid=child.pid,
-            endpoints={
-                **layout.endpoints(),
-                **({CGROUP_ENDPOINT: spec.cgroup} if spec.cgroup else {}),
-                "vmm_waiter": child.waiter,
-                "restored_from": str(directory),
-            },
-        )
+        handle = self._handle(spec, layout, child, restored_from=str(directory))
         try:
             handle.save()
             with self._wait_ready(child, layout) as client:

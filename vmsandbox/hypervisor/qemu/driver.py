@@ -242,23 +242,7 @@ class QemuDriver(HypervisorDriver):
         t0 = time.monotonic()
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
         try:
-            qemu = self._start_qemu(argv, paths, spec.cgroup)
-            handle.vmm_pid = qemu.pid
-            handle.endpoints = {
-                "qmp": str(paths.qmp),
-                "agent": str(paths.agent),
-                "agent_serial": str(paths.agent_serial),
-                SERIAL_LOG_ENDPOINT: str(paths.console),
-                "accel": accel,
-                "vmm_started": qemu.started,
-                "vmm_waiter": qemu.waiter,
-            }
-            if spec.cgroup:
-                handle.endpoints[CGROUP_ENDPOINT] = spec.cgroup
-            mux = self._start_mux(paths, spec.cgroup)
-            handle.endpoints["mux_pid"] = str(mux.pid)
-            handle.endpoints["mux_started"] = mux.started
-            handle.endpoints["mux_waiter"] = mux.waiter
+            qemu, mux = self._start(handle, argv, paths, spec.cgroup, {"accel": accel})
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             paths.spec.write_text(spec.model_dump_json())
             self._wait_qmp(qemu, paths)
@@ -276,6 +260,30 @@ class QemuDriver(HypervisorDriver):
             self._teardown(handle, graceful=False)
             raise
         return handle
+
+    def _start(
+        self, handle: VMHandle, argv: list[str], paths: VMPaths, cgroup: str | None, extra: dict[str, str]
+    ) -> tuple[Detached, Detached]:
+        """Start QEMU and its agent mux (each detached, in the VM's cgroup) and record both, with
+        ``extra``, in the handle's endpoints."""
+        qemu = self._start_qemu(argv, paths, cgroup)
+        handle.vmm_pid = qemu.pid
+        handle.endpoints = {
+            "qmp": str(paths.qmp),
+            "agent": str(paths.agent),
+            "agent_serial": str(paths.agent_serial),
+            SERIAL_LOG_ENDPOINT: str(paths.console),
+            "vmm_started": qemu.started,
+            "vmm_waiter": qemu.waiter,
+            **extra,
+        }
+        if cgroup:
+            handle.endpoints[CGROUP_ENDPOINT] = cgroup
+        mux = self._start_mux(paths, cgroup)
+        handle.endpoints["mux_pid"] = str(mux.pid)
+        handle.endpoints["mux_started"] = mux.started
+        handle.endpoints["mux_waiter"] = mux.waiter
+        return qemu, mux
 
     @staticmethod
     def _start_qemu(argv: list[str], paths: VMPaths, cgroup: str | None) -> Detached:
@@ -555,24 +563,8 @@ class QemuDriver(HypervisorDriver):
             accel: Accel = "kvm" if manifest.details.get("accel") == "kvm" else "tcg"
             argv = qemu_argv(self.config.qemu_binary, machine, accel, paths)
             argv += [*hotplug_argv(plugged, ports), "-incoming", "defer"]
-            qemu = self._start_qemu(argv, paths, spec.cgroup)
-            handle.vmm_pid = qemu.pid
-            handle.endpoints = {
-                "qmp": str(paths.qmp),
-                "agent": str(paths.agent),
-                "agent_serial": str(paths.agent_serial),
-                SERIAL_LOG_ENDPOINT: str(paths.console),
-                "accel": accel,
-                "vmm_started": qemu.started,
-                "vmm_waiter": qemu.waiter,
-                "restored_from": str(directory),
-            }
-            if spec.cgroup:
-                handle.endpoints[CGROUP_ENDPOINT] = spec.cgroup
-            mux = self._start_mux(paths, spec.cgroup)
-            handle.endpoints["mux_pid"] = str(mux.pid)
-            handle.endpoints["mux_started"] = mux.started
-            handle.endpoints["mux_waiter"] = mux.waiter
+            extra = {"accel": accel, "restored_from": str(directory)}
+            qemu, mux = self._start(handle, argv, paths, spec.cgroup, extra)
             handle.save()
             paths.spec.write_text(machine.model_dump_json())
             _save_hotplug_table(
