@@ -23,7 +23,11 @@ def node_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def rendered(node_dir: Path) -> list[dict[str, Any]]:
     return get_helm().render(
-        sets=[f"agent.hostPaths.state={node_dir}/state", f"agent.hostPaths.run={node_dir}/run"]
+        sets=[
+            f"agent.hostPaths.state={node_dir}/state",
+            f"agent.hostPaths.run={node_dir}/run",
+            "subresources.enabled=false",  # its certificate is a Secret, which a podman run has not
+        ]
     )
 
 
