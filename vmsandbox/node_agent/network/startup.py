@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmsandbox.hypervisor.vmmuser import resolve
 from vmsandbox.node_agent.config import AgentConfig
 from vmsandbox.node_agent.network.node import NetworkSettings, NodeNetwork
 
@@ -40,7 +42,15 @@ def start_network(config: AgentConfig, owners: Iterable[str]) -> NodeNetwork | N
             bridge=config.sandbox_bridge,
             resolvers=tuple(config.sandbox_dns or node_resolvers()),
             netns=config.network_namespace,
+            tap_owner=_tap_owner(config),
         )
     )
     network.reconcile(owners)
     return network
+
+
+def _tap_owner(config: AgentConfig) -> tuple[int, int] | None:
+    """The VMM user's (uid, gid), who opens each VM's tap; None when VMMs run as root."""
+    setting = config.vmm_user if config.vmm_user is not None else os.environ.get("VMSANDBOX_VMM_USER", "")
+    user = resolve(setting)
+    return None if user is None else (user.uid, user.gid)
