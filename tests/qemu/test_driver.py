@@ -229,9 +229,48 @@ def test_qemu_that_cannot_start_is_reported_and_cleaned_up(tmp_path: Path) -> No
         root_disk=tmp_path / "k",
     )
     with pytest.raises(HypervisorError) as info:
-        QemuDriver(HypervisorConfig(qemu_accel="tcg", qemu_binary="/nonexistent/qemu")).boot(spec)
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", qemu_binary="/nonexistent/qemu", vmm_user="root")).boot(
+            spec
+        )
     assert info.value.step == "vmm start"
     assert not (tmp_path / "vm").exists()
+
+
+@pytest.mark.parametrize("setting", ["no-such-vmm-user", "12:x", "0:0x"])
+def test_a_vmm_user_that_does_not_exist_is_refused_naming_the_setting(tmp_path: Path, setting: str) -> None:
+    (tmp_path / "k").write_bytes(b"k")
+    spec = VMSpec(
+        vm_id="x",
+        state_dir=tmp_path / "vm",
+        kernel=tmp_path / "k",
+        initramfs=tmp_path / "k",
+        root_disk=tmp_path / "k",
+    )
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=setting)).boot(spec)
+    assert info.value.step == "vmm user"
+    assert "vmm_user" in str(info.value) and "vmmUser" in str(info.value) and setting in str(info.value)
+    assert not (tmp_path / "vm").exists()
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_state_dir_the_vmm_user_cannot_reach_is_refused_naming_the_directory(
+    tmp_path: Path, vmm_user: VmmUser
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (tmp_path / "k").write_bytes(b"k")
+    spec = VMSpec(
+        vm_id="x",
+        state_dir=private / "vm",
+        kernel=tmp_path / "k",
+        initramfs=tmp_path / "k",
+        root_disk=tmp_path / "k",
+    )
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=vmm_user.name)).boot(spec)
+    assert info.value.step == "vmm user" and str(private) in str(info.value)
+    assert processes_mentioning(str(private)) == []
 
 
 @pytest.mark.vm

@@ -245,6 +245,7 @@ class QemuDriver(HypervisorDriver):
         paths = VMPaths(state_dir=spec.state_dir)
         for sock in paths.sockets():
             check_socket_path(sock)
+        _ = self.user  # a missing VMM user is refused before anything is made
         assert spec.kernel is not None
         accel = choose_accel(self.config, spec.kernel)
         argv = qemu_argv(self.config.qemu_binary, spec, accel, paths)
@@ -562,6 +563,7 @@ class QemuDriver(HypervisorDriver):
         paths = VMPaths(state_dir=spec.state_dir)
         for sock in paths.sockets():
             check_socket_path(sock)
+        _ = self.user  # a missing VMM user is refused before anything is made
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
         t0 = time.monotonic()
