@@ -49,6 +49,7 @@ from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.qemu import migration
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
+from vmsandbox.hypervisor.qemu.tapfd import TAP_FD
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
 from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
 
@@ -163,6 +164,19 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
         # execs it, so the pid is QEMU's; its sockets are paths, which no namespace changes).
         argv = ["nsenter", f"--net={net.tap_netns}", *argv]
     return argv
+
+
+def as_vmm_user(argv: list[str], binary: str, user: VmmUser) -> list[str]:
+    """``argv`` started as ``user``: ``setpriv`` after any ``nsenter`` (only root may enter a
+    namespace), and a tap opened as root and handed over as fd 3 (see tapfd.py)."""
+    at = argv.index(binary)
+    prefix, qemu = argv[:at], argv[at:]
+    for index, value in enumerate(qemu):
+        if value.startswith("tap,id=net0,ifname="):
+            tap = value.split(",")[2].removeprefix("ifname=")
+            qemu[index] = f"tap,id=net0,fd={TAP_FD}"
+            prefix += [sys.executable, "-I", str(Path(__file__).with_name("tapfd.py")), tap]
+    return [*prefix, *user.prefix(), *qemu]
 
 
 def _hotplug_table(handle: VMHandle) -> dict[str, dict[str, object]]:
@@ -281,9 +295,8 @@ class QemuDriver(HypervisorDriver):
     ) -> tuple[Detached, Detached]:
         """Start QEMU and its agent mux (each detached, in the VM's cgroup) and record both, with
         ``extra``, in the handle's endpoints."""
-        if (user := self.user) is not None:  # after any nsenter: only root may enter a namespace
-            at = argv.index(self.config.qemu_binary)
-            argv = [*argv[:at], *user.prefix(), *argv[at:]]
+        if (user := self.user) is not None:
+            argv = as_vmm_user(argv, self.config.qemu_binary, user)
         qemu = self._start_qemu(argv, paths, cgroup)
         handle.vmm_pid = qemu.pid
         handle.endpoints = {

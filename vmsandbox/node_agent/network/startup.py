@@ -42,15 +42,15 @@ def start_network(config: AgentConfig, owners: Iterable[str]) -> NodeNetwork | N
             bridge=config.sandbox_bridge,
             resolvers=tuple(config.sandbox_dns or node_resolvers()),
             netns=config.network_namespace,
-            tap_owner=_tap_owner(config),
+            tap_owner=tap_owner(config.vmm_user),
         )
     )
     network.reconcile(owners)
     return network
 
 
-def _tap_owner(config: AgentConfig) -> tuple[int, int] | None:
-    """The VMM user's (uid, gid), who opens each VM's tap; None when VMMs run as root."""
-    setting = config.vmm_user if config.vmm_user is not None else os.environ.get("VMSANDBOX_VMM_USER", "")
-    user = resolve(setting)
+def tap_owner(setting: str | None) -> tuple[int, int] | None:
+    """The VMM user's (uid, gid), who opens each VM's tap; None when VMMs run as root.
+    ``setting``: the agent's ``vmmUser``; None: ``VMSANDBOX_VMM_USER``, as the drivers read it."""
+    user = resolve(os.environ.get("VMSANDBOX_VMM_USER", "") if setting is None else setting)
     return None if user is None else (user.uid, user.gid)
