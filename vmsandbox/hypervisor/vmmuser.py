@@ -75,6 +75,19 @@ class VmmUser:
                     f"(make it so, or change {SETTING})"
                 )
 
+    def check_kvm(self) -> None:
+        """Refuse a KVM boot this user could not make: ``/dev/kvm`` neither in a group it joins
+        nor open to all (falling back to TCG would silently drop the VM boundary)."""
+        try:
+            mode = stat.S_IMODE(KVM.stat().st_mode)
+        except OSError as exc:
+            raise VmmUserError(f"/dev/kvm: {exc}") from exc
+        if self.kvm_gid is None and mode & 0o006 != 0o006:
+            raise VmmUserError(
+                f"the VMM user {self.name} cannot open /dev/kvm (mode {mode:o}, no group access): "
+                f"give /dev/kvm a group with read-write access (e.g. kvm), or change {SETTING}"
+            )
+
     def own(self, path: Path) -> None:
         """Make ``path`` this user's (a VM's own state directory or writable disk)."""
         os.chown(path, self.uid, self.gid)

@@ -262,6 +262,8 @@ class QemuDriver(HypervisorDriver):
         _ = self.user  # a missing VMM user is refused before anything is made
         assert spec.kernel is not None
         accel = choose_accel(self.config, spec.kernel)
+        if accel == "kvm" and (user := self.user) is not None:
+            user.check_kvm()
         argv = qemu_argv(self.config.qemu_binary, spec, accel, paths)
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*paths.sockets(), paths.console]:
