@@ -270,6 +270,7 @@ def test_a_state_dir_the_vmm_user_cannot_reach_is_refused_naming_the_directory(
     with pytest.raises(HypervisorError) as info:
         QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=vmm_user.name)).boot(spec)
     assert info.value.step == "vmm user" and str(private) in str(info.value)
+    assert not spec.state_dir.exists(), "nothing is left behind"
     assert processes_mentioning(str(private)) == []
 
 

@@ -265,10 +265,16 @@ class QemuDriver(HypervisorDriver):
         if accel == "kvm" and (user := self.user) is not None:
             user.check_kvm()
         argv = qemu_argv(self.config.qemu_binary, spec, accel, paths)
+        created = not spec.state_dir.exists()
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*paths.sockets(), paths.console]:
             stale.unlink(missing_ok=True)
-        self._give_access(spec, spec.disks)
+        try:
+            self._give_access(spec, spec.disks)
+        except HypervisorError:
+            if created:
+                shutil.rmtree(spec.state_dir, ignore_errors=True)
+            raise
 
         t0 = time.monotonic()
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
