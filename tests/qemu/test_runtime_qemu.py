@@ -262,12 +262,13 @@ def test_single_container_sandbox_exit_code_and_delete(env: tuple[Cli, Path], tm
 
 
 def test_guest_without_a_working_agent_fails_create_clearly(
-    guest_image: Path, tmp_path: Path, env: tuple[Cli, Path]
+    guest_image: Path, tmp_path: Path, env: tuple[Cli, Path], request: pytest.FixtureRequest
 ) -> None:
     """The image's kernel and root disk with an init that powers off, as a dying agent makes it."""
     cli, rootfs = env
-    broken = tmp_path / "broken-image"
-    broken.mkdir()
+    broken = Path(tempfile.mkdtemp(prefix="vqimg", dir="/tmp"))  # reachable by the VMM user
+    broken.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(broken, ignore_errors=True))
     for name in ("vmlinuz", "rootfs.img"):
         (broken / name).symlink_to(guest_image / name)
     (broken / "initramfs.img").write_bytes(
