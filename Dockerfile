@@ -103,7 +103,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
  && groupadd --system --gid 65532 vmsandbox \
  && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home \
-      --shell /usr/sbin/nologin vmsandbox
+      --shell /usr/sbin/nologin vmsandbox \
+ && useradd --system --user-group --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin vmsandbox-vmm
 # The virtualenv without pip and setuptools: nothing installs anything at run time.
 # A layer cache keys a RUN by its text, not by what it mounts from another stage, so the
 # sources' hash (hack/build-image.sh passes it) is part of the text: else a rebuild after a

@@ -43,6 +43,7 @@ from vmsandbox.api.constants import (
 )
 from vmsandbox.cli_aggregated import operator_settings, register, serving_certificate
 from vmsandbox.cli_exec import print_listing, remote_spec, run_cp, run_exec
+from vmsandbox.dev_vmm_user import dev_vmm_user
 from vmsandbox.devcluster.sample_image import SAMPLES_DIR
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.operator.kube import Connection
@@ -565,6 +566,10 @@ class DevStack:
         }
         if self.backend.name != "process":
             agent_env["VMSANDBOX_AGENT_GUEST_IMAGE_DIR"] = str(default_guest_image_dir())
+            user, why = dev_vmm_user([default_guest_image_dir() / "vmlinuz", agent_dir / "run"])
+            agent_env["VMSANDBOX_AGENT_VMM_USER"] = user
+            if why:
+                print(why, file=sys.stderr)
         self._spawn("agent", [sys.executable, "-m", "vmsandbox.node_agent"], agent_env)
 
     def dead(self) -> list[str]:

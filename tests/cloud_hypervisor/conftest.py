@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import shutil
+import site
 import socket
 import tempfile
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
 from tests.leaks import pids_mentioning, processes_mentioning, sockets_under
+from tests.vmm_user import ensure_vmm_user
 from vmsandbox.hypervisor.base import VMSpec
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver, Timeouts
 from vmsandbox.hypervisor.config import HypervisorConfig
@@ -60,6 +62,11 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             break
         rest += chunk
     return int(lines[0].split(" ")[1]), headers, rest[:length]
+
+
+#: Who the stand-in runs as when it boots a guest: its emulated guest is the process backend, a
+#: namespaced host process that needs root. test_ch_vmm_user.py starts it as the VMM user.
+STANDIN_USER = "root"
 
 
 @dataclass
@@ -123,6 +130,9 @@ class Workspace:
 def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     root = Path(tempfile.mkdtemp(prefix="chs", dir="/tmp"))
     (root / "tmp").mkdir()
+    root.chmod(0o711)  # the stand-in runs as the VMM user, as the real VMM does
+    user = ensure_vmm_user()
+    os.chown(root / "tmp", user.uid, user.gid)  # its own scratch space (the emulated guest's files)
     ws = Workspace(
         root=root,
         kernel=fake_bzimage(root / "vmlinuz"),
@@ -132,9 +142,17 @@ def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
     )
     ws.initramfs.write_bytes(b"\0" * 1024)
     ws.root_disk.write_bytes(b"\0" * 65536)
+    ws.record.touch()
+    os.chown(ws.record, user.uid, user.gid)  # the stand-in records the requests it receives
     monkeypatch.setenv("PATH", f"{STANDIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.setenv("TMPDIR", str(root / "tmp"))
+    # The stand-in runs as the VMM user, who may not reach this interpreter (under a private
+    # home): its packages then come from here, to whichever python3 it finds.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([*site.getsitepackages(), os.environ.get("PYTHONPATH", "")])
+    )
     monkeypatch.setenv("CH_STANDIN_RECORD", str(ws.record))
+    monkeypatch.setenv("VMSANDBOX_VMM_USER", STANDIN_USER)
     for knob in ("CH_STANDIN_VERSION", "CH_STANDIN_FAULTS", "CH_STANDIN_GUEST"):
         monkeypatch.delenv(knob, raising=False)
     try:
@@ -151,9 +169,10 @@ def workspace(monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
 
 @pytest.fixture
 def driver() -> CloudHypervisorDriver:
-    return CloudHypervisorDriver(HypervisorConfig(cloud_hypervisor_binary="cloud-hypervisor"))
+    config = HypervisorConfig(cloud_hypervisor_binary="cloud-hypervisor", vmm_user=STANDIN_USER)
+    return CloudHypervisorDriver(config)
 
 
 def fast_driver(**timeouts: float) -> CloudHypervisorDriver:
     """A driver with shortened deadlines, for fault tests that wait for one to pass."""
-    return CloudHypervisorDriver(HypervisorConfig(), Timeouts(**timeouts))
+    return CloudHypervisorDriver(HypervisorConfig(vmm_user=STANDIN_USER), Timeouts(**timeouts))

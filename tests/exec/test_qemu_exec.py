@@ -14,19 +14,20 @@ import pytest
 
 from tests.exec.conftest import exec_rootfs
 from tests.leaks import processes_mentioning
-from tests.qemu.conftest import guest_image, qemu_binary
+from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.runtime.support import base_config, write_bundle
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.streams import read_path, start_exec, write_path
 
-__all__ = ["guest_image", "qemu_binary"]
+__all__ = ["guest_image", "qemu_binary", "vmm_user"]
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
 def qemu_box(guest_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, str]]:
     root = Path(tempfile.mkdtemp(prefix="vx", dir="/tmp"))
+    root.chmod(0o711)  # QEMU runs as the VMM user: it reaches its VM's files below
     runtime = Runtime(root=root, hypervisor="qemu", config=HypervisorConfig(guest_image_dir=guest_image))
     bundle = tmp_path_factory.mktemp("qx") / "bundle"
     exec_rootfs(bundle / "rootfs")

@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import subprocess
 from pathlib import Path
 
 from vmsandbox.node_agent.network import NetworkSettings, NodeNetwork
+from vmsandbox.node_agent.network.startup import tap_owner
 from vmsandbox.runtime import Runtime
+
+
+def _ids(pid: int) -> str:
+    """``uid:gid`` of a process, from /proc."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return f"{fields['Uid'].split()[0]}:{fields['Gid'].split()[0]}"
+
+
+def _tap_owner(tap: str) -> str:
+    """The tap's owning uid, as ``ip -details`` shows it in this namespace (sysfs may not)."""
+    words = subprocess.run(
+        ["ip", "-details", "link", "show", "dev", tap], capture_output=True, text=True
+    ).stdout
+    parts = words.split()
+    return parts[parts.index("user") + 1] if "user" in parts else "root"
 
 
 def main() -> None:
@@ -30,6 +48,7 @@ def main() -> None:
             state_dir=Path(args.state_dir),
             bridge=args.bridge,
             resolvers=tuple(args.resolver),
+            tap_owner=tap_owner(os.environ.get("VMSANDBOX_VMM_USER", "")),
         )
     )
     node.reconcile([])
@@ -38,7 +57,9 @@ def main() -> None:
     log = Path(args.root) / "out.log"
     attachment = node.attach(args.owner, args.mode, args.allow, [], kind)
     try:
-        runtime.create(args.owner, Path(args.bundle), log_path=log, network=attachment)
+        state = runtime.create(args.owner, Path(args.bundle), log_path=log, network=attachment)
+        if state.vm is not None and attachment is not None and attachment.tap is not None:
+            print(f"vmm {_ids(state.vm.vmm_pid)} tap owner {_tap_owner(attachment.tap)}")
         runtime.start(args.owner)
         runtime.wait(args.owner, timeout=300)
         runtime.delete(args.owner, force=True)

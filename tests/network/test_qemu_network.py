@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.network.conftest import DNS, HERE, METADATA, PRIVATE, PUBLIC, SUBNET, Topology, sh
-from tests.qemu.conftest import guest_image, qemu_binary
+from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.runtime.support import base_config, short_root, write_bundle
+from vmsandbox.hypervisor.vmmuser import VmmUser
 
 pytestmark = pytest.mark.vm
-__all__ = ["guest_image", "qemu_binary"]  # fixtures, used by name
+__all__ = ["guest_image", "qemu_binary", "vmm_user"]  # fixtures, used by name
 
 GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
 
@@ -24,7 +25,9 @@ def _probe(address: str) -> str:
     return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
 
 
-def test_guest_nic_under_restricted_with_an_allow(topo: Topology, guest_image: Path, tmp_path: Path) -> None:
+def test_guest_nic_under_restricted_with_an_allow(
+    topo: Topology, guest_image: Path, tmp_path: Path, vmm_user: VmmUser
+) -> None:
     script = " ; ".join(
         ["busybox ip -4 -o addr show dev eth0", *(_probe(a) for a in (PUBLIC, PRIVATE, METADATA))]
     )
@@ -42,6 +45,8 @@ def test_guest_nic_under_restricted_with_an_allow(topo: Topology, guest_image: P
     finally:
         shutil.rmtree(root, ignore_errors=True)
     assert "inet 10.250.7.2/24" in out, out
+    ids = f"{vmm_user.uid}:{vmm_user.gid}"
+    assert f"vmm {ids} tap owner {vmm_user.name}" in out, "QEMU runs as the VMM user, on a tap it owns"
     assert f"reached {PUBLIC}" in out and f"reached {PRIVATE}" in out, out
     assert f"blocked {METADATA}" in out, out
     assert topo.net("leases") == [], "the lease is freed after delete"

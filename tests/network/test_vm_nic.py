@@ -81,6 +81,5 @@ def test_cloud_hypervisor_vmm_runs_in_the_taps_namespace(tmp_path: Path) -> None
         assert os.readlink(f"/proc/{child.pid}/ns/net") == expected
     finally:
         if child is not None:
-            child.kill()
-            child.wait()
+            vmm_process.kill(child.pid, child)
         sh("ip", "netns", "del", name)

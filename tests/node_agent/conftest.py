@@ -110,6 +110,7 @@ def agent_env(
             "POD_NAMESPACE": namespace,
             "PATH": f"{STANDIN_DIR}{os.pathsep}{env.get('PATH', '')}",
             "TMPDIR": str(workdir / "tmp"),
+            "VMSANDBOX_VMM_USER": "root",  # the stand-in's emulated guest needs root
             "VMSANDBOX_AGENT_KUBECONFIG": str(kube.kubeconfig_path),
             "VMSANDBOX_AGENT_STATE_DIR": str(workdir / "state"),
             "VMSANDBOX_AGENT_RUNTIME_ROOT": str(workdir / "run"),

@@ -11,9 +11,9 @@ import pytest
 
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, share, wait_ready
 from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
-from tests.qemu.conftest import guest_image, qemu_binary
+from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 
-__all__ = ["guest_image", "qemu_binary"]
+__all__ = ["guest_image", "qemu_binary", "vmm_user"]
 pytestmark = [pytest.mark.kube, pytest.mark.vm]
 
 MakeAgent = Callable[..., AgentProcess]

@@ -25,12 +25,12 @@ from kubernetes.stream.ws_client import portforward_call
 
 from tests.network.conftest import DNS, SUBNET, Topology, sh, topo
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
-from tests.qemu.conftest import guest_image, qemu_binary
+from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
 
 pytestmark = pytest.mark.kube
-__all__ = ["guest_image", "qemu_binary", "topo"]  # fixtures, used by name
+__all__ = ["guest_image", "qemu_binary", "topo", "vmm_user"]  # fixtures, used by name
 
 MakeAgent = Callable[..., AgentProcess]
 PAGE = "hello-from-the-sandbox"

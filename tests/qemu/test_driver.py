@@ -18,6 +18,7 @@ from vmsandbox.hypervisor.qemu import QemuDriver
 from vmsandbox.hypervisor.qemu import driver as driver_module
 from vmsandbox.hypervisor.qemu.probe import probe_initramfs
 from vmsandbox.hypervisor.qemu.qmp import QMPClient
+from vmsandbox.hypervisor.vmmuser import VmmUser
 
 
 def config(qemu_binary: str) -> HypervisorConfig:
@@ -51,6 +52,14 @@ def assert_torn_down(state_dir: Path) -> None:
     assert not state_dir.exists(), "the VM's state directory was left behind"
 
 
+def process_ids(pid: int) -> tuple[int, int]:
+    """The real uid and gid of ``pid``, from ``/proc/<pid>/status``."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+
+
 def make_ext4(path: Path, content: Path) -> Path:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "8M"], check=True)
     return path
@@ -58,7 +67,7 @@ def make_ext4(path: Path, content: Path) -> Path:
 
 @pytest.mark.vm
 def test_guest_image_boots_serves_many_connections_hotplugs_and_stops(
-    guest_image: Path, qemu_binary: str, state_root: Path
+    guest_image: Path, qemu_binary: str, state_root: Path, vmm_user: VmmUser
 ) -> None:
     content = state_root / "content"
     content.mkdir()
@@ -69,6 +78,8 @@ def test_guest_image_boots_serves_many_connections_hotplugs_and_stops(
     handle = QemuDriver(config(qemu_binary)).boot(spec)
     try:
         assert handle.timings.vmm_start > 0 and handle.timings.vm_boot > 0 and handle.timings.agent_ready > 0
+        assert process_ids(handle.vmm_pid) == (vmm_user.uid, vmm_user.gid), "QEMU runs as the VMM user"
+        assert spec.state_dir.stat().st_uid == vmm_user.uid
         # The guest's own clock: the kernel took some time to reach /init, then the agent to listen.
         kernel, agent = handle.timings.kernel_to_init, handle.timings.init_to_agent_ready
         assert kernel is not None and agent is not None
@@ -218,9 +229,49 @@ def test_qemu_that_cannot_start_is_reported_and_cleaned_up(tmp_path: Path) -> No
         root_disk=tmp_path / "k",
     )
     with pytest.raises(HypervisorError) as info:
-        QemuDriver(HypervisorConfig(qemu_accel="tcg", qemu_binary="/nonexistent/qemu")).boot(spec)
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", qemu_binary="/nonexistent/qemu", vmm_user="root")).boot(
+            spec
+        )
     assert info.value.step == "vmm start"
     assert not (tmp_path / "vm").exists()
+
+
+@pytest.mark.parametrize("setting", ["no-such-vmm-user", "12:x", "0:0x"])
+def test_a_vmm_user_that_does_not_exist_is_refused_naming_the_setting(tmp_path: Path, setting: str) -> None:
+    (tmp_path / "k").write_bytes(b"k")
+    spec = VMSpec(
+        vm_id="x",
+        state_dir=tmp_path / "vm",
+        kernel=tmp_path / "k",
+        initramfs=tmp_path / "k",
+        root_disk=tmp_path / "k",
+    )
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=setting)).boot(spec)
+    assert info.value.step == "vmm user"
+    assert "vmm_user" in str(info.value) and "vmmUser" in str(info.value) and setting in str(info.value)
+    assert not (tmp_path / "vm").exists()
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_state_dir_the_vmm_user_cannot_reach_is_refused_naming_the_directory(
+    tmp_path: Path, vmm_user: VmmUser
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (tmp_path / "k").write_bytes(b"k")
+    spec = VMSpec(
+        vm_id="x",
+        state_dir=private / "vm",
+        kernel=tmp_path / "k",
+        initramfs=tmp_path / "k",
+        root_disk=tmp_path / "k",
+    )
+    with pytest.raises(HypervisorError) as info:
+        QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=vmm_user.name)).boot(spec)
+    assert info.value.step == "vmm user" and str(private) in str(info.value)
+    assert not spec.state_dir.exists(), "nothing is left behind"
+    assert processes_mentioning(str(private)) == []
 
 
 @pytest.mark.vm

@@ -24,9 +24,11 @@ from typing import Any
 import pytest
 
 from tests.leaks import processes_mentioning, sockets_under
+from tests.qemu.test_driver import process_ids
 from tests.runtime.support import base_config, make_rootfs, write_bundle
 from vmsandbox.hypervisor.qemu.probe import probe_initramfs
 from vmsandbox.hypervisor.qemu.qmp import QMPClient
+from vmsandbox.hypervisor.vmmuser import resolve
 
 pytestmark = pytest.mark.vm
 
@@ -111,6 +113,7 @@ def assert_nothing_left(root: Path) -> None:
 @pytest.fixture
 def env(guest_image: Path, tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
     root = Path(tempfile.mkdtemp(prefix="vq", dir="/tmp"))
+    root.chmod(0o711)  # the VMM user reaches its VM's files below
     logs = tmp_path / "logs"
     logs.mkdir()
     rootfs = make_rootfs(tmp_path / "rootfs")
@@ -140,6 +143,8 @@ def test_pod_lifecycle_in_one_qemu_guest(env: tuple[Cli, Path], tmp_path: Path) 
     assert any(
         line.startswith(f"{vmm_pid}:") and "qemu-system" in line for line in processes_mentioning("qemu")
     )
+    user = resolve("")
+    assert user is not None and process_ids(vmm_pid) == (user.uid, user.gid), "QEMU runs as the VMM user"
     cli.run("start", "pod")
     assert cli.state("pod")["status"] == "running"
 
@@ -257,12 +262,13 @@ def test_single_container_sandbox_exit_code_and_delete(env: tuple[Cli, Path], tm
 
 
 def test_guest_without_a_working_agent_fails_create_clearly(
-    guest_image: Path, tmp_path: Path, env: tuple[Cli, Path]
+    guest_image: Path, tmp_path: Path, env: tuple[Cli, Path], request: pytest.FixtureRequest
 ) -> None:
     """The image's kernel and root disk with an init that powers off, as a dying agent makes it."""
     cli, rootfs = env
-    broken = tmp_path / "broken-image"
-    broken.mkdir()
+    broken = Path(tempfile.mkdtemp(prefix="vqimg", dir="/tmp"))  # reachable by the VMM user
+    broken.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(broken, ignore_errors=True))
     for name in ("vmlinuz", "rootfs.img"):
         (broken / name).symlink_to(guest_image / name)
     (broken / "initramfs.img").write_bytes(

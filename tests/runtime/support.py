@@ -94,7 +94,9 @@ def write_bundle(path: Path, config: dict[str, Any], rootfs: Path | None = None)
 
 def short_root() -> Path:
     """A state root short enough for AF_UNIX socket paths under it."""
-    return Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+    root.chmod(0o711)  # a VMM user reaches its VM's files below
+    return root
 
 
 # ---- OCI JSON schemas ------------------------------------------------------------------

@@ -31,6 +31,9 @@ class HypervisorConfig(BaseModel):
     cgroup_parent: str = Field(default="vmsandbox.slice", pattern=r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
     #: Memory a VM's cgroup allows beyond the guest's own: the VMM, its relay and mux.
     vmm_overhead_mib: int = Field(default=256, ge=0)
+    #: The user VMMs run as: a name or ``uid:gid``; ``root``; empty: ``vmsandbox-vmm`` when that
+    #: user exists, else root (see hypervisor/vmmuser.py).
+    vmm_user: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> HypervisorConfig:

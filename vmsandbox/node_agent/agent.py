@@ -55,7 +55,12 @@ def hypervisor_config(config: AgentConfig) -> HypervisorConfig:
     hv = HypervisorConfig.from_env()
     if config.guest_image_dir is not None:
         hv = hv.model_copy(update={"guest_image_dir": config.guest_image_dir})
-    update = {"vmm_overhead_mib": config.vmm_overhead_mib, "cgroup_parent": config.vmm_cgroup_parent}
+    update: dict[str, object] = {
+        "vmm_overhead_mib": config.vmm_overhead_mib,
+        "cgroup_parent": config.vmm_cgroup_parent,
+    }
+    if config.vmm_user is not None:
+        update["vmm_user"] = config.vmm_user
     return hv.model_copy(update=update)
 
 

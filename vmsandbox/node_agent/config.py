@@ -102,6 +102,12 @@ class AgentConfig(APIModel):
         alias="vmmOverheadMiB",
         description="Memory each VM's cgroup allows beyond the guest's: the VMM, its relay and mux.",
     )
+    vmm_user: str | None = Field(
+        default=None,
+        alias="vmmUser",
+        description="The user VMMs run as: a name or uid:gid, or root; unset: VMSANDBOX_VMM_USER, "
+        "else vmsandbox-vmm when that user exists, else root.",
+    )
     vmm_cgroup_parent: str = Field(
         default="vmsandbox.slice",
         pattern=r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$",

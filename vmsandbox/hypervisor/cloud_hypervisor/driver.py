@@ -64,6 +64,7 @@ from vmsandbox.hypervisor.detached import Detached, exit_status, waiter_gone
 from vmsandbox.hypervisor.landlock import landlock_abi
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
+from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class CloudHypervisorDriver(HypervisorDriver):
         #: VMMs this instance started, by PID, with the PID of the process that started them:
         #: only that parent can wait for them (a forked copy of this driver must not try).
         self._children: dict[int, tuple[int, Detached]] = {}
+        self._user: tuple[VmmUser | None] | None = None
+
+    @property
+    def user(self) -> VmmUser | None:
+        """The user the VMM runs as (resolved once: a missing user is an error naming the setting)."""
+        if self._user is None:
+            self._user = (resolve(self.config.vmm_user),)
+        return self._user[0]
 
     # -- the VmConfig -------------------------------------------------------------------------
 
@@ -219,6 +228,8 @@ class CloudHypervisorDriver(HypervisorDriver):
     def _launch(self, spec: VMSpec, layout: VmLayout, args: list[str]) -> Detached:
         """Start the VMM detached in the VM's cgroup, in the tap's namespace when it has one."""
         net = spec.network
+        files = [(Path(p), True) for p in (spec.kernel, spec.initramfs, spec.root_disk) if p is not None]
+        give_access(self.user, layout.state_dir, [*files, *((d.path, d.readonly) for d in spec.disks)])
         return vmm_process.launch(
             self.config.cloud_hypervisor_binary,
             args,
@@ -226,6 +237,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             layout.vmm_log,
             spec.cgroup,
             netns=net.tap_netns if net is not None and net.tap is not None else None,
+            user=self.user,
         )
 
     def _handle(self, spec: VMSpec, layout: VmLayout, child: Detached, **extra: str) -> VMHandle:
@@ -336,6 +348,8 @@ class CloudHypervisorDriver(HypervisorDriver):
 
     def hotplug_disk(self, handle: VMHandle, disk: DiskSpec) -> PciDeviceInfo | None:
         """``vm.add-disk``; returns where the disk landed (None when cold-added before boot)."""
+        if (user := self.user) is not None:  # the VMM opens the file as its user
+            (user.readable if disk.readonly else user.own)(disk.path)
         with self._client(handle, self.timeouts.hotplug) as client:
             try:
                 return client.add_disk(self._disk(disk.path, disk.serial, disk.readonly))
@@ -383,6 +397,8 @@ class CloudHypervisorDriver(HypervisorDriver):
     def snapshot(self, handle: VMHandle, directory: Path) -> SnapshotManifest:
         target = new_snapshot_dir(directory)
         try:
+            if (user := self.user) is not None:  # the VMM writes the snapshot files itself
+                user.own(target)
             self.pause(handle)
             with self._client(handle, self.timeouts.snapshot) as client:
                 version = client.ping().version

@@ -21,6 +21,7 @@ from vmsandbox.hypervisor.cgroups import procs_files
 from vmsandbox.hypervisor.cloud_hypervisor.errors import VmmLaunchError
 from vmsandbox.hypervisor.detached import Detached, SpawnError, kill_session, spawn_detached
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.hypervisor.vmmuser import VmmUser
 
 
 def resolve_binary(binary: str) -> str:
@@ -45,14 +46,17 @@ def launch(
     log_path: Path,
     cgroup: str | None = None,
     netns: Path | None = None,
+    user: VmmUser | None = None,
 ) -> Detached:
     """``<binary> --api-socket path=<socket> <args>`` with its output appended to ``log_path``.
 
     ``netns``: the network namespace holding the VM's tap, when it is not this process's own;
     the VMM opens the tap by name, so it runs there (``nsenter`` execs it: the pid is the VMM's).
+    ``user``: the user it runs as (``setpriv`` after ``nsenter``: only root may enter a namespace).
     """
     executable = resolve_binary(binary)
     enter = ["nsenter", f"--net={netns}"] if netns is not None else []
+    enter += user.prefix() if user is not None else []
     with open(log_path, "ab") as log:
         try:
             return spawn_detached(

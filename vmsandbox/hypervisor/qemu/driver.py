@@ -49,7 +49,9 @@ from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.qemu import migration
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
+from vmsandbox.hypervisor.qemu.tapfd import TAP_FD
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
+from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
 
 ROOT_SERIAL = "vmsb-root"
 #: Fixed part of the guest kernel command line; ``VMSpec.kernel_args`` follow it.
@@ -164,6 +166,19 @@ def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[s
     return argv
 
 
+def as_vmm_user(argv: list[str], binary: str, user: VmmUser) -> list[str]:
+    """``argv`` started as ``user``: ``setpriv`` after any ``nsenter`` (only root may enter a
+    namespace), and a tap opened as root and handed over as fd 3 (see tapfd.py)."""
+    at = argv.index(binary)
+    prefix, qemu = argv[:at], argv[at:]
+    for index, value in enumerate(qemu):
+        if value.startswith("tap,id=net0,ifname="):
+            tap = value.split(",")[2].removeprefix("ifname=")
+            qemu[index] = f"tap,id=net0,fd={TAP_FD}"
+            prefix += [sys.executable, "-I", str(Path(__file__).with_name("tapfd.py")), tap]
+    return [*prefix, *user.prefix(), *qemu]
+
+
 def _hotplug_table(handle: VMHandle) -> dict[str, dict[str, object]]:
     path = VMPaths(state_dir=handle.state_dir).hotplugged
     return dict(json.loads(path.read_text())) if path.exists() else {}
@@ -214,6 +229,18 @@ class QemuDriver(HypervisorDriver):
 
     def __init__(self, config: HypervisorConfig) -> None:
         self.config = config
+        self._user: tuple[VmmUser | None] | None = None
+
+    @property
+    def user(self) -> VmmUser | None:
+        """The user QEMU runs as (resolved once: a missing user is an error naming the setting)."""
+        if self._user is None:
+            self._user = (resolve(self.config.vmm_user),)
+        return self._user[0]
+
+    def _give_access(self, spec: VMSpec, disks: list[DiskSpec]) -> None:
+        files = [(Path(p), True) for p in (spec.kernel, spec.initramfs, spec.root_disk) if p is not None]
+        give_access(self.user, spec.state_dir, [*files, *((d.path, d.readonly) for d in disks)])
 
     # -- boot -----------------------------------------------------------------------------------
 
@@ -232,12 +259,22 @@ class QemuDriver(HypervisorDriver):
         paths = VMPaths(state_dir=spec.state_dir)
         for sock in paths.sockets():
             check_socket_path(sock)
+        _ = self.user  # a missing VMM user is refused before anything is made
         assert spec.kernel is not None
         accel = choose_accel(self.config, spec.kernel)
+        if accel == "kvm" and (user := self.user) is not None:
+            user.check_kvm()
         argv = qemu_argv(self.config.qemu_binary, spec, accel, paths)
+        created = not spec.state_dir.exists()
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*paths.sockets(), paths.console]:
             stale.unlink(missing_ok=True)
+        try:
+            self._give_access(spec, spec.disks)
+        except HypervisorError:
+            if created:
+                shutil.rmtree(spec.state_dir, ignore_errors=True)
+            raise
 
         t0 = time.monotonic()
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
@@ -266,6 +303,8 @@ class QemuDriver(HypervisorDriver):
     ) -> tuple[Detached, Detached]:
         """Start QEMU and its agent mux (each detached, in the VM's cgroup) and record both, with
         ``extra``, in the handle's endpoints."""
+        if (user := self.user) is not None:
+            argv = as_vmm_user(argv, self.config.qemu_binary, user)
         qemu = self._start_qemu(argv, paths, cgroup)
         handle.vmm_pid = qemu.pid
         handle.endpoints = {
@@ -398,6 +437,9 @@ class QemuDriver(HypervisorDriver):
     def attach_disk(self, handle: VMHandle, disk: DiskSpec) -> None:
         if not disk.path.is_file():
             raise HypervisorError(f"disk {disk.serial}: {disk.path} is not a file", step="attach disk")
+        user = self.user
+        if user is not None:  # blockdev-add opens the file as QEMU's user
+            (user.readable if disk.readonly else user.own)(disk.path)
         with self._qmp(handle) as qmp:
             port = self._free_hotplug_port(qmp)
             node = f"hp-{disk.serial}"
@@ -542,6 +584,7 @@ class QemuDriver(HypervisorDriver):
         paths = VMPaths(state_dir=spec.state_dir)
         for sock in paths.sockets():
             check_socket_path(sock)
+        _ = self.user  # a missing VMM user is refused before anything is made
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
         t0 = time.monotonic()
@@ -563,6 +606,7 @@ class QemuDriver(HypervisorDriver):
             accel: Accel = "kvm" if manifest.details.get("accel") == "kvm" else "tcg"
             argv = qemu_argv(self.config.qemu_binary, machine, accel, paths)
             argv += [*hotplug_argv(plugged, ports), "-incoming", "defer"]
+            self._give_access(machine, disks)
             extra = {"accel": accel, "restored_from": str(directory)}
             qemu, mux = self._start(handle, argv, paths, spec.cgroup, extra)
             handle.save()

@@ -91,10 +91,12 @@ def _drop_stale(host: Host, link: str, netns: str | None) -> None:
         host.run(["ip", "netns", "del", netns])
 
 
-def add_tap(host: Host, bridge: str, key: str) -> str:
-    """A persistent tap on the bridge for a VM's NIC; the VMM opens it by name."""
+def add_tap(host: Host, bridge: str, key: str, owner: tuple[int, int] | None = None) -> str:
+    """A persistent tap on the bridge for a VM's NIC; the VMM opens it by name, as ``owner``
+    (uid, gid: the VMM user, who then needs no CAP_NET_ADMIN for it) or as root."""
     tap = tap_name(key)
-    _batch_or_replace(host, [f"tuntap add dev {tap} mode tap", *_port(tap, bridge)], tap)
+    user = f" user {owner[0]} group {owner[1]}" if owner is not None else ""
+    _batch_or_replace(host, [f"tuntap add dev {tap} mode tap{user}", *_port(tap, bridge)], tap)
     return tap
 
 

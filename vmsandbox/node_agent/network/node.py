@@ -41,6 +41,8 @@ class NetworkSettings:
     resolvers: tuple[str, ...] = ()
     #: Where the plumbing lives; None: the agent's own network namespace (the node's).
     netns: Path | None = None
+    #: (uid, gid) owning each VM's tap: the VMM user; None: root.
+    tap_owner: tuple[int, int] | None = None
 
 
 @dataclass
@@ -97,7 +99,8 @@ class NodeNetwork:
                         )
                         attachment = self._attachment(lease, netns=netns)
                     else:
-                        attachment = self._attachment(lease, tap=links.add_tap(self.host, bridge, key))
+                        tap = links.add_tap(self.host, bridge, key, self.settings.tap_owner)
+                        attachment = self._attachment(lease, tap=tap)
                 finally:
                     pending.wait()
             except BaseException:
@@ -162,7 +165,7 @@ class NodeNetwork:
             for lease in kept:
                 # A running VM holds its tap: re-create only a missing one, never replace it.
                 if lease.kind == "tap" and not links.link_exists(self.host, links.tap_name(lease.key)):
-                    links.add_tap(self.host, bridge, lease.key)
+                    links.add_tap(self.host, bridge, lease.key, self.settings.tap_owner)
                 else:
                     links.reattach(self.host, bridge, lease.key)
             wanted = {owner_key(owner) for owner in keep_set}

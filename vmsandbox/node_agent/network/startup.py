@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from vmsandbox.hypervisor.vmmuser import resolve
 from vmsandbox.node_agent.config import AgentConfig
 from vmsandbox.node_agent.network.node import NetworkSettings, NodeNetwork
 
@@ -40,7 +42,15 @@ def start_network(config: AgentConfig, owners: Iterable[str]) -> NodeNetwork | N
             bridge=config.sandbox_bridge,
             resolvers=tuple(config.sandbox_dns or node_resolvers()),
             netns=config.network_namespace,
+            tap_owner=tap_owner(config.vmm_user),
         )
     )
     network.reconcile(owners)
     return network
+
+
+def tap_owner(setting: str | None) -> tuple[int, int] | None:
+    """The VMM user's (uid, gid), who opens each VM's tap; None when VMMs run as root.
+    ``setting``: the agent's ``vmmUser``; None: ``VMSANDBOX_VMM_USER``, as the drivers read it."""
+    user = resolve(os.environ.get("VMSANDBOX_VMM_USER", "") if setting is None else setting)
+    return None if user is None else (user.uid, user.gid)
