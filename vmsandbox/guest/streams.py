@@ -14,6 +14,7 @@ fast as it can deliver, so neither side buffers more than one chunk per stream.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -23,6 +24,8 @@ from vmsandbox.guest.wire import ProtocolError
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import BinaryIO
+
     from vmsandbox.guest.wire import Message
 
 STDIN = 0
@@ -66,33 +69,70 @@ class ChunkWriter:
                 self.sock.sendall(_HEADER.pack(len(piece), channel))
                 self.sock.sendall(piece)
 
+    def send_file(self, channel: int, file: BinaryIO, count: int) -> int:
+        """One chunk of up to ``count`` bytes from ``file``'s position, by ``sendfile`` (no copy
+        through this process); 0 at the end of the file.
+
+        The chunk's length is announced before its bytes, so a file that shrinks meanwhile cannot
+        be sent short: the connection is shut down instead, which the reader sees as a broken
+        stream rather than a silently truncated file.
+        """
+        offset = file.tell()
+        size = min(count, os.fstat(file.fileno()).st_size - offset)
+        if size <= 0:
+            data = file.read(count)  # not a plain file, or it grew: the size comes from the read
+            if data:
+                self.send(channel, data)
+            return len(data)
+        with self._lock:
+            self.sock.sendall(_HEADER.pack(size, channel))
+            sent = self.sock.sendfile(file, offset, size)
+            if sent != size:
+                self.sock.shutdown(socket.SHUT_RDWR)
+                raise ProtocolError(f"the file shrank while it was sent ({sent} of {size} bytes)")
+        return sent
+
     def send_message(self, channel: int, message: Message) -> None:
         self.send(channel, message.to_json().encode())
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """Exactly ``n`` bytes, received in place; None at a clean end of stream before the first."""
-    buf = bytearray(n)
-    view = memoryview(buf)
+def recv_exact_into(sock: socket.socket, view: memoryview) -> bool:
+    """Fill ``view`` from ``sock``; False at a clean end of stream before the first byte."""
+    n = len(view)
     got = 0
     while got < n:
         count = sock.recv_into(view[got:])
         if not count:
             if got:
                 raise ProtocolError(f"connection closed inside a chunk ({got} of {n} bytes)")
-            return None
+            return False
         got += count
-    return bytes(buf)
+    return True
 
 
-def recv_chunk(sock: socket.socket) -> tuple[int, bytes] | None:
-    """The next ``(channel, payload)``, or None when the peer closed the connection cleanly."""
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly ``n`` bytes, received in place; None at a clean end of stream before the first."""
+    buf = bytearray(n)
+    return bytes(buf) if recv_exact_into(sock, memoryview(buf)) else None
+
+
+def recv_header(sock: socket.socket) -> tuple[int, int] | None:
+    """The next chunk's ``(length, channel)``, its payload left on the socket; None at a clean end."""
     header = _recv_exact(sock, _HEADER.size)
     if header is None:
         return None
     length, channel = _HEADER.unpack(header)
     if length > MAX_CHUNK:
         raise ProtocolError(f"peer announced a {length}-byte chunk; the limit is {MAX_CHUNK}")
+    return length, channel
+
+
+def recv_chunk(sock: socket.socket) -> tuple[int, bytes] | None:
+    """The next ``(channel, payload)``, or None when the peer closed the connection cleanly."""
+    header = recv_header(sock)
+    if header is None:
+        return None
+    length, channel = header
     payload = _recv_exact(sock, length) if length else b""
     if payload is None:
         raise ProtocolError("connection closed after a chunk header")
