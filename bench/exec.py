@@ -174,7 +174,9 @@ def guest_cp(runtime: Runtime, cid: str) -> tuple[Writer, Reader]:
     return write, read
 
 
-def cp_series(work: Path, mib: int, runs: int, paths: dict[str, tuple[Writer, Reader]]) -> dict[str, Any]:
+def cp_series(
+    work: Path, mib: int, runs: int, paths: dict[str, tuple[Writer, Reader]], remove: Callable[[], None]
+) -> dict[str, Any]:
     """``mib`` MiB written into the sandbox and read back, ``runs`` times each way per path, beside a
     plain local copy of the same file (read + write, no fsync) timed in the same loop."""
     payload = work / "payload.bin"
@@ -193,6 +195,7 @@ def cp_series(work: Path, mib: int, runs: int, paths: dict[str, tuple[Writer, Re
         local.append(time.perf_counter() - t0)
         (work / "local-copy.bin").unlink()
         for path, (write, read) in paths.items():
+            remove()  # like the local copy, into a new file: replacing one would time freeing it too
             t0 = time.perf_counter()
             write(pieces())
             times[f"{path}_in"].append(time.perf_counter() - t0)
@@ -379,7 +382,13 @@ def main() -> int:
                 "api": remote_cp(api_path_of(kube), namespace),
             }
             chosen = {k: v for k, v in cp_paths.items() if k in args.cp_paths.split(",")}
-            result["cp"] = cp_series(work, args.cp_mib, args.cp_runs, chosen)
+
+            def remove() -> None:
+                with start_exec(runtime.agent_for(cid), cid, ["rm", "-f", "/payload.bin"]) as stream:
+                    for _ in stream.output():
+                        pass
+
+            result["cp"] = cp_series(work, args.cp_mib, args.cp_runs, chosen, remove)
             cluster.delete("box")
             cluster.wait_gone("box", timeout=60)
             if args.qemu:

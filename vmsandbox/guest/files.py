@@ -314,18 +314,21 @@ class _ChunkReader:
             _write_all(fd, memoryview(self.buffer))
             self.buffer = b""
         buf = memoryview(bytearray(streams.MAX_CHUNK))
-        while not self.done:
-            header = streams.recv_header(self.conn)
-            if header is None:
-                raise ProtocolError("the host hung up before the end of the data")
-            length, channel = header
-            piece = buf[:length]
-            if length and not streams.recv_exact_into(self.conn, piece):
-                raise ProtocolError("connection closed after a chunk header")
-            if channel == streams.STDIN:
-                _write_all(fd, piece)
-            elif channel == streams.CLOSE:
-                self.done = True
+        with streams.Splicer(self.conn) as splicer:
+            while not self.done:
+                header = streams.recv_header(self.conn)
+                if header is None:
+                    raise ProtocolError("the host hung up before the end of the data")
+                length, channel = header
+                if channel == streams.STDIN and splicer.move(fd, length):
+                    continue
+                piece = buf[:length]
+                if length and not streams.recv_exact_into(self.conn, piece):
+                    raise ProtocolError("connection closed after a chunk header")
+                if channel == streams.STDIN:
+                    _write_all(fd, piece)
+                elif channel == streams.CLOSE:
+                    self.done = True
 
     def drain(self) -> None:
         while self._next():

@@ -13,8 +13,11 @@ fast as it can deliver, so neither side buffers more than one chunk per stream.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import select
 import socket
 import struct
 import threading
@@ -43,9 +46,11 @@ CLOSE = 255
 #: Payload bytes per chunk of exec output (small: a terminal wants each piece at once) and of
 #: file data (large: fewer round trips through the framing); a reader accepts up to MAX_CHUNK.
 CHUNK = 64 * 1024
-FILE_CHUNK = 512 * 1024
+FILE_CHUNK = 1024 * 1024
 MAX_CHUNK = 1024 * 1024
 _HEADER = struct.Struct(">IB")
+#: fcntl's F_SETPIPE_SZ (Linux), which the fcntl module names only from Python 3.10.
+F_SETPIPE_SZ = 1031
 
 
 class ChunkWriter:
@@ -94,6 +99,66 @@ class ChunkWriter:
 
     def send_message(self, channel: int, message: Message) -> None:
         self.send(channel, message.to_json().encode())
+
+
+class Splicer:
+    """Moves a chunk's payload from a blocking socket to a file through a pipe with ``splice``:
+    the bytes never enter this process, which makes a file upload about half again as fast.
+
+    :meth:`move` answers False when splicing is not possible here (no ``os.splice``, a socket
+    with a timeout, or a kernel or transport that refuses it before moving a byte); the caller
+    then receives the payload itself.
+    """
+
+    def __init__(self, sock: socket.socket, out_timeout: float | None = None) -> None:
+        self.sock = sock
+        self.out_timeout = out_timeout
+        self.pipe: tuple[int, int] | None = None
+        self.usable = hasattr(os, "splice") and sock.gettimeout() is None
+
+    def __enter__(self) -> Splicer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pipe is not None:
+            for end in self.pipe:
+                os.close(end)
+            self.pipe = None
+
+    def move(self, fd: int, length: int) -> bool:
+        if not self.usable or not length:
+            return False
+        if self.pipe is None:
+            self.pipe = os.pipe2(os.O_CLOEXEC)
+            with contextlib.suppress(OSError):  # a smaller pipe only means more calls
+                fcntl.fcntl(self.pipe[1], F_SETPIPE_SZ, MAX_CHUNK)
+        rd, wr = self.pipe
+        left = length
+        while left:
+            try:
+                got = os.splice(self.sock.fileno(), wr, left)
+            except OSError:
+                if left == length:
+                    self.usable = False
+                    return False
+                raise
+            if not got:
+                raise ProtocolError(f"connection closed inside a chunk ({length - left} of {length} bytes)")
+            left -= got
+            _drain_pipe(rd, fd, got, self.out_timeout)
+        return True
+
+
+def _drain_pipe(rd: int, fd: int, count: int, timeout: float | None) -> None:
+    """Splice ``count`` bytes from the pipe ``rd`` to ``fd``; a non-blocking ``fd`` (a socket with a
+    timeout) is waited for up to ``timeout`` seconds at a time."""
+    while count:
+        try:
+            count -= os.splice(rd, fd, count)
+        except BlockingIOError:
+            _, ready, _ = select.select([], [fd], [], timeout)
+            if not ready:
+                raise TimeoutError("the receiver took no data in time") from None
 
 
 def recv_exact_into(sock: socket.socket, view: memoryview) -> bool:

@@ -16,6 +16,7 @@ stream into the directory P. A read that fails midway ends the response without 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -170,9 +171,10 @@ class StreamRoutes:
             handler.send_header("Transfer-Encoding", "chunked")
             handler.end_headers()
             try:
-                for chunk in stream.chunks():
-                    _send_all(handler.connection, [b"%x\r\n" % len(chunk), chunk, b"\r\n"])
-                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+                with contextlib.suppress(OSError):  # the chunk framing is written whole, in one send
+                    handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stream.relay(handler.connection, lambda n: b"%x\r\n" % n, b"\r\n", b"0\r\n\r\n")
             except RuntimeError_ as exc:  # headers are out: end without the last chunk
                 log.info("read of %s failed midway: %s", path, exc)
                 handler.close_connection = True
@@ -196,18 +198,6 @@ class StreamRoutes:
         handler.connection.settimeout(None)
         write_path(target.agent, target.container_id, path, _body(handler), kind=kind, mode=mode)
         _answer(handler, HTTPStatus.OK, b"ok\n")
-
-
-def _send_all(sock: socket.socket, parts: list[bytes]) -> None:
-    """``parts`` as one gathered write (no joined copy of a file chunk, and no small segment on
-    its own for Nagle to hold back), resumed after a partial send."""
-    views = [memoryview(p) for p in parts]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views.pop(0))
-        if views:
-            views[0] = views[0][sent:]
 
 
 def _path_param(params: dict[str, list[str]]) -> str:
