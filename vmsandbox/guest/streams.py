@@ -74,17 +74,6 @@ class ChunkWriter:
                 self.sock.sendall(_HEADER.pack(len(piece), channel))
                 self.sock.sendall(piece)
 
-    def send_spliced(self, channel: int, splicer: Splicer, length: int) -> None:
-        """One chunk whose ``length`` payload bytes are still on ``splicer``'s socket: moved from
-        there to this one without entering this process (received and sent where splicing is refused)."""
-        with self._lock:
-            self.sock.sendall(_HEADER.pack(length, channel))
-            if not splicer.move(self.sock.fileno(), length):
-                buf = bytearray(length)
-                if length and not recv_exact_into(splicer.sock, memoryview(buf)):
-                    raise ProtocolError(f"the source ended inside a {length}-byte chunk")
-                self.sock.sendall(buf)
-
     def send_file(self, channel: int, file: BinaryIO, count: int) -> int:
         """One chunk of up to ``count`` bytes from ``file``'s position, by ``sendfile`` (no copy
         through this process); 0 at the end of the file.

@@ -17,7 +17,6 @@ stream into the directory P. A read that fails midway ends the response without 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import socket
@@ -41,7 +40,7 @@ from vmsandbox.node_agent.remotecommand import (
 from vmsandbox.node_agent.websocket import WebSocket, accept_key, choose_protocol
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.errors import BadPath, RuntimeError_, WrongState
-from vmsandbox.runtime.streams import FromSocket, list_path, read_path, start_attach, start_exec, write_path
+from vmsandbox.runtime.streams import list_path, read_path, start_attach, start_exec, write_path
 
 log = logging.getLogger("vmsandbox.node_agent.streams")
 
@@ -208,7 +207,7 @@ def _path_param(params: dict[str, list[str]]) -> str:
     return path
 
 
-def _body(handler: BaseHTTPRequestHandler) -> Iterator[bytes | FromSocket]:
+def _body(handler: BaseHTTPRequestHandler) -> Iterator[bytes]:
     """The request body, from Content-Length or chunked transfer encoding."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         while True:
@@ -217,32 +216,15 @@ def _body(handler: BaseHTTPRequestHandler) -> Iterator[bytes | FromSocket]:
                 while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
                     pass
                 return
-            yield from _pieces(handler, size)
+            yield handler.rfile.read(size)
             handler.rfile.readline()
-    yield from _pieces(handler, int(handler.headers.get("Content-Length") or 0))
-
-
-def _pieces(handler: BaseHTTPRequestHandler, size: int) -> Iterator[bytes | FromSocket]:
-    """``size`` body bytes: what the request's reader already holds, then the rest straight from
-    the socket (spliced on to the guest, never read here)."""
-    rfile = handler.rfile
-    if size <= 0:
-        return
-    if not isinstance(rfile, io.BufferedReader) or handler.connection.gettimeout() is not None:
-        while size > 0:
-            piece = rfile.read(min(size, 1024 * 1024))
-            if not piece:
-                raise BadQuery("the request body ended early")
-            size -= len(piece)
-            yield piece
-        return
-    held = len(rfile.peek(1))  # the bytes buffered (one read if none); the rest stay on the socket
-    if not held:
-        raise BadQuery("the request body ended early")
-    first = rfile.read(min(held, size))
-    yield first
-    if size > len(first):
-        yield FromSocket(handler.connection, size - len(first))
+    remaining = int(handler.headers.get("Content-Length") or 0)
+    while remaining > 0:
+        piece = handler.rfile.read(min(remaining, 1024 * 1024))
+        if not piece:
+            raise BadQuery("the request body ended early")
+        remaining -= len(piece)
+        yield piece
 
 
 def _answer(

@@ -11,7 +11,6 @@ import contextlib
 import json
 import socket
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 from vmsandbox.guest import streams
@@ -227,20 +226,11 @@ def read_path(client: AgentClient, container_id: str, path: str) -> ReadStream:
     return ReadStream(sock, reply)
 
 
-@dataclass(frozen=True)
-class FromSocket:
-    """A piece of :func:`write_path`'s data still on a blocking socket: ``length`` bytes, spliced
-    to the guest agent without entering this process."""
-
-    sock: socket.socket
-    length: int
-
-
 def write_path(
     client: AgentClient,
     container_id: str,
     path: str,
-    data: Iterable[bytes | FromSocket],
+    data: Iterable[bytes],
     *,
     kind: Literal["file", "tar"] = "file",
     mode: int | None = None,
@@ -250,33 +240,19 @@ def write_path(
     with sock:
         sock.settimeout(None)
         writer = streams.ChunkWriter(sock, streams.FILE_CHUNK)
-        splicers: dict[int, streams.Splicer] = {}
         try:
             for piece in data:
-                if isinstance(piece, FromSocket):
-                    _send_from(writer, splicers, piece)
-                elif piece:
+                if piece:
                     writer.send(streams.STDIN, piece)
             writer.send(streams.CLOSE, bytes([streams.STDIN]))
             chunk = streams.recv_chunk(sock)
         except (OSError, ProtocolError) as exc:
             raise AgentError(f"write stream: {exc}", step="guest agent") from exc
-        finally:
-            for splicer in splicers.values():
-                splicer.__exit__()
         if chunk is None or chunk[0] != streams.STATUS:
             raise AgentError("the guest agent ended the write without a status", step="guest agent")
         status = _status(chunk[1])
         if isinstance(status, Failure):
             raise _refusal(status)
-
-
-def _send_from(writer: streams.ChunkWriter, splicers: dict[int, streams.Splicer], piece: FromSocket) -> None:
-    splicer = splicers.get(piece.sock.fileno())
-    if splicer is None:
-        splicer = splicers[piece.sock.fileno()] = streams.Splicer(piece.sock)
-    for start in range(0, piece.length, streams.MAX_CHUNK):
-        writer.send_spliced(streams.STDIN, splicer, min(streams.MAX_CHUNK, piece.length - start))
 
 
 def list_path(client: AgentClient, container_id: str, path: str) -> list[PathEntry]:
