@@ -13,8 +13,11 @@ exit status in hand:
   control plane's front authorizes it and relays it to the operator's aggregated server, which
   relays it to the node agent with its own token, as ``vmsandbox exec`` and the SDK do.
 
-And ``cp``: a 100 MiB file written into the sandbox and read back through the node agent's
-``/files``, against a plain local copy of the same file (read + write + fsync-free) as the baseline.
+And ``cp``: a 100 MiB file written into the sandbox (a new file each time) and read back,
+``--cp-runs`` times each way (median and worst), on the ``guest`` path (the runtime library
+straight to the guest agent), the ``direct`` path (the node agent's ``/files``) and the ``api``
+path (through the API server), against a plain local copy of the same file into a new file
+(``shutil.copyfile``, no fsync) timed in the same loop as the baseline.
 
 Everything is real: the local control plane, a loopback registry, the node agent as its own
 process, the operator as its own process, runc. Targets: direct p50 <= runc exec p50 + 15 ms,
@@ -25,6 +28,7 @@ and ``api`` are measured for it too; there ``guest`` is the floor: the host reac
 than the guest agent, which runs ``runc exec`` inside the guest.
 
     python bench/exec.py [--runs 200] [--qemu] [--json out.json]
+    python bench/exec.py --runs 0 --cp-runs 5          # the cp series alone
 """
 
 from __future__ import annotations
@@ -300,6 +304,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=200, help="exec runs per path (0: cp only)")
     parser.add_argument("--cp-mib", type=int, default=100)
     parser.add_argument("--cp-runs", type=int, default=5, help="copies each way per path (median)")
+    parser.add_argument("--vcpus", type=int, help="the process sandbox's vCPUs (default 1)")
+    parser.add_argument("--memory-mib", type=int, help="the process sandbox's memory (default 512)")
     parser.add_argument("--cp-paths", default="guest,direct,api", help="of guest, direct, api")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--qemu", action="store_true", help="also a QEMU (TCG here) sandbox's series")
@@ -343,7 +349,10 @@ def main() -> int:
             agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
             agent.start()
             operator = start_api_path(kube, namespace, work)
-            cluster.create_sandbox("box", {"image": image, "command": ["sleep", "3600"]}, node=node)
+            box: dict[str, Any] = {"image": image, "command": ["sleep", "3600"]}
+            if args.vcpus or args.memory_mib:
+                box["resources"] = {"vcpus": args.vcpus or 1, "memoryMiB": args.memory_mib or 512}
+            cluster.create_sandbox("box", box, node=node)
             cluster.wait_phase("box", "Running", timeout=120)
 
             runtime = Runtime(root=agent.runtime_root, hypervisor="process")
