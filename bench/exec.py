@@ -13,8 +13,11 @@ exit status in hand:
   control plane's front authorizes it and relays it to the operator's aggregated server, which
   relays it to the node agent with its own token, as ``vmsandbox exec`` and the SDK do.
 
-And ``cp``: a 100 MiB file written into the sandbox and read back through the node agent's
-``/files``, against a plain local copy of the same file (read + write + fsync-free) as the baseline.
+And ``cp``: a 100 MiB file written into the sandbox (a new file each time) and read back,
+``--cp-runs`` times each way (median and worst), on the ``guest`` path (the runtime library
+straight to the guest agent), the ``direct`` path (the node agent's ``/files``) and the ``api``
+path (through the API server), against a plain local copy of the same file into a new file
+(``shutil.copyfile``, no fsync) timed in the same loop as the baseline.
 
 Everything is real: the local control plane, a loopback registry, the node agent as its own
 process, the operator as its own process, runc. Targets: direct p50 <= runc exec p50 + 15 ms,
@@ -25,6 +28,7 @@ and ``api`` are measured for it too; there ``guest`` is the floor: the host reac
 than the guest agent, which runs ``runc exec`` inside the guest.
 
     python bench/exec.py [--runs 200] [--qemu] [--json out.json]
+    python bench/exec.py --runs 0 --cp-runs 5          # the cp series alone
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +68,9 @@ from vmsandbox.cli_aggregated import (  # noqa: E402
 from vmsandbox.devcluster import LocalCluster  # noqa: E402
 from vmsandbox.devcluster.cluster import ADMIN_USER  # noqa: E402
 from vmsandbox.runtime import Runtime  # noqa: E402
+from vmsandbox.runtime.streams import read_path as guest_read_path  # noqa: E402
 from vmsandbox.runtime.streams import start_exec  # noqa: E402
+from vmsandbox.runtime.streams import write_path as guest_write_path  # noqa: E402
 from vmsandbox.sdk.remote import Agent, ExecSession, read_path, write_path  # noqa: E402
 
 MiB = 1024 * 1024
@@ -132,6 +138,83 @@ def remote_true(agent: Agent, namespace: str, name: str) -> Callable[[], None]:
             assert session.exit_code == 0
 
     return once
+
+
+def _median_rate(mib: int, seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    return {
+        "median_mib_s": round(mib / statistics.median(ordered), 1),
+        "worst_mib_s": round(mib / ordered[-1], 1),
+    }
+
+
+Writer = Callable[[Iterator[bytes]], None]
+Reader = Callable[[], Iterator[bytes]]
+
+
+def remote_cp(agent: Agent, namespace: str) -> tuple[Writer, Reader]:
+    """``/payload.bin`` in the sandbox ``box``, written and read through a node agent's ``/files``."""
+
+    def write(pieces: Iterator[bytes]) -> None:
+        write_path(agent, namespace, "box", "/payload.bin", pieces)
+
+    def read() -> Iterator[bytes]:
+        with read_path(agent, namespace, "box", "/payload.bin") as (_, chunks):
+            yield from chunks
+
+    return write, read
+
+
+def guest_cp(runtime: Runtime, cid: str) -> tuple[Writer, Reader]:
+    """The same file straight through the guest agent (the runtime library): no HTTP hop."""
+
+    def write(pieces: Iterator[bytes]) -> None:
+        guest_write_path(runtime.agent_for(cid), cid, "/payload.bin", pieces)
+
+    def read() -> Iterator[bytes]:
+        with guest_read_path(runtime.agent_for(cid), cid, "/payload.bin") as stream:
+            yield from stream.chunks()
+
+    return write, read
+
+
+def cp_series(
+    work: Path, mib: int, runs: int, paths: dict[str, tuple[Writer, Reader]], remove: Callable[[], None]
+) -> dict[str, Any]:
+    """``mib`` MiB written into the sandbox and read back, ``runs`` times each way per path, beside a
+    plain local copy of the same file (read + write, no fsync) timed in the same loop."""
+    payload = work / "payload.bin"
+    payload.write_bytes(os.urandom(mib * MiB))
+
+    def pieces() -> Iterator[bytes]:
+        with payload.open("rb") as file:
+            while piece := file.read(MiB):
+                yield piece
+
+    local: list[float] = []
+    times: dict[str, list[float]] = {f"{path}_{way}": [] for path in paths for way in ("in", "out")}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        shutil.copyfile(payload, work / "local-copy.bin")
+        local.append(time.perf_counter() - t0)
+        (work / "local-copy.bin").unlink()
+        for path, (write, read) in paths.items():
+            remove()  # like the local copy, into a new file: replacing one would time freeing it too
+            t0 = time.perf_counter()
+            write(pieces())
+            times[f"{path}_in"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            size = sum(len(chunk) for chunk in read())
+            times[f"{path}_out"].append(time.perf_counter() - t0)
+            assert size == mib * MiB, (path, size)
+    out: dict[str, Any] = {"mib": mib, "runs": runs, "local_copy": _median_rate(mib, local)}
+    base = out["local_copy"]["median_mib_s"]
+    for key, samples in times.items():
+        out[key] = _median_rate(mib, samples)
+        out[key]["vs_local"] = round(out[key]["median_mib_s"] / base, 3)
+    out["target_vs_local"] = 0.5
+    print("cp", json.dumps(out), flush=True)
+    return out
 
 
 def guest_true(runtime: Runtime, cid: str) -> Callable[[], None]:
@@ -218,8 +301,12 @@ def qemu_series(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=200, help="exec runs per path (0: cp only)")
     parser.add_argument("--cp-mib", type=int, default=100)
+    parser.add_argument("--cp-runs", type=int, default=5, help="copies each way per path (median)")
+    parser.add_argument("--vcpus", type=int, help="the process sandbox's vCPUs (default 1)")
+    parser.add_argument("--memory-mib", type=int, help="the process sandbox's memory (default 512)")
+    parser.add_argument("--cp-paths", default="guest,direct,api", help="of guest, direct, api")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--qemu", action="store_true", help="also a QEMU (TCG here) sandbox's series")
     parser.add_argument("--qemu-runs", type=int, help="runs per QEMU path (default: --runs; TCG is slow)")
@@ -262,7 +349,10 @@ def main() -> int:
             agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
             agent.start()
             operator = start_api_path(kube, namespace, work)
-            cluster.create_sandbox("box", {"image": image, "command": ["sleep", "3600"]}, node=node)
+            box: dict[str, Any] = {"image": image, "command": ["sleep", "3600"]}
+            if args.vcpus or args.memory_mib:
+                box["resources"] = {"vcpus": args.vcpus or 1, "memoryMiB": args.memory_mib or 512}
+            cluster.create_sandbox("box", box, node=node)
             cluster.wait_phase("box", "Running", timeout=120)
 
             runtime = Runtime(root=agent.runtime_root, hypervisor="process")
@@ -285,49 +375,29 @@ def main() -> int:
             direct = remote_true(remote, namespace, "box")
             api = remote_true(api_path_of(kube), namespace, "box")
             paths = (("runc_exec", floor), ("guest", guest), ("direct", direct), ("api", api))
-            for name, once in paths:
+            for name, once in paths if args.runs else ():
                 result[name] = stats(timed(args.runs, once))
                 print(name, result[name], flush=True)
-            result["direct_minus_floor_p50_ms"] = round(
-                result["direct"]["p50_ms"] - result["runc_exec"]["p50_ms"], 2
-            )
-            result["target_direct_p50_ms"] = round(result["runc_exec"]["p50_ms"] + 15, 2)
-            result["api_minus_floor_p50_ms"] = round(
-                result["api"]["p50_ms"] - result["runc_exec"]["p50_ms"], 2
-            )
-            result["target_api_p50_ms"] = round(result["runc_exec"]["p50_ms"] + 30, 2)
+            if args.runs:
+                floor_p50 = result["runc_exec"]["p50_ms"]
+                result["direct_minus_floor_p50_ms"] = round(result["direct"]["p50_ms"] - floor_p50, 2)
+                result["target_direct_p50_ms"] = round(floor_p50 + 15, 2)
+                result["api_minus_floor_p50_ms"] = round(result["api"]["p50_ms"] - floor_p50, 2)
+                result["target_api_p50_ms"] = round(floor_p50 + 30, 2)
 
-            payload = work / "payload.bin"
-            payload.write_bytes(os.urandom(args.cp_mib * MiB))
-            t0 = time.perf_counter()
-            shutil.copyfile(payload, work / "local-copy.bin")
-            local_s = time.perf_counter() - t0
-            (work / "local-copy.bin").unlink()
-
-            def pieces() -> Any:
-                with payload.open("rb") as file:
-                    while piece := file.read(MiB):
-                        yield piece
-
-            t0 = time.perf_counter()
-            write_path(remote, namespace, "box", "/payload.bin", pieces())
-            up_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            size = 0
-            with read_path(remote, namespace, "box", "/payload.bin") as (_, chunks):
-                for chunk in chunks:
-                    size += len(chunk)
-            down_s = time.perf_counter() - t0
-            assert size == args.cp_mib * MiB
-            rate = {
-                "local_copy_mib_s": round(args.cp_mib / local_s, 1),
-                "cp_in_mib_s": round(args.cp_mib / up_s, 1),
-                "cp_out_mib_s": round(args.cp_mib / down_s, 1),
+            cp_paths = {
+                "guest": guest_cp(runtime, cid),
+                "direct": remote_cp(remote, namespace),
+                "api": remote_cp(api_path_of(kube), namespace),
             }
-            rate["cp_in_vs_local"] = round(rate["cp_in_mib_s"] / rate["local_copy_mib_s"], 3)
-            rate["cp_out_vs_local"] = round(rate["cp_out_mib_s"] / rate["local_copy_mib_s"], 3)
-            result["cp"] = rate
-            print("cp", rate, flush=True)
+            chosen = {k: v for k, v in cp_paths.items() if k in args.cp_paths.split(",")}
+
+            def remove() -> None:
+                with start_exec(runtime.agent_for(cid), cid, ["rm", "-f", "/payload.bin"]) as stream:
+                    for _ in stream.output():
+                        pass
+
+            result["cp"] = cp_series(work, args.cp_mib, args.cp_runs, chosen, remove)
             cluster.delete("box")
             cluster.wait_gone("box", timeout=60)
             if args.qemu:

@@ -5,6 +5,7 @@ a real API server deciding who may (TokenReview + SubjectAccessReview), a real a
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Callable
 from urllib.parse import urlencode
@@ -17,7 +18,7 @@ from kubernetes.stream.ws_client import WSClient, get_websocket_url
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
-from vmsandbox.sdk.remote import Agent, ExecSession
+from vmsandbox.sdk.remote import Agent, ExecSession, list_path, read_path, write_path
 
 MakeAgent = Callable[..., AgentProcess]
 
@@ -149,6 +150,25 @@ def test_files_through_the_agent(running: tuple[AgentProcess, str], cluster: Clu
 
 
 @pytest.mark.kube
+def test_a_large_file_through_the_agent_is_byte_identical_both_ways(
+    running: tuple[AgentProcess, str], cluster: Cluster
+) -> None:
+    """Many full 1 MiB chunks and a short last one, spliced through both agents without a copy:
+    an uneven upload (chunked, as the CLI sends it) and the read back must match exactly."""
+    agent, name = running
+    endpoint = agent.endpoint()
+    assert endpoint
+    remote = Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"})
+    data = os.urandom(21 * 1024 * 1024 + 4321)
+    pieces = (data[i : i + 777_777] for i in range(0, len(data), 777_777))
+    write_path(remote, cluster.namespace, name, "/big.bin", pieces)
+    with read_path(remote, cluster.namespace, name, "/big.bin") as (kind, chunks):
+        got = b"".join(chunks)
+    assert kind == "file" and len(got) == len(data) and got == data
+    (entry,) = list_path(remote, cluster.namespace, name, "/big.bin")
+    assert (entry["kind"], entry["size"]) == ("file", len(data))
+
+
 def test_attach_follows_the_main_process_to_its_exit(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
 ) -> None:

@@ -7,6 +7,7 @@ also called directly, as an attacker on the network would, to see it refuse."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -147,6 +148,22 @@ def test_exec_files_and_logs_through_the_api_server(
         result = box.run(["sh", "-c", "echo sdk; exit 1"])
         assert (result.stdout, result.exit_code) == (b"sdk\n", 1)
     assert len(_through_api(kube, since, "exec", 3)) == 3
+
+
+def test_a_file_larger_than_the_front_holds_is_copied_through_the_api_server(
+    api_path: ApiPath, running: tuple[AgentProcess, str], cluster: Cluster, kube: LocalCluster, tmp_path: Path
+) -> None:
+    """The API server's proxy streams a request body to the aggregated server: a 100 MiB ``cp``
+    (more than the front would read into memory) arrives and comes back byte-identical."""
+    _, name = running
+    ns = cluster.namespace
+    data = os.urandom(100 * 1024 * 1024 + 17)
+    (tmp_path / "big.bin").write_bytes(data)
+    up = cli(kube, "cp", "-n", ns, str(tmp_path / "big.bin"), f"{name}:/big.bin")
+    assert up.returncode == 0, up.stderr
+    down = cli(kube, "cp", "-n", ns, f"{name}:/big.bin", str(tmp_path / "back.bin"))
+    assert down.returncode == 0, down.stderr
+    assert (tmp_path / "back.bin").read_bytes() == data
 
 
 def test_attach_and_logs_through_the_api_server(

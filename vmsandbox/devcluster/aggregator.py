@@ -193,12 +193,13 @@ class Aggregator:
         headers = self._headers(request, user)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, url, headers, backend)
-        body = await request.read()
+        # Streamed, as kube-apiserver's proxy does: a file upload may be far larger than memory.
+        body = request.content.iter_any() if request.body_exists else None
         try:
             up = await self._session.request(
                 request.method,
                 url,
-                data=body or None,
+                data=body,
                 headers=headers,
                 ssl=self._ssl(backend),
                 server_hostname=backend.server_name,

@@ -205,11 +205,9 @@ class _ChunkFile:
 
 
 def _send_file(fd: int, writer: streams.ChunkWriter) -> None:
-    while True:
-        data = os.read(fd, streams.FILE_CHUNK)
-        if not data:
-            return
-        writer.send(streams.STDOUT, data)
+    with os.fdopen(fd, "rb", buffering=0, closefd=False) as file:
+        while writer.send_file(streams.STDOUT, file, streams.FILE_CHUNK):
+            pass
 
 
 def _tar_dir(dir_fd: int, prefix: str, tar: tarfile.TarFile) -> None:
@@ -309,9 +307,37 @@ class _ChunkReader:
         out, self.buffer = self.buffer[:size], self.buffer[size:]
         return out
 
+    def copy_to(self, fd: int) -> None:
+        """Write every remaining stdin byte to ``fd``: received into one reused buffer and
+        written from it, without a bytes object per chunk."""
+        if self.buffer:
+            _write_all(fd, memoryview(self.buffer))
+            self.buffer = b""
+        buf = memoryview(bytearray(streams.MAX_CHUNK))
+        with streams.Splicer(self.conn) as splicer:
+            while not self.done:
+                header = streams.recv_header(self.conn)
+                if header is None:
+                    raise ProtocolError("the host hung up before the end of the data")
+                length, channel = header
+                if channel == streams.STDIN and splicer.move(fd, length):
+                    continue
+                piece = buf[:length]
+                if length and not streams.recv_exact_into(self.conn, piece):
+                    raise ProtocolError("connection closed after a chunk header")
+                if channel == streams.STDIN:
+                    _write_all(fd, piece)
+                elif channel == streams.CLOSE:
+                    self.done = True
+
     def drain(self) -> None:
         while self._next():
             pass
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _write_file(dir_fd: int, name: str, source: _ChunkReader | tarfile.ExFileObject, mode: int) -> None:
@@ -322,11 +348,11 @@ def _write_file(dir_fd: int, name: str, source: _ChunkReader | tarfile.ExFileObj
     )
     try:
         with os.fdopen(fd, "wb") as out:
-            while True:
-                data = source.read(streams.FILE_CHUNK)
-                if not data:
-                    break
-                out.write(data)
+            if isinstance(source, _ChunkReader):
+                source.copy_to(fd)
+            else:
+                while data := source.read(streams.FILE_CHUNK):
+                    out.write(data)
             os.fchmod(out.fileno(), mode & 0o777)
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:

@@ -16,8 +16,10 @@ stream into the directory P. A read that fails midway ends the response without 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -169,9 +171,10 @@ class StreamRoutes:
             handler.send_header("Transfer-Encoding", "chunked")
             handler.end_headers()
             try:
-                for chunk in stream.chunks():
-                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                handler.wfile.write(b"0\r\n\r\n")
+                handler.wfile.flush()
+                with contextlib.suppress(OSError):  # the chunk framing is written whole, in one send
+                    handler.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stream.relay(handler.connection, lambda n: b"%x\r\n" % n, b"\r\n", b"0\r\n\r\n")
             except RuntimeError_ as exc:  # headers are out: end without the last chunk
                 log.info("read of %s failed midway: %s", path, exc)
                 handler.close_connection = True

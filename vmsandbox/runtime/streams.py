@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 from vmsandbox.guest import streams
@@ -179,6 +179,45 @@ class ReadStream:
                 if isinstance(status, Failure):
                     raise _refusal(status)
                 return
+
+    def relay(self, out: socket.socket, before: Callable[[int], bytes], after: bytes, end: bytes) -> None:
+        """Each chunk of data to ``out`` as ``before(length)``, the payload, ``after``; then ``end``.
+
+        The payload is spliced from the guest's socket without entering this process where the
+        kernel allows; ``after`` goes out with the next ``before`` (or ``end``), one write, so no
+        small segment waits on its own.
+        """
+        timeout = out.gettimeout()
+        pending = b""
+        try:
+            with streams.Splicer(self.sock, out_timeout=timeout) as splicer:
+                while True:
+                    header = streams.recv_header(self.sock)
+                    if header is None:
+                        raise AgentError("the guest agent closed the read stream early", step="guest agent")
+                    length, channel = header
+                    if channel == streams.STDOUT:
+                        out.sendall(pending + before(length))
+                        if not splicer.move(out.fileno(), length):
+                            out.sendall(_payload(self.sock, length))
+                        pending = after
+                        continue
+                    payload = _payload(self.sock, length)
+                    if channel == streams.STATUS:
+                        status = _status(payload)
+                        if isinstance(status, Failure):
+                            raise _refusal(status)
+                        out.sendall(pending + end)
+                        return
+        except (OSError, ProtocolError) as exc:
+            raise AgentError(f"read stream: {exc}", step="guest agent") from exc
+
+
+def _payload(sock: socket.socket, length: int) -> bytes:
+    buf = bytearray(length)
+    if length and not streams.recv_exact_into(sock, memoryview(buf)):
+        raise ProtocolError("connection closed after a chunk header")
+    return bytes(buf)
 
 
 def read_path(client: AgentClient, container_id: str, path: str) -> ReadStream:
