@@ -29,6 +29,9 @@ from vmsandbox.node_agent.images import Image, ImageConfig
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.diskcache import tree_fingerprint
 
+#: The tests reap relays with waitpid, as a runc-style caller does.
+pytestmark = pytest.mark.usefixtures("subreaper")
+
 DIGEST = "sha256:" + "12" * 32
 CRI_SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
 WRITE = "echo tenant > /etc/motd && rm /bin/cat && chmod 0700 /etc && echo new > /etc/new && cat /etc/motd"

@@ -26,18 +26,11 @@ from vmsandbox.runtime import Runtime
 
 BundleFactory = Callable[..., Path]
 _names = itertools.count()
-PR_SET_CHILD_SUBREAPER = 36
 
 
 @pytest.fixture(scope="session", autouse=True)
-def subreaper() -> None:
-    """Adopt orphaned descendants, as containerd's shim does: relays and VMMs are started as no
-    child of their creator, and a runc-style caller reaps the relay to learn the exit status."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+def _reaps_relays(subreaper: None) -> None:
+    """Every runtime test reaps its relays as a runc-style caller (see ``subreaper``)."""
 
 
 def _require_tools() -> None:
