@@ -615,6 +615,14 @@ class DevStack:
         self.components = []
 
 
+def _api_path_ready(api: Api) -> bool:
+    """Whether the API server answers for the operator's subresources.vmsandbox.io."""
+    try:
+        return api.request("GET", SUBRESOURCE_DISCOVERY).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def _node_ready(api: Api, node: str) -> bool:
     resp = api.request("GET", f"/api/v1/nodes/{quote(node)}")
     if resp.status_code != 200:
@@ -656,9 +664,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             link.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cluster.kubeconfig_path, link)
             deadline = time.monotonic() + 120
-            while not _node_ready(api, args.node_name):
+            # Ready means both ways in work: the agent's node and the operator's API path.
+            while not (_node_ready(api, args.node_name) and _api_path_ready(api)):
                 if stack.dead() or stop.is_set() or time.monotonic() > deadline:
-                    what = ", ".join(stack.dead()) or "the agent did not publish its node in time"
+                    what = ", ".join(stack.dead()) or (
+                        f"{SUBRESOURCE_GROUP} is not served yet"
+                        if _node_ready(api, args.node_name)
+                        else "the agent did not publish its node in time"
+                    )
                     print(
                         f"vmsandbox dev: start-up failed: {what}; logs in {cluster.workdir}", file=sys.stderr
                     )

@@ -293,13 +293,23 @@ def test_metrics_and_liveness(kube: LocalCluster, kube_namespace: str, agents: F
         wait_for(
             "m2 unschedulable", lambda: (get_sandbox(kube, ns, "m2") or {}).get("status", {}).get("reason")
         )
-        text = requests.get(f"http://127.0.0.1:{op.config.metrics_port}/metrics", timeout=5).text
+        expected = [
+            "vmsandbox_operator_scheduling_latency_seconds_count 1.0",
+            "vmsandbox_operator_leader 1.0",
+            'vmsandbox_operator_sandboxes{phase="Scheduled"} 1.0',
+            'vmsandbox_operator_sandboxes{phase="Pending"} 1.0',
+            "vmsandbox_operator_unschedulable_sandboxes 1.0",
+        ]
+
+        def metrics() -> str | None:
+            # The phase gauges follow the operator's cache, which may trail the status just read.
+            text = requests.get(f"http://127.0.0.1:{op.config.metrics_port}/metrics", timeout=5).text
+            return text if all(line in text for line in expected) else None
+
+        text = wait_for("the gauges to show both sandboxes", metrics)
         health = requests.get(str(op.config.liveness_endpoint), timeout=5)
-    assert "vmsandbox_operator_scheduling_latency_seconds_count 1.0" in text
-    assert "vmsandbox_operator_leader 1.0" in text
-    assert 'vmsandbox_operator_sandboxes{phase="Scheduled"} 1.0' in text
-    assert 'vmsandbox_operator_sandboxes{phase="Pending"} 1.0' in text
-    assert "vmsandbox_operator_unschedulable_sandboxes 1.0" in text
+    for line in expected:
+        assert line in text
     assert "vmsandbox_operator_reconcile_errors_total" not in text or "reconcile_errors_total{" not in text
     assert health.status_code == 200 and health.json().get("leader") is True
 
