@@ -141,3 +141,34 @@ def test_a_detached_program_reports_its_exit_status(tmp_path: Path) -> None:
         killed.wait(0.1)
     os.kill(killed.pid, 9)
     assert killed.wait(10) == -9
+
+
+def test_siblings_made_at_once_under_a_new_parent_can_all_be_joined(parent: str) -> None:
+    """Two VMs' cgroups made at the same instant share a parent that one of them creates: the
+    other must never make its own under a v1 cpuset that is still empty (no process could join)."""
+    import threading
+
+    v1_cpuset = [h for h in hierarchies() if h.version == 1 and "cpuset" in h.controllers]
+    if not v1_cpuset:
+        pytest.skip("no cgroup v1 cpuset hierarchy on this host (nothing to race on)")
+    for round_ in range(10):
+        siblings = [VMCgroup(f"{parent}/n{round_}/vm{i}") for i in range(6)]
+        start = threading.Barrier(len(siblings))
+
+        def make(cgroup: VMCgroup, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            cgroup.create(None)
+
+        threads = [threading.Thread(target=make, args=(c, start)) for c in siblings]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        try:
+            for cgroup in siblings:
+                cpus = (v1_cpuset[0].mount / cgroup.path / "cpuset.cpus").read_text().strip()
+                assert cpus, f"{cgroup.path}: empty cpuset.cpus"
+        finally:
+            for cgroup in siblings:
+                cgroup.remove(kill=False)
+            VMCgroup(f"{parent}/n{round_}").remove(kill=False)

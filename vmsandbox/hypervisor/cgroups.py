@@ -158,15 +158,17 @@ class VMCgroup:
             child = current / part
             try:
                 child.mkdir()
-                created = True
             except FileExistsError:
-                created = False
+                pass
             except OSError as exc:
                 raise CgroupError(f"cannot create cgroup {child}: {exc.strerror or exc}") from exc
-            if created and "cpuset" in hierarchy.controllers and hierarchy.version == 1:
-                # A v1 cpuset starts empty, and no process may join an empty one.
+            if "cpuset" in hierarchy.controllers and hierarchy.version == 1:
+                # A v1 cpuset starts empty, and no process may join an empty one. Filled whoever
+                # made the directory: a concurrent create of a sibling may have made it an
+                # instant ago and not filled it yet (the same values, so writing twice is fine).
                 for name in ("cpuset.cpus", "cpuset.mems"):
-                    _write(child / name, _read(current / name))
+                    if not _read(child / name):
+                        _write(child / name, _read(current / name))
             current = child
 
     @staticmethod
