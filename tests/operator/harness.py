@@ -169,13 +169,18 @@ def create_sandbox(kube: LocalCluster, namespace: str, obj: dict[str, Any]) -> d
     return result
 
 
-def get_sandbox(kube: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
-    resp = kube.http("GET", SANDBOXES.format(ns=namespace) + f"/{name}")
+def get_object(kube: LocalCluster, path: str) -> dict[str, Any] | None:
+    """The object at ``path``, or None when the server says 404."""
+    resp = kube.http("GET", path)
     if resp.status_code == 404:
         return None
     assert resp.status_code == 200, resp.text
     result: dict[str, Any] = resp.json()
     return result
+
+
+def get_sandbox(kube: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
+    return get_object(kube, SANDBOXES.format(ns=namespace) + f"/{name}")
 
 
 def list_sandboxes(kube: LocalCluster, namespace: str) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from tests.operator.harness import (
     OperatorThread,
     create_sandbox,
     events_for,
+    get_object,
     get_sandbox,
     operator_config,
     phase,
@@ -74,12 +75,7 @@ def create_pool(kube: LocalCluster, ns: str, name: str, **spec: Any) -> dict[str
 
 
 def get_pool(kube: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
-    resp = kube.http("GET", POOLS.format(ns=ns) + f"/{name}")
-    if resp.status_code == 404:
-        return None
-    assert resp.status_code == 200, resp.text
-    obj: dict[str, Any] = resp.json()
-    return obj
+    return get_object(kube, POOLS.format(ns=ns) + f"/{name}")
 
 
 def desired(kube: LocalCluster, ns: str, name: str) -> dict[str, int]:
