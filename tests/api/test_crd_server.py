@@ -8,8 +8,6 @@ columns — is checked end to end.
 from __future__ import annotations
 
 import copy
-import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,29 +15,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.api.cases import INVALID, sandbox
+from tests.api.server import causes, create
 from vmsandbox.api import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
 
 
-@pytest.fixture(scope="module")
-def api(kube: Any) -> Iterator[client.CustomObjectsApi]:
-    with kube.api_client() as api_client:
-        yield client.CustomObjectsApi(api_client)
-
-
-def _create(api: client.CustomObjectsApi, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, obj)
-    return result
-
-
-def _error(exc: ApiException) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(exc.body)
-    return body
-
-
 def test_valid_sandbox_is_created_and_defaulted(api: client.CustomObjectsApi, kube_namespace: str) -> None:
-    created = _create(api, kube_namespace, sandbox("defaults"))
+    created = create(api, kube_namespace, PLURAL, sandbox("defaults"))
     spec = created["spec"]
     assert spec["imagePullPolicy"] == "IfNotPresent"
     assert spec["restartPolicy"] == "Never"
@@ -50,7 +33,7 @@ def test_valid_sandbox_is_created_and_defaulted(api: client.CustomObjectsApi, ku
 
 def test_unknown_fields_are_pruned(api: client.CustomObjectsApi, kube_namespace: str) -> None:
     obj = sandbox("pruned", color="blue")
-    created = _create(api, kube_namespace, obj)
+    created = create(api, kube_namespace, PLURAL, obj)
     assert "color" not in created["spec"]
 
 
@@ -61,10 +44,10 @@ def test_server_rejects_with_the_field_named(
     obj = copy.deepcopy(obj)
     obj["metadata"]["name"] = f"bad-{case}"
     with pytest.raises(ApiException) as err:
-        _create(api, kube_namespace, obj)
+        create(api, kube_namespace, PLURAL, obj)
     assert err.value.status == 422, err.value.body
-    causes = [c.get("field", "") for c in _error(err.value)["details"]["causes"]]
-    assert any(c.startswith(field) for c in causes), (field, causes)
+    fields = causes(err.value)
+    assert any(c.startswith(field) for c in fields), (field, fields)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +62,7 @@ def test_immutable_fields_refuse_updates(
     api: client.CustomObjectsApi, kube_namespace: str, change: dict[str, Any], field: str
 ) -> None:
     name = f"immutable-{field}"
-    _create(api, kube_namespace, sandbox(name))
+    create(api, kube_namespace, PLURAL, sandbox(name))
     with pytest.raises(ApiException) as err:
         api.patch_namespaced_custom_object(GROUP, VERSION, kube_namespace, PLURAL, name, {"spec": change})
     assert err.value.status == 422
@@ -87,7 +70,7 @@ def test_immutable_fields_refuse_updates(
 
 
 def test_hypervisor_is_immutable_once_set(api: client.CustomObjectsApi, kube_namespace: str) -> None:
-    _create(api, kube_namespace, sandbox("hv"))
+    create(api, kube_namespace, PLURAL, sandbox("hv"))
     patched = api.patch_namespaced_custom_object(
         GROUP, VERSION, kube_namespace, PLURAL, "hv", {"spec": {"hypervisor": "qemu"}}
     )
@@ -107,7 +90,7 @@ def test_hypervisor_is_immutable_once_set(api: client.CustomObjectsApi, kube_nam
 def test_status_is_written_through_the_subresource_only(
     api: client.CustomObjectsApi, kube_namespace: str
 ) -> None:
-    _create(api, kube_namespace, sandbox("st"))
+    create(api, kube_namespace, PLURAL, sandbox("st"))
     main = api.patch_namespaced_custom_object(
         GROUP, VERSION, kube_namespace, PLURAL, "st", {"status": {"phase": "Running"}}
     )
@@ -134,7 +117,7 @@ def test_status_is_written_through_the_subresource_only(
 def test_printer_columns_in_a_table_request(
     kube: Any, kube_namespace: str, api: client.CustomObjectsApi
 ) -> None:
-    _create(api, kube_namespace, sandbox("tbl"))
+    create(api, kube_namespace, PLURAL, sandbox("tbl"))
     api.patch_namespaced_custom_object_status(
         GROUP,
         VERSION,
@@ -160,7 +143,7 @@ def test_printer_columns_in_a_table_request(
 
 def test_selectable_fields_filter_on_the_server(api: client.CustomObjectsApi, kube_namespace: str) -> None:
     for name, node in (("sel-a", "node-a"), ("sel-b", "node-b")):
-        _create(api, kube_namespace, sandbox(name))
+        create(api, kube_namespace, PLURAL, sandbox(name))
         api.patch_namespaced_custom_object_status(
             GROUP, VERSION, kube_namespace, PLURAL, name, {"status": {"nodeName": node, "phase": "Scheduled"}}
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,29 +14,15 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.api.cases import POOL_INVALID, pool, sandbox
+from tests.api.server import causes, create
 from tests.chart.helm import find_tool, missing
 from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
 
 
-@pytest.fixture(scope="module")
-def api(kube: Any) -> Iterator[client.CustomObjectsApi]:
-    with kube.api_client() as api_client:
-        yield client.CustomObjectsApi(api_client)
-
-
-def _create(api: client.CustomObjectsApi, ns: str, obj: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = api.create_namespaced_custom_object(GROUP, VERSION, ns, POOL_PLURAL, obj)
-    return result
-
-
-def _causes(exc: ApiException) -> list[str]:
-    return [c.get("field", "") for c in json.loads(exc.body)["details"]["causes"]]
-
-
 def test_empty_pool_is_defaulted(api: client.CustomObjectsApi, kube_namespace: str) -> None:
-    created = _create(api, kube_namespace, pool("defaults"))
+    created = create(api, kube_namespace, POOL_PLURAL, pool("defaults"))
     assert created["spec"] == {
         "replicas": 1,
         "mode": "booted",
@@ -52,15 +37,15 @@ def test_server_rejects_with_the_field_named(
     obj = copy.deepcopy(obj)
     obj["metadata"]["name"] = f"bad-{case}"
     with pytest.raises(ApiException) as err:
-        _create(api, kube_namespace, obj)
+        create(api, kube_namespace, POOL_PLURAL, obj)
     assert err.value.status == 422, err.value.body
-    assert any(c.startswith(field) for c in _causes(err.value)), (field, _causes(err.value))
+    assert any(c.startswith(field) for c in causes(err.value)), (field, causes(err.value))
 
 
 def test_scale_subresource_reads_and_writes_replicas(
     kube: Any, api: client.CustomObjectsApi, kube_namespace: str
 ) -> None:
-    _create(api, kube_namespace, pool("sc", replicas=2))
+    create(api, kube_namespace, POOL_PLURAL, pool("sc", replicas=2))
     api.patch_namespaced_custom_object_status(
         GROUP,
         VERSION,
@@ -109,7 +94,8 @@ def test_scale_subresource_reads_and_writes_replicas(
 def test_mode_and_template_are_immutable_replicas_is_not(
     api: client.CustomObjectsApi, kube_namespace: str
 ) -> None:
-    _create(api, kube_namespace, pool("imm", template={"resources": {"vcpus": 1, "memoryMiB": 256}}))
+    template = {"resources": {"vcpus": 1, "memoryMiB": 256}}
+    create(api, kube_namespace, POOL_PLURAL, pool("imm", template=template))
     for change, field in (
         ({"mode": "snapshot"}, "mode"),
         ({"template": {"resources": {"vcpus": 2, "memoryMiB": 256}}}, "template"),
@@ -130,7 +116,7 @@ def test_mode_and_template_are_immutable_replicas_is_not(
 def test_status_is_validated_and_written_through_the_subresource(
     api: client.CustomObjectsApi, kube_namespace: str
 ) -> None:
-    _create(api, kube_namespace, pool("st"))
+    create(api, kube_namespace, POOL_PLURAL, pool("st"))
     status = {
         "replicas": 1,
         "readyReplicas": 1,
@@ -155,7 +141,7 @@ def test_status_is_validated_and_written_through_the_subresource(
 
 
 def test_printer_columns(kube: Any, api: client.CustomObjectsApi, kube_namespace: str) -> None:
-    _create(api, kube_namespace, pool("tbl", replicas=3, mode="snapshot"))
+    create(api, kube_namespace, POOL_PLURAL, pool("tbl", replicas=3, mode="snapshot"))
     api.patch_namespaced_custom_object_status(
         GROUP, VERSION, kube_namespace, POOL_PLURAL, "tbl", {"status": {"readyReplicas": 2}}
     )
@@ -208,7 +194,7 @@ def _kubectl(kube: Any, *args: str) -> subprocess.CompletedProcess[str]:
 def test_kubectl_scale_and_get_by_short_name(
     kube: Any, api: client.CustomObjectsApi, kube_namespace: str
 ) -> None:
-    _create(api, kube_namespace, pool("kc", replicas=1))
+    create(api, kube_namespace, POOL_PLURAL, pool("kc", replicas=1))
     scaled = _kubectl(kube, "-n", kube_namespace, "scale", "vmsbp/kc", "--replicas=4")
     assert scaled.returncode == 0, scaled.stderr
     stored = api.get_namespaced_custom_object(GROUP, VERSION, kube_namespace, POOL_PLURAL, "kc")

@@ -1,0 +1,21 @@
+"""Calls on the real API server that the tests of both kinds make."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from vmsandbox.api.constants import GROUP, VERSION
+
+
+def create(api: client.CustomObjectsApi, ns: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = api.create_namespaced_custom_object(GROUP, VERSION, ns, plural, obj)
+    return result
+
+
+def causes(exc: ApiException) -> list[str]:
+    """The fields an Invalid error names, in the order the server gave them."""
+    return [c.get("field", "") for c in json.loads(exc.body)["details"]["causes"]]
