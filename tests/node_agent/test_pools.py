@@ -207,3 +207,29 @@ def test_snapshot_pool_restores_a_copy_per_claim_and_holds_no_vm(
     delete_pool(cluster, pool)
     snapshots = agent.runtime_root / "snapshots"
     wait_for("the snapshot deleted with its pool", lambda: not snapshots.exists(), timeout=30)
+
+
+def test_pool_changes_and_claims_are_acted_on_at_once_not_at_the_next_pass(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry
+) -> None:
+    """With a minute between passes, only the pool watch and the claim's wake-up can make
+    these deadlines: a new pool is filled, a claimed member replaced, a deleted pool emptied."""
+    agent = make_agent(VMSANDBOX_AGENT_POOL_SYNC_SECONDS="60")
+    time.sleep(2)  # the keeper's first pass (at start) is over: the pool below is new to it
+    started = time.monotonic()
+    pool = _pool(cluster, agent, replicas=1)
+    assert time.monotonic() - started < 40
+    before = set(members(agent.runtime_root))
+    name = unique("warm")
+    cluster.create_sandbox(name, _claim(registry, pool), node=agent.node)
+    status = cluster.wait_phase(name, "Running", timeout=60)
+    assert condition(status, "WarmStart")["reason"] == "ClaimedFromPool", status
+    wait_for(
+        "a new member to replace the claimed one",
+        lambda: set(members(agent.runtime_root, ready_only=True)) - before,
+        timeout=40,
+    )
+    delete_pool(cluster, pool)
+    wait_for("members deleted with their pool", lambda: not members(agent.runtime_root), timeout=40)
+    cluster.delete(name)
+    cluster.wait_gone(name)

@@ -37,7 +37,7 @@ from vmsandbox.node_agent.runtimes import Runtimes
 from vmsandbox.node_agent.statuswriter import SandboxWriter
 from vmsandbox.node_agent.streamroutes import SandboxUnavailable, StreamRoutes, Target
 from vmsandbox.node_agent.supervisor import Supervisor
-from vmsandbox.node_agent.watch import SandboxWatch
+from vmsandbox.node_agent.watch import PoolWatch, SandboxWatch
 from vmsandbox.node_agent.worker import AgentContext
 
 #: How often interrupted creates are looked for after start-up.
@@ -164,6 +164,9 @@ class Agent:
             node=config.node_name,
             timeout_seconds=config.watch_timeout_seconds,
         )
+        self.pool_watch = PoolWatch(
+            self.kube, self.pools, self.metrics, timeout_seconds=config.watch_timeout_seconds
+        )
         access = LogAccess(self.kube.api_client)
         self.http = AgentHTTPServer(
             config.listen_address,
@@ -279,6 +282,7 @@ class Agent:
         self.runtimes.sweep()  # before any worker: what a killed predecessor left mid-create
         threading.Thread(target=self._sweep_periodically, name="sweep", daemon=True).start()
         self.pools.start()  # after the sweep: members a killed predecessor was booting are gone
+        self.pool_watch.start()
         self.http.start()
         self.heartbeat.start()
         self.watch.start()
@@ -291,6 +295,7 @@ class Agent:
         )
         self._stop.wait()
         self.watch.stop()
+        self.pool_watch.stop()
         self.pools.stop()
         self.heartbeat.stop()
         self.events.flush()

@@ -63,21 +63,29 @@ class Kube:
     # ---- sandboxes -----------------------------------------------------------------------
 
     def list_sandboxes(self, label_selector: str) -> tuple[list[dict[str, Any]], str]:
+        return self._list(PLURAL, label_selector)
+
+    def watch_sandboxes(
+        self, label_selector: str, resource_version: str, timeout_seconds: int
+    ) -> Iterator[dict[str, Any]]:
+        return self._watch(PLURAL, label_selector, resource_version, timeout_seconds)
+
+    def _list(self, plural: str, label_selector: str = "") -> tuple[list[dict[str, Any]], str]:
         result = _dict(
             self.custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, label_selector=label_selector, _request_timeout=self.timeout
+                GROUP, VERSION, plural, label_selector=label_selector, _request_timeout=self.timeout
             )
         )
         return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
 
-    def watch_sandboxes(
-        self, label_selector: str, resource_version: str, timeout_seconds: int
+    def _watch(
+        self, plural: str, label_selector: str, resource_version: str, timeout_seconds: int
     ) -> Iterator[dict[str, Any]]:
         """Raw watch events (``type``, ``object``) until the server ends the stream."""
         response: Any = self.custom.list_cluster_custom_object(
             GROUP,
             VERSION,
-            PLURAL,
+            plural,
             label_selector=label_selector,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
@@ -145,12 +153,12 @@ class Kube:
 
     # ---- pools --------------------------------------------------------------------------
 
-    def list_pools(self) -> list[dict[str, Any]]:
+    def list_pools(self) -> tuple[list[dict[str, Any]], str]:
         """Every VMSandboxPool in every namespace (each node keeps its share of each)."""
-        result = _dict(
-            self.custom.list_cluster_custom_object(GROUP, VERSION, POOL_PLURAL, _request_timeout=self.timeout)
-        )
-        return list(result.get("items", []))
+        return self._list(POOL_PLURAL)
+
+    def watch_pools(self, resource_version: str, timeout_seconds: int) -> Iterator[dict[str, Any]]:
+        return self._watch(POOL_PLURAL, "", resource_version, timeout_seconds)
 
     def get_pool(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from vmsandbox.api.constants import POOLS_ANNOTATION
 from vmsandbox.api.pool import MAX_REPLICAS, PoolMode, PoolReport, render_pool_reports
@@ -106,6 +107,14 @@ class PoolKeeper:
     def wake(self) -> None:
         self._wake.set()
 
+    def observe(self, obj: dict[str, Any]) -> None:
+        """A pool was added or changed (from the pool watch)."""
+        self.wake()
+
+    def forget(self, obj: dict[str, Any]) -> None:
+        """A pool was deleted (from the pool watch)."""
+        self.wake()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -155,7 +164,8 @@ class PoolKeeper:
 
     def sync(self) -> None:
         views = {}
-        for obj in self.kube.list_pools():
+        items, _ = self.kube.list_pools()
+        for obj in items:
             view = pool_view(obj, self.node, self.default_hypervisor)
             if view is not None:
                 views[view.key] = view
@@ -311,10 +321,11 @@ class PoolKeeper:
         with self._lock:
             self._taken[member.member_id] = time.monotonic()
         self.metrics.claims.labels(namespace, name, "warm", StatusReason.CLAIMED_FROM_POOL).inc()
-        try:  # the operator places claims by what is ready: tell it now; the next pass replaces it
+        try:  # the operator places claims by what is ready: tell it now
             self.publish()
         except Exception as exc:
             log.warning("publishing pools after a claim failed: %s", exc)
+        self.wake()  # replace the member now, in the background
         message = f"claimed member {member.member_id} of pool {name}"
         return Claim(member.member_id, StatusReason.CLAIMED_FROM_POOL, message)
 
