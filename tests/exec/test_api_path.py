@@ -69,6 +69,7 @@ def api_path(kube: LocalCluster, cluster: Cluster, tmp_path: Path) -> Iterator[A
         unique("op"),
         tmp_path,
         leader_election="false",
+        allowed_hypervisors="cloud-hypervisor,qemu",  # the QEMU guest's test uses this fixture too
         **settings,  # type: ignore[arg-type]
     )
     try:
