@@ -12,31 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.leaks import processes_mentioning
-from tests.node_agent.conftest import (
-    busybox_layout,
-    cluster,
-    guest_image_dir,
-    make_agent,
-    node_agent_tools,
-    registry,
-    session_dir,
-    workdir,
-)
+from tests.node_agent.conftest import *  # noqa: F403  (its fixtures, used by name)
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.client import AgentClient
 
-__all__ = [
-    "busybox_layout",
-    "cluster",
-    "guest_image_dir",
-    "make_agent",
-    "node_agent_tools",
-    "registry",
-    "session_dir",
-    "workdir",
-]
 MakeAgent = Callable[..., AgentProcess]
 
 #: Applets the exec tests use beyond the runtime tests' set.

@@ -31,6 +31,18 @@ from vmsandbox.devcluster import LocalCluster
 
 TOOLS = ("skopeo", "umoci", "unshare", "debugfs", "mkfs.ext4")
 
+#: The fixtures other test directories take over with ``from tests.node_agent.conftest import *``.
+__all__ = [
+    "busybox_layout",
+    "cluster",
+    "guest_image_dir",
+    "make_agent",
+    "node_agent_tools",
+    "registry",
+    "session_dir",
+    "workdir",
+]
+
 
 @pytest.fixture(scope="session")
 def node_agent_tools() -> None:

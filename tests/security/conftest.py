@@ -11,33 +11,13 @@ import pytest
 
 from tests.chart.conftest import helm, render
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.conftest import (
-    busybox_layout,
-    cluster,
-    guest_image_dir,
-    make_agent,
-    node_agent_tools,
-    registry,
-    session_dir,
-    workdir,
-)
+from tests.node_agent.conftest import *  # noqa: F403  (its fixtures, used by name)
 from tests.node_agent.support import Cluster, unique
 from tests.security.support import OPERATOR_SETTINGS, Tenant
 from tests.security.tenant import grant_tenant
 from vmsandbox.devcluster.cluster import LocalCluster
 
-__all__ = [
-    "busybox_layout",
-    "cluster",
-    "guest_image_dir",
-    "helm",
-    "make_agent",
-    "node_agent_tools",
-    "registry",
-    "render",
-    "session_dir",
-    "workdir",
-]
+__all__ = ["helm", "render"]  # fixtures, used by name
 
 
 @pytest.fixture
