@@ -28,7 +28,7 @@ def test_dev_runs_a_sandbox_and_stops_everything_on_ctrl_c(
         manifest.write_text(
             (REPO / "samples" / "hello.yaml")
             .read_text()
-            .replace("docker.io/library/busybox:1.36", f"{registry.host}/test/busybox:latest")
+            .replace("docker.io/library/busybox:1.36", registry.busybox)
         )
         cfg = ["--kubeconfig", kubeconfig]
         assert cli([*cfg, "apply", "-f", str(manifest)]) == 0

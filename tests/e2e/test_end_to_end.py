@@ -133,12 +133,11 @@ def test_apply_runs_to_succeeded_logs_then_delete_leaves_nothing(
                 "apiVersion": "vmsandbox.io/v1alpha1",
                 "kind": "VMSandbox",
                 "metadata": {"name": name},
-                "spec": {
-                    "image": f"{registry.host}/test/busybox:latest",
-                    "command": ["sh", "-c", "echo hello from the sandbox; exit 3"],
-                    "hypervisor": hypervisor,
-                    "resources": {"vcpus": 1, "memoryMiB": 256},
-                },
+                "spec": registry.sandbox(
+                    ["sh", "-c", "echo hello from the sandbox; exit 3"],
+                    hypervisor=hypervisor,
+                    resources={"vcpus": 1, "memoryMiB": 256},
+                ),
             }
         )
     )
@@ -204,7 +203,7 @@ def test_three_agents_selector_taints_capacity(
     _label_node(kube, ssd.node, {"disk": "ssd"}, [])
     _label_node(kube, gpu.node, {"accel": "gpu"}, [{"key": "gpu", "value": "true", "effect": "NoSchedule"}])
     _label_node(kube, small.node, {"size": "small"}, [])
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
     hold = {"image": image, "command": ["sleep", "300"], "hypervisor": "process"}
 
     cluster.create_sandbox("on-ssd", {**hold, "nodeSelector": {"disk": "ssd"}})
@@ -245,7 +244,7 @@ def test_node_loss_reschedules_and_the_returning_agent_tears_down(
     everything = {"VMSANDBOX_AGENT_RESERVE_VCPUS": "0", "VMSANDBOX_AGENT_RESERVE_MEMORY_MIB": "0"}
     first = make_agent(**everything)
     _label_node(kube, first.node, {"pool": "first"}, [])
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
     vcpus = json.loads(cluster.node(first.node)["metadata"]["annotations"]["vmsandbox.io/capacity"])["vcpus"]
     names = [f"lost-{i}" for i in range(min(vcpus, 5))]
     assert len(names) >= 2

@@ -76,7 +76,7 @@ def test_a_cut_off_agent_fences_always_sandboxes_before_the_operator_reschedules
     first, user = own_user_agent(kube, make_agent, request, **AGENT)
     second = make_agent(**AGENT)
     _label(kube, first.node, {"pool": "first"})
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
 
     def spec(policy: str) -> dict[str, Any]:
         return {

@@ -106,13 +106,12 @@ def test_pool_of_two_serves_two_warm_then_cold_and_refills(
     assert status["nodes"] == [{"name": agent.node, "desired": 2, "ready": 2}]
     idle = members(agent.runtime_root)
     assert len(idle) == 2
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sh", "-c", "hostname; head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; sleep 600"],
-        "hypervisor": hypervisor,
-        "resources": RESOURCES,
-        "pool": pool,
-    }
+    spec = registry.sandbox(
+        ["sh", "-c", "hostname; head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; sleep 600"],
+        hypervisor=hypervisor,
+        resources=RESOURCES,
+        pool=pool,
+    )
     names = [unique("claim") for _ in range(3)]
     uids = [cluster.create_sandbox(name, spec)["metadata"]["uid"] for name in names]
     statuses = {n: cluster.wait_phase(n, "Running", "Failed", timeout=240 if slow else 60) for n in names}

@@ -78,8 +78,6 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 def running(make_agent: MakeAgent, cluster: Cluster, registry: Registry) -> tuple[AgentProcess, str]:
     agent = make_agent()
     name = unique("exec")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": ["sleep", "3600"]}, node=agent.node
-    )
+    cluster.create_sandbox(name, registry.sandbox(["sleep", "3600"]), node=agent.node)
     cluster.wait_phase(name, "Running", timeout=90)
     return agent, name

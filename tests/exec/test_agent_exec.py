@@ -101,9 +101,7 @@ def test_exec_on_a_sandbox_that_is_not_running_is_a_clear_error(
 ) -> None:
     agent = make_agent()
     name = unique("done")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": ["true"]}, node=agent.node
-    )
+    cluster.create_sandbox(name, registry.sandbox(["true"]), node=agent.node)
     cluster.wait_phase(name, "Succeeded", timeout=90)
     answer = agent.get(f"/exec/{cluster.namespace}/{name}?command=true")
     assert answer.status_code == 409
@@ -175,9 +173,7 @@ def test_attach_follows_the_main_process_to_its_exit(
     agent = make_agent()
     name = unique("attach")
     main = ["sh", "-c", "echo started; sleep 3; echo done >&2; exit 4"]
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": main}, node=agent.node
-    )
+    cluster.create_sandbox(name, registry.sandbox(main), node=agent.node)
     cluster.wait_phase(name, "Running", timeout=90)
     endpoint = agent.endpoint()
     assert endpoint

@@ -84,7 +84,7 @@ def test_async_client_and_typed_errors(
 
     async def scenario() -> None:
         async with AsyncClient(cluster.namespace, str(kube.kubeconfig_path)) as client:
-            box = await client.create(name, image=f"{registry.host}/test/busybox:latest")
+            box = await client.create(name, image=registry.busybox)
             result = await box.run(["sh", "-c", "echo async; exit 5"])
             assert (result.stdout, result.exit_code) == (b"async\n", 5)
             pieces = [item async for item in box.stream(["sh", "-c", "echo a; echo b >&2"])]
@@ -97,9 +97,7 @@ def test_async_client_and_typed_errors(
 
     asyncio.run(scenario())
     with Client(cluster.namespace, str(kube.kubeconfig_path)) as client:
-        done = client.create(
-            unique("done"), image=f"{registry.host}/test/busybox:latest", command=["true"], wait=False
-        )
+        done = client.create(unique("done"), image=registry.busybox, command=["true"], wait=False)
         cluster.wait_phase(done.name, "Succeeded", timeout=90)
         with pytest.raises(SandboxError, match=r"wait: sandbox .*: is Succeeded, not Running"):
             done.wait_running(timeout=90)

@@ -256,12 +256,11 @@ def _run_sandbox(
                 "apiVersion": "vmsandbox.io/v1alpha1",
                 "kind": "VMSandbox",
                 "metadata": {"name": name},
-                "spec": {
-                    "image": f"{registry.host}/test/busybox:latest",
-                    "command": ["sh", "-c", "echo hello from the image"],
-                    "hypervisor": "qemu",
-                    "resources": {"vcpus": 1, "memoryMiB": 256},
-                },
+                "spec": registry.sandbox(
+                    ["sh", "-c", "echo hello from the image"],
+                    hypervisor="qemu",
+                    resources={"vcpus": 1, "memoryMiB": 256},
+                ),
             }
         )
     )

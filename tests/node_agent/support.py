@@ -120,6 +120,15 @@ class Registry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def busybox(self) -> str:
+        """The test image every sandbox test runs."""
+        return f"{self.host}/test/busybox:latest"
+
+    def sandbox(self, command: list[str], **spec: Any) -> dict[str, Any]:
+        """A sandbox spec running ``command`` in the test image, with ``spec``'s other fields."""
+        return {"image": self.busybox, "command": command, **spec}
+
     def start(self) -> None:
         config = self.root / "config.yml"
         config.write_text(

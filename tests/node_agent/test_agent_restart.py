@@ -25,7 +25,7 @@ MakeAgent = Callable[..., AgentProcess]
 
 
 def _sleeper(registry: Registry, **extra: object) -> dict[str, object]:
-    return {"image": f"{registry.host}/test/busybox:latest", "command": ["sleep", "600"], **extra}
+    return {"image": registry.busybox, "command": ["sleep", "600"], **extra}
 
 
 def test_sigkilled_agent_adopts_its_five_running_vms(

@@ -28,7 +28,7 @@ def test_sandboxes_outlive_a_90s_api_server_outage(
 ) -> None:
     fencing = make_agent(VMSANDBOX_AGENT_NODE_LOST_GRACE_SECONDS="60")
     patient = make_agent(VMSANDBOX_AGENT_NODE_LOST_GRACE_SECONDS="120")
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
 
     def create(agent_node: str, policy: str, script: str) -> tuple[str, str]:
         name = unique(policy.lower())

@@ -35,8 +35,11 @@ def test_missing_image_reports_the_registrys_message(
     assert status["reason"] == "ImagePullFailed"
     assert f"{registry.host}/test/absent:1.0" in status["message"]
     assert "manifest unknown" in status["message"]  # the registry's own words
-    events = cluster.events(name)
-    assert any(e["reason"] == "ImagePullFailed" and e["type"] == "Warning" for e in events)
+
+    def warned() -> bool:  # Events are sent off the status path: this one may follow the status
+        return any(e["reason"] == "ImagePullFailed" and e["type"] == "Warning" for e in cluster.events(name))
+
+    wait_for("the ImagePullFailed Warning event", warned, timeout=15)
 
 
 def test_never_policy_without_the_image_in_the_cache_fails_clearly(
@@ -44,7 +47,7 @@ def test_never_policy_without_the_image_in_the_cache_fails_clearly(
 ) -> None:
     agent = make_agent()
     name = unique("never")
-    spec = {"image": f"{registry.host}/test/busybox:latest", "imagePullPolicy": "Never"}
+    spec = {"image": registry.busybox, "imagePullPolicy": "Never"}
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Failed", timeout=30)
     assert status["reason"] == "ErrImageNeverPull"
@@ -55,14 +58,12 @@ def test_never_policy_without_the_image_in_the_cache_fails_clearly(
 
     # Once the image is cached (pulled for another sandbox), Never runs it.
     first = unique("pull")
-    cluster.create_sandbox(
-        first, {"image": f"{registry.host}/test/busybox:latest", "command": ["true"]}, node=agent.node
-    )
+    cluster.create_sandbox(first, registry.sandbox(["true"]), node=agent.node)
     cluster.wait_phase(first, "Succeeded", timeout=60)
     again = unique("never")
     cluster.create_sandbox(
         again,
-        {"image": f"{registry.host}/test/busybox:latest", "imagePullPolicy": "Never", "command": ["true"]},
+        {"image": registry.busybox, "imagePullPolicy": "Never", "command": ["true"]},
         node=agent.node,
     )
     assert cluster.wait_phase(again, "Succeeded", "Failed", timeout=60)["phase"] == "Succeeded"
@@ -80,7 +81,7 @@ def test_malformed_sandboxes_fail_with_a_reason_and_the_agent_keeps_working(
             "no Entrypoint or Cmd",
         ),
         unique("qemu"): (
-            {"image": f"{registry.host}/test/busybox:latest", "hypervisor": "qemu"},
+            {"image": registry.busybox, "hypervisor": "qemu"},
             "HypervisorNotAllowed",
             "not allowed",
         ),
@@ -93,9 +94,7 @@ def test_malformed_sandboxes_fail_with_a_reason_and_the_agent_keeps_working(
         assert words in status["message"], status["message"]
     # Still serving: a good sandbox after the bad ones runs.
     good = unique("good")
-    cluster.create_sandbox(
-        good, {"image": f"{registry.host}/test/busybox:latest", "command": ["true"]}, node=agent.node
-    )
+    cluster.create_sandbox(good, registry.sandbox(["true"]), node=agent.node)
     assert cluster.wait_phase(good, "Succeeded", timeout=60)
     assert agent.alive()
     assert agent.get("/healthz").status_code == 200
@@ -106,11 +105,7 @@ def test_on_failure_restarts_with_growing_back_off(
 ) -> None:
     agent = make_agent()
     name = unique("crash")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sh", "-c", "exit 7"],
-        "restartPolicy": "OnFailure",
-    }
+    spec = registry.sandbox(["sh", "-c", "exit 7"], restartPolicy="OnFailure")
     cluster.create_sandbox(name, spec, node=agent.node)
     seen: dict[int, float] = {}
 
@@ -141,11 +136,7 @@ def test_on_failure_does_not_restart_a_successful_exit(
 ) -> None:
     agent = make_agent()
     name = unique("onfail-ok")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["true"],
-        "restartPolicy": "OnFailure",
-    }
+    spec = registry.sandbox(["true"], restartPolicy="OnFailure")
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Succeeded", timeout=60)
     assert status["restartCount"] == 0
@@ -157,7 +148,7 @@ def test_always_restarts_even_a_successful_exit(
 ) -> None:
     agent = make_agent()
     name = unique("always")
-    spec = {"image": f"{registry.host}/test/busybox:latest", "command": ["true"], "restartPolicy": "Always"}
+    spec = registry.sandbox(["true"], restartPolicy="Always")
     cluster.create_sandbox(name, spec, node=agent.node)
     wait_for("two restarts", lambda: (cluster.status(name).get("restartCount") or 0) >= 2, timeout=60)
     status = cluster.status(name)
@@ -170,11 +161,7 @@ def test_active_deadline_stops_the_sandbox(
 ) -> None:
     agent = make_agent()
     name = unique("deadline")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sleep", "600"],
-        "activeDeadlineSeconds": 4,
-    }
+    spec = registry.sandbox(["sleep", "600"], activeDeadlineSeconds=4)
     cluster.create_sandbox(name, spec, node=agent.node)
     running = cluster.wait_phase(name, "Running", timeout=60)
     vmm = running["vm"]["vmmPID"]
@@ -189,11 +176,7 @@ def test_deletion_mid_boot_tears_down_and_removes_the_finalizer(
 ) -> None:
     agent = make_agent()
     name = unique("midboot")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sleep", "600"],
-        "hypervisor": "cloud-hypervisor",
-    }
+    spec = registry.sandbox(["sleep", "600"], hypervisor="cloud-hypervisor")
     cluster.create_sandbox(name, spec, node=agent.node)
     cluster.wait_phase(name, "Creating", "Running", timeout=30)
     cluster.delete(name)
@@ -213,9 +196,7 @@ def test_finalizer_removed_by_someone_else_tears_the_vm_down(
 ) -> None:
     agent = make_agent()
     name = unique("stolen")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": ["sleep", "600"]}, node=agent.node
-    )
+    cluster.create_sandbox(name, registry.sandbox(["sleep", "600"]), node=agent.node)
     vmm = cluster.wait_phase(name, "Running", timeout=60)["vm"]["vmmPID"]
     cluster.remove_agent_finalizer(name)
     wait_for("the VMM to be stopped", lambda: not pid_alive(vmm), timeout=15)
@@ -232,16 +213,12 @@ def test_another_nodes_sandbox_is_never_touched(
 ) -> None:
     agent = make_agent()
     name = unique("elsewhere")
-    other = cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest"}, node="some-other-node"
-    )
+    other = cluster.create_sandbox(name, {"image": registry.busybox}, node="some-other-node")
     unscheduled = unique("pending")
-    cluster.create_sandbox(unscheduled, {"image": f"{registry.host}/test/busybox:latest"})
+    cluster.create_sandbox(unscheduled, {"image": registry.busybox})
     # Run one of ours to completion, so the agent has demonstrably been working meanwhile.
     mine = unique("mine")
-    cluster.create_sandbox(
-        mine, {"image": f"{registry.host}/test/busybox:latest", "command": ["true"]}, node=agent.node
-    )
+    cluster.create_sandbox(mine, registry.sandbox(["true"]), node=agent.node)
     cluster.wait_phase(mine, "Succeeded", timeout=60)
     after = cluster.get(name)
     assert after is not None
@@ -291,11 +268,7 @@ def test_vm_that_fails_to_boot_reports_vm_boot_failed(
 ) -> None:
     agent = make_agent(CH_STANDIN_FAULTS="refuse-create")
     name = unique("noboot")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["true"],
-        "hypervisor": "cloud-hypervisor",
-    }
+    spec = registry.sandbox(["true"], hypervisor="cloud-hypervisor")
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Failed", timeout=60)
     assert status["reason"] == "VMBootFailed", status

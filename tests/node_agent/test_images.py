@@ -32,7 +32,7 @@ def _store(
 
 
 def test_pull_unpack_and_cache(tmp_path: Path, registry: Registry) -> None:
-    ref = f"{registry.host}/test/busybox:latest"
+    ref = registry.busybox
     store = _store(tmp_path / "images", registry)
     image = store.ensure(ref, PullPolicy.IF_NOT_PRESENT)
     assert image.digest.startswith("sha256:")
@@ -65,7 +65,7 @@ def test_always_sees_a_moved_tag_if_not_present_does_not(
 def test_never_and_absent_images(tmp_path: Path, registry: Registry) -> None:
     store = _store(tmp_path / "images", registry)
     with pytest.raises(ImageNotPresent, match="imagePullPolicy is Never"):
-        store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.NEVER)
+        store.ensure(registry.busybox, PullPolicy.NEVER)
     with pytest.raises(ImagePullFailed, match="manifest unknown"):
         store.ensure(f"{registry.host}/test/nothing:here", PullPolicy.IF_NOT_PRESENT)
 
@@ -73,7 +73,7 @@ def test_never_and_absent_images(tmp_path: Path, registry: Registry) -> None:
 def test_tls_is_required_unless_the_registry_is_marked_insecure(tmp_path: Path, registry: Registry) -> None:
     store = ImageStore(tmp_path / "images", limit_bytes=1 << 30, insecure=lambda host: False)
     with pytest.raises(ImagePullFailed) as info:
-        store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+        store.ensure(registry.busybox, PullPolicy.IF_NOT_PRESENT)
     assert "HTTP response to HTTPS client" in str(info.value)
 
 
@@ -83,7 +83,7 @@ def test_concurrent_requests_pull_once(tmp_path: Path, registry: Registry) -> No
     pulled: list[int] = []
 
     def pull() -> None:
-        image = store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+        image = store.ensure(registry.busybox, PullPolicy.IF_NOT_PRESENT)
         results.append(image.digest)
         pulled.append(image.pulled_bytes)
 
@@ -101,7 +101,7 @@ def test_eviction_keeps_images_in_use(tmp_path: Path, registry: Registry, busybo
     other = registry.push(busybox_layout, "nocmd", "test/other:v1")
     in_use: set[str] = set()
     store = _store(tmp_path / "images", registry, limit=1, in_use=in_use)
-    first = store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+    first = store.ensure(registry.busybox, PullPolicy.IF_NOT_PRESENT)
     assert first.rootfs.is_dir(), "the image just asked for is never evicted"
     store.release(first.digest)  # its sandbox is gone
     second = store.ensure(other, PullPolicy.IF_NOT_PRESENT)
@@ -110,7 +110,7 @@ def test_eviction_keeps_images_in_use(tmp_path: Path, registry: Registry, busybo
     assert not first.rootfs.exists(), "over the limit, the least recently used unused image goes"
     assert store.cached_digests() == {second.digest}
     in_use.add(second.digest)
-    third = store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+    third = store.ensure(registry.busybox, PullPolicy.IF_NOT_PRESENT)
     assert third.rootfs.is_dir() and second.rootfs.is_dir(), "an image in use must not be evicted"
 
 
@@ -161,7 +161,7 @@ def test_an_image_between_pull_and_launch_is_not_evicted(
     over the limit must leave it alone until the caller releases it."""
     other = registry.push(busybox_layout, "nocmd", "test/other:v2")
     store = _store(tmp_path / "images", registry, limit=1)
-    first = store.ensure(f"{registry.host}/test/busybox:latest", PullPolicy.IF_NOT_PRESENT)
+    first = store.ensure(registry.busybox, PullPolicy.IF_NOT_PRESENT)
     second = store.ensure(other, PullPolicy.IF_NOT_PRESENT)
     assert first.rootfs.is_dir() and second.rootfs.is_dir()
     store.release(first.digest)

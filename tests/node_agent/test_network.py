@@ -48,12 +48,11 @@ def test_network_set_up_reported_metered_and_freed(
 ) -> None:
     agent = _network_agent(make_agent, topo)
     name = unique("net")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sh", "-c", SCRIPT],
-        "hypervisor": "process",
-        "network": {"egress": {"allow": [f"{PRIVATE}/32"], "deny": [f"{PUBLIC_2}/32"]}},
-    }
+    spec = registry.sandbox(
+        ["sh", "-c", SCRIPT],
+        hypervisor="process",
+        network={"egress": {"allow": [f"{PRIVATE}/32"], "deny": [f"{PUBLIC_2}/32"]}},
+    )
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Running", timeout=60)
     network = status["network"]

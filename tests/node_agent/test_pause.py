@@ -54,7 +54,7 @@ def test_pause_and_resume_keep_the_counter(
 ) -> None:
     agent = make_agent()
     name = unique("pz")
-    spec = {"image": f"{registry.host}/test/busybox:latest", "command": COUNTER, "hypervisor": hypervisor}
+    spec = registry.sandbox(COUNTER, hypervisor=hypervisor)
     cluster.create_sandbox(name, spec, node=agent.node)
     cluster.wait_phase(name, "Running", timeout=90)
     wait_above(agent, cluster, name, 3)
@@ -90,14 +90,9 @@ def test_a_paused_sandbox_past_its_deadline_is_stopped_and_fails(
 ) -> None:
     agent = make_agent()
     name = unique("pzd")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sleep", "600"],
-        "hypervisor": "process",
-        "activeDeadlineSeconds": 8,
-        "paused": True,
-        "restartPolicy": "Always",
-    }
+    spec = registry.sandbox(
+        ["sleep", "600"], hypervisor="process", activeDeadlineSeconds=8, paused=True, restartPolicy="Always"
+    )
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Paused", timeout=60)
     vmm_pid = status["vm"]["vmmPID"]

@@ -33,7 +33,7 @@ TEMPLATE = {"resources": {"vcpus": 1, "memoryMiB": 256}, "hypervisor": "process"
 
 def _claim(registry: Registry, pool: str, **extra: object) -> dict[str, object]:
     return {
-        "image": f"{registry.host}/test/busybox:latest",
+        "image": registry.busybox,
         "command": ["sleep", "600"],
         "hypervisor": "process",
         "resources": {"vcpus": 1, "memoryMiB": 256},

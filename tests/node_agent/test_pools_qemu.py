@@ -49,13 +49,9 @@ def test_claimed_qemu_vms_run_with_their_own_identity(
     share(cluster, pool, agent.node, 2)
     wait_ready(cluster, agent, pool, 2, timeout=300)
     idle = members(agent.runtime_root)
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["sh", "-c", PROBE],
-        "hypervisor": "qemu",
-        "resources": {"vcpus": 1, "memoryMiB": 256},
-        "pool": pool,
-    }
+    spec = registry.sandbox(
+        ["sh", "-c", PROBE], hypervisor="qemu", resources={"vcpus": 1, "memoryMiB": 256}, pool=pool
+    )
     names = [unique("qwarm"), unique("qwarm")]
     uids = [cluster.create_sandbox(name, spec, node=agent.node)["metadata"]["uid"] for name in names]
     statuses = [cluster.wait_phase(name, "Running", "Failed", timeout=180) for name in names]

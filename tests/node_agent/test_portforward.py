@@ -53,7 +53,7 @@ def _network_agent(make_agent: MakeAgent, topo: Topology) -> AgentProcess:
 def _sandbox(cluster: Cluster, registry: Registry, agent: AgentProcess, command: str, **extra: Any) -> str:
     name = unique("pf")
     spec = {
-        "image": f"{registry.host}/test/busybox:latest",
+        "image": registry.busybox,
         "command": ["sh", "-c", command],
         "hypervisor": "process",
         **extra,
@@ -319,7 +319,7 @@ def test_port_forward_and_resolvers_in_a_qemu_guest(
     )
     name = unique("pfq")
     command = f"cat /etc/resolv.conf; hostname; echo report-done; {SERVERS}"
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
     spec = {"image": image, "command": ["sh", "-c", command], "hypervisor": "qemu"}
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Running", "Failed", timeout=480)

@@ -65,7 +65,7 @@ def test_containers_get_the_resolvers_hostname_and_hosts(
         VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
         VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
     )
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
     online, offline = unique("dns"), unique("nodns")
     for name, network in ((online, {}), (offline, {"mode": "none"})):
         spec = {"image": image, "command": ["sh", "-c", SCRIPT], "hypervisor": "process", "network": network}

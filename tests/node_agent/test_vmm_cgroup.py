@@ -177,13 +177,12 @@ def test_vms_outlive_the_agent_and_its_whole_cgroup(
     sizes: dict[str, tuple[int, int]] = {}
     for i, (name, hypervisor) in enumerate(zip(names, mix, strict=True)):
         sizes[name] = (1 + i % 2, 256 + 64 * i)
-        spec = {
-            "image": f"{registry.host}/test/busybox:latest",
-            "command": ["sh", "-c", TICKER],
-            "hypervisor": hypervisor,
-            "restartPolicy": "Never",
-            "resources": {"vcpus": sizes[name][0], "memoryMiB": sizes[name][1]},
-        }
+        spec = registry.sandbox(
+            ["sh", "-c", TICKER],
+            hypervisor=hypervisor,
+            restartPolicy="Never",
+            resources={"vcpus": sizes[name][0], "memoryMiB": sizes[name][1]},
+        )
         cluster.create_sandbox(name, spec, node=agent.node)
     statuses = {n: cluster.wait_phase(n, "Running", timeout=400 if qemu else 90) for n in names}
     _check_cgroups(statuses, sizes, cgroup_parent, agent_cgroup)

@@ -43,9 +43,7 @@ def test_failed_writes_are_retried_and_tear_nothing_down(
     kube.inject_fault(
         method="PUT", path=f"{path}/status$", user=user, status=code, count=4, retryAfter=retry_after
     )
-    obj = cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": ["sh", "-c", RUN]}, node=agent.node
-    )
+    obj = cluster.create_sandbox(name, registry.sandbox(["sh", "-c", RUN]), node=agent.node)
     uid = obj["metadata"]["uid"]
     status = cluster.wait_phase(name, "Running", timeout=60)
     vmm = status["vm"]["vmmPID"]
@@ -88,10 +86,7 @@ def test_an_end_recorded_while_writes_fail_survives_an_agent_restart(
     path = sandbox_path(cluster, name)
     obj = cluster.create_sandbox(
         name,
-        {
-            "image": f"{registry.host}/test/busybox:latest",
-            "command": ["sh", "-c", "echo run-marker; sleep 3; exit 7"],
-        },
+        registry.sandbox(["sh", "-c", "echo run-marker; sleep 3; exit 7"]),
         node=agent.node,
     )
     uid = obj["metadata"]["uid"]
@@ -143,10 +138,7 @@ def test_a_running_container_outlasts_its_status_writes_failing(
     kube.inject_fault(method="PUT", path=f"{path}/status$", user=user, status=code, count=None)
     obj = cluster.create_sandbox(
         name,
-        {
-            "image": f"{registry.host}/test/busybox:latest",
-            "command": ["sh", "-c", "echo run-marker; exec sleep 600"],
-        },
+        registry.sandbox(["sh", "-c", "echo run-marker; exec sleep 600"]),
         node=agent.node,
     )
     uid = obj["metadata"]["uid"]

@@ -38,6 +38,15 @@ def image_spec(guest_image: Path, state_dir: Path, disks: list[DiskSpec] | None 
     )
 
 
+def dummy_spec(tmp_path: Path, state_dir: Path | None = None, **paths: Path) -> VMSpec:
+    """A spec whose kernel, initramfs and root disk are one dummy file (``paths`` override them):
+    for the faults found before anything boots."""
+    dummy = tmp_path / "k"
+    dummy.write_bytes(b"k")
+    files = {"kernel": dummy, "initramfs": dummy, "root_disk": dummy, **paths}
+    return VMSpec(vm_id="x", state_dir=state_dir or tmp_path / "vm", **files)
+
+
 def ping(sock: socket.socket) -> Pong:
     sock.settimeout(30)
     send_frame(sock, Ping())
@@ -194,25 +203,15 @@ def test_missing_artifacts_are_named_and_nothing_is_started(tmp_path: Path) -> N
     spec = VMSpec(vm_id="x", state_dir=tmp_path / "vm")
     with pytest.raises(HypervisorError, match=r"VMSpec\.kernel is required"):
         driver.boot(spec)
-    (tmp_path / "k").write_bytes(b"k")
-    spec = VMSpec(
-        vm_id="x",
-        state_dir=tmp_path / "vm",
-        kernel=tmp_path / "k",
-        initramfs=tmp_path / "nope",
-        root_disk=tmp_path / "k",
-    )
+    spec = dummy_spec(tmp_path, initramfs=tmp_path / "nope")
     with pytest.raises(HypervisorError, match=r"VMSpec\.initramfs: .*nope is not a file"):
         driver.boot(spec)
     assert not (tmp_path / "vm").exists()
 
 
 def test_a_socket_path_too_long_is_refused_up_front(tmp_path: Path) -> None:
-    (tmp_path / "k").write_bytes(b"k")
     deep = tmp_path / ("d" * 100)
-    spec = VMSpec(
-        vm_id="x", state_dir=deep, kernel=tmp_path / "k", initramfs=tmp_path / "k", root_disk=tmp_path / "k"
-    )
+    spec = dummy_spec(tmp_path, deep)
     with pytest.raises(HypervisorError) as info:
         QemuDriver(HypervisorConfig(qemu_accel="tcg")).boot(spec)
     assert info.value.step == "socket path"
@@ -220,14 +219,7 @@ def test_a_socket_path_too_long_is_refused_up_front(tmp_path: Path) -> None:
 
 
 def test_qemu_that_cannot_start_is_reported_and_cleaned_up(tmp_path: Path) -> None:
-    (tmp_path / "k").write_bytes(b"k")
-    spec = VMSpec(
-        vm_id="x",
-        state_dir=tmp_path / "vm",
-        kernel=tmp_path / "k",
-        initramfs=tmp_path / "k",
-        root_disk=tmp_path / "k",
-    )
+    spec = dummy_spec(tmp_path)
     with pytest.raises(HypervisorError) as info:
         QemuDriver(HypervisorConfig(qemu_accel="tcg", qemu_binary="/nonexistent/qemu", vmm_user="root")).boot(
             spec
@@ -238,14 +230,7 @@ def test_qemu_that_cannot_start_is_reported_and_cleaned_up(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("setting", ["no-such-vmm-user", "12:x", "0:0x"])
 def test_a_vmm_user_that_does_not_exist_is_refused_naming_the_setting(tmp_path: Path, setting: str) -> None:
-    (tmp_path / "k").write_bytes(b"k")
-    spec = VMSpec(
-        vm_id="x",
-        state_dir=tmp_path / "vm",
-        kernel=tmp_path / "k",
-        initramfs=tmp_path / "k",
-        root_disk=tmp_path / "k",
-    )
+    spec = dummy_spec(tmp_path)
     with pytest.raises(HypervisorError) as info:
         QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=setting)).boot(spec)
     assert info.value.step == "vmm user"
@@ -259,14 +244,7 @@ def test_a_state_dir_the_vmm_user_cannot_reach_is_refused_naming_the_directory(
 ) -> None:
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    (tmp_path / "k").write_bytes(b"k")
-    spec = VMSpec(
-        vm_id="x",
-        state_dir=private / "vm",
-        kernel=tmp_path / "k",
-        initramfs=tmp_path / "k",
-        root_disk=tmp_path / "k",
-    )
+    spec = dummy_spec(tmp_path, private / "vm")
     with pytest.raises(HypervisorError) as info:
         QemuDriver(HypervisorConfig(qemu_accel="tcg", vmm_user=vmm_user.name)).boot(spec)
     assert info.value.step == "vmm user" and str(private) in str(info.value)

@@ -52,9 +52,7 @@ def test_logs_need_a_token_of_a_user_allowed_to_read_them(
 ) -> None:
     agent = make_agent()
     name = unique("logs")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": _print_lines(LINES)}
-    )
+    cluster.create_sandbox(name, registry.sandbox(_print_lines(LINES)))
     assert cluster.wait_phase(name, "Succeeded", "Failed", timeout=90)["phase"] == "Succeeded"
     path = f"/logs/{cluster.namespace}/{name}"
 
@@ -98,9 +96,7 @@ def test_follow_streams_while_the_sandbox_runs(
     agent = make_agent()
     name = unique("follow")
     count = 30
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": _print_lines(count, pause=0.5)}
-    )
+    cluster.create_sandbox(name, registry.sandbox(_print_lines(count, pause=0.5)))
     cluster.wait_phase(name, "Running", timeout=90)
     got = b""
     arrivals: list[float] = []
@@ -126,9 +122,7 @@ def test_logs_rotate_at_the_configured_size(
     limit = 8192
     agent = make_agent(VMSANDBOX_AGENT_LOG_MAX_BYTES=str(limit), VMSANDBOX_AGENT_LOG_MAX_FILES="2")
     name = unique("rotate")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": _print_lines(LINES)}
-    )
+    cluster.create_sandbox(name, registry.sandbox(_print_lines(LINES)))
     status = cluster.wait_phase(name, "Succeeded", "Failed", timeout=90)
     assert status["phase"] == "Succeeded"
     uid = cluster.get(name)["metadata"]["uid"]  # type: ignore[index]
@@ -152,9 +146,7 @@ def test_vmsandbox_logs_sends_the_kubeconfig_credentials(
 ) -> None:
     make_agent()
     name = unique("cli")
-    cluster.create_sandbox(
-        name, {"image": f"{registry.host}/test/busybox:latest", "command": _print_lines(3)}
-    )
+    cluster.create_sandbox(name, registry.sandbox(_print_lines(3)))
     cluster.wait_phase(name, "Succeeded", timeout=90)
     cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
     capsys.readouterr()

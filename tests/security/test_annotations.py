@@ -43,7 +43,7 @@ def test_the_crd_refuses_every_reserved_prefix(tenant: Tenant, prefix: str, regi
     name = unique("resv")
     key = f"{prefix}anything"
     spec = {
-        "image": f"{registry.host}/test/busybox:latest",
+        "image": registry.busybox,
         "annotations": {"ok.example.com/x": "1", key: "v"},
     }
     with pytest.raises(ApiException) as info:
@@ -58,19 +58,13 @@ def test_a_tenant_cannot_join_another_sandboxs_vm(
 ) -> None:
     agent = make_agent()
     victim = unique("victim")
-    cluster.create_sandbox(
-        victim, {"image": f"{registry.host}/test/busybox:latest", "command": ["sleep", "300"]}
-    )
+    cluster.create_sandbox(victim, registry.sandbox(["sleep", "300"]))
     status = cluster.wait_phase(victim, "Running", timeout=90)
     victim_id = status["container"]["id"]
     assert containers_left(agent.runtime_root) == [victim_id]
 
     attacker = unique("attacker")
-    spec = {
-        "image": f"{registry.host}/test/busybox:latest",
-        "command": ["true"],
-        "annotations": {JOIN_KEYS[0]: "container", JOIN_KEYS[1]: victim_id},
-    }
+    spec = registry.sandbox(["true"], annotations={JOIN_KEYS[0]: "container", JOIN_KEYS[1]: victim_id})
     with pytest.raises(ApiException) as info:
         tenant.cluster.create_sandbox(attacker, spec)
     message = _refusal(info.value)
@@ -171,7 +165,7 @@ def test_without_the_crd_rule_the_operator_refuses_and_the_agent_strips(
     registry: Registry,
     tmp_path: Path,
 ) -> None:
-    image = f"{registry.host}/test/busybox:latest"
+    image = registry.busybox
     join = {JOIN_KEYS[0]: "container"}
     # The operator's admission: Failed, reason Invalid, naming the key.
     operator = OperatorProcess(kube, cluster.namespace, unique("op"), tmp_path, **OPERATOR_SETTINGS)
