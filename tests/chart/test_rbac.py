@@ -96,6 +96,7 @@ NEEDED = [
     ("agent", "vmsandbox.io", "vmsandboxes/status", "update", "sandboxes"),
     ("agent", "", "nodes", "patch", ""),
     ("agent", "vmsandbox.io", "vmsandboxpools", "list", ""),
+    ("agent", "vmsandbox.io", "vmsandboxpools", "watch", ""),
     ("agent", "vmsandbox.io", "vmsandboxpools", "get", "sandboxes"),
     ("agent", "", "events", "create", "sandboxes"),
     ("agent", "", "namespaces", "get", ""),
