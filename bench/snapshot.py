@@ -136,7 +136,7 @@ def main() -> int:
     os.environ["PATH"] = f"{standin}{os.pathsep}{os.environ.get('PATH', '')}"
     os.environ["TMPDIR"] = str(work)
     os.environ.pop("CH_STANDIN_RECORD", None)
-    config = HypervisorConfig.from_env()
+    config = HypervisorConfig.load()
     report: dict[str, object] = {"runs": args.runs}
     try:
         for backend in args.backends.split(","):

@@ -152,7 +152,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             cluster = Cluster(api_client=api_client, namespace=NAMESPACE)
             cluster.create_node(NODE)
             (work / "agent").mkdir()
-            guest = HypervisorConfig.from_env().guest_image_dir
+            guest = HypervisorConfig.load().guest_image_dir
             env = agent_env(
                 node=NODE,
                 namespace=NAMESPACE,

@@ -142,7 +142,7 @@ def test_agent_mounts_exactly_what_its_configuration_uses(
     # which would hide it (HypervisorConfig's own default is under the state directory).
     guest = config.guest_image_dir
     assert guest is not None
-    assert HypervisorConfig.from_env(env).guest_image_dir == guest
+    assert HypervisorConfig.load(environ=env).guest_image_dir == guest
     for mount_path in mounts:
         assert not guest.is_relative_to(mount_path), f"{guest} is hidden by the hostPath at {mount_path}"
 
@@ -191,6 +191,24 @@ def test_agents_fence_on_the_operators_node_loss_grace(render: Render) -> None:
     assert AgentConfig.model_fields["node_lost_grace_seconds"].default == (
         OperatorConfig.model_fields["node_lost_grace_seconds"].default
     )
+
+
+def test_agent_leases_last_the_operators_liveness_window(render: Render) -> None:
+    """The operator counts a node alive while its agent's Lease is younger than agentAliveSeconds;
+    the agents' Leases say as much, in whole seconds, unless the agent's duration is set."""
+    import yaml
+
+    from tests.chart.helm import get_helm
+
+    def agent_lease(*sets: str) -> object:
+        objects = get_helm().render(sets=list(sets))
+        agent = yaml.safe_load(one(objects, "ConfigMap", "-agent-config")["data"]["agent.yaml"])
+        return agent.get("leaseDurationSeconds")
+
+    assert agent_lease("operator.config.agentAliveSeconds=30") == 30
+    assert agent_lease("operator.config.agentAliveSeconds=30.5") == 31
+    assert agent_lease("operator.config.agentAliveSeconds=30", "agent.config.leaseDurationSeconds=50") == 50
+    assert agent_lease() is None  # both keep their default, api.timing.AGENT_LEASE_SECONDS
 
 
 def test_agent_rejects_a_bad_config_value(helm_bad_config: tuple[Path, dict[str, str]]) -> None:

@@ -55,7 +55,7 @@ def _skip_reason(config: HypervisorConfig) -> str | None:
 
 @pytest.mark.vm
 def test_real_cloud_hypervisor_lifecycle(tmp_path: Path) -> None:
-    config = HypervisorConfig.from_env()
+    config = HypervisorConfig.load()
     reason = _skip_reason(config)
     if reason:
         pytest.skip(reason)

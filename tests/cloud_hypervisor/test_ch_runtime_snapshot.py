@@ -29,7 +29,7 @@ def runtime(workspace: Workspace, guest_images: Path) -> Runtime:
     for tool in ("runc", "unshare", "mkfs.ext4", "debugfs"):
         if shutil.which(tool) is None and not Path("/sbin", tool).exists():
             pytest.skip(f"{tool} is not installed")
-    config = HypervisorConfig.from_env().model_copy(update={"guest_image_dir": guest_images})
+    config = HypervisorConfig.load().model_copy(update={"guest_image_dir": guest_images})
     return Runtime(root=workspace.root / "rt", hypervisor="cloud-hypervisor", config=config)
 
 

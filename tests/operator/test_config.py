@@ -36,7 +36,7 @@ def test_env_list_as_commas() -> None:
     ("env", "needle"),
     [
         ({"VMSANDBOX_OPERATOR_STRATEGY": "random"}, "strategy"),
-        ({"VMSANDBOX_OPERATOR_ALLOWED_HYPERVISORS": "firecracker"}, "allowed_hypervisors"),
+        ({"VMSANDBOX_OPERATOR_ALLOWED_HYPERVISORS": "firecracker"}, "allowedHypervisors.0"),
         ({"VMSANDBOX_OPERATOR_RENEW_DEADLINE_SECONDS": "20"}, "renewDeadlineSeconds"),
         ({"VMSANDBOX_OPERATOR_WORKERS": "0"}, "workers"),
         ({"VMSANDBOX_OPERATOR_SUBRESOURCES": "true"}, "subresourcesCertfile"),

@@ -29,7 +29,7 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def qemu_binary() -> str:
-    binary = HypervisorConfig.from_env().qemu_binary
+    binary = HypervisorConfig.load().qemu_binary
     if shutil.which(binary) is None:
         unavailable(f"{binary} is not installed (Debian: qemu-system-x86)")
     return binary

@@ -67,7 +67,7 @@ def test_a_sandbox_restored_from_a_snapshot_runs_its_container(
     env: tuple[Cli, Path], tmp_path: Path, guest_image: Path
 ) -> None:
     cli, rootfs = env
-    config = HypervisorConfig.from_env().model_copy(update={"guest_image_dir": guest_image})
+    config = HypervisorConfig.load().model_copy(update={"guest_image_dir": guest_image})
     runtime = Runtime(root=cli.root, hypervisor="qemu", config=config)
     manifest = runtime.make_snapshot("base")
     assert manifest.hypervisor == "qemu" and manifest.disks == []

@@ -26,7 +26,7 @@ def driver_for(name: str, config: HypervisorConfig | None = None) -> HypervisorD
         )
     module_name, _, class_name = _DRIVERS[name].partition(":")
     driver_cls = getattr(importlib.import_module(module_name), class_name)
-    driver: HypervisorDriver = driver_cls(config or HypervisorConfig.from_env())
+    driver: HypervisorDriver = driver_cls(config or HypervisorConfig.load())
     return driver
 
 

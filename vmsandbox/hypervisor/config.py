@@ -1,13 +1,16 @@
-"""Settings shared by the hypervisor drivers, read once from the environment or a config file."""
+"""Settings shared by the hypervisor drivers, read once from a file and ``VMSANDBOX_*`` variables."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vmsandbox.config import load_settings
+
+#: The runtime's drivers keep the plain prefix: the node agent, the image and the chart set these.
 ENV_PREFIX = "VMSANDBOX_"
 
 
@@ -17,7 +20,8 @@ class HypervisorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cloud_hypervisor_binary: str = "cloud-hypervisor"
-    #: Extra flags for cloud-hypervisor, e.g. ["-v"] (its seccomp filter is always on).
+    #: Extra flags for cloud-hypervisor, e.g. ["-v"] (its seccomp filter is always on); in the
+    #: variable, comma-separated like every list.
     cloud_hypervisor_args: list[str] = Field(default_factory=list)
     qemu_binary: str = "qemu-system-x86_64"
     #: "auto" boot-probes KVM once and falls back to TCG when it does not work.
@@ -36,13 +40,7 @@ class HypervisorConfig(BaseModel):
     vmm_user: str = ""
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> HypervisorConfig:
-        """Read ``VMSANDBOX_<FIELD>`` variables (lists are whitespace-separated)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name, field in cls.model_fields.items():
-            raw = env.get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            values[name] = raw.split() if field.annotation == list[str] else raw
-        return cls.model_validate(values)
+    def load(cls, path: Path | None = None, environ: Mapping[str, str] | None = None) -> HypervisorConfig:
+        """``path`` (a YAML file) if given, then ``VMSANDBOX_<FIELD>`` variables; bad values raise
+        :class:`~vmsandbox.config.ConfigError` naming each one."""
+        return load_settings(cls, ENV_PREFIX, path, environ)

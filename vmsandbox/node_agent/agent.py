@@ -52,7 +52,7 @@ FINISHED_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 def hypervisor_config(config: AgentConfig) -> HypervisorConfig:
     """The drivers' settings from ``VMSANDBOX_*``, with the agent's guest image dir when it sets one
     and its VM cgroup settings."""
-    hv = HypervisorConfig.from_env()
+    hv = HypervisorConfig.load()
     if config.guest_image_dir is not None:
         hv = hv.model_copy(update={"guest_image_dir": config.guest_image_dir})
     update: dict[str, object] = {

@@ -2,23 +2,23 @@
 
 Precedence, lowest first: defaults, the YAML file, the environment. ``NODE_NAME`` and
 ``POD_NAMESPACE`` (the DaemonSet's downward API) fill ``nodeName`` and ``namespace`` unless
-set otherwise. List values in the environment are comma-separated.
+set otherwise. List values in the environment are comma-separated (see :mod:`vmsandbox.config`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vmsandbox.api.base import APIModel
-from vmsandbox.errors import VMSandboxError
+from vmsandbox.api.timing import AGENT_LEASE_RENEW_SECONDS, AGENT_LEASE_SECONDS, NODE_LOST_GRACE_SECONDS
+from vmsandbox.config import ConfigError as ConfigError
+from vmsandbox.config import load_settings
 from vmsandbox.hypervisor.base import HypervisorName
 from vmsandbox.runtime.logfiles import LogLimits
 
@@ -29,12 +29,6 @@ HYPERVISOR_NAMES: tuple[str, ...] = get_args(HypervisorName)
 DEFAULT_ALLOWED: tuple[HypervisorName, ...] = ("cloud-hypervisor",)
 #: ``host`` or ``host:port``, as image references spell a registry.
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?$")
-
-
-class ConfigError(VMSandboxError):
-    """The configuration cannot be used; names every offending option."""
-
-    step = "configuration"
 
 
 class AgentConfig(APIModel):
@@ -65,11 +59,11 @@ class AgentConfig(APIModel):
     listen_address: str = "0.0.0.0"
     port: int = Field(default=8081, ge=0, le=65535)
     advertise_address: str | None = None
-    lease_duration_seconds: int = Field(default=40, ge=1)
-    lease_renew_seconds: float = Field(default=10.0, gt=0)
+    lease_duration_seconds: int = Field(default=AGENT_LEASE_SECONDS, ge=1)
+    lease_renew_seconds: float = Field(default=AGENT_LEASE_RENEW_SECONDS, gt=0)
     orphan_grace_seconds: float = Field(default=60.0, ge=0)
     node_lost_grace_seconds: float = Field(
-        default=60.0,
+        default=NODE_LOST_GRACE_SECONDS,
         ge=0,
         description="The operator's nodeLostGraceSeconds: cut off from the API server this long "
         "(less one lease renewal), the agent stops its OnFailure/Always sandboxes, which the "
@@ -171,6 +165,8 @@ class AgentConfig(APIModel):
             )
         if self.restart_backoff_max_seconds < self.restart_backoff_seconds:
             raise ValueError("restartBackoffMaxSeconds must be >= restartBackoffSeconds")
+        if self.lease_renew_seconds >= self.lease_duration_seconds:
+            raise ValueError("leaseRenewSeconds must be shorter than leaseDurationSeconds")
         return self
 
     def log_limits(self) -> LogLimits:
@@ -180,51 +176,10 @@ class AgentConfig(APIModel):
         return registry in self.insecure_registries
 
 
-def _env_key(field_name: str) -> str:
-    return ENV_PREFIX + field_name.upper()
-
-
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if "NODE_NAME" in environ:
-        values["nodeName"] = environ["NODE_NAME"]
-    if "POD_NAMESPACE" in environ:
-        values["namespace"] = environ["POD_NAMESPACE"]
-    for name, field in AgentConfig.model_fields.items():
-        raw = environ.get(_env_key(name))
-        if raw is None:
-            continue
-        alias = field.alias or name
-        is_list = getattr(field.annotation, "__origin__", None) is list
-        values[alias] = [item.strip() for item in raw.split(",") if item.strip()] if is_list else raw
-    return values
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(config)"
+#: The downward API's variables, read before ``VMSANDBOX_AGENT_*``.
+DOWNWARD_API = {"NODE_NAME": "node_name", "POD_NAMESPACE": "namespace"}
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read, merge and validate; raises :class:`ConfigError` naming each bad option."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of options")
-        values.update(loaded)
-    values.update(_from_env(env))
-    if "nodeName" not in values and "node_name" not in values:
-        raise ConfigError("nodeName: required (set NODE_NAME or nodeName in the config file)")
-    try:
-        return AgentConfig.model_validate(values)
-    except ValidationError as exc:
-        problems = [
-            f"{_location(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()
-        ]
-        raise ConfigError("; ".join(problems)) from None
+    return load_settings(AgentConfig, ENV_PREFIX, path, environ, also=DOWNWARD_API)

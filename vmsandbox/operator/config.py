@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vmsandbox.api import Hypervisor, NetworkMode
-from vmsandbox.errors import VMSandboxError
+from vmsandbox.api.timing import AGENT_LEASE_SECONDS, NODE_LOST_GRACE_SECONDS
+from vmsandbox.config import ConfigError as SettingsError
+from vmsandbox.config import load_settings
 
 ENV_PREFIX = "VMSANDBOX_OPERATOR_"
 
@@ -24,7 +25,7 @@ class Strategy(StrEnum):
     BINPACK = "binpack"  # most allocated first: keeps whole nodes free
 
 
-class ConfigError(VMSandboxError):
+class ConfigError(SettingsError):
     step = "operator config"
 
 
@@ -49,12 +50,12 @@ class OperatorConfig(BaseModel):
         "recorded in status.network at placement.",
     )
     agent_alive_seconds: float = Field(
-        default=40.0,
+        default=AGENT_LEASE_SECONDS,
         gt=0,
         description="A node is schedulable while its agent Lease was renewed this recently.",
     )
     node_lost_grace_seconds: float = Field(
-        default=60.0,
+        default=NODE_LOST_GRACE_SECONDS,
         gt=0,
         description="After this long without a Lease renewal a node's sandboxes fail with NodeLost.",
     )
@@ -112,36 +113,6 @@ class OperatorConfig(BaseModel):
         return self
 
     @classmethod
-    def load(cls, path: Path | None = None, environ: dict[str, str] | None = None) -> OperatorConfig:
+    def load(cls, path: Path | None = None, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         """File values first, then each ``VMSANDBOX_OPERATOR_<FIELD>`` variable overrides one field."""
-        env = os.environ if environ is None else environ
-        raw: dict[str, Any] = {}
-        if path is not None:
-            try:
-                loaded = yaml.safe_load(path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"cannot read {path}: {exc}") from None
-            if not isinstance(loaded, dict):
-                raise ConfigError(f"{path}: expected a mapping at the top level")
-            raw.update({_snake(k): v for k, v in loaded.items()})
-        for name in cls.model_fields:
-            value = env.get(ENV_PREFIX + name.upper())
-            if value is not None:
-                raw[name] = yaml.safe_load(value) if name == "allowed_hypervisors" else value
-        if isinstance(raw.get("allowed_hypervisors"), str):
-            raw["allowed_hypervisors"] = [
-                h.strip() for h in raw["allowed_hypervisors"].split(",") if h.strip()
-            ]
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(problems) from None
-
-
-def _snake(key: str) -> str:
-    """Accept camelCase keys in the file, as the chart's values use."""
-    out = "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in key)
-    return out.removeprefix("_").replace("mi_b", "mib")
+        return load_settings(cls, ENV_PREFIX, path, environ, error=ConfigError)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.hypervisor import HYPERVISORS
+from vmsandbox.hypervisor import HYPERVISORS, HypervisorConfig
 from vmsandbox.hypervisor.process import ISOLATION_NOTE, ProcessDriver
 from vmsandbox.runtime.runtime import DEFAULT_ROOT, Runtime
 from vmsandbox.runtime.state import VMS_DIR, ContainerState
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--root", type=Path, default=DEFAULT_ROOT, help=f"state directory (default {DEFAULT_ROOT})"
+    )
+    p.add_argument(
+        "--config", type=Path, help="YAML file of driver settings; VMSANDBOX_* variables override it"
     )
     p.add_argument("--log", type=Path, help="append log messages to this file")
     p.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -150,7 +153,7 @@ def _check_backend(hypervisor: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rt = Runtime(root=args.root, hypervisor=args.hypervisor)
+    rt = Runtime(root=args.root, hypervisor=args.hypervisor, config=HypervisorConfig.load(args.config))
     if args.command == "create":
         _check_backend(args.hypervisor)
         rt.create(

@@ -130,7 +130,7 @@ class Runtime:
         self.root = Path(root)
         self.log_limits = log_limits or LogLimits()
         self.hypervisor = hypervisor
-        self.config = config or HypervisorConfig.from_env()
+        self.config = config or HypervisorConfig.load()
         self.store = StateStore(self.root)
         self.disks = DiskCache(self.root / DISKS_DIR, in_use=self._disks_in_use)
         self._drivers: dict[str, HypervisorDriver] = {}

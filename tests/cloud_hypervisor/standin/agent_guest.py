@@ -39,7 +39,7 @@ class AgentGuest:
     def __init__(self) -> None:
         #: Created at start (under TMPDIR), removed at stop, or by the watchdog after a crash.
         self._workdir: Path | None = None
-        self._driver = ProcessDriver(HypervisorConfig.from_env())
+        self._driver = ProcessDriver(HypervisorConfig.load())
         self._handle: VMHandle | None = None
         self._disks: dict[str, str] = {}
         self._watchdog: subprocess.Popen[bytes] | None = None

@@ -25,7 +25,7 @@ def main() -> int:
         from vmsandbox.hypervisor.config import HypervisorConfig
         from vmsandbox.hypervisor.process import ProcessDriver
 
-        ProcessDriver(HypervisorConfig.from_env()).stop(VMHandle.load(state_dir))
+        ProcessDriver(HypervisorConfig.load()).stop(VMHandle.load(state_dir))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
