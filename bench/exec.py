@@ -59,13 +59,13 @@ from tests.node_agent.support import (  # noqa: E402
     free_port,
 )
 from vmsandbox.api.constants import PROCESS_BACKEND_ALLOWED, PROCESS_BACKEND_LABEL  # noqa: E402
-from vmsandbox.cli_aggregated import (  # noqa: E402
+from vmsandbox.devcluster import LocalCluster  # noqa: E402
+from vmsandbox.devcluster.apiservice import (  # noqa: E402
     API_SERVICE_NAME,
     operator_settings,
     register,
     serving_certificate,
 )
-from vmsandbox.devcluster import LocalCluster  # noqa: E402
 from vmsandbox.devcluster.cluster import ADMIN_USER  # noqa: E402
 from vmsandbox.runtime import Runtime  # noqa: E402
 from vmsandbox.runtime.streams import read_path as guest_read_path  # noqa: E402

@@ -13,12 +13,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,36 +33,28 @@ from vmsandbox.api.constants import (
     KIND,
     NODE_LABEL,
     PLURAL,
-    PROCESS_BACKEND_ALLOWED,
-    PROCESS_BACKEND_LABEL,
     SUBRESOURCE_GROUP,
-    SUBRESOURCE_VERSION,
     VERSION,
 )
-from vmsandbox.cli_aggregated import operator_settings, register, serving_certificate
 from vmsandbox.cli_exec import print_listing, remote_spec, run_cp, run_exec
-from vmsandbox.dev_vmm_user import dev_vmm_user
-from vmsandbox.devcluster.sample_image import SAMPLES_DIR
+from vmsandbox.devcluster.backend import Backend, cache_dir, detect_backend
+from vmsandbox.devcluster.backend import choose_backend as choose_backend
+from vmsandbox.devcluster.devstack import Component as Component
+from vmsandbox.devcluster.devstack import DevStack, api_path_ready
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.operator.kube import Connection
 from vmsandbox.sdk.remote import Agent
 
 FIELD_MANAGER = "vmsandbox-cli"
-AGENT_NAMESPACE = "vmsandbox-system"
-SUBRESOURCE_DISCOVERY = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
 
 
 class CLIError(VMSandboxError):
     step = "vmsandbox"
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vmsandbox"
-
-
 def dev_kubeconfig_link() -> Path:
     """Where a running ``vmsandbox dev`` leaves its kubeconfig, so the other commands find it."""
-    return _cache_dir() / "dev" / "kubeconfig"
+    return cache_dir() / "dev" / "kubeconfig"
 
 
 def resolve_kubeconfig(explicit: Path | None) -> Path | None:
@@ -242,7 +232,7 @@ def agent_of(api: Api, namespace: str, name: str, step: str) -> Agent:
     """The way to ``namespace/name``: the API server's subresources.vmsandbox.io where it is
     served (and not ``--direct``), else the node agent running it, with this client's credentials
     (the agent asks the API server who they are)."""
-    if not api.direct and api.request("GET", SUBRESOURCE_DISCOVERY).status_code == 200:
+    if not api.direct and api_path_ready(api):
         token = api.session.headers.get("Authorization")
         cert = api.session.cert if isinstance(api.session.cert, str | tuple) else None
         verify = api.session.verify if isinstance(api.session.verify, str | bool) else True
@@ -348,288 +338,6 @@ def cmd_delete(api: Api, args: argparse.Namespace) -> int:
 # ---- dev ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    why: str
-
-
-def default_guest_image_dir() -> Path:
-    env = os.environ.get("VMSANDBOX_GUEST_IMAGE_DIR")
-    return Path(env) if env else _cache_dir() / "guest-image"
-
-
-def kvm_usable(path: Path = Path("/dev/kvm")) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
-def choose_backend(
-    *, cloud_hypervisor: str | None, qemu: str | None, kvm: bool, guest_image: Path | None
-) -> Backend:
-    """The most isolating backend this machine can run, and the reason for the choice."""
-    image_note = (
-        f"a guest image in {guest_image}"
-        if guest_image
-        else "no guest image (run `vmsandbox-guest-image build`)"
-    )
-    if cloud_hypervisor and kvm and guest_image:
-        return Backend("cloud-hypervisor", f"{cloud_hypervisor} and /dev/kvm are usable, {image_note}")
-    if qemu and guest_image:
-        missing = "no cloud-hypervisor binary" if not cloud_hypervisor else "/dev/kvm is not usable"
-        accel = (
-            "KVM if a boot probe shows it works (an openable /dev/kvm can still hang a guest), else TCG"
-            if kvm
-            else "TCG (slow: no usable /dev/kvm)"
-        )
-        return Backend("qemu", f"{missing}; {qemu} found with {image_note}, accelerated by {accel}")
-    reasons = []
-    if not cloud_hypervisor and not qemu:
-        reasons.append("neither cloud-hypervisor nor qemu-system-x86_64 is installed")
-    elif not guest_image:
-        reasons.append(image_note)
-    else:
-        reasons.append("/dev/kvm is not usable and qemu is missing")
-    return Backend(
-        "process",
-        "; ".join(reasons)
-        + ": sandboxes run as namespaced processes WITHOUT VM isolation (development only)",
-    )
-
-
-def detect_backend() -> Backend:
-    image = default_guest_image_dir()
-    return choose_backend(
-        cloud_hypervisor=shutil.which("cloud-hypervisor"),
-        qemu=shutil.which("qemu-system-x86_64"),
-        kvm=kvm_usable(),
-        guest_image=image if (image / "manifest.json").is_file() else None,
-    )
-
-
-def _python_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Component:
-    """One supervised process of ``vmsandbox dev``, restarted with back-off as a controller would."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    restart_at: float | None = None
-
-    #: Back-off doubles from the first to the cap; a run longer than ``STABLE`` resets it.
-    FIRST_BACKOFF = 1.0
-    MAX_BACKOFF = 30.0
-    STABLE = 60.0
-
-    def backoff(self, ran_for: float) -> float:
-        if ran_for >= self.STABLE:
-            self.restarts = 0
-        return min(self.FIRST_BACKOFF * 2**self.restarts, self.MAX_BACKOFF)
-
-
-class DevStack:
-    """The processes ``vmsandbox dev`` starts and supervises, stopped in reverse order whatever happens.
-
-    Like a Deployment (the operator) and a DaemonSet (the agent), a component that exits is
-    started again with the same configuration after a doubling back-off; only ``stop`` ends them.
-    The agent stays this process's direct child, so its VMs are adopted by the restarted agent.
-    """
-
-    def __init__(self, workdir: Path, kubeconfig: Path, backend: Backend, node_name: str) -> None:
-        self.workdir = workdir
-        self.kubeconfig = kubeconfig
-        self.backend = backend
-        self.node_name = node_name
-        self.components: list[Component] = []
-        self.agent_port = _free_port()
-        self.subresources_port = _free_port()
-        self._serving_files: tuple[Path, Path, Path] | None = None
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        component = Component(name, argv, env)
-        self.components.append(component)
-        self._launch(component)
-
-    def _launch(self, component: Component) -> None:
-        with (self.workdir / f"{component.name}.log").open("ab") as log:
-            component.proc = subprocess.Popen(
-                component.argv,
-                env=component.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        component.started_at = time.monotonic()
-        component.restart_at = None
-
-    def pid(self, name: str) -> int | None:
-        """The running pid of component ``name``, if it runs."""
-        for component in self.components:
-            if component.name == name and component.proc and component.proc.poll() is None:
-                return component.proc.pid
-        return None
-
-    def _serving(self) -> tuple[Path, Path, Path]:
-        """(CA, certificate, key) of the operator's aggregated server, made on first use."""
-        if self._serving_files is None:
-            self._serving_files = serving_certificate(self.workdir / "subresources", AGENT_NAMESPACE)
-        return self._serving_files
-
-    def register_api(self, api: Api) -> None:
-        """The APIService for subresources.vmsandbox.io, served by the operator (the API path)."""
-        register(api.request, AGENT_NAMESPACE, self.subresources_port, self._serving()[0])
-
-    def register_node(self, api: Api) -> None:
-        """Create this machine's Node, as the kubelet would on a real cluster; the agent annotates it."""
-        body = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": self.node_name, "labels": {"kubernetes.io/hostname": self.node_name}},
-        }
-        resp = api.request("POST", "/api/v1/nodes", json=body)
-        if resp.status_code not in (201, 409):
-            raise CLIError(f"creating node {self.node_name}: {resp.status_code} {resp.text}", step="dev")
-        if self.backend.name == "process":
-            # The process backend is allowed per namespace, by an admin: here, `default` only.
-            patch = {"metadata": {"labels": {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}}}
-            headers = {"Content-Type": "application/merge-patch+json"}
-            resp = api.request("PATCH", "/api/v1/namespaces/default", json=patch, headers=headers)
-            if resp.status_code != 200:
-                raise CLIError(f"labelling namespace default: {resp.status_code} {resp.text}", step="dev")
-
-    def tail(self, lines: int = 15) -> str:
-        out = []
-        for component in self.components:
-            path = self.workdir / f"{component.name}.log"
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
-        return "\n".join(out)
-
-    def start(self) -> None:
-        allowed = ",".join(sorted({"cloud-hypervisor", "qemu", self.backend.name}))
-        env = _python_env()
-        op_env = {
-            **env,
-            "VMSANDBOX_OPERATOR_NAMESPACE": AGENT_NAMESPACE,
-            "VMSANDBOX_OPERATOR_ALLOWED_HYPERVISORS": allowed,
-            "VMSANDBOX_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{_free_port()}/healthz",
-            "VMSANDBOX_OPERATOR_METRICS_HOST": "127.0.0.1",
-            "VMSANDBOX_OPERATOR_METRICS_PORT": str(_free_port()),
-            **operator_settings(self.subresources_port, *self._serving()[1:]),
-        }
-        self._spawn(
-            "operator",
-            [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(self.kubeconfig)],
-            op_env,
-        )
-        agent_dir = self.workdir / "agent"
-        agent_env = {
-            **env,
-            "NODE_NAME": self.node_name,
-            "POD_NAMESPACE": AGENT_NAMESPACE,
-            "VMSANDBOX_AGENT_KUBECONFIG": str(self.kubeconfig),
-            "VMSANDBOX_AGENT_STATE_DIR": str(agent_dir / "state"),
-            "VMSANDBOX_AGENT_RUNTIME_ROOT": str(agent_dir / "run"),
-            "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": self.backend.name,
-            "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": self.backend.name,
-            "VMSANDBOX_AGENT_LISTEN_ADDRESS": "127.0.0.1",
-            "VMSANDBOX_AGENT_ADVERTISE_ADDRESS": "127.0.0.1",
-            "VMSANDBOX_AGENT_PORT": str(self.agent_port),
-            "VMSANDBOX_AGENT_RESERVE_VCPUS": "0",
-            "VMSANDBOX_AGENT_RESERVE_MEMORY_MIB": "256",
-            "VMSANDBOX_AGENT_ALLOWED_LAYOUT_DIRS": str(SAMPLES_DIR),
-            # The backend was chosen for this machine, and here QEMU runs under TCG: say so.
-            "VMSANDBOX_AGENT_ALLOW_TCG": "true" if self.backend.name == "qemu" else "false",
-        }
-        if self.backend.name != "process":
-            agent_env["VMSANDBOX_AGENT_GUEST_IMAGE_DIR"] = str(default_guest_image_dir())
-            user, why = dev_vmm_user([default_guest_image_dir() / "vmlinuz", agent_dir / "run"])
-            agent_env["VMSANDBOX_AGENT_VMM_USER"] = user
-            if why:
-                print(why, file=sys.stderr)
-        self._spawn("agent", [sys.executable, "-m", "vmsandbox.node_agent"], agent_env)
-
-    def dead(self) -> list[str]:
-        return [
-            f"{c.name} (exit {c.proc.returncode})"
-            for c in self.components
-            if c.proc is not None and c.proc.poll() is not None
-        ]
-
-    def supervise(self, now: float | None = None) -> list[str]:
-        """Restart what exited once its back-off has passed; returns the lines to print."""
-        now = time.monotonic() if now is None else now
-        said = []
-        for c in self.components:
-            if c.proc is None or c.proc.poll() is None:
-                continue
-            if c.restart_at is None:
-                delay = c.backoff(now - c.started_at)
-                c.restart_at = now + delay
-                said.append(
-                    f"vmsandbox dev: {c.name} exited with status {c.proc.returncode}; "
-                    f"starting it again in {delay:g}s (restart {c.restarts + 1}); "
-                    f"log: {self.workdir / (c.name + '.log')}"
-                )
-            elif now >= c.restart_at:
-                c.restarts += 1
-                self._launch(c)
-                said.append(f"vmsandbox dev: {c.name} started again (pid {c.proc.pid})")
-        return said
-
-    def stop(self) -> None:
-        for c in reversed(self.components):  # the agent first: it tears its VMs down
-            proc = c.proc
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30 if c.name == "agent" else 15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        self.components = []
-
-
-def _api_path_ready(api: Api) -> bool:
-    """Whether the API server answers for the operator's subresources.vmsandbox.io."""
-    try:
-        return api.request("GET", SUBRESOURCE_DISCOVERY).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _node_ready(api: Api, node: str) -> bool:
-    resp = api.request("GET", f"/api/v1/nodes/{quote(node)}")
-    if resp.status_code != 200:
-        return False
-    return (resp.json()["metadata"].get("labels") or {}).get("vmsandbox.io/agent") == "ready"
-
-
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -663,20 +371,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
             stack.start()
             link.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cluster.kubeconfig_path, link)
-            deadline = time.monotonic() + 120
-            # Ready means both ways in work: the agent's node and the operator's API path.
-            while not (_node_ready(api, args.node_name) and _api_path_ready(api)):
-                if stack.dead() or stop.is_set() or time.monotonic() > deadline:
-                    what = ", ".join(stack.dead()) or (
-                        f"{SUBRESOURCE_GROUP} is not served yet"
-                        if _node_ready(api, args.node_name)
-                        else "the agent did not publish its node in time"
-                    )
-                    print(
-                        f"vmsandbox dev: start-up failed: {what}; logs in {cluster.workdir}", file=sys.stderr
-                    )
-                    return 1
-                time.sleep(0.5)
+            failed = stack.wait_ready(api, stop)
+            if failed is not None:
+                print(f"vmsandbox dev: start-up failed: {failed}; logs in {cluster.workdir}", file=sys.stderr)
+                return 1
             print(
                 f"vmsandbox dev: ready. node {args.node_name}, agent on 127.0.0.1:{stack.agent_port}"
                 f" (operator pid {stack.pid('operator')}, agent pid {stack.pid('agent')})",

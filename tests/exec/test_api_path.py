@@ -27,7 +27,7 @@ from tests.e2e.processes import OperatorProcess
 from tests.exec.test_cli import cli
 from tests.node_agent.support import AgentProcess, Cluster, Registry, free_port, unique, wait_for
 from vmsandbox.api.constants import SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
-from vmsandbox.cli_aggregated import API_SERVICE_NAME, operator_settings, register, serving_certificate
+from vmsandbox.devcluster.apiservice import API_SERVICE_NAME, operator_settings, register, serving_certificate
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.devcluster.tls import make_ca, sign_certificate
 from vmsandbox.sdk.client import Client

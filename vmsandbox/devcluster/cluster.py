@@ -30,7 +30,7 @@ from vmsandbox.devcluster.corekinds import BUILTIN_NAMESPACES, CORE_KINDS
 from vmsandbox.devcluster.errors import DevClusterError
 from vmsandbox.devcluster.faults import FAULTS_PATH
 from vmsandbox.devcluster.kubeconfig import render_kubeconfig
-from vmsandbox.devcluster.processes import ManagedProcess, free_ports
+from vmsandbox.devcluster.processes import ManagedProcess, free_ports, python_env
 from vmsandbox.devcluster.rbac import ADMIN_USER, APISERVER_USER, SYSTEM_USER_PREFIX, bootstrap_objects
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestRecord, read_request_log
 from vmsandbox.devcluster.tls import make_ca, make_certificate, sign_certificate
@@ -219,7 +219,7 @@ class LocalCluster:
 
     def start_front(self) -> None:
         """Start the front again on its ports (after :meth:`stop_front`); returns once it answers."""
-        front = self._spawn("front", self._front_argv, env=_python_env())
+        front = self._spawn("front", self._front_argv, env=python_env())
         self._wait("front health", front, lambda: self._probe(self.url + HEALTH_PATH))
         self.processes.insert(self._front_index, self.processes.pop())  # stopped in the same order
 
@@ -340,7 +340,7 @@ class LocalCluster:
             f"--proxy-client-key={proxy_key}",
             *(["--fault-injection"] if self.fault_injection else []),
         ]
-        front = self._spawn("front", self._front_argv, env=_python_env())
+        front = self._spawn("front", self._front_argv, env=python_env())
         self._wait("etcd health", etcd, lambda: self._probe(f"{etcd_url}/health", auth=False))
         kubeconfig = work / "apiserver.kubeconfig"
         apiserver = self._spawn(
@@ -468,13 +468,6 @@ class LocalCluster:
     def _require_started(self) -> None:
         if self.workdir is None or not self._front_port:
             raise DevClusterError("the cluster is not started", step="devcluster")
-
-
-def _python_env() -> dict[str, str]:
-    """The environment for a Python child that must import this very ``vmsandbox`` package."""
-    root = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
 
 
 def _message(resp: requests.Response) -> str:

@@ -26,6 +26,13 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def python_env() -> dict[str, str]:
+    """The environment for a Python child that must import this very ``vmsandbox`` package."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root}
+
+
 def free_ports(count: int) -> list[int]:
     """``count`` distinct loopback ports that were free a moment ago."""
     sockets = []
