@@ -19,6 +19,7 @@ from vmsandbox.node_agent.config import AgentConfig, load_config
 from vmsandbox.operator.config import OperatorConfig
 
 Render = Callable[..., list[dict[str, Any]]]
+RenderedAgent = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, str], AgentConfig]
 CASES: list[tuple[Path, ...]] = [(), *[(p,) for p in value_files()]]
 #: What the downward API would give a pod.
 POD = {
@@ -99,15 +100,20 @@ def test_operator_accepts_its_rendered_configuration(
         assert (config.webhook_certfile.name, config.webhook_keyfile.name) == ("tls.crt", "tls.key")
 
 
-@pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_agent_accepts_its_rendered_configuration(
-    render: Render, case: tuple[Path, ...], tmp_path: Path
-) -> None:
+def _rendered_agent(render: Render, case: tuple[Path, ...], tmp_path: Path) -> RenderedAgent:
+    """The rendered objects, the agent's DaemonSet, container and environment, and its config."""
     objects = render(*case)
     daemonset = one(objects, "DaemonSet", "-agent")
     container = daemonset["spec"]["template"]["spec"]["containers"][0]
     env = _environ(container)
-    config = load_config(_config_file(objects, daemonset, tmp_path), env)
+    return objects, daemonset, container, env, load_config(_config_file(objects, daemonset, tmp_path), env)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_agent_accepts_its_rendered_configuration(
+    render: Render, case: tuple[Path, ...], tmp_path: Path
+) -> None:
+    objects, _, container, _, config = _rendered_agent(render, case, tmp_path)
     assert config.node_name == POD["spec.nodeName"]
     assert config.namespace == NAMESPACE
     assert one(objects, "Role", "-agent")["metadata"]["namespace"] == config.namespace
@@ -121,11 +127,7 @@ def test_agent_accepts_its_rendered_configuration(
 def test_agent_mounts_exactly_what_its_configuration_uses(
     render: Render, case: tuple[Path, ...], tmp_path: Path
 ) -> None:
-    objects = render(*case)
-    daemonset = one(objects, "DaemonSet", "-agent")
-    container = daemonset["spec"]["template"]["spec"]["containers"][0]
-    env = _environ(container)
-    config = load_config(_config_file(objects, daemonset, tmp_path), env)
+    _, daemonset, container, env, config = _rendered_agent(render, case, tmp_path)
     mounts = _host_mounts(daemonset)
     expected = {str(config.state_dir), str(config.runtime_root)}
     privileged = container["securityContext"].get("privileged", False)
@@ -170,18 +172,22 @@ def test_agent_config_values_reach_the_agent(render: Render, tmp_path: Path) -> 
     assert config.allowed_hypervisors == ["cloud-hypervisor"]
 
 
-def test_agents_fence_on_the_operators_node_loss_grace(render: Render) -> None:
-    """Agents stop their rescheduled sandboxes just before the operator declares their node
-    lost, so both must read one grace: the chart copies the operator's unless the agent's is set."""
+def _agent_option(option: str, *sets: str) -> object:
+    """``option`` in the agents' rendered config file, with ``sets`` as ``--set`` values."""
     import yaml
 
     from tests.chart.helm import get_helm
 
+    objects = get_helm().render(sets=list(sets))
+    return yaml.safe_load(one(objects, "ConfigMap", "-agent-config")["data"]["agent.yaml"]).get(option)
+
+
+def test_agents_fence_on_the_operators_node_loss_grace(render: Render) -> None:
+    """Agents stop their rescheduled sandboxes just before the operator declares their node
+    lost, so both must read one grace: the chart copies the operator's unless the agent's is set."""
+
     def agent_grace(*sets: str) -> object:
-        objects = get_helm().render(sets=list(sets))
-        return yaml.safe_load(one(objects, "ConfigMap", "-agent-config")["data"]["agent.yaml"]).get(
-            "nodeLostGraceSeconds"
-        )
+        return _agent_option("nodeLostGraceSeconds", *sets)
 
     assert agent_grace("operator.config.nodeLostGraceSeconds=120") == 120
     assert (
@@ -196,14 +202,9 @@ def test_agents_fence_on_the_operators_node_loss_grace(render: Render) -> None:
 def test_agent_leases_last_the_operators_liveness_window(render: Render) -> None:
     """The operator counts a node alive while its agent's Lease is younger than agentAliveSeconds;
     the agents' Leases say as much, in whole seconds, unless the agent's duration is set."""
-    import yaml
-
-    from tests.chart.helm import get_helm
 
     def agent_lease(*sets: str) -> object:
-        objects = get_helm().render(sets=list(sets))
-        agent = yaml.safe_load(one(objects, "ConfigMap", "-agent-config")["data"]["agent.yaml"])
-        return agent.get("leaseDurationSeconds")
+        return _agent_option("leaseDurationSeconds", *sets)
 
     assert agent_lease("operator.config.agentAliveSeconds=30") == 30
     assert agent_lease("operator.config.agentAliveSeconds=30.5") == 31
