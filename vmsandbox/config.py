@@ -36,12 +36,12 @@ class ConfigError(VMSandboxError):
     step = "configuration"
 
 
-def option_name(model: type[BaseModel], field: str) -> str:
+def _option_name(model: type[BaseModel], field: str) -> str:
     """The name an option has in a config file and in messages: the field's alias, else camelCase."""
     return model.model_fields[field].alias or to_camel(field)
 
 
-def variable(prefix: str, field: str) -> str:
+def _variable(prefix: str, field: str) -> str:
     return prefix + field.upper()
 
 
@@ -68,10 +68,10 @@ def load_settings(
         if name in env:
             values[field], set_by[field] = env[name], name
     for field, info in model.model_fields.items():
-        raw = env.get(variable(prefix, field))
+        raw = env.get(_variable(prefix, field))
         if raw is not None:
             values[field] = split_list(raw) if _is_list(info.annotation) else raw
-            set_by[field] = variable(prefix, field)
+            set_by[field] = _variable(prefix, field)
     try:
         return model.model_validate(values)
     except ValidationError as exc:
@@ -93,7 +93,7 @@ def _from_file(model: type[BaseModel], path: Path, error: type[ConfigError]) -> 
         raise error(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
         raise error(f"{path} must hold a mapping of options")
-    fields = {option_name(model, f): f for f in model.model_fields} | {f: f for f in model.model_fields}
+    fields = {_option_name(model, f): f for f in model.model_fields} | {f: f for f in model.model_fields}
     # An unknown key stays as written, so that validation names it.
     return {fields.get(str(key), str(key)): value for key, value in loaded.items()}
 
@@ -115,9 +115,9 @@ def _problem(
     field = _field_of(model, str(head))
     if field is None:
         return f"{head}: not an option" if err["type"] == "extra_forbidden" else f"{head}: {message}"
-    where = ".".join([option_name(model, field), *(str(part) for part in rest)])
+    where = ".".join([_option_name(model, field), *(str(part) for part in rest)])
     if err["type"] == "missing":
-        names = [n for n, f in also.items() if f == field] + [variable(prefix, field)]
+        names = [n for n, f in also.items() if f == field] + [_variable(prefix, field)]
         return f"{where}: required (set {', '.join(names)} or {where} in the config file)"
     source = f" (set by {set_by[field]})" if field in set_by else ""
     return f"{where}: {message}{source}"
@@ -126,4 +126,4 @@ def _problem(
 def _field_of(model: type[BaseModel], name: str) -> str | None:
     if name in model.model_fields:
         return name
-    return next((f for f in model.model_fields if option_name(model, f) == name), None)
+    return next((f for f in model.model_fields if _option_name(model, f) == name), None)
