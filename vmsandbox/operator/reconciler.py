@@ -408,6 +408,7 @@ class Reconciler:
             "Normal",
             lc.REASON_SCHEDULED,
             f"placed on node {decision.node} ({decision.hypervisor})" + (claim.note if claim else ""),
+            hold=True,  # every sandbox's: it must not compete with the placements
         )
         fresh = self.cache.sandboxes.get(key)
         if fresh is not None:
