@@ -345,6 +345,26 @@ def start_operator(kube: LocalCluster) -> tuple[subprocess.Popen[bytes], int, Pa
         time.sleep(0.2)
 
 
+def events_posted(kube: LocalCluster, since: int, want: int, timeout: float) -> int:
+    """The operator's Event POSTs in the request log from line ``since``, once ``want`` are there
+    (or the count stopped growing for 3 s, or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    count, changed = -1, time.monotonic()
+    while True:
+        now = len(
+            [
+                r
+                for r in kube.requests_made(since)
+                if r.resource == "events" and r.user_agent.startswith("vmsandbox-operator/")
+            ]
+        )
+        if now != count:
+            count, changed = now, time.monotonic()
+        if count >= want or time.monotonic() > deadline or time.monotonic() - changed > 3:
+            return count
+        time.sleep(0.005)
+
+
 def is_write(r: Any) -> bool:
     return r.method in ("POST", "PATCH", "PUT", "DELETE") and r.resource in ("vmsandboxes", "events")
 
@@ -392,8 +412,9 @@ def measure_tree(args: argparse.Namespace) -> dict[str, Any]:
             while len(observer.running) < n and time.monotonic() < deadline:
                 time.sleep(0.1)
             rss1, cpu1 = proc_stats(op.pid)
-            time.sleep(1.0)  # the burst's Events, if any are still queued, land before the singles
+            burst_events = events_posted(kube, since, n, 120)  # the burst's Events land first
             # Then one at a time: the latency floor when the server is not saturated by the burst.
+            # Each is created once the previous one's Event has landed (or 2 s have passed).
             singles: dict[str, float] = {}
             for i in range(args.singles):
                 name = f"one-{i:03d}"
@@ -402,8 +423,8 @@ def measure_tree(args: argparse.Namespace) -> dict[str, Any]:
                 assert resp.status_code == 201, resp.text
                 while name not in observer.scheduled and time.time() - created[name] < 30:
                     time.sleep(0.0005)
-                time.sleep(0.05)  # its Event and the no-op agent's write land before the next
-            time.sleep(2.0)  # the Events of the last ones
+                events_posted(kube, since, burst_events + i + 1, 2)
+                time.sleep(0.02)  # and the no-op agent's Running write
             observer.stop()
             agents.stop()
             records = kube.requests_made(since)

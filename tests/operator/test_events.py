@@ -162,3 +162,20 @@ def test_posting_is_rate_limited_and_a_refused_post_does_not_stop_the_rest(
     assert len(times) == 7
     # 2 at once from the burst allowance, then one each 100 ms: 5 more take >= 0.5 s.
     assert times[-1] - times[0] >= 0.45, times
+
+
+def test_what_stop_cannot_post_in_time_is_counted_as_dropped(kube: LocalCluster, kube_namespace: str) -> None:
+    ns = kube_namespace
+    drops: list[int] = []
+
+    async def scenario(client: KubeClient) -> None:
+        recorder = EventRecorder(client, qps=2.0, burst=1, on_drop=lambda: drops.append(1))
+        recorder.start()
+        for i in range(5):
+            recorder.record(obj(ns, f"s{i}"), "Warning", "NodeLost", "lost")
+        await recorder.stop(flush_timeout=0.8)
+        assert recorder.posted + recorder.dropped == 5
+        assert 1 <= recorder.posted <= 3 and len(recorder) == 0
+
+    run(kube, ns, scenario)
+    assert len(drops) >= 2

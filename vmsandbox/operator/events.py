@@ -3,13 +3,14 @@
 ``record`` only files the Event; one background task posts them. The one Event every sandbox
 gets, Scheduled, is filed with ``hold=True``: it waits until the reconcile queue has been idle
 for ``quiet`` seconds, so its POST does not compete with the writes and watch deliveries the
-next placement is waiting for, and at most ``max_delay`` seconds while the operator stays busy.
-Other Events (failures, node loss: rare, and read right after the state they explain) go out
-first and at once. All posting is rate-limited (a token bucket of ``qps``, ``burst``), so a
-burst of decisions becomes a steady trickle of Events rather than a second burst of writes. An
-Event equal to one still waiting (same object, type, reason and message) raises that one's
-``count`` instead of being filed twice. At most ``limit`` Events wait; beyond that the oldest
-(held ones first) is dropped, and every drop is counted (``dropped``, ``on_drop``) and logged.
+next placement is waiting for; while the operator stays busy longer than ``max_delay`` they are
+posted anyway, rate-limited (a token bucket of ``qps``, ``burst``), so a burst of decisions
+becomes a steady trickle of Events rather than a second burst of writes. Other Events
+(failures, node loss: rare, and read right after the state they explain) go out first and at
+once, within the same rate limit. An Event equal to one still waiting (same object, type,
+reason and message) raises that one's ``count`` instead of being filed twice. At most ``limit``
+Events wait; beyond that the oldest (held ones first) is dropped, and every drop is counted
+(``dropped``, ``on_drop``) and logged, as are the ones :meth:`stop` could not post in time.
 """
 
 from __future__ import annotations
@@ -132,19 +133,19 @@ class EventRecorder:
             same.event["lastTimestamp"] = _now()
             return
         if len(self) >= self._limit:
-            self._drop()
+            self._drop(f"more than {self._limit} were waiting")
         filed = _Filed(namespace, _event(meta, namespace, kind, reason, message, self._host))
         (self._held if hold else self._urgent)[key] = filed
         self._drained.clear()
         self._wake.set()
 
-    def _drop(self) -> None:
+    def _drop(self, why: str) -> None:
         (self._held or self._urgent).popitem(last=False)
         self.dropped += 1
         if self._on_drop is not None:
             self._on_drop()
         if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning("%d Events dropped so far: more than %d were waiting", self.dropped, self._limit)
+            log.warning("%d Events dropped so far (%s)", self.dropped, why)
 
     def start(self) -> None:
         if self._task is None:
@@ -161,6 +162,8 @@ class EventRecorder:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
+        while len(self):  # not posted in time: dropped, and counted as such
+            self._drop("not posted before stopping")
 
     async def _drain(self) -> None:
         while True:
@@ -169,11 +172,11 @@ class EventRecorder:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if not self._urgent:
-                await self._hold_back()
-            await self._bucket.take()
+            # Held ones posted while the decisions stay busy, and urgent ones, at the rate limit.
+            if self._urgent or await self._hold_back():
+                await self._bucket.take()
             waiting = self._urgent or self._held  # urgent ones filed meanwhile go first
-            if not waiting:  # dropped while waiting for a token
+            if not waiting:  # dropped meanwhile
                 continue
             _, filed = waiting.popitem(last=False)
             try:
@@ -183,17 +186,20 @@ class EventRecorder:
                 self.failed += 1
                 log.debug("event not posted: %s", exc)
 
-    async def _hold_back(self) -> None:
-        """Wait until the decisions have been quiet for ``quiet`` seconds, the oldest held Event is
-        ``max_delay`` old, or an urgent Event is filed."""
+    async def _hold_back(self) -> bool:
+        """Wait until the decisions have been quiet for ``quiet`` seconds (False), the oldest held
+        Event is ``max_delay`` old while they are not (True), or an urgent Event is filed."""
         while self._held and not self._urgent and not self._flushing:
             idle = self.idle_for()
+            if idle >= self._quiet:
+                return False
             left = self._max_delay - (time.monotonic() - next(iter(self._held.values())).queued)
-            if idle >= self._quiet or left <= 0:
-                return
+            if left <= 0:
+                return True
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.002, min(self._quiet - idle, left)))
+        return False
 
 
 def _event(
