@@ -19,11 +19,12 @@ one-at-a-time creates are split into stages from the request log (create sent, o
 write arrives, its status write arrives, a watch sees Scheduled) beside the server's own floor: a
 single write's round trip and a watch's delivery delay, measured by a plain client.
 
-The whole measurement runs twice, in separate processes: against the code before the current
-branch (the merge base with ``--against``, default ``main``, as a temporary git worktree) and
-against the new code; the figures are printed old beside new.
+The whole measurement runs in separate processes against the code before the current branch
+(the merge base with ``--against``, default ``main``, as a temporary git worktree) and against
+the new code, alternately ``--rounds`` times (so both see the machine's load as it changes);
+the figures are printed old beside new, one column per run.
 
-    python bench/control_plane.py [--sandboxes 500] [--agents 10] [--concurrency 16] [--against main]
+    python bench/control_plane.py [--sandboxes 500] [--agents 10] [--concurrency 16] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -519,6 +520,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="client threads creating sandboxes")
     parser.add_argument("--singles", type=int, default=40, help="then this many created one at a time")
     parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
+    parser.add_argument("--rounds", type=int, default=2, help="old and new measured alternately, this often")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -530,24 +532,26 @@ def main() -> int:
         *("--sandboxes", str(args.sandboxes), "--agents", str(args.agents)),
         *("--concurrency", str(args.concurrency), "--singles", str(args.singles)),
     ]
-    results: dict[str, Any] = {}
+    runs: list[tuple[str, dict[str, Any]]] = []  # (column title, result), old and new alternating
     with baseline_tree(args.against) as old:
-        for label, tree in (("old", old), ("new", TREE)):
-            print(f"measuring {label} ({tree}) ...", file=sys.stderr, flush=True)
-            results[label] = measure(script, tree, sizes)
+        for round_ in range(1, args.rounds + 1):
+            for label, tree in (("old", old), ("new", TREE)):
+                print(f"measuring {label} #{round_} ({tree}) ...", file=sys.stderr, flush=True)
+                runs.append((f"{label} #{round_}", measure(script, tree, sizes)))
     print(
         f"control plane: {args.sandboxes} sandboxes at once onto {args.agents} no-op agents, "
         f"then {args.singles} one at a time; old = {args.against}; {load()}"
     )
-    print(f"{'':<42} {'old':>10} {'new':>10}")
+    print(f"{'':<42}" + "".join(f"{title:>10}" for title, _ in runs))
     for title, path in ROWS:
-        print(f"{title:<42} {cell(results['old'], path):>10} {cell(results['new'], path):>10}")
+        print(f"{title:<42}" + "".join(f"{cell(result, path):>10}" for _, result in runs))
     print("targets: operator writes to the sandbox <= 2; one at a time create->Scheduled p50 <= 30 ms")
-    print("old operator writes:", json.dumps(results["old"]["operator_writes"]))
-    print("new operator writes:", json.dumps(results["new"]["operator_writes"]))
+    for title, result in runs:
+        print(f"{title} operator writes:", json.dumps(result["operator_writes"]))
+    results = dict(runs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    ok = all(results[t]["scheduled"] == args.sandboxes for t in results)
+    ok = all(result["scheduled"] == args.sandboxes for result in results.values())
     return 0 if ok else 1
 
 

@@ -38,6 +38,15 @@ def posts(kube: LocalCluster, ns: str, since: int) -> list[float]:
     ]
 
 
+async def until_sent(recorder: EventRecorder, count: int, timeout: float = 5.0) -> float:
+    """Wait until ``count`` Events were posted or refused; returns the seconds it took."""
+    start = time.monotonic()
+    while recorder.posted + recorder.failed < count:
+        assert time.monotonic() - start < timeout, f"{recorder.posted} posted, {recorder.failed} refused"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
 def obj(ns: str, name: str) -> dict[str, Any]:
     return sandbox_obj(name, ns)
 
@@ -60,20 +69,14 @@ def test_held_events_wait_while_the_decisions_are_busy_and_urgent_ones_do_not(
         await asyncio.sleep(0.5)
         assert recorder.posted == 0 and len(recorder) == 1  # held back while busy
         recorder.record(obj(ns, "a2"), "Warning", "NodeLost", "node n lost")
-        start = time.monotonic()
-        while recorder.posted == 0:  # an urgent one is not held back, nor stuck behind a held one
-            assert time.monotonic() - start < 5
-            await asyncio.sleep(0.01)
+        await until_sent(recorder, 1)  # an urgent one is not held back, nor stuck behind a held one
         await asyncio.sleep(0.2)
         assert recorder.posted == 1 and len(recorder) == 1
         nonlocal busy
         busy, quiet_since = False, time.monotonic()
         await asyncio.sleep(0.1)
         assert recorder.posted == 1  # not quiet for long enough yet
-        start = time.monotonic()
-        while recorder.posted == 1:
-            assert time.monotonic() - start < 5
-            await asyncio.sleep(0.01)
+        await until_sent(recorder, 2)
         assert time.monotonic() - quiet_since >= 0.2
         await recorder.stop()
 
@@ -88,12 +91,8 @@ def test_a_busy_operator_holds_events_back_at_most_max_delay(kube: LocalCluster,
     async def scenario(client: KubeClient) -> None:
         recorder = EventRecorder(client, quiet=0.1, max_delay=0.3, idle_for=lambda: 0.0)
         recorder.start()
-        start = time.monotonic()
         recorder.record(obj(ns, "b"), "Normal", "Scheduled", "placed", hold=True)
-        while recorder.posted == 0:
-            assert time.monotonic() - start < 5
-            await asyncio.sleep(0.01)
-        assert time.monotonic() - start >= 0.3
+        assert await until_sent(recorder, 1) >= 0.29
         await recorder.stop()
 
     run(kube, ns, scenario)
@@ -150,10 +149,7 @@ def test_posting_is_rate_limited_and_a_refused_post_does_not_stop_the_rest(
         recorder.record(obj("Not_A_Namespace", "x"), "Normal", "Scheduled", "placed")
         for i in range(6):
             recorder.record(obj(ns, f"r{i}"), "Normal", "Scheduled", "placed")
-        start = time.monotonic()
-        while recorder.posted + recorder.failed < 7:
-            assert time.monotonic() - start < 10
-            await asyncio.sleep(0.01)
+        await until_sent(recorder, 7, timeout=10)
         assert (recorder.posted, recorder.failed) == (6, 1)
         await recorder.stop()
 
