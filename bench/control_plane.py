@@ -12,10 +12,19 @@ Runs everything on this machine against the real CRD API server (``vmsandbox.dev
   status writes with the same concurrency, i.e. the API server's own write rate here.
 
 Prints create-to-Scheduled and create-to-Running p50/p95/p99, throughput, the operator's
-writes per sandbox (from the server's request log), the throughput as a fraction of
-``raw write rate / writes per sandbox``, and the operator's peak RSS and CPU time.
+writes per sandbox (from the server's request log: writes to the sandbox and Events apart), the
+no-op agents' writes per sandbox, the throughput as a fraction of the server's raw write rate
+(and of ``raw write rate / writes per sandbox``), and the operator's peak RSS and CPU time. The
+one-at-a-time creates are split into stages from the request log (create sent, operator's first
+write arrives, its status write arrives, a watch sees Scheduled) beside the server's own floor: a
+single write's round trip and a watch's delivery delay, measured by a plain client.
 
-    python bench/control_plane.py [--sandboxes 500] [--agents 10] [--concurrency 16] [--json out.json]
+The whole measurement runs in separate processes against the code before the current branch
+(the merge base with ``--against``, default ``main``, as a temporary git worktree) and against
+the new code, alternately ``--rounds`` times (so both see the machine's load as it changes);
+the figures are printed old beside new, one column per run.
+
+    python bench/control_plane.py [--sandboxes 500] [--agents 10] [--concurrency 16] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -37,9 +46,10 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baseline import baseline_tree, load, measure, tree_env, use_tree
 
+TREE = use_tree()
 from vmsandbox.api import NodeCapacity  # noqa: E402
 from vmsandbox.api.constants import AGENT_LEASE_PREFIX, CAPACITY_ANNOTATION, NODE_LABEL  # noqa: E402
 from vmsandbox.devcluster.cluster import LocalCluster  # noqa: E402
@@ -188,7 +198,7 @@ class Observer:
     def _see(self, obj: dict[str, Any]) -> None:
         name = str((obj.get("metadata") or {}).get("name") or "")
         phase = (obj.get("status") or {}).get("phase")
-        now = time.perf_counter()
+        now = time.time()  # wall clock, comparable with the request log's
         if not name:
             return
         if phase == "Scheduled" and name not in self.scheduled:
@@ -235,66 +245,153 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sandboxes", type=int, default=500)
-    parser.add_argument("--agents", type=int, default=10)
-    parser.add_argument("--concurrency", type=int, default=16, help="client threads creating sandboxes")
-    parser.add_argument("--singles", type=int, default=20, help="then this many created one at a time")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    n = args.sandboxes
+def floor(client: Client, ns: str, rounds: int = 20) -> dict[str, float]:
+    """The server's own latency, one request at a time: a write's round trip, and a create's
+    and a status write's delay until a watch delivers them (all p50, ms)."""
+    watched: dict[str, float] = {}
 
-    with LocalCluster() as kube:
-        client = Client(kube.url)
-        for ns in ("bench-raw", "bench"):
-            kube.http(
-                "POST",
-                "/api/v1/namespaces",
-                json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-            )
-        print(
-            f"baseline: plain client, {n} creates + {n} status writes, {args.concurrency} threads ...",
-            flush=True,
-        )
-        raw_rate = baseline(client, "bench-raw", n, args.concurrency)
-        print(f"  raw API server write rate: {raw_rate:.0f} writes/s", flush=True)
-        for i in range(n):  # gone before the operator starts, so it only sees the measured sandboxes
-            client.call("DELETE", SANDBOXES.format(ns="bench-raw") + f"/raw-{i:04d}")
+    class Seen(Observer):
+        def _see(self, obj: dict[str, Any]) -> None:
+            meta = obj.get("metadata") or {}
+            watched.setdefault(str(meta.get("resourceVersion")), time.time())
 
-        per_node = -(-n // args.agents) + 4  # room for every sandbox, spread across all agents
-        agents = Agents(client, args.agents, per_node)
-        metrics_port = free_port()
-        env = {
+    seen = Seen(client, ns, 1)
+    time.sleep(0.5)
+    rtt: list[float] = []
+    create_watch: list[float] = []
+    write_watch: list[float] = []
+
+    def wait(rv: str) -> float:
+        deadline = time.time() + 10
+        while rv not in watched and time.time() < deadline:
+            time.sleep(0.0005)
+        return watched.get(rv, float("nan"))
+
+    for i in range(rounds):
+        t0 = time.time()
+        resp = client.call("POST", SANDBOXES.format(ns=ns), json=sandbox(f"floor-{i:03d}"))
+        assert resp.status_code == 201, resp.text
+        create_watch.append(wait(resp.json()["metadata"]["resourceVersion"]) - t0)
+        t1 = time.time()
+        path = SANDBOXES.format(ns=ns) + f"/floor-{i:03d}/status"
+        body = {"status": {"phase": "Scheduled", "nodeName": "x"}}
+        resp = client.call("PATCH", path, json=body, headers=MERGE)
+        t2 = time.time()
+        assert resp.status_code == 200, resp.text
+        rtt.append(t2 - t1)
+        write_watch.append(wait(resp.json()["metadata"]["resourceVersion"]) - t1)
+    seen.stop()
+    return {
+        "write_round_trip_ms": round(pct(rtt, 50) * 1000, 1),
+        "create_to_watch_ms": round(pct(create_watch, 50) * 1000, 1),
+        "write_to_watch_ms": round(pct(write_watch, 50) * 1000, 1),
+    }
+
+
+def stages(records: list[Any], created: dict[str, float], scheduled: dict[str, float]) -> dict[str, float]:
+    """Where one-at-a-time create-to-Scheduled goes (p50 ms), from the request log's arrival times."""
+    first: dict[str, float] = {}
+    status: dict[str, float] = {}
+    for r in records:
+        if (
+            r.user_agent.startswith("vmsandbox-operator/")
+            and r.method == "PATCH"
+            and r.resource == "vmsandboxes"
+        ):
+            target = status if r.subresource == "status" else first
+            target.setdefault(r.name, r.time)
+    names = [n for n in created if n in first and n in status and n in scheduled]
+    parts = {
+        "create_to_first_write_ms": [first[n] - created[n] for n in names],
+        "first_write_to_status_write_ms": [status[n] - first[n] for n in names],
+        "status_write_to_watch_ms": [scheduled[n] - status[n] for n in names],
+    }
+    return {k: round(pct(v, 50) * 1000, 1) for k, v in parts.items()}
+
+
+def start_operator(kube: LocalCluster) -> tuple[subprocess.Popen[bytes], int, Path]:
+    metrics_port = free_port()
+    env = tree_env(
+        TREE,
+        {
             **os.environ,
-            "PYTHONPATH": str(REPO),
             "VMSANDBOX_OPERATOR_NAMESPACE": AGENT_NS,
             "VMSANDBOX_OPERATOR_IDENTITY": "bench-operator",
             "VMSANDBOX_OPERATOR_METRICS_HOST": "127.0.0.1",
             "VMSANDBOX_OPERATOR_METRICS_PORT": str(metrics_port),
             "VMSANDBOX_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
-        }
-        log = (kube.workdir or Path("/tmp")) / "bench-operator.log"
-        with log.open("wb") as log_file:
-            op = subprocess.Popen(
-                [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(kube.kubeconfig_path)],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        },
+    )
+    log = (kube.workdir or Path("/tmp")) / "bench-operator.log"
+    with log.open("wb") as log_file:
+        op = subprocess.Popen(
+            [sys.executable, "-m", "vmsandbox.operator", "--kubeconfig", str(kube.kubeconfig_path)],
+            env=env,
+            cwd=TREE,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
-                    if "vmsandbox_operator_leader 1.0" in text:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline or op.poll() is not None:
-                    print(log.read_text()[-3000:])
-                    raise SystemExit("operator did not become leader")
-                time.sleep(0.2)
+            text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+            if "vmsandbox_operator_leader 1.0" in text:
+                return op, metrics_port, log
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline or op.poll() is not None:
+            print(log.read_text()[-3000:], file=sys.stderr)
+            op.kill()
+            raise SystemExit("operator did not become leader")
+        time.sleep(0.2)
+
+
+def events_posted(kube: LocalCluster, since: int, want: int, timeout: float) -> int:
+    """The operator's Event POSTs in the request log from line ``since``, once ``want`` are there
+    (or the count stopped growing for 3 s, or ``timeout`` passed)."""
+    deadline = time.monotonic() + timeout
+    count, changed = -1, time.monotonic()
+    while True:
+        now = len(
+            [
+                r
+                for r in kube.requests_made(since)
+                if r.resource == "events" and r.user_agent.startswith("vmsandbox-operator/")
+            ]
+        )
+        if now != count:
+            count, changed = now, time.monotonic()
+        if count >= want or time.monotonic() > deadline or time.monotonic() - changed > 3:
+            return count
+        time.sleep(0.005)
+
+
+def is_write(r: Any) -> bool:
+    return r.method in ("POST", "PATCH", "PUT", "DELETE") and r.resource in ("vmsandboxes", "events")
+
+
+def measure_tree(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole measurement against the tree this process imports (``--measure``)."""
+    n = args.sandboxes
+    with LocalCluster() as kube:
+        client = Client(kube.url)
+        for ns in ("bench-raw", "bench-floor", "bench"):
+            kube.http(
+                "POST",
+                "/api/v1/namespaces",
+                json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+            )
+        raw_rate = baseline(client, "bench-raw", n, args.concurrency)
+        for i in range(n):  # gone before the operator starts, so it only sees the measured sandboxes
+            client.call("DELETE", SANDBOXES.format(ns="bench-raw") + f"/raw-{i:04d}")
+        server_floor = floor(client, "bench-floor")
+        for i in range(20):
+            client.call("DELETE", SANDBOXES.format(ns="bench-floor") + f"/floor-{i:03d}")
+
+        per_node = -(-n // args.agents) + 4  # room for every sandbox, spread across all agents
+        agents = Agents(client, args.agents, per_node)
+        op, _, _ = start_operator(kube)
+        try:
             time.sleep(1.0)  # let the initial watch settle
             rss0, cpu0 = proc_stats(op.pid)
             since = len(kube.requests_made())
@@ -304,32 +401,31 @@ def main() -> int:
 
             def create(i: int) -> None:
                 name = f"sb-{i:04d}"
-                created[name] = time.perf_counter()
+                created[name] = time.time()
                 resp = client.call("POST", SANDBOXES.format(ns="bench"), json=sandbox(name))
                 assert resp.status_code == 201, resp.text
 
-            print(
-                f"operator run: {n} sandboxes created at once by {args.concurrency} threads ...", flush=True
-            )
-            t0 = time.perf_counter()
+            t0 = time.time()
             with ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(create, range(n)))
-            create_done = time.perf_counter() - t0
+            create_done = time.time() - t0
             deadline = time.monotonic() + 300
             while len(observer.running) < n and time.monotonic() < deadline:
                 time.sleep(0.1)
             rss1, cpu1 = proc_stats(op.pid)
+            burst_events = events_posted(kube, since, n, 120)  # the burst's Events land first
             # Then one at a time: the latency floor when the server is not saturated by the burst.
-            single: list[float] = []
+            # Each is created once the previous one's Event has landed (or 2 s have passed).
+            singles: dict[str, float] = {}
             for i in range(args.singles):
                 name = f"one-{i:03d}"
-                created[name] = time.perf_counter()
+                created[name] = singles[name] = time.time()
                 resp = client.call("POST", SANDBOXES.format(ns="bench"), json=sandbox(name))
                 assert resp.status_code == 201, resp.text
-                while name not in observer.scheduled and time.perf_counter() - created[name] < 30:
-                    time.sleep(0.002)
-                if name in observer.scheduled:
-                    single.append(observer.scheduled[name] - created[name])
+                while name not in observer.scheduled and time.time() - created[name] < 30:
+                    time.sleep(0.0005)
+                events_posted(kube, since, burst_events + i + 1, 2)
+                time.sleep(0.02)  # and the no-op agent's Running write
             observer.stop()
             agents.stop()
             records = kube.requests_made(since)
@@ -340,60 +436,123 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 op.kill()
 
+    total = n + len(singles)
     burst = [k for k in created if k.startswith("sb-")]
     sched = [observer.scheduled[k] - created[k] for k in burst if k in observer.scheduled]
     run = [observer.running[k] - created[k] for k in burst if k in observer.running]
+    single = [observer.scheduled[k] - singles[k] for k in singles if k in observer.scheduled]
     last = max(observer.scheduled[k] for k in burst if k in observer.scheduled)
     throughput = len(sched) / (last - t0)
-    op_writes = [
-        r
-        for r in records
-        if r.user_agent.startswith("vmsandbox-operator/")
-        and r.method in ("POST", "PATCH", "PUT", "DELETE")
-        and r.resource in ("vmsandboxes", "events")
-    ]
-    writes_per_sandbox = len(op_writes) / (n + len(single))
-    # Everything the server wrote for these sandboxes in the window: the creates, the operator's
-    # writes and Events, and the no-op agents' Running writes (Lease renewals left out).
-    all_writes = [
-        r
-        for r in records
-        if r.method in ("POST", "PATCH", "PUT", "DELETE") and r.resource in ("vmsandboxes", "events")
-    ]
-    total_per_sandbox = len(all_writes) / (n + len(single))
-    breakdown = Counter(f"{r.method} {r.resource}/{r.subresource or '-'} {r.status}" for r in op_writes)
-    ceiling = raw_rate / writes_per_sandbox
-    results = {
+    operator = [r for r in records if r.user_agent.startswith("vmsandbox-operator/") and is_write(r)]
+    sandbox_writes = [r for r in operator if r.resource == "vmsandboxes"]
+    agent_writes = [r for r in records if r.user_agent == "bench" and is_write(r) and r.method == "PATCH"]
+    writes_per_sandbox = len(operator) / total
+    all_writes = [r for r in records if is_write(r)]
+    total_per_sandbox = len(all_writes) / total
+    breakdown = Counter(f"{r.method} {r.resource}/{r.subresource or '-'} {r.status}" for r in operator)
+
+    def q3(values: list[float]) -> dict[str, float]:
+        return {q: round(pct(values, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+
+    return {
         "sandboxes": n,
         "agents": args.agents,
-        "vm_backend": "no-op (simulated agents write Running immediately)",
         "scheduled": len(sched),
         "running": len(run),
         "create_seconds": round(create_done, 3),
-        "create_to_scheduled_ms": {
-            q: round(pct(sched, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
-        },
-        "create_to_running_ms": {
-            q: round(pct(run, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
-        },
-        "one_at_a_time_create_to_scheduled_ms": {
-            q: round(pct(single, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))
-        },
+        "create_to_scheduled_ms": q3(sched),
+        "create_to_running_ms": q3(run),
+        "one_at_a_time_create_to_scheduled_ms": q3(single),
+        "one_at_a_time_stages_ms": stages(records, singles, observer.scheduled),
+        "server_floor_ms": server_floor,
         "throughput_per_s": round(throughput, 1),
         "raw_write_rate_per_s": round(raw_rate, 1),
+        "throughput_vs_raw_write_rate": round(throughput / raw_rate, 3),
         "operator_writes_per_sandbox": round(writes_per_sandbox, 2),
-        "throughput_vs_raw_ceiling": round(throughput / ceiling, 3),
+        "operator_sandbox_writes_per_sandbox": round(len(sandbox_writes) / total, 2),
+        "operator_events_per_sandbox": round((len(operator) - len(sandbox_writes)) / total, 2),
+        "agent_writes_per_sandbox": round(len(agent_writes) / total, 2),
+        "throughput_vs_raw_ceiling": round(throughput / (raw_rate / writes_per_sandbox), 3),
         "all_writes_per_sandbox": round(total_per_sandbox, 2),
-        "throughput_vs_raw_ceiling_all_writes": round(throughput / (raw_rate / total_per_sandbox), 3),
         "operator_peak_rss_mib": round(rss1, 1),
         "operator_rss_before_mib": round(rss0, 1),
         "operator_cpu_seconds": round(cpu1 - cpu0, 2),
         "operator_writes": dict(breakdown.most_common()),
     }
-    print(json.dumps(results, indent=2))
+
+
+ROWS = (
+    ("operator writes per sandbox (all)", ("operator_writes_per_sandbox",)),
+    ("  to the sandbox (target <= 2)", ("operator_sandbox_writes_per_sandbox",)),
+    ("  Events", ("operator_events_per_sandbox",)),
+    ("agent writes per sandbox (no-op agent)", ("agent_writes_per_sandbox",)),
+    ("one at a time create->Scheduled p50 ms", ("one_at_a_time_create_to_scheduled_ms", "p50")),
+    ("one at a time create->Scheduled p99 ms", ("one_at_a_time_create_to_scheduled_ms", "p99")),
+    ("  create -> operator's first write", ("one_at_a_time_stages_ms", "create_to_first_write_ms")),
+    ("  first write -> status write", ("one_at_a_time_stages_ms", "first_write_to_status_write_ms")),
+    ("  status write -> seen by a watch", ("one_at_a_time_stages_ms", "status_write_to_watch_ms")),
+    ("  server: one write's round trip", ("server_floor_ms", "write_round_trip_ms")),
+    ("  server: create -> seen by a watch", ("server_floor_ms", "create_to_watch_ms")),
+    ("  server: write -> seen by a watch", ("server_floor_ms", "write_to_watch_ms")),
+    ("burst create->Scheduled p50 ms", ("create_to_scheduled_ms", "p50")),
+    ("burst create->Scheduled p99 ms", ("create_to_scheduled_ms", "p99")),
+    ("burst create->Running p50 ms", ("create_to_running_ms", "p50")),
+    ("burst throughput sandboxes/s", ("throughput_per_s",)),
+    ("raw server write rate writes/s", ("raw_write_rate_per_s",)),
+    ("throughput / raw write rate", ("throughput_vs_raw_write_rate",)),
+    ("throughput / (raw rate / op writes)", ("throughput_vs_raw_ceiling",)),
+    ("operator CPU seconds (burst)", ("operator_cpu_seconds",)),
+    ("operator peak RSS MiB", ("operator_peak_rss_mib",)),
+)
+
+
+def cell(result: dict[str, Any], path: tuple[str, ...]) -> str:
+    value: Any = result
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return "-" if value is None else str(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sandboxes", type=int, default=500)
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=16, help="client threads creating sandboxes")
+    parser.add_argument("--singles", type=int, default=40, help="then this many created one at a time")
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
+    parser.add_argument("--rounds", type=int, default=2, help="old and new measured alternately, this often")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure_tree(args)))
+        return 0
+    script = Path(__file__).resolve()
+    sizes = [
+        *("--sandboxes", str(args.sandboxes), "--agents", str(args.agents)),
+        *("--concurrency", str(args.concurrency), "--singles", str(args.singles)),
+    ]
+    runs: list[tuple[str, dict[str, Any]]] = []  # (column title, result), old and new alternating
+    with baseline_tree(args.against) as old:
+        for round_ in range(1, args.rounds + 1):
+            for label, tree in (("old", old), ("new", TREE)):
+                print(f"measuring {label} #{round_} ({tree}) ...", file=sys.stderr, flush=True)
+                runs.append((f"{label} #{round_}", measure(script, tree, sizes)))
+    print(
+        f"control plane: {args.sandboxes} sandboxes at once onto {args.agents} no-op agents, "
+        f"then {args.singles} one at a time; old = {args.against}; {load()}"
+    )
+    print(f"{'':<42}" + "".join(f"{title:>10}" for title, _ in runs))
+    for title, path in ROWS:
+        print(f"{title:<42}" + "".join(f"{cell(result, path):>10}" for _, result in runs))
+    print("targets: operator writes to the sandbox <= 2; one at a time create->Scheduled p50 <= 30 ms")
+    for title, result in runs:
+        print(f"{title} operator writes:", json.dumps(result["operator_writes"]))
+    results = dict(runs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0 if len(sched) == n else 1
+    ok = all(result["scheduled"] == args.sandboxes for result in results.values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
 import pytest
@@ -13,6 +14,7 @@ from vmsandbox.operator.scheduling import (
     Placement,
     ReservationLedger,
     Unschedulable,
+    UsageIndex,
     decide,
     demand_of,
     usage_by_node,
@@ -140,3 +142,31 @@ def test_usage_counts_each_sandbox_once_and_skips_finished() -> None:
         ledger,
     )
     assert usage == {"a": Demand(2, 150), "b": Demand(2, 200), "c": Demand(4, 400)}
+
+
+def test_usage_index_agrees_with_a_full_pass_through_every_change() -> None:
+    """The index a decision reads is usage_by_node over every known sandbox, after any sequence of
+    placements, finishes, moves, removals and reservations, with or without one sandbox left out."""
+    rng = random.Random(17)
+    index = UsageIndex()
+    known: dict[str, tuple[str | None, Demand, bool]] = {}
+    ledger = ReservationLedger()
+    nodes = [None, "a", "b", "c"]
+    for _ in range(2000):
+        uid = f"u{rng.randrange(30)}"
+        roll = rng.random()
+        if roll < 0.5:
+            entry = (rng.choice(nodes), Demand(rng.randint(1, 4), rng.choice((128, 512))), rng.random() < 0.2)
+            known[uid] = entry
+            index.put(uid, *entry)
+        elif roll < 0.65:
+            known.pop(uid, None)
+            index.remove(uid)
+        elif roll < 0.85:
+            ledger.reserve(uid, rng.choice(["a", "b", "c"]), Demand(rng.randint(1, 4), 256))
+        else:
+            ledger.release(uid)
+        rows = [(u, node, demand, done) for u, (node, demand, done) in known.items()]
+        assert index.usage(ledger) == usage_by_node(rows, ledger)
+        others = [row for row in rows if row[0] != uid]
+        assert index.usage(ledger, without=uid) == usage_by_node(others, ledger)

@@ -62,6 +62,12 @@ class OperatorMetrics:
             registry=r,
         )
 
+        self.events_dropped = Counter(
+            "vmsandbox_operator_events_dropped",
+            "Events dropped unposted because too many were waiting.",
+            registry=r,
+        )
+
     def set_phases(self, counts: Mapping[str, int]) -> None:
         self.sandboxes.clear()
         for phase, n in counts.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +28,7 @@ from vmsandbox.operator.claims import ClaimDecision, Start, place
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.kube import ApiError, KubeClient
 from vmsandbox.operator.pools import Plan, plan, pool_status, ready_by_node, reports_of, same_status
-from vmsandbox.operator.scheduling import Demand, ReservationLedger, usage_by_node
+from vmsandbox.operator.scheduling import Demand, ReservationLedger
 
 log = logging.getLogger("vmsandbox.operator")
 
@@ -153,7 +153,7 @@ class PoolController:
         return [p for p in self.cache.pools.values() if template_problem(p, self.config) is None]
 
     def plan(self, now: datetime | None = None) -> Plan:
-        usage = usage_by_node(self.cache.placements(), self.ledger)
+        usage = self.cache.usage(self.ledger)
         return plan(
             self.valid_pools(),
             self.cache.node_views().values(),
@@ -162,14 +162,14 @@ class PoolController:
             alive_window=self.config.agent_alive_seconds,
         )
 
-    def placed(self) -> list[tuple[VMSandbox, str | None]]:
-        """(sandbox, node) of each known sandbox; a placement in flight counts on its reserved node."""
-        out: list[tuple[VMSandbox, str | None]] = []
-        for entry in self.cache.sandboxes.values():
+    def placed(self) -> Iterator[tuple[VMSandbox, str | None]]:
+        """(sandbox, node) of each known sandbox; a placement in flight counts on its reserved node.
+
+        Lazy: a decision for a sandbox that names no pool never walks the cluster."""
+        for entry in list(self.cache.sandboxes.values()):
             if entry.sandbox is not None:
                 reservation = self.ledger.get(entry.uid)
-                out.append((entry.sandbox, reservation.node if reservation else entry.node))
-        return out
+                yield entry.sandbox, reservation.node if reservation else entry.node
 
     def members(self, now: datetime | None = None) -> Mapping[str, Demand]:
         """Capacity booted members hold per node, as of the latest pass (or now, before the first)."""
@@ -179,7 +179,7 @@ class PoolController:
 
     def decide(self, sandbox: VMSandbox, now: datetime) -> ClaimDecision:
         """Scheduling with pools: members counted, claims sent where a member is ready."""
-        usage = usage_by_node(self.cache.placements(), self.ledger)
+        usage = self.cache.usage(self.ledger)
         views = self.cache.node_views().values()
         window = self.config.agent_alive_seconds
         return place(

@@ -43,7 +43,6 @@ from vmsandbox.operator.scheduling import (
     ReservationLedger,
     Unschedulable,
     decide,
-    usage_by_node,
     why_not,
 )
 from vmsandbox.operator.workqueue import WorkQueue
@@ -409,6 +408,7 @@ class Reconciler:
             "Normal",
             lc.REASON_SCHEDULED,
             f"placed on node {decision.node} ({decision.hypervisor})" + (claim.note if claim else ""),
+            hold=True,  # every sandbox's: it must not compete with the placements
         )
         fresh = self.cache.sandboxes.get(key)
         if fresh is not None:
@@ -419,7 +419,7 @@ class Reconciler:
         return decide(
             entry.sandbox,
             self.cache.node_views().values(),
-            usage_by_node(self.cache.placements(), self.ledger),
+            self.cache.usage(self.ledger),
             now=now,
             alive_window=self.config.agent_alive_seconds,
             strategy=self.config.strategy,
@@ -467,8 +467,7 @@ class Reconciler:
         if view is None:
             reasons = ["no node with a vmsandbox agent has this name"]
         else:
-            others = (p for p in self.cache.placements() if p[0] != entry.uid)
-            used = usage_by_node(others, self.ledger).get(node, NOTHING)
+            used = self.cache.usage(self.ledger, without=entry.uid).get(node, NOTHING)
             if self.pools is not None:  # booted pool members hold room too
                 used = used + self.pools.members(now).get(node, NOTHING)
             reasons, _ = why_not(view, entry.sandbox, used, now, self.config.agent_alive_seconds)

@@ -42,7 +42,12 @@ class Operator:
         self.client = KubeClient(connection, user_agent=f"vmsandbox-operator/{config.identity}")
         self.cache = ClusterCache(config)
         self.metrics = OperatorMetrics()
-        self.events = EventRecorder(self.client, enabled=config.events, host=config.identity)
+        self.events = EventRecorder(
+            self.client,
+            enabled=config.events,
+            host=config.identity,
+            on_drop=self.metrics.events_dropped.inc,
+        )
         self.elector: LeaderElector | None = None
         if config.leader_election:
             self.elector = LeaderElector(
@@ -57,6 +62,7 @@ class Operator:
                 on_stopped=self._stopped_leading,
             )
         self.reconciler = Reconciler(config, self.client, self.cache, self.metrics, self.events, self.leading)
+        self.events.idle_for = self.reconciler.queue.idle_for  # Events wait for the decisions
         self.pools = PoolController(
             config,
             self.client,

@@ -26,6 +26,9 @@ class Demand:
     def __add__(self, other: Demand) -> Demand:
         return Demand(self.vcpus + other.vcpus, self.memory_mib + other.memory_mib)
 
+    def __sub__(self, other: Demand) -> Demand:
+        return Demand(self.vcpus - other.vcpus, self.memory_mib - other.memory_mib)
+
 
 NOTHING = Demand(0, 0)
 
@@ -189,3 +192,58 @@ def usage_by_node(
         if uid not in seen:
             usage[reservation.node] = usage.get(reservation.node, NOTHING) + reservation.demand
     return usage
+
+
+class UsageIndex:
+    """What :func:`usage_by_node` computes over every known sandbox, kept up to date one change at a time.
+
+    A decision then costs the ledger's size (the placements in flight), not the cluster's.
+    """
+
+    def __init__(self) -> None:
+        self._standing: dict[str, tuple[str | None, Demand, bool]] = {}  # uid -> (node, demand, finished)
+        self._usage: dict[str, Demand] = {}
+
+    def _add(self, node: str, demand: Demand, sign: int) -> None:
+        _shift(self._usage, node, demand, sign)
+
+    def put(self, uid: str, node: str | None, demand: Demand, finished: bool) -> None:
+        self.remove(uid)
+        self._standing[uid] = (node, demand, finished)
+        if node and not finished:
+            self._add(node, demand, +1)
+
+    def remove(self, uid: str) -> None:
+        old = self._standing.pop(uid, None)
+        if old is not None and old[0] and not old[2]:
+            self._add(old[0], old[1], -1)
+
+    def usage(self, ledger: ReservationLedger, *, without: str | None = None) -> dict[str, Demand]:
+        """What ``usage_by_node`` gives for every known sandbox and ``ledger``; ``without``: as if
+        that sandbox (a uid) were not known (its reservation, if any, still counts)."""
+        usage = dict(self._usage)
+
+        def move(node: str | None, demand: Demand, sign: int) -> None:
+            if node:
+                _shift(usage, node, demand, sign)
+
+        left_out = self._standing.get(without) if without is not None else None
+        if left_out is not None and not left_out[2]:
+            move(left_out[0], left_out[1], -1)
+        for uid, reservation in ledger.items():
+            known = self._standing.get(uid) if uid != without else None
+            if known is None:
+                move(reservation.node, reservation.demand, +1)
+            elif not known[2]:
+                move(known[0], known[1], -1)
+                move(reservation.node, known[1], +1)
+        return usage
+
+
+def _shift(usage: dict[str, Demand], node: str, demand: Demand, sign: int) -> None:
+    """Add (``sign`` 1) or take away (-1) ``demand`` on ``node``; a node left with nothing is dropped."""
+    total = usage.get(node, NOTHING) + (demand if sign > 0 else NOTHING - demand)
+    if total == NOTHING:
+        usage.pop(node, None)
+    else:
+        usage[node] = total

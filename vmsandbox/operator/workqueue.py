@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 
 class WorkQueue:
@@ -19,6 +20,7 @@ class WorkQueue:
         self._active: set[str] = set()
         self._dirty: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._idle_since = time.monotonic()
 
     def add(self, key: str) -> None:
         if key in self._pending:
@@ -70,6 +72,14 @@ class WorkQueue:
         if key in self._dirty:
             self._dirty.discard(key)
             self.add(key)
+        if not self._pending and not self._active:
+            self._idle_since = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the last key was done with nothing queued or in progress; 0 while busy."""
+        if self._pending or self._active:
+            return 0.0
+        return time.monotonic() - self._idle_since
 
     def __len__(self) -> int:
         return len(self._pending)
