@@ -211,6 +211,20 @@ def events_for(kube: LocalCluster, namespace: str, name: str) -> list[dict[str, 
     return [e for e in resp.json()["items"] if (e.get("involvedObject") or {}).get("name") == name]
 
 
+def wait_events(
+    kube: LocalCluster, namespace: str, name: str, *reasons: str, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """The object's Events once one of each of ``reasons`` is there: the operator posts Events off
+    its decision path (a Scheduled one waits for a quiet queue), so they follow the write they tell of."""
+
+    def arrived() -> list[dict[str, Any]] | None:
+        events = events_for(kube, namespace, name)
+        return events if set(reasons) <= {e["reason"] for e in events} else None
+
+    found: list[dict[str, Any]] = wait_for(f"{name}'s events {reasons}", arrived, timeout=timeout)
+    return found
+
+
 def purge(kube: LocalCluster, namespace: str, names: Iterable[str] | None = None) -> None:
     """Remove every sandbox in ``namespace``, finalizers included (no operator needed)."""
     for item in list_sandboxes(kube, namespace):

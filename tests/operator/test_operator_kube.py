@@ -23,6 +23,7 @@ from tests.operator.harness import (
     operator_config,
     phase,
     purge,
+    wait_events,
     wait_for,
     without_stale_nodes,
 )
@@ -105,7 +106,7 @@ def test_invalid_sandbox_fails_naming_the_field_and_is_never_scheduled(
     assert obj["status"]["message"].startswith("spec.hypervisor:")
     assert NODE_LABEL not in (obj["metadata"].get("labels") or {})
     assert OPERATOR_FINALIZER not in (obj["metadata"].get("finalizers") or [])
-    reasons = [e["reason"] for e in events_for(kube, ns, "bad")]
+    reasons = [e["reason"] for e in wait_events(kube, ns, "bad", "Invalid")]
     assert reasons == ["Invalid"]
 
 
@@ -150,7 +151,7 @@ def test_three_nodes_selector_taints_capacity_and_freed_capacity(
         )
         cond = next(c for c in pending["status"]["conditions"] if c["type"] == "Scheduled")
         assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")
-        assert "FailedScheduling" in [e["reason"] for e in events_for(kube, ns, "ssd2")]
+        assert "FailedScheduling" in [e["reason"] for e in wait_events(kube, ns, "ssd2", "FailedScheduling")]
         # The first ssd sandbox finishing frees its capacity: the waiting one is placed.
         set_status(kube, ns, "ssd", phase="Succeeded")
         obj = wait_for("ssd2 scheduled after capacity freed", lambda: scheduled(kube, ns, "ssd2"), timeout=10)
@@ -223,7 +224,9 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
                 assert obj["metadata"]["labels"][NODE_LABEL] == "loss-b"
                 assert obj["status"]["restartCount"] == 1
                 assert phase(obj) == "Scheduled"
-        reasons = [e["reason"] for e in events_for(kube, ns, "l1")]
+        reasons = [
+            e["reason"] for e in wait_events(kube, ns, "l1", "NodeUnreachable", "NodeLost", "Rescheduled")
+        ]
         assert {"NodeUnreachable", "NodeLost", "Rescheduled"} <= set(reasons)
 
 
@@ -258,7 +261,7 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
         agents.kill("dlost-a")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d2")
         wait_for("gone after the grace", lambda: get_sandbox(kube, ns, "d2") is None, timeout=15)
-        assert "ForceReleased" in [e["reason"] for e in events_for(kube, ns, "d2")]
+        assert "ForceReleased" in [e["reason"] for e in wait_events(kube, ns, "d2", "ForceReleased")]
 
 
 def test_ttl_after_finished_deletes(kube: LocalCluster, kube_namespace: str, agents: FakeAgents) -> None:

@@ -22,12 +22,12 @@ from tests.operator.harness import (
     FakeAgents,
     OperatorThread,
     create_sandbox,
-    events_for,
     get_object,
     get_sandbox,
     operator_config,
     phase,
     purge,
+    wait_events,
     wait_for,
 )
 from vmsandbox.api.constants import NODE_LABEL, POOL_LABEL, POOLS_ANNOTATION
@@ -268,7 +268,10 @@ def test_a_claim_goes_to_the_node_with_a_ready_member(
     wait_for("placed", lambda: placed_on(kube, ns, "claim-2"))
     text = metrics(operator)
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="warm"} 1.0' in text
-    said = {n: " ".join(e["message"] for e in events_for(kube, ns, n)) for n in ("claim-1", "claim-2")}
+    said = {
+        n: " ".join(e["message"] for e in wait_events(kube, ns, n, "Scheduled"))
+        for n in ("claim-1", "claim-2")
+    }
     assert "placed on node warm-b (cloud-hypervisor); a pool member is ready there" in said["claim-1"]
     assert "no pool member for it (pool warm has no ready member), it starts cold" in said["claim-2"]
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in text
@@ -302,7 +305,7 @@ def test_a_missing_pool_or_another_shape_still_schedules(
     create_sandbox(kube, ns, sandbox_obj(name, **body))
     assert wait_for("placed", lambda: placed_on(kube, ns, name)) == f"shape-{name}"
     assert 'vmsandbox_operator_pool_claims_scheduled_total{start="cold"} 1.0' in metrics(operator)
-    message = " ".join(e["message"] for e in events_for(kube, ns, name))
+    message = " ".join(e["message"] for e in wait_events(kube, ns, name, "Scheduled"))
     assert "it starts cold" in message and why in message, message
 
 

@@ -80,7 +80,7 @@ def test_tenant_label_on_a_node_its_selector_excludes_is_refused(
     assert not status.get("nodeName"), "the placement was completed"
     honest = harness.wait_for("the honest placement", lambda: settled("honest"))
     assert honest["status"]["phase"] == "Scheduled" and honest["status"]["nodeName"] == node_a
-    events = harness.events_for(kube, kube_namespace, "attack")
+    events = harness.wait_events(kube, kube_namespace, "attack", "Invalid")
     assert any(e.get("reason") == "Invalid" and LABEL_FIELD in e.get("message", "") for e in events), events
 
 
