@@ -1,0 +1,155 @@
+"""IPv6 for sandboxes: an address on the node's ULA prefix, NAT66 to the world, and the same policy.
+
+As in test_policy, the process backend's plumbing (a veth into a namespace of the sandbox's own)
+with the real table deciding every verdict; the prefix is the one the plumbing derives from the
+subnet, as an agent without ``sandboxCIDR6`` does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.network.conftest import (
+    BRIDGE_NF_PARAMS,
+    GATEWAY6,
+    HERE,
+    NODE_UPLINK6,
+    PREFIX6,
+    PUBLIC,
+    PUBLIC6,
+    PUBLIC6_2,
+    ULA,
+    Topology,
+    sh,
+)
+from tests.network.test_policy import reached
+
+#: A link-local address the test gives the node's bridge (the plumbing gives it none).
+LINK_LOCAL = "fe80::76"
+NODE6 = (NODE_UPLINK6, GATEWAY6)
+ALL6 = [f"http:{a}" for a in (PUBLIC6, PUBLIC6_2, ULA, *NODE6)]
+
+
+def _in_ns(netns: str, *argv: str) -> str:
+    return sh("nsenter", f"--net={netns}", *argv)
+
+
+def _serve(topo: Topology, netns: str, *addresses: str) -> None:
+    """HTTP servers (world.py) on ``addresses`` inside ``netns`` (a path), until the test ends."""
+    proc = subprocess.Popen(
+        ["nsenter", f"--net={netns}", sys.executable, str(HERE / "world.py"), "127.0.0.53", *addresses],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    topo.procs.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+
+@pytest.fixture
+def node_server6(topo: Topology) -> str:
+    """HTTP servers on the node's own IPv6 addresses, one of them link-local on the bridge; the
+    link-local target as a sandbox names it."""
+    topo.net("reconcile")
+    sh("ip", "-n", topo.node, "address", "add", f"{LINK_LOCAL}/64", "dev", topo.bridge, "nodad")
+    _serve(topo, topo.node_ns, *NODE6, f"{LINK_LOCAL}%{topo.bridge}")
+    return f"tcp:{LINK_LOCAL}%eth0"
+
+
+def _addresses6(netns: str) -> list[str]:
+    links = json.loads(_in_ns(netns, "ip", "-6", "-j", "address", "show"))
+    return [a["local"] for link in links for a in link.get("addr_info", [])]
+
+
+@BRIDGE_NF_PARAMS
+def test_restricted_reaches_public_ipv6_only(topo: Topology, node_server6: str) -> None:
+    sandbox = topo.attach("sb6-restricted")
+    assert (
+        ipaddress.IPv6Address(sandbox["ip6"]) in ipaddress.IPv6Network(PREFIX6)
+        and sandbox["gateway6"] == GATEWAY6
+    )
+    assert _addresses6(sandbox["netns"]) == ["::1", sandbox["ip6"]], "loopback and one address, no link-local"
+    results = topo.probe(sandbox["netns"], *ALL6, node_server6, f"http:{PUBLIC}")
+    assert reached(results) == {f"http:{PUBLIC6}", f"http:{PUBLIC6_2}", f"http:{PUBLIC}"}, results
+    assert results[node_server6].startswith("error"), results
+    counters = topo.net("counters")["sb6-restricted"]
+    assert counters["dropped_packets"] >= 3, counters
+
+
+def test_the_world_sees_the_node_not_the_sandbox(topo: Topology) -> None:
+    """Egress is masqueraded (NAT66): the world never learns the sandbox's ULA address."""
+    topo.net("reconcile")
+    sandbox = topo.attach("sb6-nat")
+    assert topo.probe(sandbox["netns"], f"peer:{PUBLIC6}") == {f"peer:{PUBLIC6}": NODE_UPLINK6}
+
+
+@pytest.mark.usefixtures("node_server6")
+def test_allow_opens_exactly_the_ula_address(topo: Topology) -> None:
+    sandbox = topo.attach("sb6-allow", "--allow", f"{ULA}/128")
+    results = topo.probe(sandbox["netns"], *ALL6)
+    assert reached(results) == {f"http:{PUBLIC6}", f"http:{PUBLIC6_2}", f"http:{ULA}"}, results
+
+
+def test_deny_closes_a_public_ipv6_address(topo: Topology) -> None:
+    topo.net("reconcile")
+    sandbox = topo.attach("sb6-deny", "--deny", f"{PUBLIC6_2}/128")
+    results = topo.probe(sandbox["netns"], f"http:{PUBLIC6}", f"http:{PUBLIC6_2}")
+    assert reached(results) == {f"http:{PUBLIC6}"}, results
+
+
+def test_none_has_no_ipv6_route(topo: Topology) -> None:
+    topo.net("reconcile")
+    sandbox = topo.attach("sb6-none", "--mode", "none")
+    assert sandbox["ip6"] is None
+    routes = _in_ns(sandbox["netns"], "ip", "-6", "route", "show")
+    assert "default" not in routes and "eth0" not in routes, routes
+    assert _addresses6(sandbox["netns"]) == ["::1"]
+    results = topo.probe(sandbox["netns"], f"http:{PUBLIC6}", f"http:{ULA}")
+    assert all("unreachable" in answer for answer in results.values()), results
+
+
+@pytest.mark.usefixtures("node_server6")
+def test_open_reaches_the_world_over_ipv6_but_never_the_node(topo: Topology, node_server6: str) -> None:
+    sandbox = topo.attach("sb6-open", "--mode", "open")
+    results = topo.probe(sandbox["netns"], *ALL6, node_server6)
+    assert reached(results) == {f"http:{PUBLIC6}", f"http:{PUBLIC6_2}", f"http:{ULA}"}, results
+
+
+def test_sandboxes_cannot_reach_each_other_over_ipv6(topo: Topology) -> None:
+    topo.net("reconcile")
+    first = topo.attach("sb6-one", "--mode", "open", "--allow", PREFIX6)
+    second = topo.attach("sb6-two", "--mode", "open", "--allow", PREFIX6)
+    _serve(topo, second["netns"], second["ip6"])
+    assert reached(topo.probe(second["netns"], f"http:{second['ip6']}")) == {f"http:{second['ip6']}"}
+    assert reached(topo.probe(first["netns"], f"http:{second['ip6']}")) == set()
+    assert reached(topo.probe(first["netns"], f"http:{PUBLIC6}")) == {f"http:{PUBLIC6}"}
+
+
+def test_a_spoofed_ipv6_source_is_dropped(topo: Topology) -> None:
+    """Only the leased address leaves the bridge: another address of the prefix, set inside the
+    sandbox, gets nowhere."""
+    topo.net("reconcile")
+    sandbox = topo.attach("sb6-spoof")
+    spoofed = str(ipaddress.IPv6Address(sandbox["ip6"]) + 100)
+    sh(
+        "ip",
+        "-n",
+        sandbox["netns"].rsplit("/", 1)[1],
+        "address",
+        "add",
+        f"{spoofed}/128",
+        "dev",
+        "eth0",
+        "nodad",
+    )
+    code = (
+        "import socket,sys; s=socket.socket(socket.AF_INET6); s.settimeout(2); s.bind((sys.argv[2],0))\n"
+        "try: s.connect((sys.argv[1],80)); print('connected')\nexcept OSError as e: print('error', e)"
+    )
+    out = _in_ns(sandbox["netns"], sys.executable, "-c", code, PUBLIC6, spoofed)
+    assert out.startswith("error"), out
