@@ -153,3 +153,19 @@ def test_a_spoofed_ipv6_source_is_dropped(topo: Topology) -> None:
     )
     out = _in_ns(sandbox["netns"], sys.executable, "-c", code, PUBLIC6, spoofed)
     assert out.startswith("error"), out
+
+
+def test_a_changed_prefix_moves_the_leases_and_none_turns_ipv6_off(topo: Topology) -> None:
+    """The agent restarted with another ``sandboxCIDR6`` (or ``none``): the leases it keeps are
+    rewritten to the new prefix (same offset), and the table follows."""
+    topo.net("reconcile")
+    kept = topo.attach("sb6-kept")
+    other = "fd12:3456::/64"
+    sh(*topo.net_argv("--subnet6", other, "reconcile", "sb6-kept"))
+    lease = topo.net("--subnet6", other, "leases")[0]
+    assert lease["ip"] == kept["ip"] and lease["ip6"] == "fd12:3456::2", lease
+    assert "fd12:3456::2 : jump s" in topo.node_ruleset()
+    sh(*topo.net_argv("--subnet6", "none", "reconcile", "sb6-kept"))
+    assert topo.net("--subnet6", "none", "leases")[0]["ip6"] == ""
+    ruleset = topo.node_ruleset()
+    assert "ip6" not in ruleset and "@in6" not in ruleset, "no IPv6 in the table: the bridge drops it all"
