@@ -95,13 +95,6 @@ def test_allow_opens_exactly_the_ula_address(topo: Topology) -> None:
     assert reached(results) == {f"http:{PUBLIC6}", f"http:{PUBLIC6_2}", f"http:{ULA}"}, results
 
 
-def test_deny_closes_a_public_ipv6_address(topo: Topology) -> None:
-    topo.net("reconcile")
-    sandbox = topo.attach("sb6-deny", "--deny", f"{PUBLIC6_2}/128")
-    results = topo.probe(sandbox["netns"], f"http:{PUBLIC6}", f"http:{PUBLIC6_2}")
-    assert reached(results) == {f"http:{PUBLIC6}"}, results
-
-
 def test_none_has_no_ipv6_route(topo: Topology) -> None:
     topo.net("reconcile")
     sandbox = topo.attach("sb6-none", "--mode", "none")

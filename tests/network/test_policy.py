@@ -20,6 +20,8 @@ from tests.network.conftest import (
     NODE_UPLINK,
     PRIVATE,
     PUBLIC,
+    PUBLIC6,
+    PUBLIC6_2,
     PUBLIC_2,
     ULA,
     Topology,
@@ -74,11 +76,14 @@ def test_allow_opens_exactly_what_it_names(topo: Topology) -> None:
     assert reached(results) == {f"http:{PUBLIC}", f"http:{PUBLIC_2}", f"http:{PRIVATE}"}, results
 
 
-def test_deny_closes_a_public_address(topo: Topology) -> None:
+@pytest.mark.parametrize(
+    ("kept", "denied"), [(PUBLIC, f"{PUBLIC_2}/32"), (PUBLIC6, f"{PUBLIC6_2}/128")], ids=["ipv4", "ipv6"]
+)
+def test_deny_closes_a_public_address(topo: Topology, kept: str, denied: str) -> None:
     topo.net("reconcile")
-    sandbox = topo.attach("sb-deny", "--deny", f"{PUBLIC_2}/32")
-    results = topo.probe(sandbox["netns"], f"http:{PUBLIC}", f"http:{PUBLIC_2}")
-    assert reached(results) == {f"http:{PUBLIC}"}, results
+    sandbox = topo.attach("sb-deny", "--deny", denied)
+    results = topo.probe(sandbox["netns"], f"http:{kept}", f"http:{denied.split('/')[0]}")
+    assert reached(results) == {f"http:{kept}"}, results
 
 
 def test_none_has_loopback_only(topo: Topology) -> None:
