@@ -16,6 +16,7 @@ import pytest
 
 from tests.network.conftest import (
     BRIDGE_NF_PARAMS,
+    GATEWAY,
     GATEWAY6,
     HERE,
     NODE_UPLINK6,
@@ -28,9 +29,10 @@ from tests.network.conftest import (
     sh,
 )
 from tests.network.test_policy import reached
+from vmsandbox.node_agent.network.ipam import link_local_of, mac_of
 
-#: A link-local address the test gives the node's bridge (the plumbing gives it none).
-LINK_LOCAL = "fe80::76"
+#: The bridge's link-local address: the EUI-64 one of the gateway's MAC.
+LINK_LOCAL = link_local_of(mac_of(GATEWAY))
 NODE6 = (NODE_UPLINK6, GATEWAY6)
 ALL6 = [f"http:{a}" for a in (PUBLIC6, PUBLIC6_2, ULA, *NODE6)]
 
@@ -53,10 +55,9 @@ def _serve(topo: Topology, netns: str, *addresses: str) -> None:
 
 @pytest.fixture
 def node_server6(topo: Topology) -> str:
-    """HTTP servers on the node's own IPv6 addresses, one of them link-local on the bridge; the
+    """HTTP servers on the node's own IPv6 addresses, the bridge's link-local one too; the
     link-local target as a sandbox names it."""
     topo.net("reconcile")
-    sh("ip", "-n", topo.node, "address", "add", f"{LINK_LOCAL}/64", "dev", topo.bridge, "nodad")
     _serve(topo, topo.node_ns, *NODE6, f"{LINK_LOCAL}%{topo.bridge}")
     return f"tcp:{LINK_LOCAL}%eth0"
 
@@ -73,7 +74,8 @@ def test_restricted_reaches_public_ipv6_only(topo: Topology, node_server6: str) 
         ipaddress.IPv6Address(sandbox["ip6"]) in ipaddress.IPv6Network(PREFIX6)
         and sandbox["gateway6"] == GATEWAY6
     )
-    assert _addresses6(sandbox["netns"]) == ["::1", sandbox["ip6"]], "loopback and one address, no link-local"
+    link_local = link_local_of(sandbox["mac"])
+    assert _addresses6(sandbox["netns"]) == ["::1", sandbox["ip6"], link_local], "and nothing autoconfigured"
     results = topo.probe(sandbox["netns"], *ALL6, node_server6, f"http:{PUBLIC}")
     assert reached(results) == {f"http:{PUBLIC6}", f"http:{PUBLIC6_2}", f"http:{PUBLIC}"}, results
     assert results[node_server6].startswith("error"), results
@@ -162,3 +164,20 @@ def test_a_changed_prefix_moves_the_leases_and_none_turns_ipv6_off(topo: Topolog
     assert topo.net("--subnet6", "none", "leases")[0]["ip6"] == ""
     ruleset = topo.node_ruleset()
     assert "ip6" not in ruleset and "@in6" not in ruleset, "no IPv6 in the table: the bridge drops it all"
+
+
+@BRIDGE_NF_PARAMS
+def test_reconcile_answers_an_ipv6_gateway_lookup_left_pending_by_the_outage(topo: Topology) -> None:
+    """The sandbox solicited the IPv6 gateway while the bridge was gone, and its next try is far
+    off: the re-created bridge's unsolicited advertisement must answer it (as the gratuitous ARP
+    does for IPv4), or its connections hang or fail with "No route to host"."""
+    topo.net("reconcile")
+    kept = topo.attach("sb6-kept")
+    sandbox = kept["netns"].rsplit("/", 1)[1]
+    sh("ip", "netns", "exec", sandbox, "sysctl", "-q", "net.ipv6.neigh.eth0.retrans_time_ms=60000")
+    sh("ip", "netns", "exec", sandbox, "sysctl", "-q", "net.ipv6.neigh.eth0.mcast_solicit=1")
+    sh("ip", "-n", topo.node, "link", "del", topo.bridge)  # the agent is killed meanwhile
+    assert topo.probe(kept["netns"], f"http:{PUBLIC6}")[f"http:{PUBLIC6}"] != PUBLIC6
+    assert "INCOMPLETE" in sh("ip", "-n", sandbox, "neigh", "show", GATEWAY6), "the lookup is still pending"
+    topo.net("reconcile", "sb6-kept")
+    assert topo.probe(kept["netns"], f"http:{PUBLIC6}") == {f"http:{PUBLIC6}": PUBLIC6}

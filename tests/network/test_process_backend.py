@@ -58,7 +58,7 @@ def test_container_sees_only_its_own_interface_and_the_policy(topo: Topology, bu
 
 def test_container_gets_ipv6_with_a_prefix(topo: Topology, bundle: Path) -> None:
     out = _run(topo, bundle, "proc-dual", "restricted", "--subnet6", PREFIX6)
-    assert "inet6 fd76:7362:afa:700::2/64" in out and "fe80" not in out, out
+    assert "inet6 fd76:7362:afa:700::2/64" in out and "inet6 fe80::76:73ff:fefa:702/64" in out, out
     assert PUBLIC6 in out.splitlines(), out
     assert f"{ULA} blocked" in out, out
     assert topo.net("leases") == [] and topo.sandbox_netns() == [], "all freed after delete"

@@ -64,7 +64,8 @@ def test_guest_nic_under_restricted_with_an_allow(
     assert f"vmm {ids} tap owner {vmm_user.name}" in out, "QEMU runs as the VMM user, on a tap it owns"
     assert f"reached {PUBLIC}" in out and f"reached {PRIVATE}" in out, out
     assert f"blocked {METADATA}" in out, out
-    assert "inet6 fd76:7362:afa:700::2/64" in out and "fe80" not in out, "the node's address, no link-local"
+    assert "inet6 fd76:7362:afa:700::2/64" in out, "the node's address"
+    assert "inet6 fe80::76:73ff:fefa:702/64" in out, "the link-local address the node expects (EUI-64)"
     assert f"default via {GATEWAY6} dev eth0" in out, out
     assert f"reached {PUBLIC6}" in out, "IPv6 egress through the gateway's NAT66"
     for blocked in (ULA, NODE_UPLINK6, GATEWAY6):

@@ -113,8 +113,9 @@ configure_network() {
     [ -z "$net6" ] || ip -6 route add default via "${net6#*,}" dev eth0 || die "cannot route via ${net6#*,}"
 }
 
-# The node's address only: no link-local address, no router advertisements or autoconfiguration,
-# no duplicate address detection (the node handed the address out). Without vmsandbox.net6 the
+# The node's address and the kernel's EUI-64 link-local one (neighbour discovery needs it), no
+# router advertisements or autoconfiguration, no duplicate address detection (the node handed
+# the addresses out, and a tentative one would delay the start). Without vmsandbox.net6 the
 # node gives the sandbox no IPv6, and eth0 has none at all.
 configure_ipv6() {
     conf=/proc/sys/net/ipv6/conf/eth0
@@ -123,7 +124,7 @@ configure_ipv6() {
         return 0
     fi
     [ -w $conf/disable_ipv6 ] || die "vmsandbox.net6 is set but the kernel has no IPv6"
-    for setting in addr_gen_mode=1 accept_ra=0 autoconf=0 accept_dad=0 dad_transmits=0; do
+    for setting in accept_ra=0 autoconf=0 accept_dad=0 dad_transmits=0; do
         echo "${setting#*=}" >"$conf/${setting%=*}" || die "cannot set $conf/${setting%=*}"
     done
     ip -6 addr add "${net6%%,*}" dev eth0 || die "cannot set address ${net6%%,*} on eth0"

@@ -30,6 +30,19 @@ def mac_of(ip: str) -> str:
     return "02:76:73:" + ":".join(f"{b:02x}" for b in octets[1:])
 
 
+def link_local_of(mac: str) -> str:
+    """The EUI-64 link-local address of ``mac`` (RFC 4291), the one a kernel would make itself.
+
+    Neighbour discovery needs one on each end: a node soliciting a sandbox's MAC for a forwarded
+    packet, and a sandbox re-checking the gateway's, send from their link-local address, and
+    without one they send nothing (the entry then fails, and with it the traffic).
+    """
+    hw = bytearray(bytes.fromhex(mac.replace(":", "")))
+    hw[0] ^= 0x02
+    eui = bytes(hw[:3]) + b"\xff\xfe" + bytes(hw[3:])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\0" * 6 + eui))
+
+
 class Lease(BaseModel):
     """One sandbox's address and the policy it runs under."""
 

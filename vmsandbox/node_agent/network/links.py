@@ -2,10 +2,11 @@
 
 Every bridge port is *isolated*: frames between two sandboxes' ports are never forwarded, so
 sandboxes reach each other (and everything else) only through the node's routing, where the
-nftables policy sees them. No link gets an IPv6 link-local address (``addrgenmode none``):
-the bridge and the sandboxes' interfaces hold only the addresses given here, IPv6 ones without
-duplicate address detection (``nodad``: the addresses are the node's to hand out, and an address
-left tentative would delay every start by a second). The bridge floods multicast instead of
+nftables policy sees them. No link makes addresses of its own (``addrgenmode none``): the
+bridge and the sandboxes' interfaces hold only the addresses given here (with IPv6, the
+link-local ones too, the EUI-64 addresses of their MACs), IPv6 ones without duplicate address
+detection (``nodad``: the addresses are the node's to hand out, and an address left tentative
+would delay every start by a second). The bridge floods multicast instead of
 snooping it, so a sandbox's neighbour solicitation for the gateway always reaches the node; the
 isolated ports keep it from every other sandbox.
 

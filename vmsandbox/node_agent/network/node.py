@@ -20,7 +20,7 @@ from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.node_agent.network import announce, links, policy
 from vmsandbox.node_agent.network.commands import Host
 from vmsandbox.node_agent.network.errors import NetworkError
-from vmsandbox.node_agent.network.ipam import Ipam, Lease, mac_of
+from vmsandbox.node_agent.network.ipam import Ipam, Lease, link_local_of, mac_of
 
 log = logging.getLogger("vmsandbox.node_agent.network")
 
@@ -71,6 +71,7 @@ class NodeNetwork:
             resolvers=settings.resolvers,
             prefix6=settings.prefix6,
             gateway6=self.ipam.gateway6 or None,
+            gateway_link_local=link_local_of(mac_of(self.ipam.gateway)),
         )
         self.host = Host(settings.netns)
         self._lock = threading.Lock()
@@ -80,10 +81,11 @@ class NodeNetwork:
         return self.settings.subnet.prefixlen
 
     def _gateways(self) -> list[str]:
-        """The bridge's addresses, ``ADDRESS/PREFIX``: IPv4, and IPv6 with a prefix."""
+        """The bridge's addresses, ``ADDRESS/PREFIX``: IPv4, and IPv6 and link-local with a prefix."""
         out = [f"{self.ipam.gateway}/{self.prefix_length}"]
         if self.settings.prefix6 is not None:
             out.append(f"{self.ipam.gateway6}/{self.settings.prefix6.prefixlen}")
+            out.append(f"{self.table.gateway_link_local}/64")
         return out
 
     def _addresses(self, lease: Lease) -> tuple[list[str], list[str]]:
@@ -91,6 +93,7 @@ class NodeNetwork:
         addresses, gateways = [f"{lease.ip}/{self.prefix_length}"], [self.ipam.gateway]
         if lease.ip6 and self.settings.prefix6 is not None:
             addresses.append(f"{lease.ip6}/{self.settings.prefix6.prefixlen}")
+            addresses.append(f"{link_local_of(lease.mac)}/64")
             gateways.append(self.ipam.gateway6)
         return addresses, gateways
 
@@ -198,7 +201,7 @@ class NodeNetwork:
                 if ns.removeprefix(f"{bridge}-") not in wanted:
                     links.remove(self.host, bridge, ns.removeprefix(f"{bridge}-"))
             # The ports are back on the bridge: tell the sandboxes who the gateway is now.
-            announce.announce(self.host, bridge, self.ipam.gateway, gateway_mac)
+            announce.announce(self.host, bridge, self.ipam.gateway, gateway_mac, self.ipam.gateway6 or None)
 
     def _drop_unreadable_leases(self) -> None:
         readable = {lease.ip for lease in self.ipam.leases()}

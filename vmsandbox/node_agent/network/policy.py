@@ -7,8 +7,9 @@ Layout (``inet`` family, so one table sees every packet of the node, IPv4 and IP
   each other; anything from the bridge that no map names (a spoofed source, IPv6 from a node
   without an IPv6 prefix) is dropped.
 - ``input``: neighbour discovery (solicitations and advertisements, router solicitations, hop
-  limit 255) addressed to the IPv6 gateway, its solicited-node group or all-routers is accepted:
-  without it no sandbox finds its IPv6 gateway. Everything else from sandboxes to the node
+  limit 255) addressed to the IPv6 gateway (its prefix and link-local addresses), their
+  solicited-node groups or all-routers is accepted: without it no sandbox finds its IPv6
+  gateway, nor answers the node looking for the sandbox. Everything else from sandboxes to the node
   itself jumps by source (``node4``, ``node6``); only replies to connections the node opened
   (port-forwarding), DNS to a configured resolver, and what ``allow`` names, get through, in
   every mode.
@@ -63,6 +64,8 @@ class TableConfig:
     #: The IPv6 prefix and its gateway; None: sandboxes get IPv4 only.
     prefix6: ipaddress.IPv6Network | None = None
     gateway6: str | None = None
+    #: The bridge's link-local address, the source of the node's own neighbour solicitations.
+    gateway_link_local: str | None = None
 
 
 def name_of(lease: Lease) -> str:
@@ -95,7 +98,8 @@ def _declarations(cfg: TableConfig) -> list[str]:
     ]
     if cfg.prefix6 is not None and cfg.gateway6 is not None:
         blocked = _elements([*BLOCKED_V6, str(cfg.prefix6)], 6)
-        ndp = ", ".join([cfg.gateway6, solicited_node(cfg.gateway6), "ff02::2"])
+        own = [cfg.gateway6, *([cfg.gateway_link_local] if cfg.gateway_link_local else [])]
+        ndp = ", ".join(sorted({*own, *(solicited_node(a) for a in own), "ff02::2"}))
         out += [
             f"set blocked6 {{ {_set_body(blocked, 6)} }}",
             f"set ndp6 {{ type ipv6_addr; elements = {{ {ndp} }}; }}",
