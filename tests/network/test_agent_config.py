@@ -10,7 +10,12 @@ import pytest
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.node_agent.capacity import node_capacity
 from vmsandbox.node_agent.config import ConfigError, load_config
-from vmsandbox.node_agent.network.startup import derived_prefix6, node_resolvers, sandbox_prefix6
+from vmsandbox.node_agent.network.startup import (
+    derived_prefix6,
+    ipv6_enabled,
+    node_resolvers,
+    sandbox_prefix6,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +56,16 @@ def test_node_resolvers_skip_loopback_and_ipv6(tmp_path: Path) -> None:
     conf.write_text("# x\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver fd00::1\nsearch example\n")
     assert node_resolvers(conf) == ["10.0.0.2"]
     assert node_resolvers(tmp_path / "missing") == []
+
+
+def test_ipv6_is_off_where_the_kernel_has_none_or_turned_it_off(tmp_path: Path) -> None:
+    assert not ipv6_enabled(tmp_path / "missing"), "ipv6.disable=1: no /proc/sys/net/ipv6"
+    conf = tmp_path / "conf" / "all"
+    conf.mkdir(parents=True)
+    (conf / "disable_ipv6").write_text("1\n")
+    assert not ipv6_enabled(tmp_path)
+    (conf / "disable_ipv6").write_text("0\n")
+    assert ipv6_enabled(tmp_path)
 
 
 def test_ipv6_prefix_is_derived_configured_or_off() -> None:

@@ -43,8 +43,12 @@ def derived_prefix6(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
 
 
 def ipv6_enabled(proc: Path = Path("/proc/sys/net/ipv6")) -> bool:
-    """Whether the kernel has IPv6 at all (``ipv6.disable=1`` removes it everywhere)."""
-    return proc.is_dir()
+    """Whether this namespace has IPv6: the kernel's (``ipv6.disable=1`` removes it everywhere),
+    not turned off for every interface (``net.ipv6.conf.all.disable_ipv6=1``)."""
+    try:
+        return (proc / "conf" / "all" / "disable_ipv6").read_text().strip() != "1"
+    except OSError:
+        return False
 
 
 def sandbox_prefix6(config: AgentConfig) -> ipaddress.IPv6Network | None:
