@@ -17,6 +17,7 @@ def test_sandbox_network_runs_the_agent_on_the_node_network(render: Render) -> N
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["VMSANDBOX_AGENT_SANDBOX_CIDR"] == "10.250.0.0/24"
+    assert env["VMSANDBOX_AGENT_SANDBOX_CIDR6"] == "fd12:3456:789a::/64"
     caps = container["securityContext"]["capabilities"]
     assert "NET_ADMIN" in caps["add"] and caps["drop"] == ["ALL"]
 
@@ -27,3 +28,4 @@ def test_no_sandbox_network_by_default(render: Render) -> None:
     assert not spec.get("hostNetwork")
     names = [e["name"] for e in spec["containers"][0]["env"]]
     assert "VMSANDBOX_AGENT_SANDBOX_CIDR" not in names
+    assert "VMSANDBOX_AGENT_SANDBOX_CIDR6" not in names, "the agent derives its prefix itself"

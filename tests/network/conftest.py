@@ -2,8 +2,9 @@
 
 The "node" namespace is where the agent's plumbing runs (bridge, nftables, NAT); the "world"
 namespace holds the servers: HTTP on a public-looking address (198.18.0.2, 198.18.0.3), on a
-private one (10.99.0.2), on the metadata address (169.254.169.254) and on an IPv6 ULA
-(fd00::2), plus a DNS server on 10.99.0.53. The node routes everything to the world and the
+private one (10.99.0.2), on the metadata address (169.254.169.254), on global-looking IPv6
+addresses (64:ff9b::c612:2, 64:ff9b::c612:3) and on an IPv6 ULA (fd00::2), plus a DNS server on
+10.99.0.53. The node routes everything to the world and the
 world routes nothing anywhere: no packet leaves these namespaces, and nothing is configured
 in the machine's own namespace. The plumbing runs under ``nsenter --net`` only, so the
 namespaces it creates for sandboxes are visible to the test.
@@ -35,8 +36,15 @@ PUBLIC_2 = "198.18.0.3"
 PRIVATE = "10.99.0.2"
 METADATA = "169.254.169.254"
 ULA = "fd00::2"
+PUBLIC6 = "64:ff9b::c612:2"
+PUBLIC6_2 = "64:ff9b::c612:3"
+NODE_UPLINK6 = "fd00:1::1"
 DNS = "10.99.0.53"
 WORLD_ADDRESSES = (PUBLIC, PUBLIC_2, PRIVATE, METADATA, DNS)
+WORLD_ADDRESSES6 = (ULA, PUBLIC6, PUBLIC6_2)
+#: The IPv6 prefix the plumbing derives from SUBNET (fd76:7362:<10.250.7.0>::/64), and its gateway.
+PREFIX6 = "fd76:7362:afa:700::/64"
+GATEWAY6 = "fd76:7362:afa:700::1"
 
 
 def _missing() -> str | None:
@@ -65,7 +73,17 @@ def sh(*argv: str, stdin: str | None = None) -> str:
 
 def _world_servers(world: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", world, sys.executable, str(HERE / "world.py"), DNS, *WORLD_ADDRESSES, ULA],
+        [
+            "ip",
+            "netns",
+            "exec",
+            world,
+            sys.executable,
+            str(HERE / "world.py"),
+            DNS,
+            *WORLD_ADDRESSES,
+            *WORLD_ADDRESSES6,
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -168,15 +186,16 @@ def _setup(topo: Topology) -> None:
                 "link set lo up",
                 "link set up0 up",
                 f"address add {NODE_UPLINK}/24 dev up0",
-                "address add fd00:1::1/64 dev up0 nodad",
+                f"address add {NODE_UPLINK6}/64 dev up0 nodad",
                 f"route add default via {WORLD_UPLINK}",
-                "route add fd00::/64 via fd00:1::2",
+                "route add default via fd00:1::2",
             ]
         )
         + "\n",
     )
     lines = ["link set lo up", "link set wd0 up", f"address add {WORLD_UPLINK}/24 dev wd0"]
-    lines += ["address add fd00:1::2/64 dev wd0 nodad", f"address add {ULA}/128 dev lo"]
+    lines += ["address add fd00:1::2/64 dev wd0 nodad"]
+    lines += [f"address add {a}/128 dev lo" for a in WORLD_ADDRESSES6]
     lines += [f"address add {a}/32 dev lo" for a in WORLD_ADDRESSES]
     sh("ip", "-n", world, "-batch", "-", stdin="\n".join(lines) + "\n")
     topo.procs.append(_world_servers(world))

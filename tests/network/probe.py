@@ -1,6 +1,8 @@
 """Run inside a sandbox's namespace: try each target and print what happened, as JSON.
 
-Targets: ``http:ADDRESS`` (GET /, the body names the server), ``dns:NAME@SERVER`` (one A query).
+Targets: ``http:ADDRESS`` (GET /, the body names the server), ``peer:ADDRESS`` (GET /peer, the
+body is the source address the server saw), ``tcp:ADDRESS[%IF]`` (a connection to port 80,
+link-local addresses too: ``connected`` or the error), ``dns:NAME@SERVER`` (one A query).
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import urllib.request
 TIMEOUT = 2.0
 
 
-def _http(address: str) -> str:
+def _http(address: str, path: str = "/") -> str:
     host = f"[{address}]" if ":" in address else address
-    with urllib.request.urlopen(f"http://{host}/", timeout=TIMEOUT) as reply:
+    with urllib.request.urlopen(f"http://{host}{path}", timeout=TIMEOUT) as reply:
         return str(reply.read().decode())
+
+
+def _tcp(address: str) -> str:
+    with socket.create_connection((address, 80), timeout=TIMEOUT):
+        return "connected"
 
 
 def _dns(name: str, server: str) -> str:
@@ -39,6 +46,10 @@ def probe(target: str) -> str:
     try:
         if kind == "http":
             return _http(arg)
+        if kind == "peer":
+            return _http(arg, "/peer")
+        if kind == "tcp":
+            return _tcp(arg)
         name, _, server = arg.partition("@")
         return _dns(name, server)
     except OSError as exc:

@@ -1,7 +1,8 @@
 """Run inside the node namespace: one sandbox with its network, the way the agent does it.
 
 ``run_sandbox.py STATE_DIR SUBNET BRIDGE RUNTIME_ROOT BUNDLE OWNER MODE [--allow CIDR]...
-[--hypervisor process|qemu]`` (the process backend gets a namespace, a VM a tap)
+[--subnet6 PREFIX] [--hypervisor process|qemu]`` (the process backend gets a namespace, a VM a
+tap; IPv4 only unless ``--subnet6`` names the IPv6 prefix)
 prepares the network, creates and starts the container with it, waits for it to exit, deletes
 it, frees the network, and prints the container's output.
 """
@@ -40,11 +41,13 @@ def main() -> None:
         parser.add_argument(name)
     parser.add_argument("--allow", action="append", default=[])
     parser.add_argument("--resolver", action="append", default=[])
+    parser.add_argument("--subnet6", type=ipaddress.IPv6Network)
     parser.add_argument("--hypervisor", default="process", choices=["process", "qemu"])
     args = parser.parse_args()
     node = NodeNetwork(
         NetworkSettings(
             subnet=ipaddress.IPv4Network(args.subnet),
+            prefix6=args.subnet6,
             state_dir=Path(args.state_dir),
             bridge=args.bridge,
             resolvers=tuple(args.resolver),

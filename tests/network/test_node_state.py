@@ -11,7 +11,18 @@ import subprocess
 import sys
 import time
 
-from tests.network.conftest import BRIDGE_NF_PARAMS, GATEWAY, PRIVATE, PUBLIC, SUBNET, Topology, sh
+from tests.network.conftest import (
+    BRIDGE_NF_PARAMS,
+    GATEWAY,
+    PREFIX6,
+    PRIVATE,
+    PUBLIC,
+    PUBLIC6,
+    SUBNET,
+    ULA,
+    Topology,
+    sh,
+)
 from vmsandbox.node_agent.network.ipam import mac_of
 
 OWNERS = [f"uid-{i:02d}" for i in range(50)]
@@ -20,8 +31,10 @@ ATTACH_ALL = """
 import ipaddress, sys
 from pathlib import Path
 from vmsandbox.node_agent.network import NetworkSettings, NodeNetwork
-node = NodeNetwork(NetworkSettings(subnet=ipaddress.IPv4Network(sys.argv[2]), state_dir=Path(sys.argv[1]),
-                                   bridge=sys.argv[3]))
+from vmsandbox.node_agent.network.startup import derived_prefix6
+subnet = ipaddress.IPv4Network(sys.argv[2])
+node = NodeNetwork(NetworkSettings(subnet=subnet, state_dir=Path(sys.argv[1]), bridge=sys.argv[3],
+                                   prefix6=derived_prefix6(subnet)))
 for owner in sys.argv[4:]:
     node.attach(owner, "restricted", [], [], "netns")
 """
@@ -29,6 +42,10 @@ for owner in sys.argv[4:]:
 
 def _leases(topo: Topology) -> dict[str, str]:
     return {lease["owner"]: lease["ip"] for lease in topo.net("leases")}
+
+
+def _leases6(topo: Topology) -> dict[str, str]:
+    return {lease["owner"]: lease["ip6"] for lease in topo.net("leases")}
 
 
 def _attach_all(topo: Topology) -> subprocess.Popen[bytes]:
@@ -45,6 +62,7 @@ def test_fifty_sandboxes_distinct_across_a_kill_and_all_released(topo: Topology)
     os.killpg(first.pid, signal.SIGKILL)  # the agent dies in the middle of the starts
     first.wait()
     before = _leases(topo)
+    before6 = _leases6(topo)
     assert 20 <= len(before) < 50
     topo.net("reconcile", *before)  # the restarted agent keeps what it still owns
     second = _attach_all(topo)
@@ -54,6 +72,10 @@ def test_fifty_sandboxes_distinct_across_a_kill_and_all_released(topo: Topology)
     assert len(set(after.values())) == 50, "no address handed out twice"
     assert all(after[owner] == ip for owner, ip in before.items()), "a restart keeps existing leases"
     assert all(ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(SUBNET) for ip in after.values())
+    after6 = _leases6(topo)
+    assert len(set(after6.values())) == 50, "no IPv6 address handed out twice"
+    assert all(after6[owner] == ip6 for owner, ip6 in before6.items()), "nor changed by the restart"
+    assert all(ipaddress.IPv6Address(ip6) in ipaddress.IPv6Network(PREFIX6) for ip6 in after6.values())
     assert len(topo.sandbox_netns()) == 50
     for owner in OWNERS:
         topo.net("detach", owner)
@@ -79,18 +101,21 @@ def _bridge_mac(topo: Topology) -> str:
 @BRIDGE_NF_PARAMS
 def test_reconcile_after_a_kill_restores_and_frees(topo: Topology) -> None:
     topo.net("reconcile")
-    kept = topo.attach("kept", "--allow", f"{PRIVATE}/32")
+    kept = topo.attach("kept", "--allow", f"{PRIVATE}/32", "--allow", f"{ULA}/128")
     gone = topo.attach("gone")
     _lose_table_and_bridge(topo)  # the agent is killed meanwhile
     assert topo.probe(kept["netns"], f"http:{PUBLIC}")[f"http:{PUBLIC}"] != PUBLIC
+    assert topo.probe(kept["netns"], f"http:{PUBLIC6}")[f"http:{PUBLIC6}"] != PUBLIC6
     topo.net("reconcile", "kept")  # the restarted agent still owns "kept" only
     assert _leases(topo) == {"kept": kept["ip"]}
     assert topo.sandbox_netns() == [kept["netns"].rsplit("/", 1)[1]]
     assert gone["netns"].rsplit("/", 1)[1] not in topo.sandbox_netns()
-    results = topo.probe(kept["netns"], f"http:{PUBLIC}", f"http:{PRIVATE}")
-    assert results == {f"http:{PUBLIC}": PUBLIC, f"http:{PRIVATE}": PRIVATE}, results
+    targets = (PUBLIC, PRIVATE, PUBLIC6, ULA)
+    results = topo.probe(kept["netns"], *(f"http:{t}" for t in targets))
+    assert results == {f"http:{t}": t for t in targets}, results
     ruleset = topo.node_ruleset()
-    assert ruleset.count("jump s") == 3, "one sandbox's out, in and node chains in the maps"
+    assert ruleset.count("jump s") == 6, "one sandbox's out, in and node chains in the IPv4 and IPv6 maps"
+    assert f"{kept['ip6']} : jump s" in ruleset and f"{ULA} }}" in ruleset, ruleset
 
 
 @BRIDGE_NF_PARAMS

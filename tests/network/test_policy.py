@@ -20,6 +20,8 @@ from tests.network.conftest import (
     NODE_UPLINK,
     PRIVATE,
     PUBLIC,
+    PUBLIC6,
+    PUBLIC6_2,
     PUBLIC_2,
     ULA,
     Topology,
@@ -28,7 +30,8 @@ from tests.network.conftest import (
 #: Every verdict with bridged frames passing the IP hooks (a kube-proxy node) and without.
 pytestmark = BRIDGE_NF_PARAMS
 
-ALL = [f"http:{a}" for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA, DNS, NODE_UPLINK, GATEWAY, ULA)]
+#: IPv4 only: test_ipv6 covers the IPv6 verdicts.
+ALL = [f"http:{a}" for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA, DNS, NODE_UPLINK, GATEWAY)]
 
 
 def reached(results: dict[str, str]) -> set[str]:
@@ -57,10 +60,10 @@ def node_server(topo: Topology) -> None:
 @pytest.mark.usefixtures("node_server")
 def test_restricted_reaches_the_internet_and_dns_only(topo: Topology) -> None:
     sandbox = topo.attach("sb-restricted")
-    results = topo.probe(sandbox["netns"], *ALL, f"dns:public.test@{DNS}")
+    results = topo.probe(sandbox["netns"], *ALL, f"http:{ULA}", f"dns:public.test@{DNS}")
     assert reached(results) == {f"http:{PUBLIC}", f"http:{PUBLIC_2}"}, results
     assert results[f"dns:public.test@{DNS}"] == PUBLIC, "DNS to the configured resolver is allowed"
-    assert "unreachable" in results[f"http:{ULA}"], "sandboxes get no IPv6 address or route"
+    assert results[f"http:{ULA}"].startswith("error"), "a ULA is blocked like a private IPv4 address"
     counters = topo.net("counters")["sb-restricted"]
     assert counters["dropped_packets"] >= 5, counters
     assert counters["tx_bytes"] > 0 and counters["rx_bytes"] > 0
@@ -73,11 +76,14 @@ def test_allow_opens_exactly_what_it_names(topo: Topology) -> None:
     assert reached(results) == {f"http:{PUBLIC}", f"http:{PUBLIC_2}", f"http:{PRIVATE}"}, results
 
 
-def test_deny_closes_a_public_address(topo: Topology) -> None:
+@pytest.mark.parametrize(
+    ("kept", "denied"), [(PUBLIC, f"{PUBLIC_2}/32"), (PUBLIC6, f"{PUBLIC6_2}/128")], ids=["ipv4", "ipv6"]
+)
+def test_deny_closes_a_public_address(topo: Topology, kept: str, denied: str) -> None:
     topo.net("reconcile")
-    sandbox = topo.attach("sb-deny", "--deny", f"{PUBLIC_2}/32")
-    results = topo.probe(sandbox["netns"], f"http:{PUBLIC}", f"http:{PUBLIC_2}")
-    assert reached(results) == {f"http:{PUBLIC}"}, results
+    sandbox = topo.attach("sb-deny", "--deny", denied)
+    results = topo.probe(sandbox["netns"], f"http:{kept}", f"http:{denied.split('/')[0]}")
+    assert reached(results) == {f"http:{kept}"}, results
 
 
 def test_none_has_loopback_only(topo: Topology) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.network.conftest import DNS, HERE, PRIVATE, PUBLIC, SUBNET, Topology, sh
+from tests.network.conftest import DNS, HERE, PREFIX6, PRIVATE, PUBLIC, PUBLIC6, SUBNET, ULA, Topology, sh
 from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
 
 GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
@@ -19,6 +19,8 @@ SCRIPT = " ; ".join(
         f"{GET} | busybox nc -w 2 {PUBLIC} 80 | busybox tail -n 1 && echo",
         f"{GET} | busybox nc -w 2 {PRIVATE} 80 | busybox grep -q {PRIVATE} || echo {PRIVATE} blocked",
         "busybox ip -6 -o addr show dev eth0",
+        f"{GET} | busybox nc -w 2 {PUBLIC6} 80 | busybox tail -n 1 && echo",
+        f"{GET} | busybox nc -w 2 {ULA} 80 | busybox grep -q {ULA} || echo {ULA} blocked",
     ]
 )
 
@@ -51,4 +53,12 @@ def test_container_sees_only_its_own_interface_and_the_policy(topo: Topology, bu
     assert "inet6" not in out, "no IPv6 address, not even link-local"
     allowed = _run(topo, bundle, "proc-allow", "restricted", "--allow", f"{PRIVATE}/32")
     assert PUBLIC in allowed.splitlines() and f"{PRIVATE} blocked" not in allowed, allowed
+    assert topo.net("leases") == [] and topo.sandbox_netns() == [], "all freed after delete"
+
+
+def test_container_gets_ipv6_with_a_prefix(topo: Topology, bundle: Path) -> None:
+    out = _run(topo, bundle, "proc-dual", "restricted", "--subnet6", PREFIX6)
+    assert "inet6 fd76:7362:afa:700::2/64" in out and "inet6 fe80::76:73ff:fefa:702/64" in out, out
+    assert PUBLIC6 in out.splitlines(), out
+    assert f"{ULA} blocked" in out, out
     assert topo.net("leases") == [] and topo.sandbox_netns() == [], "all freed after delete"

@@ -1,5 +1,6 @@
-"""A real QEMU guest (TCG) on the node's bridge: virtio-net on the tap, address from the kernel
-command line, and the same policy as every other sandbox. One boot, so it stays affordable."""
+"""A real QEMU guest (TCG) on the node's bridge: virtio-net on the tap, addresses (IPv4 and IPv6)
+from the kernel command line, and the same policy as every other sandbox. One boot, so it stays
+affordable."""
 
 from __future__ import annotations
 
@@ -9,7 +10,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.network.conftest import DNS, HERE, METADATA, PRIVATE, PUBLIC, SUBNET, Topology, sh
+from tests.network.conftest import (
+    DNS,
+    GATEWAY6,
+    HERE,
+    METADATA,
+    NODE_UPLINK6,
+    PREFIX6,
+    PRIVATE,
+    PUBLIC,
+    PUBLIC6,
+    SUBNET,
+    ULA,
+    Topology,
+    sh,
+)
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.runtime.support import base_config, short_root, write_bundle
 from vmsandbox.hypervisor.vmmuser import VmmUser
@@ -28,9 +43,9 @@ def _probe(address: str) -> str:
 def test_guest_nic_under_restricted_with_an_allow(
     topo: Topology, guest_image: Path, tmp_path: Path, vmm_user: VmmUser
 ) -> None:
-    script = " ; ".join(
-        ["busybox ip -4 -o addr show dev eth0", *(_probe(a) for a in (PUBLIC, PRIVATE, METADATA))]
-    )
+    targets = (PUBLIC, PRIVATE, METADATA, PUBLIC6, ULA, NODE_UPLINK6, GATEWAY6)
+    shows = ["busybox ip -4 -o addr show dev eth0", "busybox ip -6 -o addr show dev eth0"]
+    script = " ; ".join([*shows, "busybox ip -6 route show", *(_probe(a) for a in targets)])
     config = base_config(["/bin/sh", "-c", script])
     config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
     config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
@@ -39,7 +54,7 @@ def test_guest_nic_under_restricted_with_an_allow(
     try:
         argv = [sys.executable, str(HERE / "run_sandbox.py"), str(topo.state_dir), SUBNET, topo.bridge]
         argv += [str(root), str(bundle), "qemu-allow", "restricted", "--resolver", DNS]
-        argv += ["--allow", f"{PRIVATE}/32", "--hypervisor", "qemu"]
+        argv += ["--allow", f"{PRIVATE}/32", "--subnet6", PREFIX6, "--hypervisor", "qemu"]
         env_argv = ["env", f"VMSANDBOX_GUEST_IMAGE_DIR={guest_image}", *argv]
         out = sh(*topo.in_node(*env_argv))
     finally:
@@ -49,5 +64,11 @@ def test_guest_nic_under_restricted_with_an_allow(
     assert f"vmm {ids} tap owner {vmm_user.name}" in out, "QEMU runs as the VMM user, on a tap it owns"
     assert f"reached {PUBLIC}" in out and f"reached {PRIVATE}" in out, out
     assert f"blocked {METADATA}" in out, out
+    assert "inet6 fd76:7362:afa:700::2/64" in out, "the node's address"
+    assert "inet6 fe80::76:73ff:fefa:702/64" in out, "the link-local address the node expects (EUI-64)"
+    assert f"default via {GATEWAY6} dev eth0" in out, out
+    assert f"reached {PUBLIC6}" in out, "IPv6 egress through the gateway's NAT66"
+    for blocked in (ULA, NODE_UPLINK6, GATEWAY6):
+        assert f"blocked {blocked}" in out, out
     assert topo.net("leases") == [], "the lease is freed after delete"
     assert not [link for link in topo.node_links() if link.startswith("tsb")], "the tap is gone"

@@ -83,3 +83,21 @@ def test_cloud_hypervisor_vmm_runs_in_the_taps_namespace(tmp_path: Path) -> None
         if child is not None:
             vmm_process.kill(child.pid, child)
         sh("ip", "netns", "del", name)
+
+
+def test_kernel_arguments_add_the_ipv6_address_and_gateway() -> None:
+    nic = NetworkAttachment(
+        ip="10.250.7.9",
+        gateway="10.250.7.1",
+        dns=["10.0.0.53"],
+        ip6="fd76:7362:afa:700::9",
+        gateway6="fd76:7362:afa:700::1",
+    )
+    assert nic.kernel_args() == [
+        "vmsandbox.net=10.250.7.9/24,10.250.7.1,10.0.0.53",
+        "vmsandbox.net6=fd76:7362:afa:700::9/64,fd76:7362:afa:700::1",
+    ]
+    assert NetworkAttachment(ip="10.250.7.9", gateway="10.250.7.1").kernel_args() == [
+        "vmsandbox.net=10.250.7.9/24,10.250.7.1,"
+    ], "IPv4 only: the guest turns IPv6 off"
+    assert NetworkAttachment().kernel_args() == [], "mode none: no NIC, nothing to configure"

@@ -1,6 +1,7 @@
 """The test world's servers, run inside the "world" namespace: HTTP on each address, and DNS.
 
-Every HTTP server answers ``GET /`` with its own address, so a probe knows whom it reached.
+Every HTTP server answers ``GET /`` with its own address, so a probe knows whom it reached, and
+``GET /peer`` with the client's address, so a test sees what the node's NAT made of the source.
 The DNS server answers A queries from a fixed table (a few lines of RFC 1035, UDP only).
 It prints ``ready`` once every socket is bound.
 """
@@ -20,7 +21,8 @@ NAMES = {"public.test.": "198.18.0.2", "private.test.": "10.99.0.2"}
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        body = self.server.server_address[0].encode()
+        own = str(self.server.server_address[0])  # type: ignore[index]
+        body = (str(self.client_address[0]) if self.path == "/peer" else own).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -76,7 +78,9 @@ def _dns(address: str) -> None:
 def main(dns: str, addresses: list[str]) -> None:
     for address in addresses:
         cls = _Server6 if ":" in address else _Server4
-        server = cls((address, 80), _Handler)
+        host, _, scope = address.partition("%")  # fe80::1%eth0: link-local on one interface
+        bind = (host, 80, 0, socket.if_nametoindex(scope)) if scope else (address, 80)
+        server = cls(bind, _Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
     _dns(dns)
     print("ready", flush=True)

@@ -13,7 +13,21 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.network.conftest import DNS, METADATA, PRIVATE, PUBLIC, PUBLIC_2, SUBNET, Topology, topo
+from tests.network.conftest import (
+    DNS,
+    GATEWAY6,
+    METADATA,
+    PREFIX6,
+    PRIVATE,
+    PUBLIC,
+    PUBLIC6,
+    PUBLIC6_2,
+    PUBLIC_2,
+    SUBNET,
+    ULA,
+    Topology,
+    topo,
+)
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
 
 pytestmark = pytest.mark.kube
@@ -29,7 +43,11 @@ def _probe(address: str) -> str:
 
 
 SCRIPT = " ; ".join(
-    [*(_probe(a) for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA)), "echo probes done", "sleep 600"]
+    [
+        *(_probe(a) for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA, PUBLIC6, PUBLIC6_2, ULA)),
+        "echo probes done",
+        "sleep 600",
+    ]
 )
 
 
@@ -51,7 +69,7 @@ def test_network_set_up_reported_metered_and_freed(
     spec = registry.sandbox(
         ["sh", "-c", SCRIPT],
         hypervisor="process",
-        network={"egress": {"allow": [f"{PRIVATE}/32"], "deny": [f"{PUBLIC_2}/32"]}},
+        network={"egress": {"allow": [f"{PRIVATE}/32"], "deny": [f"{PUBLIC_2}/32", f"{PUBLIC6_2}/128"]}},
     )
     cluster.create_sandbox(name, spec, node=agent.node)
     status = cluster.wait_phase(name, "Running", timeout=60)
@@ -60,7 +78,9 @@ def test_network_set_up_reported_metered_and_freed(
     assert ipaddress.IPv4Address(network["ip"]) in ipaddress.IPv4Network(SUBNET)
     assert network["gateway"] == "10.250.7.1" and network["prefixLength"] == 24
     assert re.fullmatch(r"02:76:73(:[0-9a-f]{2}){3}", network["mac"])
-    assert network["allow"] == [f"{PRIVATE}/32"] and network["deny"] == [f"{PUBLIC_2}/32"]
+    assert ipaddress.IPv6Address(network["ip6"]) in ipaddress.IPv6Network(PREFIX6), network
+    assert network["gateway6"] == GATEWAY6 and network["prefixLength6"] == 64
+    assert network["allow"] == [f"{PRIVATE}/32"] and network["deny"] == [f"{PUBLIC_2}/32", f"{PUBLIC6_2}/128"]
     assert status["bootTimings"]["network"] >= 0
 
     logs = wait_for(
@@ -71,6 +91,8 @@ def test_network_set_up_reported_metered_and_freed(
     )
     assert f"reached {PUBLIC}" in logs and f"reached {PRIVATE}" in logs, logs
     assert f"blocked {PUBLIC_2}" in logs and f"blocked {METADATA}" in logs, logs
+    assert f"reached {PUBLIC6}" in logs, logs
+    assert f"blocked {PUBLIC6_2}" in logs and f"blocked {ULA}" in logs, logs
 
     metrics = agent.get("/metrics").text
     drops = re.search(
@@ -86,6 +108,7 @@ def test_network_set_up_reported_metered_and_freed(
     leases = agent.state_dir / "network" / "leases"
     assert [p.name for p in leases.iterdir()] == [network["ip"]]
     assert len(topo.sandbox_netns()) == 1
+    assert f"{network['ip6']} : jump s" in topo.node_ruleset(), "the IPv6 maps are rebuilt too"
 
     cluster.delete(name)
     cluster.wait_gone(name, timeout=60)

@@ -90,6 +90,11 @@ class NetworkStatus(APIModel):
     )
     mac: str | None = Field(default=None, description="MAC address of the sandbox's interface.")
     gateway: str | None = Field(default=None, description="The node's address on the sandbox subnet.")
+    ip6: str | None = Field(
+        default=None, description="The sandbox's IPv6 address on its node's IPv6 sandbox prefix (a ULA)."
+    )
+    prefix_length6: int | None = Field(default=None, ge=0, le=128, description="Length of that prefix.")
+    gateway6: str | None = Field(default=None, description="The node's address on the IPv6 sandbox prefix.")
     allow: list[str] | None = Field(default=None, description="Allow rules in force.")
     deny: list[str] | None = Field(default=None, description="Deny rules in force.")
 

@@ -23,3 +23,8 @@ class NodeCapacity(APIModel):
         alias="sandboxCIDR",
         description="The node's sandbox subnet; absent: no sandbox network.",
     )
+    sandbox_cidr6: str | None = Field(
+        default=None,
+        alias="sandboxCIDR6",
+        description="The node's IPv6 sandbox prefix (a ULA); absent: sandboxes get IPv4 only.",
+    )

@@ -10,6 +10,7 @@ from vmsandbox.api.node import NodeCapacity
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.qemu.probe import kvm_verdict
 from vmsandbox.node_agent.config import AgentConfig
+from vmsandbox.node_agent.network.startup import sandbox_prefix6
 
 
 def agent_version() -> str:
@@ -84,4 +85,5 @@ def node_capacity(config: AgentConfig, hv: HypervisorConfig) -> NodeCapacity:
         kvm=kvm_usable(),
         agent_version=agent_version(),
         sandbox_cidr=str(config.sandbox_cidr) if config.sandbox_cidr else None,
+        sandbox_cidr6=str(prefix6) if (prefix6 := sandbox_prefix6(config)) else None,
     )

@@ -81,6 +81,12 @@ class AgentConfig(APIModel):
         alias="sandboxCIDR",
         description="The node's sandbox subnet (e.g. 10.250.3.0/24); unset: sandboxes get no network.",
     )
+    sandbox_cidr6: ipaddress.IPv6Network | Literal["none"] | None = Field(
+        default=None,
+        alias="sandboxCIDR6",
+        description="The node's IPv6 sandbox prefix, a ULA (fc00::/7) of length 48 to 112; unset: "
+        "derived from sandboxCIDR (fd76:7362:<its 32 bits>::/64); none: sandboxes get IPv4 only.",
+    )
     sandbox_bridge: str = Field(default="vmsb0", pattern=r"^[a-z][a-z0-9]{0,9}$")
     sandbox_dns: list[str] = Field(
         default_factory=list,
@@ -126,6 +132,16 @@ class AgentConfig(APIModel):
     def _subnet_size(cls, value: ipaddress.IPv4Network | None) -> ipaddress.IPv4Network | None:
         if value is not None and not 16 <= value.prefixlen <= 29:
             raise ValueError(f"{value}: the prefix length must be between 16 and 29")
+        return value
+
+    @field_validator("sandbox_cidr6")
+    @classmethod
+    def _prefix6(cls, value: ipaddress.IPv6Network | str | None) -> ipaddress.IPv6Network | str | None:
+        if isinstance(value, ipaddress.IPv6Network):
+            if not value.subnet_of(ipaddress.IPv6Network("fc00::/7")):
+                raise ValueError(f"{value}: must be a unique local (fc00::/7) prefix")
+            if not 48 <= value.prefixlen <= 112:
+                raise ValueError(f"{value}: the prefix length must be between 48 and 112")
         return value
 
     @field_validator("sandbox_dns")

@@ -419,7 +419,7 @@ class Runtime:
             memory_mib=size.memory_mib,
             disks=[disk] if disk else [],
             network=network,
-            kernel_args=[network.kernel_arg()] if network is not None and network.ip else [],
+            kernel_args=network.kernel_args() if network is not None else [],
             hotplug_dirs=[self.store.root],
         )
         if not driver.shares_host_fs:

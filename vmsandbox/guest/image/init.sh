@@ -6,8 +6,9 @@
 # filesystems in the new root and hands over to /usr/lib/vmsandbox/supervise there, which runs
 # the guest agent (told the uptime at which this script began, so the agent can report it). With
 # vmsandbox.net=IP/PREFIX,GATEWAY,DNS[+DNS] on the kernel command line it configures eth0 (the
-# node's tap), the default route and /etc/resolv.conf first. Any failure powers the VM off after
-# printing why, so the host sees an exit instead of a hang.
+# node's tap), the default route and /etc/resolv.conf first, and with vmsandbox.net6=IP6/PREFIX,
+# GATEWAY6 the IPv6 address and default route too (else IPv6 is off on eth0). Any failure powers
+# the VM off after printing why, so the host sees an exit instead of a hang.
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -86,9 +87,13 @@ wait_for_root_disk() {
 configure_network() {
     ip link set lo up || die "cannot bring up lo"
     net=""
+    net6=""
     read -r cmdline </proc/cmdline
     for arg in $cmdline; do
-        case "$arg" in vmsandbox.net=*) net=${arg#vmsandbox.net=} ;; esac
+        case "$arg" in
+        vmsandbox.net=*) net=${arg#vmsandbox.net=} ;;
+        vmsandbox.net6=*) net6=${arg#vmsandbox.net6=} ;;
+        esac
     done
     [ -n "$net" ] || return 0
     address=${net%%,*}
@@ -101,11 +106,28 @@ configure_network() {
         [ "$tries" -lt "$NIC_WAIT_TENTHS" ] || die "vmsandbox.net is set but the VM has no eth0"
         sleep 0.1
     done
-    # IPv4 only: the node gives sandboxes no IPv6 and drops every IPv6 packet from them.
-    [ -w /proc/sys/net/ipv6/conf/eth0/disable_ipv6 ] && echo 1 >/proc/sys/net/ipv6/conf/eth0/disable_ipv6
     ip addr add "$address" dev eth0 || die "cannot set address $address on eth0"
+    configure_ipv6
     ip link set eth0 up || die "cannot bring up eth0"
     ip route add default via "$gateway" dev eth0 || die "cannot route via $gateway"
+    [ -z "$net6" ] || ip -6 route add default via "${net6#*,}" dev eth0 || die "cannot route via ${net6#*,}"
+}
+
+# The node's address and the kernel's EUI-64 link-local one (neighbour discovery needs it), no
+# router advertisements or autoconfiguration, no duplicate address detection (the node handed
+# the addresses out, and a tentative one would delay the start). Without vmsandbox.net6 the
+# node gives the sandbox no IPv6, and eth0 has none at all.
+configure_ipv6() {
+    conf=/proc/sys/net/ipv6/conf/eth0
+    if [ -z "$net6" ]; then
+        [ -w $conf/disable_ipv6 ] && echo 1 >$conf/disable_ipv6
+        return 0
+    fi
+    [ -w $conf/disable_ipv6 ] || die "vmsandbox.net6 is set but the kernel has no IPv6"
+    for setting in accept_ra=0 autoconf=0 accept_dad=0 dad_transmits=0; do
+        echo "${setting#*=}" >"$conf/${setting%=*}" || die "cannot set $conf/${setting%=*}"
+    done
+    ip -6 addr add "${net6%%,*}" dev eth0 || die "cannot set address ${net6%%,*} on eth0"
 }
 
 write_resolv_conf() {

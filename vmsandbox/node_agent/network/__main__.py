@@ -15,12 +15,16 @@ from pathlib import Path
 
 from vmsandbox.node_agent.network.errors import NetworkError
 from vmsandbox.node_agent.network.node import NetworkSettings, NodeNetwork
+from vmsandbox.node_agent.network.startup import derived_prefix6
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vmsandbox.node_agent.network", description=__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--subnet", type=ipaddress.IPv4Network, required=True)
+    parser.add_argument(
+        "--subnet6", help="the IPv6 prefix; none: IPv4 only; default: derived from --subnet, as by the agent"
+    )
     parser.add_argument("--bridge", default="vmsb0")
     parser.add_argument("--table", default="vmsandbox")
     parser.add_argument("--resolver", action="append", default=[])
@@ -41,10 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prefix6(subnet: ipaddress.IPv4Network, value: str | None) -> ipaddress.IPv6Network | None:
+    if value == "none":
+        return None
+    return ipaddress.IPv6Network(value) if value else derived_prefix6(subnet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = NetworkSettings(
         subnet=args.subnet,
+        prefix6=_prefix6(args.subnet, args.subnet6),
         state_dir=args.state_dir,
         bridge=args.bridge,
         table=args.table,

@@ -52,6 +52,9 @@ def attach_sandbox(
         prefix_length=attachment.prefix_length,
         mac=attachment.mac,
         gateway=attachment.gateway,
+        ip6=attachment.ip6,
+        prefix_length6=attachment.prefix_length6 if attachment.ip6 else None,
+        gateway6=attachment.gateway6,
         allow=allow or None,
         deny=deny or None,
     )

@@ -113,9 +113,14 @@ class Host:
             return False
         return done.returncode == 0
 
-    def enable_forwarding(self) -> None:
-        """IPv4 forwarding in this namespace (``/proc/sys/net`` is the reader's namespace's)."""
+    def enable_forwarding(self, *, ipv6: bool = False) -> None:
+        """IPv4 (and IPv6) forwarding in this namespace (``/proc/sys/net`` is the reader's
+        namespace's)."""
+        files = ["/proc/sys/net/ipv4/ip_forward"]
+        if ipv6:
+            files.append("/proc/sys/net/ipv6/conf/all/forwarding")
         if self.netns is None:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+            for name in files:
+                Path(name).write_text("1\n")
         else:
-            self.run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
+            self.run(["sh", "-c", " && ".join(f"echo 1 > {name}" for name in files)])

@@ -2,7 +2,13 @@
 
 Every bridge port is *isolated*: frames between two sandboxes' ports are never forwarded, so
 sandboxes reach each other (and everything else) only through the node's routing, where the
-nftables policy sees them. No link gets an IPv6 address (``addrgenmode none``).
+nftables policy sees them. No link makes addresses of its own (``addrgenmode none``): the
+bridge and the sandboxes' interfaces hold only the addresses given here (with IPv6, the
+link-local ones too, the EUI-64 addresses of their MACs), IPv6 ones without duplicate address
+detection (``nodad``: the addresses are the node's to hand out, and an address left tentative
+would delay every start by a second). The bridge floods multicast instead of
+snooping it, so a sandbox's neighbour solicitation for the gateway always reaches the node; the
+isolated ports keep it from every other sandbox.
 
 Names: host veth ``vsb<key>``, tap ``tsb<key>`` (15 bytes, the kernel's limit), namespace
 ``<bridge>-<key>``; reconciliation recognises its own links and namespaces by these.
@@ -42,8 +48,9 @@ def link_exists(host: Host, name: str) -> bool:
     return host.succeeds(["ip", "link", "show", "dev", name])
 
 
-def ensure_bridge(host: Host, bridge: str, gateway: str, prefix_length: int, mac: str) -> None:
-    """The bridge with the gateway address and MAC, up, and forwarding on (idempotent).
+def ensure_bridge(host: Host, bridge: str, gateways: list[str], mac: str) -> None:
+    """The bridge with the gateway addresses (``ADDRESS/PREFIX``, IPv4 and perhaps IPv6) and MAC,
+    up, and forwarding on (idempotent).
 
     The MAC is set, not left to the kernel: a bridge otherwise takes its lowest port's MAC, so
     the gateway's MAC would change under every sandbox when that port leaves or the bridge is
@@ -55,11 +62,16 @@ def ensure_bridge(host: Host, bridge: str, gateway: str, prefix_length: int, mac
         lines.append(f"link set dev {bridge} addrgenmode none")
     lines += [
         f"link set dev {bridge} address {mac}",
-        f"address replace {gateway}/{prefix_length} dev {bridge}",
+        f"link set dev {bridge} type bridge mcast_snooping 0",
+        *(_address("replace", gateway, bridge) for gateway in gateways),
         f"link set dev {bridge} up",
     ]
     _ip_batch(host, lines)
-    host.enable_forwarding()
+    host.enable_forwarding(ipv6=any(":" in gateway for gateway in gateways))
+
+
+def _address(verb: str, address: str, dev: str) -> str:
+    return f"address {verb} {address} dev {dev}" + (" nodad" if ":" in address else "")
 
 
 def _port(name: str, bridge: str) -> list[str]:
@@ -116,8 +128,9 @@ def add_netns(host: Host, bridge: str, key: str) -> Path:
     return NETNS_DIR / ns
 
 
-def add_veth(host: Host, bridge: str, key: str, ip: str, prefix_length: int, gateway: str, mac: str) -> Path:
-    """A namespace whose ``eth0`` is a veth to the bridge, addressed and routed via the gateway."""
+def add_veth(host: Host, bridge: str, key: str, addresses: list[str], gateways: list[str], mac: str) -> Path:
+    """A namespace whose ``eth0`` is a veth to the bridge, with ``addresses`` (``ADDRESS/PREFIX``)
+    and a default route via each of ``gateways`` (one per address family)."""
     ns = netns_name(bridge, key)
     host_link = veth_name(key)
     if (NETNS_DIR / ns).exists():  # a start that died halfway: begin again with a clean namespace
@@ -129,9 +142,9 @@ def add_veth(host: Host, bridge: str, key: str, ip: str, prefix_length: int, gat
         [
             "link set dev lo up",
             "link set dev eth0 addrgenmode none",
-            f"address add {ip}/{prefix_length} dev eth0",
+            *(_address("add", address, "eth0") for address in addresses),
             "link set dev eth0 up",
-            f"route add default via {gateway} dev eth0",
+            *(f"route add default via {gateway} dev eth0" for gateway in gateways),
         ],
         ns,
     )

@@ -20,7 +20,7 @@ from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.node_agent.network import announce, links, policy
 from vmsandbox.node_agent.network.commands import Host
 from vmsandbox.node_agent.network.errors import NetworkError
-from vmsandbox.node_agent.network.ipam import Ipam, Lease, mac_of
+from vmsandbox.node_agent.network.ipam import Ipam, Lease, link_local_of, mac_of
 
 log = logging.getLogger("vmsandbox.node_agent.network")
 
@@ -36,6 +36,8 @@ class NetworkSettings:
 
     subnet: ipaddress.IPv4Network
     state_dir: Path
+    #: The IPv6 prefix (a ULA); None: sandboxes get IPv4 only.
+    prefix6: ipaddress.IPv6Network | None = None
     bridge: str = "vmsb0"
     table: str = "vmsandbox"
     resolvers: tuple[str, ...] = ()
@@ -61,12 +63,15 @@ def owner_key(owner: str) -> str:
 class NodeNetwork:
     def __init__(self, settings: NetworkSettings) -> None:
         self.settings = settings
-        self.ipam = Ipam(settings.state_dir / "leases", settings.subnet)
+        self.ipam = Ipam(settings.state_dir / "leases", settings.subnet, settings.prefix6)
         self.table = policy.TableConfig(
             table=settings.table,
             bridge=settings.bridge,
             subnet=settings.subnet,
             resolvers=settings.resolvers,
+            prefix6=settings.prefix6,
+            gateway6=self.ipam.gateway6 or None,
+            gateway_link_local=link_local_of(mac_of(self.ipam.gateway)),
         )
         self.host = Host(settings.netns)
         self._lock = threading.Lock()
@@ -74,6 +79,23 @@ class NodeNetwork:
     @property
     def prefix_length(self) -> int:
         return self.settings.subnet.prefixlen
+
+    def _gateways(self) -> list[str]:
+        """The bridge's addresses, ``ADDRESS/PREFIX``: IPv4, and IPv6 and link-local with a prefix."""
+        out = [f"{self.ipam.gateway}/{self.prefix_length}"]
+        if self.settings.prefix6 is not None:
+            out.append(f"{self.ipam.gateway6}/{self.settings.prefix6.prefixlen}")
+            out.append(f"{self.table.gateway_link_local}/64")
+        return out
+
+    def _addresses(self, lease: Lease) -> tuple[list[str], list[str]]:
+        """The sandbox's addresses (``ADDRESS/PREFIX``) and the gateways of its default routes."""
+        addresses, gateways = [f"{lease.ip}/{self.prefix_length}"], [self.ipam.gateway]
+        if lease.ip6 and self.settings.prefix6 is not None:
+            addresses.append(f"{lease.ip6}/{self.settings.prefix6.prefixlen}")
+            addresses.append(f"{link_local_of(lease.mac)}/64")
+            gateways.append(self.ipam.gateway6)
+        return addresses, gateways
 
     def attach(
         self, owner: str, mode: str, allow: Iterable[str], deny: Iterable[str], kind: str
@@ -94,9 +116,8 @@ class NodeNetwork:
             try:
                 try:
                     if kind == "netns":
-                        netns = links.add_veth(
-                            self.host, bridge, key, lease.ip, self.prefix_length, self.ipam.gateway, lease.mac
-                        )
+                        addresses, gateways = self._addresses(lease)
+                        netns = links.add_veth(self.host, bridge, key, addresses, gateways, lease.mac)
                         attachment = self._attachment(lease, netns=netns)
                     else:
                         tap = links.add_tap(self.host, bridge, key, self.settings.tap_owner)
@@ -111,10 +132,14 @@ class NodeNetwork:
     def _attachment(
         self, lease: Lease, *, netns: Path | None = None, tap: str | None = None
     ) -> NetworkAttachment:
+        v6 = bool(lease.ip6) and self.settings.prefix6 is not None
         return NetworkAttachment(
             ip=lease.ip,
             prefix_length=self.prefix_length,
             gateway=self.ipam.gateway,
+            ip6=lease.ip6 if v6 else None,
+            prefix_length6=self.settings.prefix6.prefixlen if self.settings.prefix6 else 64,
+            gateway6=self.ipam.gateway6 if v6 else None,
             mac=lease.mac,
             dns=list(self.settings.resolvers),
             netns=netns,
@@ -151,12 +176,12 @@ class NodeNetwork:
         bridge = self.settings.bridge
         with self._lock:
             gateway_mac = mac_of(self.ipam.gateway)
-            links.ensure_bridge(self.host, bridge, self.ipam.gateway, self.prefix_length, gateway_mac)
+            links.ensure_bridge(self.host, bridge, self._gateways(), gateway_mac)
             self._drop_unreadable_leases()
             kept: list[Lease] = []
             for lease in self.ipam.leases():
                 if lease.owner in keep_set:
-                    kept.append(lease)
+                    kept.append(self.ipam.refit(lease))
                 else:
                     log.info("freeing the network of %s (%s): no sandbox owns it", lease.owner, lease.ip)
                     links.remove(self.host, bridge, lease.key)
@@ -176,7 +201,7 @@ class NodeNetwork:
                 if ns.removeprefix(f"{bridge}-") not in wanted:
                     links.remove(self.host, bridge, ns.removeprefix(f"{bridge}-"))
             # The ports are back on the bridge: tell the sandboxes who the gateway is now.
-            announce.announce(self.host, bridge, self.ipam.gateway, gateway_mac)
+            announce.announce(self.host, bridge, self.ipam.gateway, gateway_mac, self.ipam.gateway6 or None)
 
     def _drop_unreadable_leases(self) -> None:
         readable = {lease.ip for lease in self.ipam.leases()}

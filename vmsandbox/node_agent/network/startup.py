@@ -31,6 +31,37 @@ def node_resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
     return found
 
 
+#: The /32 the derived IPv6 prefixes share: ``fd`` (a locally assigned ULA) and "vsb".
+DERIVED6 = ipaddress.IPv6Network("fd76:7362::/32")
+
+
+def derived_prefix6(subnet: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    """``fd76:7362:<the subnet's 32 bits>::/64``: 10.250.3.0/24 gives fd76:7362:afa:300::/64,
+    distinct per node whenever the nodes' IPv4 subnets are."""
+    high = int(DERIVED6.network_address) | (int(subnet.network_address) << 64)
+    return ipaddress.IPv6Network((high, 64))
+
+
+def ipv6_enabled(proc: Path = Path("/proc/sys/net/ipv6")) -> bool:
+    """Whether this namespace has IPv6: the kernel's (``ipv6.disable=1`` removes it everywhere),
+    not turned off for every interface (``net.ipv6.conf.all.disable_ipv6=1``)."""
+    try:
+        return (proc / "conf" / "all" / "disable_ipv6").read_text().strip() != "1"
+    except OSError:
+        return False
+
+
+def sandbox_prefix6(config: AgentConfig) -> ipaddress.IPv6Network | None:
+    """The node's IPv6 sandbox prefix: ``sandboxCIDR6``, else derived from ``sandboxCIDR`` on a
+    kernel with IPv6; None with ``sandboxCIDR6: none`` or without ``sandboxCIDR``."""
+    setting = config.sandbox_cidr6
+    if config.sandbox_cidr is None or setting == "none":
+        return None
+    if isinstance(setting, ipaddress.IPv6Network):
+        return setting
+    return derived_prefix6(config.sandbox_cidr) if ipv6_enabled() else None
+
+
 def start_network(config: AgentConfig, owners: Iterable[str]) -> NodeNetwork | None:
     """None without ``sandboxCIDR``; otherwise the node's network holding exactly ``owners``' leases."""
     if config.sandbox_cidr is None:
@@ -38,6 +69,7 @@ def start_network(config: AgentConfig, owners: Iterable[str]) -> NodeNetwork | N
     network = NodeNetwork(
         NetworkSettings(
             subnet=config.sandbox_cidr,
+            prefix6=sandbox_prefix6(config),
             state_dir=config.state_dir / "network",
             bridge=config.sandbox_bridge,
             resolvers=tuple(config.sandbox_dns or node_resolvers()),
