@@ -17,7 +17,9 @@ And ``cp``: a 100 MiB file written into the sandbox (a new file each time) and r
 ``--cp-runs`` times each way (median and worst), on the ``guest`` path (the runtime library
 straight to the guest agent), the ``direct`` path (the node agent's ``/files``) and the ``api``
 path (through the API server), against a plain local copy of the same file into a new file
-(``shutil.copyfile``, no fsync) timed in the same loop as the baseline.
+(``shutil.copyfile``, no fsync) timed in the same loop as the baseline. Each writer is handed the
+open local file, as ``vmsandbox cp`` and the SDK's ``files.write`` are; each read counts the
+pieces the client yields.
 
 Everything is real: the local control plane, a loopback registry, the node agent as its own
 process, the operator as its own process, runc. Targets: direct p50 <= runc exec p50 + 15 ms,
