@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -90,6 +91,7 @@ class StreamRoutes:
     def serve(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: str) -> None:
         try:
             self._serve(handler, method, path, query)
+            return
         except BadQuery as exc:
             _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except AccessDenied as exc:
@@ -102,6 +104,8 @@ class StreamRoutes:
             _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except RuntimeError_ as exc:
             _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+        if method == "PUT":
+            _linger(handler)
 
     def _serve(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: str) -> None:
         prefix = next(route for route in ROUTES if path.startswith(route))
@@ -255,6 +259,28 @@ def _pieces(handler: BaseHTTPRequestHandler, size: int) -> Iterator[bytes | From
 
 #: Body bytes read at a time where they cannot be spliced.
 READ_PIECE = 1024 * 1024
+
+
+#: How long a refused upload's unread body is received and dropped after the answer: closing a
+#: connection with unread bytes resets it, and a reset can discard the answer before the client,
+#: still sending, reads it.
+LINGER_SECONDS = 2.0
+
+
+def _linger(handler: BaseHTTPRequestHandler) -> None:
+    """Half-close after a refusal, then drop what the client still sends (up to LINGER_SECONDS)."""
+    handler.close_connection = True
+    conn = handler.connection
+    deadline = time.monotonic() + LINGER_SECONDS
+    sink = bytearray(64 * 1024)
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv_into(sink):
+                return
+    except OSError:
+        return
 
 
 def _answer(
