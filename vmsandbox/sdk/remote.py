@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -59,17 +58,8 @@ class Agent:
         return f"{self.endpoint.rstrip('/')}/{route}/{ns}/{nm}"
 
     def sslopt(self) -> dict[str, Any]:
-        """The same TLS settings for websocket-client."""
-        opts: dict[str, Any] = {}
-        if self.verify is False:
-            opts["cert_reqs"] = ssl.CERT_NONE
-        elif isinstance(self.verify, str):
-            opts["ca_certs"] = self.verify
-        if isinstance(self.cert, tuple):
-            opts["certfile"], opts["keyfile"] = self.cert
-        elif self.cert:
-            opts["certfile"] = self.cert
-        return opts
+        """The same TLS settings for websocket-client, as a context reused across connections."""
+        return {"context": transfer.tls_context(self.verify, self.cert)}
 
 
 def exit_code_of(status: dict[str, Any]) -> int:
