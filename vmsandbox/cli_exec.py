@@ -119,18 +119,13 @@ def _tar_of(directory: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _file_pieces(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as file:
-        while piece := file.read(1024 * 1024):
-            yield piece
-
-
 def copy_to(agent: Agent, namespace: str, name: str, local: Path, remote: str) -> None:
     if local.is_dir():
         write_path(agent, namespace, name, remote, _tar_of(local), kind="tar")
     elif local.is_file():
-        mode = local.stat().st_mode & 0o777
-        write_path(agent, namespace, name, remote, _file_pieces(local), mode=mode)
+        with local.open("rb") as file:  # sent by sendfile, not read here
+            mode = os.fstat(file.fileno()).st_mode & 0o777
+            write_path(agent, namespace, name, remote, file, mode=mode)
     else:
         raise CopyError(f"{local}: no such file or directory")
 

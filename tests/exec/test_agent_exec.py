@@ -8,6 +8,7 @@ import io
 import os
 import tarfile
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -18,7 +19,7 @@ from kubernetes.stream.ws_client import WSClient, get_websocket_url
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
-from vmsandbox.sdk.remote import Agent, ExecSession, list_path, read_path, write_path
+from vmsandbox.sdk.remote import Agent, ExecSession, RemoteError, list_path, read_path, write_path
 
 MakeAgent = Callable[..., AgentProcess]
 
@@ -165,6 +166,41 @@ def test_a_large_file_through_the_agent_is_byte_identical_both_ways(
     assert kind == "file" and len(got) == len(data) and got == data
     (entry,) = list_path(remote, cluster.namespace, name, "/big.bin")
     assert (entry["kind"], entry["size"]) == ("file", len(data))
+
+
+@pytest.mark.kube
+def test_an_open_file_is_uploaded_from_its_position_with_its_length(
+    running: tuple[AgentProcess, str], cluster: Cluster, kube: LocalCluster, tmp_path: Path
+) -> None:
+    """An open file goes by sendfile with a Content-Length (spliced on by the node agent, apart
+    from what its reader buffered with the headers); a pipe goes chunked; a refusal arrives
+    as its status even while a large body is still being sent."""
+    agent, name = running
+    endpoint = agent.endpoint()
+    assert endpoint
+    remote = Agent(endpoint, {"Authorization": f"Bearer {ADMIN_USER}"})
+    data = os.urandom(9 * 1024 * 1024 + 123)
+    local = tmp_path / "up.bin"
+    local.write_bytes(data)
+    with local.open("rb") as file:
+        file.seek(5)
+        write_path(remote, cluster.namespace, name, "/sent.bin", file)
+    with read_path(remote, cluster.namespace, name, "/sent.bin") as (_, chunks):
+        assert b"".join(chunks) == data[5:]
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as source:
+        os.write(write_end, data[:60_000])  # less than a pipe holds
+        os.close(write_end)
+        write_path(remote, cluster.namespace, name, "/piped.bin", source)
+    with read_path(remote, cluster.namespace, name, "/piped.bin") as (_, chunks):
+        assert b"".join(chunks) == data[:60_000]
+    outsider = Agent(endpoint, {"Authorization": f"Bearer {unique('outsider')}"})
+    with local.open("rb") as file, pytest.raises(RemoteError) as refused:
+        write_path(outsider, cluster.namespace, name, "/sent.bin", file)
+    assert refused.value.status == 403 and "vmsandboxes/files" in refused.value.detail
+    with pytest.raises(RemoteError) as missing:
+        write_path(remote, cluster.namespace, name, "/no/such/dir/x.bin", io.BytesIO(data))
+    assert missing.value.status == 400 and "No such file" in missing.value.detail
 
 
 def test_attach_follows_the_main_process_to_its_exit(

@@ -39,6 +39,21 @@ def test_a_100_mib_file_round_trips_byte_identical(sandbox: Sandbox) -> None:
     on_disk.unlink()
 
 
+def test_an_open_file_is_sent_from_its_position(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A file object goes by sendfile from where it stands; one without a descriptor is read."""
+    data = os.urandom(3 * MiB + 17)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+    with local.open("rb") as file:
+        file.seek(MiB + 1)
+        write_path(sandbox.agent, sandbox.id, "/tmp/sent.bin", file)
+    assert read_all(sandbox, "/tmp/sent.bin") == ("file", data[MiB + 1 :])
+    write_path(sandbox.agent, sandbox.id, "/tmp/buffered.bin", io.BytesIO(data))
+    assert read_all(sandbox, "/tmp/buffered.bin") == ("file", data)
+    for name in ("sent.bin", "buffered.bin"):
+        (sandbox.rootfs / "tmp" / name).unlink()
+
+
 def _tree(root: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for path in sorted(root.rglob("*")):

@@ -17,9 +17,11 @@ stream into the directory P. A read that fails midway ends the response without 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -40,7 +42,7 @@ from vmsandbox.node_agent.remotecommand import (
 from vmsandbox.node_agent.websocket import WebSocket, accept_key, choose_protocol
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.errors import BadPath, RuntimeError_, WrongState
-from vmsandbox.runtime.streams import list_path, read_path, start_attach, start_exec, write_path
+from vmsandbox.runtime.streams import FromSocket, list_path, read_path, start_attach, start_exec, write_path
 
 log = logging.getLogger("vmsandbox.node_agent.streams")
 
@@ -89,6 +91,7 @@ class StreamRoutes:
     def serve(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: str) -> None:
         try:
             self._serve(handler, method, path, query)
+            return
         except BadQuery as exc:
             _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except AccessDenied as exc:
@@ -101,6 +104,8 @@ class StreamRoutes:
             _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except RuntimeError_ as exc:
             _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+        if method == "PUT":
+            _linger(handler)
 
     def _serve(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: str) -> None:
         prefix = next(route for route in ROUTES if path.startswith(route))
@@ -207,24 +212,75 @@ def _path_param(params: dict[str, list[str]]) -> str:
     return path
 
 
-def _body(handler: BaseHTTPRequestHandler) -> Iterator[bytes]:
-    """The request body, from Content-Length or chunked transfer encoding."""
+def _body(handler: BaseHTTPRequestHandler) -> Iterator[bytes | FromSocket]:
+    """The request body, from Content-Length or chunked transfer encoding: what the request's
+    reader already holds, then the rest left on the socket for the guest writer to splice."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
         while True:
-            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            try:
+                size = int(handler.rfile.readline(MAX_CHUNK_LINE).split(b";")[0].strip() or b"0", 16)
+            except ValueError:
+                raise BadQuery("a malformed chunk size in the request body") from None
             if size == 0:
-                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):
+                while handler.rfile.readline(MAX_CHUNK_LINE) not in (b"\r\n", b"\n", b""):
                     pass
                 return
-            yield handler.rfile.read(size)
-            handler.rfile.readline()
-    remaining = int(handler.headers.get("Content-Length") or 0)
-    while remaining > 0:
-        piece = handler.rfile.read(min(remaining, 1024 * 1024))
+            yield from _pieces(handler, size)
+            handler.rfile.readline(MAX_CHUNK_LINE)
+    try:
+        length = int(handler.headers.get("Content-Length") or 0)
+    except ValueError:
+        raise BadQuery("Content-Length: not a number") from None
+    yield from _pieces(handler, length)
+
+
+#: The longest chunk-size or trailer line read from a chunked body.
+MAX_CHUNK_LINE = 1024
+
+
+def _pieces(handler: BaseHTTPRequestHandler, size: int) -> Iterator[bytes | FromSocket]:
+    """``size`` body bytes: those the reader has buffered, then a :class:`FromSocket` for the rest
+    (a plain blocking socket only: a TLS one's bytes must be decrypted here)."""
+    rfile, conn = handler.rfile, handler.connection
+    plain = type(conn) is socket.socket and conn.gettimeout() is None
+    buffered = rfile if plain and isinstance(rfile, io.BufferedReader) else None
+    while size > 0:
+        # What the reader holds (peek reads once only when it holds nothing), else a big read.
+        want = len(buffered.peek(1)) if buffered is not None else READ_PIECE
+        piece = rfile.read(min(size, want)) if want else b""
         if not piece:
             raise BadQuery("the request body ended early")
-        remaining -= len(piece)
+        size -= len(piece)
         yield piece
+        if buffered is not None and size:
+            yield FromSocket(conn, size)
+            return
+
+
+#: Body bytes read at a time where they cannot be spliced.
+READ_PIECE = 1024 * 1024
+
+
+#: How long a refused upload's unread body is received and dropped after the answer: closing a
+#: connection with unread bytes resets it, and a reset can discard the answer before the client,
+#: still sending, reads it.
+LINGER_SECONDS = 2.0
+
+
+def _linger(handler: BaseHTTPRequestHandler) -> None:
+    """Half-close after a refusal, then drop what the client still sends (up to LINGER_SECONDS)."""
+    handler.close_connection = True
+    conn = handler.connection
+    deadline = time.monotonic() + LINGER_SECONDS
+    sink = bytearray(64 * 1024)
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            if not conn.recv_into(sink):
+                return
+    except OSError:
+        return
 
 
 def _answer(

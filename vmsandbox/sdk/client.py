@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import urllib3
 from kubernetes import client as k8s
@@ -292,7 +292,9 @@ class Sandbox:
 
     # -- files -----------------------------------------------------------------------------
 
-    def write(self, path: str, data: bytes | Iterable[bytes], *, mode: int | None = None) -> None:
+    def write(self, path: str, data: bytes | BinaryIO | Iterable[bytes], *, mode: int | None = None) -> None:
+        """Write ``data`` to the file ``path``: bytes, pieces, or an open file (sent from its
+        position to its end, by ``sendfile`` where the connection allows)."""
         try:
             write_path(self.agent(), self.namespace, self.name, path, data, mode=mode)
         except RemoteError as exc:

@@ -10,11 +10,11 @@ aggregated group ``subresources.vmsandbox.io`` (the API server authorizes them w
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
-import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
@@ -22,6 +22,7 @@ import websocket
 
 from vmsandbox.api.constants import PLURAL, SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.sdk import transfer
 
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 SUBPROTOCOLS = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
@@ -57,17 +58,8 @@ class Agent:
         return f"{self.endpoint.rstrip('/')}/{route}/{ns}/{nm}"
 
     def sslopt(self) -> dict[str, Any]:
-        """The same TLS settings for websocket-client."""
-        opts: dict[str, Any] = {}
-        if self.verify is False:
-            opts["cert_reqs"] = ssl.CERT_NONE
-        elif isinstance(self.verify, str):
-            opts["ca_certs"] = self.verify
-        if isinstance(self.cert, tuple):
-            opts["certfile"], opts["keyfile"] = self.cert
-        elif self.cert:
-            opts["certfile"] = self.cert
-        return opts
+        """The same TLS settings for websocket-client, as a context reused across connections."""
+        return {"context": transfer.tls_context(self.verify, self.cert)}
 
 
 def exit_code_of(status: dict[str, Any]) -> int:
@@ -173,11 +165,21 @@ def read_path(
     agent: Agent, namespace: str, name: str, path: str
 ) -> Iterator[tuple[Literal["file", "dir"], Iterator[bytes]]]:
     """``(kind, chunks)``: a file's bytes, or a directory as a tar stream."""
-    resp = _request("GET", agent, namespace, name, params={"path": path}, stream=True, timeout=(10, None))
-    with resp:
-        _check(resp, "files")
-        kind: Literal["file", "dir"] = "dir" if resp.headers.get("X-Vmsandbox-Kind") == "dir" else "file"
-        yield kind, _chunks(resp)
+    url = agent.url("files", namespace, name) + "?" + urlencode({"path": path})
+    if transfer.proxied(url):
+        resp = _request("GET", agent, namespace, name, params={"path": path}, stream=True, timeout=(10, None))
+        with resp:
+            _check(resp, "files")
+            yield _kind(resp.headers.get("X-Vmsandbox-Kind")), _chunks(resp)
+        return
+    with _connection(agent, url) as conn:
+        answer = _transferred(lambda: conn.download("GET"))
+        _answered(answer)
+        yield _kind(answer.getheader("X-Vmsandbox-Kind")), _pieces(answer)
+
+
+def _kind(header: str | None) -> Literal["file", "dir"]:
+    return "dir" if header == "dir" else "file"
 
 
 def _chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -187,21 +189,65 @@ def _chunks(resp: requests.Response) -> Iterator[bytes]:
         raise RemoteError(f"the read ended early: {exc}", step="files") from None
 
 
+def _pieces(answer: http.client.HTTPResponse) -> Iterator[bytes]:
+    try:
+        yield from transfer.pieces(answer)
+    except transfer.TransferError as exc:
+        raise RemoteError(exc.detail, step="files") from None
+
+
+@contextlib.contextmanager
+def _connection(agent: Agent, url: str) -> Iterator[transfer.Connection]:
+    conn = _transferred(lambda: transfer.Connection(url, agent.headers, agent.verify, agent.cert))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+T = TypeVar("T")
+
+
+def _transferred(step: Callable[[], T]) -> T:
+    try:
+        return step()
+    except transfer.TransferError as exc:
+        raise RemoteError(f"cannot reach the agent: {exc.detail}", step="files", status=exc.status) from None
+
+
+def _answered(answer: http.client.HTTPResponse) -> None:
+    """Raise the agent's refusal (its body says why) unless it answered 200."""
+    if answer.status == 200:
+        return
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        text = answer.read(64 * 1024).decode(errors="replace").strip()
+    raise RemoteError(text or f"HTTP {answer.status}", step="files", status=answer.status)
+
+
 def write_path(
     agent: Agent,
     namespace: str,
     name: str,
     path: str,
-    data: Iterable[bytes] | bytes,
+    data: transfer.Body,
     *,
     kind: Literal["file", "tar"] = "file",
     mode: int | None = None,
 ) -> None:
+    """Write ``data`` (bytes, an open file, or pieces) to ``path``; a regular file goes by
+    ``sendfile`` from its current position to its end."""
     params = {"path": path, "kind": kind}
     if mode is not None:
         params["mode"] = f"{mode:o}"
-    resp = _request("PUT", agent, namespace, name, params=params, data=data, timeout=(10, None))
-    _check(resp, "files")
+    url = agent.url("files", namespace, name) + "?" + urlencode(params)
+    if transfer.proxied(url):
+        resp = _request("PUT", agent, namespace, name, params=params, data=data, timeout=(10, None))
+        _check(resp, "files")
+        return
+    with _connection(agent, url) as conn:
+        answer = _transferred(lambda: conn.upload("PUT", data))
+        _answered(answer)
+        answer.read()
 
 
 def list_path(agent: Agent, namespace: str, name: str, path: str) -> list[dict[str, Any]]:
