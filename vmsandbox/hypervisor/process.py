@@ -277,7 +277,9 @@ class ProcessDriver(HypervisorDriver):
 
     @classmethod
     def drain_pool(cls, vms_dir: Path) -> None:
-        """Stop every idle pooled agent under ``vms_dir`` and remove the pool."""
+        """Stop every idle pooled agent under ``vms_dir`` and remove the pool; stop the fork
+        server of ``vms_dir`` too (running agents stay; the next boot starts a new server)."""
+        forkserver.stop(vms_dir)
         pool = pool_dir(vms_dir)
         if not pool.is_dir():
             return
