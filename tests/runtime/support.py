@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.leaks import pids_mentioning
+from tests.leaks import pids_mentioning, sockets_under
 from vmsandbox.hypervisor.forkserver import SERVER_DIR
 
 BUSYBOX = Path(os.environ.get("VMSANDBOX_TEST_BUSYBOX", "/bin/busybox"))
@@ -137,6 +137,11 @@ def load_schemas() -> Schemas:
 
 def _no_vms(vms: Path) -> bool:
     return all(entry.name == SERVER_DIR for entry in vms.iterdir())
+
+
+def sandbox_sockets(root: Path) -> list[Path]:
+    """Unix sockets under ``root`` but the fork server's (it serves the root's next sandboxes)."""
+    return [path for path in sockets_under(root) if SERVER_DIR not in path.parts]
 
 
 def fork_servers() -> set[int]:
