@@ -15,8 +15,13 @@ cgroup hierarchies are shared too: the agent puts its containers under
 for a pooled agent (``VMSANDBOX_GUEST_CGROUP_PARENT``), and :meth:`ProcessDriver.stop` removes
 that subtree, which a real VM's cgroups would take with them.
 
-Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: most of a
-boot is the interpreter importing the agent, so ``boot`` can instead adopt an idle agent started
+Most of a cold boot is the interpreter starting and importing the agent, so by default the agent
+is forked by the state root's fork server (:mod:`vmsandbox.hypervisor.forkserver`), which paid
+that once; when it cannot be reached the agent is started as a program (``nsenter`` +
+``unshare`` + ``python -m vmsandbox.guest``), and the reason is logged.
+
+Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: ``boot``
+can instead adopt an idle agent started
 earlier, by renaming its directory into place (the agent addresses everything relative to its
 working directory, so it does not notice), and start a replacement in the background. Idle
 agents outlive the calls that started them; :meth:`ProcessDriver.drain_pool` stops them.
