@@ -18,13 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.leaks import processes_mentioning
+from tests.runtime.conftest import BundleFactory
 from tests.runtime.support import short_root
+from tests.runtime.test_lifecycle import relay_status
 from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.base import HypervisorError, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.process import ProcessDriver, ping
 from vmsandbox.hypervisor.procs import identity, running
+from vmsandbox.runtime import Runtime
 
 #: A stand-in server: listens on argv[1], records itself as the server, and for each request
 #: either closes the connection once the request is read (crash) or answers nonsense (refuse).
@@ -231,7 +234,7 @@ def test_a_client_gone_before_go_leaves_nothing_running(driver: ProcessDriver, r
         "log": str(state / "agent.log"),
         "netns": None,
         "cgroup_procs": [],
-        "title": f"vmsandbox-guest (forked) half {state}",
+        "title": ["vmsandbox-guest", "(forked)", "half", str(state)],
     }
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(forkserver.server_dir(root / ".vms") / forkserver.SOCKET))
@@ -256,3 +259,37 @@ def test_the_server_exits_when_its_state_root_is_removed(driver: ProcessDriver, 
     while running(int(pid), started) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not running(int(pid), started)
+
+
+def test_the_relay_is_forked_by_the_same_server(rt: Runtime, make_bundle: BundleFactory) -> None:
+    state = rt.create("fsrelay", make_bundle(["sh", "-c", "echo hi; exit 3"]))
+    try:
+        assert state.vm is not None
+        server = _server_pid(rt.root)
+        assert _parent(state.vm.vmm_pid) == server
+        relay = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
+        assert relay[:2] == [b"vmsandbox.runtime.relay_main", b"(forked)"], relay
+        rt.start("fsrelay")
+        assert relay_status(state.pid) == 3
+        assert _server_pid(rt.root) == server, "one server for agent and relay"
+    finally:
+        rt.delete("fsrelay", force=True)
+
+
+def test_a_relay_the_server_cannot_fork_is_execd(
+    rt: Runtime, make_bundle: BundleFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt.create("fsfirst", make_bundle(["true"]))
+    rt.delete("fsfirst", force=True)
+    os.kill(_server_pid(rt.root), signal.SIGSTOP)  # hung: requests time out
+    try:
+        with caplog.at_level(logging.WARNING):
+            state = rt.create("fscold", make_bundle(["sh", "-c", "exit 4"]))
+        assert "starting the agent of" in caplog.text and "as a new process" in caplog.text
+        assert state.vm is not None and _cmdline(state.vm.vmm_pid).startswith("unshare ")
+        # The hung server was replaced after the agent's request: the relay came from the new one.
+        assert b"(forked)" in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+        rt.start("fscold")
+        assert relay_status(state.pid) == 4
+    finally:
+        rt.delete("fscold", force=True)

@@ -78,6 +78,15 @@ PRELOAD = (
     "vmsandbox.guest.mux",
     "vmsandbox.guest.streams",
 )
+#: Modules callers will :func:`run`, imported by servers started from now on (:func:`preload`).
+_EXTRA: list[str] = []
+PRELOAD_ENV = "VMSANDBOX_FORKSERVER_PRELOAD"
+
+
+def preload(module: str) -> None:
+    """Have servers started by this process import ``module`` up front (for :func:`run`)."""
+    if module not in _EXTRA:
+        _EXTRA.append(module)
 
 
 class ForkServerError(HypervisorError):
@@ -105,12 +114,36 @@ def spawn(vms_dir: Path, request: dict[str, Any], timeout: float = REQUEST_TIMEO
     """Have the server of ``vms_dir`` (started when there is none) fork an agent; its pid.
 
     ``request``: ``argv`` (the agent's ``serve`` arguments), ``env``, ``cwd``, ``log`` (a path),
-    ``netns`` (a path or None), ``cgroup_procs`` (``cgroup.procs`` files), ``title``.
+    ``netns`` (a path or None), ``cgroup_procs`` (``cgroup.procs`` files), ``title`` (the
+    child's command line, a list).
     """
+    return _request(vms_dir, {"kind": "agent", **request}, [], timeout)
+
+
+def run(vms_dir: Path, module: str, argv: list[str], fds: list[int], timeout: float = REQUEST_TIMEOUT) -> int:
+    """Have the server of ``vms_dir`` fork a child, in a session of its own, that runs
+    ``module``'s ``main(argv)`` with ``fds`` as its descriptors 0, 1, 2, 3...; the child's pid.
+
+    The caller's environment and working directory go with it. ``module`` must be one of this
+    package's."""
+    if not module.startswith("vmsandbox."):
+        raise ForkServerError(f"the fork server runs this package's modules only, not {module!r}")
+    request = {
+        "kind": "run",
+        "module": module,
+        "argv": argv,
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "title": [module, "(forked)", *argv],
+    }
+    return _request(vms_dir, request, fds, timeout)
+
+
+def _request(vms_dir: Path, request: dict[str, Any], fds: list[int], timeout: float) -> int:
     with _connect(server_dir(vms_dir)) as sock:
         sock.settimeout(timeout)
         try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
+            socket.send_fds(sock, [json.dumps(request).encode() + b"\n"], fds)
             reply = _readline(sock)
         except OSError as exc:
             stop(vms_dir)  # hung or dying: the next request starts a new one
@@ -180,6 +213,7 @@ def _start(directory: Path) -> None:
         (directory / name).unlink(missing_ok=True)
     env = dict(os.environ)
     env[DIR_ENV] = str(directory)
+    env[PRELOAD_ENV] = ",".join(_EXTRA)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     # With site-packages (unlike the agent): this module's package imports pydantic. It is paid
     # once, and what the children run imports only the standard library.
@@ -221,7 +255,8 @@ def serve(directory: Path) -> None:
     """Accept requests until the socket is no longer ours or the server has been idle long."""
     import importlib
 
-    for name in PRELOAD:
+    extra = [m for m in os.environ.pop(PRELOAD_ENV, "").split(",") if m.startswith("vmsandbox.")]
+    for name in [*PRELOAD, *extra]:
         importlib.import_module(name)
     sock_path = directory / SOCKET
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -274,7 +309,9 @@ def _child(conn: socket.socket, listener: socket.socket) -> NoReturn:
     try:
         listener.close()
         conn.settimeout(REQUEST_TIMEOUT)
-        request = json.loads(_readline(conn))
+        request, fds = _read_request(conn)
+        if request.get("kind") == "run":
+            _run(conn, request, fds)
         _enter(request)
         ready_r, ready_w = os.pipe()
         init = os.fork()
@@ -298,6 +335,56 @@ def _child(conn: socket.socket, listener: socket.socket) -> NoReturn:
     os._exit(code if code >= 0 else 128 - code)
 
 
+def _read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """The request line and the descriptors sent with it."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 16)
+    while data and not data.endswith(b"\n") and len(data) < MAX_REQUEST:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    request: dict[str, Any] = json.loads(data)
+    return request, fds
+
+
+def _run(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> NoReturn:
+    """The forked child of a ``run`` request: its own session, the descriptors in place, the
+    module's ``main`` (after the client's go)."""
+    import importlib
+
+    module = str(request["module"])
+    if not module.startswith("vmsandbox.") or len(fds) < 3:
+        raise ValueError(f"not a runnable request: {module!r} with {len(fds)} descriptors")
+    os.setsid()
+    set_title([str(arg) for arg in request["title"]])
+    conn.sendall(f"ok {os.getpid()}\n".encode())
+    if _readline(conn) != "go":
+        os._exit(1)
+    conn.close()
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 256) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for number, fd in enumerate(high):
+        os.dup2(fd, number)
+        os.close(fd)
+    os.closerange(len(high), 256)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+    with contextlib.suppress(OSError):
+        os.chdir(str(request["cwd"]))
+    code = 0
+    try:
+        importlib.import_module(module).main([str(arg) for arg in request["argv"]])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # its own output is where its errors go
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
 def _enter(request: dict[str, Any]) -> None:
     """Cgroup, session, network namespace, new namespaces, private mounts, name (in the child)."""
     from vmsandbox.hypervisor.cgroups import enter_host_namespace
@@ -308,7 +395,7 @@ def _enter(request: dict[str, Any]) -> None:
         for procs_file in procs:
             Path(procs_file).write_text(str(os.getpid()))
     os.setsid()
-    set_title(str(request["title"]))
+    set_title([str(arg) for arg in request["title"]])
     libc = _libc()
     if request["netns"]:
         fd = os.open(str(request["netns"]), os.O_RDONLY | os.O_CLOEXEC)
@@ -359,8 +446,9 @@ def _init(request: dict[str, Any], ready: int) -> NoReturn:
     os._exit(code)
 
 
-def set_title(title: str) -> None:
-    """Rewrite this process's command line (the memory ``/proc/<pid>/cmdline`` reads) in place."""
+def set_title(args: list[str]) -> None:
+    """Rewrite this process's command line (the memory ``/proc/<pid>/cmdline`` reads) in place,
+    as far as the room in the server's own command line goes."""
     import ctypes
 
     try:
@@ -371,7 +459,7 @@ def set_title(title: str) -> None:
     size = end - start
     if size <= 1:
         return
-    data = title.encode()[: size - 1]
+    data = b"\0".join(arg.encode() for arg in args)[: size - 1]
     ctypes.memmove(start, data + b"\0" * (size - len(data)), size)
 
 

@@ -195,7 +195,7 @@ class ProcessDriver(HypervisorDriver):
             "log": str(state_dir / "agent.log"),
             "netns": str(netns) if netns is not None else None,
             "cgroup_procs": [str(p) for p in procs_files(cgroup)],
-            "title": f"vmsandbox-guest (forked) {' '.join(serve)}",
+            "title": ["vmsandbox-guest", "(forked)", *serve],
         }
         try:
             return forkserver.spawn(state_dir.parent, request)
