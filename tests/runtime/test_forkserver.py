@@ -293,3 +293,23 @@ def test_a_relay_the_server_cannot_fork_is_execd(
         assert relay_status(state.pid) == 4
     finally:
         rt.delete("fscold", force=True)
+
+
+def test_a_server_another_process_started_forks_agents_but_no_relay(
+    rt: Runtime, make_bundle: BundleFactory
+) -> None:
+    """Its orphans go to that process's subreaper; a relay must come back to this caller's."""
+    vms = rt.root / ".vms"
+    starter = "import sys; from pathlib import Path; from vmsandbox.hypervisor import forkserver as f; "
+    starter += "f._connect(Path(sys.argv[1])).close()"
+    subprocess.run([sys.executable, "-c", starter, str(forkserver.server_dir(vms))], check=True)
+    assert not forkserver.started_here(vms)
+    state = rt.create("fsother", make_bundle(["sh", "-c", "exit 5"]))
+    try:
+        assert state.vm is not None and _parent(state.vm.vmm_pid) == _server_pid(rt.root)
+        relay = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"(forked)" not in relay and b"vmsandbox.runtime.relay_main" in relay, relay
+        rt.start("fsother")
+        assert relay_status(state.pid) == 5
+    finally:
+        rt.delete("fsother", force=True)

@@ -49,6 +49,8 @@ SOCKET = "sock"
 IDENTITY = "pid"
 LOCK = "lock"
 LOG = "log"
+#: Identity of the process that started the server (see :func:`started_here`).
+STARTER = "starter"
 DIR_ENV = "VMSANDBOX_FORKSERVER_DIR"
 #: ``0`` turns the fork server off: every agent is started as an interpreter of its own.
 ENABLE_ENV = "VMSANDBOX_PROCESS_FORKSERVER"
@@ -99,6 +101,16 @@ def enabled() -> bool:
 
 def server_dir(vms_dir: Path) -> Path:
     return vms_dir / SERVER_DIR
+
+
+def started_here(vms_dir: Path) -> bool:
+    """Whether this very process started the running server of ``vms_dir`` (or none runs, so
+    that the next request starts one here).
+
+    Then what the server forks and lets go of is adopted by the subreaper nearest to this
+    process (the server's launcher was this process's child), as a program this process starts
+    itself would be: a caller that reaps what it starts (a containerd shim, a subreaper) gets it."""
+    return not server_identity(vms_dir) or _read(server_dir(vms_dir) / STARTER) == identity()
 
 
 def server_identity(vms_dir: Path) -> str:
@@ -168,7 +180,7 @@ def stop(vms_dir: Path) -> None:
     if text and identity_running(text):
         with contextlib.suppress(OSError):
             os.kill(int(text.split()[0]), SIGKILL)
-    for name in (SOCKET, IDENTITY, LOCK, LOG):
+    for name in (SOCKET, IDENTITY, LOCK, LOG, STARTER):
         (directory / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         directory.rmdir()
@@ -211,6 +223,7 @@ def _start(directory: Path) -> None:
 
     for name in (SOCKET, IDENTITY):
         (directory / name).unlink(missing_ok=True)
+    (directory / STARTER).write_text(identity())
     env = dict(os.environ)
     env[DIR_ENV] = str(directory)
     env[PRELOAD_ENV] = ",".join(_EXTRA)

@@ -124,12 +124,15 @@ def _launch(
     config: RelayConfig, ready_w: int, config_r: int, agent: int
 ) -> subprocess.Popen[bytes] | _Forked:
     """The relay's launcher: a child of the process backend's fork server (no interpreter start),
-    or, for other backends or when that fails (logged), a new interpreter."""
-    if config.handle.hypervisor == "process" and forkserver.enabled():
+    or a new interpreter: for other backends, when the server was started by another process (its
+    orphans would not come back to this caller's subreaper, as the relay's must), or when it
+    fails (logged)."""
+    vms_dir = config.handle.state_dir.parent
+    if config.handle.hypervisor == "process" and forkserver.enabled() and forkserver.started_here(vms_dir):
         argv = ["--ready-fd=3", "--config-fd=4", "--agent-fd=5"]
         fds = [*config.stdio, ready_w, config_r, agent]
         try:
-            return _Forked(forkserver.run(config.handle.state_dir.parent, RELAY_MODULE, argv, fds))
+            return _Forked(forkserver.run(vms_dir, RELAY_MODULE, argv, fds))
         except (HypervisorError, OSError) as exc:
             log.warning("starting the relay of %s as a new process: %s", config.container_id, exc)
     return subprocess.Popen(
