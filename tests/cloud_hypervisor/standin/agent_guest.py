@@ -28,6 +28,7 @@ from typing import IO
 
 from standin.guest import GUEST_AGENT_PORT
 
+from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.base import DiskSpec, VMGone, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver
@@ -39,6 +40,9 @@ class AgentGuest:
     def __init__(self) -> None:
         #: Created at start (under TMPDIR), removed at stop, or by the watchdog after a crash.
         self._workdir: Path | None = None
+        # Each stand-in VM is a process of its own with a state directory of its own: a fork
+        # server there would start one more interpreter per VM, not one fewer.
+        os.environ[forkserver.ENABLE_ENV] = "0"
         self._driver = ProcessDriver(HypervisorConfig.from_env())
         self._handle: VMHandle | None = None
         self._disks: dict[str, str] = {}
