@@ -6,6 +6,8 @@ Three series, interleaved run by run so that machine load affects them alike:
   a child subreaper, so the orphaned container init comes back to it);
 * ``sandbox``: ``Runtime.create`` of a pod sandbox (boots the agent: the process backend's "VM")
   + ``start`` + waiting for the relay pid, the way a runc caller waits;
+* ``sandbox, netns``: the same with a network namespace of its own (made here, holding only
+  loopback), as the node agent always gives one; the process backend's warm pool cannot serve it;
 * ``sandbox, pool``: a pod sandbox again, with the process backend's warm pool
   (``VMSANDBOX_PROCESS_POOL=2``): boot adopts an idle agent and refills the pool in the background;
 * ``pod container``: the same for a container joining an already running sandbox, which is the
@@ -38,10 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import baseline_tree, describe, load, measure, use_tree
 
 TREE = use_tree()
-from vmsandbox.hypervisor.process import POOL_ENV, ProcessDriver  # noqa: E402
+from vmsandbox.hypervisor.network import NetworkAttachment  # noqa: E402
+from vmsandbox.hypervisor.process import ProcessDriver  # noqa: E402
 from vmsandbox.runtime import Runtime  # noqa: E402
 
 BUSYBOX = Path("/bin/busybox")
+POOL_ENV = "VMSANDBOX_PROCESS_POOL"
 
 
 def bundle(dest: Path, args: list[str], annotations: dict[str, str] | None = None) -> Path:
@@ -86,9 +90,9 @@ def run_runc(state: Path, bundle_dir: Path, cid: str) -> float:
     return elapsed
 
 
-def run_ours(rt: Runtime, bundle_dir: Path, cid: str) -> float:
+def run_ours(rt: Runtime, bundle_dir: Path, cid: str, network: NetworkAttachment | None = None) -> float:
     t0 = time.perf_counter()
-    state = rt.create(cid, bundle_dir)
+    state = rt.create(cid, bundle_dir, network=network)
     rt.start(cid)
     code = wait_pid(state.pid)
     elapsed = time.perf_counter() - t0
@@ -97,7 +101,7 @@ def run_ours(rt: Runtime, bundle_dir: Path, cid: str) -> float:
     return elapsed
 
 
-SERIES = ("runc", "sandbox", "sandbox, pool", "pod container")
+SERIES = ("runc", "sandbox", "sandbox, netns", "sandbox, pool", "pod container")
 
 
 def measure_chunk(runs: int) -> dict[str, list[float]]:
@@ -106,6 +110,9 @@ def measure_chunk(runs: int) -> dict[str, list[float]]:
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: runc's container inits come back to us
 
     work = Path(tempfile.mkdtemp(prefix="vrb", dir="/tmp"))
+    netns_name = f"vrb-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns_name], check=True)
+    netns = NetworkAttachment(netns=Path(f"/run/netns/{netns_name}"))
     try:
         runc_state = work / "runc"
         plain = bundle(work / "true", ["true"])
@@ -121,13 +128,14 @@ def measure_chunk(runs: int) -> dict[str, list[float]]:
                 "io.kubernetes.cri.sandbox-id": "bench-sandbox",
             },
         )
-        pooled = Runtime(root=work / "pooled", hypervisor="process")
         os.environ[POOL_ENV] = "2"
-        pooled.driver()  # the driver reads the pool size once, when it is made
+        pooled = Runtime(root=work / "pooled", hypervisor="process")
+        pooled.driver()  # the pool size is read once, with the settings (old trees: with the driver)
         del os.environ[POOL_ENV]
         fns: dict[str, Callable[[int], float]] = {
             "runc": lambda i: run_runc(runc_state, plain, f"r{i}"),
             "sandbox": lambda i: run_ours(rt, plain, f"s{i}"),
+            "sandbox, netns": lambda i: run_ours(rt, plain, f"n{i}", netns),
             "sandbox, pool": lambda i: run_ours(pooled, plain, f"w{i}"),
             "pod container": lambda i: run_ours(rt, member, f"p{i}"),
         }
@@ -139,7 +147,9 @@ def measure_chunk(runs: int) -> dict[str, list[float]]:
                 series[name].append(fn(i) * 1000)
         rt.delete("bench-sandbox", force=True)
         ProcessDriver.drain_pool(work / "pooled" / ".vms")
+        ProcessDriver.drain_pool(work / "root" / ".vms")
     finally:
+        subprocess.run(["ip", "netns", "del", netns_name], check=False)
         shutil.rmtree(work, ignore_errors=True)
     return series
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.leaks import pids_mentioning, sockets_under
+from vmsandbox.hypervisor.forkserver import SERVER_DIR
+
 BUSYBOX = Path(os.environ.get("VMSANDBOX_TEST_BUSYBOX", "/bin/busybox"))
 SCHEMA_DIR = Path(
     os.environ.get(
@@ -132,6 +135,20 @@ def load_schemas() -> Schemas:
 # ---- leak checks -----------------------------------------------------------------------
 
 
+def _no_vms(vms: Path) -> bool:
+    return all(entry.name == SERVER_DIR for entry in vms.iterdir())
+
+
+def sandbox_sockets(root: Path) -> list[Path]:
+    """Unix sockets under ``root`` but the fork server's (it serves the root's next sandboxes)."""
+    return [path for path in sockets_under(root) if SERVER_DIR not in path.parts]
+
+
+def fork_servers() -> set[int]:
+    """Running fork servers (and their waiters), of any state root: no sandbox's processes."""
+    return set(pids_mentioning("vmsandbox.hypervisor.forkserver"))
+
+
 def live_children() -> list[int]:
     """Our own child processes, running or unreaped (relays we forked and did not clean up)."""
     me = str(os.getpid())
@@ -160,13 +177,16 @@ def _cached_disk(rel: Path) -> bool:
 
 
 def leftovers(root: Path, keep: tuple[str, ...] = ()) -> list[str]:
-    """Everything under the state root except an empty ``.vms``, the disk cache and ``keep``'s ids."""
+    """Everything under the state root except an empty ``.vms`` (or one holding only the fork
+    server, which serves the root's next sandboxes), the disk cache and ``keep``'s ids."""
     if not root.exists():
         return []
     out = []
     for p in root.rglob("*"):
         rel = p.relative_to(root)
-        if rel.parts[0] in keep or (str(rel) == ".vms" and not any(p.iterdir())) or _cached_disk(rel):
+        if rel.parts[0] in keep or (str(rel) == ".vms" and _no_vms(p)) or _cached_disk(rel):
+            continue
+        if rel.parts[:2] == (".vms", SERVER_DIR):
             continue
         if rel.parts[0] == ".vms" and keep:
             continue

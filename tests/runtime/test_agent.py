@@ -41,6 +41,7 @@ from vmsandbox.guest.protocol import (
     send_frame,
 )
 from vmsandbox.guest.transport import TransportError, open_listener
+from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.base import DiskSpec, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.process import ProcessDriver, cgroup_mounts
@@ -125,6 +126,7 @@ def vm(driver: ProcessDriver, tmp_path: Path) -> Iterator[VMHandle]:
     assert [m for m in cgroup_mounts() if (m / parent).exists()] == []
     assert not spec.state_dir.exists()
     assert processes_mentioning(str(root)) == []
+    forkserver.stop(root)
     root.rmdir()
 
 
@@ -244,6 +246,7 @@ def test_explicit_runc(tmp_path: Path) -> None:
         assert isinstance(pong, Pong) and pong.oci_runtime == "runc"
     finally:
         driver.stop(handle)
+        forkserver.stop(root)
         root.rmdir()
 
 
@@ -297,4 +300,5 @@ def test_explicit_crun_reports_its_own_refusal(tmp_path: Path) -> None:
         assert failure.detail.startswith("crun create:") and "hybrid" in failure.detail
     finally:
         driver.stop(handle)
+        forkserver.stop(root)
         root.rmdir()

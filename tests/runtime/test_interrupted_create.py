@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.leaks import processes_mentioning, sockets_under
+from tests.leaks import processes_mentioning
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container
+from tests.runtime.support import sandbox_sockets
 from tests.runtime.test_cli import cli
 from vmsandbox.runtime.faults import CREATE_STEPS, KILL_AT_ENV
 
@@ -27,9 +28,10 @@ def _create(root: Path, cid: str, bundle: Path) -> int:
     # Output to a file: the relay inherits create's stdio, and would hold a pipe open.
     out = root.parent / f"{root.name}-{cid}.out"
     try:
-        return cli(
-            root, "--hypervisor", "process", "create", "--bundle", str(bundle), cid, out=out
-        ).returncode
+        done = cli(root, "--hypervisor", "process", "create", "--bundle", str(bundle), cid, out=out)
+        if done.returncode not in (0, -9):
+            print(out.read_text(errors="replace")[-2000:])  # why, shown when the test fails
+        return done.returncode
     finally:
         out.unlink(missing_ok=True)
 
@@ -63,7 +65,7 @@ def test_a_sandbox_create_killed_at_each_step_is_swept(
         assert "k1" in swept.stdout or "vm-" in swept.stdout, swept.stdout
     assert cli(root, "list", "-q").stdout.split() == []
     assert _settled(root) == [], f"processes outlived the sweep after a kill at {step}"
-    assert sockets_under(root) == []
+    assert sandbox_sockets(root) == []
     assert_no_leaks(root)
     assert cli(root, "sweep").stdout == "", "a second sweep finds nothing"
 

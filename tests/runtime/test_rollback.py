@@ -12,7 +12,7 @@ import pytest
 
 from tests.leaks import processes_mentioning
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container
-from tests.runtime.support import live_children
+from tests.runtime.support import fork_servers, live_children
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import ContainerList, ListContainers
 from vmsandbox.hypervisor.procs import running
@@ -33,6 +33,8 @@ def _assert_rolled_back(rt: Runtime, cid: str, before: set[int], pid_file: Path 
     # No child the create forked may still run; a moment is allowed for one being killed. An
     # exited, unreaped relay (seen now and then beside the module's pod sandbox, origin not yet
     # pinned down) is reaped here so that it cannot hide a live one in later tests.
+    # A fork server the create started serves the root's next sandboxes: it is not the create's.
+    before = before | fork_servers()
     deadline = time.monotonic() + 5
     while (running := {p for p in set(live_children()) - before if _live(p)}) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -32,10 +32,11 @@ def test_a_pid_whose_start_time_differs_is_never_signalled() -> None:
         proc.wait()
 
 
-def test_the_relay_is_execd_and_recorded_with_its_start_time(rt: Runtime, make_bundle: BundleFactory) -> None:
+def test_the_relay_is_named_and_recorded_with_its_start_time(rt: Runtime, make_bundle: BundleFactory) -> None:
     bundle = make_bundle(["sh", "-c", "sleep 30"])
     state = rt.create("relayexec", bundle)
     relay = state.pid
+    # Forked by the state root's fork server, named after the relay's module as if exec'd.
     cmdline = Path(f"/proc/{relay}/cmdline").read_bytes().split(b"\0")
     assert b"vmsandbox.runtime.relay_main" in cmdline, cmdline
     record = json.loads((rt.root / "relayexec" / "state.json").read_text())

@@ -16,11 +16,13 @@ import pytest
 from tests.leaks import cgroups_left
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container, force_clean
 from tests.runtime.support import short_root
+from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.cgroups import CFS_PERIOD_US, VMCgroup, hierarchies
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.detached import spawn_detached
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.runtime import Runtime
+from vmsandbox.runtime.state import VMS_DIR
 from vmsandbox.runtime.vmsize import ANNOTATION_MEMORY_MIB, ANNOTATION_VCPUS
 
 OVERHEAD_MIB = 100
@@ -83,11 +85,12 @@ def test_the_vm_cgroup_limits_and_holds_the_vm(crt: Runtime, parent: str, make_b
     members = cgroup.pids()
     assert {vmm, sandbox.pid, member.pid} <= members, "VMM and both relays are in it"
     assert os.getpid() not in members
-    # Sessions of their own; their parents are a waiter and (for the relays) this test process
-    # only because it is a subreaper, as containerd's shim is.
+    # Sessions of their own; the VMM's parent is the state root's fork server (it forked the
+    # agent), the relays' this test process only because it is a subreaper, as containerd's
+    # shim is.
     for pid in (vmm, sandbox.pid, member.pid):
         assert os.getsid(pid) != os.getsid(0), f"{pid} shares its creator's session"
-    assert Path(f"/proc/{_parent_of(vmm)}/cmdline").read_bytes().startswith(b"/bin/sh\0-c")
+    assert f"{_parent_of(vmm)} " in forkserver.server_identity(crt.root / VMS_DIR)
     # The containers too, below the VM's cgroup, so its limits hold them.
     memory_dir = next(h for h in hierarchies() if "memory" in h.controllers).mount / cgroup.path
     nested = [d for d in memory_dir.rglob("*") if d.is_dir()]

@@ -38,6 +38,12 @@ class HypervisorConfig(BaseModel):
     #: The user VMMs run as: a name or ``uid:gid``; ``root``; empty: ``vmsandbox-vmm`` when that
     #: user exists, else root (see hypervisor/vmmuser.py).
     vmm_user: str = ""
+    #: Process backend: idle guest agents kept started for sandboxes without a network of their
+    #: own (``VMSANDBOX_PROCESS_POOL``); 0 keeps none.
+    process_pool: int = Field(default=0, ge=0)
+    #: Process backend: agents and relays are forked by one server per state root instead of
+    #: each starting an interpreter (``VMSANDBOX_PROCESS_FORKSERVER``).
+    process_forkserver: bool = True
 
     @classmethod
     def load(cls, path: Path | None = None, environ: Mapping[str, str] | None = None) -> HypervisorConfig:

@@ -15,8 +15,13 @@ cgroup hierarchies are shared too: the agent puts its containers under
 for a pooled agent (``VMSANDBOX_GUEST_CGROUP_PARENT``), and :meth:`ProcessDriver.stop` removes
 that subtree, which a real VM's cgroups would take with them.
 
-Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: most of a
-boot is the interpreter importing the agent, so ``boot`` can instead adopt an idle agent started
+Most of a cold boot is the interpreter starting and importing the agent, so by default the agent
+is forked by the state root's fork server (:mod:`vmsandbox.hypervisor.forkserver`), which paid
+that once; when it cannot be reached the agent is started as a program (``nsenter`` +
+``unshare`` + ``python -m vmsandbox.guest``), and the reason is logged.
+
+Warm pool (``VMSANDBOX_PROCESS_POOL=N``, default 0), in the spirit of kata's VM cache: ``boot``
+can instead adopt an idle agent started
 earlier, by renaming its directory into place (the agent addresses everything relative to its
 working directory, so it does not notice), and start a replacement in the background. Idle
 agents outlive the calls that started them; :meth:`ProcessDriver.drain_pool` stops them.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -39,6 +45,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.base import (
     CGROUP_ENDPOINT,
     BootTimings,
@@ -74,7 +81,8 @@ PID_FILE = "vmm.pid"
 #: ``"<pid> <start time>"`` of the agent's waiter (:mod:`vmsandbox.hypervisor.detached`).
 WAITER_FILE = "waiter"
 POOL_DIR = ".pool"
-POOL_ENV = "VMSANDBOX_PROCESS_POOL"
+
+log = logging.getLogger(__name__)
 
 
 def _agent_pythonpath() -> str:
@@ -121,7 +129,7 @@ class ProcessDriver(HypervisorDriver):
 
     def __init__(self, config: HypervisorConfig, pool_size: int | None = None) -> None:
         self.config = config
-        self.pool_size = int(os.environ.get(POOL_ENV) or 0) if pool_size is None else pool_size
+        self.pool_size = config.process_pool if pool_size is None else pool_size
 
     def boot(self, spec: VMSpec) -> VMHandle:
         check_socket_path(spec.state_dir / "agent.sock")
@@ -136,11 +144,13 @@ class ProcessDriver(HypervisorDriver):
         return handle
 
     def _spawn(
-        self, state_dir: Path, netns: Path | None = None, cgroup: str | None = None
+        self, state_dir: Path, netns: Path | None = None, cgroup: str | None = None, *, fork: bool = True
     ) -> tuple[int, float]:
         """Start an agent whose "VM" directory is ``state_dir``; returns its pid and the spawn time.
 
         With ``netns`` the agent (and so every container in it) lives in that network namespace.
+        With ``fork`` (and ``process_forkserver`` set) it is forked by the fork server of
+        ``state_dir``'s parent, else (or when that fails) started as a new interpreter.
         """
         state_dir.mkdir(parents=True, exist_ok=True)
         sock_path = check_socket_path(state_dir / "agent.sock")
@@ -152,27 +162,51 @@ class ProcessDriver(HypervisorDriver):
         cgroup_parent = f"/{cgroup}/containers" if cgroup else f"{CGROUP_ROOT}/{secrets.token_hex(8)}"
         env["VMSANDBOX_GUEST_CGROUP_PARENT"] = cgroup_parent
         (state_dir / CGROUP_FILE).write_text(cgroup_parent)
-        cmd = [
-            *(["nsenter", f"--net={netns}"] if netns is not None else []),
-            *UNSHARE,
-            sys.executable,
-            "-S",
-            "-m",
-            "vmsandbox.guest",
-            "serve",
-            "--listen",
-            f"unix:{sock_path}",
-            "--state-dir",
-            str(state_dir / "guest"),
-            "--oci-runtime",
-            self.config.oci_runtime,
-        ]
+        serve = ["serve", "--listen", f"unix:{sock_path}", "--state-dir", str(state_dir / "guest")]
+        serve += ["--oci-runtime", self.config.oci_runtime]
         t0 = time.monotonic()
-        with (state_dir / "agent.log").open("ab") as log:
-            proc = spawn_detached(cmd, log=log, cgroup_procs=procs_files(cgroup), env=env)
-        (state_dir / WAITER_FILE).write_text(proc.waiter)
-        (state_dir / PID_FILE).write_text(str(proc.pid))
-        return proc.pid, (time.monotonic() - t0) * 1000
+        pid = (
+            self._fork(state_dir, serve, env, netns, cgroup)
+            if fork and self.config.process_forkserver
+            else None
+        )
+        if pid is not None:
+            (state_dir / WAITER_FILE).write_text("")  # the child leads its own session
+        else:
+            cmd = [
+                *(["nsenter", f"--net={netns}"] if netns is not None else []),
+                *UNSHARE,
+                *[sys.executable, "-S", "-m", "vmsandbox.guest", *serve],
+            ]
+            with (state_dir / "agent.log").open("ab") as log:
+                proc = spawn_detached(cmd, log=log, cgroup_procs=procs_files(cgroup), env=env)
+            (state_dir / WAITER_FILE).write_text(proc.waiter)
+            pid = proc.pid
+        (state_dir / PID_FILE).write_text(str(pid))
+        return pid, (time.monotonic() - t0) * 1000
+
+    @staticmethod
+    def _fork(
+        state_dir: Path, serve: list[str], env: dict[str, str], netns: Path | None, cgroup: str | None
+    ) -> int | None:
+        """The agent forked by the state root's fork server; None (and why, logged) when it
+        cannot be, so that the caller starts it as a new process instead."""
+        request = {
+            "argv": serve,
+            "env": env,
+            "cwd": os.getcwd(),
+            "log": str(state_dir / "agent.log"),
+            "netns": str(netns) if netns is not None else None,
+            "cgroup_procs": [str(p) for p in procs_files(cgroup)],
+            "title": ["vmsandbox-guest", "(forked)", *serve],
+        }
+        try:
+            return forkserver.spawn(state_dir.parent, request)
+        except HypervisorError as exc:
+            log.warning("starting the agent of %s as a new process: %s", state_dir.name, exc)
+        except OSError as exc:
+            log.warning("starting the agent of %s as a new process: fork server: %s", state_dir.name, exc)
+        return None
 
     def _handle(self, spec: VMSpec, pid: int) -> VMHandle:
         disks = spec.state_dir / DISKS_FILE
@@ -247,11 +281,13 @@ class ProcessDriver(HypervisorDriver):
             entry = pool / f"p{secrets.token_hex(6)}"
             entry.mkdir()
             (entry / DISKS_FILE).write_text("{}")
-            self._spawn(entry)
+            self._spawn(entry, fork=False)  # a pool is the alternative to forking
 
     @classmethod
     def drain_pool(cls, vms_dir: Path) -> None:
-        """Stop every idle pooled agent under ``vms_dir`` and remove the pool."""
+        """Stop every idle pooled agent under ``vms_dir`` and remove the pool; stop the fork
+        server of ``vms_dir`` too (running agents stay; the next boot starts a new server)."""
+        forkserver.stop(vms_dir)
         pool = pool_dir(vms_dir)
         if not pool.is_dir():
             return

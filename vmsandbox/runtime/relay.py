@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import selectors
 import signal
@@ -33,13 +34,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from vmsandbox.hypervisor import driver_for
-from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, VMHandle
+from vmsandbox.hypervisor import driver_for, forkserver
+from vmsandbox.hypervisor.base import CGROUP_ENDPOINT, SERIAL_LOG_ENDPOINT, HypervisorError, VMHandle
 from vmsandbox.hypervisor.cgroups import host_namespace, procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
+from vmsandbox.hypervisor.procs import running, signal_recorded, start_time
 from vmsandbox.runtime.errors import AgentError
 from vmsandbox.runtime.logfiles import LogLimits
 from vmsandbox.runtime.relay_main import EXIT_FILE, FORWARDED, LOST_AGENT_STATUS, READY, read_exit
+
+RELAY_MODULE = "vmsandbox.runtime.relay_main"
+log = logging.getLogger(__name__)
+forkserver.preload(RELAY_MODULE)
 
 __all__ = [
     "EXIT_FILE",
@@ -69,29 +75,13 @@ class RelayConfig(BaseModel):
 
 
 def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
-    """Start the relay (exec'd, then forked off in a session of its own); return its pid once it
-    is attached to the container's output."""
+    """Start the relay (forked by the process backend's fork server, else exec'd; then forked
+    off in a session of its own); return its pid once it is attached to the container's output."""
     agent = driver_for(config.handle.hypervisor, config.hypervisor_config).connect(config.handle)
     ready_r, ready_w = os.pipe()
     config_r, config_w = os.pipe()
     try:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-S",  # no site: a large share of start-up; the relay imports only this package
-                "-m",
-                "vmsandbox.runtime.relay_main",
-                f"--ready-fd={ready_w}",
-                f"--config-fd={config_r}",
-                f"--agent-fd={agent.fileno()}",
-            ],
-            stdin=config.stdio[0],
-            stdout=config.stdio[1],
-            stderr=config.stdio[2],
-            pass_fds=(ready_w, config_r, agent.fileno()),
-            start_new_session=True,
-            env=_relay_env(),
-        )
+        launcher = _launch(config, ready_w, config_r, agent.fileno())
     finally:
         os.close(ready_w)
         os.close(config_r)
@@ -106,12 +96,62 @@ def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        proc.kill()  # not yet reaped, so the pid is still the launcher's
-    proc.wait()  # the launcher exits as soon as it has forked the relay off
+        launcher.kill()  # a Popen not yet reaped, so the pid is still the launcher's
+    launcher.wait()  # the launcher exits as soon as it has forked the relay off
     if not ok:
         detail = _tail(config.relay_log) or "no diagnostics"
         raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
     return pid
+
+
+class _Forked:
+    """The fork server's child that launches the relay (the server reaps it)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.started = start_time(pid)
+
+    def kill(self) -> None:
+        signal_recorded(self.pid, self.started, signal.SIGKILL)
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + 5
+        while running(self.pid, self.started) and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+
+def _launch(
+    config: RelayConfig, ready_w: int, config_r: int, agent: int
+) -> subprocess.Popen[bytes] | _Forked:
+    """The relay's launcher: a child of the process backend's fork server (no interpreter start),
+    or a new interpreter: for other backends, when the server was started by another process (its
+    orphans would not come back to this caller's subreaper, as the relay's must), or when it
+    fails (logged)."""
+    vms_dir = config.handle.state_dir.parent
+    if config.handle.hypervisor == "process" and forkserver.started_here(vms_dir):
+        argv = ["--ready-fd=3", "--config-fd=4", "--agent-fd=5"]
+        fds = [*config.stdio, ready_w, config_r, agent]
+        try:
+            return _Forked(forkserver.run(vms_dir, RELAY_MODULE, argv, fds))
+        except (HypervisorError, OSError) as exc:
+            log.warning("starting the relay of %s as a new process: %s", config.container_id, exc)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-S",  # no site: a large share of start-up; the relay imports only this package
+            "-m",
+            RELAY_MODULE,
+            f"--ready-fd={ready_w}",
+            f"--config-fd={config_r}",
+            f"--agent-fd={agent}",
+        ],
+        stdin=config.stdio[0],
+        stdout=config.stdio[1],
+        stderr=config.stdio[2],
+        pass_fds=(ready_w, config_r, agent),
+        start_new_session=True,
+        env=_relay_env(),
+    )
 
 
 def _read_ready(ready_r: int, timeout: float) -> tuple[int, bool]:

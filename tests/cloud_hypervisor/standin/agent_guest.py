@@ -39,7 +39,9 @@ class AgentGuest:
     def __init__(self) -> None:
         #: Created at start (under TMPDIR), removed at stop, or by the watchdog after a crash.
         self._workdir: Path | None = None
-        self._driver = ProcessDriver(HypervisorConfig.load())
+        # Each stand-in VM is a process of its own with a state directory of its own: a fork
+        # server there would start one more interpreter per VM, not one fewer.
+        self._driver = ProcessDriver(HypervisorConfig.load().model_copy(update={"process_forkserver": False}))
         self._handle: VMHandle | None = None
         self._disks: dict[str, str] = {}
         self._watchdog: subprocess.Popen[bytes] | None = None
