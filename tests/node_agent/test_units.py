@@ -311,3 +311,9 @@ def test_a_watch_event_older_than_the_agents_own_write_is_not_acted_on() -> None
     expect.expect("e5")
     clock[0] = 31.0
     assert expect.current("f6"), "an expectation the watch never meets lapses"
+    # The watch may deliver a write's own version before the write's answer arrives: that
+    # version is current, and waiting for an earlier write's must stop too.
+    expect.expect("g7")
+    assert not expect.current("h8")
+    assert not expect.expect("h8")
+    assert expect.current("i9"), "nothing is waited for any more"

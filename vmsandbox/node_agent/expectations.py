@@ -31,7 +31,10 @@ class WriteExpectations:
     def expect(self, version: str | None) -> bool:
         """The agent wrote (or read afresh) ``version``: events before it are stale. False when
         the watch delivered that version already (the agent's copy may be newer than it)."""
-        if not version or version in self._delivered:
+        if not version:
+            return False
+        if version in self._delivered:
+            self._expected = None  # it supersedes any earlier write's, and it is here already
             return False
         self._expected = (version, self._clock() + self.ttl)
         return True

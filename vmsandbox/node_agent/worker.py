@@ -78,6 +78,7 @@ class SandboxWorker:
         #: ``_obj`` was read from the API server just now (not delivered by the watch).
         self._fresh = False
         self._expect = WriteExpectations()
+        self._expect.current(_version(obj))  # known: a write that changes nothing returns it
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._on_exit = on_exit
