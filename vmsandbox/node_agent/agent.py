@@ -290,8 +290,8 @@ class Agent:
             self.config.default_hypervisor,
         )
         self._stop.wait()
+        self.heartbeat.withdraw()  # first: nothing new is placed here while the agent is away
         self.watch.stop()
         self.pools.stop()
-        self.heartbeat.stop()
         self.events.flush()
         self.http.stop()
