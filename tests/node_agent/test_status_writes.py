@@ -93,6 +93,47 @@ def test_finalizers_are_added_and_removed_without_losing_others(
     assert writer.set_finalizer(stale, AGENT_FINALIZER, present=True) is None
 
 
+def test_a_finalizer_patch_from_a_copy_older_than_a_status_write_lands_at_once(
+    cluster: Cluster, kube: LocalCluster, writer: SandboxWriter
+) -> None:
+    """The operator's status write right after scheduling changes the resourceVersion, not the
+    finalizer list: the agent's patch computed before it is taken as it is, in one request."""
+    name = unique("finrace")
+    cluster.create_sandbox(name, {"image": "busybox"})
+    cluster.custom.patch_namespaced_custom_object(
+        "vmsandbox.io",
+        "v1alpha1",
+        cluster.namespace,
+        "vmsandboxes",
+        name,
+        {"metadata": {"finalizers": [OPERATOR_FINALIZER]}},
+        _content_type="application/merge-patch+json",
+    )
+    before = cluster.get(name)
+    assert before is not None
+    cluster.schedule(name, "n1")  # a status write the agent's copy does not know
+    mark = len(kube.requests_made())
+    added = writer.set_finalizer(before, AGENT_FINALIZER, present=True)
+    assert added is not None and added["metadata"]["finalizers"] == [OPERATOR_FINALIZER, AGENT_FINALIZER]
+    assert added["status"]["phase"] == "Scheduled"
+    patches = [r for r in kube.requests_made(since=mark) if r.verb == "patch" and r.name == name]
+    assert [r.status for r in patches] == [200]
+    # A list that changed meanwhile is still refused and the patch computed again.
+    stale = added
+    cluster.custom.patch_namespaced_custom_object(
+        "vmsandbox.io",
+        "v1alpha1",
+        cluster.namespace,
+        "vmsandboxes",
+        name,
+        {"metadata": {"finalizers": [OPERATOR_FINALIZER, AGENT_FINALIZER, "example.com/other"]}},
+        _content_type="application/merge-patch+json",
+    )
+    removed = writer.set_finalizer(stale, AGENT_FINALIZER, present=False)
+    assert removed is not None
+    assert removed["metadata"]["finalizers"] == [OPERATOR_FINALIZER, "example.com/other"]
+
+
 def test_a_write_the_server_keeps_refusing_is_deferred_not_failed(
     cluster: Cluster, kube: LocalCluster
 ) -> None:
