@@ -99,7 +99,13 @@ def test_a_finalizer_patch_from_a_copy_older_than_a_status_write_lands_at_once(
     """The operator's status write right after scheduling changes the resourceVersion, not the
     finalizer list: the agent's patch computed before it is taken as it is, in one request."""
     name = unique("finrace")
-    cluster.create_sandbox(name, {"image": "busybox"})
+    first = cluster.create_sandbox(name, {"image": "busybox"})
+    cluster.schedule(name, "n1")
+    mark = len(kube.requests_made())
+    added = writer.set_finalizer(first, AGENT_FINALIZER, present=True)  # onto no list at all
+    assert added is not None and added["metadata"]["finalizers"] == [AGENT_FINALIZER]
+    patches = [r for r in kube.requests_made(since=mark) if r.verb == "patch" and r.name == name]
+    assert [r.status for r in patches] == [200]
     cluster.custom.patch_namespaced_custom_object(
         "vmsandbox.io",
         "v1alpha1",
@@ -111,10 +117,11 @@ def test_a_finalizer_patch_from_a_copy_older_than_a_status_write_lands_at_once(
     )
     before = cluster.get(name)
     assert before is not None
-    cluster.schedule(name, "n1")  # a status write the agent's copy does not know
+    cluster.schedule(name, "n2")  # a status write the agent's copy does not know
     mark = len(kube.requests_made())
-    added = writer.set_finalizer(before, AGENT_FINALIZER, present=True)
-    assert added is not None and added["metadata"]["finalizers"] == [OPERATOR_FINALIZER, AGENT_FINALIZER]
+    added = writer.set_finalizer(before, "example.com/late", present=True)
+    assert added is not None
+    assert added["metadata"]["finalizers"] == [OPERATOR_FINALIZER, "example.com/late"]
     assert added["status"]["phase"] == "Scheduled"
     patches = [r for r in kube.requests_made(since=mark) if r.verb == "patch" and r.name == name]
     assert [r.status for r in patches] == [200]
@@ -126,10 +133,10 @@ def test_a_finalizer_patch_from_a_copy_older_than_a_status_write_lands_at_once(
         cluster.namespace,
         "vmsandboxes",
         name,
-        {"metadata": {"finalizers": [OPERATOR_FINALIZER, AGENT_FINALIZER, "example.com/other"]}},
+        {"metadata": {"finalizers": [OPERATOR_FINALIZER, "example.com/late", "example.com/other"]}},
         _content_type="application/merge-patch+json",
     )
-    removed = writer.set_finalizer(stale, AGENT_FINALIZER, present=False)
+    removed = writer.set_finalizer(stale, "example.com/late", present=False)
     assert removed is not None
     assert removed["metadata"]["finalizers"] == [OPERATOR_FINALIZER, "example.com/other"]
 

@@ -165,18 +165,14 @@ def _finalizer_ops(
 ) -> list[dict[str, Any]]:
     """A JSON patch adding or removing ``finalizer`` that fails if the list changed meanwhile.
 
-    The guard is the finalizer list itself, not the resourceVersion: a status write by the
-    operator in between (the usual case right after scheduling) changes the version but not the
-    list, and must not cost the agent a conflict and a second patch. Only a list that is still
-    absent is guarded by the resourceVersion (adding the whole list would replace one added
-    meanwhile).
+    The guard is the finalizer list itself (null while there is none), not the resourceVersion:
+    a status write by the operator in between (the usual case right after scheduling) changes
+    the version but not the list, and must not cost the agent a conflict and a second patch.
     """
-    if present and not finalizers:
-        return [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
-            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]},
-        ]
-    guard = {"op": "test", "path": "/metadata/finalizers", "value": finalizers}
+    listed = meta.get("finalizers")
+    guard = {"op": "test", "path": "/metadata/finalizers", "value": listed}
+    if present and listed is None:
+        return [guard, {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
     if present:
         return [guard, {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
     return [guard, {"op": "remove", "path": f"/metadata/finalizers/{finalizers.index(finalizer)}"}]
