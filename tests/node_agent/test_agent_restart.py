@@ -193,3 +193,18 @@ def test_agent_killed_mid_create_leaves_no_vm_once_restarted(
     assert containers_left(agent.runtime_root) == [status["container"]["id"]]
     live = [d.name for d in vms.iterdir() if not d.name.startswith(".")]
     assert len(live) == 1, f"one VM directory for the one sandbox: {live}"
+
+
+def test_a_stopping_agent_marks_its_node_unschedulable_until_the_next_one_starts(
+    make_agent: MakeAgent, cluster: Cluster
+) -> None:
+    agent = make_agent()
+    label = "vmsandbox.io/agent"
+    assert cluster.node(agent.node)["metadata"]["labels"][label] == "ready"
+    agent.stop()
+    assert agent.proc is not None and agent.proc.returncode == 0
+    assert cluster.node(agent.node)["metadata"]["labels"][label] == "stopping"
+    agent.start()
+    wait_for(
+        "the node to be ready again", lambda: cluster.node(agent.node)["metadata"]["labels"][label] == "ready"
+    )

@@ -93,6 +93,50 @@ def test_finalizers_are_added_and_removed_without_losing_others(
     assert writer.set_finalizer(stale, AGENT_FINALIZER, present=True) is None
 
 
+def _set_finalizers(cluster: Cluster, name: str, finalizers: list[str]) -> None:
+    """Another client's merge patch of the whole list."""
+    body = {"metadata": {"finalizers": finalizers}}
+    merge = "application/merge-patch+json"
+    cluster.custom.patch_namespaced_custom_object(
+        "vmsandbox.io", "v1alpha1", cluster.namespace, "vmsandboxes", name, body, _content_type=merge
+    )
+
+
+def _patch_answers(kube: LocalCluster, since: int, name: str) -> list[int]:
+    """The HTTP status of each patch of ``name`` logged since record ``since``."""
+    return [r.status for r in kube.requests_made(since=since) if r.verb == "patch" and r.name == name]
+
+
+def test_a_finalizer_patch_from_a_copy_older_than_a_status_write_lands_at_once(
+    cluster: Cluster, kube: LocalCluster, writer: SandboxWriter
+) -> None:
+    """The operator's status write right after scheduling changes the resourceVersion, not the
+    finalizer list: the agent's patch computed before it is taken as it is, in one request."""
+    name = unique("finrace")
+    first = cluster.create_sandbox(name, {"image": "busybox"})
+    cluster.schedule(name, "n1")
+    mark = len(kube.requests_made())
+    added = writer.set_finalizer(first, AGENT_FINALIZER, present=True)  # onto no list at all
+    assert added is not None and added["metadata"]["finalizers"] == [AGENT_FINALIZER]
+    assert _patch_answers(kube, mark, name) == [200]
+    _set_finalizers(cluster, name, [OPERATOR_FINALIZER])
+    before = cluster.get(name)
+    assert before is not None
+    cluster.schedule(name, "n2")  # a status write the agent's copy does not know
+    mark = len(kube.requests_made())
+    added = writer.set_finalizer(before, "example.com/late", present=True)
+    assert added is not None
+    assert added["metadata"]["finalizers"] == [OPERATOR_FINALIZER, "example.com/late"]
+    assert added["status"]["phase"] == "Scheduled"
+    assert _patch_answers(kube, mark, name) == [200]
+    # A list that changed meanwhile is still refused and the patch computed again.
+    stale = added
+    _set_finalizers(cluster, name, [OPERATOR_FINALIZER, "example.com/late", "example.com/other"])
+    removed = writer.set_finalizer(stale, "example.com/late", present=False)
+    assert removed is not None
+    assert removed["metadata"]["finalizers"] == [OPERATOR_FINALIZER, "example.com/other"]
+
+
 def test_a_write_the_server_keeps_refusing_is_deferred_not_failed(
     cluster: Cluster, kube: LocalCluster
 ) -> None:

@@ -289,17 +289,31 @@ def test_every_line_from_a_sandboxs_thread_names_it() -> None:
     assert all(line["node"] == "node-1" and line["level"] == "warning" for line in lines)
 
 
-def _version(uid: str, rv: str) -> dict[str, Any]:
-    return {"metadata": {"uid": uid, "resourceVersion": rv}}
-
-
 def test_a_watch_event_older_than_the_agents_own_write_is_not_acted_on() -> None:
-    """The Failed -> Creating regression: a reconcile must not see the version its write replaced."""
-    from vmsandbox.node_agent.worker import _older
+    """The Failed -> Creating regression: a reconcile must not see the version its write replaced.
 
-    written = _version("u1", "120")
-    assert _older(_version("u1", "99"), written), "an event from before the write is stale"
-    assert not _older(_version("u1", "121"), written), "a later change by anyone is news"
-    assert not _older(_version("u2", "5"), written), "a recreated sandbox (new uid) is news"
-    assert not _older(_version("u1", "opaque"), written), "unparseable versions are never dropped"
-    assert not _older(written, None)
+    Versions are told apart by identity (resourceVersions are opaque), never by ordering them."""
+    from vmsandbox.node_agent.expectations import WriteExpectations
+
+    clock = [0.0]
+    expect = WriteExpectations(ttl=30.0, clock=lambda: clock[0])
+    assert expect.current("99"), "nothing written yet: every event is news"
+    assert expect.expect("b7")
+    assert not expect.current("99"), "an event from before the write is stale"
+    assert not expect.current("a0"), "so is every event until the write's own comes"
+    assert expect.current("b7"), "the write's own event"
+    assert expect.current("c1"), "a later change by anyone is news"
+    assert not expect.expect("c1"), "a version the watch delivered already is not waited for"
+    assert expect.current("c0")
+    expect.expect("d4")
+    expect.reset()
+    assert expect.current("x"), "a full list is current"
+    expect.expect("e5")
+    clock[0] = 31.0
+    assert expect.current("f6"), "an expectation the watch never meets lapses"
+    # The watch may deliver a write's own version before the write's answer arrives: that
+    # version is current, and waiting for an earlier write's must stop too.
+    expect.expect("g7")
+    assert not expect.current("h8")
+    assert not expect.expect("h8")
+    assert expect.current("i9"), "nothing is waited for any more"

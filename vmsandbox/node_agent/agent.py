@@ -18,6 +18,7 @@ from vmsandbox.node_agent.access import LogAccess
 from vmsandbox.node_agent.admission import LocalAdmission
 from vmsandbox.node_agent.capacity import hypervisor_refusals, node_capacity
 from vmsandbox.node_agent.config import AgentConfig, ConfigError
+from vmsandbox.node_agent.context import AgentContext
 from vmsandbox.node_agent.events import EventRecorder
 from vmsandbox.node_agent.fencing import Fence
 from vmsandbox.node_agent.forwardroute import ForwardTarget, PortForwardRoute
@@ -38,7 +39,6 @@ from vmsandbox.node_agent.statuswriter import SandboxWriter
 from vmsandbox.node_agent.streamroutes import SandboxUnavailable, StreamRoutes, Target
 from vmsandbox.node_agent.supervisor import Supervisor
 from vmsandbox.node_agent.watch import PoolWatch, SandboxWatch
-from vmsandbox.node_agent.worker import AgentContext
 
 #: How often interrupted creates are looked for after start-up.
 SWEEP_SECONDS = 300.0
@@ -294,9 +294,9 @@ class Agent:
             self.config.default_hypervisor,
         )
         self._stop.wait()
+        self.heartbeat.withdraw()  # first: nothing new is placed here while the agent is away
         self.watch.stop()
         self.pool_watch.stop()
         self.pools.stop()
-        self.heartbeat.stop()
         self.events.flush()
         self.http.stop()

@@ -1,7 +1,9 @@
 """The agent's registration: a Lease renewed every few seconds, and its Node's label and annotations.
 
 The operator schedules onto nodes labelled ``vmsandbox.io/agent=ready`` whose Lease is fresh,
-reading capacity from the ``vmsandbox.io/capacity`` annotation. The Node itself is the
+reading capacity from the ``vmsandbox.io/capacity`` annotation. A stopping agent sets the label
+to ``stopping`` (:meth:`Heartbeat.withdraw`), so nothing is placed on its node while no agent
+runs there; the next agent's first round sets it back to ``ready``. The Node itself is the
 kubelet's; the agent only merges its own keys into it.
 """
 
@@ -24,6 +26,11 @@ from vmsandbox.api.node import NodeCapacity
 from vmsandbox.node_agent.kube import Kube, status_code
 
 log = logging.getLogger("vmsandbox.node_agent.heartbeat")
+
+#: The ready label's value while the agent takes sandboxes (the operator schedules only then).
+READY = "ready"
+#: The ready label's value while no agent serves the node.
+STOPPING = "stopping"
 
 
 def _micro_time() -> str:
@@ -63,6 +70,22 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def withdraw(self, timeout: float = 3.0) -> None:
+        """Stop renewing and mark the node unschedulable (``vmsandbox.io/agent=stopping``).
+
+        Waits for a round in progress first, so it cannot set the label back to ``ready``. The
+        Lease is left to expire: the sandboxes' VMs keep running, for the next agent to adopt."""
+        self.stop()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        try:
+            labels = {AGENT_READY_LABEL: STOPPING}
+            self.kube.patch_node(self.node, {"metadata": {"labels": labels}}, timeout=timeout)
+        except Exception as exc:
+            log.warning("could not mark node %s unschedulable: %s", self.node, exc)
+            return
+        log.info("node %s marked %s=%s", self.node, AGENT_READY_LABEL, STOPPING)
 
     def fresh(self) -> bool:
         return self.last_renewed is not None and time.monotonic() - self.last_renewed < self.duration
@@ -118,7 +141,7 @@ class Heartbeat:
             self.node,
             {
                 "metadata": {
-                    "labels": {AGENT_READY_LABEL: "ready"},
+                    "labels": {AGENT_READY_LABEL: READY},
                     "annotations": {
                         CAPACITY_ANNOTATION: json.dumps(self.capacity.to_wire(), sort_keys=True),
                         AGENT_ENDPOINT_ANNOTATION: self.endpoint,

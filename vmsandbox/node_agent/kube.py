@@ -199,7 +199,10 @@ class Kube:
         assert lease is not None
         self.coordination.replace_namespaced_lease(name, namespace, lease, _request_timeout=self.timeout)
 
-    def patch_node(self, name: str, patch: dict[str, Any]) -> None:
+    def patch_node(self, name: str, patch: dict[str, Any], timeout: float | None = None) -> None:
         self.core.patch_node(
-            name, patch, _content_type="application/merge-patch+json", _request_timeout=self.timeout
+            name,
+            patch,
+            _content_type="application/merge-patch+json",
+            _request_timeout=timeout or self.timeout,
         )

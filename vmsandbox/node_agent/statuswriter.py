@@ -1,7 +1,8 @@
 """Writes to a sandbox that never overwrite someone else's: status through /status, finalizers by JSON patch.
 
-Every write carries the resourceVersion it was computed from. On a conflict the object is read
-again and the same change is applied to the fresh copy, so the operator's fields (nodeName,
+Every status write carries the resourceVersion it was computed from, every finalizer patch a
+test of the finalizer list it was computed from. On a conflict the object is read again and
+the same change is applied to the fresh copy, so the operator's fields (nodeName,
 the Scheduled condition, bootTimings.schedule) survive the agent's writes and vice versa.
 A change that alters nothing is not sent at all.
 
@@ -124,7 +125,7 @@ class SandboxWriter:
     def set_finalizer(
         self, obj: dict[str, Any], finalizer: str, present: bool, *, abort: Abort | None = None
     ) -> dict[str, Any] | None:
-        """Add or remove one finalizer, guarded by a resourceVersion test; None when the object is gone."""
+        """Add or remove one finalizer, guarded by a test of the list; None when the object is gone."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         uid = obj["metadata"].get("uid")
         current: dict[str, Any] | None = obj
@@ -141,17 +142,7 @@ class SandboxWriter:
                 # A removal must not be skipped on the word of a stale copy.
                 current, fresh = self._fresh(namespace, name, deadline, abort), True
                 continue
-            ops: list[dict[str, Any]] = [
-                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
-            ]
-            if present and not finalizers:
-                ops.append({"op": "add", "path": "/metadata/finalizers", "value": [finalizer]})
-            elif present:
-                ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": finalizer})
-            else:
-                index = finalizers.index(finalizer)
-                ops.append({"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer})
-                ops.append({"op": "remove", "path": f"/metadata/finalizers/{index}"})
+            ops = _finalizer_ops(meta, finalizers, finalizer, present)
             try:
                 return self._retrying(
                     f"{namespace}/{name}: finalizer",
@@ -167,3 +158,21 @@ class SandboxWriter:
             conflicts += 1
             self._conflict_pause(conflicts, backoff, deadline, abort)
             current, fresh = self._fresh(namespace, name, deadline, abort), True
+
+
+def _finalizer_ops(
+    meta: dict[str, Any], finalizers: list[str], finalizer: str, present: bool
+) -> list[dict[str, Any]]:
+    """A JSON patch adding or removing ``finalizer`` that fails if the list changed meanwhile.
+
+    The guard is the finalizer list itself (null while there is none), not the resourceVersion:
+    a status write by the operator in between (the usual case right after scheduling) changes
+    the version but not the list, and must not cost the agent a conflict and a second patch.
+    """
+    listed = meta.get("finalizers")
+    guard = {"op": "test", "path": "/metadata/finalizers", "value": listed}
+    if present and listed is None:
+        return [guard, {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
+    if present:
+        return [guard, {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
+    return [guard, {"op": "remove", "path": f"/metadata/finalizers/{finalizers.index(finalizer)}"}]

@@ -3,7 +3,8 @@
 At start-up it compares the first list from the API server with what the node holds (records
 under the state dir, containers under the runtime root): VMs of listed sandboxes are adopted by
 their workers; the rest are orphans, torn down after ``orphanGraceSeconds`` unless their
-sandbox shows up in the meantime.
+sandbox shows up in the meantime, by a worker for the sandbox that is gone (the same steps as
+for a deleted one).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections import Counter
 from typing import Any
 
 from vmsandbox.api.constants import AGENT_FINALIZER
+from vmsandbox.node_agent.context import AgentContext
 from vmsandbox.node_agent.records import container_id_for
-from vmsandbox.node_agent.worker import AgentContext, SandboxWorker
+from vmsandbox.node_agent.worker import SandboxWorker
 
 log = logging.getLogger("vmsandbox.node_agent.supervisor")
 
@@ -32,7 +34,7 @@ class Supervisor:
 
     # ---- events from the watch ---------------------------------------------------------
 
-    def observe(self, obj: dict[str, Any]) -> None:
+    def observe(self, obj: dict[str, Any], *, listed: bool = False) -> None:
         uid = obj["metadata"]["uid"]
         with self._lock:
             self._seen.add(uid)
@@ -49,7 +51,7 @@ class Supervisor:
                 self.ctx.metrics.workers.set(len(self._workers))
                 worker.start()
                 return
-        worker.update(obj)
+        worker.update(obj, listed=listed)
 
     def forget(self, obj: dict[str, Any]) -> None:
         """The object was deleted, or no longer matches this node's selector."""
@@ -72,7 +74,7 @@ class Supervisor:
         """A full list (start-up or re-list after 410 Gone): what is missing from it is gone."""
         present = {o["metadata"]["uid"] for o in objs}
         for obj in objs:
-            self.observe(obj)
+            self.observe(obj, listed=True)
         with self._lock:
             missing = [w for uid, w in self._workers.items() if uid not in present]
         for worker in missing:
@@ -159,11 +161,16 @@ class Supervisor:
         still = self._candidates()
         records = {r.container_id: r for r in self.ctx.records.load_all()}
         for cid in sorted(set(first) & set(still)):
-            self.ctx.runtimes.destroy(cid)
             record = records.get(cid)
             if record is not None:
-                if self.ctx.network is not None:
-                    self.ctx.network.detach(record.uid)
-                self.ctx.records.remove(record.uid)
+                # The same path as a sandbox that went away: a worker with no object tears it down.
+                self.forget(_stub(record.uid, record.namespace, record.name))
+            else:
+                self.ctx.runtimes.destroy(cid)  # no record: nothing but the container to free
             self.ctx.metrics.orphans.inc()
-            log.warning("tore down orphaned container %s: %s", cid, still[cid])
+            log.warning("tearing down orphaned container %s: %s", cid, still[cid])
+
+
+def _stub(uid: str, namespace: str, name: str) -> dict[str, Any]:
+    """The identity of a sandbox the API server no longer lists, from the agent's record of it."""
+    return {"metadata": {"uid": uid, "namespace": namespace, "name": name}}

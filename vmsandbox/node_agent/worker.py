@@ -1,69 +1,50 @@
-"""One reconcile worker per sandbox: from Scheduled to a running VM, then watching it until the end.
+"""One reconcile worker per sandbox: gather the facts, ask :func:`~vmsandbox.node_agent.lifecycle.next_step`,
+perform the step.
 
 The worker is a thread that sleeps on an event: the watch wakes it with each new version of
 the object, and it wakes itself every ``pollIntervalSeconds`` while a container runs to notice
-exits and dead VMMs. Each pass looks at the latest object and the local facts (record, runtime
-state) and takes the next step; every step is safe to repeat after an agent restart.
+exits and dead VMMs. Each pass turns the latest object, the local record and the runtime's
+view of the VM into plain facts; the decision is :mod:`vmsandbox.node_agent.lifecycle`'s, the
+launch's stages are :mod:`vmsandbox.node_agent.stages`'. Every step is safe to repeat after an
+agent restart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
-import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from vmsandbox.api.constants import (
-    AGENT_FINALIZER,
-    NODE_LABEL,
-    PROCESS_BACKEND_ALLOWED,
-    PROCESS_BACKEND_LABEL,
-)
+from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
-from vmsandbox.api.status import (
-    BootTimings,
-    ConditionStatus,
-    ConditionType,
-    ContainerStatus,
-    Phase,
-    VMSandboxStatus,
-    VMStatus,
-    now,
-)
+from vmsandbox.api.status import now
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
-from vmsandbox.node_agent import pausing, warmstart
-from vmsandbox.node_agent.admission import LocalAdmission
+from vmsandbox.node_agent import lifecycle as lc
+from vmsandbox.node_agent import pausing, statusedits
 from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
-from vmsandbox.node_agent.bundle import build_bundle
-from vmsandbox.node_agent.config import AgentConfig
-from vmsandbox.node_agent.errors import HypervisorNotAllowed, ImagePullFailed, InvalidSpec, SandboxFailure
-from vmsandbox.node_agent.events import EventRecorder
-from vmsandbox.node_agent.fencing import Fence
-from vmsandbox.node_agent.images import ImageStore
+from vmsandbox.node_agent.context import AgentContext
+from vmsandbox.node_agent.errors import ImagePullFailed, InvalidSpec, SandboxFailure
+from vmsandbox.node_agent.expectations import WriteExpectations
 from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
-from vmsandbox.node_agent.metrics import AgentMetrics
-from vmsandbox.node_agent.network import NodeNetwork
-from vmsandbox.node_agent.network.attach import attach_sandbox
-from vmsandbox.node_agent.policy import backoff_delay, should_restart
-from vmsandbox.node_agent.poolkeeper import PoolKeeper
-from vmsandbox.node_agent.records import ContainerEnd, RecordStore, SandboxRecord, container_id_for
-from vmsandbox.node_agent.runtimes import Runtimes
-from vmsandbox.node_agent.statuswriter import Mutation, SandboxWriter, WriteFailed
+from vmsandbox.node_agent.records import ContainerEnd, SandboxRecord, container_id_for
+from vmsandbox.node_agent.stages import Launch, Started, Stopped, ms, timed
+from vmsandbox.node_agent.statusqueue import StatusQueue
+from vmsandbox.node_agent.statuswriter import Mutation
 from vmsandbox.runtime import ContainerState
+
+__all__ = ["AgentContext", "SandboxWorker"]
 
 logger = logging.getLogger("vmsandbox.node_agent.worker")
 
-#: A run longer than this resets the back-off, as the kubelet does after 10 minutes.
-BACKOFF_RESET_SECONDS = 600.0
 #: How long an idle worker sleeps when nothing can change without a new object version.
 IDLE = 3600.0
 #: How soon a pass comes back to send status changes the API server did not take.
@@ -78,58 +59,47 @@ PERMANENT = (
     StatusReason.IMAGE_INVALID,
 )
 
-
-@dataclass
-class AgentContext:
-    """What every worker shares."""
-
-    config: AgentConfig
-    writer: SandboxWriter
-    events: EventRecorder
-    images: ImageStore
-    runtimes: Runtimes
-    records: RecordStore
-    metrics: AgentMetrics
-    start_slots: threading.BoundedSemaphore
-    #: Runs status writes that need not hold up the boot (they stay in order per sandbox).
-    writes: ThreadPoolExecutor
-    usable_hypervisors: list[str]
-    admission: LocalAdmission
-    #: Why an allowed backend cannot run here (not installed, TCG without allowTCG).
-    hypervisor_refusals: dict[str, str]
-    #: The node's sandbox network; None when the agent has no ``sandboxCIDR``.
-    network: NodeNetwork | None = None
-    #: This node's pool members (vmsandbox.node_agent.poolkeeper).
-    pools: PoolKeeper | None = None
-    #: Says when the agent has been cut off from the API server for too long (never: None).
-    fence: Fence | None = None
+Obj = dict[str, Any]
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
+def _version(obj: Obj) -> str | None:
+    return obj["metadata"].get("resourceVersion")
 
 
 class SandboxWorker:
-    def __init__(self, ctx: AgentContext, obj: dict[str, Any], on_exit: Any) -> None:
+    def __init__(self, ctx: AgentContext, obj: Obj, on_exit: Callable[[SandboxWorker], None]) -> None:
         meta = obj["metadata"]
         self.ctx = ctx
         self.uid: str = meta["uid"]
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
         self.log = SandboxLog(logger, self.namespace, self.name)
-        self._obj: dict[str, Any] | None = obj
+        self._obj: Obj | None = obj
+        #: ``_obj`` was read from the API server just now (not delivered by the watch).
+        self._fresh = False
+        self._expect = WriteExpectations()
+        self._expect.current(_version(obj))  # known: a write that changes nothing returns it
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._on_exit = on_exit
         self.record: SandboxRecord | None = ctx.records.load(self.uid)
+        #: The container this worker created or adopted.
         self.container: ContainerState | None = None
-        self._restart_at: float | None = None
+        #: The runtime's latest answer about the container (when the worker asked it).
+        self._seen: ContainerState | None = None
+        self._restart_at: datetime | None = None
         self._consecutive = 0
-        self._run_started: float | None = None
-        self._adopt_checked = False
-        self._queued: Future[dict[str, Any] | None] | None = None
-        #: Status changes the API server has not taken yet, oldest first (sent with the next write).
-        self._pending: list[Mutation] = []
+        self._run_started: datetime | None = None
+        self.status = StatusQueue(
+            uid=self.uid,
+            writer=ctx.writer,
+            pool=ctx.writes,
+            metrics=ctx.metrics,
+            log=self.log,
+            abort=self._abort,
+            latest=self.latest,
+            wrote=self._wrote,
+        )
         self.phase: str | None = (obj.get("status") or {}).get("phase")
         self.thread = threading.Thread(target=self._run, name=f"sb-{self.name}"[:15], daemon=True)
 
@@ -138,27 +108,43 @@ class SandboxWorker:
     def start(self) -> None:
         self.thread.start()
 
-    def update(self, obj: dict[str, Any] | None) -> None:
-        """A new version of the object, or None when it is gone (or no longer on this node)."""
+    def update(self, obj: Obj | None, *, listed: bool = False) -> None:
+        """A new version of the object (``listed``: from a full list), or None when it is gone
+        (or no longer on this node)."""
         with self._lock:
-            if obj is not None and _older(obj, self._obj):
-                return  # a watch event from before our own write: what we wrote is newer
-            self._obj = obj
+            if obj is not None and self._same(obj):
+                if listed:
+                    self._expect.reset()
+                if not self._expect.current(_version(obj)):
+                    return  # from before the agent's own write: what it holds is newer
+            self._obj, self._fresh = obj, False
         self._wake.set()
 
-    def _wrote(self, written: dict[str, Any]) -> None:
-        """Remember our own write, so a reconcile never acts on the version it replaced."""
-        with self._lock:
-            if not _older(written, self._obj):
-                self._obj = written
+    def _same(self, obj: Obj) -> bool:
+        return self._obj is not None and obj["metadata"].get("uid") == self._obj["metadata"].get("uid")
 
-    def latest(self) -> dict[str, Any] | None:
+    def _wrote(self, written: Obj) -> None:
+        """Remember the agent's own write, so a reconcile never acts on the version it replaced."""
+        with self._lock:
+            if self._expect.expect(_version(written)) or not _version(written):
+                self._obj, self._fresh = written, False
+            self.phase = (written.get("status") or {}).get("phase")
+
+    def _read_fresh(self, fresh: Obj) -> None:
+        with self._lock:
+            self._expect.expect(_version(fresh))
+            self._obj, self._fresh = fresh, True
+
+    def latest(self) -> Obj | None:
         with self._lock:
             return self._obj
 
     @property
     def cid(self) -> str:
         return self.record.container_id if self.record else container_id_for(self.uid)
+
+    def has_pending(self) -> bool:
+        return self.status.has_pending()
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -181,7 +167,20 @@ class SandboxWorker:
                 delay = min(delay, PENDING_RETRY)
         self._on_exit(self)
 
-    def _ours(self, obj: dict[str, Any] | None) -> bool:
+    def _reconcile(self) -> float | None:
+        """One pass: the facts, the decision, the step."""
+        with self._lock:
+            obj, fresh = self._obj, self._fresh
+        facts, sandbox = self._sandbox_facts(obj, fresh)
+        if obj is not None and sandbox is not None and self.has_pending() and not facts_block(facts):
+            obj = self.status.write(obj, statusedits.unchanged)
+        vm = self._vm_facts()
+        step = lc.next_step(facts, self._record_facts(), vm, datetime.now(UTC), self._node_facts())
+        return self._perform(step, obj, sandbox)
+
+    # ---- facts -------------------------------------------------------------------------
+
+    def _ours(self, obj: Obj | None) -> bool:
         if obj is None:
             return False
         labels = obj["metadata"].get("labels") or {}
@@ -189,68 +188,157 @@ class SandboxWorker:
             labels.get(NODE_LABEL) == self.ctx.config.node_name and obj["metadata"].get("uid") == self.uid
         )
 
-    def _reconcile(self) -> float | None:
-        obj = self.latest()
-        if not self._ours(obj):
-            self._teardown("the sandbox is gone or no longer scheduled to this node")
-            self.ctx.records.remove(self.uid)
-            return None
-        assert obj is not None
+    def _sandbox_facts(self, obj: Obj | None, fresh: bool) -> tuple[lc.SandboxFacts | None, VMSandbox | None]:
+        if obj is None or not self._ours(obj):
+            return None, None
         meta = obj["metadata"]
-        if meta.get("deletionTimestamp"):
-            obj = self._settle() or obj
-            self._teardown("the sandbox is being deleted")
-            self.ctx.records.remove(self.uid)
-            if self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=False) is not None:
-                self.log.info("torn down; finalizer removed")
-            return None
-        if AGENT_FINALIZER not in (meta.get("finalizers") or []):
-            if self.record is not None and self.record.finalizer_added:
-                # A watch event older than our own patch also lacks it: only a fresh read decides.
-                fresh = self.ctx.writer.kube.get_sandbox(self.namespace, self.name)
-                if fresh is None or AGENT_FINALIZER not in (fresh["metadata"].get("finalizers") or []):
-                    self._abandon(fresh or obj)
-                    return None
-                self.update(fresh)
-                return 0.0
-            obj = self._add_finalizer(obj)
-            if obj is None:
-                return 0.0
+        base = lc.SandboxFacts(
+            deleting=bool(meta.get("deletionTimestamp")),
+            has_finalizer=AGENT_FINALIZER in (meta.get("finalizers") or []),
+            fresh=fresh,
+        )
         try:
             sandbox = parse_sandbox(obj)
         except InvalidSandbox as exc:
-            self._fail(obj, InvalidSpec(str(exc.detail)), retry=False)
-            return IDLE
-        self.phase = sandbox.status.phase.value if sandbox.status.phase else None
-        if self.has_pending():
-            obj = self._write(obj, _unchanged)
-        if not self._adopt_checked:
-            self._adopt_checked = True
-            adopted = self._adopt(obj, sandbox)
-            if adopted is not None:
-                return adopted
-        fence = self.ctx.fence
-        if fence is not None and fence.due():
-            return self._cut_off(obj, sandbox, fence)
-        finished = self.record.finished if self.record is not None else None
-        if self.container is None and finished is not None and not finished.restart:
-            return self._report_end(obj, sandbox, finished)
-        if self.container is not None:
-            return self._monitor(obj, sandbox)
-        if sandbox.status.phase is not None and sandbox.status.phase.finished and self._restart_at is None:
-            return IDLE
-        if self._restart_at is not None and time.monotonic() < self._restart_at:
-            return self._restart_at - time.monotonic()
-        self._restart_at = None
-        if sandbox.status.node_name != self.ctx.config.node_name:
-            # Only the operator places sandboxes: a label alone (which a tenant may have set) is
-            # not a placement until the operator has recorded this node in status.nodeName.
-            return IDLE
-        return self._launch(obj, sandbox)
+            return replace(base, invalid=str(exc.detail)), None
+        status, spec = sandbox.status, sandbox.spec
+        self.phase = status.phase.value if status.phase else None
+        facts = lc.SandboxFacts(
+            phase=status.phase,
+            reason=status.reason,
+            restart_policy=spec.restart_policy,
+            deleting=base.deleting,
+            has_finalizer=base.has_finalizer,
+            fresh=fresh,
+            placed_here=status.node_name == self.ctx.config.node_name,
+            start_time=status.start_time,
+            active_deadline_seconds=spec.active_deadline_seconds,
+        )
+        return facts, sandbox
 
-    # ---- finalizer ---------------------------------------------------------------------
+    def _record_facts(self) -> lc.RecordFacts:
+        record = self.record
+        if record is None:
+            return lc.RecordFacts(restart_at=self._restart_at, consecutive=self._consecutive)
+        end = record.finished
+        return lc.RecordFacts(
+            finalizer_added=record.finalizer_added,
+            container_created=record.container_created,
+            container_started=record.container_started,
+            finished=lc.RunEnd(end.restart, end.exit_code) if end is not None else None,
+            restart_at=self._restart_at,
+            consecutive=self._consecutive,
+            run_started=self._run_started,
+        )
 
-    def _ensure_record(self, hypervisor: str | None = None) -> SandboxRecord:
+    def _vm_facts(self) -> lc.VMFacts:
+        held = self.container
+        if held is not None:
+            vmm = held.vm.vmm_pid if held.vm else 0
+            if running(held.pid) and running(vmm):
+                return lc.VMFacts(lc.VMState.RUNNING, held=True)
+            return self._probe(held=True)
+        if self.record is not None and self.record.container_created:
+            return self._probe(held=False)
+        return lc.VMFacts()
+
+    def _probe(self, *, held: bool) -> lc.VMFacts:
+        """Ask the runtime what became of the container."""
+        state = self._seen = self.ctx.runtimes.state(self.cid)
+        if state is None:
+            return lc.VMFacts(lc.VMState.ABSENT, held=held)
+        alive = self.ctx.runtimes.vm_alive(state)
+        if state.status in ("running", "created") and alive:
+            if held:
+                self.container = state
+            return lc.VMFacts(lc.VMState.RUNNING, held=held)
+        if not alive and state.exit_code is None:
+            return lc.VMFacts(lc.VMState.LOST, held=held)
+        return lc.VMFacts(lc.VMState.EXITED, held=held, exit_code=state.exit_code)
+
+    def _node_facts(self) -> lc.NodeFacts:
+        cfg, fence = self.ctx.config, self.ctx.fence
+        return lc.NodeFacts(
+            cut_off=fence is not None and fence.due(),
+            poll_seconds=cfg.poll_interval_seconds,
+            backoff_seconds=cfg.restart_backoff_seconds,
+            backoff_max_seconds=cfg.restart_backoff_max_seconds,
+        )
+
+    # ---- steps -------------------------------------------------------------------------
+
+    def _perform(self, step: lc.Step, obj: Obj | None, sandbox: VMSandbox | None) -> float | None:
+        """Run ``step``; seconds until the next pass (None: the worker is done)."""
+        match step:
+            case lc.Forget(why):
+                self._forget(why)
+                return None
+            case lc.Wait(seconds):
+                return IDLE if seconds is None else seconds
+        assert obj is not None
+        match step:
+            case lc.Release():
+                self._release(obj)
+                return None
+            case lc.Reread():
+                return self._reread(obj)
+            case lc.Abandon():
+                self._abandon(obj)
+                return None
+            case lc.AddFinalizer():
+                return self._add_finalizer(obj)
+            case lc.Reject(detail):
+                self._fail(obj, InvalidSpec(detail), retry=False)
+                return IDLE
+        assert sandbox is not None
+        return self._perform_run_step(step, obj, sandbox)
+
+    def _perform_run_step(self, step: lc.Step, obj: Obj, sandbox: VMSandbox) -> float | None:
+        match step:
+            case lc.FinishTeardown():
+                self._teardown("finishing the teardown of a run that ended")
+                return 0.0
+            case lc.ForgetCreate():
+                return self._forget_create()
+            case lc.Adopt(wait):
+                return self._adopt(obj, sandbox, wait)
+            case lc.FenceVM(wait):
+                return self._fence(obj, wait)
+            case lc.ReportEnd():
+                return self._report_end(obj, sandbox)
+            case lc.KeepRunning(wait, undo_node_lost):
+                return self._keep_running(obj, sandbox, wait, undo_node_lost)
+            case lc.Exited():
+                return self._exited(obj, sandbox, step)
+            case lc.Deadline():
+                return self._deadline(obj, sandbox)
+            case lc.Launch():
+                return self._launch(obj, sandbox)
+        raise AssertionError(f"unhandled step {step!r}")
+
+    # ---- the object: gone, deleted, finalizer ------------------------------------------
+
+    def _forget(self, why: str) -> None:
+        self._teardown(why)
+        self.ctx.records.remove(self.uid)
+
+    def _release(self, obj: Obj) -> None:
+        obj = self.status.settle() or obj
+        self._teardown("the sandbox is being deleted")
+        self.ctx.records.remove(self.uid)
+        if self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=False) is not None:
+            self.log.info("torn down; finalizer removed")
+
+    def _reread(self, obj: Obj) -> float | None:
+        """A watch event older than the agent's own patch also lacks the finalizer: read afresh."""
+        fresh = self.ctx.writer.kube.get_sandbox(self.namespace, self.name)
+        if fresh is None:
+            self._abandon(obj)
+            return None
+        self._read_fresh(fresh)
+        return 0.0
+
+    def ensure_record(self, hypervisor: str | None = None) -> SandboxRecord:
         if self.record is None:
             self.record = SandboxRecord(
                 uid=self.uid,
@@ -262,28 +350,28 @@ class SandboxWorker:
             self.record.hypervisor = hypervisor
         return self.record
 
-    def _save_record(self) -> None:
+    def save_record(self) -> None:
         if self.record is not None:
             self.ctx.records.save(self.record)
 
-    def _add_finalizer(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        record = self._ensure_record()
+    def _add_finalizer(self, obj: Obj) -> float:
+        record = self.ensure_record()
         record.finalizer_added = True
-        self._save_record()
-        with self._step("finalizer"):
+        self.save_record()
+        with timed(self.ctx.metrics, "finalizer"):
             updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True, abort=self._abort)
         if updated is not None:
             self._wrote(updated)
-        return updated
+        return 0.0
 
-    def _abandon(self, obj: dict[str, Any]) -> None:
-        """Someone else removed our finalizer: the agent no longer owns this sandbox's VM."""
+    def _abandon(self, obj: Obj) -> None:
+        """Someone else removed the agent's finalizer: the agent no longer owns this sandbox's VM."""
         self.log.warning("finalizer %s was removed by someone else; tearing the VM down", AGENT_FINALIZER)
         self._teardown("the agent's finalizer was removed")
         self.ctx.records.remove(self.uid)
-        record = self._ensure_record()
+        record = self.ensure_record()
         record.abandoned = True
-        self._save_record()
+        self.save_record()
         self.ctx.events.record(
             obj,
             "FinalizerRemoved",
@@ -293,409 +381,120 @@ class SandboxWorker:
 
     # ---- adoption ----------------------------------------------------------------------
 
-    def _adopt(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
+    def _forget_create(self) -> float:
+        """The record says created, but no run can have happened: create it again."""
+        record = self.ensure_record()
+        started = record.container_started
+        record.container_created = record.container_started = False
+        self.save_record()
+        if started is False:  # the previous agent died mid-create; its debris was swept
+            self.log.info("the create was interrupted by an agent restart; creating it again")
+        return 0.0
+
+    def _adopt(self, obj: Obj, sandbox: VMSandbox, wait: float) -> float:
         """After an agent restart: take over a VM that is still running instead of booting another."""
-        if self.record is None or not self.record.container_created:
-            return None
-        if self.record.finished is not None:
-            # The run's end was recorded before a teardown that an agent restart cut short.
-            self._teardown("finishing the teardown of a run that ended")
-            return None
-        state = self.ctx.runtimes.state(self.cid)
-        if state is None:
-            started = self.record.container_started
-            self.record.container_created = self.record.container_started = False
-            self._save_record()
-            if started is False:  # the previous agent died mid-create; its debris was swept
-                self.log.info("the create was interrupted by an agent restart; creating it again")
-                return None
-            if sandbox.status.phase in (Phase.RUNNING, Phase.PAUSED, Phase.CREATING):
-                return self._on_exit_observed(obj, sandbox, None, "its VM vanished while the agent was down")
-            return None
+        state = self._seen
+        assert state is not None
         self.container = state
-        self._run_started = time.monotonic()
+        self._run_started = datetime.now(UTC)
         resources = sandbox.spec.resources
         self.ctx.admission.hold(self.uid, resources.vcpus, resources.memory_mib)
-        if state.status == "running" and self.ctx.runtimes.vm_alive(state):
-            self.ctx.metrics.adopted.inc()
-            vmm = state.vm.vmm_pid if state.vm else None
-            self.log.info("adopted running VM (VMM pid %s)", vmm)
-            self.ctx.events.record(obj, "Adopted", f"adopted running VM {state.vm.vm_id if state.vm else ''}")
-            return self.ctx.config.poll_interval_seconds
-        return self._monitor(obj, sandbox)
+        self.ctx.metrics.adopted.inc()
+        vm_id = state.vm.vm_id if state.vm else ""
+        self.log.info("adopted running VM (VMM pid %s)", state.vm.vmm_pid if state.vm else None)
+        self.ctx.events.record(obj, "Adopted", f"adopted running VM {vm_id}")
+        return wait
 
     # ---- launching ---------------------------------------------------------------------
 
-    def _check_process_backend(self) -> None:
-        """The process backend runs containers without a VM: only where an admin allowed it per namespace."""
-        namespace = self.ctx.writer.kube.get_namespace(self.namespace)
-        labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
-        if labels.get(PROCESS_BACKEND_LABEL) != PROCESS_BACKEND_ALLOWED:
-            raise HypervisorNotAllowed(
-                f"hypervisor 'process' runs containers without a VM (namespaces only); namespace "
-                f"{self.namespace} does not allow it (an administrator labels the namespace "
-                f"{PROCESS_BACKEND_LABEL}={PROCESS_BACKEND_ALLOWED})"
-            )
-
-    def _deleting(self) -> bool:
+    def deleting(self) -> bool:
         obj = self.latest()
         return not self._ours(obj) or bool(obj and obj["metadata"].get("deletionTimestamp"))
 
-    @contextlib.contextmanager
-    def _step(self, step: str) -> Iterator[None]:
-        """Time one of the agent's own steps (``vmsandbox_agent_step_seconds``)."""
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.ctx.metrics.step.labels(step).observe(time.monotonic() - t0)
-
-    def _write_later(self, mutate: Any) -> None:
-        """Queue a status write behind the ones already queued; the worker goes on meanwhile."""
-        previous = self._queued
-
-        def run() -> dict[str, Any] | None:
-            base = self._result_of(previous)
-            obj = base or self.latest()
-            if obj is None:
-                return None
-            written = self._write(obj, mutate, settle=False)
-            return None if self.has_pending() else written
-
-        self._queued = self.ctx.writes.submit(run)
-
-    def _result_of(self, queued: Future[dict[str, Any] | None] | None) -> dict[str, Any] | None:
-        if queued is None:
-            return None
-        try:
-            return queued.result()
-        except Exception as exc:
-            self.log.warning("status write failed: %s", exc)
-            return None
-
-    def _settle(self) -> dict[str, Any] | None:
-        """Wait for queued writes; returns the object the last one wrote."""
-        queued, self._queued = self._queued, None
-        return self._result_of(queued)
-
-    def has_pending(self) -> bool:
-        with self._lock:
-            return bool(self._pending)
+    def write_later(self, mutate: Mutation) -> None:
+        self.status.later(mutate)
 
     def _abort(self) -> bool:
         """Stop retrying a write: the worker must go on to fence its VM."""
         fence = self.ctx.fence
         return fence is not None and fence.due()
 
-    def _write(self, obj: dict[str, Any], mutate: Mutation, *, settle: bool = True) -> dict[str, Any]:
-        """Send ``mutate`` (after any changes still pending); a write the API server does not take
-        is kept and sent with the next one, and never changes what happens to the sandbox."""
-        if settle:
-            obj = self._settle() or obj
-        with self._lock:
-            mutations, self._pending = [*self._pending, mutate], []
-
-        def apply_all(status: VMSandboxStatus) -> None:
-            for each in mutations:
-                each(status)
-
-        try:
-            with self._step("statusWrite"):
-                written = self.ctx.writer.update_status(obj, apply_all, uid=self.uid, abort=self._abort)
-        except (WriteDeferred, WriteFailed) as exc:
-            return self._defer(obj, mutations, exc)
-        except Exception as exc:
-            if retry_hint(exc) is None:
-                raise
-            return self._defer(obj, mutations, exc)
-        if written is not None:
-            self._wrote(written)
-            self.phase = (written.get("status") or {}).get("phase")
-            return written
-        return obj
-
-    def _defer(self, obj: dict[str, Any], mutations: list[Mutation], exc: Exception) -> dict[str, Any]:
-        if isinstance(exc, WriteFailed):
-            # The server refused the change itself (not "not now"): sending it again cannot help.
-            self.log.error("status write refused; dropped: %s", exc)
-            return obj
-        with self._lock:
-            self._pending = mutations + self._pending
-        self.ctx.metrics.writes_deferred.inc()
-        self.log.warning("status write deferred until the API server answers: %s", exc)
-        return obj
-
-    def _launch(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
-        cfg = self.ctx.config
-        hypervisor = sandbox.spec.hypervisor.value if sandbox.spec.hypervisor else cfg.default_hypervisor
-        t_pickup = time.monotonic()
-        generation = obj["metadata"].get("generation")
-
+    def _launch(self, obj: Obj, sandbox: VMSandbox) -> float | None:
+        self._restart_at = None
+        launch = Launch(self, obj, sandbox)
         refenced = self.record is not None and self.record.fenced_at is not None
-
-        def creating(status: VMSandboxStatus) -> None:
-            if refenced and status.phase is not Phase.CREATING:
-                status.restart_count = (status.restart_count or 0) + 1
-            status.phase = Phase.CREATING
-            status.reason = None
-            status.message = None
-            status.hypervisor = hypervisor
-            status.start_time = status.start_time or now()
-            status.observed_generation = generation
-            status.restart_count = status.restart_count or 0
-            status.set_condition(
-                ConditionType.VM_READY, ConditionStatus.FALSE, "Creating", generation=generation
-            )
-            status.set_condition(
-                ConditionType.CONTAINER_READY, ConditionStatus.FALSE, "Creating", generation=generation
-            )
-            status.set_condition(
-                ConditionType.READY, ConditionStatus.FALSE, "Creating", generation=generation
-            )
-
-        self._write_later(creating)
+        policy = sandbox.spec.restart_policy
         try:
-            if hypervisor not in cfg.allowed_hypervisors:
-                raise HypervisorNotAllowed(
-                    f"hypervisor {hypervisor!r} is not allowed on node {cfg.node_name} "
-                    f"(allowed: {', '.join(cfg.allowed_hypervisors)})"
-                )
-            if hypervisor not in self.ctx.usable_hypervisors:
-                why = self.ctx.hypervisor_refusals.get(hypervisor, "it is not installed")
-                raise HypervisorNotAllowed(
-                    f"hypervisor {hypervisor!r} cannot run on node {cfg.node_name}: {why}"
-                )
-            if hypervisor == "process":
-                self._check_process_backend()
-            resources = sandbox.spec.resources
-            claim = warmstart.decide(self.ctx.pools, sandbox)
-            self.ctx.admission.admit(self.uid, resources.vcpus, resources.memory_mib)
-            record = self._ensure_record(hypervisor)
-            record.finished = record.fenced_at = None
-            self._save_record()
-            self.ctx.events.record(obj, "Pulling", f"pulling image {sandbox.spec.image}")
-            t0 = time.monotonic()
-            image = self.ctx.images.ensure(sandbox.spec.image, sandbox.spec.image_pull_policy)
-            image_s = time.monotonic() - t0
-            if image.pulled_bytes:
-                self.ctx.metrics.pull_bytes.inc(image.pulled_bytes)
-                self.ctx.metrics.pull_seconds.observe(image.pull_seconds)
-            self.ctx.metrics.boot_stage.labels("image").observe(image_s)
-            try:  # from here the record keeps the image from eviction
-                record.image_digest = image.digest
-                self._save_record()
-            finally:
-                self.ctx.images.release(image.digest)
-            self.ctx.events.record(obj, "Pulled", f"image {sandbox.spec.image} ready ({image.digest})")
-            runtime = self.ctx.runtimes.for_hypervisor(hypervisor)
-            with self._step("bundle"):
-                bundle = build_bundle(self.ctx.records.bundle_dir(self.uid), sandbox, image)
-            if claim is not None and claim.warm:
-                warmstart.mark_bundle(bundle, claim)
-            if self._deleting():
-                return 0.0
-            with self._step("network"):
-                attachment, network_status, network_s = attach_sandbox(
-                    self.ctx.network, self.uid, sandbox, hypervisor
-                )
-            record.container_created, record.container_started = True, False
-            self._save_record()
-            t_slot = time.monotonic()
-            with self.ctx.start_slots:
-                self.ctx.metrics.step.labels("startSlotWait").observe(time.monotonic() - t_slot)
-                if self._deleting():
-                    record.container_created = False
-                    self._save_record()
-                    return 0.0
-                t_create = time.monotonic()
-                try:
-                    with self._step("runtimeCreate"):
-                        state, claim = warmstart.create(
-                            runtime,
-                            self.ctx.pools,
-                            claim,
-                            self.cid,
-                            bundle,
-                            log_path=self.ctx.records.log_path(self.uid),
-                            network=attachment,
-                            image_digest=image.digest,
-                        )
-                except VMSandboxError:
-                    record.container_created = False
-                    self._save_record()
-                    raise
-            if claim is not None and claim.warm:
-                record.pool = f"{self.namespace}/{sandbox.spec.pool}"
-                self._save_record()
-            self.container = state
-            timings = state.timings
-            for stage, value in (
-                ("vmmStart", timings.vmmStart),
-                ("vmBoot", timings.vmBoot),
-                ("agentReady", timings.agentReady),
-                ("containerCreate", timings.containerCreate),
-            ):
-                self.ctx.metrics.boot_stage.labels(stage).observe(value / 1000)
-            vm_status = VMStatus(
-                id=state.vm.vm_id if state.vm else None, vmm_pid=state.vm.vmm_pid if state.vm else None
-            )
-
-            def booted(status: VMSandboxStatus) -> None:
-                status.vm = vm_status
-                status.network = network_status or status.network
-                status.set_condition(
-                    ConditionType.VM_READY, ConditionStatus.TRUE, "Booted", generation=generation
-                )
-                status.boot_timings = BootTimings(
-                    schedule=status.boot_timings.schedule if status.boot_timings else None,
-                    image=_ms(image_s),
-                    vmm_start=timings.vmmStart,
-                    vm_boot=timings.vmBoot,
-                    agent_ready=timings.agentReady,
-                    kernel_to_init=timings.kernelToInit,
-                    init_to_agent_ready=timings.initToAgentReady,
-                    container_create=timings.containerCreate,
-                    network=_ms(network_s) if network_status else None,
-                )
-                warmstart.record_outcome(status, claim, timings, generation, _ms(t_create - t_pickup))
-
-            # Written with Running below, not on its own: starting the container is one quick call,
-            # and one write fewer keeps the agent at three (finalizer, Creating, Running).
-            self.ctx.events.record(
-                obj, "VMBooted", f"{hypervisor} VM {vm_status.id} booted (VMM pid {vm_status.vmm_pid})"
-            )
-            if self._deleting():
-                return 0.0
-            record.container_started = True
-            self._save_record()
-            with self._step("runtimeStart"):
-                state = runtime.start(self.cid)
-            self.container = state
-            self._run_started = time.monotonic()
-            total_s = time.monotonic() - t_pickup
-            self.ctx.metrics.boot_stage.labels("total").observe(total_s)
-
-            def running(status: VMSandboxStatus) -> None:
-                booted(status)
-                status.phase = Phase.RUNNING
-                status.container = ContainerStatus(
-                    id=self.cid, pid=state.pid or None, started_at=state.started_at or now()
-                )
-                status.set_condition(
-                    ConditionType.CONTAINER_READY, ConditionStatus.TRUE, "Started", generation=generation
-                )
-                status.set_condition(
-                    ConditionType.READY, ConditionStatus.TRUE, "Running", generation=generation
-                )
-                if status.boot_timings is not None:
-                    status.boot_timings.total = round((status.boot_timings.schedule or 0) + _ms(total_s), 3)
-
-            obj = self._write(obj, running)
-            self.ctx.events.record(obj, "Started", f"container started in {_ms(total_s):.0f} ms")
-            self.log.info("running (VMM pid %s) after %.0f ms", vm_status.vmm_pid, _ms(total_s))
-            return self.ctx.config.poll_interval_seconds
+            done = launch.run(refenced, self._created)
+        except Stopped:
+            return 0.0
         except SandboxFailure as failure:
             if isinstance(failure, ImagePullFailed):
                 self.log.warning("image pull failed: %s", failure)
-            self._fail(
-                obj, failure, retry=failure.reason not in PERMANENT, policy=sandbox.spec.restart_policy
-            )
+            self._fail(obj, failure, retry=failure.reason not in PERMANENT, policy=policy)
         except HypervisorError as exc:
-            self.ctx.metrics.vmm_failures.labels(hypervisor, "boot").inc()
-            self._fail(
-                obj,
-                SandboxFailure(exc.detail, step=exc.step, reason="VMBootFailed"),
-                policy=sandbox.spec.restart_policy,
-            )
+            self.ctx.metrics.vmm_failures.labels(launch.hypervisor, "boot").inc()
+            boot = SandboxFailure(exc.detail, step=exc.step, reason="VMBootFailed")
+            self._fail(obj, boot, policy=policy)
         except VMSandboxError as exc:
-            reason = "VMBootFailed" if "boot" in exc.step or "vmm" in exc.step else "ContainerCreateFailed"
-            if reason == "VMBootFailed":
-                self.ctx.metrics.vmm_failures.labels(hypervisor, "boot").inc()
-            self._fail(
-                obj,
-                SandboxFailure(exc.detail, step=exc.step, reason=reason),
-                policy=sandbox.spec.restart_policy,
-            )
-        return self._restart_at - time.monotonic() if self._restart_at else IDLE
+            self._fail(obj, self._create_failure(exc, launch.hypervisor), policy=policy)
+        else:
+            return self._started(obj, launch, done)
+        return (self._restart_at - datetime.now(UTC)).total_seconds() if self._restart_at else IDLE
+
+    def _create_failure(self, exc: VMSandboxError, hypervisor: str) -> SandboxFailure:
+        reason = "VMBootFailed" if "boot" in exc.step or "vmm" in exc.step else "ContainerCreateFailed"
+        if reason == "VMBootFailed":
+            self.ctx.metrics.vmm_failures.labels(hypervisor, "boot").inc()
+        return SandboxFailure(exc.detail, step=exc.step, reason=reason)
+
+    def _created(self, state: ContainerState) -> None:
+        self.container = state
+
+    def _started(self, obj: Obj, launch: Launch, done: Started) -> float:
+        self.container = done.state
+        self._run_started = datetime.now(UTC)
+        obj = self.status.write(obj, launch.running(done))
+        self.ctx.events.record(obj, "Started", f"container started in {ms(done.total_s):.0f} ms")
+        vmm = launch.vm_status(done.created.state).vmm_pid
+        self.log.info("running (VMM pid %s) after %.0f ms", vmm, ms(done.total_s))
+        return self.ctx.config.poll_interval_seconds
 
     def _fail(
         self,
-        obj: dict[str, Any],
+        obj: Obj,
         failure: SandboxFailure,
         *,
         retry: bool = True,
         policy: RestartPolicy = RestartPolicy.NEVER,
     ) -> None:
         """Report a failure to get the container running; retry with back-off when the policy says so."""
-        generation = obj["metadata"].get("generation")
-        again = retry and policy is not RestartPolicy.NEVER
+        decision = lc.after_launch_failure(policy, not retry, self._consecutive, self._node_facts())
+        again = isinstance(decision, lc.Retry)
         if not again:
             self._record_end(ContainerEnd(reason=failure.reason, message=str(failure)))
         self._teardown(f"{failure.reason}: {failure}")
         delay = 0.0
-        if again:
-            self._consecutive += 1
-            delay = backoff_delay(
-                self._consecutive,
-                self.ctx.config.restart_backoff_seconds,
-                self.ctx.config.restart_backoff_max_seconds,
-            )
-            self._restart_at = time.monotonic() + delay
+        if isinstance(decision, lc.Retry):
+            self._consecutive, delay = decision.consecutive, decision.delay
+            self._restart_at = datetime.now(UTC) + timedelta(seconds=delay)
         message = str(failure) + (f" (retrying in {delay:.0f}s)" if again else "")
-
-        def failed(status: VMSandboxStatus) -> None:
-            status.phase = Phase.CREATING if again else Phase.FAILED
-            status.reason = failure.reason
-            status.message = message
-            status.observed_generation = generation
-            status.set_condition(
-                ConditionType.READY, ConditionStatus.FALSE, failure.reason, message, generation
-            )
-            status.set_condition(
-                ConditionType.CONTAINER_READY, ConditionStatus.FALSE, failure.reason, generation=generation
-            )
-            if status.vm is None:
-                status.set_condition(
-                    ConditionType.VM_READY, ConditionStatus.FALSE, failure.reason, generation=generation
-                )
-
-        self._write(obj, failed)
+        generation = obj["metadata"].get("generation")
+        self.status.write(obj, statusedits.launch_failed(failure.reason, message, again, generation))
         self.log.warning("failed: %s", message)
         self.ctx.events.record(obj, failure.reason, message, warning=True)
 
-    # ---- watching a running container --------------------------------------------------
+    # ---- a running container -----------------------------------------------------------
 
-    def _monitor(self, obj: dict[str, Any], sandbox: VMSandbox) -> float | None:
-        state = self.container
-        assert state is not None
-        poll = self.ctx.config.poll_interval_seconds
-        deadline = sandbox.spec.active_deadline_seconds
-        start_time = sandbox.status.start_time
-        if deadline is not None and start_time is not None:
-            left = (start_time - datetime.now(UTC)).total_seconds() + deadline
-            if left <= 0:
-                self._deadline(obj, sandbox)
-                return IDLE
-            poll = min(poll, left)
-        vmm_pid = state.vm.vmm_pid if state.vm else 0
-        if running(state.pid) and running(vmm_pid):
-            self._sync_paused(obj, sandbox)
-            if sandbox.status.phase is Phase.FAILED and sandbox.status.reason == StatusReason.NODE_LOST:
-                # Declared lost while cut off, yet it ran on (restartPolicy Never is not fenced).
-                self.log.info("the sandbox was declared lost but kept running; reporting it Running")
-                self._write(obj, _still_running)
-            return poll
-        # The relay or the VMM ended: ask the runtime what happened.
-        fresh = self.ctx.runtimes.state(self.cid)
-        if fresh is not None and fresh.status in ("running", "created") and self.ctx.runtimes.vm_alive(fresh):
-            self.container = fresh
-            return poll
-        if fresh is None or (not self.ctx.runtimes.vm_alive(fresh) and fresh.exit_code is None):
-            self.ctx.metrics.vmm_failures.labels(state.hypervisor, "died").inc()
-            return self._on_exit_observed(obj, sandbox, None, f"the VM's VMM (pid {vmm_pid}) died")
-        return self._on_exit_observed(obj, sandbox, fresh.exit_code, None)
+    def _keep_running(self, obj: Obj, sandbox: VMSandbox, wait: float, undo_node_lost: bool) -> float:
+        self._sync_paused(obj, sandbox)
+        if undo_node_lost:
+            # Declared lost while cut off, yet it ran on (restartPolicy Never is not fenced).
+            self.log.info("the sandbox was declared lost but kept running; reporting it Running")
+            self.status.write(obj, statusedits.still_running)
+        return wait
 
-    def _sync_paused(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
+    def _sync_paused(self, obj: Obj, sandbox: VMSandbox) -> None:
         """spec.paused -> the VM and the status (vmsandbox.node_agent.pausing)."""
         if self.record is None or self.record.hypervisor is None:
             return
@@ -705,125 +504,103 @@ class SandboxWorker:
             self.cid,
             obj,
             sandbox,
-            lambda o, mutate: self._write(o, mutate),
+            lambda o, mutate: self.status.write(o, mutate),
             lambda o, reason, message, warning: self.ctx.events.record(o, reason, message, warning=warning),
         )
 
-    def _deadline(self, obj: dict[str, Any], sandbox: VMSandbox) -> None:
+    def _deadline(self, obj: Obj, sandbox: VMSandbox) -> float:
         message = (
             f"the sandbox ran longer than activeDeadlineSeconds ({sandbox.spec.active_deadline_seconds}s)"
         )
         self._record_end(ContainerEnd(reason="DeadlineExceeded", message=message))
         self._teardown("activeDeadlineSeconds exceeded")
         self._restart_at = None
-
-        def expired(status: VMSandboxStatus) -> None:
-            status.phase = Phase.FAILED
-            status.reason = "DeadlineExceeded"
-            status.message = message
-            if status.container is not None:
-                status.container.finished_at = now()
-            for kind in (ConditionType.READY, ConditionType.CONTAINER_READY, ConditionType.VM_READY):
-                status.set_condition(kind, ConditionStatus.FALSE, "DeadlineExceeded", message)
-
-        self._write(obj, expired)
+        self.status.write(obj, statusedits.deadline_exceeded(message))
         self.log.warning("%s", message)
         self.ctx.events.record(obj, "DeadlineExceeded", message, warning=True)
+        return IDLE
 
-    def _on_exit_observed(
-        self, obj: dict[str, Any], sandbox: VMSandbox, exit_code: int | None, vm_lost: str | None
-    ) -> float | None:
-        """The container exited (``exit_code``) or its VM vanished (``vm_lost`` says how).
+    def _exited(self, obj: Obj, sandbox: VMSandbox, step: lc.Exited) -> float:
+        """The container exited or its VM vanished.
 
         The end is written to the local record first, then the VM is torn down, then the status
         is written: a status write that fails (or an agent restart) in between can neither lose
         the exit code nor let a sandbox that must not restart run again."""
-        finished = self.container.finished_at if self.container else None
-        ran = time.monotonic() - self._run_started if self._run_started else 0.0
-        failed = vm_lost is not None or exit_code != 0
+        end = self._end_of(step)
+        self._record_end(end)
+        self._teardown("the container ended")
+        self._consecutive = step.consecutive
+        if step.restart:
+            self._restart_at = datetime.now(UTC) + timedelta(seconds=step.delay)
+            self.ctx.metrics.restarts.inc()
         policy = sandbox.spec.restart_policy
-        restart = should_restart(policy, failed)
-        if vm_lost is not None:
-            reason, message = "VMLost", f"{vm_lost}; the container's exit status is unknown"
-        elif exit_code == 0:
+        self.status.write(obj, statusedits.ended(end, self.cid, policy, step.delay))
+        failed = end.reason != "Completed"
+        restarting = f"; restarting in {step.delay:g}s" if step.restart else ""
+        self.ctx.events.record(
+            obj, "BackOff" if step.restart else end.reason, end.message + restarting, warning=failed
+        )
+        self.log.info("%s%s", end.message, restarting)
+        return step.delay if step.restart else IDLE
+
+    def _end_of(self, step: lc.Exited) -> ContainerEnd:
+        known = self.container or self._seen
+        if step.lost and known is None:
+            reason, message = "VMLost", "its VM vanished while the agent was down"
+        elif step.lost and known is not None:
+            self.ctx.metrics.vmm_failures.labels(known.hypervisor, "died").inc()
+            reason, message = "VMLost", f"the VM's VMM (pid {known.vm.vmm_pid if known.vm else 0}) died"
+        elif step.exit_code == 0:
             reason, message = "Completed", "the container exited with code 0"
         else:
-            reason, message = "Error", f"the container exited with code {exit_code}"
-        end = ContainerEnd.model_validate(
+            reason, message = "Error", f"the container exited with code {step.exit_code}"
+        if step.lost:
+            message += "; the container's exit status is unknown"
+        finished = known.finished_at if known is not None else None
+        return ContainerEnd.model_validate(
             {
-                "exit_code": exit_code,
+                "exit_code": step.exit_code,
                 "reason": reason,
                 "message": message,
-                "restart": restart,
+                "restart": step.restart,
                 "finished_at": finished or now(),
             }
         )
-        self._record_end(end)
-        self._teardown("the container ended", keep_bundle=False)
-        if ran > BACKOFF_RESET_SECONDS:
-            self._consecutive = 0
-        delay = 0.0
-        if restart:
-            self._consecutive += 1
-            delay = backoff_delay(
-                self._consecutive,
-                self.ctx.config.restart_backoff_seconds,
-                self.ctx.config.restart_backoff_max_seconds,
-            )
-            self._restart_at = time.monotonic() + delay
-            self.ctx.metrics.restarts.inc()
-        self._write(obj, _ended(end, self.cid, policy, delay))
-        self.ctx.events.record(
-            obj,
-            "BackOff" if restart else reason,
-            message + (f"; restarting in {delay:g}s" if restart else ""),
-            warning=failed,
-        )
-        self.log.info("%s%s", message, f"; restarting in {delay:g}s" if restart else "")
-        return delay if restart else IDLE
 
     def _record_end(self, end: ContainerEnd) -> None:
-        record = self._ensure_record()
+        record = self.ensure_record()
         record.finished = end
-        self._save_record()
+        self.save_record()
 
-    def _report_end(self, obj: dict[str, Any], sandbox: VMSandbox, end: ContainerEnd) -> float | None:
-        """A run that ended for good (per the local record): report it if the status does not yet;
-        never start it again."""
-        phase = sandbox.status.phase
-        if (phase is None or not phase.finished) and not self.has_pending():
+    def _report_end(self, obj: Obj, sandbox: VMSandbox) -> float:
+        """A run that ended for good (per the local record): report it; never start it again."""
+        end = self.record.finished if self.record is not None else None
+        if end is not None and not self.has_pending():
             self.log.info("reporting the recorded end of the last run: %s", end.message)
-            self._write(obj, _ended(end, self.cid, sandbox.spec.restart_policy, 0.0))
+            self.status.write(obj, statusedits.ended(end, self.cid, sandbox.spec.restart_policy, 0.0))
         return IDLE
 
-    # ---- fencing -----------------------------------------------------------------------
+    # ---- fencing and teardown ----------------------------------------------------------
 
-    def _cut_off(self, obj: dict[str, Any], sandbox: VMSandbox, fence: Fence) -> float | None:
-        """The agent cannot reach the API server: stop what the operator will run elsewhere, start
-        nothing, and keep watching what stays (its end is recorded and reported later)."""
-        poll = self.ctx.config.poll_interval_seconds
-        if not fence.applies_to(sandbox.spec.restart_policy):
-            return self._monitor(obj, sandbox) if self.container is not None else poll
-        if self.container is None and not (self.record is not None and self.record.container_created):
-            return poll
-        why = fence.describe()
-        record = self._ensure_record()
+    def _fence(self, obj: Obj, wait: float) -> float:
+        """Cut off from the API server: stop what the operator will run elsewhere."""
+        fence = self.ctx.fence
+        why = fence.describe() if fence is not None else "cut off"
+        record = self.ensure_record()
         record.fenced_at = datetime.now(UTC)
-        self._save_record()
+        self.save_record()
         self._teardown(f"fenced: {why}")
         self._restart_at = None
         self.ctx.metrics.fenced.inc()
         self.log.warning("VM stopped (fencing): %s", why)
         self.ctx.events.record(obj, StatusReason.FENCED, f"VM stopped: {why}", warning=True)
-        return poll
+        return wait
 
-    # ---- teardown ----------------------------------------------------------------------
-
-    def _teardown(self, why: str, *, keep_bundle: bool = False) -> None:
+    def _teardown(self, why: str) -> None:
         """Stop the container and VM and free the bundle; the log stays until the sandbox is deleted."""
-        self._settle()
+        self.status.settle()
         had = self.ctx.runtimes.destroy(self.cid)
-        self.container = None
+        self.container = self._seen = None
         if self.ctx.network is not None:
             self.ctx.network.detach(self.uid)
         self.ctx.admission.release(self.uid)
@@ -832,61 +609,10 @@ class SandboxWorker:
         if self.record is not None and self.record.container_created:
             self.record.container_created = self.record.container_started = False
             with contextlib.suppress(OSError):
-                self._save_record()
-        if not keep_bundle:
-            import shutil
-
-            shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
+                self.save_record()
+        shutil.rmtree(self.ctx.records.bundle_dir(self.uid), ignore_errors=True)
 
 
-def _unchanged(_status: VMSandboxStatus) -> None:
-    """A write of nothing new: sends only the changes still pending."""
-
-
-def _still_running(status: VMSandboxStatus) -> None:
-    """Undo a NodeLost verdict on a sandbox whose container never stopped."""
-    if status.phase is Phase.FAILED and status.reason == StatusReason.NODE_LOST:
-        status.phase = Phase.RUNNING
-        status.reason = None
-        status.message = None
-        status.set_condition(ConditionType.READY, ConditionStatus.TRUE, "Running")
-
-
-def _ended(end: ContainerEnd, cid: str, policy: RestartPolicy, delay: float) -> Mutation:
-    """The status change for a run that ended as ``end`` says (restarting after ``delay``)."""
-    failed = end.reason != "Completed"
-
-    def ended(status: VMSandboxStatus) -> None:
-        started = status.container.started_at if status.container else None
-        status.container = ContainerStatus(
-            id=cid, exit_code=end.exit_code, started_at=started, finished_at=end.finished_at
-        )
-        status.vm = None
-        status.set_condition(ConditionType.VM_READY, ConditionStatus.FALSE, "VMStopped")
-        if end.restart:
-            status.restart_count = (status.restart_count or 0) + 1
-            status.reason = "CrashLoopBackOff" if failed else "Restarting"
-            status.message = f"{end.message}; restart {status.restart_count} in {delay:g}s ({policy.value})"
-            status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, status.reason)
-            status.set_condition(ConditionType.READY, ConditionStatus.FALSE, status.reason, status.message)
-        else:
-            status.phase = Phase.FAILED if failed else Phase.SUCCEEDED
-            status.reason = end.reason
-            status.message = end.message
-            status.set_condition(ConditionType.CONTAINER_READY, ConditionStatus.FALSE, end.reason)
-            status.set_condition(ConditionType.READY, ConditionStatus.FALSE, end.reason, end.message)
-
-    return ended
-
-
-def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
-    """Whether ``obj`` is an earlier version of the same object than ``than``.
-
-    The watch delivers events in resourceVersion order but may deliver ones older than a write
-    the worker has already seen answered. resourceVersions are etcd revisions, so they compare
-    as integers; anything that does not parse as one is taken as new.
-    """
-    if than is None or obj["metadata"].get("uid") != than["metadata"].get("uid"):
-        return False
-    mine, other = obj["metadata"].get("resourceVersion", ""), than["metadata"].get("resourceVersion", "")
-    return mine.isdigit() and other.isdigit() and int(mine) < int(other)
+def facts_block(facts: lc.SandboxFacts | None) -> bool:
+    """Whether the object's state comes before any status write (gone, deleted, finalizer, spec)."""
+    return facts is None or facts.deleting or not facts.has_finalizer or facts.invalid is not None
