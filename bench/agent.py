@@ -31,10 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,19 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import baseline_tree, load, measure, use_tree
 
 TREE = use_tree()
+from agentrig import agent_rig  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 
-from tests.node_agent.support import (  # noqa: E402
-    AgentProcess,
-    Cluster,
-    Registry,
-    build_busybox_layout,
-    fake_guest_image,
-    free_port,
-    wait_for,
-)
+from tests.node_agent.support import Cluster, wait_for  # noqa: E402
 from vmsandbox.api.constants import GROUP, PLURAL, VERSION  # noqa: E402
-from vmsandbox.devcluster import LocalCluster  # noqa: E402
 
 GUEST_STAGES = ("vmmStart", "vmBoot", "agentReady", "containerCreate")
 
@@ -202,122 +192,83 @@ def main() -> int:
 
 def measure_tree(args: argparse.Namespace) -> dict[str, Any]:
     """The whole measurement against the tree this process imports (``--measure``)."""
-    work = Path(tempfile.mkdtemp(prefix="nab", dir="/tmp"))
-    registry: Registry | None = None
-    agent: AgentProcess | None = None
     result: dict[str, Any] = {"sandboxes": args.sandboxes}
-    try:
-        with LocalCluster() as kube, kube.api_client() as api_client:
-            layout = build_busybox_layout(work / "busybox")
-            (work / "registry").mkdir()
-            registry = Registry(root=work / "registry", port=free_port())
-            registry.start()
-            image = registry.push(layout, "latest", "bench/busybox:latest")
-            guest = fake_guest_image(work / "guest")
-            namespace = "bench-agent"
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
-            cluster = Cluster(api_client=api_client, namespace=namespace)
-            node = "bench-node"
-            cluster.create_node(node)
-            from tests.node_agent.conftest import agent_env
+    env = {"VMSANDBOX_AGENT_LOG_LEVEL": "INFO", "VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS": "1"}
+    namespace = "bench-agent"
+    with agent_rig("nab", namespace, env) as rig:
+        cluster, node, image, agent = rig.cluster, rig.node, rig.image, rig.agent
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        running = RunningWatch(rig.api_client, namespace)
 
-            (work / "agent").mkdir()
-            env = agent_env(
-                node=node,
-                namespace=namespace,
-                kube=kube,
-                workdir=work / "agent",
-                registry=registry,
-                guest_image_dir=guest,
-            )
-            env["VMSANDBOX_AGENT_DEFAULT_HYPERVISOR"] = "cloud-hypervisor"
-            env["VMSANDBOX_AGENT_LOG_LEVEL"] = "INFO"
-            env["VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS"] = "1"
-            agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
-            agent.start()
-            assert agent.proc is not None
-            pid = agent.proc.pid
-            running = RunningWatch(api_client, namespace)
+        # Baseline: one sandbox at a time (the first also pulls the image into the cache).
+        warm = ["warm"]
+        schedule_all(cluster, warm, node, image)
+        wait_for("warm-up sandbox", lambda: running.count(warm) == 1, timeout=120)
+        base_names = [f"base-{i}" for i in range(args.baseline_runs)]
+        base_sched: dict[str, float] = {}
+        for name in base_names:
+            base_sched.update(schedule_all(cluster, [name], node, image))
+            wait_for(name, lambda n=name: running.count([n]) == 1, timeout=120)
+        result["baseline"] = summarize(base_names, base_sched, running)
+        result["baseline"]["steps"] = step_means(agent.get("/metrics").text)
+        for name in [*warm, *base_names]:
+            cluster.delete(name)
+        for name in [*warm, *base_names]:
+            cluster.wait_gone(name, timeout=60)
+        time.sleep(2)
 
-            # Baseline: one sandbox at a time (the first also pulls the image into the cache).
-            warm = ["warm"]
-            schedule_all(cluster, warm, node, image)
-            wait_for("warm-up sandbox", lambda: running.count(warm) == 1, timeout=120)
-            base_names = [f"base-{i}" for i in range(args.baseline_runs)]
-            base_sched: dict[str, float] = {}
-            for name in base_names:
-                base_sched.update(schedule_all(cluster, [name], node, image))
-                wait_for(name, lambda n=name: running.count([n]) == 1, timeout=120)  # type: ignore[misc]
-            result["baseline"] = summarize(base_names, base_sched, running)
-            result["baseline"]["steps"] = step_means(agent.get("/metrics").text)
-            for name in [*warm, *base_names]:
-                cluster.delete(name)
-            for name in [*warm, *base_names]:
-                cluster.wait_gone(name, timeout=60)
-            time.sleep(2)
+        rss0 = rss_kib(pid)
+        cpu0 = cpu_seconds(pid)
+        names = [f"sb-{i:03d}" for i in range(args.sandboxes)]
+        rss_at: dict[int, int] = {0: rss0}
+        half = args.sandboxes // 2
+        sampler_done = threading.Event()
 
-            rss0 = rss_kib(pid)
-            cpu0 = cpu_seconds(pid)
-            names = [f"sb-{i:03d}" for i in range(args.sandboxes)]
-            rss_at: dict[int, int] = {0: rss0}
-            half = args.sandboxes // 2
-            sampler_done = threading.Event()
+        def sample() -> None:
+            taken_half = False
+            while not sampler_done.is_set():
+                count = running.count(names)
+                if not taken_half and count >= half:
+                    rss_at[half] = rss_kib(pid)
+                    taken_half = True
+                time.sleep(0.05)
 
-            def sample() -> None:
-                taken_half = False
-                while not sampler_done.is_set():
-                    count = running.count(names)
-                    if not taken_half and count >= half:
-                        rss_at[half] = rss_kib(pid)
-                        taken_half = True
-                    time.sleep(0.05)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.monotonic()
+        scheduled = schedule_all(cluster, names, node, image)
+        wait_for(
+            "all sandboxes Running",
+            lambda: running.count(names) == len(names),
+            timeout=1800,
+            interval=0.2,
+        )
+        burst_s = time.monotonic() - t0
+        time.sleep(3)  # a few monitor rounds with everything running
+        sampler_done.set()
+        rss_at[args.sandboxes] = rss_kib(pid)
+        cpu_burst = cpu_seconds(pid) - cpu0
+        cpu_idle0 = cpu_seconds(pid)
+        time.sleep(10)
+        cpu_idle = (cpu_seconds(pid) - cpu_idle0) / 10
+        result["burst"] = summarize(names, scheduled, running)
+        result["burst"]["wall_seconds"] = round(burst_s, 1)
+        result["burst"]["steps_cumulative"] = step_means(agent.get("/metrics").text)
+        result["ratio_overhead_p50_burst_vs_baseline"] = round(
+            result["burst"]["agent_overhead_ms"][50]
+            / max(result["baseline"]["agent_overhead_ms"][50], 0.001),
+            2,
+        )
+        result["rss_mib"] = {k: round(v / 1024, 1) for k, v in sorted(rss_at.items())}
+        result["rss_growth_per_sandbox_kib"] = round((rss_at[args.sandboxes] - rss0) / args.sandboxes, 1)
+        result["agent_cpu_seconds_burst"] = round(cpu_burst, 2)
+        result["agent_cpu_fraction_idle_with_all_running"] = round(cpu_idle, 3)
 
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            t0 = time.monotonic()
-            scheduled = schedule_all(cluster, names, node, image)
-            wait_for(
-                "all sandboxes Running",
-                lambda: running.count(names) == len(names),
-                timeout=1800,
-                interval=0.2,
-            )
-            burst_s = time.monotonic() - t0
-            time.sleep(3)  # a few monitor rounds with everything running
-            sampler_done.set()
-            rss_at[args.sandboxes] = rss_kib(pid)
-            cpu_burst = cpu_seconds(pid) - cpu0
-            cpu_idle0 = cpu_seconds(pid)
-            time.sleep(10)
-            cpu_idle = (cpu_seconds(pid) - cpu_idle0) / 10
-            result["burst"] = summarize(names, scheduled, running)
-            result["burst"]["wall_seconds"] = round(burst_s, 1)
-            result["burst"]["steps_cumulative"] = step_means(agent.get("/metrics").text)
-            result["ratio_overhead_p50_burst_vs_baseline"] = round(
-                result["burst"]["agent_overhead_ms"][50]
-                / max(result["baseline"]["agent_overhead_ms"][50], 0.001),
-                2,
-            )
-            result["rss_mib"] = {k: round(v / 1024, 1) for k, v in sorted(rss_at.items())}
-            result["rss_growth_per_sandbox_kib"] = round((rss_at[args.sandboxes] - rss0) / args.sandboxes, 1)
-            result["agent_cpu_seconds_burst"] = round(cpu_burst, 2)
-            result["agent_cpu_fraction_idle_with_all_running"] = round(cpu_idle, 3)
-
-            for name in names:
-                cluster.delete(name)
-            wait_for("teardown", lambda: not any(cluster.get(n) for n in names[-5:]), timeout=600, interval=1)
-            wait_for(
-                "runtime root empty",
-                lambda: not [p for p in agent.runtime_root.iterdir() if not p.name.startswith(".")],  # type: ignore[union-attr]
-                timeout=600,
-                interval=1,
-            )
-    finally:
-        if agent is not None:
-            agent.stop()
-        if registry is not None:
-            registry.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        for name in names:
+            cluster.delete(name)
+        wait_for("teardown", lambda: not any(cluster.get(n) for n in names[-5:]), timeout=600, interval=1)
+        rig.wait_root_empty(timeout=600)
     return result
 
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,16 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import baseline_tree, load, measure, use_tree
 
 TREE = use_tree()
-from tests.node_agent.support import (  # noqa: E402
-    AgentProcess,
-    Cluster,
-    Registry,
-    build_busybox_layout,
-    fake_guest_image,
-    free_port,
-    wait_for,
-)
-from vmsandbox.devcluster import LocalCluster  # noqa: E402
+from agentrig import agent_rig  # noqa: E402
 
 WRITES = ("create", "update", "patch", "delete")
 #: The test's own writes between the mark and Running: the label patch and the status patch.
@@ -99,65 +88,27 @@ def main() -> int:
 
 
 def measure_tree(sandboxes: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="naw", dir="/tmp"))
-    registry: Registry | None = None
-    agent: AgentProcess | None = None
     per: list[dict[str, int]] = []
-    try:
-        with LocalCluster() as kube, kube.api_client() as api_client:
-            layout = build_busybox_layout(work / "busybox")
-            (work / "registry").mkdir()
-            registry = Registry(root=work / "registry", port=free_port())
-            registry.start()
-            image = registry.push(layout, "latest", "bench/busybox:latest")
-            guest = fake_guest_image(work / "guest")
-            namespace = "bench-writes"
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
-            cluster = Cluster(api_client=api_client, namespace=namespace)
-            node = "bench-node"
-            cluster.create_node(node)
-            from tests.node_agent.conftest import agent_env
-
-            (work / "agent").mkdir()
-            env = agent_env(
-                node=node,
-                namespace=namespace,
-                kube=kube,
-                workdir=work / "agent",
-                registry=registry,
-                guest_image_dir=guest,
-            )
-            env["VMSANDBOX_AGENT_DEFAULT_HYPERVISOR"] = "cloud-hypervisor"
-            agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
-            agent.start()
-            spec = {"image": image, "command": ["sleep", "3600"], "hypervisor": "cloud-hypervisor"}
-            for index in range(sandboxes + 1):  # the first pulls the image and is not counted
-                name = f"w-{index}"
-                cluster.create_sandbox(name, spec)
-                time.sleep(0.5)
-                mark = len(kube.requests_made())
-                cluster.schedule(name, node, schedule_ms=0.0)
-                cluster.wait_phase(name, "Running", timeout=120)
-                time.sleep(1.0)
-                if index:
-                    per.append(count_writes(kube.requests_made(since=mark), name))
-                    print(f"{name}: {per[-1]}", file=sys.stderr, flush=True)
-            names = [f"w-{i}" for i in range(sandboxes + 1)]
-            for name in names:
-                cluster.delete(name)
-            for name in names:
-                cluster.wait_gone(name, timeout=60)
-            wait_for(
-                "runtime root empty",
-                lambda: not [p for p in agent.runtime_root.iterdir() if not p.name.startswith(".")],
-                timeout=120,
-            )  # type: ignore[union-attr]
-    finally:
-        if agent is not None:
-            agent.stop()
-        if registry is not None:
-            registry.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with agent_rig("naw", "bench-writes") as rig:
+        kube, cluster, node, image = rig.kube, rig.cluster, rig.node, rig.image
+        spec = {"image": image, "command": ["sleep", "3600"], "hypervisor": "cloud-hypervisor"}
+        for index in range(sandboxes + 1):  # the first pulls the image and is not counted
+            name = f"w-{index}"
+            cluster.create_sandbox(name, spec)
+            time.sleep(0.5)
+            mark = len(kube.requests_made())
+            cluster.schedule(name, node, schedule_ms=0.0)
+            cluster.wait_phase(name, "Running", timeout=120)
+            time.sleep(1.0)
+            if index:
+                per.append(count_writes(kube.requests_made(since=mark), name))
+                print(f"{name}: {per[-1]}", file=sys.stderr, flush=True)
+        names = [f"w-{i}" for i in range(sandboxes + 1)]
+        for name in names:
+            cluster.delete(name)
+        for name in names:
+            cluster.wait_gone(name, timeout=60)
+        rig.wait_root_empty(timeout=120)
     result: dict[str, Any] = {"last": per[-1]}
     for key in ("sandbox", "refused", "events"):
         values = [p.get(key, 0) for p in per]

@@ -1,0 +1,90 @@
+"""What both node agent benchmarks stand on: the local control plane, a loopback registry holding
+busybox, a Node and a ``vmsandbox-agent`` process whose VMs are the Cloud Hypervisor stand-in.
+
+Imported after :func:`baseline.use_tree`, so it builds the rig of whichever tree is measured.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.node_agent.support import (
+    AgentProcess,
+    Cluster,
+    Registry,
+    build_busybox_layout,
+    fake_guest_image,
+    free_port,
+    wait_for,
+)
+from vmsandbox.devcluster import LocalCluster
+
+NODE = "bench-node"
+
+
+@dataclass
+class Rig:
+    kube: LocalCluster
+    api_client: Any
+    cluster: Cluster
+    agent: AgentProcess
+    image: str
+    node: str = NODE
+
+    def wait_root_empty(self, timeout: float) -> None:
+        """Until the agent's runtime root holds no sandbox (dot-entries are the runtime's own)."""
+        root = self.agent.runtime_root
+        assert root is not None
+        wait_for(
+            "runtime root empty",
+            lambda: not [p for p in root.iterdir() if not p.name.startswith(".")],
+            timeout=timeout,
+            interval=1,
+        )
+
+
+@contextmanager
+def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) -> Iterator[Rig]:
+    """The rig, torn down (agent, registry, files) however the measurement ends."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    registry: Registry | None = None
+    agent: AgentProcess | None = None
+    try:
+        with LocalCluster() as kube, kube.api_client() as api_client:
+            layout = build_busybox_layout(work / "busybox")
+            (work / "registry").mkdir()
+            registry = Registry(root=work / "registry", port=free_port())
+            registry.start()
+            image = registry.push(layout, "latest", "bench/busybox:latest")
+            guest = fake_guest_image(work / "guest")
+            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
+            cluster = Cluster(api_client=api_client, namespace=namespace)
+            cluster.create_node(NODE)
+            from tests.node_agent.conftest import agent_env
+
+            (work / "agent").mkdir()
+            agent_vars = agent_env(
+                node=NODE,
+                namespace=namespace,
+                kube=kube,
+                workdir=work / "agent",
+                registry=registry,
+                guest_image_dir=guest,
+            )
+            agent_vars["VMSANDBOX_AGENT_DEFAULT_HYPERVISOR"] = "cloud-hypervisor"
+            agent_vars.update(env or {})
+            agent = AgentProcess(node=NODE, workdir=work / "agent", env=agent_vars, cluster=cluster)
+            agent.start()
+            yield Rig(kube=kube, api_client=api_client, cluster=cluster, agent=agent, image=image)
+    finally:
+        if agent is not None:
+            agent.stop()
+        if registry is not None:
+            registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
