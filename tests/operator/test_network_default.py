@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,21 +14,12 @@ from tests.operator.harness import (
     get_sandbox,
     operator_config,
     phase,
-    purge,
     wait_for,
 )
 from vmsandbox.api import NetworkMode
 from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
-
-
-@pytest.fixture
-def agents(kube: LocalCluster, kube_namespace: str) -> Iterator[FakeAgents]:
-    fake = FakeAgents(kube, kube_namespace)
-    yield fake
-    fake.close()
-    purge(kube, kube_namespace)
 
 
 def test_mode_in_force_is_recorded_at_placement(

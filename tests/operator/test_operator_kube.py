@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from tests.operator.harness import (
     list_sandboxes,
     operator_config,
     phase,
-    purge,
     wait_events,
     wait_for,
     without_stale_nodes,
@@ -34,14 +32,6 @@ from vmsandbox.operator.config import OperatorConfig
 pytestmark = pytest.mark.kube
 
 MERGE = {"Content-Type": "application/merge-patch+json"}
-
-
-@pytest.fixture
-def agents(kube: LocalCluster, kube_namespace: str) -> Iterator[FakeAgents]:
-    fake = FakeAgents(kube, kube_namespace)
-    yield fake
-    fake.close()
-    purge(kube, kube_namespace)
 
 
 def run_operator(kube: LocalCluster, namespace: str, **overrides: Any) -> OperatorThread:

@@ -26,7 +26,6 @@ from tests.operator.harness import (
     get_sandbox,
     operator_config,
     phase,
-    purge,
     wait_events,
     wait_for,
 )
@@ -43,14 +42,6 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 POOLS = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxpools"
 SMALL = {"vcpus": 1, "memoryMiB": 256}
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def agents(kube: LocalCluster, kube_namespace: str) -> Iterator[FakeAgents]:
-    fake = FakeAgents(kube, kube_namespace)
-    yield fake
-    fake.close()
-    purge(kube, kube_namespace)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ two, a re-decision) fails here.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +21,6 @@ from tests.operator.harness import (
     get_sandbox,
     operator_config,
     phase,
-    purge,
     wait_for,
 )
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -33,14 +31,6 @@ pytestmark = pytest.mark.kube
 #: Operator writes to one sandbox between its creation and phase Scheduled.
 WRITE_BUDGET = 2
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-@pytest.fixture
-def agents(kube: LocalCluster, kube_namespace: str) -> Iterator[FakeAgents]:
-    fake = FakeAgents(kube, kube_namespace)
-    yield fake
-    fake.close()
-    purge(kube, kube_namespace)
 
 
 def operator_writes(records: list[RequestRecord], identity: str, ns: str) -> list[RequestRecord]:
