@@ -157,12 +157,15 @@ def test_a_file_larger_than_the_front_holds_is_copied_through_the_api_server(
     """The API server's proxy streams a request body to the aggregated server: a 100 MiB ``cp``
     (more than the front would read into memory) arrives and comes back byte-identical."""
     _, name = running
-    ns = cluster.namespace
-    data = os.urandom(100 * 1024 * 1024 + 17)
-    (tmp_path / "big.bin").write_bytes(data)
-    up = cli(kube, "cp", "-n", ns, str(tmp_path / "big.bin"), f"{name}:/big.bin")
+    round_trip(kube, cluster.namespace, name, "/big.bin", os.urandom(100 * 1024 * 1024 + 17), tmp_path)
+
+
+def round_trip(kube: LocalCluster, ns: str, name: str, remote: str, data: bytes, tmp_path: Path) -> None:
+    """``vmsandbox cp`` of ``data`` to ``name:remote`` and back, byte-identical."""
+    (tmp_path / "up.bin").write_bytes(data)
+    up = cli(kube, "cp", "-n", ns, str(tmp_path / "up.bin"), f"{name}:{remote}")
     assert up.returncode == 0, up.stderr
-    down = cli(kube, "cp", "-n", ns, f"{name}:/big.bin", str(tmp_path / "back.bin"))
+    down = cli(kube, "cp", "-n", ns, f"{name}:{remote}", str(tmp_path / "back.bin"))
     assert down.returncode == 0, down.stderr
     assert (tmp_path / "back.bin").read_bytes() == data
 

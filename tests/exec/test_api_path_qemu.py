@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.exec.test_api_path import ApiPath, _through_api, api_path
+from tests.exec.test_api_path import ApiPath, _through_api, api_path, round_trip
 from tests.exec.test_cli import cli
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
@@ -53,13 +53,7 @@ def test_exec_and_files_in_a_qemu_guest_through_the_api_server(
     assert (fed.returncode, fed.stdout) == (0, piped), fed.stderr
     assert _through_api(kube, since, "exec", 3) == [101, 101, 101]
 
-    data = os.urandom(4 * 1024 * 1024 + 3)
-    (tmp_path / "in.bin").write_bytes(data)
-    up = cli(kube, "cp", "-n", ns, str(tmp_path / "in.bin"), f"{name}:/tmp/in.bin")
-    assert up.returncode == 0, up.stderr
-    down = cli(kube, "cp", "-n", ns, f"{name}:/tmp/in.bin", str(tmp_path / "back.bin"))
-    assert down.returncode == 0, down.stderr
-    assert (tmp_path / "back.bin").read_bytes() == data
+    round_trip(kube, ns, name, "/tmp/in.bin", os.urandom(4 * 1024 * 1024 + 3), tmp_path)
     assert _through_api(kube, since, "files", 2) == [200, 200]
     cluster.delete(name)
     cluster.wait_gone(name, timeout=120)
