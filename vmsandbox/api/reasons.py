@@ -41,6 +41,25 @@ class StatusReason(StrEnum):
     MEMBERS_READY = "MembersReady"
     MEMBERS_STARTING = "MembersStarting"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    # ---- the node agent's failures to get a container running (node_agent/errors.py) ----
+    #: A failure no more precise reason fits.
+    FAILED = "Failed"
+    #: The image could not be pulled (the registry's words in the message); retried.
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    #: imagePullPolicy Never and the image is not on the node; permanent.
+    ERR_IMAGE_NEVER_PULL = "ErrImageNeverPull"
+    #: The image cannot run as asked (no command, an unknown user, a bad layout); permanent.
+    INVALID_IMAGE = "InvalidImage"
+    #: The spec breaks a rule the agent checks where it uses the value; permanent.
+    INVALID_SPEC = "InvalidSpec"
+    #: The VM (VMM, kernel, guest agent) could not be started; retried.
+    VM_BOOT_FAILED = "VMBootFailed"
+    #: The bundle or the container inside the VM could not be made; retried.
+    CONTAINER_CREATE_FAILED = "ContainerCreateFailed"
+    #: The node's sandbox network (address, link, policy) could not be set up; retried.
+    NETWORK_SETUP_FAILED = "NetworkSetupFailed"
+    #: The sandbox ran longer than activeDeadlineSeconds and was stopped, without restart.
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 class PauseReason(StrEnum):

@@ -61,12 +61,12 @@ def launch_failed(reason: str, message: str, again: bool, generation: int | None
 def deadline_exceeded(message: str) -> Mutation:
     def mutate(status: VMSandboxStatus) -> None:
         status.phase = Phase.FAILED
-        status.reason = "DeadlineExceeded"
+        status.reason = StatusReason.DEADLINE_EXCEEDED
         status.message = message
         if status.container is not None:
             status.container.finished_at = now()
         for kind in (ConditionType.READY, ConditionType.CONTAINER_READY, ConditionType.VM_READY):
-            status.set_condition(kind, ConditionStatus.FALSE, "DeadlineExceeded", message)
+            status.set_condition(kind, ConditionStatus.FALSE, StatusReason.DEADLINE_EXCEEDED, message)
 
     return mutate
 

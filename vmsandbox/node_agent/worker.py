@@ -26,13 +26,12 @@ from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
 from vmsandbox.api.status import now
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.node_agent import lifecycle as lc
 from vmsandbox.node_agent import pausing, statusedits
 from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.context import AgentContext
-from vmsandbox.node_agent.errors import ImagePullFailed, InvalidSpec, SandboxFailure
+from vmsandbox.node_agent.errors import ImagePullFailed, InvalidSpec, SandboxFailure, VMBootFailed, as_failure
 from vmsandbox.node_agent.expectations import WriteExpectations
 from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.records import ContainerEnd, SandboxRecord, container_id_for
@@ -49,15 +48,6 @@ logger = logging.getLogger("vmsandbox.node_agent.worker")
 IDLE = 3600.0
 #: How soon a pass comes back to send status changes the API server did not take.
 PENDING_RETRY = 1.0
-#: Failures that retrying cannot fix: the spec or the image must change.
-PERMANENT = (
-    "InvalidSpec",
-    "InvalidImage",
-    "HypervisorNotAllowed",
-    "ErrImageNeverPull",
-    StatusReason.IMAGE_NOT_ALLOWED,
-    StatusReason.IMAGE_INVALID,
-)
 
 Obj = dict[str, Any]
 
@@ -428,25 +418,16 @@ class SandboxWorker:
             done = launch.run(refenced, self._created)
         except Stopped:
             return 0.0
-        except SandboxFailure as failure:
+        except VMSandboxError as exc:
+            failure = as_failure(exc)
+            if isinstance(failure, VMBootFailed):
+                self.ctx.metrics.vmm_failures.labels(launch.hypervisor, "boot").inc()
             if isinstance(failure, ImagePullFailed):
                 self.log.warning("image pull failed: %s", failure)
-            self._fail(obj, failure, retry=failure.reason not in PERMANENT, policy=policy)
-        except HypervisorError as exc:
-            self.ctx.metrics.vmm_failures.labels(launch.hypervisor, "boot").inc()
-            boot = SandboxFailure(exc.detail, step=exc.step, reason="VMBootFailed")
-            self._fail(obj, boot, policy=policy)
-        except VMSandboxError as exc:
-            self._fail(obj, self._create_failure(exc, launch.hypervisor), policy=policy)
+            self._fail(obj, failure, retry=not failure.permanent, policy=policy)
         else:
             return self._started(obj, launch, done)
         return (self._restart_at - datetime.now(UTC)).total_seconds() if self._restart_at else IDLE
-
-    def _create_failure(self, exc: VMSandboxError, hypervisor: str) -> SandboxFailure:
-        reason = "VMBootFailed" if "boot" in exc.step or "vmm" in exc.step else "ContainerCreateFailed"
-        if reason == "VMBootFailed":
-            self.ctx.metrics.vmm_failures.labels(hypervisor, "boot").inc()
-        return SandboxFailure(exc.detail, step=exc.step, reason=reason)
 
     def _created(self, state: ContainerState) -> None:
         self.container = state
@@ -512,12 +493,12 @@ class SandboxWorker:
         message = (
             f"the sandbox ran longer than activeDeadlineSeconds ({sandbox.spec.active_deadline_seconds}s)"
         )
-        self._record_end(ContainerEnd(reason="DeadlineExceeded", message=message))
+        self._record_end(ContainerEnd(reason=StatusReason.DEADLINE_EXCEEDED, message=message))
         self._teardown("activeDeadlineSeconds exceeded")
         self._restart_at = None
         self.status.write(obj, statusedits.deadline_exceeded(message))
         self.log.warning("%s", message)
-        self.ctx.events.record(obj, "DeadlineExceeded", message, warning=True)
+        self.ctx.events.record(obj, StatusReason.DEADLINE_EXCEEDED, message, warning=True)
         return IDLE
 
     def _exited(self, obj: Obj, sandbox: VMSandbox, step: lc.Exited) -> float:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from vmsandbox.api.reasons import StatusReason
 from vmsandbox.node_agent.errors import SandboxFailure
 
 
 class NetworkError(SandboxFailure):
     step = "network"
-    reason = "NetworkSetupFailed"
+    reason = StatusReason.NETWORK_SETUP_FAILED
 
 
 class AddressesExhausted(NetworkError):
