@@ -95,3 +95,25 @@ def test_no_reason_is_spelt_as_a_string_literal_in_the_agent() -> None:
                 if isinstance(v, ast.Constant) and isinstance(v.value, str)
             ]
     assert spelt == []
+
+
+def _event_reasons(path: Path, position: int) -> list[str]:
+    """Literal strings passed as the reason of ``<...>.events.record(...)`` calls in ``path``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        if node.func.attr != "record" or getattr(owner, "attr", getattr(owner, "id", "")) != "events":
+            continue
+        reason = node.args[position] if len(node.args) > position else None
+        if isinstance(reason, ast.Constant) and isinstance(reason.value, str):
+            found.append(f"{path.name}:{node.lineno} {reason.value}")
+    return found
+
+
+def test_no_event_reason_is_spelt_as_a_string_literal() -> None:
+    """The agent's recorder takes (obj, reason, message), the operator's (obj, type, reason, message)."""
+    spelt = [r for p in (PACKAGE / "node_agent").rglob("*.py") for r in _event_reasons(p, 1)]
+    spelt += [r for p in (PACKAGE / "operator").rglob("*.py") for r in _event_reasons(p, 2)]
+    assert spelt == []

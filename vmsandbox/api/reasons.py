@@ -62,6 +62,31 @@ class StatusReason(StrEnum):
     DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
+class EventReason(StrEnum):
+    """Reasons of Events that tell of a step, not of a status (those use :class:`StatusReason`)."""
+
+    #: Operator: the node-loss brake holds evictions (too many nodes unreachable at once).
+    EVICTIONS_PAUSED = "EvictionsPaused"
+    #: Operator: no node can take the sandbox now; the message says why each was passed over.
+    FAILED_SCHEDULING = "FailedScheduling"
+    #: Operator: the node's agent renews its Lease again.
+    NODE_RECOVERED = "NodeRecovered"
+    #: Operator: the sandbox leaves a lost node to be placed again.
+    RESCHEDULED = "Rescheduled"
+    #: Operator: ttlSecondsAfterFinished has passed; the sandbox is deleted.
+    EXPIRED = "Expired"
+    #: Operator: a deletion on a lost node releases the agent's finalizer too.
+    FORCE_RELEASED = "ForceReleased"
+    #: Agent: a VM that outlived the agent's restart is running the sandbox again.
+    ADOPTED = "Adopted"
+    PULLING = "Pulling"
+    PULLED = "Pulled"
+    VM_BOOTED = "VMBooted"
+    STARTED = "Started"
+    #: Agent: the sandbox's VM is gone and its finalizer released, so the deletion completes.
+    FINALIZER_REMOVED = "FinalizerRemoved"
+
+
 class PauseReason(StrEnum):
     """Reasons of the ``Paused`` condition and its events, set by the node agent."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vmsandbox.api.constants import PROCESS_BACKEND_ALLOWED, PROCESS_BACKEND_LABEL
+from vmsandbox.api.reasons import EventReason
 from vmsandbox.api.resource import VMSandbox
 from vmsandbox.api.status import (
     BootTimings,
@@ -168,7 +169,7 @@ class Launch:
     def pull(self, record: SandboxRecord) -> tuple[Image, float]:
         """The image, held in the cache by the record from here on (nothing to undo)."""
         spec = self.sandbox.spec
-        self.ctx.events.record(self.obj, "Pulling", f"pulling image {spec.image}")
+        self.ctx.events.record(self.obj, EventReason.PULLING, f"pulling image {spec.image}")
         t0 = time.monotonic()
         image = self.ctx.images.ensure(spec.image, spec.image_pull_policy)
         image_s = time.monotonic() - t0
@@ -182,7 +183,7 @@ class Launch:
             self.host.save_record()
         finally:
             self.ctx.images.release(image.digest)
-        self.ctx.events.record(self.obj, "Pulled", f"image {spec.image} ready ({image.digest})")
+        self.ctx.events.record(self.obj, EventReason.PULLED, f"image {spec.image} ready ({image.digest})")
         return image, image_s
 
     def bundle(self, image: Image, claim: Claim | None) -> Path:
@@ -320,7 +321,7 @@ class Launch:
         on_created(created.state)
         vm = self.vm_status(created.state)
         self.ctx.events.record(
-            self.obj, "VMBooted", f"{self.hypervisor} VM {vm.id} booted (VMM pid {vm.vmm_pid})"
+            self.obj, EventReason.VM_BOOTED, f"{self.hypervisor} VM {vm.id} booted (VMM pid {vm.vmm_pid})"
         )
         self.stop_if_deleting()
         started = self.start(record)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL
-from vmsandbox.api.reasons import StatusReason
+from vmsandbox.api.reasons import EventReason, StatusReason
 from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
 from vmsandbox.api.status import now
@@ -364,7 +364,7 @@ class SandboxWorker:
         self.save_record()
         self.ctx.events.record(
             obj,
-            "FinalizerRemoved",
+            EventReason.FINALIZER_REMOVED,
             f"{AGENT_FINALIZER} removed by another client; VM torn down",
             warning=True,
         )
@@ -392,7 +392,7 @@ class SandboxWorker:
         self.ctx.metrics.adopted.inc()
         vm_id = state.vm.vm_id if state.vm else ""
         self.log.info("adopted running VM (VMM pid %s)", state.vm.vmm_pid if state.vm else None)
-        self.ctx.events.record(obj, "Adopted", f"adopted running VM {vm_id}")
+        self.ctx.events.record(obj, EventReason.ADOPTED, f"adopted running VM {vm_id}")
         return wait
 
     # ---- launching ---------------------------------------------------------------------
@@ -436,7 +436,7 @@ class SandboxWorker:
         self.container = done.state
         self._run_started = datetime.now(UTC)
         obj = self.status.write(obj, launch.running(done))
-        self.ctx.events.record(obj, "Started", f"container started in {ms(done.total_s):.0f} ms")
+        self.ctx.events.record(obj, EventReason.STARTED, f"container started in {ms(done.total_s):.0f} ms")
         vmm = launch.vm_status(done.created.state).vmm_pid
         self.log.info("running (VMM pid %s) after %.0f ms", vmm, ms(done.total_s))
         return self.ctx.config.poll_interval_seconds

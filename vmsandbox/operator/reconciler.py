@@ -30,6 +30,7 @@ from typing import Any
 
 from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, NetworkStatus, Phase, VMSandboxStatus
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER, POOL_LABEL
+from vmsandbox.api.reasons import EventReason
 from vmsandbox.operator import lifecycle as lc
 from vmsandbox.operator.cache import ClusterCache, SandboxEntry, sandbox_key
 from vmsandbox.operator.config import OperatorConfig
@@ -221,7 +222,7 @@ class Reconciler:
             else:
                 log.info("evictions resumed: %d of %d nodes lost", len(lost), len(considered))
         if message and not self._brake_told and entry.node in lost:
-            self.events.record(entry.raw, "Warning", "EvictionsPaused", message)
+            self.events.record(entry.raw, "Warning", EventReason.EVICTIONS_PAUSED, message)
             self._brake_told = True
         self._brake = message
         return message
@@ -513,7 +514,7 @@ class Reconciler:
         status.message = message
         status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_UNSCHEDULABLE, message)
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Warning", "FailedScheduling", message)
+            self.events.record(entry.raw, "Warning", EventReason.FAILED_SCHEDULING, message)
 
     async def _mark_unknown(self, entry: SandboxEntry, message: str) -> None:
         status = entry.status.model_copy(deep=True)
@@ -529,7 +530,7 @@ class Reconciler:
         status.reason = None
         status.message = None
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Normal", "NodeRecovered", message)
+            self.events.record(entry.raw, "Normal", EventReason.NODE_RECOVERED, message)
 
     async def _mark_node_lost(self, entry: SandboxEntry, message: str) -> None:
         status = entry.status.model_copy(deep=True)
@@ -572,7 +573,9 @@ class Reconciler:
             status.set_condition(kind, ConditionStatus.FALSE, lc.REASON_NODE_LOST, f"node {node} lost")
         if await self._write_status(fresh, status):
             self.metrics.reschedules.inc()
-            self.events.record(entry.raw, "Normal", "Rescheduled", f"leaving lost node {node}: {message}")
+            self.events.record(
+                entry.raw, "Normal", EventReason.RESCHEDULED, f"leaving lost node {node}: {message}"
+            )
 
     async def _delete_expired(self, entry: SandboxEntry, message: str) -> None:
         meta = entry.raw["metadata"]
@@ -584,7 +587,7 @@ class Reconciler:
             if not (exc.not_found or exc.conflict):
                 raise
             return
-        self.events.record(entry.raw, "Normal", "Expired", message)
+        self.events.record(entry.raw, "Normal", EventReason.EXPIRED, message)
 
     async def _release(self, entry: SandboxEntry, *, force: bool, why: str = "") -> None:
         meta = entry.raw["metadata"]
@@ -594,4 +597,4 @@ class Reconciler:
         if keep == current:
             return
         if await self._write(entry, _finalizer_ops(entry.raw, keep)) and force:
-            self.events.record(entry.raw, "Warning", "ForceReleased", why)
+            self.events.record(entry.raw, "Warning", EventReason.FORCE_RELEASED, why)
