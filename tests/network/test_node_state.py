@@ -24,6 +24,8 @@ from tests.network.conftest import (
     sh,
 )
 from vmsandbox.node_agent.network.ipam import mac_of
+from vmsandbox.node_agent.network.links import veth_name
+from vmsandbox.node_agent.network.node import owner_key
 
 OWNERS = [f"uid-{i:02d}" for i in range(50)]
 
@@ -91,6 +93,7 @@ def test_fifty_sandboxes_distinct_across_a_kill_and_all_released(topo: Topology)
 def _lose_table_and_bridge(topo: Topology) -> None:
     """What a flush or a restart of the node's networking does while the agent is down."""
     sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "bridge", "vmsandbox_l2")
     sh("ip", "-n", topo.node, "link", "del", topo.bridge)
 
 
@@ -113,8 +116,10 @@ def test_reconcile_after_a_kill_restores_and_frees(topo: Topology) -> None:
     targets = (PUBLIC, PRIVATE, PUBLIC6, ULA)
     results = topo.probe(kept["netns"], *(f"http:{t}" for t in targets))
     assert results == {f"http:{t}": t for t in targets}, results
-    ruleset = topo.node_ruleset()
+    ruleset = sh("ip", "netns", "exec", topo.node, "nft", "list", "table", "inet", "vmsandbox")
     assert ruleset.count("jump s") == 6, "one sandbox's out, in and node chains in the IPv4 and IPv6 maps"
+    ports = sh("ip", "netns", "exec", topo.node, "nft", "list", "map", "bridge", "vmsandbox_l2", "ports")
+    assert ports.count("jump s") == 1 and veth_name(owner_key("kept")) in ports, ports
     assert f"{kept['ip6']} : jump s" in ruleset and f"{ULA} }}" in ruleset, ruleset
 
 
@@ -176,6 +181,7 @@ def test_an_exhausted_subnet_fails_clearly_and_leaks_nothing(topo: Topology) -> 
 def test_a_failed_policy_frees_the_lease_and_the_links(topo: Topology) -> None:
     topo.net("reconcile")
     sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "inet", "vmsandbox")
+    sh("ip", "netns", "exec", topo.node, "nft", "delete", "table", "bridge", "vmsandbox_l2")
     done = subprocess.run(topo.net_argv("attach", "doomed"), capture_output=True, text=True)
     assert done.returncode == 1 and "network policy" in done.stderr, done.stderr
     assert topo.net("leases") == [] and topo.sandbox_netns() == []

@@ -216,11 +216,12 @@ class NodeNetwork:
             links.remove_bridge(self.host, self.settings.bridge)
 
     def counters(self) -> dict[str, SandboxCounters]:
-        """Per owner: bytes and packets out and in, packets dropped by the policy."""
+        """Per owner: bytes and packets out and in, packets dropped by the policy (both tables:
+        routed packets, and spoofed frames from the sandbox's port)."""
         raw = policy.counters(self.host, self.settings.table)
         out: dict[str, SandboxCounters] = {}
         for lease in self.ipam.leases():
             k = policy.name_of(lease)
-            tx, rx, drop = (raw.get(f"{k}_{c}", (0, 0)) for c in ("tx", "rx", "drop"))
-            out[lease.owner] = SandboxCounters(tx[0], tx[1], rx[0], rx[1], drop[0])
+            tx, rx, drop, l2drop = (raw.get(f"{k}_{c}", (0, 0)) for c in ("tx", "rx", "drop", "l2drop"))
+            out[lease.owner] = SandboxCounters(tx[0], tx[1], rx[0], rx[1], drop[0] + l2drop[0])
         return out

@@ -31,6 +31,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from vmsandbox.node_agent.network import l2
 from vmsandbox.node_agent.network.commands import Done, Host, Pending
 from vmsandbox.node_agent.network.errors import NetworkError
 from vmsandbox.node_agent.network.ipam import Lease
@@ -194,6 +195,7 @@ def _sandbox(cfg: TableConfig, lease: Lease) -> str:
     for address, n in [(lease.ip, "4")] + ([(lease.ip6, "6")] if v6 else []):
         for chain in ("out", "in", "node"):
             lines.append(f"add element {t} {chain}{n} {{ {address} : jump {k}_{chain} }}")
+    lines += l2.sandbox(cfg.table, lease, v6, k)
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +210,7 @@ def _without(cfg: TableConfig, lease: Lease) -> str:
     if v6:
         lines += [f"delete set {t} {k}_{s}6" for s in ("allow", "deny")]
     lines += [f"delete counter {t} {k}_{c}" for c in ("tx", "rx", "drop")]
+    lines += l2.without(cfg.table, lease, k)
     return "\n".join(lines) + "\n"
 
 
@@ -218,7 +221,7 @@ def apply(host: Host, script: str) -> None:
 
 def rebuild(host: Host, cfg: TableConfig, leases: Iterable[Lease]) -> None:
     """Replace the whole table: the base chains plus every leased sandbox, in one transaction."""
-    script = f"table inet {cfg.table}\ndelete table inet {cfg.table}\n" + _base(cfg)
+    script = f"table inet {cfg.table}\ndelete table inet {cfg.table}\n" + _base(cfg) + l2.base(cfg.table)
     script += "".join(_sandbox(cfg, lease) for lease in leases)
     apply(host, script)
 
@@ -244,18 +247,20 @@ def remove(
 
 
 def delete_table(host: Host, table: str) -> None:
-    apply(host, f"table inet {table}\ndelete table inet {table}\n")
+    apply(host, f"table inet {table}\ndelete table inet {table}\n" + l2.delete(table))
 
 
 def counters(host: Host, table: str) -> dict[str, tuple[int, int]]:
-    """``{counter name: (packets, bytes)}`` of the table; empty when the table is missing."""
+    """``{counter name: (packets, bytes)}`` of the table and its ``bridge`` twin (:mod:`l2`);
+    empty when they are missing."""
     try:
-        out = host.nft(f"list counters table inet {table}", step="network metrics", json_output=True)
+        out = host.nft("list counters", step="network metrics", json_output=True)
     except NetworkError:
         return {}
+    ours = {("inet", table), ("bridge", l2.name_of(table))}
     found: dict[str, tuple[int, int]] = {}
     for item in json.loads(out).get("nftables", []):
         counter = item.get("counter")
-        if counter:
+        if counter and (counter.get("family"), counter.get("table")) in ours:
             found[counter["name"]] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
     return found
