@@ -313,3 +313,35 @@ def test_a_server_another_process_started_forks_agents_but_no_relay(
         assert relay_status(state.pid) == 5
     finally:
         rt.delete("fsother", force=True)
+
+
+def test_only_the_servers_own_user_is_served(driver: ProcessDriver, root: Path) -> None:
+    """The server runs what it is asked to as root: its directory is root's alone, and a peer of
+    another user is refused even where the socket itself is reachable."""
+    _stop_all(driver, [_boot(driver, root, "vm-u")], root)
+    directory = forkserver.server_dir(root / ".vms")
+    assert directory.stat().st_mode & 0o777 == 0o700
+    before = forkserver.server_identity(root / ".vms")
+    os.chmod(directory, 0o755)  # as if the mode were lost: the peer check must still hold
+    os.chmod(directory / forkserver.SOCKET, 0o777)
+    try:
+        probe = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "s.connect(sys.argv[1])\n"
+            "s.settimeout(10)\n"
+            "try:\n"
+            '    s.sendall(b\'{"kind": "run", "module": "vmsandbox.guest", "argv": []}\\n\')\n'
+            "    print(repr(s.recv(100)))\n"
+            "except (BrokenPipeError, ConnectionResetError):\n"
+            "    print(repr(b''))\n"
+        )
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        argv += [sys.executable, "-S", "-c", probe, str(directory / forkserver.SOCKET)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    finally:
+        os.chmod(directory, 0o700)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "b''", "the connection is closed unanswered"
+    assert forkserver.server_identity(root / ".vms") == before, "the server itself carries on"
+    assert "refused a connection from uid 65534" in (directory / forkserver.LOG).read_text()

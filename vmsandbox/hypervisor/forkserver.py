@@ -35,6 +35,7 @@ import fcntl
 import json
 import os
 import socket
+import struct
 import sys
 import time
 from ctypes import c_ulong
@@ -184,6 +185,7 @@ def stop(vms_dir: Path) -> None:
 def _connect(directory: Path) -> socket.socket:
     """A connection to the recorded, running server; one is started (under a lock) if needed."""
     directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # the server runs what it is asked to as root: only root reaches it
     sock = _trusted(directory)
     if sock is not None:
         return sock
@@ -283,6 +285,9 @@ def serve(directory: Path) -> None:
             conn, _ = listener.accept()
         except TimeoutError:
             continue
+        if not _from_owner(conn):
+            conn.close()
+            continue
         last = time.monotonic()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -294,6 +299,17 @@ def serve(directory: Path) -> None:
     if _ours(sock_path, inode):
         sock_path.unlink(missing_ok=True)
         (directory / IDENTITY).unlink(missing_ok=True)
+
+
+def _from_owner(conn: socket.socket) -> bool:
+    """Whether the peer runs as the server's own user: anyone else (a VMM user that escaped its
+    guest, say) is refused before a byte of its request is read, whatever the socket's mode."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    if uid == os.getuid():
+        return True
+    print(f"refused a connection from uid {uid}", file=sys.stderr, flush=True)
+    return False
 
 
 def _ours(sock_path: Path, inode: int) -> bool:
