@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.leaks import processes_mentioning
+from tests.network.conftest import require_network_tools
 from tests.runtime.conftest import BundleFactory
 from tests.runtime.support import short_root
 from tests.runtime.test_lifecycle import relay_status
@@ -121,8 +122,7 @@ def test_one_fork_server_forks_every_agent(driver: ProcessDriver, root: Path) ->
 
 
 def test_the_agent_lives_in_the_given_network_namespace(driver: ProcessDriver, root: Path) -> None:
-    if shutil.which("ip") is None:
-        pytest.skip("needs iproute2")
+    require_network_tools()  # iproute2; a failure, not a skip, where CI promises the tools
     name = f"vfs-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     netns = Path(f"/run/netns/{name}")
