@@ -184,8 +184,7 @@ def stop(vms_dir: Path) -> None:
 
 def _connect(directory: Path) -> socket.socket:
     """A connection to the recorded, running server; one is started (under a lock) if needed."""
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)  # the server runs what it is asked to as root: only root reaches it
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     sock = _trusted(directory)
     if sock is not None:
         return sock
@@ -218,6 +217,7 @@ def _start(directory: Path) -> None:
     """Start a server for ``directory`` (stale files of a dead one removed) and wait for it."""
     from vmsandbox.hypervisor.detached import spawn_detached
 
+    os.chmod(directory, 0o700)  # the server runs what it is asked to as root: only root reaches it
     for name in (SOCKET, IDENTITY):
         (directory / name).unlink(missing_ok=True)
     (directory / STARTER).write_text(identity())
