@@ -86,6 +86,8 @@ class PoolKeeper:
         #: Members handed to a sandbox, by when: until the runtime's create took them.
         self._taken: dict[str, float] = {}
         self._views: dict[str, PoolView] = {}
+        #: Pools by namespace/name as the pool watch last saw them; None until it has listed.
+        self._watched: dict[str, dict[str, Any]] | None = None
         self._published: str | None = None
         self._refused: dict[str, str] = {}
         self._booting = threading.BoundedSemaphore(MAX_BOOTING)
@@ -107,13 +109,35 @@ class PoolKeeper:
     def wake(self) -> None:
         self._wake.set()
 
+    # ---- the pool watch's view (vmsandbox.node_agent.watch.PoolWatch) --------------------
+
+    def resync(self, items: list[dict[str, Any]]) -> None:
+        """The watch listed every pool: from now on passes read its copies, not the server."""
+        with self._lock:
+            self._watched = {_key(obj): obj for obj in items}
+        self.wake()
+
     def observe(self, obj: dict[str, Any]) -> None:
-        """A pool was added or changed (from the pool watch)."""
+        """A pool was added or changed."""
+        with self._lock:
+            if self._watched is not None:
+                self._watched[_key(obj)] = obj
         self.wake()
 
     def forget(self, obj: dict[str, Any]) -> None:
-        """A pool was deleted (from the pool watch)."""
+        """A pool was deleted."""
+        with self._lock:
+            if self._watched is not None:
+                self._watched.pop(_key(obj), None)
         self.wake()
+
+    def _pools(self) -> list[dict[str, Any]]:
+        """Every pool: the watch's copies once it has listed, else a list from the server."""
+        with self._lock:
+            if self._watched is not None:
+                return list(self._watched.values())
+        items, _ = self.kube.list_pools()
+        return items
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -164,8 +188,7 @@ class PoolKeeper:
 
     def sync(self) -> None:
         views = {}
-        items, _ = self.kube.list_pools()
-        for obj in items:
+        for obj in self._pools():
             view = pool_view(obj, self.node, self.default_hypervisor)
             if view is not None:
                 views[view.key] = view
@@ -403,3 +426,8 @@ class PoolKeeper:
             return
         self.kube.patch_node(self.node, {"metadata": {"annotations": {POOLS_ANNOTATION: value}}})
         self._published = value
+
+
+def _key(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"

@@ -37,6 +37,10 @@ class Observer(Protocol):
     def forget(self, obj: dict[str, Any]) -> None: ...
 
 
+class PoolObserver(Observer, Protocol):
+    def resync(self, items: list[dict[str, Any]]) -> None: ...
+
+
 def apply_event(event: dict[str, Any], supervisor: Observer) -> str | None:
     """Hand one watch event to the supervisor; returns the resourceVersion to resume from."""
     kind = event.get("type")
@@ -140,18 +144,19 @@ class SandboxWatch(ResumingWatch):
 
 
 class PoolWatch(ResumingWatch):
-    """Every VMSandboxPool: a change wakes the pool keeper, so a new or scaled pool is acted on
-    at once rather than at its next periodic pass."""
+    """Every VMSandboxPool, kept in the pool keeper: a change wakes it, so a new or scaled pool is
+    acted on at once rather than at its next periodic pass, and its passes list nothing."""
 
-    def __init__(self, kube: Kube, keeper: Observer, metrics: AgentMetrics, *, timeout_seconds: int) -> None:
+    def __init__(
+        self, kube: Kube, keeper: PoolObserver, metrics: AgentMetrics, *, timeout_seconds: int
+    ) -> None:
         super().__init__(metrics, name="pool-watch", timeout_seconds=timeout_seconds)
         self.kube = kube
         self.keeper = keeper
 
     def _list(self) -> str:
         items, rv = self.kube.list_pools()
-        for obj in items:
-            self.keeper.observe(obj)
+        self.keeper.resync(items)
         self.synced.set()
         return rv
 
