@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,12 +187,16 @@ class Aggregator:
             headers.add(GROUP_HEADER, group)
         return headers
 
-    async def proxy(self, request: web.Request, backend: Backend, user: UserInfo) -> web.StreamResponse:
+    async def proxy(
+        self, request: web.Request, backend: Backend, user: UserInfo, on_status: Callable[[int], None]
+    ) -> web.StreamResponse:
+        """Relays ``request`` to ``backend``; ``on_status`` hears the answer's status before its body
+        is relayed, so a record of the request exists by the time the client has the whole answer."""
         assert self._session is not None
         url = URL(backend.url + request.raw_path, encoded=True)
         headers = self._headers(request, user)
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request, url, headers, backend)
+            return await self._websocket(request, url, headers, backend, on_status)
         # Streamed, as kube-apiserver's proxy does: a file upload may be far larger than memory.
         body = request.content.iter_any() if request.body_exists else None
         try:
@@ -211,6 +215,7 @@ class Aggregator:
             for key, value in up.headers.items():
                 if key.lower() not in _DROPPED:
                     resp.headers.add(key, value)
+            on_status(up.status)
             await resp.prepare(request)
             with contextlib.suppress(aiohttp.ClientError, ConnectionError):
                 async for chunk in up.content.iter_any():
@@ -219,7 +224,12 @@ class Aggregator:
             return resp
 
     async def _websocket(
-        self, request: web.Request, url: URL, headers: CIMultiDict[str], backend: Backend
+        self,
+        request: web.Request,
+        url: URL,
+        headers: CIMultiDict[str],
+        backend: Backend,
+        on_status: Callable[[int], None],
     ) -> web.StreamResponse:
         assert self._session is not None
         offered = [
@@ -242,6 +252,7 @@ class Aggregator:
             down = web.WebSocketResponse(
                 protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=0
             )
+            on_status(101)
             await down.prepare(request)
             await relay_websockets(down, upstream)
             return down

@@ -231,7 +231,7 @@ class Front:
             fault = self.faults.take(request.method, request.path, user.name)
             if fault is not None:
                 return fault.response()
-        aggregated = await self._aggregated(request, api, attrs)
+        aggregated = await self._aggregated(request, api, attrs, commit)
         if aggregated is not None:
             return aggregated
         # Not for the cluster's own components (system:masters): the server's delegated reviews
@@ -258,7 +258,7 @@ class Front:
         return response
 
     async def _aggregated(
-        self, request: web.Request, api: ApiPath | None, attrs: Attributes
+        self, request: web.Request, api: ApiPath | None, attrs: Attributes, commit: Callable[[int], None]
     ) -> web.StreamResponse | None:
         """The answer for a group an APIService names (authorized already), else None."""
         segs = request.path.strip("/").split("/")
@@ -280,7 +280,7 @@ class Front:
             creating = replace(attrs, verb="create")
             if not (await self.rbac.get()).allows(creating):
                 return web.json_response(forbidden_status(creating), status=403)
-        return await self.aggregator.proxy(request, backend, attrs.user)
+        return await self.aggregator.proxy(request, backend, attrs.user, commit)
 
     async def _admit(self, request: web.Request, api: ApiPath, user: UserInfo) -> web.Response | None:
         """The stored ValidatingAdmissionPolicies, for a write to one custom resource (not for the
