@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.processes import OperatorProcess
 from tests.e2e.test_end_to_end import SETTINGS
-from tests.node_agent.pools import condition, create_pool, delete_pool, members
+from tests.node_agent.pools import condition, create_pool, delete_pool, members, patch_spec
 from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
 from tests.qemu.conftest import IMAGE_FILES, REQUIRE_VM
 from vmsandbox.api.constants import GROUP, POOL_PLURAL, VERSION
@@ -46,18 +46,6 @@ def _wait_pool_ready(cluster: Cluster, name: str, count: int, timeout: float) ->
         f"pool {name} readyReplicas {count}",
         lambda: _pool_status(cluster, name).get("readyReplicas") == count,
         timeout=timeout,
-    )
-
-
-def _scale(cluster: Cluster, name: str, replicas: int) -> None:
-    cluster.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        cluster.namespace,
-        POOL_PLURAL,
-        name,
-        {"spec": {"replicas": replicas}},
-        _content_type="application/merge-patch+json",
     )
 
 
@@ -106,6 +94,10 @@ def test_pool_of_two_serves_two_warm_then_cold_and_refills(
     assert status["nodes"] == [{"name": agent.node, "desired": 2, "ready": 2}]
     idle = members(agent.runtime_root)
     assert len(idle) == 2
+    # Paused, so that no claim's wake-up replaces a member before the third claim is served.
+    paused = f'vmsandbox_agent_pool_paused{{namespace="{cluster.namespace}",pool="{pool}"}} 1.0'
+    patch_spec(cluster, pool, paused=True)
+    wait_for("the agent to hold the pool paused", lambda: paused in agent.get("/metrics").text)
     spec = registry.sandbox(
         ["sh", "-c", "hostname; head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; sleep 600"],
         hypervisor=hypervisor,
@@ -140,9 +132,17 @@ def test_pool_of_two_serves_two_warm_then_cold_and_refills(
         )
         assert outputs[name][0] == name, "each sandbox runs under its own hostname"
     assert outputs[warm[0]][1] != outputs[warm[1]][1], "claimed siblings share random bytes"
-    _wait_pool_ready(cluster, pool, 2, timeout=300 if slow else 60)  # refilled in the background
 
-    _scale(cluster, pool, 0)  # idle members go, claimed sandboxes stay
+    def paused_ready() -> dict[str, Any] | None:
+        ready = condition(_pool_status(cluster, pool), "Ready")
+        return ready if ready.get("reason") == "Paused" else None
+
+    ready = wait_for("the pool's Ready condition to say it is paused", paused_ready, timeout=60)
+    assert ready["status"] == "False" and "spec.paused" in ready["message"], ready
+    patch_spec(cluster, pool, paused=False)
+    _wait_pool_ready(cluster, pool, 2, timeout=300 if slow else 60)  # refilled once resumed
+
+    patch_spec(cluster, pool, replicas=0)  # idle members go, claimed sandboxes stay
     wait_for("idle members deleted", lambda: not members(agent.runtime_root), timeout=60)
     delete_pool(cluster, pool)
     for name in warm:

@@ -28,6 +28,19 @@ def create_pool(
     return dict(obj)
 
 
+def patch_spec(cluster: Cluster, name: str, **spec: Any) -> None:
+    """A merge patch of the pool's spec (``replicas=0``, ``paused=True``), as ``kubectl patch`` would."""
+    cluster.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        cluster.namespace,
+        POOLS,
+        name,
+        {"spec": spec},
+        _content_type="application/merge-patch+json",
+    )
+
+
 def share(cluster: Cluster, name: str, node: str, desired: int) -> None:
     """The operator's step: this node's share of the pool in ``status.nodes``."""
     patch = {"status": {"nodes": [{"name": node, "desired": desired, "ready": 0}]}}

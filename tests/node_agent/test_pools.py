@@ -18,6 +18,7 @@ from tests.node_agent.pools import (
     create_pool,
     delete_pool,
     members,
+    patch_spec,
     published,
     ready_count,
     share,
@@ -53,10 +54,15 @@ def _pool(cluster: Cluster, agent: AgentProcess, replicas: int = 2) -> str:
 def test_two_claims_warm_third_cold_then_refill(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent(VMSANDBOX_AGENT_POOL_SYNC_SECONDS="15")  # members are replaced at the next pass
+    agent = make_agent(VMSANDBOX_AGENT_POOL_SYNC_SECONDS="15")
     pool = _pool(cluster, agent)
     idle = members(agent.runtime_root)
     assert len(idle) == 2 and all(pid_alive(pid) for pid in idle.values())
+    # Paused, so that no claim's wake-up replaces a member before the third claim is served.
+    paused = f'vmsandbox_agent_pool_paused{{namespace="{cluster.namespace}",pool="{pool}"}}'
+    assert f"{paused} 0.0" in agent.get("/metrics").text
+    patch_spec(cluster, pool, paused=True)
+    wait_for("the agent to hold the pool paused", lambda: f"{paused} 1.0" in agent.get("/metrics").text)
     names = [unique("warm"), unique("warm"), unique("cold")]
     for name in names:
         cluster.create_sandbox(name, _claim(registry, pool), node=agent.node)
@@ -74,7 +80,9 @@ def test_two_claims_warm_third_cold_then_refill(
     assert (cold["status"], cold["reason"]) == ("False", "PoolEmpty"), statuses[2]
     assert pool in cold["message"] and agent.node in cold["message"]
     assert statuses[2]["vm"]["vmmPID"] not in idle.values()
-    wait_ready(cluster, agent, pool, 2, timeout=90)  # replaced in the background (claims wake it)
+    assert not members(agent.runtime_root), "a paused pool makes no member"
+    patch_spec(cluster, pool, paused=False)
+    wait_ready(cluster, agent, pool, 2, timeout=90)  # replaced in the background once resumed
     metrics = agent.get("/metrics").text
     ns = cluster.namespace
     assert f'outcome="warm",pool="{pool}",reason="ClaimedFromPool"}} 2.0' in metrics

@@ -118,6 +118,19 @@ def test_status_sums_reports_of_this_pool_only() -> None:
     assert "2 of 4 members fit" in str(short.conditions[0].message)
 
 
+def test_a_paused_pool_missing_members_says_paused_and_a_full_one_is_ready() -> None:
+    p = pool(**small(replicas=2, paused=True))
+    short = pool_status(p, {"a": 2}, {"a": 1})
+    cond = short.conditions[0] if short.conditions else None
+    assert cond is not None and (cond.status, cond.reason) == (ConditionStatus.FALSE, "Paused")
+    assert "1 of 2 members ready" in str(cond.message) and "spec.paused" in str(cond.message)
+    full = pool_status(p, {"a": 2}, {"a": 2})
+    assert full.conditions and (full.conditions[0].status, full.conditions[0].reason) == (
+        "True",
+        "MembersReady",
+    )
+
+
 def _claim(name: str, node: str | None, *, pool_name: str = "p", warm: bool | None = None) -> Any:
     sb = sandbox(name, pool=pool_name)
     if warm is not None:

@@ -78,6 +78,12 @@ class VMSandboxPoolSpec(APIModel):
         description="Members to keep ready across the eligible nodes. Changed through the scale "
         "subresource too (kubectl scale, a HorizontalPodAutoscaler).",
     )
+    paused: bool = Field(
+        default=False,
+        description="While true, no member is made or replaced: ready members still serve claims and a "
+        "scale-down still deletes idle ones, so a pool can be drained by its claims or held still "
+        "while a node is serviced. Ready is False (Paused) while members are missing.",
+    )
     mode: PoolMode = Field(
         default=PoolMode.BOOTED,
         description="booted: each member is a VM booted with its guest agent ready and no container; it "
@@ -110,7 +116,7 @@ class PoolCondition(APIModel):
     reason: Reason | None = Field(
         default=None,
         description="Why the condition last changed, as one CamelCase word (MembersReady, "
-        "MembersStarting, InsufficientCapacity).",
+        "MembersStarting, InsufficientCapacity, Paused).",
     )
     message: Annotated[str, StringConstraints(max_length=32768)] | None = Field(
         default=None, description="Human-readable detail of the reason."

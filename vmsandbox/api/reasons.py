@@ -36,11 +36,13 @@ class StatusReason(StrEnum):
     POOL_NOT_FOUND = "PoolNotFound"
     #: WarmStart False, started cold: resources, hypervisor or network mode differ from the template.
     POOL_SHAPE_MISMATCH = "PoolShapeMismatch"
-    #: A pool's Ready condition: every desired member is ready, some are still starting, or the
-    #: eligible nodes cannot hold all the replicas asked for.
+    #: A pool's Ready condition: every desired member is ready, some are still starting, the
+    #: eligible nodes cannot hold all the replicas asked for, or members are missing and the pool
+    #: is paused (none is made until it is resumed).
     MEMBERS_READY = "MembersReady"
     MEMBERS_STARTING = "MembersStarting"
     INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+    PAUSED = "Paused"
     # ---- the node agent's failures to get a container running (node_agent/errors.py) ----
     #: A failure no more precise reason fits.
     FAILED = "Failed"

@@ -94,7 +94,7 @@ class PoolKeeper:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="pools", daemon=True)
-        metrics.track(self.counts)
+        metrics.track(self.counts, self.paused)
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -247,6 +247,8 @@ class PoolKeeper:
         extra = len(mine) - want
         for record in sorted(idle, key=lambda m: m.created_at, reverse=True)[: max(0, extra)]:
             self._delete_idle(record, "its pool was scaled down")
+        if view.paused:
+            return
         for _ in range(max(0, want - len(mine))):
             if not self._booting.acquire(blocking=False):
                 return
@@ -404,6 +406,11 @@ class PoolKeeper:
                 ready, booting = out.get(member.pool, (0, 0))
                 out[member.pool] = (ready + member.ready, booting + (not member.ready))
         return out
+
+    def paused(self) -> dict[str, bool]:
+        """``namespace/pool`` -> whether the pool, as this agent last saw it, is paused."""
+        with self._lock:
+            return {key: view.paused for key, view in self._views.items()}
 
     def reports(self) -> dict[str, PoolReport]:
         """Ready members per pool; a ready snapshot serves every claim, so it reports the share."""

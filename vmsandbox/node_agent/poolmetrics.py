@@ -10,12 +10,14 @@ from prometheus_client.registry import Collector
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 Counts = Callable[[], dict[str, tuple[int, int]]]
+Paused = Callable[[], dict[str, bool]]
 
 
 class _MemberCollector(Collector):
-    def __init__(self, counts: Counts, claimed: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, counts: Counts, claimed: Callable[[], dict[str, int]], paused: Paused) -> None:
         self._counts = counts
         self._claimed = claimed
+        self._paused = paused
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         members = GaugeMetricFamily(
@@ -37,6 +39,15 @@ class _MemberCollector(Collector):
             namespace, pool = key.split("/", 1)
             claimed.add_metric([namespace, pool], count)
         yield claimed
+        paused = GaugeMetricFamily(
+            "vmsandbox_agent_pool_paused",
+            "1 while the agent holds the pool paused (spec.paused: no member made or replaced), else 0.",
+            labels=["namespace", "pool"],
+        )
+        for key, value in sorted(self._paused().items()):
+            namespace, pool = key.split("/", 1)
+            paused.add_metric([namespace, pool], int(value))
+        yield paused
 
 
 class PoolMetrics:
@@ -63,5 +74,5 @@ class PoolMetrics:
             registry=registry,
         )
 
-    def track(self, counts: Counts) -> None:
-        self.registry.register(_MemberCollector(counts, self._claimed))
+    def track(self, counts: Counts, paused: Paused) -> None:
+        self.registry.register(_MemberCollector(counts, self._claimed, paused))

@@ -31,6 +31,8 @@ class PoolView:
     mode: str
     #: Members this node should keep ready (its entry in ``status.nodes``, else 0).
     desired: int
+    #: ``spec.paused``: no member is made or replaced.
+    paused: bool
     shape: Shape
     template: PoolTemplate
 
@@ -60,6 +62,7 @@ def pool_view(obj: dict[str, Any], node: str, default_hypervisor: str) -> PoolVi
         uid=pool.metadata.uid or "",
         mode=pool.spec.mode.value,
         desired=min(desired, 64),
+        paused=pool.spec.paused,
         shape=shape,
         template=template,
     )

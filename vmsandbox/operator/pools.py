@@ -250,11 +250,13 @@ def pool_status(
             pool.metadata.generation,
         )
     elif sum(min(ready.get(n, 0), d) for n, d in desired.items()) < placed:
+        paused = pool.spec.paused
         status.set_condition(
             PoolConditionType.READY,
             ConditionStatus.FALSE,
-            StatusReason.MEMBERS_STARTING,
-            f"{ready_total} of {placed} members ready",
+            StatusReason.PAUSED if paused else StatusReason.MEMBERS_STARTING,
+            f"{ready_total} of {placed} members ready"
+            + ("; none is made while spec.paused is true" if paused else ""),
             pool.metadata.generation,
         )
     else:
