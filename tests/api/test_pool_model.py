@@ -30,7 +30,8 @@ def test_defaults_fill_an_empty_spec() -> None:
     assert (p.spec.template.resources.vcpus, p.spec.template.resources.memory_mib) == (1, 512)
     wire = p.to_wire()
     resources = {"vcpus": 1, "memoryMiB": 512}
-    assert wire["spec"] == {"replicas": 1, "mode": "booted", "template": {"resources": resources}}
+    spec = {"replicas": 1, "paused": False, "mode": "booted", "template": {"resources": resources}}
+    assert wire["spec"] == spec
 
 
 @pytest.mark.parametrize(("case", "obj", "field"), POOL_INVALID, ids=[c[0] for c in POOL_INVALID])

@@ -25,6 +25,7 @@ def test_empty_pool_is_defaulted(api: client.CustomObjectsApi, kube_namespace: s
     created = create(api, kube_namespace, POOL_PLURAL, pool("defaults"))
     assert created["spec"] == {
         "replicas": 1,
+        "paused": False,
         "mode": "booted",
         "template": {"resources": {"vcpus": 1, "memoryMiB": 512}},
     }
