@@ -44,6 +44,11 @@ class HypervisorConfig(BaseModel):
     #: Process backend: agents and relays are forked by one server per state root instead of
     #: each starting an interpreter (``VMSANDBOX_PROCESS_FORKSERVER``).
     process_forkserver: bool = True
+    #: Every backend: containers' relays are forked by the state root's fork server (started by
+    #: the first) instead of each starting an interpreter. For a long-lived caller, the node agent,
+    #: which turns it on unless it is set; a one-shot ``vmsandbox-runtime create`` would start a
+    #: server only to leave it behind (``VMSANDBOX_RELAY_FORKSERVER``).
+    relay_forkserver: bool = False
 
     @classmethod
     def load(cls, path: Path | None = None, environ: Mapping[str, str] | None = None) -> HypervisorConfig:

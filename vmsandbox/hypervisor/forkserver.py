@@ -1,4 +1,5 @@
-"""A fork server for the process backend: one interpreter, started once, forks every agent.
+"""A fork server per state root: one interpreter, started once, forks every process-backend
+agent and every backend's relay.
 
 Starting the guest agent as a new interpreter costs the interpreter's start and the agent's
 imports for every sandbox. Instead, one long-lived, single-threaded process per state root

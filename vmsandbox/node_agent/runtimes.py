@@ -27,6 +27,8 @@ class Runtimes:
         hypervisors: list[str],
         log_limits: LogLimits | None = None,
     ) -> None:
+        if "relay_forkserver" not in config.model_fields_set:  # the agent lives long: worth a server
+            config = config.model_copy(update={"relay_forkserver": True})
         self.root = root
         self.config = config
         self._by_name = {name: Runtime(root, name, config, log_limits) for name in hypervisors}

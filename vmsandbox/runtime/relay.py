@@ -75,8 +75,8 @@ class RelayConfig(BaseModel):
 
 
 def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
-    """Start the relay (forked by the process backend's fork server, else exec'd; then forked
-    off in a session of its own); return its pid once it is attached to the container's output."""
+    """Start the relay (forked by the state root's fork server, else exec'd; then forked off in
+    a session of its own); return its pid once it is attached to the container's output."""
     agent = driver_for(config.handle.hypervisor, config.hypervisor_config).connect(config.handle)
     ready_r, ready_w = os.pipe()
     config_r, config_w = os.pipe()
@@ -123,12 +123,15 @@ class _Forked:
 def _launch(
     config: RelayConfig, ready_w: int, config_r: int, agent: int
 ) -> subprocess.Popen[bytes] | _Forked:
-    """The relay's launcher: a child of the process backend's fork server (no interpreter start),
-    or a new interpreter: for other backends, when the server was started by another process (its
-    orphans would not come back to this caller's subreaper, as the relay's must), or when it
-    fails (logged)."""
+    """The relay's launcher: a child of the state root's fork server (no interpreter start), where
+    the settings ask for one for this backend, or a new interpreter: when they do not, when the
+    server was started by another process (its orphans would not come back to this caller's
+    subreaper, as the relay's must), or when it fails (logged)."""
     vms_dir = config.handle.state_dir.parent
-    if config.handle.hypervisor == "process" and forkserver.started_here(vms_dir):
+    settings = config.hypervisor_config
+    process = config.handle.hypervisor == "process"
+    wanted = settings.relay_forkserver or (process and settings.process_forkserver)
+    if wanted and forkserver.started_here(vms_dir):
         argv = ["--ready-fd=3", "--config-fd=4", "--agent-fd=5"]
         fds = [*config.stdio, ready_w, config_r, agent]
         try:
