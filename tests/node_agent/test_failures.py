@@ -19,6 +19,7 @@ from tests.node_agent.support import (
     unique,
     wait_for,
 )
+from tests.runtime.support import no_vms
 
 pytestmark = pytest.mark.kube
 
@@ -187,7 +188,7 @@ def test_deletion_mid_boot_tears_down_and_removes_the_finalizer(
         timeout=10,
     )
     vms = agent.runtime_root / ".vms"
-    assert not vms.exists() or not any(vms.iterdir()), list(vms.iterdir())
+    assert no_vms(vms), list(vms.iterdir())
     assert not any((agent.state_dir / "sandboxes").iterdir())
 
 
@@ -278,4 +279,4 @@ def test_vm_that_fails_to_boot_reports_vm_boot_failed(
     metrics = agent.get("/metrics").text
     assert 'vmsandbox_agent_vmm_failures_total{hypervisor="cloud-hypervisor",kind="boot"} 1.0' in metrics
     vms = agent.runtime_root / ".vms"
-    assert not vms.exists() or not any(vms.iterdir()), "a failed boot leaves no VM state behind"
+    assert no_vms(vms), "a failed boot leaves no VM state behind"

@@ -135,8 +135,9 @@ def load_schemas() -> Schemas:
 # ---- leak checks -----------------------------------------------------------------------
 
 
-def _no_vms(vms: Path) -> bool:
-    return all(entry.name == SERVER_DIR for entry in vms.iterdir())
+def no_vms(vms: Path) -> bool:
+    """``vms`` (a root's ``.vms``) holds no VM: absent, empty, or only the fork server's directory."""
+    return not vms.exists() or all(entry.name == SERVER_DIR for entry in vms.iterdir())
 
 
 def sandbox_sockets(root: Path) -> list[Path]:
@@ -184,7 +185,7 @@ def leftovers(root: Path, keep: tuple[str, ...] = ()) -> list[str]:
     out = []
     for p in root.rglob("*"):
         rel = p.relative_to(root)
-        if rel.parts[0] in keep or (str(rel) == ".vms" and _no_vms(p)) or _cached_disk(rel):
+        if rel.parts[0] in keep or (str(rel) == ".vms" and no_vms(p)) or _cached_disk(rel):
             continue
         if rel.parts[:2] == (".vms", SERVER_DIR):
             continue
