@@ -85,6 +85,7 @@ def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) ->
     finally:
         if agent is not None:
             agent.stop()
+            agent.release_cgroups()
         if registry is not None:
             registry.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -407,10 +407,12 @@ def main() -> int:
     finally:
         if qemu_agent is not None:
             qemu_agent.stop()
+            qemu_agent.release_cgroups()
         if operator is not None:
             operator.stop()
         if agent is not None:
             agent.stop()
+            agent.release_cgroups()
         if registry is not None:
             registry.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -184,6 +184,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     finally:
         if agent is not None:
             agent.stop()
+            agent.release_cgroups()
         registry.stop()
     cold = result["cold"]["p50"]
     for mode, target in (("booted", 0.20), ("snapshot", 0.40)):

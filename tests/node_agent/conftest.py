@@ -15,6 +15,7 @@ import pytest
 from tests.leaks import pids_mentioning, processes_mentioning
 from tests.node_agent.support import (
     STANDIN_DIR,
+    VMM_CGROUP_PARENT_ENV,
     AgentProcess,
     Cluster,
     Registry,
@@ -137,6 +138,10 @@ def agent_env(
             "VMSANDBOX_AGENT_RESTART_BACKOFF_SECONDS": "1",
             "VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS": "0.5",
             "VMSANDBOX_AGENT_LOG_LEVEL": "DEBUG",
+            # Each node's VM cgroups under a parent of its own, as on machines of their own: two
+            # agents here may both hold a VM of one sandbox (rescheduled after a node loss), and
+            # its container id, which names the VM's cgroup, is the same on both.
+            VMM_CGROUP_PARENT_ENV: f"vmsandbox.slice/{node}",
             # The agent admits only what its capacity holds; the tests run more sandboxes than
             # this machine has CPUs (the process backend's "VMs" are processes).
             "VMSANDBOX_AGENT_CAPACITY_VCPUS": "64",
@@ -200,6 +205,8 @@ def make_agent(
             failures.append(f"{exc}: {containers_left(agent.runtime_root)}\n{agent.logs()[-4000:]}")
         agent.stop()
         force_cleanup(agent.runtime_root)
+        if left := agent.release_cgroups():
+            failures.append(f"VM cgroups left on {agent.node}: {left}")
     # A killed stand-in VMM's guest is stopped by the stand-in's watchdog shortly after.
     with contextlib.suppress(AssertionError):
         wait_for(

@@ -323,6 +323,10 @@ def agent_command() -> list[str]:
     return [installed] if installed else [sys.executable, "-m", "vmsandbox.node_agent"]
 
 
+#: The agent's setting of the parent of its VMs' cgroups.
+VMM_CGROUP_PARENT_ENV = "VMSANDBOX_AGENT_VMM_CGROUP_PARENT"
+
+
 @dataclass
 class AgentProcess:
     """``vmsandbox-agent`` run as a subprocess with ``NODE_NAME`` and options from the environment."""
@@ -417,6 +421,14 @@ class AgentProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def release_cgroups(self) -> list[str]:
+        """Remove the node's own parent of VM cgroups (what is under it killed first); the names
+        of the VM cgroups that were left there. Nothing for a parent the node does not own."""
+        from tests.leaks import cgroups_left
+
+        parent = self.env.get(VMM_CGROUP_PARENT_ENV, "")
+        return cgroups_left(parent) if parent.endswith(f"/{self.node}") else []
 
 
 def in_cgroup(procs: list[Path]) -> list[str]:
