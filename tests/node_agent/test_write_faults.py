@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 
 import pytest
 
@@ -158,3 +159,36 @@ def test_a_running_container_outlasts_its_status_writes_failing(
     assert runs(agent, uid) == 1 and teardowns(agent, name) == []
     failed = [r for r in kube.requests_made() if r.user == user and r.name == name and r.status == code]
     assert len(failed) >= 3, "the writes were retried while they failed"
+
+
+def test_the_image_is_pulled_while_the_finalizer_write_waits(
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    registry: Registry,
+    kube: LocalCluster,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The pull does not wait for the finalizer: with the finalizer's write held back by the server
+    (429, retry after a second, twice), the image is in the cache before the write is taken, and
+    the launch uses that pull instead of making another (a :latest tag is pulled Always)."""
+    agent, user = own_user_agent(kube, make_agent, request)
+    name = unique("prefetch")
+    path = sandbox_path(cluster, name)
+    kube.inject_fault(method="PATCH", path=f"{path}$", user=user, status=429, count=2, retryAfter=1)
+    spec = registry.sandbox(["sleep", "600"])
+    assert spec["image"].endswith(":latest")
+    cluster.create_sandbox(name, spec, node=agent.node)
+    cluster.wait_phase(name, "Running", timeout=60)
+    assert not kube.faults()
+    finalizer = [
+        r.time
+        for r in kube.requests_made()
+        if r.user == user and r.name == name and r.verb == "patch" and r.status == 200
+    ]
+    pulls = [
+        datetime.fromisoformat(line["ts"]).timestamp()
+        for line in agent.log_lines()
+        if line.get("name") == name and line["msg"].startswith(f"pulled {spec['image']} ")
+    ]
+    assert len(pulls) == 1, "one pull: the launch took the one begun beside the finalizer"
+    assert finalizer and pulls[0] < finalizer[0] - 1.0, (pulls, finalizer)

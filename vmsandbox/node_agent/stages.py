@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from vmsandbox.api.constants import PROCESS_BACKEND_ALLOWED, PROCESS_BACKEND_LABEL
 from vmsandbox.api.reasons import EventReason
 from vmsandbox.api.resource import VMSandbox
+from vmsandbox.api.spec import PullPolicy
 from vmsandbox.api.status import (
     BootTimings,
     ConditionStatus,
@@ -39,6 +40,7 @@ from vmsandbox.node_agent.logs import SandboxLog
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network.attach import attach_sandbox
 from vmsandbox.node_agent.poolkeeper import Claim
+from vmsandbox.node_agent.prefetch import Prefetch
 from vmsandbox.node_agent.records import SandboxRecord
 from vmsandbox.node_agent.statusedits import creating
 from vmsandbox.node_agent.statuswriter import Mutation
@@ -70,6 +72,8 @@ class Host(Protocol):
     def deleting(self) -> bool: ...
 
     def write_later(self, mutate: Mutation) -> None: ...
+
+    def take_prefetch(self, reference: str, policy: PullPolicy) -> Prefetch | None: ...
 
 
 @contextlib.contextmanager
@@ -171,7 +175,11 @@ class Launch:
         spec = self.sandbox.spec
         self.ctx.events.record(self.obj, EventReason.PULLING, f"pulling image {spec.image}")
         t0 = time.monotonic()
-        image = self.ctx.images.ensure(spec.image, spec.image_pull_policy)
+        prefetched = self.host.take_prefetch(spec.image, spec.image_pull_policy)
+        if prefetched is not None:
+            image = prefetched.take()
+        else:
+            image = self.ctx.images.ensure(spec.image, spec.image_pull_policy)
         image_s = time.monotonic() - t0
         metrics = self.ctx.metrics
         if image.pulled_bytes:

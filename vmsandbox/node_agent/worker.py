@@ -12,6 +12,7 @@ agent restart.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL
 from vmsandbox.api.reasons import EventReason, StatusReason
 from vmsandbox.api.resource import InvalidSandbox, VMSandbox, parse_sandbox
-from vmsandbox.api.spec import RestartPolicy
+from vmsandbox.api.spec import PullPolicy, RestartPolicy
 from vmsandbox.api.status import now
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.procs import running
@@ -34,6 +35,7 @@ from vmsandbox.node_agent.context import AgentContext
 from vmsandbox.node_agent.errors import ImagePullFailed, InvalidSpec, SandboxFailure, VMBootFailed, as_failure
 from vmsandbox.node_agent.expectations import WriteExpectations
 from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
+from vmsandbox.node_agent.prefetch import Prefetch
 from vmsandbox.node_agent.records import ContainerEnd, SandboxRecord, container_id_for
 from vmsandbox.node_agent.stages import Launch, Started, Stopped, ms, timed
 from vmsandbox.node_agent.statusqueue import StatusQueue
@@ -78,6 +80,8 @@ class SandboxWorker:
         #: The runtime's latest answer about the container (when the worker asked it).
         self._seen: ContainerState | None = None
         self._restart_at: datetime | None = None
+        #: The image pull begun beside the finalizer's write, until the launch takes it.
+        self._prefetch: Prefetch | None = None
         self._consecutive = 0
         self._run_started: datetime | None = None
         self.status = StatusQueue(
@@ -155,6 +159,8 @@ class SandboxWorker:
                 delay = 5.0
             if delay is not None and self.has_pending():
                 delay = min(delay, PENDING_RETRY)
+        if self._prefetch is not None:
+            self._prefetch.drop()
         self._on_exit(self)
 
     def _reconcile(self) -> float | None:
@@ -276,7 +282,7 @@ class SandboxWorker:
                 self._abandon(obj)
                 return None
             case lc.AddFinalizer():
-                return self._add_finalizer(obj)
+                return self._add_finalizer(obj, sandbox)
             case lc.Reject(detail):
                 self._fail(obj, InvalidSpec(detail), retry=False)
                 return IDLE
@@ -344,10 +350,13 @@ class SandboxWorker:
         if self.record is not None:
             self.ctx.records.save(self.record)
 
-    def _add_finalizer(self, obj: Obj) -> float:
+    def _add_finalizer(self, obj: Obj, sandbox: VMSandbox | None) -> float:
         record = self.ensure_record()
         record.finalizer_added = True
         self.save_record()
+        if sandbox is not None and self._prefetch is None:  # the pull overlaps the write
+            spec, bind = sandbox.spec, functools.partial(bind_sandbox, self.namespace, self.name)
+            self._prefetch = Prefetch(self.ctx.images, spec.image, spec.image_pull_policy, bind)
         with timed(self.ctx.metrics, "finalizer"):
             updated = self.ctx.writer.set_finalizer(obj, AGENT_FINALIZER, present=True, abort=self._abort)
         if updated is not None:
@@ -400,6 +409,14 @@ class SandboxWorker:
     def deleting(self) -> bool:
         obj = self.latest()
         return not self._ours(obj) or bool(obj and obj["metadata"].get("deletionTimestamp"))
+
+    def take_prefetch(self, reference: str, policy: PullPolicy) -> Prefetch | None:
+        """The pull begun beside the finalizer's write, if it is the one the launch would make."""
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None and not prefetch.serves(reference, policy):
+            prefetch.drop()
+            return None
+        return prefetch
 
     def write_later(self, mutate: Mutation) -> None:
         self.status.later(mutate)
