@@ -8,10 +8,11 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import pytest
 import yaml
+
+from tests import tools
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "vmsandbox"
@@ -19,19 +20,12 @@ VALUES_DIR = Path(__file__).resolve().parent / "values"
 #: Release name and namespace the tests install as; object names follow from them.
 RELEASE = "vmsandbox"
 NAMESPACE = "vmsandbox-system"
-REQUIRE_ENV = "VMSANDBOX_REQUIRE_TOOLS"
 TOOLS_ENV = "VMSANDBOX_TOOLS_DIR"
 
 
-def tools_required() -> bool:
-    return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
-
-
-def missing(reason: str) -> None:
+def missing(reason: str) -> NoReturn:
     """Skip, or fail where the tools are promised (CI sets VMSANDBOX_REQUIRE_TOOLS=1)."""
-    if tools_required():
-        pytest.fail(f"{reason} ({REQUIRE_ENV} is set; run `bash hack/install-helm.sh`)")
-    pytest.skip(f"{reason}; run `bash hack/install-helm.sh`")
+    tools.missing(f"{reason}; run `bash hack/install-helm.sh`")
 
 
 def tools_dir() -> Path:

@@ -4,7 +4,6 @@ do not (a one-shot runtime call)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tests.cloud_hypervisor.test_ch_runtime_e2e import guest_images as guest_ima
 from tests.cloud_hypervisor.test_ch_runtime_snapshot import wait_exit
 from tests.leaks import processes_mentioning
 from tests.runtime.support import base_config, leftovers, write_bundle
+from tests.tools import require_tools
 from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.node_agent.runtimes import Runtimes
@@ -22,9 +22,7 @@ from vmsandbox.runtime import Runtime
 
 
 def _runtime(workspace: Workspace, guest_images: Path, **settings: object) -> Runtime:
-    for tool in ("runc", "unshare", "mkfs.ext4", "debugfs"):
-        if shutil.which(tool) is None and not Path("/sbin", tool).exists():
-            pytest.skip(f"{tool} is not installed")
+    require_tools("runc", "unshare", "mkfs.ext4", "debugfs")
     config = HypervisorConfig.load().model_copy(update={"guest_image_dir": guest_images, **settings})
     return Runtime(root=workspace.root / "rt", hypervisor="cloud-hypervisor", config=config)
 

@@ -18,6 +18,7 @@ import pytest
 from tests.cloud_hypervisor.conftest import Workspace
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
 from tests.runtime.support import base_config, leftovers, write_bundle
+from tests.tools import require_tools
 
 
 def runtime_command() -> list[str]:
@@ -37,9 +38,7 @@ def guest_images(workspace: Workspace) -> Path:
 
 
 def test_busybox_lifecycle_through_cloud_hypervisor(workspace: Workspace, guest_images: Path) -> None:
-    for tool in ("runc", "unshare", "mkfs.ext4", "debugfs"):
-        if shutil.which(tool) is None and not Path("/sbin", tool).exists():
-            pytest.skip(f"{tool} is not installed")
+    require_tools("runc", "unshare", "mkfs.ext4", "debugfs")
     root = workspace.root / "rt"
     config = base_config(["sh", "-c", "echo hello-from-the-vm; exit 3"])
     config["annotations"] = {

@@ -4,7 +4,6 @@ step leaving nothing behind but the snapshot."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tests.cloud_hypervisor.conftest import Workspace
 from tests.cloud_hypervisor.test_ch_runtime_e2e import guest_images as guest_images  # the fixture
 from tests.leaks import processes_mentioning
 from tests.runtime.support import base_config, leftovers, write_bundle
+from tests.tools import require_tools
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import Runtime
@@ -26,9 +26,7 @@ RESTORED = {"io.kubernetes.cri.container-type": "sandbox", ANNOTATION_RESTORE_FR
 
 @pytest.fixture
 def runtime(workspace: Workspace, guest_images: Path) -> Runtime:
-    for tool in ("runc", "unshare", "mkfs.ext4", "debugfs"):
-        if shutil.which(tool) is None and not Path("/sbin", tool).exists():
-            pytest.skip(f"{tool} is not installed")
+    require_tools("runc", "unshare", "mkfs.ext4", "debugfs")
     config = HypervisorConfig.load().model_copy(update={"guest_image_dir": guest_images})
     return Runtime(root=workspace.root / "rt", hypervisor="cloud-hypervisor", config=config)
 

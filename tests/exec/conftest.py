@@ -15,6 +15,7 @@ from tests.leaks import processes_mentioning
 from tests.node_agent.conftest import *  # noqa: F403  (its fixtures, used by name)
 from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
 from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
+from tests.tools import require_tools
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.client import AgentClient
 
@@ -35,12 +36,6 @@ class Sandbox:
         return self.runtime.agent_for(self.id)
 
 
-def _require_tools() -> None:
-    for tool in ("runc", "unshare"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
-
-
 def exec_rootfs(dest: Path) -> Path:
     make_rootfs(dest)
     for applet in MORE_APPLETS:
@@ -52,7 +47,7 @@ def exec_rootfs(dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """A running container (``sleep 3600``) with a writable root of its own."""
-    _require_tools()
+    require_tools("runc", "unshare")
     root = short_root()
     runtime = Runtime(root=root, hypervisor="process")
     bundle_dir = tmp_path_factory.mktemp("exec") / "bundle"

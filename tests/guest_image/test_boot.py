@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest_image.conftest import CleanBuild
+from tests.tools import require_tools
 from vmsandbox.hypervisor.base import GUEST_AGENT_SERIAL_NAME
 
 pytestmark = [pytest.mark.vm, pytest.mark.guest_image, pytest.mark.timeout(1800)]
@@ -121,8 +121,7 @@ class Booter:
 
 @pytest.fixture
 def boot(clean_build: CleanBuild, tmp_path: Path) -> Iterator[Booter]:
-    if shutil.which(QEMU) is None:
-        pytest.skip(f"{QEMU} is not installed")
+    require_tools(QEMU)
     booter = Booter(clean_build.out, tmp_path)
     yield booter
     booter.close()

@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
+from tests.tools import missing
+
 HERE = Path(__file__).parent
-REQUIRE_ENV = "VMSANDBOX_REQUIRE_TOOLS"
 SUBNET = "10.250.7.0/24"
 GATEWAY = "10.250.7.1"
 NODE_UPLINK = "203.0.113.1"
@@ -58,11 +59,8 @@ def _missing() -> str | None:
 
 def require_network_tools() -> None:
     reason = _missing()
-    if reason is None:
-        return
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
-    pytest.skip(reason)
+    if reason is not None:
+        missing(reason)
 
 
 def sh(*argv: str, stdin: str | None = None) -> str:

@@ -11,6 +11,7 @@ import pytest
 
 from tests.network.conftest import DNS, HERE, PREFIX6, PRIVATE, PUBLIC, PUBLIC6, SUBNET, ULA, Topology, sh
 from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
+from tests.tools import require_tools
 
 GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
 SCRIPT = " ; ".join(
@@ -27,8 +28,7 @@ SCRIPT = " ; ".join(
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed")
+    require_tools("runc")
     config = base_config(["/bin/sh", "-c", SCRIPT])
     # As the node agent writes it: the container shares its VM's (here: the agent's) network.
     config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import tools
 from tests.leaks import pids_mentioning, processes_mentioning
 from tests.node_agent.support import (
     STANDIN_DIR,
@@ -53,9 +54,9 @@ def node_agent_tools() -> None:
     if not Path("/bin/busybox").exists():
         missing.append("busybox-static")
     if missing:
-        pytest.skip(f"node agent tests need {', '.join(missing)} (Debian packages)")
+        tools.missing(f"node agent tests need {', '.join(missing)} (Debian packages)")
     if os.geteuid() != 0:
-        pytest.skip("node agent tests run containers with the process backend, which needs root")
+        tools.missing("node agent tests run containers with the process backend, which needs root")
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pytest
 from tests.leaks import processes_mentioning
 from tests.runtime.support import make_rootfs, short_root
 from tests.runtime.test_lifecycle import relay_status
+from tests.tools import require_tools
 from vmsandbox.api import parse_sandbox
 from vmsandbox.guest.disks import RootfsError, prepare_rootfs
 from vmsandbox.guest.protocol import HostPath
@@ -73,8 +74,7 @@ def image(tmp_path: Path) -> Image:
 
 @pytest.fixture
 def rt() -> Iterator[Runtime]:
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed")
+    require_tools("runc")
     root = short_root()
     runtime = Runtime(root=root, hypervisor="process")
     try:

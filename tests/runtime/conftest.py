@@ -22,6 +22,7 @@ from tests.runtime.support import (
     short_root,
     write_bundle,
 )
+from tests.tools import require_tools
 from vmsandbox.runtime import Runtime
 
 BundleFactory = Callable[..., Path]
@@ -31,12 +32,6 @@ _names = itertools.count()
 @pytest.fixture(scope="session", autouse=True)
 def _reaps_relays(subreaper: None) -> None:
     """Every runtime test reaps its relays as a runc-style caller (see ``subreaper``)."""
-
-
-def _require_tools() -> None:
-    for tool in ("runc", "unshare"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed")
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +76,7 @@ def root() -> Iterator[Path]:
 
 @pytest.fixture
 def rt() -> Iterator[Runtime]:
-    _require_tools()
+    require_tools("runc", "unshare")
     root = short_root()
     runtime = Runtime(root=root, hypervisor="process")
     try:
@@ -129,7 +124,7 @@ def cri_container(sandbox_id: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def pod(tmp_path_factory: pytest.TempPathFactory, shared_rootfs: Path) -> Iterator[tuple[Runtime, str]]:
     """One running pod sandbox (a long ``sleep``) whose VM the module's pod containers join."""
-    _require_tools()
+    require_tools("runc", "unshare")
     root = short_root()
     runtime = Runtime(root=root, hypervisor="process")
     bundle = write_bundle(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.leaks import pids_mentioning, sockets_under
+from tests.tools import missing
 from vmsandbox.hypervisor.forkserver import SERVER_DIR
 
 BUSYBOX = Path(os.environ.get("VMSANDBOX_TEST_BUSYBOX", "/bin/busybox"))
@@ -73,7 +74,7 @@ def base_config(args: list[str]) -> dict[str, Any]:
 def make_rootfs(dest: Path) -> Path:
     """A minimal root filesystem: Debian's static busybox and its applets as symlinks."""
     if not BUSYBOX.exists():
-        pytest.skip(f"{BUSYBOX} missing: install busybox-static")
+        missing(f"{BUSYBOX} missing: install busybox-static")
     (dest / "bin").mkdir(parents=True)
     for name in ("tmp", "proc", "sys", "dev"):
         (dest / name).mkdir()

@@ -16,6 +16,7 @@ import pytest
 from tests.leaks import cgroups_left
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container, force_clean
 from tests.runtime.support import short_root
+from tests.tools import require_tools
 from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.cgroups import CFS_PERIOD_US, VMCgroup, hierarchies
 from vmsandbox.hypervisor.config import HypervisorConfig
@@ -40,8 +41,7 @@ def parent() -> Iterator[str]:
 
 @pytest.fixture
 def crt(parent: str) -> Iterator[Runtime]:
-    if shutil.which("runc") is None:
-        pytest.skip("runc is not installed")
+    require_tools("runc")
     root = short_root()
     config = HypervisorConfig(cgroup_parent=parent, vmm_overhead_mib=OVERHEAD_MIB)
     runtime = Runtime(root=root, hypervisor="process", config=config)

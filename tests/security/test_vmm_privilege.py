@@ -21,6 +21,7 @@ import pytest
 from tests.chart.helm import REPO
 from tests.node_agent.conftest import allow_process_backend
 from tests.security.agent import running_agent
+from tests.tools import require_tools
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.hypervisor.base import HypervisorError, VMSpec
@@ -136,9 +137,9 @@ def test_qemu_runs_with_its_seccomp_sandbox(tmp_path: Path) -> None:
 
 
 def test_this_machines_qemu_accepts_the_sandbox_options(tmp_path: Path) -> None:
+    require_tools("qemu-system-x86_64")
     qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
+    assert qemu is not None
     qmp = tmp_path / "qmp.sock"
     proc = subprocess.Popen(
         [
