@@ -30,24 +30,25 @@ class _MemberCollector(Collector):
             members.add_metric([namespace, pool, "ready"], ready)
             members.add_metric([namespace, pool, "booting"], booting)
         yield members
-        claimed = GaugeMetricFamily(
+        yield _per_pool(
             "vmsandbox_agent_pool_claimed",
             "Sandboxes on this node running in a VM claimed from a pool.",
-            labels=["namespace", "pool"],
+            self._claimed(),
         )
-        for key, count in sorted(self._claimed().items()):
-            namespace, pool = key.split("/", 1)
-            claimed.add_metric([namespace, pool], count)
-        yield claimed
-        paused = GaugeMetricFamily(
+        yield _per_pool(
             "vmsandbox_agent_pool_paused",
             "1 while the agent holds the pool paused (spec.paused: no member made or replaced), else 0.",
-            labels=["namespace", "pool"],
+            {key: int(paused) for key, paused in self._paused().items()},
         )
-        for key, value in sorted(self._paused().items()):
-            namespace, pool = key.split("/", 1)
-            paused.add_metric([namespace, pool], int(value))
-        yield paused
+
+
+def _per_pool(name: str, documentation: str, values: dict[str, int]) -> GaugeMetricFamily:
+    """A gauge with one sample per ``namespace/pool`` key."""
+    gauge = GaugeMetricFamily(name, documentation, labels=["namespace", "pool"])
+    for key, value in sorted(values.items()):
+        namespace, pool = key.split("/", 1)
+        gauge.add_metric([namespace, pool], value)
+    return gauge
 
 
 class PoolMetrics:
