@@ -22,8 +22,11 @@ SHARED = {"errors", "config"}
 #: layer, or one module of it (``hypervisor.vmmuser``: that module and its submodules only).
 ALLOWED: dict[str, set[str]] = {
     "api": set(),
-    "operator": {"api"},
-    "node_agent": {"api", "runtime", "hypervisor", "guest"},
+    # The one client of the API server (connection, requests, typed errors, watches, Events,
+    # Leases): every cluster-facing layer reaches the server through it.
+    "kube": {"api"},
+    "operator": {"api", "kube"},
+    "node_agent": {"api", "kube", "runtime", "hypervisor", "guest"},
     "runtime": {"hypervisor", "guest"},
     "hypervisor": {"guest"},
     "guest": set(),
