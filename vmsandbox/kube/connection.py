@@ -117,7 +117,11 @@ class Connection:
             ctx.load_cert_chain(self.cert_file, self.key_file)
         return ctx
 
+    def bearer_token(self) -> str | None:
+        """The token as of now (a service account's is re-read from its file)."""
+        return (self._token_source.current() or None) if self._token_source is not None else self.token
+
     def headers(self) -> dict[str, str]:
-        """Credentials to send with each request (the token as of now)."""
-        token = self._token_source.current() if self._token_source is not None else self.token
+        """Credentials to send with each request."""
+        token = self.bearer_token()
         return {"Authorization": f"Bearer {token}"} if token else {}

@@ -27,8 +27,9 @@ class ApiError(VMSandboxError):
     @property
     def conflict(self) -> bool:
         """A lost compare-and-swap: a stale resourceVersion or an existing name (409), or a
-        JSON patch whose ``test`` failed (the API server answers those 422)."""
-        return self.status in (409, 422)
+        patch whose ``test`` failed (the API server answers those 422; a 422 to a PUT or POST
+        is an invalid object, which no retry mends)."""
+        return self.status == 409 or (self.status == 422 and self.method == "PATCH")
 
     @property
     def not_found(self) -> bool:

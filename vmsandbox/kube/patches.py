@@ -15,22 +15,23 @@ def pointer(*parts: str) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def test(path: str, value: Any) -> Op:
+def expect(path: str, value: Any) -> Op:
+    """A ``test`` op: the write fails unless ``path`` holds ``value``."""
     return {"op": "test", "path": path, "value": value}
 
 
 def same_object(meta: dict[str, Any]) -> Op:
     """Refuse the write if the name now belongs to another object (deleted and re-created)."""
-    return test("/metadata/uid", meta["uid"])
+    return expect("/metadata/uid", meta["uid"])
 
 
 def same_version(meta: dict[str, Any]) -> Op:
-    return test("/metadata/resourceVersion", meta["resourceVersion"])
+    return expect("/metadata/resourceVersion", meta["resourceVersion"])
 
 
 def replace_if_unchanged(raw: dict[str, Any], path: str, old: Any, new: Any) -> list[Op]:
     """Set ``path`` to ``new`` if, and only if, it still holds ``old`` (absent: None)."""
-    return [same_object(raw["metadata"]), test(path, old), {"op": "add", "path": path, "value": new}]
+    return [same_object(raw["metadata"]), expect(path, old), {"op": "add", "path": path, "value": new}]
 
 
 def set_finalizers(raw: dict[str, Any], keep: list[str]) -> list[Op]:
@@ -43,7 +44,7 @@ def edit_finalizer(meta: dict[str, Any], finalizer: str, present: bool) -> list[
     is none); adds append, so another component's finalizer added meanwhile still fails the
     guard rather than being overwritten."""
     listed = meta.get("finalizers")
-    guard = test("/metadata/finalizers", listed)
+    guard = expect("/metadata/finalizers", listed)
     if present and listed is None:
         return [guard, {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
     if present:

@@ -34,8 +34,8 @@ def sandbox_path(namespace: str | None = None, name: str | None = None, sub: str
     return _custom(PLURAL, namespace, name, sub)
 
 
-def pool_path(namespace: str | None = None, name: str | None = None) -> str:
-    return _custom(POOL_PLURAL, namespace, name, None)
+def pool_path(namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
+    return _custom(POOL_PLURAL, namespace, name, sub)
 
 
 def subresource_path(namespace: str, name: str, sub: str) -> str:
@@ -60,3 +60,15 @@ def namespace_path(name: str | None = None) -> str:
 
 def events_path(namespace: str) -> str:
     return f"/api/v1/namespaces/{quote(namespace, safe='')}/events"
+
+
+def token_review_path() -> str:
+    return "/apis/authentication.k8s.io/v1/tokenreviews"
+
+
+def access_review_path() -> str:
+    return "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+
+
+def configmap_path(namespace: str, name: str) -> str:
+    return _named(f"/api/v1/namespaces/{quote(namespace, safe='')}/configmaps", name)

@@ -20,8 +20,11 @@ FIRST_ERROR_BACKOFF = 0.5
 MAX_ERROR_BACKOFF = 30.0
 
 
-class Gone(Exception):
-    """The watch's resourceVersion is too old: list again."""
+class Gone(ApiError):
+    """The watch's resourceVersion is too old: list again (the server said so in the stream)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("WATCH", "", 410, message)
 
 
 class Observer(Protocol):
@@ -89,7 +92,7 @@ class ResumingWatch:
                     backoff = FIRST_ERROR_BACKOFF
                 self.on_restart("closed")
             except Exception as exc:
-                if isinstance(exc, Gone) or (isinstance(exc, ApiError) and exc.gone):
+                if isinstance(exc, ApiError) and exc.gone:
                     log.info("%s watch expired (%s); listing again", self.thread.name, exc)
                     self.on_restart("gone")
                     rv = None

@@ -1,0 +1,204 @@
+"""The kube layer against the real API server: both faces send the same requests and raise the
+same typed error for each answer the components act on."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from vmsandbox.api.constants import API_VERSION, KIND
+from vmsandbox.devcluster import LocalCluster
+from vmsandbox.kube import ApiError, Client, Connection
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.patches import edit_finalizer, replace_if_unchanged
+from vmsandbox.kube.paths import lease_path, sandbox_path
+from vmsandbox.kube.watch import Gone, ResumingWatch, apply_event
+
+pytestmark = pytest.mark.kube
+
+
+def _sandbox(name: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}, "spec": {"image": "busybox"}}
+
+
+def _refusal(call: Any) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        call()
+    return caught.value
+
+
+def test_create_read_and_the_refusals_each_caller_acts_on(kube: LocalCluster, kube_namespace: str) -> None:
+    client = kube.client()
+    name = f"k-{uuid.uuid4().hex[:6]}"
+    made = client.create(sandbox_path(kube_namespace), _sandbox(name))
+    assert made["metadata"]["name"] == name
+    assert client.get(sandbox_path(kube_namespace, name))["metadata"]["uid"] == made["metadata"]["uid"]
+    assert client.get_or_none(sandbox_path(kube_namespace, "absent")) is None
+
+    exists = _refusal(lambda: client.create(sandbox_path(kube_namespace), _sandbox(name)))
+    assert (exists.status, exists.conflict, exists.retryable) == (409, True, False)
+    missing = _refusal(lambda: client.get(sandbox_path(kube_namespace, "absent")))
+    assert missing.not_found and not missing.conflict and "absent" in missing.message
+
+    stale = {**made, "metadata": {**made["metadata"], "labels": {"a": "b"}}}
+    client.replace(sandbox_path(kube_namespace, name), stale)
+    lost = _refusal(lambda: client.replace(sandbox_path(kube_namespace, name), stale))
+    assert lost.status == 409 and lost.conflict
+
+    ops = replace_if_unchanged(made, "/metadata/labels", None, {"x": "y"})
+    failed_test = _refusal(lambda: client.json_patch(sandbox_path(kube_namespace, name), ops))
+    assert failed_test.status == 422 and failed_test.conflict, failed_test
+
+    current = client.get(sandbox_path(kube_namespace, name))
+    added = client.json_patch(
+        sandbox_path(kube_namespace, name), edit_finalizer(current["metadata"], "x.io/f", True)
+    )
+    assert added["metadata"]["finalizers"] == ["x.io/f"]
+    stale_guard = _refusal(
+        lambda: client.json_patch(
+            sandbox_path(kube_namespace, name), edit_finalizer(current["metadata"], "x.io/g", True)
+        )
+    )
+    assert stale_guard.conflict
+    removed = client.json_patch(
+        sandbox_path(kube_namespace, name), edit_finalizer(added["metadata"], "x.io/f", False)
+    )
+    assert not removed["metadata"].get("finalizers")
+
+
+def test_a_busy_server_is_retryable_with_its_retry_after(kube: LocalCluster, kube_namespace: str) -> None:
+    client = kube.client()
+    kube.inject_fault(method="GET", path=f"/namespaces/{kube_namespace}/leases", status=429, retryAfter=3)
+    try:
+        busy = _refusal(lambda: client.list_objects(lease_path(kube_namespace)))
+    finally:
+        kube.clear_faults()
+    assert (busy.status, busy.retryable, busy.retry_after) == (429, True, 3.0)
+    assert client.list_objects(lease_path(kube_namespace))["items"] == []
+
+
+def test_no_answer_is_status_0_and_retryable() -> None:
+    client = Client(Connection(server="http://127.0.0.1:9"), user_agent="t", timeout=2)
+    refused = _refusal(lambda: client.get("/api/v1/nodes"))
+    assert refused.status == 0 and refused.retryable and "no answer" in refused.message
+
+
+def test_the_async_face_gives_the_same_answers(kube: LocalCluster, kube_namespace: str) -> None:
+    name = f"a-{uuid.uuid4().hex[:6]}"
+    sync = kube.client()
+
+    async def run() -> tuple[dict[str, Any], ApiError, ApiError]:
+        client = AsyncClient(Connection.load(kube.kubeconfig_path))
+        try:
+            made = await client.create(sandbox_path(kube_namespace), _sandbox(name))
+            try:
+                await client.create(sandbox_path(kube_namespace), _sandbox(name))
+            except ApiError as exc:
+                exists = exc
+            try:
+                await client.get(sandbox_path(kube_namespace, "absent"))
+            except ApiError as exc:
+                missing = exc
+            return made, exists, missing
+        finally:
+            await client.close()
+
+    made, exists, missing = asyncio.run(run())
+    assert sync.get(sandbox_path(kube_namespace, name))["metadata"]["uid"] == made["metadata"]["uid"]
+    sync_missing = _refusal(lambda: sync.get(sandbox_path(kube_namespace, "absent")))
+    assert (exists.status, exists.conflict) == (409, True)
+    assert (missing.status, missing.not_found, str(missing)) == (404, True, str(sync_missing))
+
+
+def test_a_user_without_rights_is_refused_as_forbidden(kube: LocalCluster, kube_namespace: str) -> None:
+    nobody = kube.client("nobody")
+    forbidden = _refusal(lambda: nobody.list_objects(sandbox_path(kube_namespace)))
+    assert forbidden.status == 403 and not forbidden.retryable and not forbidden.conflict
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def observe(self, obj: dict[str, Any]) -> None:
+        self.events.append("+" + obj["metadata"]["name"])
+
+    def forget(self, obj: dict[str, Any]) -> None:
+        self.events.append("-" + obj["metadata"]["name"])
+
+
+class _NamespaceWatch(ResumingWatch):
+    def __init__(self, client: Client, namespace: str, seen: _Seen, restarts: list[str]) -> None:
+        super().__init__(name="test-watch", timeout_seconds=2, on_restart=restarts.append)
+        self.client, self.namespace, self.seen = client, namespace, seen
+        self.lists = 0
+
+    def _list(self) -> str:
+        self.lists += 1
+        listed = self.client.list_objects(sandbox_path(self.namespace))
+        self.synced.set()
+        # The first stream starts from a version the server no longer keeps.
+        return "1" if self.lists == 1 else str(listed["metadata"]["resourceVersion"])
+
+    def _events(self, resource_version: str) -> Any:
+        return self.client.watch(sandbox_path(self.namespace), resource_version, self.timeout_seconds)
+
+    def _apply(self, event: dict[str, Any]) -> str | None:
+        return apply_event(event, self.seen)
+
+
+def test_the_watch_lists_again_after_gone_and_resumes_after_each_closed_stream(
+    kube: LocalCluster, kube_namespace: str
+) -> None:
+    client = kube.client()
+    client.create(sandbox_path(kube_namespace), _sandbox("before"))
+    with pytest.raises(Gone):
+        for event in client.watch(sandbox_path(kube_namespace), "1", 5):
+            apply_event(event, _Seen())
+    seen, restarts = _Seen(), []
+    watch = _NamespaceWatch(client, kube_namespace, seen, restarts)
+    watch.start()
+    try:
+        _until(lambda: watch.lists == 2 and "gone" in restarts)
+        _until(lambda: "closed" in restarts)  # a 2 s stream ended and was resumed
+        client.create(sandbox_path(kube_namespace), _sandbox("after"))
+        _until(lambda: "+after" in seen.events)
+        client.delete(sandbox_path(kube_namespace, "after"))
+        _until(lambda: "-after" in seen.events)
+    finally:
+        watch.stop()
+        watch.thread.join(10)
+    assert watch.lists == 2, "a closed stream resumes without listing again"
+    assert "+before" not in seen.events, "objects of the list are not replayed as events"
+    assert not watch.thread.is_alive()
+
+
+def _until(check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_the_client_is_shared_between_threads(kube: LocalCluster, kube_namespace: str) -> None:
+    client = kube.client()
+    errors: list[BaseException] = []
+
+    def make(i: int) -> None:
+        try:
+            client.create(sandbox_path(kube_namespace), _sandbox(f"t{i}"))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(client.list_objects(sandbox_path(kube_namespace))["items"]) == 16
