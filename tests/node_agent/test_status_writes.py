@@ -10,7 +10,7 @@ from tests.node_agent.support import Cluster, unique
 from vmsandbox.api.constants import AGENT_FINALIZER, OPERATOR_FINALIZER
 from vmsandbox.api.status import ConditionStatus, ConditionType, Phase, VMSandboxStatus
 from vmsandbox.devcluster import LocalCluster
-from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
+from vmsandbox.kube.retry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.kube import Kube
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.statuswriter import SandboxWriter
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.kube
 
 @pytest.fixture
 def writer(kube: LocalCluster) -> SandboxWriter:
-    return SandboxWriter(Kube(kube.api_client()), AgentMetrics())
+    return SandboxWriter(Kube(kube.client()), AgentMetrics())
 
 
 def _running(status: VMSandboxStatus) -> None:
@@ -147,7 +147,7 @@ def test_a_write_the_server_keeps_refusing_is_deferred_not_failed(
     stale = cluster.schedule(name, "n1")
     path = f"/apis/vmsandbox.io/v1alpha1/namespaces/{cluster.namespace}/vmsandboxes/{name}/status$"
     metrics = AgentMetrics()
-    writer = SandboxWriter(Kube(kube.api_client()), metrics, patience=2.0)
+    writer = SandboxWriter(Kube(kube.client()), metrics, patience=2.0)
     kube.inject_fault(method="PUT", path=path, status=503, count=None)
     try:
         t0 = time.monotonic()
@@ -168,16 +168,21 @@ def test_a_write_the_server_keeps_refusing_is_deferred_not_failed(
 
 
 def test_retry_hints() -> None:
-    from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import MaxRetryError
 
-    def api(status: int, retry_after: str | None = None) -> ApiException:
-        exc = ApiException(status=status, reason="x")
-        exc.headers = {"Retry-After": retry_after} if retry_after else {}
-        return exc
+    from vmsandbox.kube import ApiError, wire
+
+    def api(status: int, retry_after: str | None = None) -> ApiError:
+        req = wire.request("PATCH", "/x")
+        try:
+            wire.decode(req, status, {"Retry-After": retry_after} if retry_after else {}, "x")
+        except ApiError as exc:
+            return exc
+        raise AssertionError(f"{status} was not refused")
 
     assert retry_hint(api(500)) == 0.0 and retry_hint(api(503)) == 0.0
     assert retry_hint(api(429, "7")) == 7.0
     assert retry_hint(api(409)) is None and retry_hint(api(403)) is None and retry_hint(api(422)) is None
-    assert retry_hint(MaxRetryError(None, "/", "refused")) == 0.0  # type: ignore[arg-type]
+    refused = wire.unreachable(wire.request("GET", "/x"), MaxRetryError(None, "/", "refused"))  # type: ignore[arg-type]
+    assert retry_hint(refused) == 0.0
     assert retry_hint(ValueError("a bug")) is None

@@ -10,13 +10,13 @@ import pytest
 from tests.runtime.support import load_schemas
 from vmsandbox.api import parse_sandbox
 from vmsandbox.api.spec import RestartPolicy
+from vmsandbox.kube.watch import Gone, apply_event
 from vmsandbox.node_agent.config import ConfigError, load_config
 from vmsandbox.node_agent.errors import InvalidImage
 from vmsandbox.node_agent.imageref import parse_image_ref
 from vmsandbox.node_agent.images import ImageConfig, tool_error
 from vmsandbox.node_agent.ociconfig import build_config, process_args, process_env
 from vmsandbox.node_agent.policy import backoff_delay, should_restart
-from vmsandbox.node_agent.watch import Gone, apply_event
 
 # ---- configuration -----------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ import pytest
 
 from tests.node_agent.support import Cluster, unique
 from vmsandbox.devcluster import LocalCluster
+from vmsandbox.kube.watch import Gone, apply_event
 from vmsandbox.node_agent.kube import Kube
-from vmsandbox.node_agent.watch import Gone, apply_event, node_selector
+from vmsandbox.node_agent.watch import node_selector
 
 pytestmark = pytest.mark.kube
 
@@ -26,7 +27,7 @@ class _Seen:
 
 
 def test_the_server_filters_by_node_and_the_watch_resumes(kube: LocalCluster, cluster: Cluster) -> None:
-    api = Kube(kube.api_client())
+    api = Kube(kube.client())
     node = unique("wnode")
     mine, other = unique("mine"), unique("other")
     items, rv = api.list_sandboxes(node_selector(node))
@@ -42,7 +43,7 @@ def test_the_server_filters_by_node_and_the_watch_resumes(kube: LocalCluster, cl
 
 
 def test_an_expired_resource_version_is_410_gone(kube: LocalCluster, cluster: Cluster) -> None:
-    api = Kube(kube.api_client())
+    api = Kube(kube.client())
     cluster.create_sandbox(unique("bump"), {"image": "busybox"})
     with pytest.raises(Gone):
         for event in api.watch_sandboxes(node_selector("any"), "1", timeout_seconds=5):
@@ -79,7 +80,7 @@ def test_the_watch_lists_again_after_410_gone(kube: LocalCluster, cluster: Clust
             real = super()._list()
             return "1" if len(supervisor.lists) == 1 else real
 
-    watch = ExpiredFirst(Kube(kube.api_client()), supervisor, metrics, node=node, timeout_seconds=5)  # type: ignore[arg-type]
+    watch = ExpiredFirst(Kube(kube.client()), supervisor, metrics, node=node, timeout_seconds=5)  # type: ignore[arg-type]
     watch.start()
     wait_for("a second list after 410", lambda: len(supervisor.lists) >= 2, timeout=20)
     assert supervisor.lists[0] == supervisor.lists[1] == [present]

@@ -34,6 +34,7 @@ from vmsandbox.devcluster.processes import ManagedProcess, free_ports, python_en
 from vmsandbox.devcluster.rbac import ADMIN_USER, APISERVER_USER, SYSTEM_USER_PREFIX, bootstrap_objects
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestRecord, read_request_log
 from vmsandbox.devcluster.tls import make_ca, make_certificate, sign_certificate
+from vmsandbox.kube import Client, Connection
 
 if TYPE_CHECKING:
     import kubernetes.client
@@ -190,6 +191,11 @@ class LocalCluster:
 
         path = self.kubeconfig_path if user == ADMIN_USER else self.kubeconfig_for(user)
         return config.new_client_from_config(config_file=str(path))
+
+    def client(self, user: str = ADMIN_USER) -> Client:
+        """The project's own client (:mod:`vmsandbox.kube`) for ``user``, as the components use it."""
+        path = self.kubeconfig_path if user == ADMIN_USER else self.kubeconfig_for(user)
+        return Client(Connection.load(path), user_agent=f"vmsandbox-test/{user}")
 
     def http(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         """A raw request to the front as the admin user (for tests and probes)."""

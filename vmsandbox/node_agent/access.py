@@ -12,11 +12,10 @@ import threading
 import time
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from vmsandbox.api.constants import GROUP, PLURAL
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.kube import ApiError, Client
+from vmsandbox.kube.paths import access_review_path, token_review_path
 
 LOG_SUBRESOURCE = "log"
 #: Seconds an allowed decision is reused for the same token and request, so that a burst of execs
@@ -46,10 +45,8 @@ def bearer_token(header: str | None) -> str | None:
 class LogAccess:
     """Checks callers against the API server (thread-safe: the HTTP server asks from many threads)."""
 
-    def __init__(self, api_client: client.ApiClient, timeout: float = 10.0) -> None:
-        self.api_client = api_client
-        self.authn = client.AuthenticationV1Api(api_client)
-        self.authz = client.AuthorizationV1Api(api_client)
+    def __init__(self, client: Client, timeout: float = 10.0) -> None:
+        self.client = client
         self.timeout = timeout
         self._allowed: dict[str, tuple[float, str]] = {}
         self._lock = threading.Lock()
@@ -88,16 +85,19 @@ class LogAccess:
         return username
 
     def _authenticate(self, token: str) -> dict[str, Any]:
-        body = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token))
-        try:
-            review: Any = self.authn.create_token_review(body, _request_timeout=self.timeout)
-        except ApiException:
-            raise AccessDenied(503, "the API server could not review the token") from None
-        status = review.status
-        if status is None or not status.authenticated or status.user is None:
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        review = self._review(token_review_path(), body, "token")
+        status = review.get("status") or {}
+        user = status.get("user")
+        if not status.get("authenticated") or not isinstance(user, dict):
             raise AccessDenied(401, "the token is not valid")
-        user: dict[str, Any] = self.api_client.sanitize_for_serialization(status.user)
         return user
+
+    def _review(self, path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
+        try:
+            return self.client.request("POST", path, body=body, timeout=self.timeout)
+        except ApiError:
+            raise AccessDenied(503, f"the API server could not review the {what}") from None
 
     def _authorize(
         self,
@@ -108,27 +108,23 @@ class LogAccess:
         subresource: str = LOG_SUBRESOURCE,
     ) -> None:
         username = str(user.get("username") or "")
-        body = client.V1SubjectAccessReview(
-            spec=client.V1SubjectAccessReviewSpec(
-                user=username,
-                groups=user.get("groups"),
-                uid=user.get("uid"),
-                extra=user.get("extra"),
-                resource_attributes=client.V1ResourceAttributes(
-                    namespace=namespace,
-                    verb=verb,
-                    group=GROUP,
-                    resource=PLURAL,
-                    subresource=subresource,
-                    name=name,
-                ),
-            )
-        )
-        try:
-            review: Any = self.authz.create_subject_access_review(body, _request_timeout=self.timeout)
-        except ApiException:
-            raise AccessDenied(503, "the API server could not review the access") from None
-        if review.status is None or not review.status.allowed:
+        spec: dict[str, Any] = {
+            "user": username,
+            "resourceAttributes": {
+                "namespace": namespace,
+                "verb": verb,
+                "group": GROUP,
+                "resource": PLURAL,
+                "subresource": subresource,
+                "name": name,
+            },
+        }
+        for key in ("groups", "uid", "extra"):
+            if user.get(key):
+                spec[key] = user[key]
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        review = self._review(access_review_path(), body, "access")
+        if not (review.get("status") or {}).get("allowed"):
             raise AccessDenied(
                 403,
                 f'user "{username}" cannot {verb} resource "{PLURAL}/{subresource}" in API group '

@@ -25,7 +25,7 @@ from vmsandbox.node_agent.forwardroute import ForwardTarget, PortForwardRoute
 from vmsandbox.node_agent.heartbeat import Heartbeat
 from vmsandbox.node_agent.httpserver import AgentHTTPServer, LogSource
 from vmsandbox.node_agent.images import ImageStore
-from vmsandbox.node_agent.kube import Kube, make_api_client
+from vmsandbox.node_agent.kube import Kube, make_client
 from vmsandbox.node_agent.members import MemberStore
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.network import NetworkError
@@ -104,7 +104,7 @@ class Agent:
                 f"{f': {why}' if why else ''} (usable: {', '.join(self.capacity.hypervisors) or 'none'})"
             )
         self.metrics = AgentMetrics()
-        self.kube = Kube(make_api_client(config.kubeconfig))
+        self.kube = Kube(make_client(config.kubeconfig))
         self.records = RecordStore(config.state_dir / "sandboxes")
         self.supervisor: Supervisor | None = None
         self.images = ImageStore(
@@ -167,7 +167,7 @@ class Agent:
         self.pool_watch = PoolWatch(
             self.kube, self.pools, self.metrics, timeout_seconds=config.watch_timeout_seconds
         )
-        access = LogAccess(self.kube.api_client)
+        access = LogAccess(self.kube.client)
         self.http = AgentHTTPServer(
             config.listen_address,
             config.port,

@@ -10,10 +10,9 @@ import logging
 import queue
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
-from vmsandbox.api.constants import API_VERSION, KIND
+from vmsandbox.kube.events import NORMAL, WARNING, event_body
 from vmsandbox.node_agent.kube import Kube
 
 log = logging.getLogger("vmsandbox.node_agent.events")
@@ -31,37 +30,12 @@ class EventRecorder:
         self._thread.start()
 
     def record(self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
-        meta = obj.get("metadata", {})
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta.get('name')}.{time.time_ns():x}",
-                "namespace": meta.get("namespace"),
-            },
-            "involvedObject": {
-                "apiVersion": API_VERSION,
-                "kind": KIND,
-                "name": meta.get("name"),
-                "namespace": meta.get("namespace"),
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "reason": reason,
-            "message": message[:1024],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": COMPONENT, "host": self.node},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.node,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        event_type = WARNING if warning else NORMAL
+        body = event_body(obj, event_type, reason, message, component=COMPONENT, host=self.node)
         try:
             self._queue.put_nowait(body)
         except queue.Full:
-            log.warning("event queue full; dropped %s for %s", reason, meta.get("name"))
+            log.warning("event queue full; dropped %s for %s", reason, body["involvedObject"]["name"])
 
     def flush(self, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout

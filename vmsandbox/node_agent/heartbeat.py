@@ -13,8 +13,6 @@ import json
 import logging
 import threading
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
@@ -23,7 +21,9 @@ from vmsandbox.api.constants import (
     CAPACITY_ANNOTATION,
 )
 from vmsandbox.api.node import NodeCapacity
-from vmsandbox.node_agent.kube import Kube, status_code
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.leases import lease_body, lease_spec, micro_time
+from vmsandbox.node_agent.kube import Kube
 
 log = logging.getLogger("vmsandbox.node_agent.heartbeat")
 
@@ -31,10 +31,6 @@ log = logging.getLogger("vmsandbox.node_agent.heartbeat")
 READY = "ready"
 #: The ready label's value while no agent serves the node.
 STOPPING = "stopping"
-
-
-def _micro_time() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Heartbeat:
@@ -110,29 +106,16 @@ class Heartbeat:
             self._stop.wait(self.renew)
 
     def renew_lease(self) -> None:
-        now = _micro_time()
         lease = self.kube.get_lease(self.namespace, self.lease_name)
-        spec: dict[str, Any] = {
-            "holderIdentity": self.node,
-            "leaseDurationSeconds": self.duration,
-            "renewTime": now,
-        }
+        spec = lease_spec(self.node, self.duration, micro_time(), (lease or {}).get("spec"))
         if lease is None:
-            spec["acquireTime"] = now
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.lease_name, "namespace": self.namespace},
-                "spec": spec,
-            }
-            self.kube.create_lease(self.namespace, body)
+            self.kube.create_lease(self.namespace, lease_body(self.namespace, self.lease_name, spec))
             log.info("created lease %s/%s", self.namespace, self.lease_name)
             return
-        lease["spec"] = {**(lease.get("spec") or {}), **spec}
         try:
-            self.kube.replace_lease(self.namespace, self.lease_name, lease)
-        except Exception as exc:
-            if status_code(exc) != 409:
+            self.kube.replace_lease(self.namespace, self.lease_name, {**lease, "spec": spec})
+        except ApiError as exc:
+            if not exc.conflict:
                 raise
             # Someone wrote in between; the next round reads again.
 

@@ -15,7 +15,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from vmsandbox.api.status import VMSandboxStatus
-from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
+from vmsandbox.kube.retry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.logs import SandboxLog
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.statuswriter import Abort, Mutation, SandboxWriter, WriteFailed

@@ -7,9 +7,9 @@ the Scheduled condition, bootTimings.schedule) survive the agent's writes and vi
 A change that alters nothing is not sent at all.
 
 A write the API server cannot take now (5xx, 429, a timeout, no connection, conflicts in a
-row) is tried again with capped back-off (:mod:`vmsandbox.node_agent.apiretry`) until it
+row) is tried again with capped back-off (:mod:`vmsandbox.kube.retry`) until it
 lands, the caller's ``abort`` says stop or its ``patience`` runs out: then
-:class:`~vmsandbox.node_agent.apiretry.WriteDeferred` tells the caller to keep the change and
+:class:`~vmsandbox.kube.retry.WriteDeferred` tells the caller to keep the change and
 send it later. No failed write is ever a verdict on the sandbox.
 """
 
@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from vmsandbox.api.status import VMSandboxStatus
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.node_agent.apiretry import Backoff, WriteDeferred, call_with_retries
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.patches import edit_finalizer
+from vmsandbox.kube.retry import Backoff, WriteDeferred, call_with_retries
 from vmsandbox.node_agent.kube import Kube
 from vmsandbox.node_agent.metrics import AgentMetrics
 
@@ -112,11 +113,11 @@ class SandboxWriter:
                     deadline,
                     abort,
                 )
-            except ApiException as exc:
-                if exc.status == 404:
+            except ApiError as exc:
+                if exc.not_found:
                     return None
-                if exc.status != 409:
-                    raise WriteFailed(f"{namespace}/{name}: HTTP {exc.status}: {exc.reason}") from exc
+                if not exc.conflict:
+                    raise WriteFailed(f"{namespace}/{name}: HTTP {exc.status}: {exc.message}") from exc
             self.metrics.status_conflicts.inc()
             conflicts += 1
             self._conflict_pause(conflicts, backoff, deadline, abort)
@@ -142,7 +143,7 @@ class SandboxWriter:
                 # A removal must not be skipped on the word of a stale copy.
                 current, fresh = self._fresh(namespace, name, deadline, abort), True
                 continue
-            ops = _finalizer_ops(meta, finalizers, finalizer, present)
+            ops = edit_finalizer(meta, finalizer, present)
             try:
                 return self._retrying(
                     f"{namespace}/{name}: finalizer",
@@ -150,29 +151,11 @@ class SandboxWriter:
                     deadline,
                     abort,
                 )
-            except ApiException as exc:
-                if exc.status == 404:
+            except ApiError as exc:
+                if exc.not_found:
                     return None
-                if exc.status not in (409, 422):
+                if not exc.conflict:
                     raise WriteFailed(f"{namespace}/{name}: finalizer patch: HTTP {exc.status}") from exc
             conflicts += 1
             self._conflict_pause(conflicts, backoff, deadline, abort)
             current, fresh = self._fresh(namespace, name, deadline, abort), True
-
-
-def _finalizer_ops(
-    meta: dict[str, Any], finalizers: list[str], finalizer: str, present: bool
-) -> list[dict[str, Any]]:
-    """A JSON patch adding or removing ``finalizer`` that fails if the list changed meanwhile.
-
-    The guard is the finalizer list itself (null while there is none), not the resourceVersion:
-    a status write by the operator in between (the usual case right after scheduling) changes
-    the version but not the list, and must not cost the agent a conflict and a second patch.
-    """
-    listed = meta.get("finalizers")
-    guard = {"op": "test", "path": "/metadata/finalizers", "value": listed}
-    if present and listed is None:
-        return [guard, {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
-    if present:
-        return [guard, {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}]
-    return [guard, {"op": "remove", "path": f"/metadata/finalizers/{finalizers.index(finalizer)}"}]

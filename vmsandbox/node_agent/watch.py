@@ -1,117 +1,36 @@
 """List + watch of this node's sandboxes (filtered by the server with the node label selector)
 and of every pool.
 
-The watch resumes from the last resourceVersion it saw (bookmarks included), so a stream the
-server closes costs one request and no events; when the server answers 410 Gone (the version
-was compacted away) the watch lists again and the supervisor reconciles against the full list.
+Both run :class:`vmsandbox.kube.watch.ResumingWatch`: a closed stream resumes from the last
+resourceVersion seen, and a 410 Gone lists again, so the supervisor reconciles against the full
+list.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from vmsandbox.api.constants import NODE_LABEL
-from vmsandbox.node_agent.kube import Kube, status_code
+from vmsandbox.kube.watch import Observer, ResumingWatch, apply_event
+from vmsandbox.node_agent.kube import Kube
 from vmsandbox.node_agent.metrics import AgentMetrics
 from vmsandbox.node_agent.supervisor import Supervisor
 
 log = logging.getLogger("vmsandbox.node_agent.watch")
-
-MAX_ERROR_BACKOFF = 30.0
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old: list again."""
 
 
 def node_selector(node: str) -> str:
     return f"{NODE_LABEL}={node}"
 
 
-class Observer(Protocol):
-    def observe(self, obj: dict[str, Any]) -> None: ...
-
-    def forget(self, obj: dict[str, Any]) -> None: ...
-
-
 class PoolObserver(Observer, Protocol):
     def resync(self, items: list[dict[str, Any]]) -> None: ...
 
 
-def apply_event(event: dict[str, Any], supervisor: Observer) -> str | None:
-    """Hand one watch event to the supervisor; returns the resourceVersion to resume from."""
-    kind = event.get("type")
-    obj = event.get("object") or {}
-    if kind == "ERROR":
-        if obj.get("code") == 410:
-            raise Gone(obj.get("message", "resource version too old"))
-        raise RuntimeError(f"watch error {obj.get('code')}: {obj.get('message')}")
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
-    if kind in ("ADDED", "MODIFIED"):
-        supervisor.observe(obj)
-    elif kind == "DELETED":
-        supervisor.forget(obj)
-    return str(rv) if rv else None
-
-
-class ResumingWatch:
-    """List, then watch from the list's resourceVersion, resuming after every closed stream;
-    lists again on 410 Gone and backs off on errors. Subclasses say what to list and watch."""
-
-    def __init__(self, metrics: AgentMetrics, *, name: str, timeout_seconds: int) -> None:
-        self.metrics = metrics
-        self.timeout_seconds = timeout_seconds
-        self.synced = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Ends the loop once the current watch request returns (within its timeout)."""
-        self._stop.set()
-
-    def _list(self) -> str:
-        """Lists, hands the items on, and returns the list's resourceVersion."""
-        raise NotImplementedError
-
-    def _events(self, resource_version: str) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
-
-    def _apply(self, event: dict[str, Any]) -> str | None:
-        """Handles one event; returns the resourceVersion to resume from."""
-        raise NotImplementedError
-
-    def _run(self) -> None:
-        backoff = 0.5
-        rv: str | None = None
-        while not self._stop.is_set():
-            try:
-                if rv is None:
-                    rv = self._list()
-                for event in self._events(rv):
-                    if self._stop.is_set():
-                        return
-                    rv = self._apply(event) or rv
-                    backoff = 0.5
-                self.metrics.watch_restarts.labels("closed").inc()
-            except Gone as exc:
-                log.info("%s watch expired (%s); listing again", self.thread.name, exc)
-                self.metrics.watch_restarts.labels("gone").inc()
-                rv = None
-            except Exception as exc:
-                if status_code(exc) == 410:
-                    self.metrics.watch_restarts.labels("gone").inc()
-                    rv = None
-                    continue
-                self.metrics.watch_restarts.labels("error").inc()
-                log.warning("%s watch failed: %s; retrying in %.1fs", self.thread.name, exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(MAX_ERROR_BACKOFF, backoff * 2)
+def _restarts(metrics: AgentMetrics) -> Callable[[str], None]:
+    return lambda why: metrics.watch_restarts.labels(why).inc()
 
 
 class SandboxWatch(ResumingWatch):
@@ -120,7 +39,7 @@ class SandboxWatch(ResumingWatch):
     def __init__(
         self, kube: Kube, supervisor: Supervisor, metrics: AgentMetrics, *, node: str, timeout_seconds: int
     ) -> None:
-        super().__init__(metrics, name="watch", timeout_seconds=timeout_seconds)
+        super().__init__(name="watch", timeout_seconds=timeout_seconds, on_restart=_restarts(metrics))
         self.kube = kube
         self.supervisor = supervisor
         self.selector = node_selector(node)
@@ -150,7 +69,7 @@ class PoolWatch(ResumingWatch):
     def __init__(
         self, kube: Kube, keeper: PoolObserver, metrics: AgentMetrics, *, timeout_seconds: int
     ) -> None:
-        super().__init__(metrics, name="pool-watch", timeout_seconds=timeout_seconds)
+        super().__init__(name="pool-watch", timeout_seconds=timeout_seconds, on_restart=_restarts(metrics))
         self.kube = kube
         self.keeper = keeper
 

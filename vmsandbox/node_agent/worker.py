@@ -28,9 +28,9 @@ from vmsandbox.api.spec import PullPolicy, RestartPolicy
 from vmsandbox.api.status import now
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.kube.retry import WriteDeferred, retry_hint
 from vmsandbox.node_agent import lifecycle as lc
 from vmsandbox.node_agent import pausing, statusedits
-from vmsandbox.node_agent.apiretry import WriteDeferred, retry_hint
 from vmsandbox.node_agent.context import AgentContext
 from vmsandbox.node_agent.errors import ImagePullFailed, InvalidSpec, SandboxFailure, VMBootFailed, as_failure
 from vmsandbox.node_agent.expectations import WriteExpectations
