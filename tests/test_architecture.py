@@ -8,6 +8,7 @@ drivers never learn about Kubernetes. Every module of the package belongs to one
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,12 @@ ALLOWED: dict[str, set[str]] = {
     # The local control plane, and ``vmsandbox dev``'s supervisor, which starts the operator and
     # the agent as subprocesses (never imports them) and picks the VMMs' user as the drivers
     # resolve it.
-    "devcluster": {"api", "hypervisor.vmmuser"},
-    "sdk": {"api"},
+    "devcluster": {"api", "kube", "hypervisor.vmmuser"},
+    "sdk": {"api", "kube"},
     # The ``vmsandbox`` command (cli.py, cli_*.py, __main__.py): a client of the API server and
-    # the agents, and the starter of ``vmsandbox dev``. It reaches the API server with the
-    # operator's kubeconfig loader, and nothing else of the components.
-    "cli": {"api", "sdk", "devcluster", "operator.kube"},
+    # the agents, and the starter of ``vmsandbox dev``. It reaches the API server through the
+    # kube layer, and nothing else of the components.
+    "cli": {"api", "sdk", "devcluster", "kube"},
 }
 
 
@@ -99,3 +100,42 @@ def test_every_module_belongs_to_a_layer() -> None:
         if path not in covered and path != PACKAGE / "__init__.py"
     )
     assert not loose, f"modules in no layer of ALLOWED: {loose}"
+
+
+#: Modules that may name API paths without being clients of the Kubernetes API server: the
+#: local control plane (it is that server, and hands tests the official client), the
+#: operator's aggregated server (it serves ``/apis/subresources.vmsandbox.io``), and the Cloud
+#: Hypervisor driver (whose own REST API lives under ``/api/v1``).
+NOT_KUBE_CLIENTS = ("devcluster/", "operator/subresources/server.py", "hypervisor/cloud_hypervisor/")
+API_PATH = re.compile(r"^/?apis?/")
+
+
+def _speaks_to_the_api_server(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [f"imports {a.name}" for a in node.names if a.name.split(".")[0] == "kubernetes"]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "kubernetes":
+            found.append(f"imports from {node.module}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and API_PATH.match(node.value):
+            found.append(f"names the API path {node.value!r} (line {node.lineno})")
+    return found
+
+
+def test_only_the_kube_layer_speaks_to_the_api_server() -> None:
+    """One client of the API server (:mod:`vmsandbox.kube`): no other module imports the
+    official client or builds a resource path of its own."""
+    offenders = [
+        f"{rel}: {what}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not (rel := str(path.relative_to(PACKAGE))).startswith(("kube/", *NOT_KUBE_CLIENTS))
+        for what in _speaks_to_the_api_server(path)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_api_path_check_finds_what_it_forbids(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text('from kubernetes import client\nP = "/api/v1/nodes"\nQ = f"/apis/{G}/v1"\n')
+    assert len(_speaks_to_the_api_server(probe)) == 3

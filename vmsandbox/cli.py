@@ -42,7 +42,7 @@ from vmsandbox.devcluster.backend import choose_backend as choose_backend
 from vmsandbox.devcluster.devstack import Component as Component
 from vmsandbox.devcluster.devstack import DevStack, api_path_ready
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.operator.kube import Connection
+from vmsandbox.kube import Connection
 from vmsandbox.sdk.remote import Agent
 
 FIELD_MANAGER = "vmsandbox-cli"

@@ -19,8 +19,8 @@ from typing import Any
 from tests.operator.factories import lease_obj, micro, node_obj
 from vmsandbox.api.constants import AGENT_LEASE_PREFIX
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.kube import Connection
 from vmsandbox.operator.config import OperatorConfig
-from vmsandbox.operator.kube import Connection
 from vmsandbox.operator.runner import Operator
 
 SANDBOXES = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxes"

@@ -13,15 +13,16 @@ import pytest
 from tests.operator.factories import sandbox_obj
 from tests.operator.harness import events_for
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.kube import Connection
+from vmsandbox.kube.aio import AsyncClient
 from vmsandbox.operator.events import EventRecorder
-from vmsandbox.operator.kube import Connection, KubeClient
 
 pytestmark = pytest.mark.kube
 
 
-def run(kube: LocalCluster, ns: str, scenario: Callable[[KubeClient], Awaitable[None]]) -> None:
+def run(kube: LocalCluster, ns: str, scenario: Callable[[AsyncClient], Awaitable[None]]) -> None:
     async def go() -> None:
-        client = KubeClient(Connection.load(kube.kubeconfig_path), user_agent=f"events-test/{ns}")
+        client = AsyncClient(Connection.load(kube.kubeconfig_path), user_agent=f"events-test/{ns}")
         try:
             await scenario(client)
         finally:
@@ -57,7 +58,7 @@ def test_held_events_wait_while_the_decisions_are_busy_and_urgent_ones_do_not(
     ns = kube_namespace
     busy = True
 
-    async def scenario(client: KubeClient) -> None:
+    async def scenario(client: AsyncClient) -> None:
         quiet_since = 0.0
 
         def idle_for() -> float:
@@ -65,10 +66,10 @@ def test_held_events_wait_while_the_decisions_are_busy_and_urgent_ones_do_not(
 
         recorder = EventRecorder(client, quiet=0.2, max_delay=30.0, idle_for=idle_for)
         recorder.start()
-        recorder.record(obj(ns, "a"), "Normal", "Scheduled", "placed on node n", hold=True)
+        recorder.record(obj(ns, "a"), "Scheduled", "placed on node n", hold=True)
         await asyncio.sleep(0.5)
         assert recorder.posted == 0 and len(recorder) == 1  # held back while busy
-        recorder.record(obj(ns, "a2"), "Warning", "NodeLost", "node n lost")
+        recorder.record(obj(ns, "a2"), "NodeLost", "node n lost", warning=True)
         await until_sent(recorder, 1)  # an urgent one is not held back, nor stuck behind a held one
         await asyncio.sleep(0.2)
         assert recorder.posted == 1 and len(recorder) == 1
@@ -88,10 +89,10 @@ def test_held_events_wait_while_the_decisions_are_busy_and_urgent_ones_do_not(
 def test_a_busy_operator_holds_events_back_at_most_max_delay(kube: LocalCluster, kube_namespace: str) -> None:
     ns = kube_namespace
 
-    async def scenario(client: KubeClient) -> None:
+    async def scenario(client: AsyncClient) -> None:
         recorder = EventRecorder(client, quiet=0.1, max_delay=0.3, idle_for=lambda: 0.0)
         recorder.start()
-        recorder.record(obj(ns, "b"), "Normal", "Scheduled", "placed", hold=True)
+        recorder.record(obj(ns, "b"), "Scheduled", "placed", hold=True)
         assert await until_sent(recorder, 1) >= 0.29
         await recorder.stop()
 
@@ -101,13 +102,13 @@ def test_a_busy_operator_holds_events_back_at_most_max_delay(kube: LocalCluster,
 def test_a_repeated_event_is_one_event_with_a_count(kube: LocalCluster, kube_namespace: str) -> None:
     ns = kube_namespace
 
-    async def scenario(client: KubeClient) -> None:
+    async def scenario(client: AsyncClient) -> None:
         recorder = EventRecorder(client, max_delay=30.0, idle_for=lambda: 0.0)
         recorder.start()
         sandbox = obj(ns, "c")
         for _ in range(3):
-            recorder.record(sandbox, "Warning", "FailedScheduling", "0/1 nodes available", hold=True)
-        recorder.record(sandbox, "Warning", "FailedScheduling", "0/2 nodes available", hold=True)
+            recorder.record(sandbox, "FailedScheduling", "0/1 nodes available", hold=True, warning=True)
+        recorder.record(sandbox, "FailedScheduling", "0/2 nodes available", hold=True, warning=True)
         assert len(recorder) == 2
         await recorder.stop()
         assert recorder.posted == 2
@@ -121,13 +122,13 @@ def test_a_full_queue_drops_the_oldest_and_counts_each_drop(kube: LocalCluster, 
     ns = kube_namespace
     drops: list[int] = []
 
-    async def scenario(client: KubeClient) -> None:
+    async def scenario(client: AsyncClient) -> None:
         recorder = EventRecorder(
             client, limit=3, max_delay=30.0, idle_for=lambda: 0.0, on_drop=lambda: drops.append(1)
         )
         recorder.start()
         for i in range(5):
-            recorder.record(obj(ns, f"d{i}"), "Normal", "Scheduled", "placed", hold=True)
+            recorder.record(obj(ns, f"d{i}"), "Scheduled", "placed", hold=True)
         assert len(recorder) == 3 and recorder.dropped == 2
         await recorder.stop()  # stopping flushes what waits, held back or not
         assert recorder.posted == 3
@@ -143,12 +144,12 @@ def test_posting_is_rate_limited_and_a_refused_post_does_not_stop_the_rest(
     ns = kube_namespace
     since = len(kube.requests_made())
 
-    async def scenario(client: KubeClient) -> None:
+    async def scenario(client: AsyncClient) -> None:
         recorder = EventRecorder(client, qps=10.0, burst=2)
         recorder.start()
-        recorder.record(obj("Not_A_Namespace", "x"), "Normal", "Scheduled", "placed")
+        recorder.record(obj("Not_A_Namespace", "x"), "Scheduled", "placed")
         for i in range(6):
-            recorder.record(obj(ns, f"r{i}"), "Normal", "Scheduled", "placed")
+            recorder.record(obj(ns, f"r{i}"), "Scheduled", "placed")
         await until_sent(recorder, 7, timeout=10)
         assert (recorder.posted, recorder.failed) == (6, 1)
         await recorder.stop()
@@ -164,11 +165,11 @@ def test_what_stop_cannot_post_in_time_is_counted_as_dropped(kube: LocalCluster,
     ns = kube_namespace
     drops: list[int] = []
 
-    async def scenario(client: KubeClient) -> None:
+    async def scenario(client: AsyncClient) -> None:
         recorder = EventRecorder(client, qps=2.0, burst=1, on_drop=lambda: drops.append(1))
         recorder.start()
         for i in range(5):
-            recorder.record(obj(ns, f"s{i}"), "Warning", "NodeLost", "lost")
+            recorder.record(obj(ns, f"s{i}"), "NodeLost", "lost", warning=True)
         await recorder.stop(flush_timeout=0.8)
         assert recorder.posted + recorder.dropped == 5
         assert 1 <= recorder.posted <= 3 and len(recorder) == 0

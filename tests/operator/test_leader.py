@@ -8,13 +8,14 @@ import time
 import pytest
 
 from vmsandbox.devcluster.cluster import LocalCluster
-from vmsandbox.operator.kube import Connection, KubeClient
+from vmsandbox.kube import Connection
+from vmsandbox.kube.aio import AsyncClient
 from vmsandbox.operator.leader import LeaderElector
 
 pytestmark = pytest.mark.kube
 
 
-def elector(client: KubeClient, namespace: str, identity: str) -> LeaderElector:
+def elector(client: AsyncClient, namespace: str, identity: str) -> LeaderElector:
     return LeaderElector(
         client,
         namespace=namespace,
@@ -39,7 +40,7 @@ def test_one_leader_takeover_after_expiry_and_handover_on_stop(
 ) -> None:
     async def scenario() -> None:
         conn = Connection.load(kube.kubeconfig_path)
-        clients = [KubeClient(conn) for _ in range(3)]
+        clients = [AsyncClient(conn) for _ in range(3)]
         a, b, c = (elector(cl, kube_namespace, name) for cl, name in zip(clients, "abc", strict=True))
         stop_a, stop_b, stop_c = asyncio.Event(), asyncio.Event(), asyncio.Event()
         task_a = asyncio.create_task(a.run(stop_a))

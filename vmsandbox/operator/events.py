@@ -20,23 +20,20 @@ import contextlib
 import logging
 import math
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from vmsandbox.api import API_VERSION, KIND
-from vmsandbox.operator.kube import ApiError, KubeClient, events_path
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.events import MESSAGE_LIMIT, NORMAL, WARNING, event_body
+from vmsandbox.kube.leases import micro_time
+from vmsandbox.kube.paths import events_path
 
 log = logging.getLogger("vmsandbox.operator.events")
 
 COMPONENT = "vmsandbox-operator"
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _never_busy() -> float:
@@ -80,7 +77,7 @@ class EventRecorder:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: AsyncClient,
         *,
         enabled: bool = True,
         host: str = "",
@@ -117,24 +114,26 @@ class EventRecorder:
         return len(self._urgent) + len(self._held)
 
     def record(
-        self, obj: dict[str, Any], kind: str, reason: str, message: str, *, hold: bool = False
+        self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False, hold: bool = False
     ) -> None:
-        """``kind`` is ``Normal`` or ``Warning``; ``obj`` the sandbox (its metadata is what matters);
-        ``hold``: wait for the decisions to be quiet (see the module doc)."""
+        """An Event about ``obj`` (the sandbox); ``hold``: wait for the decisions to be quiet
+        (see the module doc)."""
         if not self._enabled:
             return
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
-        message = message[:1024]
+        kind = WARNING if warning else NORMAL
+        message = message[:MESSAGE_LIMIT]
         key = (namespace, str(meta.get("name")), str(meta.get("uid")), kind, reason, message)
         same = self._urgent.get(key) or self._held.get(key)
         if same is not None:
             same.event["count"] += 1
-            same.event["lastTimestamp"] = _now()
+            same.event["lastTimestamp"] = micro_time()
             return
         if len(self) >= self._limit:
             self._drop(f"more than {self._limit} were waiting")
-        filed = _Filed(namespace, _event(meta, namespace, kind, reason, message, self._host))
+        event = event_body(obj, kind, reason, message, component=COMPONENT, host=self._host)
+        filed = _Filed(namespace, event)
         (self._held if hold else self._urgent)[key] = filed
         self._drained.clear()
         self._wake.set()
@@ -200,35 +199,3 @@ class EventRecorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.002, min(self._quiet - idle, left)))
         return False
-
-
-def _event(
-    meta: dict[str, Any], namespace: str, kind: str, reason: str, message: str, host: str
-) -> dict[str, Any]:
-    now = _now()
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        # An explicit name, as client-go's recorder makes: name + "." + a unique suffix.
-        "metadata": {
-            "name": f"{meta.get('name', 'sandbox')}.{uuid.uuid4().hex[:16]}",
-            "namespace": namespace,
-        },
-        "involvedObject": {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": meta.get("name"),
-            "namespace": namespace,
-            "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-        },
-        "reason": reason,
-        "message": message,
-        "type": kind,
-        "source": {"component": COMPONENT, "host": host},
-        "reportingComponent": COMPONENT,
-        "reportingInstance": host,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-    }

@@ -34,7 +34,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         conn = op.connection
         return kopf.ConnectionInfo(
             server=conn.server,
-            token=conn.token,
+            # kopf logs in again after a 401, and so picks up a rotated service-account token.
+            token=conn.bearer_token(),
             ca_path=conn.ca_file,
             insecure=conn.insecure,
             certificate_path=conn.cert_file,

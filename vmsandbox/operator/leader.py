@@ -15,22 +15,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from vmsandbox.operator.kube import ApiError, KubeClient, lease_path
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.leases import lease_body, lease_spec, micro_time
+from vmsandbox.kube.patches import same_version
+from vmsandbox.kube.paths import lease_path
 
 log = logging.getLogger("vmsandbox.operator.leader")
-
-
-def micro_time(at: datetime | None = None) -> str:
-    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
     def __init__(
         self,
-        client: KubeClient,
+        client: AsyncClient,
         *,
         namespace: str,
         name: str,
@@ -100,20 +99,7 @@ class LeaderElector:
             await self._on_stopped()
 
     def _spec(self, lease: dict[str, Any] | None, now: str) -> dict[str, Any]:
-        old = (lease or {}).get("spec") or {}
-        transitions = int(old.get("leaseTransitions") or 0)
-        if old.get("holderIdentity") != self.identity:
-            transitions += 1 if old else 0
-            acquired = now
-        else:
-            acquired = old.get("acquireTime") or now
-        return {
-            "holderIdentity": self.identity,
-            "leaseDurationSeconds": max(1, round(self.lease_duration)),
-            "acquireTime": acquired,
-            "renewTime": now,
-            "leaseTransitions": transitions,
-        }
+        return lease_spec(self.identity, self.lease_duration, now, (lease or {}).get("spec"))
 
     async def _try_acquire_or_renew(self) -> bool:
         now = micro_time()
@@ -122,12 +108,7 @@ class LeaderElector:
         except ApiError as exc:
             if not exc.not_found:
                 raise
-            body = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": self._spec(None, now),
-            }
+            body = lease_body(self.namespace, self.name, self._spec(None, now))
             try:
                 await self._client.create(lease_path(self.namespace), body)
             except ApiError as exc2:
@@ -145,9 +126,8 @@ class LeaderElector:
             duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
             if time.monotonic() - self._observed_at < duration:
                 return False
-        rv = lease["metadata"]["resourceVersion"]
         ops = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            same_version(lease["metadata"]),
             {"op": "replace" if "spec" in lease else "add", "path": "/spec", "value": self._spec(lease, now)},
         ]
         try:
@@ -167,11 +147,7 @@ class LeaderElector:
             if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             ops = [
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": lease["metadata"]["resourceVersion"],
-                },
+                same_version(lease["metadata"]),
                 {"op": "replace", "path": "/spec/holderIdentity", "value": ""},
                 {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": 1},
             ]

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.kube import Connection
 from vmsandbox.operator.config import OperatorConfig
-from vmsandbox.operator.kube import Connection
 from vmsandbox.operator.runner import Operator
 
 

@@ -15,32 +15,24 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from vmsandbox.api import InvalidSandbox, VMSandbox
-from vmsandbox.api.constants import API_VERSION, GROUP, KIND, POOL_PLURAL, VERSION
+from vmsandbox.api.constants import API_VERSION, KIND
 from vmsandbox.api.pool import VMSandboxPool
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.patches import same_object
+from vmsandbox.kube.paths import pool_path
 from vmsandbox.operator.admission import admit
 from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.claims import ClaimDecision, Start, place
 from vmsandbox.operator.config import OperatorConfig
-from vmsandbox.operator.kube import ApiError, KubeClient
 from vmsandbox.operator.pools import Plan, plan, pool_status, ready_by_node, reports_of, same_status
 from vmsandbox.operator.scheduling import Demand, ReservationLedger
 
 log = logging.getLogger("vmsandbox.operator")
-
-
-def pool_path(namespace: str | None = None, name: str | None = None, sub: str | None = None) -> str:
-    path = f"/apis/{GROUP}/{VERSION}"
-    if namespace is not None:
-        path += f"/namespaces/{quote(namespace)}"
-    path += f"/{POOL_PLURAL}"
-    if name is not None:
-        path += f"/{quote(name)}"
-    return path + (f"/{sub}" if sub else "")
 
 
 def template_problem(pool: VMSandboxPool, config: OperatorConfig) -> str | None:
@@ -97,7 +89,7 @@ class PoolController:
     def __init__(
         self,
         config: OperatorConfig,
-        client: KubeClient,
+        client: AsyncClient,
         cache: ClusterCache,
         ledger: ReservationLedger,
         metrics: PoolMetrics,
@@ -236,7 +228,7 @@ class PoolController:
     async def _write(self, pool: VMSandboxPool, status: dict[str, Any]) -> None:
         meta = pool.metadata
         ops: list[dict[str, Any]] = [
-            {"op": "test", "path": "/metadata/uid", "value": meta.uid},
+            same_object({"uid": meta.uid}),
             {"op": "add", "path": "/status", "value": status},
         ]
         try:

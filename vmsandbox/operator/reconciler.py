@@ -31,11 +31,14 @@ from typing import Any
 from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, NetworkStatus, Phase, VMSandboxStatus
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER, POOL_LABEL
 from vmsandbox.api.reasons import EventReason
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.patches import expect, pointer, replace_if_unchanged, same_object, set_finalizers
+from vmsandbox.kube.paths import sandbox_path
 from vmsandbox.operator import lifecycle as lc
 from vmsandbox.operator.cache import ClusterCache, SandboxEntry, sandbox_key
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.events import EventRecorder
-from vmsandbox.operator.kube import ApiError, KubeClient, sandbox_path
 from vmsandbox.operator.metrics import OperatorMetrics
 from vmsandbox.operator.poolcontroller import PoolController
 from vmsandbox.operator.scheduling import (
@@ -51,26 +54,9 @@ from vmsandbox.operator.workqueue import WorkQueue
 log = logging.getLogger("vmsandbox.operator")
 
 
-def pointer(*parts: str) -> str:
-    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
-
-
 def _status_ops(raw: dict[str, Any], status: VMSandboxStatus) -> list[dict[str, Any]]:
     """Replace the whole status if, and only if, nobody changed it since ``raw`` was read."""
-    return [
-        {"op": "test", "path": "/metadata/uid", "value": raw["metadata"]["uid"]},
-        {"op": "test", "path": "/status", "value": raw.get("status")},
-        {"op": "add", "path": "/status", "value": status.to_wire()},
-    ]
-
-
-def _finalizer_ops(raw: dict[str, Any], keep: list[str]) -> list[dict[str, Any]]:
-    meta = raw["metadata"]
-    return [
-        {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
-        {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
-        {"op": "add", "path": "/metadata/finalizers", "value": keep},
-    ]
+    return replace_if_unchanged(raw, "/status", raw.get("status"), status.to_wire())
 
 
 def _phase_from_conditions(status: VMSandboxStatus) -> Phase:
@@ -89,7 +75,7 @@ class Reconciler:
     def __init__(
         self,
         config: OperatorConfig,
-        client: KubeClient,
+        client: AsyncClient,
         cache: ClusterCache,
         metrics: OperatorMetrics,
         events: EventRecorder,
@@ -222,7 +208,7 @@ class Reconciler:
             else:
                 log.info("evictions resumed: %d of %d nodes lost", len(lost), len(considered))
         if message and not self._brake_told and entry.node in lost:
-            self.events.record(entry.raw, "Warning", EventReason.EVICTIONS_PAUSED, message)
+            self.events.record(entry.raw, EventReason.EVICTIONS_PAUSED, message, warning=True)
             self._brake_told = True
         self._brake = message
         return message
@@ -350,7 +336,9 @@ class Reconciler:
         status.message = message
         status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_INVALID, message)
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Warning", lc.REASON_INVALID, f"{entry.invalid.field}: {message}")
+            self.events.record(
+                entry.raw, lc.REASON_INVALID, f"{entry.invalid.field}: {message}", warning=True
+            )
 
     async def _schedule(self, entry: SandboxEntry) -> None:
         assert entry.sandbox is not None
@@ -365,15 +353,15 @@ class Reconciler:
         self.ledger.reserve(entry.uid, decision.node, entry.demand)
         meta = entry.raw["metadata"]
         finalizers = list(meta.get("finalizers") or [])
-        ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": meta["uid"]}]
+        ops: list[dict[str, Any]] = [same_object(meta)]
         if meta.get("labels"):
             ops += [
-                {"op": "test", "path": pointer("metadata", "labels", NODE_LABEL), "value": None},
+                expect(pointer("metadata", "labels", NODE_LABEL), None),
                 {"op": "add", "path": pointer("metadata", "labels", NODE_LABEL), "value": decision.node},
             ]
         else:
             ops += [
-                {"op": "test", "path": "/metadata/labels", "value": meta.get("labels")},
+                expect("/metadata/labels", meta.get("labels")),
                 {"op": "add", "path": "/metadata/labels", "value": {NODE_LABEL: decision.node}},
             ]
         if entry.sandbox.spec.pool:  # what the pool's status.selector selects
@@ -386,7 +374,7 @@ class Reconciler:
             )
         if OPERATOR_FINALIZER not in finalizers:
             ops += [
-                {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
+                expect("/metadata/finalizers", meta.get("finalizers")),
                 {"op": "add", "path": "/metadata/finalizers", "value": [*finalizers, OPERATOR_FINALIZER]},
             ]
         placed = False
@@ -406,7 +394,6 @@ class Reconciler:
         self._unschedulable.pop(key, None)
         self.events.record(
             entry.raw,
-            "Normal",
             lc.REASON_SCHEDULED,
             f"placed on node {decision.node} ({decision.hypervisor})" + (claim.note if claim else ""),
             hold=True,  # every sandbox's: it must not compete with the placements
@@ -488,7 +475,7 @@ class Reconciler:
         status.message = message
         status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_INVALID, message)
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Warning", lc.REASON_INVALID, message)
+            self.events.record(entry.raw, lc.REASON_INVALID, message, warning=True)
 
     async def _record_unschedulable(self, entry: SandboxEntry, message: str) -> None:
         key = sandbox_key(entry.raw)
@@ -514,7 +501,7 @@ class Reconciler:
         status.message = message
         status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_UNSCHEDULABLE, message)
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Warning", EventReason.FAILED_SCHEDULING, message)
+            self.events.record(entry.raw, EventReason.FAILED_SCHEDULING, message, warning=True)
 
     async def _mark_unknown(self, entry: SandboxEntry, message: str) -> None:
         status = entry.status.model_copy(deep=True)
@@ -522,7 +509,7 @@ class Reconciler:
         status.reason = lc.REASON_NODE_UNREACHABLE
         status.message = message
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Warning", lc.REASON_NODE_UNREACHABLE, message)
+            self.events.record(entry.raw, lc.REASON_NODE_UNREACHABLE, message, warning=True)
 
     async def _recover(self, entry: SandboxEntry, message: str) -> None:
         status = entry.status.model_copy(deep=True)
@@ -530,7 +517,7 @@ class Reconciler:
         status.reason = None
         status.message = None
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, "Normal", EventReason.NODE_RECOVERED, message)
+            self.events.record(entry.raw, EventReason.NODE_RECOVERED, message)
 
     async def _mark_node_lost(self, entry: SandboxEntry, message: str) -> None:
         status = entry.status.model_copy(deep=True)
@@ -540,7 +527,7 @@ class Reconciler:
         status.set_condition(ConditionType.READY, ConditionStatus.FALSE, lc.REASON_NODE_LOST, message)
         if await self._write_status(entry, status):
             self.metrics.node_lost.inc()
-            self.events.record(entry.raw, "Warning", lc.REASON_NODE_LOST, message)
+            self.events.record(entry.raw, lc.REASON_NODE_LOST, message, warning=True)
 
     async def _reschedule(self, entry: SandboxEntry, message: str) -> None:
         """Back to Pending: drop the lost node's label and its agent's claim, then the status."""
@@ -549,10 +536,10 @@ class Reconciler:
         if entry.node is not None:
             finalizers = [f for f in meta.get("finalizers") or [] if f != AGENT_FINALIZER]
             ops = [
-                {"op": "test", "path": "/metadata/uid", "value": meta["uid"]},
-                {"op": "test", "path": pointer("metadata", "labels", NODE_LABEL), "value": entry.node},
+                same_object(meta),
+                expect(pointer("metadata", "labels", NODE_LABEL), entry.node),
                 {"op": "remove", "path": pointer("metadata", "labels", NODE_LABEL)},
-                {"op": "test", "path": "/metadata/finalizers", "value": meta.get("finalizers")},
+                expect("/metadata/finalizers", meta.get("finalizers")),
                 {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
             ]
             if not await self._write(entry, ops):
@@ -573,9 +560,7 @@ class Reconciler:
             status.set_condition(kind, ConditionStatus.FALSE, lc.REASON_NODE_LOST, f"node {node} lost")
         if await self._write_status(fresh, status):
             self.metrics.reschedules.inc()
-            self.events.record(
-                entry.raw, "Normal", EventReason.RESCHEDULED, f"leaving lost node {node}: {message}"
-            )
+            self.events.record(entry.raw, EventReason.RESCHEDULED, f"leaving lost node {node}: {message}")
 
     async def _delete_expired(self, entry: SandboxEntry, message: str) -> None:
         meta = entry.raw["metadata"]
@@ -587,7 +572,7 @@ class Reconciler:
             if not (exc.not_found or exc.conflict):
                 raise
             return
-        self.events.record(entry.raw, "Normal", EventReason.EXPIRED, message)
+        self.events.record(entry.raw, EventReason.EXPIRED, message)
 
     async def _release(self, entry: SandboxEntry, *, force: bool, why: str = "") -> None:
         meta = entry.raw["metadata"]
@@ -596,5 +581,5 @@ class Reconciler:
         keep = [f for f in current if f not in drop]
         if keep == current:
             return
-        if await self._write(entry, _finalizer_ops(entry.raw, keep)) and force:
-            self.events.record(entry.raw, "Warning", EventReason.FORCE_RELEASED, why)
+        if await self._write(entry, set_finalizers(entry.raw, keep)) and force:
+            self.events.record(entry.raw, EventReason.FORCE_RELEASED, why, warning=True)

@@ -16,11 +16,13 @@ from typing import Any
 import kopf
 from aiohttp import web
 
+from vmsandbox.kube import ApiError, Connection
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.paths import lease_path, node_path, sandbox_path
 from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.events import EventRecorder
 from vmsandbox.operator.handlers import build_registry
-from vmsandbox.operator.kube import ApiError, Connection, KubeClient, lease_path, node_path, sandbox_path
 from vmsandbox.operator.leader import LeaderElector
 from vmsandbox.operator.metrics import OperatorMetrics, serve_metrics
 from vmsandbox.operator.poolcontroller import PoolController, PoolMetrics
@@ -39,7 +41,7 @@ class Operator:
     def __init__(self, config: OperatorConfig, connection: Connection) -> None:
         self.config = config
         self.connection = connection
-        self.client = KubeClient(connection, user_agent=f"vmsandbox-operator/{config.identity}")
+        self.client = AsyncClient(connection, user_agent=f"vmsandbox-operator/{config.identity}")
         self.cache = ClusterCache(config)
         self.metrics = OperatorMetrics()
         self.events = EventRecorder(

@@ -26,9 +26,11 @@ from vmsandbox.api.constants import (
     SUBRESOURCE_ROUTES,
     SUBRESOURCE_VERSION,
 )
+from vmsandbox.kube import ApiError
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.paths import node_path, sandbox_path
 from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.config import OperatorConfig
-from vmsandbox.operator.kube import ApiError, KubeClient, node_path, sandbox_path
 from vmsandbox.operator.subresources.proxy import AgentProxy
 from vmsandbox.operator.subresources.trust import RequestHeaderTrust, Unauthenticated
 
@@ -77,7 +79,7 @@ def api_group() -> dict[str, Any]:
 class SubresourceServer:
     def __init__(
         self,
-        client: KubeClient,
+        client: AsyncClient,
         trust: RequestHeaderTrust,
         agent_headers: dict[str, str],
         cache: ClusterCache | None = None,
@@ -210,7 +212,7 @@ async def serve(
 
 
 async def start_subresources(
-    config: OperatorConfig, client: KubeClient, cache: ClusterCache | None = None
+    config: OperatorConfig, client: AsyncClient, cache: ClusterCache | None = None
 ) -> web.AppRunner:
     """The server as the operator's settings describe it (requestheader CA from file or ConfigMap)."""
     assert config.subresources_certfile is not None and config.subresources_keyfile is not None

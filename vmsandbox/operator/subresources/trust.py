@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.operator.kube import KubeClient
+from vmsandbox.kube.aio import AsyncClient
+from vmsandbox.kube.paths import configmap_path
 
-AUTH_CONFIGMAP = "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication"
+AUTH_CONFIGMAP = configmap_path("kube-system", "extension-apiserver-authentication")
 
 
 class Unauthenticated(VMSandboxError):
@@ -44,7 +45,7 @@ class RequestHeaderTrust:
         return cls(ca_pem=path.read_text(), allowed_names=allowed_names)
 
     @classmethod
-    async def from_configmap(cls, client: KubeClient) -> RequestHeaderTrust:
+    async def from_configmap(cls, client: AsyncClient) -> RequestHeaderTrust:
         data = (await client.get(AUTH_CONFIGMAP)).get("data") or {}
         ca = data.get("requestheader-client-ca-file")
         if not ca:
