@@ -8,6 +8,7 @@ import pytest
 
 from vmsandbox.kube import ApiError, ConfigError, Connection, connection, wire
 from vmsandbox.kube.events import event_body
+from vmsandbox.kube.expectations import VersionGate
 from vmsandbox.kube.leases import lease_spec
 from vmsandbox.kube.patches import edit_finalizer, pointer
 from vmsandbox.kube.paths import pool_path, sandbox_path, subresource_path
@@ -135,3 +136,26 @@ def test_an_event_names_its_object_and_is_bounded() -> None:
     first, second = (event_body(sandbox, "Normal", "R", "m", component="c", host="h") for _ in range(2))
     assert first["involvedObject"]["kind"] == "VMSandbox"
     assert first["metadata"]["name"] != second["metadata"]["name"], "each Event gets its own name"
+
+
+def test_the_gate_drops_what_predates_a_write_and_lapses() -> None:
+    now = [0.0]
+    gate = VersionGate(ttl=30, clock=lambda: now[0])
+    assert gate.watched("k", "v1")
+    gate.own("k", "v3")
+    assert not gate.watched("k", "v2")
+    assert gate.watched("k", "v3") and gate.watched("k", "v4")
+    gate.own("k", "v9")  # the watch never brings it (a lost event)
+    assert not gate.watched("k", "v5")
+    now[0] = 31.0
+    assert gate.watched("k", "v6")
+
+
+def test_the_gate_drops_a_listed_copy_the_watch_moved_meanwhile() -> None:
+    gate = VersionGate()
+    gate.begin_list()
+    assert gate.watched("moved", "v2")
+    assert not gate.listed("moved", "v1")
+    assert gate.listed("still", "v7")
+    gate.end_list()
+    assert gate.listed("moved", "v1"), "outside a list every item counts"

@@ -293,7 +293,7 @@ def test_a_watch_event_older_than_the_agents_own_write_is_not_acted_on() -> None
     """The Failed -> Creating regression: a reconcile must not see the version its write replaced.
 
     Versions are told apart by identity (resourceVersions are opaque), never by ordering them."""
-    from vmsandbox.node_agent.expectations import WriteExpectations
+    from vmsandbox.kube.expectations import WriteExpectations
 
     clock = [0.0]
     expect = WriteExpectations(ttl=30.0, clock=lambda: clock[0])

@@ -28,12 +28,12 @@ from vmsandbox.api.spec import PullPolicy, RestartPolicy
 from vmsandbox.api.status import now
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.procs import running
+from vmsandbox.kube.expectations import WriteExpectations
 from vmsandbox.kube.retry import WriteDeferred, retry_hint
 from vmsandbox.node_agent import lifecycle as lc
 from vmsandbox.node_agent import pausing, statusedits
 from vmsandbox.node_agent.context import AgentContext
 from vmsandbox.node_agent.errors import ImagePullFailed, InvalidSpec, SandboxFailure, VMBootFailed, as_failure
-from vmsandbox.node_agent.expectations import WriteExpectations
 from vmsandbox.node_agent.logs import SandboxLog, bind_sandbox
 from vmsandbox.node_agent.prefetch import Prefetch
 from vmsandbox.node_agent.records import ContainerEnd, SandboxRecord, container_id_for
