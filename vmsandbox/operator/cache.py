@@ -1,9 +1,11 @@
 """The operator's view of the cluster, fed by kopf's watch events and by fresh LISTs.
 
-Entries are only replaced by newer resourceVersions, so a LIST made when a replica becomes
-the leader and a watch event racing with it cannot move an object back in time. The
-operator also stores every object its own writes return, so its next decision does not
-wait for the watch to echo them.
+The operator also stores every object its own writes return, so its next decision does not
+wait for the watch to echo them. resourceVersions are never ordered (the API contract makes
+them opaque): a :class:`~vmsandbox.kube.expectations.VersionGate` per kind tells a stale watch
+event (one before the version the operator wrote or read) or a stale list item (an object the
+watch delivered while the list was on its way) from a current one, so neither can move an
+object back in time.
 """
 
 from __future__ import annotations
@@ -12,24 +14,40 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from vmsandbox.api import InvalidSandbox, VMSandbox, VMSandboxStatus
 from vmsandbox.api.constants import NODE_LABEL
 from vmsandbox.api.pool import InvalidPool, VMSandboxPool, parse_pool
+from vmsandbox.kube.expectations import VersionGate
 from vmsandbox.operator.admission import admit
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.nodes import NodeView, lease_marker, lease_node, node_view
 from vmsandbox.operator.scheduling import NOTHING, Demand, ReservationLedger, UsageIndex, demand_of
 
+#: Where a copy of an object comes from: kopf's watch, the operator's own write or fresh read,
+#: or a list begun with :meth:`ClusterCache.begin_list`.
+Source = Literal["watch", "own", "list"]
 
-def _rv(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
+
+def _version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _admit(gate: VersionGate, key: str, raw: Mapping[str, Any], source: Source, same_object: bool) -> bool:
+    """Whether ``raw`` may replace the cache's copy of ``key`` (another object under the same
+    name, after a delete and create, always may)."""
+    if not same_object:
+        gate.forget(key)
+    version = _version(raw)
+    if source == "watch":
+        return gate.watched(key, version)
+    if source == "list":
+        return gate.listed(key, version)
+    gate.own(key, version)
+    return True
 
 
 def sandbox_key(obj: Mapping[str, Any]) -> str:
@@ -49,8 +67,8 @@ class SandboxEntry:
         return str(self.raw["metadata"].get("uid", ""))
 
     @property
-    def rv(self) -> int:
-        return _rv(self.raw)
+    def version(self) -> str:
+        return _version(self.raw)
 
     @property
     def node(self) -> str | None:
@@ -96,17 +114,31 @@ class ClusterCache:
         self._gone_uids: set[str] = set()
         self.pools: dict[str, VMSandboxPool] = {}  # by namespace/name
         self._usage = UsageIndex()
+        self._gates = {kind: VersionGate() for kind in ("sandbox", "pool", "node", "lease")}
+
+    def begin_list(self, *kinds: str) -> None:
+        """A fresh list of ``kinds`` (sandbox, pool, node, lease) begins: watch events from now
+        on mark their objects, whose listed copies are then older than the cache's."""
+        for kind in kinds:
+            self._gates[kind].begin_list()
+
+    def end_list(self, *kinds: str) -> None:
+        for kind in kinds:
+            self._gates[kind].end_list()
 
     # sandboxes
-    def upsert_sandbox(self, raw: dict[str, Any]) -> SandboxEntry | None:
-        """Store ``raw`` unless an equal or newer version is stored; returns the stored entry."""
+    def upsert_sandbox(self, raw: dict[str, Any], source: Source = "watch") -> SandboxEntry | None:
+        """Store ``raw`` unless it is older than the stored copy; returns the stored entry."""
         key = sandbox_key(raw)
         uid = str(raw["metadata"].get("uid", ""))
         if uid in self._gone_uids:
             return None
         old = self.sandboxes.get(key)
-        if old is not None and old.uid == uid and old.rv >= _rv(raw):
-            return old
+        same = old is not None and old.uid == uid
+        if not _admit(self._gates["sandbox"], key, raw, source, same) or (
+            old is not None and same and old.version == _version(raw)
+        ):
+            return old if same else None
         first_seen = old.first_seen if old is not None and old.uid == uid else time.monotonic()
         entry = parse_entry(raw, self.config, first_seen)
         if old is not None:
@@ -124,6 +156,7 @@ class ClusterCache:
         old = self.sandboxes.get(key)
         if old is not None and (not uid or old.uid == uid):
             self._usage.remove(old.uid)
+            self._gates["sandbox"].forget(key)
             return self.sandboxes.pop(key)
         return None
 
@@ -138,11 +171,14 @@ class ClusterCache:
                 yield entry.uid, entry.node, entry.demand, entry.finished
 
     # pools
-    def upsert_pool(self, raw: dict[str, Any]) -> VMSandboxPool | None:
-        """Store a pool unless an equal or newer version is stored; None when it does not parse."""
+    def upsert_pool(self, raw: dict[str, Any], source: Source = "watch") -> VMSandboxPool | None:
+        """Store a pool unless it is older than the stored copy; None when it does not parse."""
         key = sandbox_key(raw)
         old = self.pools.get(key)
-        if old is not None and old.metadata.uid == raw["metadata"].get("uid") and _pool_rv(old) >= _rv(raw):
+        same = old is not None and old.metadata.uid == raw["metadata"].get("uid")
+        if not _admit(self._gates["pool"], key, raw, source, same):
+            return old if same else None
+        if old is not None and same and old.metadata.resource_version == _version(raw):
             return old
         try:
             pool = parse_pool(raw)
@@ -156,30 +192,39 @@ class ClusterCache:
         old = self.pools.get(sandbox_key(raw))
         if old is not None and old.metadata.uid == (raw.get("metadata") or {}).get("uid"):
             self.pools.pop(sandbox_key(raw))
+            self._gates["pool"].forget(sandbox_key(raw))
 
     # nodes and agent leases
-    def upsert_node(self, raw: dict[str, Any]) -> bool:
+    def upsert_node(self, raw: dict[str, Any], source: Source = "watch") -> bool:
         """Returns True when something scheduling depends on changed (not just a heartbeat)."""
         name = str(raw["metadata"]["name"])
         old = self.nodes.get(name)
-        if old is not None and _rv(old) >= _rv(raw):
+        same = old is not None and _uid(old) == _uid(raw)
+        if not _admit(self._gates["node"], name, raw, source, same) or (
+            old is not None and _version(old) == _version(raw)
+        ):
             return False
         self.nodes[name] = raw
         self._views = None
         return old is None or _schedulable_bits(old) != _schedulable_bits(raw)
 
     def forget_node(self, raw: Mapping[str, Any]) -> None:
-        self.nodes.pop(str((raw.get("metadata") or {}).get("name")), None)
+        name = str((raw.get("metadata") or {}).get("name"))
+        self.nodes.pop(name, None)
+        self._gates["node"].forget(name)
         self._views = None
 
-    def upsert_lease(self, raw: dict[str, Any]) -> str | None:
+    def upsert_lease(self, raw: dict[str, Any], source: Source = "watch") -> str | None:
         """Stores an agent Lease; returns its node name (None for Leases that are not agents')."""
         meta = raw.get("metadata") or {}
         node = lease_node(raw)
         if node is None or meta.get("namespace") != self.config.namespace:
             return None
         old = self.leases.get(node)
-        if old is not None and _rv(old) >= _rv(raw):
+        same = old is not None and _uid(old) == _uid(raw)
+        if not _admit(self._gates["lease"], node, raw, source, same) or (
+            old is not None and _version(old) == _version(raw)
+        ):
             return node
         self.leases[node] = raw
         marker = lease_marker(raw)
@@ -202,6 +247,7 @@ class ClusterCache:
         if node is not None and (raw.get("metadata") or {}).get("namespace") == self.config.namespace:
             self.leases.pop(node, None)
             self.lease_seen.pop(node, None)
+            self._gates["lease"].forget(node)
             self._views = None
 
     def renewed(self, node: str) -> datetime | None:
@@ -234,8 +280,8 @@ class ClusterCache:
         return unreachable, considered
 
 
-def _pool_rv(pool: VMSandboxPool) -> int:
-    return _rv({"metadata": {"resourceVersion": pool.metadata.resource_version}})
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
 
 
 def _schedulable_bits(node: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -122,6 +122,16 @@ class PoolController:
     async def resync(self) -> None:
         """A fresh LIST when this replica starts leading; the plan is redone from it."""
         self._last = None
+        self.cache.begin_list("pool")
+        try:
+            seen = {pool.ref for pool in await self._listed_pools()}
+        finally:
+            self.cache.end_list("pool")
+        for ref in set(self.cache.pools) - seen:
+            self.cache.pools.pop(ref, None)
+        self.changed()
+
+    async def _listed_pools(self) -> list[VMSandboxPool]:
         try:
             listed = await self.client.list_objects(pool_path())
         except ApiError as exc:
@@ -130,15 +140,9 @@ class PoolController:
             # The VMSandboxPool CRD is not installed (Helm never upgrades CRDs): sandboxes
             # are scheduled as before, and pools are picked up once it is applied.
             log.warning("no VMSandboxPool API (apply crds/vmsandboxpools.yaml): %s", exc)
-            listed = {}
-        seen = set()
-        for item in listed.get("items") or []:
-            pool = self.cache.upsert_pool(item)
-            if pool is not None:
-                seen.add(pool.ref)
-        for ref in set(self.cache.pools) - seen:
-            self.cache.pools.pop(ref, None)
-        self.changed()
+            return []
+        stored = (self.cache.upsert_pool(item, "list") for item in listed.get("items") or [])
+        return [pool for pool in stored if pool is not None]
 
     # ---- the plan scheduling and status share
     def valid_pools(self) -> list[VMSandboxPool]:
@@ -243,4 +247,4 @@ class PoolController:
                 await self.resync()
                 return
             raise
-        self.cache.upsert_pool(obj)
+        self.cache.upsert_pool(obj, "own")

@@ -36,7 +36,7 @@ from vmsandbox.kube.aio import AsyncClient
 from vmsandbox.kube.patches import expect, pointer, replace_if_unchanged, same_object, set_finalizers
 from vmsandbox.kube.paths import sandbox_path
 from vmsandbox.operator import lifecycle as lc
-from vmsandbox.operator.cache import ClusterCache, SandboxEntry, sandbox_key
+from vmsandbox.operator.cache import ClusterCache, SandboxEntry, Source, sandbox_key
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.events import EventRecorder
 from vmsandbox.operator.metrics import OperatorMetrics
@@ -98,8 +98,8 @@ class Reconciler:
         self.pools: PoolController | None = None  # set by the runner; None: no pools considered
 
     # ---- feeding the queue
-    def sandbox_changed(self, raw: dict[str, Any]) -> None:
-        entry = self.cache.upsert_sandbox(raw)
+    def sandbox_changed(self, raw: dict[str, Any], source: Source = "watch") -> None:
+        entry = self.cache.upsert_sandbox(raw, source)
         if entry is None:
             return
         self._settle_reservation(entry)
@@ -303,7 +303,7 @@ class Reconciler:
             self.metrics.conflicts.inc()
             await self._refresh(entry)
             return False
-        self.sandbox_changed(obj)
+        self.sandbox_changed(obj, "own")
         return True
 
     async def _refresh(self, entry: SandboxEntry) -> None:
@@ -315,7 +315,7 @@ class Reconciler:
                 self.sandbox_gone(entry.raw)
                 return
             raise
-        self.sandbox_changed(obj)
+        self.sandbox_changed(obj, "own")
         self.queue.add(sandbox_key(obj))
 
     async def _write_status(self, entry: SandboxEntry, status: VMSandboxStatus) -> bool:

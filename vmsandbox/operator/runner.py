@@ -119,17 +119,23 @@ class Operator:
         return settings
 
     async def _resync(self) -> None:
-        """A fresh LIST of everything the decisions depend on, merged by resourceVersion."""
-        nodes = await self.client.list_objects(node_path())
-        for item in nodes.get("items") or []:
-            item.setdefault("apiVersion", "v1")
-            self.cache.upsert_node(item)
-        leases = await self.client.list_objects(lease_path(self.config.namespace))
-        for item in leases.get("items") or []:
-            self.cache.upsert_lease(item)
-        sandboxes = await self.client.list_objects(sandbox_path())
-        for item in sandboxes.get("items") or []:
-            self.cache.upsert_sandbox(item)
+        """A fresh LIST of everything the decisions depend on, merged with what the watch
+        delivers meanwhile (see :mod:`vmsandbox.operator.cache`)."""
+        kinds = ("node", "lease", "sandbox")
+        self.cache.begin_list(*kinds)
+        try:
+            nodes = await self.client.list_objects(node_path())
+            for item in nodes.get("items") or []:
+                item.setdefault("apiVersion", "v1")
+                self.cache.upsert_node(item, "list")
+            leases = await self.client.list_objects(lease_path(self.config.namespace))
+            for item in leases.get("items") or []:
+                self.cache.upsert_lease(item, "list")
+            sandboxes = await self.client.list_objects(sandbox_path())
+            for item in sandboxes.get("items") or []:
+                self.cache.upsert_sandbox(item, "list")
+        finally:
+            self.cache.end_list(*kinds)
         await self.pools.resync()
 
     async def _started_leading(self) -> None:
