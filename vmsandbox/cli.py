@@ -16,11 +16,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import requests
 import yaml
@@ -34,7 +34,6 @@ from vmsandbox.api.constants import (
     NODE_LABEL,
     PLURAL,
     SUBRESOURCE_GROUP,
-    VERSION,
 )
 from vmsandbox.cli_exec import print_listing, remote_spec, run_cp, run_exec
 from vmsandbox.devcluster.backend import Backend, cache_dir, detect_backend
@@ -42,10 +41,13 @@ from vmsandbox.devcluster.backend import choose_backend as choose_backend
 from vmsandbox.devcluster.devstack import Component as Component
 from vmsandbox.devcluster.devstack import DevStack, api_path_ready
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.kube import Connection
+from vmsandbox.kube import ApiError, Client, Connection, wire
+from vmsandbox.kube.paths import node_path, sandbox_path
 from vmsandbox.sdk.remote import Agent
 
 FIELD_MANAGER = "vmsandbox-cli"
+USER_AGENT = "vmsandbox-cli"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 class CLIError(VMSandboxError):
@@ -69,49 +71,75 @@ def resolve_kubeconfig(explicit: Path | None) -> Path | None:
     return default if default.exists() else None
 
 
-# ---- a small synchronous client --------------------------------------------------------------
+# ---- the API server --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer as ``vmsandbox dev``'s set-up reads it (its status, text and JSON)."""
+
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
 
 
 class Api:
+    """The CLI's client of the API server, with the kubeconfig's (or the pod's) credentials."""
+
     def __init__(self, kubeconfig: Path | None, *, direct: bool = False) -> None:
-        conn = Connection.load(resolve_kubeconfig(kubeconfig))
+        self.connection = Connection.load(resolve_kubeconfig(kubeconfig))
         #: Go straight to node agents even where the API server serves subresources.vmsandbox.io.
         self.direct = direct
-        self.server = conn.server
-        self.session = requests.Session()
-        self.session.headers.update(conn.headers())
-        self.session.headers["User-Agent"] = "vmsandbox-cli"
-        if conn.server.startswith("https"):
-            self.session.verify = False if conn.insecure else (conn.ca_file or True)
-            if conn.cert_file:
-                self.session.cert = (conn.cert_file, conn.key_file) if conn.key_file else conn.cert_file
+        self.server = self.connection.server
+        self.client = Client(self.connection, user_agent=USER_AGENT)
 
-    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
-        # Per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify setting.
-        kw.setdefault("verify", self.session.verify)
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = wire.JSON,
+        params: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The answer's object; :class:`ApiError` for a refusal, a :class:`CLIError` when the
+        server did not answer at all (every command says that the same way)."""
         try:
-            return self.session.request(method, self.server + path, timeout=kw.pop("timeout", 30), **kw)
-        except requests.RequestException as exc:
-            raise CLIError(f"cannot reach the API server at {self.server}: {exc}", step="connect") from None
+            return self.client.request(method, path, body=body, content_type=content_type, params=params)
+        except ApiError as exc:
+            if exc.status == 0:
+                raise CLIError(
+                    f"cannot reach the API server at {self.server}: {exc.message}", step="connect"
+                ) from None
+            raise
 
     def json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
-        resp = self.request(method, path, **kw)
-        if resp.status_code >= 300:
-            try:
-                message = resp.json().get("message", resp.text)
-            except ValueError:
-                message = resp.text
-            raise CLIError(f"{method} {path}: {resp.status_code} {message}", step="api")
-        result: dict[str, Any] = resp.json()
-        return result
+        """As :meth:`call`, with a refusal as a :class:`CLIError` of step ``api``."""
+        try:
+            return self.call(method, path, **kw)
+        except ApiError as exc:
+            raise CLIError(exc.detail, step="api") from None
 
+    def exists(self, path: str) -> bool:
+        """False once the server answers 404 for ``path``."""
+        try:
+            self.call("GET", path)
+        except ApiError as exc:
+            return not exc.not_found
+        return True
 
-def sandboxes_path(namespace: str | None, name: str | None = None) -> str:
-    path = f"/apis/{GROUP}/{VERSION}"
-    if namespace is not None:
-        path += f"/namespaces/{quote(namespace)}"
-    path += f"/{PLURAL}"
-    return path + (f"/{quote(name)}" if name else "")
+    def request(self, method: str, path: str, **kw: Any) -> Answer:
+        """For ``vmsandbox dev``'s set-up (``json=`` body, ``headers=`` for the content type): an
+        answer whatever its status. The client returns no status of a success: a create's is
+        201, every other's 200, as the API server answers them."""
+        content_type = (kw.get("headers") or {}).get("Content-Type", wire.JSON)
+        try:
+            obj = self.call(method, path, body=kw.get("json"), content_type=content_type)
+        except ApiError as exc:
+            return Answer(exc.status, exc.message)
+        return Answer(201 if method == "POST" else 200, json.dumps(obj))
 
 
 # ---- apply / get / logs / delete -------------------------------------------------------------
@@ -135,18 +163,15 @@ def cmd_apply(api: Api, args: argparse.Namespace) -> int:
         meta = doc["metadata"]
         namespace = meta.get("namespace") or args.namespace
         meta["namespace"] = namespace
-        resp = api.request(
-            "PATCH",
-            sandboxes_path(namespace, meta["name"]),
-            params={"fieldManager": FIELD_MANAGER, "force": "true"},
-            data=json.dumps(doc),
-            headers={"Content-Type": "application/apply-patch+yaml"},
-        )
-        if resp.status_code >= 300:
-            message = resp.json().get("message", resp.text) if resp.text.startswith("{") else resp.text
-            raise CLIError(f"{meta['name']}: {message}", step="apply")
-        verb = "created" if resp.status_code == 201 else "configured"
-        print(f"{PLURAL[:-2]}.{GROUP}/{meta['name']} {verb}")
+        path = sandbox_path(namespace, meta["name"])
+        # Asked first, as kubectl apply does: the client keeps no status (201 or 200) of a success.
+        existed = api.exists(path)
+        params = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        try:
+            api.call("PATCH", path, body=doc, content_type=APPLY_PATCH, params=params)
+        except ApiError as exc:
+            raise CLIError(f"{meta['name']}: {exc.message}", step="apply") from None
+        print(f"{PLURAL[:-2]}.{GROUP}/{meta['name']} {'configured' if existed else 'created'}")
     return 0
 
 
@@ -187,8 +212,8 @@ def table(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> str:
 def _items(api: Api, args: argparse.Namespace) -> list[dict[str, Any]]:
     namespace = None if args.all_namespaces else args.namespace
     if args.name:
-        return [api.json("GET", sandboxes_path(namespace, args.name))]
-    items: list[dict[str, Any]] = api.json("GET", sandboxes_path(namespace)).get("items") or []
+        return [api.json("GET", sandbox_path(namespace, args.name))]
+    items: list[dict[str, Any]] = api.json("GET", sandbox_path(namespace)).get("items") or []
     return sorted(items, key=lambda i: (i["metadata"].get("namespace", ""), i["metadata"]["name"]))
 
 
@@ -233,28 +258,23 @@ def agent_of(api: Api, namespace: str, name: str, step: str) -> Agent:
     served (and not ``--direct``), else the node agent running it, with this client's credentials
     (the agent asks the API server who they are)."""
     if not api.direct and api_path_ready(api):
-        token = api.session.headers.get("Authorization")
-        cert = api.session.cert if isinstance(api.session.cert, str | tuple) else None
-        verify = api.session.verify if isinstance(api.session.verify, str | bool) else True
-        headers = {"Authorization": str(token)} if token else {}
-        return Agent(api.server, headers, api_path=True, verify=verify, cert=cert)
-    item = api.json("GET", sandboxes_path(namespace, name))
+        return Agent.api_server(api.connection)
+    item = api.json("GET", sandbox_path(namespace, name))
     node = (item.get("status") or {}).get("nodeName") or (item["metadata"].get("labels") or {}).get(
         NODE_LABEL
     )
     if not node:
         raise CLIError(f"{namespace}/{name} is not scheduled to a node yet", step=step)
-    node_obj = api.json("GET", f"/api/v1/nodes/{quote(node)}")
+    node_obj = api.json("GET", node_path(node))
     endpoint = (node_obj["metadata"].get("annotations") or {}).get(AGENT_ENDPOINT_ANNOTATION)
     if not endpoint:
         raise CLIError(f"node {node} publishes no {AGENT_ENDPOINT_ANNOTATION} annotation", step=step)
-    token = api.session.headers.get("Authorization")
-    return Agent(endpoint, {"Authorization": str(token)} if token else {})
+    return Agent(endpoint, api.connection.headers())
 
 
 def cmd_logs(api: Api, args: argparse.Namespace) -> int:
     agent = agent_of(api, args.namespace, args.name, "logs")
-    endpoint, auth = agent.endpoint, agent.headers
+    endpoint, auth = agent.endpoint, agent.auth()
     url = agent.url("logs", args.namespace, args.name)
     params = {"follow": "true"} if args.follow else {}
     if args.tail_bytes is not None:
@@ -306,7 +326,7 @@ def cmd_ls(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_port_forward(api: Api, args: argparse.Namespace) -> int:
     pairs = [cli_portforward.parse_pair(spec) for spec in args.ports]
-    item = api.json("GET", sandboxes_path(args.namespace, args.name))
+    item = api.json("GET", sandbox_path(args.namespace, args.name))
     problem = cli_portforward.sandbox_network_problem(item)
     if problem is not None:
         raise CLIError(problem, step="port-forward")
@@ -317,16 +337,17 @@ def cmd_port_forward(api: Api, args: argparse.Namespace) -> int:
 
 def cmd_delete(api: Api, args: argparse.Namespace) -> int:
     for name in args.names:
-        resp = api.request("DELETE", sandboxes_path(args.namespace, name))
-        if resp.status_code == 404:
-            raise CLIError(f"{args.namespace}/{name} not found", step="delete")
-        if resp.status_code >= 300:
-            raise CLIError(f"{name}: {resp.status_code} {resp.text}", step="delete")
+        try:
+            api.call("DELETE", sandbox_path(args.namespace, name))
+        except ApiError as exc:
+            if exc.not_found:
+                raise CLIError(f"{args.namespace}/{name} not found", step="delete") from None
+            raise CLIError(f"{name}: {exc.status} {exc.message}", step="delete") from None
         print(f"{PLURAL[:-2]}.{GROUP}/{name} deleted")
     if args.wait:
         deadline = time.monotonic() + args.timeout
         for name in args.names:
-            while api.request("GET", sandboxes_path(args.namespace, name)).status_code != 404:
+            while api.exists(sandbox_path(args.namespace, name)):
                 if time.monotonic() > deadline:
                     raise CLIError(
                         f"{args.namespace}/{name} still exists after {args.timeout}s", step="delete"

@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import requests
+from typing import Any, Protocol
 
 from vmsandbox.api.constants import SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
 from vmsandbox.devcluster.tls import make_ca, sign_certificate
@@ -18,8 +16,22 @@ from vmsandbox.errors import VMSandboxError
 
 SERVICE_NAME = "vmsandbox-subresources"
 API_SERVICE_NAME = f"{SUBRESOURCE_VERSION}.{SUBRESOURCE_GROUP}"
-#: (method, path, json body) -> response, as the caller's admin client sends it.
-Send = Callable[..., requests.Response]
+
+
+class Answer(Protocol):
+    """What is read of the API server's answer (a ``requests.Response`` is one)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+#: (method, path, json body) -> answer, as the caller's admin client sends it.
+Send = Callable[..., Answer]
 
 
 class RegistrationError(VMSandboxError):

@@ -24,7 +24,7 @@ from vmsandbox.api.constants import (
     SUBRESOURCE_GROUP,
     SUBRESOURCE_VERSION,
 )
-from vmsandbox.devcluster.apiservice import operator_settings, register, serving_certificate
+from vmsandbox.devcluster.apiservice import Answer, operator_settings, register, serving_certificate
 from vmsandbox.devcluster.backend import Backend, default_guest_image_dir
 from vmsandbox.devcluster.errors import DevClusterError
 from vmsandbox.devcluster.processes import free_ports, python_env
@@ -39,7 +39,7 @@ SUBRESOURCE_DISCOVERY = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
 class Client(Protocol):
     """An admin client of the local control plane (the CLI's), sending one request."""
 
-    def request(self, method: str, path: str, **kw: Any) -> requests.Response: ...
+    def request(self, method: str, path: str, **kw: Any) -> Answer: ...
 
 
 def _free_port() -> int:

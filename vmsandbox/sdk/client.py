@@ -20,29 +20,27 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as kconfig
-from kubernetes import watch
-from kubernetes.client.exceptions import ApiException
-
+from vmsandbox import kube
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
     API_VERSION,
-    GROUP,
     KIND,
-    PLURAL,
     SUBRESOURCE_GROUP,
     SUBRESOURCE_VERSION,
-    VERSION,
 )
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.kube import ApiError, ConfigError, Connection
+from vmsandbox.kube.paths import node_path, sandbox_path
 from vmsandbox.sdk.remote import Agent, ExecSession, RemoteError, list_path, read_path, write_path
 
 #: Sandbox phases after which it will never be Running again.
 FINISHED = ("Succeeded", "Failed")
+#: Served when the API server routes subresources.vmsandbox.io (the API path) somewhere.
+SUBRESOURCE_DISCOVERY = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
+USER_AGENT = "vmsandbox-sdk"
 
 
 class SandboxError(VMSandboxError):
@@ -64,17 +62,12 @@ class CommandResult:
         return self.stdout.decode(errors="replace")
 
 
-def _api_client(kubeconfig: str | None) -> k8s.ApiClient:
+def _connection(kubeconfig: str | None) -> Connection:
+    """``kubeconfig``; without one, the pod's service account in a pod, else the default kubeconfig."""
     try:
-        if kubeconfig is not None:
-            return kconfig.new_client_from_config(config_file=kubeconfig)
-        try:
-            kconfig.load_incluster_config()
-            return k8s.ApiClient()
-        except kconfig.ConfigException:
-            return kconfig.new_client_from_config()
-    except (kconfig.ConfigException, OSError) as exc:
-        raise SandboxError("-", "kubeconfig", str(exc)) from None
+        return Connection.load(Path(kubeconfig) if kubeconfig is not None else None)
+    except ConfigError as exc:
+        raise SandboxError("-", "kubeconfig", exc.detail) from None
 
 
 class Client:
@@ -84,11 +77,10 @@ class Client:
         self, namespace: str = "default", kubeconfig: str | None = None, *, direct: bool = False
     ) -> None:
         self.namespace = namespace
-        self.api_client = _api_client(kubeconfig)
+        self.connection = _connection(kubeconfig)
+        self.kube = kube.Client(self.connection, user_agent=USER_AGENT)
         self.direct = direct
         self._api_path: Agent | Literal[False] | None = None
-        self.custom = k8s.CustomObjectsApi(self.api_client)
-        self.core = k8s.CoreV1Api(self.api_client)
 
     def __enter__(self) -> Client:
         return self
@@ -97,7 +89,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self.api_client.close()
+        self.kube.close()
 
     def create(
         self,
@@ -119,8 +111,8 @@ class Client:
         }
         box = Sandbox(self, name)
         try:
-            self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-        except ApiException as exc:
+            self.kube.create(sandbox_path(self.namespace), body)
+        except ApiError as exc:
             raise box.error("create", exc) from None
         if wait:
             box.wait_running(timeout)
@@ -129,26 +121,12 @@ class Client:
     def api_path(self) -> Agent | None:
         """The API server as the way in, if it serves subresources.vmsandbox.io (asked once)."""
         if self._api_path is None:
-            cfg = self.api_client.configuration
-            agent = Agent(
-                cfg.host,
-                _auth_headers(self.api_client),
-                api_path=True,
-                verify=(cfg.ssl_ca_cert or True) if cfg.verify_ssl else False,
-                cert=(cfg.cert_file, cfg.key_file) if cfg.cert_file else None,
-            )
             try:
-                resp = self.api_client.call_api(
-                    "GET",
-                    f"{cfg.host}/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}",
-                    header_params={"Accept": "application/json", **agent.headers},
-                    _request_timeout=10,
-                )
-                resp.read()
-            except (ApiException, urllib3.exceptions.HTTPError):
+                self.kube.get(SUBRESOURCE_DISCOVERY, timeout=10)
+            except ApiError:
                 self._api_path = False
             else:
-                self._api_path = agent if resp.status == 200 else False
+                self._api_path = Agent.api_server(self.connection)
         return self._api_path or None
 
     def sandbox(self, name: str) -> Sandbox:
@@ -167,20 +145,20 @@ class Sandbox:
         return f"Sandbox({self.namespace}/{self.name})"
 
     def error(self, step: str, exc: BaseException | str) -> SandboxError:
-        if isinstance(exc, ApiException):
-            detail = f"{exc.status} {exc.reason}: {(exc.body or '')[:300]}"
+        if isinstance(exc, ApiError):
+            detail = f"{exc.status} {exc.message}" if exc.status else exc.message
         else:
             detail = exc.detail if isinstance(exc, VMSandboxError) else str(exc)
         return SandboxError(f"{self.namespace}/{self.name}", step, detail)
 
     def get(self) -> dict[str, Any]:
         try:
-            obj: Any = self.client.custom.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name
-            )
-        except ApiException as exc:
+            return self.client.kube.get(self._path())
+        except ApiError as exc:
             raise self.error("get", exc) from None
-        return dict(obj)
+
+    def _path(self) -> str:
+        return sandbox_path(self.namespace, self.name)
 
     def wait_running(self, timeout: float = 180.0) -> dict[str, Any]:
         """Block until the phase is Running: one read, then a watch from that resourceVersion (resumed
@@ -205,26 +183,24 @@ class Sandbox:
 
     def _events(self, obj: dict[str, Any], left: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """This sandbox's watch events after ``obj``'s resourceVersion, until the watch ends (a
-        broken or expired watch, 410 included, just ends it: the caller reads afresh)."""
-        stream = watch.Watch()
+        broken or expired watch, 410 included, just ends it: the caller reads afresh). The
+        namespace's sandboxes are watched and the others' events skipped here, as
+        :meth:`vmsandbox.kube.Client.watch` takes no field selector."""
+        stream = self.client.kube.watch(
+            sandbox_path(self.namespace), obj["metadata"]["resourceVersion"], max(1, int(left))
+        )
         try:
-            yield from (
-                (str(event["type"]), dict(event["object"]))
-                for event in stream.stream(
-                    self.client.custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=obj["metadata"]["resourceVersion"],
-                    timeout_seconds=max(1, int(left)),
-                )
-            )
-        except (ApiException, urllib3.exceptions.HTTPError):
-            time.sleep(0.2)
-        finally:
-            stream.stop()
+            for event in stream:
+                kind, changed = str(event.get("type")), event.get("object") or {}
+                if kind == "ERROR":  # 410 Gone among them; the server ends the stream after it
+                    break
+                if (changed.get("metadata") or {}).get("name") == self.name:
+                    yield kind, changed
+            else:
+                return
+        except ApiError:
+            pass
+        time.sleep(0.2)  # a refused or failed watch: not again at once
 
     def _next_change(self, obj: dict[str, Any], left: float) -> dict[str, Any]:
         """The sandbox after its next change (or as it is, when the watch ends first)."""
@@ -245,14 +221,14 @@ class Sandbox:
             if not node:
                 raise self.error("agent", "is not scheduled to a node yet")
             try:
-                node_obj = self.client.core.read_node(node)
-            except ApiException as exc:
+                node_obj = self.client.kube.get(node_path(node))
+            except ApiError as exc:
                 raise self.error("agent", exc) from None
-            meta = node_obj.metadata
-            endpoint = ((meta.annotations if meta else None) or {}).get(AGENT_ENDPOINT_ANNOTATION)
+            annotations = (node_obj.get("metadata") or {}).get("annotations") or {}
+            endpoint = annotations.get(AGENT_ENDPOINT_ANNOTATION)
             if not endpoint:
                 raise self.error("agent", f"node {node} publishes no agent endpoint")
-            self._agent = Agent(endpoint, _auth_headers(self.client.api_client))
+            self._agent = Agent(endpoint, self.client.connection.headers())
         return self._agent
 
     # -- commands --------------------------------------------------------------------------
@@ -317,11 +293,9 @@ class Sandbox:
 
     def delete(self, *, wait: bool = True, timeout: float = 120.0) -> None:
         try:
-            self.client.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name
-            )
-        except ApiException as exc:
-            if exc.status != 404:
+            self.client.kube.delete(self._path())
+        except ApiError as exc:
+            if not exc.not_found:
                 raise self.error("delete", exc) from None
             return
         if wait:
@@ -332,17 +306,15 @@ class Sandbox:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                obj: Any = self.client.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, self.namespace, PLURAL, self.name
-                )
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
+                obj = self.client.kube.get_or_none(self._path())
+            except ApiError as exc:
                 raise self.error("delete", exc) from None
+            if obj is None:
+                return
             left = deadline - time.monotonic()
             if left <= 0:
                 raise self.error("delete", f"still present after {timeout:.0f}s")
-            if self._deleted_after(dict(obj), left):
+            if self._deleted_after(obj, left):
                 return
 
     def _deleted_after(self, obj: dict[str, Any], left: float) -> bool:
@@ -356,12 +328,3 @@ def _feed(session: ExecSession, data: bytes) -> None:
         session.close_stdin()
     except OSError:
         pass
-
-
-def _auth_headers(api_client: k8s.ApiClient) -> dict[str, str]:
-    """The Authorization header the API client sends, for the agent to review."""
-    cfg = api_client.configuration
-    value = cfg.get_api_key_with_prefix("authorization") or cfg.get_api_key_with_prefix("BearerToken")
-    if not value:
-        return {}
-    return {"Authorization": value if " " in value else f"Bearer {value}"}

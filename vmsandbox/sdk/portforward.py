@@ -36,7 +36,7 @@ class ForwardedConnection:
         self.port = port
         url = agent.url("portforward", namespace, name).replace("http", "ws", 1)
         url += "?" + urlencode({"ports": str(port)})
-        header = [f"{k}: {v}" for k, v in agent.headers.items()]
+        header = [f"{k}: {v}" for k, v in agent.auth().items()]
         try:
             self.ws = websocket.create_connection(
                 url, header=header, subprotocols=SUBPROTOCOLS, timeout=timeout, sslopt=agent.sslopt()

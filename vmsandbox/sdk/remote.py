@@ -20,8 +20,8 @@ from urllib.parse import quote, urlencode
 import requests
 import websocket
 
-from vmsandbox.api.constants import PLURAL, SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.kube import Connection, paths
 from vmsandbox.sdk import transfer
 
 STDIN, STDOUT, STDERR, STATUS, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
@@ -41,20 +41,36 @@ class RemoteError(VMSandboxError):
 @dataclass(frozen=True)
 class Agent:
     """A node agent's base URL (or, with ``api_path``, the API server's) and the caller's
-    credentials for it; ``verify`` and ``cert`` as ``requests`` takes them, for https."""
+    credentials for it; ``verify`` and ``cert`` as ``requests`` takes them, for https. With a
+    ``connection``, its credentials are read at each request (a service account's token rotates)."""
 
     endpoint: str
     headers: dict[str, str] = field(default_factory=dict)
     api_path: bool = False
     verify: str | bool = True
     cert: str | tuple[str, str] | None = None
+    connection: Connection | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def api_server(cls, connection: Connection) -> Agent:
+        """The API server as the way in, with the credentials and TLS settings of ``connection``."""
+        cert = (
+            (connection.cert_file, connection.key_file)
+            if connection.cert_file and connection.key_file
+            else connection.cert_file
+        )
+        verify = False if connection.insecure else (connection.ca_file or True)
+        return cls(connection.server, api_path=True, verify=verify, cert=cert, connection=connection)
+
+    def auth(self) -> dict[str, str]:
+        """The credentials to send now."""
+        return self.connection.headers() if self.connection is not None else self.headers
 
     def url(self, route: str, namespace: str, name: str) -> str:
-        ns, nm = quote(namespace, safe=""), quote(name, safe="")
         if self.api_path:
             sub = "log" if route == "logs" else route
-            where = f"apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}/namespaces/{ns}/{PLURAL}/{nm}/{sub}"
-            return f"{self.endpoint.rstrip('/')}/{where}"
+            return self.endpoint.rstrip("/") + paths.subresource_path(namespace, name, sub)
+        ns, nm = quote(namespace, safe=""), quote(name, safe="")
         return f"{self.endpoint.rstrip('/')}/{route}/{ns}/{nm}"
 
     def sslopt(self) -> dict[str, Any]:
@@ -89,7 +105,7 @@ class ExecSession:
         # No command: attach to the sandbox's main process instead.
         route = "exec" if command else "attach"
         url = agent.url(route, namespace, name).replace("http", "ws", 1) + "?" + urlencode(query)
-        header = [f"{k}: {v}" for k, v in agent.headers.items()]
+        header = [f"{k}: {v}" for k, v in agent.auth().items()]
         try:
             self.ws = websocket.create_connection(
                 url, header=header, subprotocols=SUBPROTOCOLS, timeout=30, sslopt=agent.sslopt()
@@ -153,9 +169,7 @@ def _check(resp: requests.Response, step: str) -> None:
 def _request(method: str, agent: Agent, namespace: str, name: str, **kw: Any) -> requests.Response:
     try:
         url = agent.url("files", namespace, name)
-        return requests.request(
-            method, url, headers=agent.headers, verify=agent.verify, cert=agent.cert, **kw
-        )
+        return requests.request(method, url, headers=agent.auth(), verify=agent.verify, cert=agent.cert, **kw)
     except requests.RequestException as exc:
         raise RemoteError(f"cannot reach the agent at {agent.endpoint}: {exc}", step="files") from None
 
@@ -198,7 +212,7 @@ def _pieces(answer: http.client.HTTPResponse) -> Iterator[bytes]:
 
 @contextlib.contextmanager
 def _connection(agent: Agent, url: str) -> Iterator[transfer.Connection]:
-    conn = _transferred(lambda: transfer.Connection(url, agent.headers, agent.verify, agent.cert))
+    conn = _transferred(lambda: transfer.Connection(url, agent.auth(), agent.verify, agent.cert))
     try:
         yield conn
     finally:
