@@ -106,8 +106,12 @@ class Api:
     ) -> dict[str, Any]:
         """The answer's object; :class:`ApiError` for a refusal, a :class:`CLIError` when the
         server did not answer at all (every command says that the same way)."""
+        return self.exchange(method, path, body=body, content_type=content_type, params=params)[1]
+
+    def exchange(self, method: str, path: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        """As :meth:`call`, with the status of the success."""
         try:
-            return self.client.request(method, path, body=body, content_type=content_type, params=params)
+            return self.client.exchange(method, path, **kw)
         except ApiError as exc:
             if exc.status == 0:
                 raise CLIError(
@@ -132,14 +136,13 @@ class Api:
 
     def request(self, method: str, path: str, **kw: Any) -> Answer:
         """For ``vmsandbox dev``'s set-up (``json=`` body, ``headers=`` for the content type): an
-        answer whatever its status. The client returns no status of a success: a create's is
-        201, every other's 200, as the API server answers them."""
+        answer whatever its status."""
         content_type = (kw.get("headers") or {}).get("Content-Type", wire.JSON)
         try:
-            obj = self.call(method, path, body=kw.get("json"), content_type=content_type)
+            status, obj = self.exchange(method, path, body=kw.get("json"), content_type=content_type)
         except ApiError as exc:
             return Answer(exc.status, exc.message)
-        return Answer(201 if method == "POST" else 200, json.dumps(obj))
+        return Answer(status, json.dumps(obj))
 
 
 # ---- apply / get / logs / delete -------------------------------------------------------------
@@ -164,14 +167,12 @@ def cmd_apply(api: Api, args: argparse.Namespace) -> int:
         namespace = meta.get("namespace") or args.namespace
         meta["namespace"] = namespace
         path = sandbox_path(namespace, meta["name"])
-        # Asked first, as kubectl apply does: the client keeps no status (201 or 200) of a success.
-        existed = api.exists(path)
         params = {"fieldManager": FIELD_MANAGER, "force": "true"}
         try:
-            api.call("PATCH", path, body=doc, content_type=APPLY_PATCH, params=params)
+            status, _ = api.exchange("PATCH", path, body=doc, content_type=APPLY_PATCH, params=params)
         except ApiError as exc:
             raise CLIError(f"{meta['name']}: {exc.message}", step="apply") from None
-        print(f"{PLURAL[:-2]}.{GROUP}/{meta['name']} {'configured' if existed else 'created'}")
+        print(f"{PLURAL[:-2]}.{GROUP}/{meta['name']} {'created' if status == 201 else 'configured'}")
     return 0
 
 

@@ -202,3 +202,14 @@ def test_the_client_is_shared_between_threads(kube: LocalCluster, kube_namespace
         t.join(30)
     assert not errors
     assert len(client.list_objects(sandbox_path(kube_namespace))["items"]) == 16
+
+
+def test_a_watch_by_field_selector_sees_only_its_object(kube: LocalCluster, kube_namespace: str) -> None:
+    client = kube.client()
+    listed = client.list_objects(sandbox_path(kube_namespace))
+    for name in ("other", "mine"):
+        client.create(sandbox_path(kube_namespace), _sandbox(name))
+    version = str(listed["metadata"]["resourceVersion"])
+    events = client.watch(sandbox_path(kube_namespace), version, 2, field_selector="metadata.name=mine")
+    names = [e["object"]["metadata"]["name"] for e in events if e["type"] != "BOOKMARK"]
+    assert names == ["mine"]

@@ -22,7 +22,6 @@ from vmsandbox.api.constants import (
     PROCESS_BACKEND_ALLOWED,
     PROCESS_BACKEND_LABEL,
     SUBRESOURCE_GROUP,
-    SUBRESOURCE_VERSION,
 )
 from vmsandbox.devcluster.apiservice import Answer, operator_settings, register, serving_certificate
 from vmsandbox.devcluster.backend import Backend, default_guest_image_dir
@@ -30,10 +29,10 @@ from vmsandbox.devcluster.errors import DevClusterError
 from vmsandbox.devcluster.processes import free_ports, python_env
 from vmsandbox.devcluster.sample_image import SAMPLES_DIR
 from vmsandbox.devcluster.vmmuser import dev_vmm_user
+from vmsandbox.kube.paths import subresource_group_path
 
 #: Where the operator keeps its Leases and the agent its own, as the chart's namespace.
 AGENT_NAMESPACE = "vmsandbox-system"
-SUBRESOURCE_DISCOVERY = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
 
 
 class Client(Protocol):
@@ -255,7 +254,7 @@ class DevStack:
 def api_path_ready(api: Client) -> bool:
     """Whether the API server answers for the operator's subresources.vmsandbox.io."""
     try:
-        return api.request("GET", SUBRESOURCE_DISCOVERY).status_code == 200
+        return api.request("GET", subresource_group_path()).status_code == 200
     except requests.RequestException:
         return False
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -48,12 +48,27 @@ class Client:
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
+        return self.exchange(
+            method, path, body=body, content_type=content_type, params=params, timeout=timeout
+        )[1]
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = wire.JSON,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """As :meth:`request`, with the status of the success (an apply's 201 says it created)."""
         req = wire.request(method, path, body=body, content_type=content_type, params=params)
         try:
             resp = self._send(req, urllib3.Timeout(total=timeout or self.timeout), stream=False)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise wire.unreachable(req, exc) from None
-        return wire.decode(req, resp.status, resp.headers, resp.data.decode("utf-8", "replace"))
+        return resp.status, wire.decode(req, resp.status, resp.headers, resp.data.decode("utf-8", "replace"))
 
     def _send(self, req: wire.Request, timeout: urllib3.Timeout, *, stream: bool) -> urllib3.BaseHTTPResponse:
         return self._pool.request(
@@ -101,22 +116,33 @@ class Client:
         return self.request("DELETE", path, body=body)
 
     def watch(
-        self, path: str, resource_version: str, timeout_seconds: int, *, label_selector: str = ""
-    ) -> Iterator[dict[str, Any]]:
+        self,
+        path: str,
+        resource_version: str,
+        timeout_seconds: int,
+        *,
+        label_selector: str = "",
+        field_selector: str = "",
+    ) -> Generator[dict[str, Any], None, None]:
         """Raw watch events (``type``, ``object``) from ``resource_version`` until the server
-        ends the stream; a refusal (410 Gone included) raises :class:`ApiError`."""
-        params = wire.watch_params(resource_version, timeout_seconds, label_selector)
+        ends the stream; a refusal (410 Gone included) raises :class:`ApiError`. A watch left
+        before its end closes its connection (its unread rest must not reach the pool)."""
+        params = wire.watch_params(resource_version, timeout_seconds, label_selector, field_selector)
         req = wire.Request("GET", path, params=params)
         timeout = urllib3.Timeout(connect=self.timeout, read=timeout_seconds + WATCH_READ_SLACK)
         try:
             resp = self._send(req, timeout, stream=True)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise wire.unreachable(req, exc) from None
+        finished = False
         try:
             if resp.status >= 300:
                 wire.decode(req, resp.status, resp.headers, resp.read().decode("utf-8", "replace"))
             yield from _events(req, resp)
+            finished = True
         finally:
+            if not finished:
+                resp.close()
             resp.release_conn()
 
 

@@ -52,6 +52,7 @@ class Connection:
     insecure: bool = False
     token_file: str | None = None
     _token_source: _TokenFile | None = field(default=None, compare=False, repr=False)
+    _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def load(cls, kubeconfig: Path | None = None) -> Connection:
@@ -106,9 +107,15 @@ class Connection:
         return self.server.startswith("https")
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The one TLS setting of every client of this connection; None for plain http."""
+        """The one TLS setting of every client of this connection, built once (loading a CA
+        file costs milliseconds, the system store tens of them); None for plain http."""
         if not self.tls:
             return None
+        if "tls" not in self._contexts:
+            self._contexts["tls"] = self._new_ssl_context()
+        return self._contexts["tls"]
+
+    def _new_ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=self.ca_file)
         if self.insecure:
             ctx.check_hostname = False

@@ -38,12 +38,15 @@ def pool_path(namespace: str | None = None, name: str | None = None, sub: str | 
     return _custom(POOL_PLURAL, namespace, name, sub)
 
 
+def subresource_group_path() -> str:
+    """The aggregated group's discovery document: served only where the API server routes it."""
+    return f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
+
+
 def subresource_path(namespace: str, name: str, sub: str) -> str:
     """A sandbox's aggregated subresource (``exec``, ``log``, ``files``...) under the API server."""
-    return (
-        f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}/namespaces/{quote(namespace, safe='')}"
-        f"/{PLURAL}/{quote(name, safe='')}/{sub}"
-    )
+    where = f"namespaces/{quote(namespace, safe='')}/{PLURAL}/{quote(name, safe='')}/{sub}"
+    return f"{subresource_group_path()}/{where}"
 
 
 def lease_path(namespace: str, name: str | None = None) -> str:

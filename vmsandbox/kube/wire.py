@@ -84,7 +84,9 @@ def _message(text: str) -> str:
     return str(message)[:MESSAGE_LIMIT]
 
 
-def watch_params(resource_version: str, timeout_seconds: int, label_selector: str = "") -> dict[str, str]:
+def watch_params(
+    resource_version: str, timeout_seconds: int, label_selector: str = "", field_selector: str = ""
+) -> dict[str, str]:
     params = {
         "watch": "true",
         "resourceVersion": resource_version,
@@ -93,6 +95,8 @@ def watch_params(resource_version: str, timeout_seconds: int, label_selector: st
     }
     if label_selector:
         params["labelSelector"] = label_selector
+    if field_selector:
+        params["fieldSelector"] = field_selector
     return params
 
 

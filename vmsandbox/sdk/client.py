@@ -28,18 +28,15 @@ from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
     API_VERSION,
     KIND,
-    SUBRESOURCE_GROUP,
-    SUBRESOURCE_VERSION,
 )
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.kube import ApiError, ConfigError, Connection
-from vmsandbox.kube.paths import node_path, sandbox_path
+from vmsandbox.kube.paths import node_path, sandbox_path, subresource_group_path
 from vmsandbox.sdk.remote import Agent, ExecSession, RemoteError, list_path, read_path, write_path
 
 #: Sandbox phases after which it will never be Running again.
 FINISHED = ("Succeeded", "Failed")
 #: Served when the API server routes subresources.vmsandbox.io (the API path) somewhere.
-SUBRESOURCE_DISCOVERY = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
 USER_AGENT = "vmsandbox-sdk"
 
 
@@ -122,7 +119,7 @@ class Client:
         """The API server as the way in, if it serves subresources.vmsandbox.io (asked once)."""
         if self._api_path is None:
             try:
-                self.kube.get(SUBRESOURCE_DISCOVERY, timeout=10)
+                self.kube.get(subresource_group_path(), timeout=10)
             except ApiError:
                 self._api_path = False
             else:
@@ -184,10 +181,12 @@ class Sandbox:
     def _events(self, obj: dict[str, Any], left: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """This sandbox's watch events after ``obj``'s resourceVersion, until the watch ends (a
         broken or expired watch, 410 included, just ends it: the caller reads afresh). The
-        namespace's sandboxes are watched and the others' events skipped here, as
-        :meth:`vmsandbox.kube.Client.watch` takes no field selector."""
+        server sends this sandbox's events only; bookmarks, which name no object, are skipped."""
         stream = self.client.kube.watch(
-            sandbox_path(self.namespace), obj["metadata"]["resourceVersion"], max(1, int(left))
+            sandbox_path(self.namespace),
+            obj["metadata"]["resourceVersion"],
+            max(1, int(left)),
+            field_selector=f"metadata.name={self.name}",
         )
         try:
             for event in stream:
