@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vmsandbox.kube import ApiError, ConfigError, Connection, connection, wire
-from vmsandbox.kube.events import event_body
+from vmsandbox.kube.events import EventBuffer, event_body
 from vmsandbox.kube.expectations import VersionGate
 from vmsandbox.kube.leases import lease_spec
 from vmsandbox.kube.patches import edit_finalizer, pointer
@@ -159,3 +159,28 @@ def test_the_gate_drops_a_listed_copy_the_watch_moved_meanwhile() -> None:
     assert gate.listed("still", "v7")
     gate.end_list()
     assert gate.listed("moved", "v1"), "outside a list every item counts"
+
+
+def test_the_event_buffer_counts_repeats_keeps_urgent_first_and_drops_the_oldest_held() -> None:
+    drops: list[int] = []
+    buffer = EventBuffer(component="c", host="h", limit=3, on_drop=lambda: drops.append(1))
+    box = {"metadata": {"name": "s", "namespace": "n", "uid": "u"}}
+    buffer.file(box, "Scheduled", "placed", warning=False, hold=True)
+    buffer.file(box, "Scheduled", "placed", warning=False, hold=True)
+    buffer.file(box, "NodeLost", "lost", warning=True, hold=False)
+    buffer.file(box, "Pulled", "image", warning=False, hold=True)
+    assert len(buffer) == 3 and not drops
+    buffer.file(box, "Started", "ran", warning=False, hold=False)
+    assert len(buffer) == 3 and drops == [1] and buffer.dropped == 1, "the oldest held one made room"
+    taken = [buffer.take() for _ in range(4)]
+    assert [f.event["reason"] if f else None for f in taken] == ["NodeLost", "Started", "Pulled", None]
+    assert taken[0] is not None and taken[0].event["type"] == "Warning"
+
+
+def test_a_repeated_event_raises_the_count_of_the_one_waiting() -> None:
+    buffer = EventBuffer(component="c", host="h", limit=10)
+    box = {"metadata": {"name": "s", "namespace": "n", "uid": "u"}}
+    for _ in range(3):
+        buffer.file(box, "BackOff", "restarting", warning=True, hold=False)
+    filed = buffer.take()
+    assert filed is not None and filed.event["count"] == 3 and buffer.take() is None

@@ -1,13 +1,20 @@
-"""The Event every component files about a sandbox (or pool), built in one place."""
+"""The Events every component files about a sandbox (or pool): built, de-duplicated and
+bounded in one place; the operator's and the agent's recorders only say when to post them."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmsandbox.api.constants import API_VERSION, KIND
 from vmsandbox.kube.leases import micro_time
+
+log = logging.getLogger("vmsandbox.kube.events")
 
 MESSAGE_LIMIT = 1024
 NORMAL = "Normal"
@@ -58,3 +65,82 @@ def event_body(
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+@dataclass
+class Filed:
+    namespace: str
+    event: dict[str, Any]
+    queued: float = field(default_factory=time.monotonic)
+
+
+_Key = tuple[str, ...]
+
+
+class EventBuffer:
+    """The Events waiting to be posted, shared by the operator's and the agent's recorders.
+
+    An Event equal to one still waiting (same object, type, reason and message) raises that
+    one's ``count`` instead of being filed twice. ``held`` Events may wait for a quiet moment;
+    the others go first. At most ``limit`` wait; beyond that the oldest (held ones first) is
+    dropped, and every drop is counted (``dropped``, ``on_drop``) and logged. Not thread-safe:
+    each recorder guards it as its own concurrency needs.
+    """
+
+    def __init__(
+        self, *, component: str, host: str, limit: int, on_drop: Callable[[], None] | None = None
+    ) -> None:
+        self.component, self.host = component, host
+        self.limit = max(1, limit)
+        self.on_drop = on_drop
+        self.urgent: OrderedDict[_Key, Filed] = OrderedDict()
+        self.held: OrderedDict[_Key, Filed] = OrderedDict()
+        self.dropped = 0
+        self.posted = 0
+        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self.urgent) + len(self.held)
+
+    def file(self, obj: dict[str, Any], reason: str, message: str, *, warning: bool, hold: bool) -> None:
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        kind = WARNING if warning else NORMAL
+        message = message[:MESSAGE_LIMIT]
+        key = (namespace, str(meta.get("name")), str(meta.get("uid")), kind, str(reason), message)
+        same = self.urgent.get(key) or self.held.get(key)
+        if same is not None:
+            same.event["count"] += 1
+            same.event["lastTimestamp"] = micro_time()
+            return
+        if len(self) >= self.limit:
+            self.drop(f"more than {self.limit} were waiting")
+        event = event_body(obj, kind, reason, message, component=self.component, host=self.host)
+        (self.held if hold else self.urgent)[key] = Filed(namespace, event)
+
+    def take(self) -> Filed | None:
+        """The next Event to post: urgent ones first, then the oldest held one."""
+        waiting = self.urgent or self.held
+        return waiting.popitem(last=False)[1] if waiting else None
+
+    def oldest_held_age(self) -> float | None:
+        if not self.held:
+            return None
+        return time.monotonic() - next(iter(self.held.values())).queued
+
+    def drop(self, why: str) -> None:
+        (self.held or self.urgent).popitem(last=False)
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("%d Events dropped so far (%s)", self.dropped, why)
+
+    def outcome(self, filed: Filed, error: BaseException | None) -> None:
+        """Count a post's outcome (a refused Event is logged, never retried: Events are best effort)."""
+        if error is None:
+            self.posted += 1
+            return
+        self.failed += 1
+        name = filed.event["involvedObject"]["name"]
+        log.warning("could not post Event %s for %s: %s", filed.event["reason"], name, error)

@@ -7,10 +7,9 @@ next placement is waiting for; while the operator stays busy longer than ``max_d
 posted anyway, rate-limited (a token bucket of ``qps``, ``burst``), so a burst of decisions
 becomes a steady trickle of Events rather than a second burst of writes. Other Events
 (failures, node loss: rare, and read right after the state they explain) go out first and at
-once, within the same rate limit. An Event equal to one still waiting (same object, type,
-reason and message) raises that one's ``count`` instead of being filed twice. At most ``limit``
-Events wait; beyond that the oldest (held ones first) is dropped, and every drop is counted
-(``dropped``, ``on_drop``) and logged, as are the ones :meth:`stop` could not post in time.
+once, within the same rate limit. What waits, its de-duplication and its bound are the
+:class:`~vmsandbox.kube.events.EventBuffer`'s; the ones :meth:`stop` could not post in time are
+dropped and counted as such.
 """
 
 from __future__ import annotations
@@ -20,15 +19,12 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from vmsandbox.kube import ApiError
 from vmsandbox.kube.aio import AsyncClient
-from vmsandbox.kube.events import MESSAGE_LIMIT, NORMAL, WARNING, event_body
-from vmsandbox.kube.leases import micro_time
+from vmsandbox.kube.events import EventBuffer
 from vmsandbox.kube.paths import events_path
 
 log = logging.getLogger("vmsandbox.operator.events")
@@ -38,16 +34,6 @@ COMPONENT = "vmsandbox-operator"
 
 def _never_busy() -> float:
     return math.inf
-
-
-@dataclass
-class _Filed:
-    namespace: str
-    event: dict[str, Any]
-    queued: float = field(default_factory=time.monotonic)
-
-
-_Key = tuple[str, ...]
 
 
 class TokenBucket:
@@ -73,7 +59,7 @@ class TokenBucket:
 
 
 class EventRecorder:
-    """A bounded, de-duplicating set of waiting Events drained by one task (see the module doc)."""
+    """The buffer drained by one task (see the module doc)."""
 
     def __init__(
         self,
@@ -91,27 +77,32 @@ class EventRecorder:
     ) -> None:
         self._client = client
         self._enabled = enabled
-        self._host = host
-        self._limit = max(1, limit)
+        self._buffer = EventBuffer(component=COMPONENT, host=host, limit=limit, on_drop=on_drop)
         self._bucket = TokenBucket(qps, burst)
         self._quiet = quiet
         self._max_delay = max_delay
         #: Seconds the decisions have been idle (0 while busy); set by the operator's runner.
         self.idle_for = idle_for
-        self._on_drop = on_drop
-        self._urgent: OrderedDict[_Key, _Filed] = OrderedDict()
-        self._held: OrderedDict[_Key, _Filed] = OrderedDict()
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self._flushing = False
         self._task: asyncio.Task[None] | None = None
-        self.dropped = 0
-        self.posted = 0
-        self.failed = 0
 
     def __len__(self) -> int:
-        return len(self._urgent) + len(self._held)
+        return len(self._buffer)
+
+    @property
+    def dropped(self) -> int:
+        return self._buffer.dropped
+
+    @property
+    def posted(self) -> int:
+        return self._buffer.posted
+
+    @property
+    def failed(self) -> int:
+        return self._buffer.failed
 
     def record(
         self, obj: dict[str, Any], reason: str, message: str, *, warning: bool = False, hold: bool = False
@@ -120,31 +111,9 @@ class EventRecorder:
         (see the module doc)."""
         if not self._enabled:
             return
-        meta = obj.get("metadata") or {}
-        namespace = meta.get("namespace") or "default"
-        kind = WARNING if warning else NORMAL
-        message = message[:MESSAGE_LIMIT]
-        key = (namespace, str(meta.get("name")), str(meta.get("uid")), kind, reason, message)
-        same = self._urgent.get(key) or self._held.get(key)
-        if same is not None:
-            same.event["count"] += 1
-            same.event["lastTimestamp"] = micro_time()
-            return
-        if len(self) >= self._limit:
-            self._drop(f"more than {self._limit} were waiting")
-        event = event_body(obj, kind, reason, message, component=COMPONENT, host=self._host)
-        filed = _Filed(namespace, event)
-        (self._held if hold else self._urgent)[key] = filed
+        self._buffer.file(obj, reason, message, warning=warning, hold=hold)
         self._drained.clear()
         self._wake.set()
-
-    def _drop(self, why: str) -> None:
-        (self._held or self._urgent).popitem(last=False)
-        self.dropped += 1
-        if self._on_drop is not None:
-            self._on_drop()
-        if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning("%d Events dropped so far (%s)", self.dropped, why)
 
     def start(self) -> None:
         if self._task is None:
@@ -161,38 +130,37 @@ class EventRecorder:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
-        while len(self):  # not posted in time: dropped, and counted as such
-            self._drop("not posted before stopping")
+        while len(self._buffer):  # not posted in time: dropped, and counted as such
+            self._buffer.drop("not posted before stopping")
 
     async def _drain(self) -> None:
         while True:
-            if not len(self):
+            if not len(self._buffer):
                 self._drained.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             # Held ones posted while the decisions stay busy, and urgent ones, at the rate limit.
-            if self._urgent or await self._hold_back():
+            if self._buffer.urgent or await self._hold_back():
                 await self._bucket.take()
-            waiting = self._urgent or self._held  # urgent ones filed meanwhile go first
-            if not waiting:  # dropped meanwhile
+            filed = self._buffer.take()  # urgent ones filed meanwhile go first
+            if filed is None:  # dropped meanwhile
                 continue
-            _, filed = waiting.popitem(last=False)
             try:
                 await self._client.create(events_path(filed.namespace), filed.event)
-                self.posted += 1
             except ApiError as exc:
-                self.failed += 1
-                log.debug("event not posted: %s", exc)
+                self._buffer.outcome(filed, exc)
+            else:
+                self._buffer.outcome(filed, None)
 
     async def _hold_back(self) -> bool:
         """Wait until the decisions have been quiet for ``quiet`` seconds (False), the oldest held
         Event is ``max_delay`` old while they are not (True), or an urgent Event is filed."""
-        while self._held and not self._urgent and not self._flushing:
+        while self._buffer.held and not self._buffer.urgent and not self._flushing:
             idle = self.idle_for()
             if idle >= self._quiet:
                 return False
-            left = self._max_delay - (time.monotonic() - next(iter(self._held.values())).queued)
+            left = self._max_delay - (self._buffer.oldest_held_age() or 0.0)
             if left <= 0:
                 return True
             self._wake.clear()
