@@ -16,7 +16,6 @@ from ``kube-system/extension-apiserver-authentication`` (:func:`authentication_c
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -35,6 +34,7 @@ from yarl import URL
 from vmsandbox.devcluster.corekinds import AGGREGATION_KINDS
 from vmsandbox.devcluster.objectstore import Fetch, ObjectStore
 from vmsandbox.devcluster.rbac import UserInfo
+from vmsandbox.wsrelay import relay_websockets
 
 log = logging.getLogger("vmsandbox.devcluster.aggregator")
 
@@ -258,28 +258,6 @@ class Aggregator:
             return down
 
 
-async def relay_websockets(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
-    """Messages both ways until either side closes; the close (and its code) is passed on."""
-
-    async def pump(src: Any, dst: Any) -> None:
-        async for msg in src:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-        await dst.close(code=_wire_code(src.close_code))
-
-    tasks = [asyncio.ensure_future(pump(down, up)), asyncio.ensure_future(pump(up, down))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await up.close()
-        await down.close()
-
-
 def _api_group(group: str, versions: list[str]) -> dict[str, Any]:
     entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
     return {
@@ -295,8 +273,3 @@ def _unavailable(backend: Backend, exc: BaseException) -> web.Response:
     message = f'error trying to reach service: APIService "{backend.api_service}": {exc}'
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message}
     return web.json_response({**body, "reason": "ServiceUnavailable", "code": 503}, status=503)
-
-
-def _wire_code(code: int | None) -> int:
-    """A close code that may be sent: 1005, 1006 and 1015 only describe a connection locally."""
-    return code if code and 1000 <= code < 5000 and code not in (1005, 1006, 1015) else 1000

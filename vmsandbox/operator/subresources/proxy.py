@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+from vmsandbox.wsrelay import relay_websockets
 
 #: Request headers passed on to the agent (the caller's credentials and identity are not).
 _FORWARDED = ("Content-Type", "Accept", "User-Agent")
@@ -78,30 +78,5 @@ class AgentProxy:
         async with up:
             down = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), max_msg_size=0)
             await down.prepare(request)
-            await _relay(down, up)
+            await relay_websockets(down, up)
             return down
-
-
-async def _relay(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
-    async def pump(src: Any, dst: Any) -> None:
-        async for msg in src:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-        await dst.close(code=_wire_code(src.close_code))
-
-    tasks = [asyncio.ensure_future(pump(down, up)), asyncio.ensure_future(pump(up, down))]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await up.close()
-        await down.close()
-
-
-def _wire_code(code: int | None) -> int:
-    """A close code that may be sent: 1005, 1006 and 1015 only describe a connection locally."""
-    return code if code and 1000 <= code < 5000 and code not in (1005, 1006, 1015) else 1000

@@ -1,0 +1,40 @@
+"""Relaying one WebSocket to another, for the two proxies that pass exec and attach streams on
+(the local control plane's aggregation, and the operator's subresource server to an agent)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+#: Close codes that only describe a connection locally, and may never be sent.
+LOCAL_CLOSE_CODES = (1005, 1006, 1015)
+
+
+def wire_code(code: int | None) -> int:
+    """The close code to pass on: a received one if it may be sent, else a normal close."""
+    return code if code and 1000 <= code < 5000 and code not in LOCAL_CLOSE_CODES else 1000
+
+
+async def relay_websockets(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketResponse) -> None:
+    """Messages both ways until either side closes; the close (and its code) is passed on."""
+
+    async def pump(src: Any, dst: Any) -> None:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+        await dst.close(code=wire_code(src.close_code))
+
+    tasks = [asyncio.ensure_future(pump(down, up)), asyncio.ensure_future(pump(up, down))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await up.close()
+        await down.close()
