@@ -34,7 +34,7 @@ from yarl import URL
 from vmsandbox.devcluster.corekinds import AGGREGATION_KINDS
 from vmsandbox.devcluster.objectstore import Fetch, ObjectStore
 from vmsandbox.devcluster.rbac import UserInfo
-from vmsandbox.wsrelay import relay_websockets
+from vmsandbox.streamproxy import relay_websockets, streaming_session
 
 log = logging.getLogger("vmsandbox.devcluster.aggregator")
 
@@ -138,11 +138,7 @@ class Aggregator:
         self._contexts: dict[tuple[bytes | None, bool], ssl.SSLContext] = {}
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
+        self._session = streaming_session()
 
     async def close(self) -> None:
         if self._session is not None:

@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from vmsandbox.wsrelay import relay_websockets
+from vmsandbox.streamproxy import relay_websockets, streaming_session
 
 #: Request headers passed on to the agent (the caller's credentials and identity are not).
 _FORWARDED = ("Content-Type", "Accept", "User-Agent")
@@ -22,11 +22,7 @@ class AgentProxy:
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
-        self._session = aiohttp.ClientSession(
-            auto_decompress=False,
-            connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
+        self._session = streaming_session()
 
     async def close(self) -> None:
         if self._session is not None:

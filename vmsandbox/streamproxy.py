@@ -1,5 +1,6 @@
-"""Relaying one WebSocket to another, for the two proxies that pass exec and attach streams on
-(the local control plane's aggregation, and the operator's subresource server to an agent)."""
+"""What the two streaming proxies share (the local control plane's aggregation, and the
+operator's subresource server to an agent): their upstream session, and the relay of one
+WebSocket (exec, attach) to another."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from aiohttp import web
 
 #: Close codes that only describe a connection locally, and may never be sent.
 LOCAL_CLOSE_CODES = (1005, 1006, 1015)
+
+
+def streaming_session() -> aiohttp.ClientSession:
+    """Bodies passed on as they come (no decompression), no cap on connections, and no total
+    timeout: a log follow or an exec lasts as long as the caller wants."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+    )
 
 
 def wire_code(code: int | None) -> int:
