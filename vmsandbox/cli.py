@@ -16,11 +16,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import requests
 import yaml
@@ -95,23 +95,15 @@ class Api:
         self.server = self.connection.server
         self.client = Client(self.connection, user_agent=USER_AGENT)
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        content_type: str = wire.JSON,
-        params: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    def call(self, method: str, path: str, **options: Unpack[wire.Options]) -> dict[str, Any]:
         """The answer's object; :class:`ApiError` for a refusal, a :class:`CLIError` when the
         server did not answer at all (every command says that the same way)."""
-        return self.exchange(method, path, body=body, content_type=content_type, params=params)[1]
+        return self.exchange(method, path, **options)[1]
 
-    def exchange(self, method: str, path: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+    def exchange(self, method: str, path: str, **options: Unpack[wire.Options]) -> tuple[int, dict[str, Any]]:
         """As :meth:`call`, with the status of the success."""
         try:
-            return self.client.exchange(method, path, **kw)
+            return self.client.exchange(method, path, **options)
         except ApiError as exc:
             if exc.status == 0:
                 raise CLIError(

@@ -4,7 +4,7 @@ answers as :class:`vmsandbox.kube.client.Client`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import aiohttp
 
@@ -44,16 +44,8 @@ class AsyncClient:
             await self._session.close()
             self._session = None
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        content_type: str = wire.JSON,
-        params: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
-        req = wire.request(method, path, body=body, content_type=content_type, params=params)
+    async def request(self, method: str, path: str, **options: Unpack[wire.Options]) -> dict[str, Any]:
+        req = wire.request(method, path, **options)
         session = self._open()
         headers = req.headers(self.connection.headers(), self.user_agent)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Mapping
-from typing import Any
+from typing import Any, Unpack
 
 import urllib3
 
@@ -38,34 +38,15 @@ class Client:
     def close(self) -> None:
         self._pool.clear()
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        content_type: str = wire.JSON,
-        params: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        return self.exchange(
-            method, path, body=body, content_type=content_type, params=params, timeout=timeout
-        )[1]
+    def request(self, method: str, path: str, **options: Unpack[wire.Options]) -> dict[str, Any]:
+        return self.exchange(method, path, **options)[1]
 
-    def exchange(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        content_type: str = wire.JSON,
-        params: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> tuple[int, dict[str, Any]]:
+    def exchange(self, method: str, path: str, **options: Unpack[wire.Options]) -> tuple[int, dict[str, Any]]:
         """As :meth:`request`, with the status of the success (an apply's 201 says it created)."""
-        req = wire.request(method, path, body=body, content_type=content_type, params=params)
+        req = wire.request(method, path, **options)
+        timeout = urllib3.Timeout(total=options.get("timeout") or self.timeout)
         try:
-            resp = self._send(req, urllib3.Timeout(total=timeout or self.timeout), stream=False)
+            resp = self._send(req, timeout, stream=False)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise wire.unreachable(req, exc) from None
         return resp.status, wire.decode(req, resp.status, resp.headers, resp.data.decode("utf-8", "replace"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlencode
 
 from vmsandbox.kube.errors import ApiError
@@ -16,6 +16,16 @@ JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_TIMEOUT = 30.0
 MESSAGE_LIMIT = 500
+
+
+class Options(TypedDict, total=False):
+    """What a call may say besides its method and path (both faces take the same)."""
+
+    body: Any
+    content_type: str
+    params: Mapping[str, str] | None
+    #: Seconds for the whole exchange (the synchronous face; the asynchronous one has its own).
+    timeout: float | None
 
 
 @dataclass(frozen=True)
@@ -37,16 +47,10 @@ class Request:
         return headers
 
 
-def request(
-    method: str,
-    path: str,
-    *,
-    body: Any = None,
-    content_type: str = JSON,
-    params: Mapping[str, str] | None = None,
-) -> Request:
+def request(method: str, path: str, **options: Unpack[Options]) -> Request:
+    body = options.get("body")
     data = None if body is None else json.dumps(body).encode()
-    return Request(method, path, data, content_type, params)
+    return Request(method, path, data, options.get("content_type", JSON), options.get("params"))
 
 
 def retry_after(headers: Mapping[str, str]) -> float:
