@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import ValidationError
 
@@ -63,6 +63,20 @@ class SandboxWriter:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return call_with_retries(what, call, patience=left, abort=abort, on_retry=self._count_retry)
 
+    def _write(
+        self, what: str, call: Callable[[], dict[str, Any]], deadline: float | None, abort: Abort | None
+    ) -> dict[str, Any] | Literal[False] | None:
+        """The object as written; None when it is gone; False when the write lost its
+        compare-and-swap (the caller re-reads and computes it again)."""
+        try:
+            return self._retrying(what, call, deadline, abort)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            if exc.conflict:
+                return False
+            raise WriteFailed(f"{what}: HTTP {exc.status}: {exc.message}") from exc
+
     def _count_retry(self, exc: BaseException) -> None:
         log.info("API call failed (%s); retrying", exc.__class__.__name__)
         self.metrics.write_retries.inc()
@@ -106,18 +120,14 @@ class SandboxWriter:
             if after == before and current.get("status") is not None:
                 return current
             body = {**current, "status": after}
-            try:
-                return self._retrying(
-                    f"{namespace}/{name}: status",
-                    lambda body=body: self.kube.replace_status(namespace, name, body),  # type: ignore[misc]
-                    deadline,
-                    abort,
-                )
-            except ApiError as exc:
-                if exc.not_found:
-                    return None
-                if not exc.conflict:
-                    raise WriteFailed(f"{namespace}/{name}: HTTP {exc.status}: {exc.message}") from exc
+            written = self._write(
+                f"{namespace}/{name}: status",
+                lambda body=body: self.kube.replace_status(namespace, name, body),  # type: ignore[misc]
+                deadline,
+                abort,
+            )
+            if written is not False:
+                return written
             self.metrics.status_conflicts.inc()
             conflicts += 1
             self._conflict_pause(conflicts, backoff, deadline, abort)
@@ -144,18 +154,14 @@ class SandboxWriter:
                 current, fresh = self._fresh(namespace, name, deadline, abort), True
                 continue
             ops = edit_finalizer(meta, finalizer, present)
-            try:
-                return self._retrying(
-                    f"{namespace}/{name}: finalizer",
-                    lambda ops=ops: self.kube.patch_sandbox(namespace, name, ops),  # type: ignore[misc]
-                    deadline,
-                    abort,
-                )
-            except ApiError as exc:
-                if exc.not_found:
-                    return None
-                if not exc.conflict:
-                    raise WriteFailed(f"{namespace}/{name}: finalizer patch: HTTP {exc.status}") from exc
+            written = self._write(
+                f"{namespace}/{name}: finalizer",
+                lambda ops=ops: self.kube.patch_sandbox(namespace, name, ops),  # type: ignore[misc]
+                deadline,
+                abort,
+            )
+            if written is not False:
+                return written
             conflicts += 1
             self._conflict_pause(conflicts, backoff, deadline, abort)
             current, fresh = self._fresh(namespace, name, deadline, abort), True
