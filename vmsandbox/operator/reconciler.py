@@ -30,7 +30,7 @@ from typing import Any
 
 from vmsandbox.api import BootTimings, ConditionStatus, ConditionType, NetworkStatus, Phase, VMSandboxStatus
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER, POOL_LABEL
-from vmsandbox.api.reasons import EventReason
+from vmsandbox.api.reasons import EventReason, StatusReason
 from vmsandbox.kube import ApiError
 from vmsandbox.kube.aio import AsyncClient
 from vmsandbox.kube.patches import expect, pointer, replace_if_unchanged, same_object, set_finalizers
@@ -470,12 +470,20 @@ class Reconciler:
         status = entry.status.model_copy(deep=True)
         if status.phase is Phase.FAILED and status.reason == lc.REASON_INVALID and status.message == message:
             return
-        status.phase = Phase.FAILED
-        status.reason = lc.REASON_INVALID
+        await self._not_scheduled(entry, Phase.FAILED, lc.REASON_INVALID, message, lc.REASON_INVALID)
+
+    async def _not_scheduled(
+        self, entry: SandboxEntry, phase: Phase, reason: StatusReason, message: str, event: str
+    ) -> None:
+        """Write why ``entry`` is not placed (phase, reason, the Scheduled condition), and tell
+        it in a Warning Event once the write took effect."""
+        status = entry.status.model_copy(deep=True)
+        status.phase = phase
+        status.reason = reason
         status.message = message
-        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_INVALID, message)
+        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, reason, message)
         if await self._write_status(entry, status):
-            self.events.record(entry.raw, lc.REASON_INVALID, message, warning=True)
+            self.events.record(entry.raw, event, message, warning=True)
 
     async def _record_unschedulable(self, entry: SandboxEntry, message: str) -> None:
         key = sandbox_key(entry.raw)
@@ -487,7 +495,7 @@ class Reconciler:
             self.config.unschedulable_backoff_max_seconds,
         )
         self.queue.add_after(key, delay)
-        status = entry.status.model_copy(deep=True)
+        status = entry.status
         cond = status.condition(ConditionType.SCHEDULED)
         if (
             status.phase is Phase.PENDING
@@ -496,12 +504,8 @@ class Reconciler:
             and cond.message == message
         ):
             return
-        status.phase = Phase.PENDING
-        status.reason = lc.REASON_UNSCHEDULABLE
-        status.message = message
-        status.set_condition(ConditionType.SCHEDULED, ConditionStatus.FALSE, lc.REASON_UNSCHEDULABLE, message)
-        if await self._write_status(entry, status):
-            self.events.record(entry.raw, EventReason.FAILED_SCHEDULING, message, warning=True)
+        reason = lc.REASON_UNSCHEDULABLE
+        await self._not_scheduled(entry, Phase.PENDING, reason, message, EventReason.FAILED_SCHEDULING)
 
     async def _mark_unknown(self, entry: SandboxEntry, message: str) -> None:
         status = entry.status.model_copy(deep=True)
