@@ -21,7 +21,9 @@ from vmsandbox.devcluster import LocalCluster
 
 pytestmark = pytest.mark.kube
 
-RUN = "echo run-marker; sleep 4; exit 3"
+#: Long enough to be seen Running: with 429s and Retry-After 1 s, the four failed status writes
+#: before Running alone cost 1 + 1 + 1 + 1.6 s of back-off.
+RUN = "echo run-marker; sleep 8; exit 3"
 
 
 @pytest.mark.parametrize("code", [500, 429, 409])
