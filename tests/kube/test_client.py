@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
 from vmsandbox.api.constants import API_VERSION, KIND
 from vmsandbox.devcluster import LocalCluster
 from vmsandbox.kube import ApiError, Client, Connection
@@ -164,25 +164,18 @@ def test_the_watch_lists_again_after_gone_and_resumes_after_each_closed_stream(
     watch = _NamespaceWatch(client, kube_namespace, seen, restarts)
     watch.start()
     try:
-        _until(lambda: watch.lists == 2 and "gone" in restarts)
-        _until(lambda: "closed" in restarts)  # a 2 s stream ended and was resumed
+        wait_for("a list after 410", lambda: watch.lists == 2 and "gone" in restarts)
+        wait_for("a closed 2 s stream, resumed", lambda: "closed" in restarts)
         client.create(sandbox_path(kube_namespace), _sandbox("after"))
-        _until(lambda: "+after" in seen.events)
+        wait_for("the new sandbox's event", lambda: "+after" in seen.events)
         client.delete(sandbox_path(kube_namespace, "after"))
-        _until(lambda: "-after" in seen.events)
+        wait_for("its deletion's event", lambda: "-after" in seen.events)
     finally:
         watch.stop()
         watch.thread.join(10)
     assert watch.lists == 2, "a closed stream resumes without listing again"
     assert "+before" not in seen.events, "objects of the list are not replayed as events"
     assert not watch.thread.is_alive()
-
-
-def _until(check: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_the_client_is_shared_between_threads(kube: LocalCluster, kube_namespace: str) -> None:

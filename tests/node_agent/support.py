@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
+from tests.polling import wait_for as wait_for
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
     AGENT_FINALIZER,
@@ -42,18 +43,6 @@ BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "true", "false", "echo", "sleep", "cat", "env", "ls", "id", "pwd")
 
 T = TypeVar("T")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.1) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def free_port() -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.polling import wait_for
 from vmsandbox.api.spec import PullPolicy
 from vmsandbox.node_agent.errors import ImagePullFailed
 from vmsandbox.node_agent.images import Image, ImageConfig
@@ -42,14 +42,6 @@ class Pulls:
         self.released.append(digest)
 
 
-def _until(what: str, condition: Callable[[], bool]) -> None:
-    for _ in range(500):
-        if condition():
-            return
-        threading.Event().wait(0.01)
-    raise AssertionError(f"never: {what}")
-
-
 def test_take_hands_over_the_image_and_its_hold() -> None:
     pulls = Pulls()
     prefetch = Prefetch(pulls, "reg/app:1", PullPolicy.ALWAYS)
@@ -64,7 +56,7 @@ def test_take_hands_over_the_image_and_its_hold() -> None:
 def test_dropped_after_the_pull_releases_at_once() -> None:
     pulls = Pulls()
     prefetch = Prefetch(pulls, "reg/app:1", PullPolicy.ALWAYS)
-    _until("the pull holds the image", lambda: pulls.holds["sha256:aa"] == 1)
+    wait_for("the pull holds the image", lambda: pulls.holds["sha256:aa"] == 1)
     prefetch.drop()
     assert pulls.holds["sha256:aa"] == 0 and pulls.released == ["sha256:aa"]
 
@@ -76,7 +68,7 @@ def test_dropped_during_the_pull_releases_when_it_ends() -> None:
     prefetch.drop()
     assert pulls.released == []
     go.set()
-    _until("the hold released when the pull ended", lambda: pulls.released == ["sha256:aa"])
+    wait_for("the hold released when the pull ended", lambda: pulls.released == ["sha256:aa"])
     threading.Event().wait(0.05)
     assert pulls.holds["sha256:aa"] == 0 and pulls.released == ["sha256:aa"], "released once"
 

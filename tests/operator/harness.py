@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tests.operator.factories import lease_obj, micro, node_obj
+from tests.polling import wait_for as wait_for
 from vmsandbox.api.constants import AGENT_LEASE_PREFIX
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.kube import Connection
@@ -188,17 +188,6 @@ def list_sandboxes(kube: LocalCluster, namespace: str) -> list[dict[str, Any]]:
     assert resp.status_code == 200, resp.text
     items: list[dict[str, Any]] = resp.json()["items"]
     return items
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def phase(obj: dict[str, Any] | None) -> str | None:
