@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.polling import wait_for
 from vmsandbox.api.constants import API_VERSION, KIND
 from vmsandbox.devcluster import LocalCluster
-from vmsandbox.kube import ApiError, Client, Connection
+from vmsandbox.devcluster.rbac import ADMIN_USER
+from vmsandbox.kube import ApiError, Client, Connection, connection
 from vmsandbox.kube.aio import AsyncClient
 from vmsandbox.kube.patches import edit_finalizer, replace_if_unchanged
 from vmsandbox.kube.paths import lease_path, sandbox_path
@@ -206,3 +209,24 @@ def test_a_watch_by_field_selector_sees_only_its_object(kube: LocalCluster, kube
     events = client.watch(sandbox_path(kube_namespace), version, 2, field_selector="metadata.name=mine")
     names = [e["object"]["metadata"]["name"] for e in events if e["type"] != "BOOKMARK"]
     assert names == ["mine"]
+
+
+def test_in_a_pod_the_rotated_service_account_token_is_used(
+    kube: LocalCluster, kube_namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the kubelet mounts it: a token file and the cluster's CA; the kubelet replaces the
+    token before it expires, and requests after that carry the new one."""
+    ca = Connection.from_kubeconfig(kube.kubeconfig_path).ca_file
+    assert ca is not None
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "ca.crt").write_bytes(Path(ca).read_bytes())
+    (account / "token").write_text("nobody")
+    url = urlsplit(kube.tls_url)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", str(url.hostname))
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(url.port))
+    monkeypatch.setattr(connection, "TOKEN_REREAD_SECONDS", 0.0)
+    client = Client(Connection.in_cluster(account), user_agent="t")
+    assert _refusal(lambda: client.list_objects(sandbox_path(kube_namespace))).status == 403
+    (account / "token").write_text(ADMIN_USER)  # rotated
+    assert client.list_objects(sandbox_path(kube_namespace))["items"] == []
