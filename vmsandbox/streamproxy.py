@@ -10,6 +10,22 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+#: Headers that describe one connection (RFC 9110 section 7.6.1) or its framing: a proxy never
+#: passes them on.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 #: Close codes that only describe a connection locally, and may never be sent.
 LOCAL_CLOSE_CODES = (1005, 1006, 1015)
 

@@ -34,7 +34,7 @@ from yarl import URL
 from vmsandbox.devcluster.corekinds import AGGREGATION_KINDS
 from vmsandbox.devcluster.objectstore import Fetch, ObjectStore
 from vmsandbox.devcluster.rbac import UserInfo
-from vmsandbox.streamproxy import relay_websockets, streaming_session
+from vmsandbox.streamproxy import HOP_BY_HOP, relay_websockets, streaming_session
 
 log = logging.getLogger("vmsandbox.devcluster.aggregator")
 
@@ -44,20 +44,7 @@ AUTH_CONFIGMAP_NAMESPACE = "kube-system"
 AUTH_CONFIGMAP_NAME = "extension-apiserver-authentication"
 USER_HEADER, GROUP_HEADER, EXTRA_PREFIX = "X-Remote-User", "X-Remote-Group", "X-Remote-Extra-"
 #: Headers not passed on: hop-by-hop, the client's credentials, the identity headers, the handshake.
-_DROPPED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "authorization",
-    }
-)
+_DROPPED = HOP_BY_HOP | {"authorization"}
 
 
 def _dropped(name: str) -> bool:

@@ -77,6 +77,7 @@ from vmsandbox.devcluster.rbac import (
 from vmsandbox.devcluster.requestlog import REQUEST_LOG_ENV, RequestLogWriter, RequestRecord
 from vmsandbox.devcluster.strategic import StrategicPatchError, apply_strategic_merge
 from vmsandbox.devcluster.translate import to_private, to_public
+from vmsandbox.streamproxy import HOP_BY_HOP
 
 log = logging.getLogger("vmsandbox.devcluster.front")
 
@@ -84,22 +85,9 @@ log = logging.getLogger("vmsandbox.devcluster.front")
 FRONT_TOKEN = "system:devcluster:front"
 #: User agent prefix of the apiserver's own calls (delegated auth, informers): not logged.
 _INTERNAL_AGENT = "apiextensions-apiserver"
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
-        "content-encoding",
-    }
-)
+#: Not passed on: the connection's own headers, and the encodings (the front asks the server for
+#: unencoded bodies, which it reads).
+_HOP_BY_HOP = HOP_BY_HOP | {"accept-encoding", "content-encoding"}
 _JSON_BODY_TYPES = frozenset({"application/json", "application/merge-patch+json"})
 _YAML_BODY_TYPES = frozenset({"application/yaml", "application/apply-patch+yaml"})
 _SMP = "application/strategic-merge-patch+json"
