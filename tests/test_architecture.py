@@ -16,7 +16,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "vmsandbox"
 
 #: Modules at the bottom that every layer may import: the error root, the one settings
-#: loader (:mod:`vmsandbox.config`) and what the two streaming proxies share
+#: loader (:mod:`vmsandbox.config`) and what the proxies share
 #: (:mod:`vmsandbox.streamproxy`). They import nothing else from vmsandbox.
 SHARED = {"errors", "config", "streamproxy"}
 

@@ -1,6 +1,6 @@
-"""What the two streaming proxies share (the local control plane's aggregation, and the
-operator's subresource server to an agent): their upstream session, and the relay of one
-WebSocket (exec, attach) to another."""
+"""What the proxies share (the local control plane's front and aggregation, and the operator's
+subresource server to an agent): the headers never passed on, the upstream session of the two
+streaming ones, and the relay of one WebSocket (exec, attach) to another."""
 
 from __future__ import annotations
 
