@@ -157,6 +157,8 @@ def test_the_gate_drops_a_listed_copy_the_watch_moved_meanwhile() -> None:
     assert gate.watched("moved", "v2")
     assert not gate.listed("moved", "v1")
     assert gate.listed("still", "v7")
+    gate.own("written", "v4")  # the client's own write while the list was on its way
+    assert not gate.listed("written", "v3")
     gate.end_list()
     assert gate.listed("moved", "v1"), "outside a list every item counts"
 

@@ -62,8 +62,8 @@ class WriteExpectations:
 class VersionGate:
     """One :class:`WriteExpectations` per object of a cache fed by three sources: a watch, the
     client's own writes and reads, and fresh lists. A list's copy of an object the watch
-    delivered while the list was on its way is older than the cache's, and is dropped; any
-    other copy from a list or a write is kept and expected on the watch."""
+    delivered, or the client wrote, while the list was on its way may be older than the cache's,
+    and is dropped; any other copy from a list or a write is kept and expected on the watch."""
 
     def __init__(self, ttl: float = TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
@@ -84,7 +84,10 @@ class VersionGate:
         return self._of(key).current(version)
 
     def own(self, key: str, version: str | None) -> None:
-        """The answer to the client's own write or fresh read: stored, and expected."""
+        """The answer to the client's own write or fresh read: stored, and expected. A list on
+        its way may have been read before it, so the list's copy will not count."""
+        if self._touched is not None:
+            self._touched.add(key)
         self._of(key).expect(version)
 
     def begin_list(self) -> None:
