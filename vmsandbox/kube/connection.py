@@ -50,7 +50,6 @@ class Connection:
     cert_file: str | None = None
     key_file: str | None = None
     insecure: bool = False
-    token_file: str | None = None
     _token_source: _TokenFile | None = field(default=None, compare=False, repr=False)
     _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict, compare=False, repr=False)
 
@@ -74,7 +73,6 @@ class Connection:
         return cls(
             server=server,
             ca_file=str(ca) if ca.is_file() else None,
-            token_file=str(token),
             _token_source=_TokenFile(token),
         )
 
