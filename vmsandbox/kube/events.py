@@ -137,10 +137,20 @@ class EventBuffer:
             log.warning("%d Events dropped so far (%s)", self.dropped, why)
 
     def outcome(self, filed: Filed, error: BaseException | None) -> None:
-        """Count a post's outcome (a refused Event is logged, never retried: Events are best effort)."""
+        """Count a post's outcome. A refused Event is never retried (Events are best effort); the
+        first refusal and every hundredth are warnings, so a missing permission is seen once
+        rather than at the post rate."""
         if error is None:
             self.posted += 1
             return
         self.failed += 1
+        level = logging.WARNING if self.failed == 1 or self.failed % 100 == 0 else logging.DEBUG
         name = filed.event["involvedObject"]["name"]
-        log.warning("could not post Event %s for %s: %s", filed.event["reason"], name, error)
+        log.log(
+            level,
+            "could not post Event %s for %s (%d refused so far): %s",
+            filed.event["reason"],
+            name,
+            self.failed,
+            error,
+        )
