@@ -39,12 +39,16 @@ systemctl disable --now docker-registry >/dev/null 2>&1 || true
 # before it is made. Each is logged to a file, whose tail is shown on failure.
 logs=$(mktemp -d)
 names=() pids=()
-start() {  # start NAME COMMAND...: one build in the background
+start() {  # start NAME COMMAND...: one build in the background, in a process group of its own
   local name=$1; shift
-  "$@" >"$logs/$name.log" 2>&1 &
+  setsid "$@" >"$logs/$name.log" 2>&1 &
   names+=("$name") pids+=($!)
 }
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # a failed step leaves no build running
+stop_builds() {  # a failed step leaves no build running, compilers and podman included
+  local pid
+  for pid in "${pids[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+}
+trap stop_builds EXIT
 say "local control plane: apiextensions-apiserver + etcd (cached; first build ~6 min)"
 start apiserver bash vmsandbox/devcluster/build-apiserver.sh
 # hack/test.sh asks for the container image too when it runs the whole suite.
