@@ -10,7 +10,6 @@ import aiohttp
 
 from vmsandbox.kube import wire
 from vmsandbox.kube.connection import Connection
-from vmsandbox.kube.errors import ApiError
 
 
 class AsyncClient:
@@ -61,14 +60,6 @@ class AsyncClient:
     async def get(self, path: str) -> dict[str, Any]:
         return await self.request("GET", path)
 
-    async def get_or_none(self, path: str) -> dict[str, Any] | None:
-        try:
-            return await self.get(path)
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-
     async def list_objects(self, path: str, *, label_selector: str = "") -> dict[str, Any]:
         params = {"labelSelector": label_selector} if label_selector else None
         return await self.request("GET", path, params=params)
@@ -76,14 +67,8 @@ class AsyncClient:
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body)
 
-    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("PUT", path, body=body)
-
     async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return await self.request("PATCH", path, body=ops, content_type=wire.JSON_PATCH)
-
-    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("PATCH", path, body=body, content_type=wire.MERGE_PATCH)
 
     async def delete(self, path: str, *, precondition_uid: str | None = None) -> dict[str, Any]:
         body = {"preconditions": {"uid": precondition_uid}} if precondition_uid else None
