@@ -13,7 +13,9 @@ from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.cgroups import CgroupError
 from vmsandbox.node_agent import errors
+from vmsandbox.node_agent.admission import OutOfCapacity
 from vmsandbox.node_agent.network.errors import AddressesExhausted
+from vmsandbox.node_agent.policy import RetryPolicy
 from vmsandbox.runtime.errors import AgentError, InvalidConfig
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vmsandbox"
@@ -72,6 +74,13 @@ def test_every_kind_names_a_reason_and_exactly_the_spec_and_image_ones_are_perma
         "HypervisorNotAllowed",
         "ImageNotAllowed",
     }
+
+
+def test_a_kind_is_permanent_exactly_when_it_has_no_retry_policy() -> None:
+    kinds = [*_kinds(), OutOfCapacity]
+    assert all(kind.permanent == (kind.retry_policy is None) for kind in kinds)
+    with pytest.raises(ValueError, match="first"):
+        RetryPolicy(first=0)
 
 
 def test_no_reason_is_spelt_as_a_string_literal_in_the_agent() -> None:

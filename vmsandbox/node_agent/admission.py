@@ -13,11 +13,15 @@ import threading
 from vmsandbox.api.node import NodeCapacity
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.node_agent.errors import SandboxFailure
+from vmsandbox.node_agent.policy import HOST_RESOURCES
 
 
 class OutOfCapacity(SandboxFailure):
+    """Only another sandbox's end frees what this one asks: retried later than a hiccup."""
+
     step = "admission"
     reason = StatusReason.OUT_OF_CAPACITY
+    retry_policy = HOST_RESOURCES
 
 
 class LocalAdmission:

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.hypervisor.base import HypervisorError
+from vmsandbox.node_agent.policy import HOST_RESOURCES, NODE_BACKOFF, TRANSIENT, RetryPolicy
 
 
 class SandboxFailure(VMSandboxError):
-    """A failure the agent writes to the sandbox's status. Each kind says its ``reason`` and
-    whether retrying can help (``permanent``: the spec or the image must change first)."""
+    """A failure the agent writes to the sandbox's status. Each kind says its ``reason`` and how
+    a launch failing this way is retried (``retry_policy``, see
+    :class:`~vmsandbox.node_agent.policy.RetryPolicy`); None: retrying cannot help, the spec or
+    the image must change first, and ``permanent`` says so."""
 
     reason: StatusReason = StatusReason.FAILED
-    permanent: bool = False
+    retry_policy: ClassVar[RetryPolicy | None] = NODE_BACKOFF
+    permanent: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """``permanent`` follows ``retry_policy``, so the two never disagree."""
+        super().__init_subclass__(**kwargs)
+        cls.permanent = cls.retry_policy is None
 
 
 class VMBootFailed(SandboxFailure):
-    """The hypervisor layer could not start the VM or reach its guest agent."""
+    """The hypervisor layer could not start the VM or reach its guest agent. Most often the host
+    is short of memory or CPUs for it, which another sandbox's end frees: retried later."""
 
     reason = StatusReason.VM_BOOT_FAILED
+    retry_policy = HOST_RESOURCES
 
 
 class ContainerCreateFailed(SandboxFailure):
@@ -26,8 +39,11 @@ class ContainerCreateFailed(SandboxFailure):
 
 
 class ImagePullFailed(SandboxFailure):
+    """A registry or the network failed the pull; that usually passes within seconds: retried soon."""
+
     step = "image pull"
     reason = StatusReason.IMAGE_PULL_FAILED
+    retry_policy = TRANSIENT
 
 
 class ImageNotPresent(SandboxFailure):
@@ -35,7 +51,7 @@ class ImageNotPresent(SandboxFailure):
 
     step = "image pull"
     reason = StatusReason.ERR_IMAGE_NEVER_PULL
-    permanent = True
+    retry_policy = None
 
 
 class InvalidImage(SandboxFailure):
@@ -43,7 +59,7 @@ class InvalidImage(SandboxFailure):
 
     step = "image config"
     reason = StatusReason.INVALID_IMAGE
-    permanent = True
+    retry_policy = None
 
 
 class BundleFailed(ContainerCreateFailed):
@@ -53,13 +69,13 @@ class BundleFailed(ContainerCreateFailed):
 class HypervisorNotAllowed(SandboxFailure):
     step = "hypervisor"
     reason = StatusReason.HYPERVISOR_NOT_ALLOWED
-    permanent = True
+    retry_policy = None
 
 
 class InvalidSpec(SandboxFailure):
     step = "validation"
     reason = StatusReason.INVALID_SPEC
-    permanent = True
+    retry_policy = None
 
 
 class ImageNotAllowed(SandboxFailure):
@@ -67,7 +83,7 @@ class ImageNotAllowed(SandboxFailure):
 
     step = "spec.image"
     reason = StatusReason.IMAGE_NOT_ALLOWED
-    permanent = True
+    retry_policy = None
 
 
 class ImageInvalid(InvalidImage):

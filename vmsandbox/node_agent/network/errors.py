@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.node_agent.errors import SandboxFailure
+from vmsandbox.node_agent.policy import HOST_RESOURCES
 
 
 class NetworkError(SandboxFailure):
@@ -12,4 +13,6 @@ class NetworkError(SandboxFailure):
 
 
 class AddressesExhausted(NetworkError):
-    """Every address of the node's sandbox subnet is leased."""
+    """Every address of the node's sandbox subnet is leased; one frees when a sandbox ends."""
+
+    retry_policy = HOST_RESOURCES
