@@ -16,6 +16,8 @@ import pytest
 from vmsandbox.api.reasons import StatusReason
 from vmsandbox.api.spec import RestartPolicy
 from vmsandbox.api.status import Phase
+from vmsandbox.node_agent import errors
+from vmsandbox.node_agent.admission import OutOfCapacity
 from vmsandbox.node_agent.lifecycle import (
     IDLE,
     Abandon,
@@ -46,6 +48,8 @@ from vmsandbox.node_agent.lifecycle import (
     after_launch_failure,
     next_step,
 )
+from vmsandbox.node_agent.network.errors import AddressesExhausted, NetworkError
+from vmsandbox.node_agent.policy import NODE_BACKOFF
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NODE = NodeFacts(poll_seconds=2.0, backoff_seconds=10.0, backoff_max_seconds=300.0)
@@ -369,7 +373,52 @@ def test_a_stale_finished_phase_waits_for_no_restart_but_a_due_one_launches() ->
 def test_a_failed_launch_is_retried_with_back_off_unless_it_cannot_help(
     policy: RestartPolicy, permanent: bool, want: Retry | GiveUp
 ) -> None:
-    assert after_launch_failure(policy, permanent, 2, NODE) == want
+    retry = None if permanent else NODE_BACKOFF
+    assert after_launch_failure(policy, retry, 2, NODE) == want
+
+
+# The node's back-off (10 s doubling to 300 s) is the scale and the bound of every kind: an
+# image pull starts sooner, a host short of resources later, and none waits beyond the cap.
+@pytest.mark.parametrize(
+    ("kind", "consecutive", "want"),
+    [
+        (errors.ImagePullFailed, 0, Retry(2.5, 1)),
+        (errors.ImagePullFailed, 2, Retry(10.0, 3)),
+        (errors.ImagePullFailed, 20, Retry(300.0, 21)),
+        (errors.ContainerCreateFailed, 0, Retry(10.0, 1)),
+        (errors.BundleFailed, 2, Retry(40.0, 3)),
+        (errors.SandboxFailure, 2, Retry(40.0, 3)),
+        (NetworkError, 0, Retry(10.0, 1)),
+        (errors.VMBootFailed, 0, Retry(20.0, 1)),
+        (errors.VMBootFailed, 2, Retry(80.0, 3)),
+        (errors.VMBootFailed, 20, Retry(300.0, 21)),
+        (OutOfCapacity, 0, Retry(20.0, 1)),
+        (AddressesExhausted, 1, Retry(40.0, 2)),
+        (errors.ImageNotPresent, 0, GiveUp()),
+        (errors.InvalidImage, 0, GiveUp()),
+        (errors.ImageInvalid, 0, GiveUp()),
+        (errors.InvalidSpec, 0, GiveUp()),
+        (errors.HypervisorNotAllowed, 0, GiveUp()),
+        (errors.ImageNotAllowed, 0, GiveUp()),
+    ],
+)
+def test_each_failure_kind_is_retried_after_its_own_delay_or_given_up(
+    kind: type[errors.SandboxFailure], consecutive: int, want: Retry | GiveUp
+) -> None:
+    failure = kind("detail")
+    assert after_launch_failure(RestartPolicy.ON_FAILURE, failure.retry_policy, consecutive, NODE) == want
+    assert after_launch_failure(RestartPolicy.NEVER, failure.retry_policy, consecutive, NODE) == GiveUp()
+
+
+def test_the_nodes_settings_scale_and_bound_every_kinds_delay() -> None:
+    """An admin's restartBackoffSeconds/MaxSeconds move every kind; the kinds keep their order."""
+    node = NodeFacts(backoff_seconds=1.0, backoff_max_seconds=3.0)
+    pull, boot = errors.ImagePullFailed.retry_policy, errors.VMBootFailed.retry_policy
+    assert after_launch_failure(RestartPolicy.ALWAYS, pull, 0, node) == Retry(0.25, 1)
+    assert after_launch_failure(RestartPolicy.ALWAYS, boot, 0, node) == Retry(2.0, 1)
+    assert after_launch_failure(RestartPolicy.ALWAYS, boot, 1, node) == Retry(3.0, 2)
+    tight = NodeFacts(backoff_seconds=10.0, backoff_max_seconds=10.0)
+    assert after_launch_failure(RestartPolicy.ALWAYS, boot, 0, tight) == Retry(10.0, 1)
 
 
 def test_an_adopted_run_that_vanished_counts_as_lost_only_if_it_may_have_run() -> None:

@@ -20,7 +20,7 @@ from vmsandbox.api.reasons import StatusReason
 from vmsandbox.api.spec import RestartPolicy
 from vmsandbox.api.status import Phase
 from vmsandbox.node_agent.fencing import RESCHEDULED
-from vmsandbox.node_agent.policy import backoff_delay, should_restart
+from vmsandbox.node_agent.policy import RetryPolicy, backoff_delay, should_restart
 
 #: A run longer than this resets the back-off, as the kubelet does after 10 minutes.
 BACKOFF_RESET_SECONDS = 600.0
@@ -354,10 +354,12 @@ class GiveUp:
 
 
 def after_launch_failure(
-    policy: RestartPolicy, permanent: bool, consecutive: int, node: NodeFacts
+    policy: RestartPolicy, retry: RetryPolicy | None, consecutive: int, node: NodeFacts
 ) -> Retry | GiveUp:
-    """Whether a launch that failed is tried again, and when (restartPolicy Never never is)."""
-    if permanent or policy is RestartPolicy.NEVER:
+    """Whether a launch that failed is tried again, and when: ``retry`` is the failure kind's
+    policy (None: retrying cannot help), scaled and capped by the node's back-off; restartPolicy
+    Never never retries."""
+    if retry is None or policy is RestartPolicy.NEVER:
         return GiveUp()
     consecutive += 1
-    return Retry(backoff_delay(consecutive, node.backoff_seconds, node.backoff_max_seconds), consecutive)
+    return Retry(retry.delay(consecutive, node.backoff_seconds, node.backoff_max_seconds), consecutive)

@@ -284,7 +284,7 @@ class SandboxWorker:
             case lc.AddFinalizer():
                 return self._add_finalizer(obj, sandbox)
             case lc.Reject(detail):
-                self._fail(obj, InvalidSpec(detail), retry=False)
+                self._fail(obj, InvalidSpec(detail))
                 return IDLE
         assert sandbox is not None
         return self._perform_run_step(step, obj, sandbox)
@@ -441,7 +441,7 @@ class SandboxWorker:
                 self.ctx.metrics.vmm_failures.labels(launch.hypervisor, "boot").inc()
             if isinstance(failure, ImagePullFailed):
                 self.log.warning("image pull failed: %s", failure)
-            self._fail(obj, failure, retry=not failure.permanent, policy=policy)
+            self._fail(obj, failure, policy=policy)
         else:
             return self._started(obj, launch, done)
         return (self._restart_at - datetime.now(UTC)).total_seconds() if self._restart_at else IDLE
@@ -463,11 +463,13 @@ class SandboxWorker:
         obj: Obj,
         failure: SandboxFailure,
         *,
-        retry: bool = True,
         policy: RestartPolicy = RestartPolicy.NEVER,
     ) -> None:
-        """Report a failure to get the container running; retry with back-off when the policy says so."""
-        decision = lc.after_launch_failure(policy, not retry, self._consecutive, self._node_facts())
+        """Report a failure to get the container running; retry after the failure kind's back-off
+        when both the kind and the restart policy allow it."""
+        decision = lc.after_launch_failure(
+            policy, failure.retry_policy, self._consecutive, self._node_facts()
+        )
         again = isinstance(decision, lc.Retry)
         if not again:
             self._record_end(ContainerEnd(reason=failure.reason, message=str(failure)))
