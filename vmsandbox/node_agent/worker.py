@@ -478,7 +478,7 @@ class SandboxWorker:
         if isinstance(decision, lc.Retry):
             self._consecutive, delay = decision.consecutive, decision.delay
             self._restart_at = datetime.now(UTC) + timedelta(seconds=delay)
-        message = str(failure) + (f" (retrying in {delay:.0f}s)" if again else "")
+        message = str(failure) + (f" (retrying in {delay:g}s)" if again else "")
         generation = obj["metadata"].get("generation")
         self.status.write(obj, statusedits.launch_failed(failure.reason, message, again, generation))
         self.log.warning("failed: %s", message)
