@@ -329,6 +329,8 @@ def _exited(
     now: datetime | None,
     node: NodeFacts,
 ) -> Exited:
+    """A container that ran and ended restarts on the node's own back-off whatever the cause
+    (CrashLoopBackOff); only a launch that failed has a kind to choose its delay."""
     failed = lost or exit_code != 0
     restart = should_restart(sandbox.restart_policy, failed)
     ran = (now - record.run_started).total_seconds() if now and record.run_started else 0.0
