@@ -57,6 +57,16 @@ def test_failures_back_off_exponentially_to_the_cap_and_forget_resets() -> None:
     assert after == 0.5
 
 
+def test_a_servers_retry_after_longer_than_the_back_off_wins_and_still_counts_a_failure() -> None:
+    async def run() -> list[float]:
+        queue = WorkQueue(base=0.5, cap=4.0)
+        delays = [queue.retry("a", at_least=3.0), queue.retry("a", at_least=0.2), queue.retry("a")]
+        queue.close()
+        return delays
+
+    assert asyncio.run(run()) == [3.0, 1.0, 2.0]
+
+
 def test_one_failing_key_does_not_delay_another() -> None:
     async def run() -> tuple[float, float]:
         queue = WorkQueue(base=0.01, cap=10.0)

@@ -144,7 +144,8 @@ class Reconciler:
                 self.queue.forget(key)
             except ApiError as exc:
                 self.metrics.reconcile_errors.labels(kind="api").inc()
-                log.warning("reconcile %s: %s (retry in %.1fs)", key, exc, self.queue.retry(key))
+                delay = self.queue.retry(key, at_least=exc.retry_after)
+                log.warning("reconcile %s: %s (retry in %.1fs)", key, exc, delay)
             except Exception:
                 self.metrics.reconcile_errors.labels(kind="bug").inc()
                 log.exception("reconcile %s failed (retry in %.1fs)", key, self.queue.retry(key))

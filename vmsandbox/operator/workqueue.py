@@ -42,11 +42,12 @@ class WorkQueue:
             timer.cancel()
         self._timers[key] = loop.call_at(due, self._fire, key)
 
-    def retry(self, key: str) -> float:
-        """Queue a key that failed after its back-off; returns the delay chosen."""
+    def retry(self, key: str, at_least: float = 0.0) -> float:
+        """Queue a key that failed after its back-off, or after ``at_least`` seconds if longer (an
+        API server's Retry-After: asking sooner only earns another 429); returns the delay chosen."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self.base * 2**failures, self.cap)
+        delay = max(min(self.base * 2**failures, self.cap), at_least)
         self.add_after(key, delay)
         return delay
 
