@@ -2,44 +2,50 @@
 
 from __future__ import annotations
 
-import ctypes
-import logging
+import os
 import signal
 import sys
-from pathlib import Path
-from types import FrameType
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest import logs
 from vmsandbox.guest.agent import Agent
+from vmsandbox.guest.logs import log
 from vmsandbox.guest.transport import open_listener
 
-#: True only for type checkers; importing typing would cost the agent's start time.
+# The start path imports neither typing, pathlib, ctypes nor logging: under emulation each
+# costs the boot a noticeable share of the agent's start (tests/runtime/test_wire.py holds it).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import FrameType
+
     from vmsandbox.guest.ociruntime import RuntimeChoice
 
 READY_LINE = "vmsandbox-guest: ready"
 PR_SET_CHILD_SUBREAPER = 36
-KMSG = Path("/dev/kmsg")
-UPTIME = Path("/proc/uptime")
+KMSG = "/dev/kmsg"
+UPTIME = "/proc/uptime"
 
 
 def _become_subreaper() -> None:
-    """Orphaned container inits (their runc parent exits after create) come back to us."""
+    """Orphaned container inits (their runc parent exits after create) come back to us.
+
+    Run before the first container, not at start: ctypes is a costly import."""
+    import ctypes
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except OSError:
-        logging.getLogger("vmsandbox.guest").warning("cannot become a child subreaper")
+        log.warning("cannot become a child subreaper")
 
 
 def _announce(listen: str) -> None:
     print(READY_LINE, flush=True)
     # In a VM the console may be quiet; the kernel log always reaches the host's serial log.
     # A unix listener means the agent runs on a host, whose kernel log is not ours to write.
-    if not listen.startswith("unix:") and KMSG.exists():
+    if not listen.startswith("unix:") and os.path.exists(KMSG):
         try:
-            with KMSG.open("w") as kmsg:
+            with open(KMSG, "w", encoding="utf-8") as kmsg:
                 kmsg.write(READY_LINE + "\n")
         except OSError:
             pass
@@ -48,7 +54,8 @@ def _announce(listen: str) -> None:
 def _uptime() -> float | None:
     """Seconds since the (guest) kernel started, the clock init's own timestamps use."""
     try:
-        return float(UPTIME.read_text().split()[0])
+        with open(UPTIME, encoding="ascii") as uptime:
+            return float(uptime.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -90,8 +97,10 @@ class ServeArgs:
                 raise UsageError(f"{required} is required")
         if values["--oci-runtime"] not in OCI_RUNTIMES:
             raise UsageError(f"--oci-runtime must be one of {', '.join(OCI_RUNTIMES)}")
+        if values["--log-level"].upper() not in logs.LEVELS:
+            raise UsageError(f"--log-level must be one of {', '.join(logs.LEVELS)}")
         self.listen = values["--listen"]
-        self.state_dir = Path(values["--state-dir"])
+        self.state_dir = values["--state-dir"]
         self.oci_runtime: RuntimeChoice = values["--oci-runtime"]  # type: ignore[assignment]
         self.log_level = values["--log-level"].upper()
         self.init_uptime: float | None = None
@@ -112,12 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"vmsandbox-guest: {exc}\n{USAGE}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s guest %(levelname)s %(message)s"
-    )
-    _become_subreaper()
+    logs.configure(args.log_level)
     try:
-        agent = Agent(args.state_dir, args.oci_runtime)
+        agent = Agent(args.state_dir, args.oci_runtime, before_containers=_become_subreaper)
         listener = open_listener(args.listen)
     except VMSandboxError as exc:
         print(f"vmsandbox-guest: {exc}", file=sys.stderr)

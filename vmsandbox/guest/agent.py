@@ -7,16 +7,16 @@ stdin and resize frames come in, and :class:`Exited` ends it once no more output
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import socket
 import struct
 import termios
 import threading
 from functools import partial
-from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest import logs
+from vmsandbox.guest.logs import log
 from vmsandbox.guest.ociruntime import RuntimeSelector
 from vmsandbox.guest.protocol import (
     ATTACH_INPUT,
@@ -57,20 +57,26 @@ from vmsandbox.guest.transport import Listener
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from vmsandbox.guest.containers import Container, ContainerTable
     from vmsandbox.guest.ociruntime import RuntimeChoice
 
-log = logging.getLogger("vmsandbox.guest")
-
 
 class Agent:
-    def __init__(self, state_dir: Path, oci_runtime: RuntimeChoice) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        oci_runtime: RuntimeChoice,
+        before_containers: Callable[[], None] | None = None,
+    ) -> None:
+        """``before_containers`` runs once, before the container machinery is first used."""
+        os.makedirs(state_dir, exist_ok=True)
         # Everything below is addressed relative to the state directory, our working directory,
         # so an idle agent's directory can be renamed (the process backend's warm pool).
         os.chdir(state_dir)
-        self.state_dir = Path(".")
-        self.selector = RuntimeSelector(oci_runtime, self.state_dir)
+        self.selector = RuntimeSelector(oci_runtime, ".")
+        self._before_containers = before_containers
         self._table: ContainerTable | None = None
         self._table_lock = threading.Lock()
         #: Guest uptimes (seconds) when init began and when this agent was listening; set in a VM.
@@ -81,14 +87,20 @@ class Agent:
     def table(self) -> ContainerTable:
         """The container machinery, imported on first use or by :meth:`preload`.
 
-        Its imports (subprocess, tempfile, shutil, json...) are most of the agent's own; loading
-        them after the agent listens keeps them off the boot's path to the first request.
+        Its imports (subprocess, tempfile, shutil, pathlib, logging...) are most of the agent's
+        own; loading them after the agent listens keeps them off the boot's path to the first
+        request.
         """
         with self._table_lock:
             if self._table is None:
+                from pathlib import Path
+
                 from vmsandbox.guest.containers import ContainerTable
 
-                self._table = ContainerTable(self.state_dir, self.selector)
+                logs.load()
+                if self._before_containers is not None:
+                    self._before_containers()
+                self._table = ContainerTable(Path("."), self.selector)
             return self._table
 
     def preload(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import re
 import shutil
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
     from vmsandbox.guest.protocol import ContainerStatus
 
-log = logging.getLogger("vmsandbox.guest")
 
 _ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 #: Output kept in memory per container for late attachers; older bytes are dropped first.

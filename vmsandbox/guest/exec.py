@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
-import logging
 import os
 import signal
 import struct
@@ -32,6 +31,7 @@ from vmsandbox.guest.containers import (
     _ConsoleReceiver,
     exit_code_of,
 )
+from vmsandbox.guest.logs import log
 from vmsandbox.guest.protocol import WRONG_STATUS, Exec, Exited, Failure, Streaming
 from vmsandbox.guest.wire import ProtocolError
 
@@ -40,7 +40,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-log = logging.getLogger("vmsandbox.guest")
 
 #: After the process exits, how long output pipes may stay idle (held open by a background
 #: child it left behind) before the exit status is sent anyway.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import queue
 import select
@@ -29,12 +28,10 @@ import threading
 import time
 import tty
 from collections.abc import Callable
-from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.logs import log
 from vmsandbox.guest.transport import Listener
-
-log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IBI")
 MAX_PAYLOAD = 32 * 1024
@@ -47,8 +44,8 @@ KIND_NAMES = ("HELLO", "PING", "PONG", "OPEN", "DATA", "EOF", "CLOSE", "CREDIT")
 CREDIT_PAYLOAD = struct.Struct(">I")
 
 #: Virtio ports appear here when udev names them; without udev we look them up in sysfs.
-VIRTIO_PORTS_DIR = Path("/dev/virtio-ports")
-VIRTIO_PORTS_SYSFS = Path("/sys/class/virtio-ports")
+VIRTIO_PORTS_DIR = "/dev/virtio-ports"
+VIRTIO_PORTS_SYSFS = "/sys/class/virtio-ports"
 
 
 class MuxError(VMSandboxError, OSError):
@@ -452,30 +449,36 @@ class SerialListener(Listener):
         self._line.close()
 
 
-def resolve_port(path: Path, timeout: float = 10.0) -> Path:
+def resolve_port(path: str, timeout: float = 10.0) -> str:
     """The device node of a named virtio port, waiting for it to appear.
 
     ``/dev/virtio-ports/<name>`` is a udev symlink; a guest without udev only has
-    ``/dev/vportNpM``, whose name is in sysfs.
+    ``/dev/vportNpM``, whose name is in sysfs. (Plain ``os.path``: this is on the agent's start
+    path, which does without pathlib.)
     """
     deadline = time.monotonic() + timeout
+    parent, name = os.path.split(path)
     while True:
-        if path.exists():
+        if os.path.exists(path):
             return path
-        if path.parent == VIRTIO_PORTS_DIR and VIRTIO_PORTS_SYSFS.is_dir():
-            for entry in VIRTIO_PORTS_SYSFS.iterdir():
-                name_file = entry / "name"
+        if parent == VIRTIO_PORTS_DIR and os.path.isdir(VIRTIO_PORTS_SYSFS):
+            for entry in os.listdir(VIRTIO_PORTS_SYSFS):
                 with contextlib.suppress(OSError):
-                    if name_file.read_text().strip() == path.name and Path("/dev", entry.name).exists():
-                        return Path("/dev", entry.name)
+                    if _read_name(entry) == name and os.path.exists(os.path.join("/dev", entry)):
+                        return os.path.join("/dev", entry)
         if time.monotonic() >= deadline:
             raise MuxError(f"serial port {path} did not appear within {timeout:.0f}s")
         time.sleep(0.05)
 
 
+def _read_name(port: str) -> str:
+    with open(os.path.join(VIRTIO_PORTS_SYSFS, port, "name"), encoding="utf-8") as file:
+        return file.read().strip()
+
+
 def open_serial_listener(path: str | os.PathLike[str], timeout: float = 10.0) -> SerialListener:
     """Listen for multiplexed connections on the serial port (or tty) at ``path``."""
-    device = resolve_port(Path(path), timeout)
+    device = resolve_port(os.fspath(path), timeout)
     try:
         fd = os.open(device, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:

@@ -8,13 +8,11 @@ what the process backend sees on such hosts; inside our own guest crun works.
 
 from __future__ import annotations
 
-import logging
+import os
 import threading
-from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
-
-log = logging.getLogger("vmsandbox.guest")
+from vmsandbox.guest.logs import log
 
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
@@ -35,7 +33,8 @@ def hybrid_cgroups() -> str | None:
     crun failure stays in place for anything this misses.
     """
     try:
-        mounts = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            mounts = [line.split() for line in mountinfo]
     except OSError:
         return None
     v1 = any(m[m.index("-") + 1] == "cgroup" for m in mounts if "-" in m)
@@ -43,7 +42,8 @@ def hybrid_cgroups() -> str | None:
         if "-" not in m or m[m.index("-") + 1] != "cgroup2" or not v1:
             continue
         try:
-            controllers = (Path(m[4]) / "cgroup.controllers").read_text().split()
+            with open(os.path.join(m[4], "cgroup.controllers"), encoding="utf-8") as file:
+                controllers = file.read().split()
         except OSError:
             continue
         if controllers:
@@ -64,17 +64,17 @@ def _which(name: str) -> str | None:
 class OciRuntime:
     """One low-level runtime binary with its own state root."""
 
-    def __init__(self, name: str, state_root: Path) -> None:
+    def __init__(self, name: str, state_root: str) -> None:
         binary = _which(name)
         if binary is None:
             raise OciRuntimeError(f"{name} is not installed in the guest", step=f"{name}")
         self.name = name
         self.binary = binary
-        self.state_root = state_root / name
-        self.state_root.mkdir(parents=True, exist_ok=True)
+        self.state_root = os.path.join(state_root, name)
+        os.makedirs(self.state_root, exist_ok=True)
 
     def base(self) -> list[str]:
-        return [self.binary, "--root", str(self.state_root)]
+        return [self.binary, "--root", self.state_root]
 
     def run(self, *args: str, step: str) -> None:
         """Run a quick subcommand (start, delete, kill); raise with its stderr on failure."""
@@ -91,7 +91,7 @@ class OciRuntime:
 class RuntimeSelector:
     """Hands out the runtime to use; under ``auto`` remembers a fallback to runc once made."""
 
-    def __init__(self, choice: RuntimeChoice, state_root: Path) -> None:
+    def __init__(self, choice: RuntimeChoice, state_root: str) -> None:
         self.choice = choice
         self.state_root = state_root
         self._lock = threading.Lock()

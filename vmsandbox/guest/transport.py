@@ -6,14 +6,14 @@ never knows which transport carried the connection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
 
-VSOCK_DEVICE = Path("/dev/vsock")
-SERIAL_PORT = Path("/dev/virtio-ports/io.vmsandbox.agent")
+VSOCK_DEVICE = "/dev/vsock"
+SERIAL_PORT = "/dev/virtio-ports/io.vmsandbox.agent"
 DEFAULT_VSOCK_PORT = 1024
 
 
@@ -34,7 +34,7 @@ class Listener:
 class SocketListener(Listener):
     """A listening unix or vsock socket."""
 
-    def __init__(self, sock: socket.socket, cleanup: Path | None = None) -> None:
+    def __init__(self, sock: socket.socket, cleanup: str | None = None) -> None:
         self._sock = sock
         self._cleanup = cleanup
 
@@ -45,14 +45,19 @@ class SocketListener(Listener):
     def close(self) -> None:
         self._sock.close()
         if self._cleanup is not None:
-            self._cleanup.unlink(missing_ok=True)
+            _unlink(self._cleanup)
 
 
-def listen_unix(path: Path) -> SocketListener:
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def listen_unix(path: str) -> SocketListener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        path.unlink(missing_ok=True)
-        sock.bind(str(path))
+        _unlink(path)
+        sock.bind(path)
         os.chmod(path, 0o600)
         sock.listen(64)
     except OSError as exc:
@@ -75,7 +80,7 @@ def listen_vsock(port: int) -> SocketListener:
     return SocketListener(sock)
 
 
-def listen_serial(path: Path) -> Listener:
+def listen_serial(path: str) -> Listener:
     # Imported here: the multiplexer is only needed inside QEMU guests.
     from vmsandbox.guest.mux import open_serial_listener
 
@@ -85,9 +90,9 @@ def listen_serial(path: Path) -> Listener:
 
 def resolve_auto() -> str:
     """The concrete spec ``auto`` stands for in this guest."""
-    if SERIAL_PORT.exists():
+    if os.path.exists(SERIAL_PORT):
         return f"serial:{SERIAL_PORT}"
-    if VSOCK_DEVICE.exists():
+    if os.path.exists(VSOCK_DEVICE):
         return f"vsock:{DEFAULT_VSOCK_PORT}"
     raise TransportError(f"--listen auto: neither {SERIAL_PORT} nor {VSOCK_DEVICE} exists")
 
@@ -100,11 +105,11 @@ def open_listener(spec: str) -> Listener:
     if not sep or not rest:
         raise TransportError(f"bad --listen {spec!r}; expected unix:PATH, vsock:PORT, serial:PATH or auto")
     if scheme == "unix":
-        return listen_unix(Path(rest))
+        return listen_unix(rest)
     if scheme == "vsock":
         if not rest.isdigit():
             raise TransportError(f"bad vsock port {rest!r} in --listen {spec!r}")
         return listen_vsock(int(rest))
     if scheme == "serial":
-        return listen_serial(Path(rest))
+        return listen_serial(rest)
     raise TransportError(f"unknown transport {scheme!r} in --listen {spec!r}")
