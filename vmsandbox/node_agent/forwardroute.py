@@ -23,7 +23,7 @@ from vmsandbox.node_agent.network.dial import dial
 from vmsandbox.node_agent.network.errors import NetworkError
 from vmsandbox.node_agent.portforward import SUBPROTOCOLS, V4, BadPorts, Session, parse_ports
 from vmsandbox.node_agent.remotecommand import BadQuery
-from vmsandbox.node_agent.streamroutes import AuthorizeSubresource, SandboxUnavailable, _answer, _sandbox_of
+from vmsandbox.node_agent.streamroutes import AuthorizeSubresource, SandboxUnavailable, _sandbox_of, answer
 from vmsandbox.node_agent.websocket import WebSocket, accept_key, choose_protocol
 from vmsandbox.runtime.errors import RuntimeError_, WrongState
 
@@ -60,13 +60,13 @@ class PortForwardRoute:
         try:
             self._serve(handler, path, query)
         except (BadQuery, BadPorts) as exc:
-            _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
+            answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except (AccessDenied, SandboxUnavailable) as exc:
-            _answer(handler, exc.status, exc.detail)
+            answer(handler, exc.status, exc.detail)
         except WrongState as exc:
-            _answer(handler, HTTPStatus.CONFLICT, exc.detail)
+            answer(handler, HTTPStatus.CONFLICT, exc.detail)
         except RuntimeError_ as exc:
-            _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+            answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
 
     def _serve(self, handler: BaseHTTPRequestHandler, path: str, query: str) -> None:
         namespace, name = _sandbox_of(path, PREFIX)

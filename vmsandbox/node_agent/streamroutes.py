@@ -93,17 +93,17 @@ class StreamRoutes:
             self._serve(handler, method, path, query)
             return
         except BadQuery as exc:
-            _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
+            answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except AccessDenied as exc:
-            _answer(handler, exc.status, exc.detail)
+            answer(handler, exc.status, exc.detail)
         except SandboxUnavailable as exc:
-            _answer(handler, exc.status, exc.detail)
+            answer(handler, exc.status, exc.detail)
         except WrongState as exc:
-            _answer(handler, HTTPStatus.CONFLICT, exc.detail)
+            answer(handler, HTTPStatus.CONFLICT, exc.detail)
         except BadPath as exc:
-            _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
+            answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
         except RuntimeError_ as exc:
-            _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+            answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
         if method == "PUT":
             _linger(handler)
 
@@ -165,7 +165,7 @@ class StreamRoutes:
         if params.get("list", ["false"])[-1].lower() in ("true", "1"):
             entries = list_path(target.agent, target.container_id, path)
             body = json.dumps({"entries": [e.to_wire() for e in entries]}).encode()
-            _answer(handler, HTTPStatus.OK, body, "application/json")
+            answer(handler, HTTPStatus.OK, body, "application/json")
             return
         with read_path(target.agent, target.container_id, path) as stream:
             handler.send_response(HTTPStatus.OK)
@@ -202,7 +202,7 @@ class StreamRoutes:
                 raise BadQuery("mode: must be at most 07777")
         handler.connection.settimeout(None)
         write_path(target.agent, target.container_id, path, _body(handler), kind=kind, mode=mode)
-        _answer(handler, HTTPStatus.OK, b"ok\n")
+        answer(handler, HTTPStatus.OK, b"ok\n")
 
 
 def _path_param(params: dict[str, list[str]]) -> str:
@@ -283,12 +283,13 @@ def _linger(handler: BaseHTTPRequestHandler) -> None:
         return
 
 
-def _answer(
+def answer(
     handler: BaseHTTPRequestHandler,
     status: int,
     body: str | bytes,
     content_type: str = "text/plain; charset=utf-8",
 ) -> None:
+    """A plain reply of the agent's HTTP server (a str body ends in a newline); a 401 names the scheme."""
     data = body if isinstance(body, bytes) else (body + "\n").encode()
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
