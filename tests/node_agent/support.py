@@ -316,6 +316,33 @@ def agent_command() -> list[str]:
 VMM_CGROUP_PARENT_ENV = "VMSANDBOX_AGENT_VMM_CGROUP_PARENT"
 
 
+def process_agent_env(
+    node: str, namespace: str, kubeconfig: Path, workdir: Path, **settings: str
+) -> dict[str, str]:
+    """An agent that runs only the process backend and can pull nothing (its registry a closed
+    port), for tests of what it asks of the API; ``settings``: more VMSANDBOX_AGENT_* values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMSANDBOX_AGENT_")}
+    env.update(
+        {
+            "NODE_NAME": node,
+            "POD_NAMESPACE": namespace,
+            "PYTHONPATH": str(REPO),
+            "VMSANDBOX_AGENT_KUBECONFIG": str(kubeconfig),
+            "VMSANDBOX_AGENT_STATE_DIR": str(workdir / "state"),
+            "VMSANDBOX_AGENT_RUNTIME_ROOT": str(workdir / "run"),
+            "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": "process",
+            "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": "process",
+            "VMSANDBOX_AGENT_GUEST_IMAGE_DIR": str(fake_guest_image(workdir / "guest")),
+            "VMSANDBOX_AGENT_INSECURE_REGISTRIES": "127.0.0.1:9",
+            "VMSANDBOX_AGENT_LISTEN_ADDRESS": "127.0.0.1",
+            "VMSANDBOX_AGENT_PORT": "0",
+            "VMSANDBOX_AGENT_LEASE_RENEW_SECONDS": "1",
+            **{f"VMSANDBOX_AGENT_{k.upper()}": v for k, v in settings.items()},
+        }
+    )
+    return env
+
+
 @dataclass
 class AgentProcess:
     """``vmsandbox-agent`` run as a subprocess with ``NODE_NAME`` and options from the environment."""
