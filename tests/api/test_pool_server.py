@@ -4,7 +4,6 @@ defaults, bounds refused with the field named, the scale subresource, immutabili
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 from typing import Any
@@ -14,7 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.api.cases import POOL_INVALID, pool, sandbox
-from tests.api.server import causes, create
+from tests.api.server import assert_refused, create
 from tests.chart.helm import find_tool, missing
 from vmsandbox.api.constants import GROUP, PLURAL, POOL_PLURAL, VERSION
 
@@ -35,12 +34,7 @@ def test_empty_pool_is_defaulted(api: client.CustomObjectsApi, kube_namespace: s
 def test_server_rejects_with_the_field_named(
     api: client.CustomObjectsApi, kube_namespace: str, case: str, obj: dict[str, Any], field: str
 ) -> None:
-    obj = copy.deepcopy(obj)
-    obj["metadata"]["name"] = f"bad-{case}"
-    with pytest.raises(ApiException) as err:
-        create(api, kube_namespace, POOL_PLURAL, obj)
-    assert err.value.status == 422, err.value.body
-    assert any(c.startswith(field) for c in causes(err.value)), (field, causes(err.value))
+    assert_refused(api, kube_namespace, POOL_PLURAL, case, obj, field)
 
 
 def test_scale_subresource_reads_and_writes_replicas(
