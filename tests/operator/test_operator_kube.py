@@ -220,6 +220,13 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
         assert {"NodeUnreachable", "NodeLost", "Rescheduled"} <= set(reasons)
 
 
+def _placed_and_taken_by_the_agent(kube: LocalCluster, ns: str, name: str) -> None:
+    """A new sandbox, once scheduled, carries the agent's finalizer too, as after its pickup."""
+    create_sandbox(kube, ns, sandbox_obj(name))
+    obj = wait_for("scheduled", lambda: scheduled(kube, ns, name))
+    set_finalizers(kube, ns, name, [*obj["metadata"]["finalizers"], AGENT_FINALIZER])
+
+
 def test_deletion_waits_for_the_agent_finalizer(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents
 ) -> None:
@@ -227,9 +234,7 @@ def test_deletion_waits_for_the_agent_finalizer(
     agents.add("del-a")
     with run_operator(kube, ns) as op:
         wait_for("leadership", op.leading)
-        create_sandbox(kube, ns, sandbox_obj("d1"))
-        obj = wait_for("scheduled", lambda: scheduled(kube, ns, "d1"))
-        set_finalizers(kube, ns, "d1", [*obj["metadata"]["finalizers"], AGENT_FINALIZER])  # the agent took it
+        _placed_and_taken_by_the_agent(kube, ns, "d1")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d1")
         time.sleep(1.5)
         obj = get_sandbox(kube, ns, "d1")
@@ -245,9 +250,7 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
     agents.add("dlost-a")
     with run_operator(kube, ns) as op:
         wait_for("leadership", op.leading)
-        create_sandbox(kube, ns, sandbox_obj("d2"))
-        obj = wait_for("scheduled", lambda: scheduled(kube, ns, "d2"))
-        set_finalizers(kube, ns, "d2", [*obj["metadata"]["finalizers"], AGENT_FINALIZER])
+        _placed_and_taken_by_the_agent(kube, ns, "d2")
         agents.kill("dlost-a")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d2")
         wait_for("gone after the grace", lambda: get_sandbox(kube, ns, "d2") is None, timeout=15)
