@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,15 @@ import requests
 from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, Cluster, Registry, containers_left, unique, wait_for
+from tests.node_agent.support import (
+    AgentProcess,
+    Cluster,
+    MakeAgent,
+    Registry,
+    containers_left,
+    unique,
+    wait_for,
+)
 from tests.operator.harness import without_stale_nodes
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
 from vmsandbox.cli import main as cli
@@ -26,7 +34,6 @@ from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 SETTINGS = {
     "allowed_hypervisors": "process,cloud-hypervisor",
     "agent_alive_seconds": 6,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -445,6 +445,10 @@ class AgentProcess:
 
         parent = self.env.get(VMM_CGROUP_PARENT_ENV, "")
         return cgroups_left(parent) if parent.endswith(f"/{self.node}") else []
+
+
+#: The ``make_agent`` fixture: ``make_agent(start=True, node=None, **env)`` -> a running agent.
+MakeAgent = Callable[..., AgentProcess]
 
 
 def in_cgroup(procs: list[Path]) -> list[str]:

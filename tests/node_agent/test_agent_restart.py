@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.node_agent.support import (
     AgentProcess,
     Cluster,
+    MakeAgent,
     Registry,
     containers_left,
     pid_alive,
@@ -20,8 +20,6 @@ from tests.node_agent.support import (
 )
 
 pytestmark = pytest.mark.kube
-
-MakeAgent = Callable[..., AgentProcess]
 
 
 def _sleeper(registry: Registry, **extra: object) -> dict[str, object]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.node_agent.support import (
-    AgentProcess,
     Cluster,
+    MakeAgent,
     Registry,
     agent_command,
     pid_alive,
@@ -22,8 +21,6 @@ from tests.node_agent.support import (
 from tests.runtime.support import no_vms
 
 pytestmark = pytest.mark.kube
-
-MakeAgent = Callable[..., AgentProcess]
 
 
 def test_missing_image_reports_the_registrys_message(

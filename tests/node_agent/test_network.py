@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 
 import pytest
 
@@ -28,12 +27,11 @@ from tests.network.conftest import (
     Topology,
     topo,
 )
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique, wait_for
 
 pytestmark = pytest.mark.kube
 __all__ = ["topo"]  # the fixture, used by name
 
-MakeAgent = Callable[..., AgentProcess]
 GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
 
 

@@ -5,17 +5,15 @@ sandbox is deleted cleanly."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from vmsandbox.api.constants import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"]
 
 

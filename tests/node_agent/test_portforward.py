@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from kubernetes import client
 from kubernetes.stream.ws_client import portforward_call
 
 from tests.network.conftest import DNS, SUBNET, Topology, sh, topo
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique, wait_for
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
@@ -32,7 +32,6 @@ from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
 pytestmark = pytest.mark.kube
 __all__ = ["guest_image", "qemu_binary", "topo", "vmm_user"]  # fixtures, used by name
 
-MakeAgent = Callable[..., AgentProcess]
 PAGE = "hello-from-the-sandbox"
 SERVERS = (
     f"mkdir -p /www && echo {PAGE} > /www/index.html && busybox httpd -p 8080 -h /www"

@@ -6,17 +6,14 @@ namespace whose "world" serves DNS on 10.99.0.53 (``public.test`` -> 198.18.0.2)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from tests.network.conftest import DNS, PUBLIC, SUBNET, Topology, topo
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique, wait_for
 
 pytestmark = pytest.mark.kube
 __all__ = ["topo"]  # the fixture, used by name
 
-MakeAgent = Callable[..., AgentProcess]
 SCRIPT = " ; ".join(
     [
         "echo '== resolv'",

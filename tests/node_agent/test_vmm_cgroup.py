@@ -13,14 +13,13 @@ from typing import Any
 import pytest
 
 from tests.leaks import private_cgroup_parent
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from vmsandbox.hypervisor.cgroups import CFS_PERIOD_US, Hierarchy, VMCgroup, hierarchies
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import Runtime
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 MIB = 1024 * 1024
 OVERHEAD_MIB = 200
 #: Prints a line a second; exits 3 on SIGTERM.
