@@ -217,15 +217,7 @@ class Cluster:
 
     def schedule(self, name: str, node: str, schedule_ms: float = 1.5) -> dict[str, Any]:
         """The operator's step: label first, then nodeName, phase Scheduled and the condition via /status."""
-        self.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            self.namespace,
-            PLURAL,
-            name,
-            {"metadata": {"labels": {NODE_LABEL: node}}},
-            _content_type="application/merge-patch+json",
-        )
+        self.merge_patch(name, {"metadata": {"labels": {NODE_LABEL: node}}})
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {
             "phase": "Scheduled",
@@ -243,6 +235,13 @@ class Cluster:
             name,
             {"status": status},
             _content_type="application/merge-patch+json",
+        )
+        return dict(obj)
+
+    def merge_patch(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of the sandbox ``name`` itself (not /status), as another client sends it."""
+        obj: Any = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, patch, _content_type="application/merge-patch+json"
         )
         return dict(obj)
 

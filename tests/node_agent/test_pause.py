@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
-from vmsandbox.api.constants import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
 
@@ -22,15 +21,7 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def set_paused(cluster: Cluster, name: str, paused: bool) -> None:
-    cluster.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        cluster.namespace,
-        PLURAL,
-        name,
-        {"spec": {"paused": paused}},
-        _content_type="application/merge-patch+json",
-    )
+    cluster.merge_patch(name, {"spec": {"paused": paused}})
 
 
 def counts(agent: AgentProcess, cluster: Cluster, name: str) -> list[int]:
