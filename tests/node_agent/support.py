@@ -35,11 +35,11 @@ from vmsandbox.api.constants import (
     VERSION,
 )
 from vmsandbox.devcluster.cluster import ADMIN_USER
+from vmsandbox.devcluster.sample_image import fill_busybox_rootfs
 from vmsandbox.hypervisor.procs import running
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_DIR = REPO / "tests" / "cloud_hypervisor" / "standin"
-BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "true", "false", "echo", "sleep", "cat", "env", "ls", "id", "pwd")
 
 T = TypeVar("T")
@@ -71,14 +71,7 @@ def build_busybox_layout(layout: Path) -> Path:
     run(["umoci", "init", "--layout", str(layout)])
     run(["umoci", "new", "--image", f"{layout}:base"])
     run(["umoci", "unpack", "--image", f"{layout}:base", str(work)])
-    rootfs = work / "rootfs"
-    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
-    (rootfs / "etc").mkdir(exist_ok=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in APPLETS:
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
-    (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    fill_busybox_rootfs(work / "rootfs", APPLETS)
     run(["umoci", "repack", "--image", f"{layout}:nocmd", str(work)])
     run(
         [
