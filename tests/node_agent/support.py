@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 from kubernetes import client
@@ -37,6 +37,9 @@ from vmsandbox.api.constants import (
 from vmsandbox.devcluster.cluster import ADMIN_USER
 from vmsandbox.devcluster.sample_image import fill_busybox_rootfs
 from vmsandbox.hypervisor.procs import running
+
+if TYPE_CHECKING:
+    from tests.network.conftest import Topology
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_DIR = REPO / "tests" / "cloud_hypervisor" / "standin"
@@ -297,6 +300,13 @@ class Cluster:
 
 
 # ---- the agent as a process --------------------------------------------------------------
+
+
+def network_agent(make_agent: MakeAgent, topo: Topology, **env: str) -> AgentProcess:
+    """An agent whose sandboxes get ``topo``'s network; the node namespace's plumbing state is
+    started from scratch first (the agent redoes it)."""
+    topo.net("reconcile")
+    return make_agent(**topo.agent_env(), **env)
 
 
 def agent_command() -> list[str]:
