@@ -21,7 +21,7 @@ from tests.operator.harness import (
     purge,
     wait_for,
 )
-from tests.operator.test_operator_kube import scheduled, set_status
+from tests.operator.test_operator_kube import running_once_scheduled
 from vmsandbox.api import VMSandbox
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.operator import lifecycle as lc
@@ -120,9 +120,7 @@ def test_agents_with_clocks_ten_minutes_off_are_never_lost(kube: LocalCluster, k
             wait_for("leadership", op.leading)
             for i in range(4):
                 create_sandbox(kube, ns, sandbox_obj(f"k{i}", restartPolicy="Always"))
-            for i in range(4):
-                wait_for("scheduled", lambda i=i: scheduled(kube, ns, f"k{i}"))
-                set_status(kube, ns, f"k{i}", phase="Running")
+            running_once_scheduled(kube, ns, [f"k{i}" for i in range(4)])
             time.sleep(2 * op.config.node_lost_grace_seconds + 1)
             for i in range(4):
                 obj = get_sandbox(kube, ns, f"k{i}")
@@ -148,9 +146,7 @@ def test_three_of_four_nodes_lost_at_once_evicts_nothing(kube: LocalCluster, kub
             wait_for("leadership", op.leading)
             for i in range(8):
                 create_sandbox(kube, ns, sandbox_obj(f"e{i}", restartPolicy="Always"))
-            for i in range(8):
-                wait_for("scheduled", lambda i=i: scheduled(kube, ns, f"e{i}"))
-                set_status(kube, ns, f"e{i}", phase="Running")
+            running_once_scheduled(kube, ns, [f"e{i}" for i in range(8)])
             for name in names[:3]:
                 agents.kill(name)
             wait_for(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -53,6 +54,13 @@ def set_finalizers(kube: LocalCluster, ns: str, name: str, finalizers: list[str]
 def scheduled(kube: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
     obj = get_sandbox(kube, ns, name)
     return obj if phase(obj) == "Scheduled" else None
+
+
+def running_once_scheduled(kube: LocalCluster, ns: str, names: Iterable[str]) -> None:
+    """Each sandbox, once placed, reported Running as its agent would."""
+    for name in names:
+        wait_for("scheduled", lambda n=name: scheduled(kube, ns, n))
+        set_status(kube, ns, name, phase="Running")
 
 
 def test_placement_is_recorded_with_label_finalizer_status_and_event(
@@ -187,9 +195,7 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
         policies = ["Never", "OnFailure", "Always", "OnFailure", "Never"]
         for i, policy in enumerate(policies):
             create_sandbox(kube, ns, sandbox_obj(f"l{i}", restartPolicy=policy))
-        for i in range(5):
-            wait_for("scheduled", lambda i=i: scheduled(kube, ns, f"l{i}"))
-            set_status(kube, ns, f"l{i}", phase="Running")
+        running_once_scheduled(kube, ns, [f"l{i}" for i in range(5)])
         agents.add("loss-b", vcpus=8, memory=8192)
         agents.kill("loss-a")  # its agent stops renewing the Lease
         wait_for("Unknown", lambda: phase(get_sandbox(kube, ns, "l0")) == "Unknown", timeout=10)
