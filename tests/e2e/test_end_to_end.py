@@ -17,7 +17,7 @@ import requests
 
 from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
-from tests.e2e.processes import OperatorProcess
+from tests.e2e.processes import OperatorProcess, running_operator
 from tests.node_agent.support import (
     AgentProcess,
     Cluster,
@@ -74,10 +74,8 @@ def make_agent(chart_identities: tuple[Path, Path], make_agent: MakeAgent) -> Ma
 def operator(
     kube: LocalCluster, kube_namespace: str, tmp_path: Path, chart_identities: tuple[Path, Path]
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, chart_identities[0], **SETTINGS)
-    yield op
-    code = op.stop()
-    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+    with running_operator(kube, kube_namespace, tmp_path, chart_identities[0], **SETTINGS) as op:
+        yield op
 
 
 class PhaseRecorder:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.processes import OperatorProcess
+from tests.e2e.processes import OperatorProcess, running_operator
 from tests.e2e.test_end_to_end import SETTINGS
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, patch_spec
 from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
@@ -28,10 +28,8 @@ RESOURCES = {"vcpus": 1, "memoryMiB": 256}
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     settings = {**SETTINGS, "allowed_hypervisors": "process,qemu"}
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **settings)
-    yield op
-    code = op.stop()
-    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+    with running_operator(kube, kube_namespace, tmp_path, **settings) as op:
+        yield op
 
 
 def _pool_status(cluster: Cluster, name: str) -> dict[str, Any]:
