@@ -60,9 +60,8 @@ def test_operator_scenario_calls_are_granted(
         config = harness.operator_config(release_ns)
         with (
             chart_rbac(kube, helm, release_ns),
-            harness.OperatorThread(config, kube.kubeconfig_for(user)) as op,
+            harness.leading_operator(config, kube.kubeconfig_for(user)),
         ):
-            harness.wait_for("leadership", op.leading)
             sandbox = factories.sandbox_obj("rbac-hello")
             sandbox["spec"]["ttlSecondsAfterFinished"] = 0
             harness.create_sandbox(kube, sandbox_namespace, sandbox)

@@ -6,6 +6,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from tests.operator.harness import (
     create_sandbox,
     events_for,
     get_sandbox,
+    leading_operator,
     list_sandboxes,
     operator_config,
     phase,
@@ -35,8 +37,10 @@ pytestmark = pytest.mark.kube
 MERGE = {"Content-Type": "application/merge-patch+json"}
 
 
-def run_operator(kube: LocalCluster, namespace: str, **overrides: Any) -> OperatorThread:
-    return OperatorThread(operator_config(namespace, **overrides), kube.kubeconfig_path)
+def run_operator(
+    kube: LocalCluster, namespace: str, **overrides: Any
+) -> AbstractContextManager[OperatorThread]:
+    return leading_operator(operator_config(namespace, **overrides), kube.kubeconfig_path)
 
 
 def set_status(kube: LocalCluster, ns: str, name: str, **status: Any) -> None:
@@ -68,8 +72,7 @@ def test_placement_is_recorded_with_label_finalizer_status_and_event(
 ) -> None:
     ns = kube_namespace
     agents.add("rec-n1", vcpus=4, memory=4096)
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("hello"))
         obj = wait_for("Scheduled", lambda: scheduled(kube, ns, "hello"))
     meta, status = obj["metadata"], obj["status"]
@@ -91,8 +94,7 @@ def test_invalid_sandbox_fails_naming_the_field_and_is_never_scheduled(
 ) -> None:
     ns = kube_namespace
     agents.add("inv-n1", hypervisors=("cloud-hypervisor", "process"))
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("bad", hypervisor="process"))
         obj = wait_for(
             "Failed", lambda: phase(get_sandbox(kube, ns, "bad")) == "Failed" and get_sandbox(kube, ns, "bad")
@@ -118,8 +120,7 @@ def test_three_nodes_selector_taints_capacity_and_freed_capacity(
     )
     agents.add("tri-qemu", vcpus=4, memory=1024, hypervisors=("qemu",), default="qemu")
     gpu_toleration = [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("ssd", nodeSelector={"disk": "ssd"}, vcpus=2, memory=1024))
         create_sandbox(
             kube,
@@ -163,8 +164,7 @@ def test_a_burst_of_100_never_overcommits(
     capacity = {"burst-a": 4, "burst-b": 8, "burst-c": 12}  # room for 24 one-vCPU sandboxes
     for name, vcpus in capacity.items():
         agents.add(name, vcpus=vcpus, memory=vcpus * 512)
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         for i in range(100):
             create_sandbox(kube, ns, sandbox_obj(f"b{i:03d}", vcpus=1, memory=512))
 
@@ -190,8 +190,7 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
 ) -> None:
     ns = kube_namespace
     agents.add("loss-a", vcpus=8, memory=8192, labels={"pool": "first"})
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         policies = ["Never", "OnFailure", "Always", "OnFailure", "Never"]
         for i, policy in enumerate(policies):
             create_sandbox(kube, ns, sandbox_obj(f"l{i}", restartPolicy=policy))
@@ -238,8 +237,7 @@ def test_deletion_waits_for_the_agent_finalizer(
 ) -> None:
     ns = kube_namespace
     agents.add("del-a")
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         _placed_and_taken_by_the_agent(kube, ns, "d1")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d1")
         time.sleep(1.5)
@@ -254,8 +252,7 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
 ) -> None:
     ns = kube_namespace
     agents.add("dlost-a")
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         _placed_and_taken_by_the_agent(kube, ns, "d2")
         agents.kill("dlost-a")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d2")
@@ -266,8 +263,7 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
 def test_ttl_after_finished_deletes(kube: LocalCluster, kube_namespace: str, agents: FakeAgents) -> None:
     ns = kube_namespace
     agents.add("ttl-a")
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("t1", ttlSecondsAfterFinished=2))
         create_sandbox(kube, ns, sandbox_obj("t2"))
         for name in ("t1", "t2"):
@@ -299,9 +295,7 @@ def _samples(text: str) -> dict[str, float]:
 def test_metrics_and_liveness(kube: LocalCluster, kube_namespace: str, agents: FakeAgents) -> None:
     ns = kube_namespace
     agents.add("met-a", vcpus=1, memory=1024)
-    op = run_operator(kube, ns)
-    with op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns) as op:
         create_sandbox(kube, ns, sandbox_obj("m1"))
         create_sandbox(kube, ns, sandbox_obj("m2"))  # no room: unschedulable
         wait_for("m1 scheduled", lambda: scheduled(kube, ns, "m1"))
