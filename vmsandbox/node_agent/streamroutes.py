@@ -30,6 +30,7 @@ from typing import Literal
 from urllib.parse import parse_qs, unquote
 
 from vmsandbox.node_agent.access import AccessDenied
+from vmsandbox.node_agent.portforward import BadPorts
 from vmsandbox.node_agent.remotecommand import (
     SUBPROTOCOLS,
     BadQuery,
@@ -92,18 +93,8 @@ class StreamRoutes:
         try:
             self._serve(handler, method, path, query)
             return
-        except BadQuery as exc:
-            answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
-        except AccessDenied as exc:
-            answer(handler, exc.status, exc.detail)
-        except SandboxUnavailable as exc:
-            answer(handler, exc.status, exc.detail)
-        except WrongState as exc:
-            answer(handler, HTTPStatus.CONFLICT, exc.detail)
-        except BadPath as exc:
-            answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
-        except RuntimeError_ as exc:
-            answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+        except REFUSALS as exc:
+            answer_refusal(handler, exc)
         if method == "PUT":
             _linger(handler)
 
@@ -281,6 +272,24 @@ def _linger(handler: BaseHTTPRequestHandler) -> None:
                 return
     except OSError:
         return
+
+
+#: What a subresource route answers before any upgrade (see :func:`answer_refusal`).
+REFUSALS = (BadQuery, BadPorts, AccessDenied, SandboxUnavailable, RuntimeError_)
+
+
+def answer_refusal(handler: BaseHTTPRequestHandler, exc: Exception) -> None:
+    """One of :data:`REFUSALS` as a plain answer: the caller's mistake is a 400, access and the
+    sandbox's whereabouts carry their own status, a container in the wrong state is a 409, and
+    any other runtime failure a 500."""
+    if isinstance(exc, AccessDenied | SandboxUnavailable):
+        answer(handler, exc.status, exc.detail)
+    elif isinstance(exc, WrongState):
+        answer(handler, HTTPStatus.CONFLICT, exc.detail)
+    elif isinstance(exc, BadQuery | BadPorts | BadPath):
+        answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
+    else:
+        answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
 
 
 def answer(
