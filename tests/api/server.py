@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from vmsandbox.api.constants import GROUP, VERSION
+from vmsandbox.devcluster.cluster import LocalCluster
 
 
 def create(api: client.CustomObjectsApi, ns: str, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -34,3 +35,15 @@ def assert_refused(
     assert err.value.status == 422, err.value.body
     fields = causes(err.value)
     assert any(c.startswith(field) for c in fields), (field, fields)
+
+
+def table(kube: LocalCluster, ns: str, plural: str) -> dict[str, Any]:
+    """What ``kubectl get`` shows: the server's Table of ``plural`` in ``ns`` (the printer columns)."""
+    resp = kube.http(
+        "GET",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{plural}",
+        headers={"Accept": "application/json;as=Table;g=meta.k8s.io;v=v1"},
+    )
+    assert resp.status_code == 200, resp.text
+    result: dict[str, Any] = resp.json()
+    return result

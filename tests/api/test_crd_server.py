@@ -14,7 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.api.cases import INVALID, sandbox
-from tests.api.server import assert_refused, create
+from tests.api.server import assert_refused, create, table
 from vmsandbox.api import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.kube
@@ -119,18 +119,12 @@ def test_printer_columns_in_a_table_request(
         "tbl",
         {"status": {"phase": "Running", "nodeName": "n1", "hypervisor": "qemu", "restartCount": 2}},
     )
-    resp = kube.http(
-        "GET",
-        f"/apis/{GROUP}/{VERSION}/namespaces/{kube_namespace}/{PLURAL}",
-        headers={"Accept": "application/json;as=Table;g=meta.k8s.io;v=v1"},
-    )
-    assert resp.status_code == 200, resp.text
-    table = resp.json()
-    assert table["kind"] == "Table"
-    names = [c["name"] for c in table["columnDefinitions"]]
+    shown = table(kube, kube_namespace, PLURAL)
+    assert shown["kind"] == "Table"
+    names = [c["name"] for c in shown["columnDefinitions"]]
     assert names == ["Name", "Phase", "Node", "Hypervisor", "Restarts", "Age", "Reason"]
-    assert [c["priority"] for c in table["columnDefinitions"]][-1] == 1
-    row = next(r for r in table["rows"] if r["cells"][0] == "tbl")
+    assert [c["priority"] for c in shown["columnDefinitions"]][-1] == 1
+    row = next(r for r in shown["rows"] if r["cells"][0] == "tbl")
     assert row["cells"][1:5] == ["Running", "n1", "qemu", 2]
 
 
