@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -56,3 +58,12 @@ def cgroups_left(parent: str) -> list[str]:
         with contextlib.suppress(OSError):
             top.rmdir()
     return left
+
+
+@contextlib.contextmanager
+def private_cgroup_parent(prefix: str) -> Iterator[str]:
+    """A cgroup parent for one test alone: it must be empty when the test ends (and is removed)."""
+    parent = f"vmsandbox.slice/{prefix}{uuid.uuid4().hex[:10]}"
+    yield parent
+    left = cgroups_left(parent)
+    assert not left, f"VM cgroups left behind under {parent}: {left}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,3 +35,12 @@ def require_tools(*names: str) -> None:
     for name in names:
         if shutil.which(name) is None and not any((d / name).exists() for d in SBIN):
             missing(f"{name} is not installed (hack/setup.sh installs it)")
+
+
+def assert_shellcheck_clean(script: os.PathLike[str]) -> None:
+    """``script`` passes shellcheck, which must be on PATH."""
+    require_tools("shellcheck")
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck is not None
+    proc = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout

@@ -1,10 +1,11 @@
 """What the proxies share (the local control plane's front and aggregation, and the operator's
 subresource server to an agent): the headers never passed on, the upstream session of the two
-streaming ones, and the relay of one WebSocket (exec, attach) to another."""
+streaming ones, the relay of a streamed body, and that of one WebSocket (exec, attach) to another."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -38,6 +39,19 @@ def streaming_session() -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
     )
+
+
+async def relay_body(
+    request: web.Request, resp: web.StreamResponse, up: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    """Send ``resp``'s head, then ``up``'s body as it comes; once the head is out, either side
+    dropping can only end the body early."""
+    await resp.prepare(request)
+    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+        async for chunk in up.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+    return resp
 
 
 def wire_code(code: int | None) -> int:

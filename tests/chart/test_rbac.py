@@ -169,18 +169,7 @@ def test_no_role_reads_secrets_or_pods(render: Render) -> None:
 def _record(method: str, path: str, user: str, query: dict[str, str] | None = None) -> RequestRecord:
     api = parse_api_path(path)
     assert api is not None
-    return RequestRecord(
-        method=method,
-        path=path,
-        verb=api.verb(method, query or {}),
-        group=api.group,
-        version=api.version,
-        resource=api.resource,
-        subresource=api.subresource,
-        namespace=api.namespace,
-        name=api.name,
-        user=user,
-    )
+    return RequestRecord.of(method, path, api, query or {}, user=user)
 
 
 def test_checker_reports_a_call_outside_the_grants(render: Render) -> None:

@@ -12,7 +12,6 @@ installed, and the front enforces them: a call the chart does not grant fails li
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.helm import REPO, Helm
+from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
 from tests.chart.test_rbac import AGENT_SA, OPERATOR_SA, check_records
 from tests.node_agent.conftest import allow_process_backend
@@ -61,9 +60,8 @@ def test_operator_scenario_calls_are_granted(
         config = harness.operator_config(release_ns)
         with (
             chart_rbac(kube, helm, release_ns),
-            harness.OperatorThread(config, kube.kubeconfig_for(user)) as op,
+            harness.leading_operator(config, kube.kubeconfig_for(user)),
         ):
-            harness.wait_for("leadership", op.leading)
             sandbox = factories.sandbox_obj("rbac-hello")
             sandbox["spec"]["ttlSecondsAfterFinished"] = 0
             harness.create_sandbox(kube, sandbox_namespace, sandbox)
@@ -115,24 +113,7 @@ def test_agent_scenario_calls_are_granted(
     with kube.api_client() as api_client:
         cluster = support.Cluster(api_client=api_client, namespace=sandbox_namespace)
         cluster.create_node(node)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VMSANDBOX_AGENT_")}
-        env.update(
-            {
-                "NODE_NAME": node,
-                "POD_NAMESPACE": release_ns,
-                "PYTHONPATH": str(REPO),
-                "VMSANDBOX_AGENT_KUBECONFIG": str(kube.kubeconfig_for(user)),
-                "VMSANDBOX_AGENT_STATE_DIR": str(workdir / "state"),
-                "VMSANDBOX_AGENT_RUNTIME_ROOT": str(workdir / "run"),
-                "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": "process",
-                "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": "process",
-                "VMSANDBOX_AGENT_GUEST_IMAGE_DIR": str(support.fake_guest_image(workdir / "guest")),
-                "VMSANDBOX_AGENT_INSECURE_REGISTRIES": "127.0.0.1:9",
-                "VMSANDBOX_AGENT_LISTEN_ADDRESS": "127.0.0.1",
-                "VMSANDBOX_AGENT_PORT": "0",
-                "VMSANDBOX_AGENT_LEASE_RENEW_SECONDS": "1",
-            }
-        )
+        env = support.process_agent_env(node, release_ns, kube.kubeconfig_for(user), workdir)
         agent = support.AgentProcess(node=node, workdir=workdir, env=env, cluster=cluster)
         rbac = contextlib.ExitStack()
         try:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
 
 from tests.chart.helm import REPO, TOOLS_ENV, missing, tools_dir
-from tests.tools import require_tools
+from tests.tools import assert_shellcheck_clean
 
 SCRIPTS = [REPO / "hack" / "install-helm.sh", REPO / "hack" / "kind-e2e.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_scripts_pass_shellcheck(script: os.PathLike[str]) -> None:
-    require_tools("shellcheck")
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck is not None
-    proc = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout
+    assert_shellcheck_clean(script)
 
 
 def test_install_helm_is_idempotent() -> None:

@@ -66,16 +66,10 @@ def _drive_everything(ws: Workspace, driver: CloudHypervisorDriver) -> None:
     driver.stop(restored)
 
 
-@pytest.mark.parametrize("version", ["v51.1", "v53.0"])
+@pytest.mark.usefixtures("echo_guest")
 def test_every_body_the_driver_sends_conforms(
-    spec: dict[str, Any],
-    workspace: Workspace,
-    driver: CloudHypervisorDriver,
-    monkeypatch: pytest.MonkeyPatch,
-    version: str,
+    spec: dict[str, Any], workspace: Workspace, driver: CloudHypervisorDriver, standin_version: str
 ) -> None:
-    monkeypatch.setenv("CH_STANDIN_VERSION", version)
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     _drive_everything(workspace, driver)
     requests = workspace.requests()
     sent_paths = {r["path"].removeprefix("/api/v1") for r in requests}
@@ -112,7 +106,7 @@ def test_every_body_the_driver_sends_conforms(
     assert ("/vm.snapshot", "VmSnapshotConfig") in validated
     assert ("/vm.restore", "RestoreConfig") in validated
     restore = json.loads(next(r["body"] for r in requests if r["path"].endswith("/vm.restore")))
-    if version == "v51.1":  # no on-demand restore, no resume flag: vm.resume follows
+    if standin_version == "v51.1":  # no on-demand restore, no resume flag: vm.resume follows
         assert restore == {"source_url": restore["source_url"], "prefault": False}
     else:
         assert restore["memory_restore_mode"] == "OnDemand" and restore["resume"] is True
@@ -130,10 +124,10 @@ def test_validator_rejects_what_the_real_server_would(spec: dict[str, Any]) -> N
     assert openapi.violations(spec, "DiskConfig", {"path": "/d", "readonly": "yes"})
 
 
+@pytest.mark.usefixtures("echo_guest")
 def test_standin_fails_loudly_on_a_nonconforming_body(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, driver: CloudHypervisorDriver
 ) -> None:
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     handle = driver.boot(workspace.spec())
     try:
         status, _headers, body = http(
@@ -153,18 +147,12 @@ def test_standin_fails_loudly_on_a_nonconforming_body(
         driver.stop(handle)
 
 
-@pytest.mark.parametrize("version", ["v51.1", "v53.0"])
+@pytest.mark.usefixtures("echo_guest")
 def test_standin_responses_match_the_release_they_emulate(
-    spec: dict[str, Any],
-    workspace: Workspace,
-    driver: CloudHypervisorDriver,
-    monkeypatch: pytest.MonkeyPatch,
-    version: str,
+    spec: dict[str, Any], workspace: Workspace, driver: CloudHypervisorDriver, standin_version: str
 ) -> None:
     """v53 omits unset fields, so its answers validate; v52 and older emit nulls, which the spec
     (no ``nullable``) rejects and which the driver must still read."""
-    monkeypatch.setenv("CH_STANDIN_VERSION", version)
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     handle = driver.boot(workspace.spec())
     try:
         api = workspace.state_dir / "ch-api.sock"
@@ -174,7 +162,7 @@ def test_standin_responses_match_the_release_they_emulate(
         assert status == 200 and openapi.violations(spec, "PciDeviceInfo", json.loads(body)) == []
         info = json.loads(http(api, "GET", "vm.info")[2])
         problems = openapi.violations(spec, "VmInfo", info)
-        if version == "v53.0":
+        if standin_version == "v53.0":
             assert problems == []
         else:
             assert problems and all("None is not of type" in p for p in problems)

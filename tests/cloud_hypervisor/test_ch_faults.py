@@ -90,11 +90,8 @@ def test_create_refused(
     workspace.assert_clean()
 
 
-@pytest.mark.parametrize("version", ["v51.1", "v53.0"])
-def test_boot_refused_kernel_missing(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch, version: str
-) -> None:
-    monkeypatch.setenv("CH_STANDIN_VERSION", version)
+@pytest.mark.usefixtures("standin_version")
+def test_boot_refused_kernel_missing(workspace: Workspace, driver: CloudHypervisorDriver) -> None:
     missing = workspace.root / "no-such-vmlinuz"
     with pytest.raises(ApiError) as raised:
         driver.boot(workspace.spec(kernel=missing))
@@ -187,13 +184,9 @@ def _stale_socket(path: Path) -> None:
     sock.close()
 
 
-@pytest.mark.parametrize("version", ["v51.1", "v53.0"])
-def test_stale_sockets_removed_before_launch(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch, version: str
-) -> None:
+@pytest.mark.usefixtures("standin_version", "echo_guest")
+def test_stale_sockets_removed_before_launch(workspace: Workspace, driver: CloudHypervisorDriver) -> None:
     """v51 cannot bind over a stale API socket and every version fails to bind the vsock one."""
-    monkeypatch.setenv("CH_STANDIN_VERSION", version)
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     workspace.state_dir.mkdir()
     _stale_socket(workspace.state_dir / "ch-api.sock")
     _stale_socket(workspace.state_dir / "ch-vsock.sock")
@@ -204,10 +197,8 @@ def test_stale_sockets_removed_before_launch(
     workspace.assert_clean()
 
 
-def test_refuses_to_replace_a_live_vmm(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
+@pytest.mark.usefixtures("echo_guest")
+def test_refuses_to_replace_a_live_vmm(workspace: Workspace, driver: CloudHypervisorDriver) -> None:
     handle = driver.boot(workspace.spec())
     try:
         with pytest.raises(HypervisorError, match="served by a running process"):

@@ -35,11 +35,8 @@ def guest_disk_table(ws: Workspace) -> dict[str, str]:
     return table
 
 
-@pytest.mark.parametrize("version", ["v51.1", "v53.0"])
-def test_boot_reach_agent_hotplug_pause_stop(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch, version: str
-) -> None:
-    monkeypatch.setenv("CH_STANDIN_VERSION", version)
+@pytest.mark.usefixtures("standin_version")
+def test_boot_reach_agent_hotplug_pause_stop(workspace: Workspace, driver: CloudHypervisorDriver) -> None:
     sandbox_disk = DiskSpec(path=workspace.disk("sandbox.img"), serial="ctr-sandbox")
     handle = driver.boot(workspace.spec(disks=[sandbox_disk], kernel_args=["vmsb.debug=1"]))
 
@@ -131,12 +128,12 @@ def test_fresh_driver_adopts_vm_from_handle(workspace: Workspace, driver: CloudH
     workspace.assert_clean()
 
 
+@pytest.mark.usefixtures("echo_guest")
 def test_forked_copy_of_the_driver_sees_the_vm_alive(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, driver: CloudHypervisorDriver
 ) -> None:
     """A fork (the runtime's relay) inherits the driver but is not the VMM's parent: it must not
     mistake "not my child" for "exited" and must still reach the guest."""
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     handle = driver.boot(workspace.spec())
     try:
         pid = os.fork()
@@ -156,11 +153,11 @@ def test_forked_copy_of_the_driver_sees_the_vm_alive(
         driver.stop(handle)
 
 
+@pytest.mark.usefixtures("echo_guest")
 def test_connect_leaves_payload_bytes_for_the_caller(
-    workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, driver: CloudHypervisorDriver
 ) -> None:
     """The handshake reads exactly one line: bytes the guest sends right after OK are kept."""
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     handle = driver.boot(workspace.spec())
     try:
         with driver.connect(handle) as sock:

@@ -71,8 +71,7 @@ class Standin:
 
 
 @pytest.fixture
-def standin(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> Iterator[Standin]:
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
+def standin(workspace: Workspace, echo_guest: None) -> Iterator[Standin]:
     server = Standin(workspace)
     try:
         yield server
@@ -122,11 +121,11 @@ def test_keep_alive_and_expect_continue(standin: Standin) -> None:
         assert read_response(sock)[0] == 204
 
 
+@pytest.mark.usefixtures("echo_guest")
 @pytest.mark.parametrize(("version", "not_created"), [("v51.1", 500), ("v52.0", 500), ("v53.0", 404)])
 def test_state_machine_and_version_codes(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch, version: str, not_created: int
 ) -> None:
-    monkeypatch.setenv("CH_STANDIN_GUEST", "echo")
     monkeypatch.setenv("CH_STANDIN_VERSION", version)
     server = Standin(workspace)
     try:

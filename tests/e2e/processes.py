@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.leaks import processes_mentioning
+from tests.node_agent.support import unique
 from tests.operator.harness import free_port
 from vmsandbox.devcluster.binaries import CACHE_ENV, cache_dir
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -78,6 +81,17 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running_operator(
+    kube: LocalCluster, namespace: str, log_dir: Path, kubeconfig: Path | None = None, **settings: object
+) -> Iterator[OperatorProcess]:
+    """An operator for the test's namespace; stopped at the end, it must exit with status 0."""
+    op = OperatorProcess(kube, namespace, unique("op"), log_dir, kubeconfig, **settings)
+    yield op
+    code = op.stop()
+    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
 
 
 def label_writes(kube: LocalCluster, namespace: str, since: int = 0) -> Counter[tuple[str, str]]:

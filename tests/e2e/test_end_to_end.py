@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,16 @@ import requests
 
 from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
-from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, Cluster, Registry, containers_left, unique, wait_for
+from tests.e2e.processes import OperatorProcess, running_operator
+from tests.node_agent.support import (
+    AgentProcess,
+    Cluster,
+    MakeAgent,
+    Registry,
+    containers_left,
+    unique,
+    wait_for,
+)
 from tests.operator.harness import without_stale_nodes
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
 from vmsandbox.cli import main as cli
@@ -26,7 +34,6 @@ from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 SETTINGS = {
     "allowed_hypervisors": "process,cloud-hypervisor",
     "agent_alive_seconds": 6,
@@ -67,10 +74,8 @@ def make_agent(chart_identities: tuple[Path, Path], make_agent: MakeAgent) -> Ma
 def operator(
     kube: LocalCluster, kube_namespace: str, tmp_path: Path, chart_identities: tuple[Path, Path]
 ) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, chart_identities[0], **SETTINGS)
-    yield op
-    code = op.stop()
-    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+    with running_operator(kube, kube_namespace, tmp_path, chart_identities[0], **SETTINGS) as op:
+        yield op
 
 
 class PhaseRecorder:

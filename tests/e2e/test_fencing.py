@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.processes import OperatorProcess
+from tests.e2e.processes import OperatorProcess, running_operator
 from tests.node_agent.resilience import MakeAgent, own_user_agent, record, runs
 from tests.node_agent.support import Cluster, Registry, containers_left, pid_alive, unique, wait_for
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -40,10 +40,8 @@ AGENT = {"VMSANDBOX_AGENT_NODE_LOST_GRACE_SECONDS": str(GRACE), "VMSANDBOX_AGENT
 
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **SETTINGS)
-    yield op
-    code = op.stop()
-    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+    with running_operator(kube, kube_namespace, tmp_path, **SETTINGS) as op:
+        yield op
 
 
 def _label(kube: LocalCluster, node: str, labels: dict[str, str]) -> None:

@@ -6,33 +6,30 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.processes import OperatorProcess
+from tests.e2e.processes import OperatorProcess, running_operator
 from tests.e2e.test_end_to_end import SETTINGS
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, patch_spec
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from tests.qemu.conftest import IMAGE_FILES, REQUIRE_VM
 from vmsandbox.api.constants import GROUP, POOL_PLURAL, VERSION
 from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 RESOURCES = {"vcpus": 1, "memoryMiB": 256}
 
 
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     settings = {**SETTINGS, "allowed_hypervisors": "process,qemu"}
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **settings)
-    yield op
-    code = op.stop()
-    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+    with running_operator(kube, kube_namespace, tmp_path, **settings) as op:
+        yield op
 
 
 def _pool_status(cluster: Cluster, name: str) -> dict[str, Any]:

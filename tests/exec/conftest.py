@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +13,11 @@ import pytest
 
 from tests.leaks import processes_mentioning
 from tests.node_agent.conftest import *  # noqa: F403  (its fixtures, used by name)
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique
 from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
 from tests.tools import require_tools
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.client import AgentClient
-
-MakeAgent = Callable[..., AgentProcess]
 
 #: Applets the exec tests use beyond the runtime tests' set.
 MORE_APPLETS = ("head", "dd", "stty", "wc", "mkdir", "ln", "rm", "printf", "seq", "md5sum", "trap", "pwd")

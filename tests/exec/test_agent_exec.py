@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -16,12 +15,10 @@ import requests
 from kubernetes import client
 from kubernetes.stream.ws_client import WSClient, get_websocket_url
 
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
 from vmsandbox.sdk.remote import Agent, ExecSession, RemoteError, list_path, read_path, write_path
-
-MakeAgent = Callable[..., AgentProcess]
 
 
 def ws_exec(

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -25,7 +25,7 @@ from kubernetes.stream.ws_client import STDERR_CHANNEL, STDOUT_CHANNEL
 from tests.chart.helm import missing
 from tests.e2e.processes import OperatorProcess
 from tests.exec.test_cli import cli
-from tests.node_agent.support import AgentProcess, Cluster, Registry, free_port, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, free_port, unique, wait_for
 from vmsandbox.api.constants import SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
 from vmsandbox.devcluster.apiservice import API_SERVICE_NAME, operator_settings, register, serving_certificate
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -33,7 +33,6 @@ from vmsandbox.devcluster.tls import make_ca, sign_certificate
 from vmsandbox.sdk.client import Client
 from vmsandbox.sdk.remote import Agent, ExecSession
 
-MakeAgent = Callable[..., AgentProcess]
 BASE = f"/apis/{SUBRESOURCE_GROUP}/{SUBRESOURCE_VERSION}"
 pytestmark = pytest.mark.kube
 

@@ -4,19 +4,17 @@ aggregator and the operator's aggregated server, to an agent whose sandbox runs 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.exec.test_api_path import ApiPath, _through_api, api_path, round_trip
 from tests.exec.test_cli import cli
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
+from tests.node_agent.support import Cluster, MakeAgent, Registry, unique
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from vmsandbox.devcluster.cluster import LocalCluster
 
 __all__ = ["api_path", "guest_image", "qemu_binary", "vmm_user"]  # fixtures, used by name
-MakeAgent = Callable[..., AgentProcess]
 pytestmark = [pytest.mark.kube, pytest.mark.vm]
 
 

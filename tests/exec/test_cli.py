@@ -12,7 +12,6 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,6 @@ from tests.node_agent.support import AgentProcess, Cluster
 from vmsandbox.devcluster.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
-MakeAgent = Callable[..., AgentProcess]
 
 
 def cli(

@@ -8,20 +8,19 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.processes import OperatorProcess
+from tests.e2e.processes import OperatorProcess, running_operator
 from tests.node_agent.conftest import allow_process_backend
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.node_agent.support import Cluster, MakeAgent, Registry, unique, wait_for
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.devcluster.sample_image import SAMPLE_LAYOUT, SAMPLES_DIR, build_busybox_layout
 from vmsandbox.sdk import AsyncClient, Client, SandboxError
 
 REPO = Path(__file__).resolve().parents[2]
-MakeAgent = Callable[..., AgentProcess]
 SETTINGS = {
     "allowed_hypervisors": "process,cloud-hypervisor",
     "agent_alive_seconds": 6,
@@ -39,9 +38,8 @@ def readme_example() -> str:
 
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **SETTINGS)
-    yield op
-    assert op.stop() == 0, op.log()[-4000:]
+    with running_operator(kube, kube_namespace, tmp_path, **SETTINGS) as op:
+        yield op
 
 
 @pytest.fixture

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.image.podman import BUILD_SCRIPT, BuiltImage, build_image, inspect, podman
-from tests.tools import require_tools
+from tests.tools import assert_shellcheck_clean
 
 CH_PIN = "448af3d4e59b22c2987f7df94c213ad40fb53a10d437e42b5ee6c4fce7c29ecc"
 
 
 def test_build_script_passes_shellcheck() -> None:
-    require_tools("shellcheck")
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck is not None
-    proc = subprocess.run([shellcheck, str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout
+    assert_shellcheck_clean(BUILD_SCRIPT)
 
 
 def test_build_script_refuses_a_version_without_its_checksum() -> None:

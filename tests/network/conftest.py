@@ -124,6 +124,15 @@ class Topology:
             *args,
         )
 
+    def agent_env(self) -> dict[str, str]:
+        """The agent's settings for the same plumbing as ``net_argv``, in the node namespace."""
+        return {
+            "VMSANDBOX_AGENT_SANDBOX_CIDR": SUBNET,
+            "VMSANDBOX_AGENT_SANDBOX_BRIDGE": self.bridge,
+            "VMSANDBOX_AGENT_SANDBOX_DNS": DNS,
+            "VMSANDBOX_AGENT_NETWORK_NAMESPACE": self.node_ns,
+        }
+
     def net(self, *args: str) -> Any:
         """Run the node's network plumbing in a fresh process (as a restarted agent would)."""
         return json.loads(sh(*self.net_argv(*args)))

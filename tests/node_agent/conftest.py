@@ -19,6 +19,7 @@ from tests.node_agent.support import (
     VMM_CGROUP_PARENT_ENV,
     AgentProcess,
     Cluster,
+    MakeAgent,
     Registry,
     build_busybox_layout,
     containers_left,
@@ -161,7 +162,7 @@ def make_agent(
     workdir: Path,
     registry: Registry,
     guest_image_dir: Path,
-) -> Iterator[type[AgentProcess] | object]:
+) -> Iterator[MakeAgent]:
     """``make_agent(start=True, **env)``: a Node and an agent for it; torn down and leak-checked after."""
     agents: list[AgentProcess] = []
 

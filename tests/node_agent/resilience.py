@@ -4,17 +4,15 @@ faults and blocks at the front can single out its requests), and what a sandbox 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.node_agent.support import AgentProcess, Cluster, unique
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, unique
 from tests.security.tenant import bind
 from vmsandbox.devcluster import LocalCluster
 
-MakeAgent = Callable[..., AgentProcess]
 SANDBOX_PATH = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxes/{name}"
 
 

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import requests
 from kubernetes import client
@@ -35,11 +35,14 @@ from vmsandbox.api.constants import (
     VERSION,
 )
 from vmsandbox.devcluster.cluster import ADMIN_USER
+from vmsandbox.devcluster.sample_image import fill_busybox_rootfs
 from vmsandbox.hypervisor.procs import running
+
+if TYPE_CHECKING:
+    from tests.network.conftest import Topology
 
 REPO = Path(__file__).resolve().parents[2]
 STANDIN_DIR = REPO / "tests" / "cloud_hypervisor" / "standin"
-BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "true", "false", "echo", "sleep", "cat", "env", "ls", "id", "pwd")
 
 T = TypeVar("T")
@@ -71,14 +74,7 @@ def build_busybox_layout(layout: Path) -> Path:
     run(["umoci", "init", "--layout", str(layout)])
     run(["umoci", "new", "--image", f"{layout}:base"])
     run(["umoci", "unpack", "--image", f"{layout}:base", str(work)])
-    rootfs = work / "rootfs"
-    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
-    (rootfs / "etc").mkdir(exist_ok=True)
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    for applet in APPLETS:
-        (rootfs / "bin" / applet).symlink_to("busybox")
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
-    (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    fill_busybox_rootfs(work / "rootfs", APPLETS)
     run(["umoci", "repack", "--image", f"{layout}:nocmd", str(work)])
     run(
         [
@@ -217,15 +213,7 @@ class Cluster:
 
     def schedule(self, name: str, node: str, schedule_ms: float = 1.5) -> dict[str, Any]:
         """The operator's step: label first, then nodeName, phase Scheduled and the condition via /status."""
-        self.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            self.namespace,
-            PLURAL,
-            name,
-            {"metadata": {"labels": {NODE_LABEL: node}}},
-            _content_type="application/merge-patch+json",
-        )
+        self.merge_patch(name, {"metadata": {"labels": {NODE_LABEL: node}}})
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {
             "phase": "Scheduled",
@@ -243,6 +231,13 @@ class Cluster:
             name,
             {"status": status},
             _content_type="application/merge-patch+json",
+        )
+        return dict(obj)
+
+    def merge_patch(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of the sandbox ``name`` itself (not /status), as another client sends it."""
+        obj: Any = self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, patch, _content_type="application/merge-patch+json"
         )
         return dict(obj)
 
@@ -307,6 +302,13 @@ class Cluster:
 # ---- the agent as a process --------------------------------------------------------------
 
 
+def network_agent(make_agent: MakeAgent, topo: Topology, **env: str) -> AgentProcess:
+    """An agent whose sandboxes get ``topo``'s network; the node namespace's plumbing state is
+    started from scratch first (the agent redoes it)."""
+    topo.net("reconcile")
+    return make_agent(**topo.agent_env(), **env)
+
+
 def agent_command() -> list[str]:
     installed = shutil.which("vmsandbox-agent")
     return [installed] if installed else [sys.executable, "-m", "vmsandbox.node_agent"]
@@ -314,6 +316,33 @@ def agent_command() -> list[str]:
 
 #: The agent's setting of the parent of its VMs' cgroups.
 VMM_CGROUP_PARENT_ENV = "VMSANDBOX_AGENT_VMM_CGROUP_PARENT"
+
+
+def process_agent_env(
+    node: str, namespace: str, kubeconfig: Path, workdir: Path, **settings: str
+) -> dict[str, str]:
+    """An agent that runs only the process backend and can pull nothing (its registry a closed
+    port), for tests of what it asks of the API; ``settings``: more VMSANDBOX_AGENT_* values."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMSANDBOX_AGENT_")}
+    env.update(
+        {
+            "NODE_NAME": node,
+            "POD_NAMESPACE": namespace,
+            "PYTHONPATH": str(REPO),
+            "VMSANDBOX_AGENT_KUBECONFIG": str(kubeconfig),
+            "VMSANDBOX_AGENT_STATE_DIR": str(workdir / "state"),
+            "VMSANDBOX_AGENT_RUNTIME_ROOT": str(workdir / "run"),
+            "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": "process",
+            "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": "process",
+            "VMSANDBOX_AGENT_GUEST_IMAGE_DIR": str(fake_guest_image(workdir / "guest")),
+            "VMSANDBOX_AGENT_INSECURE_REGISTRIES": "127.0.0.1:9",
+            "VMSANDBOX_AGENT_LISTEN_ADDRESS": "127.0.0.1",
+            "VMSANDBOX_AGENT_PORT": "0",
+            "VMSANDBOX_AGENT_LEASE_RENEW_SECONDS": "1",
+            **{f"VMSANDBOX_AGENT_{k.upper()}": v for k, v in settings.items()},
+        }
+    )
+    return env
 
 
 @dataclass
@@ -418,6 +447,10 @@ class AgentProcess:
 
         parent = self.env.get(VMM_CGROUP_PARENT_ENV, "")
         return cgroups_left(parent) if parent.endswith(f"/{self.node}") else []
+
+
+#: The ``make_agent`` fixture: ``make_agent(start=True, node=None, **env)`` -> a running agent.
+MakeAgent = Callable[..., AgentProcess]
 
 
 def in_cgroup(procs: list[Path]) -> list[str]:

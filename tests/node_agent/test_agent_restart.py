@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 
 from tests.node_agent.support import (
     AgentProcess,
     Cluster,
+    MakeAgent,
     Registry,
     containers_left,
     pid_alive,
@@ -21,11 +21,19 @@ from tests.node_agent.support import (
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
-
 
 def _sleeper(registry: Registry, **extra: object) -> dict[str, object]:
     return {"image": registry.busybox, "command": ["sleep", "600"], **extra}
+
+
+def _running_sleeper(
+    agent: AgentProcess, cluster: Cluster, registry: Registry, prefix: str, **extra: object
+) -> tuple[str, int]:
+    """A sleeper on ``agent``'s node, once Running: its name and its VMM's pid."""
+    name = unique(prefix)
+    cluster.create_sandbox(name, _sleeper(registry, **extra), node=agent.node)
+    vmm: int = cluster.wait_phase(name, "Running", timeout=60)["vm"]["vmmPID"]
+    return name, vmm
 
 
 def test_sigkilled_agent_adopts_its_five_running_vms(
@@ -71,11 +79,9 @@ def test_vm_killed_behind_the_agents_back_is_handled_by_policy(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, policy: str, expect: str
 ) -> None:
     agent = make_agent()
-    name = unique("vmkill")
-    cluster.create_sandbox(
-        name, _sleeper(registry, restartPolicy=policy, hypervisor="cloud-hypervisor"), node=agent.node
+    name, vmm = _running_sleeper(
+        agent, cluster, registry, "vmkill", restartPolicy=policy, hypervisor="cloud-hypervisor"
     )
-    vmm = cluster.wait_phase(name, "Running", timeout=60)["vm"]["vmmPID"]
     os.kill(vmm, signal.SIGKILL)
     killed = time.monotonic()
     if expect == "Failed":
@@ -107,9 +113,7 @@ def test_vm_that_vanished_while_the_agent_was_down(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
     agent = make_agent()
-    name = unique("vanish")
-    cluster.create_sandbox(name, _sleeper(registry), node=agent.node)
-    vmm = cluster.wait_phase(name, "Running", timeout=60)["vm"]["vmmPID"]
+    name, vmm = _running_sleeper(agent, cluster, registry, "vanish")
     agent.kill()
     os.killpg(os.getpgid(vmm), signal.SIGKILL)
     wait_for("the VMM to die", lambda: not pid_alive(vmm), timeout=5)
@@ -122,9 +126,7 @@ def test_orphaned_vm_is_torn_down_after_the_grace_period(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
     agent = make_agent()
-    name = unique("orphan")
-    cluster.create_sandbox(name, _sleeper(registry), node=agent.node)
-    vmm = cluster.wait_phase(name, "Running", timeout=60)["vm"]["vmmPID"]
+    name, vmm = _running_sleeper(agent, cluster, registry, "orphan")
     agent.kill()
     # While the agent is down the sandbox goes away for good (its finalizer removed by force).
     cluster.remove_agent_finalizer(name)

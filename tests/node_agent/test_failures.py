@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from tests.node_agent.support import (
     AgentProcess,
     Cluster,
+    MakeAgent,
     Registry,
     agent_command,
     pid_alive,
@@ -23,7 +23,20 @@ from tests.runtime.support import no_vms
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
+
+def _placed(
+    make_agent: MakeAgent,
+    cluster: Cluster,
+    registry: Registry,
+    prefix: str,
+    command: list[str],
+    **spec: object,
+) -> tuple[AgentProcess, str]:
+    """A new agent, and a sandbox running ``command`` placed on its node."""
+    agent = make_agent()
+    name = unique(prefix)
+    cluster.create_sandbox(name, registry.sandbox(command, **spec), node=agent.node)
+    return agent, name
 
 
 def test_missing_image_reports_the_registrys_message(
@@ -104,10 +117,9 @@ def test_malformed_sandboxes_fail_with_a_reason_and_the_agent_keeps_working(
 def test_on_failure_restarts_with_growing_back_off(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name = unique("crash")
-    spec = registry.sandbox(["sh", "-c", "exit 7"], restartPolicy="OnFailure")
-    cluster.create_sandbox(name, spec, node=agent.node)
+    _, name = _placed(
+        make_agent, cluster, registry, "crash", ["sh", "-c", "exit 7"], restartPolicy="OnFailure"
+    )
     seen: dict[int, float] = {}
 
     def restarts_reached() -> bool:
@@ -135,10 +147,7 @@ def test_on_failure_restarts_with_growing_back_off(
 def test_on_failure_does_not_restart_a_successful_exit(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name = unique("onfail-ok")
-    spec = registry.sandbox(["true"], restartPolicy="OnFailure")
-    cluster.create_sandbox(name, spec, node=agent.node)
+    _, name = _placed(make_agent, cluster, registry, "onfail-ok", ["true"], restartPolicy="OnFailure")
     status = cluster.wait_phase(name, "Succeeded", timeout=60)
     assert status["restartCount"] == 0
     assert status["container"]["exitCode"] == 0
@@ -147,10 +156,7 @@ def test_on_failure_does_not_restart_a_successful_exit(
 def test_always_restarts_even_a_successful_exit(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name = unique("always")
-    spec = registry.sandbox(["true"], restartPolicy="Always")
-    cluster.create_sandbox(name, spec, node=agent.node)
+    _, name = _placed(make_agent, cluster, registry, "always", ["true"], restartPolicy="Always")
     wait_for("two restarts", lambda: (cluster.status(name).get("restartCount") or 0) >= 2, timeout=60)
     status = cluster.status(name)
     assert status["phase"] not in ("Succeeded", "Failed")
@@ -160,10 +166,7 @@ def test_always_restarts_even_a_successful_exit(
 def test_active_deadline_stops_the_sandbox(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name = unique("deadline")
-    spec = registry.sandbox(["sleep", "600"], activeDeadlineSeconds=4)
-    cluster.create_sandbox(name, spec, node=agent.node)
+    _, name = _placed(make_agent, cluster, registry, "deadline", ["sleep", "600"], activeDeadlineSeconds=4)
     running = cluster.wait_phase(name, "Running", timeout=60)
     vmm = running["vm"]["vmmPID"]
     status = cluster.wait_phase(name, "Failed", timeout=30)
@@ -175,10 +178,9 @@ def test_active_deadline_stops_the_sandbox(
 def test_deletion_mid_boot_tears_down_and_removes_the_finalizer(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name = unique("midboot")
-    spec = registry.sandbox(["sleep", "600"], hypervisor="cloud-hypervisor")
-    cluster.create_sandbox(name, spec, node=agent.node)
+    agent, name = _placed(
+        make_agent, cluster, registry, "midboot", ["sleep", "600"], hypervisor="cloud-hypervisor"
+    )
     cluster.wait_phase(name, "Creating", "Running", timeout=30)
     cluster.delete(name)
     cluster.wait_gone(name, timeout=60)

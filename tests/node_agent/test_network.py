@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 
 import pytest
 
 from tests.network.conftest import (
-    DNS,
     GATEWAY6,
     METADATA,
     PREFIX6,
@@ -28,12 +26,18 @@ from tests.network.conftest import (
     Topology,
     topo,
 )
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.node_agent.support import (
+    Cluster,
+    MakeAgent,
+    Registry,
+    network_agent,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kube
 __all__ = ["topo"]  # the fixture, used by name
 
-MakeAgent = Callable[..., AgentProcess]
 GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
 
 
@@ -51,20 +55,10 @@ SCRIPT = " ; ".join(
 )
 
 
-def _network_agent(make_agent: MakeAgent, topo: Topology) -> AgentProcess:
-    topo.net("reconcile")  # only to start the namespace's plumbing state from scratch: the agent re-does it
-    return make_agent(
-        VMSANDBOX_AGENT_SANDBOX_CIDR=SUBNET,
-        VMSANDBOX_AGENT_SANDBOX_BRIDGE=topo.bridge,
-        VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
-        VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
-    )
-
-
 def test_network_set_up_reported_metered_and_freed(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology
 ) -> None:
-    agent = _network_agent(make_agent, topo)
+    agent = network_agent(make_agent, topo)
     name = unique("net")
     spec = registry.sandbox(
         ["sh", "-c", SCRIPT],

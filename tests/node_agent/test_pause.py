@@ -5,17 +5,14 @@ sandbox is deleted cleanly."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
-from vmsandbox.api.constants import GROUP, PLURAL, VERSION
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.1; done"]
 
 
@@ -24,15 +21,7 @@ def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def set_paused(cluster: Cluster, name: str, paused: bool) -> None:
-    cluster.custom.patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        cluster.namespace,
-        PLURAL,
-        name,
-        {"spec": {"paused": paused}},
-        _content_type="application/merge-patch+json",
-    )
+    cluster.merge_patch(name, {"spec": {"paused": paused}})
 
 
 def counts(agent: AgentProcess, cluster: Cluster, name: str) -> list[int]:

@@ -8,7 +8,6 @@ operator itself.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -24,11 +23,10 @@ from tests.node_agent.pools import (
     share,
     wait_ready,
 )
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 TEMPLATE = {"resources": {"vcpus": 1, "memoryMiB": 256}, "hypervisor": "process"}
 
 

@@ -4,19 +4,17 @@ hostname, boot id and random state, and its clock set from the host's."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, share, wait_ready
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 
 __all__ = ["guest_image", "qemu_binary", "vmm_user"]
 pytestmark = [pytest.mark.kube, pytest.mark.vm]
 
-MakeAgent = Callable[..., AgentProcess]
 TEMPLATE = {"resources": {"vcpus": 1, "memoryMiB": 256}, "hypervisor": "qemu"}
 #: hostname, boot id, 64 random bytes and the guest's clock, one per line.
 PROBE = (

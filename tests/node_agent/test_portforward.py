@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,16 @@ import pytest
 from kubernetes import client
 from kubernetes.stream.ws_client import portforward_call
 
-from tests.network.conftest import DNS, SUBNET, Topology, sh, topo
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.network.conftest import DNS, Topology, sh, topo
+from tests.node_agent.support import (
+    AgentProcess,
+    Cluster,
+    MakeAgent,
+    Registry,
+    network_agent,
+    unique,
+    wait_for,
+)
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
@@ -32,22 +40,11 @@ from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
 pytestmark = pytest.mark.kube
 __all__ = ["guest_image", "qemu_binary", "topo", "vmm_user"]  # fixtures, used by name
 
-MakeAgent = Callable[..., AgentProcess]
 PAGE = "hello-from-the-sandbox"
 SERVERS = (
     f"mkdir -p /www && echo {PAGE} > /www/index.html && busybox httpd -p 8080 -h /www"
     " && exec busybox nc -ll -p 9000 -e cat"
 )
-
-
-def _network_agent(make_agent: MakeAgent, topo: Topology) -> AgentProcess:
-    topo.net("reconcile")
-    return make_agent(
-        VMSANDBOX_AGENT_SANDBOX_CIDR=SUBNET,
-        VMSANDBOX_AGENT_SANDBOX_BRIDGE=topo.bridge,
-        VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
-        VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
-    )
 
 
 def _sandbox(cluster: Cluster, registry: Registry, agent: AgentProcess, command: str, **extra: Any) -> str:
@@ -156,7 +153,7 @@ def test_port_forward_relays_both_ways_and_leaves_nothing(
     kube: LocalCluster,
     cli_runs: list[CLI],
 ) -> None:
-    agent = _network_agent(make_agent, topo)
+    agent = network_agent(make_agent, topo)
     name = _sandbox(cluster, registry, agent, SERVERS)
     ns = cluster.namespace
     ip = cluster.status(name)["network"]["ip"]
@@ -226,7 +223,7 @@ def test_port_forward_relays_both_ways_and_leaves_nothing(
 def test_port_forward_refusals(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, kube: LocalCluster
 ) -> None:
-    agent = _network_agent(make_agent, topo)
+    agent = network_agent(make_agent, topo)
     ns = cluster.namespace
     name = _sandbox(cluster, registry, agent, SERVERS)
     offline = _sandbox(cluster, registry, agent, "sleep 600", network={"mode": "none"})
@@ -307,12 +304,9 @@ def test_port_forward_and_resolvers_in_a_qemu_guest(
 ) -> None:
     """One QEMU (TCG) guest: the tap on the bridge, the guest's address from the kernel command
     line, the container's resolv.conf from the guest agent, port-forwarding to the guest."""
-    topo.net("reconcile")
-    agent = make_agent(
-        VMSANDBOX_AGENT_SANDBOX_CIDR=SUBNET,
-        VMSANDBOX_AGENT_SANDBOX_BRIDGE=topo.bridge,
-        VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
-        VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
+    agent = network_agent(
+        make_agent,
+        topo,
         VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="process,qemu",
         VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
         VMSANDBOX_AGENT_ALLOW_TCG="true",

@@ -6,17 +6,22 @@ namespace whose "world" serves DNS on 10.99.0.53 (``public.test`` -> 198.18.0.2)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
-from tests.network.conftest import DNS, PUBLIC, SUBNET, Topology, topo
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique, wait_for
+from tests.network.conftest import DNS, PUBLIC, Topology, topo
+from tests.node_agent.support import (
+    AgentProcess,
+    Cluster,
+    MakeAgent,
+    Registry,
+    network_agent,
+    unique,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kube
 __all__ = ["topo"]  # the fixture, used by name
 
-MakeAgent = Callable[..., AgentProcess]
 SCRIPT = " ; ".join(
     [
         "echo '== resolv'",
@@ -58,13 +63,7 @@ def _output(agent: AgentProcess, cluster: Cluster, name: str) -> dict[str, str]:
 def test_containers_get_the_resolvers_hostname_and_hosts(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology
 ) -> None:
-    topo.net("reconcile")
-    agent = make_agent(
-        VMSANDBOX_AGENT_SANDBOX_CIDR=SUBNET,
-        VMSANDBOX_AGENT_SANDBOX_BRIDGE=topo.bridge,
-        VMSANDBOX_AGENT_SANDBOX_DNS=DNS,
-        VMSANDBOX_AGENT_NETWORK_NAMESPACE=topo.node_ns,
-    )
+    agent = network_agent(make_agent, topo)
     image = registry.busybox
     online, offline = unique("dns"), unique("nodns")
     for name, network in ((online, {}), (offline, {"mode": "none"})):

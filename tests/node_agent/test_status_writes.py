@@ -62,15 +62,7 @@ def test_finalizers_are_added_and_removed_without_losing_others(
 ) -> None:
     name = unique("fin")
     stale = cluster.create_sandbox(name, {"image": "busybox"})
-    cluster.custom.patch_namespaced_custom_object(
-        "vmsandbox.io",
-        "v1alpha1",
-        cluster.namespace,
-        "vmsandboxes",
-        name,
-        {"metadata": {"finalizers": [OPERATOR_FINALIZER]}},
-        _content_type="application/merge-patch+json",
-    )
+    _set_finalizers(cluster, name, [OPERATOR_FINALIZER])
     added = writer.set_finalizer(stale, AGENT_FINALIZER, present=True)
     assert added is not None
     assert added["metadata"]["finalizers"] == [OPERATOR_FINALIZER, AGENT_FINALIZER]
@@ -78,28 +70,16 @@ def test_finalizers_are_added_and_removed_without_losing_others(
     assert removed is not None
     assert removed["metadata"]["finalizers"] == [OPERATOR_FINALIZER]
     # Gone objects are reported as None, not as errors.
-    cluster.custom.patch_namespaced_custom_object(
-        "vmsandbox.io",
-        "v1alpha1",
-        cluster.namespace,
-        "vmsandboxes",
-        name,
-        {"metadata": {"finalizers": None}},
-        _content_type="application/merge-patch+json",
-    )
+    _set_finalizers(cluster, name, None)
     cluster.delete(name)
     cluster.wait_gone(name)
     assert writer.update_status(stale, _running) is None
     assert writer.set_finalizer(stale, AGENT_FINALIZER, present=True) is None
 
 
-def _set_finalizers(cluster: Cluster, name: str, finalizers: list[str]) -> None:
-    """Another client's merge patch of the whole list."""
-    body = {"metadata": {"finalizers": finalizers}}
-    merge = "application/merge-patch+json"
-    cluster.custom.patch_namespaced_custom_object(
-        "vmsandbox.io", "v1alpha1", cluster.namespace, "vmsandboxes", name, body, _content_type=merge
-    )
+def _set_finalizers(cluster: Cluster, name: str, finalizers: list[str] | None) -> None:
+    """Another client's merge patch of the whole list (None removes it)."""
+    cluster.merge_patch(name, {"metadata": {"finalizers": finalizers}})
 
 
 def _patch_answers(kube: LocalCluster, since: int, name: str) -> list[int]:

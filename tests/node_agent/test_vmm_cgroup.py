@@ -12,15 +12,14 @@ from typing import Any
 
 import pytest
 
-from tests.leaks import cgroups_left
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
+from tests.leaks import private_cgroup_parent
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from vmsandbox.hypervisor.cgroups import CFS_PERIOD_US, Hierarchy, VMCgroup, hierarchies
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import Runtime
 
 pytestmark = pytest.mark.kube
 
-MakeAgent = Callable[..., AgentProcess]
 MIB = 1024 * 1024
 OVERHEAD_MIB = 200
 #: Prints a line a second; exits 3 on SIGTERM.
@@ -35,10 +34,8 @@ IMAGE_FILES = ("vmlinuz", "initramfs.img", "rootfs.img")
 @pytest.fixture
 def cgroup_parent() -> Iterator[str]:
     """A parent of the agent's VM cgroups for this test alone; nothing may be left under it."""
-    parent = f"vmsandbox.slice/t{uuid.uuid4().hex[:10]}"
-    yield parent
-    left = cgroups_left(parent)
-    assert not left, f"VM cgroups left behind under {parent}: {left}"
+    with private_cgroup_parent("t") as parent:
+        yield parent
 
 
 @pytest.fixture

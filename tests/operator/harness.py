@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,14 @@ class OperatorThread:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+@contextmanager
+def leading_operator(config: OperatorConfig, kubeconfig: Path) -> Iterator[OperatorThread]:
+    """An operator thread for the test, once it has taken the leadership (stopped at the end)."""
+    with OperatorThread(config, kubeconfig) as op:
+        wait_for("leadership", op.leading)
+        yield op
 
 
 class FakeAgents:

@@ -9,9 +9,9 @@ import pytest
 from tests.operator.factories import sandbox_obj
 from tests.operator.harness import (
     FakeAgents,
-    OperatorThread,
     create_sandbox,
     get_sandbox,
+    leading_operator,
     operator_config,
     phase,
     wait_for,
@@ -28,8 +28,7 @@ def test_mode_in_force_is_recorded_at_placement(
     ns = kube_namespace
     agents.add("net-n1", vcpus=4, memory=4096)
     config = operator_config(ns, default_network_mode=NetworkMode.OPEN)
-    with OperatorThread(config, kube.kubeconfig_path) as op:
-        wait_for("leadership", op.leading)
+    with leading_operator(config, kube.kubeconfig_path):
         create_sandbox(kube, ns, sandbox_obj("defaulted"))
         create_sandbox(kube, ns, sandbox_obj("asked", network={"mode": "none"}))
         for name, mode in (("defaulted", "open"), ("asked", "none")):

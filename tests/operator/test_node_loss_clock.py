@@ -12,16 +12,16 @@ import requests
 from tests.operator.factories import lease_obj, micro, node_obj, sandbox_obj
 from tests.operator.harness import (
     FakeAgents,
-    OperatorThread,
     create_sandbox,
     events_for,
     get_sandbox,
+    leading_operator,
     operator_config,
     phase,
     purge,
     wait_for,
 )
-from tests.operator.test_operator_kube import scheduled, set_status
+from tests.operator.test_operator_kube import running_once_scheduled
 from vmsandbox.api import VMSandbox
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.operator import lifecycle as lc
@@ -116,13 +116,10 @@ def test_agents_with_clocks_ten_minutes_off_are_never_lost(kube: LocalCluster, k
         agents.skew = {"ahead": 600.0, "behind": -600.0}
         agents.add("ahead")
         agents.add("behind")
-        with OperatorThread(operator_config(ns), kube.kubeconfig_path) as op:
-            wait_for("leadership", op.leading)
+        with leading_operator(operator_config(ns), kube.kubeconfig_path) as op:
             for i in range(4):
                 create_sandbox(kube, ns, sandbox_obj(f"k{i}", restartPolicy="Always"))
-            for i in range(4):
-                wait_for("scheduled", lambda i=i: scheduled(kube, ns, f"k{i}"))
-                set_status(kube, ns, f"k{i}", phase="Running")
+            running_once_scheduled(kube, ns, [f"k{i}" for i in range(4)])
             time.sleep(2 * op.config.node_lost_grace_seconds + 1)
             for i in range(4):
                 obj = get_sandbox(kube, ns, f"k{i}")
@@ -144,13 +141,10 @@ def test_three_of_four_nodes_lost_at_once_evicts_nothing(kube: LocalCluster, kub
         for name in names:
             agents.add(name, vcpus=4, memory=4096)
         config = operator_config(ns)
-        with OperatorThread(config, kube.kubeconfig_path) as op:
-            wait_for("leadership", op.leading)
+        with leading_operator(config, kube.kubeconfig_path):
             for i in range(8):
                 create_sandbox(kube, ns, sandbox_obj(f"e{i}", restartPolicy="Always"))
-            for i in range(8):
-                wait_for("scheduled", lambda i=i: scheduled(kube, ns, f"e{i}"))
-                set_status(kube, ns, f"e{i}", phase="Running")
+            running_once_scheduled(kube, ns, [f"e{i}" for i in range(8)])
             for name in names[:3]:
                 agents.kill(name)
             wait_for(

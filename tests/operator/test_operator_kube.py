@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from tests.operator.harness import (
     create_sandbox,
     events_for,
     get_sandbox,
+    leading_operator,
     list_sandboxes,
     operator_config,
     phase,
@@ -34,8 +37,10 @@ pytestmark = pytest.mark.kube
 MERGE = {"Content-Type": "application/merge-patch+json"}
 
 
-def run_operator(kube: LocalCluster, namespace: str, **overrides: Any) -> OperatorThread:
-    return OperatorThread(operator_config(namespace, **overrides), kube.kubeconfig_path)
+def run_operator(
+    kube: LocalCluster, namespace: str, **overrides: Any
+) -> AbstractContextManager[OperatorThread]:
+    return leading_operator(operator_config(namespace, **overrides), kube.kubeconfig_path)
 
 
 def set_status(kube: LocalCluster, ns: str, name: str, **status: Any) -> None:
@@ -55,13 +60,19 @@ def scheduled(kube: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
     return obj if phase(obj) == "Scheduled" else None
 
 
+def running_once_scheduled(kube: LocalCluster, ns: str, names: Iterable[str]) -> None:
+    """Each sandbox, once placed, reported Running as its agent would."""
+    for name in names:
+        wait_for("scheduled", lambda n=name: scheduled(kube, ns, n))
+        set_status(kube, ns, name, phase="Running")
+
+
 def test_placement_is_recorded_with_label_finalizer_status_and_event(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents
 ) -> None:
     ns = kube_namespace
     agents.add("rec-n1", vcpus=4, memory=4096)
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("hello"))
         obj = wait_for("Scheduled", lambda: scheduled(kube, ns, "hello"))
     meta, status = obj["metadata"], obj["status"]
@@ -83,8 +94,7 @@ def test_invalid_sandbox_fails_naming_the_field_and_is_never_scheduled(
 ) -> None:
     ns = kube_namespace
     agents.add("inv-n1", hypervisors=("cloud-hypervisor", "process"))
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("bad", hypervisor="process"))
         obj = wait_for(
             "Failed", lambda: phase(get_sandbox(kube, ns, "bad")) == "Failed" and get_sandbox(kube, ns, "bad")
@@ -110,8 +120,7 @@ def test_three_nodes_selector_taints_capacity_and_freed_capacity(
     )
     agents.add("tri-qemu", vcpus=4, memory=1024, hypervisors=("qemu",), default="qemu")
     gpu_toleration = [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}]
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("ssd", nodeSelector={"disk": "ssd"}, vcpus=2, memory=1024))
         create_sandbox(
             kube,
@@ -155,8 +164,7 @@ def test_a_burst_of_100_never_overcommits(
     capacity = {"burst-a": 4, "burst-b": 8, "burst-c": 12}  # room for 24 one-vCPU sandboxes
     for name, vcpus in capacity.items():
         agents.add(name, vcpus=vcpus, memory=vcpus * 512)
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         for i in range(100):
             create_sandbox(kube, ns, sandbox_obj(f"b{i:03d}", vcpus=1, memory=512))
 
@@ -182,14 +190,11 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
 ) -> None:
     ns = kube_namespace
     agents.add("loss-a", vcpus=8, memory=8192, labels={"pool": "first"})
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         policies = ["Never", "OnFailure", "Always", "OnFailure", "Never"]
         for i, policy in enumerate(policies):
             create_sandbox(kube, ns, sandbox_obj(f"l{i}", restartPolicy=policy))
-        for i in range(5):
-            wait_for("scheduled", lambda i=i: scheduled(kube, ns, f"l{i}"))
-            set_status(kube, ns, f"l{i}", phase="Running")
+        running_once_scheduled(kube, ns, [f"l{i}" for i in range(5)])
         agents.add("loss-b", vcpus=8, memory=8192)
         agents.kill("loss-a")  # its agent stops renewing the Lease
         wait_for("Unknown", lambda: phase(get_sandbox(kube, ns, "l0")) == "Unknown", timeout=10)
@@ -220,16 +225,20 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
         assert {"NodeUnreachable", "NodeLost", "Rescheduled"} <= set(reasons)
 
 
+def _placed_and_taken_by_the_agent(kube: LocalCluster, ns: str, name: str) -> None:
+    """A new sandbox, once scheduled, carries the agent's finalizer too, as after its pickup."""
+    create_sandbox(kube, ns, sandbox_obj(name))
+    obj = wait_for("scheduled", lambda: scheduled(kube, ns, name))
+    set_finalizers(kube, ns, name, [*obj["metadata"]["finalizers"], AGENT_FINALIZER])
+
+
 def test_deletion_waits_for_the_agent_finalizer(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents
 ) -> None:
     ns = kube_namespace
     agents.add("del-a")
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
-        create_sandbox(kube, ns, sandbox_obj("d1"))
-        obj = wait_for("scheduled", lambda: scheduled(kube, ns, "d1"))
-        set_finalizers(kube, ns, "d1", [*obj["metadata"]["finalizers"], AGENT_FINALIZER])  # the agent took it
+    with run_operator(kube, ns):
+        _placed_and_taken_by_the_agent(kube, ns, "d1")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d1")
         time.sleep(1.5)
         obj = get_sandbox(kube, ns, "d1")
@@ -243,11 +252,8 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
 ) -> None:
     ns = kube_namespace
     agents.add("dlost-a")
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
-        create_sandbox(kube, ns, sandbox_obj("d2"))
-        obj = wait_for("scheduled", lambda: scheduled(kube, ns, "d2"))
-        set_finalizers(kube, ns, "d2", [*obj["metadata"]["finalizers"], AGENT_FINALIZER])
+    with run_operator(kube, ns):
+        _placed_and_taken_by_the_agent(kube, ns, "d2")
         agents.kill("dlost-a")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d2")
         wait_for("gone after the grace", lambda: get_sandbox(kube, ns, "d2") is None, timeout=15)
@@ -257,8 +263,7 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
 def test_ttl_after_finished_deletes(kube: LocalCluster, kube_namespace: str, agents: FakeAgents) -> None:
     ns = kube_namespace
     agents.add("ttl-a")
-    with run_operator(kube, ns) as op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("t1", ttlSecondsAfterFinished=2))
         create_sandbox(kube, ns, sandbox_obj("t2"))
         for name in ("t1", "t2"):
@@ -290,9 +295,7 @@ def _samples(text: str) -> dict[str, float]:
 def test_metrics_and_liveness(kube: LocalCluster, kube_namespace: str, agents: FakeAgents) -> None:
     ns = kube_namespace
     agents.add("met-a", vcpus=1, memory=1024)
-    op = run_operator(kube, ns)
-    with op:
-        wait_for("leadership", op.leading)
+    with run_operator(kube, ns) as op:
         create_sandbox(kube, ns, sandbox_obj("m1"))
         create_sandbox(kube, ns, sandbox_obj("m2"))  # no room: unschedulable
         wait_for("m1 scheduled", lambda: scheduled(kube, ns, "m1"))

@@ -24,6 +24,7 @@ from tests.operator.harness import (
     create_sandbox,
     get_object,
     get_sandbox,
+    leading_operator,
     operator_config,
     phase,
     wait_events,
@@ -46,8 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, agents: FakeAgents) -> Iterator[OperatorThread]:
-    with OperatorThread(operator_config(kube_namespace), kube.kubeconfig_path) as op:
-        wait_for("leadership", op.leading)
+    with leading_operator(operator_config(kube_namespace), kube.kubeconfig_path) as op:
         yield op
 
 
@@ -362,8 +362,7 @@ def test_a_cluster_without_the_pool_crd_still_schedules(tmp_path: Path) -> None:
         agents = FakeAgents(kube, ns)
         try:
             agents.add("old-a")
-            with OperatorThread(operator_config(ns), kube.kubeconfig_path) as op:
-                wait_for("leadership", op.leading)
+            with leading_operator(operator_config(ns), kube.kubeconfig_path):
                 create_sandbox(kube, ns, sandbox_obj("plain", pool="small"))
                 assert wait_for("placed", lambda: placed_on(kube, ns, "plain")) == "old-a"
         finally:

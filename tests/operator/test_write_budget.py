@@ -15,10 +15,10 @@ import pytest
 from tests.operator.factories import sandbox_obj
 from tests.operator.harness import (
     FakeAgents,
-    OperatorThread,
     create_sandbox,
     events_for,
     get_sandbox,
+    leading_operator,
     operator_config,
     phase,
     wait_for,
@@ -55,8 +55,7 @@ def test_a_placement_is_two_writes_one_at_a_time_and_in_a_burst(
     since = len(kube.requests_made())
     singles = [f"one-{i}" for i in range(5)]
     burst = [f"burst-{i:02d}" for i in range(40)]
-    with OperatorThread(config, kube.kubeconfig_path) as op:
-        wait_for("leadership", op.leading)
+    with leading_operator(config, kube.kubeconfig_path):
         for name in singles:
             create_sandbox(kube, ns, sandbox_obj(name))
             wait_for(f"{name} scheduled", lambda n=name: scheduled(kube, ns, n), interval=0.02)
@@ -88,8 +87,7 @@ def test_the_scheduled_event_waits_for_the_status_write(
     agents.add("order-0")
     config = operator_config(ns, identity=f"order-{ns}")
     since = len(kube.requests_made())
-    with OperatorThread(config, kube.kubeconfig_path) as op:
-        wait_for("leadership", op.leading)
+    with leading_operator(config, kube.kubeconfig_path):
         for i in range(5):
             create_sandbox(kube, ns, sandbox_obj(f"o{i}"))
             wait_for(f"o{i} scheduled", lambda i=i: scheduled(kube, ns, f"o{i}"), interval=0.02)

@@ -7,13 +7,12 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.leaks import cgroups_left
+from tests.leaks import private_cgroup_parent
 from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container, force_clean
 from tests.runtime.support import short_root
 from tests.tools import require_tools
@@ -33,10 +32,8 @@ MIB = 1024 * 1024
 @pytest.fixture
 def parent() -> Iterator[str]:
     """A cgroup parent for this test alone; nothing may be left under it afterwards."""
-    path = f"vmsandbox.slice/r{uuid.uuid4().hex[:10]}"
-    yield path
-    left = cgroups_left(path)
-    assert not left, f"VM cgroups left under {path}: {left}"
+    with private_cgroup_parent("r") as path:
+        yield path
 
 
 @pytest.fixture

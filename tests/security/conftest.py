@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.chart.conftest import helm, render
-from tests.e2e.processes import OperatorProcess
+from tests.e2e.processes import OperatorProcess, running_operator
 from tests.node_agent.conftest import *  # noqa: F403  (its fixtures, used by name)
 from tests.node_agent.support import Cluster, unique
 from tests.security.support import OPERATOR_SETTINGS, Tenant
@@ -22,10 +22,8 @@ __all__ = ["helm", "render"]  # fixtures, used by name
 
 @pytest.fixture
 def operator(kube: LocalCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(kube, kube_namespace, unique("op"), tmp_path, **OPERATOR_SETTINGS)
-    yield op
-    code = op.stop()
-    assert code == 0, f"operator exited with {code}:\n{op.log()[-4000:]}"
+    with running_operator(kube, kube_namespace, tmp_path, **OPERATOR_SETTINGS) as op:
+        yield op
 
 
 @pytest.fixture

@@ -6,20 +6,18 @@ agent's port only from the listed peers."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.chart.helm import by_kind, get_helm, one
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
+from tests.node_agent.support import Cluster, MakeAgent, Registry, unique
 from tests.security.support import Tenant, grant
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.cluster import LocalCluster
 from vmsandbox.runtime.logfiles import LogLimits, RotatingLog, log_files, rotate_foreign
 
-MakeAgent = Callable[..., AgentProcess]
 LINES = 2000  # "line 0000 ...", 64 bytes each: 128000 bytes, more than one read chunk
 
 

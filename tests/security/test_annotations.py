@@ -5,7 +5,7 @@ and the runtime checks every id it turns into a path."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, Cluster, Registry, containers_left, unique
+from tests.node_agent.support import Cluster, MakeAgent, Registry, containers_left, unique
 from tests.operator.factories import sandbox_obj
 from tests.security.support import OPERATOR_SETTINGS, Tenant
 from vmsandbox.api import InvalidSandbox, parse_sandbox
@@ -27,7 +27,6 @@ from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.errors import InvalidConfig, InvalidId
 
-MakeAgent = Callable[..., AgentProcess]
 REPO = Path(__file__).resolve().parents[2]
 JOIN_KEYS = ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id")
 

@@ -7,18 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, Cluster, Registry, unique
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique
 from tests.security.support import Tenant
 from vmsandbox.node_agent.config import ConfigError, load_config
 from vmsandbox.node_agent.images import resolve_manifest
 
-MakeAgent = Callable[..., AgentProcess]
 NOT_ALLOWED = "is not in a directory this node allows images from (agent option allowedLayoutDirs)"
 
 

@@ -42,9 +42,8 @@ def operator(helm: Helm, kube: LocalCluster, kube_namespace: str) -> Iterator[ha
         config = harness.operator_config(kube_namespace)
         with (
             chart_rbac(kube, helm, kube_namespace),
-            harness.OperatorThread(config, kube.kubeconfig_for(user)) as op,
+            harness.leading_operator(config, kube.kubeconfig_for(user)),
         ):
-            harness.wait_for("leadership", op.leading)
             yield agents
     finally:
         agents.close()

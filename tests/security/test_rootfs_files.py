@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import AgentProcess, Cluster, unique
+from tests.node_agent.support import Cluster, MakeAgent, unique
 from tests.security.support import Tenant, build_image, visible_text
 from vmsandbox.node_agent.errors import ImageInvalid
 from vmsandbox.node_agent.images import ImageConfig
 from vmsandbox.node_agent.inroot import MAX_FILE_BYTES, read_in_root
 from vmsandbox.node_agent.ociconfig import process_user
 
-MakeAgent = Callable[..., AgentProcess]
 HUGE = 100 * 1024 * 1024
 #: On the host, where an image's symlinks point: it would make the container run as uid 4242.
 MARKER = f"HOSTSECRET{uuid.uuid4().hex[:8]}"

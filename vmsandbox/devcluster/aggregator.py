@@ -17,7 +17,6 @@ from ``kube-system/extension-apiserver-authentication`` (:func:`authentication_c
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import ssl
@@ -34,7 +33,7 @@ from yarl import URL
 from vmsandbox.devcluster.corekinds import AGGREGATION_KINDS
 from vmsandbox.devcluster.objectstore import Fetch, ObjectStore
 from vmsandbox.devcluster.rbac import UserInfo
-from vmsandbox.streamproxy import HOP_BY_HOP, relay_websockets, streaming_session
+from vmsandbox.streamproxy import HOP_BY_HOP, relay_body, relay_websockets, streaming_session
 
 log = logging.getLogger("vmsandbox.devcluster.aggregator")
 
@@ -199,12 +198,7 @@ class Aggregator:
                 if key.lower() not in _DROPPED:
                     resp.headers.add(key, value)
             on_status(up.status)
-            await resp.prepare(request)
-            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-                async for chunk in up.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-            return resp
+            return await relay_body(request, resp, up)
 
     async def _websocket(
         self,

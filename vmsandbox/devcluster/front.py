@@ -158,26 +158,14 @@ class Front:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         api = parse_api_path(request.path)
-        record = RequestRecord(
-            method=request.method,
-            path=request.path,
+        record = RequestRecord.of(
+            request.method,
+            request.path,
+            api,
+            request.query,
             user=_user(request),
             user_agent=request.headers.get("User-Agent", ""),
         )
-        if api is not None:
-            record = record.model_copy(
-                update={
-                    "verb": api.verb(request.method, request.query),
-                    "group": api.group,
-                    "version": api.version,
-                    "resource": api.resource,
-                    "subresource": api.subresource,
-                    "namespace": api.namespace,
-                    "name": api.name,
-                }
-            )
-        else:
-            record.verb = request.method.lower()
         logged = False
 
         def commit(status: int) -> None:

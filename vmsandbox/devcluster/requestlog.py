@@ -7,10 +7,13 @@ resources the operator and the agent really use.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 from pydantic import BaseModel, Field
+
+from vmsandbox.devcluster.apipath import ApiPath
 
 #: Environment variable naming the file the front appends its records to.
 REQUEST_LOG_ENV = "VMSANDBOX_DEVCLUSTER_REQUEST_LOG"
@@ -32,6 +35,34 @@ class RequestRecord(BaseModel):
     user: str = ""
     user_agent: str = ""
     status: int = 0
+
+    @classmethod
+    def of(
+        cls,
+        method: str,
+        path: str,
+        api: ApiPath | None,
+        query: Mapping[str, str],
+        *,
+        user: str,
+        user_agent: str = "",
+    ) -> RequestRecord:
+        """The request ``method path`` (``api`` its parse): a non-resource URL's verb is the method."""
+        record = cls(method=method, path=path, user=user, user_agent=user_agent)
+        if api is None:
+            record.verb = method.lower()
+            return record
+        return record.model_copy(
+            update={
+                "verb": api.verb(method, query),
+                "group": api.group,
+                "version": api.version,
+                "resource": api.resource,
+                "subresource": api.subresource,
+                "namespace": api.namespace,
+                "name": api.name,
+            }
+        )
 
 
 class RequestLogWriter:

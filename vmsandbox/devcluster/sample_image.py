@@ -11,6 +11,7 @@ import argparse
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from vmsandbox.devcluster.errors import DevClusterError
@@ -31,6 +32,17 @@ def _run(*cmd: str) -> None:
         raise DevClusterError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}", step="sample image")
 
 
+def fill_busybox_rootfs(rootfs: Path, applets: Iterable[str] = APPLETS) -> None:
+    """What makes ``rootfs`` a busybox image: the binary, ``applets`` linked to it, passwd and group."""
+    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+    (rootfs / "etc").mkdir(exist_ok=True)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    for applet in applets:
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text(PASSWD)
+    (rootfs / "etc" / "group").write_text(GROUP)
+
+
 def build_busybox_layout(layout: Path, tag: str = "latest", cmd: str = "sh") -> Path:
     """Create (or add ``tag`` to) an OCI layout at ``layout`` holding busybox; returns ``layout``."""
     if not BUSYBOX.exists() or not shutil.which("umoci"):
@@ -42,16 +54,7 @@ def build_busybox_layout(layout: Path, tag: str = "latest", cmd: str = "sh") -> 
         work = Path(tmp) / "bundle"
         _run("umoci", "new", "--image", f"{layout}:{tag}")
         _run("umoci", "unpack", "--rootless", "--image", f"{layout}:{tag}", str(work))
-        rootfs = work / "rootfs"
-        (rootfs / "bin").mkdir(parents=True, exist_ok=True)
-        (rootfs / "etc").mkdir(exist_ok=True)
-        shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-        for applet in APPLETS:
-            (rootfs / "bin" / applet).symlink_to("busybox")
-        (rootfs / "etc" / "passwd").write_text(
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"
-        )
-        (rootfs / "etc" / "group").write_text(GROUP)
+        fill_busybox_rootfs(work / "rootfs")
         _run("umoci", "repack", "--image", f"{layout}:{tag}", str(work))
     _run(
         "umoci",

@@ -18,14 +18,17 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from vmsandbox.node_agent.access import AccessDenied
 from vmsandbox.node_agent.network.dial import dial
 from vmsandbox.node_agent.network.errors import NetworkError
-from vmsandbox.node_agent.portforward import SUBPROTOCOLS, V4, BadPorts, Session, parse_ports
+from vmsandbox.node_agent.portforward import SUBPROTOCOLS, V4, Session, parse_ports
 from vmsandbox.node_agent.remotecommand import BadQuery
-from vmsandbox.node_agent.streamroutes import AuthorizeSubresource, SandboxUnavailable, _answer, _sandbox_of
+from vmsandbox.node_agent.streamroutes import (
+    REFUSALS,
+    AuthorizeSubresource,
+    _sandbox_of,
+    answer_refusal,
+)
 from vmsandbox.node_agent.websocket import WebSocket, accept_key, choose_protocol
-from vmsandbox.runtime.errors import RuntimeError_, WrongState
 
 log = logging.getLogger("vmsandbox.node_agent.portforward")
 
@@ -59,14 +62,8 @@ class PortForwardRoute:
     def serve(self, handler: BaseHTTPRequestHandler, path: str, query: str) -> None:
         try:
             self._serve(handler, path, query)
-        except (BadQuery, BadPorts) as exc:
-            _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
-        except (AccessDenied, SandboxUnavailable) as exc:
-            _answer(handler, exc.status, exc.detail)
-        except WrongState as exc:
-            _answer(handler, HTTPStatus.CONFLICT, exc.detail)
-        except RuntimeError_ as exc:
-            _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+        except REFUSALS as exc:
+            answer_refusal(handler, exc)
 
     def _serve(self, handler: BaseHTTPRequestHandler, path: str, query: str) -> None:
         namespace, name = _sandbox_of(path, PREFIX)

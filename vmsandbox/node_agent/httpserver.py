@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from vmsandbox.node_agent.access import AccessDenied
 from vmsandbox.node_agent.forwardroute import PortForwardRoute
 from vmsandbox.node_agent.logstream import stream_log
-from vmsandbox.node_agent.streamroutes import StreamRoutes
+from vmsandbox.node_agent.streamroutes import StreamRoutes, answer
 
 log = logging.getLogger("vmsandbox.node_agent.http")
 
@@ -106,22 +106,13 @@ class AgentHTTPServer:
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s %s", self.address_string(), format % args)
 
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                if code == HTTPStatus.UNAUTHORIZED:
-                    self.send_header("WWW-Authenticate", 'Bearer realm="vmsandbox-agent"')
-                self.end_headers()
-                self.wfile.write(body)
-
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 if url.path in ("/healthz", "/readyz"):
                     ok, why = (outer.healthy if url.path == "/healthz" else outer.ready)()
-                    self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, (why + "\n").encode())
+                    answer(self, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, why)
                 elif url.path == "/metrics":
-                    self._send(HTTPStatus.OK, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                    answer(self, HTTPStatus.OK, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
                 elif url.path.startswith("/logs/"):
                     self._logs(url.path, url.query)
                 elif outer.streams is not None and outer.streams.handles(url.path):
@@ -144,27 +135,24 @@ class AgentHTTPServer:
                 try:
                     outer.access.authenticate(self.headers.get("Authorization"))
                 except AccessDenied as exc:
-                    self._send(exc.status, f"{exc.detail}\n".encode())
+                    answer(self, exc.status, exc.detail)
                     return
-                self._send(HTTPStatus.NOT_FOUND, b"not found\n")
+                answer(self, HTTPStatus.NOT_FOUND, "not found")
 
             def _logs(self, path: str, query: str) -> None:
                 try:
                     asked = parse_log_query(path, query)
                 except BadRequest as exc:
-                    self._send(HTTPStatus.BAD_REQUEST, f"{exc}\n".encode())
+                    answer(self, HTTPStatus.BAD_REQUEST, str(exc))
                     return
                 try:
                     user = outer.access.check(self.headers.get("Authorization"), asked.namespace, asked.name)
                 except AccessDenied as exc:
-                    self._send(exc.status, f"{exc.detail}\n".encode())
+                    answer(self, exc.status, exc.detail)
                     return
                 source = outer.log_file(asked.namespace, asked.name)
                 if source is None or not source.path.is_file():
-                    self._send(
-                        HTTPStatus.NOT_FOUND,
-                        f"no container log for {asked.namespace}/{asked.name}\n".encode(),
-                    )
+                    answer(self, HTTPStatus.NOT_FOUND, f"no container log for {asked.namespace}/{asked.name}")
                     return
                 log.debug("user %s reads the log of %s/%s", user, asked.namespace, asked.name)
                 self.send_response(HTTPStatus.OK)

@@ -30,6 +30,7 @@ from typing import Literal
 from urllib.parse import parse_qs, unquote
 
 from vmsandbox.node_agent.access import AccessDenied
+from vmsandbox.node_agent.portforward import BadPorts
 from vmsandbox.node_agent.remotecommand import (
     SUBPROTOCOLS,
     BadQuery,
@@ -92,18 +93,8 @@ class StreamRoutes:
         try:
             self._serve(handler, method, path, query)
             return
-        except BadQuery as exc:
-            _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
-        except AccessDenied as exc:
-            _answer(handler, exc.status, exc.detail)
-        except SandboxUnavailable as exc:
-            _answer(handler, exc.status, exc.detail)
-        except WrongState as exc:
-            _answer(handler, HTTPStatus.CONFLICT, exc.detail)
-        except BadPath as exc:
-            _answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
-        except RuntimeError_ as exc:
-            _answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+        except REFUSALS as exc:
+            answer_refusal(handler, exc)
         if method == "PUT":
             _linger(handler)
 
@@ -165,7 +156,7 @@ class StreamRoutes:
         if params.get("list", ["false"])[-1].lower() in ("true", "1"):
             entries = list_path(target.agent, target.container_id, path)
             body = json.dumps({"entries": [e.to_wire() for e in entries]}).encode()
-            _answer(handler, HTTPStatus.OK, body, "application/json")
+            answer(handler, HTTPStatus.OK, body, "application/json")
             return
         with read_path(target.agent, target.container_id, path) as stream:
             handler.send_response(HTTPStatus.OK)
@@ -202,7 +193,7 @@ class StreamRoutes:
                 raise BadQuery("mode: must be at most 07777")
         handler.connection.settimeout(None)
         write_path(target.agent, target.container_id, path, _body(handler), kind=kind, mode=mode)
-        _answer(handler, HTTPStatus.OK, b"ok\n")
+        answer(handler, HTTPStatus.OK, b"ok\n")
 
 
 def _path_param(params: dict[str, list[str]]) -> str:
@@ -283,12 +274,31 @@ def _linger(handler: BaseHTTPRequestHandler) -> None:
         return
 
 
-def _answer(
+#: What a subresource route answers before any upgrade (see :func:`answer_refusal`).
+REFUSALS = (BadQuery, BadPorts, AccessDenied, SandboxUnavailable, RuntimeError_)
+
+
+def answer_refusal(handler: BaseHTTPRequestHandler, exc: Exception) -> None:
+    """One of :data:`REFUSALS` as a plain answer: the caller's mistake is a 400, access and the
+    sandbox's whereabouts carry their own status, a container in the wrong state is a 409, and
+    any other runtime failure a 500."""
+    if isinstance(exc, AccessDenied | SandboxUnavailable):
+        answer(handler, exc.status, exc.detail)
+    elif isinstance(exc, WrongState):
+        answer(handler, HTTPStatus.CONFLICT, exc.detail)
+    elif isinstance(exc, BadQuery | BadPorts | BadPath):
+        answer(handler, HTTPStatus.BAD_REQUEST, str(exc))
+    else:
+        answer(handler, HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+
+
+def answer(
     handler: BaseHTTPRequestHandler,
     status: int,
     body: str | bytes,
     content_type: str = "text/plain; charset=utf-8",
 ) -> None:
+    """A plain reply of the agent's HTTP server (a str body ends in a newline); a 401 names the scheme."""
     data = body if isinstance(body, bytes) else (body + "\n").encode()
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)

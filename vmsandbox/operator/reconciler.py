@@ -158,13 +158,7 @@ class Reconciler:
         for key, entry in list(self.cache.sandboxes.items()):
             if entry.sandbox is None:
                 continue
-            step = lc.next_step(
-                entry.sandbox,
-                silence=self._silence(entry.node, now),
-                finished_for=self._finished_for(entry, now),
-                config=self.config,
-                evictions_paused=self._evictions_paused(now, entry),
-            )
+            step = self._next_step(entry, now)
             if step.action not in (lc.Action.NONE, lc.Action.WAIT_FOR_AGENT):
                 self.queue.add(key)
 
@@ -179,6 +173,18 @@ class Reconciler:
         self.metrics.unschedulable.set(len(self._unschedulable))
 
     # ---- time-dependent inputs
+    def _next_step(self, entry: SandboxEntry, now: datetime) -> lc.Step:
+        """The sweep and a reconcile judge a sandbox alike: its node's silence, its time finished
+        and the eviction brake, as this operator sees them at ``now``."""
+        assert entry.sandbox is not None
+        return lc.next_step(
+            entry.sandbox,
+            silence=self._silence(entry.node, now),
+            finished_for=self._finished_for(entry, now),
+            config=self.config,
+            evictions_paused=self._evictions_paused(now, entry),
+        )
+
     def _evictions_paused(self, now: datetime, entry: SandboxEntry) -> str | None:
         """The brake: why no node may be declared lost now, or None.
 
@@ -250,13 +256,7 @@ class Reconciler:
             return
         assert entry.sandbox is not None
         now = datetime.now(UTC)
-        step = lc.next_step(
-            entry.sandbox,
-            silence=self._silence(entry.node, now),
-            finished_for=self._finished_for(entry, now),
-            config=self.config,
-            evictions_paused=self._evictions_paused(now, entry),
-        )
+        step = self._next_step(entry, now)
         if step.recheck is not None:
             self.queue.add_after(key, step.recheck)
         action = step.action

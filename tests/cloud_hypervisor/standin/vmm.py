@@ -386,14 +386,19 @@ class StandinVmm:
             time.sleep(0.05)
 
     def _api_vm_pause(self) -> Reply:
-        vm = self._require_booted("The VM could not be paused")
-        if vm.state != "Running":
-            transition = f"Invalid transition from {vm.state} to Paused"
-            raise ApiFailure(500, ["Error from API", "The VM could not be paused", transition])
-        vm.guest.pause()
-        if vm.vsock is not None:
-            vm.vsock.pause()
-        vm.state = "Paused"
+        return self._transition("The VM could not be paused", "Running", "Paused", self._pause_guest)
+
+    def _api_vm_resume(self) -> Reply:
+        return self._transition("The VM could not resume", "Paused", "Running", self._resume_guest)
+
+    def _transition(self, action: str, source: str, target: str, move: Callable[[BootedVm], None]) -> Reply:
+        """Pause or resume, allowed only from ``source`` as in the real VMM's state machine."""
+        vm = self._require_booted(action)
+        if vm.state != source:
+            transition = f"Invalid transition from {vm.state} to {target}"
+            raise ApiFailure(500, ["Error from API", action, transition])
+        move(vm)
+        vm.state = target
         return Reply(204)
 
     @staticmethod
@@ -401,6 +406,12 @@ class StandinVmm:
         vm.guest.pause()
         if vm.vsock is not None:
             vm.vsock.pause()
+
+    @staticmethod
+    def _resume_guest(vm: BootedVm) -> None:
+        vm.guest.resume()
+        if vm.vsock is not None:
+            vm.vsock.resume()
 
     # -- snapshot and restore --------------------------------------------------------------
     #
@@ -448,17 +459,6 @@ class StandinVmm:
         except BaseException:
             self.config = None
             raise
-        return Reply(204)
-
-    def _api_vm_resume(self) -> Reply:
-        vm = self._require_booted("The VM could not resume")
-        if vm.state != "Paused":
-            transition = f"Invalid transition from {vm.state} to Running"
-            raise ApiFailure(500, ["Error from API", "The VM could not resume", transition])
-        vm.guest.resume()
-        if vm.vsock is not None:
-            vm.vsock.resume()
-        vm.state = "Running"
         return Reply(204)
 
     def _api_vm_counters(self) -> Reply:

@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -184,7 +185,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             self._remove_files(layout, created_dir)
             raise
         handle = self._handle(spec, layout, child)
-        try:
+        with self._torn_down_on_failure("boot", handle, layout, created_dir):
             handle.save()
             with self._wait_ready(child, layout) as client:
                 timings = BootTimings(vmm_start=_ms(started))
@@ -208,11 +209,6 @@ class CloudHypervisorDriver(HypervisorDriver):
             probe = self._connect(handle, layout, spec.agent_timeout)
             probe.close()
             timings.agent_ready = _ms(started)
-        except BaseException as exc:
-            log.warning("VM %s: boot failed (%s); tearing down VMM %d", spec.vm_id, exc, child.pid)
-            self._teardown(handle, layout)
-            self._remove_files(layout, created_dir)
-            raise
         handle.timings = timings
         handle.save()
         log.info(
@@ -437,7 +433,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             self._remove_files(layout, created_dir)
             raise
         handle = self._handle(spec, layout, child, restored_from=str(directory))
-        try:
+        with self._torn_down_on_failure("restore", handle, layout, created_dir):
             handle.save()
             with self._wait_ready(child, layout) as client:
                 timings = BootTimings(vmm_start=_ms(started))
@@ -451,11 +447,6 @@ class CloudHypervisorDriver(HypervisorDriver):
             started = time.monotonic()
             self._connect(handle, layout, spec.agent_timeout).close()
             timings.agent_ready = _ms(started)
-        except BaseException as exc:
-            log.warning("VM %s: restore failed (%s); tearing down VMM %d", spec.vm_id, exc, child.pid)
-            self._teardown(handle, layout)
-            self._remove_files(layout, created_dir)
-            raise
         handle.timings = timings
         handle.save()
         return handle
@@ -470,6 +461,19 @@ class CloudHypervisorDriver(HypervisorDriver):
         layout = VmLayout.of(handle)
         self._teardown(handle, layout)
         self._remove_files(layout, remove_dir=True)
+
+    @contextlib.contextmanager
+    def _torn_down_on_failure(
+        self, step: str, handle: VMHandle, layout: VmLayout, created_dir: bool
+    ) -> Iterator[None]:
+        """Boot and restore: a VMM that started but failed to come up is stopped and its files removed."""
+        try:
+            yield
+        except BaseException as exc:
+            log.warning("VM %s: %s failed (%s); tearing down VMM %d", handle.vm_id, step, exc, handle.vmm_pid)
+            self._teardown(handle, layout)
+            self._remove_files(layout, created_dir)
+            raise
 
     def _teardown(self, handle: VMHandle, layout: VmLayout) -> None:
         """``vmm.shutdown`` -> wait -> SIGKILL; leaves the files to the caller."""

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from vmsandbox.streamproxy import relay_websockets, streaming_session
+from vmsandbox.streamproxy import relay_body, relay_websockets, streaming_session
 
 #: Request headers passed on to the agent (the caller's credentials and identity are not).
 _FORWARDED = ("Content-Type", "Accept", "User-Agent")
@@ -48,12 +46,7 @@ class AgentProxy:
             for name in _RESPONSE_HEADERS:
                 if name in up.headers:
                     resp.headers[name] = up.headers[name]
-            await resp.prepare(request)
-            with contextlib.suppress(aiohttp.ClientError, ConnectionError):
-                async for chunk in up.content.iter_any():
-                    await resp.write(chunk)
-                await resp.write_eof()
-            return resp
+            return await relay_body(request, resp, up)
 
     async def _websocket(self, request: web.Request, url: str) -> web.StreamResponse:
         assert self._session is not None
