@@ -301,7 +301,14 @@ class ContainerTable:
 
     def _create_with(self, runtime: OciRuntime, container: Container, bundle: Path) -> None:
         pid_file = container.workdir / "init.pid"
-        cmd = [*runtime.base(), "create", "--bundle", str(bundle), "--pid-file", str(pid_file)]
+        cmd = [
+            *runtime.base(),
+            "create",
+            "--bundle",
+            os.path.abspath(bundle),
+            "--pid-file",
+            os.path.abspath(pid_file),
+        ]
         console: _ConsoleReceiver | None = None
         child_fds: list[int] = []
         parent_fds: list[int] = []

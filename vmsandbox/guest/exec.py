@@ -137,7 +137,7 @@ class ExecSession:
     def _run(self, container: Container) -> int:
         assert container.runtime is not None
         pid_file = container.workdir / f"exec-{next(_serial)}.pid"
-        cmd = [*container.runtime.base(), "exec", "--detach", "--pid-file", str(pid_file)]
+        cmd = [*container.runtime.base(), "exec", "--detach", "--pid-file", os.path.abspath(pid_file)]
         console: _ConsoleReceiver | None = None
         pumps: list[_Pump] = []
         err_r: int | None = None

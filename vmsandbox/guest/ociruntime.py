@@ -74,7 +74,10 @@ class OciRuntime:
         os.makedirs(self.state_root, exist_ok=True)
 
     def base(self) -> list[str]:
-        return [self.binary, "--root", self.state_root]
+        """The command's start. Every path given to crun/runc is absolute: the agent works
+        relative to its state directory, and crun resolves some paths (``--pid-file``) after
+        changing into the bundle."""
+        return [self.binary, "--root", os.path.abspath(self.state_root)]
 
     def run(self, *args: str, step: str) -> None:
         """Run a quick subcommand (start, delete, kill); raise with its stderr on failure."""
