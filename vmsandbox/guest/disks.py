@@ -13,7 +13,6 @@ rdump`` into a private directory instead of being mounted, so no loop device is 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -25,9 +24,6 @@ from vmsandbox.guest.protocol import BlockDevice, HostPath
 
 DISKS_ENV = "VMSANDBOX_GUEST_DISKS"
 SYS_BLOCK = Path("/sys/block")
-#: Read-ahead for an image's disk, as init sets it for the root disk: a container's first start
-#: reads its binaries front to back, and under emulation each page-fault request is costly.
-READ_AHEAD_KB = 4096
 
 
 class RootfsError(VMSandboxError):
@@ -51,12 +47,6 @@ def _find_block_device(serial: str) -> Path | None:
         except OSError:
             continue
     return None
-
-
-def _read_ahead(device: Path) -> None:
-    """Best effort: a kernel without the knob reads the disk as it would have."""
-    with contextlib.suppress(OSError):
-        (SYS_BLOCK / device.name / "queue" / "read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -167,8 +157,6 @@ def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 
                 return PreparedRootfs(target, owned_dir=target)
         else:
             device = _find_block_device(source.serial)
-            if device is not None:
-                _read_ahead(device)
             if device is not None and source.overlay:
                 return _overlay(None, device, workdir, target)
             if device is not None:

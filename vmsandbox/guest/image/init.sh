@@ -21,7 +21,6 @@ SUPERVISOR=/usr/lib/vmsandbox/supervise
 DISK_WAIT_TENTHS=100     # 10 s for the root disk to show up
 PORT_NAME_WAIT_TENTHS=20 # 2 s for virtio-serial port names to arrive from the host
 NIC_WAIT_TENTHS=50       # 5 s for eth0 to appear after virtio_net is loaded
-ROOT_READ_AHEAD_KB=4096
 NEW_ROOT_FSTAB=/etc/vmsandbox/newroot.fstab
 DEV_LINKS=/etc/vmsandbox/devlinks # symlinks for /dev, made by the image builder
 NET_RESOLVERS=""
@@ -152,15 +151,6 @@ write_resolv_conf() {
     IFS=$old_ifs
 }
 
-# The root disk is read-only and read mostly front to back at start (the interpreter, its
-# libraries, the agent's modules): with the default 128 KiB read-ahead each page fault costs an
-# emulated request, and the agent's first start spent most of its time waiting on them.
-tune_root_disk() {
-    queue="/sys/block/${ROOT_DEV##*/}/queue"
-    [ -w "$queue/read_ahead_kb" ] && echo "$ROOT_READ_AHEAD_KB" >"$queue/read_ahead_kb"
-    return 0
-}
-
 mount_root() {
     # $OVERLAY and $NEWROOT are directories of the initramfs itself.
     mount -t tmpfs -o mode=0755 overlay-tmpfs "$OVERLAY" || die "cannot mount the overlay tmpfs"
@@ -225,7 +215,6 @@ stamp
 say "stage=modules uptime=$UPTIME"
 configure_network
 wait_for_root_disk
-tune_root_disk
 mount_root
 make_directories
 link_virtio_ports
