@@ -257,6 +257,10 @@ def test_single_container_sandbox_exit_code_and_delete(env: tuple[Cli, Path], tm
     stopped = cli.wait_stopped("solo")
     assert stopped["exit_code"] == 3
     assert out.read_text() == "solo\n"
+    # The guest mounts cgroup v2 alone, so crun, which auto prefers, must have made the container.
+    consoles = [path.read_text(errors="replace") for path in cli.root.rglob("console.log")]
+    assert consoles, "the VM left no console log"
+    assert not any("instead of crun" in text for text in consoles), "the guest fell back to runc"
     cli.run("delete", "solo")
     assert_nothing_left(cli.root)
 
