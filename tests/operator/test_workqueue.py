@@ -67,6 +67,16 @@ def test_a_servers_retry_after_longer_than_the_back_off_wins_and_still_counts_a_
     assert asyncio.run(run()) == [3.0, 1.0, 2.0]
 
 
+def test_a_retry_after_beyond_the_cap_waits_only_the_cap() -> None:
+    async def run() -> float:
+        queue = WorkQueue(base=0.5, cap=4.0)
+        delay = queue.retry("a", at_least=86400.0)
+        queue.close()
+        return delay
+
+    assert asyncio.run(run()) == 4.0
+
+
 def test_one_failing_key_does_not_delay_another() -> None:
     async def run() -> tuple[float, float]:
         queue = WorkQueue(base=0.01, cap=10.0)

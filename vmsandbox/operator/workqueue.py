@@ -44,10 +44,11 @@ class WorkQueue:
 
     def retry(self, key: str, at_least: float = 0.0) -> float:
         """Queue a key that failed after its back-off, or after ``at_least`` seconds if longer (an
-        API server's Retry-After: asking sooner only earns another 429); returns the delay chosen."""
+        API server's Retry-After: asking sooner only earns another 429), never later than the cap
+        (a proxy's absurd Retry-After must not park a key for good); returns the delay chosen."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = max(min(self.base * 2**failures, self.cap), at_least)
+        delay = min(max(self.base * 2**failures, at_least), self.cap)
         self.add_after(key, delay)
         return delay
 
