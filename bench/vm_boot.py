@@ -177,19 +177,6 @@ def old_image(tree: Path, scratch: Path) -> Path:
     return out
 
 
-def reachable(image: Path, scratch: Path) -> Path:
-    """The new image hard-linked (or copied) beside the old one, where the VMM user can reach it
-    (a home directory's cache often is not)."""
-    out = scratch / "new-image"
-    out.mkdir()
-    for name in IMAGE_FILES:
-        try:
-            os.link(image / name, out / name)
-        except OSError:
-            shutil.copy2(image / name, out / name)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -213,13 +200,17 @@ def main() -> int:
             )
     config = driver_settings()
     accel = choose_accel(config, image / "vmlinuz")  # probe (or read the cached verdict) before timing
+    from tests.vmm_user import ensure_vmm_user, reachable_image  # this tree's tests, not the old one's
+
     script = Path(__file__).resolve()
     results: dict[str, list[dict[str, object]]] = {"old": [], "new": []}
     scratch = Path(tempfile.mkdtemp(prefix="vbb", dir="/tmp"))
     scratch.chmod(0o711)  # the VMM user must reach each VM's state directory below; it lists nothing
     try:
         with baseline_tree(args.against) as old:
-            images = {"old": old_image(old, scratch), "new": reachable(image, scratch)}
+            # The new image where the VMM user can reach it, as the tests keep it (a home
+            # directory's cache often is not).
+            images = {"old": old_image(old, scratch), "new": reachable_image(image, ensure_vmm_user())}
             trees = {"old": old, "new": TREE}
             for label in trees:
                 (scratch / label).mkdir()
