@@ -24,6 +24,8 @@ READY_LINE = "vmsandbox-guest: ready"
 PR_SET_CHILD_SUBREAPER = 36
 KMSG = "/dev/kmsg"
 UPTIME = "/proc/uptime"
+#: What PID 1 execs when the agent ends: the VM stops, and the host sees why on the console.
+POWER_OFF = ("/bin/busybox", "poweroff", "-f")
 
 
 def _become_subreaper() -> None:
@@ -140,6 +142,26 @@ def main(argv: list[str] | None = None) -> int:
     agent.preload()
     agent.serve(listener)
     return 0
+
+
+def run_as_init(argv: list[str] | None = None) -> None:
+    """The new root's PID 1 (started by init.sh): serve, then power the VM off however it ended.
+
+    The agent's lifetime is the VM's. PID 1 must never exit (the kernel panics), so a crash is
+    printed, not raised, and the process becomes ``poweroff``.
+    """
+    try:
+        reason = f"exited with status {main(argv)}"
+    except BaseException as exc:  # anything at all: the VM must still stop, saying why
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        reason = f"failed: {exc!r}"
+    print(f"vmsandbox-guest: guest agent {reason}; powering off", flush=True)
+    os.sync()
+    try:
+        os.execv(POWER_OFF[0], POWER_OFF)
+    except OSError as exc:
+        print(f"vmsandbox-guest: cannot power off: {exc}", flush=True)
+        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 #
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
 # by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
-# filesystems in the new root and hands over to /usr/lib/vmsandbox/supervise there, which runs
-# the guest agent (told the uptime at which this script began, so the agent can report it). With
+# filesystems in the new root and execs the guest agent there as its PID 1 (told the uptime at
+# which this script began, so it can report it); the agent powers the VM off when it ends. With
 # vmsandbox.net=IP/PREFIX,GATEWAY,DNS[+DNS] on the kernel command line it configures eth0 (the
 # node's tap), the default route and /etc/resolv.conf first, and with vmsandbox.net6=IP6/PREFIX,
 # GATEWAY6 the IPv6 address and default route too (else IPv6 is off on eth0). Any failure powers
@@ -17,7 +17,15 @@ export PATH=/bin
 ROOT_SERIAL=vmsb-root
 NEWROOT=/newroot
 OVERLAY=/overlay
-SUPERVISOR=/usr/lib/vmsandbox/supervise
+PYTHON=/usr/bin/python3
+# The agent is standard library only and lives, byte-compiled, in AGENT_PATH, the one directory
+# on its sys.path: the interpreter starts isolated and without site packages (-I -S).
+AGENT_PATH=/usr/lib/vmsandbox/python
+AGENT_MAIN="import sys; sys.path.insert(0, '$AGENT_PATH'); from vmsandbox.guest.__main__ import run_as_init; run_as_init()"
+AGENT_STATE_DIR=/run/vmsandbox-guest
+# Where the agent listens: the named virtio-serial port, else vsock, unless the kernel command
+# line says otherwise with vmsandbox.listen=SPEC (same syntax as the agent's --listen).
+LISTEN=auto
 DISK_WAIT_TENTHS=100     # 10 s for the root disk to show up
 PORT_NAME_WAIT_TENTHS=20 # 2 s for virtio-serial port names to arrive from the host
 NIC_WAIT_TENTHS=50       # 5 s for eth0 to appear after virtio_net is loaded
@@ -29,10 +37,11 @@ say() {
     echo "vmsandbox-init: $*"
 }
 
-# Sets UPTIME from /proc/uptime. Shell builtins only, here and below where it matters: under
-# emulation every fork+exec of busybox costs tens of milliseconds on the way to the agent.
+# Sets UPTIME from /proc/uptime (under the root $1, once /proc has moved there). Shell builtins
+# only, here and below where it matters: under emulation every fork+exec of busybox costs tens
+# of milliseconds on the way to the agent.
 stamp() {
-    read -r UPTIME _ </proc/uptime
+    read -r UPTIME _ <"${1:-}/proc/uptime"
 }
 
 die() {
@@ -102,6 +111,7 @@ configure_network() {
         case "$arg" in
         vmsandbox.net=*) net=${arg#vmsandbox.net=} ;;
         vmsandbox.net6=*) net6=${arg#vmsandbox.net6=} ;;
+        vmsandbox.listen=*) LISTEN=${arg#vmsandbox.listen=} ;;
         esac
     done
     [ -n "$net" ] || return 0
@@ -158,7 +168,8 @@ mount_root() {
     mount -t ext4 -o ro "$ROOT_DEV" "$OVERLAY/lower" || die "cannot mount $ROOT_DEV read-only"
     mount -t overlay -o "lowerdir=$OVERLAY/lower,upperdir=$OVERLAY/upper,workdir=$OVERLAY/work" \
         overlay "$NEWROOT" || die "cannot mount the root overlay"
-    [ -x "$NEWROOT$SUPERVISOR" ] || die "$ROOT_DEV has no $SUPERVISOR"
+    [ -x "$NEWROOT$PYTHON" ] || die "$ROOT_DEV has no $PYTHON"
+    [ -d "$NEWROOT$AGENT_PATH/vmsandbox/guest" ] || die "$ROOT_DEV has no guest agent in $AGENT_PATH"
 }
 
 # udev is absent, so make the /dev/virtio-ports/<name> links it would make.
@@ -206,6 +217,29 @@ prepare_new_root() {
     mount -a -T "$NEW_ROOT_FSTAB" || die "cannot mount the new root's filesystems (see above)"
 }
 
+# Containers get cgroup controllers only if the root delegates them.
+enable_cgroup_controllers() {
+    cgroup=$NEWROOT/sys/fs/cgroup
+    controllers=""
+    read -r available <"$cgroup/cgroup.controllers" || true
+    for controller in $available; do
+        controllers="$controllers +$controller"
+    done
+    [ -z "$controllers" ] || echo "$controllers" >"$cgroup/cgroup.subtree_control" ||
+        say "warning: could not enable cgroup controllers:$controllers"
+}
+
+# The agent replaces this shell as PID 1 of the new root (/proc is there now): a supervising shell there would cost
+# the boot its own start (its binary is read and run afresh from the root disk).
+start_agent() {
+    echo vmsandbox >"$NEWROOT/proc/sys/kernel/hostname"
+    export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
+    stamp "$NEWROOT"
+    say "stage=agent uptime=$UPTIME"
+    exec switch_root "$NEWROOT" "$PYTHON" -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" \
+        --state-dir "$AGENT_STATE_DIR" --init-uptime "$INIT_UPTIME"
+}
+
 mount_kernel_filesystems
 stamp
 INIT_UPTIME=$UPTIME
@@ -222,4 +256,6 @@ write_resolv_conf
 stamp
 say "stage=rootfs device=$ROOT_DEV uptime=$UPTIME"
 prepare_new_root
-exec switch_root "$NEWROOT" "$SUPERVISOR" "$INIT_UPTIME" || die "switch_root failed"
+enable_cgroup_controllers
+start_agent
+die "switch_root failed"

@@ -13,7 +13,6 @@ import py_compile
 import shutil
 import sys
 import uuid
-from importlib import resources
 from pathlib import Path
 
 from vmsandbox.guest.image.errors import GuestImageError
@@ -21,11 +20,10 @@ from vmsandbox.guest.image.manifest import PackageVersion
 from vmsandbox.guest.image.sources import AptSource
 from vmsandbox.guest.image.steps import run
 
-#: Installed on top of the ``essential`` set; busybox gives PID 1 its shell and ``poweroff``.
+#: Installed on top of the ``essential`` set; busybox gives the agent (PID 1) ``poweroff``.
 ROOTFS_PACKAGES: tuple[str, ...] = ("python3", "crun", "runc", "mount", "busybox-static")
-SUPERVISOR = "usr/lib/vmsandbox/supervise"
 #: Where the agent's package lives: on no site path, since the guest runs python3 -I -S and
-#: puts only this directory on sys.path (see supervise.sh).
+#: puts only this directory on sys.path (see the initramfs's init.sh).
 AGENT_PATH = "usr/lib/vmsandbox/python"
 
 _MERGED_USR_HOOK = Path("/usr/share/mmdebstrap/hooks/maybe-merged-usr")
@@ -142,7 +140,7 @@ def install_wheels(tree: Path, version: str, requirements: list[str], timeout: f
 
 
 def install_agent(tree: Path, package_root: Path) -> None:
-    """Copy the guest agent's sources and the PID 1 supervisor into the tree."""
+    """Copy the guest agent's sources into the tree (init.sh starts it as the new root's PID 1)."""
     target = tree / AGENT_PATH / "vmsandbox"
     target.mkdir(parents=True, exist_ok=True)
     for name in _AGENT_FILES:
@@ -153,10 +151,6 @@ def install_agent(tree: Path, package_root: Path) -> None:
             target / name,
             ignore=lambda directory, names: [n for n in names if n in _NOT_FOR_GUEST or n.endswith(".pyc")],
         )
-    supervisor = tree / SUPERVISOR
-    supervisor.parent.mkdir(parents=True, exist_ok=True)
-    supervisor.write_bytes(resources.files(__package__).joinpath("supervise.sh").read_bytes())
-    supervisor.chmod(0o755)
 
 
 def bytecode_tag(version: str) -> str:
