@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.runtime.test_guest_log import _guest_python
 
 #: Stands in for ``busybox poweroff -f``: the test must see the exec, not stop this machine.
@@ -38,3 +42,40 @@ def test_a_power_off_that_cannot_run_exits_instead_of_returning() -> None:
     assert done.returncode == 1
     assert "cannot power off" in done.stdout
     assert "returned" not in done.stdout
+
+
+#: What a VM's first container create does without (each costs it under emulation): logging
+#: loads at the first message, shutil and tempfile on teardown and for terminals, and PID 1
+#: needs no ctypes to become a subreaper.
+KEPT_OFF_THE_FIRST_CREATE = ("logging", "shutil", "tempfile", "copy", "ctypes", "bz2", "lzma", "random")
+
+
+def test_the_container_machinery_of_a_pid_1_agent_loads_without_the_costly_modules(tmp_path: Path) -> None:
+    done = _guest_python(
+        "import os; os.getpid = lambda: 1; "
+        "from vmsandbox.guest.__main__ import _become_subreaper; from vmsandbox.guest.agent import Agent; "
+        f"agent = Agent({str(tmp_path)!r}, 'runc', before_containers=_become_subreaper); agent.table; "
+        "from vmsandbox.guest.ociruntime import _which; _which('sh'); "
+        f"print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {KEPT_OFF_THE_FIRST_CREATE!r})))"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"the first create would import {done.stdout.strip()}"
+
+
+def test_which_finds_executables_on_path_as_shutil_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from vmsandbox.guest.ociruntime import _which
+
+    (tmp_path / "plain").write_text("")
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    (tmp_path / "subdir").mkdir(mode=0o755)
+    path = f"{tmp_path}:/usr/bin:/bin"
+    monkeypatch.setenv("PATH", path)
+    for name in ("tool", "plain", "subdir", "sh", "no-such-tool"):
+        assert _which(name) == shutil.which(name, path=path), name
+    assert _which("tool") == str(tool)

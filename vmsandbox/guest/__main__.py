@@ -31,7 +31,10 @@ POWER_OFF = ("/bin/busybox", "poweroff", "-f")
 def _become_subreaper() -> None:
     """Orphaned container inits (their runc parent exits after create) come back to us.
 
-    Run before the first container, not at start: ctypes is a costly import."""
+    Run before the first container, not at start: ctypes is a costly import. A VM's agent is
+    PID 1, which every orphan comes back to anyway, so it needs neither."""
+    if os.getpid() == 1:
+        return
     import ctypes
 
     try:

@@ -15,7 +15,6 @@ import threading
 from functools import partial
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.guest import logs
 from vmsandbox.guest.logs import log
 from vmsandbox.guest.ociruntime import RuntimeSelector
 from vmsandbox.guest.protocol import (
@@ -87,9 +86,9 @@ class Agent:
     def table(self) -> ContainerTable:
         """The container machinery, imported on first use or by :meth:`preload`.
 
-        Its imports (subprocess, tempfile, shutil, pathlib, logging...) are most of the agent's
-        own; loading them after the agent listens keeps them off the boot's path to the first
-        request.
+        Its imports (subprocess, pathlib...) are most of the agent's own; loading them after the
+        agent listens keeps them off the boot's path to the first request. logging is not among
+        them: it loads at the first message, and a create that goes well says nothing.
         """
         with self._table_lock:
             if self._table is None:
@@ -97,7 +96,6 @@ class Agent:
 
                 from vmsandbox.guest.containers import ContainerTable
 
-                logs.load()
                 if self._before_containers is not None:
                     self._before_containers()
                 self._table = ContainerTable(Path("."), self.selector)

@@ -8,15 +8,12 @@ host, which never sees guest pids.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -184,6 +181,8 @@ class _ConsoleReceiver:
     """The ``--console-socket`` end inside the guest: receives the pty master from crun/runc."""
 
     def __init__(self) -> None:
+        import tempfile  # terminal containers only: off the first create's path
+
         self.dir = Path(tempfile.mkdtemp(prefix="vmsb-con-"))
         self.path = self.dir / "sock"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -208,7 +207,7 @@ class _ConsoleReceiver:
 
     def close(self) -> None:
         self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        _remove_tree(self.dir)
 
 
 class ContainerTable:
@@ -272,7 +271,7 @@ class ContainerTable:
 
     @staticmethod
     def _guest_spec(spec: dict[str, Any], container: Container) -> dict[str, Any]:
-        guest = copy.deepcopy(spec)
+        guest = json.loads(json.dumps(spec))  # a deep copy of JSON data, without importing copy
         assert container.rootfs is not None
         root = guest.setdefault("root", {})
         root["path"] = os.path.abspath(container.rootfs.path)
@@ -421,7 +420,7 @@ class ContainerTable:
             container.pty_master = None
         if container.rootfs is not None:
             container.rootfs.release()
-        shutil.rmtree(container.workdir, ignore_errors=True)
+        _remove_tree(container.workdir)
 
     def close_stdin(self, container: Container) -> None:
         with container.cond:
@@ -433,3 +432,10 @@ class ContainerTable:
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """``shutil.rmtree``, ignoring errors; shutil is imported on teardown, not on the way to a create."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
