@@ -162,8 +162,8 @@ def test_overlay_release_leaves_no_mount_and_odd_layer_paths_are_refused(
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    prepared = prepare_rootfs(HostPath(path=str(image.rootfs), overlay=True), work)
-    (prepared.path / "etc" / "motd").write_text("mine\n")
+    prepared = prepare_rootfs(HostPath(path=str(image.rootfs), overlay=True), str(work))
+    (Path(prepared.path) / "etc" / "motd").write_text("mine\n")
     assert (image.rootfs / "etc" / "motd").read_text() == "image\n"
     assert len(_overlays("/proc/self/mountinfo", image.rootfs)) == 1
     prepared.release()
@@ -173,7 +173,7 @@ def test_overlay_release_leaves_no_mount_and_odd_layer_paths_are_refused(
     shutil.copytree(image.rootfs, odd, symlinks=True)
     (tmp_path / "w2").mkdir()
     with pytest.raises(RootfsError, match="cannot be an overlay layer"):
-        prepare_rootfs(HostPath(path=str(odd), overlay=True), tmp_path / "w2")
+        prepare_rootfs(HostPath(path=str(odd), overlay=True), str(tmp_path / "w2"))
     assert _overlays("/proc/self/mountinfo", odd) == []
 
 

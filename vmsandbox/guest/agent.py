@@ -92,13 +92,11 @@ class Agent:
         """
         with self._table_lock:
             if self._table is None:
-                from pathlib import Path
-
                 from vmsandbox.guest.containers import ContainerTable
 
                 if self._before_containers is not None:
                     self._before_containers()
-                self._table = ContainerTable(Path("."), self.selector)
+                self._table = ContainerTable(".", self.selector)
             return self._table
 
     def preload(self) -> None:
@@ -156,7 +154,7 @@ class Agent:
                 from vmsandbox.guest.etcfiles import write_sandbox_files
 
                 self.table.sandbox_files = write_sandbox_files(
-                    self.table.state_dir / "sandbox-etc", req.hostname, req.dns, req.ip
+                    os.path.join(self.table.state_dir, "sandbox-etc"), req.hostname, req.dns, req.ip
                 )
             # Only the agent a VM's init started (it passes --init-uptime) owns its kernel; an
             # agent on a host (the process backend, the stand-in) never touches the host's.

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.disks import PreparedRootfs, prepare_rootfs
@@ -80,7 +79,7 @@ class OutputCapture:
 
 
 class Container:
-    def __init__(self, container_id: str, workdir: Path, terminal: bool) -> None:
+    def __init__(self, container_id: str, workdir: str, terminal: bool) -> None:
         self.id = container_id
         self.workdir = workdir
         self.terminal = terminal
@@ -183,10 +182,10 @@ class _ConsoleReceiver:
     def __init__(self) -> None:
         import tempfile  # terminal containers only: off the first create's path
 
-        self.dir = Path(tempfile.mkdtemp(prefix="vmsb-con-"))
-        self.path = self.dir / "sock"
+        self.dir = tempfile.mkdtemp(prefix="vmsb-con-")
+        self.path = os.path.join(self.dir, "sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(self.path))
+        self.sock.bind(self.path)
         self.sock.listen(1)
         self.master: int | None = None
 
@@ -213,7 +212,9 @@ class _ConsoleReceiver:
 class ContainerTable:
     """Every container of this guest, keyed by id."""
 
-    def __init__(self, state_dir: Path, selector: RuntimeSelector) -> None:
+    def __init__(self, state_dir: str, selector: RuntimeSelector) -> None:
+        #: A plain string, as every path here: pathlib (with what it imports) would cost the
+        #: first create under emulation.
         self.state_dir = state_dir
         self.selector = selector
         self._lock = threading.Lock()
@@ -244,19 +245,20 @@ class ContainerTable:
             if cid in self._containers or cid in self._creating:
                 raise ContainerError(f"container {cid!r} already exists", step="create")
             self._creating.add(cid)
-        workdir = self.state_dir / "containers" / cid
+        workdir = os.path.join(self.state_dir, "containers", cid)
         container = Container(cid, workdir, req.terminal)
         try:
-            workdir.mkdir(parents=True)
+            os.makedirs(workdir)
             container.rootfs = prepare_rootfs(req.rootfs, workdir)
-            bundle = workdir / "bundle"
-            bundle.mkdir()
+            bundle = os.path.join(workdir, "bundle")
+            os.mkdir(bundle)
             spec = self._guest_spec(req.spec, container)
             if self.sandbox_files:
                 from vmsandbox.guest.etcfiles import add_mounts
 
                 add_mounts(spec, self.sandbox_files)
-            (bundle / "config.json").write_text(json.dumps(spec))
+            with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as config:
+                config.write(json.dumps(spec))
             self._run_create(container, bundle)
         except BaseException:
             self._discard(container)
@@ -288,7 +290,7 @@ class ContainerTable:
             linux["cgroupsPath"] = f"{parent.rstrip('/')}/{name}"
         return guest
 
-    def _run_create(self, container: Container, bundle: Path) -> None:
+    def _run_create(self, container: Container, bundle: str) -> None:
         runtime = self.selector.current()
         try:
             self._create_with(runtime, container, bundle)
@@ -298,8 +300,8 @@ class ContainerTable:
             self.selector.fall_back(exc.detail)
             self._create_with(self.selector.current(), container, bundle)
 
-    def _create_with(self, runtime: OciRuntime, container: Container, bundle: Path) -> None:
-        pid_file = container.workdir / "init.pid"
+    def _create_with(self, runtime: OciRuntime, container: Container, bundle: str) -> None:
+        pid_file = os.path.join(container.workdir, "init.pid")
         cmd = [
             *runtime.base(),
             "create",
@@ -315,7 +317,7 @@ class ContainerTable:
         try:
             if container.terminal:
                 console = _ConsoleReceiver()
-                cmd += ["--console-socket", str(console.path)]
+                cmd += ["--console-socket", console.path]
                 err_r, err_w = os.pipe()
                 parent_fds.append(err_r)
                 child_fds.append(err_w)
@@ -346,7 +348,7 @@ class ContainerTable:
                 raise ContainerError(
                     f"{runtime.name} create: {message or f'exit status {returncode}'}", step="create"
                 )
-            container.guest_pid = int(pid_file.read_text().strip())
+            container.guest_pid = read_pid(pid_file)
             container.runtime = runtime
             if console is not None:
                 if console.master is None:
@@ -434,7 +436,13 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
-def _remove_tree(path: Path) -> None:
+def read_pid(path: str) -> int:
+    """The pid crun/runc wrote to ``path``."""
+    with open(path, encoding="ascii") as pid_file:
+        return int(pid_file.read().strip())
+
+
+def _remove_tree(path: str) -> None:
     """``shutil.rmtree``, ignoring errors; shutil is imported on teardown, not on the way to a create."""
     import shutil
 

@@ -17,33 +17,41 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import BlockDevice, HostPath
 
 DISKS_ENV = "VMSANDBOX_GUEST_DISKS"
-SYS_BLOCK = Path("/sys/block")
+SYS_BLOCK = "/sys/block"
 
 
 class RootfsError(VMSandboxError):
     step = "container rootfs"
 
 
-def _emulated_image(serial: str, table: Path) -> Path | None:
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+def _emulated_image(serial: str, table: str) -> str | None:
     try:
-        mapping = json.loads(table.read_text())
+        mapping = json.loads(_read(table))
     except (OSError, ValueError) as exc:
         raise RootfsError(f"cannot read {DISKS_ENV}={table}: {exc}") from exc
     image = mapping.get(serial) if isinstance(mapping, dict) else None
-    return Path(image) if isinstance(image, str) else None
+    return image if isinstance(image, str) else None
 
 
-def _find_block_device(serial: str) -> Path | None:
-    for entry in sorted(SYS_BLOCK.glob("vd*")):
+def _find_block_device(serial: str) -> str | None:
+    try:
+        names = sorted(name for name in os.listdir(SYS_BLOCK) if name.startswith("vd"))
+    except OSError:
+        return None
+    for name in names:
         try:
-            if (entry / "serial").read_text().strip() == serial:
-                return Path("/dev") / entry.name
+            if _read(os.path.join(SYS_BLOCK, name, "serial")).strip() == serial:
+                return "/dev/" + name
         except OSError:
             continue
     return None
@@ -59,21 +67,21 @@ _MNT_DETACH = 2
 _MS_RDONLY = 1
 
 
-def _mount(source: str, target: Path, fstype: str, flags: int = 0, data: str = "") -> None:
+def _mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
     """mount(2) through libc: no helper process per mount (ctypes loads only when needed)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.mount(source.encode(), str(target).encode(), fstype.encode(), flags, data.encode() or None)
+    rc = libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
     if rc != 0:
         errno = ctypes.get_errno()
         raise RootfsError(f"mount -t {fstype} {source} {target}: {os.strerror(errno)}")
 
 
-def _umount(target: Path) -> None:
+def _umount(target: str) -> None:
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).umount2(str(target).encode(), _MNT_DETACH)
+    ctypes.CDLL(None, use_errno=True).umount2(target.encode(), _MNT_DETACH)
 
 
 class PreparedRootfs:
@@ -81,15 +89,15 @@ class PreparedRootfs:
 
     def __init__(
         self,
-        path: Path,
+        path: str,
         mounted: bool = False,
-        owned_dir: Path | None = None,
-        mounts: list[Path] | None = None,
+        owned_dir: str | None = None,
+        mounts: list[str] | None = None,
     ) -> None:
         self.path = path
         self.owned_dir = owned_dir
         #: Mount points to detach on release, innermost first.
-        self.mounts: list[Path] = mounts if mounts is not None else ([path] if mounted else [])
+        self.mounts: list[str] = mounts if mounts is not None else ([path] if mounted else [])
 
     @property
     def mounted(self) -> bool:
@@ -100,34 +108,34 @@ class PreparedRootfs:
             _umount(self.mounts.pop(0))
 
 
-def _layer(path: Path) -> str:
+def _layer(path: str) -> str:
     """A path the overlay's option string cannot misread."""
-    text = str(path)
-    if any(c in text for c in ",:\\\n"):
-        raise RootfsError(f"{text!r} cannot be an overlay layer")
-    return text
+    if any(c in path for c in ",:\\\n"):
+        raise RootfsError(f"{path!r} cannot be an overlay layer")
+    return path
 
 
-def _overlay(lower: Path | None, device: Path | None, workdir: Path, target: Path) -> PreparedRootfs:
+def _overlay(lower: str | None, device: str | None, workdir: str, target: str) -> PreparedRootfs:
     """A read-only lower layer (a directory, or the shared disk mounted read-only) under an
     upper layer private to this container: a tmpfs in a VM, the container's own directory on
     the host (whose disk it then uses, as a copy of the image did)."""
-    scratch = workdir / "scratch"
-    scratch.mkdir(exist_ok=True)
+    scratch = os.path.join(workdir, "scratch")
+    os.makedirs(scratch, exist_ok=True)
     done = PreparedRootfs(target, mounts=[])
     try:
         if device is not None:
-            lower = workdir / "lower"
-            lower.mkdir(exist_ok=True)
-            _mount(str(device), lower, "ext4", _MS_RDONLY)
+            lower = os.path.join(workdir, "lower")
+            os.makedirs(lower, exist_ok=True)
+            _mount(device, lower, "ext4", _MS_RDONLY)
             done.mounts.insert(0, lower)
             _mount("vmsb-scratch", scratch, "tmpfs", 0, "mode=0755")
             done.mounts.insert(0, scratch)
         assert lower is not None
-        (scratch / "upper").mkdir(mode=0o755)
-        (scratch / "work").mkdir(mode=0o755)
-        layers = f"lowerdir={_layer(lower)},upperdir={_layer(scratch / 'upper')}"
-        _mount("vmsb-rootfs", target, "overlay", 0, f"{layers},workdir={_layer(scratch / 'work')}")
+        upper, work = os.path.join(scratch, "upper"), os.path.join(scratch, "work")
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o755)
+        layers = f"lowerdir={_layer(lower)},upperdir={_layer(upper)}"
+        _mount("vmsb-rootfs", target, "overlay", 0, f"{layers},workdir={_layer(work)}")
         done.mounts.insert(0, target)
     except BaseException:
         done.release()
@@ -135,32 +143,32 @@ def _overlay(lower: Path | None, device: Path | None, workdir: Path, target: Pat
     return done
 
 
-def prepare_rootfs(source: HostPath | BlockDevice, workdir: Path, wait: float = 10.0) -> PreparedRootfs:
+def prepare_rootfs(source: HostPath | BlockDevice, workdir: str, wait: float = 10.0) -> PreparedRootfs:
     """Make ``source`` available as a directory; ``workdir`` belongs to the container."""
     if isinstance(source, HostPath):
-        path = Path(source.path)
-        if not path.is_dir():
+        path = source.path
+        if not os.path.isdir(path):
             raise RootfsError(f"host path {path} is not a directory")
         if not source.overlay:
             return PreparedRootfs(path)
-    target = workdir / "rootfs"
-    target.mkdir(parents=True, exist_ok=True)
+    target = os.path.join(workdir, "rootfs")
+    os.makedirs(target, exist_ok=True)
     if isinstance(source, HostPath):
-        return _overlay(Path(source.path), None, workdir, target)
+        return _overlay(source.path, None, workdir, target)
     table = os.environ.get(DISKS_ENV)
     deadline = time.monotonic() + wait
     while True:
         if table:
-            image = _emulated_image(source.serial, Path(table))
+            image = _emulated_image(source.serial, table)
             if image is not None:
-                _run(["debugfs", "-R", f"rdump / {target}", str(image)], f"unpack disk {source.serial}")
+                _run(["debugfs", "-R", f"rdump / {target}", image], f"unpack disk {source.serial}")
                 return PreparedRootfs(target, owned_dir=target)
         else:
             device = _find_block_device(source.serial)
             if device is not None and source.overlay:
                 return _overlay(None, device, workdir, target)
             if device is not None:
-                _run(["mount", "-t", "ext4", str(device), str(target)], f"mount {device}")
+                _run(["mount", "-t", "ext4", device, target], f"mount {device}")
                 return PreparedRootfs(target, mounted=True)
         if time.monotonic() >= deadline:
             where = f"{DISKS_ENV}={table}" if table else f"{SYS_BLOCK}/vd*/serial"

@@ -17,7 +17,6 @@ from vmsandbox.errors import VMSandboxError
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from pathlib import Path
     from typing import Any
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
@@ -38,36 +37,39 @@ class EtcFilesError(VMSandboxError):
     step = "sandbox files"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+def _write_in(directory: str, name: str, text: str) -> str:
+    """Replace ``directory/name`` with ``text`` at once; returns its path."""
+    path = os.path.join(directory, name)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as file:
+        file.write(text)
     os.chmod(tmp, 0o644)
-    tmp.replace(path)
+    os.replace(tmp, path)
+    return path
 
 
 def write_sandbox_files(
-    directory: Path, hostname: str | None, dns: list[str] | None, ip: str | None
+    directory: str, hostname: str | None, dns: list[str] | None, ip: str | None
 ) -> dict[str, str]:
     """Write the files; returns ``{destination in the container: file}``.
 
     ``dns`` None leaves each image's resolv.conf alone (a sandbox made without the node's network
     plumbing, e.g. by hand); ``hostname`` None leaves hostname and hosts alone.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    os.makedirs(directory, exist_ok=True)
     files: dict[str, str] = {}
     if dns is not None:
         servers = [_address(s, "resolvers") for s in dns]
-        _write(directory / "resolv.conf", "".join(f"nameserver {s}\n" for s in servers))
-        files["/etc/resolv.conf"] = str(directory / "resolv.conf")
+        files["/etc/resolv.conf"] = _write_in(
+            directory, "resolv.conf", "".join(f"nameserver {s}\n" for s in servers)
+        )
     if hostname:
         if not _HOSTNAME.match(hostname):
             raise EtcFilesError(f"hostname {hostname!r} is not a valid host name")
         own = _address(ip, "address") if ip else "127.0.1.1"
-        _write(directory / "hostname", f"{hostname}\n")
+        files["/etc/hostname"] = _write_in(directory, "hostname", f"{hostname}\n")
         hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"
-        _write(directory / "hosts", hosts)
-        files["/etc/hostname"] = str(directory / "hostname")
-        files["/etc/hosts"] = str(directory / "hosts")
+        files["/etc/hosts"] = _write_in(directory, "hosts", hosts)
     return files
 
 

@@ -30,6 +30,7 @@ from vmsandbox.guest.containers import (
     ContainerTable,
     _ConsoleReceiver,
     exit_code_of,
+    read_pid,
 )
 from vmsandbox.guest.logs import log
 from vmsandbox.guest.protocol import WRONG_STATUS, Exec, Exited, Failure, Streaming
@@ -136,7 +137,7 @@ class ExecSession:
 
     def _run(self, container: Container) -> int:
         assert container.runtime is not None
-        pid_file = container.workdir / f"exec-{next(_serial)}.pid"
+        pid_file = os.path.join(container.workdir, f"exec-{next(_serial)}.pid")
         cmd = [*container.runtime.base(), "exec", "--detach", "--pid-file", os.path.abspath(pid_file)]
         console: _ConsoleReceiver | None = None
         pumps: list[_Pump] = []
@@ -144,7 +145,7 @@ class ExecSession:
         try:
             if self.req.tty:
                 console = _ConsoleReceiver()
-                cmd += ["--tty", "--console-socket", str(console.path), container.id, *self.req.command]
+                cmd += ["--tty", "--console-socket", console.path, container.id, *self.req.command]
                 err_r, err_w = os.pipe()
                 proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_w
@@ -178,13 +179,14 @@ class ExecSession:
                 self._runtime_failed(container, err_r, runtime_status)
                 _drain(pumps)
                 return CANNOT_RUN
-            self.pid = int(pid_file.read_text().strip())
+            self.pid = read_pid(pid_file)
             threading.Thread(target=self._input, daemon=True, name="exec-in").start()
             code = _wait(self.pid)
             _drain(pumps)
             return code
         finally:
-            pid_file.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pid_file)
             if console is not None:
                 console.close()
             self._close_stdin()
