@@ -23,6 +23,7 @@ from vmsandbox.guest.protocol import (
     REQUEST,
     Attach,
     Attached,
+    ConfigureNetwork,
     ContainerList,
     CreateContainer,
     CreateSandbox,
@@ -169,6 +170,15 @@ class Agent:
                     add_entropy(req.entropy)
                 if req.clock is not None:
                     set_clock(req.clock)
+            return Ok()
+        if isinstance(req, ConfigureNetwork):
+            # Only the agent a VM's init started owns its kernel's network; an agent on a host
+            # (the process backend, the stand-in) must never configure the host's interfaces.
+            if self.init_uptime is None:
+                raise VMSandboxError("this agent does not own a VM's network", step="guest network")
+            from vmsandbox.guest.nic import configure
+
+            log.info("configured %s for the sandbox's network", configure(req))
             return Ok()
         if isinstance(req, CreateContainer):
             return self.table.create(req).info()
