@@ -7,14 +7,13 @@ Traffic stays between the guest and that namespace; nothing is configured outsid
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.network.conftest import require_network_tools, sh
+from tests.network.conftest import own_tap, sh, tap_is_free
 from tests.qemu.test_driver import assert_torn_down, config, image_spec
 from tests.tools import require_tools
 from vmsandbox.guest.protocol import ConfigureNetwork, Ok
@@ -35,19 +34,9 @@ MAC = "02:76:73:fb:00:02"
 
 @pytest.fixture
 def tap_netns() -> Iterator[tuple[str, str]]:
-    """A namespace of the test's own holding a tap with the host side's address: (netns, tap)."""
-    require_network_tools()
     require_tools("busybox")
-    name, tap = f"vnh-{secrets.token_hex(3)}", f"tnh{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", name)
-    try:
-        sh("ip", "-n", name, "tuntap", "add", "dev", tap, "mode", "tap")
-        sh("ip", "-n", name, "addr", "add", f"{HOST_SIDE}/24", "dev", tap)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        sh("ip", "-n", name, "link", "set", tap, "up")
-        yield name, tap
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with own_tap(f"{HOST_SIDE}/24") as made:
+        yield made
 
 
 def _attachment(netns: str, tap: str) -> NetworkAttachment:
@@ -59,19 +48,6 @@ def _attachment(netns: str, tap: str) -> NetworkAttachment:
 def _has_nic(handle: VMHandle) -> bool:
     with QMPClient.connect(Path(handle.endpoints["qmp"])) as qmp:
         return has_device(qmp, NIC_ID)
-
-
-def _tap_is_free(netns: str, tap: str) -> bool:
-    """Whether the tap can be attached again: a single-queue tap takes one descriptor at a time."""
-    script = (
-        "import fcntl, os, struct, sys\n"
-        "fd = os.open('/dev/net/tun', os.O_RDWR)\n"
-        f"req = struct.pack('16sH', {tap.encode()!r}, 0x0002 | 0x1000 | 0x4000)\n"
-        "try:\n    fcntl.ioctl(fd, 0x400454CA, req)\nexcept OSError:\n    sys.exit(1)\n"
-    )
-    return (
-        subprocess.run(["ip", "netns", "exec", netns, "python3", "-c", script], check=False).returncode == 0
-    )
 
 
 def _ping(netns: str) -> bool:
@@ -92,7 +68,7 @@ def test_a_nic_hot_plugged_and_configured_answers_then_unplugs_and_frees_its_tap
         agent = AgentClient(driver, handle)
         driver.attach_nic(handle, network)
         assert _has_nic(handle)
-        assert not _tap_is_free(netns, tap), "QEMU holds the tap"
+        assert not tap_is_free(netns, tap), "QEMU holds the tap"
 
         # Its tap again: a single-queue tap is busy, refused before QEMU is asked.
         with pytest.raises(HypervisorError, match="busy"):
@@ -103,7 +79,7 @@ def test_a_nic_hot_plugged_and_configured_answers_then_unplugs_and_frees_its_tap
         sh("ip", "-n", netns, "tuntap", "add", "dev", other, "mode", "tap")
         with pytest.raises(HypervisorError, match="net0"):
             driver.attach_nic(handle, _attachment(netns, other))
-        assert _tap_is_free(netns, other), "QEMU kept the descriptor of a NIC it refused"
+        assert tap_is_free(netns, other), "QEMU kept the descriptor of a NIC it refused"
         assert _has_nic(handle)
 
         # A MAC the guest never sees: the agent gives up within the request's bound, naming it.
@@ -119,7 +95,7 @@ def test_a_nic_hot_plugged_and_configured_answers_then_unplugs_and_frees_its_tap
 
         driver.detach_nic(handle)
         assert not _has_nic(handle)
-        assert _tap_is_free(netns, tap), "the tap was released with the NIC"
+        assert tap_is_free(netns, tap), "the tap was released with the NIC"
         assert not _ping(netns)
         driver.detach_nic(handle)  # idempotent
     finally:
