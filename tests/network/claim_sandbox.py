@@ -1,15 +1,17 @@
 """Run inside the node namespace: a networked sandbox served warm, the way the agent does it.
 
 ``claim_sandbox.py STATE_DIR SUBNET BRIDGE RUNTIME_ROOT BUNDLE OWNER MODE --resolver DNS
-(--member ID | --snapshot NAME) [--fail-at STEP] [--baseline-member ID --baseline-bundle DIR]``
+(--member ID | --snapshot NAME) [--fail-at STEP | --hold-tap]
+[--baseline-member ID --baseline-bundle DIR]``
 
 boots pool member ID without a NIC (or makes snapshot NAME from a VM without one), prepares the
 sandbox's network, and creates the container from BUNDLE (whose config.json names the member or
 the snapshot) with it: the NIC is hot-plugged at the claim. Then it starts the container, waits
 for it, deletes it, frees the network and prints the container's output after ``claim <ms>``.
-With ``--fail-at``, the create fails at that step instead; it prints ``create failed: ...``
-and what the runtime still holds. A baseline member is claimed first without a network, for
-the claim's time without a NIC (``baseline <ms>``).
+With ``--fail-at`` (or ``--hold-tap``, which keeps the tap busy so the hot-plug fails), the
+create fails instead; it prints ``create failed: ...`` and what the runtime still holds. A
+baseline member is claimed first without a network, for the claim's time without a NIC
+(``baseline <ms>``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from pathlib import Path
 
 from vmsandbox.hypervisor.network import NetworkAttachment
+from vmsandbox.hypervisor.taps import open_tap
 from vmsandbox.node_agent.network import NetworkSettings, NodeNetwork
 from vmsandbox.node_agent.network.startup import tap_owner
 from vmsandbox.runtime import Runtime
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--member")
     parser.add_argument("--snapshot")
     parser.add_argument("--fail-at")
+    parser.add_argument("--hold-tap", action="store_true", help="hold the tap open: the hot-plug fails")
     parser.add_argument("--baseline-member")
     parser.add_argument("--baseline-bundle", type=Path)
     args = parser.parse_args()
@@ -71,12 +75,17 @@ def main() -> None:
         runtime.make_snapshot(args.snapshot, VMSize(vcpus=1, memory_mib=256))
     attachment = node.attach(args.owner, args.mode, [], [], "tap")
     try:
-        if args.fail_at:
-            os.environ[FAIL_AT_ENV] = args.fail_at
+        if args.fail_at or args.hold_tap:
+            if args.fail_at:
+                os.environ[FAIL_AT_ENV] = args.fail_at
+            held = open_tap(attachment) if args.hold_tap else None
             try:
                 runtime.create(args.owner, Path(args.bundle), network=attachment)
             except Exception as exc:
                 print(f"create failed: {exc}")
+            finally:
+                if held is not None:
+                    os.close(held)
             print("records:", " ".join(sorted(s.id for s in runtime.list())) or "none")
             print("vm dirs:", " ".join(sorted(p.name for p in runtime.store.vm_dirs())) or "none")
             return

@@ -120,19 +120,27 @@ def test_a_snapshot_copy_claimed_with_a_network_gets_its_own_nic(
     _assert_nothing_left(topo)
 
 
-def test_a_claim_failing_after_the_hot_plug_leaves_nothing(
-    topo: Topology, guest_image: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("fault", "words"),
+    [
+        (("--fail-at", NIC_STEP), NIC_STEP),  # after the hot-plug, before the guest configures it
+        (("--hold-tap",), "Device or resource busy"),  # the hot-plug itself fails
+    ],
+    ids=["guest-configure", "hot-plug"],
+)
+def test_a_claim_failing_at_its_nic_leaves_nothing(
+    topo: Topology, guest_image: Path, tmp_path: Path, fault: tuple[str, ...], words: str
 ) -> None:
-    """The NIC is unplugged and the member's VM stopped by the create's rollback; the agent's
-    teardown then frees the lease, the tap and the rules."""
+    """The create's rollback unplugs the NIC (when it was plugged) and stops the member's VM;
+    the agent's teardown then frees the lease, the tap and the rules."""
     member = new_member_id()
     bundle = _bundle(tmp_path / "bundle", {MEMBER_ANNOTATION: member})
     root = short_root()
     try:
-        out = _claim(topo, guest_image, root, bundle, "warm-fail", "--member", member, "--fail-at", NIC_STEP)
+        out = _claim(topo, guest_image, root, bundle, "warm-fail", "--member", member, *fault)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    assert "create failed:" in out and NIC_STEP in out, out
+    assert "create failed:" in out and words in out, out
     assert "records: none" in out and "vm dirs: none" in out, out
     assert not [p for p in sh("ps", "-eo", "args").splitlines() if str(root) in p], "a VMM survived"
     _assert_nothing_left(topo)

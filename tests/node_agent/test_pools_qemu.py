@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.network.conftest import PRIVATE, PUBLIC, Topology, topo
+from tests.network.conftest import PRIVATE, PUBLIC, PUBLIC6, Topology, topo
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, share, wait_ready
 from tests.node_agent.support import (
     AgentProcess,
@@ -93,10 +93,11 @@ NET_SCRIPT = " ; ".join(
     [
         "echo mac $(cat /sys/class/net/eth0/address)",
         "busybox ip -4 -o addr show dev eth0",
+        "busybox ip -6 -o addr show dev eth0",
         *(
             f"if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {a} 80 | busybox grep -q {a}; "
             f"then echo reached {a}; else echo blocked {a}; fi"
-            for a in (PUBLIC, PRIVATE)
+            for a in (PUBLIC, PRIVATE, PUBLIC6)
         ),
         "echo probes done",
         "sleep 600",
@@ -148,6 +149,8 @@ def test_a_networked_pool_on_a_network_node_serves_claims_with_their_own_nic(
     )
     assert f"mac {network['mac']}" in logs and f"inet {network['ip']}/24" in logs, logs
     assert f"reached {PUBLIC}" in logs and f"blocked {PRIVATE}" in logs, logs
+    assert f"inet6 {network['ip6']}/64" in logs, "the node's IPv6 address too"
+    assert f"reached {PUBLIC6}" in logs, logs
     leases = agent.state_dir / "network" / "leases"
     assert [p.name for p in leases.iterdir()] == [network["ip"]]
     cluster.delete(name)
