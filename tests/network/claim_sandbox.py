@@ -2,7 +2,7 @@
 
 ``claim_sandbox.py STATE_DIR SUBNET BRIDGE RUNTIME_ROOT BUNDLE OWNER MODE --resolver DNS
 (--member ID | --snapshot NAME) [--fail-at STEP | --hold-tap]
-[--baseline-member ID --baseline-bundle DIR]``
+[--baseline-member ID --baseline-bundle DIR] [--cgroup-parent PARENT]``
 
 boots pool member ID without a NIC (or makes snapshot NAME from a VM without one), prepares the
 sandbox's network, and creates the container from BUNDLE (whose config.json names the member or
@@ -21,6 +21,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.taps import open_tap
 from vmsandbox.node_agent.network import NetworkSettings, NodeNetwork
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--hold-tap", action="store_true", help="hold the tap open: the hot-plug fails")
     parser.add_argument("--baseline-member")
     parser.add_argument("--baseline-bundle", type=Path)
+    parser.add_argument("--cgroup-parent", default="")
     args = parser.parse_args()
     node = NodeNetwork(
         NetworkSettings(
@@ -64,7 +66,8 @@ def main() -> None:
         )
     )
     node.reconcile([])
-    runtime = Runtime(root=Path(args.root), hypervisor="qemu")
+    config = HypervisorConfig.load().model_copy(update={"cgroup_parent": args.cgroup_parent})
+    runtime = Runtime(root=Path(args.root), hypervisor="qemu", config=config)
     if args.baseline_member:
         runtime.boot_member(args.baseline_member, 1, 256)
         took, _ = _run(runtime, f"{args.owner}-none", args.baseline_bundle, None)

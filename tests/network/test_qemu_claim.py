@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.leaks import private_cgroup_parent
 from tests.network.conftest import DNS, HERE, PRIVATE, PUBLIC, SUBNET, Topology, sh
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.runtime.support import base_config, short_root, write_bundle
@@ -57,9 +58,13 @@ def _bundle(path: Path, annotations: dict[str, str], script: str = SCRIPT) -> Pa
 
 
 def _claim(topo: Topology, image: Path, root: Path, bundle: Path, owner: str, *extra: str) -> str:
+    """Run claim_sandbox.py in the node namespace; its VMs' cgroups must all be gone after it."""
     argv = [sys.executable, str(HERE / "claim_sandbox.py"), str(topo.state_dir), SUBNET, topo.bridge]
     argv += [str(root), str(bundle), owner, "restricted", "--resolver", DNS, *extra]
-    return sh(*topo.in_node("env", f"VMSANDBOX_GUEST_IMAGE_DIR={image}", *argv))
+    with private_cgroup_parent("claim") as parent:
+        return sh(
+            *topo.in_node("env", f"VMSANDBOX_GUEST_IMAGE_DIR={image}", *argv, "--cgroup-parent", parent)
+        )
 
 
 def _assert_nothing_left(topo: Topology) -> None:

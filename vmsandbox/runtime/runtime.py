@@ -365,6 +365,7 @@ class Runtime:
         self.store.save(record)
         self.store.remove(member_id)
         undo.callback(_remove_empty, handle.state_dir.parent)
+        undo.callback(self.remove_vm_cgroup, member_id, handle)  # after the stop below: LIFO
         undo.callback(driver.stop, handle)
         if disk is not None:
             driver.attach_disk(handle, disk)
