@@ -113,7 +113,13 @@ def plug_network(
 
     Nothing to do without an address (mode ``none``, or no node network). A failed create
     unplugs the NIC again (``undo``), so its tap is free for the cold start that may follow.
+    The process backend's network is the namespace its agent starts in: an agent started before
+    its sandbox cannot join it, so such a claim is refused (and starts cold in its namespace).
     """
+    if network is not None and network.netns is not None:
+        raise MemberUnavailable(
+            f"an agent started before its sandbox cannot join the sandbox's network namespace {network.netns}"
+        )
     if network is None or network.ip is None or network.tap is None:
         return
     request = configure_request(network)  # refused before anything is plugged
