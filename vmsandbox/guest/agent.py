@@ -178,7 +178,7 @@ class Agent:
                 raise VMSandboxError("this agent does not own a VM's network", step="guest network")
             from vmsandbox.guest.nic import configure
 
-            log.info("configured %s for the sandbox's network", configure(req))
+            configure(req)  # silently, as a create that goes well: logging loads at a first message
             return Ok()
         if isinstance(req, CreateContainer):
             return self.table.create(req).info()
