@@ -12,6 +12,7 @@ namespaces it creates for sandboxes are visible to the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -88,6 +89,36 @@ def _world_servers(world: str) -> subprocess.Popen[str]:
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
+
+
+@contextlib.contextmanager
+def own_tap(address: str) -> Iterator[tuple[str, str]]:
+    """A namespace of the test's own holding one tap, up, with ``address`` (``IP/PREFIX``) on
+    it: the host side of a VM's NIC. Yields (namespace, tap); both go afterwards."""
+    require_network_tools()
+    name, tap = f"vnh-{secrets.token_hex(3)}", f"tnh{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "tuntap", "add", "dev", tap, "mode", "tap")
+        sh("ip", "-n", name, "addr", "add", address, "dev", tap)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        sh("ip", "-n", name, "link", "set", tap, "up")
+        yield name, tap
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def tap_is_free(netns: str, tap: str) -> bool:
+    """Whether ``tap`` can be attached: a single-queue tap takes one descriptor at a time, so
+    this is False while a VMM holds it."""
+    script = (
+        "import fcntl, os, sys, struct\n"
+        "fd = os.open('/dev/net/tun', os.O_RDWR)\n"
+        f"req = struct.pack('16sH', {tap.encode()!r}, 0x0002 | 0x1000 | 0x4000)\n"
+        "try:\n    fcntl.ioctl(fd, 0x400454CA, req)\nexcept OSError:\n    sys.exit(1)\n"
+    )
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", script]
+    return subprocess.run(argv, check=False).returncode == 0
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Warm claims of real QEMU guests (TCG here): each claimed VM runs its container with its own
-hostname, boot id and random state, and its clock set from the host's."""
+hostname, boot id and random state, and its clock set from the host's; on a node with a sandbox
+network, a claimed VM gets the sandbox's own NIC."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.network.conftest import PRIVATE, PUBLIC, PUBLIC6, Topology, topo
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, share, wait_ready
-from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
+from tests.node_agent.support import (
+    AgentProcess,
+    Cluster,
+    MakeAgent,
+    Registry,
+    network_agent,
+    pid_alive,
+    unique,
+    wait_for,
+)
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 
-__all__ = ["guest_image", "qemu_binary", "vmm_user"]
+__all__ = ["guest_image", "qemu_binary", "topo", "vmm_user"]
 pytestmark = [pytest.mark.kube, pytest.mark.vm]
 
 TEMPLATE = {"resources": {"vcpus": 1, "memoryMiB": 256}, "hypervisor": "qemu"}
@@ -74,5 +85,81 @@ def test_claimed_qemu_vms_run_with_their_own_identity(
         cluster.wait_gone(name, timeout=60)
     for pid in vmms:
         wait_for(f"VMM {pid} to stop", lambda p=pid: not pid_alive(p), timeout=30)  # type: ignore[misc]
+    delete_pool(cluster, pool)
+    wait_for("members deleted with their pool", lambda: not members(agent.runtime_root), timeout=60)
+
+
+NET_SCRIPT = " ; ".join(
+    [
+        "echo mac $(cat /sys/class/net/eth0/address)",
+        "busybox ip -4 -o addr show dev eth0",
+        "busybox ip -6 -o addr show dev eth0",
+        *(
+            f"if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {a} 80 | busybox grep -q {a}; "
+            f"then echo reached {a}; else echo blocked {a}; fi"
+            for a in (PUBLIC, PRIVATE, PUBLIC6)
+        ),
+        "echo probes done",
+        "sleep 600",
+    ]
+)
+
+
+def test_a_networked_pool_on_a_network_node_serves_claims_with_their_own_nic(
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, guest_image: Path, topo: Topology
+) -> None:
+    """Members boot without a NIC; the claim sets up the sandbox's lease, tap and rules as a cold
+    start does, and the VM gets its NIC hot-plugged (QEMU here, the plumbing in the test's node
+    namespace: the tap reaches QEMU as a descriptor). Deleting the sandbox frees all of it."""
+    agent = network_agent(
+        make_agent,
+        topo,
+        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="qemu,process",
+        VMSANDBOX_AGENT_DEFAULT_HYPERVISOR="qemu",
+        VMSANDBOX_AGENT_ALLOW_TCG="true",
+        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
+        VMSANDBOX_AGENT_POOL_SYNC_SECONDS="30",
+    )
+    pool = unique("qnet")
+    create_pool(cluster, pool, {**TEMPLATE, "network": {"mode": "restricted"}}, 1)
+    share(cluster, pool, agent.node, 1)
+    wait_ready(cluster, agent, pool, 1, timeout=300)
+    idle = members(agent.runtime_root)
+    spec = registry.sandbox(
+        ["sh", "-c", NET_SCRIPT],
+        hypervisor="qemu",
+        resources={"vcpus": 1, "memoryMiB": 256},
+        network={"mode": "restricted"},
+        pool=pool,
+    )
+    name = unique("qnetwarm")
+    cluster.create_sandbox(name, spec, node=agent.node)
+    status = cluster.wait_phase(name, "Running", "Failed", timeout=180)
+    assert status["phase"] == "Running", status
+    warm = condition(status, "WarmStart")
+    assert (warm["status"], warm["reason"]) == ("True", "ClaimedFromPool"), status
+    assert status["vm"]["vmmPID"] in idle.values()
+    network = status["network"]
+    logs = wait_for(
+        "the probes' output",
+        lambda: (lambda t: t if "probes done" in t else None)(
+            agent.get(f"/logs/{cluster.namespace}/{name}").text
+        ),
+        timeout=120,
+    )
+    assert f"mac {network['mac']}" in logs and f"inet {network['ip']}/24" in logs, logs
+    assert f"reached {PUBLIC}" in logs and f"blocked {PRIVATE}" in logs, logs
+    assert f"inet6 {network['ip6']}/64" in logs, "the node's IPv6 address too"
+    assert f"reached {PUBLIC6}" in logs, logs
+    leases = agent.state_dir / "network" / "leases"
+    assert [p.name for p in leases.iterdir()] == [network["ip"]]
+    cluster.delete(name)
+    cluster.wait_gone(name, timeout=60)
+    wait_for(
+        f"VMM {status['vm']['vmmPID']} to stop", lambda: not pid_alive(status["vm"]["vmmPID"]), timeout=30
+    )
+    assert list(leases.iterdir()) == [], "the lease is freed"
+    assert not [link for link in topo.node_links() if link.startswith("tsb")], "the tap is gone"
+    assert network["ip"] not in topo.node_ruleset(), "the sandbox's rules are gone"
     delete_pool(cluster, pool)
     wait_for("members deleted with their pool", lambda: not members(agent.runtime_root), timeout=60)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.runtime.conftest import BundleFactory
+from vmsandbox.hypervisor.cgroups import VMCgroup
+from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.runtime import Runtime, RuntimeError_
 from vmsandbox.runtime.members import MEMBER_ANNOTATION, MemberUnavailable, new_member_id
 
@@ -61,3 +65,18 @@ def test_invalid_bundle_leaves_the_member_idle(rt: Runtime, make_bundle: BundleF
     with pytest.raises(RuntimeError_):
         rt.create("bad", bundle)
     assert rt.store.ids() == [member] and rt.state(member).status == "created"
+
+
+def test_a_process_member_is_not_claimed_into_a_network_namespace(
+    rt: Runtime, make_bundle: BundleFactory
+) -> None:
+    """The process backend's agent started in the host's namespace before its sandbox existed:
+    it cannot move into the sandbox's, so the claim fails (the node agent then starts cold)."""
+    member = new_member_id()
+    rt.boot_member(member, 1, 256)
+    bundle = make_bundle(["true"], annotations=SANDBOX | {MEMBER_ANNOTATION: member})
+    with pytest.raises(MemberUnavailable, match="network namespace /run/netns/vmsb-x"):
+        rt.create("netted", bundle, network=NetworkAttachment(netns=Path("/run/netns/vmsb-x")))
+    assert rt.store.ids() == [] and rt.store.vm_dirs() == [], "the taken member's agent was stopped"
+    cgroup = VMCgroup(f"{rt.config.cgroup_parent}/{member}")
+    assert not any(d.exists() for d in cgroup.dirs()), "and its cgroup removed"

@@ -22,6 +22,7 @@ from vmsandbox.guest.protocol import (
     REQUEST,
     Attach,
     Attached,
+    ConfigureNetwork,
     ContainerList,
     CreateContainer,
     CreateSandbox,
@@ -165,6 +166,15 @@ class Agent:
                     add_entropy(req.entropy)
                 if req.clock is not None:
                     set_clock(req.clock)
+            return Ok()
+        if isinstance(req, ConfigureNetwork):
+            # Only the agent a VM's init started owns its kernel's network; an agent on a host
+            # (the process backend, the stand-in) must never configure the host's interfaces.
+            if self.init_uptime is None:
+                raise VMSandboxError("this agent does not own a VM's network", step="guest network")
+            from vmsandbox.guest.nic import configure
+
+            configure(req)  # silently, as a create that goes well: logging loads at a first message
             return Ok()
         if isinstance(req, CreateContainer):
             return self.table.create(req).info()

@@ -21,12 +21,14 @@ import struct
 
 from vmsandbox.guest.wire import (
     BOOL,
+    MAC,
     NUMBER,
     OBJECT,
     STR,
     Message,
     ProtocolError,
     Variants,
+    address,
     between,
     list_of,
     nested,
@@ -123,6 +125,59 @@ class CreateSandbox(Message):
         "entropy": _OPT_STR,
         "clock": _OPT_NUMBER,
     }
+
+
+#: Longest wait for a hot-plugged NIC to show up in the guest (the guest's init waits 5 s at boot;
+#: an emulated guest handling a PCIe hot-plug event on a busy host needs more).
+MAX_NIC_WAIT = 120.0
+
+
+def _nic_wait(value: object, where: str) -> object:
+    seconds = NUMBER(value, where)
+    assert isinstance(seconds, float)
+    if not 0 < seconds <= MAX_NIC_WAIT:
+        raise ProtocolError(f"{where}: expected seconds in (0, {MAX_NIC_WAIT:g}], got {seconds:g}")
+    return seconds
+
+
+class ConfigureNetwork(Message):
+    """Give the NIC hot-plugged into a VM that booted without one (a pool member, a snapshot's
+    copy) the sandbox's network, as the guest's init does at a cold boot from the kernel command
+    line: wait for the interface with ``mac``, set its addresses, bring it up, route by default
+    through the gateway(s), and write the VM's resolvers. Prefix bounds are the node's.
+    """
+
+    op: Literal["configure_network"]
+    mac: str
+    ip: str
+    prefix_length: int
+    gateway: str
+    ip6: str | None
+    prefix_length6: int
+    gateway6: str | None
+    dns: list[str]
+    #: Seconds to wait for the interface to appear.
+    timeout: float
+    TAG = ("op", "configure_network")
+    FIELDS = {
+        "mac": required(MAC),
+        "ip": required(address("ipv4")),
+        "prefix_length": required(between(1, 30)),
+        "gateway": required(address("ipv4")),
+        "ip6": optional(address("ipv6")),
+        "prefix_length6": optional(between(48, 120), 64, none=False),
+        "gateway6": optional(address("ipv6")),
+        "dns": optional(list_of(address("ip")), [], none=False),
+        "timeout": optional(_nic_wait, 30.0, none=False),
+    }
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**values)
+        if (self.ip6 is None) != (self.gateway6 is None):
+            given, missing = ("ip6", "gateway6") if self.gateway6 is None else ("gateway6", "ip6")
+            raise ProtocolError(f"ConfigureNetwork.{missing}: required with {given}")
+        if self.ip == self.gateway:
+            raise ProtocolError("ConfigureNetwork.gateway: must differ from ip")
 
 
 class CreateContainer(Message):
@@ -252,6 +307,7 @@ class ListPath(Message):
 Request = (
     Ping
     | CreateSandbox
+    | ConfigureNetwork
     | CreateContainer
     | StartContainer
     | GetState
@@ -458,6 +514,7 @@ REQUEST = Variants(
     "op",
     Ping,
     CreateSandbox,
+    ConfigureNetwork,
     CreateContainer,
     StartContainer,
     GetState,

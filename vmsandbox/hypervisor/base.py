@@ -166,6 +166,19 @@ class HypervisorDriver(abc.ABC):
         released it (the container is gone) before this is called.
         """
 
+    def attach_nic(self, handle: VMHandle, network: NetworkAttachment) -> None:
+        """Hot-plug the sandbox's NIC (``network.tap``, ``network.mac``) into a running VM that
+        booted without one: a pool member or a snapshot's copy, claimed by a networked sandbox.
+
+        The caller (root) opens the tap, in ``network.tap_netns`` when set; the VMM gets only the
+        descriptor. All or nothing: on failure nothing of the NIC is left in the VM.
+        """
+        raise HypervisorError(f"the {self.name} backend cannot hot-plug a NIC", step="attach nic")
+
+    @abc.abstractmethod
+    def detach_nic(self, handle: VMHandle) -> None:
+        """Unplug the NIC :meth:`attach_nic` added and release its tap; idempotent."""
+
     @abc.abstractmethod
     def alive(self, handle: VMHandle) -> bool:
         """Whether the VMM process of this VM is still running."""

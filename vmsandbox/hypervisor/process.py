@@ -345,6 +345,9 @@ class ProcessDriver(HypervisorDriver):
         mapping[disk.serial] = str(disk.path)
         self._save_disk_table(handle, mapping)
 
+    def detach_nic(self, handle: VMHandle) -> None:
+        """Nothing to unplug: the agent's network is its namespace's, set up before it starts."""
+
     def detach_disk(self, handle: VMHandle, serial: str) -> None:
         mapping = self._disk_table(handle)
         if mapping.pop(serial, None) is not None:

@@ -225,9 +225,10 @@ class PoolKeeper:
         why = None
         if shape.hypervisor not in self.usable:
             why = f"hypervisor {shape.hypervisor} is not usable on node {self.node}"
-        elif self.has_network and (shape.hypervisor == "process" or shape.network_mode != "none"):
-            # A member boots before its sandbox exists; its NIC would carry another's address.
-            why = "members are kept only for network mode none on a node with a sandbox network"
+        elif self.has_network and shape.hypervisor == "process":
+            # A VM's NIC is hot-plugged at the claim; the process backend's agent is started
+            # inside its sandbox's network namespace, which does not exist before the claim.
+            why = "the process backend keeps no members on a node with a sandbox network"
         elif view.mode == PoolMode.SNAPSHOT and shape.hypervisor == "process":
             why = "the process backend has no snapshots"
         if why is not None and self._refused.get(view.key) != why:

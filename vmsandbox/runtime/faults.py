@@ -30,6 +30,9 @@ CREATE_STEPS = (
     "state",
     "pid-file",
 )
+#: Passed only by a create that hot-plugs the sandbox's NIC (a networked claim of a pool member
+#: or a snapshot's copy), between the hot-plug and the guest configuring it.
+NIC_STEP = "nic"
 
 
 def checkpoint(step: str) -> None:

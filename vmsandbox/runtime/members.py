@@ -4,22 +4,25 @@ A member is a state record of kind ``member`` owning its VM. A sandbox's create 
 when its config.json carries :data:`MEMBER_ANNOTATION` (reserved ``io.vmsandbox.`` prefix: only
 the node agent writes it): the new record takes the VM, the member's record goes, and the
 container's disk is hot-plugged as for a pod container. Before the container is created the VM
-gets its own identity: hostname, fresh entropy credited to the guest's pool, the host's clock.
+gets its own identity: hostname, fresh entropy credited to the guest's pool, the host's clock,
+and, when the sandbox has a network, its own NIC (the member booted without one).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import secrets
 import time
 
-from vmsandbox.guest.protocol import CreateSandbox, Ok
-from vmsandbox.hypervisor.base import HypervisorDriver, VMHandle
+from vmsandbox.guest.protocol import ConfigureNetwork, CreateSandbox, Ok
+from vmsandbox.hypervisor.base import HypervisorDriver, HypervisorError, VMHandle
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.runtime.client import AgentClient
 from vmsandbox.runtime.errors import RuntimeError_
+from vmsandbox.runtime.faults import NIC_STEP, checkpoint
 from vmsandbox.runtime.ids import validate_id
 from vmsandbox.runtime.state import ContainerState, Record, StateStore
 from vmsandbox.runtime.vmsize import VMSize
@@ -28,6 +31,10 @@ from vmsandbox.runtime.vmsize import VMSize
 MEMBER_ANNOTATION = "io.vmsandbox.pool-member"
 #: Bytes of host randomness pushed into each claimed guest.
 ENTROPY_BYTES = 64
+#: Seconds the guest may take to see a hot-plugged NIC (an emulated guest on a busy host is slow).
+NIC_WAIT = 60.0
+
+log = logging.getLogger("vmsandbox.runtime")
 
 
 class MemberUnavailable(RuntimeError_):
@@ -93,6 +100,56 @@ def personalize(
         clock=time.time() if fresh else None,
     )
     AgentClient(driver, handle).call(request, Ok)
+
+
+def plug_network(
+    driver: HypervisorDriver,
+    handle: VMHandle,
+    network: NetworkAttachment | None,
+    undo: contextlib.ExitStack,
+) -> None:
+    """Give a VM that did not boot for this sandbox (a pool member, a snapshot's copy) the
+    sandbox's NIC: hot-plugged, then configured by the guest agent, before any container exists.
+
+    Nothing to do without an address (mode ``none``, or no node network). A failed create
+    unplugs the NIC again (``undo``), so its tap is free for the cold start that may follow.
+    The process backend's network is the namespace its agent starts in: an agent started before
+    its sandbox cannot join it, so such a claim is refused (and starts cold in its namespace).
+    """
+    if network is not None and network.netns is not None:
+        raise MemberUnavailable(
+            f"an agent started before its sandbox cannot join the sandbox's network namespace {network.netns}"
+        )
+    if network is None or network.ip is None or network.tap is None:
+        return
+    request = configure_request(network)  # refused before anything is plugged
+    driver.attach_nic(handle, network)
+    undo.callback(_unplug_quietly, driver, handle)
+    checkpoint(NIC_STEP)
+    AgentClient(driver, handle).call(request, Ok, timeout=NIC_WAIT + 30)
+
+
+def configure_request(network: NetworkAttachment) -> ConfigureNetwork:
+    """What the guest's init would have read from a cold boot's kernel command line."""
+    return ConfigureNetwork(
+        mac=network.mac,
+        ip=network.ip,
+        prefix_length=network.prefix_length,
+        gateway=network.gateway,
+        ip6=network.ip6 if network.gateway6 is not None else None,
+        prefix_length6=network.prefix_length6,
+        gateway6=network.gateway6 if network.ip6 is not None else None,
+        dns=list(network.dns),
+        timeout=NIC_WAIT,
+    )
+
+
+def _unplug_quietly(driver: HypervisorDriver, handle: VMHandle) -> None:
+    """Rollback: a NIC that will not come out is logged; the VM is stopped next anyway."""
+    try:
+        driver.detach_nic(handle)
+    except HypervisorError as exc:
+        log.warning("unplugging the NIC of VM %s failed: %s", handle.vm_id, exc)
 
 
 def size_of(record: Record) -> VMSize | None:

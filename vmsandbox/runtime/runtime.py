@@ -58,7 +58,13 @@ from vmsandbox.runtime.errors import AgentError, InvalidConfig, NotFound, Runtim
 from vmsandbox.runtime.faults import checkpoint
 from vmsandbox.runtime.ids import validate_id
 from vmsandbox.runtime.logfiles import LogLimits
-from vmsandbox.runtime.members import MEMBER_ANNOTATION, member_record, personalize, take_member
+from vmsandbox.runtime.members import (
+    MEMBER_ANNOTATION,
+    member_record,
+    personalize,
+    plug_network,
+    take_member,
+)
 from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
 from vmsandbox.runtime.relay import EXIT_FILE, RelayConfig, read_exit, spawn_relay
@@ -244,6 +250,7 @@ class Runtime:
         member_id = annotations.get(MEMBER_ANNOTATION) if sandbox is None else None
         if member_id is not None:
             handle = self._take(driver, member_id, record, disk, undo)
+            plug_network(driver, handle, options.network, undo)
             personalize(driver, handle, container_id, loaded.spec.hostname, options.network)
             state.timings = Timings(claim=_ms(t_start))
             client = AgentClient(driver, handle)
@@ -253,9 +260,11 @@ class Runtime:
             if restore_source is None:
                 handle = self._boot(driver, container_id, size, disk, undo, options.network)
             else:
-                handle = self._restore(driver, container_id, restore_source, undo, options.network)
+                handle = self._restore(driver, container_id, restore_source, undo)
                 if disk is not None:  # the snapshot has no container: its disk joins now
                     driver.attach_disk(handle, disk)
+                # nor a NIC: each copy gets its sandbox's own, as a claimed member does
+                plug_network(driver, handle, options.network, undo)
             state.timings = Timings(
                 vmmStart=handle.timings.vmm_start,
                 vmBoot=handle.timings.vm_boot,
@@ -356,6 +365,7 @@ class Runtime:
         self.store.save(record)
         self.store.remove(member_id)
         undo.callback(_remove_empty, handle.state_dir.parent)
+        undo.callback(self.remove_vm_cgroup, member_id, handle)  # after the stop below: LIFO
         undo.callback(driver.stop, handle)
         if disk is not None:
             driver.attach_disk(handle, disk)
@@ -451,13 +461,11 @@ class Runtime:
         container_id: str,
         source: Path,
         undo: contextlib.ExitStack,
-        network: NetworkAttachment | None,
     ) -> VMHandle:
-        """The pod sandbox's VM restored from ``source`` (size and kernel come with it)."""
+        """The pod sandbox's VM restored from ``source`` (size and kernel come with it), with no
+        NIC: the snapshot's machine had none (the caller plugs the sandbox's in)."""
         vm_id = vm_id_for(container_id)
-        spec = VMSpec(
-            vm_id=vm_id, state_dir=self.store.vm_dir(vm_id), network=network, hotplug_dirs=[self.store.root]
-        )
+        spec = VMSpec(vm_id=vm_id, state_dir=self.store.vm_dir(vm_id), hotplug_dirs=[self.store.root])
         undo.callback(_remove_empty, spec.state_dir.parent)
         undo.callback(_remove_tree, spec.state_dir)
         try:  # the VM's cgroup is sized before its VMM starts; the driver judges the snapshot

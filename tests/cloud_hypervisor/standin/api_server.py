@@ -7,12 +7,15 @@
   response without a body (204, and the bare 400s) has neither Content-Length nor Content-Type.
 * At most 10 connections; the 11th gets a 503 and is closed.
 * Requests are executed one at a time, as by the VMM's single control loop.
+* File descriptors sent with a request (SCM_RIGHTS, as ``vm.add-net`` takes a NIC's taps) go to
+  the VMM with it; the VMM closes those it does not keep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -24,6 +27,8 @@ from standin.knobs import Knobs
 from standin.vmm import Reply, StandinVmm, log
 
 BODY_LIMIT = 51200
+#: Descriptors one read takes (the real server takes a NIC's queue pairs' taps).
+MAX_FDS = 16
 MAX_CONNECTIONS = 10
 _MAX_HEAD = 8192
 _SERVER_FULL = (
@@ -106,18 +111,33 @@ class ApiServer:
             conn.close()
 
     def _serve_requests(self, conn: socket.socket) -> None:
+        pending_fds: list[int] = []
+
+        def recv() -> bytes:
+            data, fds, _, _ = socket.recv_fds(conn, 65536, MAX_FDS)
+            pending_fds.extend(fds)
+            return data
+
+        try:
+            self._requests(conn, recv, pending_fds)
+        finally:
+            for fd in pending_fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _requests(self, conn: socket.socket, recv: Callable[[], bytes], pending_fds: list[int]) -> None:
         buffer = b""
         while True:
             while b"\r\n\r\n" not in buffer:
                 if len(buffer) > _MAX_HEAD:
                     conn.sendall(_parse_error("Header is longer than the limit"))
                     return
-                data = conn.recv(65536)
+                data = recv()
                 if not data:
                     return
                 buffer += data
             if "never-answer-ping" in self._knobs.faults:
-                while conn.recv(65536):  # hold the connection open, answer nothing
+                while recv():  # hold the connection open, answer nothing
                     pass
                 return
             head, buffer = buffer.split(b"\r\n\r\n", 1)
@@ -147,7 +167,7 @@ class ApiServer:
             if length > 0 and headers.get("expect", "").lower() == "100-continue":
                 conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             while len(buffer) < length:
-                data = conn.recv(65536)
+                data = recv()
                 if not data:
                     return
                 buffer += data
@@ -155,9 +175,10 @@ class ApiServer:
             buffer = buffer[length:]
             path = target.split("?", 1)[0]
             self._record_request(method, path, body)
+            fds, pending_fds[:] = list(pending_fds), []
             with self._dispatch:
                 started = time.monotonic()
-                reply = self._vmm.handle(method, path, body)
+                reply = self._vmm.handle(method, path, body, fds)
             log(f"{method} {path} -> {reply.status} ({(time.monotonic() - started) * 1000:.1f} ms)")
             conn.sendall(render(reply))
             if reply.exit_after:

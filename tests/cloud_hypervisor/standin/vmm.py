@@ -11,7 +11,9 @@ OpenAPI document, where the two differ:
   process exits; a guest that powers off ends the VMM too.
 * Wrong-state errors are 500, never the 405 the spec documents; "not created" is 404 from v53,
   500 before. ``vm.add-disk`` cold-adds before boot (204) and hot-plugs after (200 with
-  ``PciDeviceInfo``), with auto ids from one global counter.
+  ``PciDeviceInfo``), with auto ids from one global counter. ``vm.add-net`` does the same for a
+  NIC, on the tap descriptors sent with the request (SCM_RIGHTS; kept until the device goes)
+  or else on a tap named in the body; ``vm.remove-device`` removes disks and NICs.
 * Error bodies are JSON arrays of strings, top of the chain first. The status codes and the
   array shape are exact; the words of each chain are close to, not copies of, the real ones.
 """
@@ -116,12 +118,23 @@ class StandinVmm:
         self.vm: BootedVm | None = None
         self._device_counter = 0
         self._bdfs: dict[str, str] = {}
+        #: The tap descriptors each NIC was added with, by device id.
+        self._net_fds: dict[str, list[int]] = {}
         self._lock = threading.RLock()
         self._stopping = False
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, body: bytes | None) -> Reply:
+    def handle(self, method: str, path: str, body: bytes | None, fds: list[int] | None = None) -> Reply:
+        """One request; ``fds`` came with it, and are closed unless a NIC keeps them."""
+        fds = list(fds or [])
+        try:
+            return self._handle(method, path, body, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _handle(self, method: str, path: str, body: bytes | None, fds: list[int]) -> Reply:
         if not path.startswith(API_ROOT + "/"):
             return error_reply(404, ["Not Found"])
         route = path[len(API_ROOT) :]
@@ -152,6 +165,8 @@ class StandinVmm:
                 if handler is None:
                     log(f"LOUD: {route} is a real endpoint the stand-in does not emulate")
                     raise ApiFailure(500, ["Error from API", f"the stand-in does not emulate {route}"])
+                if route == "/vm.add-net":
+                    return self._api_vm_add_net(parsed, fds)
                 result: Reply = handler(parsed) if route in BODY_ROUTES else handler()
                 return result
             except ApiFailure as failure:
@@ -357,6 +372,10 @@ class StandinVmm:
             if disk.get("id") is None:
                 disk["id"] = self._next_id("disk")
             self._assign_bdf(disk["id"])
+        for net in config.get("net") or []:
+            if net.get("id") is None:
+                net["id"] = self._next_id("net")
+            self._assign_bdf(net["id"])
         if config.get("vsock"):
             vsock = config["vsock"]
             if vsock.get("id") is None:
@@ -486,6 +505,7 @@ class StandinVmm:
 
     def _delete(self) -> None:
         self._shutdown_vm()
+        self._close_net_fds()
         self.config = None
 
     def _api_vm_delete(self) -> Reply:
@@ -539,22 +559,68 @@ class StandinVmm:
         self.vm.guest.set_disks(self._guest_disks())
         return json_reply({"id": added["id"], "bdf": bdf})
 
+    def _api_vm_add_net(self, net: dict[str, Any], fds: list[int]) -> Reply:
+        """A NIC on the taps whose descriptors came with the request, else on the tap the body
+        names (which the VMM must be able to open); cold-added before boot (204), hot-plugged
+        after (200 with ``PciDeviceInfo``). The VMM keeps the descriptors until the NIC goes."""
+        action = "The network device could not be added to the VM"
+        config = self._require_config(action)
+        nets = config.setdefault("net", [])
+        device_id = net.get("id")
+        taken = {d.get("id") for d in [*nets, *(config.get("disks") or [])]} | set(self._bdfs)
+        if device_id is not None and (device_id in taken or device_id.startswith("__")):
+            raise ApiFailure(500, ["Error from API", action, f"Identifier {device_id} is not unique"])
+        if not fds and not net.get("tap"):
+            raise ApiFailure(
+                500,
+                [
+                    "Error from API",
+                    action,
+                    "Cannot create virtio-net device",
+                    "Open tap failed: no tap given",
+                ],
+            )
+        if not all(_is_tun(fd) for fd in fds):
+            raise ApiFailure(
+                500, ["Error from API", action, "Cannot create virtio-net device", "Invalid tap fd"]
+            )
+        added = copy.deepcopy(net)
+        added["id"] = device_id or self._next_id("net")
+        nets.append(added)
+        self._net_fds[added["id"]] = list(fds)
+        fds.clear()  # kept: the NIC's now
+        if self.vm is None:
+            return Reply(204)
+        return json_reply({"id": added["id"], "bdf": self._assign_bdf(added["id"])})
+
     def _api_vm_remove_device(self, body: dict[str, Any]) -> Reply:
         """Created: dropped from the config. Booted: hot-unplugged (the real VMM ejects through
-        ACPI; here the guest simply stops seeing the disk). An unknown id: 500, as released
-        versions answer (their spec says 404)."""
+        ACPI; here the guest simply stops seeing the disk, and a NIC's taps are closed). An
+        unknown id: 500, as released versions answer (their spec says 404)."""
         action = "The device could not be removed from the VM"
         config = self._require_config(action)
         device_id = body.get("id")
-        disks = config.get("disks") or []
-        kept = [d for d in disks if d.get("id") != device_id]
-        if len(kept) == len(disks):
+        found = False
+        for section in ("disks", "net"):
+            devices = config.get(section) or []
+            kept = [d for d in devices if d.get("id") != device_id]
+            found = found or len(kept) != len(devices)
+            if section in config:
+                config[section] = kept
+        if not found:
             raise ApiFailure(500, ["Error from API", action, f"No device with id {device_id} to remove"])
-        config["disks"] = kept
         self._bdfs.pop(str(device_id), None)
+        self._close_net_fds(str(device_id))
         if self.vm is not None:
             self.vm.guest.set_disks(self._guest_disks())
         return Reply(204)
+
+    def _close_net_fds(self, device_id: str | None = None) -> None:
+        """Close the taps of one NIC, or of every NIC (the config is gone)."""
+        ids = list(self._net_fds) if device_id is None else [device_id]
+        for key in ids:
+            for fd in self._net_fds.pop(key, []):
+                os.close(fd)
 
     # -- process exit ----------------------------------------------------------------------
 
@@ -570,3 +636,12 @@ def _file_url(value: Any, action: str) -> Path:
     if not isinstance(value, str) or not value.startswith("file://"):
         raise ApiFailure(500, ["Error from API", action, f"Invalid URL {value!r}: only file:// is supported"])
     return Path(value[len("file://") :])
+
+
+def _is_tun(fd: int) -> bool:
+    """Whether ``fd`` is an open ``/dev/net/tun`` (character device 10:200), as a tap's is."""
+    try:
+        rdev = os.fstat(fd).st_rdev
+    except OSError:
+        return False
+    return (os.major(rdev), os.minor(rdev)) == (10, 200)

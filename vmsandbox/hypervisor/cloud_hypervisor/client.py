@@ -4,7 +4,9 @@ It follows what the server actually does rather than what its OpenAPI document s
 two differ: body-less actions get no body at all (the server answers 400 even to ``{}``),
 ``vm.add-disk`` may answer 200 with a ``PciDeviceInfo`` (hot-plug) or 204 (cold-add),
 ``vmm.shutdown`` answers 200 with an empty body, and error bodies are a JSON array of strings
-(the error chain, top to root) on v47 and later, plain text before.
+(the error chain, top to root) on v47 and later, plain text before. ``vm.add-net`` takes the
+tap's descriptors as SCM_RIGHTS on the request's own write, which requests cannot send: that
+one call is written by hand on a connection of its own (see :mod:`.rawhttp`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import requests
 import requests_unixsocket
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from vmsandbox.hypervisor.cloud_hypervisor import rawhttp
 from vmsandbox.hypervisor.cloud_hypervisor.errors import (
     ApiError,
     ApiProtocolError,
@@ -32,6 +35,7 @@ from vmsandbox.hypervisor.cloud_hypervisor.responses import (
 from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import (
     ApiBody,
     DiskConfig,
+    NetConfig,
     RestoreConfig,
     VmConfig,
     VmRemoveDevice,
@@ -159,6 +163,21 @@ class CloudHypervisorClient:
         if response.status_code == 204 or not response.content:
             return None
         return self._parse("vm.add-disk", response, PciDeviceInfo)
+
+    def add_net(self, net: NetConfig, fds: list[int], timeout: float | None = None) -> PciDeviceInfo | None:
+        """Hot-plug a NIC on the taps ``fds`` (200 + where it landed), or cold-add it (204)."""
+        wait = self.timeout if timeout is None else timeout
+        status, content = rawhttp.put_with_fds(
+            self.api_socket, f"{API_ROOT}/vm.add-net", net.body(), fds, wait
+        )
+        if not 200 <= status < 300:
+            raise ApiError("PUT", "vm.add-net", status, error_messages(content))
+        if status == 204 or not content:
+            return None
+        try:
+            return PciDeviceInfo.model_validate_json(content)
+        except ValidationError as exc:
+            raise ApiProtocolError("vm.add-net", f"{status} body is not a PciDeviceInfo: {exc}") from exc
 
     def remove_device(self, device_id: str, timeout: float | None = None) -> None:
         """Hot-unplug (booted) or drop from the config (created); 204 either way."""

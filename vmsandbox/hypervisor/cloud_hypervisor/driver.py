@@ -63,8 +63,10 @@ from vmsandbox.hypervisor.cloud_hypervisor.vsock import connect_until
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.detached import Detached, exit_status, waiter_gone
 from vmsandbox.hypervisor.landlock import landlock_abi
+from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
+from vmsandbox.hypervisor.taps import open_tap
 from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ log = logging.getLogger(__name__)
 #: Guest context id of every VM: each VM has its own vsock socket, so they need not differ.
 GUEST_CID = 3
 ROOT_DISK_SERIAL = "vmsb-root"
+#: The id of the sandbox's NIC, at boot and hot-plugged alike.
+NIC_ID = "net0"
 BASE_CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
 MIB = 1024 * 1024
 
@@ -154,7 +158,7 @@ class CloudHypervisorDriver(HypervisorDriver):
             cpus=CpusConfig(boot_vcpus=spec.vcpus, max_vcpus=spec.vcpus),
             memory=MemoryConfig(size=spec.memory_mib * MIB),
             disks=disks or None,
-            net=[NetConfig(tap=spec.network.tap, mac=spec.network.mac, id="net0")]
+            net=[NetConfig(tap=spec.network.tap, mac=spec.network.mac, id=NIC_ID)]
             if spec.network is not None and spec.network.tap is not None
             else None,
             vsock=VsockConfig(cid=GUEST_CID, socket=str(layout.vsock_socket)),
@@ -359,11 +363,34 @@ class CloudHypervisorDriver(HypervisorDriver):
         Released versions answer 500, not 404, for an unknown id, so whether the disk is still
         there is read from ``vm.info`` first: a second detach is a no-op, not an error.
         """
+        self._remove_device(handle, "disks", serial)
+
+    def attach_nic(self, handle: VMHandle, network: NetworkAttachment) -> None:
+        """``vm.add-net`` with the tap's descriptor as SCM_RIGHTS: the tap was opened here (as
+        root, in its namespace), so the VMM needs neither its namespace nor the right to open it."""
+        if network.mac is None:
+            raise CloudHypervisorError("the network attachment has no MAC", step="attach nic")
+        fd = open_tap(network)
+        try:
+            with self._client(handle, self.timeouts.hotplug) as client:
+                try:
+                    client.add_net(NetConfig(mac=network.mac, id=NIC_ID), [fd], timeout=self.timeouts.hotplug)
+                except CloudHypervisorError:
+                    self.check_alive(handle)
+                    raise
+        finally:
+            os.close(fd)  # the VMM holds its own copy from here on
+
+    def detach_nic(self, handle: VMHandle) -> None:
+        self._remove_device(handle, "net", NIC_ID)
+
+    def _remove_device(self, handle: VMHandle, section: str, device_id: str) -> None:
+        """``vm.remove-device`` unless ``vm.info``'s config has no such device in ``section``."""
         with self._client(handle, self.timeouts.hotplug) as client:
             try:
-                disks = client.info().config.get("disks") or []
-                if any(d.get("id") == serial for d in disks):
-                    client.remove_device(serial)
+                devices = client.info().config.get(section) or []
+                if any(d.get("id") == device_id for d in devices):
+                    client.remove_device(device_id)
             except CloudHypervisorError:
                 self.check_alive(handle)
                 raise

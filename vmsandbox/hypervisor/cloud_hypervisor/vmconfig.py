@@ -104,14 +104,15 @@ class ConsoleConfig(ApiBody):
 
 
 class NetConfig(ApiBody):
-    """A virtio-net device on an existing tap.
+    """A virtio-net device on an existing tap: named by ``tap`` at boot, or, hot-plugged with
+    ``vm.add-net``, given as a descriptor passed with the request (then ``tap`` is left out).
 
     ``ip`` and ``mask`` are the *host* side's address, which Cloud Hypervisor puts on the tap;
     a tap that is a port of the node's bridge must have none, so they are never sent. The
-    guest's own address reaches it on the kernel command line.
+    guest's own address reaches it on the kernel command line, or through its agent.
     """
 
-    tap: str
+    tap: str | None = None
     mac: str | None = None
     id: str | None = None
     num_queues: int | None = Field(default=None, ge=2)

@@ -45,12 +45,14 @@ from vmsandbox.hypervisor.base import (
 from vmsandbox.hypervisor.cgroups import procs_files
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.detached import Detached, kill_session, spawn_detached, waiter_gone
+from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import running
-from vmsandbox.hypervisor.qemu import migration
+from vmsandbox.hypervisor.qemu import migration, nic
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
-from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError
+from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, has_device
 from vmsandbox.hypervisor.qemu.tapfd import TAP_FD
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
+from vmsandbox.hypervisor.taps import open_tap
 from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
 
 ROOT_SERIAL = "vmsb-root"
@@ -189,13 +191,6 @@ def _save_hotplug_table(handle: VMHandle, table: dict[str, dict[str, object]]) -
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table))
     tmp.replace(path)
-
-
-def _has_device(qmp: QMPClient, qdev_id: str) -> bool:
-    """Whether the device still exists. A device leaves the PCI bus first and is finalized (its
-    drive released) only after that, when it leaves ``/machine/peripheral``: this waits for that."""
-    children = qmp.execute("qom-list", {"path": "/machine/peripheral"})
-    return any(child.get("name") == qdev_id for child in children)
 
 
 def _nic(spec: VMSpec) -> list[str]:
@@ -479,11 +474,11 @@ class QemuDriver(HypervisorDriver):
         """
         device, node = f"blk-{serial}", f"hp-{serial}"
         with self._qmp(handle) as qmp:
-            if _has_device(qmp, device):
+            if has_device(qmp, device):
                 with contextlib.suppress(QMPError):  # already being removed: wait for it below
                     qmp.execute("device_del", {"id": device})
                 deadline = time.monotonic() + DETACH_TIMEOUT
-                while _has_device(qmp, device):
+                while has_device(qmp, device):
                     if time.monotonic() >= deadline:
                         raise HypervisorError(
                             f"disk {serial}: the guest did not release it within {DETACH_TIMEOUT:.0f}s",
@@ -494,6 +489,24 @@ class QemuDriver(HypervisorDriver):
         table = _hotplug_table(handle)
         if table.pop(serial, None) is not None:
             _save_hotplug_table(handle, table)
+
+    def attach_nic(self, handle: VMHandle, network: NetworkAttachment) -> None:
+        """The tap, opened here (as root, in its namespace), passed to QEMU with ``getfd``; then
+        ``netdev_add`` and ``device_add`` on a free hot-plug port (see nic.py)."""
+        if network.mac is None:
+            raise HypervisorError("the network attachment has no MAC", step="attach nic")
+        fd = open_tap(network)
+        try:
+            with self._qmp(handle) as qmp:
+                nic.plug(qmp, fd, network.mac, self._free_hotplug_port(qmp))
+        except QMPError as exc:
+            raise HypervisorError(f"tap {network.tap}: {exc.detail}", step="attach nic") from exc
+        finally:
+            os.close(fd)  # QEMU holds its own copy from here on
+
+    def detach_nic(self, handle: VMHandle) -> None:
+        with self._qmp(handle) as qmp:
+            nic.unplug(qmp, DETACH_TIMEOUT)
 
     @staticmethod
     def _delete_block_node(qmp: QMPClient, node: str, serial: str) -> None:
@@ -521,7 +534,7 @@ class QemuDriver(HypervisorDriver):
         for port in range(HOTPLUG_PORTS):
             if f"hp{port}" not in used:
                 return f"hp{port}"
-        raise HypervisorError(f"all {HOTPLUG_PORTS} hot-plug slots are in use", step="attach disk")
+        raise HypervisorError(f"all {HOTPLUG_PORTS} hot-plug slots are in use", step="hot-plug")
 
     def alive(self, handle: VMHandle) -> bool:
         return handle.vmm_pid > 0 and running(handle.vmm_pid, handle.endpoints.get("vmm_started") or None)

@@ -125,3 +125,11 @@ class QMPClient:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def has_device(qmp: QMPClient, qdev_id: str) -> bool:
+    """Whether the device still exists. A device leaves the PCI bus first and is finalized (its
+    drive or netdev released) only after that, when it leaves ``/machine/peripheral``: this
+    waits for that."""
+    children = qmp.execute("qom-list", {"path": "/machine/peripheral"})
+    return any(child.get("name") == qdev_id for child in children)
