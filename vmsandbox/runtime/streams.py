@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, cast
+from typing import BinaryIO, Literal, Self, cast
 
 from vmsandbox.guest import streams
 from vmsandbox.guest.protocol import (
@@ -79,19 +79,31 @@ def _status(payload: bytes) -> Exited | Ok | Failure:
     return message
 
 
-class ExecStream:
-    """A running exec: write stdin, resize, signal; iterate output until the exit code is known."""
+class _SocketStream:
+    """A stream over one connection to the guest agent, closed with its ``with`` block; its
+    :attr:`exit_code` is known once its output has been read to the end."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.writer = streams.ChunkWriter(sock)
         self.exit_code: int | None = None
 
-    def __enter__(self) -> ExecStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class ExecStream(_SocketStream):
+    """A running exec: write stdin, resize, signal; iterate output until the exit code is known."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.writer = streams.ChunkWriter(sock)
 
     def write_stdin(self, data: bytes) -> None:
         self.writer.send(streams.STDIN, data)
@@ -129,10 +141,6 @@ class ExecStream:
                     raise AgentError(f"unexpected exec status {status.type!r}", step="guest agent")
                 self.exit_code = status.exit_code
                 return
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def start_exec(
@@ -330,22 +338,12 @@ def list_path(client: AgentClient, container_id: str, path: str) -> list[PathEnt
     return reply.entries
 
 
-class AttachStream:
+class AttachStream(_SocketStream):
     """The sandbox's main process: its retained and new output, its stdin, its terminal size.
 
     It speaks the guest's JSON attach frames (the relay's own channel to the main process), so
     output first replays what the guest still holds (up to 8 MiB), then follows.
     """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.exit_code: int | None = None
-
-    def __enter__(self) -> AttachStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def write_stdin(self, data: bytes) -> None:
         send_frame(self.sock, StdinData.of(data))
@@ -369,10 +367,6 @@ class AttachStream:
                 return
             elif isinstance(reply, Failure):
                 raise _refusal(reply)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def start_attach(client: AgentClient, container_id: str) -> AttachStream:
