@@ -17,7 +17,7 @@ import requests
 
 from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
-from tests.e2e.processes import OperatorProcess, running_operator
+from tests.e2e.processes import QUICK_OPERATOR, OperatorProcess, running_operator
 from tests.node_agent.support import (
     AgentProcess,
     Cluster,
@@ -34,17 +34,7 @@ from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
 
-SETTINGS = {
-    "allowed_hypervisors": "process,cloud-hypervisor",
-    "agent_alive_seconds": 6,
-    "node_lost_grace_seconds": 9,
-    "lease_duration_seconds": 4,
-    "renew_deadline_seconds": 3,
-    "retry_period_seconds": 0.5,
-    "sweep_seconds": 0.5,
-    "unschedulable_backoff_seconds": 0.5,
-    "unschedulable_backoff_max_seconds": 2,
-}
+SETTINGS = {**QUICK_OPERATOR, "allowed_hypervisors": "process,cloud-hypervisor", "node_lost_grace_seconds": 9}
 
 
 @pytest.fixture
