@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import baseline_tree, load, measure, use_tree
+from quantiles import percentile
 
 TREE = use_tree()
 from agentrig import agent_rig  # noqa: E402
@@ -80,14 +81,6 @@ def step_means(metrics_text: str) -> dict[str, dict[str, float]]:
         for k in sums
         if counts.get(k)
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class RunningWatch:
