@@ -433,6 +433,15 @@ class AgentProcess:
                 lines.append(json.loads(line))
         return lines
 
+    def wait_logged(self, what: str, text: str, count: int, timeout: float = 30) -> None:
+        """Until ``count`` lines of the agent's log mention ``text`` (what a restarted agent
+        adopted, say); fails naming ``what``."""
+
+        def mentions() -> bool:
+            return sum(text in line.get("msg", "") for line in self.log_lines()) >= count
+
+        wait_for(what, mentions, timeout)
+
     def kill(self) -> None:
         """SIGKILL, like an OOM kill or a node hiccup: nothing gets to clean up."""
         assert self.proc is not None
