@@ -79,6 +79,19 @@ def _status(payload: bytes) -> Exited | Ok | Failure:
     return message
 
 
+def _next_chunk(sock: socket.socket, stream: str, cut_short: str) -> tuple[int, bytes]:
+    """The next ``(channel, payload)`` of the ``stream`` (exec, read) a guest agent sends; a
+    failed connection, or the agent closing it (``cut_short`` says what that leaves unknown),
+    is an :class:`AgentError`."""
+    try:
+        chunk = streams.recv_chunk(sock)
+    except (OSError, ProtocolError) as exc:
+        raise AgentError(f"{stream} stream: {exc}", step="guest agent") from exc
+    if chunk is None:
+        raise AgentError(cut_short, step="guest agent")
+    return chunk
+
+
 class _SocketStream:
     """A stream over one connection to the guest agent, closed with its ``with`` block; its
     :attr:`exit_code` is known once its output has been read to the end."""
@@ -120,15 +133,9 @@ class ExecStream(_SocketStream):
     def output(self) -> Iterator[Output_]:
         """``(1, bytes)`` for stdout, ``(2, bytes)`` for stderr, in order; then sets :attr:`exit_code`."""
         while True:
-            try:
-                chunk = streams.recv_chunk(self.sock)
-            except (OSError, ProtocolError) as exc:
-                raise AgentError(f"exec stream: {exc}", step="guest agent") from exc
-            if chunk is None:
-                raise AgentError(
-                    "the guest agent closed the exec stream before the exit status", step="guest agent"
-                )
-            channel, payload = chunk
+            channel, payload = _next_chunk(
+                self.sock, "exec", "the guest agent closed the exec stream before the exit status"
+            )
             if channel == streams.STDOUT:
                 yield 1, payload
             elif channel == streams.STDERR:
@@ -176,13 +183,7 @@ class ReadStream:
 
     def chunks(self) -> Iterator[bytes]:
         while True:
-            try:
-                chunk = streams.recv_chunk(self.sock)
-            except (OSError, ProtocolError) as exc:
-                raise AgentError(f"read stream: {exc}", step="guest agent") from exc
-            if chunk is None:
-                raise AgentError("the guest agent closed the read stream early", step="guest agent")
-            channel, payload = chunk
+            channel, payload = _next_chunk(self.sock, "read", "the guest agent closed the read stream early")
             if channel == streams.STDOUT:
                 yield payload
             elif channel == streams.STATUS:
