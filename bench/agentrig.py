@@ -35,6 +35,9 @@ class Rig:
     cluster: Cluster
     agent: AgentProcess
     image: str
+    registry: Registry
+    #: The rig's scratch directory (removed with it), for a measurement's own files.
+    work: Path
     node: str = NODE
 
     def wait_root_empty(self, timeout: float) -> None:
@@ -50,8 +53,11 @@ class Rig:
 
 
 @contextmanager
-def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) -> Iterator[Rig]:
-    """The rig, torn down (agent, registry, files) however the measurement ends."""
+def agent_rig(
+    prefix: str, namespace: str, env: dict[str, str] | None = None, *, labels: dict[str, str] | None = None
+) -> Iterator[Rig]:
+    """The rig, torn down (agent, registry, files) however the measurement ends; ``labels``: the
+    namespace's."""
     work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     registry: Registry | None = None
     agent: AgentProcess | None = None
@@ -63,7 +69,8 @@ def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) ->
             registry.start()
             image = registry.push(layout, "latest", "bench/busybox:latest")
             guest = fake_guest_image(work / "guest")
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
+            metadata = {"name": namespace, "labels": labels or {}}
+            kube.http("POST", "/api/v1/namespaces", json={"metadata": metadata})
             cluster = Cluster(api_client=api_client, namespace=namespace)
             cluster.create_node(NODE)
             from tests.node_agent.conftest import agent_env
@@ -81,7 +88,7 @@ def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) ->
             agent_vars.update(env or {})
             agent = AgentProcess(node=NODE, workdir=work / "agent", env=agent_vars, cluster=cluster)
             agent.start()
-            yield Rig(kube=kube, api_client=api_client, cluster=cluster, agent=agent, image=image)
+            yield Rig(kube, api_client, cluster, agent, image, registry, work)
     finally:
         if agent is not None:
             agent.stop()
