@@ -121,20 +121,12 @@ def test_apply_runs_to_succeeded_logs_then_delete_leaves_nothing(
     agent = make_agent()
     recorder = PhaseRecorder(kube, cluster.namespace)
     name = unique("e2e")
-    manifest = tmp_path / "sandbox.yaml"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "vmsandbox.io/v1alpha1",
-                "kind": "VMSandbox",
-                "metadata": {"name": name},
-                "spec": registry.sandbox(
-                    ["sh", "-c", "echo hello from the sandbox; exit 3"],
-                    hypervisor=hypervisor,
-                    resources={"vcpus": 1, "memoryMiB": 256},
-                ),
-            }
-        )
+    manifest = registry.manifest(
+        tmp_path / "sandbox.yaml",
+        name,
+        ["sh", "-c", "echo hello from the sandbox; exit 3"],
+        hypervisor=hypervisor,
+        resources={"vcpus": 1, "memoryMiB": 256},
     )
     cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
     try:

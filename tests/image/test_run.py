@@ -9,7 +9,6 @@ rendered with that reference, and the containers run exactly the image the manif
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import uuid
@@ -268,20 +267,12 @@ def _run_sandbox(
     node: str,
 ) -> tuple[str, str]:
     name = f"img-{uuid.uuid4().hex[:6]}"
-    manifest = tmp_path / "sandbox.json"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "vmsandbox.io/v1alpha1",
-                "kind": "VMSandbox",
-                "metadata": {"name": name},
-                "spec": registry.sandbox(
-                    ["sh", "-c", "echo hello from the image"],
-                    hypervisor="qemu",
-                    resources={"vcpus": 1, "memoryMiB": 256},
-                ),
-            }
-        )
+    manifest = registry.manifest(
+        tmp_path / "sandbox.json",
+        name,
+        ["sh", "-c", "echo hello from the image"],
+        hypervisor="qemu",
+        resources={"vcpus": 1, "memoryMiB": 256},
     )
     cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
     started = time.monotonic()

@@ -126,6 +126,13 @@ class Registry:
         """A sandbox spec running ``command`` in the test image, with ``spec``'s other fields."""
         return {"image": self.busybox, "command": command, **spec}
 
+    def manifest(self, path: Path, name: str, command: list[str], **spec: Any) -> Path:
+        """``path`` written as the manifest of sandbox ``name`` (for ``vmsandbox apply -f``),
+        with :meth:`sandbox`'s spec."""
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}}
+        path.write_text(json.dumps({**body, "spec": self.sandbox(command, **spec)}))
+        return path
+
     def start(self) -> None:
         config = self.root / "config.yml"
         config.write_text(
