@@ -6,13 +6,19 @@ Imported after :func:`baseline.use_tree`, so it builds the rig of whichever tree
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from baseline import baseline_tree, measure
 
 from tests.node_agent.support import (
     AgentProcess,
@@ -97,3 +103,27 @@ def agent_rig(
         if registry is not None:
             registry.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser``'s arguments with ``--against`` and the hidden ``--measure`` both agent
+    benchmarks take; exits 2 unless run as root, which running containers with crun/runc needs."""
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        name = Path(sys.argv[0]).name
+        print(f"bench/{name} runs containers with crun/runc and needs root", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
+def old_and_new(script: Path, new: Path, against: str, args: list[str]) -> dict[str, Any]:
+    """``script --measure ARGS`` against the tree at ``against`` (old), then ``new``; each
+    result also printed to stderr as it lands."""
+    results: dict[str, Any] = {}
+    with baseline_tree(against) as old:
+        for label, tree in (("old", old), ("new", new)):
+            results[label] = measure(script, tree, args)
+            print(f"{label}: {json.dumps(results[label])}", file=sys.stderr, flush=True)
+    return results
