@@ -39,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import baseline_tree, load, measure, use_tree
+from baseline import load, use_tree
+from quantiles import percentile
 
 TREE = use_tree()
-from agentrig import agent_rig  # noqa: E402
+from agentrig import agent_rig, old_and_new, parse_args  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 
 from tests.node_agent.support import Cluster, wait_for  # noqa: E402
@@ -80,14 +81,6 @@ def step_means(metrics_text: str) -> dict[str, dict[str, float]]:
         for k in sums
         if counts.get(k)
     }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 class RunningWatch:
@@ -158,23 +151,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sandboxes", type=int, default=100)
     parser.add_argument("--baseline-runs", type=int, default=5)
-    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/agent.py runs containers with crun/runc and needs root", file=sys.stderr)
-        return 2
+    args = parse_args(parser)
     if args.measure:
         print(json.dumps(measure_tree(args)))
         return 0
-    script = Path(__file__).resolve()
     sizes = ["--sandboxes", str(args.sandboxes), "--baseline-runs", str(args.baseline_runs)]
-    results: dict[str, Any] = {}
-    with baseline_tree(args.against) as old:
-        for label, tree in (("old", old), ("new", TREE)):
-            results[label] = measure(script, tree, sizes)
-            print(f"{label}: {json.dumps(results[label])}", file=sys.stderr, flush=True)
+    results = old_and_new(Path(__file__).resolve(), TREE, args.against, sizes)
     print(f"node agent, {args.sandboxes} sandboxes at once; old = {args.against}; {load()}")
     print(f"{'ms':<36} {'old':<28} new")
     for phase in ("baseline", "burst"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -27,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import baseline_tree, load, measure, use_tree
+from baseline import load, use_tree
 
 TREE = use_tree()
-from agentrig import agent_rig  # noqa: E402
+from agentrig import agent_rig, old_and_new, parse_args  # noqa: E402
 
 WRITES = ("create", "update", "patch", "delete")
 #: The test's own writes between the mark and Running: the label patch and the status patch.
@@ -59,21 +58,11 @@ def count_writes(records: list[Any], name: str) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sandboxes", type=int, default=5)
-    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench/agent_writes.py runs containers with crun/runc and needs root", file=sys.stderr)
-        return 2
+    args = parse_args(parser)
     if args.measure:
         print(json.dumps(measure_tree(args.sandboxes)))
         return 0
-    script = Path(__file__).resolve()
-    results: dict[str, Any] = {}
-    with baseline_tree(args.against) as old:
-        for label, tree in (("old", old), ("new", TREE)):
-            results[label] = measure(script, tree, ["--sandboxes", str(args.sandboxes)])
-            print(f"{label}: {json.dumps(results[label])}", file=sys.stderr, flush=True)
+    results = old_and_new(Path(__file__).resolve(), TREE, args.against, ["--sandboxes", str(args.sandboxes)])
     print(f"node agent writes, Scheduled -> Running, {args.sandboxes} sandboxes one at a time; {load()}")
     print(f"{'per sandbox':<28} {'old':<22} new")
     for key in ("sandbox", "refused", "events"):

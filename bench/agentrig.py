@@ -6,13 +6,19 @@ Imported after :func:`baseline.use_tree`, so it builds the rig of whichever tree
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from baseline import baseline_tree, measure
 
 from tests.node_agent.support import (
     AgentProcess,
@@ -35,6 +41,9 @@ class Rig:
     cluster: Cluster
     agent: AgentProcess
     image: str
+    registry: Registry
+    #: The rig's scratch directory (removed with it), for a measurement's own files.
+    work: Path
     node: str = NODE
 
     def wait_root_empty(self, timeout: float) -> None:
@@ -50,8 +59,11 @@ class Rig:
 
 
 @contextmanager
-def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) -> Iterator[Rig]:
-    """The rig, torn down (agent, registry, files) however the measurement ends."""
+def agent_rig(
+    prefix: str, namespace: str, env: dict[str, str] | None = None, *, labels: dict[str, str] | None = None
+) -> Iterator[Rig]:
+    """The rig, torn down (agent, registry, files) however the measurement ends; ``labels``: the
+    namespace's."""
     work = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     registry: Registry | None = None
     agent: AgentProcess | None = None
@@ -63,7 +75,8 @@ def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) ->
             registry.start()
             image = registry.push(layout, "latest", "bench/busybox:latest")
             guest = fake_guest_image(work / "guest")
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace}})
+            metadata = {"name": namespace, "labels": labels or {}}
+            kube.http("POST", "/api/v1/namespaces", json={"metadata": metadata})
             cluster = Cluster(api_client=api_client, namespace=namespace)
             cluster.create_node(NODE)
             from tests.node_agent.conftest import agent_env
@@ -81,7 +94,7 @@ def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) ->
             agent_vars.update(env or {})
             agent = AgentProcess(node=NODE, workdir=work / "agent", env=agent_vars, cluster=cluster)
             agent.start()
-            yield Rig(kube=kube, api_client=api_client, cluster=cluster, agent=agent, image=image)
+            yield Rig(kube, api_client, cluster, agent, image, registry, work)
     finally:
         if agent is not None:
             agent.stop()
@@ -90,3 +103,27 @@ def agent_rig(prefix: str, namespace: str, env: dict[str, str] | None = None) ->
         if registry is not None:
             registry.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """``parser``'s arguments with ``--against`` and the hidden ``--measure`` both agent
+    benchmarks take; exits 2 unless run as root, which running containers with crun/runc needs."""
+    parser.add_argument("--against", default="main", help="old code: where HEAD forked from this ref")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        name = Path(sys.argv[0]).name
+        print(f"bench/{name} runs containers with crun/runc and needs root", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
+def old_and_new(script: Path, new: Path, against: str, args: list[str]) -> dict[str, Any]:
+    """``script --measure ARGS`` against the tree at ``against`` (old), then ``new``; each
+    result also printed to stderr as it lands."""
+    results: dict[str, Any] = {}
+    with baseline_tree(against) as old:
+        for label, tree in (("old", old), ("new", new)):
+            results[label] = measure(script, tree, args)
+            print(f"{label}: {json.dumps(results[label])}", file=sys.stderr, flush=True)
+    return results

@@ -48,6 +48,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import baseline_tree, load, measure, tree_env, use_tree
+from quantiles import percentile
 
 TREE = use_tree()
 from vmsandbox.api import NodeCapacity  # noqa: E402
@@ -67,14 +68,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def sandbox(name: str) -> dict[str, Any]:
@@ -282,9 +275,9 @@ def floor(client: Client, ns: str, rounds: int = 20) -> dict[str, float]:
         write_watch.append(wait(resp.json()["metadata"]["resourceVersion"]) - t1)
     seen.stop()
     return {
-        "write_round_trip_ms": round(pct(rtt, 50) * 1000, 1),
-        "create_to_watch_ms": round(pct(create_watch, 50) * 1000, 1),
-        "write_to_watch_ms": round(pct(write_watch, 50) * 1000, 1),
+        "write_round_trip_ms": round(percentile(rtt, 50) * 1000, 1),
+        "create_to_watch_ms": round(percentile(create_watch, 50) * 1000, 1),
+        "write_to_watch_ms": round(percentile(write_watch, 50) * 1000, 1),
     }
 
 
@@ -306,7 +299,7 @@ def stages(records: list[Any], created: dict[str, float], scheduled: dict[str, f
         "first_write_to_status_write_ms": [status[n] - first[n] for n in names],
         "status_write_to_watch_ms": [scheduled[n] - status[n] for n in names],
     }
-    return {k: round(pct(v, 50) * 1000, 1) for k, v in parts.items()}
+    return {k: round(percentile(v, 50) * 1000, 1) for k, v in parts.items()}
 
 
 def start_operator(kube: LocalCluster) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -452,7 +445,7 @@ def measure_tree(args: argparse.Namespace) -> dict[str, Any]:
     breakdown = Counter(f"{r.method} {r.resource}/{r.subresource or '-'} {r.status}" for r in operator)
 
     def q3(values: list[float]) -> dict[str, float]:
-        return {q: round(pct(values, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+        return {q: round(percentile(values, p) * 1000, 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
 
     return {
         "sandboxes": n,

@@ -42,7 +42,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,13 +50,13 @@ from typing import Any, BinaryIO
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agentrig import agent_rig  # noqa: E402
+
 from tests.e2e.processes import OperatorProcess  # noqa: E402
 from tests.node_agent.support import (  # noqa: E402
     AgentProcess,
     Cluster,
     Registry,
-    build_busybox_layout,
-    fake_guest_image,
     free_port,
 )
 from vmsandbox.api.constants import PROCESS_BACKEND_ALLOWED, PROCESS_BACKEND_LABEL  # noqa: E402
@@ -312,40 +311,18 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/exec.py runs containers with runc and needs root", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="nxb", dir="/tmp"))
-    registry: Registry | None = None
-    agent: AgentProcess | None = None
+    namespace = "bench-exec"
+    # The process backend is allowed per namespace, by an administrator's label.
+    labels = {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}
+    # agent_env's default hypervisor: the process backend (the rig's own default is the stand-in).
+    env = {"VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": "process", "VMSANDBOX_AGENT_LOG_LEVEL": "INFO"}
     operator: OperatorProcess | None = None
     qemu_agent: AgentProcess | None = None
     result: dict[str, Any] = {"runs": args.runs, "backend": "process"}
-    try:
-        with LocalCluster() as kube, kube.api_client() as api_client:
-            layout = build_busybox_layout(work / "busybox")
-            (work / "registry").mkdir()
-            registry = Registry(root=work / "registry", port=free_port())
-            registry.start()
-            image = registry.push(layout, "latest", "bench/busybox:latest")
-            namespace = "bench-exec"
-            # The process backend is allowed per namespace, by an administrator's label.
-            labels = {PROCESS_BACKEND_LABEL: PROCESS_BACKEND_ALLOWED}
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": namespace, "labels": labels}})
-            cluster = Cluster(api_client=api_client, namespace=namespace)
-            node = "bench-node"
-            cluster.create_node(node)
-            from tests.node_agent.conftest import agent_env
-
-            (work / "agent").mkdir()
-            env = agent_env(
-                node=node,
-                namespace=namespace,
-                kube=kube,
-                workdir=work / "agent",
-                registry=registry,
-                guest_image_dir=fake_guest_image(work / "guest"),
-            )
-            env["VMSANDBOX_AGENT_LOG_LEVEL"] = "INFO"
-            agent = AgentProcess(node=node, workdir=work / "agent", env=env, cluster=cluster)
-            agent.start()
+    with agent_rig("nxb", namespace, env, labels=labels) as rig:
+        kube, cluster, agent, node = rig.kube, rig.cluster, rig.agent, rig.node
+        image, work = rig.image, rig.work
+        try:
             operator = start_api_path(kube, namespace, work)
             box: dict[str, Any] = {"image": image, "command": ["sleep", "3600"]}
             if args.vcpus or args.memory_mib:
@@ -402,20 +379,14 @@ def main() -> int:
             cluster.delete("box")
             cluster.wait_gone("box", timeout=60)
             if args.qemu:
-                qemu_agent = start_qemu_agent(kube, cluster, registry, work)
+                qemu_agent = start_qemu_agent(kube, cluster, rig.registry, work)
                 result["qemu"] = qemu_series(kube, cluster, qemu_agent, image, args.qemu_runs or args.runs)
-    finally:
-        if qemu_agent is not None:
-            qemu_agent.stop()
-            qemu_agent.release_cgroups()
-        if operator is not None:
-            operator.stop()
-        if agent is not None:
-            agent.stop()
-            agent.release_cgroups()
-        if registry is not None:
-            registry.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        finally:
+            if qemu_agent is not None:
+                qemu_agent.stop()
+                qemu_agent.release_cgroups()
+            if operator is not None:
+                operator.stop()
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

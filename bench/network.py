@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -134,14 +134,21 @@ def _send(prefix: list[str], seconds: float) -> float:
     return float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 
-def throughput(topo: Topology, rounds: int, seconds: float) -> dict[str, Any]:
+def _start_sink(topo: Topology, script: str) -> IO[str]:
+    """Starts ``script`` on the world's public address and waits for it to say it is ready; it
+    stops with the topology. Returns its output, for what it reports at the end."""
     sink = subprocess.Popen(
-        ["ip", "netns", "exec", topo.world, sys.executable, "-c", SINK, PUBLIC],
+        ["ip", "netns", "exec", topo.world, sys.executable, "-c", script, PUBLIC],
         stdout=subprocess.PIPE,
         text=True,
     )
-    topo.procs.append(sink)  # type: ignore[arg-type]
+    topo.procs.append(sink)
     assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    return sink.stdout
+
+
+def throughput(topo: Topology, rounds: int, seconds: float) -> dict[str, Any]:
+    _start_sink(topo, SINK)
     topo.net("reconcile")
     sandbox = topo.attach("bench-tcp")
     plain, through = [], []
@@ -161,13 +168,7 @@ def throughput(topo: Topology, rounds: int, seconds: float) -> dict[str, Any]:
 def qemu_throughput(topo: Topology, image_dir: Path, tmp: Path) -> dict[str, Any]:
     from tests.runtime.support import base_config, short_root, write_bundle
 
-    sink = subprocess.Popen(
-        ["ip", "netns", "exec", topo.world, sys.executable, "-c", QEMU_SINK, PUBLIC],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    topo.procs.append(sink)  # type: ignore[arg-type]
-    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    sink = _start_sink(topo, QEMU_SINK)
     send = f"busybox dd if=/dev/zero bs=65536 count=512 2>/dev/null | busybox nc -w 5 {PUBLIC} 5002"
     config = base_config(["/bin/sh", "-c", send])
     config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
@@ -186,7 +187,7 @@ def qemu_throughput(topo: Topology, image_dir: Path, tmp: Path) -> dict[str, Any
         subprocess.run(topo.in_node(*argv), capture_output=True, text=True, check=True)
     finally:
         subprocess.run(["rm", "-rf", str(root)], check=False)
-    total, seconds = sink.stdout.readline().split()
+    total, seconds = sink.readline().split()
     return {"bytes": int(total), "gbit_s": round(int(total) * 8 / float(seconds) / 1e9, 3), "target": None}
 
 

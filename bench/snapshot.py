@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from standin import use_standin  # noqa: E402
 
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage  # noqa: E402
 from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame  # noqa: E402
@@ -131,11 +131,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="snb", dir="/tmp"))
-    standin = REPO / "tests" / "cloud_hypervisor" / "standin"
-    os.environ["PATH"] = f"{standin}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ["TMPDIR"] = str(work)
-    os.environ.pop("CH_STANDIN_RECORD", None)
+    work = use_standin("snb")
     config = HypervisorConfig.load()
     report: dict[str, object] = {"runs": args.runs}
     try:

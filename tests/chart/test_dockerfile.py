@@ -198,6 +198,14 @@ def _run_ch_stage(dockerfile: Dockerfile, tmp_path: Path, **args: str) -> subpro
     return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=False)
 
 
+def _run_matching(dockerfile: Dockerfile, tmp_path: Path, version: str) -> subprocess.CompletedProcess[str]:
+    """The stage for ``version`` pinned to the stand-in payload's own checksum: a build that passes."""
+    checksum = hashlib.sha256(PAYLOAD).hexdigest()
+    return _run_ch_stage(
+        dockerfile, tmp_path, CLOUD_HYPERVISOR_VERSION=version, CLOUD_HYPERVISOR_SHA256=checksum
+    )
+
+
 def test_build_refuses_a_malformed_checksum(dockerfile: Dockerfile, tmp_path: Path) -> None:
     for value in ("", "abc123", "Z" * 64):
         proc = _run_ch_stage(dockerfile, tmp_path, CLOUD_HYPERVISOR_SHA256=value)
@@ -212,12 +220,7 @@ def test_another_version_needs_its_own_checksum(dockerfile: Dockerfile, tmp_path
     proc = _run_ch_stage(dockerfile, tmp_path, CLOUD_HYPERVISOR_VERSION="v51.1")
     assert proc.returncode != 0
     assert "CLOUD_HYPERVISOR_VERSION=v51.1 needs its own CLOUD_HYPERVISOR_SHA256" in proc.stderr
-    ok = _run_ch_stage(
-        dockerfile,
-        tmp_path,
-        CLOUD_HYPERVISOR_VERSION="v51.1",
-        CLOUD_HYPERVISOR_SHA256=hashlib.sha256(PAYLOAD).hexdigest(),
-    )
+    ok = _run_matching(dockerfile, tmp_path, "v51.1")
     assert ok.returncode == 0, ok.stderr
 
 
@@ -230,12 +233,7 @@ def test_build_fails_on_a_checksum_mismatch_naming_both(dockerfile: Dockerfile, 
 
 
 def test_build_installs_the_binary_when_the_checksum_matches(dockerfile: Dockerfile, tmp_path: Path) -> None:
-    proc = _run_ch_stage(
-        dockerfile,
-        tmp_path,
-        CLOUD_HYPERVISOR_VERSION="v53.0",
-        CLOUD_HYPERVISOR_SHA256=hashlib.sha256(PAYLOAD).hexdigest(),
-    )
+    proc = _run_matching(dockerfile, tmp_path, "v53.0")
     assert proc.returncode == 0, proc.stderr
     binary = tmp_path / "out" / "cloud-hypervisor"
     assert binary.read_bytes() == PAYLOAD

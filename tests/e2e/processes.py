@@ -22,6 +22,19 @@ from vmsandbox.devcluster.cluster import LocalCluster
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Operator timings that make node loss, fail-over and retried placement happen within seconds;
+#: a test adds its hypervisors and its node-loss grace.
+QUICK_OPERATOR: dict[str, object] = {
+    "agent_alive_seconds": 6,
+    "lease_duration_seconds": 4,
+    "renew_deadline_seconds": 3,
+    "retry_period_seconds": 0.5,
+    "sweep_seconds": 0.5,
+    "unschedulable_backoff_seconds": 0.5,
+    "unschedulable_backoff_max_seconds": 2,
+}
+
+
 class OperatorProcess:
     def __init__(
         self,

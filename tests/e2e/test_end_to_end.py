@@ -17,7 +17,7 @@ import requests
 
 from tests.chart.helm import Helm
 from tests.chart.live_rbac import chart_rbac
-from tests.e2e.processes import OperatorProcess, running_operator
+from tests.e2e.processes import QUICK_OPERATOR, OperatorProcess, running_operator
 from tests.node_agent.support import (
     AgentProcess,
     Cluster,
@@ -34,17 +34,7 @@ from vmsandbox.devcluster.cluster import LocalCluster
 
 pytestmark = pytest.mark.kube
 
-SETTINGS = {
-    "allowed_hypervisors": "process,cloud-hypervisor",
-    "agent_alive_seconds": 6,
-    "node_lost_grace_seconds": 9,
-    "lease_duration_seconds": 4,
-    "renew_deadline_seconds": 3,
-    "retry_period_seconds": 0.5,
-    "sweep_seconds": 0.5,
-    "unschedulable_backoff_seconds": 0.5,
-    "unschedulable_backoff_max_seconds": 2,
-}
+SETTINGS = {**QUICK_OPERATOR, "allowed_hypervisors": "process,cloud-hypervisor", "node_lost_grace_seconds": 9}
 
 
 @pytest.fixture
@@ -131,20 +121,12 @@ def test_apply_runs_to_succeeded_logs_then_delete_leaves_nothing(
     agent = make_agent()
     recorder = PhaseRecorder(kube, cluster.namespace)
     name = unique("e2e")
-    manifest = tmp_path / "sandbox.yaml"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "vmsandbox.io/v1alpha1",
-                "kind": "VMSandbox",
-                "metadata": {"name": name},
-                "spec": registry.sandbox(
-                    ["sh", "-c", "echo hello from the sandbox; exit 3"],
-                    hypervisor=hypervisor,
-                    resources={"vcpus": 1, "memoryMiB": 256},
-                ),
-            }
-        )
+    manifest = registry.manifest(
+        tmp_path / "sandbox.yaml",
+        name,
+        ["sh", "-c", "echo hello from the sandbox; exit 3"],
+        hypervisor=hypervisor,
+        resources={"vcpus": 1, "memoryMiB": 256},
     )
     cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
     try:

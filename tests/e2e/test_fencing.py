@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.processes import OperatorProcess, running_operator
+from tests.e2e.processes import QUICK_OPERATOR, OperatorProcess, running_operator
 from tests.node_agent.resilience import MakeAgent, own_user_agent, record, runs
 from tests.node_agent.support import Cluster, Registry, containers_left, pid_alive, unique, wait_for
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -24,17 +24,7 @@ from vmsandbox.devcluster.cluster import LocalCluster
 pytestmark = pytest.mark.kube
 
 GRACE = 12
-SETTINGS = {
-    "allowed_hypervisors": "process",
-    "agent_alive_seconds": 6,
-    "node_lost_grace_seconds": GRACE,
-    "lease_duration_seconds": 4,
-    "renew_deadline_seconds": 3,
-    "retry_period_seconds": 0.5,
-    "sweep_seconds": 0.5,
-    "unschedulable_backoff_seconds": 0.5,
-    "unschedulable_backoff_max_seconds": 2,
-}
+SETTINGS = {**QUICK_OPERATOR, "allowed_hypervisors": "process", "node_lost_grace_seconds": GRACE}
 AGENT = {"VMSANDBOX_AGENT_NODE_LOST_GRACE_SECONDS": str(GRACE), "VMSANDBOX_AGENT_LEASE_RENEW_SECONDS": "1"}
 
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from kubernetes.stream.ws_client import STDERR_CHANNEL, STDOUT_CHANNEL
 
 from tests.chart.helm import missing
 from tests.e2e.processes import OperatorProcess
-from tests.exec.test_cli import cli
+from tests.exec.test_cli import cli, exec_it, program
 from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, free_port, unique, wait_for
 from vmsandbox.api.constants import SUBRESOURCE_GROUP, SUBRESOURCE_VERSION
 from vmsandbox.devcluster.apiservice import API_SERVICE_NAME, operator_settings, register, serving_certificate
@@ -207,11 +206,6 @@ def _admin_headers(kube: LocalCluster) -> dict[str, str]:
     return {"Authorization": value if " " in value else f"Bearer {value}"}
 
 
-def _vmsandbox() -> list[str]:
-    entry = Path(sys.executable).parent / "vmsandbox"
-    return [str(entry)] if entry.exists() else [sys.executable, "-m", "vmsandbox"]
-
-
 def _front_ca(kube: LocalCluster) -> Path:
     assert kube.workdir is not None
     return kube.workdir / "front-tls" / "front.crt"
@@ -226,7 +220,7 @@ def test_a_user_without_create_exec_is_refused_on_both_paths(
     config = kube.kubeconfig_for(user)
     since = len(kube.requests_made())
     api = subprocess.run(
-        [*_vmsandbox(), "--kubeconfig", str(config), "exec", "-n", ns, name, "--", "true"],
+        [*program(), "--kubeconfig", str(config), "exec", "-n", ns, name, "--", "true"],
         capture_output=True,
         timeout=60,
     )
@@ -387,20 +381,8 @@ def test_an_interactive_shell_in_tmux_through_the_api_server(
     since = len(kube.requests_made())
     tmux = Tmux(tmp_path / "tmux.sock")
     status = tmp_path / "status"
-    command = " ".join(
-        [
-            *(
-                *_vmsandbox(),
-                "--kubeconfig",
-                str(kube.kubeconfig_path),
-                "exec",
-                "-it",
-                "-n",
-                cluster.namespace,
-            ),
-            *(name, "--", "sh", "-i", ";", "echo", "$?", ">", str(status)),
-        ]
-    )
+    shell = ("sh", "-i", ";", "echo", "$?", ">", str(status))
+    command = " ".join(exec_it(program(), kube, cluster.namespace, name, *shell))
     tmux("new-session", "-d", "-s", "s", "-x", "100", "-y", "30", "sh", "-c", command)
     tmux("set-option", "-t", "s", "remain-on-exit", "on")
     try:

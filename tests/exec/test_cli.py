@@ -23,17 +23,28 @@ from vmsandbox.devcluster.cluster import LocalCluster
 REPO = Path(__file__).resolve().parents[2]
 
 
+def program(plugin: bool = False) -> list[str]:
+    """How to run the CLI (as kubectl's plugin): the installed entry point, else ``python -m``."""
+    entry = Path(sys.executable).parent / ("kubectl-vmsandbox" if plugin else "vmsandbox")
+    return [str(entry)] if entry.exists() else [sys.executable, "-m", "vmsandbox"]
+
+
 def cli(
     kube: LocalCluster, *args: str, plugin: bool = False, **kw: object
 ) -> subprocess.CompletedProcess[bytes]:
-    entry = Path(sys.executable).parent / ("kubectl-vmsandbox" if plugin else "vmsandbox")
-    argv = [str(entry)] if entry.exists() else [sys.executable, "-m", "vmsandbox"]
     return subprocess.run(
-        [*argv, "--kubeconfig", str(kube.kubeconfig_path), *args],
+        [*program(plugin), "--kubeconfig", str(kube.kubeconfig_path), *args],
         capture_output=True,
         timeout=120,
         **kw,  # type: ignore[call-overload]
     )
+
+
+def exec_it(program: list[str], kube: LocalCluster, namespace: str, name: str, *command: str) -> list[str]:
+    """``vmsandbox exec -it`` (run as ``program``) of ``command`` in sandbox ``name``, with the
+    test cluster's kubeconfig: what a user at a terminal types."""
+    kubeconfig = str(kube.kubeconfig_path)
+    return [*program, "--kubeconfig", kubeconfig, "exec", "-it", "-n", namespace, name, "--", *command]
 
 
 @pytest.mark.kube
@@ -103,18 +114,7 @@ def test_exec_it_is_a_real_terminal(
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
     entry = Path(sys.executable).parent / "vmsandbox"
     proc = subprocess.Popen(
-        [
-            str(entry),
-            "--kubeconfig",
-            str(kube.kubeconfig_path),
-            "exec",
-            "-it",
-            "-n",
-            cluster.namespace,
-            name,
-            "--",
-            "sh",
-        ],
+        exec_it([str(entry)], kube, cluster.namespace, name, "sh"),
         stdin=slave,
         stdout=slave,
         stderr=slave,

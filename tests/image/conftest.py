@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.image.podman import BuiltImage, Outcome, podman
-from tests.node_agent.support import Registry, build_busybox_layout, free_port
+from tests.node_agent.support import Registry, build_busybox_layout, free_port, scratch_dir
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -37,9 +36,8 @@ def image() -> BuiltImage:
 
 @pytest.fixture(scope="session")
 def image_session_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="img", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("img") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,12 @@ rendered with that reference, and the containers run exactly the image the manif
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -124,6 +124,34 @@ def _namespace(kube: LocalCluster, name: str) -> None:
     assert resp.status_code == 201, resp.text
 
 
+def _chart_in(
+    kube: LocalCluster, namespace: str, pushed_image: str, registry: Registry, tmp_path: Path
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Renders the chart into a new ``namespace`` to run ``pushed_image`` (free ports, the test
+    registry trusted); returns the node's host directory and the rendered objects."""
+    _namespace(kube, namespace)
+    host_dir = tmp_path / "node"
+    ports = {"health": free_port(), "metrics": free_port(), "agent": free_port()}
+    return host_dir, render(run_values(pushed_image, registry.host, host_dir, ports), tmp_path, namespace)
+
+
+@contextlib.contextmanager
+def _logs_on_failure_then_cleanup(
+    kube: LocalCluster, containers: Containers, namespace: str, node: str
+) -> Iterator[None]:
+    """Every container's log printed when the test fails; its Node and namespace deleted however
+    it ends."""
+    try:
+        yield
+    except BaseException:
+        for n in containers.names:
+            print(f"---- {n}\n{containers.logs(n)}")
+        raise
+    finally:
+        kube.http("DELETE", f"/api/v1/nodes/{node}")
+        kube.http("DELETE", f"/api/v1/namespaces/{namespace}")
+
+
 def _probe(containers: Containers, run: ContainerRun, which: str) -> None:
     """Call the container's rendered httpGet probe, as kubelet would, until it answers 2xx."""
     probe = run.spec[which]["httpGet"]
@@ -164,10 +192,7 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
 ) -> None:
     suffix = uuid.uuid4().hex[:6]
     namespace, node = f"vmsandbox-system-{suffix}", f"imgnode-{suffix}"
-    _namespace(kube, namespace)
-    host_dir = tmp_path / "node"
-    ports = {"health": free_port(), "metrics": free_port(), "agent": free_port()}
-    objects = render(run_values(pushed_image, image_registry.host, host_dir, ports), tmp_path, namespace)
+    host_dir, objects = _chart_in(kube, namespace, pushed_image, image_registry, tmp_path)
     deployment, daemonset = one(objects, "Deployment"), one(objects, "DaemonSet")
     maps = config_maps(objects)
     image_user = str(inspect(pushed_image)["Config"].get("User") or "")
@@ -203,7 +228,7 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
 
         containers.start(ag)
         containers.start(op)
-        try:
+        with _logs_on_failure_then_cleanup(kube, containers, namespace, node):
             _probe(containers, ag, "readinessProbe")
             _probe(containers, op, "livenessProbe")
             _probe(containers, ag, "livenessProbe")
@@ -211,13 +236,6 @@ def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
             name, cid = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
             wait_for("the agent to tear the VM down", lambda: not VMCgroup(f"{SLICE}/{cid}").exists(), 60)
             assert cluster.get(name) is None
-        except BaseException:
-            for n in containers.names:
-                print(f"---- {n}\n{containers.logs(n)}")
-            raise
-        finally:
-            kube.http("DELETE", f"/api/v1/nodes/{node}")
-            kube.http("DELETE", f"/api/v1/namespaces/{namespace}")
     containers.stop_all()
     # The agent shares the node's PID namespace (hostPID): its VMs are found by their state paths.
     assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"
@@ -249,20 +267,12 @@ def _run_sandbox(
     node: str,
 ) -> tuple[str, str]:
     name = f"img-{uuid.uuid4().hex[:6]}"
-    manifest = tmp_path / "sandbox.json"
-    manifest.write_text(
-        json.dumps(
-            {
-                "apiVersion": "vmsandbox.io/v1alpha1",
-                "kind": "VMSandbox",
-                "metadata": {"name": name},
-                "spec": registry.sandbox(
-                    ["sh", "-c", "echo hello from the image"],
-                    hypervisor="qemu",
-                    resources={"vcpus": 1, "memoryMiB": 256},
-                ),
-            }
-        )
+    manifest = registry.manifest(
+        tmp_path / "sandbox.json",
+        name,
+        ["sh", "-c", "echo hello from the image"],
+        hypervisor="qemu",
+        resources={"vcpus": 1, "memoryMiB": 256},
     )
     cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
     started = time.monotonic()
@@ -293,10 +303,7 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
     runtime restarting the pod does: the VM, in a cgroup of its own, runs on and is adopted."""
     suffix = uuid.uuid4().hex[:6]
     namespace, node = f"vmsandbox-system-{suffix}", f"rsnode-{suffix}"
-    _namespace(kube, namespace)
-    host_dir = tmp_path / "node"
-    ports = {"health": free_port(), "metrics": free_port(), "agent": free_port()}
-    objects = render(run_values(pushed_image, image_registry.host, host_dir, ports), tmp_path, namespace)
+    host_dir, objects = _chart_in(kube, namespace, pushed_image, image_registry, tmp_path)
     daemonset = one(objects, "DaemonSet")
     image_user = str(inspect(pushed_image)["Config"].get("User") or "")
     with kube.api_client() as api_client:
@@ -314,7 +321,7 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
         assert "--privileged" in ag.flags and ag.flags[ag.flags.index("--pid") + 1] == "host"
         _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", tmp_path / "agent-sa")
         containers.start(ag)
-        try:
+        with _logs_on_failure_then_cleanup(kube, containers, namespace, node):
             _probe(containers, ag, "readinessProbe")
             name = f"rs-{suffix}"
             spec = {
@@ -343,12 +350,5 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
             cluster.wait_gone(name, timeout=120)
             wait_for("the VM to stop", lambda: not pid_alive(vmm), timeout=30)
             assert not VMCgroup(f"{SLICE}/{cid}").exists(), "the VM's cgroup outlived it"
-        except BaseException:
-            for n in containers.names:
-                print(f"---- {n}\n{containers.logs(n)}")
-            raise
-        finally:
-            kube.http("DELETE", f"/api/v1/nodes/{node}")
-            kube.http("DELETE", f"/api/v1/namespaces/{namespace}")
     containers.stop_all()
     assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.node_agent.support import (
     fake_guest_image,
     force_cleanup,
     free_port,
+    scratch_dir,
     unique,
     wait_for,
 )
@@ -62,9 +62,8 @@ def node_agent_tools() -> None:
 
 @pytest.fixture(scope="session")
 def session_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="nat", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("nat") as path:
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -108,10 +107,8 @@ def cluster(kube: LocalCluster, kube_namespace: str) -> Iterator[Cluster]:
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # Short: VM sockets live under the runtime root and AF_UNIX paths are limited to 107 bytes.
-    path = Path(tempfile.mkdtemp(prefix="na", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir("na") as path:
+        yield path
 
 
 def agent_env(

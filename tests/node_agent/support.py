@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,6 +53,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory directly under /tmp, removed with all it holds afterwards. Short on
+    purpose: VM and agent sockets live below it, and AF_UNIX paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 #: Running (not a zombie): the one check the code under test uses too.
@@ -113,6 +125,13 @@ class Registry:
     def sandbox(self, command: list[str], **spec: Any) -> dict[str, Any]:
         """A sandbox spec running ``command`` in the test image, with ``spec``'s other fields."""
         return {"image": self.busybox, "command": command, **spec}
+
+    def manifest(self, path: Path, name: str, command: list[str], **spec: Any) -> Path:
+        """``path`` written as the manifest of sandbox ``name`` (for ``vmsandbox apply -f``),
+        with :meth:`sandbox`'s spec."""
+        body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name}}
+        path.write_text(json.dumps({**body, "spec": self.sandbox(command, **spec)}))
+        return path
 
     def start(self) -> None:
         config = self.root / "config.yml"
@@ -420,6 +439,15 @@ class AgentProcess:
             with contextlib.suppress(ValueError):
                 lines.append(json.loads(line))
         return lines
+
+    def wait_logged(self, what: str, text: str, count: int, timeout: float = 30) -> None:
+        """Until ``count`` lines of the agent's log mention ``text`` (what a restarted agent
+        adopted, say); fails naming ``what``."""
+
+        def mentions() -> bool:
+            return sum(text in line.get("msg", "") for line in self.log_lines()) >= count
+
+        wait_for(what, mentions, timeout)
 
     def kill(self) -> None:
         """SIGKILL, like an OOM kill or a node hiccup: nothing gets to clean up."""

@@ -52,11 +52,7 @@ def test_sigkilled_agent_adopts_its_five_running_vms(
     agent.kill()
     assert all(pid_alive(pid) for pid in vmms.values()), "VMs must outlive the agent"
     agent.start()
-    wait_for(
-        "five adoptions in the agent's log",
-        lambda: sum("adopted running VM" in line.get("msg", "") for line in agent.log_lines()) >= 5,
-        timeout=30,
-    )
+    agent.wait_logged("five adoptions in the agent's log", "adopted running VM", 5)
     time.sleep(2)  # a few monitor rounds
     for name in names:
         after = cluster.get(name)

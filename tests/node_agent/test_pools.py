@@ -154,11 +154,7 @@ def test_restarted_agent_adopts_its_members(
     agent.kill()
     assert all(pid_alive(pid) for pid in before.values()), "members outlive the agent"
     agent.start()
-    wait_for(
-        "two members adopted",
-        lambda: sum("adopted pool member" in line.get("msg", "") for line in agent.log_lines()) >= 2,
-        timeout=30,
-    )
+    agent.wait_logged("two members adopted", "adopted pool member", 2)
     wait_ready(cluster, agent, pool, 2)
     assert members(agent.runtime_root) == before, "the same members, with the same VMM pids"
     time.sleep(3)  # past the orphan grace period (2 s here): members are no orphans

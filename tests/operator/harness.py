@@ -203,6 +203,21 @@ def phase(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("status") or {}).get("phase")
 
 
+def in_phase(kube: LocalCluster, namespace: str, name: str, *phases: str) -> dict[str, Any] | None:
+    """The sandbox while it is in one of ``phases``, else None: a check to :func:`wait_for`."""
+    obj = get_sandbox(kube, namespace, name)
+    return obj if phase(obj) in phases else None
+
+
+def scheduled(kube: LocalCluster, namespace: str, name: str) -> dict[str, Any] | None:
+    return in_phase(kube, namespace, name, "Scheduled")
+
+
+def wait_phase(kube: LocalCluster, namespace: str, name: str, want: str, what: str) -> dict[str, Any]:
+    """The sandbox once it has reached phase ``want``; a timeout names ``what`` was awaited."""
+    return wait_for(what, lambda: in_phase(kube, namespace, name, want))
+
+
 def events_for(kube: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
     resp = kube.http("GET", f"/api/v1/namespaces/{namespace}/events")
     assert resp.status_code == 200, resp.text

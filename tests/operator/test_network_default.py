@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from tests.operator.factories import sandbox_obj
 from tests.operator.harness import (
     FakeAgents,
     create_sandbox,
-    get_sandbox,
     leading_operator,
     operator_config,
-    phase,
+    scheduled,
     wait_for,
 )
 from vmsandbox.api import NetworkMode
@@ -32,10 +29,5 @@ def test_mode_in_force_is_recorded_at_placement(
         create_sandbox(kube, ns, sandbox_obj("defaulted"))
         create_sandbox(kube, ns, sandbox_obj("asked", network={"mode": "none"}))
         for name, mode in (("defaulted", "open"), ("asked", "none")):
-            obj = wait_for(name, lambda n=name: _scheduled(kube, ns, n))  # type: ignore[misc]
+            obj = wait_for(name, lambda n=name: scheduled(kube, ns, n))  # type: ignore[misc]
             assert obj["status"]["network"] == {"mode": mode}, name
-
-
-def _scheduled(kube: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
-    obj = get_sandbox(kube, ns, name)
-    return obj if phase(obj) == "Scheduled" else None

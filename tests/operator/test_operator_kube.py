@@ -24,8 +24,10 @@ from tests.operator.harness import (
     list_sandboxes,
     operator_config,
     phase,
+    scheduled,
     wait_events,
     wait_for,
+    wait_phase,
     without_stale_nodes,
 )
 from vmsandbox.api.constants import AGENT_FINALIZER, NODE_LABEL, OPERATOR_FINALIZER
@@ -53,11 +55,6 @@ def set_finalizers(kube: LocalCluster, ns: str, name: str, finalizers: list[str]
     path = SANDBOXES.format(ns=ns) + f"/{name}"
     resp = kube.http("PATCH", path, json={"metadata": {"finalizers": finalizers}}, headers=MERGE)
     assert resp.status_code == 200, resp.text
-
-
-def scheduled(kube: LocalCluster, ns: str, name: str) -> dict[str, Any] | None:
-    obj = get_sandbox(kube, ns, name)
-    return obj if phase(obj) == "Scheduled" else None
 
 
 def running_once_scheduled(kube: LocalCluster, ns: str, names: Iterable[str]) -> None:
@@ -96,9 +93,7 @@ def test_invalid_sandbox_fails_naming_the_field_and_is_never_scheduled(
     agents.add("inv-n1", hypervisors=("cloud-hypervisor", "process"))
     with run_operator(kube, ns):
         create_sandbox(kube, ns, sandbox_obj("bad", hypervisor="process"))
-        obj = wait_for(
-            "Failed", lambda: phase(get_sandbox(kube, ns, "bad")) == "Failed" and get_sandbox(kube, ns, "bad")
-        )
+        wait_phase(kube, ns, "bad", "Failed", "Failed")
         time.sleep(1.0)
         obj = get_sandbox(kube, ns, "bad")
     assert obj is not None

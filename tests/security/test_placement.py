@@ -68,8 +68,7 @@ def test_tenant_label_on_a_node_its_selector_excludes_is_refused(
     _tenant_creates(kube, kube_namespace, tenant, sandbox("honest", nodeSelector={"pool": "a"}))
 
     def settled(name: str) -> dict[str, object] | None:
-        obj = harness.get_sandbox(kube, kube_namespace, name)
-        return obj if harness.phase(obj) in ("Failed", "Scheduled") else None
+        return harness.in_phase(kube, kube_namespace, name, "Failed", "Scheduled")
 
     refused = harness.wait_for("the refusal", lambda: settled("attack"))
     status = refused["status"]
@@ -91,12 +90,7 @@ def test_tenant_label_on_an_unknown_node_is_refused(
     attack = sandbox("nowhere")
     attack["metadata"]["labels"] = {"vmsandbox.io/node": "no-such-node"}
     _tenant_creates(kube, kube_namespace, tenant, attack)
-    obj = harness.wait_for(
-        "the refusal",
-        lambda: (
-            (o := harness.get_sandbox(kube, kube_namespace, "nowhere")) and harness.phase(o) == "Failed" and o
-        ),
-    )
+    obj = harness.wait_phase(kube, kube_namespace, "nowhere", "Failed", "the refusal")
     assert obj["status"]["reason"] == StatusReason.INVALID
     assert obj["status"]["message"] == (
         f"{LABEL_FIELD}: node 'no-such-node' was not chosen by the operator and cannot take this "
@@ -118,12 +112,7 @@ def test_a_label_moved_after_placement_is_refused(
     patch = {"metadata": {"labels": {"vmsandbox.io/node": node_b}}}
     resp = kube.http("PATCH", path, json=patch, headers={"Content-Type": "application/merge-patch+json"})
     assert resp.status_code == 200, resp.text
-    obj = harness.wait_for(
-        "the refusal",
-        lambda: (
-            (o := harness.get_sandbox(kube, kube_namespace, "moved")) and harness.phase(o) == "Failed" and o
-        ),
-    )
+    obj = harness.wait_phase(kube, kube_namespace, "moved", "Failed", "the refusal")
     assert obj["status"]["reason"] == StatusReason.INVALID
     assert obj["status"]["message"] == (
         f"{LABEL_FIELD}: {node_b!r} is not the node the operator placed the sandbox on ({node_a!r})"

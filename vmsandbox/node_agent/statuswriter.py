@@ -39,6 +39,11 @@ PATIENCE_SECONDS = 30.0
 T = TypeVar("T")
 Mutation = Callable[[VMSandboxStatus], None]
 Abort = Callable[[], bool]
+#: What a compare-and-swap step asks for: the call that writes its change, ``done`` when the copy
+#: it was given already holds it, ``reread`` when only a fresh copy can tell.
+Write = Callable[[], dict[str, Any]] | Literal["done", "reread"]
+#: The step itself, given the current copy and whether it was just read from the server.
+Step = Callable[[dict[str, Any], bool], Write]
 
 
 class WriteFailed(VMSandboxError):
@@ -102,66 +107,69 @@ class SandboxWriter:
             f"reading {namespace}/{name}", lambda: self.kube.get_sandbox(namespace, name), deadline, abort
         )
 
-    def update_status(
-        self, obj: dict[str, Any], mutate: Mutation, *, uid: str | None = None, abort: Abort | None = None
+    def _swap(
+        self,
+        obj: dict[str, Any],
+        uid: str | None,
+        what: str,
+        step: Step,
+        abort: Abort | None,
+        lost: Callable[[], None],
     ) -> dict[str, Any] | None:
-        """Apply ``mutate`` to the status of ``obj`` (re-read on conflict); None when the object is gone."""
+        """The compare-and-swap loop of every write: ``step`` turns the current copy into the
+        write (or says it is already done, or wants a fresh copy); a lost swap reads the object
+        again and asks again, spaced out by back-off after a few, and is reported to ``lost``.
+        None when the object is gone or is now another one."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        uid = uid or obj["metadata"].get("uid")
-        current: dict[str, Any] | None = obj
-        deadline, backoff, conflicts = self._deadline(), Backoff(), 0
-        while True:
-            if current is None or current["metadata"].get("uid") != uid:
-                return None
-            status = read_status(current)
-            before = status.to_wire()
-            mutate(status)
-            after = status.to_wire()
-            if after == before and current.get("status") is not None:
-                return current
-            body = {**current, "status": after}
-            written = self._write(
-                f"{namespace}/{name}: status",
-                lambda body=body: self.kube.replace_status(namespace, name, body),  # type: ignore[misc]
-                deadline,
-                abort,
-            )
-            if written is not False:
-                return written
-            self.metrics.status_conflicts.inc()
-            conflicts += 1
-            self._conflict_pause(conflicts, backoff, deadline, abort)
-            current = self._fresh(namespace, name, deadline, abort)
-
-    def set_finalizer(
-        self, obj: dict[str, Any], finalizer: str, present: bool, *, abort: Abort | None = None
-    ) -> dict[str, Any] | None:
-        """Add or remove one finalizer, guarded by a test of the list; None when the object is gone."""
-        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        uid = obj["metadata"].get("uid")
         current: dict[str, Any] | None = obj
         fresh = False
         deadline, backoff, conflicts = self._deadline(), Backoff(), 0
         while True:
             if current is None or current["metadata"].get("uid") != uid:
                 return None
-            meta = current["metadata"]
-            finalizers: list[str] = list(meta.get("finalizers") or [])
-            if (finalizer in finalizers) == present:
-                if present or fresh:
-                    return current
-                # A removal must not be skipped on the word of a stale copy.
-                current, fresh = self._fresh(namespace, name, deadline, abort), True
-                continue
-            ops = edit_finalizer(meta, finalizer, present)
-            written = self._write(
-                f"{namespace}/{name}: finalizer",
-                lambda ops=ops: self.kube.patch_sandbox(namespace, name, ops),  # type: ignore[misc]
-                deadline,
-                abort,
-            )
-            if written is not False:
-                return written
-            conflicts += 1
-            self._conflict_pause(conflicts, backoff, deadline, abort)
+            write = step(current, fresh)
+            if write == "done":
+                return current
+            if write != "reread":
+                written = self._write(f"{namespace}/{name}: {what}", write, deadline, abort)
+                if written is not False:
+                    return written
+                lost()
+                conflicts += 1
+                self._conflict_pause(conflicts, backoff, deadline, abort)
             current, fresh = self._fresh(namespace, name, deadline, abort), True
+
+    def update_status(
+        self, obj: dict[str, Any], mutate: Mutation, *, uid: str | None = None, abort: Abort | None = None
+    ) -> dict[str, Any] | None:
+        """Apply ``mutate`` to the status of ``obj`` (re-read on conflict); None when the object is gone."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+        def step(current: dict[str, Any], fresh: bool) -> Write:
+            status = read_status(current)
+            before = status.to_wire()
+            mutate(status)
+            after = status.to_wire()
+            if after == before and current.get("status") is not None:
+                return "done"
+            body = {**current, "status": after}
+            return lambda: self.kube.replace_status(namespace, name, body)
+
+        uid = uid or obj["metadata"].get("uid")
+        return self._swap(obj, uid, "status", step, abort, self.metrics.status_conflicts.inc)
+
+    def set_finalizer(
+        self, obj: dict[str, Any], finalizer: str, present: bool, *, abort: Abort | None = None
+    ) -> dict[str, Any] | None:
+        """Add or remove one finalizer, guarded by a test of the list; None when the object is gone."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+        def step(current: dict[str, Any], fresh: bool) -> Write:
+            meta = current["metadata"]
+            if (finalizer in list(meta.get("finalizers") or [])) == present:
+                # A removal must not be skipped on the word of a stale copy.
+                return "done" if present or fresh else "reread"
+            ops = edit_finalizer(meta, finalizer, present)
+            return lambda: self.kube.patch_sandbox(namespace, name, ops)
+
+        return self._swap(obj, obj["metadata"].get("uid"), "finalizer", step, abort, lambda: None)

@@ -126,6 +126,15 @@ class ClusterCache:
         for kind in kinds:
             self._gates[kind].end_list()
 
+    def _replaces(
+        self, kind: str, old: Mapping[str, Any] | None, key: str, raw: Mapping[str, Any], source: Source
+    ) -> bool:
+        """Whether ``raw`` takes the place of ``old``, the cached copy of a Node or Lease: the
+        kind's version gate admits it and it is not the very version already held."""
+        same = old is not None and _uid(old) == _uid(raw)
+        admitted = _admit(self._gates[kind], key, raw, source, same)
+        return admitted and not (old is not None and _version(old) == _version(raw))
+
     # sandboxes
     def upsert_sandbox(self, raw: dict[str, Any], source: Source = "watch") -> SandboxEntry | None:
         """Store ``raw`` unless it is older than the stored copy; returns the stored entry."""
@@ -199,10 +208,7 @@ class ClusterCache:
         """Returns True when something scheduling depends on changed (not just a heartbeat)."""
         name = str(raw["metadata"]["name"])
         old = self.nodes.get(name)
-        same = old is not None and _uid(old) == _uid(raw)
-        if not _admit(self._gates["node"], name, raw, source, same) or (
-            old is not None and _version(old) == _version(raw)
-        ):
+        if not self._replaces("node", old, name, raw, source):
             return False
         self.nodes[name] = raw
         self._views = None
@@ -220,11 +226,7 @@ class ClusterCache:
         node = lease_node(raw)
         if node is None or meta.get("namespace") != self.config.namespace:
             return None
-        old = self.leases.get(node)
-        same = old is not None and _uid(old) == _uid(raw)
-        if not _admit(self._gates["lease"], node, raw, source, same) or (
-            old is not None and _version(old) == _version(raw)
-        ):
+        if not self._replaces("lease", self.leases.get(node), node, raw, source):
             return node
         self.leases[node] = raw
         marker = lease_marker(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,12 @@ def _absolute(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must be an absolute path")
     return value
+
+
+def _repeated(types: Iterable[str]) -> list[str]:
+    """The types named more than once, sorted: a list the spec says holds each type at most once."""
+    seen = list(types)
+    return sorted({t for t in seen if seen.count(t) > 1})
 
 
 def _semver(value: str) -> str:
@@ -81,9 +88,7 @@ class Process(_Open):
     oomScoreAdj: int | None = None
 
     def model_post_init(self, context: Any) -> None:
-        types = [r.type for r in self.rlimits or []]
-        duplicates = sorted({t for t in types if types.count(t) > 1})
-        if duplicates:
+        if duplicates := _repeated(r.type for r in self.rlimits or []):
             raise ValueError(f"duplicate rlimit types {duplicates}")
 
 
@@ -104,9 +109,7 @@ class Linux(_Open):
     cgroupsPath: str | None = None
 
     def model_post_init(self, context: Any) -> None:
-        types = [ns.type for ns in self.namespaces or []]
-        duplicates = sorted({t for t in types if types.count(t) > 1})
-        if duplicates:
+        if duplicates := _repeated(ns.type for ns in self.namespaces or []):
             raise ValueError(f"namespaces: duplicate types {duplicates}")
 
 

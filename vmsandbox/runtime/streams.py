@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, cast
+from typing import BinaryIO, Literal, Self, cast
 
 from vmsandbox.guest import streams
 from vmsandbox.guest.protocol import (
@@ -79,19 +79,44 @@ def _status(payload: bytes) -> Exited | Ok | Failure:
     return message
 
 
-class ExecStream:
-    """A running exec: write stdin, resize, signal; iterate output until the exit code is known."""
+def _next_chunk(sock: socket.socket, stream: str, cut_short: str) -> tuple[int, bytes]:
+    """The next ``(channel, payload)`` of the ``stream`` (exec, read) a guest agent sends; a
+    failed connection, or the agent closing it (``cut_short`` says what that leaves unknown),
+    is an :class:`AgentError`."""
+    try:
+        chunk = streams.recv_chunk(sock)
+    except (OSError, ProtocolError) as exc:
+        raise AgentError(f"{stream} stream: {exc}", step="guest agent") from exc
+    if chunk is None:
+        raise AgentError(cut_short, step="guest agent")
+    return chunk
+
+
+class _SocketStream:
+    """A stream over one connection to the guest agent, closed with its ``with`` block; its
+    :attr:`exit_code` is known once its output has been read to the end."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.writer = streams.ChunkWriter(sock)
         self.exit_code: int | None = None
 
-    def __enter__(self) -> ExecStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class ExecStream(_SocketStream):
+    """A running exec: write stdin, resize, signal; iterate output until the exit code is known."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.writer = streams.ChunkWriter(sock)
 
     def write_stdin(self, data: bytes) -> None:
         self.writer.send(streams.STDIN, data)
@@ -108,15 +133,9 @@ class ExecStream:
     def output(self) -> Iterator[Output_]:
         """``(1, bytes)`` for stdout, ``(2, bytes)`` for stderr, in order; then sets :attr:`exit_code`."""
         while True:
-            try:
-                chunk = streams.recv_chunk(self.sock)
-            except (OSError, ProtocolError) as exc:
-                raise AgentError(f"exec stream: {exc}", step="guest agent") from exc
-            if chunk is None:
-                raise AgentError(
-                    "the guest agent closed the exec stream before the exit status", step="guest agent"
-                )
-            channel, payload = chunk
+            channel, payload = _next_chunk(
+                self.sock, "exec", "the guest agent closed the exec stream before the exit status"
+            )
             if channel == streams.STDOUT:
                 yield 1, payload
             elif channel == streams.STDERR:
@@ -129,10 +148,6 @@ class ExecStream:
                     raise AgentError(f"unexpected exec status {status.type!r}", step="guest agent")
                 self.exit_code = status.exit_code
                 return
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def start_exec(
@@ -168,13 +183,7 @@ class ReadStream:
 
     def chunks(self) -> Iterator[bytes]:
         while True:
-            try:
-                chunk = streams.recv_chunk(self.sock)
-            except (OSError, ProtocolError) as exc:
-                raise AgentError(f"read stream: {exc}", step="guest agent") from exc
-            if chunk is None:
-                raise AgentError("the guest agent closed the read stream early", step="guest agent")
-            channel, payload = chunk
+            channel, payload = _next_chunk(self.sock, "read", "the guest agent closed the read stream early")
             if channel == streams.STDOUT:
                 yield payload
             elif channel == streams.STATUS:
@@ -330,22 +339,12 @@ def list_path(client: AgentClient, container_id: str, path: str) -> list[PathEnt
     return reply.entries
 
 
-class AttachStream:
+class AttachStream(_SocketStream):
     """The sandbox's main process: its retained and new output, its stdin, its terminal size.
 
     It speaks the guest's JSON attach frames (the relay's own channel to the main process), so
     output first replays what the guest still holds (up to 8 MiB), then follows.
     """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.exit_code: int | None = None
-
-    def __enter__(self) -> AttachStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def write_stdin(self, data: bytes) -> None:
         send_frame(self.sock, StdinData.of(data))
@@ -369,10 +368,6 @@ class AttachStream:
                 return
             elif isinstance(reply, Failure):
                 raise _refusal(reply)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 def start_attach(client: AgentClient, container_id: str) -> AttachStream:
