@@ -49,7 +49,7 @@ from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.qemu import migration, nic
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
-from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, has_device
+from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, remove_device
 from vmsandbox.hypervisor.qemu.tapfd import TAP_FD
 from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
 from vmsandbox.hypervisor.taps import open_tap
@@ -467,25 +467,11 @@ class QemuDriver(HypervisorDriver):
         _save_hotplug_table(handle, table)
 
     def detach_disk(self, handle: VMHandle, serial: str) -> None:
-        """``device_del``, wait until the guest has ejected it, then ``blockdev-del``.
-
-        ``device_del`` only asks the guest (ACPI eject on q35's root ports); the device, its port
-        and its drive stay taken until the guest has answered and QEMU has finalized the device.
-        """
-        device, node = f"blk-{serial}", f"hp-{serial}"
+        """The device removed once the guest has ejected it (:func:`remove_device`), then
+        ``blockdev-del``: its drive stays taken until then."""
         with self._qmp(handle) as qmp:
-            if has_device(qmp, device):
-                with contextlib.suppress(QMPError):  # already being removed: wait for it below
-                    qmp.execute("device_del", {"id": device})
-                deadline = time.monotonic() + DETACH_TIMEOUT
-                while has_device(qmp, device):
-                    if time.monotonic() >= deadline:
-                        raise HypervisorError(
-                            f"disk {serial}: the guest did not release it within {DETACH_TIMEOUT:.0f}s",
-                            step="detach disk",
-                        )
-                    time.sleep(0.05)
-            self._delete_block_node(qmp, node, serial)
+            remove_device(qmp, f"blk-{serial}", DETACH_TIMEOUT, f"disk {serial}", "detach disk")
+            self._delete_block_node(qmp, f"hp-{serial}", serial)
         table = _hotplug_table(handle)
         if table.pop(serial, None) is not None:
             _save_hotplug_table(handle, table)

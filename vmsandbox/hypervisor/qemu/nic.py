@@ -8,10 +8,8 @@ as the VMM user, maybe in another network namespace than the tap's.
 from __future__ import annotations
 
 import contextlib
-import time
 
-from vmsandbox.hypervisor.base import HypervisorError
-from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, has_device
+from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, remove_device
 
 NETDEV_ID = "net0"
 NIC_ID = "nic0"
@@ -38,17 +36,9 @@ def plug(qmp: QMPClient, tap_fd: int, mac: str, bus: str) -> None:
 
 
 def unplug(qmp: QMPClient, timeout: float) -> None:
-    """``device_del``, wait until the guest released the NIC, then ``netdev_del``; idempotent."""
-    if has_device(qmp, NIC_ID):
-        with contextlib.suppress(QMPError):  # already being removed: wait for it below
-            qmp.execute("device_del", {"id": NIC_ID})
-        deadline = time.monotonic() + timeout
-        while has_device(qmp, NIC_ID):
-            if time.monotonic() >= deadline:
-                raise HypervisorError(
-                    f"the guest did not release its NIC within {timeout:.0f}s", step="detach nic"
-                )
-            time.sleep(0.05)
+    """The NIC removed once the guest released it (:func:`remove_device`), then ``netdev_del``;
+    idempotent."""
+    remove_device(qmp, NIC_ID, timeout, "its NIC", "detach nic")
     _quietly(qmp, "netdev_del", {"id": NETDEV_ID})
     _quietly(qmp, "closefd", {"fdname": FD_NAME})
 

@@ -7,6 +7,7 @@ asynchronous ``{"event": ...}`` messages interleaved (skipped here; replies are 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -133,3 +134,20 @@ def has_device(qmp: QMPClient, qdev_id: str) -> bool:
     waits for that."""
     children = qmp.execute("qom-list", {"path": "/machine/peripheral"})
     return any(child.get("name") == qdev_id for child in children)
+
+
+def remove_device(qmp: QMPClient, qdev_id: str, timeout: float, what: str, step: str) -> None:
+    """``device_del``, then wait until the guest has released the device; idempotent.
+
+    ``device_del`` only asks the guest (ACPI eject on q35's root ports); the device, its port and
+    its backend stay taken until the guest has answered and QEMU has finalized the device.
+    """
+    if not has_device(qmp, qdev_id):
+        return
+    with contextlib.suppress(QMPError):  # already being removed: wait for it below
+        qmp.execute("device_del", {"id": qdev_id})
+    deadline = time.monotonic() + timeout
+    while has_device(qmp, qdev_id):
+        if time.monotonic() >= deadline:
+            raise HypervisorError(f"the guest did not release {what} within {timeout:.0f}s", step=step)
+        time.sleep(0.05)
