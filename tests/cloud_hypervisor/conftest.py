@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from tests.cloud_hypervisor.standin import openapi
 from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
 from tests.leaks import pids_mentioning, processes_mentioning, sockets_under
+from tests.tools import missing
 from tests.vmm_user import ensure_vmm_user
 from vmsandbox.hypervisor.base import VMSpec
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver, Timeouts
@@ -27,6 +29,15 @@ from vmsandbox.hypervisor.config import HypervisorConfig
 
 STANDIN_DIR = Path(__file__).resolve().parent / "standin"
 STANDIN_BINARY = STANDIN_DIR / "cloud-hypervisor"
+
+
+def openapi_spec() -> Path:
+    """Cloud Hypervisor's OpenAPI document: the tests skip without it, or fail where
+    ``VMSANDBOX_REQUIRE_TOOLS`` promises it."""
+    path = openapi.spec_path()
+    if not path.is_file():
+        missing(f"Cloud Hypervisor OpenAPI document not found at {path} (set {openapi.ENV_SPEC})")
+    return path
 
 
 def http(

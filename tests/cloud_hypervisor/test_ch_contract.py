@@ -13,21 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.cloud_hypervisor.conftest import Workspace, http
+from tests.cloud_hypervisor.conftest import Workspace, http, openapi_spec
 from tests.cloud_hypervisor.standin import openapi
 from vmsandbox.hypervisor.base import DiskSpec
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver
 
-SPEC_PATH = openapi.spec_path()
-pytestmark = pytest.mark.skipif(
-    not SPEC_PATH.is_file(),
-    reason=f"Cloud Hypervisor OpenAPI document not found at {SPEC_PATH} (set {openapi.ENV_SPEC})",
-)
 
-
-@pytest.fixture(scope="module")
+@pytest.fixture(autouse=True, scope="module")
 def spec() -> dict[str, Any]:
-    return openapi.load_spec(SPEC_PATH)
+    return openapi.load_spec(openapi_spec())
 
 
 def _has_null(value: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cloud_hypervisor.conftest import Workspace
+from tests.cloud_hypervisor.conftest import Workspace, openapi_spec
 from tests.cloud_hypervisor.standin import openapi
 from tests.cloud_hypervisor.test_ch_standin_wire import Standin
 from tests.network.conftest import own_tap, sh, tap_is_free
@@ -26,7 +26,6 @@ from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.taps import open_tap
 
 MAC = "02:76:73:fb:00:02"
-SPEC_PATH = openapi.spec_path()
 
 
 @pytest.fixture
@@ -79,11 +78,9 @@ def test_a_nic_is_hot_plugged_on_the_taps_descriptor_and_unplugged_again(
 
 
 def test_the_add_net_body_conforms_to_the_openapi_document() -> None:
-    if not SPEC_PATH.is_file():
-        pytest.skip(f"Cloud Hypervisor OpenAPI document not found at {SPEC_PATH} (set {openapi.ENV_SPEC})")
     from vmsandbox.hypervisor.cloud_hypervisor.vmconfig import NetConfig
 
-    spec = openapi.load_spec(SPEC_PATH)
+    spec = openapi.load_spec(openapi_spec())
     assert openapi.body_schema_name(spec, "/vm.add-net", "PUT") == "NetConfig"
     assert openapi.violations(spec, "NetConfig", NetConfig(mac=MAC, id=NIC_ID).body()) == []
     assert openapi.violations(spec, "NetConfig", {"mac": MAC, "num_queues": "two"})
