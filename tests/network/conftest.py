@@ -49,6 +49,15 @@ PREFIX6 = "fd76:7362:afa:700::/64"
 GATEWAY6 = "fd76:7362:afa:700::1"
 
 
+def reach_probe(address: str, wait: int = 2) -> str:
+    """A shell line for inside a sandbox: ``reached ADDRESS`` if an HTTP GET to it on port 80
+    came back from that server (its reply names it), else ``blocked ADDRESS``."""
+    fetch = (
+        f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w {wait} {address} 80 | busybox grep -q {address}"
+    )
+    return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
+
+
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.leaks import private_cgroup_parent
-from tests.network.conftest import DNS, HERE, PRIVATE, PUBLIC, SUBNET, Topology, sh
+from tests.network.conftest import DNS, HERE, PRIVATE, PUBLIC, SUBNET, Topology, reach_probe, sh
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.runtime.support import base_config, short_root, write_bundle
 from vmsandbox.node_agent.network.ipam import mac_of
@@ -29,22 +29,14 @@ pytestmark = pytest.mark.vm
 __all__ = ["guest_image", "qemu_binary", "vmm_user"]  # fixtures, used by name
 
 SANDBOX_IP = "10.250.7.2"
-GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
-
-
-def _probe(address: str) -> str:
-    fetch = f"{GET} | busybox nc -w 3 {address} 80 | busybox grep -q {address}"
-    return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
-
-
 SCRIPT = " ; ".join(
     [
         "echo mac $(cat /sys/class/net/eth0/address)",
         "busybox ip -4 -o addr show dev eth0",
         "busybox ip route show",
         "cat /etc/resolv.conf",
-        _probe(PUBLIC),
-        _probe(PRIVATE),
+        reach_probe(PUBLIC, wait=3),
+        reach_probe(PRIVATE, wait=3),
     ]
 )
 

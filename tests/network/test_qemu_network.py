@@ -23,6 +23,7 @@ from tests.network.conftest import (
     SUBNET,
     ULA,
     Topology,
+    reach_probe,
     sh,
 )
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
@@ -32,20 +33,13 @@ from vmsandbox.hypervisor.vmmuser import VmmUser
 pytestmark = pytest.mark.vm
 __all__ = ["guest_image", "qemu_binary", "vmm_user"]  # fixtures, used by name
 
-GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
-
-
-def _probe(address: str) -> str:
-    fetch = f"{GET} | busybox nc -w 3 {address} 80 | busybox grep -q {address}"
-    return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
-
 
 def test_guest_nic_under_restricted_with_an_allow(
     topo: Topology, guest_image: Path, tmp_path: Path, vmm_user: VmmUser
 ) -> None:
     targets = (PUBLIC, PRIVATE, METADATA, PUBLIC6, ULA, NODE_UPLINK6, GATEWAY6)
     shows = ["busybox ip -4 -o addr show dev eth0", "busybox ip -6 -o addr show dev eth0"]
-    script = " ; ".join([*shows, "busybox ip -6 route show", *(_probe(a) for a in targets)])
+    script = " ; ".join([*shows, "busybox ip -6 route show", *(reach_probe(a, wait=3) for a in targets)])
     config = base_config(["/bin/sh", "-c", script])
     config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
     config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}

@@ -24,6 +24,7 @@ from tests.network.conftest import (
     SUBNET,
     ULA,
     Topology,
+    reach_probe,
     topo,
 )
 from tests.node_agent.support import (
@@ -38,17 +39,9 @@ from tests.node_agent.support import (
 pytestmark = pytest.mark.kube
 __all__ = ["topo"]  # the fixture, used by name
 
-GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
-
-
-def _probe(address: str) -> str:
-    fetch = f"{GET} | busybox nc -w 2 {address} 80 | busybox grep -q {address}"
-    return f"if {fetch}; then echo reached {address}; else echo blocked {address}; fi"
-
-
 SCRIPT = " ; ".join(
     [
-        *(_probe(a) for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA, PUBLIC6, PUBLIC6_2, ULA)),
+        *(reach_probe(a) for a in (PUBLIC, PUBLIC_2, PRIVATE, METADATA, PUBLIC6, PUBLIC6_2, ULA)),
         "echo probes done",
         "sleep 600",
     ]

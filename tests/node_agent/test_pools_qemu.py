@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.network.conftest import PRIVATE, PUBLIC, PUBLIC6, Topology, topo
+from tests.network.conftest import PRIVATE, PUBLIC, PUBLIC6, Topology, reach_probe, topo
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, share, wait_ready
 from tests.node_agent.support import (
     AgentProcess,
@@ -94,11 +94,7 @@ NET_SCRIPT = " ; ".join(
         "echo mac $(cat /sys/class/net/eth0/address)",
         "busybox ip -4 -o addr show dev eth0",
         "busybox ip -6 -o addr show dev eth0",
-        *(
-            f"if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {a} 80 | busybox grep -q {a}; "
-            f"then echo reached {a}; else echo blocked {a}; fi"
-            for a in (PUBLIC, PRIVATE, PUBLIC6)
-        ),
+        *(reach_probe(a, wait=3) for a in (PUBLIC, PRIVATE, PUBLIC6)),
         "echo probes done",
         "sleep 600",
     ]
