@@ -17,13 +17,15 @@ import pytest
 
 from tests.cloud_hypervisor.conftest import Workspace, openapi_spec
 from tests.cloud_hypervisor.standin import openapi
-from tests.cloud_hypervisor.test_ch_standin_wire import Standin
+from tests.cloud_hypervisor.test_ch_standin_wire import Standin, standin
 from tests.network.conftest import own_tap, sh, tap_is_free
 from vmsandbox.hypervisor.cloud_hypervisor.driver import NIC_ID, CloudHypervisorDriver
 from vmsandbox.hypervisor.cloud_hypervisor.errors import ApiError
 from vmsandbox.hypervisor.cloud_hypervisor.rawhttp import put_with_fds
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.taps import open_tap
+
+__all__ = ["standin"]  # the fixture, used by name
 
 MAC = "02:76:73:fb:00:02"
 
@@ -84,15 +86,6 @@ def test_the_add_net_body_conforms_to_the_openapi_document() -> None:
     assert openapi.body_schema_name(spec, "/vm.add-net", "PUT") == "NetConfig"
     assert openapi.violations(spec, "NetConfig", NetConfig(mac=MAC, id=NIC_ID).body()) == []
     assert openapi.violations(spec, "NetConfig", {"mac": MAC, "num_queues": "two"})
-
-
-@pytest.fixture
-def standin(workspace: Workspace, echo_guest: None) -> Iterator[Standin]:
-    server = Standin(workspace)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _add_net(server: Standin, body: dict[str, Any], fds: list[int]) -> tuple[int, Any]:
