@@ -91,3 +91,14 @@ def test_which_finds_executables_on_path_as_shutil_does(
     for name in ("tool", "plain", "subdir", "sh", "no-such-tool"):
         assert _which(name) == shutil.which(name, path=path), name
     assert _which("tool") == str(tool)
+
+
+def test_the_preload_also_readies_libc_for_the_first_creates_mounts(tmp_path: Path) -> None:
+    """An idle pool member has loaded everything its claim's create needs before the claim."""
+    done = _guest_python(
+        "import os; os.getpid = lambda: 1; from vmsandbox.guest.agent import Agent; "
+        f"agent = Agent({str(tmp_path)!r}, 'runc'); agent._preload(); "
+        "from vmsandbox.guest import disks; print(disks._LIBC is not None, 'ctypes' in sys.modules)"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]

@@ -101,8 +101,16 @@ class Agent:
             return self._table
 
     def preload(self) -> None:
-        """Load the container machinery in the background while the host prepares its requests."""
-        threading.Thread(target=lambda: self.table, name="preload", daemon=True).start()
+        """Load the container machinery in the background while the host prepares its requests,
+        then what the first create's mounts need (ctypes), which the host does not wait for
+        before that create."""
+        threading.Thread(target=self._preload, name="preload", daemon=True).start()
+
+    def _preload(self) -> None:
+        from vmsandbox.guest.disks import load_libc
+
+        _ = self.table  # loaded now rather than by the first request
+        load_libc()
 
     def serve(self, listener: Listener) -> None:
         while True:

@@ -21,6 +21,11 @@ import time
 from vmsandbox.errors import VMSandboxError
 from vmsandbox.guest.protocol import BlockDevice, HostPath
 
+#: True only for type checkers; importing typing would cost the first create under emulation.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 DISKS_ENV = "VMSANDBOX_GUEST_DISKS"
 SYS_BLOCK = "/sys/block"
 
@@ -65,23 +70,37 @@ def _run(cmd: list[str], what: str) -> None:
 
 _MNT_DETACH = 2
 _MS_RDONLY = 1
+#: libc through ctypes, opened once (see :func:`load_libc`).
+_LIBC: Any = None
+
+
+def load_libc() -> None:
+    """Import ctypes and open libc for :func:`_mount` now, off a create's path: the agent calls
+    this in the background once it listens (an idle pool member has it ready for its claim)."""
+    _libc()
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 def _mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
-    """mount(2) through libc: no helper process per mount (ctypes loads only when needed)."""
+    """mount(2) through libc: no helper process per mount."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
+    rc = _libc().mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
     if rc != 0:
         errno = ctypes.get_errno()
         raise RootfsError(f"mount -t {fstype} {source} {target}: {os.strerror(errno)}")
 
 
 def _umount(target: str) -> None:
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).umount2(target.encode(), _MNT_DETACH)
+    _libc().umount2(target.encode(), _MNT_DETACH)
 
 
 class PreparedRootfs:
