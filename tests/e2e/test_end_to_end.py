@@ -207,14 +207,22 @@ def test_three_agents_selector_taints_capacity(
         )
         cluster.wait_phase("fill", "Running")
     cluster.create_sandbox("waits", {**hold, "nodeSelector": {"disk": "ssd"}})
-    pending = wait_for(
-        "Unschedulable", lambda: (s := cluster.status("waits")).get("reason") == "Unschedulable" and s
-    )
-    assert pending["phase"] == "Pending"
-    assert without_stale_nodes(pending["message"]) == (
+    every_node = (
         "1 node: insufficient vcpus; 1 node: node selector mismatch; "
         "1 node: node selector mismatch, taint gpu=true"
     )
+    # The message is recomputed at each retry: on a loaded machine one attempt may have found
+    # an agent's heartbeat late (that node then reads "agent not ready", which is dropped).
+    pending = wait_for(
+        "Unschedulable with a reason for each live node",
+        lambda: (
+            (s := cluster.status("waits")).get("reason") == "Unschedulable"
+            and without_stale_nodes(s.get("message", "")) == every_node
+            and s
+        ),
+    )
+    assert pending["phase"] == "Pending"
+    assert without_stale_nodes(pending["message"]) == every_node
     # The untolerated taint alone keeps a plain sandbox off the gpu node; it goes to small.
     cluster.create_sandbox("plain", {**hold, "nodeSelector": {"size": "small"}})
     assert cluster.wait_phase("plain", "Running")["nodeName"] == small.node
