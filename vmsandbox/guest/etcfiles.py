@@ -37,14 +37,19 @@ class EtcFilesError(VMSandboxError):
     step = "sandbox files"
 
 
-def _write_in(directory: str, name: str, text: str) -> str:
-    """Replace ``directory/name`` with ``text`` at once; returns its path."""
-    path = os.path.join(directory, name)
+def replace_file(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` at once (mode 0644): a reader sees the old file or the new."""
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as file:
         file.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _write_in(directory: str, name: str, text: str) -> str:
+    """:func:`replace_file` of ``directory/name``; returns its path."""
+    path = os.path.join(directory, name)
+    replace_file(path, text)
     return path
 
 

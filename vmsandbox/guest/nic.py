@@ -15,6 +15,7 @@ import subprocess
 import time
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.etcfiles import replace_file
 
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
@@ -106,8 +107,5 @@ def configure(
     if req.gateway6 is not None:
         run([*IP, "-6", "route", "replace", "default", "via", req.gateway6, "dev", name])
     if req.dns:
-        tmp = resolv_conf + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("".join(f"nameserver {server}\n" for server in req.dns))
-        os.replace(tmp, resolv_conf)
+        replace_file(resolv_conf, "".join(f"nameserver {server}\n" for server in req.dns))
     return name
