@@ -104,6 +104,15 @@ class BootTimings(BaseModel):
     kernel_to_init: float | None = None
     init_to_agent_ready: float | None = None
 
+    @classmethod
+    def between(cls, start: float, vmm_up: float, booted: float, agent_up: float) -> BootTimings:
+        """The host-side stages from the ``time.monotonic()`` marks that close each of them."""
+        return cls(
+            vmm_start=(vmm_up - start) * 1000,
+            vm_boot=(booted - vmm_up) * 1000,
+            agent_ready=(agent_up - booted) * 1000,
+        )
+
     def add_guest_clock(self, pong: Pong) -> None:
         """Take the guest's own start timestamps from its agent's pong, when it sent them."""
         if pong.init_uptime is not None and pong.ready_uptime is not None:

@@ -3,9 +3,11 @@ writable disks copied in at snapshot time and copied out again for each restored
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from vmsandbox.hypervisor.base import DiskSpec, HypervisorError, SnapshotManifest
@@ -18,6 +20,18 @@ def new_snapshot_dir(directory: Path) -> Path:
         raise HypervisorError(f"snapshot directory {directory} exists and is not empty", step="snapshot")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+@contextlib.contextmanager
+def snapshot_dir(directory: Path) -> Iterator[Path]:
+    """A new snapshot directory for the ``with`` body to fill; removed again when the body fails,
+    so a failed snapshot leaves nothing that a restore could take for one."""
+    target = new_snapshot_dir(directory)
+    try:
+        yield target
+    except BaseException:
+        remove_dir(target)
+        raise
 
 
 def copy_file(source: Path, target: Path) -> None:

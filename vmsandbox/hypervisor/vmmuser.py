@@ -13,14 +13,19 @@ VM's tap is created owned by the user so it can attach to it without ``CAP_NET_A
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pwd
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vmsandbox.hypervisor.base import HypervisorError
+
+if TYPE_CHECKING:
+    from vmsandbox.hypervisor.config import HypervisorConfig
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +163,14 @@ def give_access(user: VmmUser | None, state_dir: Path, disks: list[tuple[Path, b
                 user.own(path)
     except OSError as exc:
         raise VmmUserError(f"cannot give the VMM user {user.name} access: {exc}") from exc
+
+
+class RunsAsVmmUser:
+    """A driver whose VMM runs as the configured user."""
+
+    config: HypervisorConfig
+
+    @functools.cached_property
+    def user(self) -> VmmUser | None:
+        """The user the VMM runs as (resolved once: a missing user is an error naming the setting)."""
+        return resolve(self.config.vmm_user)

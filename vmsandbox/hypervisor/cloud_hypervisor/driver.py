@@ -65,9 +65,9 @@ from vmsandbox.hypervisor.detached import Detached, exit_status, waiter_gone
 from vmsandbox.hypervisor.landlock import landlock_abi
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import running
-from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
+from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, remove_dir, snapshot_dir
 from vmsandbox.hypervisor.taps import open_tap
-from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
+from vmsandbox.hypervisor.vmmuser import RunsAsVmmUser, give_access
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 3)
 
 
-class CloudHypervisorDriver(HypervisorDriver):
+class CloudHypervisorDriver(HypervisorDriver, RunsAsVmmUser):
     name = "cloud-hypervisor"
     shares_host_fs = False
 
@@ -129,14 +129,6 @@ class CloudHypervisorDriver(HypervisorDriver):
         #: VMMs this instance started, by PID, with the PID of the process that started them:
         #: only that parent can wait for them (a forked copy of this driver must not try).
         self._children: dict[int, tuple[int, Detached]] = {}
-        self._user: tuple[VmmUser | None] | None = None
-
-    @property
-    def user(self) -> VmmUser | None:
-        """The user the VMM runs as (resolved once: a missing user is an error naming the setting)."""
-        if self._user is None:
-            self._user = (resolve(self.config.vmm_user),)
-        return self._user[0]
 
     # -- the VmConfig -------------------------------------------------------------------------
 
@@ -418,8 +410,7 @@ class CloudHypervisorDriver(HypervisorDriver):
     # -- snapshot and restore -------------------------------------------------------------------
 
     def snapshot(self, handle: VMHandle, directory: Path) -> SnapshotManifest:
-        target = new_snapshot_dir(directory)
-        try:
+        with snapshot_dir(directory) as target:
             if (user := self.user) is not None:  # the VMM writes the snapshot files itself
                 user.own(target)
             self.pause(handle)
@@ -430,9 +421,6 @@ class CloudHypervisorDriver(HypervisorDriver):
             kept = keep_disks(ch_snapshot.vm_disks(config, ROOT_DISK_SERIAL), target)
             manifest = ch_snapshot.manifest_from_config(handle.vm_id, config, version, ROOT_DISK_SERIAL, kept)
             manifest.save(target)
-        except BaseException:
-            remove_dir(target)
-            raise
         return manifest
 
     def restore(self, spec: VMSpec, directory: Path) -> VMHandle:

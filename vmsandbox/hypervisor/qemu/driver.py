@@ -19,13 +19,14 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, overload
 
 from pydantic import BaseModel
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
+from vmsandbox.guest.protocol import Ping, Pong, Reply, recv_reply, send_frame
 from vmsandbox.hypervisor.base import (
     CGROUP_ENDPOINT,
     GUEST_AGENT_SERIAL_NAME,
@@ -51,9 +52,9 @@ from vmsandbox.hypervisor.qemu import migration, nic
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, remove_device
 from vmsandbox.hypervisor.qemu.tapfd import TAP_FD
-from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, new_snapshot_dir, remove_dir
+from vmsandbox.hypervisor.snapfiles import disks_for_restore, keep_disks, snapshot_dir
 from vmsandbox.hypervisor.taps import open_tap
-from vmsandbox.hypervisor.vmmuser import VmmUser, give_access, resolve
+from vmsandbox.hypervisor.vmmuser import RunsAsVmmUser, VmmUser, give_access
 
 ROOT_SERIAL = "vmsb-root"
 #: Fixed part of the guest kernel command line; ``VMSpec.kernel_args`` follow it.
@@ -75,44 +76,37 @@ QUIT_GRACE = 3.0
 SNAPSHOT_TIMEOUT = 300.0
 
 
+class StateFile:
+    """One named file in a VM's state directory, read as an attribute of :class:`VMPaths`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, paths: None, owner: type) -> StateFile: ...
+
+    @overload
+    def __get__(self, paths: VMPaths, owner: type) -> Path: ...
+
+    def __get__(self, paths: VMPaths | None, owner: type) -> Path | StateFile:
+        return self if paths is None else paths.state_dir / self.name
+
+
 class VMPaths(BaseModel):
     """Where one VM's sockets and logs live inside its state directory."""
 
     state_dir: Path
 
-    @property
-    def qmp(self) -> Path:
-        return self.state_dir / "qmp.sock"
-
-    @property
-    def agent(self) -> Path:
-        return self.state_dir / "agent.sock"
-
-    @property
-    def agent_serial(self) -> Path:
-        return self.state_dir / "agent-serial.sock"
-
-    @property
-    def console(self) -> Path:
-        return self.state_dir / "console.log"
-
-    @property
-    def qemu_log(self) -> Path:
-        return self.state_dir / "qemu.log"
-
-    @property
-    def mux_log(self) -> Path:
-        return self.state_dir / "mux.log"
-
-    @property
-    def spec(self) -> Path:
-        """The VMSpec the VM was booted from: a snapshot's manifest is built from it."""
-        return self.state_dir / "vmspec.json"
-
-    @property
-    def hotplugged(self) -> Path:
-        """Disks hot-plugged since boot, by serial, with their root port (a restore replugs them)."""
-        return self.state_dir / "hotplug.json"
+    qmp: ClassVar[StateFile] = StateFile("qmp.sock")
+    agent: ClassVar[StateFile] = StateFile("agent.sock")
+    agent_serial: ClassVar[StateFile] = StateFile("agent-serial.sock")
+    console: ClassVar[StateFile] = StateFile("console.log")
+    qemu_log: ClassVar[StateFile] = StateFile("qemu.log")
+    mux_log: ClassVar[StateFile] = StateFile("mux.log")
+    #: The VMSpec the VM was booted from: a snapshot's manifest is built from it.
+    spec: ClassVar[StateFile] = StateFile("vmspec.json")
+    #: Disks hot-plugged since boot, by serial, with their root port (a restore replugs them).
+    hotplugged: ClassVar[StateFile] = StateFile("hotplug.json")
 
     def sockets(self) -> list[Path]:
         return [self.qmp, self.agent, self.agent.with_name(self.agent.name + ".tmp"), self.agent_serial]
@@ -193,6 +187,15 @@ def _save_hotplug_table(handle: VMHandle, table: dict[str, dict[str, object]]) -
     tmp.replace(path)
 
 
+def _ping(agent: Path, timeout: float) -> Reply:
+    """One ping through the mux proxy's socket; the guest agent's reply (a Pong when it is up)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(agent))
+        send_frame(sock, Ping())
+        return recv_reply(sock)
+
+
 def _nic(spec: VMSpec) -> list[str]:
     """The sandbox's NIC: the node's prepared tap, opened by name, as virtio-net."""
     net = spec.network
@@ -216,7 +219,7 @@ def _tail(path: Path, lines: int = 12) -> str:
     return " | ".join(kept) if kept else "(empty)"
 
 
-class QemuDriver(HypervisorDriver):
+class QemuDriver(HypervisorDriver, RunsAsVmmUser):
     """Boots the guest image under QEMU (KVM when a boot probe proves it works, else TCG)."""
 
     name: ClassVar[HypervisorName] = "qemu"
@@ -224,14 +227,6 @@ class QemuDriver(HypervisorDriver):
 
     def __init__(self, config: HypervisorConfig) -> None:
         self.config = config
-        self._user: tuple[VmmUser | None] | None = None
-
-    @property
-    def user(self) -> VmmUser | None:
-        """The user QEMU runs as (resolved once: a missing user is an error naming the setting)."""
-        if self._user is None:
-            self._user = (resolve(self.config.vmm_user),)
-        return self._user[0]
 
     def _give_access(self, spec: VMSpec, disks: list[DiskSpec]) -> None:
         files = [(Path(p), True) for p in (spec.kernel, spec.initramfs, spec.root_disk) if p is not None]
@@ -273,25 +268,27 @@ class QemuDriver(HypervisorDriver):
 
         t0 = time.monotonic()
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
-        try:
+        with self._torn_down_on_failure(handle):
             qemu, mux = self._start(handle, argv, paths, spec.cgroup, {"accel": accel})
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             paths.spec.write_text(spec.model_dump_json())
             self._wait_qmp(qemu, paths)
             t_vmm = time.monotonic()
             t_init, t_ready, pong = self._wait_agent(handle, qemu, mux, paths, spec.agent_timeout)
-            handle.timings = BootTimings(
-                vmm_start=(t_vmm - t0) * 1000,
-                vm_boot=(t_init - t_vmm) * 1000,
-                agent_ready=(t_ready - t_init) * 1000,
-            )
+            handle.timings = BootTimings.between(t0, t_vmm, t_init, t_ready)
             handle.timings.add_guest_clock(pong)
             handle.save()
+        return handle
+
+    @contextlib.contextmanager
+    def _torn_down_on_failure(self, handle: VMHandle) -> Iterator[None]:
+        """A VM that fails while it comes up is killed: nothing in its guest is worth a graceful
+        shutdown yet."""
+        try:
+            yield
         except BaseException:
-            # Nothing in the guest is worth a graceful shutdown yet.
             self._teardown(handle, graceful=False)
             raise
-        return handle
 
     def _start(
         self, handle: VMHandle, argv: list[str], paths: VMPaths, cgroup: str | None, extra: dict[str, str]
@@ -392,11 +389,8 @@ class QemuDriver(HypervisorDriver):
                         agent_deadline = t_init + timeout
             if paths.agent.exists():
                 try:
-                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                        sock.settimeout(max(0.5, (agent_deadline or kernel_deadline) - time.monotonic()))
-                        sock.connect(str(paths.agent))
-                        send_frame(sock, Ping())
-                        reply = recv_reply(sock)
+                    wait = (agent_deadline or kernel_deadline) - time.monotonic()
+                    reply = _ping(paths.agent, max(0.5, wait))
                     if isinstance(reply, Pong):
                         now = time.monotonic()
                         return (t_init or now), now, reply
@@ -544,9 +538,8 @@ class QemuDriver(HypervisorDriver):
             return not qmp.execute("query-status").get("running", False)
 
     def snapshot(self, handle: VMHandle, directory: Path) -> SnapshotManifest:
-        target = new_snapshot_dir(directory)
         paths = VMPaths(state_dir=handle.state_dir)
-        try:
+        with snapshot_dir(directory) as target:
             spec = VMSpec.model_validate_json(paths.spec.read_text())
             hotplugged = _hotplug_table(handle)
             with self._qmp(handle, timeout=QMP_TIMEOUT) as qmp:
@@ -572,9 +565,6 @@ class QemuDriver(HypervisorDriver):
                 details=details,
             )
             manifest.save(target)
-        except BaseException:
-            remove_dir(target)
-            raise
         return manifest
 
     def restore(self, spec: VMSpec, directory: Path) -> VMHandle:
@@ -587,7 +577,7 @@ class QemuDriver(HypervisorDriver):
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
         t0 = time.monotonic()
-        try:
+        with self._torn_down_on_failure(handle):
             disks = disks_for_restore(manifest, directory, spec.state_dir)
             boot_serials = manifest.details.get("boot_disks", "").split(",")
             machine = spec.model_copy(
@@ -625,15 +615,8 @@ class QemuDriver(HypervisorDriver):
                 migration.wait_loaded(qmp, SNAPSHOT_TIMEOUT)
             t_loaded = time.monotonic()
             self._wait_agent_socket(handle, qemu, mux, paths, spec.agent_timeout)
-            handle.timings = BootTimings(
-                vmm_start=(t_vmm - t0) * 1000,
-                vm_boot=(t_loaded - t_vmm) * 1000,
-                agent_ready=(time.monotonic() - t_loaded) * 1000,
-            )
+            handle.timings = BootTimings.between(t0, t_vmm, t_loaded, time.monotonic())
             handle.save()
-        except BaseException:
-            self._teardown(handle, graceful=False)
-            raise
         return handle
 
     def _wait_agent_socket(
@@ -658,12 +641,8 @@ class QemuDriver(HypervisorDriver):
                     )
             if paths.agent.exists():
                 try:
-                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                        sock.settimeout(max(0.5, deadline - time.monotonic()))
-                        sock.connect(str(paths.agent))
-                        send_frame(sock, Ping())
-                        if isinstance(recv_reply(sock), Pong):
-                            return
+                    if isinstance(_ping(paths.agent, max(0.5, deadline - time.monotonic())), Pong):
+                        return
                         last_error = "the agent did not answer a ping with a pong"
                 except (OSError, ValueError, VMSandboxError) as exc:
                     last_error = f"ping failed: {exc}"
