@@ -235,16 +235,24 @@ class VMCgroup:
 
 
 def _rmdir(directory: Path, deadline: float) -> None:
-    """``rmdir``, retried while the kernel still counts exited members (EBUSY)."""
+    try:
+        rmdir_retried(directory, deadline)
+    except OSError as exc:
+        raise CgroupError(f"cannot remove cgroup {directory}: {exc.strerror or exc}") from exc
+
+
+def rmdir_retried(directory: Path, deadline: float) -> None:
+    """``rmdir`` a cgroup, retried while the kernel still counts exited members (EBUSY); one
+    already gone is fine. The last error is raised once ``deadline`` has passed."""
     while True:
         try:
             directory.rmdir()
             return
         except FileNotFoundError:
             return
-        except OSError as exc:
+        except OSError:
             if time.monotonic() >= deadline:
-                raise CgroupError(f"cannot remove cgroup {directory}: {exc.strerror or exc}") from exc
+                raise
             time.sleep(0.01)
 
 

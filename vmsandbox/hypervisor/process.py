@@ -59,7 +59,7 @@ from vmsandbox.hypervisor.base import (
     check_socket_path,
     connect_unix,
 )
-from vmsandbox.hypervisor.cgroups import VMCgroup, procs_files
+from vmsandbox.hypervisor.cgroups import VMCgroup, procs_files, rmdir_retried
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.detached import kill_session, spawn_detached, waiter_gone
 from vmsandbox.hypervisor.procs import (
@@ -421,18 +421,10 @@ def remove_cgroups(parent: str, timeout: float = 5.0) -> None:
             continue
         dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
         for directory in [*dirs, top]:
-            while True:
-                try:
-                    directory.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if time.monotonic() >= deadline:
-                        raise HypervisorError(
-                            f"cannot remove cgroup {directory}: {exc}", step="stop"
-                        ) from exc
-                    time.sleep(0.01)
+            try:
+                rmdir_retried(directory, deadline)
+            except OSError as exc:
+                raise HypervisorError(f"cannot remove cgroup {directory}: {exc}", step="stop") from exc
 
 
 def pool_dir(vms_dir: Path) -> Path:
