@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from vmsandbox.hypervisor.base import DiskSpec, HypervisorError, SnapshotManifest
+from vmsandbox.hypervisor.filecmd import run_writing
 
 
 def new_snapshot_dir(directory: Path) -> Path:
@@ -36,15 +36,9 @@ def snapshot_dir(directory: Path) -> Iterator[Path]:
 
 def copy_file(source: Path, target: Path) -> None:
     """A sparse copy that shares blocks where the filesystem can (reflink)."""
-    result = subprocess.run(
-        ["cp", "--reflink=auto", "--sparse=always", str(source), str(target)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        target.unlink(missing_ok=True)
-        raise HypervisorError(f"cannot copy {source}: {result.stderr.strip()}", step="snapshot disks")
+    error = run_writing(["cp", "--reflink=auto", "--sparse=always", str(source), str(target)], target)
+    if error is not None:
+        raise HypervisorError(f"cannot copy {source}: {error}", step="snapshot disks")
 
 
 def keep_disks(disks: list[DiskSpec], directory: Path) -> list[DiskSpec]:

@@ -19,11 +19,11 @@ import fcntl
 import hashlib
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from vmsandbox.hypervisor.filecmd import run_writing
 from vmsandbox.runtime.errors import RuntimeError_
 
 #: Bumped whenever the disk's layout or mkfs options change: old disks are then never used.
@@ -92,16 +92,9 @@ def make_disk(rootfs: Path, image: Path) -> Path:
     """``mkfs.ext4 -d`` the rootfs into ``image`` (no journal: it is only ever mounted read-only)."""
     size_kib = (int(_tree_bytes(rootfs) * 1.2) + SLACK_BYTES) // 1024
     cmd = ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-L", "vmsb-rootfs", "-d", str(rootfs)]
-    proc = subprocess.run(
-        [*cmd, str(image), f"{size_kib}k"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        image.unlink(missing_ok=True)
-        raise RuntimeError_(f"mkfs.ext4 -d {rootfs}: {proc.stderr.strip()}", step="container disk")
+    error = run_writing([*cmd, str(image), f"{size_kib}k"], image)
+    if error is not None:
+        raise RuntimeError_(f"mkfs.ext4 -d {rootfs}: {error}", step="container disk")
     return image
 
 
