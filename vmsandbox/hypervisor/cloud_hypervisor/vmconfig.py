@@ -97,10 +97,9 @@ class SerialConfig(ApiBody):
     socket: str | None = None
 
 
-class ConsoleConfig(ApiBody):
-    mode: ConsoleMode
-    file: str | None = None
-    socket: str | None = None
+class ConsoleConfig(SerialConfig):
+    """The virtio console: the serial port's fields (the spec's further ones, IOMMU and PCI
+    placement, are never sent)."""
 
 
 class NetConfig(ApiBody):
