@@ -656,17 +656,18 @@ class Runtime:
 
     def pause(self, container_id: str) -> None:
         """Pause the pod sandbox's VM (every container in it); idempotent."""
-        record = self._sandbox_record(container_id, "pause")
-        assert record.state.vm is not None
-        self.driver(record.state.hypervisor).pause(record.state.vm)
-        record.paused = True
-        self.store.save(record)
+        self._set_paused(container_id, True)
 
     def resume(self, container_id: str) -> None:
-        record = self._sandbox_record(container_id, "resume")
+        self._set_paused(container_id, False)
+
+    def _set_paused(self, container_id: str, paused: bool) -> None:
+        """Pause or resume the sandbox's VM, then record which it now is."""
+        record = self._sandbox_record(container_id, "pause" if paused else "resume")
         assert record.state.vm is not None
-        self.driver(record.state.hypervisor).resume(record.state.vm)
-        record.paused = False
+        driver = self.driver(record.state.hypervisor)
+        (driver.pause if paused else driver.resume)(record.state.vm)
+        record.paused = paused
         self.store.save(record)
 
     def snapshot(self, container_id: str, directory: Path | str) -> SnapshotManifest:
