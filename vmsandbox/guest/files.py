@@ -151,6 +151,18 @@ def _open_existing(root_fd: int, path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _open_in_container(table: ContainerTable, container_id: str, path: str) -> tuple[int, os.stat_result]:
+    """The file or directory at ``path`` in a running container, opened for reading; an OS error
+    becomes the typed error the host reports."""
+    root = open_root(table, container_id)
+    try:
+        return _open_existing(root, path)
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    finally:
+        os.close(root)
+
+
 # ---- list --------------------------------------------------------------------------------
 
 
@@ -167,13 +179,7 @@ def _entry(name: str, st: os.stat_result, target: str | None) -> PathEntry:
 
 
 def list_path(table: ContainerTable, req: ListPath) -> PathList:
-    root = open_root(table, req.container_id)
-    try:
-        fd, st = _open_existing(root, req.path)
-    except OSError as exc:
-        raise _os_error(req.path, exc) from exc
-    finally:
-        os.close(root)
+    fd, st = _open_in_container(table, req.container_id, req.path)
     try:
         if not stat.S_ISDIR(st.st_mode):
             return PathList(entries=[_entry(os.path.basename(req.path.rstrip("/")) or "/", st, None)])
@@ -243,13 +249,7 @@ def _tar_dir(dir_fd: int, prefix: str, tar: tarfile.TarFile) -> None:
 
 
 def _read(table: ContainerTable, conn: socket.socket, req: ReadPath) -> None:
-    root = open_root(table, req.container_id)
-    try:
-        fd, st = _open_existing(root, req.path)
-    except OSError as exc:
-        raise _os_error(req.path, exc) from exc
-    finally:
-        os.close(root)
+    fd, st = _open_in_container(table, req.container_id, req.path)
     writer = streams.ChunkWriter(conn, streams.FILE_CHUNK)
     try:
         is_dir = stat.S_ISDIR(st.st_mode)
