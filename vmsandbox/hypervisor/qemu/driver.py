@@ -643,7 +643,7 @@ class QemuDriver(HypervisorDriver, RunsAsVmmUser):
                 try:
                     if isinstance(_ping(paths.agent, max(0.5, deadline - time.monotonic())), Pong):
                         return
-                        last_error = "the agent did not answer a ping with a pong"
+                    last_error = "the agent did not answer a ping with a pong"
                 except (OSError, ValueError, VMSandboxError) as exc:
                     last_error = f"ping failed: {exc}"
             if time.monotonic() >= deadline:
