@@ -17,9 +17,9 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints, ValidationError
 
 from vmsandbox.api.base import APIModel
-from vmsandbox.api.constants import API_VERSION, POOL_KIND
+from vmsandbox.api.constants import POOL_KIND
 from vmsandbox.api.network import NetworkMode, SandboxNetwork
-from vmsandbox.api.resource import InvalidSandbox, ObjectMeta, _path
+from vmsandbox.api.resource import InvalidSandbox, NamespacedObject, validate_object
 from vmsandbox.api.spec import Hypervisor, Resources, Toleration, VMSandboxSpec
 from vmsandbox.api.status import ConditionStatus, Reason, now
 
@@ -195,12 +195,10 @@ class VMSandboxPoolStatus(APIModel):
         self.conditions = [c for c in self.conditions or [] if c.type != kind] + [cond]
 
 
-class VMSandboxPool(APIModel):
+class VMSandboxPool(NamespacedObject):
     """MicroVMs kept ready on nodes, booted or as a snapshot, that sandboxes naming the pool claim."""
 
-    api_version: str = API_VERSION
     kind: str = POOL_KIND
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: VMSandboxPoolSpec = Field(
         default_factory=VMSandboxPoolSpec,
         description="How many members of which shape to keep; written by the pool's author.",
@@ -212,11 +210,6 @@ class VMSandboxPool(APIModel):
         "sent with the object itself is ignored.",
     )
 
-    @property
-    def ref(self) -> str:
-        """``namespace/name``: the pool's key in the agents' Node annotation."""
-        return f"{self.metadata.namespace}/{self.metadata.name}"
-
 
 class InvalidPool(InvalidSandbox):
     """A pool whose spec breaks a rule; each problem names its field path."""
@@ -224,10 +217,7 @@ class InvalidPool(InvalidSandbox):
 
 def parse_pool(obj: Mapping[str, Any]) -> VMSandboxPool:
     """Validate a raw object; raises :class:`InvalidPool` naming every offending field."""
-    try:
-        return VMSandboxPool.model_validate(obj)
-    except ValidationError as exc:
-        raise InvalidPool([(_path(err["loc"]), err["msg"]) for err in exc.errors()]) from None
+    return validate_object(VMSandboxPool, obj, InvalidPool)
 
 
 class PoolReport(APIModel):
