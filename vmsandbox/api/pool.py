@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import Field, ValidationError
 
 from vmsandbox.api.base import APIModel
-from vmsandbox.api.constants import API_VERSION, POOL_KIND
+from vmsandbox.api.constants import POOL_KIND
 from vmsandbox.api.network import NetworkMode, SandboxNetwork
-from vmsandbox.api.resource import InvalidSandbox, ObjectMeta, _path
+from vmsandbox.api.resource import InvalidSandbox, NamespacedObject, validate_object
 from vmsandbox.api.spec import Hypervisor, Resources, Toleration, VMSandboxSpec
-from vmsandbox.api.status import ConditionStatus, Reason, now
+from vmsandbox.api.status import (
+    ConditionList,
+    ConditionStatus,
+    KubeCondition,
+    Reason,
+    find_condition,
+    generation_field,
+    reason_field,
+    with_condition,
+)
 
 #: Most members one pool may ask for: each booted member holds a VM's memory on its node.
 MAX_REPLICAS = 64
@@ -106,27 +114,14 @@ class VMSandboxPoolSpec(APIModel):
     )
 
 
-class PoolCondition(APIModel):
+class PoolCondition(KubeCondition):
     """One observation of the pool, in the Kubernetes condition shape."""
 
     type: PoolConditionType = Field(
         description="What is observed: Ready (every member the nodes should hold is ready)."
     )
-    status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
-    reason: Reason | None = Field(
-        default=None,
-        description="Why the condition last changed, as one CamelCase word (MembersReady, "
-        "MembersStarting, InsufficientCapacity, Paused).",
-    )
-    message: Annotated[str, StringConstraints(max_length=32768)] | None = Field(
-        default=None, description="Human-readable detail of the reason."
-    )
-    last_transition_time: datetime | None = Field(
-        default=None, description="When status last changed (RFC 3339, whole seconds)."
-    )
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="The metadata.generation of the pool the condition was set for."
-    )
+    reason: Reason | None = reason_field("MembersReady, MembersStarting, InsufficientCapacity, Paused")
+    observed_generation: int | None = generation_field("pool")
 
 
 class PoolNodeStatus(APIModel):
@@ -164,14 +159,10 @@ class VMSandboxPoolStatus(APIModel):
         description="Each node's share of the pool and its ready members, one entry per node.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    conditions: list[PoolCondition] | None = Field(
-        default=None,
-        description="The latest observation of each condition type, at most one per type.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
+    conditions: ConditionList[PoolCondition] = None
 
     def condition(self, kind: PoolConditionType) -> PoolCondition | None:
-        return next((c for c in self.conditions or [] if c.type == kind), None)
+        return find_condition(self.conditions, kind)
 
     def set_condition(
         self,
@@ -182,25 +173,16 @@ class VMSandboxPoolStatus(APIModel):
         generation: int | None,
     ) -> None:
         """Set a condition, keeping its transition time when the status did not change."""
-        old = self.condition(kind)
-        kept = old is not None and old.status == status
-        cond = PoolCondition(
-            type=kind,
-            status=status,
-            reason=reason,
-            message=message,
-            last_transition_time=old.last_transition_time if kept and old else now(),
-            observed_generation=generation,
+        new = PoolCondition(
+            type=kind, status=status, reason=reason, message=message, observed_generation=generation
         )
-        self.conditions = [c for c in self.conditions or [] if c.type != kind] + [cond]
+        self.conditions = with_condition(self.conditions, new)
 
 
-class VMSandboxPool(APIModel):
+class VMSandboxPool(NamespacedObject):
     """MicroVMs kept ready on nodes, booted or as a snapshot, that sandboxes naming the pool claim."""
 
-    api_version: str = API_VERSION
     kind: str = POOL_KIND
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: VMSandboxPoolSpec = Field(
         default_factory=VMSandboxPoolSpec,
         description="How many members of which shape to keep; written by the pool's author.",
@@ -212,11 +194,6 @@ class VMSandboxPool(APIModel):
         "sent with the object itself is ignored.",
     )
 
-    @property
-    def ref(self) -> str:
-        """``namespace/name``: the pool's key in the agents' Node annotation."""
-        return f"{self.metadata.namespace}/{self.metadata.name}"
-
 
 class InvalidPool(InvalidSandbox):
     """A pool whose spec breaks a rule; each problem names its field path."""
@@ -224,10 +201,7 @@ class InvalidPool(InvalidSandbox):
 
 def parse_pool(obj: Mapping[str, Any]) -> VMSandboxPool:
     """Validate a raw object; raises :class:`InvalidPool` naming every offending field."""
-    try:
-        return VMSandboxPool.model_validate(obj)
-    except ValidationError as exc:
-        raise InvalidPool([(_path(err["loc"]), err["msg"]) for err in exc.errors()]) from None
+    return validate_object(VMSandboxPool, obj, InvalidPool)
 
 
 class PoolReport(APIModel):

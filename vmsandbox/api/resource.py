@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -13,6 +13,8 @@ from vmsandbox.api.constants import API_VERSION, KIND
 from vmsandbox.api.spec import VMSandboxSpec
 from vmsandbox.api.status import VMSandboxStatus
 from vmsandbox.errors import VMSandboxError
+
+T = TypeVar("T", bound=APIModel)
 
 
 class ObjectMeta(APIModel):
@@ -28,24 +30,33 @@ class ObjectMeta(APIModel):
     deletion_timestamp: datetime | None = None
 
 
-class VMSandbox(APIModel):
+class NamespacedObject(APIModel):
+    """What every object of the API group has besides its spec and status.
+
+    apiVersion, kind and metadata are described by the API server itself (TypeMeta, ObjectMeta).
+    """
+
+    api_version: str = API_VERSION
+    kind: str
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+
+    @property
+    def ref(self) -> str:
+        """``namespace/name``, the form every log line and message uses (and a pool's key in the
+        agents' Node annotation)."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+class VMSandbox(NamespacedObject):
     """A container run in its own microVM, placed on a node by the operator and run by that node's agent."""
 
-    # apiVersion, kind and metadata are described by the API server itself (TypeMeta, ObjectMeta).
-    api_version: str = API_VERSION
     kind: str = KIND
-    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: VMSandboxSpec = Field(description="What to run and where; written by the sandbox's author.")
     status: VMSandboxStatus = Field(
         default_factory=VMSandboxStatus,
         description="What the operator and the node agents observed. They write it through the status "
         "subresource; status sent with the object itself is ignored.",
     )
-
-    @property
-    def ref(self) -> str:
-        """``namespace/name``, the form every log line and message uses."""
-        return f"{self.metadata.namespace}/{self.metadata.name}"
 
 
 class InvalidSandbox(VMSandboxError):
@@ -69,9 +80,14 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def validate_object(model: type[T], obj: Mapping[str, Any], invalid: type[InvalidSandbox]) -> T:
+    """``obj`` as ``model``; raises ``invalid`` naming every offending field."""
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise invalid([(_path(err["loc"]), err["msg"]) for err in exc.errors()]) from None
+
+
 def parse_sandbox(obj: Mapping[str, Any]) -> VMSandbox:
     """Validate a raw object; raises :class:`InvalidSandbox` naming every offending field."""
-    try:
-        return VMSandbox.model_validate(obj)
-    except ValidationError as exc:
-        raise InvalidSandbox([(_path(err["loc"]), err["msg"]) for err in exc.errors()]) from None
+    return validate_object(VMSandbox, obj, InvalidSandbox)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field, StringConstraints, field_serializer
 
@@ -54,7 +54,67 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-class Condition(APIModel):
+class KubeCondition(APIModel):
+    """The Kubernetes condition shape, shared by the sandbox's and the pool's conditions.
+
+    Each object's subclass narrows ``type`` to its condition types and describes ``reason`` and
+    ``observedGeneration`` for its object (:func:`reason_field`, :func:`generation_field`).
+    """
+
+    type: str
+    status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
+    reason: Reason | None = None
+    message: Annotated[str, StringConstraints(max_length=32768)] | None = Field(
+        default=None, description="Human-readable detail of the reason."
+    )
+    last_transition_time: datetime | None = Field(
+        default=None, description="When status last changed (RFC 3339, whole seconds)."
+    )
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+def reason_field(examples: str) -> Any:
+    """A condition's ``reason``, described with the reasons its object's conditions give."""
+    return Field(
+        default=None, description=f"Why the condition last changed, as one CamelCase word ({examples})."
+    )
+
+
+def generation_field(noun: str) -> Any:
+    """A condition's ``observedGeneration``, described for its object (``noun``)."""
+    return Field(
+        default=None, ge=0, description=f"The metadata.generation of the {noun} the condition was set for."
+    )
+
+
+C = TypeVar("C", bound=KubeCondition)
+
+
+#: An object's conditions: the latest observation of each type, listed as a map keyed by type.
+ConditionList = Annotated[
+    list[C] | None,
+    Field(
+        description="The latest observation of each condition type, at most one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    ),
+]
+
+
+def find_condition(conditions: list[C] | None, kind: str) -> C | None:
+    return next((c for c in conditions or [] if c.type == kind), None)
+
+
+def with_condition(conditions: list[C] | None, new: C) -> list[C]:
+    """``conditions`` with ``new`` in place of its type's entry, keeping the transition time when the
+    status did not change."""
+    old = find_condition(conditions, new.type)
+    new.last_transition_time = (
+        old.last_transition_time if old is not None and old.status == new.status else now()
+    )
+    return [c for c in conditions or [] if c.type != new.type] + [new]
+
+
+class Condition(KubeCondition):
     """One observation of the sandbox, in the Kubernetes condition shape."""
 
     type: ConditionType = Field(
@@ -63,21 +123,8 @@ class Condition(APIModel):
         "sandbox with spec.pool was served by a pool member or started cold, and why), Paused (its VM "
         "is paused, following spec.paused)."
     )
-    status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
-    reason: Reason | None = Field(
-        default=None,
-        description="Why the condition last changed, as one CamelCase word (e.g. Creating, Booted, "
-        "Started, NodeLost).",
-    )
-    message: Annotated[str, StringConstraints(max_length=32768)] | None = Field(
-        default=None, description="Human-readable detail of the reason."
-    )
-    last_transition_time: datetime | None = Field(
-        default=None, description="When status last changed (RFC 3339, whole seconds)."
-    )
-    observed_generation: int | None = Field(
-        default=None, ge=0, description="The metadata.generation of the sandbox the condition was set for."
-    )
+    reason: Reason | None = reason_field("e.g. Creating, Booted, Started, NodeLost")
+    observed_generation: int | None = generation_field("sandbox")
 
 
 class VMStatus(APIModel):
@@ -204,11 +251,7 @@ class VMSandboxStatus(APIModel):
     message: str | None = Field(
         default=None, description="Human-readable detail of the reason, naming the field or step at fault."
     )
-    conditions: list[Condition] | None = Field(
-        default=None,
-        description="The latest observation of each condition type, at most one per type.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
+    conditions: ConditionList[Condition] = None
     node_name: str | None = Field(
         default=None,
         description="Node the operator placed the sandbox on; the label vmsandbox.io/node carries it too.",
@@ -251,7 +294,7 @@ class VMSandboxStatus(APIModel):
     )
 
     def condition(self, kind: ConditionType) -> Condition | None:
-        return next((c for c in self.conditions or [] if c.type == kind), None)
+        return find_condition(self.conditions, kind)
 
     def set_condition(
         self,
@@ -262,14 +305,7 @@ class VMSandboxStatus(APIModel):
         generation: int | None = None,
     ) -> None:
         """Set a condition, keeping its transition time when the status did not change."""
-        old = self.condition(kind)
-        changed = old is None or old.status != status
-        cond = Condition(
-            type=kind,
-            status=status,
-            reason=reason,
-            message=message,
-            last_transition_time=now() if changed or old is None else old.last_transition_time,
-            observed_generation=generation,
+        new = Condition(
+            type=kind, status=status, reason=reason, message=message, observed_generation=generation
         )
-        self.conditions = [c for c in self.conditions or [] if c.type != kind] + [cond]
+        self.conditions = with_condition(self.conditions, new)

@@ -14,12 +14,13 @@ from typing import Any
 PRIVATE_SUFFIX = "devcluster.vmsandbox.io"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CoreKind:
     """One emulated kind: its public coordinates and the look-alike CRD that stores it."""
 
     group: str  # "" for the legacy core group served under /api/v1
-    version: str
+    #: Every emulated kind is served at v1, as on the real server.
+    version: str = "v1"
     plural: str
     kind: str
     namespaced: bool
@@ -104,10 +105,43 @@ def _obj(**props: Any) -> dict[str, Any]:
 
 _S = {"type": "string"}
 
+#: Public group of the RBAC kinds, which the front enforces (vmsandbox.devcluster.rbac).
+RBAC_GROUP = "rbac.authorization.k8s.io"
+#: Admission policies, which the front evaluates for custom resources (vmsandbox.devcluster.admission).
+ADMISSION_GROUP = "admissionregistration.k8s.io"
+#: APIServices and the Services they name: the aggregator's routing table.
+AGGREGATION_GROUP = "apiregistration.k8s.io"
+
+#: What identifies the object an Event is about, in either API group.
+_SUBJECT_FIELDS = ("kind", "namespace", "name", "uid", "apiVersion")
+
+
+def _event_kind(
+    group: str,
+    subject: str,
+    *,
+    subject_selectable: tuple[str, ...],
+    subject_properties: tuple[str, ...],
+    fields: tuple[str, ...],
+    columns: tuple[tuple[str, str, str], ...] = (),
+) -> CoreKind:
+    """Event as one API group serves it: the groups differ in what the field naming the event's
+    object is called (``subject``) and which of its and the event's own ``fields`` are selectable."""
+    return CoreKind(
+        group=group,
+        plural="events",
+        kind="Event",
+        namespaced=True,
+        short_names=("ev",),
+        selectable=(*(f"{subject}.{name}" for name in subject_selectable), *fields),
+        columns=columns,
+        properties={subject: _obj(**dict.fromkeys(subject_properties, _S)), **dict.fromkeys(fields, _S)},
+    )
+
+
 CORE_KINDS: tuple[CoreKind, ...] = (
     CoreKind(
         group="",
-        version="v1",
         plural="namespaces",
         kind="Namespace",
         namespaced=False,
@@ -120,7 +154,6 @@ CORE_KINDS: tuple[CoreKind, ...] = (
     ),
     CoreKind(
         group="",
-        version="v1",
         plural="nodes",
         kind="Node",
         namespaced=False,
@@ -129,142 +162,61 @@ CORE_KINDS: tuple[CoreKind, ...] = (
         selectable=("spec.unschedulable", "spec.providerID"),
         properties={"spec": _obj(unschedulable={"type": "boolean"}, providerID=_S)},
     ),
-    CoreKind(
-        group="",
-        version="v1",
-        plural="events",
-        kind="Event",
-        namespaced=True,
-        short_names=("ev",),
-        selectable=(
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "type",
-        ),
+    _event_kind(
+        "",
+        "involvedObject",
+        subject_selectable=(*_SUBJECT_FIELDS, "fieldPath"),
+        subject_properties=(*_SUBJECT_FIELDS, "fieldPath", "resourceVersion"),
+        fields=("reason", "type"),
         columns=(
             ("Type", "string", ".type"),
             ("Reason", "string", ".reason"),
             ("Object", "string", ".involvedObject.name"),
             ("Message", "string", ".message"),
         ),
-        properties={
-            "involvedObject": _obj(
-                kind=_S, namespace=_S, name=_S, uid=_S, apiVersion=_S, fieldPath=_S, resourceVersion=_S
-            ),
-            "reason": _S,
-            "type": _S,
-        },
     ),
-    CoreKind(
-        group="events.k8s.io",
-        version="v1",
-        plural="events",
-        kind="Event",
-        namespaced=True,
-        short_names=("ev",),
-        selectable=(
-            "regarding.kind",
-            "regarding.namespace",
-            "regarding.name",
-            "regarding.uid",
-            "regarding.apiVersion",
-            "reason",
-            "type",
-            "reportingController",
-        ),
-        properties={
-            "regarding": _obj(kind=_S, namespace=_S, name=_S, uid=_S, apiVersion=_S, fieldPath=_S),
-            "reason": _S,
-            "type": _S,
-            "reportingController": _S,
-        },
+    _event_kind(
+        "events.k8s.io",
+        "regarding",
+        subject_selectable=_SUBJECT_FIELDS,
+        subject_properties=(*_SUBJECT_FIELDS, "fieldPath"),
+        fields=("reason", "type", "reportingController"),
     ),
     # The apiserver's own informers list and watch Services (webhook service resolution).
-    CoreKind(
-        group="",
-        version="v1",
-        plural="services",
-        kind="Service",
-        namespaced=True,
-        status=True,
-        short_names=("svc",),
-    ),
+    CoreKind(group="", plural="services", kind="Service", namespaced=True, status=True, short_names=("svc",)),
     CoreKind(
         group="coordination.k8s.io",
-        version="v1",
         plural="leases",
         kind="Lease",
         namespaced=True,
         properties={"spec": _obj(holderIdentity=_S)},
         columns=(("Holder", "string", ".spec.holderIdentity"),),
     ),
+    CoreKind(group=RBAC_GROUP, plural="clusterroles", kind="ClusterRole", namespaced=False),
+    CoreKind(group=RBAC_GROUP, plural="clusterrolebindings", kind="ClusterRoleBinding", namespaced=False),
     CoreKind(
-        group="rbac.authorization.k8s.io",
-        version="v1",
-        plural="clusterroles",
-        kind="ClusterRole",
-        namespaced=False,
-    ),
-    CoreKind(
-        group="rbac.authorization.k8s.io",
-        version="v1",
-        plural="clusterrolebindings",
-        kind="ClusterRoleBinding",
-        namespaced=False,
-    ),
-    CoreKind(
-        group="admissionregistration.k8s.io",
-        version="v1",
+        group=ADMISSION_GROUP,
         plural="validatingadmissionpolicies",
         kind="ValidatingAdmissionPolicy",
         namespaced=False,
         status=True,
     ),
     CoreKind(
-        group="admissionregistration.k8s.io",
-        version="v1",
+        group=ADMISSION_GROUP,
         plural="validatingadmissionpolicybindings",
         kind="ValidatingAdmissionPolicyBinding",
         namespaced=False,
     ),
     # What the front's aggregator routes by (vmsandbox.devcluster.aggregator).
-    CoreKind(
-        group="apiregistration.k8s.io",
-        version="v1",
-        plural="apiservices",
-        kind="APIService",
-        namespaced=False,
-        status=True,
-    ),
+    CoreKind(group=AGGREGATION_GROUP, plural="apiservices", kind="APIService", namespaced=False, status=True),
     # kube-system/extension-apiserver-authentication tells aggregated servers the requestheader CA.
-    CoreKind(
-        group="", version="v1", plural="configmaps", kind="ConfigMap", namespaced=True, short_names=("cm",)
-    ),
-    CoreKind(group="rbac.authorization.k8s.io", version="v1", plural="roles", kind="Role", namespaced=True),
-    CoreKind(
-        group="rbac.authorization.k8s.io",
-        version="v1",
-        plural="rolebindings",
-        kind="RoleBinding",
-        namespaced=True,
-    ),
+    CoreKind(group="", plural="configmaps", kind="ConfigMap", namespaced=True, short_names=("cm",)),
+    CoreKind(group=RBAC_GROUP, plural="roles", kind="Role", namespaced=True),
+    CoreKind(group=RBAC_GROUP, plural="rolebindings", kind="RoleBinding", namespaced=True),
 )
 
-#: Public group of the RBAC kinds, which the front enforces (vmsandbox.devcluster.rbac).
-RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == RBAC_GROUP)
-
-#: Admission policies, which the front evaluates for custom resources (vmsandbox.devcluster.admission).
-ADMISSION_GROUP = "admissionregistration.k8s.io"
 ADMISSION_KINDS: tuple[CoreKind, ...] = tuple(k for k in CORE_KINDS if k.group == ADMISSION_GROUP)
-
-#: APIServices and the Services they name: the aggregator's routing table.
-AGGREGATION_GROUP = "apiregistration.k8s.io"
 AGGREGATION_KINDS: tuple[CoreKind, ...] = tuple(
     k for k in CORE_KINDS if k.group == AGGREGATION_GROUP or (not k.group and k.plural == "services")
 )

@@ -52,17 +52,7 @@ class RequestRecord(BaseModel):
         if api is None:
             record.verb = method.lower()
             return record
-        return record.model_copy(
-            update={
-                "verb": api.verb(method, query),
-                "group": api.group,
-                "version": api.version,
-                "resource": api.resource,
-                "subresource": api.subresource,
-                "namespace": api.namespace,
-                "name": api.name,
-            }
-        )
+        return record.model_copy(update={"verb": api.verb(method, query), **api.model_dump()})
 
 
 class RequestLogWriter:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -24,7 +23,7 @@ from vmsandbox.node_agent.portforward import SUBPROTOCOLS, V4, Session, parse_po
 from vmsandbox.node_agent.remotecommand import BadQuery
 from vmsandbox.node_agent.streamroutes import (
     REFUSALS,
-    AuthorizeSubresource,
+    SandboxRoute,
     _sandbox_of,
     answer_refusal,
 )
@@ -46,18 +45,8 @@ class ForwardTarget:
     netns: Path | None
 
 
-#: (namespace, name) -> ForwardTarget; raises SandboxUnavailable.
-ForwardLookup = Callable[[str, str], ForwardTarget]
-
-
-class PortForwardRoute:
-    def __init__(self, lookup: ForwardLookup, authorize: AuthorizeSubresource) -> None:
-        self.lookup = lookup
-        self.authorize = authorize
-
-    @staticmethod
-    def handles(path: str) -> bool:
-        return path.startswith(PREFIX)
+class PortForwardRoute(SandboxRoute[ForwardTarget]):
+    prefixes = (PREFIX,)
 
     def serve(self, handler: BaseHTTPRequestHandler, path: str, query: str) -> None:
         try:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from vmsandbox.kube.metricfamilies import MetricFamilies
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 Counts = Callable[[], dict[str, tuple[int, int]]]
@@ -51,28 +53,25 @@ def _per_pool(name: str, documentation: str, values: dict[str, int]) -> GaugeMet
     return gauge
 
 
-class PoolMetrics:
+class PoolMetrics(MetricFamilies):
     def __init__(self, registry: CollectorRegistry, claimed: Callable[[], dict[str, int]]) -> None:
-        self.registry = registry
+        super().__init__(registry)
         self._claimed = claimed
-        self.claims = Counter(
+        self.claims = self.counter(
             "vmsandbox_agent_pool_claims",
             "Sandboxes naming a pool, by outcome: warm (a member taken) or cold, with the reason.",
             ["namespace", "pool", "outcome", "reason"],
-            registry=registry,
         )
-        self.replenish = Histogram(
+        self.replenish = self.histogram(
             "vmsandbox_agent_pool_replenish_seconds",
             "Seconds from starting a member's boot to its guest agent being ready.",
+            _BUCKETS,
             ["namespace", "pool"],
-            buckets=_BUCKETS,
-            registry=registry,
         )
-        self.boot_failures = Counter(
+        self.boot_failures = self.counter(
             "vmsandbox_agent_pool_member_boot_failures",
             "Pool members whose boot failed.",
             ["namespace", "pool"],
-            registry=registry,
         )
 
     def track(self, counts: Counts, paused: Paused) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from vmsandbox.api.spec import PullPolicy
@@ -22,35 +23,37 @@ class Puller(Protocol):
     def release(self, digest: str) -> None: ...
 
 
+@dataclass(eq=False)
 class Prefetch:
-    """One :meth:`Puller.ensure` on a thread of its own; :meth:`take` hands over its image and its
-    hold, :meth:`drop` releases the hold of a result nobody will take."""
+    """One :meth:`Puller.ensure` on a thread of its own, started at construction; :meth:`take` hands
+    over its image and its hold, :meth:`drop` releases the hold of a result nobody will take.
 
-    def __init__(
-        self, images: Puller, reference: str, policy: PullPolicy, bind: Callable[[], None] = lambda: None
-    ) -> None:
-        """``bind`` runs first on the pull's thread (the worker names its sandbox in the log there)."""
-        self._images = images
-        self._bind = bind
-        self.reference = reference
-        self.policy = policy
-        self._done = threading.Event()
-        self._image: Image | None = None
-        self._error: Exception | None = None
-        self._dropped = False
-        self._lock = threading.Lock()
+    ``bind`` runs first on the pull's thread (the worker names its sandbox in the log there).
+    """
+
+    images: Puller
+    reference: str
+    policy: PullPolicy
+    bind: Callable[[], None] = lambda: None
+    _done: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _image: Image | None = field(default=None, init=False, repr=False)
+    _error: Exception | None = field(default=None, init=False, repr=False)
+    _dropped: bool = field(default=False, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
         threading.Thread(target=self._run, name="image-prefetch", daemon=True).start()
 
     def _run(self) -> None:
-        self._bind()
+        self.bind()
         try:
-            image = self._images.ensure(self.reference, self.policy)
+            image = self.images.ensure(self.reference, self.policy)
         except Exception as exc:  # handed to whoever takes it, as ensure() would raise it
             self._error = exc
         else:
             with self._lock:
                 if self._dropped:
-                    self._images.release(image.digest)
+                    self.images.release(image.digest)
                 else:
                     self._image = image
         finally:
@@ -75,4 +78,4 @@ class Prefetch:
             self._dropped = True
             image, self._image = self._image, None
         if image is not None:
-            self._images.release(image.digest)
+            self.images.release(image.digest)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Literal
+from typing import ClassVar, Generic, Literal, TypeVar
 from urllib.parse import parse_qs, unquote
 
 from vmsandbox.node_agent.access import AccessDenied
@@ -46,6 +46,8 @@ from vmsandbox.runtime.errors import BadPath, RuntimeError_, WrongState
 from vmsandbox.runtime.streams import FromSocket, list_path, read_path, start_attach, start_exec, write_path
 
 log = logging.getLogger("vmsandbox.node_agent.streams")
+
+T = TypeVar("T")
 
 #: (Authorization header, namespace, name, verb, subresource) -> the user; raises AccessDenied.
 AuthorizeSubresource = Callable[[str | None, str, str, str, str], str]
@@ -68,8 +70,6 @@ class Target:
     container_id: str
 
 
-#: (namespace, name) -> Target; raises SandboxUnavailable.
-TargetLookup = Callable[[str, str], Target]
 ROUTES = ("/exec/", "/attach/", "/files/")
 
 
@@ -80,14 +80,23 @@ def _sandbox_of(path: str, prefix: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-class StreamRoutes:
-    def __init__(self, lookup: TargetLookup, authorize: AuthorizeSubresource) -> None:
+class SandboxRoute(Generic[T]):
+    """A route under ``<prefix><namespace>/<name>``: ``lookup`` (namespace, name) finds the sandbox on
+    this node or raises SandboxUnavailable, ``authorize`` asks whether the caller may use it."""
+
+    prefixes: ClassVar[tuple[str, ...]]
+
+    def __init__(self, lookup: Callable[[str, str], T], authorize: AuthorizeSubresource) -> None:
         self.lookup = lookup
         self.authorize = authorize
 
-    @staticmethod
-    def handles(path: str) -> bool:
-        return path.startswith(ROUTES)
+    @classmethod
+    def handles(cls, path: str) -> bool:
+        return path.startswith(cls.prefixes)
+
+
+class StreamRoutes(SandboxRoute[Target]):
+    prefixes = ROUTES
 
     def serve(self, handler: BaseHTTPRequestHandler, method: str, path: str, query: str) -> None:
         try:

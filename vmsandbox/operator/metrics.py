@@ -5,67 +5,50 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from vmsandbox.kube.metricfamilies import MetricFamilies
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class OperatorMetrics:
+class OperatorMetrics(MetricFamilies):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.scheduling_latency = Histogram(
+        super().__init__()
+        self.scheduling_latency = self.histogram(
             "vmsandbox_operator_scheduling_latency_seconds",
             "From the operator first seeing a pending sandbox to its placement being recorded.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
-        self.sandboxes = Gauge("vmsandbox_operator_sandboxes", "Sandboxes by phase.", ["phase"], registry=r)
-        self.scheduled = Counter("vmsandbox_operator_scheduled", "Placements recorded.", registry=r)
-        self.unschedulable = Gauge(
-            "vmsandbox_operator_unschedulable_sandboxes", "Sandboxes no node currently fits.", registry=r
+        self.sandboxes = self.gauge("vmsandbox_operator_sandboxes", "Sandboxes by phase.", ["phase"])
+        self.scheduled = self.counter("vmsandbox_operator_scheduled", "Placements recorded.")
+        self.unschedulable = self.gauge(
+            "vmsandbox_operator_unschedulable_sandboxes", "Sandboxes no node currently fits."
         )
-        self.unschedulable_decisions = Counter(
-            "vmsandbox_operator_unschedulable_decisions",
-            "Scheduling attempts that found no node.",
-            registry=r,
+        self.unschedulable_decisions = self.counter(
+            "vmsandbox_operator_unschedulable_decisions", "Scheduling attempts that found no node."
         )
-        self.reschedules = Counter(
-            "vmsandbox_operator_reschedules", "Sandboxes sent back to Pending after node loss.", registry=r
+        self.reschedules = self.counter(
+            "vmsandbox_operator_reschedules", "Sandboxes sent back to Pending after node loss."
         )
-        self.node_lost = Counter(
-            "vmsandbox_operator_node_lost", "Sandboxes failed with NodeLost.", registry=r
-        )
-        self.evictions_paused = Gauge(
+        self.node_lost = self.counter("vmsandbox_operator_node_lost", "Sandboxes failed with NodeLost.")
+        self.evictions_paused = self.gauge(
             "vmsandbox_operator_evictions_paused",
             "1 while too many nodes look lost at once for any sandbox to be declared NodeLost.",
-            registry=r,
         )
-        self.unreachable_nodes = Gauge(
+        self.unreachable_nodes = self.gauge(
             "vmsandbox_operator_unreachable_nodes",
             "Nodes whose agent has been silent longer than agentAliveSeconds.",
-            registry=r,
         )
-        self.leader = Gauge(
-            "vmsandbox_operator_leader", "1 while this replica is the active leader.", registry=r
+        self.leader = self.gauge("vmsandbox_operator_leader", "1 while this replica is the active leader.")
+        self.reconcile_errors = self.counter(
+            "vmsandbox_operator_reconcile_errors", "Reconciles that failed and were retried.", ["kind"]
         )
-        self.reconcile_errors = Counter(
-            "vmsandbox_operator_reconcile_errors",
-            "Reconciles that failed and were retried.",
-            ["kind"],
-            registry=r,
+        self.conflicts = self.counter(
+            "vmsandbox_operator_write_conflicts", "Writes that lost a compare-and-swap and were redone."
         )
-        self.conflicts = Counter(
-            "vmsandbox_operator_write_conflicts",
-            "Writes that lost a compare-and-swap and were redone.",
-            registry=r,
-        )
-
-        self.events_dropped = Counter(
-            "vmsandbox_operator_events_dropped",
-            "Events dropped unposted because too many were waiting.",
-            registry=r,
+        self.events_dropped = self.counter(
+            "vmsandbox_operator_events_dropped", "Events dropped unposted because too many were waiting."
         )
 
     def set_phases(self, counts: Mapping[str, int]) -> None:
