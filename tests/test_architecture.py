@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vmsandbox"
 #: Modules at the bottom that every layer may import: the error root, the one settings
 #: loader (:mod:`vmsandbox.config`) and what the proxies share
 #: (:mod:`vmsandbox.streamproxy`). They import nothing else from vmsandbox.
-SHARED = {"errors", "config", "streamproxy"}
+SHARED = {"errors", "config", "streamproxy", "metrics"}
 
 #: What each layer may import from vmsandbox besides itself and :data:`SHARED`. An entry names a
 #: layer, or one module of it (``hypervisor.vmmuser``: that module and its submodules only).

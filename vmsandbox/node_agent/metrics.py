@@ -8,7 +8,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vmsandbox.api.status import Phase
-from vmsandbox.kube.metricfamilies import MetricFamilies
+from vmsandbox.metrics import MetricFamilies
 
 _STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from vmsandbox.kube.metricfamilies import MetricFamilies
+from vmsandbox.metrics import MetricFamilies
 
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
 Counts = Callable[[], dict[str, tuple[int, int]]]

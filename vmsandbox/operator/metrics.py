@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from vmsandbox.kube.metricfamilies import MetricFamilies
+from vmsandbox.metrics import MetricFamilies
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
