@@ -34,7 +34,7 @@ READY = "ready"
 STOPPING = "stopping"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Heartbeat:
     kube: Kube
     _: KW_ONLY

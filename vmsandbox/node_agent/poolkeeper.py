@@ -56,7 +56,7 @@ class Claim:
         return self.member_id is not None or self.snapshot is not None
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(eq=False, repr=False, kw_only=True)
 class PoolKeeper:
     kube: Kube
     runtimes: Runtimes

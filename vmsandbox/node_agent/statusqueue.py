@@ -24,7 +24,7 @@ from vmsandbox.node_agent.statuswriter import Abort, Mutation, SandboxWriter, Wr
 Obj = dict[str, Any]
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(eq=False, repr=False, kw_only=True)
 class StatusQueue:
     uid: str
     writer: SandboxWriter

@@ -27,7 +27,7 @@ from vmsandbox.kube.paths import lease_path
 log = logging.getLogger("vmsandbox.operator.leader")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class LeaderElector:
     client: AsyncClient
     _: KW_ONLY

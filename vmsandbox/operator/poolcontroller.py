@@ -86,7 +86,7 @@ class PoolMetrics:
             self.claims.labels(start=start.value).inc()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class PoolController:
     config: OperatorConfig
     client: AsyncClient

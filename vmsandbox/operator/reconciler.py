@@ -72,7 +72,7 @@ def _phase_from_conditions(status: VMSandboxStatus) -> Phase:
     return Phase.SCHEDULED
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Reconciler:
     config: OperatorConfig
     client: AsyncClient
