@@ -4,37 +4,29 @@ answers as :class:`vmsandbox.kube.client.Client`."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 import aiohttp
 
 from vmsandbox.kube import wire
-from vmsandbox.kube.connection import Connection
+from vmsandbox.kube.clientbase import ClientBase, delete_body, list_params
 
 
-class AsyncClient:
+@dataclass(eq=False, repr=False, kw_only=True)
+class AsyncClient(ClientBase):
     """Every method raises :class:`ApiError` on a refusal or no answer."""
 
-    def __init__(
-        self,
-        connection: Connection,
-        *,
-        user_agent: str = "vmsandbox-operator",
-        pool_size: int = 64,
-        timeout: float = wire.DEFAULT_TIMEOUT,
-    ) -> None:
-        self.connection = connection
-        self.user_agent = user_agent
-        self._pool_size = pool_size
-        self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+    user_agent: str = "vmsandbox-operator"
+    pool_size: int = 64
+    _session: aiohttp.ClientSession | None = field(init=False, default=None)
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             ssl = self.connection.ssl_context()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else False, limit=self._pool_size),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                connector=aiohttp.TCPConnector(ssl=ssl if ssl is not None else False, limit=self.pool_size),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
             )
         return self._session
 
@@ -46,11 +38,9 @@ class AsyncClient:
     async def request(self, method: str, path: str, **options: Unpack[wire.Options]) -> dict[str, Any]:
         req = wire.request(method, path, **options)
         session = self._open()
-        headers = req.headers(self.connection.headers(), self.user_agent)
+        headers = self.headers(req)
         try:
-            async with session.request(
-                method, req.url(self.connection.server), data=req.body, headers=headers
-            ) as resp:
+            async with session.request(method, self.url(req), data=req.body, headers=headers) as resp:
                 text = await resp.text()
                 status, answer_headers = resp.status, resp.headers
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -61,8 +51,7 @@ class AsyncClient:
         return await self.request("GET", path)
 
     async def list_objects(self, path: str, *, label_selector: str = "") -> dict[str, Any]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        return await self.request("GET", path, params=params)
+        return await self.request("GET", path, params=list_params(label_selector))
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body)
@@ -71,5 +60,4 @@ class AsyncClient:
         return await self.request("PATCH", path, body=ops, content_type=wire.JSON_PATCH)
 
     async def delete(self, path: str, *, precondition_uid: str | None = None) -> dict[str, Any]:
-        body = {"preconditions": {"uid": precondition_uid}} if precondition_uid else None
-        return await self.request("DELETE", path, body=body)
+        return await self.request("DELETE", path, body=delete_body(precondition_uid))

@@ -3,37 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 import urllib3
 
 from vmsandbox.kube import wire
-from vmsandbox.kube.connection import Connection
+from vmsandbox.kube.clientbase import ClientBase, delete_body, list_params
 from vmsandbox.kube.errors import ApiError
 
 WATCH_READ_SLACK = 30.0
 
 
-class Client:
+@dataclass(eq=False, repr=False, kw_only=True)
+class Client(ClientBase):
     """Every method raises :class:`ApiError`; safe to share between threads."""
 
-    def __init__(
-        self,
-        connection: Connection,
-        *,
-        user_agent: str,
-        pool_size: int = 32,
-        timeout: float = wire.DEFAULT_TIMEOUT,
-    ) -> None:
-        self.connection = connection
-        self.user_agent = user_agent
-        self.timeout = timeout
+    pool_size: int = 32
+    _pool: urllib3.PoolManager = field(init=False)
+
+    def __post_init__(self) -> None:
         tls: dict[str, Any] = {}
-        if connection.tls:
-            tls["ssl_context"] = connection.ssl_context()
-            if connection.insecure:
+        if self.connection.tls:
+            tls["ssl_context"] = self.connection.ssl_context()
+            if self.connection.insecure:
                 tls.update(cert_reqs="CERT_NONE", assert_hostname=False)
-        self._pool = urllib3.PoolManager(num_pools=4, maxsize=pool_size, retries=False, **tls)
+        self._pool = urllib3.PoolManager(num_pools=4, maxsize=self.pool_size, retries=False, **tls)
 
     def close(self) -> None:
         self._pool.clear()
@@ -54,9 +49,9 @@ class Client:
     def _send(self, req: wire.Request, timeout: urllib3.Timeout, *, stream: bool) -> urllib3.BaseHTTPResponse:
         return self._pool.request(
             req.method,
-            req.url(self.connection.server),
+            self.url(req),
             body=req.body,
-            headers=req.headers(self.connection.headers(), self.user_agent),
+            headers=self.headers(req),
             timeout=timeout,
             preload_content=not stream,
             redirect=False,
@@ -74,8 +69,7 @@ class Client:
             raise
 
     def list_objects(self, path: str, *, label_selector: str = "") -> dict[str, Any]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        return self.request("GET", path, params=params)
+        return self.request("GET", path, params=list_params(label_selector))
 
     def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", path, body=body)
@@ -93,8 +87,7 @@ class Client:
         return self.request("PATCH", path, body=body, content_type=wire.MERGE_PATCH, timeout=timeout)
 
     def delete(self, path: str, *, precondition_uid: str | None = None) -> dict[str, Any]:
-        body = {"preconditions": {"uid": precondition_uid}} if precondition_uid else None
-        return self.request("DELETE", path, body=body)
+        return self.request("DELETE", path, body=delete_body(precondition_uid))
 
     def watch(
         self,

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import KW_ONLY, dataclass, field
 
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
@@ -33,32 +34,27 @@ READY = "ready"
 STOPPING = "stopping"
 
 
+@dataclass(eq=False, repr=False)
 class Heartbeat:
-    def __init__(
-        self,
-        kube: Kube,
-        *,
-        node: str,
-        namespace: str,
-        capacity: NodeCapacity,
-        endpoint: str,
-        duration_seconds: int,
-        renew_seconds: float,
-    ) -> None:
-        self.kube = kube
-        self.node = node
-        self.namespace = namespace
-        self.capacity = capacity
-        self.endpoint = endpoint
-        self.duration = duration_seconds
-        self.renew = renew_seconds
-        self.lease_name = AGENT_LEASE_PREFIX + node
-        #: When the last successful renewal was *sent* (monotonic): the server and whoever
-        #: watches the Lease saw it at that moment or later, never earlier.
-        self.last_renewed: float | None = None
-        self.started = time.monotonic()
-        self.node_registered = False
-        self._stop = threading.Event()
+    kube: Kube
+    _: KW_ONLY
+    node: str
+    namespace: str
+    capacity: NodeCapacity
+    endpoint: str
+    duration_seconds: int
+    renew_seconds: float
+    lease_name: str = field(init=False)
+    #: When the last successful renewal was *sent* (monotonic): the server and whoever
+    #: watches the Lease saw it at that moment or later, never earlier.
+    last_renewed: float | None = field(init=False, default=None)
+    started: float = field(init=False, default_factory=time.monotonic)
+    node_registered: bool = field(init=False, default=False)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+    thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lease_name = AGENT_LEASE_PREFIX + self.node
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -84,7 +80,7 @@ class Heartbeat:
         log.info("node %s marked %s=%s", self.node, AGENT_READY_LABEL, STOPPING)
 
     def fresh(self) -> bool:
-        return self.last_renewed is not None and time.monotonic() - self.last_renewed < self.duration
+        return self.last_renewed is not None and time.monotonic() - self.last_renewed < self.duration_seconds
 
     def silence(self) -> float:
         """Seconds since a renewal last went through (since start-up when none has yet)."""
@@ -103,11 +99,11 @@ class Heartbeat:
                 self.node_registered = True
             except Exception as exc:
                 log.warning("updating node %s failed: %s", self.node, exc)
-            self._stop.wait(self.renew)
+            self._stop.wait(self.renew_seconds)
 
     def renew_lease(self) -> None:
         lease = self.kube.get_lease(self.namespace, self.lease_name)
-        spec = lease_spec(self.node, self.duration, micro_time(), (lease or {}).get("spec"))
+        spec = lease_spec(self.node, self.duration_seconds, micro_time(), (lease or {}).get("spec"))
         if lease is None:
             self.kube.create_lease(self.namespace, lease_body(self.namespace, self.lease_name, spec))
             log.info("created lease %s/%s", self.namespace, self.lease_name)

@@ -7,13 +7,13 @@ removed once it is deleted or handed to a sandbox; the runtime's own record hold
 from __future__ import annotations
 
 import contextlib
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from vmsandbox.node_agent.records import RecordFiles
 from vmsandbox.runtime.ids import validate_id
 
 
@@ -35,28 +35,21 @@ class MemberRecord(BaseModel):
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
-class MemberStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._lock = threading.Lock()
-        root.mkdir(parents=True, exist_ok=True)
-
+class MemberStore(RecordFiles):
     def _path(self, member_id: str) -> Path:
         return self.root / f"{validate_id(member_id)}.json"
 
     def save(self, record: MemberRecord) -> None:
-        path = self._path(record.member_id)
-        tmp = path.with_name(f".{path.name}.{threading.get_ident()}")
-        tmp.write_text(record.model_dump_json(indent=1))
-        tmp.replace(path)
+        self._write(self._path(record.member_id), record)
 
     def load_all(self) -> list[MemberRecord]:
         found = []
         for path in sorted(self.root.glob("*.json")):
-            try:
-                found.append(MemberRecord.model_validate_json(path.read_text()))
-            except (OSError, ValidationError):
+            record = self._read(path, MemberRecord)
+            if record is None:
                 path.unlink(missing_ok=True)
+            else:
+                found.append(record)
         return found
 
     def remove(self, member_id: str) -> None:

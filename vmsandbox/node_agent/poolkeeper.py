@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmsandbox.api.constants import POOLS_ANNOTATION
@@ -56,45 +56,37 @@ class Claim:
         return self.member_id is not None or self.snapshot is not None
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class PoolKeeper:
-    def __init__(
-        self,
-        *,
-        kube: Kube,
-        runtimes: Runtimes,
-        admission: LocalAdmission,
-        store: MemberStore,
-        metrics: PoolMetrics,
-        node: str,
-        default_hypervisor: str,
-        usable_hypervisors: list[str],
-        has_network: bool,
-        sync_seconds: float,
-    ) -> None:
-        self.kube = kube
-        self.runtimes = runtimes
-        self.admission = admission
-        self.store = store
-        self.metrics = metrics
-        self.node = node
-        self.default_hypervisor = default_hypervisor
-        self.usable = usable_hypervisors
-        self.has_network = has_network
-        self.sync_seconds = sync_seconds
-        self._lock = threading.Lock()
-        self._members: dict[str, MemberRecord] = {}
-        #: Members handed to a sandbox, by when: until the runtime's create took them.
-        self._taken: dict[str, float] = {}
-        self._views: dict[str, PoolView] = {}
-        #: Pools by namespace/name as the pool watch last saw them; None until it has listed.
-        self._watched: dict[str, dict[str, Any]] | None = None
-        self._published: str | None = None
-        self._refused: dict[str, str] = {}
-        self._booting = threading.BoundedSemaphore(MAX_BOOTING)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+    kube: Kube
+    runtimes: Runtimes
+    admission: LocalAdmission
+    store: MemberStore
+    metrics: PoolMetrics
+    node: str
+    default_hypervisor: str
+    usable_hypervisors: list[str]
+    has_network: bool
+    sync_seconds: float
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _members: dict[str, MemberRecord] = field(init=False, default_factory=dict)
+    #: Members handed to a sandbox, by when: until the runtime's create took them.
+    _taken: dict[str, float] = field(init=False, default_factory=dict)
+    _views: dict[str, PoolView] = field(init=False, default_factory=dict)
+    #: Pools by namespace/name as the pool watch last saw them; None until it has listed.
+    _watched: dict[str, dict[str, Any]] | None = field(init=False, default=None)
+    _published: str | None = field(init=False, default=None)
+    _refused: dict[str, str] = field(init=False, default_factory=dict)
+    _booting: threading.BoundedSemaphore = field(
+        init=False, default_factory=lambda: threading.BoundedSemaphore(MAX_BOOTING)
+    )
+    _wake: threading.Event = field(init=False, default_factory=threading.Event)
+    _stop: threading.Event = field(init=False, default_factory=threading.Event)
+    thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
         self.thread = threading.Thread(target=self._run, name="pools", daemon=True)
-        metrics.track(self.counts, self.paused)
+        self.metrics.track(self.counts, self.paused)
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -223,7 +215,7 @@ class PoolKeeper:
         """Why this node keeps no members of ``view`` (logged once per pool and reason)."""
         shape = view.shape
         why = None
-        if shape.hypervisor not in self.usable:
+        if shape.hypervisor not in self.usable_hypervisors:
             why = f"hypervisor {shape.hypervisor} is not usable on node {self.node}"
         elif self.has_network and shape.hypervisor == "process":
             # A VM's NIC is hot-plugged at the claim; the process backend's agent is started

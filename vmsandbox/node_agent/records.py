@@ -11,10 +11,13 @@ import shutil
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 RECORD = "record.json"
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 def container_id_for(uid: str) -> str:
@@ -64,12 +67,28 @@ class SandboxRecord(BaseModel):
         return f"{self.namespace}/{self.name}"
 
 
-class RecordStore:
+class RecordFiles:
+    """A directory of pydantic records, one file each, written whole: a crash mid-write leaves
+    the previous record (or none), never half of one."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._lock = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
 
+    def _write(self, path: Path, record: BaseModel) -> None:
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}")
+        tmp.write_text(record.model_dump_json(indent=1))
+        tmp.replace(path)
+
+    def _read(self, path: Path, model: type[Model]) -> Model | None:
+        """None when the file is missing or does not hold a valid record."""
+        try:
+            return model.model_validate_json(path.read_text())
+        except (OSError, ValidationError):
+            return None
+
+
+class RecordStore(RecordFiles):
     def dir_for(self, uid: str) -> Path:
         return self.root / uid
 
@@ -82,15 +101,10 @@ class RecordStore:
     def save(self, record: SandboxRecord) -> None:
         directory = self.dir_for(record.uid)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{RECORD}.{threading.get_ident()}"
-        tmp.write_text(record.model_dump_json(indent=1))
-        tmp.replace(directory / RECORD)
+        self._write(directory / RECORD, record)
 
     def load(self, uid: str) -> SandboxRecord | None:
-        try:
-            return SandboxRecord.model_validate_json((self.dir_for(uid) / RECORD).read_text())
-        except (OSError, ValidationError):
-            return None
+        return self._read(self.dir_for(uid) / RECORD, SandboxRecord)
 
     def load_all(self) -> list[SandboxRecord]:
         found = []

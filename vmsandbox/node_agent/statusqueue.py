@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmsandbox.api.status import VMSandboxStatus
@@ -23,31 +24,20 @@ from vmsandbox.node_agent.statuswriter import Abort, Mutation, SandboxWriter, Wr
 Obj = dict[str, Any]
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class StatusQueue:
-    def __init__(
-        self,
-        *,
-        uid: str,
-        writer: SandboxWriter,
-        pool: Executor,
-        metrics: AgentMetrics,
-        log: SandboxLog,
-        abort: Abort,
-        latest: Callable[[], Obj | None],
-        wrote: Callable[[Obj], None],
-    ) -> None:
-        self.uid = uid
-        self.writer = writer
-        self.pool = pool
-        self.metrics = metrics
-        self.log = log
-        self._abort = abort
-        self._latest = latest
-        self._wrote = wrote
-        self._lock = threading.Lock()
-        self._queued: Future[Obj | None] | None = None
-        #: Status changes the API server has not taken yet, oldest first (sent with the next write).
-        self._pending: list[Mutation] = []
+    uid: str
+    writer: SandboxWriter
+    pool: Executor
+    metrics: AgentMetrics
+    log: SandboxLog
+    abort: Abort
+    latest: Callable[[], Obj | None]
+    wrote: Callable[[Obj], None]
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _queued: Future[Obj | None] | None = field(init=False, default=None)
+    #: Status changes the API server has not taken yet, oldest first (sent with the next write).
+    _pending: list[Mutation] = field(init=False, default_factory=list)
 
     def has_pending(self) -> bool:
         with self._lock:
@@ -58,7 +48,7 @@ class StatusQueue:
         previous = self._queued
 
         def run() -> Obj | None:
-            obj = self._result_of(previous) or self._latest()
+            obj = self._result_of(previous) or self.latest()
             if obj is None:
                 return None
             written = self.write(obj, mutate, settle=False)
@@ -84,7 +74,7 @@ class StatusQueue:
 
         t0 = time.monotonic()
         try:
-            written = self.writer.update_status(obj, apply_all, uid=self.uid, abort=self._abort)
+            written = self.writer.update_status(obj, apply_all, uid=self.uid, abort=self.abort)
         except (WriteDeferred, WriteFailed) as exc:
             return self._defer(obj, mutations, exc)
         except Exception as exc:
@@ -95,7 +85,7 @@ class StatusQueue:
             self.metrics.step.labels("statusWrite").observe(time.monotonic() - t0)
         if written is None:
             return obj
-        self._wrote(written)
+        self.wrote(written)
         return written
 
     def _result_of(self, queued: Future[Obj | None] | None) -> Obj | None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from vmsandbox.kube import ApiError
@@ -26,34 +27,25 @@ from vmsandbox.kube.paths import lease_path
 log = logging.getLogger("vmsandbox.operator.leader")
 
 
+@dataclass(eq=False, repr=False)
 class LeaderElector:
-    def __init__(
-        self,
-        client: AsyncClient,
-        *,
-        namespace: str,
-        name: str,
-        identity: str,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
-        on_started: Callable[[], Awaitable[None]] | None = None,
-        on_stopped: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self._client = client
-        self.namespace = namespace
-        self.name = name
-        self.identity = identity
-        self.lease_duration = lease_duration
-        self.renew_deadline = renew_deadline
-        self.retry_period = retry_period
-        self._on_started = on_started
-        self._on_stopped = on_stopped
-        self._leading = False
-        self._renewed_at = 0.0  # monotonic time of our last successful acquire/renew
-        self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
-        self._observed_at = 0.0
-        self.changed = asyncio.Event()
+    client: AsyncClient
+    _: KW_ONLY
+    namespace: str
+    name: str
+    identity: str
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    on_started: Callable[[], Awaitable[None]] | None = None
+    on_stopped: Callable[[], Awaitable[None]] | None = None
+    _leading: bool = field(init=False, default=False)
+    #: Monotonic time of our last successful acquire/renew.
+    _renewed_at: float = field(init=False, default=0.0)
+    #: (holder, renewTime) last seen.
+    _observed: tuple[str, str] | None = field(init=False, default=None)
+    _observed_at: float = field(init=False, default=0.0)
+    changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     @property
     def leading(self) -> bool:
@@ -76,8 +68,8 @@ class LeaderElector:
                             "%s became the leader (lease %s/%s)", self.identity, self.namespace, self.name
                         )
                         self.changed.set()
-                        if self._on_started:
-                            await self._on_started()
+                        if self.on_started:
+                            await self.on_started()
                 elif self._leading:
                     holder = self._observed[0] if self._observed else ""
                     if holder and holder != self.identity:
@@ -95,8 +87,8 @@ class LeaderElector:
         self._leading = False
         log.warning("%s stopped leading: %s", self.identity, why)
         self.changed.set()
-        if self._on_stopped:
-            await self._on_stopped()
+        if self.on_stopped:
+            await self.on_stopped()
 
     def _spec(self, lease: dict[str, Any] | None, now: str) -> dict[str, Any]:
         return lease_spec(self.identity, self.lease_duration, now, (lease or {}).get("spec"))
@@ -104,13 +96,13 @@ class LeaderElector:
     async def _try_acquire_or_renew(self) -> bool:
         now = micro_time()
         try:
-            lease = await self._client.get(lease_path(self.namespace, self.name))
+            lease = await self.client.get(lease_path(self.namespace, self.name))
         except ApiError as exc:
             if not exc.not_found:
                 raise
             body = lease_body(self.namespace, self.name, self._spec(None, now))
             try:
-                await self._client.create(lease_path(self.namespace), body)
+                await self.client.create(lease_path(self.namespace), body)
             except ApiError as exc2:
                 if exc2.conflict:
                     return False
@@ -131,7 +123,7 @@ class LeaderElector:
             {"op": "replace" if "spec" in lease else "add", "path": "/spec", "value": self._spec(lease, now)},
         ]
         try:
-            await self._client.json_patch(lease_path(self.namespace, self.name), ops)
+            await self.client.json_patch(lease_path(self.namespace, self.name), ops)
         except ApiError as exc:
             if exc.conflict:
                 return False
@@ -143,7 +135,7 @@ class LeaderElector:
     async def _release(self) -> None:
         """Hand the Lease back on a clean stop, so the other replica need not wait out the duration."""
         try:
-            lease = await self._client.get(lease_path(self.namespace, self.name))
+            lease = await self.client.get(lease_path(self.namespace, self.name))
             if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
             ops = [
@@ -151,6 +143,6 @@ class LeaderElector:
                 {"op": "replace", "path": "/spec/holderIdentity", "value": ""},
                 {"op": "replace", "path": "/spec/leaseDurationSeconds", "value": 1},
             ]
-            await self._client.json_patch(lease_path(self.namespace, self.name), ops)
+            await self.client.json_patch(lease_path(self.namespace, self.name), ops)
         except ApiError as exc:
             log.debug("lease not released: %s", exc)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,27 +86,19 @@ class PoolMetrics:
             self.claims.labels(start=start.value).inc()
 
 
+@dataclass(eq=False, repr=False)
 class PoolController:
-    def __init__(
-        self,
-        config: OperatorConfig,
-        client: AsyncClient,
-        cache: ClusterCache,
-        ledger: ReservationLedger,
-        metrics: PoolMetrics,
-        leading: Callable[[], bool],
-        capacity_changed: Callable[[], None],
-    ) -> None:
-        self.config = config
-        self.client = client
-        self.cache = cache
-        self.ledger = ledger
-        self.metrics = metrics
-        self.leading = leading
-        self.capacity_changed = capacity_changed
-        self._dirty = asyncio.Event()
-        self._members: Mapping[str, Demand] = {}
-        self._last: Plan | None = None  # the latest pass's plan, what the agents were told
+    config: OperatorConfig
+    client: AsyncClient
+    cache: ClusterCache
+    ledger: ReservationLedger
+    metrics: PoolMetrics
+    leading: Callable[[], bool]
+    capacity_changed: Callable[[], None]
+    _dirty: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _members: Mapping[str, Demand] = field(init=False, default_factory=dict)
+    #: The latest pass's plan, what the agents were told.
+    _last: Plan | None = field(init=False, default=None)
 
     # ---- inputs
     def changed(self) -> None:

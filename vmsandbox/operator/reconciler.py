@@ -25,6 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,31 +72,30 @@ def _phase_from_conditions(status: VMSandboxStatus) -> Phase:
     return Phase.SCHEDULED
 
 
+@dataclass(eq=False, repr=False)
 class Reconciler:
-    def __init__(
-        self,
-        config: OperatorConfig,
-        client: AsyncClient,
-        cache: ClusterCache,
-        metrics: OperatorMetrics,
-        events: EventRecorder,
-        leading: Callable[[], bool],
-    ) -> None:
-        self.config = config
-        self.client = client
-        self.cache = cache
-        self.metrics = metrics
-        self.events = events
-        self.leading = leading
-        self.queue = WorkQueue()
-        self.ledger = ReservationLedger()
-        self._unschedulable: dict[str, int] = {}  # key -> consecutive failed attempts
-        self._finished_seen: dict[str, float] = {}  # uid -> monotonic time first seen finished
-        self._silent_since: dict[str, float] = {}  # node -> monotonic time first seen without a Lease
-        self._brake: str | None = None  # why evictions are paused, while they are
-        self._brake_told = False  # the Event for the current pause was recorded
-        self._placed: dict[str, str] = {}  # uid -> node this operator labelled it with
-        self.pools: PoolController | None = None  # set by the runner; None: no pools considered
+    config: OperatorConfig
+    client: AsyncClient
+    cache: ClusterCache
+    metrics: OperatorMetrics
+    events: EventRecorder
+    leading: Callable[[], bool]
+    queue: WorkQueue = field(init=False, default_factory=WorkQueue)
+    ledger: ReservationLedger = field(init=False, default_factory=ReservationLedger)
+    #: key -> consecutive failed attempts
+    _unschedulable: dict[str, int] = field(init=False, default_factory=dict)
+    #: uid -> monotonic time first seen finished
+    _finished_seen: dict[str, float] = field(init=False, default_factory=dict)
+    #: node -> monotonic time first seen without a Lease
+    _silent_since: dict[str, float] = field(init=False, default_factory=dict)
+    #: why evictions are paused, while they are
+    _brake: str | None = field(init=False, default=None)
+    #: the Event for the current pause was recorded
+    _brake_told: bool = field(init=False, default=False)
+    #: uid -> node this operator labelled it with
+    _placed: dict[str, str] = field(init=False, default_factory=dict)
+    #: set by the runner; None: no pools considered
+    pools: PoolController | None = field(init=False, default=None)
 
     # ---- feeding the queue
     def sandbox_changed(self, raw: dict[str, Any], source: Source = "watch") -> None:
