@@ -614,14 +614,13 @@ class QemuDriver(HypervisorDriver, RunsAsVmmUser):
                 migration.load(qmp, directory / migration.MEMORY_FILE)
                 migration.wait_loaded(qmp, SNAPSHOT_TIMEOUT)
             t_loaded = time.monotonic()
-            self._wait_agent_socket(handle, qemu, mux, paths, spec.agent_timeout)
+            self._wait_agent_socket(qemu, mux, paths, spec.agent_timeout)
             handle.timings = BootTimings.between(t0, t_vmm, t_loaded, time.monotonic())
             handle.save()
         return handle
 
     def _wait_agent_socket(
         self,
-        handle: VMHandle,
         qemu: Detached,
         mux: Detached,
         paths: VMPaths,
