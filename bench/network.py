@@ -33,8 +33,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from baseline import use_tree
+
+REPO = use_tree()
 
 from tests.network.conftest import (  # noqa: E402
     DNS,

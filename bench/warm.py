@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from baseline import use_tree
+
+REPO = use_tree()
 
 from tests.leaks import pids_mentioning  # noqa: E402
 from tests.node_agent.conftest import agent_env  # noqa: E402
