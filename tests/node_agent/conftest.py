@@ -4,6 +4,7 @@ workspace and a ``vmsandbox-agent`` subprocess, with a leak check when the test 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ import pytest
 
 from tests import tools
 from tests.leaks import pids_mentioning, processes_mentioning
+from tests.network import conftest as network_world
+from tests.network.conftest import Topology
 from tests.node_agent.support import (
     STANDIN_DIR,
     VMM_CGROUP_PARENT_ENV,
@@ -25,6 +28,7 @@ from tests.node_agent.support import (
     fake_guest_image,
     force_cleanup,
     free_port,
+    network_agent,
     scratch_dir,
     unique,
     wait_for,
@@ -219,3 +223,13 @@ def make_agent(
         failures.append(f"processes leaked: {leaked}")
     if failures:
         pytest.fail("\n".join(failures))
+
+
+#: The test's own "node" and "world" network namespaces (tests/network), for the network tests here.
+topo = network_world.topo
+
+
+@pytest.fixture
+def net_agent(make_agent: MakeAgent, topo: Topology) -> MakeAgent:
+    """``net_agent(**env)``: ``make_agent``'s agent, its sandboxes on the test's own network (``topo``)."""
+    return functools.partial(network_agent, make_agent, topo)
