@@ -292,15 +292,11 @@ def test_port_forward_ports_parse() -> None:
 @pytest.mark.vm
 @pytest.mark.timeout(900)
 def test_port_forward_and_resolvers_in_a_qemu_guest(
-    net_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, guest_image: Path
+    net_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, qemu_settings: dict[str, str]
 ) -> None:
     """One QEMU (TCG) guest: the tap on the bridge, the guest's address from the kernel command
     line, the container's resolv.conf from the guest agent, port-forwarding to the guest."""
-    agent = net_agent(
-        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="process,qemu",
-        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
-        VMSANDBOX_AGENT_ALLOW_TCG="true",
-    )
+    agent = net_agent(**qemu_settings)
     name = unique("pfq")
     command = f"cat /etc/resolv.conf; hostname; echo report-done; {SERVERS}"
     image = registry.busybox
