@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from baseline import use_tree
+
+use_tree()
 
 from standin import use_standin  # noqa: E402
 

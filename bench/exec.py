@@ -47,8 +47,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from baseline import use_tree
+
+use_tree()
 
 from agentrig import agent_rig  # noqa: E402
 

@@ -33,8 +33,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from baseline import use_tree
+
+REPO = use_tree()
 
 from tests.network.conftest import (  # noqa: E402
     DNS,
@@ -166,14 +167,11 @@ def throughput(topo: Topology, rounds: int, seconds: float) -> dict[str, Any]:
 
 
 def qemu_throughput(topo: Topology, image_dir: Path, tmp: Path) -> dict[str, Any]:
-    from tests.runtime.support import base_config, short_root, write_bundle
+    from tests.runtime.support import pod_bundle, short_root
 
     sink = _start_sink(topo, QEMU_SINK)
     send = f"busybox dd if=/dev/zero bs=65536 count=512 2>/dev/null | busybox nc -w 5 {PUBLIC} 5002"
-    config = base_config(["/bin/sh", "-c", send])
-    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
-    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
-    bundle = write_bundle(tmp / "qemu-bundle", config, rootfs=None)
+    bundle = pod_bundle(tmp / "qemu-bundle", send)
     root = short_root()
     try:
         argv = [

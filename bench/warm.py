@@ -29,34 +29,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from baseline import use_tree
+
+REPO = use_tree()
+
+from agentrig import NODE, agent_rig  # noqa: E402
 
 from tests.leaks import pids_mentioning  # noqa: E402
-from tests.node_agent.conftest import agent_env  # noqa: E402
 from tests.node_agent.pools import create_pool, delete_pool, members, ready_count, share  # noqa: E402
 from tests.node_agent.support import (  # noqa: E402
     AgentProcess,
     Cluster,
-    Registry,
-    build_busybox_layout,
-    free_port,
     wait_for,
 )
-from vmsandbox.devcluster import LocalCluster  # noqa: E402
 from vmsandbox.hypervisor.config import HypervisorConfig  # noqa: E402
 
 RESOURCES = {"vcpus": 1, "memoryMiB": 256}
 NAMESPACE = "bench-warm"
-NODE = "bench-node"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -139,53 +134,27 @@ def summary(samples: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"runs": args.runs, "hypervisor": args.hypervisor, "pool_size": args.pool_size}
-    registry = Registry(root=work / "registry", port=free_port())
-    (work / "registry").mkdir()
-    registry.start()
-    agent: AgentProcess | None = None
-    try:
-        with LocalCluster() as kube, kube.api_client() as api_client:
-            image = registry.push(build_busybox_layout(work / "busybox"), "latest", "bench/busybox:latest")
-            kube.http("POST", "/api/v1/namespaces", json={"metadata": {"name": NAMESPACE}})
-            cluster = Cluster(api_client=api_client, namespace=NAMESPACE)
-            cluster.create_node(NODE)
-            (work / "agent").mkdir()
-            guest = HypervisorConfig.load().guest_image_dir
-            env = agent_env(
-                node=NODE,
-                namespace=NAMESPACE,
-                kube=kube,
-                workdir=work / "agent",
-                registry=registry,
-                guest_image_dir=guest,
-            )
-            env.update(
-                {
-                    "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": f"{args.hypervisor},process",
-                    "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": args.hypervisor,
-                    "VMSANDBOX_AGENT_ALLOW_TCG": "true",
-                    "VMSANDBOX_AGENT_LOG_LEVEL": "INFO",
-                    "VMSANDBOX_AGENT_POOL_SYNC_SECONDS": "0.5",
-                    "VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS": "1",
-                }
-            )
-            agent = AgentProcess(node=NODE, workdir=work / "agent", env=env, cluster=cluster)
-            agent.start()
-            bench = Bench(cluster, agent, image, args.hypervisor)
-            bench.run_one(None)  # warm-up: pulls the image into the agent's cache
-            result["cold"] = summary(bench.series(args.runs, None))
-            print(f"cold: {result['cold']}", flush=True)
-            result["booted"] = booted(args, bench, cluster, agent)
-            print(f"booted: {result['booted']}", flush=True)
-            result["snapshot"] = snapshot(args, bench, cluster, agent)
-            print(f"snapshot: {result['snapshot']}", flush=True)
-    finally:
-        if agent is not None:
-            agent.stop()
-            agent.release_cgroups()
-        registry.stop()
+    env = {
+        "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": f"{args.hypervisor},process",
+        "VMSANDBOX_AGENT_DEFAULT_HYPERVISOR": args.hypervisor,
+        "VMSANDBOX_AGENT_GUEST_IMAGE_DIR": str(HypervisorConfig.load().guest_image_dir),
+        "VMSANDBOX_AGENT_ALLOW_TCG": "true",
+        "VMSANDBOX_AGENT_LOG_LEVEL": "INFO",
+        "VMSANDBOX_AGENT_POOL_SYNC_SECONDS": "0.5",
+        "VMSANDBOX_AGENT_POLL_INTERVAL_SECONDS": "1",
+    }
+    with agent_rig("wmb", NAMESPACE, env) as rig:
+        cluster, agent = rig.cluster, rig.agent
+        bench = Bench(cluster, agent, rig.image, args.hypervisor)
+        bench.run_one(None)  # warm-up: pulls the image into the agent's cache
+        result["cold"] = summary(bench.series(args.runs, None))
+        print(f"cold: {result['cold']}", flush=True)
+        result["booted"] = booted(args, bench, cluster, agent)
+        print(f"booted: {result['booted']}", flush=True)
+        result["snapshot"] = snapshot(args, bench, cluster, agent)
+        print(f"snapshot: {result['snapshot']}", flush=True)
     cold = result["cold"]["p50"]
     for mode, target in (("booted", 0.20), ("snapshot", 0.40)):
         entry = result[mode]
@@ -256,13 +225,9 @@ def main() -> int:
     parser.add_argument("--hypervisor", default="qemu", choices=["qemu", "cloud-hypervisor"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wmb", dir="/tmp"))
     standin = REPO / "tests" / "cloud_hypervisor" / "standin"
     os.environ["PATH"] = f"{standin}{os.pathsep}{os.environ.get('PATH', '')}"
-    try:
-        result = measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    result = measure(args)
     print(json.dumps(result, indent=2))
     for mode in ("booted", "snapshot"):
         entry = result[mode]

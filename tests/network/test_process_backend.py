@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.network.conftest import DNS, HERE, PREFIX6, PRIVATE, PUBLIC, PUBLIC6, SUBNET, ULA, Topology, sh
-from tests.runtime.support import base_config, make_rootfs, short_root, write_bundle
+from tests.runtime.support import make_rootfs, shared_network_config, short_root, write_bundle
 from tests.tools import require_tools
 
 GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'"
@@ -29,9 +29,8 @@ SCRIPT = " ; ".join(
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
     require_tools("runc")
-    config = base_config(["/bin/sh", "-c", SCRIPT])
     # As the node agent writes it: the container shares its VM's (here: the agent's) network.
-    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+    config = shared_network_config(SCRIPT)
     return write_bundle(tmp_path / "bundle", config, rootfs=make_rootfs(tmp_path / "rootfs"))
 
 

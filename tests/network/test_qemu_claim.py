@@ -19,7 +19,7 @@ import pytest
 from tests.leaks import private_cgroup_parent
 from tests.network.conftest import DNS, HERE, PRIVATE, PUBLIC, SUBNET, Topology, reach_probe, sh
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
-from tests.runtime.support import base_config, short_root, write_bundle
+from tests.runtime.support import pod_bundle, short_root
 from vmsandbox.node_agent.network.ipam import mac_of
 from vmsandbox.runtime.faults import NIC_STEP
 from vmsandbox.runtime.members import MEMBER_ANNOTATION, new_member_id
@@ -39,14 +39,6 @@ SCRIPT = " ; ".join(
         reach_probe(PRIVATE, wait=3),
     ]
 )
-
-
-def _bundle(path: Path, annotations: dict[str, str], script: str = SCRIPT) -> Path:
-    config = base_config(["/bin/sh", "-c", script])
-    # The container shares the VM's network namespace: eth0 is the VM's.
-    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
-    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", **annotations}
-    return write_bundle(path, config, rootfs=None)
 
 
 def _claim(topo: Topology, image: Path, root: Path, bundle: Path, owner: str, *extra: str) -> str:
@@ -79,8 +71,8 @@ def test_a_booted_member_claimed_with_a_network_gets_its_own_nic(
     topo: Topology, guest_image: Path, tmp_path: Path
 ) -> None:
     member, baseline = new_member_id(), new_member_id()
-    bundle = _bundle(tmp_path / "bundle", {MEMBER_ANNOTATION: member})
-    plain = _bundle(tmp_path / "plain", {MEMBER_ANNOTATION: baseline}, script="true")
+    bundle = pod_bundle(tmp_path / "bundle", SCRIPT, {MEMBER_ANNOTATION: member})
+    plain = pod_bundle(tmp_path / "plain", "true", {MEMBER_ANNOTATION: baseline})
     root = short_root()
     try:
         out = _claim(
@@ -107,7 +99,7 @@ def test_a_booted_member_claimed_with_a_network_gets_its_own_nic(
 def test_a_snapshot_copy_claimed_with_a_network_gets_its_own_nic(
     topo: Topology, guest_image: Path, tmp_path: Path
 ) -> None:
-    bundle = _bundle(tmp_path / "bundle", {ANNOTATION_RESTORE_FROM: "netsnap"})
+    bundle = pod_bundle(tmp_path / "bundle", SCRIPT, {ANNOTATION_RESTORE_FROM: "netsnap"})
     root = short_root()
     try:
         out = _claim(topo, guest_image, root, bundle, "warm-snap", "--snapshot", "netsnap")
@@ -131,7 +123,7 @@ def test_a_claim_failing_at_its_nic_leaves_nothing(
     """The create's rollback unplugs the NIC (when it was plugged) and stops the member's VM;
     the agent's teardown then frees the lease, the tap and the rules."""
     member = new_member_id()
-    bundle = _bundle(tmp_path / "bundle", {MEMBER_ANNOTATION: member})
+    bundle = pod_bundle(tmp_path / "bundle", SCRIPT, {MEMBER_ANNOTATION: member})
     root = short_root()
     try:
         out = _claim(topo, guest_image, root, bundle, "warm-fail", "--member", member, *fault)

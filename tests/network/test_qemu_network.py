@@ -27,7 +27,7 @@ from tests.network.conftest import (
     sh,
 )
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
-from tests.runtime.support import base_config, short_root, write_bundle
+from tests.runtime.support import pod_bundle, short_root
 from vmsandbox.hypervisor.vmmuser import VmmUser
 
 pytestmark = pytest.mark.vm
@@ -40,10 +40,7 @@ def test_guest_nic_under_restricted_with_an_allow(
     targets = (PUBLIC, PRIVATE, METADATA, PUBLIC6, ULA, NODE_UPLINK6, GATEWAY6)
     shows = ["busybox ip -4 -o addr show dev eth0", "busybox ip -6 -o addr show dev eth0"]
     script = " ; ".join([*shows, "busybox ip -6 route show", *(reach_probe(a, wait=3) for a in targets)])
-    config = base_config(["/bin/sh", "-c", script])
-    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
-    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox"}
-    bundle = write_bundle(tmp_path / "bundle", config, rootfs=None)
+    bundle = pod_bundle(tmp_path / "bundle", script)
     root = short_root()
     try:
         argv = [sys.executable, str(HERE / "run_sandbox.py"), str(topo.state_dir), SUBNET, topo.bridge]

@@ -4,6 +4,7 @@ workspace and a ``vmsandbox-agent`` subprocess, with a leak check when the test 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ import pytest
 
 from tests import tools
 from tests.leaks import pids_mentioning, processes_mentioning
+from tests.network import conftest as network_world
+from tests.network.conftest import Topology
+from tests.node_agent.resilience import OwnAgent, own_user_agent
 from tests.node_agent.support import (
     STANDIN_DIR,
     VMM_CGROUP_PARENT_ENV,
@@ -25,6 +29,7 @@ from tests.node_agent.support import (
     fake_guest_image,
     force_cleanup,
     free_port,
+    network_agent,
     scratch_dir,
     unique,
     wait_for,
@@ -103,6 +108,12 @@ def cluster(kube: LocalCluster, kube_namespace: str) -> Iterator[Cluster]:
     allow_process_backend(kube, kube_namespace)
     with kube.api_client() as api_client:
         yield Cluster(api_client=api_client, namespace=kube_namespace)
+
+
+@pytest.fixture(params=["process", "cloud-hypervisor"])
+def hypervisor(request: pytest.FixtureRequest) -> str:
+    """The backends a whole sandbox's life is tested on: none (a process) and the (stand-in) VMM."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -219,3 +230,30 @@ def make_agent(
         failures.append(f"processes leaked: {leaked}")
     if failures:
         pytest.fail("\n".join(failures))
+
+
+#: The test's own "node" and "world" network namespaces (tests/network), for the network tests here.
+topo = network_world.topo
+
+
+@pytest.fixture
+def net_agent(make_agent: MakeAgent, topo: Topology) -> MakeAgent:
+    """``net_agent(**env)``: ``make_agent``'s agent, its sandboxes on the test's own network (``topo``)."""
+    return functools.partial(network_agent, make_agent, topo)
+
+
+@pytest.fixture
+def own_agent(kube: LocalCluster, make_agent: MakeAgent, request: pytest.FixtureRequest) -> OwnAgent:
+    """``make_agent``'s agent and the user of its own it requests as, so faults can single it out."""
+    return own_user_agent(kube, make_agent, request)
+
+
+@pytest.fixture
+def qemu_settings(guest_image: Path) -> dict[str, str]:
+    """An agent's settings for QEMU guests on this machine: TCG allowed (no KVM here), the guest
+    image (``guest_image``, the fixture of tests/qemu, which the test's module takes over)."""
+    return {
+        "VMSANDBOX_AGENT_ALLOWED_HYPERVISORS": "process,qemu",
+        "VMSANDBOX_AGENT_GUEST_IMAGE_DIR": str(guest_image),
+        "VMSANDBOX_AGENT_ALLOW_TCG": "true",
+    }

@@ -13,12 +13,14 @@ from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, unique
 from tests.security.tenant import bind
 from vmsandbox.devcluster import LocalCluster
 
+#: An agent making its API requests as a user of its own, and that user.
+OwnAgent = tuple[AgentProcess, str]
 SANDBOX_PATH = "/apis/vmsandbox.io/v1alpha1/namespaces/{ns}/vmsandboxes/{name}"
 
 
 def own_user_agent(
     kube: LocalCluster, make_agent: MakeAgent, request: pytest.FixtureRequest, **env: str
-) -> tuple[AgentProcess, str]:
+) -> OwnAgent:
     """An agent whose API requests are made as a user of its own (with any rights)."""
     user = f"system:serviceaccount:vmsandbox-system:{unique('agent')}"
     binding = unique("resilience-admin")

@@ -379,11 +379,13 @@ class AgentProcess:
 
     @property
     def state_dir(self) -> Path:
-        return self.workdir / "state"
+        """Where its settings (``agent_env``, ``process_agent_env``) put the agent's state."""
+        return Path(self.env["VMSANDBOX_AGENT_STATE_DIR"])
 
     @property
     def runtime_root(self) -> Path:
-        return self.workdir / "run"
+        """Where its settings put the runtime's root, which holds the containers it runs."""
+        return Path(self.env["VMSANDBOX_AGENT_RUNTIME_ROOT"])
 
     @property
     def log_path(self) -> Path:

@@ -27,13 +27,15 @@ def _sleeper(registry: Registry, **extra: object) -> dict[str, object]:
 
 
 def _running_sleeper(
-    agent: AgentProcess, cluster: Cluster, registry: Registry, prefix: str, **extra: object
-) -> tuple[str, int]:
-    """A sleeper on ``agent``'s node, once Running: its name and its VMM's pid."""
+    make_agent: MakeAgent, cluster: Cluster, registry: Registry, prefix: str, **extra: object
+) -> tuple[AgentProcess, str, int]:
+    """A new agent and a sleeper on its node, once Running: the agent, the sleeper's name and its
+    VMM's pid."""
+    agent = make_agent()
     name = unique(prefix)
     cluster.create_sandbox(name, _sleeper(registry, **extra), node=agent.node)
     vmm: int = cluster.wait_phase(name, "Running", timeout=60)["vm"]["vmmPID"]
-    return name, vmm
+    return agent, name, vmm
 
 
 def test_sigkilled_agent_adopts_its_five_running_vms(
@@ -74,9 +76,8 @@ def test_sigkilled_agent_adopts_its_five_running_vms(
 def test_vm_killed_behind_the_agents_back_is_handled_by_policy(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, policy: str, expect: str
 ) -> None:
-    agent = make_agent()
-    name, vmm = _running_sleeper(
-        agent, cluster, registry, "vmkill", restartPolicy=policy, hypervisor="cloud-hypervisor"
+    _, name, vmm = _running_sleeper(
+        make_agent, cluster, registry, "vmkill", restartPolicy=policy, hypervisor="cloud-hypervisor"
     )
     os.kill(vmm, signal.SIGKILL)
     killed = time.monotonic()
@@ -108,8 +109,7 @@ def test_vm_killed_behind_the_agents_back_is_handled_by_policy(
 def test_vm_that_vanished_while_the_agent_was_down(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name, vmm = _running_sleeper(agent, cluster, registry, "vanish")
+    agent, name, vmm = _running_sleeper(make_agent, cluster, registry, "vanish")
     agent.kill()
     os.killpg(os.getpgid(vmm), signal.SIGKILL)
     wait_for("the VMM to die", lambda: not pid_alive(vmm), timeout=5)
@@ -121,8 +121,7 @@ def test_vm_that_vanished_while_the_agent_was_down(
 def test_orphaned_vm_is_torn_down_after_the_grace_period(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = make_agent()
-    name, vmm = _running_sleeper(agent, cluster, registry, "orphan")
+    agent, name, vmm = _running_sleeper(make_agent, cluster, registry, "orphan")
     agent.kill()
     # While the agent is down the sandbox goes away for good (its finalizer removed by force).
     cluster.remove_agent_finalizer(name)

@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.node_agent.support import AgentProcess, Cluster, Registry, pid_alive, unique, wait_for
-from tests.security.tenant import bind
+from tests.node_agent.resilience import OwnAgent
+from tests.node_agent.support import Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from vmsandbox.api.constants import AGENT_FINALIZER
 from vmsandbox.devcluster import LocalCluster
 
 pytestmark = pytest.mark.kube
-
-MakeAgent = Callable[..., AgentProcess]
 
 
 def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in status.get("conditions", []) if c["type"] == kind)
 
 
-@pytest.mark.parametrize("hypervisor", ["process", "cloud-hypervisor"])
 def test_exit_zero_succeeds_with_boot_timings(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, hypervisor: str
 ) -> None:
@@ -117,24 +113,14 @@ def test_running_sandbox_reports_vm_and_container(
 
 
 def test_agent_writes_three_times_from_scheduled_to_running(
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    registry: Registry,
-    kube: LocalCluster,
-    request: pytest.FixtureRequest,
+    own_agent: OwnAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
 ) -> None:
     """Finalizer, Creating, then Running with the VM's details: no write of its own for "booted".
 
     Counted are writes that took effect; a guarded finalizer patch refused (422) because the
     operator's status write landed in between is retried, and is not a write.
     """
-    user = "system:serviceaccount:vmsandbox-system:write-count-agent"
-    binding = unique("write-count-admin")  # its own user, so its requests can be told apart; any rights
-    bind(kube, "", "ClusterRole", "cluster-admin", [{"kind": "User", "name": user}], name=binding)
-    request.addfinalizer(
-        lambda: kube.http("DELETE", f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{binding}")
-    )
-    agent = make_agent(VMSANDBOX_AGENT_KUBECONFIG=str(kube.kubeconfig_for(user)))
+    agent, user = own_agent  # its own user, so its requests can be told apart
     name = unique("writes")
     mark = len(kube.requests_made())
     cluster.create_sandbox(

@@ -25,19 +25,10 @@ from tests.network.conftest import (
     ULA,
     Topology,
     reach_probe,
-    topo,
 )
-from tests.node_agent.support import (
-    Cluster,
-    MakeAgent,
-    Registry,
-    network_agent,
-    unique,
-    wait_for,
-)
+from tests.node_agent.support import Cluster, MakeAgent, Registry, unique, wait_for
 
 pytestmark = pytest.mark.kube
-__all__ = ["topo"]  # the fixture, used by name
 
 SCRIPT = " ; ".join(
     [
@@ -49,9 +40,9 @@ SCRIPT = " ; ".join(
 
 
 def test_network_set_up_reported_metered_and_freed(
-    make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology
+    net_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology
 ) -> None:
-    agent = network_agent(make_agent, topo)
+    agent = net_agent()
     name = unique("net")
     spec = registry.sandbox(
         ["sh", "-c", SCRIPT],

@@ -37,7 +37,6 @@ def wait_above(agent: AgentProcess, cluster: Cluster, name: str, above: int) -> 
     return wait_for(f"the counter to pass {above}", check, timeout=60)
 
 
-@pytest.mark.parametrize("hypervisor", ["process", "cloud-hypervisor"])
 def test_pause_and_resume_keep_the_counter(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, hypervisor: str
 ) -> None:

@@ -23,22 +23,14 @@ import pytest
 from kubernetes import client
 from kubernetes.stream.ws_client import portforward_call
 
-from tests.network.conftest import DNS, Topology, sh, topo
-from tests.node_agent.support import (
-    AgentProcess,
-    Cluster,
-    MakeAgent,
-    Registry,
-    network_agent,
-    unique,
-    wait_for,
-)
+from tests.network.conftest import DNS, Topology, sh
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique, wait_for
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
 from tests.security.support import grant
 from vmsandbox.devcluster.cluster import ADMIN_USER, LocalCluster
 
 pytestmark = pytest.mark.kube
-__all__ = ["guest_image", "qemu_binary", "topo", "vmm_user"]  # fixtures, used by name
+__all__ = ["guest_image", "qemu_binary", "vmm_user"]  # fixtures, used by name
 
 PAGE = "hello-from-the-sandbox"
 SERVERS = (
@@ -146,14 +138,14 @@ def cli_runs() -> Iterator[list[CLI]]:
 
 
 def test_port_forward_relays_both_ways_and_leaves_nothing(
-    make_agent: MakeAgent,
+    net_agent: MakeAgent,
     cluster: Cluster,
     registry: Registry,
     topo: Topology,
     kube: LocalCluster,
     cli_runs: list[CLI],
 ) -> None:
-    agent = network_agent(make_agent, topo)
+    agent = net_agent()
     name = _sandbox(cluster, registry, agent, SERVERS)
     ns = cluster.namespace
     ip = cluster.status(name)["network"]["ip"]
@@ -221,9 +213,9 @@ def test_port_forward_relays_both_ways_and_leaves_nothing(
 
 
 def test_port_forward_refusals(
-    make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, kube: LocalCluster
+    net_agent: MakeAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
 ) -> None:
-    agent = network_agent(make_agent, topo)
+    agent = net_agent()
     ns = cluster.namespace
     name = _sandbox(cluster, registry, agent, SERVERS)
     offline = _sandbox(cluster, registry, agent, "sleep 600", network={"mode": "none"})
@@ -300,17 +292,11 @@ def test_port_forward_ports_parse() -> None:
 @pytest.mark.vm
 @pytest.mark.timeout(900)
 def test_port_forward_and_resolvers_in_a_qemu_guest(
-    make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, guest_image: Path
+    net_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology, qemu_settings: dict[str, str]
 ) -> None:
     """One QEMU (TCG) guest: the tap on the bridge, the guest's address from the kernel command
     line, the container's resolv.conf from the guest agent, port-forwarding to the guest."""
-    agent = network_agent(
-        make_agent,
-        topo,
-        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="process,qemu",
-        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
-        VMSANDBOX_AGENT_ALLOW_TCG="true",
-    )
+    agent = net_agent(**qemu_settings)
     name = unique("pfq")
     command = f"cat /etc/resolv.conf; hostname; echo report-done; {SERVERS}"
     image = registry.busybox

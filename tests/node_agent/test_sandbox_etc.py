@@ -8,19 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.network.conftest import DNS, PUBLIC, Topology, topo
-from tests.node_agent.support import (
-    AgentProcess,
-    Cluster,
-    MakeAgent,
-    Registry,
-    network_agent,
-    unique,
-    wait_for,
-)
+from tests.network.conftest import DNS, PUBLIC
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique, wait_for
 
 pytestmark = pytest.mark.kube
-__all__ = ["topo"]  # the fixture, used by name
 
 SCRIPT = " ; ".join(
     [
@@ -61,9 +52,9 @@ def _output(agent: AgentProcess, cluster: Cluster, name: str) -> dict[str, str]:
 
 
 def test_containers_get_the_resolvers_hostname_and_hosts(
-    make_agent: MakeAgent, cluster: Cluster, registry: Registry, topo: Topology
+    net_agent: MakeAgent, cluster: Cluster, registry: Registry
 ) -> None:
-    agent = network_agent(make_agent, topo)
+    agent = net_agent()
     image = registry.busybox
     online, offline = unique("dns"), unique("nodns")
     for name, network in ((online, {}), (offline, {"mode": "none"})):

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.node_agent.resilience import MakeAgent, own_user_agent, record, runs, sandbox_path, teardowns
+from tests.node_agent.resilience import OwnAgent, record, runs, sandbox_path, teardowns
 from tests.node_agent.support import Cluster, Registry, containers_left, pid_alive, unique, wait_for
 from vmsandbox.devcluster import LocalCluster
 
@@ -28,14 +28,9 @@ RUN = "echo run-marker; sleep 8; exit 3"
 
 @pytest.mark.parametrize("code", [500, 429, 409])
 def test_failed_writes_are_retried_and_tear_nothing_down(
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    registry: Registry,
-    kube: LocalCluster,
-    request: pytest.FixtureRequest,
-    code: int,
+    own_agent: OwnAgent, cluster: Cluster, registry: Registry, kube: LocalCluster, code: int
 ) -> None:
-    agent, user = own_user_agent(kube, make_agent, request)
+    agent, user = own_agent
     name = unique(f"w{code}")
     path = sandbox_path(cluster, name)
     retry_after = 1 if code == 429 else None
@@ -78,13 +73,9 @@ def test_failed_writes_are_retried_and_tear_nothing_down(
 
 
 def test_an_end_recorded_while_writes_fail_survives_an_agent_restart(
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    registry: Registry,
-    kube: LocalCluster,
-    request: pytest.FixtureRequest,
+    own_agent: OwnAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
 ) -> None:
-    agent, user = own_user_agent(kube, make_agent, request)
+    agent, user = own_agent
     name = unique("ended")
     path = sandbox_path(cluster, name)
     obj = cluster.create_sandbox(
@@ -126,16 +117,11 @@ def test_an_end_recorded_while_writes_fail_survives_an_agent_restart(
 
 @pytest.mark.parametrize("code", [500, 409])
 def test_a_running_container_outlasts_its_status_writes_failing(
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    registry: Registry,
-    kube: LocalCluster,
-    request: pytest.FixtureRequest,
-    code: int,
+    own_agent: OwnAgent, cluster: Cluster, registry: Registry, kube: LocalCluster, code: int
 ) -> None:
     """Every status write fails until well after the container started: the VM stays up and the
     agent keeps the changes, which land (Creating and Running together) once writes pass."""
-    agent, user = own_user_agent(kube, make_agent, request)
+    agent, user = own_agent
     name = unique(f"held{code}")
     path = sandbox_path(cluster, name)
     kube.inject_fault(method="PUT", path=f"{path}/status$", user=user, status=code, count=None)
@@ -164,16 +150,12 @@ def test_a_running_container_outlasts_its_status_writes_failing(
 
 
 def test_the_image_is_pulled_while_the_finalizer_write_waits(
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    registry: Registry,
-    kube: LocalCluster,
-    request: pytest.FixtureRequest,
+    own_agent: OwnAgent, cluster: Cluster, registry: Registry, kube: LocalCluster
 ) -> None:
     """The pull does not wait for the finalizer: with the finalizer's write held back by the server
     (429, retry after a second, twice), the image is in the cache before the write is taken, and
     the launch uses that pull instead of making another (a :latest tag is pulled Always)."""
-    agent, user = own_user_agent(kube, make_agent, request)
+    agent, user = own_agent
     name = unique("prefetch")
     path = sandbox_path(cluster, name)
     kube.inject_fault(method="PATCH", path=f"{path}$", user=user, status=429, count=2, retryAfter=1)

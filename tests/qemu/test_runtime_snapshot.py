@@ -7,6 +7,7 @@ runs its container; a sandbox's own snapshot is taken with the pod running on af
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.qemu.test_runtime_qemu import SANDBOX, Cli, assert_nothing_left, bundle
 from tests.qemu.test_runtime_qemu import env as env  # the fixture
+from tests.runtime.support import counts, wait_for_count
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM, snapshot_root
@@ -23,18 +25,8 @@ pytestmark = pytest.mark.vm
 COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done"]
 
 
-def counts(out: Path) -> list[int]:
-    return [int(word) for word in out.read_text().split() if word.isdigit()]
-
-
-def wait_above(out: Path, above: int, timeout: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = counts(out)
-        if seen and seen[-1] > above:
-            return seen[-1]
-        time.sleep(0.2)
-    raise AssertionError(f"the counter did not pass {above}: {counts(out)[-5:]}")
+#: The guest's counter, as its console relays it to the file: slower under TCG.
+wait_above = functools.partial(wait_for_count, timeout=120.0, interval=0.2)
 
 
 def test_pause_and_resume_keep_a_counter_in_a_qemu_guest(env: tuple[Cli, Path], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,22 @@ def base_config(args: list[str]) -> dict[str, Any]:
     }
 
 
+def counts(log: Path) -> list[int]:
+    """The numbers a counting container has written to ``log`` so far."""
+    return [int(word) for word in log.read_text().split() if word.isdigit()]
+
+
+def wait_for_count(log: Path, above: int, timeout: float = 20.0, interval: float = 0.05) -> int:
+    """The counter's latest number once it has passed ``above``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = counts(log)
+        if seen and seen[-1] > above:
+            return seen[-1]
+        time.sleep(interval)
+    raise AssertionError(f"the counter did not pass {above} within {timeout}s: {counts(log)[-5:]}")
+
+
 def make_rootfs(dest: Path) -> Path:
     """A minimal root filesystem: Debian's static busybox and its applets as symlinks."""
     if not BUSYBOX.exists():
@@ -94,6 +111,21 @@ def write_bundle(path: Path, config: dict[str, Any], rootfs: Path | None = None)
         config["root"]["path"] = str(rootfs)
     (path / "config.json").write_text(json.dumps(config))
     return path
+
+
+def shared_network_config(script: str) -> dict[str, Any]:
+    """``sh -c script`` as the node agent writes a container: sharing its VM's network (no network
+    namespace of its own)."""
+    config = base_config(["/bin/sh", "-c", script])
+    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
+    return config
+
+
+def pod_bundle(path: Path, script: str, annotations: dict[str, str] | None = None) -> Path:
+    """A pod sandbox's bundle (its own busybox root) whose container shares the VM's network."""
+    config = shared_network_config(script)
+    config["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", **(annotations or {})}
+    return write_bundle(path, config, rootfs=None)
 
 
 def short_root() -> Path:

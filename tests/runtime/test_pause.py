@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime.conftest import BundleFactory, assert_no_leaks
+from tests.runtime.support import counts, wait_for_count
 from vmsandbox.hypervisor.base import SnapshotUnsupported
 from vmsandbox.runtime import Runtime
 from vmsandbox.runtime.cli import main
@@ -17,20 +18,6 @@ from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM, snapshot_root
 
 SANDBOX = {"io.kubernetes.cri.container-type": "sandbox"}
 COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done"]
-
-
-def counts(log: Path) -> list[int]:
-    return [int(line) for line in log.read_text().split() if line.isdigit()]
-
-
-def wait_for_count(log: Path, above: int, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = counts(log)
-        if seen and seen[-1] > above:
-            return seen[-1]
-        time.sleep(0.05)
-    raise AssertionError(f"the counter did not pass {above} within {timeout}s: {counts(log)[-5:]}")
 
 
 def test_pause_keeps_a_counter_where_it_was_and_resume_continues_it(
