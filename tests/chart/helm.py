@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict, Unpack
 
 import yaml
 
@@ -41,6 +41,14 @@ def find_tool(name: str) -> Path | None:
     return Path(found) if found else None
 
 
+class TemplateOptions(TypedDict, total=False):
+    """``helm template`` settings besides the values: the release's namespace and name, and CRDs."""
+
+    namespace: str
+    release: str
+    include_crds: bool
+
+
 @dataclass(frozen=True)
 class Helm:
     binary: Path
@@ -57,37 +65,23 @@ class Helm:
         return proc
 
     def template_args(
-        self,
-        values: Sequence[Path] = (),
-        sets: Iterable[str] = (),
-        *,
-        namespace: str = NAMESPACE,
-        release: str = RELEASE,
-        include_crds: bool = False,
+        self, values: Sequence[Path] = (), sets: Iterable[str] = (), **options: Unpack[TemplateOptions]
     ) -> list[str]:
-        args = ["template", release, str(CHART), "--namespace", namespace]
+        namespace = options.get("namespace", NAMESPACE)
+        args = ["template", options.get("release", RELEASE), str(CHART), "--namespace", namespace]
         for path in values:
             args += ["--values", str(path)]
         for item in sets:
             args += ["--set", item]
-        if include_crds:
+        if options.get("include_crds", False):
             args.append("--include-crds")
         return args
 
     def render(
-        self,
-        values: Sequence[Path] = (),
-        sets: Iterable[str] = (),
-        *,
-        namespace: str = NAMESPACE,
-        release: str = RELEASE,
-        include_crds: bool = False,
+        self, values: Sequence[Path] = (), sets: Iterable[str] = (), **options: Unpack[TemplateOptions]
     ) -> list[dict[str, Any]]:
         """Every object ``helm template`` renders, parsed."""
-        args = self.template_args(
-            values, sets, namespace=namespace, release=release, include_crds=include_crds
-        )
-        out = self.run(*args).stdout
+        out = self.run(*self.template_args(values, sets, **options)).stdout
         return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

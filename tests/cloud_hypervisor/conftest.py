@@ -23,7 +23,7 @@ from tests.cloud_hypervisor.standin.kernel_image import fake_bzimage
 from tests.leaks import pids_mentioning, processes_mentioning, sockets_under
 from tests.tools import missing
 from tests.vmm_user import ensure_vmm_user
-from vmsandbox.hypervisor.base import VMSpec
+from vmsandbox.hypervisor.base import VMHandle, VMSpec
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver, Timeouts
 from vmsandbox.hypervisor.config import HypervisorConfig
 
@@ -203,6 +203,16 @@ def echo_guest(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
 def driver() -> CloudHypervisorDriver:
     config = HypervisorConfig(cloud_hypervisor_binary="cloud-hypervisor", vmm_user=STANDIN_USER)
     return CloudHypervisorDriver(config)
+
+
+@pytest.fixture
+def echo_vm(workspace: Workspace, driver: CloudHypervisorDriver, echo_guest: None) -> Iterator[VMHandle]:
+    """A VM of ``workspace``'s spec booted with the echo guest, stopped after the test."""
+    handle = driver.boot(workspace.spec())
+    try:
+        yield handle
+    finally:
+        driver.stop(handle)
 
 
 def fast_driver(**timeouts: float) -> CloudHypervisorDriver:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.cloud_hypervisor.conftest import Workspace, http, openapi_spec
 from tests.cloud_hypervisor.standin import openapi
-from vmsandbox.hypervisor.base import DiskSpec
+from vmsandbox.hypervisor.base import DiskSpec, VMHandle
 from vmsandbox.hypervisor.cloud_hypervisor import CloudHypervisorDriver
 
 
@@ -118,27 +118,23 @@ def test_validator_rejects_what_the_real_server_would(spec: dict[str, Any]) -> N
     assert openapi.violations(spec, "DiskConfig", {"path": "/d", "readonly": "yes"})
 
 
-@pytest.mark.usefixtures("echo_guest")
 def test_standin_fails_loudly_on_a_nonconforming_body(
-    workspace: Workspace, driver: CloudHypervisorDriver
+    workspace: Workspace, driver: CloudHypervisorDriver, echo_vm: VMHandle
 ) -> None:
-    handle = driver.boot(workspace.spec())
-    try:
-        status, _headers, body = http(
-            workspace.state_dir / "ch-api.sock",
-            "PUT",
-            "vm.add-disk",
-            json.dumps({"path": "/d", "num_queues": "two"}),
-        )
-        assert status == 500
-        words = json.loads(body)
-        assert words[0] == "stand-in: request body does not conform to components.schemas.DiskConfig"
-        assert any("num_queues" in w for w in words[1:])
-        log = (workspace.state_dir / "cloud-hypervisor.log").read_text()
-        assert "LOUD: PUT /vm.add-disk body does not conform to components.schemas.DiskConfig" in log
-        assert all(disk["path"] != "/d" for disk in driver.info(handle).config["disks"])
-    finally:
-        driver.stop(handle)
+    handle = echo_vm
+    status, _headers, body = http(
+        workspace.state_dir / "ch-api.sock",
+        "PUT",
+        "vm.add-disk",
+        json.dumps({"path": "/d", "num_queues": "two"}),
+    )
+    assert status == 500
+    words = json.loads(body)
+    assert words[0] == "stand-in: request body does not conform to components.schemas.DiskConfig"
+    assert any("num_queues" in w for w in words[1:])
+    log = (workspace.state_dir / "cloud-hypervisor.log").read_text()
+    assert "LOUD: PUT /vm.add-disk body does not conform to components.schemas.DiskConfig" in log
+    assert all(disk["path"] != "/d" for disk in driver.info(handle).config["disks"])
 
 
 @pytest.mark.usefixtures("echo_guest")

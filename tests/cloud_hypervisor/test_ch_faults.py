@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +24,22 @@ from vmsandbox.hypervisor.cloud_hypervisor.errors import (
     VmmNotReady,
 )
 from vmsandbox.hypervisor.config import HypervisorConfig
+
+E = TypeVar("E", bound=BaseException)
+
+
+def _boot_faulty(
+    monkeypatch: pytest.MonkeyPatch,
+    driver: CloudHypervisorDriver,
+    workspace: Workspace,
+    fault: str,
+    error: type[E],
+) -> pytest.ExceptionInfo[E]:
+    """A boot against the stand-in told to inject ``fault``: what the driver raised, an ``error``."""
+    monkeypatch.setenv("CH_STANDIN_FAULTS", fault)
+    with pytest.raises(error) as raised:
+        driver.boot(workspace.spec())
+    return raised
 
 
 def test_binary_missing(workspace: Workspace) -> None:
@@ -46,9 +63,7 @@ def test_binary_not_executable(workspace: Workspace) -> None:
 
 
 def test_vmm_exits_before_ping(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CH_STANDIN_FAULTS", "exit-before-ping")
-    with pytest.raises(VmmExited) as raised:
-        fast_driver().boot(workspace.spec())
+    raised = _boot_faulty(monkeypatch, fast_driver(), workspace, "exit-before-ping", VmmExited)
     assert raised.value.returncode == 1
     message = str(raised.value)
     assert message.startswith("cloud-hypervisor vmm.ping: VMM process")
@@ -77,9 +92,7 @@ def test_default_deadlines_are_katas() -> None:
 def test_create_refused(
     workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CH_STANDIN_FAULTS", "refuse-create")
-    with pytest.raises(ApiError) as raised:
-        driver.boot(workspace.spec())
+    raised = _boot_faulty(monkeypatch, driver, workspace, "refuse-create", ApiError)
     error = raised.value
     assert error.status == 500 and error.endpoint == "vm.create"
     assert error.messages == ["Error from API", "The VM could not be created", "injected fault refuse-create"]
@@ -124,9 +137,7 @@ def test_vmm_crashes_during_boot(
     workspace: Workspace, driver: CloudHypervisorDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A VMM that dies mid-call is reported by its exit status and log, not as a reset socket."""
-    monkeypatch.setenv("CH_STANDIN_FAULTS", "crash-on-boot")
-    with pytest.raises(VmmExited) as raised:
-        driver.boot(workspace.spec())
+    raised = _boot_faulty(monkeypatch, driver, workspace, "crash-on-boot", VmmExited)
     assert raised.value.returncode == -signal.SIGSYS
     message = str(raised.value)
     assert message.startswith("cloud-hypervisor vm.boot: VMM process") and "killed by SIGSYS" in message

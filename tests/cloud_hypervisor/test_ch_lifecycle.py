@@ -153,22 +153,17 @@ def test_forked_copy_of_the_driver_sees_the_vm_alive(
         driver.stop(handle)
 
 
-@pytest.mark.usefixtures("echo_guest")
 def test_connect_leaves_payload_bytes_for_the_caller(
-    workspace: Workspace, driver: CloudHypervisorDriver
+    driver: CloudHypervisorDriver, echo_vm: VMHandle
 ) -> None:
     """The handshake reads exactly one line: bytes the guest sends right after OK are kept."""
-    handle = driver.boot(workspace.spec())
-    try:
-        with driver.connect(handle) as sock:
-            sock.sendall(b"first\nsecond")
-            sock.shutdown(socket.SHUT_WR)
-            received = b""
-            while chunk := sock.recv(4096):
-                received += chunk
-        assert received == b"first\nsecond"
-    finally:
-        driver.stop(handle)
+    with driver.connect(echo_vm) as sock:
+        sock.sendall(b"first\nsecond")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+    assert received == b"first\nsecond"
 
 
 def test_guest_poweroff_ends_the_vmm(workspace: Workspace, driver: CloudHypervisorDriver) -> None:

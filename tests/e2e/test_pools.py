@@ -17,6 +17,7 @@ from tests.e2e.test_end_to_end import SETTINGS
 from tests.node_agent.pools import condition, create_pool, delete_pool, members, patch_spec
 from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, pid_alive, unique, wait_for
 from tests.qemu.conftest import IMAGE_FILES, REQUIRE_VM
+from tests.qemu.pool_agent import qemu_pool_agent_env
 from vmsandbox.api.constants import GROUP, POOL_PLURAL, VERSION
 from vmsandbox.devcluster.cluster import LocalCluster
 
@@ -54,13 +55,7 @@ def _agent(make_agent: MakeAgent, hypervisor: str) -> AgentProcess:
         if REQUIRE_VM:
             pytest.fail("VMSANDBOX_REQUIRE_VM=1 but VMSANDBOX_GUEST_IMAGE_DIR holds no guest image")
         pytest.skip("VMSANDBOX_GUEST_IMAGE_DIR holds no guest image")
-    return make_agent(
-        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="qemu,process",
-        VMSANDBOX_AGENT_DEFAULT_HYPERVISOR="qemu",
-        VMSANDBOX_AGENT_ALLOW_TCG="true",
-        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(image),
-        VMSANDBOX_AGENT_POOL_SYNC_SECONDS="15",
-    )
+    return make_agent(**qemu_pool_agent_env(image, 15))
 
 
 @pytest.fixture

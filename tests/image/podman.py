@@ -86,6 +86,12 @@ class BuiltImage:
             flags += ["--user", user]
         return podman("run", *flags, self.ref, *argv[1:], check=False, timeout=timeout)
 
+    def run_checked(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """:meth:`run`, failing the test (with the command's stderr) unless ``argv`` succeeds."""
+        proc = self.run(*argv)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
 
 class Outcome:
     """The image build, attempted once per session (before the first test, outside its timeout)."""

@@ -77,8 +77,7 @@ def test_cloud_hypervisor_label_says_what_the_image_holds(image: BuiltImage) -> 
         "c = AgentConfig(node_name='n', allowed_hypervisors=['cloud-hypervisor', 'qemu'], allowTCG=True);"
         "print(','.join(usable_hypervisors(c, hypervisor_config(c))))"
     )
-    proc = image.run("python3", "-c", probe)
-    assert proc.returncode == 0, proc.stderr
+    proc = image.run_checked("python3", "-c", probe)
     assert proc.stdout.strip() == ("cloud-hypervisor,qemu" if present else "qemu")
 
 
@@ -91,8 +90,7 @@ def test_no_build_tools_and_nothing_of_the_build_host_in_the_image(image: BuiltI
         "ls /var/cache/apt/archives/*.deb /var/lib/apt/lists/*_Packages 2>/dev/null | sed 's/^/FOUND /';"
         "for f in /etc/pip.conf /context /src /out; do [ -e $f ] && echo FOUND $f; done; true"
     )
-    proc = image.run("sh", "-c", script)
-    assert proc.returncode == 0, proc.stderr
+    proc = image.run_checked("sh", "-c", script)
     assert "FOUND" not in proc.stdout, proc.stdout
     # The build trusts the build machine's CAs for pip; the image must not.
     bundle = image.run("cat", "/etc/ssl/certs/ca-certificates.crt").stdout
@@ -126,8 +124,7 @@ def test_the_image_holds_the_sources_it_was_built_from(image: BuiltImage) -> Non
         'cd /opt/vmsandbox/venv/lib/python3*/site-packages && for f in "$@"; do '
         'if [ -f "$f" ]; then sha256sum "$f"; else echo "missing $f"; fi; done'
     )
-    proc = image.run("sh", "-c", script, "sh", *sources)
-    assert proc.returncode == 0, proc.stderr
+    proc = image.run_checked("sh", "-c", script, "sh", *sources)
     inside = dict(
         line.split(maxsplit=1)[::-1] for line in proc.stdout.splitlines() if not line.startswith("missing")
     )

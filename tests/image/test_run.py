@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import requests
 from tests.chart.helm import one
 from tests.image.chart import render, run_values
 from tests.image.pod import ContainerRun, PodIdentity, config_maps, container_run
-from tests.image.podman import BuiltImage, inspect, podman
+from tests.image.podman import inspect, podman
 from tests.leaks import processes_mentioning
 from tests.node_agent.support import Cluster, Registry, free_port, pid_alive, wait_for
 from vmsandbox.cli import main as cli
@@ -135,6 +136,52 @@ def _chart_in(
     return host_dir, render(run_values(pushed_image, registry.host, host_dir, ports), tmp_path, namespace)
 
 
+@dataclass(frozen=True)
+class _Release:
+    """The chart rendered into a namespace of its own to run the pushed image on one new node, with
+    what its pods run from: the test registry, a scratch directory and the test's containers."""
+
+    suffix: str
+    namespace: str
+    node: str
+    host_dir: Path
+    objects: list[dict[str, Any]]
+    image_user: str
+    registry: Registry
+    workdir: Path
+    containers: Containers
+
+    def pod(self, kind: str, role: str) -> ContainerRun:
+        """The ``podman run`` of the ``kind`` workload's pod (Deployment/DaemonSet), named for ``role``."""
+        return container_run(
+            one(self.objects, kind),
+            identity=PodIdentity(
+                name=f"{self.containers.prefix}-{role}", namespace=self.namespace, node=self.node
+            ),
+            workdir=self.workdir / f"{role}-pod",
+            config_maps=config_maps(self.objects),
+            image_user=self.image_user,
+        )
+
+
+@pytest.fixture
+def release(
+    kube: LocalCluster, pushed_image: str, image_registry: Registry, containers: Containers, tmp_path: Path
+) -> _Release:
+    """A fresh namespace with the chart rendered into it, and its Node labelled for the DaemonSet."""
+    suffix = uuid.uuid4().hex[:6]
+    namespace, node = f"vmsandbox-system-{suffix}", f"imgnode-{suffix}"
+    host_dir, objects = _chart_in(kube, namespace, pushed_image, image_registry, tmp_path)
+    image_user = str(inspect(pushed_image)["Config"].get("User") or "")
+    labels = one(objects, "DaemonSet")["spec"]["template"]["spec"].get("nodeSelector") or {}
+    node_body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}
+    resp = kube.http("POST", "/api/v1/nodes", json=node_body)
+    assert resp.status_code == 201, resp.text
+    return _Release(
+        suffix, namespace, node, host_dir, objects, image_user, image_registry, tmp_path, containers
+    )
+
+
 @contextlib.contextmanager
 def _logs_on_failure_then_cleanup(
     kube: LocalCluster, containers: Containers, namespace: str, node: str
@@ -182,61 +229,33 @@ def _with_kubeconfig(run: ContainerRun, kubeconfig: Path, variable: str, directo
 
 @pytest.mark.timeout(900)
 def test_chart_workloads_run_from_the_image_and_a_sandbox_succeeds_under_qemu(
-    kube: LocalCluster,
-    image: BuiltImage,
-    pushed_image: str,
-    image_registry: Registry,
-    containers: Containers,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    kube: LocalCluster, pushed_image: str, release: _Release, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suffix = uuid.uuid4().hex[:6]
-    namespace, node = f"vmsandbox-system-{suffix}", f"imgnode-{suffix}"
-    host_dir, objects = _chart_in(kube, namespace, pushed_image, image_registry, tmp_path)
-    deployment, daemonset = one(objects, "Deployment"), one(objects, "DaemonSet")
-    maps = config_maps(objects)
-    image_user = str(inspect(pushed_image)["Config"].get("User") or "")
-    assert image_user.split(":")[0] == "65532"  # the image's own default is the operator's user
+    namespace, node, host_dir = release.namespace, release.node, release.host_dir
+    assert release.image_user.split(":")[0] == "65532"  # the image's own default is the operator's user
 
     with kube.api_client() as api_client:
         cluster = Cluster(api_client=api_client, namespace=namespace)
-        labels = daemonset["spec"]["template"]["spec"].get("nodeSelector") or {}
-        node_body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}
-        resp = kube.http("POST", "/api/v1/nodes", json=node_body)
-        assert resp.status_code == 201, resp.text
-
-        op = container_run(
-            deployment,
-            identity=PodIdentity(name=f"{containers.prefix}-operator", namespace=namespace, node=node),
-            workdir=tmp_path / "operator-pod",
-            config_maps=maps,
-            image_user=image_user,
-        )
-        ag = container_run(
-            daemonset,
-            identity=PodIdentity(name=f"{containers.prefix}-agent", namespace=namespace, node=node),
-            workdir=tmp_path / "agent-pod",
-            config_maps=maps,
-            image_user=image_user,
-        )
+        op = release.pod("Deployment", "operator")
+        ag = release.pod("DaemonSet", "agent")
         # What ran is what the manifests say: the pulled-back image, by digest.
         assert op.image == ag.image == pushed_image
         assert op.user is not None and op.user.split(":")[0] == "65532" and op.read_only_root
         assert "--privileged" in ag.flags and ag.read_only_root
-        _with_kubeconfig(op, kube.kubeconfig_path, "KUBECONFIG", tmp_path / "operator-sa")
-        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", tmp_path / "agent-sa")
+        _with_kubeconfig(op, kube.kubeconfig_path, "KUBECONFIG", release.workdir / "operator-sa")
+        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", release.workdir / "agent-sa")
 
-        containers.start(ag)
-        containers.start(op)
-        with _logs_on_failure_then_cleanup(kube, containers, namespace, node):
-            _probe(containers, ag, "readinessProbe")
-            _probe(containers, op, "livenessProbe")
-            _probe(containers, ag, "livenessProbe")
+        release.containers.start(ag)
+        release.containers.start(op)
+        with _logs_on_failure_then_cleanup(kube, release.containers, namespace, node):
+            _probe(release.containers, ag, "readinessProbe")
+            _probe(release.containers, op, "livenessProbe")
+            _probe(release.containers, ag, "livenessProbe")
             _operator_is_non_root_and_read_only(op)
-            name, cid = _run_sandbox(kube, cluster, image_registry, tmp_path, capsys, node)
+            name, cid = _run_sandbox(kube, cluster, release.registry, release.workdir, capsys, node)
             wait_for("the agent to tear the VM down", lambda: not VMCgroup(f"{SLICE}/{cid}").exists(), 60)
             assert cluster.get(name) is None
-    containers.stop_all()
+    release.containers.stop_all()
     # The agent shares the node's PID namespace (hostPID): its VMs are found by their state paths.
     assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"
 
@@ -291,41 +310,21 @@ def _run_sandbox(
 
 
 @pytest.mark.timeout(900)
-def test_a_sandbox_survives_podman_restart_of_the_agent(
-    kube: LocalCluster,
-    image: BuiltImage,
-    pushed_image: str,
-    image_registry: Registry,
-    containers: Containers,
-    tmp_path: Path,
-) -> None:
+def test_a_sandbox_survives_podman_restart_of_the_agent(kube: LocalCluster, release: _Release) -> None:
     """``podman restart`` kills every process of the agent's container (its cgroup), as a container
     runtime restarting the pod does: the VM, in a cgroup of its own, runs on and is adopted."""
-    suffix = uuid.uuid4().hex[:6]
-    namespace, node = f"vmsandbox-system-{suffix}", f"rsnode-{suffix}"
-    host_dir, objects = _chart_in(kube, namespace, pushed_image, image_registry, tmp_path)
-    daemonset = one(objects, "DaemonSet")
-    image_user = str(inspect(pushed_image)["Config"].get("User") or "")
+    namespace, node, host_dir, suffix = release.namespace, release.node, release.host_dir, release.suffix
     with kube.api_client() as api_client:
         cluster = Cluster(api_client=api_client, namespace=namespace)
-        labels = daemonset["spec"]["template"]["spec"].get("nodeSelector") or {}
-        node_body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": labels}}
-        assert kube.http("POST", "/api/v1/nodes", json=node_body).status_code == 201
-        ag = container_run(
-            daemonset,
-            identity=PodIdentity(name=f"{containers.prefix}-agent", namespace=namespace, node=node),
-            workdir=tmp_path / "agent-pod",
-            config_maps=config_maps(objects),
-            image_user=image_user,
-        )
+        ag = release.pod("DaemonSet", "agent")
         assert "--privileged" in ag.flags and ag.flags[ag.flags.index("--pid") + 1] == "host"
-        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", tmp_path / "agent-sa")
-        containers.start(ag)
-        with _logs_on_failure_then_cleanup(kube, containers, namespace, node):
-            _probe(containers, ag, "readinessProbe")
+        _with_kubeconfig(ag, kube.kubeconfig_path, "VMSANDBOX_AGENT_KUBECONFIG", release.workdir / "agent-sa")
+        release.containers.start(ag)
+        with _logs_on_failure_then_cleanup(kube, release.containers, namespace, node):
+            _probe(release.containers, ag, "readinessProbe")
             name = f"rs-{suffix}"
             spec = {
-                "image": f"{image_registry.host}/test/busybox:latest",
+                "image": f"{release.registry.host}/test/busybox:latest",
                 "command": ["sh", "-c", "while true; do echo tick; sleep 1; done"],
                 "hypervisor": "qemu",
                 "resources": {"vcpus": 1, "memoryMiB": 256},
@@ -337,10 +336,12 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
             before = cluster.get(name) or {}
 
             podman("restart", "--time", "5", ag.name, timeout=180)
-            containers.note(ag.name)
+            release.containers.note(ag.name)
             assert pid_alive(vmm), "the VM died with the agent's container"
-            _probe(containers, ag, "readinessProbe")
-            wait_for("the adoption", lambda: "adopted running VM" in containers.logs(ag.name), timeout=90)
+            _probe(release.containers, ag, "readinessProbe")
+            wait_for(
+                "the adoption", lambda: "adopted running VM" in release.containers.logs(ag.name), timeout=90
+            )
             after = cluster.get(name) or {}
             assert after["status"] == before["status"], "status changed on adoption"
             assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
@@ -350,5 +351,5 @@ def test_a_sandbox_survives_podman_restart_of_the_agent(
             cluster.wait_gone(name, timeout=120)
             wait_for("the VM to stop", lambda: not pid_alive(vmm), timeout=30)
             assert not VMCgroup(f"{SLICE}/{cid}").exists(), "the VM's cgroup outlived it"
-    containers.stop_all()
+    release.containers.stop_all()
     assert processes_mentioning(str(host_dir)) == [], "processes outlived the agent container"

@@ -22,6 +22,7 @@ from tests.node_agent.support import (
     wait_for,
 )
 from tests.qemu.conftest import guest_image, qemu_binary, vmm_user
+from tests.qemu.pool_agent import qemu_pool_agent_env
 
 __all__ = ["guest_image", "qemu_binary", "topo", "vmm_user"]
 pytestmark = [pytest.mark.kube, pytest.mark.vm]
@@ -34,16 +35,6 @@ PROBE = (
 )
 
 
-def _qemu_agent(make_agent: MakeAgent, image: Path) -> AgentProcess:
-    return make_agent(
-        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="qemu,process",
-        VMSANDBOX_AGENT_DEFAULT_HYPERVISOR="qemu",
-        VMSANDBOX_AGENT_ALLOW_TCG="true",
-        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(image),
-        VMSANDBOX_AGENT_POOL_SYNC_SECONDS="30",
-    )
-
-
 def _output(agent: AgentProcess, uid: str) -> list[str]:
     path = agent.state_dir / "sandboxes" / uid / "container.log"
     return path.read_text().split() if path.exists() else []
@@ -52,7 +43,7 @@ def _output(agent: AgentProcess, uid: str) -> list[str]:
 def test_claimed_qemu_vms_run_with_their_own_identity(
     make_agent: MakeAgent, cluster: Cluster, registry: Registry, guest_image: Path
 ) -> None:
-    agent = _qemu_agent(make_agent, guest_image)
+    agent = make_agent(**qemu_pool_agent_env(guest_image, 30))
     pool = unique("qpool")
     create_pool(cluster, pool, TEMPLATE, 2)
     share(cluster, pool, agent.node, 2)
@@ -107,15 +98,7 @@ def test_a_networked_pool_on_a_network_node_serves_claims_with_their_own_nic(
     """Members boot without a NIC; the claim sets up the sandbox's lease, tap and rules as a cold
     start does, and the VM gets its NIC hot-plugged (QEMU here, the plumbing in the test's node
     namespace: the tap reaches QEMU as a descriptor). Deleting the sandbox frees all of it."""
-    agent = network_agent(
-        make_agent,
-        topo,
-        VMSANDBOX_AGENT_ALLOWED_HYPERVISORS="qemu,process",
-        VMSANDBOX_AGENT_DEFAULT_HYPERVISOR="qemu",
-        VMSANDBOX_AGENT_ALLOW_TCG="true",
-        VMSANDBOX_AGENT_GUEST_IMAGE_DIR=str(guest_image),
-        VMSANDBOX_AGENT_POOL_SYNC_SECONDS="30",
-    )
+    agent = network_agent(make_agent, topo, **qemu_pool_agent_env(guest_image, 30))
     pool = unique("qnet")
     create_pool(cluster, pool, {**TEMPLATE, "network": {"mode": "restricted"}}, 1)
     share(cluster, pool, agent.node, 1)

@@ -129,16 +129,18 @@ class FakeAgents:
         self._thread = threading.Thread(target=self._renew_loop, daemon=True)
         self._thread.start()
 
-    def add(self, name: str, **node_kw: Any) -> None:
-        resp = self.kube.http("POST", "/api/v1/nodes", json=node_obj(name, **node_kw))
-        assert resp.status_code == 201, resp.text
-        lease = lease_obj(name, self.namespace, age=-self.skew.get(name, 0.0))
-        resp = self.kube.http(
-            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", json=lease
-        )
-        assert resp.status_code == 201, resp.text
-        self.nodes.add(name)
-        self.alive.add(name)
+    def add(self, *names: str, **node_kw: Any) -> None:
+        """A live Node and agent Lease for each name, all nodes alike (``node_kw``)."""
+        for name in names:
+            resp = self.kube.http("POST", "/api/v1/nodes", json=node_obj(name, **node_kw))
+            assert resp.status_code == 201, resp.text
+            lease = lease_obj(name, self.namespace, age=-self.skew.get(name, 0.0))
+            resp = self.kube.http(
+                "POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", json=lease
+            )
+            assert resp.status_code == 201, resp.text
+            self.nodes.add(name)
+            self.alive.add(name)
 
     def kill(self, name: str) -> None:
         self.alive.discard(name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -220,20 +220,25 @@ def test_node_loss_unknown_then_nodelost_then_rescheduled_by_policy(
         assert {"NodeUnreachable", "NodeLost", "Rescheduled"} <= set(reasons)
 
 
-def _placed_and_taken_by_the_agent(kube: LocalCluster, ns: str, name: str) -> None:
-    """A new sandbox, once scheduled, carries the agent's finalizer too, as after its pickup."""
-    create_sandbox(kube, ns, sandbox_obj(name))
-    obj = wait_for("scheduled", lambda: scheduled(kube, ns, name))
-    set_finalizers(kube, ns, name, [*obj["metadata"]["finalizers"], AGENT_FINALIZER])
+@contextmanager
+def _placed_and_taken_by_the_agent(
+    kube: LocalCluster, ns: str, agents: FakeAgents, node: str, name: str
+) -> Iterator[None]:
+    """A running operator and one node, where a new sandbox, once scheduled, carries the agent's
+    finalizer too, as after its pickup."""
+    agents.add(node)
+    with run_operator(kube, ns):
+        create_sandbox(kube, ns, sandbox_obj(name))
+        obj = wait_for("scheduled", lambda: scheduled(kube, ns, name))
+        set_finalizers(kube, ns, name, [*obj["metadata"]["finalizers"], AGENT_FINALIZER])
+        yield
 
 
 def test_deletion_waits_for_the_agent_finalizer(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents
 ) -> None:
     ns = kube_namespace
-    agents.add("del-a")
-    with run_operator(kube, ns):
-        _placed_and_taken_by_the_agent(kube, ns, "d1")
+    with _placed_and_taken_by_the_agent(kube, ns, agents, "del-a", "d1"):
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d1")
         time.sleep(1.5)
         obj = get_sandbox(kube, ns, "d1")
@@ -246,9 +251,7 @@ def test_deletion_on_a_lost_node_releases_both_finalizers(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents
 ) -> None:
     ns = kube_namespace
-    agents.add("dlost-a")
-    with run_operator(kube, ns):
-        _placed_and_taken_by_the_agent(kube, ns, "d2")
+    with _placed_and_taken_by_the_agent(kube, ns, agents, "dlost-a", "d2"):
         agents.kill("dlost-a")
         kube.http("DELETE", SANDBOXES.format(ns=ns) + "/d2")
         wait_for("gone after the grace", lambda: get_sandbox(kube, ns, "d2") is None, timeout=15)

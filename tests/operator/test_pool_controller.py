@@ -109,8 +109,7 @@ def test_pool_of_four_spreads_over_two_nodes_and_sums_the_agents_reports(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents, operator: OperatorThread
 ) -> None:
     ns = kube_namespace
-    agents.add("spread-a")
-    agents.add("spread-b")
+    agents.add("spread-a", "spread-b")
     created = create_pool(kube, ns, "four", replicas=4)
     obj = wait_desired(kube, ns, "four", {"spread-a": 2, "spread-b": 2})
     status = obj["status"]
@@ -214,8 +213,7 @@ def test_scale_down_lowers_desired_and_deleting_a_pool_drops_it(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents, operator: OperatorThread
 ) -> None:
     ns = kube_namespace
-    agents.add("scale-a")
-    agents.add("scale-b")
+    agents.add("scale-a", "scale-b")
     create_pool(kube, ns, "elastic", replicas=6)
     wait_desired(kube, ns, "elastic", {"scale-a": 3, "scale-b": 3})
     resp = kube.http(
@@ -243,8 +241,7 @@ def test_a_claim_goes_to_the_node_with_a_ready_member(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents, operator: OperatorThread
 ) -> None:
     ns = kube_namespace
-    agents.add("warm-a")
-    agents.add("warm-b")
+    agents.add("warm-a", "warm-b")
     uid = create_pool(kube, ns, "warm", replicas=2)["metadata"]["uid"]
     wait_desired(kube, ns, "warm", {"warm-a": 1, "warm-b": 1})
     # Only warm-b's member is ready; spreading alone would pick warm-a (same load, first by name).
@@ -320,8 +317,7 @@ def test_only_the_leader_writes_pool_status_and_its_successor_carries_on(
     kube: LocalCluster, kube_namespace: str, agents: FakeAgents
 ) -> None:
     ns = kube_namespace
-    agents.add("lead-a")
-    agents.add("lead-b")
+    agents.add("lead-a", "lead-b")
     first = OperatorThread(operator_config(ns, identity="pools-1"), kube.kubeconfig_path).start()
     second: OperatorThread | None = None
     try:

@@ -17,10 +17,9 @@ from tests.operator.harness import (
     FakeAgents,
     create_sandbox,
     events_for,
-    get_sandbox,
     leading_operator,
     operator_config,
-    phase,
+    scheduled,
     wait_for,
 )
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -39,10 +38,6 @@ def operator_writes(records: list[RequestRecord], identity: str, ns: str) -> lis
         for r in records
         if r.user_agent == f"vmsandbox-operator/{identity}" and r.namespace == ns and r.method in WRITES
     ]
-
-
-def scheduled(kube: LocalCluster, ns: str, name: str) -> bool:
-    return phase(get_sandbox(kube, ns, name)) == "Scheduled"
 
 
 def test_a_placement_is_two_writes_one_at_a_time_and_in_a_burst(

@@ -69,20 +69,32 @@ def process_ids(pid: int) -> tuple[int, int]:
     return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
 
 
-def make_ext4(path: Path, content: Path) -> Path:
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "8M"], check=True)
-    return path
+def hello_disks(state_root: Path, *names: str) -> list[Path]:
+    """Small ext4 images under ``state_root``, one a name, each holding the same file ``hello``."""
+    content = state_root / "content"
+    content.mkdir()
+    (content / "hello").write_text("hi\n")
+    disks = [state_root / name for name in names]
+    for path in disks:
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "8M"], check=True)
+    return disks
+
+
+def probe_spec(guest_image: Path, state_dir: Path, says: bytes, *, power_off: bool = True) -> VMSpec:
+    """The guest image's spec with an init that only prints ``says`` (then powers off, or hangs):
+    a guest whose agent never comes up."""
+    initramfs = state_dir.with_name(f"{state_dir.name}-probe.img")
+    initramfs.write_bytes(probe_initramfs(says, power_off=power_off))
+    spec = image_spec(guest_image, state_dir)
+    spec.initramfs = initramfs
+    return spec
 
 
 @pytest.mark.vm
 def test_guest_image_boots_serves_many_connections_hotplugs_and_stops(
     guest_image: Path, qemu_binary: str, state_root: Path, vmm_user: VmmUser
 ) -> None:
-    content = state_root / "content"
-    content.mkdir()
-    (content / "hello").write_text("hi\n")
-    extra = make_ext4(state_root / "extra.img", content)
-    booted = make_ext4(state_root / "boot.img", content)
+    extra, booted = hello_disks(state_root, "extra.img", "boot.img")
     spec = image_spec(guest_image, state_root / "vm1", disks=[DiskSpec(path=booted, serial="vmsb-boot")])
     handle = QemuDriver(config(qemu_binary)).boot(spec)
     try:
@@ -142,12 +154,8 @@ def test_guest_image_boots_serves_many_connections_hotplugs_and_stops(
 def test_absent_guest_agent_fails_within_the_deadline_and_tears_down(
     guest_image: Path, qemu_binary: str, state_root: Path
 ) -> None:
-    initramfs = state_root / "no-agent.img"
-    initramfs.write_bytes(
-        probe_initramfs(b"vmsandbox-init: stage=init (this guest has no agent)\n", power_off=False)
-    )
-    spec = image_spec(guest_image, state_root / "vm2")
-    spec.initramfs = initramfs
+    says = b"vmsandbox-init: stage=init (this guest has no agent)\n"
+    spec = probe_spec(guest_image, state_root / "vm2", says, power_off=False)
     spec.agent_timeout = 6
     seen: list[float] = []
     done = threading.Event()
@@ -182,12 +190,8 @@ def test_guest_powering_off_before_the_agent_is_reported_with_its_console(
     guest_image: Path, qemu_binary: str, state_root: Path
 ) -> None:
     """What a crashing agent looks like from the host: the guest's init powers the VM off."""
-    initramfs = state_root / "crash.img"
-    initramfs.write_bytes(
-        probe_initramfs(b"vmsandbox-init: guest agent exited with status 1; powering off\n")
-    )
-    spec = image_spec(guest_image, state_root / "vm3")
-    spec.initramfs = initramfs
+    says = b"vmsandbox-init: guest agent exited with status 1; powering off\n"
+    spec = probe_spec(guest_image, state_root / "vm3", says)
     started = time.monotonic()
     with pytest.raises(VMGone) as info:
         QemuDriver(config(qemu_binary)).boot(spec)

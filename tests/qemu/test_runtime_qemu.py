@@ -105,6 +105,12 @@ def bundle(
     return write_bundle(path, config, rootfs=rootfs)
 
 
+def start_pod(cli: Cli, rootfs: Path, tmp_path: Path, cid: str) -> None:
+    """A pod sandbox's VM, started, its own process asleep: members join it with :func:`member_of`."""
+    cli.create(cid, bundle(tmp_path / cid, rootfs, ["sleep", "3600"], SANDBOX))
+    cli.run("start", cid)
+
+
 def assert_nothing_left(root: Path) -> None:
     assert processes_mentioning(str(root)) == [], "a QEMU, mux proxy or relay process survived"
     assert sockets_under(root) == [], "sockets left under the runtime root"
@@ -186,8 +192,7 @@ def test_twenty_pod_containers_one_after_another_in_one_qemu_guest(
 ) -> None:
     """More containers than hot-plug ports: each delete unplugs its disk and frees the slot."""
     cli, rootfs = env
-    cli.create("pod20", bundle(tmp_path / "pod20", rootfs, ["sleep", "3600"], SANDBOX))
-    cli.run("start", "pod20")
+    start_pod(cli, rootfs, tmp_path, "pod20")
     for i in range(20):
         cid = f"m{i}"
         out = cli.create(
@@ -215,8 +220,7 @@ def test_one_shared_disk_per_image_across_vms_and_writes_stay_in_their_container
 ) -> None:
     """Two VMs and two pod members on one read-only disk; each container writes to its own overlay."""
     cli, rootfs = env
-    cli.create("spod", bundle(tmp_path / "spod", rootfs, ["sleep", "3600"], SANDBOX))
-    cli.run("start", "spod")
+    start_pod(cli, rootfs, tmp_path, "spod")
     disk = _disk_of(cli.root, "spod")
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
     script = "echo tenant > /bin/note && rm /bin/cat && chmod 0700 /bin && cat /bin/note"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.leaks import processes_mentioning
-from tests.qemu.test_driver import assert_torn_down, config, image_spec, make_ext4, ping
+from tests.qemu.test_driver import assert_torn_down, config, hello_disks, image_spec, ping
 from vmsandbox.hypervisor.base import (
     SNAPSHOT_MANIFEST,
     DiskSpec,
@@ -29,11 +29,7 @@ def restore_spec(state_dir: Path) -> VMSpec:
 def test_pause_snapshot_restore_and_the_agent_answers_on_the_new_line(
     guest_image: Path, qemu_binary: str, state_root: Path
 ) -> None:
-    content = state_root / "content"
-    content.mkdir()
-    (content / "hello").write_text("hi\n")
-    writable = make_ext4(state_root / "w.img", content)
-    plugged = make_ext4(state_root / "p.img", content)
+    writable, plugged = hello_disks(state_root, "w.img", "p.img")
     driver = QemuDriver(config(qemu_binary))
     disks = [DiskSpec(path=writable, serial="vmsb-w", readonly=False)]
     source = driver.boot(image_spec(guest_image, state_root / "src", disks))

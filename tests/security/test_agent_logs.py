@@ -12,7 +12,7 @@ import pytest
 
 from tests.chart.helm import by_kind, get_helm, one
 from tests.e2e.processes import OperatorProcess
-from tests.node_agent.support import Cluster, MakeAgent, Registry, unique
+from tests.node_agent.support import AgentProcess, Cluster, MakeAgent, Registry, unique
 from tests.security.support import Tenant, grant
 from vmsandbox.cli import main as cli
 from vmsandbox.devcluster.cluster import LocalCluster
@@ -31,6 +31,13 @@ def _print_lines(count: int, pause: float = 0.0) -> list[str]:
     return ["sh", "-c", loop + "i=$((i+1)); done"]
 
 
+def _printing(cluster: Cluster, registry: Registry, prefix: str, count: int, pause: float = 0.0) -> str:
+    """The name of a new sandbox that prints ``count`` lines as :func:`_line` makes them."""
+    name = unique(prefix)
+    cluster.create_sandbox(name, registry.sandbox(_print_lines(count, pause)))
+    return name
+
+
 @pytest.fixture
 def reader(kube: LocalCluster, cluster: Cluster) -> str:
     """A user allowed to read sandbox logs in the test's namespace (and nothing else)."""
@@ -39,18 +46,17 @@ def reader(kube: LocalCluster, cluster: Cluster) -> str:
     return user
 
 
+@pytest.fixture
+def agent(operator: OperatorProcess, make_agent: MakeAgent) -> AgentProcess:
+    """The node agent the logs are read from, with the operator running to place sandboxes on it."""
+    return make_agent()
+
+
 @pytest.mark.kube
 def test_logs_need_a_token_of_a_user_allowed_to_read_them(
-    operator: OperatorProcess,
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    tenant: Tenant,
-    reader: str,
-    registry: Registry,
+    cluster: Cluster, tenant: Tenant, reader: str, registry: Registry, agent: AgentProcess
 ) -> None:
-    agent = make_agent()
-    name = unique("logs")
-    cluster.create_sandbox(name, registry.sandbox(_print_lines(LINES)))
+    name = _printing(cluster, registry, "logs", LINES)
     assert cluster.wait_phase(name, "Succeeded", "Failed", timeout=90)["phase"] == "Succeeded"
     path = f"/logs/{cluster.namespace}/{name}"
 
@@ -89,12 +95,10 @@ def test_logs_need_a_token_of_a_user_allowed_to_read_them(
 
 @pytest.mark.kube
 def test_follow_streams_while_the_sandbox_runs(
-    operator: OperatorProcess, make_agent: MakeAgent, cluster: Cluster, reader: str, registry: Registry
+    cluster: Cluster, reader: str, registry: Registry, agent: AgentProcess
 ) -> None:
-    agent = make_agent()
-    name = unique("follow")
     count = 30
-    cluster.create_sandbox(name, registry.sandbox(_print_lines(count, pause=0.5)))
+    name = _printing(cluster, registry, "follow", count, pause=0.5)
     cluster.wait_phase(name, "Running", timeout=90)
     got = b""
     arrivals: list[float] = []
@@ -119,8 +123,7 @@ def test_logs_rotate_at_the_configured_size(
 ) -> None:
     limit = 8192
     agent = make_agent(VMSANDBOX_AGENT_LOG_MAX_BYTES=str(limit), VMSANDBOX_AGENT_LOG_MAX_FILES="2")
-    name = unique("rotate")
-    cluster.create_sandbox(name, registry.sandbox(_print_lines(LINES)))
+    name = _printing(cluster, registry, "rotate", LINES)
     status = cluster.wait_phase(name, "Succeeded", "Failed", timeout=90)
     assert status["phase"] == "Succeeded"
     uid = cluster.get(name)["metadata"]["uid"]  # type: ignore[index]
@@ -134,17 +137,11 @@ def test_logs_rotate_at_the_configured_size(
 
 
 @pytest.mark.kube
+@pytest.mark.usefixtures("agent")
 def test_vmsandbox_logs_sends_the_kubeconfig_credentials(
-    kube: LocalCluster,
-    operator: OperatorProcess,
-    make_agent: MakeAgent,
-    cluster: Cluster,
-    registry: Registry,
-    capsys: pytest.CaptureFixture[str],
+    kube: LocalCluster, cluster: Cluster, registry: Registry, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    make_agent()
-    name = unique("cli")
-    cluster.create_sandbox(name, registry.sandbox(_print_lines(3)))
+    name = _printing(cluster, registry, "cli", 3)
     cluster.wait_phase(name, "Succeeded", timeout=90)
     cfg = ["--kubeconfig", str(kube.kubeconfig_path)]
     capsys.readouterr()

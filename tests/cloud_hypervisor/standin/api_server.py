@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 
@@ -55,19 +56,22 @@ def _parse_error(words: str) -> bytes:
     )
 
 
+@dataclass(eq=False)
 class ApiServer:
-    def __init__(
-        self, listener: socket.socket, vmm: StandinVmm, knobs: Knobs, on_exit: Callable[[str], None]
-    ) -> None:
-        self._listener = listener
-        self._vmm = vmm
-        self._knobs = knobs
-        self._on_exit = on_exit
-        self._dispatch = threading.Lock()
-        self._count_lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._closed = False
-        self._record = Path(knobs.record) if knobs.record else None
+    """The API socket's server; ``_on_exit`` gets the path of a request after which the VMM exits."""
+
+    _listener: socket.socket
+    _vmm: StandinVmm
+    _knobs: Knobs
+    _on_exit: Callable[[str], None]
+    _dispatch: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _connections: set[socket.socket] = field(default_factory=set, init=False)
+    _closed: bool = field(default=False, init=False)
+    _record: Path | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._record = Path(self._knobs.record) if self._knobs.record else None
 
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="http-server", daemon=True).start()
