@@ -171,10 +171,16 @@ case "$ch_choice" in
     fi ;;
   *)
     [ -f "$ch_choice" ] || die "--cloud-hypervisor $ch_choice: no such file"
+    # Checked before the build as well as in it: the engine may drop a failed step's last words,
+    # and a wrong file should be named before minutes of building, not after.
+    ch_want="${ch_sha256:-$(sed -n 's/^ARG CLOUD_HYPERVISOR_SHA256=//p' "$REPO/Dockerfile")}"
+    ch_have=$(sha256sum "$ch_choice" | cut -d' ' -f1)
+    [ "$ch_have" = "$ch_want" ] ||
+      die "CLOUD_HYPERVISOR_SHA256 mismatch: cloud-hypervisor-static $ch_label has sha256 $ch_have, expected $ch_want"
     mkdir -p "$context/vendor"
     cp "$ch_choice" "$context/vendor/cloud-hypervisor-static"
     build_args+=(--build-arg CLOUD_HYPERVISOR_FILE=vendor/cloud-hypervisor-static)
-    say "Cloud Hypervisor: $ch_choice (sha256 checked in the build)" ;;
+    say "Cloud Hypervisor: $ch_choice (sha256 checked, and again in the build)" ;;
 esac
 [ -n "$target" ] && build_args+=(--target "$target")
 # pip in the build trusts what this machine trusts (e.g. the CA of a TLS-inspecting proxy):
