@@ -66,7 +66,13 @@ def bare_boot(config: HypervisorConfig, image: Path, work: Path, n: int) -> floa
         initramfs=image / "initramfs.img",
         root_disk=image / "rootfs.img",
     )
-    argv = qemu_argv(config.qemu_binary, spec, choose_accel(config, image / "vmlinuz"), paths)
+    try:
+        from vmsandbox.hypervisor.qemu.firmware import firmware_for
+    except ImportError:  # a tree from before the firmware setting boots QEMU's default one
+        firmware = []
+    else:
+        firmware = [firmware_for(config.qemu_firmware)]
+    argv = qemu_argv(config.qemu_binary, spec, choose_accel(config, image / "vmlinuz"), paths, *firmware)
     started = time.monotonic()
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

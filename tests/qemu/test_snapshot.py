@@ -18,6 +18,7 @@ from vmsandbox.hypervisor.base import (
     VMSpec,
 )
 from vmsandbox.hypervisor.qemu import QemuDriver
+from vmsandbox.hypervisor.qemu.firmware import firmware_for
 from vmsandbox.hypervisor.qemu.migration import MEMORY_FILE
 
 
@@ -55,6 +56,7 @@ def test_pause_snapshot_restore_and_the_agent_answers_on_the_new_line(
         assert (snap / MEMORY_FILE).stat().st_size > 0 and (snap / SNAPSHOT_MANIFEST).is_file()
         assert SnapshotManifest.load(snap) == manifest
         assert {d.serial: d.readonly for d in manifest.disks} == {"vmsb-w": False, "vmsb-p": True}
+        assert manifest.details["firmware"] == source.endpoints["firmware"] == firmware_for("auto")
         assert (snap / "disk-vmsb-w.img").is_file(), "a writable disk is copied into the snapshot"
         # The source can go on after being snapshotted.
         driver.resume(source)
@@ -63,6 +65,7 @@ def test_pause_snapshot_restore_and_the_agent_answers_on_the_new_line(
 
         restored = QemuDriver(config(qemu_binary)).restore(restore_spec(state_root / "dst"), snap)
         assert restored.endpoints["restored_from"] == str(snap)
+        assert restored.endpoints["firmware"] == manifest.details["firmware"], "the firmware it ran"
         assert restored.timings.vm_boot > 0
         for _ in range(12):  # past the number of the channel held open across the snapshot
             with QemuDriver(config(qemu_binary)).connect(restored) as sock:

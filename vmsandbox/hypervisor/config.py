@@ -26,6 +26,9 @@ class HypervisorConfig(BaseModel):
     qemu_binary: str = "qemu-system-x86_64"
     #: "auto" boot-probes KVM once and falls back to TCG when it does not work.
     qemu_accel: Literal["auto", "kvm", "tcg"] = "auto"
+    #: The firmware QEMU starts the kernel with: "auto" is qboot where QEMU ships it, else QEMU's
+    #: default; "default" is QEMU's default (SeaBIOS); else an absolute path (hypervisor/qemu/firmware.py).
+    qemu_firmware: str = "auto"
     #: Directory holding vmlinuz, initramfs.img, rootfs.img and manifest.json.
     guest_image_dir: Path = Path("/var/lib/vmsandbox/guest")
     #: Low-level OCI runtime the guest agent uses: "auto" picks crun, else runc, by trying.

@@ -49,6 +49,7 @@ from vmsandbox.hypervisor.detached import Detached, kill_session, spawn_detached
 from vmsandbox.hypervisor.network import NetworkAttachment
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.hypervisor.qemu import migration, nic
+from vmsandbox.hypervisor.qemu.firmware import firmware_for
 from vmsandbox.hypervisor.qemu.probe import Accel, choose_accel
 from vmsandbox.hypervisor.qemu.qmp import QMPClient, QMPError, remove_device
 from vmsandbox.hypervisor.qemu.tapfd import TAP_FD
@@ -129,13 +130,16 @@ def hotplug_argv(disks: list[DiskSpec], ports: dict[str, str]) -> list[str]:
     return argv
 
 
-def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths) -> list[str]:
-    """The full QEMU command line for ``spec`` (also what the boot benchmark runs bare)."""
+def qemu_argv(binary: str, spec: VMSpec, accel: Accel, paths: VMPaths, firmware: str = "") -> list[str]:
+    """The full QEMU command line for ``spec`` (also what the boot benchmark runs bare); ``firmware``
+    is a ``-bios`` file (see firmware.py), "" for QEMU's default."""
     if spec.kernel is None or spec.initramfs is None or spec.root_disk is None:
         raise HypervisorError("VMSpec.kernel, initramfs and root_disk are required", step="boot config")
     cmdline = " ".join([BASE_CMDLINE, *spec.kernel_args])
     argv = [binary, "-machine", "q35", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max"]
     argv += ["-m", str(spec.memory_mib), "-smp", str(spec.vcpus), "-name", spec.vm_id]
+    if firmware:
+        argv += ["-bios", firmware]
     argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initramfs), "-append", cmdline]
     argv += ["-display", "none", "-nodefaults", "-no-user-config", "-no-reboot"]
     argv += ["-sandbox", SECCOMP_SANDBOX]
@@ -254,7 +258,8 @@ class QemuDriver(HypervisorDriver, RunsAsVmmUser):
         accel = choose_accel(self.config, spec.kernel)
         if accel == "kvm" and (user := self.user) is not None:
             user.check_kvm()
-        argv = qemu_argv(self.config.qemu_binary, spec, accel, paths)
+        firmware = firmware_for(self.config.qemu_firmware)
+        argv = qemu_argv(self.config.qemu_binary, spec, accel, paths, firmware)
         created = not spec.state_dir.exists()
         spec.state_dir.mkdir(parents=True, exist_ok=True)
         for stale in [*paths.sockets(), paths.console]:
@@ -269,7 +274,7 @@ class QemuDriver(HypervisorDriver, RunsAsVmmUser):
         t0 = time.monotonic()
         handle = VMHandle(vm_id=spec.vm_id, hypervisor=self.name, state_dir=spec.state_dir, vmm_pid=0)
         with self._torn_down_on_failure(handle):
-            qemu, mux = self._start(handle, argv, paths, spec.cgroup, {"accel": accel})
+            qemu, mux = self._start(handle, argv, paths, spec.cgroup, {"accel": accel, "firmware": firmware})
             handle.save()  # before the long wait: a killed creator's VM can then be found and stopped
             paths.spec.write_text(spec.model_dump_json())
             self._wait_qmp(qemu, paths)
@@ -551,6 +556,7 @@ class QemuDriver(HypervisorDriver, RunsAsVmmUser):
                 for serial, v in hotplugged.items()
             ]
             details = {"accel": handle.endpoints.get("accel", "tcg"), "mapped_ram": str(mapped).lower()}
+            details["firmware"] = handle.endpoints.get("firmware", "")
             details |= {f"bus.{serial}": str(v["bus"]) for serial, v in hotplugged.items()}
             details["boot_disks"] = ",".join(d.serial for d in spec.disks)
             manifest = SnapshotManifest(
@@ -593,10 +599,12 @@ class QemuDriver(HypervisorDriver, RunsAsVmmUser):
             plugged = [d for d in disks if d.serial not in boot_serials]
             ports = {d.serial: manifest.details[f"bus.{d.serial}"] for d in plugged}
             accel: Accel = "kvm" if manifest.details.get("accel") == "kvm" else "tcg"
-            argv = qemu_argv(self.config.qemu_binary, machine, accel, paths)
+            # The firmware's image is part of the machine's memory: the one the snapshot ran.
+            firmware = firmware_for(manifest.details.get("firmware", ""))
+            argv = qemu_argv(self.config.qemu_binary, machine, accel, paths, firmware)
             argv += [*hotplug_argv(plugged, ports), "-incoming", "defer"]
             self._give_access(machine, disks)
-            extra = {"accel": accel, "restored_from": str(directory)}
+            extra = {"accel": accel, "firmware": firmware, "restored_from": str(directory)}
             qemu, mux = self._start(handle, argv, paths, spec.cgroup, extra)
             handle.save()
             paths.spec.write_text(machine.model_dump_json())
