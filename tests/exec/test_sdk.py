@@ -52,6 +52,18 @@ def sample_image() -> Path:
     return SAMPLE_LAYOUT
 
 
+def _why(stderr: str, agent_logs: str, operator: OperatorProcess, kube: LocalCluster) -> str:
+    """What a failed run leaves to go on: the example's error, where the sandbox got to (its
+    status says whether it was ever placed), and both components' logs."""
+    with Client("default", str(kube.kubeconfig_path)) as client:
+        try:
+            status = client.sandbox("sdk-demo").get().get("status")
+        except SandboxError as exc:
+            status = f"(unreadable: {exc})"
+    operator_logs = operator.log_path.read_text(errors="replace")
+    return f"{stderr}\nstatus: {status}\nagent:\n{agent_logs[-3000:]}\noperator:\n{operator_logs[-3000:]}"
+
+
 @pytest.mark.kube
 def test_the_readme_example_runs_as_written(
     operator: OperatorProcess, make_agent: MakeAgent, kube: LocalCluster, sample_image: Path, tmp_path: Path
@@ -65,7 +77,7 @@ def test_the_readme_example_runs_as_written(
         done = subprocess.run(
             [sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env
         )
-        assert done.returncode == 0, f"{done.stderr}\nagent:\n{agent.logs()[-3000:]}"
+        assert done.returncode == 0, _why(done.stderr, agent.logs(), operator, kube)
         assert "stdout b'1\\n'" in done.stdout and "stdout b'3\\n'" in done.stdout
         assert "'greeting.txt'" in done.stdout
     finally:
