@@ -8,7 +8,7 @@ import pytest
 
 from vmsandbox.hypervisor.base import HypervisorError, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
-from vmsandbox.hypervisor.qemu import firmware
+from vmsandbox.hypervisor.qemu import QemuDriver, firmware
 from vmsandbox.hypervisor.qemu.driver import VMPaths, qemu_argv
 from vmsandbox.hypervisor.qemu.firmware import firmware_for
 
@@ -57,3 +57,20 @@ def test_bios_on_the_command_line_only_when_named(tmp_path: Path) -> None:
     argv = _argv(tmp_path, "/usr/share/qemu/qboot.rom")
     assert argv[argv.index("-bios") + 1] == "/usr/share/qemu/qboot.rom"
     assert "-bios" not in _argv(tmp_path, "")
+
+
+def test_a_bad_setting_refuses_the_boot_before_anything_is_made(tmp_path: Path) -> None:
+    for name in ("vmlinuz", "initramfs.img", "rootfs.img"):
+        (tmp_path / name).write_bytes(b"\0")
+    state = tmp_path / "vm1"
+    spec = VMSpec(
+        vm_id="vm1",
+        state_dir=state,
+        kernel=tmp_path / "vmlinuz",
+        initramfs=tmp_path / "initramfs.img",
+        root_disk=tmp_path / "rootfs.img",
+    )
+    config = HypervisorConfig(qemu_accel="tcg", qemu_firmware="bios.bin", vmm_user="root")
+    with pytest.raises(HypervisorError, match="qemu_firmware"):
+        QemuDriver(config).boot(spec)
+    assert not state.exists(), "nothing of the VM was made"
