@@ -23,7 +23,9 @@ SCRIPT = " ; ".join(
         "echo '== hosts'",
         "cat /etc/hosts",
         "echo '== lookup'",
-        "nslookup public.test",
+        # stdout and stderr reach the log through two pipes, whose lines may interleave in any
+        # order; the failing lookup's complaint must land in its own section.
+        "nslookup public.test 2>&1",
         "echo '== done'",
         "sleep 600",
     ]
