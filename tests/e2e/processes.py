@@ -158,6 +158,15 @@ class DevProcess:
     def text(self) -> str:
         return self.out.read_text()
 
+    def logs(self, chars: int = 3000) -> str:
+        """The end of the operator's and the agent's logs in dev's workdir, for a failure message."""
+        parts = []
+        for name in ("operator", "agent"):
+            path = self.workdir / f"{name}.log"
+            text = path.read_text(errors="replace")[-chars:] if path.exists() else "(none)"
+            parts.append(f"--- {name}.log:\n{text}")
+        return "\n".join(parts)
+
     def wait_ready(self, timeout: float = 120) -> str:
         """The kubeconfig path dev printed once ready; fails if dev exited instead."""
         deadline = time.monotonic() + timeout

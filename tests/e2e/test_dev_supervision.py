@@ -86,7 +86,10 @@ def test_dev_restarts_a_killed_operator_and_agent_and_leaves_sandboxes_running(
             assert cli([*cfg, "get", "long", "-o", "json"]) == 0
             return dict(json.loads(capsys.readouterr().out).get("status") or {})
 
-        wait_for("long Running", lambda: sandbox().get("phase") == "Running", 90)
+        try:
+            wait_for("long Running", lambda: sandbox().get("phase") == "Running", 90)
+        except AssertionError as exc:  # where it got to, and what both components said
+            raise AssertionError(f"{exc}\nstatus: {sandbox()}\n{dev.logs()}") from None
         before = sandbox()
 
         for name, pid in (("operator", operator_pid), ("agent", agent_pid)):
