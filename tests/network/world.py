@@ -32,13 +32,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class _Server6(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class _Server4(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """HTTP on one address. Not ``http.server.HTTPServer``: its bind looks its own address up in
+    DNS (``socket.getfqdn``), which in a namespace with no reachable resolver waits out every
+    timeout of the resolver, 30 s for a link-local address."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server4):
     address_family = socket.AF_INET6
-    daemon_threads = True
-
-
-class _Server4(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
 
 
 def _qname(packet: bytes) -> tuple[str, int]:
