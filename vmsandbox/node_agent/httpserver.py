@@ -11,6 +11,7 @@ the sandbox's namespace. Logs are streamed: ``?tailBytes=N`` sends only the last
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +55,23 @@ class Access(Protocol):
 
 class BadRequest(ValueError):
     pass
+
+
+class ListeningServer(ThreadingHTTPServer):
+    """The port, bound without looking the agent's own address up in DNS.
+
+    ``HTTPServer.server_bind`` asks ``socket.getfqdn`` for a name nothing here uses: with the
+    node's resolver down or unreachable, an agent coming back would wait out the resolver's
+    timeouts (seconds to tens of seconds) before its probes and routes answered.
+    """
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
 
 @dataclass(frozen=True)
@@ -184,8 +202,7 @@ class AgentHTTPServer:
         self.access = access
         self.streams = streams
         self.portforward = portforward
-        self.server = ThreadingHTTPServer((address, port), Handler)
-        self.server.daemon_threads = True
+        self.server = ListeningServer((address, port), Handler)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
