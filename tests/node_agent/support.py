@@ -28,6 +28,7 @@ from tests.polling import wait_for as wait_for
 from vmsandbox.api.constants import (
     AGENT_ENDPOINT_ANNOTATION,
     AGENT_FINALIZER,
+    AGENT_READY_LABEL,
     API_VERSION,
     GROUP,
     KIND,
@@ -282,7 +283,22 @@ class Cluster:
         try:
             return wait_for(f"{name} to reach {'/'.join(phases)}", check, timeout=timeout)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; status now {json.dumps(self.status(name))}") from None
+            status = self.status(name)
+            seen = (
+                f"; agents as the API holds them: {self.agents_seen()}" if not status.get("nodeName") else ""
+            )
+            raise AssertionError(f"{exc}; status now {json.dumps(status)}{seen}") from None
+
+    def agents_seen(self) -> str:
+        """Each node's agent label and the last renewal of the agent Leases in this namespace, with
+        the time now: what an operator that calls the agents not ready had to go on."""
+        nodes = {
+            n.metadata.name: (n.metadata.labels or {}).get(AGENT_READY_LABEL)
+            for n in self.core.list_node().items
+        }
+        leases = client.CoordinationV1Api(self.api_client).list_namespaced_lease(self.namespace).items
+        renewed = {lease.metadata.name: str(lease.spec.renew_time) for lease in leases}
+        return f"now {time.strftime('%H:%M:%S', time.gmtime())} UTC, nodes {nodes}, leases {renewed}"
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(ApiException):
