@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vmsandbox.hypervisor.base import HypervisorError, VMSpec
+from tests.qemu.test_driver import image_spec
+from vmsandbox.hypervisor.base import HypervisorError
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.qemu import QemuDriver, firmware
 from vmsandbox.hypervisor.qemu.driver import VMPaths, qemu_argv
@@ -14,13 +15,7 @@ from vmsandbox.hypervisor.qemu.firmware import firmware_for
 
 
 def _argv(tmp_path: Path, bios: str) -> list[str]:
-    spec = VMSpec(
-        vm_id="vm1",
-        state_dir=tmp_path,
-        kernel=tmp_path / "vmlinuz",
-        initramfs=tmp_path / "initramfs.img",
-        root_disk=tmp_path / "rootfs.img",
-    )
+    spec = image_spec(tmp_path, tmp_path)
     return qemu_argv("qemu-system-x86_64", spec, "tcg", VMPaths(state_dir=tmp_path), bios)
 
 
@@ -63,13 +58,7 @@ def test_a_bad_setting_refuses_the_boot_before_anything_is_made(tmp_path: Path) 
     for name in ("vmlinuz", "initramfs.img", "rootfs.img"):
         (tmp_path / name).write_bytes(b"\0")
     state = tmp_path / "vm1"
-    spec = VMSpec(
-        vm_id="vm1",
-        state_dir=state,
-        kernel=tmp_path / "vmlinuz",
-        initramfs=tmp_path / "initramfs.img",
-        root_disk=tmp_path / "rootfs.img",
-    )
+    spec = image_spec(tmp_path, state)
     config = HypervisorConfig(qemu_accel="tcg", qemu_firmware="bios.bin", vmm_user="root")
     with pytest.raises(HypervisorError, match="qemu_firmware"):
         QemuDriver(config).boot(spec)
