@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from tests.operator.factories import node_obj, sandbox_obj
+from vmsandbox.api.constants import AGENT_READY_LABEL
+from vmsandbox.kube.expectations import TTL_SECONDS
 from vmsandbox.operator.cache import ClusterCache
 from vmsandbox.operator.config import OperatorConfig
 
@@ -78,3 +80,50 @@ def test_nodes_follow_the_same_rule() -> None:
     assert cache.upsert_node(_at(node_obj("n1"), "x2"), "list") is False
     cache.end_list("node")
     assert cache.nodes["n1"]["metadata"]["resourceVersion"] == "y7"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_event_held_for_a_listed_version_the_watch_skips_is_applied_once_the_wait_lapses() -> None:
+    """The operator listed a new node before its agent labelled it; kopf's watch started after
+    the label and delivered only the labelled copy. Held back for the listed version, which it
+    will never deliver, that copy must still reach the cache: it is the node's last event."""
+    clock = _Clock()
+    cache = ClusterCache(OperatorConfig(), clock=clock)
+    cache.begin_list("node")
+    cache.upsert_node(_at(node_obj("n1", ready=False), "p3"), "list")
+    cache.end_list("node")
+    assert cache.upsert_node(_at(node_obj("n1"), "b8")) is False  # held back for p3
+    assert cache.lapsed_events() == []  # still waiting
+    assert not cache.node_views()["n1"].labels.get(AGENT_READY_LABEL)
+
+    clock.now += TTL_SECONDS
+    [(kind, raw)] = cache.lapsed_events()
+    assert (kind, raw["metadata"]["resourceVersion"]) == ("node", "b8")
+    assert cache.lapsed_events() == [], "handed out once"
+    assert cache.upsert_node(raw) is True  # as the operator replays it
+    assert cache.node_views()["n1"].labels[AGENT_READY_LABEL] == "ready"
+
+
+def test_a_held_event_is_dropped_when_the_watch_catches_up_or_the_object_goes() -> None:
+    clock = _Clock()
+    cache = ClusterCache(OperatorConfig(), clock=clock)
+    sb = sandbox_obj("sb")
+    cache.begin_list("node", "sandbox")
+    cache.upsert_node(_at(node_obj("n1"), "d4"), "list")
+    cache.upsert_sandbox(_at(sb, "d4", stage="running"), "list")
+    cache.end_list("node", "sandbox")
+    cache.upsert_node(_at(node_obj("n1", ready=False), "k2"))  # the watch, behind the list
+    cache.upsert_node(_at(node_obj("n1"), "d4"))  # and caught up: nothing older is kept
+    cache.upsert_sandbox(_at(sb, "k2", stage="placed"))  # held back for d4
+    assert _stage(cache) == "running"
+    cache.forget_sandbox(_at(sb, "z0"))  # deleted: its held event must not bring it back
+    clock.now += TTL_SECONDS
+    assert cache.lapsed_events() == []
+    assert cache.node_views()["n1"].labels[AGENT_READY_LABEL] == "ready"

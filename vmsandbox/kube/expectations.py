@@ -58,6 +58,11 @@ class WriteExpectations:
     def waiting_for(self) -> str | None:
         return self._expected[0] if self._expected else None
 
+    @property
+    def holding(self) -> bool:
+        """Whether an expected version still holds watch events back (False once it lapsed)."""
+        return self._expected is not None and self._clock() < self._expected[1]
+
 
 class VersionGate:
     """One :class:`WriteExpectations` per object of a cache fed by three sources: a watch, the
@@ -105,3 +110,9 @@ class VersionGate:
 
     def forget(self, key: str) -> None:
         self._by_key.pop(key, None)
+
+    def holding(self, key: str) -> bool:
+        """Whether watch events of ``key`` are still held back for a version the watch has not
+        delivered (see :attr:`WriteExpectations.holding`)."""
+        gate = self._by_key.get(key)
+        return gate is not None and gate.holding

@@ -11,7 +11,7 @@ object back in time.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -30,24 +30,12 @@ from vmsandbox.operator.scheduling import NOTHING, Demand, ReservationLedger, Us
 #: Where a copy of an object comes from: kopf's watch, the operator's own write or fresh read,
 #: or a list begun with :meth:`ClusterCache.begin_list`.
 Source = Literal["watch", "own", "list"]
+Kind = Literal["sandbox", "pool", "node", "lease"]
+KINDS: tuple[Kind, ...] = ("sandbox", "pool", "node", "lease")
 
 
 def _version(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-
-def _admit(gate: VersionGate, key: str, raw: Mapping[str, Any], source: Source, same_object: bool) -> bool:
-    """Whether ``raw`` may replace the cache's copy of ``key`` (another object under the same
-    name, after a delete and create, always may)."""
-    if not same_object:
-        gate.forget(key)
-    version = _version(raw)
-    if source == "watch":
-        return gate.watched(key, version)
-    if source == "list":
-        return gate.listed(key, version)
-    gate.own(key, version)
-    return True
 
 
 def sandbox_key(obj: Mapping[str, Any]) -> str:
@@ -103,7 +91,7 @@ def parse_entry(raw: dict[str, Any], config: OperatorConfig, first_seen: float) 
 
 
 class ClusterCache:
-    def __init__(self, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.sandboxes: dict[str, SandboxEntry] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
@@ -114,7 +102,10 @@ class ClusterCache:
         self._gone_uids: set[str] = set()
         self.pools: dict[str, VMSandboxPool] = {}  # by namespace/name
         self._usage = UsageIndex()
-        self._gates = {kind: VersionGate() for kind in ("sandbox", "pool", "node", "lease")}
+        self._gates: dict[str, VersionGate] = {kind: VersionGate(clock=clock) for kind in KINDS}
+        #: (kind, key) -> the newest watch event a gate held back, until the watch delivers the
+        #: version it waits for or that expectation lapses (see :meth:`lapsed_events`)
+        self._held: dict[tuple[Kind, str], dict[str, Any]] = {}
 
     def begin_list(self, *kinds: str) -> None:
         """A fresh list of ``kinds`` (sandbox, pool, node, lease) begins: watch events from now
@@ -126,13 +117,45 @@ class ClusterCache:
         for kind in kinds:
             self._gates[kind].end_list()
 
+    def _admit(self, kind: Kind, key: str, raw: dict[str, Any], source: Source, same_object: bool) -> bool:
+        """Whether ``raw`` may replace the cache's copy of ``key`` (another object under the same
+        name, after a delete and create, always may). A watch event held back is kept, newest
+        only: the version it waits for may never come (a watch that re-lists skips versions)."""
+        gate = self._gates[kind]
+        if not same_object:
+            gate.forget(key)
+        version = _version(raw)
+        if source == "list":
+            return gate.listed(key, version)
+        if source != "watch":
+            gate.own(key, version)
+            return True
+        admitted = gate.watched(key, version)
+        if admitted:
+            self._held.pop((kind, key), None)
+        else:
+            self._held[(kind, key)] = raw
+        return admitted
+
+    def lapsed_events(self) -> list[tuple[Kind, dict[str, Any]]]:
+        """The held-back watch events whose awaited version has lapsed, taken out of the cache's
+        keeping: each is the newest the watch delivered of its object, to be applied again as
+        a watch event (its gate now admits it). Without this, an object whose last event was
+        held back would stay at the listed copy until it changed again."""
+        lapsed = [(kind, key) for kind, key in self._held if not self._gates[kind].holding(key)]
+        return [(kind, self._held.pop((kind, key))) for kind, key in lapsed]
+
+    def _forget(self, kind: Kind, key: str) -> None:
+        self._gates[kind].forget(key)
+        self._held.pop((kind, key), None)
+
     def _replaces(
-        self, kind: str, old: Mapping[str, Any] | None, key: str, raw: Mapping[str, Any], source: Source
+        self, kind: Kind, old: Mapping[str, Any] | None, key: str, raw: dict[str, Any], source: Source
     ) -> bool:
         """Whether ``raw`` takes the place of ``old``, the cached copy of a Node or Lease: the
         kind's version gate admits it and it is not the very version already held."""
         same = old is not None and _uid(old) == _uid(raw)
-        admitted = _admit(self._gates[kind], key, raw, source, same)
+        admitted = self._admit(kind, key, raw, source, same)
         return admitted and not (old is not None and _version(old) == _version(raw))
 
     # sandboxes
@@ -144,7 +167,7 @@ class ClusterCache:
             return None
         old = self.sandboxes.get(key)
         same = old is not None and old.uid == uid
-        if not _admit(self._gates["sandbox"], key, raw, source, same) or (
+        if not self._admit("sandbox", key, raw, source, same) or (
             old is not None and same and old.version == _version(raw)
         ):
             return old if same else None
@@ -165,7 +188,7 @@ class ClusterCache:
         old = self.sandboxes.get(key)
         if old is not None and (not uid or old.uid == uid):
             self._usage.remove(old.uid)
-            self._gates["sandbox"].forget(key)
+            self._forget("sandbox", key)
             return self.sandboxes.pop(key)
         return None
 
@@ -185,7 +208,7 @@ class ClusterCache:
         key = sandbox_key(raw)
         old = self.pools.get(key)
         same = old is not None and old.metadata.uid == raw["metadata"].get("uid")
-        if not _admit(self._gates["pool"], key, raw, source, same):
+        if not self._admit("pool", key, raw, source, same):
             return old if same else None
         if old is not None and same and old.metadata.resource_version == _version(raw):
             return old
@@ -201,7 +224,7 @@ class ClusterCache:
         old = self.pools.get(sandbox_key(raw))
         if old is not None and old.metadata.uid == (raw.get("metadata") or {}).get("uid"):
             self.pools.pop(sandbox_key(raw))
-            self._gates["pool"].forget(sandbox_key(raw))
+            self._forget("pool", sandbox_key(raw))
 
     # nodes and agent leases
     def upsert_node(self, raw: dict[str, Any], source: Source = "watch") -> bool:
@@ -217,7 +240,7 @@ class ClusterCache:
     def forget_node(self, raw: Mapping[str, Any]) -> None:
         name = str((raw.get("metadata") or {}).get("name"))
         self.nodes.pop(name, None)
-        self._gates["node"].forget(name)
+        self._forget("node", name)
         self._views = None
 
     def upsert_lease(self, raw: dict[str, Any], source: Source = "watch") -> str | None:
@@ -249,7 +272,7 @@ class ClusterCache:
         if node is not None and (raw.get("metadata") or {}).get("namespace") == self.config.namespace:
             self.leases.pop(node, None)
             self.lease_seen.pop(node, None)
-            self._gates["lease"].forget(node)
+            self._forget("lease", node)
             self._views = None
 
     def renewed(self, node: str) -> datetime | None:

@@ -45,38 +45,37 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def sandbox_event(event: kopf.RawEvent, **_: Any) -> None:
         raw = cast(dict[str, Any], event["object"])
-        if event.get("type") == "DELETED":
-            reconciler.sandbox_gone(raw)
-        else:
-            reconciler.sandbox_changed(raw)
+        if event.get("type") != "DELETED":
+            op.watched("sandbox", raw)
+            return
+        reconciler.sandbox_gone(raw)
         op.pools.changed()
 
     @kopf.on.event("v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
         raw = cast(dict[str, Any], event["object"])
-        if event.get("type") == "DELETED":
-            cache.forget_node(raw)
-            reconciler.retry_unschedulable()
-            op.pools.changed()
-        elif cache.upsert_node(raw):  # labels, taints, capacity or the agents' pool reports
-            reconciler.retry_unschedulable()
-            op.pools.changed()
+        if event.get("type") != "DELETED":
+            op.watched("node", raw)
+            return
+        cache.forget_node(raw)
+        reconciler.retry_unschedulable()
+        op.pools.changed()
 
     @kopf.on.event(GROUP, VERSION, POOL_PLURAL, registry=registry)
     async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
         raw = cast(dict[str, Any], event["object"])
-        if event.get("type") == "DELETED":
-            op.pools.pool_gone(raw)
-        else:
-            op.pools.pool_changed(raw)
+        if event.get("type") != "DELETED":
+            op.watched("pool", raw)
+            return
+        op.pools.pool_gone(raw)
 
     @kopf.on.event("coordination.k8s.io", "v1", "leases", registry=registry)
     async def lease_event(event: kopf.RawEvent, **_: Any) -> None:
         raw = cast(dict[str, Any], event["object"])
-        if event.get("type") == "DELETED":
-            cache.forget_lease(raw)
+        if event.get("type") != "DELETED":
+            op.watched("lease", raw)
             return
-        op.lease_changed(raw)  # agents coming and going reach the pools at their next periodic pass
+        cache.forget_lease(raw)
 
     @kopf.on.probe(id="leader", registry=registry)
     def leader_probe(**_: Any) -> bool:

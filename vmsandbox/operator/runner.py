@@ -19,7 +19,7 @@ from aiohttp import web
 from vmsandbox.kube import ApiError, Connection
 from vmsandbox.kube.aio import AsyncClient
 from vmsandbox.kube.paths import lease_path, node_path, sandbox_path
-from vmsandbox.operator.cache import ClusterCache
+from vmsandbox.operator.cache import ClusterCache, Kind
 from vmsandbox.operator.config import OperatorConfig
 from vmsandbox.operator.events import EventRecorder
 from vmsandbox.operator.handlers import build_registry
@@ -82,6 +82,26 @@ class Operator:
         if not self._term_ready:
             return False
         return self.elector.leading if self.elector is not None else True
+
+    def watched(self, kind: Kind, raw: dict[str, Any]) -> None:
+        """An object of ``kind`` added or changed, as the watch delivered it: into the cache, and
+        on to whatever it may unblock."""
+        if kind == "sandbox":
+            self.reconciler.sandbox_changed(raw)
+            self.pools.changed()
+        elif kind == "node":
+            if self.cache.upsert_node(raw):  # labels, taints, capacity or the agents' pool reports
+                self.reconciler.retry_unschedulable()
+                self.pools.changed()
+        elif kind == "pool":
+            self.pools.pool_changed(raw)
+        else:
+            self.lease_changed(raw)  # agents coming and going reach the pools at their next pass
+
+    def replay_lapsed(self) -> None:
+        """Apply the watch events the cache held back for a version that never came."""
+        for kind, raw in self.cache.lapsed_events():
+            self.watched(kind, raw)
 
     def lease_changed(self, raw: dict[str, Any]) -> None:
         now = datetime.now(UTC)
@@ -161,6 +181,7 @@ class Operator:
     async def _sweeper(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_seconds)
+            self.replay_lapsed()
             if self.leading():
                 await self.reconciler.sweep()
 
