@@ -27,7 +27,6 @@ WEBHOOK_ID = "validate-vmsandbox"
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     reconciler = op.reconciler
-    cache = op.cache
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -44,38 +43,19 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def sandbox_event(event: kopf.RawEvent, **_: Any) -> None:
-        raw = cast(dict[str, Any], event["object"])
-        if event.get("type") != "DELETED":
-            op.watched("sandbox", raw)
-            return
-        reconciler.sandbox_gone(raw)
-        op.pools.changed()
+        op.delivered("sandbox", event.get("type"), cast(dict[str, Any], event["object"]))
 
     @kopf.on.event("v1", "nodes", registry=registry)
     async def node_event(event: kopf.RawEvent, **_: Any) -> None:
-        raw = cast(dict[str, Any], event["object"])
-        if event.get("type") != "DELETED":
-            op.watched("node", raw)
-            return
-        cache.forget_node(raw)
-        reconciler.retry_unschedulable()
-        op.pools.changed()
+        op.delivered("node", event.get("type"), cast(dict[str, Any], event["object"]))
 
     @kopf.on.event(GROUP, VERSION, POOL_PLURAL, registry=registry)
     async def pool_event(event: kopf.RawEvent, **_: Any) -> None:
-        raw = cast(dict[str, Any], event["object"])
-        if event.get("type") != "DELETED":
-            op.watched("pool", raw)
-            return
-        op.pools.pool_gone(raw)
+        op.delivered("pool", event.get("type"), cast(dict[str, Any], event["object"]))
 
     @kopf.on.event("coordination.k8s.io", "v1", "leases", registry=registry)
     async def lease_event(event: kopf.RawEvent, **_: Any) -> None:
-        raw = cast(dict[str, Any], event["object"])
-        if event.get("type") != "DELETED":
-            op.watched("lease", raw)
-            return
-        cache.forget_lease(raw)
+        op.delivered("lease", event.get("type"), cast(dict[str, Any], event["object"]))
 
     @kopf.on.probe(id="leader", registry=registry)
     def leader_probe(**_: Any) -> bool:

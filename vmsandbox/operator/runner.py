@@ -83,6 +83,27 @@ class Operator:
             return False
         return self.elector.leading if self.elector is not None else True
 
+    def delivered(self, kind: Kind, event_type: str | None, raw: dict[str, Any]) -> None:
+        """A watch event as kopf hands it over (type None: an object of kopf's own first list)."""
+        if event_type == "DELETED":
+            self.gone(kind, raw)
+        else:
+            self.watched(kind, raw)
+
+    def gone(self, kind: Kind, raw: dict[str, Any]) -> None:
+        """An object of ``kind`` deleted: out of the cache, and on to whatever it frees."""
+        if kind == "sandbox":
+            self.reconciler.sandbox_gone(raw)
+            self.pools.changed()
+        elif kind == "node":
+            self.cache.forget_node(raw)
+            self.reconciler.retry_unschedulable()
+            self.pools.changed()
+        elif kind == "pool":
+            self.pools.pool_gone(raw)
+        else:
+            self.cache.forget_lease(raw)
+
     def watched(self, kind: Kind, raw: dict[str, Any]) -> None:
         """An object of ``kind`` added or changed, as the watch delivered it: into the cache, and
         on to whatever it may unblock."""
