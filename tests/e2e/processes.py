@@ -18,6 +18,7 @@ from tests.node_agent.support import unique
 from tests.operator.harness import free_port
 from vmsandbox.devcluster.binaries import CACHE_ENV, cache_dir
 from vmsandbox.devcluster.cluster import LocalCluster
+from vmsandbox.devcluster.devstack import log_tails
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,14 +159,9 @@ class DevProcess:
     def text(self) -> str:
         return self.out.read_text()
 
-    def logs(self, chars: int = 3000) -> str:
+    def logs(self) -> str:
         """The end of the operator's and the agent's logs in dev's workdir, for a failure message."""
-        parts = []
-        for name in ("operator", "agent"):
-            path = self.workdir / f"{name}.log"
-            text = path.read_text(errors="replace")[-chars:] if path.exists() else "(none)"
-            parts.append(f"--- {name}.log:\n{text}")
-        return "\n".join(parts)
+        return log_tails(self.workdir, ("operator", "agent"), lines=40) or "(no logs yet)"
 
     def wait_ready(self, timeout: float = 120) -> str:
         """The kubeconfig path dev printed once ready; fails if dev exited instead."""

@@ -127,3 +127,22 @@ def test_a_held_event_is_dropped_when_the_watch_catches_up_or_the_object_goes() 
     clock.now += TTL_SECONDS
     assert cache.lapsed_events() == []
     assert cache.node_views()["n1"].labels[AGENT_READY_LABEL] == "ready"
+
+
+def test_a_held_event_is_dropped_by_a_newer_copy_from_a_write_or_a_list() -> None:
+    clock = _Clock()
+    cache = ClusterCache(OperatorConfig(), clock=clock)
+    sb = sandbox_obj("sb")
+    cache.upsert_sandbox(_at(sb, "q1", stage="created"), "own")
+    cache.upsert_sandbox(_at(sb, "h5", stage="echo"))  # held back for q1
+    cache.upsert_sandbox(_at(sb, "w2", stage="placed"), "own")  # a later write: newer than it
+    cache.begin_list("node")
+    cache.upsert_node(_at(node_obj("n1"), "l1"), "list")
+    cache.end_list("node")
+    cache.upsert_node(_at(node_obj("n1", ready=False), "o0"))  # held back for l1
+    cache.begin_list("node")
+    cache.upsert_node(_at(node_obj("n1"), "l2"), "list")  # a later list: newer than it
+    cache.end_list("node")
+    clock.now += TTL_SECONDS
+    assert cache.lapsed_events() == []
+    assert _stage(cache) == "placed"

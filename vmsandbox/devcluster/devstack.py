@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -142,15 +143,6 @@ class DevStack:
                     f"labelling namespace default: {resp.status_code} {resp.text}", step="dev"
                 )
 
-    def tail(self, lines: int = 15) -> str:
-        out = []
-        for component in self.components:
-            path = self.workdir / f"{component.name}.log"
-            if path.exists():
-                text = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
-        return "\n".join(out)
-
     def start(self) -> None:
         allowed = ",".join(sorted({"cloud-hypervisor", "qemu", self.backend.name}))
         env = python_env()
@@ -249,6 +241,17 @@ class DevStack:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         self.components = []
+
+
+def log_tails(workdir: Path, names: Iterable[str], lines: int = 15) -> str:
+    """The last ``lines`` of each named component's log in ``workdir`` (where dev writes them)."""
+    out = []
+    for name in names:
+        path = workdir / f"{name}.log"
+        if path.exists():
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path} (last {len(text)} lines)\n" + "\n".join(text))
+    return "\n".join(out)
 
 
 def api_path_ready(api: Client) -> bool:

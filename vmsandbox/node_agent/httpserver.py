@@ -65,8 +65,6 @@ class ListeningServer(ThreadingHTTPServer):
     timeouts (seconds to tens of seconds) before its probes and routes answered.
     """
 
-    daemon_threads = True
-
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]

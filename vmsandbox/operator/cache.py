@@ -5,7 +5,8 @@ wait for the watch to echo them. resourceVersions are never ordered (the API con
 them opaque): a :class:`~vmsandbox.kube.expectations.VersionGate` per kind tells a stale watch
 event (one before the version the operator wrote or read) or a stale list item (an object the
 watch delivered while the list was on its way) from a current one, so neither can move an
-object back in time.
+object back in time. A watch event held back for a version the watch then never delivers (kopf's
+watch re-lists past it) is not lost: it is applied once that wait lapses.
 """
 
 from __future__ import annotations
@@ -125,15 +126,16 @@ class ClusterCache:
         if not same_object:
             gate.forget(key)
         version = _version(raw)
-        if source == "list":
-            return gate.listed(key, version)
-        if source != "watch":
-            gate.own(key, version)
-            return True
-        admitted = gate.watched(key, version)
-        if admitted:
-            self._held.pop((kind, key), None)
+        if source == "watch":
+            admitted = gate.watched(key, version)
+        elif source == "list":
+            admitted = gate.listed(key, version)
         else:
+            gate.own(key, version)
+            admitted = True
+        if admitted:  # a copy at least as new as every event held before it
+            self._held.pop((kind, key), None)
+        elif source == "watch":
             self._held[(kind, key)] = raw
         return admitted
 
