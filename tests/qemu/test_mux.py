@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -66,7 +67,7 @@ class Guest:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
+        with contextlib.closing(conn):  # the agent's C socket type is no context manager
             self.handler(conn)
 
 

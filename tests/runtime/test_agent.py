@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -96,7 +97,7 @@ def test_unix_listener_serves_streams(tmp_path: Path) -> None:
         client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         client.connect(str(tmp_path / "a.sock"))
         server = listener.accept()
-        with client, server:
+        with client, contextlib.closing(server):  # the agent's C socket type is no context manager
             assert server.type == socket.SOCK_STREAM
             client.sendall(b"x")
             assert server.recv(1) == b"x"

@@ -39,7 +39,9 @@ START_PATH = ("vmsandbox.guest.__main__", "vmsandbox.guest.mux")
 
 #: Standard-library modules whose import is a visible share of the agent's start under emulation:
 #: the start path loads them after it listens (logging, pathlib) or before the first container
-#: (ctypes), and never the typing machinery.
+#: (ctypes), and never the typing machinery; it reads and writes frames with the C socket type,
+#: JSON codec and base64 (``_socket``, ``_json``, ``binascii``), so neither ``re`` nor ``enum``
+#: comes with them.
 KEPT_OFF_THE_START_PATH = (
     "pydantic",
     "pydantic_core",
@@ -51,6 +53,13 @@ KEPT_OFF_THE_START_PATH = (
     "ctypes",
     "argparse",
     "subprocess",
+    "socket",
+    "selectors",
+    "signal",
+    "json",
+    "re",
+    "enum",
+    "base64",
 )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import _signal
 import os
-import signal
 import sys
 
 from vmsandbox.errors import VMSandboxError
@@ -12,7 +12,8 @@ from vmsandbox.guest.agent import Agent
 from vmsandbox.guest.logs import log
 from vmsandbox.guest.transport import open_listener
 
-# The start path imports neither typing, pathlib, ctypes nor logging: under emulation each
+# The start path imports neither typing, pathlib, ctypes nor logging, and not the socket, signal,
+# json or base64 modules either (their C cores serve, without enum and re): under emulation each
 # costs the boot a noticeable share of the agent's start (tests/runtime/test_wire.py holds it).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         listener.close()
 
-    signal.signal(signal.SIGTERM, _stop)
+    _signal.signal(_signal.SIGTERM, _stop)
     if args.init_uptime is not None:
         agent.init_uptime = args.init_uptime
         agent.ready_uptime = _uptime()

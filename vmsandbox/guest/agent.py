@@ -6,9 +6,9 @@ stdin and resize frames come in, and :class:`Exited` ends it once no more output
 
 from __future__ import annotations
 
+import _socket
 import fcntl
 import os
-import socket
 import struct
 import termios
 import threading
@@ -121,23 +121,24 @@ class Agent:
                 return
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
-    def _connection(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                while True:
-                    body = recv_frame_bytes(conn)
-                    if body is None:
-                        return
-                    req: Request = decode(REQUEST, body)
-                    if isinstance(req, Attach):
-                        self._attach(conn, req)
-                        return
-                    if isinstance(req, Exec | ReadPath | WritePath):
-                        self._stream(conn, req)
-                        return
-                    send_frame(conn, self._reply(req))
-            except (OSError, ProtocolError) as exc:
-                log.info("connection ended: %s", exc)
+    def _connection(self, conn: _socket.socket) -> None:
+        try:  # the C socket type is no context manager
+            while True:
+                body = recv_frame_bytes(conn)
+                if body is None:
+                    return
+                req: Request = decode(REQUEST, body)
+                if isinstance(req, Attach):
+                    self._attach(conn, req)
+                    return
+                if isinstance(req, Exec | ReadPath | WritePath):
+                    self._stream(conn, req)
+                    return
+                send_frame(conn, self._reply(req))
+        except (OSError, ProtocolError) as exc:
+            log.info("connection ended: %s", exc)
+        finally:
+            conn.close()
 
     def _reply(self, req: Request) -> Reply:
         try:
@@ -158,7 +159,7 @@ class Agent:
         if isinstance(req, CreateSandbox):
             self.table.sandbox_id = req.sandbox_id
             if req.hostname:
-                socket.sethostname(req.hostname)
+                _socket.sethostname(req.hostname)
             if req.hostname or req.dns is not None:
                 from vmsandbox.guest.etcfiles import write_sandbox_files
 
@@ -209,7 +210,7 @@ class Agent:
             return list_path(self.table, req)
         raise VMSandboxError(f"request {req.op!r} is not valid here", step="request")
 
-    def _stream(self, conn: socket.socket, req: Exec | ReadPath | WritePath) -> None:
+    def _stream(self, conn: _socket.socket, req: Exec | ReadPath | WritePath) -> None:
         """Exec and file transfers, imported on first use: they are not on the start path."""
         if isinstance(req, Exec):
             from vmsandbox.guest.exec import ExecSession
@@ -222,7 +223,7 @@ class Agent:
 
     # -- attach -------------------------------------------------------------------------
 
-    def _attach(self, conn: socket.socket, req: Attach) -> None:
+    def _attach(self, conn: _socket.socket, req: Attach) -> None:
         try:
             container = self.table.get(req.container_id)
         except VMSandboxError as exc:
@@ -245,7 +246,7 @@ class Agent:
                 send_frame(conn, Exited(exit_code=code))
                 return
 
-    def _attach_input(self, conn: socket.socket, container: Container) -> None:
+    def _attach_input(self, conn: _socket.socket, container: Container) -> None:
         try:
             while True:
                 body = recv_frame_bytes(conn)

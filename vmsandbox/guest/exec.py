@@ -39,7 +39,7 @@ from vmsandbox.guest.wire import ProtocolError
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
 
 
 #: After the process exits, how long output pipes may stay idle (held open by a background
@@ -107,7 +107,7 @@ class _Pump:
 class ExecSession:
     """One exec request, from the runtime's start to the exit status."""
 
-    def __init__(self, table: ContainerTable, conn: socket.socket, req: Exec) -> None:
+    def __init__(self, table: ContainerTable, conn: _socket.socket, req: Exec) -> None:
         self.table = table
         self.conn = conn
         self.req = req

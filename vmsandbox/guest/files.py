@@ -40,7 +40,7 @@ from vmsandbox.guest.wire import ProtocolError
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
 
 MAX_SYMLINKS = 40
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -248,7 +248,7 @@ def _tar_dir(dir_fd: int, prefix: str, tar: tarfile.TarFile) -> None:
         # Devices, fifos and sockets are not copied.
 
 
-def _read(table: ContainerTable, conn: socket.socket, req: ReadPath) -> None:
+def _read(table: ContainerTable, conn: _socket.socket, req: ReadPath) -> None:
     fd, st = _open_in_container(table, req.container_id, req.path)
     writer = streams.ChunkWriter(conn, streams.FILE_CHUNK)
     try:
@@ -274,7 +274,7 @@ def _read(table: ContainerTable, conn: socket.socket, req: ReadPath) -> None:
 class _ChunkReader:
     """A read-only file object over the host's stdin chunks, ending at its close chunk."""
 
-    def __init__(self, conn: socket.socket) -> None:
+    def __init__(self, conn: _socket.socket) -> None:
         self.conn = conn
         self.buffer = b""
         self.done = False
@@ -404,7 +404,7 @@ def _unpack(root_fd: int, dest: str, reader: _ChunkReader) -> None:
                     raise PathError(f"archive member {member.name!r}: only files, directories and symlinks")
 
 
-def _write(table: ContainerTable, conn: socket.socket, req: WritePath) -> None:
+def _write(table: ContainerTable, conn: _socket.socket, req: WritePath) -> None:
     root = open_root(table, req.container_id)
     try:
         send_frame(conn, Streaming(kind="write"))
@@ -439,7 +439,7 @@ def _failure(path: str, exc: BaseException) -> Failure:
     return Failure(step="tar", detail=f"{path}: {exc}")
 
 
-def serve_stream(table: ContainerTable, conn: socket.socket, req: ReadPath | WritePath) -> None:
+def serve_stream(table: ContainerTable, conn: _socket.socket, req: ReadPath | WritePath) -> None:
     """Serve a read or write request on its connection; refusals are a :class:`Failure` reply."""
     try:
         if isinstance(req, ReadPath):

@@ -17,12 +17,12 @@ This module is stdlib-only: it runs inside the guest, where the agent imports it
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import errno
 import os
 import queue
 import select
-import socket
 import struct
 import threading
 import time
@@ -143,7 +143,7 @@ class Line:
 class _Channel:
     """One virtual connection: a local stream socket pumped to and from the line."""
 
-    def __init__(self, session: MuxSession, channel_id: int, local: socket.socket) -> None:
+    def __init__(self, session: MuxSession, channel_id: int, local: _socket.socket) -> None:
         self.session = session
         self.id = channel_id
         self.local = local
@@ -200,7 +200,7 @@ class _Channel:
                     return
                 try:
                     if item is None:
-                        self.local.shutdown(socket.SHUT_WR)
+                        self.local.shutdown(_socket.SHUT_WR)
                         self._finished(got_eof=True)
                         return
                     self.local.sendall(item)
@@ -230,7 +230,7 @@ class _Channel:
         if notify_peer:
             self.session.send(CLOSE, self.id)
         with contextlib.suppress(OSError):
-            self.local.shutdown(socket.SHUT_RDWR)
+            self.local.shutdown(_socket.SHUT_RDWR)
         self.inbound.put(None)
 
     def _thread_done(self) -> None:
@@ -253,7 +253,7 @@ class MuxSession:
         self,
         line: Line,
         *,
-        on_open: Callable[[socket.socket], bool] | None = None,
+        on_open: Callable[[_socket.socket], bool] | None = None,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.line = line
@@ -279,7 +279,7 @@ class MuxSession:
             except OSError as exc:
                 log.debug("mux: line write failed: %s", exc)
 
-    def open_channel(self, local: socket.socket) -> int:
+    def open_channel(self, local: _socket.socket) -> int:
         """Carry ``local`` to the peer as a new channel (host side)."""
         with self._lock:
             if self.closed:
@@ -347,7 +347,7 @@ class MuxSession:
         if self.on_open is None:
             self.send(CLOSE, channel_id)
             return
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         with self._lock:
             stale = self.channels.pop(channel_id, None)
             chan = _Channel(self, channel_id, mine)
@@ -387,13 +387,13 @@ class SerialListener(Listener):
     def __init__(self, fd: int, *, name: str = "serial") -> None:
         self.name = name
         self._line = Line(fd)
-        self._pending: queue.Queue[socket.socket | None] = queue.Queue()
+        self._pending: queue.Queue[_socket.socket | None] = queue.Queue()
         self._closed = threading.Event()
         self.session = MuxSession(self._line, on_open=self._queue_channel)
         self._reader = threading.Thread(target=self._read_loop, name="mux-line", daemon=True)
         self._reader.start()
 
-    def _queue_channel(self, sock: socket.socket) -> bool:
+    def _queue_channel(self, sock: _socket.socket) -> bool:
         if self._closed.is_set() or self._pending.qsize() >= self.BACKLOG:
             return False
         self._pending.put(sock)
@@ -419,7 +419,7 @@ class SerialListener(Listener):
             connected = True
             self.session.feed(data)
 
-    def accept(self) -> socket.socket:
+    def accept(self) -> _socket.socket:
         """Block until the host opens a channel; raises :class:`MuxClosed` once closed."""
         if self._closed.is_set():
             raise MuxClosed(f"listener on {self.name} is closed")

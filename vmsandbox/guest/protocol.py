@@ -14,11 +14,11 @@ definition of these messages anywhere.
 
 from __future__ import annotations
 
-import base64
-import json
-import socket
+import _socket
+import binascii
 import struct
 
+from vmsandbox.guest import jsontext
 from vmsandbox.guest.wire import (
     BOOL,
     MAC,
@@ -48,6 +48,12 @@ PROTOCOL_VERSION = 1
 #: Frames larger than this are refused: a config.json or an output chunk is far smaller.
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
+
+
+def _b64encode(raw: bytes) -> str:
+    """Base64 through ``binascii``: the ``base64`` module imports ``re`` on the agent's start path."""
+    return binascii.b2a_base64(raw, newline=False).decode("ascii")
+
 
 CONTAINER_STATUSES = ("created", "running", "stopped")
 #: :class:`Failure` step of refusals caused by the container's status (start twice, signal a dead one).
@@ -334,10 +340,10 @@ class StdinData(Message):
 
     @classmethod
     def of(cls, raw: bytes) -> StdinData:
-        return cls(data=base64.b64encode(raw).decode())
+        return cls(data=_b64encode(raw))
 
     def raw(self) -> bytes:
-        return base64.b64decode(self.data)
+        return binascii.a2b_base64(self.data)
 
 
 class StdinClose(Message):
@@ -431,10 +437,10 @@ class Output(Message):
 
     @classmethod
     def of(cls, stream: Literal["stdout", "stderr"], raw: bytes, offset: int) -> Output:
-        return cls(stream=stream, data=base64.b64encode(raw).decode(), offset=offset)
+        return cls(stream=stream, data=_b64encode(raw), offset=offset)
 
     def raw(self) -> bytes:
-        return base64.b64decode(self.data)
+        return binascii.a2b_base64(self.data)
 
 
 class Exited(Message):
@@ -548,7 +554,7 @@ ATTACH_INPUT = Variants("op", StdinData, StdinClose, Resize)
 # ---- framing -----------------------------------------------------------------------------
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def _recv_exact(sock: _socket.socket, n: int) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
@@ -560,7 +566,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def send_frame(sock: socket.socket, message: Message) -> None:
+def send_frame(sock: _socket.socket, message: Message) -> None:
     """Write one frame holding ``message`` as JSON."""
     body = message.to_json().encode()
     if len(body) > MAX_FRAME:
@@ -568,7 +574,7 @@ def send_frame(sock: socket.socket, message: Message) -> None:
     sock.sendall(_HEADER.pack(len(body)) + body)
 
 
-def recv_frame_bytes(sock: socket.socket) -> bytes | None:
+def recv_frame_bytes(sock: _socket.socket) -> bytes | None:
     """The next frame's JSON body, or None when the peer closed the connection cleanly."""
     header = _recv_exact(sock, _HEADER.size)
     if header is None:
@@ -585,13 +591,13 @@ def recv_frame_bytes(sock: socket.socket) -> bytes | None:
 def decode(variants: Variants, body: bytes) -> Any:
     """Parse a frame body as one of ``variants``, turning any mismatch into a :class:`ProtocolError`."""
     try:
-        return variants.parse(json.loads(body))
+        return variants.parse(jsontext.loads(body))
     except (ValueError, ProtocolError) as exc:
         preview = body[:200].decode(errors="replace")
         raise ProtocolError(f"malformed frame {preview!r}: {exc}") from exc
 
 
-def recv_reply(sock: socket.socket) -> Reply:
+def recv_reply(sock: _socket.socket) -> Reply:
     body = recv_frame_bytes(sock)
     if body is None:
         raise ProtocolError("the guest agent closed the connection without replying")

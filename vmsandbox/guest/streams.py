@@ -13,12 +13,12 @@ fast as it can deliver, so neither side buffers more than one chunk per stream.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import fcntl
 import json
 import os
 import select
-import socket
 import struct
 import threading
 
@@ -53,10 +53,24 @@ _HEADER = struct.Struct(">IB")
 F_SETPIPE_SZ = 1031
 
 
+def _sendfile(out_fd: int, file: BinaryIO, offset: int, size: int) -> int:
+    """``size`` bytes of ``file`` from ``offset`` to the blocking socket ``out_fd``, fewer at the
+    file's end; the file's position ends after them (``socket.sendfile`` does the same, but the
+    C socket type the agent hands out has no such method)."""
+    sent = 0
+    while sent < size:
+        n = os.sendfile(out_fd, file.fileno(), offset + sent, size - sent)
+        if n == 0:
+            break
+        sent += n
+    file.seek(offset + sent)
+    return sent
+
+
 class ChunkWriter:
     """Sends chunks on one socket from several threads (stdout and stderr pumps) without interleaving."""
 
-    def __init__(self, sock: socket.socket, chunk: int = CHUNK) -> None:
+    def __init__(self, sock: _socket.socket, chunk: int = CHUNK) -> None:
         self.sock = sock
         self.chunk = chunk
         self._lock = threading.Lock()
@@ -91,9 +105,9 @@ class ChunkWriter:
             return len(data)
         with self._lock:
             self.sock.sendall(_HEADER.pack(size, channel))
-            sent = self.sock.sendfile(file, offset, size)
+            sent = _sendfile(self.sock.fileno(), file, offset, size)
             if sent != size:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                self.sock.shutdown(_socket.SHUT_RDWR)
                 raise ProtocolError(f"the file shrank while it was sent ({sent} of {size} bytes)")
         return sent
 
@@ -110,7 +124,7 @@ class Splicer:
     then receives the payload itself.
     """
 
-    def __init__(self, sock: socket.socket, out_timeout: float | None = None) -> None:
+    def __init__(self, sock: _socket.socket, out_timeout: float | None = None) -> None:
         self.sock = sock
         self.out_timeout = out_timeout
         self.pipe: tuple[int, int] | None = None
@@ -161,7 +175,7 @@ def _drain_pipe(rd: int, fd: int, count: int, timeout: float | None) -> None:
                 raise TimeoutError("the receiver took no data in time") from None
 
 
-def recv_exact_into(sock: socket.socket, view: memoryview) -> bool:
+def recv_exact_into(sock: _socket.socket, view: memoryview) -> bool:
     """Fill ``view`` from ``sock``; False at a clean end of stream before the first byte."""
     n = len(view)
     got = 0
@@ -175,13 +189,13 @@ def recv_exact_into(sock: socket.socket, view: memoryview) -> bool:
     return True
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def _recv_exact(sock: _socket.socket, n: int) -> bytes | None:
     """Exactly ``n`` bytes, received in place; None at a clean end of stream before the first."""
     buf = bytearray(n)
     return bytes(buf) if recv_exact_into(sock, memoryview(buf)) else None
 
 
-def recv_header(sock: socket.socket) -> tuple[int, int] | None:
+def recv_header(sock: _socket.socket) -> tuple[int, int] | None:
     """The next chunk's ``(length, channel)``, its payload left on the socket; None at a clean end."""
     header = _recv_exact(sock, _HEADER.size)
     if header is None:
@@ -192,7 +206,7 @@ def recv_header(sock: socket.socket) -> tuple[int, int] | None:
     return length, channel
 
 
-def recv_chunk(sock: socket.socket) -> tuple[int, bytes] | None:
+def recv_chunk(sock: _socket.socket) -> tuple[int, bytes] | None:
     """The next ``(channel, payload)``, or None when the peer closed the connection cleanly."""
     header = recv_header(sock)
     if header is None:

@@ -1,14 +1,15 @@
 """Where the guest agent listens: one interface over unix sockets, vsock and virtio-serial.
 
 Every listener hands out plain stream sockets from ``accept()``, so the agent's request loop
-never knows which transport carried the connection.
+never knows which transport carried the connection. They are the C socket type (``_socket``):
+the ``socket`` module wraps it in enums and selectors the agent's start path has no time for.
 """
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
-import socket
 
 from vmsandbox.errors import VMSandboxError
 
@@ -24,7 +25,7 @@ class TransportError(VMSandboxError):
 class Listener:
     """Hands out connected stream sockets (a plain base class: the agent's start path skips typing)."""
 
-    def accept(self) -> socket.socket:
+    def accept(self) -> _socket.socket:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -34,13 +35,13 @@ class Listener:
 class SocketListener(Listener):
     """A listening unix or vsock socket."""
 
-    def __init__(self, sock: socket.socket, cleanup: str | None = None) -> None:
+    def __init__(self, sock: _socket.socket, cleanup: str | None = None) -> None:
         self._sock = sock
         self._cleanup = cleanup
 
-    def accept(self) -> socket.socket:
-        conn, _ = self._sock.accept()
-        return conn
+    def accept(self) -> _socket.socket:
+        fd, _ = self._sock._accept()  # type: ignore[attr-defined]  # what socket.socket.accept() wraps
+        return _socket.socket(fileno=fd)
 
     def close(self) -> None:
         self._sock.close()
@@ -54,7 +55,7 @@ def _unlink(path: str) -> None:
 
 
 def listen_unix(path: str) -> SocketListener:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         _unlink(path)
         sock.bind(path)
@@ -67,12 +68,12 @@ def listen_unix(path: str) -> SocketListener:
 
 
 def listen_vsock(port: int) -> SocketListener:
-    family = getattr(socket, "AF_VSOCK", None)
+    family = getattr(_socket, "AF_VSOCK", None)
     if family is None:
         raise TransportError("this Python has no AF_VSOCK support")
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        sock.bind((socket.VMADDR_CID_ANY, port))
+        sock.bind((_socket.VMADDR_CID_ANY, port))
         sock.listen(64)
     except OSError as exc:
         sock.close()

@@ -10,11 +10,11 @@ message and the field.
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket
 from collections.abc import Callable
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest import jsontext
 
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
@@ -114,9 +114,9 @@ def address(family: str) -> Check:
     Parsed by the C library (``inet_pton``), which costs the agent's start path no import.
     """
     families = {
-        "ipv4": (socket.AF_INET,),
-        "ipv6": (socket.AF_INET6,),
-        "ip": (socket.AF_INET, socket.AF_INET6),
+        "ipv4": (_socket.AF_INET,),
+        "ipv6": (_socket.AF_INET6,),
+        "ip": (_socket.AF_INET, _socket.AF_INET6),
     }
     wanted = families[family]
     expected = {"ipv4": "an IPv4 address", "ipv6": "an IPv6 address", "ip": "an IP address"}[family]
@@ -125,7 +125,7 @@ def address(family: str) -> Check:
         if isinstance(value, str):
             for af in wanted:
                 try:
-                    return socket.inet_ntop(af, socket.inet_pton(af, value))
+                    return _socket.inet_ntop(af, _socket.inet_pton(af, value))
                 except OSError:
                     continue
         raise _fail(where, expected, value)
@@ -200,7 +200,7 @@ class Message:
         return wire
 
     def to_json(self) -> str:
-        return json.dumps(self.to_wire(), separators=(",", ":"))
+        return jsontext.dumps(self.to_wire())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Message) and type(other) is type(self) and self.to_wire() == other.to_wire()

@@ -7,6 +7,7 @@ here blocks; callers that serve many streams run each in its own thread.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import io
 import json
@@ -225,7 +226,7 @@ class ReadStream:
             raise AgentError(f"read stream: {exc}", step="guest agent") from exc
 
 
-def _payload(sock: socket.socket, length: int) -> bytes:
+def _payload(sock: _socket.socket, length: int) -> bytes:
     buf = bytearray(length)
     if length and not streams.recv_exact_into(sock, memoryview(buf)):
         raise ProtocolError("connection closed after a chunk header")
@@ -300,7 +301,7 @@ def _send_data(writer: streams.ChunkWriter, data: WriteData) -> None:
                 writer.send(streams.STDIN, piece)
 
 
-def _send_spliced(sock: socket.socket, splicer: streams.Splicer, length: int) -> None:
+def _send_spliced(sock: _socket.socket, splicer: streams.Splicer, length: int) -> None:
     """One stdin chunk whose ``length`` payload bytes are still on ``splicer``'s socket: moved
     from there to ``sock`` without entering this process (received and sent where the kernel
     refuses to splice)."""
