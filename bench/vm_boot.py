@@ -37,61 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import baseline_tree, describe, load, measure, tree_env, use_tree
 
 TREE = use_tree()
-from vmsandbox.hypervisor.base import VMSpec  # noqa: E402
+from guestboot import READY_TIMEOUT, console_until_ready, driver_settings  # noqa: E402
+
 from vmsandbox.hypervisor.config import HypervisorConfig  # noqa: E402
-from vmsandbox.hypervisor.qemu.driver import READY_MARKER, VMPaths, qemu_argv  # noqa: E402
 from vmsandbox.hypervisor.qemu.probe import choose_accel  # noqa: E402
 
-READY_TIMEOUT = 300.0
 BUSYBOX = Path(os.environ.get("VMSANDBOX_TEST_BUSYBOX", "/bin/busybox"))
 IMAGE_FILES = ("vmlinuz", "initramfs.img", "rootfs.img")
 
 
-def driver_settings() -> HypervisorConfig:
-    """The drivers' settings; the tree under measurement may predate ``HypervisorConfig.load``."""
-    load = getattr(HypervisorConfig, "load", None) or getattr(HypervisorConfig, "from_env")  # noqa: B009
-    config: HypervisorConfig = load()
-    return config
-
-
 def bare_boot(config: HypervisorConfig, image: Path, work: Path, n: int) -> float:
     """Exec the driver's QEMU command line; seconds until the agent's ready line."""
-    state = work / f"a{n}"
-    state.mkdir()
-    paths = VMPaths(state_dir=state)
-    spec = VMSpec(
-        vm_id=f"bench-a{n}",
-        state_dir=state,
-        kernel=image / "vmlinuz",
-        initramfs=image / "initramfs.img",
-        root_disk=image / "rootfs.img",
-    )
-    try:
-        from vmsandbox.hypervisor.qemu.firmware import firmware_for
-    except ImportError:  # a tree from before the firmware setting boots QEMU's default one
-        firmware = []
-    else:
-        firmware = [firmware_for(config.qemu_firmware)]
-    argv = qemu_argv(config.qemu_binary, spec, choose_accel(config, image / "vmlinuz"), paths, *firmware)
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        while True:
-            if paths.console.exists() and READY_MARKER in paths.console.read_bytes():
-                return time.monotonic() - started
-            if proc.poll() is not None:
-                raise SystemExit(
-                    f"bare QEMU exited with {proc.returncode}: {paths.console.read_text()[-800:]}"
-                )
-            if time.monotonic() - started > READY_TIMEOUT:
-                raise SystemExit("bare QEMU: no ready line within the timeout")
-            time.sleep(0.01)
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(state, ignore_errors=True)
+    return console_until_ready(config, image, work / f"a{n}")[-1][0]
 
 
 def make_bundle(work: Path) -> Path:
