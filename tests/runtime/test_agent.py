@@ -99,6 +99,7 @@ def test_unix_listener_serves_streams(tmp_path: Path) -> None:
         server = listener.accept()
         with client, contextlib.closing(server):  # the agent's C socket type is no context manager
             assert server.type == socket.SOCK_STREAM
+            assert not os.get_inheritable(server.fileno())  # never leaked into runc and containers
             client.sendall(b"x")
             assert server.recv(1) == b"x"
     finally:
