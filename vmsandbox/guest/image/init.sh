@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# /init of the vmsandbox guest initramfs (PID 1 until it execs the guest agent).
+# /init of the vmsandbox guest initramfs (PID 1 until switch_root).
 #
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
 # by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
@@ -229,19 +229,14 @@ enable_cgroup_controllers() {
         say "warning: could not enable cgroup controllers:$controllers"
 }
 
-# The agent replaces this shell as PID 1, chrooted into the new root (/proc is there now): a
-# supervising shell there would cost the boot its own start (its binary is read and run afresh
-# from the root disk). chroot, not switch_root: under QEMU/TCG the agent took 0.2-0.35 s longer
-# from exec to ready after switch_root (median of 5 boots each way), and emptying the initramfs
-# would only free its ~3 MiB. The new root is still a mount of its own with a parent, as after
-# switch_root, so runc's pivot_root into a container's root works the same, and containers never
-# see the initramfs.
+# The agent replaces this shell as PID 1 of the new root (/proc is there now): a supervising shell there would cost
+# the boot its own start (its binary is read and run afresh from the root disk).
 start_agent() {
     echo vmsandbox >"$NEWROOT/proc/sys/kernel/hostname"
     export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
     stamp "$NEWROOT"
     say "stage=agent uptime=$UPTIME"
-    exec chroot "$NEWROOT" "$PYTHON" -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" \
+    exec switch_root "$NEWROOT" "$PYTHON" -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" \
         --state-dir "$AGENT_STATE_DIR" --init-uptime "$INIT_UPTIME"
 }
 
@@ -263,4 +258,4 @@ say "stage=rootfs device=$ROOT_DEV uptime=$UPTIME"
 prepare_new_root
 enable_cgroup_controllers
 start_agent
-die "cannot start the guest agent"
+die "switch_root failed"
