@@ -83,12 +83,13 @@ _STAMP = re.compile(r"vmsandbox-init: (?:stage=(\w+)|probe (\w+)).*uptime=([\d.]
 
 def probe_initramfs(image: Path, out: Path, preread: bool) -> Path:
     """The image's initramfs followed by an archive holding the probing ``/init``."""
-    script = init_script().decode()
+    ours = init_script()
+    script = ours.decode()
     if "\nstart_agent\n" not in script:
         raise SystemExit("this tree's init script has no start_agent step to probe before")
-    with gzip.open(image / "initramfs.img") as packed:
-        if init_script() not in packed.read():
-            raise SystemExit(f"{image} was not built from this tree's init script; rebuild it")
+    packed = (image / "initramfs.img").read_bytes()
+    if ours not in gzip.decompress(packed):
+        raise SystemExit(f"{image} was not built from this tree's init script; rebuild it")
     probe = (
         PROBE.replace("@PREREAD@", "1" if preread else "0")
         .replace("@FILES@", PREREAD)
@@ -97,7 +98,7 @@ def probe_initramfs(image: Path, out: Path, preread: bool) -> Path:
     probed = script.replace("\nstart_agent\n", f"\n{probe}\nstart_agent\n")
     archive = io.BytesIO()
     cpio.write_newc(archive, [cpio.regular("init", probed.encode(), 0o755)])
-    out.write_bytes((image / "initramfs.img").read_bytes() + gzip.compress(archive.getvalue(), mtime=0))
+    out.write_bytes(packed + gzip.compress(archive.getvalue(), mtime=0))
     return out
 
 
@@ -145,7 +146,7 @@ def host_reference(runs: int) -> dict[str, list[float]]:
     return out
 
 
-def _row(name: str, values: list[float]) -> str:
+def _row(values: list[float]) -> str:
     if not values:
         return f"{'—':>8} {'':>13}"
     return f"{statistics.median(values):8.0f} p90 {percentile(values, 90):7.0f}"
@@ -155,8 +156,8 @@ def print_report(results: dict[str, list[dict[str, float]]], host: dict[str, lis
     names = list(results["preread"][0])
     print(f"{'ms':40} {'cold':>22} {'preread':>22} {'host':>22}")
     for name in names:
-        cells = [_row(name, [run[name] for run in results[v] if name in run]) for v in VARIANTS]
-        print(f"{name:40} {cells[0]:>22} {cells[1]:>22} {_row(name, host.get(name, [])):>22}")
+        cells = [_row([run[name] for run in results[v] if name in run]) for v in VARIANTS]
+        print(f"{name:40} {cells[0]:>22} {cells[1]:>22} {_row(host.get(name, [])):>22}")
     for name, values in host.items():
         guest = [run[name] for v in VARIANTS for run in results[v]]
         print(f"guest / host, {name}: {statistics.median(guest) / statistics.median(values):.0f}x")

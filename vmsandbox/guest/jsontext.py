@@ -55,11 +55,17 @@ def loads(text: bytes | str) -> Any:
     """The one JSON value in ``text`` (UTF-8 when bytes); :class:`JSONTextError` (a ValueError) if none."""
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    start = len(text) - len(text.lstrip(_WHITESPACE))
     try:
-        value, end = _scan(text, start)
+        value, end = _scan(text, _skip_whitespace(text, 0))
     except StopIteration as stop:
         raise JSONTextError(f"Expecting value at char {stop.value}") from None
-    if text[end:].strip(_WHITESPACE):
+    if _skip_whitespace(text, end) != len(text):
         raise JSONTextError(f"Extra data at char {end}")
     return value
+
+
+def _skip_whitespace(text: str, at: int) -> int:
+    """The index of the first non-whitespace character from ``at``, without copying the frame."""
+    while at < len(text) and text[at] in _WHITESPACE:
+        at += 1
+    return at
