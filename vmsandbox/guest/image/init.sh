@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# /init of the vmsandbox guest initramfs (PID 1 until switch_root).
+# /init of the vmsandbox guest initramfs (PID 1 until it execs the agent in the new root).
 #
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules, finds the root disk
 # by its virtio serial, mounts it read-only under a tmpfs-backed overlay, prepares the kernel
@@ -230,13 +230,19 @@ enable_cgroup_controllers() {
 }
 
 # The agent replaces this shell as PID 1 of the new root (/proc is there now): a supervising shell there would cost
-# the boot its own start (its binary is read and run afresh from the root disk).
+# the boot its own start (its binary is read and run afresh from the root disk). The new root
+# is moved onto / before the chroot, as switch_root does, so that / of the mount namespace is the
+# new root: runc's exec enters a container's mount namespace at that namespace's /. Unlike
+# switch_root it leaves the initramfs's files (3.2 MiB of RAM, hidden under the new root) in
+# place: deleting them first cost the agent's start 0.4-0.6 s under TCG (bench/guest_start.py).
 start_agent() {
     echo vmsandbox >"$NEWROOT/proc/sys/kernel/hostname"
     export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
     stamp "$NEWROOT"
     say "stage=agent uptime=$UPTIME"
-    exec switch_root "$NEWROOT" "$PYTHON" -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" \
+    cd "$NEWROOT" || die "cannot enter $NEWROOT"
+    mount --move . / || die "cannot move the new root onto /"
+    exec chroot . "$PYTHON" -I -S -u -c "$AGENT_MAIN" serve --listen "$LISTEN" \
         --state-dir "$AGENT_STATE_DIR" --init-uptime "$INIT_UPTIME"
 }
 
@@ -258,4 +264,4 @@ say "stage=rootfs device=$ROOT_DEV uptime=$UPTIME"
 prepare_new_root
 enable_cgroup_controllers
 start_agent
-die "switch_root failed"
+die "cannot start the guest agent"
