@@ -63,19 +63,51 @@ KEPT_OFF_THE_START_PATH = (
 )
 
 
-def test_guest_start_path_imports_only_the_standard_library() -> None:
-    """Run as the guest runs it (isolated, no site packages): no pydantic, not even typing."""
+#: What the first container's create loads on top of the start path (the agent's preload, the
+#: sandbox's files and identity): ``subprocess`` brings ``re`` and ``enum`` back, but the JSON
+#: codec and the socket wrapper each cost the first create a visible share under emulation.
+CREATE_PATH = (
+    "vmsandbox.guest.containers",
+    "vmsandbox.guest.disks",
+    "vmsandbox.guest.etcfiles",
+    "vmsandbox.guest.identity",
+)
+KEPT_OFF_THE_CREATE_PATH = (
+    "pydantic",
+    "typing",
+    "dataclasses",
+    "logging",
+    "pathlib",
+    "argparse",
+    "socket",
+    "json",
+    "base64",
+)
+
+
+def _imported(modules: tuple[str, ...], watched: tuple[str, ...]) -> str:
+    """Which of ``watched`` importing ``modules`` loads, run as the guest runs (isolated, no site)."""
     probe = (
         f"import sys; sys.path.insert(0, {str(PACKAGE_PARENT)!r}); "
-        + "; ".join(f"import {module}" for module in START_PATH)
-        + "; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
-        f"{KEPT_OFF_THE_START_PATH!r})))"
+        + "; ".join(f"import {module}" for module in modules)
+        + f"; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {watched!r})))"
     )
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "", f"the guest start path imported {result.stdout.strip()}"
+    return result.stdout.strip()
+
+
+def test_guest_start_path_imports_only_the_standard_library() -> None:
+    """No pydantic, not even typing, before the agent serves its first request."""
+    imported = _imported(START_PATH, KEPT_OFF_THE_START_PATH)
+    assert imported == "", f"the guest start path imported {imported}"
+
+
+def test_first_create_keeps_json_and_socket_off() -> None:
+    imported = _imported(START_PATH + CREATE_PATH, KEPT_OFF_THE_CREATE_PATH)
+    assert imported == "", f"the first container's create imported {imported}"
 
 
 def _messages() -> list[type[Message]]:

@@ -7,17 +7,18 @@ host, which never sees guest pids.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest import jsontext
 from vmsandbox.guest.disks import PreparedRootfs, prepare_rootfs
 from vmsandbox.guest.ociruntime import OciRuntime, RuntimeSelector
 from vmsandbox.guest.protocol import WRONG_STATUS, ContainerInfo, CreateContainer
@@ -184,7 +185,7 @@ class _ConsoleReceiver:
 
         self.dir = tempfile.mkdtemp(prefix="vmsb-con-")
         self.path = os.path.join(self.dir, "sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(1)
         self.master: int | None = None
@@ -193,20 +194,40 @@ class _ConsoleReceiver:
         self.sock.settimeout(0.05)
         while self.master is None:
             try:
-                conn, _ = self.sock.accept()
+                fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # what socket.accept() wraps
             except TimeoutError:
                 if proc.poll() is not None:
                     return
                 continue
-            with conn:
+            conn = _socket.socket(fileno=fd)
+            try:
                 conn.settimeout(10)
-                _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
-                if fds:
-                    self.master = fds[0]
+                self.master = _receive_fd(conn)
+            finally:
+                conn.close()
 
     def close(self) -> None:
         self.sock.close()
         _remove_tree(self.dir)
+
+
+def _receive_fd(conn: _socket.socket) -> int | None:
+    """The first descriptor of one ``SCM_RIGHTS`` message on ``conn``; any others are closed.
+
+    What ``socket.recv_fds`` does, on the C socket type: the ``socket`` module's enums cost the
+    first create under emulation.
+    """
+    size = 4  # a C int, as SCM_RIGHTS carries descriptors
+    _, ancillary, _, _ = conn.recvmsg(4096, _socket.CMSG_LEN(4 * size))
+    fds = [
+        int.from_bytes(data[at : at + size], sys.byteorder, signed=True)
+        for level, kind, data in ancillary
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS
+        for at in range(0, len(data) - len(data) % size, size)
+    ]
+    for extra in fds[1:]:
+        _close_quietly(extra)
+    return fds[0] if fds else None
 
 
 class ContainerTable:
@@ -239,7 +260,7 @@ class ContainerTable:
 
     def create(self, req: CreateContainer) -> Container:
         cid = req.container_id
-        if not _ID.match(cid) or len(cid) > 255:
+        if not _ID.fullmatch(cid) or len(cid) > 255:
             raise ContainerError(f"invalid container id {cid!r}", step="create")
         with self._lock:
             if cid in self._containers or cid in self._creating:
@@ -258,7 +279,7 @@ class ContainerTable:
 
                 add_mounts(spec, self.sandbox_files)
             with open(os.path.join(bundle, "config.json"), "w", encoding="utf-8") as config:
-                config.write(json.dumps(spec))
+                config.write(jsontext.dumps(spec))
             self._run_create(container, bundle)
         except BaseException:
             self._discard(container)
@@ -273,7 +294,7 @@ class ContainerTable:
 
     @staticmethod
     def _guest_spec(spec: dict[str, Any], container: Container) -> dict[str, Any]:
-        guest = json.loads(json.dumps(spec))  # a deep copy of JSON data, without importing copy
+        guest = jsontext.loads(jsontext.dumps(spec))  # a deep copy of JSON data, without importing copy
         assert container.rootfs is not None
         root = guest.setdefault("root", {})
         root["path"] = os.path.abspath(container.rootfs.path)

@@ -13,12 +13,12 @@ rdump`` into a private directory instead of being mounted, so no loop device is 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest import jsontext
 from vmsandbox.guest.protocol import BlockDevice, HostPath
 
 #: True only for type checkers; importing typing would cost the first create under emulation.
@@ -41,7 +41,7 @@ def _read(path: str) -> str:
 
 def _emulated_image(serial: str, table: str) -> str | None:
     try:
-        mapping = json.loads(_read(table))
+        mapping = jsontext.loads(_read(table))
     except (OSError, ValueError) as exc:
         raise RootfsError(f"cannot read {DISKS_ENV}={table}: {exc}") from exc
     image = mapping.get(serial) if isinstance(mapping, dict) else None

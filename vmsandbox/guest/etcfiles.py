@@ -8,9 +8,9 @@ to the sandbox; a sandbox without a network gets a resolv.conf naming none.
 
 from __future__ import annotations
 
+import _socket
 import os
 import re
-import socket
 
 from vmsandbox.errors import VMSandboxError
 
@@ -24,9 +24,9 @@ _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
 
 def _address(value: str, what: str) -> str:
     """``value`` if it is an IPv4 or IPv6 address (checked by the C library: no import on boot)."""
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in (_socket.AF_INET, _socket.AF_INET6):
         try:
-            socket.inet_pton(family, value)
+            _socket.inet_pton(family, value)
             return value
         except OSError:
             continue
@@ -69,7 +69,7 @@ def write_sandbox_files(
             directory, "resolv.conf", "".join(f"nameserver {s}\n" for s in servers)
         )
     if hostname:
-        if not _HOSTNAME.match(hostname):
+        if not _HOSTNAME.fullmatch(hostname):
             raise EtcFilesError(f"hostname {hostname!r} is not a valid host name")
         own = _address(ip, "address") if ip else "127.0.1.1"
         files["/etc/hostname"] = _write_in(directory, "hostname", f"{hostname}\n")
