@@ -22,6 +22,7 @@ from vmsandbox.guest import jsontext
 from vmsandbox.guest.disks import PreparedRootfs, prepare_rootfs
 from vmsandbox.guest.ociruntime import OciRuntime, RuntimeSelector
 from vmsandbox.guest.protocol import WRONG_STATUS, ContainerInfo, CreateContainer
+from vmsandbox.guest.transport import SocketListener
 
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
@@ -38,6 +39,9 @@ KEEP_OUTPUT = 8 * 1024 * 1024
 CGROUP_PARENT_ENV = "VMSANDBOX_GUEST_CGROUP_PARENT"
 #: After the init exits, how long to wait for stray writers to close stdout/stderr.
 EOF_GRACE = 1.0
+#: Descriptors one console-socket message may bring: the first is the pty, the rest are closed
+#: (the kernel closes any beyond this room itself).
+RECEIVED_FDS_ROOM = 4
 
 
 class ContainerError(VMSandboxError):
@@ -185,21 +189,21 @@ class _ConsoleReceiver:
 
         self.dir = tempfile.mkdtemp(prefix="vmsb-con-")
         self.path = os.path.join(self.dir, "sock")
-        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.sock.listen(1)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.listener = SocketListener(sock)
+        sock.bind(self.path)
+        sock.listen(1)
+        sock.settimeout(0.05)  # accept() wakes to notice a runtime that exited without connecting
         self.master: int | None = None
 
     def receive(self, proc: subprocess.Popen[bytes]) -> None:
-        self.sock.settimeout(0.05)
         while self.master is None:
             try:
-                fd, _ = self.sock._accept()  # type: ignore[attr-defined]  # what socket.accept() wraps
+                conn = self.listener.accept()
             except TimeoutError:
                 if proc.poll() is not None:
                     return
                 continue
-            conn = _socket.socket(fileno=fd)
             try:
                 conn.settimeout(10)
                 self.master = _receive_fd(conn)
@@ -207,7 +211,7 @@ class _ConsoleReceiver:
                 conn.close()
 
     def close(self) -> None:
-        self.sock.close()
+        self.listener.close()
         _remove_tree(self.dir)
 
 
@@ -218,7 +222,7 @@ def _receive_fd(conn: _socket.socket) -> int | None:
     first create under emulation.
     """
     size = 4  # a C int, as SCM_RIGHTS carries descriptors
-    _, ancillary, _, _ = conn.recvmsg(4096, _socket.CMSG_LEN(4 * size))
+    _, ancillary, _, _ = conn.recvmsg(4096, _socket.CMSG_LEN(RECEIVED_FDS_ROOM * size))
     fds = [
         int.from_bytes(data[at : at + size], sys.byteorder, signed=True)
         for level, kind, data in ancillary
