@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
@@ -85,6 +84,8 @@ def split_list(raw: str) -> list[str]:
 
 
 def _from_file(model: type[BaseModel], path: Path, error: type[ConfigError]) -> dict[str, Any]:
+    import yaml  # only with a settings file: every runtime CLI call and agent start loads this module
+
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:

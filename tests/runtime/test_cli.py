@@ -146,3 +146,16 @@ def test_warm_pool_from_the_cli_is_drained(
     assert cli(root, "drain-pool").returncode == 0
     assert processes_mentioning(str(root)) == []
     assert not (root / ".vms" / ".pool").exists()
+
+
+def test_the_cli_loads_no_yaml_parser_without_a_settings_file() -> None:
+    """Every shim call starts this CLI: the YAML parser is loaded only to read ``--config``."""
+    probe = (
+        "import sys; from vmsandbox.runtime.cli import _parser, run; from vmsandbox.hypervisor import "
+        "HypervisorConfig; HypervisorConfig.load(None); print('yaml' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
