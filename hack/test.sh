@@ -12,4 +12,8 @@ export VMSANDBOX_REQUIRE_KUBE=1 VMSANDBOX_REQUIRE_VM=1 VMSANDBOX_REQUIRE_TOOLS=1
 export VMSANDBOX_GUEST_IMAGE_DIR="${VMSANDBOX_GUEST_IMAGE_DIR:-$HOME/.cache/vmsandbox/guest-image}"
 echo "== ruff"; ruff check . && ruff format --check .
 echo "== mypy"; mypy
+# The tests start thousands of interpreters (runtime CLIs, agents, relays). Where the
+# environment says PYTHONDONTWRITEBYTECODE, each would compile the package from source again:
+# give them its bytecode up front, as an installed package has it (about 40 ms per runtime CLI).
+echo "== bytecode"; python -m compileall -q vmsandbox
 echo "== pytest"; pytest --durations=30 "$@"
