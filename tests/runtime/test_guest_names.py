@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmsandbox.guest import containers
+from vmsandbox.guest import containers, names
 from vmsandbox.guest.containers import ContainerError, ContainerTable
 from vmsandbox.guest.etcfiles import EtcFilesError, write_sandbox_files
 from vmsandbox.guest.ociruntime import RuntimeSelector
@@ -78,3 +78,25 @@ def test_console_receiver_reports_a_message_without_descriptors() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "container_id", "hostname"),
+    [
+        ("a", True, True),
+        ("web-1.example", True, True),
+        ("a_b", True, False),
+        ("x" * 63, True, True),
+        ("x" * 64, True, False),
+        ("x" * 255, True, False),
+        ("x" * 256, False, False),
+        ("web.", True, False),
+        (".web", False, False),
+        ("wéb", False, False),
+        ("web\n", False, False),
+        ("", False, False),
+    ],
+)
+def test_names_follow_the_documented_rules(name: str, container_id: bool, hostname: bool) -> None:
+    assert names.valid_container_id(name) is container_id
+    assert names.valid_hostname(name) is hostname

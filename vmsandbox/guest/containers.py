@@ -7,19 +7,18 @@ host, which never sees guest pids.
 
 from __future__ import annotations
 
+import _signal
 import _socket
 import contextlib
 import os
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.guest import jsontext
+from vmsandbox.guest import jsontext, spawn
 from vmsandbox.guest.disks import PreparedRootfs, prepare_rootfs
+from vmsandbox.guest.names import valid_container_id
 from vmsandbox.guest.ociruntime import OciRuntime, RuntimeSelector
 from vmsandbox.guest.protocol import WRONG_STATUS, ContainerInfo, CreateContainer
 from vmsandbox.guest.transport import SocketListener
@@ -27,12 +26,12 @@ from vmsandbox.guest.transport import SocketListener
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from subprocess import Popen
     from typing import Any, Literal
 
     from vmsandbox.guest.protocol import ContainerStatus
 
 
-_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 #: Output kept in memory per container for late attachers; older bytes are dropped first.
 KEEP_OUTPUT = 8 * 1024 * 1024
 #: Set when the agent shares the host's cgroup hierarchies (the process backend).
@@ -196,7 +195,7 @@ class _ConsoleReceiver:
         sock.settimeout(0.05)  # accept() wakes to notice a runtime that exited without connecting
         self.master: int | None = None
 
-    def receive(self, proc: subprocess.Popen[bytes]) -> None:
+    def receive(self, proc: spawn.Child | Popen[bytes]) -> None:
         while self.master is None:
             try:
                 conn = self.listener.accept()
@@ -264,7 +263,7 @@ class ContainerTable:
 
     def create(self, req: CreateContainer) -> Container:
         cid = req.container_id
-        if not _ID.fullmatch(cid) or len(cid) > 255:
+        if not valid_container_id(cid):
             raise ContainerError(f"invalid container id {cid!r}", step="create")
         with self._lock:
             if cid in self._containers or cid in self._creating:
@@ -346,7 +345,9 @@ class ContainerTable:
                 err_r, err_w = os.pipe()
                 parent_fds.append(err_r)
                 child_fds.append(err_w)
-                stdio: tuple[int, int, int] = (subprocess.DEVNULL, subprocess.DEVNULL, err_w)
+                null = spawn.open_null()
+                child_fds.append(null)
+                stdio: tuple[int, int, int] = (null, null, err_w)
             else:
                 in_r, in_w = os.pipe()
                 out_r, out_w = os.pipe()
@@ -354,9 +355,7 @@ class ContainerTable:
                 child_fds += [in_r, out_w, err_w]
                 parent_fds += [in_w, out_r, err_r]
                 stdio = (in_r, out_w, err_w)
-            proc = subprocess.Popen(
-                [*cmd, container.id], stdin=stdio[0], stdout=stdio[1], stderr=stdio[2], close_fds=True
-            )
+            proc = spawn.spawn([*cmd, container.id], *stdio)
             for fd in child_fds:
                 os.close(fd)
             child_fds = []
@@ -369,7 +368,7 @@ class ContainerTable:
                     message = os.read(err_r, 65536).decode(errors="replace").strip()
                 except BlockingIOError:
                     message = ""
-                subprocess.run([*runtime.base(), "delete", "--force", container.id], capture_output=True)
+                spawn.run([*runtime.base(), "delete", "--force", container.id])
                 raise ContainerError(
                     f"{runtime.name} create: {message or f'exit status {returncode}'}", step="create"
                 )
@@ -424,7 +423,7 @@ class ContainerTable:
             if alive:
                 assert container.guest_pid is not None
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(container.guest_pid, signal.SIGKILL)
+                    os.kill(container.guest_pid, _signal.SIGKILL)
         if alive and container.wait_exit(10.0) is None:
             raise ContainerError(f"container {container_id!r} did not die after SIGKILL", step="destroy")
         self._discard(container)
@@ -433,12 +432,7 @@ class ContainerTable:
 
     def _discard(self, container: Container) -> None:
         if container.runtime is not None:
-            subprocess.run(
-                [*container.runtime.base(), "delete", "--force", container.id],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                check=False,
-            )
+            spawn.run([*container.runtime.base(), "delete", "--force", container.id])
         if container.stdin_fd is not None and container.stdin_fd != container.pty_master:
             _close_quietly(container.stdin_fd)
             container.stdin_fd = None

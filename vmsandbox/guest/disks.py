@@ -14,11 +14,10 @@ rdump`` into a private directory instead of being mounted, so no loop device is 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 from vmsandbox.errors import VMSandboxError
-from vmsandbox.guest import jsontext
+from vmsandbox.guest import jsontext, spawn
 from vmsandbox.guest.protocol import BlockDevice, HostPath
 
 #: True only for type checkers; importing typing would cost the first create under emulation.
@@ -63,9 +62,9 @@ def _find_block_device(serial: str) -> str | None:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RootfsError(f"{what}: {(proc.stderr or proc.stdout).strip() or proc.returncode}")
+    code, output = spawn.run(cmd)
+    if code != 0:
+        raise RootfsError(f"{what}: {output.strip() or code}")
 
 
 _MNT_DETACH = 2

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import _socket
 import os
-import re
 
 from vmsandbox.errors import VMSandboxError
+from vmsandbox.guest.names import valid_hostname
 
 #: True only for type checkers; importing typing would cost the agent's start time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
 
 
 def _address(value: str, what: str) -> str:
@@ -69,7 +67,7 @@ def write_sandbox_files(
             directory, "resolv.conf", "".join(f"nameserver {s}\n" for s in servers)
         )
     if hostname:
-        if not _HOSTNAME.fullmatch(hostname):
+        if not valid_hostname(hostname):
             raise EtcFilesError(f"hostname {hostname!r} is not a valid host name")
         own = _address(ip, "address") if ip else "127.0.1.1"
         files["/etc/hostname"] = _write_in(directory, "hostname", f"{hostname}\n")

@@ -84,13 +84,11 @@ class OciRuntime:
 
     def run(self, *args: str, step: str) -> None:
         """Run a quick subcommand (start, delete, kill); raise with its stderr on failure."""
-        import subprocess  # off the agent's start path, like every use of the container machinery
+        from vmsandbox.guest import spawn  # off the agent's start path, like the container machinery
 
-        proc = subprocess.run(
-            [*self.base(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip() or f"exit status {proc.returncode}"
+        code, output = spawn.run([*self.base(), *args])
+        if code != 0:
+            msg = output.strip() or f"exit status {code}"
             raise OciRuntimeError(f"{self.name} {args[0]}: {msg}", step=step)
 
 
