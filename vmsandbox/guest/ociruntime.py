@@ -83,7 +83,7 @@ class OciRuntime:
         return [self.binary, "--root", os.path.abspath(self.state_root)]
 
     def run(self, *args: str, step: str) -> None:
-        """Run a quick subcommand (start, delete, kill); raise with its stderr on failure."""
+        """Run a quick subcommand (start, delete, kill); raise with its output on failure."""
         from vmsandbox.guest import spawn  # off the agent's start path, like the container machinery
 
         code, output = spawn.run([*self.base(), *args])
