@@ -49,6 +49,7 @@ def test_console_receiver_keeps_the_first_descriptor_and_closes_the_rest() -> No
         finally:
             conn.close()
         assert received is not None
+        assert not os.get_inheritable(received), "no child the agent spawns may get the pty"
         os.write(first_w, b"x")
         assert os.read(received, 1) == b"x", "the first descriptor is the first pipe's"
         os.close(received)

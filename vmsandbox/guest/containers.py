@@ -230,7 +230,10 @@ def _receive_fd(conn: _socket.socket) -> int | None:
     ]
     for extra in fds[1:]:
         _close_quietly(extra)
-    return fds[0] if fds else None
+    if not fds:
+        return None
+    os.set_inheritable(fds[0], False)  # the kernel hands it over inheritable; no child may get it
+    return fds[0]
 
 
 class ContainerTable:

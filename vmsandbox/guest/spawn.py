@@ -77,15 +77,17 @@ def spawn(argv: list[str], stdin: int, stdout: int, stderr: int) -> Child:
 def run(argv: list[str]) -> tuple[int, str]:
     """Run ``argv`` to its end, stdin from /dev/null; its exit code and its output (stdout and
     stderr together, for an error message)."""
-    null = os.open(os.devnull, os.O_RDONLY)
     out_r, out_w = os.pipe()
     try:
-        child = spawn(argv, null, out_w, out_w)
+        null = open_null()
+        try:
+            child = spawn(argv, null, out_w, out_w)
+        finally:
+            os.close(null)
     except BaseException:
         os.close(out_r)
         raise
     finally:
-        os.close(null)
         os.close(out_w)
     with open(out_r, "rb") as out:
         output = out.read()
