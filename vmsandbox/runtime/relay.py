@@ -9,9 +9,10 @@ signals it receives, and exits with the container's status (128 + signal when on
 The relay is a fresh interpreter (:mod:`vmsandbox.runtime.relay_main`), never a fork of its
 creator: the creator may be the multi-threaded agent, and a forked child could inherit a lock
 some other thread held at that instant. So that it starts in tens of milliseconds, the relay
-imports little: the creator connects to the guest agent and hands it the connected socket, the
-configuration arrives as JSON on a pipe, and a driver of its own is built only when a signal
-must be forwarded.
+imports little: the creator connects to the guest agent and hands it the connected socket with
+the configuration, and a driver of its own is built only when a signal must be forwarded. And
+so that even those milliseconds are off a create's path, it is launched as the create begins
+and handed its container when that exists (:class:`PendingRelay`).
 
 Like the VMM, the relay must outlive its creator, even a node agent whose whole cgroup a container
 runtime killed: the fresh interpreter (single-threaded, so it may fork) joins the VM's cgroup,
@@ -21,12 +22,14 @@ The container's exit code goes to a file as well as to its exit status, for whoe
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import logging
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,9 +44,18 @@ from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.procs import running, signal_recorded, start_time
 from vmsandbox.runtime.errors import AgentError
 from vmsandbox.runtime.logfiles import LogLimits
-from vmsandbox.runtime.relay_main import EXIT_FILE, FORWARDED, LOST_AGENT_STATUS, READY, read_exit
+from vmsandbox.runtime.relay_main import (
+    EXIT_FILE,
+    FORWARDED,
+    LOST_AGENT_STATUS,
+    READY,
+    RELAY_LOG,
+    read_exit,
+)
 
 RELAY_MODULE = "vmsandbox.runtime.relay_main"
+#: How long a launcher may take to exit once it has forked the relay off or been abandoned.
+LAUNCHER_EXIT_SECONDS = 5.0
 log = logging.getLogger(__name__)
 forkserver.preload(RELAY_MODULE)
 
@@ -52,9 +64,10 @@ __all__ = [
     "FORWARDED",
     "LOST_AGENT_STATUS",
     "READY",
+    "RELAY_LOG",
+    "PendingRelay",
     "RelayConfig",
     "read_exit",
-    "spawn_relay",
 ]
 
 
@@ -74,34 +87,131 @@ class RelayConfig(BaseModel):
     exit_path: Path | None = None
 
 
-def spawn_relay(config: RelayConfig, timeout: float = 15.0) -> int:
-    """Start the relay (forked by the state root's fork server, else exec'd; then forked off in
-    a session of its own); return its pid once it is attached to the container's output."""
-    agent = driver_for(config.handle.hypervisor, config.hypervisor_config).connect(config.handle)
-    ready_r, ready_w = os.pipe()
-    config_r, config_w = os.pipe()
-    try:
-        launcher = _launch(config, ready_w, config_r, agent.fileno())
-    finally:
-        os.close(ready_w)
-        os.close(config_r)
-        agent.close()
-    with os.fdopen(config_w, "w") as pipe:
-        pipe.write(json.dumps(_child_config(config)))
-    try:
-        pid, ok = _read_ready(ready_r, timeout)
-    finally:
-        os.close(ready_r)
-    if not ok:
-        if pid:
+class PendingRelay:
+    """A relay launched before its container exists, attached to it once it does.
+
+    A new interpreter takes tens of milliseconds to import the relay, so it is started first and
+    imports while the VM boots and the guest creates the container; then :meth:`attach` hands it
+    its configuration, the connection to the guest agent and its stdio over a socket
+    (``SCM_RIGHTS``). A relay the fork server forks starts at once, so that one is launched only
+    in :meth:`attach`. A relay never attached (:meth:`abandon`, or its creator died) reads the
+    end of the socket and exits, with nothing to undo."""
+
+    def __init__(self, hypervisor: str, settings: HypervisorConfig, vms_dir: Path, relay_log: Path) -> None:
+        self.vms_dir = vms_dir
+        self.relay_log = relay_log
+        wanted = settings.relay_forkserver or (hypervisor == "process" and settings.process_forkserver)
+        self.forked = wanted and forkserver.started_here(vms_dir)
+        self._launcher: subprocess.Popen[bytes] | _Forked | None = None
+        self._ready_r = -1
+        self._config: socket.socket | None = None
+        if not self.forked:
+            self._launch(None)
+
+    def attach(self, config: RelayConfig, timeout: float = 15.0) -> int:
+        """Hand the relay its container; its pid once it is attached to the container's output."""
+        if self._launcher is None:
+            self._launch(config)
+        try:
+            pid, ok = self._hand_over(config, timeout)
+        except BaseException:
+            self._finish(kill=True)
+            raise
+        if not ok and pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        launcher.kill()  # a Popen not yet reaped, so the pid is still the launcher's
-    launcher.wait()  # the launcher exits as soon as it has forked the relay off
-    if not ok:
-        detail = _tail(config.relay_log) or "no diagnostics"
-        raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
-    return pid
+        self._finish(kill=not ok)
+        if not ok:
+            detail = _tail(config.relay_log) or "no diagnostics"
+            raise AgentError(f"the relay did not attach to the container: {detail}", step="relay")
+        return pid
+
+    def abandon(self) -> None:
+        """The container will not exist: the relay reads the end of its configuration and exits."""
+        self._finish(kill=False)
+
+    def _launch(self, config: RelayConfig | None) -> None:
+        """The launcher: forked by the state root's fork server where :attr:`forked` (falling back,
+        logged, to a new interpreter when the server fails), else a new interpreter."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ready_r, ready_w = os.pipe()
+        self._config, self._ready_r = ours, ready_r
+        try:
+            self._launcher = self._start(config, ready_w, theirs.fileno())
+        finally:
+            os.close(ready_w)
+            theirs.close()
+
+    def _start(
+        self, config: RelayConfig | None, ready_w: int, config_fd: int
+    ) -> subprocess.Popen[bytes] | _Forked:
+        argv = [f"--ready-fd={ready_w}", f"--config-fd={config_fd}"]
+        if self.forked and config is not None:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                fds = [null, null, null, ready_w, config_fd]
+                return _Forked(
+                    forkserver.run(self.vms_dir, RELAY_MODULE, ["--ready-fd=3", "--config-fd=4"], fds)
+                )
+            except (HypervisorError, OSError) as exc:
+                log.warning("starting the relay of %s as a new process: %s", config.container_id, exc)
+            finally:
+                os.close(null)
+        # Until it has its stdio, what the interpreter has to say goes to the relay's log.
+        with self.relay_log.open("ab") as diagnostics:
+            return subprocess.Popen(
+                [sys.executable, "-S", "-m", RELAY_MODULE, *argv],  # -S: it imports only this package
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=diagnostics,
+                pass_fds=(ready_w, config_fd),
+                start_new_session=True,
+                env=_relay_env(),
+            )
+
+    def _hand_over(self, config: RelayConfig, timeout: float) -> tuple[int, bool]:
+        """Send the relay its container and wait for it to attach: (its pid or 0, whether it did)."""
+        agent = driver_for(config.handle.hypervisor, config.hypervisor_config).connect(config.handle)
+        try:
+            self._send(config, agent.fileno())
+        except OSError as exc:  # the relay died before it read its configuration
+            log.warning("handing the relay of %s its container: %s", config.container_id, exc)
+            return 0, False
+        finally:
+            agent.close()
+        return _read_ready(self._ready_r, timeout)
+
+    def _send(self, config: RelayConfig, agent: int) -> None:
+        """The configuration, then the end of it; the agent's connection and the caller's stdio
+        travel with its first bytes."""
+        assert self._config is not None
+        body = json.dumps(_child_config(config)).encode()
+        sent = self._config.sendmsg(
+            [body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [agent, *config.stdio]))]
+        )
+        self._config.sendall(body[sent:])
+        self._config.shutdown(socket.SHUT_WR)
+
+    def _finish(self, kill: bool) -> None:
+        """Close this end and reap the launcher, which exits once it has forked the relay off or
+        read the end of its configuration."""
+        if self._config is not None:
+            self._config.close()
+            self._config = None
+        if self._ready_r >= 0:
+            os.close(self._ready_r)
+            self._ready_r = -1
+        launcher, self._launcher = self._launcher, None
+        if launcher is None:
+            return
+        if kill:
+            launcher.kill()  # not yet reaped, so the pid is still the launcher's
+        try:
+            launcher.wait(LAUNCHER_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:  # hung: it must not keep the relay's descriptors
+            launcher.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                launcher.wait(LAUNCHER_EXIT_SECONDS)
 
 
 class _Forked:
@@ -114,47 +224,12 @@ class _Forked:
     def kill(self) -> None:
         signal_recorded(self.pid, self.started, signal.SIGKILL)
 
-    def wait(self) -> None:
-        deadline = time.monotonic() + 5
-        while running(self.pid, self.started) and time.monotonic() < deadline:
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while running(self.pid, self.started):
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"relay launcher {self.pid}", timeout)
             time.sleep(0.002)
-
-
-def _launch(
-    config: RelayConfig, ready_w: int, config_r: int, agent: int
-) -> subprocess.Popen[bytes] | _Forked:
-    """The relay's launcher: a child of the state root's fork server (no interpreter start), where
-    the settings ask for one for this backend, or a new interpreter: when they do not, when the
-    server was started by another process (its orphans would not come back to this caller's
-    subreaper, as the relay's must), or when it fails (logged)."""
-    vms_dir = config.handle.state_dir.parent
-    settings = config.hypervisor_config
-    process = config.handle.hypervisor == "process"
-    wanted = settings.relay_forkserver or (process and settings.process_forkserver)
-    if wanted and forkserver.started_here(vms_dir):
-        argv = ["--ready-fd=3", "--config-fd=4", "--agent-fd=5"]
-        fds = [*config.stdio, ready_w, config_r, agent]
-        try:
-            return _Forked(forkserver.run(vms_dir, RELAY_MODULE, argv, fds))
-        except (HypervisorError, OSError) as exc:
-            log.warning("starting the relay of %s as a new process: %s", config.container_id, exc)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-S",  # no site: a large share of start-up; the relay imports only this package
-            "-m",
-            RELAY_MODULE,
-            f"--ready-fd={ready_w}",
-            f"--config-fd={config_r}",
-            f"--agent-fd={agent}",
-        ],
-        stdin=config.stdio[0],
-        stdout=config.stdio[1],
-        stderr=config.stdio[2],
-        pass_fds=(ready_w, config_r, agent),
-        start_new_session=True,
-        env=_relay_env(),
-    )
 
 
 def _read_ready(ready_r: int, timeout: float) -> tuple[int, bool]:

@@ -1,7 +1,8 @@
 """The relay process (see :mod:`vmsandbox.runtime.relay`): ``python -m vmsandbox.runtime.relay_main``.
 
-Started with the caller's stdio, a socket already connected to the guest agent (``--agent-fd``),
-its configuration as JSON on ``--config-fd`` and a pipe to report readiness on (``--ready-fd``).
+Started early, before its container exists, with a socket (``--config-fd``) on which its
+creator later sends its configuration as JSON, with the caller's stdio and a connection to the
+guest agent attached, and a pipe to report readiness on (``--ready-fd``).
 It imports only what attaching needs; a driver (the heavy part) is built on the first signal
 to forward. It never logs through :mod:`logging`: only sockets, pipes and plain file writes.
 """
@@ -59,7 +60,15 @@ SERIAL_CHECK_SECONDS = 2.0
 LOST_AGENT_STATUS = 255
 #: In the container's state directory: its exit code, written by the relay when it ends.
 EXIT_FILE = "exit_code"
+#: In the container's state directory: what the relay has to say about itself.
+RELAY_LOG = "relay.log"
 CLONE_NEWCGROUP = 0x02000000
+#: Descriptors that come with the configuration: the guest agent's connection and the stdio.
+CONFIG_FDS = 4
+
+
+class RelayError(Exception):
+    """The creator's hand-over was malformed (a bug, not a condition of the container)."""
 
 
 @dataclass(frozen=True)
@@ -105,19 +114,42 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - runs in t
     parser = argparse.ArgumentParser(prog="python -m vmsandbox.runtime.relay_main")
     parser.add_argument("--ready-fd", type=int, required=True)
     parser.add_argument("--config-fd", type=int, required=True)
-    parser.add_argument("--agent-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    with os.fdopen(args.config_fd) as pipe:
-        config = ChildConfig.parse(pipe.read())
+    received = receive_config(args.config_fd)
+    if received is None:
+        os._exit(0)  # abandoned: the container will not exist
+    config, agent = received
     code = LOST_AGENT_STATUS
     try:
         _leave_creator(config)
         os.write(args.ready_fd, b"P%d\n" % os.getpid())
-        code = _child(config, args.ready_fd, socket.socket(fileno=args.agent_fd))
+        code = _child(config, args.ready_fd, agent)
     except BaseException:
         _log(config.relay_log, traceback.format_exc())
     finally:
         os._exit(code)
+
+
+def receive_config(fd: int) -> tuple[ChildConfig, socket.socket] | None:
+    """The configuration from the creator's socket, up to its end; the descriptors that came
+    with it (the guest agent's connection, then the caller's stdin, stdout and stderr) are the
+    connection returned and this process's 0, 1 and 2. None: the creator sent nothing."""
+    with socket.socket(fileno=fd) as sock:
+        body, fds, _, _ = socket.recv_fds(sock, 65536, CONFIG_FDS)
+        if not body:
+            for extra in fds:
+                os.close(extra)
+            return None
+        chunks = [body]
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    if len(fds) != CONFIG_FDS:
+        raise RelayError(f"the creator sent {len(fds)} of the {CONFIG_FDS} descriptors")
+    agent, *stdio = fds
+    for target, received in enumerate(stdio):
+        os.dup2(received, target)
+        os.close(received)
+    return ChildConfig.parse(b"".join(chunks).decode()), socket.socket(fileno=agent)
 
 
 def _leave_creator(config: ChildConfig) -> None:
@@ -152,7 +184,7 @@ def _write_exit(path: Path, code: int) -> None:
         tmp.write_text(f"{code}\n")
         tmp.replace(path)
     except OSError as exc:
-        _log(path.with_name("relay.log"), f"writing the exit code to {path}: {exc}")
+        _log(path.with_name(RELAY_LOG), f"writing the exit code to {path}: {exc}")
 
 
 def read_exit(path: Path) -> int | None:

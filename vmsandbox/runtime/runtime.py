@@ -67,7 +67,7 @@ from vmsandbox.runtime.members import (
 )
 from vmsandbox.runtime.pidfile import write_pid_file
 from vmsandbox.runtime.podtype import pod_role
-from vmsandbox.runtime.relay import EXIT_FILE, RelayConfig, read_exit, spawn_relay
+from vmsandbox.runtime.relay import EXIT_FILE, RELAY_LOG, PendingRelay, RelayConfig, read_exit
 from vmsandbox.runtime.snapshots import ANNOTATION_RESTORE_FROM, snapshot_dir
 from vmsandbox.runtime.spec import load_spec, resolve_bundle
 from vmsandbox.runtime.state import DISKS_DIR, ContainerState, Record, StateStore, Timings
@@ -234,6 +234,9 @@ class Runtime:
         )
         record = Record(state=state, kind=role.kind, sandbox_id=role.sandbox_id, owns_vm=sandbox is None)
         self.store.save(record)
+        # Launched now, so that a new interpreter's start overlaps the boot and the guest's create.
+        relay = PendingRelay(hypervisor, self.config, self.store.vms_dir, record_dir / RELAY_LOG)
+        undo.callback(relay.abandon)
 
         rootfs: HostPath | BlockDevice
         disk: DiskSpec | None = None
@@ -315,14 +318,14 @@ class Runtime:
         if not log_file.exists():
             undo.callback(log_file.unlink, missing_ok=True)
         log_file.touch()
-        relay_pid = spawn_relay(
+        relay_pid = relay.attach(
             RelayConfig(
                 container_id=container_id,
                 handle=handle,
                 stdio=relay_stdio,
                 terminal=terminal,
                 log_path=log_file,
-                relay_log=record_dir / "relay.log",
+                relay_log=record_dir / RELAY_LOG,
                 hypervisor_config=self.config,
                 log_limits=self.log_limits,
                 exit_path=record_dir / EXIT_FILE,

@@ -92,8 +92,13 @@ class StateStore:
         """Every id becomes a path here, so every id is checked here, whoever supplied it."""
         return self.root / validate_id(container_id)
 
+    @property
+    def vms_dir(self) -> Path:
+        """Where the VMs' directories (and the state root's fork server) live."""
+        return self.root / VMS_DIR
+
     def vm_dir(self, vm_id: str) -> Path:
-        return self.root / VMS_DIR / vm_id
+        return self.vms_dir / vm_id
 
     def reserve(self, container_id: str) -> Path:
         """Claim the id: ``mkdir`` is atomic, so of two concurrent creates exactly one wins."""
@@ -117,7 +122,7 @@ class StateStore:
             return False
 
     def vm_dirs(self) -> list[Path]:
-        vms = self.root / VMS_DIR
+        vms = self.vms_dir
         if not vms.is_dir():
             return []
         return sorted(p for p in vms.iterdir() if p.is_dir() and not p.name.startswith("."))
