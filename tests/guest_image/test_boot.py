@@ -140,6 +140,12 @@ def test_init_mounts_the_root_overlay_and_starts_the_agent_on_the_named_port(boo
     assert "stage=rootfs device=/dev/vda" in console
     assert "FATAL" not in console
     assert guest.process.poll() is None, "the VM stopped although the agent is serving"
+    # The VM has a virtio-serial port and no vsock or entropy device: their drivers stay out.
+    loaded = re.search(r"stage=modules loaded=(\S+)", console)
+    assert loaded, console
+    assert "virtio_console" in loaded.group(1).split(",")
+    assert not {"vsock", "virtio-rng"} & set(loaded.group(1).split(",")), loaded.group(1)
+    assert {"virtio_blk", "overlay", "virtio_net"} <= set(loaded.group(1).split(","))
 
 
 def test_agent_exit_powers_the_vm_off_with_the_reason(boot: Booter) -> None:

@@ -85,7 +85,16 @@ def test_initramfs_holds_init_busybox_console_and_the_listed_modules(
     )
     packaged = resources.files("vmsandbox.guest.image").joinpath("init.sh").read_bytes()
     assert (workdir / "init").read_bytes() == packaged
-    load_list = (workdir / "etc/vmsandbox/modules").read_text().split()
+    lines = (workdir / "etc/vmsandbox/modules").read_text().splitlines()
+    load_list = [line.split()[0] for line in lines]
+    only_with = {Path(line.split()[0]).name: line.split()[1] for line in lines if len(line.split()) > 1}
+    assert only_with == {
+        "virtio_console.ko": "3",
+        "vsock.ko": "19",
+        "vmw_vsock_virtio_transport_common.ko": "19",
+        "vmw_vsock_virtio_transport.ko": "19",
+        "virtio-rng.ko": "4",
+    }, "a device's driver is listed with the virtio device type it drives"
     release = clean_build.result.manifest.kernel_release
     assert [Path(p).name.removesuffix(".ko").replace("-", "_") for p in load_list] == (
         clean_build.result.manifest.initramfs_modules

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from vmsandbox.guest.image.errors import GuestImageError
-from vmsandbox.guest.image.modules import GUEST_MODULES, module_name, resolve
+from vmsandbox.guest.image.modules import (
+    GUEST_MODULES,
+    VIRTIO_CONSOLE,
+    VIRTIO_RNG,
+    VIRTIO_VSOCK,
+    module_name,
+    resolve,
+)
 
 # Same shape as depmod's output: each line lists the module's full dependency closure.
 # '@/' stands for kernel/drivers/virtio/ to keep lines short.
@@ -109,3 +116,23 @@ def test_dependency_cycle_is_an_error_not_a_hang() -> None:
 def test_malformed_modules_dep_line() -> None:
     with pytest.raises(GuestImageError, match="line 2"):
         resolve(["vsock"], "kernel/a.ko:\nkernel/b.ko kernel/a.ko\n", "")
+
+
+def test_a_devices_driver_and_what_only_it_needs_load_only_with_that_device() -> None:
+    plan = resolve(GUEST_MODULES, MODULES_DEP, MODULES_BUILTIN)
+    names = {module_name(path): devices for path, devices in plan.only_with.items()}
+    assert names == {
+        "virtio_console": [VIRTIO_CONSOLE],
+        "virtio_rng": [VIRTIO_RNG],
+        "vsock": [VIRTIO_VSOCK],
+        "vmw_vsock_virtio_transport_common": [VIRTIO_VSOCK],
+        "vmw_vsock_virtio_transport": [VIRTIO_VSOCK],
+    }
+    # virtio and virtio_ring serve the drivers that always load; the NIC may be hot-plugged.
+    assert set(plan.only_with) < set(plan.load_order)
+
+
+def test_a_dependency_shared_by_two_devices_drivers_loads_with_either() -> None:
+    plan = resolve(["virtio_console", "virtio_rng"], MODULES_DEP, MODULES_BUILTIN)
+    shared = "kernel/drivers/virtio/virtio_ring.ko"
+    assert plan.only_with[shared] == sorted([VIRTIO_CONSOLE, VIRTIO_RNG])

@@ -9,7 +9,8 @@ from vmsandbox.guest.image import cpio
 from vmsandbox.guest.image.errors import GuestImageError
 from vmsandbox.guest.image.modules import ModulePlan
 
-#: The load list ``init.sh`` reads, one absolute module path per line.
+#: The load list ``init.sh`` reads, one absolute module path per line, followed by the
+#: comma-separated virtio device types of which the VM must have one for it to load, if any.
 MODULE_LIST = "etc/vmsandbox/modules"
 #: The directory of symlinks ``init.sh`` copies into the guest's /dev, in one process.
 DEV_LINKS = "etc/vmsandbox/devlinks"
@@ -61,7 +62,8 @@ def entries(busybox: Path, modules_dir: Path, release: str, plan: ModulePlan) ->
                 made.add(parent)
                 members.append(cpio.directory(parent))
         members.append(cpio.regular("/".join(parts), (modules_dir / relative).read_bytes()))
-        load_list.append("/" + "/".join(parts))
+        devices = ",".join(str(device) for device in plan.only_with.get(relative, []))
+        load_list.append(f"/{'/'.join(parts)} {devices}".rstrip())
     members.append(cpio.regular(f"lib/modules/{release}/modules.dep", modules_dep(plan)))
     members.append(cpio.regular(MODULE_LIST, "".join(f"{line}\n" for line in load_list).encode()))
     members.append(cpio.regular("init", init_script(), 0o755))

@@ -23,6 +23,20 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_net",
 )
 
+#: Virtio device types (the virtio spec's device ids) whose drivers load only when the VM has
+#: such a device at boot: QEMU here has no vsock, and a VM without a virtio-serial port or an
+#: entropy device needs neither driver. None of these is ever hot-plugged; a NIC is (a claimed
+#: pool member's), so ``virtio_net`` always loads.
+VIRTIO_CONSOLE = 3
+VIRTIO_RNG = 4
+VIRTIO_VSOCK = 19
+DEVICE_MODULES: dict[str, int] = {
+    "virtio_console": VIRTIO_CONSOLE,
+    "virtio_rng": VIRTIO_RNG,
+    "vsock": VIRTIO_VSOCK,
+    "vmw_vsock_virtio_transport": VIRTIO_VSOCK,
+}
+
 _SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
@@ -44,6 +58,9 @@ class ModulePlan(BaseModel):
     #: Paths relative to ``/lib/modules/<release>/``, in load order.
     load_order: list[str]
     builtin: list[str]
+    #: The paths to load only when the VM has a virtio device of one of these types at boot
+    #: (:data:`DEVICE_MODULES` and what only they depend on); every other path always loads.
+    only_with: dict[str, list[int]] = {}
 
     @property
     def names(self) -> list[str]:
@@ -102,7 +119,36 @@ def resolve(requested: list[str] | tuple[str, ...], modules_dep: str, modules_bu
             builtin.append(name)
         else:
             visit(name, None)
-    return ModulePlan(load_order=order, builtin=builtin)
+    return ModulePlan(load_order=order, builtin=builtin, only_with=_only_with(requested, table, by_path))
+
+
+def _only_with(
+    requested: list[str] | tuple[str, ...],
+    table: dict[str, tuple[str, list[str]]],
+    by_path: dict[str, str],
+) -> dict[str, list[int]]:
+    """For each path only device modules need (directly or through their dependencies), the
+    device types that need it; a path any other requested module needs is absent: it always loads."""
+
+    def closure(name: str, into: set[str]) -> set[str]:
+        if name in table and table[name][0] not in into:
+            path, deps = table[name]
+            into.add(path)
+            for dep in deps:
+                closure(by_path.get(dep, module_name(dep)), into)
+        return into
+
+    always: set[str] = set()
+    types: dict[str, set[int]] = {}
+    for raw in requested:
+        name = module_name(raw)
+        device = DEVICE_MODULES.get(name)
+        for path in closure(name, set()):
+            if device is None:
+                always.add(path)
+            else:
+                types.setdefault(path, set()).add(device)
+    return {path: sorted(found) for path, found in types.items() if path not in always}
 
 
 def read_plan(modules_dir: Path, requested: list[str] | tuple[str, ...]) -> ModulePlan:
