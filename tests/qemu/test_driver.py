@@ -12,7 +12,7 @@ import pytest
 
 from tests.leaks import processes_mentioning, sockets_under
 from vmsandbox.guest.protocol import Ping, Pong, recv_reply, send_frame
-from vmsandbox.hypervisor.base import DiskSpec, HypervisorError, VMGone, VMHandle, VMSpec
+from vmsandbox.hypervisor.base import SERIAL_LOG_ENDPOINT, DiskSpec, HypervisorError, VMGone, VMHandle, VMSpec
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.qemu import QemuDriver
 from vmsandbox.hypervisor.qemu import driver as driver_module
@@ -286,4 +286,22 @@ def test_real_agent_crashing_at_start_is_reported_and_torn_down(
     assert info.value.step == "agent ready"
     assert "before the guest agent was ready" in message
     assert "guest agent exited with status" in message, "the console tail names the cause"
+    assert_torn_down(spec.state_dir)
+
+
+def test_the_guest_kernel_skips_the_initcalls_it_is_told_to(
+    guest_image: Path, qemu_binary: str, state_root: Path
+) -> None:
+    """With every initcall logged, the skipped ones are absent and the others are there."""
+    spec = image_spec(guest_image, state_root / "vm6")
+    spec.kernel_args = ["initcall_debug", "ignore_loglevel"]
+    driver = QemuDriver(config(qemu_binary))
+    handle = driver.boot(spec)
+    try:
+        console = Path(handle.endpoints[SERIAL_LOG_ENDPOINT]).read_text(errors="replace")
+    finally:
+        driver.stop(handle)
+    assert "calling  inet_init+" in console and "calling  acpi_init+" in console, console[-2000:]
+    for name in driver_module.SKIPPED_INITCALLS:
+        assert f"calling  {name}+" not in console, f"{name} ran"
     assert_torn_down(spec.state_dir)
