@@ -64,10 +64,11 @@ ROOT_SERIAL = "vmsb-root"
 #: kernel is Debian's, its algorithms tested where it was built. Two of its initcalls are skipped
 #: (:data:`SKIPPED_INITCALLS`).
 BASE_CMDLINE = "console=ttyS0 panic=-1 quiet cryptomgr.notests rcupdate.rcu_expedited=1"
-#: Initcalls the guest needs nothing of, which together cost an emulated boot about 0.2 s before
-#: init (kernel to init 2180 -> 1980 ms, medians of 5 alternating boots): Linux 6.1 self-tests
-#: its SP800-108 KDF at boot even with ``cryptomgr.notests`` (the KDF works without it), and
-#: sets up the kprobe trace events no guest uses.
+#: Initcalls the guest needs nothing of, 0.1-0.25 s of an emulated boot by ``initcall_debug``'s
+#: clock (kernel to init 2150 -> 2020 ms, medians of 20 alternating TCG boots; smaller sets were
+#: within this machine's noise): Linux 6.1 self-tests its SP800-108 KDF at boot even with
+#: ``cryptomgr.notests`` (the KDF works without it), and sets up the kprobe trace events no guest
+#: uses.
 SKIPPED_INITCALLS = ("crypto_kdf108_init", "init_kprobe_trace")
 #: Printed by the guest image's init as soon as the kernel has handed over to it.
 INIT_MARKER = b"vmsandbox-init: stage=init"
