@@ -137,7 +137,7 @@ def test_init_mounts_the_root_overlay_and_starts_the_agent_on_the_named_port(boo
     guest = boot()
     console = guest.wait_for(r"vmsandbox-guest: ready")
     assert _stages(console) == ["init", "modules", "rootfs", "agent"]
-    assert "stage=rootfs device=/dev/vda" in console
+    assert "stage=rootfs device=/dev/vda read_ahead_kb=4096 " in console, "the root disk reads ahead 4 MiB"
     assert "FATAL" not in console
     assert guest.process.poll() is None, "the VM stopped although the agent is serving"
     # The VM has a virtio-serial port and no vsock or entropy device: their drivers stay out.

@@ -30,6 +30,11 @@ LISTEN=auto
 DISK_WAIT_TENTHS=100     # 10 s for the root disk to show up
 PORT_NAME_WAIT_TENTHS=20 # 2 s for virtio-serial port names to arrive from the host
 NIC_WAIT_TENTHS=50       # 5 s for eth0 to appear after virtio_net is loaded
+# The root disk's read-ahead: the interpreter's first start faults its binary and libraries in,
+# and under emulation each request to the disk costs far more than its bytes. 4 MiB instead of
+# the kernel's 128 KiB took the agent's exec to its ready line from 1216 to 1123 ms (medians of
+# 12 alternating TCG boots). It never reads past a file's end.
+ROOT_READ_AHEAD_KB=4096
 NEW_ROOT_FSTAB=/etc/vmsandbox/newroot.fstab
 MODULE_LIST=/etc/vmsandbox/modules # path [virtio device types], in load order
 PCI_DEVICES=/sys/bus/pci/devices
@@ -129,6 +134,8 @@ disk_by_serial() {
     return 1
 }
 
+# Sets ROOT_DEV (see disk_by_serial) once the root disk and its node are there, and its
+# read-ahead.
 wait_for_root_disk() {
     tries=0
     until disk_by_serial "$ROOT_SERIAL"; do
@@ -142,6 +149,10 @@ wait_for_root_disk() {
         [ "$tries" -lt "$DISK_WAIT_TENTHS" ] || die "$ROOT_DEV has no device node"
         sleep 0.1
     done
+    queue="/sys/block/${ROOT_DEV##*/}/queue/read_ahead_kb"
+    echo "$ROOT_READ_AHEAD_KB" >"$queue" || say "warning: cannot set $queue"
+    ROOT_READ_AHEAD=""
+    read -r ROOT_READ_AHEAD <"$queue" || true
 }
 
 # The sandbox's NIC, as the node agent prepared it; no vmsandbox.net means no network (mode none).
@@ -303,7 +314,7 @@ make_directories
 link_virtio_ports
 write_resolv_conf
 stamp
-say "stage=rootfs device=$ROOT_DEV uptime=$UPTIME"
+say "stage=rootfs device=$ROOT_DEV read_ahead_kb=$ROOT_READ_AHEAD uptime=$UPTIME"
 prepare_new_root
 enable_cgroup_controllers
 start_agent
