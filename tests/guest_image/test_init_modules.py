@@ -11,17 +11,7 @@ import subprocess
 from importlib import resources
 from pathlib import Path
 
-from tests.guest_image.test_modules import MODULES_BUILTIN, MODULES_DEP
-from tests.tools import require_tools
-from vmsandbox.guest.image import initramfs
-from vmsandbox.guest.image.modules import (
-    GUEST_MODULES,
-    VIRTIO_CONSOLE,
-    VIRTIO_RNG,
-    VIRTIO_VSOCK,
-    module_name,
-    resolve,
-)
+from tests.tools import assert_shellcheck_clean, require_tools
 
 FUNCTIONS = ("find_virtio_devices", "has_virtio_device", "load_modules")
 LIST = """\
@@ -95,18 +85,5 @@ def test_a_vm_with_no_pci_devices_loads_only_what_always_loads(tmp_path: Path) -
     assert _loaded(tmp_path, tmp_path / "pci") == ["virtio", "virtio_pci", "virtio_net"]
 
 
-def test_the_initramfs_lists_each_devices_modules_with_its_device_types(tmp_path: Path) -> None:
-    plan = resolve(GUEST_MODULES, MODULES_DEP, MODULES_BUILTIN)
-    for path in plan.load_order:
-        (tmp_path / "mods" / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "mods" / path).write_bytes(b"ko")
-    (tmp_path / "bb" / "bin").mkdir(parents=True)
-    (tmp_path / "bb" / "bin" / "busybox").write_bytes(b"bb")
-    members = initramfs.entries(tmp_path / "bb" / "bin" / "busybox", tmp_path / "mods", "r", plan)
-    listed = next(m for m in members if m.path == initramfs.MODULE_LIST).data.decode().splitlines()
-    by_name = {module_name(line.split()[0]): line.split()[1:] for line in listed}
-    assert by_name["vmw_vsock_virtio_transport"] == [str(VIRTIO_VSOCK)]
-    assert by_name["virtio_console"] == [str(VIRTIO_CONSOLE)]
-    assert by_name["virtio_rng"] == [str(VIRTIO_RNG)]
-    assert by_name["virtio_ring"] == [] and by_name["virtio_net"] == [] and by_name["overlay"] == []
-    assert [module_name(line.split()[0]) for line in listed] == plan.names
+def test_the_init_script_passes_shellcheck() -> None:
+    assert_shellcheck_clean(Path(str(resources.files("vmsandbox.guest.image").joinpath("init.sh"))))

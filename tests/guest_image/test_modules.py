@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from vmsandbox.guest.image import initramfs
 from vmsandbox.guest.image.errors import GuestImageError
 from vmsandbox.guest.image.modules import (
     GUEST_MODULES,
@@ -136,3 +139,20 @@ def test_a_dependency_shared_by_two_devices_drivers_loads_with_either() -> None:
     plan = resolve(["virtio_console", "virtio_rng"], MODULES_DEP, MODULES_BUILTIN)
     shared = "kernel/drivers/virtio/virtio_ring.ko"
     assert plan.only_with[shared] == sorted([VIRTIO_CONSOLE, VIRTIO_RNG])
+
+
+def test_the_initramfs_lists_each_devices_modules_with_its_device_types(tmp_path: Path) -> None:
+    plan = resolve(GUEST_MODULES, MODULES_DEP, MODULES_BUILTIN)
+    for path in plan.load_order:
+        (tmp_path / "mods" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "mods" / path).write_bytes(b"ko")
+    (tmp_path / "bb" / "bin").mkdir(parents=True)
+    (tmp_path / "bb" / "bin" / "busybox").write_bytes(b"bb")
+    members = initramfs.entries(tmp_path / "bb" / "bin" / "busybox", tmp_path / "mods", "r", plan)
+    listed = next(m for m in members if m.path == initramfs.MODULE_LIST).data.decode().splitlines()
+    by_name = {module_name(line.split()[0]): line.split()[1:] for line in listed}
+    assert by_name["vmw_vsock_virtio_transport"] == [str(VIRTIO_VSOCK)]
+    assert by_name["virtio_console"] == [str(VIRTIO_CONSOLE)]
+    assert by_name["virtio_rng"] == [str(VIRTIO_RNG)]
+    assert by_name["virtio_ring"] == [] and by_name["virtio_net"] == [] and by_name["overlay"] == []
+    assert [module_name(line.split()[0]) for line in listed] == plan.names

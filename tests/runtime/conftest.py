@@ -23,6 +23,7 @@ from tests.runtime.support import (
     write_bundle,
 )
 from tests.tools import require_tools
+from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.runtime import Runtime
 
 BundleFactory = Callable[..., Path]
@@ -74,11 +75,13 @@ def root() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def rt() -> Iterator[Runtime]:
+@contextlib.contextmanager
+def process_runtime(config: HypervisorConfig | None = None) -> Iterator[Runtime]:
+    """A process-backend runtime on a fresh short root: what it leaves is deleted and
+    leak-checked, and whatever still mentions the root is killed."""
     require_tools("runc", "unshare")
     root = short_root()
-    runtime = Runtime(root=root, hypervisor="process")
+    runtime = Runtime(root=root, hypervisor="process", config=config)
     try:
         yield runtime
         force_clean(runtime)
@@ -89,6 +92,12 @@ def rt() -> Iterator[Runtime]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    with process_runtime() as runtime:
+        yield runtime
 
 
 @pytest.fixture

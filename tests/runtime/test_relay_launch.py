@@ -5,7 +5,6 @@ from __future__ import annotations
 import array
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime.conftest import BundleFactory, assert_no_leaks, force_clean
-from tests.runtime.support import fork_servers, live_children, short_root
+from tests.runtime.conftest import BundleFactory, process_runtime
+from tests.runtime.support import fork_servers, live_children
 from tests.runtime.test_lifecycle import relay_status
-from tests.tools import require_tools
 from vmsandbox.hypervisor.config import HypervisorConfig
 from vmsandbox.hypervisor.procs import running
 from vmsandbox.runtime import Runtime
@@ -35,15 +33,8 @@ NO_FORK_SERVER = HypervisorConfig(process_forkserver=False, relay_forkserver=Fal
 
 @pytest.fixture
 def cold_rt() -> Iterator[Runtime]:
-    require_tools("runc", "unshare")
-    root = short_root()
-    runtime = Runtime(root=root, hypervisor="process", config=NO_FORK_SERVER)
-    try:
+    with process_runtime(NO_FORK_SERVER) as runtime:
         yield runtime
-        force_clean(runtime)
-        assert_no_leaks(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

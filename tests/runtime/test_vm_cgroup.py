@@ -4,7 +4,6 @@ creator's, with no process of it a child of the creator; deleting the sandbox re
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.leaks import private_cgroup_parent
-from tests.runtime.conftest import BundleFactory, assert_no_leaks, cri_container, force_clean
-from tests.runtime.support import short_root
-from tests.tools import require_tools
+from tests.runtime.conftest import BundleFactory, cri_container, process_runtime
 from vmsandbox.hypervisor import forkserver
 from vmsandbox.hypervisor.cgroups import CFS_PERIOD_US, VMCgroup, hierarchies
 from vmsandbox.hypervisor.config import HypervisorConfig
@@ -38,16 +35,8 @@ def parent() -> Iterator[str]:
 
 @pytest.fixture
 def crt(parent: str) -> Iterator[Runtime]:
-    require_tools("runc")
-    root = short_root()
-    config = HypervisorConfig(cgroup_parent=parent, vmm_overhead_mib=OVERHEAD_MIB)
-    runtime = Runtime(root=root, hypervisor="process", config=config)
-    try:
+    with process_runtime(HypervisorConfig(cgroup_parent=parent, vmm_overhead_mib=OVERHEAD_MIB)) as runtime:
         yield runtime
-        force_clean(runtime)
-        assert_no_leaks(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _value(cgroup: VMCgroup, controller: str, v1: str, v2: str) -> str:

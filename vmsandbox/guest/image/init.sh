@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the vmsandbox guest initramfs (PID 1 until it execs the agent in the new root).
 #
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules (a device's driver
@@ -73,7 +74,8 @@ mount_kernel_filesystems() {
 find_virtio_devices() {
     VIRTIO=" "
     for dev in "$PCI_DEVICES"/*; do
-        [ -r "$dev/vendor" ] && [ -r "$dev/device" ] || continue
+        [ -r "$dev/vendor" ] || continue
+        [ -r "$dev/device" ] || continue
         read -r vendor <"$dev/vendor" || continue
         [ "$vendor" = 0x1af4 ] || continue
         read -r id <"$dev/device" || continue
