@@ -146,7 +146,8 @@ class PendingRelay:
         self, config: RelayConfig | None, ready_w: int, config_fd: int
     ) -> subprocess.Popen[bytes] | _Forked:
         argv = [f"--ready-fd={ready_w}", f"--config-fd={config_fd}"]
-        if self.forked and config is not None:
+        # Asked again: a server another process started since would hand its orphans elsewhere.
+        if self.forked and config is not None and forkserver.started_here(self.vms_dir):
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             try:
                 fds = [null, null, null, ready_w, config_fd]
