@@ -4,9 +4,9 @@
 #
 # Loads the virtio/vsock/overlay modules listed in /etc/vmsandbox/modules (a device's driver
 # only when the VM has that device), finds the root disk by its virtio serial, mounts it
-# read-only under a tmpfs-backed overlay, prepares the kernel
-# filesystems in the new root and execs the guest agent there as its PID 1 (told the uptime at
-# which this script began, so it can report it); the agent powers the VM off when it ends. With
+# read-only under a tmpfs-backed overlay, prepares the kernel filesystems in the new root
+# and execs the guest agent there as its PID 1 (told the uptime at which this script began,
+# so it can report it); the agent powers the VM off when it ends. With
 # vmsandbox.net=IP/PREFIX,GATEWAY,DNS[+DNS] on the kernel command line it configures eth0 (the
 # node's tap), the default route and /etc/resolv.conf first, and with vmsandbox.net6=IP6/PREFIX,
 # GATEWAY6 the IPv6 address and default route too (else IPv6 is off on eth0). Any failure powers
