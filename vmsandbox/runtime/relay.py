@@ -145,24 +145,28 @@ class PendingRelay:
     def _start(
         self, config: RelayConfig | None, ready_w: int, config_fd: int
     ) -> subprocess.Popen[bytes] | _Forked:
-        argv = [f"--ready-fd={ready_w}", f"--config-fd={config_fd}"]
-        # Asked again: a server another process started since would hand its orphans elsewhere.
-        if self.forked and config is not None and forkserver.started_here(self.vms_dir):
-            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                fds = [null, null, null, ready_w, config_fd]
-                return _Forked(
-                    forkserver.run(self.vms_dir, RELAY_MODULE, ["--ready-fd=3", "--config-fd=4"], fds)
-                )
-            except (HypervisorError, OSError) as exc:
-                log.warning("starting the relay of %s as a new process: %s", config.container_id, exc)
-            finally:
-                os.close(null)
-        # Until it has its stdio, what the interpreter has to say goes to the relay's log.
-        with self.relay_log.open("ab") as diagnostics:
+        # Until it has its stdio, what the launcher has to say goes to the relay's log, whichever
+        # way it was started.
+        with open(os.devnull, "r+b") as null, self.relay_log.open("ab") as diagnostics:
+            # Asked again: a server another process started since would hand its orphans elsewhere.
+            if self.forked and config is not None and forkserver.started_here(self.vms_dir):
+                fds = [null.fileno(), null.fileno(), diagnostics.fileno(), ready_w, config_fd]
+                argv = ["--ready-fd=3", "--config-fd=4"]
+                try:
+                    return _Forked(forkserver.run(self.vms_dir, RELAY_MODULE, argv, fds))
+                except (HypervisorError, OSError) as exc:
+                    log.warning("starting the relay of %s as a new process: %s", config.container_id, exc)
             return subprocess.Popen(
-                [sys.executable, "-S", "-m", RELAY_MODULE, *argv],  # -S: it imports only this package
-                stdin=subprocess.DEVNULL,
+                # -S: it imports only this package
+                [
+                    sys.executable,
+                    "-S",
+                    "-m",
+                    RELAY_MODULE,
+                    f"--ready-fd={ready_w}",
+                    f"--config-fd={config_fd}",
+                ],
+                stdin=null,
                 stdout=subprocess.DEVNULL,
                 stderr=diagnostics,
                 pass_fds=(ready_w, config_fd),
